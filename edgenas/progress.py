@@ -1,0 +1,118 @@
+"""A dependency-free progress bar (count, rate, ETA and live fields) written to stderr."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, TextIO
+
+
+def _fmt_seconds(s: float) -> str:
+    if s != s or s == float("inf"):
+        return "?"
+    s = int(s)
+    if s >= 3600:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 60:02d}:{s % 60:02d}"
+
+
+class Progress:
+    """`with Progress(total, "phase kernel") as bar: bar.update(1, loss=0.3)`.
+
+    Redraws in place on a terminal (at most 10 times a second); elsewhere (CI logs,
+    pipes) prints a line every `log_every` seconds so logs stay short.
+    """
+
+    def __init__(
+        self,
+        total: int | None,
+        desc: str = "",
+        *,
+        unit: str = "it",
+        stream: TextIO | None = None,
+        enabled: bool = True,
+        log_every: float = 10.0,
+        initial: int = 0,
+    ) -> None:
+        self.total = total
+        self.desc = desc
+        self.unit = unit
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.log_every = log_every
+        self.n = initial
+        self._start_n = initial
+        self.fields: dict[str, Any] = {}
+        self._t0 = time.perf_counter()
+        self._last_draw = 0.0
+        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._t0
+
+    @property
+    def rate(self) -> float:
+        done = self.n - self._start_n
+        return done / self.elapsed if self.elapsed > 0 else 0.0
+
+    def update(self, n: int = 1, **fields: Any) -> None:
+        self.n += n
+        self.fields.update(fields)
+        now = time.perf_counter()
+        interval = 0.1 if self._tty else self.log_every
+        if now - self._last_draw >= interval or (self.total is not None and self.n >= self.total):
+            self._last_draw = now
+            self._draw()
+
+    def line(self) -> str:
+        rate = self.rate
+        parts = [self.desc] if self.desc else []
+        if self.total:
+            frac = min(self.n / self.total, 1.0)
+            width = 20
+            filled = int(frac * width)
+            parts.append(f"[{'#' * filled}{'.' * (width - filled)}] {self.n}/{self.total}")
+            eta = (self.total - self.n) / rate if rate > 0 else float("inf")
+            parts.append(f"{rate:.1f} {self.unit}/s ETA {_fmt_seconds(eta)}")
+        else:
+            parts.append(f"{self.n} {self.unit} {rate:.1f} {self.unit}/s")
+        for key, value in self.fields.items():
+            parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
+        return " ".join(parts)
+
+    def _draw(self) -> None:
+        if not self.enabled:
+            return
+        if self._tty:
+            self.stream.write("\r\x1b[2K" + self.line())
+        else:
+            self.stream.write(self.line() + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._tty:
+            self._draw()
+            self.stream.write("\n")
+        else:
+            self.stream.write(self.line() + f" done in {_fmt_seconds(self.elapsed)}\n")
+        self.stream.flush()
+
+
+def track(items: Iterable[Any], desc: str = "", total: int | None = None, **kw: Any) -> Iterator[Any]:
+    """Iterate with a progress bar."""
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    with Progress(total, desc, **kw) as bar:
+        for item in items:
+            yield item
+            bar.update(1)
