@@ -1,1 +1,1 @@
-
+"""Elastic (dynamic) layers of the supernet and the plain (static) layers of extracted subnets."""

@@ -1,0 +1,544 @@
+"""The search space: a MobileNetV3-style network family, its archs, and how to sample and vary them (no torch).
+
+A `SearchSpace` is a value: a stem, a fixed first block, N elastic stages, a head, and the
+choices for kernel size, expand ratio, depth and input resolution. An `Arch` is one subnet of
+it, stored as JSON-ready tuples: one depth per stage, and one kernel and one expand ratio per
+*active* block, stage by stage (so `len(kernels) == sum(depths)`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+ACTIVATIONS = ("relu", "hswish")
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round a channel count to a multiple of `divisor` without dropping more than 10 % (as MobileNet)."""
+    min_value = min_value or divisor
+    new = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if new < 0.9 * value:
+        new += divisor
+    return new
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One elastic stage: `depths` are the block counts a subnet may choose."""
+
+    width: int
+    stride: int
+    act: str = "relu"
+    se: bool = False
+    depths: tuple[int, ...] = (2, 3, 4)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "depths", tuple(sorted(int(d) for d in self.depths)))
+        if self.width < 1:
+            raise ValueError(f"stage width {self.width} must be positive")
+        if self.stride not in (1, 2):
+            raise ValueError(f"stage stride {self.stride} is not supported: choose 1 or 2")
+        if self.act not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.act!r}: choose from {', '.join(ACTIVATIONS)}")
+        if not self.depths or self.depths[0] < 1:
+            raise ValueError(f"stage depth choices {self.depths} must be positive integers")
+
+    @property
+    def max_depth(self) -> int:
+        return self.depths[-1]
+
+
+def _fmt_choices(choices: Iterable[Any]) -> str:
+    return ", ".join(str(c) for c in choices)
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One subnet: `resolution`, a depth per stage, and a kernel and expand ratio per active block.
+
+    Frozen and hashable, so archs can be deduplicated and used as dict keys. Construct through
+    `SearchSpace` methods or `Arch.from_dict`, and check against a space with `space.validate(arch)`.
+    """
+
+    resolution: int
+    depths: tuple[int, ...]
+    kernels: tuple[int, ...]
+    expands: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        for name in ("depths", "kernels", "expands"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+                raise ValueError(f"arch field '{name}' must be a list of integers, got {value!r}")
+            items = tuple(value)
+            for item in items:
+                if isinstance(item, bool) or not isinstance(item, (int, np.integer)):
+                    raise ValueError(f"arch field '{name}' must hold integers, got {item!r}")
+            object.__setattr__(self, name, tuple(int(v) for v in items))
+        if isinstance(self.resolution, bool) or not isinstance(self.resolution, (int, np.integer)):
+            raise ValueError(f"arch field 'resolution' must be an integer, got {self.resolution!r}")
+        object.__setattr__(self, "resolution", int(self.resolution))
+        n_blocks = sum(self.depths)
+        if len(self.kernels) != n_blocks or len(self.expands) != n_blocks:
+            raise ValueError(
+                f"arch has {len(self.kernels)} kernels and {len(self.expands)} expand ratios but its depths "
+                f"{list(self.depths)} give {n_blocks} blocks: give one kernel and one expand ratio per block"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "resolution": self.resolution,
+            "depths": list(self.depths),
+            "kernels": list(self.kernels),
+            "expands": list(self.expands),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], space: SearchSpace | None = None) -> Arch:
+        """Build an arch from its JSON form; with `space`, also validate it and accept
+        Once-for-All's layout (a kernel and expand ratio for every block slot, active or not)."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"an arch must be a JSON object with resolution, depths, kernels, expands; got {d!r}")
+        missing = [k for k in ("resolution", "depths", "kernels", "expands") if k not in d]
+        if missing:
+            raise ValueError(f"arch is missing {', '.join(missing)}: expected keys resolution, depths, kernels, expands")
+        unknown = sorted(set(d) - {"resolution", "depths", "kernels", "expands"})
+        if unknown:
+            raise ValueError(f"arch has unknown keys {', '.join(unknown)}: expected resolution, depths, kernels, expands")
+        kernels, expands = d["kernels"], d["expands"]
+        if space is not None:
+            kernels = space._active_slots(d["depths"], kernels, "kernels")
+            expands = space._active_slots(d["depths"], expands, "expands")
+        arch = cls(d["resolution"], d["depths"], kernels, expands)
+        if space is not None:
+            space.validate(arch)
+        return arch
+
+    @classmethod
+    def from_json(cls, text: str, space: SearchSpace | None = None) -> Arch:
+        return cls.from_dict(json.loads(text), space)
+
+    def blocks(self) -> list[tuple[int, int, int, int]]:
+        """(stage index, index within stage, kernel, expand) for every active block."""
+        out = []
+        i = 0
+        for s, depth in enumerate(self.depths):
+            for j in range(depth):
+                out.append((s, j, self.kernels[i], self.expands[i]))
+                i += 1
+        return out
+
+    def stage_blocks(self, stage: int) -> list[tuple[int, int]]:
+        """(kernel, expand) of each active block of one stage."""
+        start = sum(self.depths[:stage])
+        stop = start + self.depths[stage]
+        return list(zip(self.kernels[start:stop], self.expands[start:stop]))
+
+    def __str__(self) -> str:
+        parts = []
+        for s in range(len(self.depths)):
+            parts.append("-".join(f"k{k}e{e}" for k, e in self.stage_blocks(s)))
+        return f"r{self.resolution}|" + "|".join(parts)
+
+
+_PRESETS: dict[str, Callable[[], SearchSpace]] = {}
+
+
+def register_preset(name: str) -> Callable[[Callable[[], SearchSpace]], Callable[[], SearchSpace]]:
+    """Decorator adding a search-space factory to the registry used by `SearchSpace.preset`."""
+
+    def wrap(fn: Callable[[], SearchSpace]) -> Callable[[], SearchSpace]:
+        _PRESETS[name] = fn
+        return fn
+
+    return wrap
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A MobileNetV3-style family of networks (Once-for-All's design).
+
+    Network: stem conv (3×3, `stem_stride`) → fixed first block (depthwise 3×3, expand 1) →
+    elastic stages of MBConv blocks → 1×1 final expand → global pool → 1×1 feature mix →
+    classifier. `width_mult` scales every width (rounded to multiples of 8).
+    """
+
+    name: str
+    stages: tuple[StageSpec, ...]
+    kernels: tuple[int, ...] = (3, 5, 7)
+    expands: tuple[int, ...] = (3, 4, 6)
+    resolutions: tuple[int, ...] = (224,)
+    stem_width: int = 16
+    stem_stride: int = 2
+    first_block_width: int = 16
+    final_expand_width: int = 960
+    feature_width: int = 1280
+    width_mult: float = 1.0
+    num_classes: int = 1000
+    in_channels: int = 3
+    dropout: float = 0.1
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", tuple(
+            s if isinstance(s, StageSpec) else StageSpec(**s) for s in self.stages))
+        for name in ("kernels", "expands", "resolutions"):
+            object.__setattr__(self, name, tuple(sorted(int(v) for v in getattr(self, name))))
+        if not self.stages:
+            raise ValueError("a search space needs at least one stage")
+        bad = [k for k in self.kernels if k < 1 or k % 2 == 0]
+        if bad:
+            raise ValueError(f"kernel sizes must be odd and positive, got {bad}")
+        if not self.expands or min(self.expands) < 1:
+            raise ValueError(f"expand ratios must be positive integers, got {list(self.expands)}")
+        if not self.resolutions or min(self.resolutions) < 8:
+            raise ValueError(f"resolutions must be at least 8 pixels, got {list(self.resolutions)}")
+        if self.stem_stride not in (1, 2):
+            raise ValueError(f"stem stride {self.stem_stride} is not supported: choose 1 or 2")
+        if self.width_mult <= 0:
+            raise ValueError(f"width multiplier {self.width_mult} must be positive")
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes {self.num_classes} must be at least 2")
+
+    # ---- registry -------------------------------------------------------------------------
+    @staticmethod
+    def presets() -> list[str]:
+        """Names accepted by `SearchSpace.preset`."""
+        return sorted(_PRESETS)
+
+    @staticmethod
+    def preset(name: str, **overrides: Any) -> SearchSpace:
+        """A named search space (`tiny`, `mobilenetv3`); keyword overrides replace fields,
+        e.g. `SearchSpace.preset("tiny", num_classes=10)`."""
+        try:
+            factory = _PRESETS[name]
+        except KeyError:
+            raise ValueError(f"unknown search-space preset {name!r}: choose from {_fmt_choices(SearchSpace.presets())}") from None
+        space = factory()
+        return space.replace(**overrides) if overrides else space
+
+    def replace(self, **changes: Any) -> SearchSpace:
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self) if f.init})
+        if unknown:
+            raise ValueError(f"unknown search-space field(s) {', '.join(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        d["stages"] = [dataclasses.asdict(s) for s in self.stages]
+        for key in ("kernels", "expands", "resolutions"):
+            d[key] = list(d[key])
+        for s in d["stages"]:
+            s["depths"] = list(s["depths"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SearchSpace:
+        d = dict(d)
+        d["stages"] = tuple(StageSpec(**{**s, "depths": tuple(s["depths"])}) for s in d["stages"])
+        return cls(**d)
+
+    # ---- derived widths --------------------------------------------------------------------
+    def scaled(self, width: int) -> int:
+        return make_divisible(width * self.width_mult, 8)
+
+    @property
+    def stage_widths(self) -> tuple[int, ...]:
+        return tuple(self.scaled(s.width) for s in self.stages)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    @property
+    def max_blocks(self) -> int:
+        """Block slots in the supernet (every stage at its largest depth)."""
+        return sum(s.max_depth for s in self.stages)
+
+    # ---- validation ------------------------------------------------------------------------
+    def _active_slots(self, depths: Sequence[int], values: Sequence[int], name: str) -> Sequence[int]:
+        """Accept Once-for-All's per-slot lists (length `max_blocks`) by keeping the active slots."""
+        try:
+            depths = [int(d) for d in depths]
+            values = list(values)
+        except (TypeError, ValueError):
+            return values
+        if len(values) == self.max_blocks and len(values) != sum(depths) and len(depths) == self.num_stages:
+            out: list[int] = []
+            start = 0
+            for spec, d in zip(self.stages, depths):
+                out.extend(values[start:start + min(d, spec.max_depth)])
+                start += spec.max_depth
+            return out
+        return values
+
+    def validate(self, arch: Arch) -> Arch:
+        """Return `arch` if it belongs to this space, else raise ValueError naming the bad value."""
+        if arch.resolution not in self.resolutions:
+            raise ValueError(
+                f"resolution {arch.resolution} is not offered by the '{self.name}' space: choose from "
+                f"{_fmt_choices(self.resolutions)}")
+        if len(arch.depths) != self.num_stages:
+            raise ValueError(
+                f"arch has {len(arch.depths)} depths but the '{self.name}' space has {self.num_stages} stages")
+        for s, (d, spec) in enumerate(zip(arch.depths, self.stages)):
+            if d not in spec.depths:
+                raise ValueError(f"depth {d} in stage {s} is not offered: choose from {_fmt_choices(spec.depths)}")
+        for i, (k, e) in enumerate(zip(arch.kernels, arch.expands)):
+            if k not in self.kernels:
+                raise ValueError(f"unknown kernel size {k} in block {i}: choose from {_fmt_choices(self.kernels)}")
+            if e not in self.expands:
+                raise ValueError(f"unknown expand ratio {e} in block {i}: choose from {_fmt_choices(self.expands)}")
+        return arch
+
+    def contains(self, arch: Arch) -> bool:
+        try:
+            self.validate(arch)
+        except ValueError:
+            return False
+        return True
+
+    def arch(self, resolution: int, depths: Sequence[int], kernels: Sequence[int], expands: Sequence[int]) -> Arch:
+        """A validated arch of this space."""
+        return self.validate(Arch(resolution, tuple(depths), tuple(kernels), tuple(expands)))
+
+    def parse_arch(self, value: str | Mapping[str, Any] | Arch) -> Arch:
+        """An arch from inline JSON, a JSON file path, a dict or an Arch; validated against this space."""
+        if isinstance(value, Arch):
+            return self.validate(value)
+        if isinstance(value, Mapping):
+            return Arch.from_dict(value, self)
+        text = str(value).strip()
+        if not text.startswith("{"):
+            from pathlib import Path
+
+            path = Path(text)
+            if not path.is_file():
+                raise ValueError(f"arch {text!r} is neither inline JSON nor an existing JSON file")
+            text = path.read_text()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"arch is not valid JSON ({exc.msg} at character {exc.pos})") from None
+        if isinstance(data, Mapping) and "arch" in data and isinstance(data["arch"], Mapping):
+            data = data["arch"]  # a search result or model card holding an arch
+        return Arch.from_dict(data, self)
+
+    # ---- special archs -------------------------------------------------------------------
+    def largest(self, resolution: int | None = None) -> Arch:
+        depths = tuple(s.max_depth for s in self.stages)
+        n = sum(depths)
+        return Arch(resolution or self.resolutions[-1], depths, (self.kernels[-1],) * n, (self.expands[-1],) * n)
+
+    def smallest(self, resolution: int | None = None) -> Arch:
+        depths = tuple(s.depths[0] for s in self.stages)
+        n = sum(depths)
+        return Arch(resolution or self.resolutions[0], depths, (self.kernels[0],) * n, (self.expands[0],) * n)
+
+    # ---- sampling and variation ------------------------------------------------------------
+    def sample(
+        self,
+        rng: np.random.Generator,
+        *,
+        kernels: Sequence[int] | None = None,
+        expands: Sequence[int] | None = None,
+        depths: Sequence[Sequence[int]] | None = None,
+        resolutions: Sequence[int] | None = None,
+    ) -> Arch:
+        """A uniformly random arch; the keyword choices restrict it (progressive shrinking uses them)."""
+        ks = tuple(kernels or self.kernels)
+        es = tuple(expands or self.expands)
+        rs = tuple(resolutions or self.resolutions)
+        ds = [tuple(depths[i]) if depths else spec.depths for i, spec in enumerate(self.stages)]
+        depth = tuple(int(rng.choice(d)) for d in ds)
+        n = sum(depth)
+        return Arch(
+            int(rng.choice(rs)),
+            depth,
+            tuple(int(k) for k in rng.choice(ks, size=n)),
+            tuple(int(e) for e in rng.choice(es, size=n)),
+        )
+
+    def sample_many(self, rng: np.random.Generator, n: int, *, unique: bool = True) -> list[Arch]:
+        """`n` random archs (distinct when `unique`, as far as the space allows)."""
+        out: list[Arch] = []
+        seen: set[Arch] = set()
+        attempts = 0
+        while len(out) < n and attempts < n * 50:
+            attempts += 1
+            a = self.sample(rng)
+            if unique and a in seen:
+                continue
+            seen.add(a)
+            out.append(a)
+        return out
+
+    def mutate(self, arch: Arch, rng: np.random.Generator, prob: float = 0.1) -> Arch:
+        """Resample each gene (resolution, each stage depth, each block's kernel and expand) with probability `prob`.
+
+        Kernels and expands are kept per block slot, so growing a stage re-activates fresh random blocks
+        at its end and shrinking it drops the last blocks.
+        """
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"mutation probability {prob} must be between 0 and 1")
+        resolution = arch.resolution
+        if rng.random() < prob:
+            resolution = int(rng.choice(self.resolutions))
+        new_depths, new_kernels, new_expands = [], [], []
+        for s, spec in enumerate(self.stages):
+            blocks = arch.stage_blocks(s)
+            depth = arch.depths[s]
+            if rng.random() < prob:
+                depth = int(rng.choice(spec.depths))
+            for j in range(depth):
+                if j < len(blocks):
+                    k, e = blocks[j]
+                else:
+                    k, e = int(rng.choice(self.kernels)), int(rng.choice(self.expands))
+                if rng.random() < prob:
+                    k = int(rng.choice(self.kernels))
+                if rng.random() < prob:
+                    e = int(rng.choice(self.expands))
+                new_kernels.append(k)
+                new_expands.append(e)
+            new_depths.append(depth)
+        return Arch(resolution, tuple(new_depths), tuple(new_kernels), tuple(new_expands))
+
+    def crossover(self, a: Arch, b: Arch, rng: np.random.Generator) -> Arch:
+        """Uniform crossover: every gene comes from either parent with equal chance.
+
+        A block that only one parent has (its stage is deeper there) comes from that parent.
+        """
+        resolution = a.resolution if rng.random() < 0.5 else b.resolution
+        depths, kernels, expands = [], [], []
+        for s in range(self.num_stages):
+            ba, bb = a.stage_blocks(s), b.stage_blocks(s)
+            depth = a.depths[s] if rng.random() < 0.5 else b.depths[s]
+            for j in range(depth):
+                if j < len(ba) and j < len(bb):
+                    k = ba[j][0] if rng.random() < 0.5 else bb[j][0]
+                    e = ba[j][1] if rng.random() < 0.5 else bb[j][1]
+                else:
+                    k, e = ba[j] if j < len(ba) else bb[j]
+                kernels.append(k)
+                expands.append(e)
+            depths.append(depth)
+        return Arch(resolution, tuple(depths), tuple(kernels), tuple(expands))
+
+    # ---- encoding and size -----------------------------------------------------------------
+    @property
+    def encoding_size(self) -> int:
+        return len(self.resolutions) + self.max_blocks * (len(self.kernels) + len(self.expands))
+
+    def encode(self, archs: Arch | Sequence[Arch]) -> np.ndarray:
+        """One-hot features, shape (n, encoding_size), float32: resolution, then per block slot its kernel
+        and expand ratio (all zeros for a slot the arch leaves inactive), as Once-for-All's predictor."""
+        if isinstance(archs, Arch):
+            archs = [archs]
+        nk, ne = len(self.kernels), len(self.expands)
+        slot = nk + ne
+        nres = len(self.resolutions)
+        out = np.zeros((len(archs), self.encoding_size), dtype=np.float32)
+        r_index = {r: i for i, r in enumerate(self.resolutions)}
+        k_index = {k: i for i, k in enumerate(self.kernels)}
+        e_index = {e: i for i, e in enumerate(self.expands)}
+        offsets = np.cumsum([0] + [s.max_depth for s in self.stages])
+        for row, arch in enumerate(archs):
+            out[row, r_index[arch.resolution]] = 1.0
+            i = 0
+            for s, depth in enumerate(arch.depths):
+                for j in range(depth):
+                    base = nres + (offsets[s] + j) * slot
+                    out[row, base + k_index[arch.kernels[i]]] = 1.0
+                    out[row, base + nk + e_index[arch.expands[i]]] = 1.0
+                    i += 1
+        return out
+
+    def size(self, per_resolution: bool = False) -> int:
+        """Number of distinct subnets (per resolution when `per_resolution`)."""
+        per_block = len(self.kernels) * len(self.expands)
+        total = 1
+        for spec in self.stages:
+            total *= sum(per_block ** d for d in spec.depths)
+        return total if per_resolution else total * len(self.resolutions)
+
+    def stats(self, arch: Arch):
+        """Parameters, MACs, peak activation memory and flash size of `arch` (see `edgenas.stats`)."""
+        from edgenas.stats import arch_stats
+
+        return arch_stats(self, arch)
+
+    def describe(self) -> str:
+        lines = [f"search space '{self.name}': {self.num_stages} stages, {self.size():.3g} subnets "
+                 f"({self.size(per_resolution=True):.3g} per resolution)",
+                 f"  kernels {list(self.kernels)}, expand ratios {list(self.expands)}, "
+                 f"resolutions {list(self.resolutions)}, width x{self.width_mult}, {self.num_classes} classes"]
+        for i, (spec, w) in enumerate(zip(self.stages, self.stage_widths)):
+            lines.append(f"  stage {i}: width {w}, stride {spec.stride}, {spec.act}, "
+                         f"SE {'on' if spec.se else 'off'}, depths {list(spec.depths)}")
+        return "\n".join(lines)
+
+
+@register_preset("mobilenetv3")
+def _mobilenetv3() -> SearchSpace:
+    """Once-for-All's ImageNet MobileNetV3 space (OFA-MBv3, width 1.0)."""
+    return SearchSpace(
+        name="mobilenetv3",
+        stages=(
+            StageSpec(24, 2, "relu", False, (2, 3, 4)),
+            StageSpec(40, 2, "relu", True, (2, 3, 4)),
+            StageSpec(80, 2, "hswish", False, (2, 3, 4)),
+            StageSpec(112, 1, "hswish", True, (2, 3, 4)),
+            StageSpec(160, 2, "hswish", True, (2, 3, 4)),
+        ),
+        kernels=(3, 5, 7),
+        expands=(3, 4, 6),
+        resolutions=tuple(range(128, 225, 4)),
+        stem_width=16,
+        stem_stride=2,
+        first_block_width=16,
+        final_expand_width=960,
+        feature_width=1280,
+        num_classes=1000,
+        dropout=0.1,
+    )
+
+
+@register_preset("tiny")
+def _tiny() -> SearchSpace:
+    """A small space for 24-32 pixel inputs (digits, shapes, CIFAR): 3 downsamplings, narrow stages."""
+    return SearchSpace(
+        name="tiny",
+        stages=(
+            StageSpec(24, 2, "relu", False, (1, 2, 3)),
+            StageSpec(32, 2, "hswish", True, (1, 2, 3)),
+            StageSpec(48, 1, "hswish", True, (1, 2, 3)),
+            StageSpec(64, 2, "hswish", True, (1, 2, 3)),
+        ),
+        kernels=(3, 5, 7),
+        expands=(3, 4, 6),
+        resolutions=(24, 28, 32),
+        stem_width=16,
+        stem_stride=1,
+        first_block_width=16,
+        final_expand_width=192,
+        feature_width=256,
+        num_classes=10,
+        dropout=0.1,
+    )
+
+
+def conv_out(size: int, kernel: int, stride: int) -> int:
+    """Spatial output size of a 'same'-padded convolution (padding kernel // 2)."""
+    pad = kernel // 2
+    return (size + 2 * pad - kernel) // stride + 1
+

@@ -1,0 +1,321 @@
+"""Model statistics of any arch without a device or torch: parameters, MACs, peak activation memory, flash.
+
+The network is written out as a list of ops over named tensors (the same ops the static
+model and its TFLite conversion run: convolutions with BN folded in, separate hard-swish,
+the squeeze-excite pieces, residual adds). From that list:
+
+- MACs count convolutions and the classifier only (what `torch.utils.flop_counter` counts, halved);
+- parameters are those of the PyTorch static model (BN weight and bias included);
+- flash is the deployed weights, BN folded into a per-channel bias: int8 weights with int32
+  biases, or everything fp32;
+- peak activation memory is the largest sum of live tensors while any op runs: its inputs, its
+  output, and every tensor still needed later (a residual block's input). It is what a
+  TensorFlow Lite Micro arena must hold at least, at 1 byte (int8) or 4 bytes (fp32) per value.
+
+`StatsTable` computes the same figures for thousands of archs at once from per-block tables
+(the search uses it): MACs, parameters and flash are sums over active blocks and the peak is a
+maximum over them, because between blocks only one tensor is alive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from edgenas.space import Arch, SearchSpace, conv_out, make_divisible
+
+
+@dataclass(frozen=True)
+class Op:
+    """One op of the deployed graph: reads `inputs`, writes `output` (tensor names and sizes in values)."""
+
+    name: str
+    kind: str  # conv, dwconv, linear, hswish, pool, se_scale, add
+    inputs: tuple[str, ...]
+    output: str
+    out_size: int
+    macs: int = 0
+    weights: int = 0
+    biases: int = 0
+    bn_channels: int = 0  # channels of a BatchNorm folded into this op (params in PyTorch, bias in flash)
+
+
+@dataclass(frozen=True)
+class ArchStats:
+    """Statistics of one subnet; memory figures in bytes."""
+
+    params: int
+    macs: int
+    peak_activation_int8: int
+    peak_activation_fp32: int
+    flash_int8: int
+    flash_fp32: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @property
+    def peak_activation_kb_int8(self) -> float:
+        return self.peak_activation_int8 / 1024
+
+    @property
+    def flash_kb_int8(self) -> float:
+        return self.flash_int8 / 1024
+
+
+def mid_channels(in_channels: int, expand: int) -> int:
+    """Hidden width of an MBConv block (Once-for-All: rounded to a multiple of 8)."""
+    return make_divisible(round(in_channels * expand), 8)
+
+
+def se_channels(channels: int) -> int:
+    """Squeeze width of a squeeze-excite module (reduction 4, multiple of 8)."""
+    return make_divisible(channels // 4, 8)
+
+
+class _GraphBuilder:
+    def __init__(self) -> None:
+        self.ops: list[Op] = []
+        self.sizes: dict[str, int] = {}
+        self._n = 0
+
+    def tensor(self, size: int) -> str:
+        self._n += 1
+        name = f"t{self._n}"
+        self.sizes[name] = size
+        return name
+
+    def add(self, name: str, kind: str, inputs: tuple[str, ...], out_size: int, **kw: Any) -> str:
+        out = self.tensor(out_size)
+        self.ops.append(Op(name, kind, inputs, out, out_size, **kw))
+        return out
+
+    def conv(self, name: str, x: str, cin: int, cout: int, hw: int, k: int, stride: int, *, groups: int = 1,
+             bn: bool = True, bias: bool = False, act: str | None = None) -> tuple[str, int]:
+        out_hw = conv_out(hw, k, stride)
+        per_out = (cin // groups) * k * k
+        y = self.add(name, "dwconv" if groups > 1 else "conv", (x,), cout * out_hw * out_hw,
+                     macs=out_hw * out_hw * cout * per_out, weights=cout * per_out,
+                     biases=cout if (bn or bias) else 0, bn_channels=cout if bn else 0)
+        if act == "hswish":  # TFLite has no fused hard-swish: it is an op of its own
+            y = self.add(name + ".hswish", "hswish", (y,), cout * out_hw * out_hw)
+        return y, out_hw
+
+    def mbconv(self, name: str, x: str, cin: int, cout: int, hw: int, k: int, expand: int, stride: int,
+               act: str, se: bool, residual: bool, has_expand: bool = True) -> tuple[str, int]:
+        h = x
+        mid = cin
+        if has_expand:  # elastic blocks always have the 1x1 expansion; the fixed first block has none
+            mid = mid_channels(cin, expand)
+            h, _ = self.conv(name + ".expand", h, cin, mid, hw, 1, 1, act=act)
+        h, out_hw = self.conv(name + ".depthwise", h, mid, mid, hw, k, stride, groups=mid, act=act)
+        if se:
+            r = se_channels(mid)
+            p = self.add(name + ".se.pool", "pool", (h,), mid)
+            q = self.add(name + ".se.reduce", "conv", (p,), r, macs=mid * r, weights=mid * r, biases=r)
+            s = self.add(name + ".se.expand", "conv", (q,), mid, macs=r * mid, weights=r * mid, biases=mid)
+            h = self.add(name + ".se.scale", "se_scale", (h, s), mid * out_hw * out_hw)
+        h, out_hw = self.conv(name + ".project", h, mid, cout, out_hw, 1, 1)
+        if residual:
+            h = self.add(name + ".add", "add", (x, h), cout * out_hw * out_hw)
+        return h, out_hw
+
+
+def block_plan(space: SearchSpace) -> list[tuple[int, int, int, int, bool]]:
+    """(stage, index in stage, in channels, out channels, stride) of every block slot of the supernet."""
+    plan = []
+    cin = space.scaled(space.first_block_width)
+    for s, (spec, width) in enumerate(zip(space.stages, space.stage_widths)):
+        for j in range(spec.max_depth):
+            stride = spec.stride if j == 0 else 1
+            plan.append((s, j, cin, width, stride))
+            cin = width
+    return plan
+
+
+def build_graph(space: SearchSpace, arch: Arch) -> tuple[list[Op], dict[str, int]]:
+    """The deployed op graph of `arch` (BN folded), and every tensor's size in values."""
+    g = _GraphBuilder()
+    hw = arch.resolution
+    x = g.tensor(space.in_channels * hw * hw)
+    stem = space.scaled(space.stem_width)
+    h, hw = g.conv("stem", x, space.in_channels, stem, hw, 3, space.stem_stride, act="hswish")
+    first = space.scaled(space.first_block_width)
+    h, hw = g.mbconv("first", h, stem, first, hw, 3, 1, 1, "relu", False, residual=stem == first,
+                     has_expand=False)
+    cin = first
+    for s, (spec, width) in enumerate(zip(space.stages, space.stage_widths)):
+        for j, (k, e) in enumerate(arch.stage_blocks(s)):
+            stride = spec.stride if j == 0 else 1
+            residual = stride == 1 and cin == width
+            h, hw = g.mbconv(f"stage{s}.block{j}", h, cin, width, hw, k, e, stride, spec.act, spec.se, residual)
+            cin = width
+    final = space.scaled(space.final_expand_width)
+    h, hw = g.conv("final_expand", h, cin, final, hw, 1, 1, act="hswish")
+    h = g.add("pool", "pool", (h,), final)
+    feature = space.scaled(space.feature_width)
+    h, _ = g.conv("feature_mix", h, final, feature, 1, 1, 1, bn=False, act="hswish")
+    g.add("classifier", "linear", (h,), space.num_classes, macs=feature * space.num_classes,
+          weights=feature * space.num_classes, biases=space.num_classes)
+    return g.ops, g.sizes
+
+
+def peak_activation(ops: list[Op], sizes: dict[str, int]) -> int:
+    """Largest sum of live tensors (in values) while any op runs: a tensor lives from the op
+    that writes it (the graph input from the start) to the last op that reads it."""
+    last_use: dict[str, int] = {}
+    for i, op in enumerate(ops):
+        for t in op.inputs:
+            last_use[t] = i
+    created = {op.output: i for i, op in enumerate(ops)}
+    peak = 0
+    for i in range(len(ops)):
+        live = 0
+        for t, size in sizes.items():
+            born = created.get(t, -1)
+            if born <= i and last_use.get(t, born) >= i:
+                live += size
+        peak = max(peak, live)
+    return peak
+
+
+def arch_stats(space: SearchSpace, arch: Arch) -> ArchStats:
+    """Statistics of one arch (validated against the space)."""
+    space.validate(arch)
+    ops, sizes = build_graph(space, arch)
+    weights = sum(op.weights for op in ops)
+    biases = sum(op.biases for op in ops)
+    # PyTorch params: conv weights, BN weight+bias, SE conv biases, classifier bias.
+    params = weights + sum(2 * op.bn_channels + (op.biases - op.bn_channels) for op in ops)
+    peak = peak_activation(ops, sizes)
+    return ArchStats(
+        params=params,
+        macs=sum(op.macs for op in ops),
+        peak_activation_int8=peak,
+        peak_activation_fp32=4 * peak,
+        flash_int8=weights + 4 * biases,
+        flash_fp32=4 * (weights + biases),
+    )
+
+
+class StatsTable:
+    """Vectorised statistics for many archs of one space (search evaluates whole populations).
+
+    Per resolution, the fixed parts (stem, first block, head) and, per block slot, kernel and
+    expand ratio, each block's MACs, params, flash and peak are tabulated once. `compute(archs)`
+    then gathers and sums (or maxes) them. Agrees exactly with `arch_stats`.
+    """
+
+    FIELDS = ("params", "macs", "peak_activation_int8", "flash_int8", "flash_fp32")
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+        plan = block_plan(space)
+        nr, nslot, nk, ne = len(space.resolutions), len(plan), len(space.kernels), len(space.expands)
+        self.fixed = np.zeros((len(self.FIELDS), nr), dtype=np.int64)
+        self.fixed_peak = np.zeros(nr, dtype=np.int64)
+        self.block = np.zeros((len(self.FIELDS), nr, nslot, nk, ne), dtype=np.int64)
+        self.slot_offsets = np.cumsum([0] + [s.max_depth for s in space.stages])[:-1]
+        # The fixed part: the smallest arch with every block's contribution removed.
+        for ri, res in enumerate(space.resolutions):
+            base = space.smallest(res)
+            ops, sizes = build_graph(space, base)
+            blocks = {name for name in (op.name.split(".")[0] for op in ops) if name.startswith("stage")}
+            fixed_ops = [op for op in ops if not op.name.startswith("stage")]
+            self.fixed[:, ri] = self._totals(fixed_ops)
+            self.fixed_peak[ri] = self._peak_outside_blocks(ops, sizes, blocks)
+            hw_in = self._block_inputs(space, res)
+            for slot, (s, _j, cin, cout, stride) in enumerate(plan):
+                spec = space.stages[s]
+                for ki, k in enumerate(space.kernels):
+                    for ei, e in enumerate(space.expands):
+                        g = _GraphBuilder()
+                        x = g.tensor(cin * hw_in[slot] ** 2)
+                        g.mbconv("b", x, cin, cout, hw_in[slot], k, e, stride, spec.act, spec.se,
+                                 residual=stride == 1 and cin == cout)
+                        tot = self._totals(g.ops)
+                        tot[2] = peak_activation(g.ops, g.sizes)
+                        self.block[:, ri, slot, ki, ei] = tot
+
+    @staticmethod
+    def _block_inputs(space: SearchSpace, res: int) -> list[int]:
+        hw = conv_out(res, 3, space.stem_stride)
+        out = []
+        for spec in space.stages:
+            for j in range(spec.max_depth):
+                out.append(hw)
+                if j == 0:
+                    hw = conv_out(hw, 3, spec.stride)  # kernel size does not change 'same' output size
+        return out
+
+    @staticmethod
+    def _totals(ops: list[Op]) -> np.ndarray:
+        weights = sum(op.weights for op in ops)
+        biases = sum(op.biases for op in ops)
+        params = weights + sum(2 * op.bn_channels + (op.biases - op.bn_channels) for op in ops)
+        return np.array([params, sum(op.macs for op in ops), 0, weights + 4 * biases, 4 * (weights + biases)],
+                        dtype=np.int64)
+
+    @staticmethod
+    def _peak_outside_blocks(ops: list[Op], sizes: dict[str, int], blocks: set[str]) -> int:
+        last_use: dict[str, int] = {}
+        for i, op in enumerate(ops):
+            for t in op.inputs:
+                last_use[t] = i
+        created = {op.output: i for i, op in enumerate(ops)}
+        peak = 0
+        for i, op in enumerate(ops):
+            if op.name.split(".")[0] in blocks:
+                continue
+            live = sum(size for t, size in sizes.items()
+                       if created.get(t, -1) <= i and last_use.get(t, created.get(t, -1)) >= i)
+            peak = max(peak, live)
+        return peak
+
+    def indices(self, archs: list[Arch]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Resolution index (n,) and per-slot kernel and expand indices (n, slots), plus an active mask."""
+        space = self.space
+        r_index = {r: i for i, r in enumerate(space.resolutions)}
+        k_index = {k: i for i, k in enumerate(space.kernels)}
+        e_index = {e: i for i, e in enumerate(space.expands)}
+        n, nslot = len(archs), space.max_blocks
+        ri = np.empty(n, dtype=np.int64)
+        ki = np.zeros((n, nslot), dtype=np.int64)
+        ei = np.zeros((n, nslot), dtype=np.int64)
+        active = np.zeros((n, nslot), dtype=bool)
+        for row, arch in enumerate(archs):
+            ri[row] = r_index[arch.resolution]
+            i = 0
+            for s, depth in enumerate(arch.depths):
+                base = self.slot_offsets[s]
+                for j in range(depth):
+                    ki[row, base + j] = k_index[arch.kernels[i]]
+                    ei[row, base + j] = e_index[arch.expands[i]]
+                    active[row, base + j] = True
+                    i += 1
+        return ri, ki, ei, active
+
+    def compute(self, archs: list[Arch]) -> dict[str, np.ndarray]:
+        """Statistics of every arch: a dict of int64 arrays named as ArchStats' fields."""
+        ri, ki, ei, active = self.indices(archs)
+        slots = np.arange(self.space.max_blocks)[None, :]
+        vals = self.block[:, ri[:, None], slots, ki, ei]  # (fields, n, slots)
+        vals = np.where(active[None], vals, 0)
+        out = {}
+        for f, name in enumerate(self.FIELDS):
+            if name == "peak_activation_int8":
+                out[name] = np.maximum(vals[f].max(axis=1), self.fixed_peak[ri])
+            else:
+                out[name] = vals[f].sum(axis=1) + self.fixed[f, ri]
+        out["peak_activation_fp32"] = 4 * out["peak_activation_int8"]
+        return out
+
+
+def stats_table(space: SearchSpace) -> StatsTable:
+    """The (cached) StatsTable of a space."""
+    table = space._cache.get("stats_table")
+    if table is None:
+        table = space._cache["stats_table"] = StatsTable(space)
+    return table

@@ -1,0 +1,163 @@
+"""The once-for-all supernet: one set of weights holding every subnet of a search space.
+
+`set_active(arch)` makes the supernet run that subnet in place (training samples subnets
+this way); `extract(arch)` returns the subnet as a plain PyTorch model (`StaticNet`) with
+copied weights and BatchNorm statistics, which exports to ONNX and TFLite and computes
+exactly what the active supernet computes.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgenas.nn.dynamic import DynamicMBConv
+from edgenas.nn.static import ConvBNAct, MBConv, StaticNet
+from edgenas.space import Arch, SearchSpace
+from edgenas.stats import ArchStats, arch_stats
+
+
+class Supernet(nn.Module):
+    """Once-for-All MobileNetV3-style supernet over `space`.
+
+    Elastic: kernel size and expand ratio of every block, depth of every stage (the first d
+    blocks run), and input resolution (the forward takes any input size; `resize` scales a
+    batch to an arch's resolution).
+    """
+
+    def __init__(self, space: SearchSpace, num_classes: int | None = None) -> None:
+        super().__init__()
+        if num_classes is not None and num_classes != space.num_classes:
+            space = space.replace(num_classes=num_classes)
+        self.space = space
+        stem = space.scaled(space.stem_width)
+        first = space.scaled(space.first_block_width)
+        self.stem = ConvBNAct(space.in_channels, stem, 3, space.stem_stride, act="hswish")
+        self.first = MBConv(stem, first, 3, 1, mid=None, act="relu", se_mid=None, residual=stem == first)
+        stages = []
+        cin = first
+        for spec, width in zip(space.stages, space.stage_widths):
+            blocks = []
+            for j in range(spec.max_depth):
+                stride = spec.stride if j == 0 else 1
+                blocks.append(DynamicMBConv(cin, width, space.kernels, space.expands, stride, spec.act, spec.se))
+                cin = width
+            stages.append(nn.ModuleList(blocks))
+        self.stages = nn.ModuleList(stages)
+        final = space.scaled(space.final_expand_width)
+        feature = space.scaled(space.feature_width)
+        self.final_expand = ConvBNAct(cin, final, 1, act="hswish")
+        self.feature_mix = ConvBNAct(final, feature, 1, act="hswish", bn=False)
+        self.dropout = nn.Dropout(space.dropout)
+        self.classifier = nn.Linear(feature, space.num_classes)
+        self._init_weights()
+        self.active_depths = [spec.max_depth for spec in space.stages]
+        self.active_resolution = space.resolutions[-1]
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    @property
+    def num_classes(self) -> int:
+        return self.space.num_classes
+
+    # ---- choosing a subnet -----------------------------------------------------------------
+    def set_active(self, arch: Arch) -> Supernet:
+        """Run `arch` from now on (validated against the space). Returns self for chaining."""
+        self.space.validate(arch)
+        self.active_depths = list(arch.depths)
+        self.active_resolution = arch.resolution
+        for s, stage in enumerate(self.stages):
+            for block, (k, e) in zip(stage, arch.stage_blocks(s)):
+                block.active_kernel = k
+                block.active_expand = e
+        return self
+
+    def set_largest(self) -> Supernet:
+        return self.set_active(self.space.largest())
+
+    @property
+    def active_arch(self) -> Arch:
+        kernels, expands = [], []
+        for s, stage in enumerate(self.stages):
+            for block in list(stage)[: self.active_depths[s]]:
+                kernels.append(block.active_kernel)
+                expands.append(block.active_expand)
+        return Arch(self.active_resolution, tuple(self.active_depths), tuple(kernels), tuple(expands))
+
+    # ---- running ---------------------------------------------------------------------------
+    def resize(self, x: torch.Tensor, resolution: int | None = None) -> torch.Tensor:
+        """Scale a batch to `resolution` (default: the active arch's), bilinearly, as elastic resolution needs."""
+        size = resolution or self.active_resolution
+        if x.shape[-1] == size and x.shape[-2] == size:
+            return x
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.first(self.stem(x))
+        for stage, depth in zip(self.stages, self.active_depths):
+            for block in list(stage)[:depth]:
+                x = block(x)
+        x = self.final_expand(x)
+        x = x.mean((2, 3), keepdim=True)
+        return torch.flatten(self.feature_mix(x), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.features(x)))
+
+    # ---- extraction ------------------------------------------------------------------------
+    @torch.no_grad()
+    def extract(self, arch: Arch | None = None) -> StaticNet:
+        """The subnet `arch` (default: the active one) as a plain model with copied weights and BN statistics.
+
+        The supernet's active arch is restored afterwards. The result is in the supernet's mode (train/eval).
+        """
+        previous = self.active_arch
+        if arch is not None:
+            self.set_active(arch)
+        arch = self.active_arch
+        try:
+            blocks = [block.to_static() for s, stage in enumerate(self.stages)
+                      for block in list(stage)[: self.active_depths[s]]]
+            net = StaticNet(
+                copy.deepcopy(self.stem), copy.deepcopy(self.first), blocks, copy.deepcopy(self.final_expand),
+                copy.deepcopy(self.feature_mix), copy.deepcopy(self.classifier),
+                dropout=self.space.dropout, resolution=arch.resolution, in_channels=self.space.in_channels,
+                arch=arch.to_dict(),
+            )
+        finally:
+            self.set_active(previous)
+        net.to(next(self.parameters()).device)
+        return net.train(self.training)
+
+    @torch.no_grad()
+    def sort_channels(self) -> None:
+        """Re-sort every block's hidden channels by importance (before the elastic-expand phase)."""
+        for stage in self.stages:
+            for block in stage:
+                block.sort_channels()
+
+    def stats(self, arch: Arch | None = None) -> ArchStats:
+        """Parameters, MACs, peak activation memory and flash of `arch` (default: the active one)."""
+        return arch_stats(self.space, arch or self.active_arch)
+
+    def config(self) -> dict:
+        """What `load_supernet` needs to rebuild this network (the search space)."""
+        return {"space": self.space.to_dict()}
+
+    @classmethod
+    def from_config(cls, config: dict) -> Supernet:
+        return cls(SearchSpace.from_dict(config["space"]))
