@@ -1,0 +1,232 @@
+"""What a search optimises: predictors, device constraints, and batched, cached evaluation of candidates.
+
+Search never sees a `torch.nn.Module`: it sees archs (as genome rows), anything with
+`.predict(archs) -> np.ndarray` for accuracy and latency, and limits on latency, peak SRAM, flash
+and MACs. Memory and MACs come from the analytic statistics table, computed for whole batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from edgenas.errors import UsageError
+from edgenas.search.genome import ArchBatch, GenomeCodec
+from edgenas.space import Arch, SearchSpace
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """Anything that predicts one number per arch: accuracy (top-1 in [0, 1]) or latency (ms)."""
+
+    def predict(self, archs: Sequence[Arch]) -> np.ndarray: ...
+
+
+class InfeasibleConstraintError(UsageError):
+    """No arch of the space meets the constraints; the message names the smallest achievable values."""
+
+    def __init__(self, message: str, smallest: dict[str, float]) -> None:
+        super().__init__(message)
+        self.smallest = smallest
+
+
+# name -> (statistics field for int8 / fp32 deployment, unit label, scale to the unit)
+_STAT_LIMITS = {
+    "sram": (("peak_activation_int8", "peak_activation_fp32"), "KB", 1024.0),
+    "flash": (("flash_int8", "flash_fp32"), "KB", 1024.0),
+    "macs": (("macs", "macs"), "M MACs", 1e6),
+}
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Upper limits an arch must meet (None: no limit). Memory in bytes, at the deployed precision."""
+
+    max_latency_ms: float | None = None
+    max_sram_bytes: int | None = None
+    max_flash_bytes: int | None = None
+    max_macs: int | None = None
+    precision: str = "int8"  # memory figures for an int8 (TFLite Micro) or an fp32 deployment
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("int8", "fp32"):
+            raise UsageError(f"memory precision {self.precision!r} is not supported: choose int8 or fp32")
+        for name in ("max_latency_ms", "max_sram_bytes", "max_flash_bytes", "max_macs"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise UsageError(f"constraint {name.replace('_', '-')} = {value} must be positive")
+
+    def limits(self) -> dict[str, float]:
+        """Active limits by short name: latency (ms), sram, flash (bytes), macs."""
+        out = {"latency": self.max_latency_ms, "sram": self.max_sram_bytes, "flash": self.max_flash_bytes,
+               "macs": self.max_macs}
+        return {k: float(v) for k, v in out.items() if v is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_latency_ms": self.max_latency_ms, "max_sram_bytes": self.max_sram_bytes,
+                "max_flash_bytes": self.max_flash_bytes, "max_macs": self.max_macs, "precision": self.precision}
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_latency_ms is not None:
+            parts.append(f"latency <= {self.max_latency_ms:g} ms")
+        if self.max_sram_bytes is not None:
+            parts.append(f"SRAM <= {self.max_sram_bytes / 1024:g} KB")
+        if self.max_flash_bytes is not None:
+            parts.append(f"flash <= {self.max_flash_bytes / 1024:g} KB")
+        if self.max_macs is not None:
+            parts.append(f"MACs <= {self.max_macs / 1e6:g} M")
+        return ", ".join(parts) or "no constraints"
+
+
+@dataclass
+class Evaluation:
+    """Metrics of a batch of candidates, one entry per row (latency NaN without a latency predictor)."""
+
+    accuracy: np.ndarray
+    latency_ms: np.ndarray
+    sram: np.ndarray
+    flash: np.ndarray
+    macs: np.ndarray
+    feasible: np.ndarray
+    violation: np.ndarray  # (n, constraints): value / limit - 1; <= 0 where met
+
+    def __len__(self) -> int:
+        return len(self.accuracy)
+
+    def take(self, index: np.ndarray) -> Evaluation:
+        return Evaluation(**{k: getattr(self, k)[index] for k in self.__dataclass_fields__})
+
+    @staticmethod
+    def concat(parts: Sequence[Evaluation]) -> Evaluation:
+        return Evaluation(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in Evaluation.__dataclass_fields__})
+
+    def row(self, i: int) -> dict[str, float]:
+        return {"accuracy": float(self.accuracy[i]), "latency_ms": float(self.latency_ms[i]),
+                "sram_bytes": int(self.sram[i]), "flash_bytes": int(self.flash[i]), "macs": int(self.macs[i])}
+
+
+@dataclass
+class Problem:
+    """Predictors and constraints over one search space; `evaluate(genomes)` scores whole batches.
+
+    Predictions are cached per distinct arch (evolution revisits archs often), so `predicted`
+    counts the archs actually sent to the predictors and `candidates` every row evaluated.
+    """
+
+    space: SearchSpace
+    accuracy: Predictor
+    latency: Predictor | None = None
+    constraints: Constraints = field(default_factory=Constraints)
+    device: str | None = None
+    cache: bool = True
+
+    def __post_init__(self) -> None:
+        for role, predictor in (("accuracy", self.accuracy), ("latency", self.latency)):
+            if predictor is not None and not callable(getattr(predictor, "predict", None)):
+                raise TypeError(f"the {role} predictor {predictor!r} has no predict(archs) method")
+        if self.constraints.max_latency_ms is not None and self.latency is None:
+            raise UsageError("a latency limit needs a latency predictor for the device: calibrate it first "
+                             "(edgenas calibrate --device NAME --supernet CKPT)")
+        self.codec = GenomeCodec(self.space)
+        self.candidates = 0
+        self.predicted = 0
+        self._cache: dict[bytes, tuple[float, float]] = {}
+        limits = self.constraints.limits()
+        self._limit_names = list(limits)
+        self._limit_values = np.array([limits[k] for k in limits], dtype=np.float64)
+        self._precision_index = 0 if self.constraints.precision == "int8" else 1
+
+    @property
+    def limit_names(self) -> list[str]:
+        return list(self._limit_names)
+
+    def _predict(self, genomes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        batch = ArchBatch(self.codec, genomes)
+        acc = np.asarray(self.accuracy.predict(batch), dtype=np.float64).reshape(-1)
+        if self.latency is not None:
+            lat = np.asarray(self.latency.predict(batch), dtype=np.float64).reshape(-1)
+        else:
+            lat = np.full(len(genomes), np.nan)
+        if len(acc) != len(genomes) or len(lat) != len(genomes):
+            raise ValueError(f"a predictor returned {len(acc)}/{len(lat)} values for {len(genomes)} archs")
+        self.predicted += len(genomes)
+        return acc, lat
+
+    def predictions(self, genomes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted accuracy and latency of each row (cached per distinct arch)."""
+        if not self.cache:
+            return self._predict(genomes)
+        keys = self.codec.keys(genomes).tolist()
+        missing: dict[bytes, int] = {}
+        for i, key in enumerate(keys):
+            if key not in self._cache and key not in missing:
+                missing[key] = i
+        if missing:
+            rows = np.fromiter(missing.values(), dtype=np.int64, count=len(missing))
+            acc, lat = self._predict(genomes[rows])
+            for key, a, t in zip(missing, acc.tolist(), lat.tolist()):
+                self._cache[key] = (a, t)
+        values = np.array([self._cache[k] for k in keys], dtype=np.float64).reshape(len(keys), 2)
+        return values[:, 0], values[:, 1]
+
+    def evaluate(self, genomes: np.ndarray) -> Evaluation:
+        """Predicted accuracy and latency, memory and MACs, and constraint status of every row."""
+        genomes = np.asarray(genomes, dtype=np.int64).reshape(-1, self.codec.width)
+        self.candidates += len(genomes)
+        acc, lat = self.predictions(genomes)
+        stats = self.codec.stats(genomes)
+        p = self._precision_index
+        values = {
+            "latency": lat,
+            "sram": stats[_STAT_LIMITS["sram"][0][p]],
+            "flash": stats[_STAT_LIMITS["flash"][0][p]],
+            "macs": stats["macs"],
+        }
+        if self._limit_names:
+            measured = np.stack([values[k].astype(np.float64) for k in self._limit_names], axis=1)
+            violation = measured / self._limit_values[None, :] - 1.0
+            violation = np.where(np.isnan(violation), np.inf, violation)
+        else:
+            violation = np.zeros((len(genomes), 0))
+        feasible = np.all(violation <= 0, axis=1)
+        return Evaluation(acc, lat, values["sram"], values["flash"], values["macs"], feasible, violation)
+
+    def evaluate_archs(self, archs: Sequence[Arch]) -> Evaluation:
+        return self.evaluate(self.codec.from_archs(list(archs)))
+
+    # ---- infeasibility ------------------------------------------------------------------------
+    def smallest_achievable(self, rng: np.random.Generator, probes: int = 512) -> dict[str, float]:
+        """Per constrained quantity, the smallest value found: exact for memory and MACs (the space's
+        smallest arch minimises them), the least predicted latency over the smallest arch and random probes."""
+        genomes = np.concatenate([self.codec.smallest(), self.codec.sample(rng, probes)])
+        ev = self.evaluate(genomes)
+        named = {"latency": ev.latency_ms, "sram": ev.sram, "flash": ev.flash, "macs": ev.macs}
+        return {k: float(np.nanmin(named[k])) for k in self._limit_names}
+
+    def infeasible_error(self, smallest: dict[str, float]) -> InfeasibleConstraintError:
+        limits = self.constraints.limits()
+        where = f" on device '{self.device}'" if self.device else ""
+        parts = []
+        for name, low in smallest.items():
+            if low > limits[name]:
+                parts.append(f"the smallest achievable {_fmt(name, low)}, but {_fmt(name, limits[name], bare=True)} was asked")
+        if not parts:  # each limit alone is reachable, not all together
+            parts = [f"{_fmt(k, v)} is reachable alone" for k, v in smallest.items()]
+            parts.append("no arch found meets all limits together")
+        return InfeasibleConstraintError(
+            f"no arch of the '{self.space.name}' space meets {self.constraints.describe()}{where}: "
+            + "; ".join(parts) + ". Relax the limit or use a smaller search space", smallest)
+
+
+def _fmt(name: str, value: float, bare: bool = False) -> str:
+    """`latency 3.07 ms`, `peak SRAM 96 KB`, ...; with `bare` the value alone (`<= 3 ms`)."""
+    _fields, unit, scale = _STAT_LIMITS.get(name, ((), "ms", 1.0))
+    number = f"{value / scale:.4g} {unit}"
+    if bare:
+        return f"<= {number}"
+    label = {"latency": "latency", "sram": "peak SRAM", "flash": "flash", "macs": "MACs"}[name]
+    return f"{label} is {number}" if name != "macs" else f"MACs count is {number}"
