@@ -1,0 +1,40 @@
+"""Tests for the `edgenas` command itself: fast help, one-line errors, exit codes."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgenas.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_commands_without_importing_torch():
+    code = (
+        "import sys, time; t=time.perf_counter(); from edgenas.cli import build_parser; "
+        "build_parser().format_help(); print(time.perf_counter()-t); "
+        "print(sorted(m for m in ('torch','paramiko','onnxruntime','tensorflow','litert_torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[1] == "[]", f"heavy modules imported by the CLI parser: {out[1]}"
+    assert float(out[0]) < 2.0
+
+
+def test_help_and_version():
+    t0 = time.perf_counter()
+    res = run("--help")
+    assert res.returncode == 0
+    assert "demo" in res.stdout
+    assert time.perf_counter() - t0 < 30
+    assert run("--version").stdout.startswith("edgenas ")
+
+
+@pytest.mark.parametrize("args", [("no-such-command",), ("demo", "--bogus")])
+def test_bad_arguments_are_one_line_exit_2(args):
+    res = run(*args)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgenas") and "error:" in lines[0]
+    assert "Traceback" not in res.stderr
