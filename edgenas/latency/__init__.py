@@ -1,1 +1,52 @@
+"""Latency tables and calibrated latency predictors, one per device, runtime and precision.
 
+Public interface (other stages build on it):
+
+    LatencyPredictor                      protocol: .predict(archs) -> np.ndarray (ms), .device, .runtime,
+                                          .precision, .space, .save(path)
+    load_latency_predictor(path_or_device_name, *, runtime=None, precision=None, space=None)
+    calibrate(device, space, *, budget, runtime, precision, store, ...) -> predictor
+    calibrate_transfer(device, space, *, sources, samples=10, store, ...) -> predictor
+    evaluate(device, space, *, holdout, store, ...) -> LatencyEvaluation
+    LatencyTable, BlockIndex
+
+Nothing heavy is imported until a name is used (torch loads only to export models).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "LatencyPredictor": "edgenas.latency.predictors",
+    "CalibratedPredictor": "edgenas.latency.predictors",
+    "TablePredictor": "edgenas.latency.predictors",
+    "WholeModelPredictor": "edgenas.latency.predictors",
+    "MacsPredictor": "edgenas.latency.predictors",
+    "TransferPredictor": "edgenas.latency.predictors",
+    "load_latency_predictor": "edgenas.latency.calibrate",
+    "calibrate": "edgenas.latency.calibrate",
+    "calibrate_transfer": "edgenas.latency.calibrate",
+    "CalibrationReport": "edgenas.latency.calibrate",
+    "evaluate": "edgenas.latency.evaluate",
+    "LatencyEvaluation": "edgenas.latency.evaluate",
+    "LatencyTable": "edgenas.latency.table",
+    "BlockIndex": "edgenas.latency.blocks",
+    "block_index": "edgenas.latency.blocks",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edgenas.latency' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

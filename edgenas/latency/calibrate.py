@@ -1,0 +1,369 @@
+"""Calibration: measure a device's latency table and whole subnets, fit its predictor, resumably.
+
+`calibrate(device, space, budget=..., store=...)`:
+
+1. exports every distinct piece of the space (cached by content) and measures those the store does
+   not hold yet, then writes the table `latency_tables/<device>/<runtime>-<precision>.json`;
+2. measures up to `budget` whole subnets: half stratified over the table's predicted latency range
+   (one per quantile bin of a large random pool, plus the smallest and largest subnet), then, round
+   by round, those the predictor is least sure of (largest bootstrap spread);
+3. fits the calibrated predictor and writes it with a manifest beside the table.
+
+Every measurement is committed to the store as it arrives, and every choice is a function of the
+seed and of stored figures, so a run killed at any point and started again measures only what it
+had not measured, and makes the same choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgenas.errors import UsageError
+from edgenas.latency.blocks import block_index
+from edgenas.latency.predictors import (
+    BasePredictor,
+    CalibratedPredictor,
+    TablePredictor,
+    TransferPredictor,
+    WholeModelPredictor,
+    load_predictor_file,
+)
+from edgenas.latency.table import LatencyTable, predictor_path, table_path
+from edgenas.progress import Progress
+from edgenas.space import Arch, SearchSpace
+from edgenas.store import Store
+
+POOL_SIZE = 2000
+MEASURE_CHUNK = 16
+
+
+@dataclasses.dataclass
+class ModelJob:
+    """One model to time: what it is (kind, description) and its exported file."""
+
+    kind: str  # "piece" or "arch"
+    description: str  # piece key or arch JSON
+    path: Path
+    sha256: str
+
+
+@dataclasses.dataclass
+class CalibrationReport:
+    """What a calibration did: how many models were measured now, reused from the store, and device time."""
+
+    measured_now: int = 0
+    reused: int = 0
+    failed: int = 0
+    device_seconds: float = 0.0
+    table_device_seconds: float = 0.0
+    arch_device_seconds: float = 0.0
+    table_path: str | None = None
+    predictor_path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Calibrator:
+    """Exports, measures through the store, and remembers what each figure cost; one per device setup."""
+
+    def __init__(self, device: Any, space: SearchSpace, *, runtime: str, precision: str, store: Store,
+                 cache_dir: str | Path, progress: bool = True) -> None:
+        from edgenas.latency.models import ModelCache, export_format
+
+        self.device = device
+        self.space = space
+        self.runtime = runtime
+        self.precision = precision
+        self.store = store
+        self.format = export_format(runtime, precision)
+        self.cache = ModelCache(cache_dir)
+        self.progress = progress
+        self.report = CalibrationReport()
+
+    # -- exporting -------------------------------------------------------------------------------
+    def export_pieces(self, pieces: Sequence[Any]) -> list[ModelJob]:
+        from edgenas.latency.models import piece_description
+
+        jobs = []
+        with Progress(len(pieces), f"export {self.format} pieces", enabled=self.progress, unit="model") as bar:
+            for p in pieces:
+                path, sha = self.cache.get(piece_description(p), self.format)
+                jobs.append(ModelJob("piece", p.key, path, sha))
+                bar.update(1)
+        return jobs
+
+    def export_archs(self, archs: Sequence[Arch]) -> list[ModelJob]:
+        from edgenas.latency.models import arch_description
+
+        jobs = []
+        with Progress(len(archs), f"export {self.format} subnets", enabled=self.progress, unit="model") as bar:
+            for a in archs:
+                path, sha = self.cache.get(arch_description(self.space, a), self.format)
+                jobs.append(ModelJob("arch", a.to_json(), path, sha))
+                bar.update(1)
+        return jobs
+
+    # -- measuring -------------------------------------------------------------------------------
+    def measure(self, jobs: Sequence[ModelJob], desc: str) -> dict[str, Any]:
+        """Stored measurement per job sha256 (measuring on the device only what the store lacks)."""
+        found: dict[str, Any] = {}
+        todo: list[ModelJob] = []
+        for job in jobs:
+            m = self.store.measurement_for(job.sha256, self.device.name, self.runtime, self.precision)
+            if m is not None:
+                found[job.sha256] = m
+            elif job.sha256 not in {t.sha256 for t in todo}:
+                todo.append(job)
+        self.report.reused += len(found)
+        if todo:
+            by_sha = {j.sha256: j for j in todo}
+            with Progress(len(todo), desc, enabled=self.progress, unit="model") as bar:
+                for start in range(0, len(todo), MEASURE_CHUNK):
+                    chunk = todo[start:start + MEASURE_CHUNK]
+                    clock = [time.monotonic()]
+
+                    def on_result(m: Any, clock: list[float] = clock, bar: Progress = bar) -> None:
+                        now = time.monotonic()
+                        job = by_sha[m.model_sha256]
+                        record = {**m.to_dict(), "device_seconds": now - clock[0]}
+                        clock[0] = now
+                        self.store.add_measurement(record, model_kind=job.kind, model_description=job.description,
+                                                   device=self.device.name, runtime=self.runtime,
+                                                   precision=self.precision)
+                        if m.ok:
+                            self.report.measured_now += 1
+                        else:
+                            self.report.failed += 1
+                        bar.update(1, failed=self.report.failed)
+
+                    self.device.measure([str(j.path) for j in chunk], on_result=on_result)
+            for job in todo:
+                m = self.store.measurement_for(job.sha256, self.device.name, self.runtime, self.precision)
+                if m is not None:
+                    found[job.sha256] = m
+        return found
+
+    def failure_summary(self, jobs: Sequence[ModelJob]) -> str:
+        rows = [r for r in self.store.measurements(device=self.device.name, runtime=self.runtime,
+                                                   precision=self.precision, ok=False)
+                if r.model_sha256 in {j.sha256 for j in jobs}]
+        if not rows:
+            return "no result"
+        last = rows[-1]
+        return f"{last.error}: {last.measurement.get('error_message') or ''}".strip().rstrip(":")
+
+    # -- the table -------------------------------------------------------------------------------
+    def build_table(self, path: Path) -> LatencyTable:
+        index = block_index(self.space)
+        table = LatencyTable.load(path, device=self.device.name, runtime=self.runtime, precision=self.precision) \
+            if path.is_file() else LatencyTable(self.device.name, self.runtime, self.precision)
+        missing = [p for p in index.pieces if p.key not in table.entries]
+        if missing:
+            jobs = self.export_pieces(missing)
+            got = self.measure(jobs, f"measure pieces on {self.device.name}")
+            lacking = [j for j in jobs if j.sha256 not in got]
+            if lacking:
+                raise UsageError(
+                    f"{len(lacking)} of {len(jobs)} table pieces failed on device {self.device.name} "
+                    f"({self.failure_summary(lacking)}): check it with `edgenas devices check {self.device.name}`, "
+                    "then run the same command again to measure only those")
+            for job in jobs:
+                m = got[job.sha256]
+                table.add(job.description, median_ms=m.median_ms, std_ms=m.std_ms, runs=m.runs or 0,
+                          model_sha256=job.sha256)
+                table.runtime_version = m.runtime_version or table.runtime_version
+            table.device_description = self.device.describe()
+            table.created = ""
+            table.save(path, extra={"device": self.device.describe()})
+        self.report.table_device_seconds = self.seconds_of(table.entries[p.key]["model_sha256"] for p in index.pieces)
+        return table
+
+    def seconds_of(self, shas: Any) -> float:
+        total = 0.0
+        for sha in shas:
+            m = self.store.measurement_for(sha, self.device.name, self.runtime, self.precision)
+            if m is not None:
+                total += float(m.measurement.get("device_seconds") or 0.0)
+        return total
+
+    def measure_archs(self, archs: Sequence[Arch], desc: str) -> tuple[list[Arch], np.ndarray, float]:
+        """Measured latency of each arch that measured fine, and the device seconds they cost."""
+        jobs = self.export_archs(archs)
+        got = self.measure(jobs, desc)
+        keep = [(a, got[j.sha256]) for a, j in zip(archs, jobs) if j.sha256 in got]
+        seconds = sum(float(m.measurement.get("device_seconds") or 0.0) for _, m in keep)
+        return [a for a, _ in keep], np.array([m.median_ms for _, m in keep], dtype=np.float64), seconds
+
+
+def _resolve_setup(device: Any, runtime: str | None, precision: str | None) -> tuple[str, str]:
+    runtime = runtime or device.runtime
+    precision = precision or "fp32"
+    if runtime != device.runtime:
+        raise UsageError(f"device {device.name} runs {device.runtime}, not {runtime}: drop --runtime or choose "
+                         f"--runtime {device.runtime}")
+    return runtime, precision
+
+
+def stratified(pool: Sequence[Arch], predicted: np.ndarray, n: int, rng: np.random.Generator) -> list[Arch]:
+    """`n` archs covering the predicted range: the fastest, the slowest, and one per quantile bin between."""
+    order = np.argsort(predicted, kind="stable")
+    if n <= 2:
+        return [pool[order[0]], pool[order[-1]]][:n]
+    picks = [order[0], order[-1]]
+    bins = np.array_split(order[1:-1], n - 2)
+    picks += [int(rng.choice(b)) for b in bins if len(b)]
+    return [pool[i] for i in picks]
+
+
+def calibrate(
+    device: Any,
+    space: SearchSpace,
+    *,
+    budget: int = 100,
+    runtime: str | None = None,
+    precision: str | None = None,
+    store: Store,
+    use_table: bool = True,
+    seed: int = 0,
+    tables_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    rounds: int = 5,
+    save: bool = True,
+    progress: bool = True,
+) -> BasePredictor:
+    """Calibrate `device` for `space`; returns the fitted predictor (with `.report`, a CalibrationReport).
+
+    `use_table=False` fits a whole-model-only predictor (no table: fewer models, less accuracy).
+    The predictor is saved to `latency_tables/<device>/predictor-<runtime>-<precision>.json` when `save`.
+    """
+    runtime, precision = _resolve_setup(device, runtime, precision)
+    if budget < 2:
+        raise UsageError(f"--budget {budget} is too small: give at least 2 whole-model measurements (100 is typical)")
+    tables_dir = Path(tables_dir) if tables_dir is not None else None
+    tpath = table_path(device.name, runtime, precision, tables_dir)
+    cal = Calibrator(device, space, runtime=runtime, precision=precision, store=store,
+                     cache_dir=cache_dir or tpath.parent.parent / ".models", progress=progress)
+    ident = dict(device=device.name, runtime=runtime, precision=precision, space=space)
+    rng = np.random.default_rng(seed)
+    pool = space.sample_many(rng, POOL_SIZE)
+    pool = list(dict.fromkeys([space.smallest(), space.largest(), *pool]))
+
+    predictor: BasePredictor
+    if use_table:
+        table = cal.build_table(tpath)
+        cal.report.table_path = str(tpath)
+        predictor = CalibratedPredictor(table={k: v["median_ms"] for k, v in table.entries.items()}, **ident)
+        guide = TablePredictor(table=predictor.table, **ident).predict(pool)
+    else:
+        predictor = WholeModelPredictor(**ident)
+        from edgenas.stats import stats_table
+
+        guide = stats_table(space).compute(pool)["macs"].astype(np.float64)
+
+    first = max(2, min(budget, budget // 2 if budget >= 10 else budget))
+    chosen = stratified(pool, guide, first, rng)
+    archs, ms, seconds = cal.measure_archs(chosen, f"measure subnets on {device.name}")
+    per_round = max(1, -(-(budget - len(chosen)) // rounds)) if budget > len(chosen) else 0
+    spent = {a for a in chosen}
+    while len(spent) < budget and len(archs) >= 2:
+        predictor.fit(archs, ms, seed=seed)
+        rest = [a for a in pool if a not in spent]
+        if not rest:
+            break
+        spread = predictor.uncertainty(rest, archs, ms, rng=np.random.default_rng([seed, len(spent)]))
+        take = [rest[i] for i in np.argsort(-spread, kind="stable")[: min(per_round, budget - len(spent))]]
+        spent.update(take)
+        more, more_ms, more_s = cal.measure_archs(take, f"measure uncertain subnets on {device.name}")
+        archs += more
+        ms = np.concatenate([ms, more_ms])
+        seconds += more_s
+    if len(archs) < 2:
+        raise UsageError(f"only {len(archs)} subnets measured fine on device {device.name}: check it with "
+                         f"`edgenas devices check {device.name}` and run again")
+    predictor.fit(archs, ms, seed=seed)
+    cal.report.arch_device_seconds = seconds
+    cal.report.device_seconds = seconds + cal.report.table_device_seconds
+    predictor.fit_info["device_seconds"] = cal.report.device_seconds
+    predictor.fit_info["table_device_seconds"] = cal.report.table_device_seconds
+    if save:
+        ppath = predictor_path(device.name, runtime, precision, tables_dir)
+        predictor.save(ppath, inputs={"table": str(tpath)} if use_table else None,
+                       extra={"device": device.describe(), "budget": budget, "seed": seed,
+                              "report": cal.report.to_dict()})
+        cal.report.predictor_path = str(ppath)
+    predictor.report = cal.report  # type: ignore[attr-defined]
+    return predictor
+
+
+def calibrate_transfer(
+    device: Any,
+    space: SearchSpace,
+    *,
+    sources: Sequence[BasePredictor],
+    samples: int = 10,
+    runtime: str | None = None,
+    precision: str | None = None,
+    store: Store,
+    seed: int = 0,
+    tables_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    save: bool = True,
+    progress: bool = True,
+) -> TransferPredictor:
+    """A new device from calibrated ones: `samples` whole-model measurements, stratified over the sources' range."""
+    runtime, precision = _resolve_setup(device, runtime, precision)
+    if samples < 2:
+        raise UsageError(f"transfer needs at least 2 measurements on the new device, got --budget {samples}")
+    tpath = table_path(device.name, runtime, precision, tables_dir)
+    cal = Calibrator(device, space, runtime=runtime, precision=precision, store=store,
+                     cache_dir=cache_dir or tpath.parent.parent / ".models", progress=progress)
+    predictor = TransferPredictor(sources=sources, device=device.name, runtime=runtime, precision=precision,
+                                  space=space)
+    rng = np.random.default_rng(seed)
+    pool = space.sample_many(rng, POOL_SIZE)
+    guide = np.mean([np.log(s.predict(pool)) for s in sources], axis=0)
+    archs, ms, seconds = cal.measure_archs(stratified(pool, guide, samples, rng), f"measure subnets on {device.name}")
+    if len(archs) < 2:
+        raise UsageError(f"only {len(archs)} subnets measured fine on device {device.name}: check the device")
+    predictor.fit(archs, ms, seed=seed)
+    cal.report.device_seconds = cal.report.arch_device_seconds = seconds
+    predictor.fit_info["device_seconds"] = seconds
+    if save:
+        ppath = predictor_path(device.name, runtime, precision, tables_dir)
+        predictor.save(ppath, extra={"device": device.describe(), "samples": samples, "seed": seed,
+                                     "sources": [f"{s.device}:{s.runtime}-{s.precision}" for s in sources]})
+        cal.report.predictor_path = str(ppath)
+    predictor.report = cal.report  # type: ignore[attr-defined]
+    return predictor
+
+
+def load_latency_predictor(path_or_device_name: str | Path, *, runtime: str | None = None,
+                           precision: str | None = None, space: SearchSpace | None = None,
+                           tables_dir: str | Path | None = None) -> BasePredictor:
+    """A saved predictor: from a file, or a device's default `latency_tables/<device>/predictor-*.json`."""
+    candidate = Path(path_or_device_name)
+    if candidate.suffix == ".json" or candidate.is_file():
+        return load_predictor_file(candidate, runtime=runtime, precision=precision, space=space)
+    name = str(path_or_device_name)
+    folder = (Path(tables_dir) if tables_dir else table_path(name, "x", "x").parent.parent) / name
+    files = sorted(folder.glob("predictor-*.json")) if folder.is_dir() else []
+    files = [f for f in files if not f.name.endswith(".manifest.json")]
+    wanted = [f for f in files
+              if (runtime is None or f.name.startswith(f"predictor-{runtime}-"))
+              and (precision is None or f.name.endswith(f"-{precision}.json"))]
+    if not wanted:
+        have = ", ".join(f.name for f in files) or "none"
+        raise UsageError(f"no latency predictor for device {name!r}"
+                         f"{' runtime ' + runtime if runtime else ''}{' precision ' + precision if precision else ''} "
+                         f"in {folder} (found: {have}): run `edgenas calibrate --device {name}`")
+    if len(wanted) > 1:
+        raise UsageError(f"device {name!r} has predictors {', '.join(f.name for f in wanted)}: choose one with "
+                         "runtime= and precision=")
+    return load_predictor_file(wanted[0], device=name, runtime=runtime, precision=precision, space=space)

@@ -1,0 +1,189 @@
+"""Standalone models to time on a device (table pieces and whole subnets), exported once and cached by content.
+
+Latency depends on the architecture, not on the weights, so every model here is built with
+random weights drawn from a torch generator seeded by the model's own description: the same
+piece or arch always gives the same file. Exports are cached under
+`<cache>/<format>/<sha256 of the description>.<ext>`, so a second device (or a resumed run)
+reuses the files, and the store recognises their sha256.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgenas.artifacts import sha256_file, sha256_json
+from edgenas.errors import UsageError
+from edgenas.latency.blocks import Piece
+from edgenas.nn.static import ConvBNAct, MBConv
+from edgenas.space import Arch, SearchSpace
+
+FORMATS = {  # (runtime, precision) -> export format
+    ("onnxruntime", "fp32"): "onnx",
+    ("tflite", "fp32"): "tflite",
+    ("tflite", "int8"): "tflite-int8",
+}
+SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "tflite-int8": ".tflite"}
+# Bump when what a description builds changes, so stale cached files are not reused.
+MODEL_VERSION = 1
+
+
+def export_format(runtime: str, precision: str) -> str:
+    """The export format for a runtime and precision, or UsageError naming the valid pairs."""
+    try:
+        return FORMATS[(runtime, precision)]
+    except KeyError:
+        pairs = ", ".join(f"{r}/{p}" for r, p in FORMATS)
+        raise UsageError(f"runtime {runtime!r} with precision {precision!r} is not supported: choose from {pairs}") from None
+
+
+class PieceModel(nn.Module):
+    """A table piece as a standalone model with a fixed input size (what the device times)."""
+
+    def __init__(self, piece: Piece) -> None:
+        super().__init__()
+        self.piece = piece
+        p = piece
+        if p.kind == "stem":
+            self.body = nn.Sequential(
+                ConvBNAct(p.cin, p.mid, 3, p.stride, act="hswish"),
+                MBConv(p.mid, p.cout, 3, 1, mid=None, act="relu", se_mid=None, residual=p.residual),
+            )
+        elif p.kind == "head":
+            self.final_expand = ConvBNAct(p.cin, p.mid, 1, act="hswish")
+            self.feature_mix = ConvBNAct(p.mid, p.extra, 1, act="hswish", bn=False)
+            self.classifier = nn.Linear(p.extra, p.cout)
+        elif p.kind == "block":
+            self.body = MBConv(p.cin, p.cout, p.kernel, p.stride, mid=p.mid, act=p.act, se_mid=p.se_mid or None,
+                               residual=p.residual)
+        else:
+            raise ValueError(f"unknown piece kind {p.kind!r}: choose stem, block or head")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.piece.kind == "head":
+            x = self.final_expand(x).mean((2, 3), keepdim=True)
+            return self.classifier(torch.flatten(self.feature_mix(x), 1))
+        return self.body(x)
+
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        return torch.randn(batch, self.piece.cin, self.piece.hw, self.piece.hw)
+
+
+def _randomise(model: nn.Module, seed: int) -> nn.Module:
+    """Random weights and BN statistics from a generator seeded by the model's description."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                fan_in = m.weight[0].numel()
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.01)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+    return model.eval()
+
+
+def piece_description(piece: Piece) -> dict:
+    return {"kind": "piece", "piece": piece.to_dict(), "version": MODEL_VERSION}
+
+
+def arch_description(space: SearchSpace, arch: Arch) -> dict:
+    return {"kind": "arch", "space": space.to_dict(), "arch": arch.to_dict(), "version": MODEL_VERSION}
+
+
+def build_model(description: dict) -> nn.Module:
+    """The model a description names, with deterministic random weights (eval mode)."""
+    seed = int(sha256_json(description)[:15], 16)
+    if description["kind"] == "piece":
+        return _randomise(PieceModel(Piece(**description["piece"])), seed)
+    space = SearchSpace.from_dict(description["space"])
+    net = _supernet(space).extract(Arch.from_dict(description["arch"], space))
+    return _randomise(net, seed)
+
+
+_SUPERNETS: dict[str, nn.Module] = {}
+
+
+def _supernet(space: SearchSpace):
+    """One randomly initialised supernet per space, kept for the process (extracting is cheap, building is not)."""
+    from edgenas.supernet import Supernet
+
+    key = sha256_json(space.to_dict())
+    if key not in _SUPERNETS:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)  # weights are re-drawn per model by _randomise; this only makes the build repeatable
+            _SUPERNETS[key] = Supernet(space).eval()
+    return _SUPERNETS[key]
+
+
+def _example(model: nn.Module) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    shape = model.example_input().shape  # type: ignore[operator]
+    return torch.randn(shape, generator=gen)
+
+
+def _export_onnx(model: nn.Module, path: Path) -> None:
+    from edgenas.export.onnx import export_onnx
+
+    export_onnx(model, path, example=_example(model), verify=False)
+
+
+def _export_tflite(model: nn.Module, path: Path, int8: bool) -> None:
+    try:
+        from edgenas.export import tflite
+    except ImportError as exc:
+        raise UsageError(f"TFLite export is not available ({exc}): calibrate an onnxruntime device, or install "
+                         "edgenas with the [tflite] extra") from None
+    example = _example(model)
+    if int8:
+        gen = torch.Generator().manual_seed(1)
+        # Random normal inputs are enough to pick quantisation ranges for a latency model.
+        calibration = [torch.randn(example.shape, generator=gen) for _ in range(4)]
+        tflite.export_tflite(model, path, example=example, int8=True, representative=calibration, verify=False)
+    else:
+        tflite.export_tflite(model, path, example=example, verify=False)
+
+
+class ModelCache:
+    """Exported latency models under `root`, keyed by the sha256 of their description and format."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def path_for(self, description: dict, fmt: str) -> Path:
+        return self.root / fmt / (sha256_json({"description": description, "format": fmt}) + SUFFIX[fmt])
+
+    def get(self, description: dict, fmt: str) -> tuple[Path, str]:
+        """The exported file for `description` in `fmt` (exported now if missing) and its sha256."""
+        path = self.path_for(description, fmt)
+        sha_path = path.with_name(path.name + ".sha256")
+        if path.is_file() and sha_path.is_file():
+            return path, sha_path.read_text().strip()
+        exporter: Callable[[nn.Module, Path], None]
+        if fmt == "onnx":
+            exporter = _export_onnx
+        elif fmt in ("tflite", "tflite-int8"):
+            def exporter(m: nn.Module, p: Path) -> None:
+                _export_tflite(m, p, fmt == "tflite-int8")
+        else:
+            raise ValueError(f"unknown export format {fmt!r}: choose from {', '.join(SUFFIX)}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}{path.suffix}")
+        try:
+            exporter(build_model(description), tmp)
+            sha = sha256_file(tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        from edgenas.artifacts import atomic_write_text
+
+        atomic_write_text(path.with_name(path.name + ".json"), json.dumps(description, sort_keys=True))
+        atomic_write_text(sha_path, sha + "\n")  # written last: its presence means the export is complete
+        return path, sha

@@ -1,0 +1,374 @@
+"""Latency predictors: table sum, table + calibrated correction, whole-model only, MACs baseline, transfer.
+
+Every predictor maps thousands of archs at once to milliseconds (`predict(archs) -> np.ndarray`)
+from a per-arch feature matrix and a small linear model, fitted to whole-model measurements by
+minimising *relative* error (the criterion users judge by is "within ±10 %"), with a ridge pull
+towards a prior chosen by cross-validation:
+
+- `TablePredictor`: the sum of the table's pieces (stem + blocks + head). No fitting.
+- `CalibratedPredictor`: per group (stem, each stage, head) the table sum gets its own factor, plus
+  a constant and a per-block term: what fusion, caches and per-invocation overhead change when the
+  pieces run as one model. The prior is the plain table sum, so a handful of measurements is safe.
+- `WholeModelPredictor`: no table: analytic costs (dense and depthwise MACs per group, elementwise
+  volume, weights, op count) weighted by fitted per-op costs.
+- `MacsPredictor`: ms = a + b·MACs, the baseline.
+- `TransferPredictor`: log ms = a + Σ b_k log(p_k), over predictors of already calibrated devices;
+  a handful of measurements on the new device fit a and b.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+from edgenas.artifacts import atomic_write_json, write_manifest
+from edgenas.errors import UsageError
+from edgenas.latency.blocks import ANALYTIC_FEATURES, block_index
+from edgenas.space import Arch, SearchSpace
+
+PREDICTOR_SCHEMA = "edgenas.latency_predictor/1"
+LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+@runtime_checkable
+class LatencyPredictor(Protocol):
+    """What search and the pipeline rely on: batched latency in milliseconds for one device setup."""
+
+    device: str
+    runtime: str
+    precision: str
+    space: SearchSpace
+
+    def predict(self, archs: Sequence[Arch]) -> np.ndarray: ...
+
+    def save(self, path: str | os.PathLike) -> Path: ...
+
+
+def fit_relative(X: np.ndarray, y: np.ndarray, prior: np.ndarray, lam: float) -> np.ndarray:
+    """argmin_w Σ((Xw − y)/y)² + lam·n·Σ(d_j (w_j − prior_j))², with d_j the RMS of column j of X/y."""
+    A = X / y[:, None]
+    d2 = (A ** 2).mean(axis=0) + 1e-12
+    n = len(y)
+    lhs = A.T @ A + lam * n * np.diag(d2)
+    rhs = A.T @ np.ones(n) + lam * n * d2 * prior
+    return np.linalg.solve(lhs, rhs)
+
+
+def choose_lambda(X: np.ndarray, y: np.ndarray, prior: np.ndarray, rng: np.random.Generator,
+                  folds: int = 5) -> float:
+    """The ridge strength with the smallest cross-validated relative RMS error."""
+    n = len(y)
+    if n < 4:
+        return LAMBDAS[-1]
+    folds = min(folds, n)
+    order = rng.permutation(n)
+    best, best_err = LAMBDAS[-1], np.inf
+    for lam in LAMBDAS:
+        errs = []
+        for f in range(folds):
+            test = order[f::folds]
+            train = np.setdiff1d(order, test)
+            w = fit_relative(X[train], y[train], prior, lam)
+            errs.append(((X[test] @ w - y[test]) / y[test]) ** 2)
+        err = float(np.concatenate(errs).mean())
+        if err < best_err:
+            best, best_err = lam, err
+    return best
+
+
+class BasePredictor:
+    """Shared parts: identity (device, runtime, precision, space), features → linear model, JSON files."""
+
+    kind: ClassVar[str] = ""
+    feature_names: list[str]
+
+    def __init__(self, *, device: str, runtime: str, precision: str, space: SearchSpace,
+                 weights: Sequence[float] | None = None, fit: dict[str, Any] | None = None) -> None:
+        self.device = device
+        self.runtime = runtime
+        self.precision = precision
+        self.space = space
+        self.index = block_index(space)
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
+        self.fit_info: dict[str, Any] = dict(fit or {})
+
+    # -- to override --------------------------------------------------------------------------
+    def features(self, archs: Sequence[Arch]) -> np.ndarray:
+        raise NotImplementedError
+
+    def prior(self) -> np.ndarray:
+        return np.zeros(len(self.feature_names))
+
+    def _params(self) -> dict[str, Any]:
+        return {}
+
+    # -- shared --------------------------------------------------------------------------------
+    def predict(self, archs: Sequence[Arch]) -> np.ndarray:
+        """Latency in milliseconds of each arch (float64, shape (n,))."""
+        if isinstance(archs, Arch):
+            archs = [archs]
+        if len(archs) == 0:
+            return np.zeros(0)
+        if self.weights is None:
+            raise UsageError(f"{type(self).__name__} for {self.device} is not fitted: call fit() or calibrate first")
+        return self.features(archs) @ self.weights
+
+    def fit(self, archs: Sequence[Arch], measured_ms: Sequence[float], *, seed: int = 0,
+            lam: float | None = None) -> BasePredictor:
+        """Fit to whole-model measurements (relative error, ridge towards the prior)."""
+        y = np.asarray(measured_ms, dtype=np.float64)
+        if len(archs) != len(y) or len(y) == 0:
+            raise UsageError(f"fit needs one measurement per arch, got {len(archs)} archs and {len(y)} measurements")
+        X = self.features(archs)
+        prior = self.prior()
+        if lam is None:
+            lam = choose_lambda(X, y, prior, np.random.default_rng(seed))
+        self.weights = fit_relative(X, y, prior, lam)
+        rel = (X @ self.weights - y) / y
+        self.fit_info = {"lambda": lam, "samples": [[a.to_dict(), float(v)] for a, v in zip(archs, y)],
+                         "train_rel_rmse": float(np.sqrt((rel ** 2).mean()))}
+        return self
+
+    def uncertainty(self, archs: Sequence[Arch], train_archs: Sequence[Arch], train_ms: Sequence[float], *,
+                    rng: np.random.Generator, rounds: int = 16) -> np.ndarray:
+        """Relative spread (std / mean) of predictions over bootstrap refits: where the fit is least sure."""
+        X = self.features(archs)
+        Xt = self.features(train_archs)
+        y = np.asarray(train_ms, dtype=np.float64)
+        lam = float(self.fit_info.get("lambda", 1e-2))
+        preds = []
+        for _ in range(rounds):
+            pick = rng.integers(0, len(y), len(y))
+            preds.append(X @ fit_relative(Xt[pick], y[pick], self.prior(), lam))
+        p = np.stack(preds)
+        return p.std(axis=0) / np.maximum(np.abs(p.mean(axis=0)), 1e-9)
+
+    @property
+    def training_set(self) -> tuple[list[Arch], np.ndarray]:
+        samples = self.fit_info.get("samples", [])
+        return [Arch.from_dict(a) for a, _ in samples], np.array([v for _, v in samples], dtype=np.float64)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": PREDICTOR_SCHEMA,
+            "type": self.kind,
+            "device": self.device,
+            "runtime": self.runtime,
+            "precision": self.precision,
+            "space": self.space.to_dict(),
+            "feature_names": list(self.feature_names),
+            "weights": None if self.weights is None else [float(w) for w in self.weights],
+            "fit": self.fit_info,
+            **self._params(),
+        }
+
+    def save(self, path: str | os.PathLike, *, inputs: dict[str, Any] | None = None,
+             extra: dict[str, Any] | None = None) -> Path:
+        """Write the predictor as JSON (atomically) with a manifest beside it."""
+        path = atomic_write_json(path, self.to_dict())
+        write_manifest(path, kind="latency_predictor", inputs=inputs,
+                       config={"type": self.kind, "device": self.device, "runtime": self.runtime,
+                               "precision": self.precision, "space": self.space.name}, extra=extra)
+        return path
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.device} {self.runtime}/{self.precision} space={self.space.name}>"
+
+
+class TablePredictor(BasePredictor):
+    """The sum of the latency table's pieces."""
+
+    kind = "table"
+
+    def __init__(self, *, table: dict[str, float], **kw: Any) -> None:
+        super().__init__(**kw)
+        self.table = dict(table)
+        keys = self.index.keys
+        missing = [k for k in keys if k not in self.table]
+        if missing:
+            raise UsageError(f"the latency table of {self.device} lacks {len(missing)} pieces of space "
+                             f"'{self.space.name}' (e.g. {missing[0]}): calibrate this space on the device")
+        self.piece_ms = np.array([self.table[k] for k in keys], dtype=np.float64)
+        self.feature_names = ["table_sum"]
+        if self.weights is None and self.kind == "table":
+            self.weights = np.ones(1)
+
+    def group_sums(self, archs: Sequence[Arch]) -> np.ndarray:
+        return self.index.group_sums(self.piece_ms, archs)
+
+    def features(self, archs: Sequence[Arch]) -> np.ndarray:
+        return self.group_sums(archs).sum(axis=1, keepdims=True)
+
+    def prior(self) -> np.ndarray:
+        return np.ones(1)
+
+    def _params(self) -> dict[str, Any]:
+        return {"table": {k: self.table[k] for k in self.index.keys}}
+
+
+class CalibratedPredictor(TablePredictor):
+    """Table sum per group with fitted factors, plus a constant and a per-block term."""
+
+    kind = "calibrated"
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.feature_names = ["const"] + [f"table_{g}" for g in self.index.group_names] + ["blocks"]
+        if self.weights is not None and len(self.weights) != len(self.feature_names):
+            raise UsageError(f"calibrated predictor has {len(self.weights)} weights for {len(self.feature_names)} "
+                             "features: the file is damaged or for another space; re-calibrate")
+
+    def features(self, archs: Sequence[Arch]) -> np.ndarray:
+        idx = self.index.lookup(archs)
+        groups = self.index.group_sums(self.piece_ms, index=idx)
+        blocks = self.index.block_counts(idx)[:, None].astype(np.float64)
+        return np.concatenate([np.ones((len(idx), 1)), groups, blocks], axis=1)
+
+    def prior(self) -> np.ndarray:
+        p = np.ones(len(self.feature_names))
+        p[0] = p[-1] = 0.0
+        return p
+
+
+class WholeModelPredictor(BasePredictor):
+    """No table: fitted per-op costs over the arch's analytic costs."""
+
+    kind = "whole_model"
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.costs = self.index.analytic_costs()
+        names = self.index.group_names
+        self.feature_names = (["const"] + [f"dense_mmacs_{g}" for g in names] + [f"dw_mmacs_{g}" for g in names]
+                              + list(ANALYTIC_FEATURES[2:]))
+
+    def features(self, archs: Sequence[Arch]) -> np.ndarray:
+        g = self.index.group_sums(self.costs, archs)  # (n, groups, features)
+        return np.concatenate([np.ones((g.shape[0], 1)), g[:, :, 0], g[:, :, 1], g[:, :, 2:].sum(axis=1)], axis=1)
+
+
+class MacsPredictor(BasePredictor):
+    """The baseline: latency linear in MACs."""
+
+    kind = "macs"
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.feature_names = ["const", "mmacs"]
+
+    def features(self, archs: Sequence[Arch]) -> np.ndarray:
+        from edgenas.stats import stats_table
+
+        macs = stats_table(self.space).compute(list(archs))["macs"].astype(np.float64) / 1e6
+        return np.stack([np.ones_like(macs), macs], axis=1)
+
+
+class TransferPredictor(BasePredictor):
+    """A new device from devices already calibrated: log ms = a + Σ b_k log(source_k ms)."""
+
+    kind = "transfer"
+
+    def __init__(self, *, sources: Sequence[BasePredictor], **kw: Any) -> None:
+        super().__init__(**kw)
+        if not sources:
+            raise UsageError("transfer needs at least one calibrated source device: pass --transfer-from NAME")
+        for s in sources:
+            if s.space.to_dict() != self.space.to_dict():
+                raise UsageError(f"source predictor of {s.device} is for space '{s.space.name}', not "
+                                 f"'{self.space.name}': calibrate {s.device} on this space first")
+        self.sources = list(sources)
+        self.feature_names = ["const"] + [f"log_{s.device}_{s.runtime}_{s.precision}" for s in self.sources]
+
+    def features(self, archs: Sequence[Arch]) -> np.ndarray:
+        logs = [np.log(np.maximum(s.predict(archs), 1e-6)) for s in self.sources]
+        return np.stack([np.ones(len(archs))] + logs, axis=1)
+
+    def prior(self) -> np.ndarray:
+        p = np.full(len(self.feature_names), 1.0 / len(self.sources))
+        p[0] = 0.0
+        return p
+
+    def predict(self, archs: Sequence[Arch]) -> np.ndarray:
+        if self.weights is None:
+            raise UsageError(f"transfer predictor for {self.device} is not fitted")
+        return np.exp(self.features(archs) @ self.weights)
+
+    def fit(self, archs: Sequence[Arch], measured_ms: Sequence[float], *, seed: int = 0,
+            lam: float | None = None) -> TransferPredictor:
+        """Least squares in log space (relative error), ridge towards the average of the sources' logs."""
+        y = np.log(np.asarray(measured_ms, dtype=np.float64))
+        X = self.features(archs)
+        prior = self.prior()
+        n = len(y)
+
+        def solve(Xs: np.ndarray, ys: np.ndarray, lam_: float) -> np.ndarray:
+            # Only the slopes are pulled to the prior; the constant (the device's speed) is free.
+            d = np.ones(X.shape[1])
+            d[0] = 0.0
+            return np.linalg.solve(Xs.T @ Xs + lam_ * len(ys) * np.diag(d) + 1e-9 * np.eye(X.shape[1]),
+                                   Xs.T @ ys + lam_ * len(ys) * d * prior)
+
+        if lam is None:
+            best, best_err = LAMBDAS[-1], np.inf
+            for lam_ in LAMBDAS:
+                errs = [(X[i] @ solve(np.delete(X, i, 0), np.delete(y, i), lam_) - y[i]) ** 2 for i in range(n)]
+                if np.mean(errs) < best_err:
+                    best, best_err = lam_, float(np.mean(errs))
+            lam = best if n > 2 else 10.0
+        self.weights = solve(X, y, lam)
+        self.fit_info = {"lambda": lam, "samples": [[a.to_dict(), float(v)] for a, v in zip(archs, np.exp(y))]}
+        return self
+
+    def _params(self) -> dict[str, Any]:
+        return {"sources": [s.to_dict() for s in self.sources]}
+
+
+PREDICTOR_TYPES: dict[str, type[BasePredictor]] = {
+    cls.kind: cls for cls in (TablePredictor, CalibratedPredictor, WholeModelPredictor, MacsPredictor, TransferPredictor)
+}
+
+
+def predictor_from_dict(d: dict[str, Any], *, source: str = "latency predictor") -> BasePredictor:
+    """Rebuild a predictor from its JSON form; refuses other schemas and unknown types."""
+    if not isinstance(d, dict) or d.get("schema") != PREDICTOR_SCHEMA:
+        got = d.get("schema") if isinstance(d, dict) else None
+        raise UsageError(f"{source} has schema {got!r}, this edgenas reads {PREDICTOR_SCHEMA!r}: "
+                         "re-run `edgenas calibrate` to rebuild it")
+    cls = PREDICTOR_TYPES.get(d.get("type", ""))
+    if cls is None:
+        raise UsageError(f"{source} has unknown type {d.get('type')!r}: choose from {', '.join(PREDICTOR_TYPES)}")
+    kw: dict[str, Any] = dict(device=d["device"], runtime=d["runtime"], precision=d["precision"],
+                              space=SearchSpace.from_dict(d["space"]), weights=d.get("weights"), fit=d.get("fit"))
+    if cls in (TablePredictor, CalibratedPredictor):
+        kw["table"] = d["table"]
+    if cls is TransferPredictor:
+        kw["sources"] = [predictor_from_dict(s, source=source) for s in d["sources"]]
+    return cls(**kw)
+
+
+def load_predictor_file(path: str | os.PathLike, *, device: str | None = None, runtime: str | None = None,
+                        precision: str | None = None, space: SearchSpace | None = None) -> BasePredictor:
+    """Read a predictor file; refuse one made for another device, runtime, precision, space or schema."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"no latency predictor at {path}: run `edgenas calibrate --device NAME` first") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"latency predictor {path} is not valid JSON ({exc.msg}): delete it and re-calibrate") from None
+    pred = predictor_from_dict(data, source=f"latency predictor {path}")
+    for what, want, got in (("device", device, pred.device), ("runtime", runtime, pred.runtime),
+                            ("precision", precision, pred.precision)):
+        if want is not None and want != got:
+            raise UsageError(f"latency predictor {path} is for {what} {got!r}, not {want!r}: calibrate {what} "
+                             f"{want!r} with `edgenas calibrate`")
+    if space is not None and space.to_dict() != pred.space.to_dict():
+        raise UsageError(f"latency predictor {path} was calibrated for search space '{pred.space.name}' "
+                         f"({pred.space.num_classes} classes), not this '{space.name}' space "
+                         f"({space.num_classes} classes): calibrate the device with this supernet")
+    return pred

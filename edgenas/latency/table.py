@@ -1,0 +1,118 @@
+"""Latency tables: one device's measured latency of every distinct piece (stem, block, head), in one JSON file.
+
+A table lives at `latency_tables/<device>/<runtime>-<precision>.json` and records its schema
+version, the device's description, the runtime and its version, the precision, when it was made,
+and per piece key {median_ms, std_ms, runs, model_sha256}. It loads from disk alone (no network),
+and refuses, with a message saying what to do, a file made for another device, runtime,
+precision or schema version.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgenas.artifacts import atomic_write_json, write_manifest
+from edgenas.errors import UsageError
+
+TABLE_SCHEMA = "edgenas.latency_table/1"
+
+
+def tables_root() -> Path:
+    """Where tables and default predictors live: $EDGENAS_LATENCY_TABLES, else ./latency_tables."""
+    return Path(os.environ.get("EDGENAS_LATENCY_TABLES", "latency_tables"))
+
+
+def table_path(device: str, runtime: str, precision: str, root: str | os.PathLike | None = None) -> Path:
+    return Path(root or tables_root()) / device / f"{runtime}-{precision}.json"
+
+
+def predictor_path(device: str, runtime: str, precision: str, root: str | os.PathLike | None = None) -> Path:
+    return Path(root or tables_root()) / device / f"predictor-{runtime}-{precision}.json"
+
+
+@dataclass
+class LatencyTable:
+    """Measured latency (ms) per piece key for one device, runtime and precision."""
+
+    device: str
+    runtime: str
+    precision: str
+    runtime_version: str | None = None
+    device_description: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, key: str, *, median_ms: float, std_ms: float | None, runs: int, model_sha256: str) -> None:
+        self.entries[key] = {"median_ms": float(median_ms), "std_ms": None if std_ms is None else float(std_ms),
+                             "runs": int(runs), "model_sha256": model_sha256}
+
+    def missing(self, keys: list[str]) -> list[str]:
+        return [k for k in keys if k not in self.entries]
+
+    def values(self, keys: list[str]) -> np.ndarray:
+        """Median latency of each key, in order; UsageError if the table lacks any."""
+        missing = self.missing(keys)
+        if missing:
+            raise UsageError(
+                f"latency table for {self.device} ({self.runtime}/{self.precision}) lacks {len(missing)} of "
+                f"{len(keys)} pieces of this search space (e.g. {missing[0]}): run `edgenas calibrate --device "
+                f"{self.device}` for this space")
+        return np.array([self.entries[k]["median_ms"] for k in keys], dtype=np.float64)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": TABLE_SCHEMA,
+            "device": self.device,
+            "device_description": self.device_description,
+            "runtime": self.runtime,
+            "runtime_version": self.runtime_version,
+            "precision": self.precision,
+            "created": self.created,
+            "entries": dict(sorted(self.entries.items())),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str = "latency table") -> LatencyTable:
+        schema = d.get("schema") if isinstance(d, dict) else None
+        if schema != TABLE_SCHEMA:
+            raise UsageError(f"{source} has schema {schema!r}, this edgenas reads {TABLE_SCHEMA!r}: "
+                             "re-run `edgenas calibrate` for this device to rebuild it")
+        return cls(device=d["device"], runtime=d["runtime"], precision=d["precision"],
+                   runtime_version=d.get("runtime_version"), device_description=d.get("device_description", {}),
+                   created=d.get("created", ""), entries=dict(d["entries"]))
+
+    def save(self, path: str | os.PathLike, **manifest: Any) -> Path:
+        """Write the table atomically, with its manifest beside it."""
+        if not self.created:
+            self.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        path = atomic_write_json(path, self.to_dict())
+        write_manifest(path, kind="latency_table", config={"device": self.device, "runtime": self.runtime,
+                                                            "precision": self.precision,
+                                                            "entries": len(self.entries)}, **manifest)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: str | None = None, runtime: str | None = None,
+             precision: str | None = None) -> LatencyTable:
+        """Read a table; refuse one made for another device, runtime, precision or schema."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UsageError(f"no latency table at {path}: run `edgenas calibrate --device NAME` first") from None
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"latency table {path} is not valid JSON ({exc.msg}): delete it and re-calibrate") from None
+        table = cls.from_dict(data, source=f"latency table {path}")
+        for what, want, got in (("device", device, table.device), ("runtime", runtime, table.runtime),
+                                ("precision", precision, table.precision)):
+            if want is not None and want != got:
+                raise UsageError(f"latency table {path} is for {what} {got!r}, not {want!r}: use the table of "
+                                 f"{what} {want!r} or calibrate it with `edgenas calibrate`")
+        return table
