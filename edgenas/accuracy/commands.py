@@ -1,0 +1,47 @@
+"""CLI command `predictor fit`: evaluate sampled subnets of a supernet and fit the accuracy predictor."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    predictor = sub.add_parser("predictor", help="accuracy predictor of a supernet (fit)")
+    actions = predictor.add_subparsers(dest="predictor_command", metavar="ACTION")
+    fit = actions.add_parser("fit", help="evaluate sampled subnets on the holdout split and fit the accuracy predictor")
+    fit.add_argument("--supernet", required=True, metavar="CKPT", help="supernet checkpoint (supernet.pt)")
+    fit.add_argument("--samples", type=int, default=1000, help="archs to evaluate (default: %(default)s)")
+    fit.add_argument("--test", type=int, default=200, help="of those, archs kept out of fitting to test it "
+                     "(default: %(default)s)")
+    fit.add_argument("--seed", type=int, default=0, help="sampling and fitting seed (default: %(default)s)")
+    fit.add_argument("--store", default=None, help="SQLite store of evaluations (default: $EDGENAS_STORE, "
+                     "else latency_tables/store.sqlite)")
+    fit.add_argument("--out", default=None, help="predictor file (default: accuracy_predictor.npz beside CKPT)")
+    fit.add_argument("--workers", type=int, default=1, help="evaluation processes (default: %(default)s)")
+    fit.add_argument("--bn-batches", type=int, default=8, help="training batches for BN recalibration "
+                     "(default: %(default)s)")
+    fit.add_argument("--json", action="store_true", help="print the result as JSON")
+    fit.set_defaults(handler="edgenas.accuracy.commands:run_fit")
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    from edgenas.accuracy.fit import fit_predictor
+    from edgenas.errors import UsageError
+
+    if args.samples < 1 or args.test < 1 or args.workers < 1:
+        raise UsageError("--samples, --test and --workers must be positive integers")
+    result = fit_predictor(args.supernet, samples=args.samples, test=args.test, seed=args.seed, store_path=args.store,
+                           out=args.out, workers=args.workers, bn_batches=args.bn_batches)
+    if result is None:  # a non-zero torchrun rank: rank 0 fits and reports
+        return 0
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    fit = result.fit
+    print(f"accuracy predictor: {result.path}")
+    print(f"  archs evaluated: {result.samples} ({result.evaluated_now} now, the rest from the store)")
+    print(f"  fitted on {fit.train_size} (early stopping on {fit.val_size}), best epoch {fit.best_epoch}/{fit.epochs}")
+    print(f"  test on {result.test_size} held-out archs: RMSE {result.test_rmse:.4f}, "
+          f"Kendall tau {result.test_kendall_tau:.3f}")
+    return 0

@@ -1,0 +1,166 @@
+"""From a supernet checkpoint to a saved accuracy predictor: sample, evaluate (resumable, in parallel), fit, test.
+
+The archs are split once, with the seed, into a fitting set and a test set that the predictor never
+sees (not even for early stopping); RMSE and Kendall tau are reported on the test set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgenas.accuracy.dataset import AccuracyDataset, dist_rank, sample_archs
+from edgenas.accuracy.predictor import AccuracyPredictor, FitConfig, FitReport, kendall_tau, rmse
+from edgenas.errors import UsageError
+from edgenas.space import Arch
+
+PREDICTOR_FILE = "accuracy_predictor.npz"
+
+
+def default_store_path() -> Path:
+    """The store shared by calibration and accuracy evaluation: $EDGENAS_STORE, else <latency tables>/store.sqlite."""
+    env = os.environ.get("EDGENAS_STORE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("EDGENAS_LATENCY_TABLES", "latency_tables")) / "store.sqlite"
+
+
+@dataclass(frozen=True)
+class PredictorFitResult:
+    path: Path | None
+    samples: int
+    evaluated_now: int
+    fit: FitReport
+    test_size: int
+    test_rmse: float
+    test_kendall_tau: float
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path) if self.path else None
+        d["fit"] = self.fit.to_dict()
+        return d
+
+
+def split_archs(archs: Sequence[Arch], test: int, seed: int) -> tuple[list[Arch], list[Arch]]:
+    """(fitting archs, test archs): `test` archs drawn with `seed`, the rest for fitting."""
+    if not 0 < test < len(archs):
+        raise UsageError(f"test set of {test} archs must be between 1 and the {len(archs)} sampled - 1")
+    order = np.random.default_rng([seed, 1]).permutation(len(archs))
+    return [archs[i] for i in order[test:]], [archs[i] for i in order[:test]]
+
+
+def fit_and_test(space, archs: Sequence[Arch], accuracy: np.ndarray, *, test: int, seed: int,
+                 config: FitConfig | None = None) -> tuple[AccuracyPredictor, FitReport, dict[str, float]]:
+    """Fit on all but `test` archs, and measure RMSE and Kendall tau on those `test` archs."""
+    values = dict(zip(archs, accuracy.tolist()))
+    fit_archs, test_archs = split_archs(list(archs), test, seed)
+    predictor, report = AccuracyPredictor.fit(space, fit_archs, [values[a] for a in fit_archs], seed=seed,
+                                              config=config)
+    y = np.array([values[a] for a in test_archs])
+    p = predictor.predict(test_archs)
+    return predictor, report, {"test_size": len(test_archs), "test_rmse": rmse(p, y), "test_kendall_tau": kendall_tau(p, y)}
+
+
+def _evaluate_shard(checkpoint: str, archs: list[dict], store_path: str, rank: int, world_size: int,
+                    split: str, bn_batches: int, threads: int, progress: bool) -> int:
+    """One worker's share (a top-level function so a spawned process can run it)."""
+    import torch
+
+    from edgenas.store import Store
+
+    torch.set_num_threads(threads)
+    ctx = _EvalContext(checkpoint, split, bn_batches)
+    with Store(store_path) as store:
+        data = ctx.accuracy_dataset(store)
+        return data.build([Arch.from_dict(a) for a in archs], ctx.evaluate, rank=rank, world_size=world_size,
+                          progress=progress)
+
+
+class _EvalContext:
+    """A loaded supernet and its dataset (checked against the checkpoint's fingerprint)."""
+
+    def __init__(self, checkpoint: str, split: str, bn_batches: int) -> None:
+        from edgenas.data import load_dataset
+        from edgenas.train.checkpoint import load_checkpoint_info, load_supernet
+
+        self.info = load_checkpoint_info(checkpoint)
+        self.supernet = load_supernet(checkpoint)
+        self.dataset = load_dataset(self.info["dataset"], seed=self.info["seed"])
+        if self.dataset.fingerprint != self.info["dataset_fingerprint"]:
+            raise UsageError(f"dataset {self.info['dataset']} now has fingerprint {self.dataset.fingerprint[:12]}, "
+                             f"but the supernet was trained on {self.info['dataset_fingerprint'][:12]}: "
+                             "use the data it was trained on")
+        self.split, self.bn_batches = split, bn_batches
+
+    def accuracy_dataset(self, store) -> AccuracyDataset:
+        return AccuracyDataset(store, self.info["sha256"], self.dataset.fingerprint, self.split)
+
+    def evaluate(self, arch: Arch) -> float:
+        from edgenas.train.evaluate import evaluate
+
+        return evaluate(self.supernet, arch, self.dataset, self.split, bn_batches=self.bn_batches)
+
+
+def fit_predictor(
+    checkpoint: str | os.PathLike,
+    *,
+    samples: int = 1000,
+    test: int = 200,
+    seed: int = 0,
+    store_path: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    workers: int = 1,
+    split: str = "holdout",
+    bn_batches: int = 8,
+    config: FitConfig | None = None,
+    latency_cost: Callable[[Sequence[Arch]], np.ndarray] | None = None,
+    progress: bool = True,
+) -> PredictorFitResult | None:
+    """Build the accuracy dataset of `samples` archs (`test` of them kept out of fitting), fit and save the
+    predictor beside the checkpoint. Under torchrun each rank evaluates its share; rank 0 waits, fits and
+    saves (other ranks return None). `workers` > 1 evaluates in that many processes."""
+    from edgenas.store import Store
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise UsageError(f"supernet checkpoint {checkpoint} does not exist: train one with 'edgenas train'")
+    if samples < test + 10:
+        raise UsageError(f"--samples {samples} leaves fewer than 10 archs to fit beside the {test} test archs")
+    store_path = Path(store_path) if store_path else default_store_path()
+    ctx = _EvalContext(str(checkpoint), split, bn_batches)
+    space = ctx.supernet.space
+    archs = sample_archs(space, samples, np.random.default_rng(seed), cost=latency_cost)
+    rank, world = dist_rank()
+    with Store(store_path) as store:
+        data = ctx.accuracy_dataset(store)
+        before = len(data.missing(archs))
+        if workers <= 1:
+            data.build(archs, ctx.evaluate, rank=rank, world_size=world, progress=progress)
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            todo = [a.to_dict() for a in data.missing(archs)]
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+                futures = [pool.submit(_evaluate_shard, str(checkpoint), todo, str(store_path), rank * workers + i,
+                                       world * workers, split, bn_batches, threads, progress and i == 0)
+                           for i in range(workers)]
+                for f in futures:
+                    f.result()
+        if rank != 0:
+            return None
+        data.wait_for(archs)
+        evaluated_now = before - len(data.missing(archs))
+        archs, accuracy = data.load(archs)
+    predictor, report, tested = fit_and_test(space, archs, accuracy, test=test, seed=seed, config=config)
+    path = Path(out) if out else checkpoint.parent / PREDICTOR_FILE
+    predictor.info["test"] = tested
+    predictor.save(path, inputs={"supernet": str(checkpoint), "store": str(store_path)}, seed=seed)
+    return PredictorFitResult(path, len(archs), evaluated_now, report, **tested)
