@@ -72,6 +72,14 @@ CREATE INDEX IF NOT EXISTS evaluations_lookup ON evaluations (supernet_sha256, s
 """
 
 
+def default_store_path() -> Path:
+    """The store shared by calibration and accuracy evaluation: $EDGENAS_STORE, else <latency tables>/store.sqlite
+    (the tables folder is $EDGENAS_LATENCY_TABLES, else ./latency_tables)."""
+    if os.environ.get("EDGENAS_STORE"):
+        return Path(os.environ["EDGENAS_STORE"])
+    return Path(os.environ.get("EDGENAS_LATENCY_TABLES", "latency_tables")) / "store.sqlite"
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
 

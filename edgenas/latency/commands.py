@@ -1,0 +1,108 @@
+"""CLI commands `calibrate` and `latency eval`: calibrate a device's latency predictor and judge it on held-out subnets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+TRUST_HELP = "record the device's SSH host key in its known_hosts file if it has none yet"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", required=True, metavar="NAME", help="device name (devices/NAME.toml) or .toml path")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--supernet", metavar="CKPT", help="supernet checkpoint: its search space is calibrated")
+    src.add_argument("--space", metavar="PRESET", help="a search-space preset instead of a checkpoint (tiny, mobilenetv3)")
+    p.add_argument("--runtime", choices=("onnxruntime", "tflite"), help="default: the device's runtime")
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help="default: %(default)s")
+    p.add_argument("--store", metavar="PATH", help="measurement store (default: $EDGENAS_STORE, else "
+                   "latency_tables/store.sqlite)")
+    p.add_argument("--tables", metavar="DIR", help="tables folder (default: $EDGENAS_LATENCY_TABLES, else latency_tables)")
+    p.add_argument("--seed", type=int, default=0, help="seed of subnet sampling (default: %(default)s)")
+    p.add_argument("--transfer-from", metavar="NAMES", default="",
+                   help="comma-separated calibrated devices to transfer from")
+    p.add_argument("--trust-new-host-key", action="store_true", help=TRUST_HELP)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    cal = sub.add_parser("calibrate", help="measure a device's latency table and fit its latency predictor")
+    _common(cal)
+    cal.add_argument("--budget", type=int, default=100,
+                     help="whole-subnet measurements on top of the table (default: %(default)s; with "
+                          "--transfer-from, 10 is typical)")
+    cal.add_argument("--no-table", action="store_true", help="fit from whole-subnet measurements alone (no table)")
+    cal.set_defaults(handler="edgenas.latency.commands:run_calibrate")
+
+    lat = sub.add_parser("latency", help="judge latency predictors on held-out subnets")
+    lsub = lat.add_subparsers(dest="latency_command", metavar="SUBCOMMAND", parser_class=type(lat))
+    ev = lsub.add_parser("eval", help="measure N unseen subnets and score every predictor")
+    _common(ev)
+    ev.add_argument("--holdout", type=int, default=100, help="held-out subnets to measure (default: %(default)s)")
+    ev.add_argument("--transfer-samples", type=int, default=10,
+                    help="measurements the transfer predictor may use (default: %(default)s)")
+    ev.set_defaults(handler="edgenas.latency.commands:run_eval")
+
+
+def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, list[str]]:
+    from edgenas.devices import load_device
+    from edgenas.errors import UsageError
+    from edgenas.space import SearchSpace
+    from edgenas.store import Store, default_store_path
+
+    if args.supernet:  # latency depends on the architecture only: the checkpoint's space, not its weights
+        from edgenas.train.checkpoint import load_checkpoint_info
+
+        space = SearchSpace.from_dict(load_checkpoint_info(args.supernet)["space"])
+    else:
+        try:
+            space = SearchSpace.preset(args.space)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    device = load_device(args.device, trust_new_host_key=args.trust_new_host_key)
+    store = Store(args.store or default_store_path())
+    sources = [s.strip() for s in args.transfer_from.split(",") if s.strip()]
+    return device, space, store, sources
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from edgenas.latency.calibrate import calibrate, calibrate_transfer, load_latency_predictor
+
+    device, space, store, sources = _setup(args)
+    with device, store:
+        if sources:
+            preds = [load_latency_predictor(s, space=space, tables_dir=args.tables) for s in sources]
+            predictor = calibrate_transfer(device, space, sources=preds, samples=args.budget, runtime=args.runtime,
+                                           precision=args.precision, store=store, seed=args.seed,
+                                           tables_dir=args.tables, progress=not args.quiet)
+        else:
+            predictor = calibrate(device, space, budget=args.budget, runtime=args.runtime, precision=args.precision,
+                                  store=store, use_table=not args.no_table, seed=args.seed, tables_dir=args.tables,
+                                  progress=not args.quiet)
+    report = predictor.report.to_dict()  # type: ignore[attr-defined]
+    result = {"device": predictor.device, "runtime": predictor.runtime, "precision": predictor.precision,
+              "space": space.name, "type": predictor.kind,
+              "train_rel_rmse": predictor.fit_info.get("train_rel_rmse"), **report}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"calibrated {predictor.kind} latency predictor for {predictor.device} "
+              f"({predictor.runtime}/{predictor.precision}, space {space.name}): {report['measured_now']} models "
+              f"measured now, {report['reused']} reused from the store, {report['device_seconds']:.1f} s of "
+              f"device time\n  predictor: {report['predictor_path']}"
+              + (f"\n  table: {report['table_path']}" if report.get("table_path") else ""))
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from edgenas.latency.evaluate import evaluate
+
+    device, space, store, sources = _setup(args)
+    with device, store:
+        result = evaluate(device, space, holdout=args.holdout, runtime=args.runtime, precision=args.precision,
+                          store=store, transfer_from=sources, transfer_samples=args.transfer_samples,
+                          seed=args.seed, tables_dir=args.tables, progress=not args.quiet)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.format())
+    return 0
