@@ -1,0 +1,186 @@
+"""The benchmark agent on its own: run as a device runs it, with only numpy and one runtime importable."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import time
+import venv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+AGENT = Path(__file__).resolve().parents[1] / "edgenas" / "devices" / "agent.py"
+SITE = Path(sysconfig.get_paths()["purelib"])
+
+
+def trimmed_path(tmp_path: Path, packages: tuple[str, ...]) -> Path:
+    """A folder holding only links to the named installed packages (and their .libs / .dist-info)."""
+    folder = tmp_path / ("only-" + "-".join(packages))
+    folder.mkdir(exist_ok=True)
+    for entry in SITE.iterdir():
+        top = entry.name.split("-")[0].split(".")[0]
+        if top in packages and not (folder / entry.name).exists():
+            (folder / entry.name).symlink_to(entry)
+    return folder
+
+
+def run_agent(args, *, path: Path | None = None, python: str = sys.executable, timeout: float = 120):
+    """Run agent.py like a device does; with `path`, nothing but that folder is importable."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")}
+    argv = [python]
+    if path is not None:
+        argv += ["-S", "-s"]  # no site-packages: only PYTHONPATH
+        env["PYTHONPATH"] = str(path)
+    done = subprocess.run([*argv, str(AGENT), *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd="/")
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    return done, events
+
+
+def results(events):
+    return [e for e in events if e["event"] == "result"]
+
+
+def test_agent_parses_as_python_37():
+    ast.parse(AGENT.read_text(), feature_version=(3, 7))
+    assert "edgenas" not in {n.split(".")[0] for n in _imported_modules(AGENT)}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_onnxruntime_with_only_numpy_and_onnxruntime(tmp_path, onnx_models):
+    path = trimmed_path(tmp_path, ("numpy", "onnxruntime"))
+    done, events = run_agent(["measure", "--runtime", "onnxruntime", "--runs", "7", "--warmup", "2",
+                              onnx_models["small"], onnx_models["tiny"]], path=path)
+    assert done.returncode == 0, done.stderr
+    assert [e["event"] for e in events] == ["hello", "start", "result", "start", "result", "done"]
+    hello = events[0]
+    assert hello["runtime_version"] == __import__("onnxruntime").__version__
+    assert hello["machine"]["cpu_count"] == os.cpu_count()
+    for r in results(events):
+        assert r["error"] is None
+        assert r["runs"] == 7 and len(r["samples_ms"]) == 7 and r["warmup"] == 2
+        samples = np.array(r["samples_ms"])
+        assert r["min_ms"] == pytest.approx(samples.min(), rel=1e-5)
+        assert r["median_ms"] == pytest.approx(np.median(samples), rel=1e-5)
+        assert r["p90_ms"] == pytest.approx(np.percentile(samples, 90), rel=1e-5)
+        assert r["cv"] == pytest.approx(samples.std(ddof=1) / samples.mean(), rel=1e-3)
+        assert r["inputs"] == [{"name": "x", "shape": [1, 3, *([32, 32] if r["index"] == 0 else [16, 16])],
+                                "dtype": "float32"}]
+
+
+def test_tflite_with_only_numpy_and_ai_edge_litert(tmp_path, tflite_models):
+    pytest.importorskip("ai_edge_litert")
+    path = trimmed_path(tmp_path, ("numpy", "ai_edge_litert"))
+    done, events = run_agent(["measure", "--runtime", "tflite", "--runs", "5", "--threads", "2",
+                              tflite_models["small"]], path=path)
+    assert done.returncode == 0, done.stderr
+    assert events[0]["runtime_package"] == "ai_edge_litert"
+    (r,) = results(events)
+    assert r["error"] is None and r["runs"] == 5 and r["median_ms"] > 0
+
+
+def test_runtime_missing_is_an_error_code_per_model(tmp_path, onnx_models):
+    path = trimmed_path(tmp_path, ("numpy",))
+    done, events = run_agent(["measure", "--runtime", "onnxruntime", onnx_models["tiny"], onnx_models["small"]],
+                             path=path)
+    assert done.returncode == 0
+    assert [r["error"] for r in results(events)] == ["runtime_missing", "runtime_missing"]
+    done, events = run_agent(["info"], path=path)
+    runtimes = events[0]["runtimes"]
+    assert runtimes["onnxruntime"]["error"] == "runtime_missing"
+    assert "ai_edge_litert" in runtimes["tflite"]["error_message"]
+
+
+def test_bad_and_missing_models_do_not_stop_the_batch(tmp_path, onnx_models):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+    done, events = run_agent(["measure", "--runtime", "onnxruntime", "--runs", "3",
+                              garbage, tmp_path / "absent.onnx", onnx_models["tiny"]])
+    assert [r["error"] for r in results(events)] == ["bad_model", "bad_model", None]
+    assert "absent.onnx" in results(events)[1]["error_message"]
+
+
+def test_noisy_pass_is_measured_again_and_the_steadiest_kept(onnx_models):
+    # max-cv 0 makes every pass "too noisy", so all 1 + remeasure passes run
+    done, events = run_agent(["measure", "--runtime", "onnxruntime", "--runs", "5", "--max-cv", "0",
+                              "--remeasure", "2", onnx_models["tiny"]])
+    (r,) = results(events)
+    assert len(r["passes"]) == 3
+    assert r["cv"] == min(p["cv"] for p in r["passes"])
+    assert r["noisy"] is True
+    done, events = run_agent(["measure", "--runtime", "onnxruntime", "--runs", "5", "--max-cv", "100",
+                              "--remeasure", "2", onnx_models["tiny"]])
+    assert len(results(events)[0]["passes"]) == 1
+
+
+def test_cpu_pinning(onnx_models):
+    done, events = run_agent(["measure", "--runtime", "onnxruntime", "--runs", "2", "--pin", "0", onnx_models["tiny"]])
+    assert events[0]["machine"]["cpu_affinity"] == [0]
+    assert results(events)[0]["error"] is None
+    done, events = run_agent(["measure", "--runtime", "onnxruntime", "--pin", "4096", onnx_models["tiny"]])
+    assert results(events)[0]["error"] == "bad_config"
+
+
+def test_agent_exits_when_stdin_closes(onnx_models):
+    """The host holds stdin open; a dropped link closes it and the agent must not run on."""
+    proc = subprocess.Popen([sys.executable, str(AGENT), "measure", "--runtime", "onnxruntime", "--runs", "100000",
+                             "--watch-stdin", str(onnx_models["small"])],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert json.loads(proc.stdout.readline())["event"] == "hello"
+    assert json.loads(proc.stdout.readline())["event"] == "start"
+    started = time.monotonic()
+    proc.stdin.close()
+    assert proc.wait(timeout=10) == 75
+    assert time.monotonic() - started < 5
+
+
+def test_runtime_prints_do_not_reach_the_json_stream(tmp_path, onnx_models):
+    done, events = run_agent(["measure", "--runtime", "onnxruntime", "--runs", "2", onnx_models["tiny"]])
+    assert all(line.startswith("{") for line in done.stdout.splitlines())
+
+
+PY = f"py{sys.version_info[0]}{sys.version_info[1]}"
+TFLITE_RUNTIME_VENV = Path.home() / ".cache" / "edgenas" / "test-venvs" / f"tflite-runtime-{PY}"
+
+
+def _tflite_runtime_python() -> str:
+    """A venv with numpy < 2 and tflite-runtime only (what many real devices still have); built once, cached."""
+    python = TFLITE_RUNTIME_VENV / "bin" / "python"
+    marker = TFLITE_RUNTIME_VENV / ".complete"
+    if marker.exists():
+        return str(python)
+    if sys.version_info >= (3, 12):
+        pytest.skip("tflite-runtime has no wheel for Python >= 3.12 (its last release, 2.14.0, stops at 3.11)")
+    venv.EnvBuilder(with_pip=True, clear=True).create(TFLITE_RUNTIME_VENV)
+    done = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                           "numpy<2", "tflite-runtime==2.14.0"], capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        pytest.skip(f"could not install tflite-runtime with numpy<2 into a venv: {done.stderr.strip()[-300:]}")
+    marker.write_text("ok\n")
+    return str(python)
+
+
+def test_tflite_runtime_under_numpy_1_in_its_own_venv(tflite_models):
+    python = _tflite_runtime_python()
+    done, events = run_agent(["measure", "--runtime", "tflite", "--runs", "5", tflite_models["small"]], python=python)
+    assert done.returncode == 0, done.stderr
+    hello = events[0]
+    assert hello["runtime_package"] == "tflite_runtime"
+    assert hello["machine"]["numpy"].startswith("1.")
+    (r,) = results(events)
+    assert r["error"] is None and r["runs"] == 5
