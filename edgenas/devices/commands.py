@@ -42,6 +42,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 def run_list(args: argparse.Namespace) -> int:
     from edgenas.devices import list_devices
+    from edgenas.devices.config import device_dirs
 
     entries = list_devices()
     if args.json:
@@ -50,9 +51,12 @@ def run_list(args: argparse.Namespace) -> int:
     if not entries:
         print("no device files: copy one of devices/*.example.toml to devices/NAME.toml")
         return 0
+    examples = sorted(p.name for d in device_dirs() if d.is_dir() for p in d.glob("*.example.toml"))
     rows = [[e["name"], e["kind"] or "-", e["runtime"] or "-", str(e["threads"] or "-"), e["host"] or "-",
              e["path"] if not e["error"] else f"INVALID: {e['error']}"] for e in entries]
     print(_table(rows, ["NAME", "KIND", "RUNTIME", "THREADS", "HOST", "FILE"]))
+    if examples:
+        print(f"examples to copy: {', '.join(examples)}")
     return 0
 
 

@@ -413,7 +413,7 @@ def find_device_file(name_or_path: str | os.PathLike) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    known = sorted({p.name[: -len(".toml")] for d in device_dirs() if d.is_dir() for p in d.glob("*.toml")})
+    known = sorted(p.name[: -len(".toml")] for p in device_files())
     hint = f"known devices: {', '.join(known)}" if known else "no device files found"
     raise UsageError(
         f"unknown device {text!r}: looked for {' and '.join(str(c) for c in candidates)} ({hint}); "
@@ -422,10 +422,11 @@ def find_device_file(name_or_path: str | os.PathLike) -> Path:
 
 
 def device_files() -> list[Path]:
-    """Every device TOML in the lookup folders; a name in ./devices hides the same name in ~/.config."""
+    """Every device TOML in the lookup folders (not *.example.toml); ./devices hides the same name in ~/.config."""
     seen: dict[str, Path] = {}
     for folder in device_dirs():
         if folder.is_dir():
             for p in sorted(folder.glob("*.toml")):
-                seen.setdefault(p.name, p)
+                if not p.name.endswith(".example.toml"):
+                    seen.setdefault(p.name, p)
     return list(seen.values())
