@@ -10,7 +10,8 @@ DIR/devices/<name>.toml for each device and DIR/known_hosts with their host keys
     python tools/testbed.py status --out DIR
     python tools/testbed.py down --out DIR
 
-The i-th --spec applies to the i-th device; keys: runtime (onnxruntime|tflite), threads, quota
+The i-th --spec applies to the i-th device; keys: kind (ssh, or mcu for a stand-in board that runs
+models in TFLite Micro on the device's host), runtime (onnxruntime|tflite), threads, quota
 (percent of one CPU), netns (1 to put the device in a network namespace), rate (bandwidth of its
 link, like 20mbit; needs netns), runs, warmup. Needs root and /usr/sbin/sshd (openssh-server).
 
@@ -39,7 +40,8 @@ SSHD = "/usr/sbin/sshd"
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 CGROUP_PERIOD_US = 10_000  # a 10 ms period: measured slowdowns match the quota within about 10 %
 STATE_FILE = "testbed.json"
-SPEC_KEYS = ("runtime", "threads", "quota", "netns", "rate", "runs", "warmup")
+SPEC_KEYS = ("kind", "runtime", "threads", "quota", "netns", "rate", "runs", "warmup")
+STANDIN_BOARD = Path(__file__).resolve().parents[1] / "edgenas" / "devices" / "standin_board.py"
 
 
 class TestbedError(RuntimeError):
@@ -50,6 +52,7 @@ class TestbedError(RuntimeError):
 class DeviceSpec:
     """How one testbed device differs from the others."""
 
+    kind: str = "ssh"  # "mcu": a stand-in board (TFLite Micro on the host) behind this sshd
     runtime: str = "onnxruntime"
     threads: int = 1
     quota: int | None = None  # percent of one CPU; None: no limit
@@ -67,7 +70,12 @@ class DeviceSpec:
             if not sep or key not in SPEC_KEYS:
                 raise ValueError(f"bad --spec item {item!r}: expected KEY=VALUE with KEY one of {', '.join(SPEC_KEYS)}")
             try:
-                if key == "runtime":
+                if key == "kind":
+                    if value not in ("ssh", "mcu"):
+                        raise ValueError
+                    spec.kind = value
+                    spec.runtime = "tflite" if value == "mcu" else spec.runtime
+                elif key == "runtime":
                     if value not in ("onnxruntime", "tflite"):
                         raise ValueError
                     spec.runtime = value
@@ -86,7 +94,8 @@ class DeviceSpec:
                 elif key == "rate":
                     spec.rate = value
             except ValueError:
-                raise ValueError(f"bad --spec value {item!r}: runtime is onnxruntime or tflite, threads/runs are "
+                raise ValueError(f"bad --spec value {item!r}: kind is ssh or mcu, runtime onnxruntime or tflite, "
+                                 "threads/runs are "
                                  "integers >= 1, quota a percent of one CPU (1-100 per CPU)") from None
         if spec.rate and not spec.netns:
             raise ValueError("--spec rate=... needs netns=1 (the limit is set on the device's veth link)")
@@ -415,12 +424,12 @@ class Testbed:
         text = "\n".join([
             f"# testbed device {device.name}: sshd on {device.address}:{device.port} ({where}), {speed}",
             f'name = "{device.name}"',
-            'kind = "ssh"',
+            f'kind = "{spec.kind}"',
             f'runtime = "{spec.runtime}"',
             f"threads = {spec.threads}",
             f"python = {json.dumps(self.python)}",
             f"work_dir = {json.dumps(str(Path(device.folder) / 'work'))}",
-            f'description = "testbed {device.name}: {spec.runtime}, {spec.threads} thread(s), {speed}"',
+            f'description = "testbed {device.name}: {spec.kind}, {spec.runtime}, {spec.threads} thread(s), {speed}"',
             "",
             "[ssh]",
             f'host = "{device.address}"',
@@ -430,6 +439,7 @@ class Testbed:
             "use_agent = false",
             f"known_hosts = {json.dumps(str(self.known_hosts))}",
             "",
+            *self._mcu_section(device),
             "[measure]",
             f"warmup = {spec.warmup}",
             f"runs = {spec.runs}",
@@ -452,9 +462,27 @@ class Testbed:
         path.write_text(text)
         device.toml = str(path)
 
+    def _mcu_section(self, device: TestbedDevice) -> list[str]:
+        """For kind=mcu: the stand-in board script is put on the device's host, and [mcu] runs it."""
+        if device.spec.kind != "mcu":
+            return []
+        board = Path(device.folder) / "board" / "standin_board.py"
+        board.parent.mkdir(exist_ok=True)
+        shutil.copyfile(STANDIN_BOARD, board)
+        command = [self.python, str(board), "--model", "{model}", "--runs", "{runs}", "--warmup", "{warmup}"]
+        return [
+            "[mcu]",
+            f"command = {json.dumps(command)}",
+            "latency_pattern = 'latency_us=(?P<value>[0-9.]+)'",
+            'unit = "us"',
+            "timeout = 60",
+            f"check_command = {json.dumps([self.python, '-c', 'import tflite_micro'])}",
+            "",
+        ]
+
     def status(self) -> list[dict[str, Any]]:
         return [{"name": d.name, "address": f"{d.address}:{d.port}", "alive": bool(d.pid and _alive(d.pid)),
-                 "runtime": d.spec.runtime, "threads": d.spec.threads,
+                 "kind": d.spec.kind, "runtime": d.spec.runtime, "threads": d.spec.threads,
                  "quota": d.spec.quota if d.quota_applied else None, "netns": d.netns, "toml": d.toml}
                 for d in self.devices]
 
