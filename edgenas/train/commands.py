@@ -1,0 +1,122 @@
+"""CLI commands `train` (progressive shrinking) and `eval` (BN-recalibrated top-1 of subnets)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser(
+        "train", help="train a once-for-all supernet with progressive shrinking (resumable, torchrun-ready)",
+        description="Train a supernet: full network, then elastic kernel, depth and expand ratio, distilled from the "
+        "full network. Settings: preset < --config FILE < flags. Run under `torchrun --nproc-per-node N` for "
+        "data-parallel training.")
+    train.add_argument("--dataset", help="digits, shapes, folder:PATH, cifar10:PATH or idx:PATH (default: the preset's)")
+    train.add_argument("--preset", choices=("tiny", "small", "ofa"), help="schedule preset (default: tiny, or the "
+                       "config file's)")
+    train.add_argument("--config", help="TOML file overriding the preset (see config.toml written by a run)")
+    train.add_argument("--out", help="output folder (default: runs/<dataset>-<preset>)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--space", help="search-space preset (tiny, mobilenetv3)")
+    train.add_argument("--seed", type=int, help="seed for the data split, order and subnet sampling")
+    train.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
+    train.add_argument("--steps", type=int, help="run exactly this many steps in every phase (quick trials)")
+    train.add_argument("--epochs-scale", type=float, help="multiply every phase's epochs by this factor")
+    train.add_argument("--checkpoint-every", type=int, help="steps between resumable checkpoints")
+    train.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    train.add_argument("--threads", type=int, help="CPU threads per process (default: the idle cores)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    train.set_defaults(handler="edgenas.train.commands:run_train")
+
+    ev = sub.add_parser("eval", help="BN-recalibrated top-1 of subnets of a trained supernet",
+                        description="Evaluate subnets of a supernet checkpoint on its dataset, each after re-estimating "
+                        "BatchNorm statistics on training batches. Default: the largest and smallest subnets.")
+    ev.add_argument("--supernet", required=True, help="checkpoint (supernet.pt)")
+    which = ev.add_mutually_exclusive_group()
+    which.add_argument("--arch", help="arch as inline JSON or a JSON file")
+    which.add_argument("--sample", type=int, metavar="N", help="N random subnets (seeded by --seed)")
+    ev.add_argument("--split", default="val", choices=("val", "holdout", "train"), help="(default: %(default)s)")
+    ev.add_argument("--dataset", help="evaluate on this dataset instead of the checkpoint's (same classes and channels)")
+    ev.add_argument("--seed", type=int, default=0, help="seed for --sample (default: %(default)s)")
+    ev.add_argument("--bn-batches", type=int, default=None, help="training batches for BN recalibration")
+    ev.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
+    ev.add_argument("--json", action="store_true", help="print results as JSON")
+    ev.set_defaults(handler="edgenas.train.commands:run_eval")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import json
+
+    from edgenas.errors import UsageError
+    from edgenas.train.config import load_config
+    from edgenas.train.trainer import train
+
+    config = load_config(args.config, preset=args.preset, dataset=args.dataset, space=args.space, seed=args.seed,
+                         batch_size=args.batch_size, checkpoint_every=args.checkpoint_every)
+    if args.epochs_scale is not None:
+        config = config.scale_epochs(args.epochs_scale)
+    if args.steps is not None:
+        if args.steps < 1:
+            raise UsageError(f"--steps {args.steps} must be at least 1")
+        config = config.fixed_steps(args.steps)
+    result = train(config, args.out, resume=args.resume, device=args.device, threads=args.threads, progress=not args.no_progress)
+    if not result.summary:
+        return 0
+    if args.json:
+        print(json.dumps({"checkpoint": str(result.checkpoint), **result.summary}, indent=2))
+    elif "val" in result.summary:
+        print(f"supernet: {result.checkpoint}")
+        print(f"{'phase':<10} {'steps':>6} {'seconds':>8} {'img/s':>7} {'largest':>8} {'smallest':>8}")
+        for p in result.summary["phases"]:
+            print(f"{p['phase']:<10} {p['steps']:>6} {p['seconds']:>8.1f} {p['samples_per_s']:>7.0f} "
+                  f"{p.get('val_largest', float('nan')):>8.4f} {p.get('val_smallest', float('nan')):>8.4f}")
+        print("validation top-1 after BN recalibration:")
+        for r in result.summary["val"]:
+            print(f"  {r['name']:<8} {r['top1']:.4f}  {json.dumps(r['arch'], separators=(',', ':'))}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from edgenas.data import load_dataset
+    from edgenas.errors import UsageError
+    from edgenas.train.checkpoint import load_checkpoint_info, load_supernet
+    from edgenas.train.evaluate import evaluate_many
+
+    info = load_checkpoint_info(args.supernet)
+    net = load_supernet(args.supernet)
+    space = net.space
+    dataset = load_dataset(args.dataset or info["dataset"], seed=info["seed"])
+    if not args.dataset and dataset.fingerprint != info["dataset_fingerprint"]:
+        raise UsageError(f"dataset {info['dataset']} no longer matches the one {args.supernet} was trained on "
+                         f"(fingerprint {dataset.fingerprint}, expected {info['dataset_fingerprint']}): restore the data "
+                         "or pass --dataset to evaluate on other data")
+    if args.arch:
+        try:
+            archs, names = [space.parse_arch(args.arch)], ["arch"]
+        except ValueError as exc:
+            raise UsageError(f"bad --arch: {exc}") from None
+    elif args.sample is not None:
+        if args.sample < 1:
+            raise UsageError(f"--sample {args.sample} must be at least 1")
+        archs = space.sample_many(np.random.default_rng(args.seed), args.sample)
+        names = [f"sample{i}" for i in range(len(archs))]
+    else:
+        archs, names = [space.largest(), space.smallest()], ["largest", "smallest"]
+    bn_batches = args.bn_batches or int(info["config"].get("bn_batches", 8))
+    accs = evaluate_many(net, archs, dataset, args.split, bn_batches=bn_batches, batch_size=args.batch_size,
+                         seed=info["seed"], progress=len(archs) > 3)
+    rows = [{"name": n, "arch": a.to_dict(), "top1": acc, "macs": space.stats(a).macs}
+            for n, a, acc in zip(names, archs, accs)]
+    if args.json:
+        print(json.dumps({"supernet": args.supernet, "split": args.split, "dataset": dataset.spec, "results": rows},
+                         indent=2))
+    else:
+        print(f"{'subnet':<10} {'top-1':>7} {'MMACs':>8}  arch")
+        for r, a in zip(rows, archs):
+            print(f"{r['name']:<10} {r['top1']:>7.4f} {r['macs'] / 1e6:>8.2f}  {a}")
+    return 0

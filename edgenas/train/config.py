@@ -1,0 +1,273 @@
+"""Training configuration: the progressive-shrinking schedule as a list of phase dataclasses, presets, TOML I/O.
+
+Precedence: a preset's defaults < a TOML config file < command-line flags. A TOML file may name its
+base `preset` and override any top-level field; a `[[phases]]` list replaces the preset's phases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgenas.errors import UsageError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+Choices = int | str  # how many of the largest options a phase may sample, or "all"
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of progressive shrinking.
+
+    `kernels`, `depths` and `expands` say how many of the largest choices of each dimension the
+    phase samples from (1 = the largest only, "all" = every choice); resolution is elastic in every
+    phase. Length is `epochs` of the training split, or exactly `steps` when set. Every step samples
+    `subnets_per_step` subnets and accumulates their gradients; with `distill` the loss adds the
+    teacher's soft cross-entropy (the teacher is the full network at the end of the first phase).
+    """
+
+    name: str
+    epochs: float = 1.0
+    steps: int | None = None
+    lr: float = 0.1
+    warmup_epochs: float = 0.0
+    subnets_per_step: int = 1
+    kernels: Choices = 1
+    depths: Choices = 1
+    expands: Choices = 1
+    distill: bool = True
+    sort_channels: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("kernels", "depths", "expands"):
+            value = getattr(self, key)
+            if not (value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)):
+                raise UsageError(f"phase {self.name!r}: {key} = {value!r} must be a positive count of the largest "
+                                 "choices or \"all\"")
+        if self.subnets_per_step < 1:
+            raise UsageError(f"phase {self.name!r}: subnets_per_step = {self.subnets_per_step} must be at least 1")
+        if self.steps is None and not self.epochs > 0:
+            raise UsageError(f"phase {self.name!r}: epochs = {self.epochs} must be positive")
+        if self.steps is not None and self.steps < 1:
+            raise UsageError(f"phase {self.name!r}: steps = {self.steps} must be at least 1")
+        if self.lr <= 0:
+            raise UsageError(f"phase {self.name!r}: lr = {self.lr} must be positive")
+
+    def num_steps(self, train_size: int, batch_size: int) -> int:
+        if self.steps is not None:
+            return self.steps
+        return max(1, math.ceil(self.epochs * train_size / batch_size))
+
+    def warmup_steps(self, train_size: int, batch_size: int) -> int:
+        return int(self.warmup_epochs * train_size / batch_size)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run's result (and is checked when resuming).
+
+    `batch_size` is the global batch (split across processes under torchrun); phase learning
+    rates are for `lr_batch_size` images and scale linearly with the actual batch.
+    """
+
+    preset: str = "tiny"
+    dataset: str = "digits"
+    space: str = "tiny"
+    seed: int = 0
+    batch_size: int = 32
+    lr_batch_size: int = 32
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 3e-5
+    label_smoothing: float = 0.0
+    distill_weight: float = 1.0
+    distill_temperature: float = 1.0
+    bn_batches: int = 8
+    phases: tuple[Phase, ...] = field(default_factory=tuple)
+    # run settings: do not change results, not compared on resume
+    checkpoint_every: int = 100
+    log_every: int = 10
+
+    RUN_SETTINGS = ("checkpoint_every", "log_every")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "phases", tuple(p if isinstance(p, Phase) else _phase(p) for p in self.phases))
+        if not self.phases:
+            raise UsageError("the training config has no phases: give a preset or [[phases]] in the config file")
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names):
+            raise UsageError(f"phase names {names} must be unique")
+        for key in ("batch_size", "lr_batch_size", "checkpoint_every", "log_every"):
+            if getattr(self, key) < 1:
+                raise UsageError(f"{key} = {getattr(self, key)} must be at least 1")
+        if self.bn_batches < 1:
+            raise UsageError(f"bn_batches = {self.bn_batches} must be at least 1")
+        if self.distill_weight < 0 or self.distill_temperature <= 0:
+            raise UsageError("distill_weight must be >= 0 and distill_temperature > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["phases"] = [{k: v for k, v in p.items() if v is not None} for p in d["phases"]]
+        return d
+
+    def result_dict(self) -> dict[str, Any]:
+        """The fields that determine the trained weights (what resume compares)."""
+        d = self.to_dict()
+        for key in self.RUN_SETTINGS:
+            d.pop(key)
+        return d
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        unknown = sorted(set(changes) - _FIELDS)
+        if unknown:
+            raise UsageError(f"unknown training setting(s) {', '.join(unknown)}: choose from {', '.join(sorted(_FIELDS))}")
+        return dataclasses.replace(self, **changes)
+
+    def scale_epochs(self, factor: float) -> TrainConfig:
+        if factor <= 0:
+            raise UsageError(f"epoch scale {factor} must be positive")
+        return self.replace(phases=tuple(dataclasses.replace(p, epochs=p.epochs * factor,
+                                                             warmup_epochs=p.warmup_epochs * factor)
+                                         for p in self.phases))
+
+    def fixed_steps(self, steps: int) -> TrainConfig:
+        return self.replace(phases=tuple(dataclasses.replace(p, steps=steps) for p in self.phases))
+
+
+_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+_PHASE_FIELDS = {f.name for f in dataclasses.fields(Phase)}
+
+
+def _phase(d: Mapping[str, Any]) -> Phase:
+    if not isinstance(d, Mapping) or "name" not in d:
+        raise UsageError(f"a phase must be a table with at least a name, got {d!r}")
+    unknown = sorted(set(d) - _PHASE_FIELDS)
+    if unknown:
+        raise UsageError(f"phase {d.get('name')!r} has unknown key(s) {', '.join(unknown)}: choose from "
+                         f"{', '.join(sorted(_PHASE_FIELDS))}")
+    try:
+        return Phase(**d)
+    except TypeError as exc:
+        raise UsageError(f"phase {d.get('name')!r}: {exc}") from None
+
+
+def progressive_shrinking(*, full: float, kernel: float, depth: tuple[float, float], expand: tuple[float, float],
+                          lr: tuple[float, float, float, float], k: tuple[int, int, int], warmup: float = 0.0,
+                          depths: int = 3, expands: int = 3) -> tuple[Phase, ...]:
+    """Once-for-All's schedule: full network → elastic kernel → depth (deepest two, then all) → expand
+    (largest two, then all, channels re-sorted first). `lr` = (full, kernel, first partial, later stages),
+    `k` = subnets per step for (kernel, depth, expand)."""
+    return (
+        Phase("full", epochs=full, lr=lr[0], warmup_epochs=warmup, distill=False),
+        Phase("kernel", epochs=kernel, lr=lr[1], warmup_epochs=warmup, subnets_per_step=k[0], kernels="all"),
+        Phase("depth-1", epochs=depth[0], lr=lr[2], subnets_per_step=k[1], kernels="all", depths=min(2, depths)),
+        Phase("depth-2", epochs=depth[1], lr=lr[3], warmup_epochs=warmup, subnets_per_step=k[1], kernels="all",
+              depths="all"),
+        Phase("expand-1", epochs=expand[0], lr=lr[2], subnets_per_step=k[2], kernels="all", depths="all",
+              expands=min(2, expands), sort_channels=True),
+        Phase("expand-2", epochs=expand[1], lr=lr[3], warmup_epochs=warmup, subnets_per_step=k[2], kernels="all",
+              depths="all", expands="all"),
+    )
+
+
+def _tiny() -> TrainConfig:
+    # A few minutes on 2 CPU cores on `digits`: 32-image batches, few epochs, two subnets per step.
+    return TrainConfig(
+        preset="tiny", dataset="digits", space="tiny", batch_size=32, lr_batch_size=32,
+        phases=progressive_shrinking(full=8, kernel=2, depth=(1, 2), expand=(1, 2),
+                                     lr=(0.05, 0.02, 0.01, 0.02), k=(1, 2, 2)),
+        checkpoint_every=50, log_every=10,
+    )
+
+
+def _small() -> TrainConfig:
+    # `shapes` or CIFAR-10 on one GPU (about an hour), or `shapes` at reduced epochs on a CPU.
+    return TrainConfig(
+        preset="small", dataset="shapes", space="tiny", batch_size=128, lr_batch_size=128,
+        label_smoothing=0.1, weight_decay=4e-5,
+        phases=progressive_shrinking(full=60, kernel=30, depth=(10, 30), expand=(10, 30),
+                                     lr=(0.2, 0.06, 0.005, 0.015), k=(1, 2, 4), warmup=2),
+        checkpoint_every=500, log_every=50,
+    )
+
+
+def _ofa() -> TrainConfig:
+    # Once-for-All (Cai et al., ICLR 2020) on ImageNet, OFA-MobileNetV3: full network 180 epochs at lr 2.6
+    # (batch 2048 = 64 × 32 GPUs, SGD Nesterov 0.9, weight decay 3e-5, cosine, label smoothing 0.1);
+    # then kernel 120 epochs (lr 3e-2 per 64-image GPU, ×32 = 0.96), depth 25 + 120 epochs
+    # (2.5e-3 and 7.5e-3 per GPU, ×32), expand 25 + 120 epochs; 1 / 2 / 4 subnets per step;
+    # 5 warm-up epochs for the long phases; distillation weight 1 from the full network.
+    return TrainConfig(
+        preset="ofa", dataset="folder:imagenet/train", space="mobilenetv3", batch_size=2048, lr_batch_size=2048,
+        label_smoothing=0.1, weight_decay=3e-5, bn_batches=20,
+        phases=(Phase("full", epochs=180, lr=2.6, distill=False),)
+        + progressive_shrinking(full=1, kernel=120, depth=(25, 120), expand=(25, 120),
+                                lr=(2.6, 0.96, 0.08, 0.24), k=(1, 2, 4), warmup=5)[1:],
+        checkpoint_every=1000, log_every=100,
+    )
+
+
+PRESETS = {"tiny": _tiny, "small": _small, "ofa": _ofa}
+
+
+def preset_config(name: str) -> TrainConfig:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise UsageError(f"unknown training preset {name!r}: choose from {', '.join(PRESETS)}") from None
+
+
+def load_config(path: str | Path | None = None, *, preset: str | None = None, **overrides: Any) -> TrainConfig:
+    """The config from `preset` (or the file's `preset`, default tiny), the TOML file, then `overrides` (None = unset)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UsageError(f"config file {path} does not exist")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    base = preset or data.get("preset") or "tiny"
+    config = preset_config(base)
+    data["preset"] = base
+    if "phases" in data:
+        if not isinstance(data["phases"], list):
+            raise UsageError(f"config file {path}: phases must be an array of tables ([[phases]])")
+        data["phases"] = tuple(_phase(p) for p in data["phases"])
+    config = config.replace(**data)
+    set_overrides = {k: v for k, v in overrides.items() if v is not None}
+    return config.replace(**set_overrides) if set_overrides else config
+
+
+def to_toml(config: TrainConfig) -> str:
+    """The config as TOML that `load_config` reads back to an equal config."""
+    lines = ["# edgenas training config (written by `edgenas train`; pass it back with --config)"]
+    d = config.to_dict()
+    phases = d.pop("phases")
+    for key, value in d.items():
+        lines.append(f"{key} = {_toml_value(value)}")
+    for p in phases:
+        lines.append("")
+        lines.append("[[phases]]")
+        for key, value in p.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    raise TypeError(f"cannot write {value!r} as TOML")

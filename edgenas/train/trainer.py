@@ -1,0 +1,404 @@
+"""The progressive-shrinking trainer: one loop over phases that trains a once-for-all supernet, resumably, on 1..N processes.
+
+Reading order: set up (processes, data, network, resume state) → for each phase: build the optimizer
+and schedule, then for each step sample a resolution and k subnets, accumulate their gradients
+(label loss + distillation from the full network), step → evaluate at phase end → final checkpoint.
+
+Determinism: the data order and augmentation come from (seed, phase, epoch, batch), the sampled
+subnets from (seed, phase, step), so a run resumed from a checkpoint takes exactly the steps an
+uninterrupted run would have taken. Under torchrun every rank samples the same subnets, sees its own
+shard of each batch, and DistributedDataParallel averages the gradients; only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgenas.artifacts import atomic_write_text
+from edgenas.data import Dataset, load_dataset
+from edgenas.errors import UsageError
+from edgenas.progress import Progress
+from edgenas.space import Arch, SearchSpace
+from edgenas.supernet import Supernet
+from edgenas.train.checkpoint import read_checkpoint, save_checkpoint
+from edgenas.train.config import Phase, TrainConfig, to_toml
+from edgenas.train.evaluate import evaluate_many, recalibrate_for
+
+
+@dataclass
+class Processes:
+    """Where this process runs: its rank in the torchrun world (1 process without torchrun) and device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+
+def auto_threads(local_world_size: int = 1) -> int:
+    """CPU threads for torch: the cores left idle by other work (1-minute load average), shared by local processes.
+
+    On a busy machine, more threads than free cores makes PyTorch's CPU kernels several times slower
+    (measured: a forward pass 7x slower with 2 threads than with 1 at load 8 on 2 cores).
+    """
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, round(cores - busy)) // max(1, local_world_size))
+
+
+def setup_processes(device: str = "auto", threads: int | None = None) -> Processes:
+    """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.set_num_threads(threads or auto_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {device!r} asked for but no CUDA GPU is available: use --device cpu")
+        dev = torch.device("cuda", local if world > 1 else (torch.device(device).index or 0))
+        torch.cuda.set_device(dev)
+    elif device == "cpu":
+        dev = torch.device("cpu")
+    else:
+        raise UsageError(f"unknown device {device!r}: choose auto, cpu or cuda")
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Processes(rank, world, local, dev)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    checkpoint: Path
+    summary: dict[str, Any]
+
+
+def default_out_dir(dataset: str, preset: str) -> Path:
+    name = dataset.replace("\\", "/").rstrip("/")
+    kind, _, arg = name.partition(":")
+    label = kind if not arg or kind == "shapes" else f"{kind}-{Path(arg).name}"
+    return Path("runs") / f"{label}-{preset}".replace(":", "-").replace(",", "-").replace("=", "")
+
+
+def choices(space: SearchSpace, phase: Phase) -> dict[str, Any]:
+    """The options a phase samples from: the n largest kernels, depths (per stage) and expands."""
+
+    def top(options: tuple[int, ...], n: int | str) -> tuple[int, ...]:
+        return tuple(options) if n == "all" else tuple(options[-int(n):])
+
+    return {
+        "kernels": top(space.kernels, phase.kernels),
+        "expands": top(space.expands, phase.expands),
+        "depths": [top(s.depths, phase.depths) for s in space.stages],
+    }
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to zero over the phase."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def soft_cross_entropy(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Cross-entropy against the teacher's softened distribution (Once-for-All's distillation loss)."""
+    target = F.softmax(teacher_logits / temperature, dim=1)
+    return -(target * F.log_softmax(logits / temperature, dim=1)).sum(1).mean() * temperature**2
+
+
+class MetricsLog:
+    """Metrics as JSON lines (and TensorBoard scalars when the package is installed); rank 0 only."""
+
+    def __init__(self, path: Path, enabled: bool, tensorboard: bool) -> None:
+        self.path, self.enabled = path, enabled
+        self.writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(path.parent / "tensorboard"))
+            except ImportError:
+                self.writer = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None and "global_step" in record:
+            for key, value in record.items():
+                if isinstance(value, float):
+                    self.writer.add_scalar(f"{record.get('event', 'train')}/{key}", value, record["global_step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def build_space(config: TrainConfig, dataset: Dataset) -> SearchSpace:
+    try:
+        return SearchSpace.preset(config.space, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _check_resumable(state: dict[str, Any], config: TrainConfig, dataset: Dataset, path: Path) -> None:
+    if state["config_result"] != config.result_dict():
+        ours, theirs = config.result_dict(), state["config_result"]
+        diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        raise UsageError(f"checkpoint {path} was made with a different training config (differs in: {', '.join(diff)}); "
+                         "use the same config to resume, or another --out to start a new run")
+    if state["dataset_fingerprint"] != dataset.fingerprint:
+        raise UsageError(f"checkpoint {path} was made from different data (dataset {state['dataset']}, fingerprint "
+                         f"{state['dataset_fingerprint']}; now {dataset.fingerprint}); resume with the same data and seed, "
+                         "or use another --out")
+
+
+def _param_checksum(net: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for p in net.parameters():
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def train(config: TrainConfig, out_dir: str | Path | None = None, *, resume: bool = False, device: str = "auto",
+          threads: int | None = None, progress: bool = True, tensorboard: bool = True, dataset: Dataset | None = None,
+          final_samples: int = 5) -> TrainResult:
+    """Train a supernet with progressive shrinking; write `supernet.pt`, `last.pt`, `metrics.jsonl`, `config.toml`.
+
+    With `resume`, continue from `out_dir/last.pt` (refused if it was made from another config or
+    other data). Returns the final checkpoint and a summary with per-phase time and throughput and the
+    BN-recalibrated validation top-1 of the largest, smallest and `final_samples` random subnets.
+    `threads` sets torch's CPU threads (default: `auto_threads()`).
+    """
+    procs = setup_processes(device, threads)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(config.dataset, config.preset)
+    last_path, final_path = out / "last.pt", out / "supernet.pt"
+    if config.batch_size % procs.world_size:
+        raise UsageError(f"batch size {config.batch_size} does not split over {procs.world_size} processes: "
+                         f"use a multiple of {procs.world_size}")
+    dataset = dataset or load_dataset(config.dataset, seed=config.seed)
+    space = build_space(config, dataset)
+    torch.manual_seed(config.seed * 1000 + procs.rank)
+    net = Supernet(space).to(procs.device)
+
+    state: dict[str, Any] | None = None
+    if last_path.is_file():
+        if not resume:
+            raise UsageError(f"{out} already holds a training run (last.pt): pass --resume to continue it, "
+                             "or choose another --out")
+        state = read_checkpoint(last_path, map_location=procs.device)
+        _check_resumable(state, config, dataset, last_path)
+    if procs.main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.toml", to_toml(config))
+    log = MetricsLog(out / "metrics.jsonl", procs.main, tensorboard)
+    phase_index, start_step, global_step = 0, 0, 0
+    history: list[dict[str, Any]] = []
+    teacher: Supernet | None = None
+    optimizer_state = scheduler_state = None
+    phase_elapsed = 0.0
+    if state is not None:
+        net.load_state_dict(state["model"])
+        phase_index, start_step, global_step = state["phase_index"], state["step_in_phase"], state["global_step"]
+        history = list(state.get("history", []))
+        phase_elapsed = float(state.get("phase_elapsed", 0.0))
+        optimizer_state, scheduler_state = state.get("optimizer"), state.get("scheduler")
+        if state.get("teacher") is not None:
+            teacher = Supernet(space).to(procs.device)
+            teacher.load_state_dict(state["teacher"])
+        if procs.main and state.get("rng_torch") is not None:
+            torch.set_rng_state(state["rng_torch"].cpu())
+        elif procs.distributed:
+            torch.manual_seed(config.seed * 1000 + procs.rank + 7919 * global_step)
+        if state.get("complete"):
+            if procs.main:
+                print(f"edgenas train: {final_path} is already complete; nothing to do", file=sys.stderr)
+            return TrainResult(out, final_path, state.get("summary") or {})
+        log.write({"event": "resume", "phase": config.phases[min(phase_index, len(config.phases) - 1)].name,
+                   "phase_index": phase_index, "step_in_phase": start_step, "global_step": global_step})
+    if procs.main:
+        print(f"edgenas train: {dataset.describe()}; space {space.name} ({space.in_channels} channel(s)); "
+              f"{procs.world_size} process(es) on {procs.device.type} ({torch.get_num_threads()} thread(s)); out {out}",
+              file=sys.stderr)
+
+    model: torch.nn.Module = net
+    if procs.distributed:
+        # Different subnets use different parameters, so DDP must look for unused ones each step.
+        model = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[procs.device.index] if procs.device.type == "cuda" else None,
+            find_unused_parameters=True)
+    per_rank = config.batch_size // procs.world_size
+    train_size = dataset.size("train")
+    lr_scale = config.batch_size / config.lr_batch_size
+
+    def checkpoint_state(phase_i: int, step: int, optimizer: Any, scheduler: Any, *, elapsed: float = 0.0,
+                         complete: bool = False, summary: dict | None = None) -> dict[str, Any]:
+        return {
+            "space": space.to_dict(), "model": net.state_dict(), "dataset": config.dataset,
+            "dataset_fingerprint": dataset.fingerprint, "seed": config.seed, "config": config.to_dict(),
+            "config_result": config.result_dict(), "phase_index": phase_i,
+            "phase_name": config.phases[phase_i].name if phase_i < len(config.phases) else "done",
+            "step_in_phase": step, "global_step": global_step, "history": history, "phase_elapsed": elapsed,
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "teacher": teacher.state_dict() if teacher is not None and not complete else None,
+            "rng_torch": torch.get_rng_state(), "complete": complete, "summary": summary,
+            "normalisation": {"mean": dataset.mean.tolist(), "std": dataset.std.tolist()},
+        }
+
+    for pi in range(phase_index, len(config.phases)):
+        phase = config.phases[pi]
+        total = phase.num_steps(train_size, config.batch_size)
+        warmup = phase.warmup_steps(train_size, config.batch_size)
+        first = start_step if pi == phase_index else 0
+        if first == 0:
+            phase_elapsed = 0.0
+            if phase.sort_channels:
+                net.sort_channels()  # most important hidden channels first, before narrower expands train
+        if phase.distill and teacher is None:
+            # The full network as trained so far is the teacher for every later phase (frozen).
+            teacher = copy.deepcopy(net)
+        if teacher is not None:
+            teacher.set_largest().eval().requires_grad_(False)
+        opts = choices(space, phase)
+        optimizer = torch.optim.SGD(net.parameters(), lr=phase.lr * lr_scale, momentum=config.momentum,
+                                    nesterov=config.nesterov and config.momentum > 0,
+                                    weight_decay=config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s, t=total, w=warmup: lr_factor(s, t, w))
+        if first > 0 and optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
+            scheduler.load_state_dict(scheduler_state)
+        loader = dataset.loader("train", batch_size=per_rank, shuffle=True, augment=True,
+                                seed=config.seed * 1000 + pi, rank=procs.rank, world_size=procs.world_size,
+                                drop_last=True)
+
+        def stream(start: int, loader=loader):  # batches from step `start` on, across epochs
+            epoch, b = divmod(start, len(loader))
+            while True:
+                yield from loader.iterate(epoch, b)
+                epoch, b = epoch + 1, 0
+
+        batches = stream(first)
+        model.train()
+        t0, seen = time.perf_counter(), 0
+        loss_avg = acc_avg = None
+        bar = Progress(total * config.batch_size, f"phase {pi + 1}/{len(config.phases)} {phase.name}", unit="img",
+                       enabled=progress and procs.main, initial=first * config.batch_size, log_every=15.0)
+        for step in range(first, total):
+            x, y = next(batches)
+            x, y = x.to(procs.device, non_blocking=True), y.to(procs.device, non_blocking=True)
+            rng = np.random.default_rng([config.seed, pi, step])
+            resolution = int(rng.choice(space.resolutions))  # elastic resolution: one per step, shared by the k subnets
+            x = net.resize(x, resolution)
+            teacher_logits = None
+            if phase.distill and config.distill_weight > 0:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = step_correct = 0.0
+            for j in range(phase.subnets_per_step):
+                arch = space.sample(rng, resolutions=[resolution], **opts)
+                net.set_active(arch)
+                sync = not procs.distributed or j == phase.subnets_per_step - 1
+                with model.no_sync() if not sync else nullcontext():  # type: ignore[operator]
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+                    if teacher_logits is not None:
+                        loss = loss + config.distill_weight * soft_cross_entropy(
+                            logits, teacher_logits, config.distill_temperature)
+                    (loss / phase.subnets_per_step).backward()
+                step_loss += loss.item() / phase.subnets_per_step
+                step_correct += float((logits.argmax(1) == y).float().mean()) / phase.subnets_per_step
+            optimizer.step()
+            scheduler.step()
+            global_step += 1
+            seen += config.batch_size
+            loss_avg = step_loss if loss_avg is None else 0.9 * loss_avg + 0.1 * step_loss
+            acc_avg = step_correct if acc_avg is None else 0.9 * acc_avg + 0.1 * step_correct
+            bar.update(config.batch_size, loss=loss_avg, acc=acc_avg)
+            if (step + 1) % config.log_every == 0 or step + 1 == total:
+                rate = seen / max(time.perf_counter() - t0, 1e-9)
+                log.write({"event": "step", "phase": phase.name, "step": step + 1, "global_step": global_step,
+                           "loss": round(loss_avg, 5), "acc": round(acc_avg, 5),
+                           "lr": round(scheduler.get_last_lr()[0], 7), "samples_per_s": round(rate, 2)})
+            if global_step % config.checkpoint_every == 0 and step + 1 < total:
+                if procs.main:
+                    save_checkpoint(last_path, checkpoint_state(pi, step + 1, optimizer, scheduler,
+                                                                elapsed=phase_elapsed + time.perf_counter() - t0))
+                    log.write({"event": "checkpoint", "phase": phase.name, "step": step + 1,
+                               "global_step": global_step})
+        bar.close()
+        phase_elapsed += time.perf_counter() - t0
+        summary = {"phase": phase.name, "steps": total, "seconds": round(phase_elapsed, 2),
+                   "samples_per_s": round(seen / max(time.perf_counter() - t0, 1e-9), 2)}
+        if procs.main:
+            accs = evaluate_many(net, [space.largest(), space.smallest()], dataset, "val",
+                                 bn_batches=config.bn_batches, batch_size=max(per_rank, 64), seed=config.seed)
+            summary.update(val_largest=round(accs[0], 5), val_smallest=round(accs[1], 5))
+            print(f"edgenas train: phase {phase.name} done: {total} steps in {phase_elapsed:.1f}s "
+                  f"({summary['samples_per_s']:.0f} img/s), val top-1 largest {accs[0]:.4f} smallest {accs[1]:.4f}",
+                  file=sys.stderr)
+        history.append(summary)
+        log.write({"event": "phase_end", "global_step": global_step, **summary})
+        phase_elapsed = 0.0
+        if procs.main:
+            save_checkpoint(last_path, checkpoint_state(pi + 1, 0, None, None))
+        procs.barrier()
+
+    # Final: the validation top-1 of the largest, smallest and a few random subnets, each BN-recalibrated.
+    summary: dict[str, Any] = {"phases": history, "global_step": global_step, "world_size": procs.world_size}
+    if procs.distributed:
+        sums: list[Any] = [None] * procs.world_size
+        torch.distributed.all_gather_object(sums, _param_checksum(net))
+        summary["rank_param_checksums"] = sums
+    if procs.main:
+        rng = np.random.default_rng([config.seed, 99])
+        archs: list[Arch] = [space.largest(), space.smallest()] + space.sample_many(rng, final_samples)
+        accs = evaluate_many(net, archs, dataset, "val", bn_batches=config.bn_batches,
+                             batch_size=max(per_rank, 64), seed=config.seed)
+        summary["val"] = [{"arch": a.to_dict(), "name": n, "top1": round(acc, 5)}
+                          for a, n, acc in zip(archs, ["largest", "smallest"] + ["random"] * final_samples, accs)]
+        # Store the largest subnet's own BN statistics, so the checkpoint is usable as-is (others: recalibrate).
+        recalibrate_for(net, space.largest(), dataset, bn_batches=config.bn_batches, seed=config.seed)
+        final = checkpoint_state(len(config.phases), 0, None, None, complete=True, summary=summary)
+        save_checkpoint(final_path, final)
+        save_checkpoint(last_path, final)
+        log.write({"event": "done", "global_step": global_step,
+                   **{f"val_{r['name']}{i}": r["top1"] for i, r in enumerate(summary["val"])}})
+    log.close()
+    procs.barrier()
+    return TrainResult(out, final_path, summary)
