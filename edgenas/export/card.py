@@ -1,0 +1,113 @@
+"""The model card written beside exported files: card.json (complete, machine-readable) and card.md (short).
+
+A card says what the model is (arch, MACs, parameters), how good it is (accuracy measured on the
+validation split for every exported file), what it costs on a device (file sizes, SRAM measured in
+TFLite Micro and estimated, latency predicted and measured), and where it came from (checksums of
+every file; supernet checkpoint hash, dataset fingerprint, predictor and latency-table versions, seed).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from edgenas.artifacts import atomic_write_json, atomic_write_text, package_versions, sha256_file
+
+CARD_VERSION = 1
+CARD_JSON = "card.json"
+CARD_MD = "card.md"
+
+
+def file_entry(path: str | os.PathLike, fmt: str) -> dict[str, Any]:
+    """Name, format, size and SHA-256 of one exported file."""
+    path = Path(path)
+    return {"name": path.name, "format": fmt, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def build_card(
+    *,
+    arch: Mapping[str, Any],
+    arch_str: str,
+    space: str,
+    stats: Mapping[str, int],
+    files: Sequence[Mapping[str, Any]],
+    accuracy: Mapping[str, Any],
+    verification: Sequence[Mapping[str, Any]],
+    sram: Mapping[str, Any],
+    latency: Mapping[str, Any],
+    conversion_seconds: Mapping[str, float],
+    lineage: Mapping[str, Any],
+    name: str = "model",
+) -> dict[str, Any]:
+    """Assemble the card's JSON value from figures the export measured (nothing here is computed anew)."""
+    from edgenas import __version__
+
+    return {
+        "card_version": CARD_VERSION,
+        "name": name,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "edgenas": __version__,
+        "versions": package_versions(("torch", "numpy", "onnx", "onnxruntime", "litert-torch", "ai-edge-litert",
+                                      "tflite-micro")),
+        "arch": dict(arch),
+        "arch_str": arch_str,
+        "space": space,
+        "macs": int(stats["macs"]),
+        "params": int(stats["params"]),
+        "flash_estimate_bytes": {"int8": int(stats["flash_int8"]), "fp32": int(stats["flash_fp32"])},
+        "files": [dict(f) for f in files],
+        "accuracy": dict(accuracy),
+        "verification": [dict(v) for v in verification],
+        "sram": dict(sram),
+        "latency": dict(latency),
+        "conversion_seconds": {k: round(float(v), 3) for k, v in conversion_seconds.items()},
+        "lineage": dict(lineage),
+    }
+
+
+def _kb(value: Any) -> str:
+    return "-" if value is None else f"{value / 1024:.1f} KiB"
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def render_markdown(card: Mapping[str, Any]) -> str:
+    """A short human-readable card."""
+    lines = [f"# {card['name']}", "",
+             f"Subnet `{card['arch_str']}` of the `{card['space']}` search space, exported by edgenas {card['edgenas']}.",
+             "", f"- MACs: {card['macs'] / 1e6:.2f} M; parameters: {card['params'] / 1e3:.1f} k",
+             f"- SRAM: TFLite Micro arena {_kb(card['sram'].get('tflm_arena_bytes'))}, analytic peak activations "
+             f"{_kb(card['sram'].get('analytic_peak_int8_bytes'))} (int8)"]
+    latency = card.get("latency") or {}
+    if latency.get("predicted_ms") is not None:
+        lines.append(f"- Latency predicted: {latency['predicted_ms']:.3g} ms on {latency.get('device', '?')}")
+    for m in latency.get("measured", []):
+        value = f"{m['median_ms']:.3g} ms" if m.get("median_ms") is not None else f"failed ({m.get('error')})"
+        lines.append(f"- Latency measured on {m.get('device')}: {m.get('file')} {value}")
+    acc = card.get("accuracy") or {}
+    split = acc.get("split", "val")
+    lines += ["", f"## Files (accuracy on {acc.get('images', '?')} {split} images)", "",
+              "| file | format | size | top-1 | check | sha256 |", "|---|---|---|---|---|---|"]
+    checks = {Path(v["path"]).name: v for v in card.get("verification", [])}
+    for f in card["files"]:
+        check = checks.get(f["name"])
+        verdict = "-" if check is None else ("pass" if check["passed"] else "FAIL")
+        lines.append(f"| {f['name']} | {f['format']} | {_kb(f['bytes'])} | {_pct(acc.get('files', {}).get(f['name']))} "
+                     f"| {verdict} | `{f['sha256'][:16]}` |")
+    lines.append(f"\nPyTorch top-1: {_pct(acc.get('pytorch'))}.")
+    lineage = card.get("lineage") or {}
+    lines += ["", "## Lineage", ""]
+    for key in sorted(lineage):
+        lines.append(f"- {key}: {lineage[key]}")
+    return "\n".join(lines) + "\n"
+
+
+def write_card(out_dir: str | os.PathLike, card: Mapping[str, Any]) -> tuple[Path, Path]:
+    """Write card.json and card.md into `out_dir` (atomically); returns both paths."""
+    out_dir = Path(out_dir)
+    return (atomic_write_json(out_dir / CARD_JSON, card), atomic_write_text(out_dir / CARD_MD, render_markdown(card)))

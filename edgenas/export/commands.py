@@ -1,0 +1,218 @@
+"""CLI command `export`: a supernet checkpoint and an arch (or one per device) to verified ONNX/TFLite files and a card."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_CHECK_FAILED = 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help="export a subnet to ONNX / TFLite fp32 / TFLite int8, verified, with a model card",
+        description="Extract the subnet ARCH from a supernet checkpoint (BN recalibrated), optionally fine-tune it "
+        "with distillation, write each format, verify every file against PyTorch on validation images, check int8 "
+        "files in TFLite Micro, and write card.json / card.md. With several --device values (each paired with its "
+        "--arch, in order), one folder per device.")
+    p.add_argument("--supernet", required=True, metavar="CKPT", help="supernet checkpoint (edgenas train)")
+    p.add_argument("--arch", required=True, action="append", metavar="ARCH",
+                   help="arch as inline JSON or a JSON file (a search result works); repeat once per --device")
+    p.add_argument("--formats", default="onnx,tflite,tflite-int8",
+                   help="comma-separated: onnx, tflite, tflite-int8 (default: %(default)s)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--dataset", metavar="SPEC", help="dataset for BN recalibration, calibration, fine-tuning and "
+                   "verification (default: the checkpoint's)")
+    p.add_argument("--finetune-epochs", type=int, default=0, metavar="N", help="distillation fine-tuning epochs (default 0)")
+    p.add_argument("--device", action="append", metavar="NAME", help="measure the exported files on this device; "
+                   "repeat for one folder per device")
+    p.add_argument("--target-sram-kb", type=float, metavar="KB", help="fail when the SRAM need (TFLite Micro arena) exceeds this")
+    p.add_argument("--target-flash-kb", type=float, metavar="KB", help="fail when the int8 model file exceeds this")
+    p.add_argument("--calibration-images", type=int, default=200, metavar="N",
+                   help="training images for int8 calibration (default %(default)s)")
+    p.add_argument("--int8-io", action="store_true", help="int8 model inputs and outputs (default: float32 I/O)")
+    p.add_argument("--nchw", action="store_true", help="keep PyTorch's NCHW input layout in TFLite files (default NHWC)")
+    p.add_argument("--no-verify", action="store_true", help="skip the numeric verification (not recommended)")
+    p.add_argument("--no-micro", action="store_true", help="skip the TFLite Micro check of int8 files")
+    p.add_argument("--seed", type=int, help="seed for calibration and fine-tuning (default: the checkpoint's)")
+    p.add_argument("--force", action="store_true", help="export again even where a folder holds a finished export")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(handler="edgenas.export.commands:run_export")
+
+
+def _pair_devices(archs: list[str], devices: list[str] | None) -> list[tuple[str | None, str]]:
+    from edgenas.errors import UsageError
+
+    if not devices:
+        if len(archs) > 1:
+            raise UsageError(f"{len(archs)} --arch values but no --device: give one --arch, or one --device per --arch")
+        return [(None, archs[0])]
+    if len(archs) == 1:
+        return [(d, archs[0]) for d in devices]
+    if len(archs) != len(devices):
+        raise UsageError(f"{len(archs)} --arch values for {len(devices)} --device values: give one --arch per device "
+                         "(in the same order) or a single --arch for all")
+    return list(zip(devices, archs))
+
+
+def _search_result(value: str) -> dict[str, Any]:
+    """The JSON of an arch file when it is a search result (for predicted latency and lineage), else {}."""
+    path = Path(value)
+    if value.strip().startswith("{") or not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) and "arch" in data else {}
+
+
+def _predicted_latency(result: dict[str, Any]) -> float | None:
+    predicted = (result.get("best") or {}).get("predicted") or result.get("predicted") or {}
+    if isinstance(predicted, dict):
+        for key in ("latency_ms", "latency"):
+            if isinstance(predicted.get(key), (int, float)):
+                return float(predicted[key])
+    return None
+
+
+def _finished(out_dir: Path, arch: Any, supernet_sha: str) -> bool:
+    card = out_dir / "card.json"
+    if not card.is_file():
+        return False
+    try:
+        data = json.loads(card.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return (not data.get("problems") and data.get("arch") == arch.to_dict()
+            and (data.get("lineage") or {}).get("supernet", {}).get("sha256") == supernet_sha)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from edgenas.errors import UsageError
+    from edgenas.export.pipeline import ExportOptions, parse_formats
+
+    formats = parse_formats(args.formats)
+    options = ExportOptions(
+        formats=formats, finetune_epochs=args.finetune_epochs, calibration_images=args.calibration_images,
+        verify=not args.no_verify, micro=not args.no_micro, int8_io=args.int8_io, channels_last=not args.nchw,
+        target_sram_kb=args.target_sram_kb, target_flash_kb=args.target_flash_kb, seed=args.seed or 0)
+    if any(f.startswith("tflite") for f in formats):
+        from edgenas.export.tflite import require_converter
+
+        require_converter()  # a missing converter is one line before any work
+    pairs = _pair_devices(args.arch, args.device)
+
+    from edgenas.train.checkpoint import load_checkpoint_info, load_supernet
+
+    info = load_checkpoint_info(args.supernet)
+    supernet = load_supernet(args.supernet)
+    space = supernet.space
+    archs = []
+    for _, value in pairs:
+        try:
+            archs.append(space.parse_arch(value))
+        except ValueError as exc:
+            raise UsageError(f"arch {value if len(value) < 80 else value[:77] + '...'} does not fit the supernet's "
+                             f"'{space.name}' space: {exc}") from None
+    seed = info.get("seed", 0) if args.seed is None else args.seed
+    options = ExportOptions(**{**options.to_dict(), "formats": formats, "seed": seed})
+
+    devices: dict[str, Any] = {}
+    if args.device:
+        try:
+            from edgenas.devices import load_device
+        except ImportError as exc:
+            raise UsageError(f"--device needs edgenas.devices, which cannot be imported here ({exc})") from None
+        for name in dict.fromkeys(args.device):
+            devices[name] = load_device(name)
+
+    from edgenas.data import load_dataset
+
+    dataset = load_dataset(args.dataset or info["dataset"], seed=info.get("seed", 0))
+    if dataset.num_classes != space.num_classes or dataset.in_channels != space.in_channels:
+        raise UsageError(f"dataset {dataset.spec} has {dataset.num_classes} classes and {dataset.in_channels} channel(s); "
+                         f"the supernet expects {space.num_classes} and {space.in_channels}: pass its --dataset")
+    out_root = Path(args.out)
+    results, failures = [], []
+    for (device_name, value), arch in zip(pairs, archs):
+        device = devices.get(device_name) if device_name else None
+        out_dir = out_root / Path(device.name if device is not None else device_name).name if device_name else out_root
+        if not args.force and _finished(out_dir, arch, info["sha256"]):
+            print(f"export: {out_dir} already holds this export (card.json); --force to redo it", file=sys.stderr)
+            results.append({"out": str(out_dir), "ok": True, "skipped": True})
+            continue
+        try:
+            result = export_one(supernet, arch, dataset, out_dir, options=options, info=info,
+                                search=_search_result(value), device=device, dataset_spec=args.dataset or info["dataset"])
+            results.append({"out": str(out_dir), "ok": True, "files": {k: str(v) for k, v in result.files.items()},
+                            "arena_bytes": result.card["sram"]["tflm_arena_bytes"],
+                            "accuracy": result.card["accuracy"]})
+        except _check_error() as exc:
+            failures.append(str(exc))
+            print(f"edgenas: error: {exc}", file=sys.stderr)
+            results.append({"out": str(out_dir), "ok": False, "error": str(exc)})
+    for device in devices.values():
+        close = getattr(device, "close", None)
+        if close:
+            close()
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return EXIT_CHECK_FAILED if failures else 0
+
+
+def _check_error() -> tuple[type[Exception], ...]:
+    from edgenas.export.pipeline import ExportCheckError
+    from edgenas.export.tflite import TFLiteConversionError
+
+    return (ExportCheckError, TFLiteConversionError)
+
+
+def export_one(supernet: Any, arch: Any, dataset: Any, out_dir: Path, *, options: Any, info: dict[str, Any],
+               search: dict[str, Any], device: Any, dataset_spec: str):
+    """Prepare (and fine-tune) one subnet and run the export pipeline into `out_dir`."""
+    from edgenas.export.finetune import finetune
+    from edgenas.export.pipeline import dataset_arrays, export_subnet, prepare_subnet, teacher_of
+
+    log = _stderr
+    log(f"export: {arch} -> {out_dir}")
+    model = prepare_subnet(supernet, arch, dataset, bn_batches=options.bn_batches, batch_size=options.batch_size,
+                           seed=options.seed)
+    tuned: dict[str, float] = {}
+    if options.finetune_epochs:
+        teacher, teacher_res = teacher_of(supernet)
+        tuned = finetune(model, teacher, dataset, epochs=options.finetune_epochs, resolution=arch.resolution,
+                         teacher_resolution=teacher_res, batch_size=options.batch_size, seed=options.seed)
+        model = prepare_subnet_bn(model, dataset, arch, options)
+    calibration, _ = dataset_arrays(dataset, "train", arch.resolution, limit=options.calibration_images, shuffle=True,
+                                    seed=options.seed)
+    val_x, val_y = dataset_arrays(dataset, "val", arch.resolution)
+    lineage = {
+        "supernet": {"path": str(info["path"]), "sha256": info["sha256"]},
+        "dataset": {"spec": dataset_spec, "fingerprint": dataset.fingerprint, "checkpoint_dataset": info["dataset"]},
+        "training_seed": info.get("seed"),
+    }
+    if search:
+        lineage["search"] = {k: search.get(k) for k in ("algorithm", "device", "constraints", "config") if k in search}
+    if tuned:
+        lineage["finetune"] = tuned
+    return export_subnet(model, out_dir, space=supernet.space, arch=arch, calibration=calibration, val_images=val_x,
+                         val_labels=val_y, options=options, lineage=lineage, device=device,
+                         predicted_latency_ms=_predicted_latency(search), name=f"edgenas {arch}", log=log)
+
+
+def prepare_subnet_bn(model: Any, dataset: Any, arch: Any, options: Any) -> Any:
+    """Re-estimate BatchNorm statistics exactly after fine-tuning (running averages lag the last weights)."""
+    from edgenas.train.bn import recalibrate_bn
+
+    loader = dataset.loader("train", batch_size=options.batch_size, resolution=arch.resolution, shuffle=True,
+                            seed=options.seed)
+    recalibrate_bn(model, [b for i, b in zip(range(options.bn_batches), loader)])
+    return model.eval()
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

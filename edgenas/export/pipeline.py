@@ -1,0 +1,285 @@
+"""Export one subnet for deployment: extract (BN recalibrated), optionally fine-tune, write every format, verify, check, card.
+
+The steps, each writing into one output folder:
+
+1. the static subnet, BatchNorm statistics re-estimated on training images (`prepare_subnet`);
+2. optional fine-tuning with distillation from the supernet's largest network (`edgenas.export.finetune`);
+3. each format: `model.onnx`, `model_fp32.tflite`, `model_int8.tflite` (int8 calibrated on training images),
+   each with a JSON manifest;
+4. verification of every file against PyTorch on the validation images (`edgenas.export.verify`);
+5. for int8 files, the TFLite Micro check and the real arena size (`edgenas.export.micro`);
+6. the SRAM and flash budgets, the latency on a device when one is given, and the model card.
+
+A failed check or budget raises `ExportCheckError` after the card is written, so every file stays
+on disk for inspection.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgenas.artifacts import write_manifest
+from edgenas.errors import UsageError
+from edgenas.export.card import build_card, file_entry, write_card
+from edgenas.export.micro import MicroCheck, check_micro
+from edgenas.export.verify import (
+    DEFAULT_ATOL,
+    DEFAULT_MAX_DROP_POINTS,
+    DEFAULT_MIN_AGREEMENT,
+    Check,
+    compare,
+    file_logits,
+    torch_logits,
+)
+from edgenas.space import Arch, SearchSpace
+
+FORMATS = ("onnx", "tflite", "tflite-int8")
+FILE_NAMES = {"onnx": "model.onnx", "tflite": "model_fp32.tflite", "tflite-int8": "model_int8.tflite"}
+TFLITE_VERSIONS = ("torch", "numpy", "litert-torch", "ai-edge-litert", "tflite-micro")
+
+
+class ExportCheckError(RuntimeError):
+    """A verification, TFLite Micro check or memory budget failed; the files are kept."""
+
+
+def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:
+    """`"onnx,tflite"` -> ("onnx", "tflite"), validated and deduplicated in the given order."""
+    items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+    bad = [t for t in items if t not in FORMATS]
+    if bad or not items:
+        raise UsageError(f"unknown export format(s) {', '.join(bad) or repr(text)}: choose from {', '.join(FORMATS)}")
+    return tuple(dict.fromkeys(items))
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export: formats, fine-tuning, calibration, checks and budgets (defaults are what the CLI uses)."""
+
+    formats: tuple[str, ...] = FORMATS
+    finetune_epochs: int = 0
+    calibration_images: int = 200
+    bn_batches: int = 8
+    batch_size: int = 64
+    verify: bool = True
+    micro: bool = True
+    int8_io: bool = False
+    channels_last: bool = True
+    atol: float = DEFAULT_ATOL
+    min_agreement: float = DEFAULT_MIN_AGREEMENT
+    max_drop_points: float = DEFAULT_MAX_DROP_POINTS
+    target_sram_kb: float | None = None
+    target_flash_kb: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "formats", parse_formats(self.formats))
+        if self.finetune_epochs < 0:
+            raise UsageError(f"--finetune-epochs {self.finetune_epochs} must be 0 or more")
+        if self.calibration_images < 1:
+            raise UsageError(f"calibration images {self.calibration_images} must be at least 1 (a few hundred is right)")
+        for name in ("target_sram_kb", "target_flash_kb"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} {value:g} must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class ExportResult:
+    """What `export_subnet` wrote and measured."""
+
+    out_dir: Path
+    files: dict[str, Path]
+    checks: list[Check]
+    micro: MicroCheck | None
+    conversion_seconds: dict[str, float]
+    card: dict[str, Any]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def dataset_arrays(dataset: Any, split: str, resolution: int, *, limit: int | None = None, shuffle: bool = False,
+                   seed: int = 0, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Images (NCHW float32, resized to `resolution`, no augmentation) and labels of a split, as numpy."""
+    loader = dataset.loader(split, batch_size=batch_size, resolution=resolution, shuffle=shuffle, seed=seed)
+    xs, ys, n = [], [], 0
+    for x, y in loader:
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+        n += len(y)
+        if limit is not None and n >= limit:
+            break
+    x, y = np.concatenate(xs)[:limit], np.concatenate(ys)[:limit]
+    return np.ascontiguousarray(x, dtype=np.float32), y
+
+
+def prepare_subnet(supernet: nn.Module, arch: Arch, dataset: Any, *, bn_batches: int = 8, batch_size: int = 64,
+                   seed: int = 0) -> nn.Module:
+    """The static subnet of `arch` with BatchNorm statistics re-estimated on training images (eval mode)."""
+    from edgenas.train.bn import recalibrate_bn
+
+    model = supernet.extract(arch).cpu()
+    loader = dataset.loader("train", batch_size=batch_size, resolution=arch.resolution, shuffle=True, seed=seed)
+    batches = []
+    for i, batch in enumerate(loader):
+        if i >= bn_batches:
+            break
+        batches.append(batch)
+    recalibrate_bn(model, batches)
+    return model.eval()
+
+
+def _export_format(fmt: str, model: nn.Module, path: Path, options: ExportOptions,
+                   calibration: np.ndarray) -> float:
+    if fmt == "onnx":
+        from edgenas.export.onnx import export_onnx
+
+        return export_onnx(model, path, verify=False).seconds
+    from edgenas.export.tflite import export_tflite
+
+    result = export_tflite(model, path, quantization="int8" if fmt == "tflite-int8" else None,
+                           calibration=calibration if fmt == "tflite-int8" else None, int8_io=options.int8_io,
+                           channels_last=options.channels_last)
+    return result.seconds
+
+
+def export_subnet(
+    model: nn.Module,
+    out_dir: str | os.PathLike,
+    *,
+    space: SearchSpace,
+    arch: Arch,
+    calibration: np.ndarray,
+    val_images: np.ndarray,
+    val_labels: np.ndarray | None,
+    options: ExportOptions | None = None,
+    lineage: Mapping[str, Any] | None = None,
+    device: Any = None,
+    predicted_latency_ms: float | None = None,
+    name: str = "model",
+    log: Callable[[str], None] = print,
+) -> ExportResult:
+    """Write every requested format of `model` (a static subnet of `arch`) into `out_dir`, check it, and card it.
+
+    `calibration` are training images for int8 calibration and `val_images`/`val_labels` the validation
+    images for verification (NCHW float32 at the arch's resolution). `device` (an `edgenas` Device) is
+    used to measure the latency of the files its runtime runs. Raises `ExportCheckError` after writing the
+    card when a check or budget fails.
+    """
+    options = options or ExportOptions()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lineage = dict(lineage or {})
+    model = model.eval().cpu()
+    stats = space.stats(arch)
+    files: dict[str, Path] = {}
+    seconds: dict[str, float] = {}
+    for fmt in options.formats:
+        path = out_dir / FILE_NAMES[fmt]
+        log(f"export: writing {path.name} ...")
+        seconds[fmt] = _export_format(fmt, model, path, options, calibration)
+        files[fmt] = path
+        write_manifest(path, kind=f"model-{fmt}", inputs={"supernet": lineage.get("supernet")},
+                       config={"arch": arch.to_dict(), "space": space.name, **options.to_dict()}, seed=options.seed,
+                       versions=TFLITE_VERSIONS if fmt.startswith("tflite") else ("torch", "numpy", "onnx", "onnxruntime"))
+
+    problems: list[str] = []
+    checks: list[Check] = []
+    file_accuracy: dict[str, float] = {}
+    reference = torch_logits(model, val_images)
+    reference_acc = None if val_labels is None else float((reference.argmax(1) == val_labels).mean())
+    if options.verify:
+        for fmt, path in files.items():
+            check = compare(fmt, path, file_logits(fmt, path, val_images), reference, val_labels,
+                            quantized=fmt.endswith("int8"), atol=options.atol, min_agreement=options.min_agreement,
+                            max_drop_points=options.max_drop_points)
+            checks.append(check)
+            if check.accuracy is not None:
+                file_accuracy[path.name] = check.accuracy
+            log(f"verify: {check.message}" if check.passed else f"verify: FAILED {check.message}")
+            if not check.passed:
+                problems.append(check.message)
+
+    micro = None
+    if options.micro and "tflite-int8" in files:
+        micro = check_micro(files["tflite-int8"], images=val_images[:1], analytic_peak_bytes=stats.peak_activation_int8)
+        log(f"micro: {micro.summary()}")
+        if not micro.ok:
+            problems.append(micro.summary())
+    if options.target_sram_kb is not None:
+        need = micro.arena_bytes if micro is not None and micro.ok else stats.peak_activation_int8
+        source = "TFLite Micro arena" if micro is not None and micro.ok else "analytic peak activations"
+        if need / 1024 > options.target_sram_kb:
+            problems.append(f"SRAM need {need / 1024:.1f} KiB ({source}) exceeds --target-sram-kb {options.target_sram_kb:g}")
+    if options.target_flash_kb is not None:
+        fmt = "tflite-int8" if "tflite-int8" in files else next(iter(files))
+        size = files[fmt].stat().st_size
+        if size / 1024 > options.target_flash_kb:
+            problems.append(f"{files[fmt].name} is {size / 1024:.1f} KiB, more than --target-flash-kb "
+                            f"{options.target_flash_kb:g}")
+
+    latency: dict[str, Any] = {"predicted_ms": predicted_latency_ms, "measured": []}
+    if device is not None:
+        latency["device"] = device.name
+        latency["measured"] = measure_on_device(device, files, log=log)
+
+    card = build_card(
+        name=name, arch=arch.to_dict(), arch_str=str(arch), space=space.name, stats=stats.to_dict(),
+        files=[file_entry(path, fmt) for fmt, path in files.items()],
+        accuracy={"split": "val", "images": int(len(val_images)), "pytorch": reference_acc, "files": file_accuracy},
+        verification=[c.to_dict() for c in checks],
+        sram={"analytic_peak_int8_bytes": stats.peak_activation_int8,
+              "analytic_peak_fp32_bytes": stats.peak_activation_fp32,
+              "tflm_arena_bytes": None if micro is None else micro.arena_bytes,
+              "tflm": None if micro is None else micro.to_dict()},
+        latency=latency, conversion_seconds=seconds,
+        lineage={**lineage, "finetune_epochs": options.finetune_epochs, "seed": options.seed,
+                 "calibration_images": int(len(calibration))},
+    )
+    if problems:
+        card["problems"] = problems
+    write_card(out_dir, card)
+    result = ExportResult(out_dir, files, checks, micro, seconds, card, problems)
+    if problems:
+        raise ExportCheckError(f"export to {out_dir} failed: " + "; ".join(problems))
+    return result
+
+
+def measure_on_device(device: Any, files: Mapping[str, Path], *, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Median latency of each exported file the device's runtime runs (ONNX Runtime: .onnx, TFLite: .tflite)."""
+    suffix = ".onnx" if device.runtime == "onnxruntime" else ".tflite"
+    paths = [p for p in files.values() if p.suffix == suffix]
+    if not paths:
+        log(f"measure: device {device.name} runs {device.runtime}, and no exported file is for it")
+        return []
+    out = []
+    for path, m in zip(paths, device.measure([str(p) for p in paths])):
+        entry = {"device": device.name, "file": path.name, "runtime": m.runtime, "median_ms": m.median_ms,
+                 "cv": m.cv, "ok": m.ok, "error": m.error, "error_message": m.error_message}
+        log(f"measure: {path.name} on {device.name}: " +
+            (f"{m.median_ms:.3g} ms (median)" if m.ok else f"failed ({m.error}: {m.error_message})"))
+        out.append(entry)
+    return out
+
+
+def teacher_of(supernet: nn.Module) -> tuple[nn.Module, int]:
+    """The supernet's largest network as a distillation teacher, and its input resolution."""
+    largest = supernet.space.largest()
+    return supernet.extract(largest).eval(), largest.resolution
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed))

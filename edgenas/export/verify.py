@@ -1,0 +1,140 @@
+"""Numeric verification of exported files against the PyTorch model on real validation images.
+
+fp32 files (ONNX, TFLite) must match PyTorch's logits to `atol` (max absolute difference). An int8
+file must agree with the fp32 model on the top-1 class for at least `min_agreement` of the images,
+and (with labels) lose at most `max_drop_points` accuracy points. A failed check raises
+`VerificationError` naming the file and the failing figure; the files stay on disk for inspection.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+DEFAULT_ATOL = 1e-4
+DEFAULT_MIN_AGREEMENT = 0.98
+DEFAULT_MAX_DROP_POINTS = 1.0
+
+
+class VerificationError(RuntimeError):
+    """An exported file does not compute what the PyTorch model computes."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One file's verification. Accuracies are fractions in [0, 1]; the drop is in percentage points."""
+
+    format: str
+    path: str
+    passed: bool
+    images: int
+    quantized: bool
+    max_abs_diff: float
+    top1_agreement: float
+    accuracy: float | None = None
+    reference_accuracy: float | None = None
+    accuracy_drop_points: float | None = None
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def torch_logits(model: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Logits of the PyTorch model (eval mode, CPU) for NCHW float images."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = [model(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size], dtype=np.float32))).numpy()
+               for i in range(0, len(images), batch_size)]
+    finally:
+        model.train(was_training)
+    return np.concatenate(out, axis=0)
+
+
+def compare(
+    fmt: str,
+    path: str | os.PathLike,
+    logits: np.ndarray,
+    reference: np.ndarray,
+    labels: np.ndarray | None = None,
+    *,
+    quantized: bool = False,
+    atol: float = DEFAULT_ATOL,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    max_drop_points: float = DEFAULT_MAX_DROP_POINTS,
+) -> Check:
+    """Judge a file's `logits` against the PyTorch `reference` logits (same images, same order)."""
+    if logits.shape != reference.shape:
+        return Check(fmt, str(path), False, len(reference), quantized, float("inf"), 0.0,
+                     message=f"{fmt} file {path} gives logits of shape {list(logits.shape)}, PyTorch "
+                             f"{list(reference.shape)}")
+    diff = float(np.abs(logits - reference).max()) if logits.size else 0.0
+    agreement = float((logits.argmax(1) == reference.argmax(1)).mean())
+    acc = ref_acc = drop = None
+    if labels is not None:
+        acc = float((logits.argmax(1) == labels).mean())
+        ref_acc = float((reference.argmax(1) == labels).mean())
+        drop = (ref_acc - acc) * 100.0
+    problems = []
+    if not quantized and not diff <= atol:
+        problems.append(f"max abs difference {diff:.3g} on logits exceeds {atol:g}")
+    if quantized and agreement < min_agreement:
+        problems.append(f"top-1 agrees with fp32 on {agreement:.1%} of images, below {min_agreement:.0%}")
+    if quantized and drop is not None and drop > max_drop_points:
+        problems.append(f"accuracy drops {drop:.2f} points ({ref_acc:.2%} -> {acc:.2%}), more than {max_drop_points:g}")
+    name = Path(path).name
+    if problems:
+        message = f"{fmt} file {path} failed verification on {len(reference)} images: " + "; ".join(problems) + \
+            " (the file is kept for inspection)"
+    elif quantized:
+        message = f"{name}: top-1 agreement {agreement:.1%}" + ("" if drop is None else f", accuracy drop {drop:.2f} points")
+    else:
+        message = f"{name}: max abs difference {diff:.2g}"
+    return Check(fmt, str(path), not problems, len(reference), quantized, diff, agreement, acc, ref_acc, drop, message)
+
+
+def file_logits(fmt: str, path: str | os.PathLike, images: np.ndarray) -> np.ndarray:
+    """Run an exported file on NCHW float images in its runtime: ONNX Runtime or the TFLite interpreter."""
+    if fmt == "onnx":
+        from edgenas.export.onnx import run_onnx
+
+        return run_onnx(path, images)
+    from edgenas.export.tflite import run_tflite
+
+    return run_tflite(path, images)
+
+
+def verify_file(
+    fmt: str,
+    path: str | os.PathLike,
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray | None = None,
+    *,
+    reference: np.ndarray | None = None,
+    atol: float = DEFAULT_ATOL,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    max_drop_points: float = DEFAULT_MAX_DROP_POINTS,
+) -> Check:
+    """Verify one exported file (`fmt` is onnx, tflite or tflite-int8) against `model` on `images`."""
+    if reference is None:
+        reference = torch_logits(model, images)
+    logits = file_logits(fmt, path, images)
+    return compare(fmt, path, logits, reference, labels, quantized=fmt.endswith("int8"), atol=atol,
+                   min_agreement=min_agreement, max_drop_points=max_drop_points)
+
+
+def raise_for_failures(checks: Sequence[Check]) -> None:
+    """Raise `VerificationError` with every failing check's message (one line each)."""
+    failed = [c.message for c in checks if not c.passed]
+    if failed:
+        raise VerificationError("; ".join(failed))

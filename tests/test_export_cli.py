@@ -1,0 +1,87 @@
+"""Tests for the `edgenas export` command: one folder per device, resumable, and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgenas import SearchSpace, Supernet
+from edgenas.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCH = '{"resolution": 24, "depths": [1, 1, 1, 1], "kernels": [3, 3, 3, 3], "expands": [3, 3, 3, 3]}'
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from edgenas.data import load_dataset
+    from edgenas.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    space = SearchSpace.preset("tiny", in_channels=1)
+    net = Supernet(space)
+    data = load_dataset("digits", seed=0)
+    path = tmp_path_factory.mktemp("ckpt") / "supernet.pt"
+    save_checkpoint(path, {"space": space.to_dict(), "model": net.state_dict(), "dataset": "digits",
+                           "dataset_fingerprint": data.fingerprint, "seed": 0, "config": {}, "complete": True})
+    return path
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("edgenas: error: "), err
+    return err[0]
+
+
+def test_corrupt_checkpoint_is_one_line_and_status_2(tmp_path, capsys):
+    bad = tmp_path / "supernet.pt"
+    bad.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    assert main(["export", "--supernet", str(bad), "--arch", ARCH, "--formats", "onnx", "--out", str(tmp_path)]) == 2
+    assert str(bad) in _one_line_error(capsys)
+
+
+def test_arch_outside_the_space_is_one_line_and_status_2(checkpoint, tmp_path, capsys):
+    arch = ARCH.replace('"resolution": 24', '"resolution": 31')
+    assert main(["export", "--supernet", str(checkpoint), "--arch", arch, "--formats", "onnx", "--out", str(tmp_path)]) == 2
+    line = _one_line_error(capsys)
+    assert "resolution 31" in line and "24, 28, 32" in line
+    assert not list(tmp_path.iterdir())
+
+
+def test_missing_converter_is_one_line_and_status_2(checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "litert_torch", None)
+    code = main(["export", "--supernet", str(checkpoint), "--arch", ARCH, "--formats", "onnx,tflite", "--out", str(tmp_path)])
+    assert code == 2
+    assert "edgenas[tflite]" in _one_line_error(capsys)
+
+
+def test_mismatched_arch_and_device_counts(checkpoint, tmp_path, capsys):
+    code = main(["export", "--supernet", str(checkpoint), "--arch", ARCH, "--arch", ARCH, "--device", "a", "--device", "b",
+                 "--device", "c", "--formats", "onnx", "--out", str(tmp_path)])
+    assert code == 2 and "one --arch per device" in _one_line_error(capsys)
+
+
+def test_one_folder_per_device_with_measured_latency_then_resume(checkpoint, tmp_path, capsys):
+    search = tmp_path / "search-local.json"  # what `edgenas search` writes: an arch key and predictions
+    search.write_text(json.dumps({"arch": json.loads(ARCH), "algorithm": "evolution", "device": "local",
+                                  "best": {"predicted": {"latency_ms": 0.8, "accuracy": 0.9}}}))
+    args = ["export", "--supernet", str(checkpoint), "--arch", str(search), "--arch", ARCH,
+            "--device", str(ROOT / "devices" / "local.toml"), "--device", str(ROOT / "devices" / "local-tflite.toml"),
+            "--formats", "onnx", "--out", str(tmp_path / "out"), "--json"]
+    assert main(args) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [Path(r["out"]).name for r in results] == ["local", "local-tflite"] and all(r["ok"] for r in results)
+    card = json.loads((tmp_path / "out" / "local" / "card.json").read_text())
+    assert card["latency"]["predicted_ms"] == 0.8 and card["lineage"]["search"]["algorithm"] == "evolution"
+    (measured,) = card["latency"]["measured"]
+    assert measured["ok"] and measured["median_ms"] > 0 and measured["file"] == "model.onnx"
+    other = json.loads((tmp_path / "out" / "local-tflite" / "card.json").read_text())
+    assert other["latency"]["measured"] == []  # a TFLite device, and no TFLite file was asked for
+    assert card["verification"][0]["passed"] and card["lineage"]["supernet"]["sha256"]
+    # a second run finds both exports finished and redoes nothing
+    assert main(args) == 0
+    assert all(r.get("skipped") for r in json.loads(capsys.readouterr().out))

@@ -1,0 +1,128 @@
+"""Tests for edgenas.export.pipeline: one subnet to verified ONNX, TFLite fp32 and int8 files with a card.
+
+The exported bundle is built once per test session (`exported_bundle`) and shared with
+test_tflite.py, test_micro.py and test_card.py: each TFLite conversion takes several seconds.
+The subnet is a real digits classifier (a few epochs of training), so that int8 agreement and
+accuracy figures mean something.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgenas import SearchSpace, Supernet
+from edgenas.artifacts import read_manifest, sha256_file
+
+ARCH_SEED = 3
+
+
+@functools.lru_cache(maxsize=1)
+def digits():
+    from edgenas.data import load_dataset
+
+    return load_dataset("digits", seed=0)
+
+
+@functools.lru_cache(maxsize=1)
+def trained_subnet():
+    """(space, arch, static model) for a small tiny-space subnet trained briefly on digits."""
+    space = SearchSpace.preset("tiny", in_channels=1)  # digits are grey
+    torch.manual_seed(0)
+    supernet = Supernet(space).eval()
+    arch = space.arch(24, (1, 1, 1, 1), (3, 5, 3, 7), (3, 4, 6, 3))
+    model = supernet.extract(arch)
+    data = digits()
+    loader = data.loader("train", batch_size=64, resolution=arch.resolution, shuffle=True, augment=False, seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for epoch in range(4):
+        for x, y in loader.iterate(epoch):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return space, arch, model.eval()
+
+
+@functools.lru_cache(maxsize=1)
+def exported_bundle():
+    """Export the trained subnet to all three formats (float I/O int8) into a temporary folder, once."""
+    from edgenas.export.pipeline import ExportOptions, dataset_arrays, export_subnet
+
+    space, arch, model = trained_subnet()
+    data = digits()
+    calibration, _ = dataset_arrays(data, "train", arch.resolution, limit=128, shuffle=True)
+    val_x, val_y = dataset_arrays(data, "val", arch.resolution)
+    out = Path(tempfile.mkdtemp(prefix="edgenas-export-test-"))
+    result = export_subnet(model, out, space=space, arch=arch, calibration=calibration, val_images=val_x,
+                           val_labels=val_y, options=ExportOptions(seed=0), lineage={"test": True}, log=lambda m: None)
+    return result, val_x, val_y
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return exported_bundle()
+
+
+def test_bundle_has_every_format_verified_with_manifests_and_card(bundle):
+    result, val_x, _ = bundle
+    assert result.ok, result.problems
+    assert set(result.files) == {"onnx", "tflite", "tflite-int8"}
+    for fmt, path in result.files.items():
+        assert path.is_file() and path.stat().st_size > 10_000
+        manifest = read_manifest(path)
+        assert manifest["kind"] == f"model-{fmt}" and manifest["sha256"] == sha256_file(path)
+    checks = {c.format: c for c in result.checks}
+    assert checks["onnx"].max_abs_diff <= 1e-4 and checks["tflite"].max_abs_diff <= 1e-4
+    assert checks["tflite-int8"].top1_agreement >= 0.95
+    assert checks["tflite-int8"].images == len(val_x)
+    card = json.loads((result.out_dir / "card.json").read_text())
+    assert card["sram"]["tflm_arena_bytes"] == result.micro.arena_bytes
+    assert card["accuracy"]["pytorch"] > 0.5  # a real classifier, so int8 agreement is meaningful
+
+
+def test_int8_accuracy_close_to_fp32(bundle):
+    result, _, _ = bundle
+    check = next(c for c in result.checks if c.format == "tflite-int8")
+    assert check.accuracy_drop_points is not None and check.accuracy_drop_points <= 3.0
+    assert check.accuracy == pytest.approx(result.card["accuracy"]["files"]["model_int8.tflite"])
+
+
+def test_budget_exceeded_fails_but_keeps_files(tmp_path):
+    from edgenas.export.pipeline import ExportCheckError, ExportOptions, dataset_arrays, export_subnet
+
+    space, arch, model = trained_subnet()
+    val_x, val_y = dataset_arrays(digits(), "val", arch.resolution, limit=32)
+    with pytest.raises(ExportCheckError, match="target-flash-kb"):
+        export_subnet(model, tmp_path, space=space, arch=arch, calibration=val_x, val_images=val_x, val_labels=val_y,
+                      options=ExportOptions(formats=("onnx",), target_flash_kb=1, target_sram_kb=1),
+                      log=lambda m: None)
+    assert (tmp_path / "model.onnx").is_file()
+    card = json.loads((tmp_path / "card.json").read_text())
+    assert any("target-sram-kb" in p for p in card["problems"])  # analytic peak used without an int8 file
+
+
+def test_unknown_format_is_a_usage_error():
+    from edgenas.errors import UsageError
+    from edgenas.export.pipeline import parse_formats
+
+    assert parse_formats("tflite-int8, onnx,onnx") == ("tflite-int8", "onnx")
+    with pytest.raises(UsageError, match="tflite16"):
+        parse_formats("onnx,tflite16")
+
+
+def test_dataset_arrays_resizes_without_augmentation():
+    from edgenas.export.pipeline import dataset_arrays
+
+    x, y = dataset_arrays(digits(), "val", 28, limit=10)
+    assert x.shape == (10, 3, 28, 28) and x.dtype == np.float32 and y.shape == (10,)
+    x2, _ = dataset_arrays(digits(), "val", 28, limit=10)
+    np.testing.assert_array_equal(x, x2)
