@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import getpass
 import hashlib
+import logging
 import os
 import posixpath
 import re
@@ -34,7 +35,12 @@ from edgenas.devices.base import agent_version as _agent_version
 from edgenas.devices.config import DeviceConfig
 from edgenas.errors import UsageError
 
+# paramiko logs failed connections with tracebacks from its transport thread; the failures are
+# reported here as error codes, so keep its records out of the terminal unless logging is configured.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
 _OWN_FILE = re.compile(r"^([0-9a-f]{64}\.(onnx|tflite|model)|\..*\.part)$")
+STALE_UPLOAD_S = 600  # a partial upload untouched this long was abandoned by its uploader
 _LINK_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError)
 
 
@@ -317,12 +323,20 @@ class SSHTransport(Transport):
                 self._sftp.mkdir(prefix)
 
     def _remove_partials(self) -> None:
+        """Remove this transport's uploads cut short by a broken link, and anyone's abandoned long ago."""
         for path in list(self._partials):
             try:
                 self._sftp.remove(path)
             except FileNotFoundError:
                 pass
             self._partials.discard(path)
+        folder = posixpath.join(self._work, "models")
+        for entry in self._sftp.listdir_attr(folder):
+            if entry.filename.endswith(".part") and (entry.st_mtime or 0) < time.time() - STALE_UPLOAD_S:
+                try:
+                    self._sftp.remove(posixpath.join(folder, entry.filename))
+                except FileNotFoundError:
+                    pass
 
     def disconnect(self) -> None:
         client, self._client, self._sftp, self._agent = self._client, None, None, None

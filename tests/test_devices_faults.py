@@ -1,0 +1,209 @@
+"""Faults on real SSH devices: sshd killed mid-batch, agent crashes and hangs, links cut mid-transfer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgenas.devices import device_from_config
+from edgenas.devices.config import RetrySettings, read_device_file
+
+
+def config_of(path, **changes):
+    config = read_device_file(path)
+    measure = changes.pop("measure", None)
+    if measure:
+        config = replace(config, measure=replace(config.measure, **measure))
+    timeouts = changes.pop("timeouts", None)
+    if timeouts:
+        config = replace(config, timeouts=replace(config.timeouts, **timeouts))
+    return replace(config, **changes)
+
+
+def agent_pids(bed, name):
+    """Agent processes running on a testbed device (children of its sshd)."""
+    tb = __import__("edgenas_tools_testbed")
+    device = bed.device(name)
+    pids = []
+    for pid in tb._descendants(device.pid) if device.pid else ():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "/agent-" in cmdline and " measure " in cmdline:
+            pids.append(pid)
+    return pids
+
+
+class Background:
+    """Run device.measure in a thread so the test's main thread can break things meanwhile.
+
+    The main thread must be the one that restarts sshd: the testbed ties sshd's life to the thread
+    that started it.
+    """
+
+    def __init__(self, device, paths):
+        self.arrived = []
+        self.first = threading.Event()
+        self.results = None
+        self.error = None
+        self.finished_at = None
+
+        def work():
+            try:
+                self.results = device.measure(paths, on_result=self._on_result)
+            except BaseException as exc:  # noqa: BLE001 - reported by join()
+                self.error = exc
+            self.finished_at = time.monotonic()
+
+        self.thread = threading.Thread(target=work, daemon=True)
+        self.thread.start()
+
+    def _on_result(self, m):
+        self.arrived.append(m)
+        self.first.set()
+
+    def join(self, timeout):
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"measure still running after {timeout} s: it hangs"
+        if self.error:
+            raise self.error
+        return self.results
+
+
+@pytest.fixture
+def victim(make_testbed):
+    return make_testbed(["runs=30"], prefix="fault")
+
+
+def test_sshd_killed_mid_batch_the_batch_finishes_after_the_device_comes_back(victim, onnx_models):
+    name = victim.devices[0].name
+    config = config_of(victim.device_files()[0], retry=RetrySettings(attempts=6, backoff=0.5, backoff_max=2.0))
+    paths = [onnx_models[n] for n in ("tiny", "heavy", "small", "medium")]
+    with device_from_config(config) as device:
+        run = Background(device, paths)
+        assert run.first.wait(60)
+        victim.stop(name)  # power off: sshd, the session and the agent die
+        time.sleep(1.5)
+        victim.start(name)
+        results = run.join(90)
+        assert device.stats["reconnects"] >= 1
+    assert all(m.ok for m in results), [(m.error, m.error_message) for m in results]
+    assert results[0] is run.arrived[0]  # what finished before the kill was kept, not measured again
+    assert len(run.arrived) == len(paths)
+
+
+def test_sshd_killed_for_good_reports_exactly_which_models_failed(victim, onnx_models):
+    config = config_of(victim.device_files()[0], retry=RetrySettings(attempts=2, backoff=0.2))
+    paths = [onnx_models[n] for n in ("tiny", "heavy", "small", "medium")]
+    with device_from_config(config) as device:
+        run = Background(device, paths)
+        assert run.first.wait(60)
+        victim.stop(victim.devices[0].name)
+        results = run.join(60)
+    done = [m for m in results if m.ok]
+    failed = [m for m in results if not m.ok]
+    assert results[0].ok and results[0] is run.arrived[0]
+    assert failed and all(m.error == "unreachable" for m in failed)
+    assert [m.model_path for m in done + failed] == [str(p) for p in paths]  # each model accounted for once
+    assert "unreachable after 2 tries" in failed[0].error_message
+
+
+def test_agent_crash_is_a_runtime_error_for_that_model_only(victim, onnx_models):
+    name = victim.devices[0].name
+    config = config_of(victim.device_files()[0], measure={"runs": 400, "warmup": 1})
+    paths = [onnx_models["tiny"], onnx_models["heavy"], onnx_models["small"]]
+    killed = []
+
+    def crash_while_heavy_runs(m):
+        if not killed:  # the agent is on the heavy model now (400 runs, seconds)
+            for pid in agent_pids(victim, name):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+    with device_from_config(config) as device:
+        results = device.measure(paths, on_result=crash_while_heavy_runs)
+    assert killed
+    assert [m.error for m in results] == [None, "runtime_error", None]
+    assert "died while running the model" in results[1].error_message
+
+
+def test_a_model_over_its_time_limit_is_stopped_and_the_batch_goes_on(victim, onnx_models):
+    name = victim.devices[0].name
+    config = config_of(victim.device_files()[0], measure={"runs": 300, "warmup": 0, "remeasure": 0},
+                       timeouts={"model": 1.5})
+    paths = [onnx_models["tiny"], onnx_models["heavy"], onnx_models["tiny"]]  # heavy: 300 x 8 ms > 1.5 s
+    with device_from_config(config) as device:
+        results = device.measure(paths)
+    assert [m.error for m in results] == [None, "timeout", None]
+    assert "no result within 1.5 s" in results[1].error_message
+    time.sleep(0.5)
+    assert agent_pids(victim, name) == []  # the stopped agent does not run on
+
+
+@pytest.fixture
+def cuttable(make_testbed):
+    return make_testbed(["netns=1,rate=8mbit,runs=400"], prefix="cut")
+
+
+def big_onnx(path: Path) -> Path:
+    """A valid 8 MB model (one MatMul), so an upload at 8 Mbit/s takes about 8 s."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((1024, 2048)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1024])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2048])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_link_cut_mid_upload_fails_fast_not_a_hang(cuttable, onnx_models, tmp_path):
+    name = cuttable.devices[0].name
+    config = config_of(cuttable.device_files()[0], retry=RetrySettings(attempts=2, backoff=0.5),
+                       measure={"runs": 3})
+    big = big_onnx(tmp_path / "big.onnx")
+    with device_from_config(config) as device:
+        assert device.check()["ok"]  # agent uploaded; the model upload is what gets cut
+        run = Background(device, [big, onnx_models["tiny"]])
+        time.sleep(1.5)
+        cut_at = time.monotonic()
+        cuttable.cut(name)
+        results = run.join(30)
+        took = run.finished_at - cut_at
+        assert took < 15, f"took {took:.1f} s after the cut"
+        assert [m.error for m in results] == ["unreachable", "unreachable"]
+        cuttable.restore(name)
+        assert device.measure([onnx_models["tiny"]])[0].ok  # reconnects, and removes the cut upload
+    names = [p.name for p in (Path(config.work_dir) / "models").iterdir()]
+    assert not [n for n in names if n.endswith(".part")]
+    assert results[0].model_sha256 + ".onnx" not in names  # a cut upload never looks complete
+
+
+def test_link_cut_mid_run_keeps_finished_results_and_fails_fast(cuttable, onnx_models):
+    name = cuttable.devices[0].name
+    config = config_of(cuttable.device_files()[0], retry=RetrySettings(attempts=2, backoff=0.5))
+    paths = [onnx_models["tiny"], onnx_models["heavy"], onnx_models["small"]]  # heavy: 400 runs, seconds
+    with device_from_config(config) as device:
+        run = Background(device, paths)
+        assert run.first.wait(60)
+        cut_at = time.monotonic()
+        cuttable.cut(name)
+        results = run.join(30)
+    cuttable.restore(name)
+    assert run.finished_at - cut_at < 15
+    assert results[0].ok and results[0] is run.arrived[0]
+    assert [m.error for m in results[1:]] == ["unreachable", "unreachable"]
