@@ -21,6 +21,7 @@ if [ "$dev" = 1 ] && command -v apt-get >/dev/null 2>&1; then
   need=()
   [ -x /usr/sbin/sshd ] || need+=(openssh-server)
   command -v ip >/dev/null 2>&1 || need+=(iproute2)
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
   if [ ${#need[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     echo "install.sh: installing system packages: ${need[*]}"

@@ -1,0 +1,253 @@
+"""The run report: one self-contained `report.html` (PNG plots embedded, no network) plus the PNG files.
+
+Per device: the accuracy/latency Pareto front (predicted points, and the measured ones), each
+budget's chosen model with its card, and calibration quality (predicted vs measured latency with
+the ±10 % band); for the supernet: training curves.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgenas.artifacts import atomic_write_text
+
+
+@dataclass
+class BudgetResult:
+    """One device budget's outcome: the chosen arch, predicted and measured figures, and its card."""
+
+    budget_ms: float
+    arch: dict | None
+    predicted_accuracy: float | None = None
+    measured_accuracy: float | None = None
+    predicted_latency_ms: float | None = None
+    measured_latency_ms: float | None = None
+    meets_budget: bool | None = None
+    export_dir: str | None = None
+    card: dict | None = None
+    note: str = ""
+
+
+@dataclass
+class DeviceReport:
+    name: str
+    runtime: str
+    precision: str
+    description: dict = field(default_factory=dict)
+    pareto_predicted: list[tuple[float, float]] = field(default_factory=list)  # (latency ms, accuracy)
+    pareto_measured: list[tuple[float, float]] = field(default_factory=list)
+    calibration_predicted: list[float] = field(default_factory=list)
+    calibration_measured: list[float] = field(default_factory=list)
+    calibration_summary: dict = field(default_factory=dict)
+    budgets: list[BudgetResult] = field(default_factory=list)
+
+
+@dataclass
+class ReportData:
+    title: str
+    dataset: str
+    space: str
+    training_metrics: list[dict] = field(default_factory=list)
+    training_summary: dict = field(default_factory=dict)
+    predictor_summary: dict = field(default_factory=dict)
+    devices: list[DeviceReport] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_pareto(dev: DeviceReport, path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    if dev.pareto_predicted:
+        pts = sorted(dev.pareto_predicted)
+        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", color="#4c72b0", ms=4, label="Pareto front (predicted)")
+    if dev.pareto_measured:
+        ax.scatter([p[0] for p in dev.pareto_measured], [100 * p[1] for p in dev.pareto_measured], marker="*", s=140,
+                   color="#dd8452", edgecolor="black", zorder=5, label="top candidates (measured)")
+    for b in dev.budgets:
+        ax.axvline(b.budget_ms, color="gray", ls="--", lw=1)
+        ax.text(b.budget_ms, ax.get_ylim()[0], f" {b.budget_ms:g} ms", rotation=90, va="bottom", fontsize=8, color="gray")
+    ax.set_xlabel(f"latency on {dev.name} ({dev.runtime}, {dev.precision}) [ms]")
+    ax.set_ylabel("top-1 accuracy [%]")
+    ax.set_title(f"{dev.name}: accuracy vs latency")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_calibration(dev: DeviceReport, path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.6, 4), dpi=110)
+    pred, meas = dev.calibration_predicted, dev.calibration_measured
+    if pred and meas:
+        lo, hi = min(min(pred), min(meas)) * 0.85, max(max(pred), max(meas)) * 1.15
+        xs = [lo, hi]
+        ax.fill_between(xs, [x * 0.9 for x in xs], [x * 1.1 for x in xs], color="#55a868", alpha=0.2, label="±10 %")
+        ax.plot(xs, xs, color="#55a868", lw=1)
+        ax.scatter(meas, pred, s=14, color="#4c72b0", label="held-out subnets")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+    ax.set_xlabel("measured latency [ms]")
+    ax.set_ylabel("predicted latency [ms]")
+    ax.set_title(f"{dev.name}: calibration")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_training(metrics: Sequence[dict], path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
+    steps = [m for m in metrics if "loss" in m and "step" in m]
+    if steps:
+        ax.plot([m["step"] for m in steps], [m["loss"] for m in steps], lw=1, color="#4c72b0", label="training loss")
+        phases: dict[str, int] = {}
+        for m in steps:
+            phases.setdefault(str(m.get("phase", "")), m["step"])
+        for name, start in phases.items():
+            if name:
+                ax.axvline(start, color="gray", ls=":", lw=1)
+                ax.text(start, ax.get_ylim()[1], f" {name}", va="top", fontsize=8, color="gray")
+    evals = [m for m in metrics if "val_acc" in m]
+    if evals:
+        ax2 = ax.twinx()
+        ax2.plot([m["step"] for m in evals], [100 * m["val_acc"] for m in evals], "s-", color="#dd8452", ms=3,
+                 label="validation top-1 [%]")
+        ax2.set_ylabel("validation top-1 [%]")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("supernet training (progressive shrinking)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _fmt(value: Any, spec: str = ".2f", scale: float = 1.0, suffix: str = "") -> str:
+    if value is None:
+        return "–"
+    return f"{value * scale:{spec}}{suffix}"
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+h1{font-size:1.6rem}h2{border-bottom:1px solid #ddd;padding-bottom:.3rem;margin-top:2.2rem}
+table{border-collapse:collapse;margin:.6rem 0;font-size:.92rem}td,th{border:1px solid #ddd;padding:.3rem .6rem;text-align:right}
+th{background:#f4f4f4}td.l,th.l{text-align:left}.ok{color:#1a7f37;font-weight:600}.bad{color:#c62828;font-weight:600}
+.plots{display:flex;flex-wrap:wrap;gap:1rem}.plots img{max-width:100%;border:1px solid #eee}
+code{background:#f6f8fa;padding:.1rem .3rem;border-radius:3px;font-size:.85rem}
+details{margin:.3rem 0}.muted{color:#666;font-size:.9rem}
+"""
+
+
+def render_report(data: ReportData, out_dir: str | Path) -> Path:
+    """Write `report.html` and its PNGs into `out_dir`; returns the HTML path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(data.title)}</title>",
+             f"<style>{_CSS}</style></head><body>",
+             f"<h1>{html.escape(data.title)}</h1>",
+             f"<p>Dataset <code>{html.escape(data.dataset)}</code>, search space <code>{html.escape(data.space)}</code>.</p>"]
+
+    parts.append("<h2>Chosen models</h2><table><tr><th class=l>device</th><th>budget</th><th>measured latency</th>"
+                 "<th>predicted latency</th><th>accuracy (measured)</th><th>accuracy (predicted)</th><th>meets budget</th>"
+                 "<th class=l>files</th></tr>")
+    for dev in data.devices:
+        for b in dev.budgets:
+            meets = ("<span class=ok>yes</span>" if b.meets_budget else "<span class=bad>no</span>"
+                     if b.meets_budget is not None else "–")
+            parts.append(
+                f"<tr><td class=l>{html.escape(dev.name)} ({dev.runtime}, {dev.precision})</td><td>{b.budget_ms:g} ms</td>"
+                f"<td>{_fmt(b.measured_latency_ms, '.3f', suffix=' ms')}</td>"
+                f"<td>{_fmt(b.predicted_latency_ms, '.3f', suffix=' ms')}</td>"
+                f"<td>{_fmt(b.measured_accuracy, '.1f', 100, ' %')}</td><td>{_fmt(b.predicted_accuracy, '.1f', 100, ' %')}</td>"
+                f"<td>{meets}</td><td class=l><code>{html.escape(b.export_dir or '–')}</code></td></tr>")
+    parts.append("</table>")
+
+    for dev in data.devices:
+        slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in dev.name)
+        parts.append(f"<h2>Device {html.escape(dev.name)}</h2>")
+        desc = {k: v for k, v in dev.description.items() if k in ("kind", "host", "runtime", "threads", "machine")}
+        if desc:
+            parts.append(f"<p class=muted>{html.escape(json.dumps(desc))}</p>")
+        pareto = plot_pareto(dev, out / f"pareto-{slug}.png")
+        calib = plot_calibration(dev, out / f"calibration-{slug}.png")
+        parts.append(f"<div class=plots>{_img(pareto, 'Pareto front ' + dev.name)}{_img(calib, 'calibration ' + dev.name)}</div>")
+        if dev.calibration_summary:
+            parts.append("<table><tr>" + "".join(f"<th>{html.escape(str(k))}</th>" for k in dev.calibration_summary)
+                         + "</tr><tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in dev.calibration_summary.values())
+                         + "</tr></table>")
+        for b in dev.budgets:
+            parts.append(f"<h3>Budget {b.budget_ms:g} ms</h3>")
+            if b.note:
+                parts.append(f"<p>{html.escape(b.note)}</p>")
+            if b.arch:
+                parts.append(f"<p>arch <code>{html.escape(json.dumps(b.arch))}</code></p>")
+            if b.card:
+                parts.append("<details open><summary>model card</summary><table>")
+                for key, value in _card_rows(b.card):
+                    parts.append(f"<tr><th class=l>{html.escape(key)}</th><td class=l>{html.escape(value)}</td></tr>")
+                parts.append("</table></details>")
+
+    parts.append("<h2>Supernet training</h2>")
+    if data.training_metrics:
+        curves = plot_training(data.training_metrics, out / "training.png")
+        parts.append(f"<div class=plots>{_img(curves, 'training curves')}</div>")
+    if data.training_summary:
+        parts.append(_kv_table(data.training_summary))
+    if data.predictor_summary:
+        parts.append("<h2>Accuracy predictor</h2>" + _kv_table(data.predictor_summary))
+    if data.stage_seconds:
+        parts.append("<h2>Time per stage</h2>" + _kv_table({k: f"{v:.1f} s" for k, v in data.stage_seconds.items()}))
+    parts.append("<p class=muted>Made by edgenas. Everything on this page was computed or measured in this run.</p>")
+    parts.append("</body></html>")
+    return atomic_write_text(out / "report.html", "\n".join(parts))
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _kv_table(d: dict) -> str:
+    rows = "".join(f"<tr><th class=l>{html.escape(str(k))}</th><td class=l>{html.escape(_cell(v))}</td></tr>"
+                   for k, v in d.items())
+    return f"<table>{rows}</table>"
+
+
+def _card_rows(card: dict, prefix: str = "") -> list[tuple[str, str]]:
+    rows = []
+    for key, value in card.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and len(json.dumps(value)) > 120:
+            rows.extend(_card_rows(value, name + "."))
+        else:
+            rows.append((name, _cell(value) if not isinstance(value, (dict, list)) else json.dumps(value)))
+    return rows

@@ -1,0 +1,67 @@
+"""Tests for edgenas.pipeline.report: a self-contained HTML report that renders in headless Chromium."""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgenas.pipeline.report import BudgetResult, DeviceReport, ReportData, render_report
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _data() -> ReportData:
+    rng = np.random.default_rng(0)
+    measured = rng.uniform(0.5, 2.0, 40)
+    dev = DeviceReport(
+        "local", "onnxruntime", "fp32", {"kind": "local", "threads": 1},
+        pareto_predicted=[(0.5 + 0.2 * i, 0.90 + 0.01 * i) for i in range(8)],
+        pareto_measured=[(0.8, 0.93), (1.3, 0.96)],
+        calibration_predicted=list(measured * rng.uniform(0.95, 1.05, 40)),
+        calibration_measured=list(measured),
+        calibration_summary={"within ±10 %": 0.975, "spearman": 0.98},
+        budgets=[BudgetResult(1.0, {"resolution": 24}, 0.93, 0.925, 0.9, 0.95, True, "out/local/1ms",
+                              {"accuracy": {"top1": 0.925}, "files": {"model.onnx": "abc"}}),
+                 BudgetResult(0.4, None, note="no subnet meets 0.4 ms: the fastest is 0.5 ms")],
+    )
+    metrics = [{"step": i, "loss": 2 / (i + 1), "phase": "full" if i < 50 else "kernel"} for i in range(100)]
+    metrics.append({"step": 99, "val_acc": 0.95})
+    return ReportData("edgenas test report", "digits", "tiny", metrics, {"steps": 100}, {"kendall_tau": 0.8},
+                      [dev], {"train": 3.0})
+
+
+def test_report_is_self_contained(tmp_path):
+    path = render_report(_data(), tmp_path)
+    text = path.read_text()
+    assert {p.name for p in tmp_path.glob("*.png")} == {"pareto-local.png", "calibration-local.png", "training.png"}
+    assert text.count("data:image/png;base64,") == 3
+    assert not re.search(r"(src|href)=['\"]?(https?:|//)", text)  # nothing fetched from the network
+    assert "92.5 %" in text and "no subnet meets 0.4 ms" in text
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (tools/install.sh --dev installs it)")
+def test_report_renders_in_headless_chromium(tmp_path):
+    path = render_report(_data(), tmp_path / "report")
+    probe = tmp_path / "probe.html"
+    # The report itself has no script; a copy with one reports how many images decoded.
+    probe.write_text(path.read_text().replace(
+        "</body>", "<script>window.onload=()=>{document.title='decoded:'+"
+        "[...document.images].filter(i=>i.complete&&i.naturalWidth>0).length}</script></body>"))
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
+    dom = subprocess.run(flags + ["--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    assert "<title>decoded:3</title>" in dom.stdout
+    shot = tmp_path / "shot.png"
+    subprocess.run(flags + ["--window-size=1200,1800", f"--screenshot={shot}", path.as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 20_000
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.std() > 10  # not a blank page
+    keep = Path("/tmp/edgenas-report-screenshot.png")
+    shutil.copy(shot, keep)
