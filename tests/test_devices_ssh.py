@@ -190,3 +190,20 @@ def test_cli_check_and_measure_on_testbed_devices(testbed_devices, onnx_models):
     assert sorted((r["device"], Path(r["model_path"]).name) for r in rows) == [
         ("tb1", "small.onnx"), ("tb1", "tiny.onnx"), ("tb2", "small.onnx"), ("tb2", "tiny.onnx")]
     assert all(r["error"] is None and r["median_ms"] > 0 for r in rows)
+
+
+def test_models_are_removed_after_measuring_when_keep_models_is_false(fresh_bed, onnx_models):
+    config = read_device_file(fresh_bed.device_files()[0])
+    config = replace(config, measure=replace(config.measure, keep_models=False, runs=3))
+    with device_from_config(config) as device:
+        assert all(m.ok for m in device.measure([onnx_models["tiny"], onnx_models["small"]]))
+    assert list((Path(config.work_dir) / "models").iterdir()) == []
+
+
+def test_a_missing_remote_python_is_reported_not_crashed_on(testbed_devices, onnx_models):
+    config = config_of(testbed_devices[0], python=("python3.0-missing",))
+    with device_from_config(config) as device:
+        report = device.check()
+        (m,) = device.measure([onnx_models["tiny"]])
+    assert not report["ok"] and "python3.0-missing" in report["problems"][0]
+    assert m.error == "agent_error" and "exit status 127" in m.error_message

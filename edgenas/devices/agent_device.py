@@ -56,7 +56,8 @@ class AgentDevice(Device):
             "runtime_version": hello.get("runtime_version"),
             "machine": dict(hello.get("machine") or {}),
         }
-        extra = {"runtime_package": hello.get("runtime_package"), "max_cv": self.config.measure.max_cv}
+        extra = {"runtime_package": hello.get("runtime_package"), "max_cv": self.config.measure.max_cv,
+                 "agent_pid": hello.get("pid")}
         if result.get("error"):
             fields["error"] = str(result["error"])
             fields["error_message"] = str(result.get("error_message") or "")

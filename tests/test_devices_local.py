@@ -1,0 +1,67 @@
+"""The local device: the agent in a subprocess on this machine, with batches, time limits and pinning."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from edgenas.devices import device_from_config
+from edgenas.devices.config import read_device_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def local(runtime="onnxruntime", **measure):
+    config = read_device_file(ROOT / "devices" / ("local.toml" if runtime == "onnxruntime" else "local-tflite.toml"))
+    timeouts = measure.pop("timeouts", None)
+    python = measure.pop("python", None)
+    config = replace(config, measure=replace(config.measure, **{"runs": 5, "warmup": 1, **measure}))
+    if timeouts:
+        config = replace(config, timeouts=replace(config.timeouts, **timeouts))
+    if python:
+        config = replace(config, python=python)
+    return device_from_config(config)
+
+
+def test_models_are_split_into_batches_one_agent_run_each(onnx_models):
+    paths = [onnx_models[n] for n in ("tiny", "small", "medium", "tiny", "small")]
+    with local(batch_size=2) as device:
+        results = device.measure(paths)
+    assert [m.model_path for m in results] == [str(p) for p in paths] and all(m.ok for m in results)
+    pids = [m.extra["agent_pid"] for m in results]
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
+
+
+def test_a_model_over_its_time_limit_is_stopped_and_the_rest_measured(onnx_models):
+    with local(runs=300, warmup=0, remeasure=0, timeouts={"model": 1.0}) as device:
+        results = device.measure([onnx_models["tiny"], onnx_models["heavy"], onnx_models["small"]])
+    assert [m.error for m in results] == [None, "timeout", None]
+
+
+def test_a_python_that_does_not_exist_is_an_agent_error(onnx_models):
+    with local(python=("/nonexistent/python3",)) as device:
+        results = device.measure([onnx_models["tiny"], onnx_models["small"]])
+        report = device.check()
+    assert [m.error for m in results] == ["agent_error", "agent_error"]
+    assert "/nonexistent/python3" in results[0].error_message
+    assert not report["ok"] and "/nonexistent/python3" in report["problems"][0]
+
+
+def test_cpu_pinning_from_the_device_file(onnx_models):
+    with local(cpu_affinity=(0,)) as device:
+        (m,) = device.measure([onnx_models["tiny"]])
+    assert m.ok and m.machine["cpu_affinity"] == [0]
+
+
+def test_tflite_and_onnx_figures_for_the_same_network_are_in_the_same_range(onnx_models, tflite_models):
+    with local("onnxruntime", runs=10) as ort, local("tflite", runs=10) as tfl:
+        (a,) = ort.measure([onnx_models["heavy"]])
+        (b,) = tfl.measure([tflite_models["heavy"]])
+    assert a.ok and b.ok and a.runtime == "onnxruntime" and b.runtime == "tflite"
+    assert b.extra["runtime_package"] == "ai_edge_litert"
+    assert 0.1 < b.median_ms / a.median_ms < 10  # the same 64-channel convnet on both runtimes
+
+
+def test_runtime_python_is_this_interpreter_by_default():
+    assert local().config.python_argv == [sys.executable]
