@@ -74,12 +74,22 @@ def _evaluate_shard(checkpoint: str, archs: list[dict], store_path: str, rank: i
 
     from edgenas.store import Store
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # one per worker: more threads than free cores slow torch down several times
     ctx = _EvalContext(checkpoint, split, bn_batches)
     with Store(store_path) as store:
         data = ctx.accuracy_dataset(store)
         return data.build([Arch.from_dict(a) for a in archs], ctx.evaluate, rank=rank, world_size=world_size,
                           progress=progress)
+
+
+def _free_cores() -> int:
+    """Cores not busy with other work (1-minute load average), at least 1."""
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, round(cores - busy)))
 
 
 class _EvalContext:
@@ -141,13 +151,16 @@ def fit_predictor(
         data = ctx.accuracy_dataset(store)
         before = len(data.missing(archs))
         if workers <= 1:
+            import torch
+
+            torch.set_num_threads(_free_cores())
             data.build(archs, ctx.evaluate, rank=rank, world_size=world, progress=progress)
         else:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
 
             todo = [a.to_dict() for a in data.missing(archs)]
-            threads = max(1, (os.cpu_count() or 1) // workers)
+            threads = max(1, _free_cores() // workers)
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
                 futures = [pool.submit(_evaluate_shard, str(checkpoint), todo, str(store_path), rank * workers + i,
                                        world * workers, split, bn_batches, threads, progress and i == 0)
