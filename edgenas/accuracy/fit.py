@@ -75,7 +75,7 @@ def _evaluate_shard(checkpoint: str, archs: list[dict], store_path: str, rank: i
     from edgenas.store import Store
 
     torch.set_num_threads(threads)  # one per worker: more threads than free cores slow torch down several times
-    ctx = _EvalContext(checkpoint, split, bn_batches)
+    ctx = SupernetEvaluator(checkpoint, split, bn_batches)
     with Store(store_path) as store:
         data = ctx.accuracy_dataset(store)
         return data.build([Arch.from_dict(a) for a in archs], ctx.evaluate, rank=rank, world_size=world_size,
@@ -92,8 +92,8 @@ def _free_cores() -> int:
     return max(1, min(cores, round(cores - busy)))
 
 
-class _EvalContext:
-    """A loaded supernet and its dataset (checked against the checkpoint's fingerprint)."""
+class SupernetEvaluator:
+    """A checkpoint's supernet and the dataset it was trained on (fingerprint checked), ready to evaluate archs."""
 
     def __init__(self, checkpoint: str, split: str, bn_batches: int) -> None:
         from edgenas.data import load_dataset
@@ -143,7 +143,7 @@ def fit_predictor(
     if samples < test + 10:
         raise UsageError(f"--samples {samples} leaves fewer than 10 archs to fit beside the {test} test archs")
     store_path = Path(store_path) if store_path else default_store_path()
-    ctx = _EvalContext(str(checkpoint), split, bn_batches)
+    ctx = SupernetEvaluator(str(checkpoint), split, bn_batches)
     space = ctx.supernet.space
     archs = sample_archs(space, samples, np.random.default_rng(seed), cost=latency_cost)
     rank, world = dist_rank()

@@ -1,0 +1,75 @@
+"""CLI command `search`: the most accurate subnet for each device under latency, memory and MACs limits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="find the most accurate subnet for a device under latency/SRAM/flash/MACs limits")
+    p.add_argument("--supernet", required=True, metavar="CKPT", help="supernet checkpoint (its folder holds "
+                   "accuracy_predictor.npz from 'edgenas predictor fit')")
+    p.add_argument("--device", required=True, action="append", metavar="NAME",
+                   help="device name or TOML file (repeat for several devices: one result each)")
+    p.add_argument("--max-latency-ms", type=float, metavar="T", help="latency limit on the device (ms)")
+    p.add_argument("--max-sram-kb", type=float, metavar="S", help="peak activation memory limit (KB)")
+    p.add_argument("--max-flash-kb", type=float, metavar="F", help="model size limit (KB)")
+    p.add_argument("--max-macs", type=float, metavar="M", help="compute limit in millions of MACs")
+    p.add_argument("--pareto", action="store_true", help="NSGA-II: the whole accuracy/latency Pareto front")
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="candidates to verify on the device (default: 5)")
+    p.add_argument("--seed", type=int, default=0, help="search seed (default: 0)")
+    p.add_argument("--population", type=int, default=100, help="population size (default: 100)")
+    p.add_argument("--generations", type=int, default=None,
+                   help="generations (default: 500 for evolution, 100 for --pareto)")
+    p.add_argument("--predictor", default=None, help="accuracy predictor file (default: beside CKPT)")
+    p.add_argument("--latency-predictor", default=None, help="latency predictor file (default: the device's)")
+    p.add_argument("--precision", choices=("int8", "fp32"), default="int8",
+                   help="deployed precision for memory figures when the latency predictor does not say (default: int8)")
+    p.add_argument("--no-verify", action="store_true", help="skip exporting and measuring the top candidates")
+    p.add_argument("--out", default=None, help="output folder (default: <CKPT folder>/search/<device>)")
+    p.add_argument("--store", default=None, help="SQLite store (default: $EDGENAS_STORE, else latency_tables/store.sqlite)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(handler="edgenas.search.commands:run_search_command")
+
+
+def run_search_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from edgenas.errors import UsageError
+    from edgenas.search.problem import Constraints
+    from edgenas.search.report import format_table, result_dict
+    from edgenas.search.run import search_device
+
+    if args.top_k < 1 or args.population < 4 or (args.generations is not None and args.generations < 1):
+        raise UsageError("--top-k must be >= 1, --population >= 4 and --generations >= 1")
+    if not (args.max_latency_ms or args.max_sram_kb or args.max_flash_kb or args.max_macs or args.pareto):
+        raise UsageError("give at least one limit (--max-latency-ms, --max-sram-kb, --max-flash-kb, --max-macs) "
+                         "or --pareto")
+    constraints = Constraints(
+        max_latency_ms=args.max_latency_ms,
+        max_sram_bytes=None if args.max_sram_kb is None else int(args.max_sram_kb * 1024),
+        max_flash_bytes=None if args.max_flash_kb is None else int(args.max_flash_kb * 1024),
+        max_macs=None if args.max_macs is None else int(args.max_macs * 1e6),
+        precision=args.precision,
+    )
+    if len(set(args.device)) != len(args.device):
+        raise UsageError(f"--device values {args.device} repeat a device: give each once")
+    outputs = []
+    for name in args.device:
+        out = None
+        if args.out:
+            out = Path(args.out) / Path(name).stem if len(args.device) > 1 else Path(args.out)
+        done = search_device(args.supernet, name, constraints, pareto=args.pareto, top_k=args.top_k, seed=args.seed,
+                             population=args.population, generations=args.generations,
+                             accuracy_predictor=args.predictor, latency_predictor=args.latency_predictor, out_dir=out,
+                             store_path=args.store, verify_top=not args.no_verify, progress=not args.json)
+        outputs.append(done)
+        if not args.json:
+            print(format_table(done.result, done.verification))
+            print(f"result: {done.result_path}\nplot:   {done.plot_path}\n")
+    if args.json:
+        payload = [{**result_dict(d.result, d.verification), "result_path": str(d.result_path),
+                    "plot_path": str(d.plot_path)} for d in outputs]
+        print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
+    return 0
