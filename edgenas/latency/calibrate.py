@@ -4,7 +4,7 @@
 
 1. exports every distinct piece of the space (cached by content) and measures those the store does
    not hold yet, then writes the table `latency_tables/<device>/<runtime>-<precision>.json`;
-2. measures up to `budget` whole subnets: half stratified over the table's predicted latency range
+2. measures up to `budget` whole subnets: 70 % stratified over the table's predicted latency range
    (one per quantile bin of a large random pool, plus the smallest and largest subnet), then, round
    by round, those the predictor is least sure of (largest bootstrap spread);
 3. fits the calibrated predictor and writes it with a manifest beside the table.
@@ -267,7 +267,9 @@ def calibrate(
 
         guide = stats_table(space).compute(pool)["macs"].astype(np.float64)
 
-    first = max(2, min(budget, budget // 2 if budget >= 10 else budget))
+    # Mostly stratified (held-out subnets are random, and the criterion is over them), the rest where
+    # the fit is least sure (those lie at the edges of the space).
+    first = max(2, min(budget, (7 * budget) // 10 if budget >= 10 else budget))
     chosen = stratified(pool, guide, first, rng)
     archs, ms, seconds = cal.measure_archs(chosen, f"measure subnets on {device.name}")
     per_round = max(1, -(-(budget - len(chosen)) // rounds)) if budget > len(chosen) else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 TRUST_HELP = "record the device's SSH host key in its known_hosts file if it has none yet"
@@ -13,7 +14,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", required=True, metavar="NAME", help="device name (devices/NAME.toml) or .toml path")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--supernet", metavar="CKPT", help="supernet checkpoint: its search space is calibrated")
-    src.add_argument("--space", metavar="PRESET", help="a search-space preset instead of a checkpoint (tiny, mobilenetv3)")
+    src.add_argument("--space", metavar="PRESET",
+                     help="a search-space preset (tiny, mobilenetv3) or a JSON file of one, instead of a checkpoint")
     p.add_argument("--runtime", choices=("onnxruntime", "tflite"), help="default: the device's runtime")
     p.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help="default: %(default)s")
     p.add_argument("--store", metavar="PATH", help="measurement store (default: $EDGENAS_STORE, else "
@@ -56,6 +58,12 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, list[str]]:
         from edgenas.train.checkpoint import load_checkpoint_info
 
         space = SearchSpace.from_dict(load_checkpoint_info(args.supernet)["space"])
+    elif args.space.endswith(".json"):
+        try:
+            space = SearchSpace.from_dict(json.loads(Path(args.space).read_text()))
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise UsageError(f"--space {args.space} is not a search-space JSON file (SearchSpace.to_dict()): "
+                             f"{exc}") from None
     else:
         try:
             space = SearchSpace.preset(args.space)

@@ -143,12 +143,12 @@ def _export_tflite(model: nn.Module, path: Path, int8: bool) -> None:
                          "edgenas with the [tflite] extra") from None
     example = _example(model)
     if int8:
-        gen = torch.Generator().manual_seed(1)
         # Random normal inputs are enough to pick quantisation ranges for a latency model.
-        calibration = [torch.randn(example.shape, generator=gen) for _ in range(4)]
-        tflite.export_tflite(model, path, example=example, int8=True, representative=calibration, verify=False)
+        gen = torch.Generator().manual_seed(1)
+        calibration = torch.randn((8,) + tuple(example.shape[1:]), generator=gen).numpy()
+        tflite.export_tflite(model, path, quantization="int8", calibration=calibration, example=example)
     else:
-        tflite.export_tflite(model, path, example=example, verify=False)
+        tflite.export_tflite(model, path, example=example)
 
 
 class ModelCache:

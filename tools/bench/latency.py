@@ -1,0 +1,123 @@
+"""Benchmark: calibrated latency predictors on testbed devices, scored on held-out random subnets.
+
+Starts a testbed of real sshd "devices" on this machine (tools/testbed.py) that differ in runtime,
+threads and CPU quota; calibrates each ONNX Runtime device (table + at most --budget whole-subnet
+measurements) and scores every predictor on --holdout random subnets not used in fitting; then
+calibrates one more device, not used to build the others' tables (by default TFLite, 2 threads),
+by transfer from the calibrated ones with --transfer-samples measurements, and scores it too.
+Everything is kept in --out (store, tables, exported models): run it again to resume.
+
+    python tools/bench/latency.py --out /tmp/latency-bench [--space tiny] [--budget 100] [--holdout 100]
+
+Figures from a shared machine are noisy; the load average is printed with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from edgenas.devices import load_device  # noqa: E402
+from edgenas.latency.calibrate import calibrate, calibrate_transfer  # noqa: E402
+from edgenas.latency.evaluate import evaluate  # noqa: E402
+from edgenas.space import SearchSpace  # noqa: E402
+from edgenas.store import Store  # noqa: E402
+
+HELP_SPEARMAN = 0.89  # HELP (Lee et al., 2021): Raspberry Pi 4, 10 samples
+NN_METER_WITHIN_10 = 0.990  # nn-Meter (Zhang et al., 2021): mobile CPU, ±10 %
+
+
+def _testbed():
+    spec = importlib.util.spec_from_file_location("edgenas_tools_testbed", ROOT / "tools" / "testbed.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="/tmp/edgenas-latency-bench")
+    p.add_argument("--space", default="tiny")
+    p.add_argument("--budget", type=int, default=100)
+    p.add_argument("--holdout", type=int, default=100)
+    p.add_argument("--devices", nargs="+", default=["quota=100,runs=30,warmup=5", "quota=50,runs=30,warmup=5",
+                                                    "threads=2,quota=100,runs=30,warmup=5"],
+                   help="testbed specs of the devices calibrated with a table")
+    p.add_argument("--transfer-device", default="runtime=tflite,threads=2,runs=30,warmup=5",
+                   help="spec of the device calibrated by transfer ('' to skip)")
+    p.add_argument("--transfer-samples", type=int, default=10)
+    p.add_argument("--transfer-holdout", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--models", help="exported-model cache (default: OUT/models; share it between runs)")
+    args = p.parse_args()
+
+    tb = _testbed()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    specs = [tb.DeviceSpec.parse(s) for s in args.devices]
+    if args.transfer_device:
+        specs.append(tb.DeviceSpec.parse(args.transfer_device))
+    space = SearchSpace.preset(args.space)
+    store = Store(out / "store.sqlite")
+    common = dict(store=store, tables_dir=out / "tables", cache_dir=Path(args.models or out / "models"),
+                  seed=args.seed)
+    results = []
+    t_start = time.time()
+    if (out / "testbed" / tb.STATE_FILE).exists():  # left by a run that was killed: start afresh
+        tb.Testbed.load(out / "testbed").down()
+    with tb.Testbed.up(out / "testbed", specs, die_with_parent=True) as bed:
+        files = bed.device_files()
+        calibrated = []
+        for path, spec in zip(files[: len(args.devices)], specs):
+            device = load_device(path)
+            with device:
+                t0 = time.time()
+                pred = calibrate(device, space, budget=args.budget, **common)
+                cal_s = time.time() - t0
+                ev = evaluate(device, space, holdout=args.holdout, predictor=pred, **common)
+            calibrated.append(pred)
+            results.append((spec, ev, cal_s, os.getloadavg()))
+            print(f"\n[{device.name}: {spec}] calibration {cal_s:.0f} s wall, load average "
+                  f"{os.getloadavg()[0]:.1f}\n{ev.format()}", flush=True)
+        if args.transfer_device:
+            path, spec = files[-1], specs[-1]
+            device = load_device(path)
+            with device:
+                t0 = time.time()
+                pred = calibrate_transfer(device, space, sources=calibrated, samples=args.transfer_samples, **common)
+                cal_s = time.time() - t0
+                ev = evaluate(device, space, holdout=args.transfer_holdout, predictor=pred, **common)
+            results.append((spec, ev, cal_s, os.getloadavg()))
+            print(f"\n[{device.name}: {spec}] transfer from {', '.join(p.device for p in calibrated)} with "
+                  f"{args.transfer_samples} measurements, {cal_s:.0f} s wall\n{ev.format()}", flush=True)
+
+    print(f"\nSummary ({args.space} space, budget {args.budget}, {time.time() - t_start:.0f} s in all):")
+    header = (f"{'device':<8} {'runtime':<11} {'thr':>3} {'quota':>5} {'predictor':<11} {'n':>4} {'±10%':>6} "
+              f"{'±5%':>6} {'Spearman':>8} {'Kendall':>7} {'MACs ±10%':>9} {'MACs Sp.':>8} {'device s':>8} {'load':>5}")
+    print(header)
+    summary = []
+    for spec, ev, _cal_s, load in results:
+        names = [s.name for s in ev.scores]
+        best = ev.score("calibrated" if "calibrated" in names else "transfer")
+        macs = ev.score("macs")
+        print(f"{ev.device:<8} {ev.runtime:<11} {spec.threads:>3} {str(spec.quota or '-'):>5} {best.name:<11} "
+              f"{ev.holdout:>4} {best.within_10:6.1%} {best.within_5:6.1%} {best.spearman:8.3f} {best.kendall:7.3f} "
+              f"{macs.within_10:9.1%} {macs.spearman:8.3f} {best.device_seconds:8.1f} {load[0]:5.1f}")
+        summary.append({"spec": str(spec), **ev.to_dict()})
+    print(f"References: nn-Meter {NN_METER_WITHIN_10:.1%} within ±10 % (mobile CPU, tens of thousands of kernel "
+          f"measurements); HELP Spearman {HELP_SPEARMAN} (Raspberry Pi 4, 10 samples).")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
