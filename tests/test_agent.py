@@ -149,6 +149,17 @@ def test_agent_exits_when_stdin_closes(onnx_models):
     assert time.monotonic() - started < 5
 
 
+def test_agent_watching_stdin_exits_cleanly_when_done(onnx_models):
+    """A thread blocked reading stdin must not stall or abort the agent's exit (it once died with SIGABRT)."""
+    proc = subprocess.Popen([sys.executable, str(AGENT), "measure", "--runtime", "onnxruntime", "--runs", "2",
+                             "--watch-stdin", str(onnx_models["tiny"])],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = proc.stdout.read()  # to the end of output, with stdin still open (as the host holds it)
+    assert proc.wait(timeout=30) == 0, proc.stderr.read()
+    assert json.loads(out.splitlines()[-1])["event"] == "done"
+    proc.stdin.close()
+
+
 def test_runtime_prints_do_not_reach_the_json_stream(tmp_path, onnx_models):
     done, events = run_agent(["measure", "--runtime", "onnxruntime", "--runs", "2", onnx_models["tiny"]])
     assert all(line.startswith("{") for line in done.stdout.splitlines())

@@ -350,10 +350,10 @@ class _Output:
 
 def _exit_when_stdin_closes():
     """The host holds stdin open; when the link or the host goes away, stop instead of running on."""
-    try:
-        while sys.stdin.buffer.read(4096):
+    try:  # os.read, not sys.stdin: a thread blocked inside sys.stdin holds a lock that stalls exit
+        while os.read(0, 4096):
             pass
-    except (OSError, ValueError):
+    except OSError:
         pass
     os._exit(75)
 
@@ -445,9 +445,10 @@ def main(argv=None):
         sys.stderr.write("agent.py: --runs and --threads must be >= 1 and --warmup >= 0\n")
         return 2
     out = _Output()
-    if args.command == "info":
-        return cmd_info(args, out)
-    return cmd_measure(args, out)
+    status = cmd_info(args, out) if args.command == "info" else cmd_measure(args, out)
+    out.stream.flush()
+    sys.stderr.flush()
+    os._exit(status)  # skip unloading the runtime at shutdown: nothing is left to do, and it takes time
 
 
 if __name__ == "__main__":
