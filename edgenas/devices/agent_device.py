@@ -73,16 +73,9 @@ class AgentDevice(Device):
 
     def _run_batch(self, models: list[ModelFile], indices: list[int]) -> Iterator[tuple[int, Measurement]]:
         agent = self.transport.stage_agent()
-        paths = self.transport.stage([models[i] for i in indices])
-        proc = self.transport.spawn(self.agent_argv(agent, paths))
-        try:
+        with self.staged([models[i] for i in indices]) as paths:
+            proc = self.transport.spawn(self.agent_argv(agent, paths))
             yield from self._read_agent(proc, models, indices)
-        finally:
-            if not self.config.measure.keep_models:
-                try:
-                    self.transport.unstage(paths)
-                except ConnectionLost:
-                    pass
 
     def _read_agent(self, proc: Process, models: list[ModelFile], indices: list[int]) -> Iterator[tuple[int, Measurement]]:
         limit = self.config.timeouts.model

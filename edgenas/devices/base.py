@@ -9,6 +9,7 @@ read its output. A lost connection is retried with back-off; what already finish
 from __future__ import annotations
 
 import abc
+import contextlib
 import hashlib
 import os
 import time
@@ -229,6 +230,19 @@ class Device(abc.ABC):
         breaks: indices without a result are measured again after a reconnect. Indices it leaves
         out without raising are started again in a new batch, if it yielded anything at all.
         """
+
+    @contextlib.contextmanager
+    def staged(self, models: list[ModelFile]) -> Iterator[list[str]]:
+        """Model files readable on the device for the duration; removed afterwards unless keep_models."""
+        paths = self.transport.stage(models)
+        try:
+            yield paths
+        finally:
+            if not self.config.measure.keep_models:
+                try:
+                    self.transport.unstage(paths)
+                except ConnectionLost:
+                    pass
 
     def template(self, model: ModelFile) -> Measurement:
         """A Measurement for `model` on this device with no figures yet."""

@@ -88,16 +88,9 @@ class MCUDevice(Device):
 
     def _run_batch(self, models: list[ModelFile], indices: list[int]) -> Iterator[tuple[int, Measurement]]:
         batch = [models[i] for i in indices]
-        paths = self.transport.stage(batch)
-        try:
+        with self.staged(batch) as paths:
             for index, model, remote in zip(indices, batch, paths):
                 yield index, self._measure_one(model, remote)
-        finally:
-            if not self.config.measure.keep_models:
-                try:
-                    self.transport.unstage(paths)
-                except ConnectionLost:
-                    pass
 
     def check(self) -> dict[str, Any]:
         c, mcu = self.config, self.config.mcu
