@@ -92,11 +92,13 @@ class TrainConfig:
     distill_temperature: float = 1.0
     bn_batches: int = 8
     phases: tuple[Phase, ...] = field(default_factory=tuple)
-    # run settings: do not change results, not compared on resume
+    # run settings: do not change the trained weights, not compared on resume
     checkpoint_every: int = 100
     log_every: int = 10
+    eval_every_phase: bool = True  # validation top-1 of the largest and smallest subnet after each phase
+    final_samples: int = 5  # random subnets evaluated at the end, besides the largest and smallest
 
-    RUN_SETTINGS = ("checkpoint_every", "log_every")
+    RUN_SETTINGS = ("checkpoint_every", "log_every", "eval_every_phase", "final_samples")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "phases", tuple(p if isinstance(p, Phase) else _phase(p) for p in self.phases))
@@ -108,6 +110,8 @@ class TrainConfig:
         for key in ("batch_size", "lr_batch_size", "checkpoint_every", "log_every"):
             if getattr(self, key) < 1:
                 raise UsageError(f"{key} = {getattr(self, key)} must be at least 1")
+        if self.final_samples < 0:
+            raise UsageError(f"final_samples = {self.final_samples} must be 0 or more")
         if self.bn_batches < 1:
             raise UsageError(f"bn_batches = {self.bn_batches} must be at least 1")
         if self.distill_weight < 0 or self.distill_temperature <= 0:

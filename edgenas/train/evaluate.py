@@ -23,6 +23,10 @@ def _as_arch(supernet: Supernet, arch: Any) -> Arch:
     return supernet.space.validate(arch) if isinstance(arch, Arch) else supernet.space.parse_arch(arch)
 
 
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 class _Batches:
     """Calibration and evaluation batches per resolution, loaded once."""
 
@@ -41,7 +45,7 @@ class _Batches:
             for i, (x, y) in enumerate(loader):
                 if i >= self.bn_batches:
                     break
-                batches.append((x.to(self.device), y.to(self.device)))
+                batches.append((_channels_last(x.to(self.device)), y.to(self.device)))
             self._cache[key] = batches
         return self._cache[key]
 
@@ -49,7 +53,7 @@ class _Batches:
         key = (self.split, resolution)
         if key not in self._cache:
             loader = self.dataset.loader(self.split, batch_size=self.batch_size, resolution=resolution)
-            self._cache[key] = [(x.to(self.device), y.to(self.device)) for x, y in loader]
+            self._cache[key] = [(_channels_last(x.to(self.device)), y.to(self.device)) for x, y in loader]
         return self._cache[key]
 
 

@@ -195,13 +195,13 @@ def _param_checksum(net: torch.nn.Module) -> str:
 
 
 def train(config: TrainConfig, out_dir: str | Path | None = None, *, resume: bool = False, device: str = "auto",
-          threads: int | None = None, progress: bool = True, tensorboard: bool = True, dataset: Dataset | None = None,
-          final_samples: int = 5) -> TrainResult:
+          threads: int | None = None, progress: bool = True, tensorboard: bool = True,
+          dataset: Dataset | None = None) -> TrainResult:
     """Train a supernet with progressive shrinking; write `supernet.pt`, `last.pt`, `metrics.jsonl`, `config.toml`.
 
     With `resume`, continue from `out_dir/last.pt` (refused if it was made from another config or
     other data). Returns the final checkpoint and a summary with per-phase time and throughput and the
-    BN-recalibrated validation top-1 of the largest, smallest and `final_samples` random subnets.
+    BN-recalibrated validation top-1 of the largest, smallest and `config.final_samples` random subnets.
     `threads` sets torch's CPU threads (default: `auto_threads()`).
     """
     procs = setup_processes(device, threads)
@@ -213,7 +213,8 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, *, resume: boo
     dataset = dataset or load_dataset(config.dataset, seed=config.seed)
     space = build_space(config, dataset)
     torch.manual_seed(config.seed * 1000 + procs.rank)
-    net = Supernet(space).to(procs.device)
+    # channels-last makes PyTorch's depthwise-convolution backward pass about 2x faster on CPU (measured).
+    net = Supernet(space).to(procs.device, memory_format=torch.channels_last)
 
     state: dict[str, Any] | None = None
     if last_path.is_file():
@@ -323,7 +324,7 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, *, resume: boo
             x, y = x.to(procs.device, non_blocking=True), y.to(procs.device, non_blocking=True)
             rng = np.random.default_rng([config.seed, pi, step])
             resolution = int(rng.choice(space.resolutions))  # elastic resolution: one per step, shared by the k subnets
-            x = net.resize(x, resolution)
+            x = net.resize(x, resolution).contiguous(memory_format=torch.channels_last)
             teacher_logits = None
             if phase.distill and config.distill_weight > 0:
                 with torch.no_grad():
@@ -365,13 +366,15 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, *, resume: boo
         phase_elapsed += time.perf_counter() - t0
         summary = {"phase": phase.name, "steps": total, "seconds": round(phase_elapsed, 2),
                    "samples_per_s": round(seen / max(time.perf_counter() - t0, 1e-9), 2)}
-        if procs.main:
+        if procs.main and config.eval_every_phase:
             accs = evaluate_many(net, [space.largest(), space.smallest()], dataset, "val",
                                  bn_batches=config.bn_batches, batch_size=max(per_rank, 64), seed=config.seed)
             summary.update(val_largest=round(accs[0], 5), val_smallest=round(accs[1], 5))
+        if procs.main:
+            accuracy = (f", val top-1 largest {summary['val_largest']:.4f} smallest {summary['val_smallest']:.4f}"
+                        if "val_largest" in summary else "")
             print(f"edgenas train: phase {phase.name} done: {total} steps in {phase_elapsed:.1f}s "
-                  f"({summary['samples_per_s']:.0f} img/s), val top-1 largest {accs[0]:.4f} smallest {accs[1]:.4f}",
-                  file=sys.stderr)
+                  f"({summary['samples_per_s']:.0f} img/s){accuracy}", file=sys.stderr)
         history.append(summary)
         log.write({"event": "phase_end", "global_step": global_step, **summary})
         phase_elapsed = 0.0
@@ -387,11 +390,11 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, *, resume: boo
         summary["rank_param_checksums"] = sums
     if procs.main:
         rng = np.random.default_rng([config.seed, 99])
-        archs: list[Arch] = [space.largest(), space.smallest()] + space.sample_many(rng, final_samples)
+        archs: list[Arch] = [space.largest(), space.smallest()] + space.sample_many(rng, config.final_samples)
         accs = evaluate_many(net, archs, dataset, "val", bn_batches=config.bn_batches,
                              batch_size=max(per_rank, 64), seed=config.seed)
         summary["val"] = [{"arch": a.to_dict(), "name": n, "top1": round(acc, 5)}
-                          for a, n, acc in zip(archs, ["largest", "smallest"] + ["random"] * final_samples, accs)]
+                          for a, n, acc in zip(archs, ["largest", "smallest"] + ["random"] * config.final_samples, accs)]
         # Store the largest subnet's own BN statistics, so the checkpoint is usable as-is (others: recalibrate).
         recalibrate_for(net, space.largest(), dataset, bn_batches=config.bn_batches, seed=config.seed)
         final = checkpoint_state(len(config.phases), 0, None, None, complete=True, summary=summary)
