@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgenas.accuracy.dataset import AccuracyDataset, dist_rank, sample_archs
-from edgenas.accuracy.predictor import AccuracyPredictor, FitConfig, FitReport, kendall_tau, rmse
+from edgenas.accuracy.predictor import AccuracyPredictor, FitConfig, FitReport, free_cores, kendall_tau, rmse
 from edgenas.errors import UsageError
 from edgenas.space import Arch
 
@@ -82,16 +82,6 @@ def _evaluate_shard(checkpoint: str, archs: list[dict], store_path: str, rank: i
                           progress=progress)
 
 
-def _free_cores() -> int:
-    """Cores not busy with other work (1-minute load average), at least 1."""
-    cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
-    return max(1, min(cores, round(cores - busy)))
-
-
 class SupernetEvaluator:
     """A checkpoint's supernet and the dataset it was trained on (fingerprint checked), ready to evaluate archs."""
 
@@ -153,14 +143,14 @@ def fit_predictor(
         if workers <= 1:
             import torch
 
-            torch.set_num_threads(_free_cores())
+            torch.set_num_threads(free_cores())
             data.build(archs, ctx.evaluate, rank=rank, world_size=world, progress=progress)
         else:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
 
             todo = [a.to_dict() for a in data.missing(archs)]
-            threads = max(1, _free_cores() // workers)
+            threads = max(1, free_cores() // workers)
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
                 futures = [pool.submit(_evaluate_shard, str(checkpoint), todo, str(store_path), rank * workers + i,
                                        world * workers, split, bn_batches, threads, progress and i == 0)

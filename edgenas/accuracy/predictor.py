@@ -61,6 +61,17 @@ class FitReport:
         return asdict(self)
 
 
+def free_cores() -> int:
+    """Cores not busy with other work (1-minute load average), at least 1: more torch threads than free
+    cores make small kernels many times slower (measured: 8x for a subnet's forward pass at load 8 on 2 cores)."""
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, round(cores - busy)))
+
+
 def rmse(predicted: np.ndarray, actual: np.ndarray) -> float:
     return float(np.sqrt(np.mean((np.asarray(predicted, float) - np.asarray(actual, float)) ** 2)))
 
@@ -111,9 +122,21 @@ class AccuracyPredictor:
         """Train on (arch, accuracy) pairs: a `val_fraction` split (drawn with `seed`) stops training
         when its RMSE stops improving, and the best epoch's weights are kept."""
         import torch
-        from torch import nn
 
         cfg = config or FitConfig()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(free_cores())
+        try:
+            return cls._fit(space, archs, accuracies, seed=seed, cfg=cfg)
+        finally:
+            torch.set_num_threads(threads)
+
+    @classmethod
+    def _fit(cls, space: SearchSpace, archs: Sequence[Arch], accuracies: Sequence[float], *, seed: int,
+             cfg: FitConfig) -> tuple[AccuracyPredictor, FitReport]:
+        import torch
+        from torch import nn
+
         y = np.asarray(accuracies, dtype=np.float32).reshape(-1)
         if len(y) != len(archs):
             raise ValueError(f"got {len(archs)} archs but {len(y)} accuracies")
