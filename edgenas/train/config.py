@@ -32,6 +32,8 @@ class Phase:
     phase. Length is `epochs` of the training split, or exactly `steps` when set. Every step samples
     `subnets_per_step` subnets and accumulates their gradients; with `distill` the loss adds the
     teacher's soft cross-entropy (the teacher is the full network at the end of the first phase).
+    With `smallest_first`, the first of the k subnets is the smallest the phase allows, so the
+    smallest subnets get trained every step (not in Once-for-All; it helps short schedules).
     """
 
     name: str
@@ -45,6 +47,7 @@ class Phase:
     expands: Choices = 1
     distill: bool = True
     sort_channels: bool = False
+    smallest_first: bool = False  # one of the k subnets is always the phase's smallest (BigNAS's sandwich rule)
 
     def __post_init__(self) -> None:
         for key in ("kernels", "depths", "expands"):
@@ -165,29 +168,32 @@ def _phase(d: Mapping[str, Any]) -> Phase:
 
 def progressive_shrinking(*, full: float, kernel: float, depth: tuple[float, float], expand: tuple[float, float],
                           lr: tuple[float, float, float, float], k: tuple[int, int, int], warmup: float = 0.0,
-                          depths: int = 3, expands: int = 3) -> tuple[Phase, ...]:
+                          depths: int = 3, expands: int = 3, smallest_first: bool = False) -> tuple[Phase, ...]:
     """Once-for-All's schedule: full network → elastic kernel → depth (deepest two, then all) → expand
     (largest two, then all, channels re-sorted first). `lr` = (full, kernel, first partial, later stages),
-    `k` = subnets per step for (kernel, depth, expand)."""
+    `k` = subnets per step for (kernel, depth, expand); `smallest_first` for the depth and expand phases."""
+    sf = smallest_first
     return (
         Phase("full", epochs=full, lr=lr[0], warmup_epochs=warmup, distill=False),
         Phase("kernel", epochs=kernel, lr=lr[1], warmup_epochs=warmup, subnets_per_step=k[0], kernels="all"),
-        Phase("depth-1", epochs=depth[0], lr=lr[2], subnets_per_step=k[1], kernels="all", depths=min(2, depths)),
+        Phase("depth-1", epochs=depth[0], lr=lr[2], subnets_per_step=k[1], kernels="all", depths=min(2, depths),
+              smallest_first=sf),
         Phase("depth-2", epochs=depth[1], lr=lr[3], warmup_epochs=warmup, subnets_per_step=k[1], kernels="all",
-              depths="all"),
+              depths="all", smallest_first=sf),
         Phase("expand-1", epochs=expand[0], lr=lr[2], subnets_per_step=k[2], kernels="all", depths="all",
-              expands=min(2, expands), sort_channels=True),
+              expands=min(2, expands), sort_channels=True, smallest_first=sf),
         Phase("expand-2", epochs=expand[1], lr=lr[3], warmup_epochs=warmup, subnets_per_step=k[2], kernels="all",
-              depths="all", expands="all"),
+              depths="all", expands="all", smallest_first=sf),
     )
 
 
 def _tiny() -> TrainConfig:
-    # A few minutes on 2 CPU cores on `digits`: 32-image batches, few epochs, two subnets per step.
+    # A few minutes on 2 CPU cores on `digits`: 32-image batches, 8.5 epochs in all, two subnets per step in the
+    # depth and expand phases, one of them the smallest (so the smallest subnet is good after so short a run).
     return TrainConfig(
-        preset="tiny", dataset="digits", space="tiny", batch_size=32, lr_batch_size=32,
-        phases=progressive_shrinking(full=8, kernel=2, depth=(1, 2), expand=(1, 2),
-                                     lr=(0.05, 0.02, 0.01, 0.02), k=(1, 2, 2)),
+        preset="tiny", dataset="digits", space="tiny", batch_size=32, lr_batch_size=32, bn_batches=4,
+        phases=progressive_shrinking(full=3, kernel=1, depth=(0.5, 1), expand=(0.5, 2),
+                                     lr=(0.1, 0.03, 0.02, 0.03), k=(1, 2, 2), smallest_first=True),
         checkpoint_every=50, log_every=10,
     )
 

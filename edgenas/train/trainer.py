@@ -124,6 +124,13 @@ def choices(space: SearchSpace, phase: Phase) -> dict[str, Any]:
     }
 
 
+def smallest_of(options: dict[str, Any], resolution: int) -> Arch:
+    """The smallest arch among a phase's options (shallowest stages, smallest kernel and expand)."""
+    depths = tuple(min(d) for d in options["depths"])
+    n = sum(depths)
+    return Arch(resolution, depths, (min(options["kernels"]),) * n, (min(options["expands"]),) * n)
+
+
 def lr_factor(step: int, total: int, warmup: int) -> float:
     """Linear warm-up, then cosine decay to zero over the phase."""
     if step < warmup:
@@ -239,7 +246,7 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, *, resume: boo
         phase_elapsed = float(state.get("phase_elapsed", 0.0))
         optimizer_state, scheduler_state = state.get("optimizer"), state.get("scheduler")
         if state.get("teacher") is not None:
-            teacher = Supernet(space).to(procs.device)
+            teacher = Supernet(space).to(procs.device, memory_format=torch.channels_last)
             teacher.load_state_dict(state["teacher"])
         if procs.main and state.get("rng_torch") is not None:
             torch.set_rng_state(state["rng_torch"].cpu())
@@ -333,6 +340,8 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, *, resume: boo
             step_loss = step_correct = 0.0
             for j in range(phase.subnets_per_step):
                 arch = space.sample(rng, resolutions=[resolution], **opts)
+                if j == 0 and phase.smallest_first:
+                    arch = smallest_of(opts, resolution)
                 net.set_active(arch)
                 sync = not procs.distributed or j == phase.subnets_per_step - 1
                 with model.no_sync() if not sync else nullcontext():  # type: ignore[operator]
