@@ -5,11 +5,11 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
 import time
-import venv
 from pathlib import Path
 
 import numpy as np
@@ -165,29 +165,31 @@ def test_runtime_prints_do_not_reach_the_json_stream(tmp_path, onnx_models):
     assert all(line.startswith("{") for line in done.stdout.splitlines())
 
 
-PY = f"py{sys.version_info[0]}{sys.version_info[1]}"
-TFLITE_RUNTIME_VENV = Path.home() / ".cache" / "edgenas" / "test-venvs" / f"tflite-runtime-{PY}"
+VENVS = Path.home() / ".cache" / "edgenas" / "test-venvs"
 
 
-def _tflite_runtime_python() -> str:
-    """A venv with numpy < 2 and tflite-runtime only (what many real devices still have); built once, cached."""
-    python = TFLITE_RUNTIME_VENV / "bin" / "python"
-    marker = TFLITE_RUNTIME_VENV / ".complete"
-    if marker.exists():
-        return str(python)
+def cached_venv(name: str, python: str, packages: list[str]) -> str:
+    """A venv with only `packages` (what a device might have), built once and kept; its python."""
+    folder = VENVS / name
+    marker = folder / ".complete"
+    if not marker.exists():
+        done = subprocess.run([python, "-m", "venv", "--clear", str(folder)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"{python} cannot make a venv: {done.stderr.strip()[-300:]}")
+        done = subprocess.run([str(folder / "bin" / "python"), "-m", "pip", "install", "-q",
+                               "--disable-pip-version-check", *packages], capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            pytest.skip(f"could not install {' '.join(packages)} into a venv: {done.stderr.strip()[-300:]}")
+        marker.write_text("ok\n")
+    return str(folder / "bin" / "python")
+
+
+@pytest.mark.slow  # builds a venv the first time (about 20 s), cached in ~/.cache/edgenas/test-venvs
+def test_tflite_runtime_under_numpy_1_in_its_own_venv(tflite_models):
     if sys.version_info >= (3, 12):
         pytest.skip("tflite-runtime has no wheel for Python >= 3.12 (its last release, 2.14.0, stops at 3.11)")
-    venv.EnvBuilder(with_pip=True, clear=True).create(TFLITE_RUNTIME_VENV)
-    done = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                           "numpy<2", "tflite-runtime==2.14.0"], capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        pytest.skip(f"could not install tflite-runtime with numpy<2 into a venv: {done.stderr.strip()[-300:]}")
-    marker.write_text("ok\n")
-    return str(python)
-
-
-def test_tflite_runtime_under_numpy_1_in_its_own_venv(tflite_models):
-    python = _tflite_runtime_python()
+    python = cached_venv(f"tflite-runtime-py{sys.version_info[0]}{sys.version_info[1]}", sys.executable,
+                         ["numpy<2", "tflite-runtime==2.14.0"])
     done, events = run_agent(["measure", "--runtime", "tflite", "--runs", "5", tflite_models["small"]], python=python)
     assert done.returncode == 0, done.stderr
     hello = events[0]
@@ -195,3 +197,27 @@ def test_tflite_runtime_under_numpy_1_in_its_own_venv(tflite_models):
     assert hello["machine"]["numpy"].startswith("1.")
     (r,) = results(events)
     assert r["error"] is None and r["runs"] == 5
+
+
+def find_python37() -> str | None:
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates = [*sorted(str(p) for p in pyenv.glob("versions/3.7*/bin/python3.7")), shutil.which("python3.7")]
+    for candidate in filter(None, candidates):  # a pyenv shim may exist and still not run
+        if subprocess.run([candidate, "-c", "pass"], capture_output=True).returncode == 0:
+            return candidate
+    return None
+
+
+@pytest.mark.slow  # builds a venv the first time (about 45 s), cached in ~/.cache/edgenas/test-venvs
+def test_agent_on_python_37_with_an_old_onnxruntime(onnx_models):
+    """The oldest Python the agent supports, with the numpy and onnxruntime releases it can install."""
+    python37 = find_python37()
+    if python37 is None:
+        pytest.skip("no Python 3.7 interpreter found (python3.7 on PATH or in ~/.pyenv/versions)")
+    python = cached_venv("onnxruntime-py37", python37, ["numpy<1.22", "onnxruntime<1.15"])
+    done, events = run_agent(["measure", "--runtime", "onnxruntime", "--runs", "5", onnx_models["small"]],
+                             python=python)
+    assert done.returncode == 0, done.stderr
+    assert events[0]["machine"]["python"].startswith("3.7.")
+    (r,) = results(events)
+    assert r["error"] is None and r["runs"] == 5 and r["median_ms"] > 0
