@@ -5,6 +5,9 @@ Registered from tests/conftest.py with `pytest_plugins = ["testbed_fixtures"]`.
 - `testbed` (session): 3 devices that differ in runtime, threads and speed, torn down at the end:
   tb1 onnxruntime 1 thread (one full CPU), tb2 onnxruntime 1 thread at 50 % of a CPU,
   tb3 tflite 2 threads (one full CPU). Skips, saying what is missing, without root or sshd.
+  Where the cgroup v1 cpu controller is not writable the devices run without quotas:
+  `testbed.devices[i].quota_applied` says which did. Call the fixtures from the main thread
+  (sshd is tied to the life of the thread that starts it).
   `testbed.device_files()` lists their TOML files; `load_device(path)` loads one.
 - `testbed_devices` (session): the three TOML paths.
 - `make_testbed` (session): `make_testbed(["quota=50", "runtime=tflite,netns=1"])` starts another
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +58,8 @@ def make_testbed(tmp_path_factory):
             netns_reason = tb.Testbed.netns_missing()
             if netns_reason:
                 pytest.skip(netns_reason)
+        if any(s.rate for s in parsed) and shutil.which("tc") is None:
+            pytest.skip("tc (iproute2) is missing, so a device's bandwidth cannot be limited")
         out = tmp_path_factory.mktemp("testbed")
         bed = tb.Testbed.up(out, parsed, die_with_parent=True, prefix=prefix)
         beds.append(bed)
