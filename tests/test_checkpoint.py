@@ -1,0 +1,140 @@
+"""Tests for edgenas.train.checkpoint: a run killed with SIGKILL resumes to the same result; wrong resumes are refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edgenas.errors import UsageError
+from edgenas.train.checkpoint import load_checkpoint_info, load_supernet, read_checkpoint
+from edgenas.train.config import load_config
+from edgenas.train.trainer import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+CONFIG = """
+preset = "tiny"
+batch_size = 8
+checkpoint_every = 3
+log_every = 1
+bn_batches = 1
+eval_every_phase = false
+final_samples = 0
+[[phases]]
+name = "full"
+steps = 5
+lr = 0.05
+distill = false
+[[phases]]
+name = "kernel"
+steps = 5
+lr = 0.02
+kernels = "all"
+subnets_per_step = 2
+[[phases]]
+name = "expand"
+steps = 5
+lr = 0.02
+kernels = "all"
+depths = "all"
+expands = "all"
+sort_channels = true
+subnets_per_step = 2
+"""
+
+
+def _events(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sigkill_mid_phase_then_resume_matches_an_uninterrupted_run(tmp_path):
+    config_path = tmp_path / "c.toml"
+    config_path.write_text(CONFIG)
+    config = load_config(config_path)
+    reference = train(config, tmp_path / "reference", threads=1, progress=False)
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "edgenas.cli", "train", "--config", str(config_path), "--out",
+                             str(out), "--threads", "1", "--no-progress"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = out / "last.pt.manifest.json"
+    deadline = time.monotonic() + 300
+    killed_at = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            m = json.loads(manifest.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            m = None
+        if m and m["phase_index"] >= 1 and m["step_in_phase"] > 0:  # a mid-phase checkpoint of a distilled phase
+            proc.send_signal(signal.SIGKILL)
+            killed_at = m
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert killed_at is not None and proc.returncode == -signal.SIGKILL, "the run finished before a mid-phase checkpoint"
+    info = load_checkpoint_info(out / "last.pt")
+    assert not info["complete"] and info["global_step"] < 15
+
+    resumed = train(config, out, resume=True, threads=1, progress=False)
+    ref_state, res_state = read_checkpoint(reference.checkpoint), read_checkpoint(resumed.checkpoint)
+    assert res_state["global_step"] == ref_state["global_step"] == 15
+    assert [p["phase"] for p in res_state["history"]] == [p["phase"] for p in ref_state["history"]]
+    assert [p["steps"] for p in res_state["history"]] == [5, 5, 5]
+    # same data order, same sampled subnets, restored optimizer and RNG: the same weights
+    for key, value in ref_state["model"].items():
+        torch.testing.assert_close(res_state["model"][key], value, msg=key)
+
+    events = _events(out)
+    resume = [e for e in events if e["event"] == "resume"]
+    assert len(resume) == 1 and resume[0]["step_in_phase"] > 0
+    steps = [(e["phase"], e["step"]) for e in events if e["event"] == "step"]
+    redone = len(steps) - len(set(steps))
+    assert set(steps) == {(p, s) for p in ("full", "kernel", "expand") for s in range(1, 6)}
+    assert redone <= config.checkpoint_every
+
+
+def test_resume_is_refused_for_other_config_or_data(tmp_path):
+    root = tmp_path / "pets"
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("cat", "dog")):
+        (root / name).mkdir(parents=True)
+        for i in range(40):
+            Image.fromarray((rng.uniform(0, 90, (8, 8)) + 150 * c).astype(np.uint8)).save(root / name / f"{i}.png")
+    config = load_config(None, dataset=f"folder:{root}").fixed_steps(1).replace(
+        batch_size=4, bn_batches=1, eval_every_phase=False, final_samples=0)
+    out = tmp_path / "run"
+    train(config, out, threads=1, progress=False)
+
+    with pytest.raises(UsageError, match="pass --resume"):
+        train(config, out, threads=1, progress=False)
+    with pytest.raises(UsageError, match="differs in: batch_size"):
+        train(config.replace(batch_size=8), out, resume=True, threads=1, progress=False)
+    with pytest.raises(UsageError, match="differs in: seed"):
+        train(config.replace(seed=1), out, resume=True, threads=1, progress=False)
+    # run settings may change on resume; a complete run has nothing left to do
+    assert train(config.replace(log_every=5), out, resume=True, threads=1, progress=False).summary["global_step"] == 6
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(root / "dog" / "0.png")
+    with pytest.raises(UsageError, match="different data"):
+        train(config, out, resume=True, threads=1, progress=False)
+
+
+def test_damaged_or_foreign_checkpoints_are_usage_errors(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        load_supernet(tmp_path / "none.pt")
+    (tmp_path / "junk.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(UsageError, match="cannot read checkpoint"):
+        load_supernet(tmp_path / "junk.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(UsageError, match="not an edgenas supernet checkpoint"):
+        load_checkpoint_info(tmp_path / "other.pt")
