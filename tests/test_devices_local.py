@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from edgenas.devices import device_from_config
 from edgenas.devices.config import read_device_file
@@ -65,3 +68,25 @@ def test_tflite_and_onnx_figures_for_the_same_network_are_in_the_same_range(onnx
 
 def test_runtime_python_is_this_interpreter_by_default():
     assert local().config.python_argv == [sys.executable]
+
+
+def test_an_exception_in_on_result_stops_the_agent(onnx_models):
+    def children_running_the_agent():
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"agent.py" in cmdline:
+                found.append(entry.name)
+        return found
+
+    def refuse(m):
+        raise RuntimeError("store is full")
+
+    with local(runs=200) as device:
+        with pytest.raises(RuntimeError, match="store is full"):
+            device.measure([onnx_models["tiny"], onnx_models["heavy"], onnx_models["heavy"]], on_result=refuse)
+        assert children_running_the_agent() == []

@@ -75,7 +75,10 @@ class AgentDevice(Device):
         agent = self.transport.stage_agent()
         with self.staged([models[i] for i in indices]) as paths:
             proc = self.transport.spawn(self.agent_argv(agent, paths))
-            yield from self._read_agent(proc, models, indices)
+            try:
+                yield from self._read_agent(proc, models, indices)
+            finally:  # also when the caller stops early (an exception in on_result, Ctrl-C)
+                proc.kill()
 
     def _read_agent(self, proc: Process, models: list[ModelFile], indices: list[int]) -> Iterator[tuple[int, Measurement]]:
         limit = self.config.timeouts.model

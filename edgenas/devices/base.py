@@ -287,9 +287,10 @@ class Device(abc.ABC):
             progressed = False
             try:
                 self.transport.connect()
-                for index, m in self._run_batch(models, batch):
-                    deliver(index, m)
-                    progressed = True
+                with contextlib.closing(self._run_batch(models, batch)) as batch_results:
+                    for index, m in batch_results:
+                        deliver(index, m)
+                        progressed = True
                 if not progressed:
                     for i in batch:
                         deliver(i, self.error(models[i], AGENT_ERROR, f"device {self.name} returned no result"))
