@@ -191,3 +191,17 @@ def test_cli_bad_device_is_one_line_exit_2(tmp_path):
                               cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert done.returncode == 2, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("name", ["local", "local-tflite"])
+def test_local_devices_are_built_in_and_match_the_shipped_files(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no devices/ folder here
+    monkeypatch.setenv("HOME", str(tmp_path))
+    built_in = load_device(name).config
+    shipped = read_device_file(ROOT / "devices" / f"{name}.toml")
+    assert (built_in.kind, built_in.runtime, built_in.threads, built_in.measure) == (
+        shipped.kind, shipped.runtime, shipped.threads, shipped.measure)
+    assert {e["name"]: e["path"] for e in list_devices()}[name] == "(built in)"
+    (tmp_path / "devices").mkdir()
+    write(tmp_path / "devices", f"{name}.toml", f'kind = "local"\nruntime = "{shipped.runtime}"\nthreads = 2')
+    assert load_device(name).threads == 2  # a file of that name takes precedence

@@ -13,7 +13,8 @@ Public interface (stable; other stages build on it):
 
     load_device(name_or_path, *, trust_new_host_key=False) -> Device
         NAME resolves to ./devices/NAME.toml, then ~/.config/edgenas/devices/NAME.toml; anything
-        ending in .toml or containing a slash is a path. Bad files raise UsageError naming the
+        ending in .toml or containing a slash is a path. "local" and "local-tflite" (this machine)
+        are built in when no such file exists. Bad files raise UsageError naming the
         file, the field and what is expected. trust_new_host_key records an unknown SSH host key
         in the device's known_hosts file (a changed key is always refused).
     list_devices() -> list[dict]
@@ -49,10 +50,11 @@ codes for that device alone. This package never imports torch.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from edgenas.devices.base import AuthError, ConnectionLost, Device, HostKeyError
-from edgenas.devices.config import DeviceConfig, device_files, find_device_file, read_device_file
+from edgenas.devices.config import DeviceConfig, builtin_device, device_files, load_config, read_device_file
 from edgenas.devices.fleet import measure_fleet
 from edgenas.devices.measurement import ERROR_CODES, Measurement
 from edgenas.errors import UsageError
@@ -93,8 +95,7 @@ def device_from_config(config: DeviceConfig, *, trust_new_host_key: bool = False
 
 def load_device(name_or_path: str | os.PathLike, *, trust_new_host_key: bool = False) -> Device:
     """Load a device by NAME (devices/NAME.toml, then ~/.config/edgenas/devices/) or TOML path."""
-    return device_from_config(read_device_file(find_device_file(name_or_path)),
-                              trust_new_host_key=trust_new_host_key)
+    return device_from_config(load_config(name_or_path), trust_new_host_key=trust_new_host_key)
 
 
 def list_devices() -> list[dict[str, Any]]:
@@ -113,4 +114,9 @@ def list_devices() -> list[dict[str, Any]]:
                 host = config.ssh.host or config.ssh.config_host
             entry.update(name=config.name, kind=config.kind, runtime=config.runtime, threads=config.threads, host=host)
         out.append(entry)
+    for name in ("local", "local-tflite"):
+        config = builtin_device(name)
+        if config is not None and name not in {Path(e["path"]).name[: -len(".toml")] for e in out}:
+            out.append({"name": name, "path": "(built in)", "kind": config.kind, "runtime": config.runtime,
+                        "threads": config.threads, "host": None, "error": None})
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import hashlib
 import os
 import time
@@ -38,6 +39,7 @@ class AuthError(UsageError):
     """SSH authentication failed; the message says which identity was tried and how to fix it."""
 
 
+@functools.lru_cache(maxsize=1)
 def agent_version() -> str:
     """The first 16 hex digits of agent.py's SHA-256: a measurement names the exact agent that made it."""
     return hashlib.sha256(AGENT_PATH.read_bytes()).hexdigest()[:16]

@@ -393,6 +393,28 @@ def _toml_module() -> Any:
     return tomllib
 
 
+def builtin_device(name: str) -> DeviceConfig | None:
+    """`local` and `local-tflite` work from any folder, even without devices/*.toml (as `edgenas demo` needs).
+
+    A devices/local.toml in the lookup folders takes precedence.
+    """
+    runtimes = {"local": "onnxruntime", "local-tflite": "tflite"}
+    if name not in runtimes:
+        return None
+    label = "ONNX Runtime" if runtimes[name] == "onnxruntime" else "TFLite"
+    return DeviceConfig(name=name, kind="local", runtime=runtimes[name],
+                        description=f"this machine, {label}, 1 thread (built in)")
+
+
+def load_config(name_or_path: str | os.PathLike) -> DeviceConfig:
+    """The validated description for a device NAME or TOML path (see find_device_file)."""
+    text = os.fspath(name_or_path)
+    builtin = builtin_device(text)
+    if builtin is not None and not any((d / f"{text}.toml").is_file() for d in device_dirs()):
+        return builtin
+    return read_device_file(find_device_file(name_or_path))
+
+
 def device_dirs() -> list[Path]:
     """Where device NAMEs are looked up, in order: ./devices, then ~/.config/edgenas/devices."""
     return [Path.cwd() / "devices", USER_DEVICE_DIR.expanduser()]

@@ -89,7 +89,3 @@ class Measurement:
         if unknown:
             known["extra"] = {**dict(known.get("extra") or {}), **unknown}
         return cls(**known)
-
-    def failed(self, code: str, message: str) -> Measurement:
-        """A copy carrying an error and no figures."""
-        return dataclasses.replace(self, error=code, error_message=message, timestamp=utc_now())
