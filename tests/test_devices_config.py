@@ -102,7 +102,7 @@ def test_name_resolves_in_project_then_user_config(tmp_path, monkeypatch):
     assert load_device("b").describe()["description"] == "user"
     assert load_device("b").name == "b"  # name defaults to the file name
     listing = {e["name"]: e for e in list_devices()}
-    assert set(listing) == {"a", "b", "broken"}
+    assert set(listing) == {"a", "b", "broken", "local", "local-tflite"}
     assert listing["a"]["runtime"] == "onnxruntime"
     assert "missing field runtime" in listing["broken"]["error"]
 
