@@ -15,6 +15,8 @@ import pytest
 from edgenas.devices import device_from_config
 from edgenas.devices.config import RetrySettings, read_device_file
 
+pytestmark = pytest.mark.testbed  # real sshd devices from tools/testbed.py
+
 
 def config_of(path, **changes):
     config = read_device_file(path)

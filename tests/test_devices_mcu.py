@@ -13,6 +13,8 @@ from edgenas.devices import device_from_config
 from edgenas.devices.config import read_device_file
 from edgenas.devices.mcu import fill_command
 
+pytestmark = pytest.mark.testbed  # real sshd devices from tools/testbed.py
+
 
 @pytest.fixture(scope="module")
 def board(make_testbed):

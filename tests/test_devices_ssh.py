@@ -18,6 +18,8 @@ import pytest
 from edgenas.devices import AuthError, HostKeyError, device_from_config, load_device, measure_fleet
 from edgenas.devices.config import RetrySettings, read_device_file
 
+pytestmark = pytest.mark.testbed  # real sshd devices from tools/testbed.py
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
