@@ -170,10 +170,23 @@ class Device(abc.ABC):
         self.transport = transport
         self._sleep = time.sleep
 
-    name = property(lambda self: self.config.name)
-    kind = property(lambda self: self.config.kind)
-    runtime = property(lambda self: self.config.runtime)
-    threads = property(lambda self: self.config.threads)
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def kind(self) -> str:
+        """One of "local", "ssh", "mcu"."""
+        return self.config.kind
+
+    @property
+    def runtime(self) -> str:
+        """One of "onnxruntime", "tflite"."""
+        return self.config.runtime
+
+    @property
+    def threads(self) -> int:
+        return self.config.threads
 
     @property
     def stats(self) -> dict[str, int]:
