@@ -1,0 +1,143 @@
+"""Tests of calibration and evaluation on real devices: the local agent (ONNX Runtime) and an SSH testbed device."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from latency_helpers import MICRO, local_device_file, space_file
+
+from edgenas.devices import load_device
+from edgenas.latency import calibrate, evaluate, load_latency_predictor
+from edgenas.latency.blocks import block_index
+from edgenas.latency.table import LatencyTable
+from edgenas.store import Store
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    """The micro space calibrated on the local device (shared: exports and measurements take a while)."""
+    root = tmp_path_factory.mktemp("calibrated")
+    device = load_device(local_device_file(root))
+    store = Store(root / "store.sqlite")
+    kw = dict(store=store, tables_dir=root / "tables", cache_dir=root / "models", progress=False)
+    with device:
+        pred = calibrate(device, MICRO, budget=8, **kw)
+    return root, device, store, kw, pred
+
+
+def test_calibration_writes_table_and_predictor(calibrated):
+    root, device, store, kw, pred = calibrated
+    table = LatencyTable.load(root / "tables" / "testlocal" / "onnxruntime-fp32.json", device="testlocal")
+    assert set(block_index(MICRO).keys) <= set(table.entries)
+    assert table.runtime_version and all(e["median_ms"] > 0 and e["runs"] == 5 for e in table.entries.values())
+    assert table.device_description["name"] == "testlocal"
+    manifest = json.loads((root / "tables" / "testlocal" / "predictor-onnxruntime-fp32.json.manifest.json").read_text())
+    assert manifest["kind"] == "latency_predictor" and manifest["inputs"]["table"]["sha256"]
+    assert pred.report.measured_now == len(block_index(MICRO)) + 8 and pred.report.device_seconds > 0
+    loaded = load_latency_predictor("testlocal", tables_dir=root / "tables", space=MICRO)
+    archs = MICRO.sample_many(np.random.default_rng(0), 100)
+    np.testing.assert_array_equal(loaded.predict(archs), pred.predict(archs))
+    assert (loaded.predict(archs) > 0).all()
+    # Every figure is in the store with what it is for.
+    rows = store.measurements(device="testlocal", runtime="onnxruntime", precision="fp32")
+    assert {r.model_kind for r in rows} == {"piece", "arch"}
+    assert all(r.agent_version and r.runtime_version for r in rows)
+
+
+def test_calibrating_again_measures_nothing(calibrated):
+    root, device, store, kw, pred = calibrated
+    with device:
+        again = calibrate(device, MICRO, budget=8, **kw)
+    assert again.report.measured_now == 0
+    np.testing.assert_allclose(again.weights, pred.weights)
+
+
+def test_evaluation_scores_every_predictor(calibrated):
+    root, device, store, kw, pred = calibrated
+    with device:
+        ev = evaluate(device, MICRO, holdout=6, transfer_from=[pred], transfer_samples=4, **kw)
+    names = [s.name for s in ev.scores]
+    assert names == ["table sum", "calibrated", "whole_model", "transfer", "macs"]
+    assert ev.holdout == 6
+    train = set(pred.training_set[0])
+    held = [json.loads(r.model_description) for r in store.measurements(model_kind="arch")]
+    assert len(held) == 8 + 6 and not train & {MICRO.parse_arch(h) for h in held[8:]}
+    for s in ev.scores:
+        assert 0.0 <= s.within_5 <= s.within_10 <= 1.0 and s.rmse_ms >= 0 and -1 <= s.spearman <= 1
+    assert ev.score("transfer").calibration_measurements == 4
+    assert "Spearman" in ev.format()
+
+
+def _cli(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "edgenas.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _ok_rows(db) -> int:
+    try:
+        with sqlite3.connect(db) as conn:
+            return conn.execute("SELECT COUNT(*) FROM measurements WHERE ok=1").fetchone()[0]
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return 0
+
+
+def test_killed_calibration_resumes_without_measuring_twice(tmp_path):
+    device = local_device_file(tmp_path)
+    db = tmp_path / "store.sqlite"
+    args = ("calibrate", "--device", str(device), "--space", str(space_file(tmp_path)), "--budget", "6",
+            "--store", str(db), "--tables", str(tmp_path / "tables"), "--json", "--quiet")
+    proc = _cli(*args)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if db.exists() and _ok_rows(db) >= 10:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"calibration ended before it could be killed: {proc.stderr.read()}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _ok_rows(db)
+    assert before >= 10
+
+    proc = _cli(*args)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    report = json.loads(out)
+    total = len(block_index(MICRO)) + 6
+    with sqlite3.connect(db) as conn:
+        keys = conn.execute("SELECT model_sha256, device, runtime, precision, COUNT(*) FROM measurements "
+                            "WHERE ok=1 GROUP BY 1, 2, 3, 4").fetchall()
+    assert len(keys) == total and all(row[-1] == 1 for row in keys)  # every measurement exactly once
+    assert report["measured_now"] == total - before  # the re-run measured only what was missing
+    assert report["reused"] >= before
+    assert (tmp_path / "tables" / "testlocal" / "predictor-onnxruntime-fp32.json").is_file()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--budget", "1"), "--budget 1 is too small"),
+    (("--runtime", "tflite"), "runs onnxruntime, not tflite"),
+    (("--precision", "int8"), "not supported"),
+])
+def test_bad_calibration_input_is_one_line(tmp_path, extra, message):
+    proc = _cli("calibrate", "--device", str(local_device_file(tmp_path)), "--space", "tiny", "--store",
+                str(tmp_path / "s.sqlite"), "--tables", str(tmp_path / "t"), *extra)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+@pytest.mark.testbed
+def test_calibrate_over_ssh_on_a_testbed_device(testbed_devices, tmp_path):
+    device = load_device(testbed_devices[1])  # onnxruntime at 50 % of a CPU
+    with device:
+        pred = calibrate(device, MICRO, budget=4, store=Store(tmp_path / "s.sqlite"), tables_dir=tmp_path,
+                         cache_dir=tmp_path / "models", progress=False)
+    assert pred.device == device.name and pred.report.measured_now == len(block_index(MICRO)) + 4
+    table = LatencyTable.load(tmp_path / device.name / "onnxruntime-fp32.json", device=device.name)
+    assert table.device_description["kind"] == "ssh"
