@@ -223,7 +223,7 @@ class SSHTransport(Transport):
     def _host_key_policy(self, paramiko: Any) -> Any:
         transport = self
         known_hosts = Path(self.settings.known_hosts)
-        device = self.config.path or self.config.name
+        device = shlex.quote(str(self.config.path or self.config.name))
 
         class Policy(paramiko.MissingHostKeyPolicy):
             def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
@@ -270,8 +270,8 @@ class SSHTransport(Transport):
                 f"host key of {self.known_hosts_name} CHANGED: the device sent {fingerprint(exc.key)} but "
                 f"{known_hosts} has {fingerprint(exc.expected_key)}; refusing to connect (this is what an "
                 f"attack looks like). If the device was reinstalled, remove the old key with "
-                f"ssh-keygen -R '{self.known_hosts_name}' -f {known_hosts}, then run: "
-                f"edgenas devices check {self.config.path or self.config.name} --trust-new-host-key"
+                f"ssh-keygen -R '{self.known_hosts_name}' -f {shlex.quote(str(known_hosts))}, then run: "
+                f"edgenas devices check {shlex.quote(str(self.config.path or self.config.name))} --trust-new-host-key"
             ) from None
         except HostKeyError:
             client.close()
