@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency-predictor", default=None, help="latency predictor file (default: the device's)")
     p.add_argument("--precision", choices=("int8", "fp32"), default="int8",
                    help="deployed precision for memory figures when the latency predictor does not say (default: int8)")
+    p.add_argument("--bn-batches", type=int, default=8, help="training batches for each candidate's BN recalibration "
+                   "(default: 8)")
     p.add_argument("--no-verify", action="store_true", help="skip exporting and measuring the top candidates")
     p.add_argument("--out", default=None, help="output folder (default: <CKPT folder>/search/<device>)")
     p.add_argument("--store", default=None, help="SQLite store (default: $EDGENAS_STORE, else latency_tables/store.sqlite)")
@@ -41,8 +43,8 @@ def run_search_command(args: argparse.Namespace) -> int:
     from edgenas.search.report import format_table, result_dict
     from edgenas.search.run import search_device
 
-    if args.top_k < 1 or args.population < 4 or (args.generations is not None and args.generations < 1):
-        raise UsageError("--top-k must be >= 1, --population >= 4 and --generations >= 1")
+    if args.top_k < 1 or args.population < 4 or args.bn_batches < 1 or (args.generations is not None and args.generations < 1):
+        raise UsageError("--top-k and --bn-batches must be >= 1, --population >= 4 and --generations >= 1")
     if not (args.max_latency_ms or args.max_sram_kb or args.max_flash_kb or args.max_macs or args.pareto):
         raise UsageError("give at least one limit (--max-latency-ms, --max-sram-kb, --max-flash-kb, --max-macs) "
                          "or --pareto")
@@ -63,7 +65,8 @@ def run_search_command(args: argparse.Namespace) -> int:
         done = search_device(args.supernet, name, constraints, pareto=args.pareto, top_k=args.top_k, seed=args.seed,
                              population=args.population, generations=args.generations,
                              accuracy_predictor=args.predictor, latency_predictor=args.latency_predictor, out_dir=out,
-                             store_path=args.store, verify_top=not args.no_verify, progress=not args.json)
+                             store_path=args.store, verify_top=not args.no_verify, bn_batches=args.bn_batches,
+                             progress=not args.json)
         outputs.append(done)
         if not args.json:
             print(format_table(done.result, done.verification))

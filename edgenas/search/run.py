@@ -44,8 +44,11 @@ def search_device(
     out_dir: str | os.PathLike | None = None,
     store_path: str | os.PathLike | None = None,
     verify_top: bool = True,
+    bn_batches: int = 8,
     progress: bool = True,
 ) -> DeviceSearch:
+    """Search `device_name`'s best arch under `constraints` (evolution; NSGA-II with `pareto`), verify the
+    top `top_k` on the device unless `verify_top` is False, and save the result JSON and the front plot."""
     from edgenas.accuracy.predictor import load_accuracy_predictor
     from edgenas.latency import load_latency_predictor
     from edgenas.search.evolution import Evolution, EvolutionConfig
@@ -74,7 +77,8 @@ def search_device(
     out = Path(out_dir) if out_dir else checkpoint.parent / "search" / device_name
     verification = None
     if verify_top:
-        verification = _verify(result, checkpoint, device_name, out / "models", precision, store_path, top_k, progress)
+        verification = _verify(result, checkpoint, device_name, out / "models", precision, store_path, top_k,
+                               bn_batches, progress)
     inputs: dict[str, Any] = {"supernet": str(checkpoint), "accuracy_predictor": acc.info.get("path") or str(
         accuracy_predictor or checkpoint.parent / "accuracy_predictor.npz")}
     if getattr(lat, "path", None):
@@ -85,19 +89,19 @@ def search_device(
 
 
 def _verify(result: SearchResult, checkpoint: Path, device_name: str, models_dir: Path, precision: str,
-            store_path: str | os.PathLike | None, top_k: int, progress: bool) -> Verification:
+            store_path: str | os.PathLike | None, top_k: int, bn_batches: int, progress: bool) -> Verification:
     from edgenas import load_device
     from edgenas.accuracy.fit import SupernetEvaluator, default_store_path
     from edgenas.search.verify import verify
     from edgenas.store import Store
 
-    ctx = SupernetEvaluator(str(checkpoint), "holdout", 8)
+    ctx = SupernetEvaluator(str(checkpoint), "holdout", bn_batches)
     device = load_device(device_name)
     with Store(store_path or default_store_path()) as store:
         try:
             return verify(result, supernet=ctx.supernet, dataset=ctx.dataset, device=device, out_dir=models_dir,
                           precision=precision, store=store, supernet_sha256=ctx.info["sha256"], top_k=top_k,
-                          progress=progress)
+                          bn_batches=bn_batches, progress=progress)
         finally:
             close = getattr(device, "close", None)
             if close:

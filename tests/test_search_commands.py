@@ -1,0 +1,112 @@
+"""End-to-end tests of `edgenas search` with the real parts: a supernet checkpoint, the accuracy predictor
+class, a latency predictor fitted to real measurements on the `local` device (ONNX Runtime), real ONNX
+export of the top candidates, measurement, BN-recalibrated evaluation and the SQLite store."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from edgenas.accuracy.predictor import AccuracyPredictor, FitConfig
+from edgenas.cli import main
+from edgenas.space import Arch, SearchSpace
+from edgenas.stats import stats_table
+from edgenas.store import Store
+
+DATASET = "shapes:samples=600"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    import torch
+
+    from edgenas import load_device
+    from edgenas.data import load_dataset
+    from edgenas.export.onnx import export_onnx
+    from edgenas.latency.predictors import MacsPredictor
+    from edgenas.supernet import Supernet
+    from edgenas.train.checkpoint import save_checkpoint
+
+    root = tmp_path_factory.mktemp("search")
+    space = SearchSpace.preset("tiny")
+    torch.manual_seed(0)
+    net = Supernet(space)
+    dataset = load_dataset(DATASET, seed=0)
+    ckpt = save_checkpoint(root / "supernet.pt", {
+        "space": space.to_dict(), "model": net.state_dict(), "dataset": DATASET,
+        "dataset_fingerprint": dataset.fingerprint, "seed": 0, "config": {}, "complete": True})
+    # accuracy predictor: the real class, fitted to a capacity-shaped target (its quality is not under test here)
+    archs = space.sample_many(np.random.default_rng(0), 80)
+    macs = stats_table(space).compute(archs)["macs"]
+    acc, _ = AccuracyPredictor.fit(space, archs, 0.4 + 0.05 * np.log(macs / 1e6), seed=0,
+                                   config=FitConfig(hidden=(32, 32), max_epochs=30, patience=10))
+    acc.save(root / "accuracy_predictor.npz")
+    # latency predictor: MACs-linear, fitted to 3 subnets measured on this machine
+    probe = [space.smallest(), space.sample(np.random.default_rng(1)), space.largest()]
+    paths = [export_onnx(net.extract(a).eval(), root / f"probe{i}.onnx").path for i, a in enumerate(probe)]
+    with load_device("local") as device:
+        ms = [m.median_ms for m in device.measure([str(p) for p in paths])]
+    lat = MacsPredictor(device="local", runtime="onnxruntime", precision="fp32", space=space).fit(probe, ms)
+    lat.save(root / "latency.json")
+    return {"root": root, "ckpt": ckpt, "lat": root / "latency.json", "space": space, "latency": lat}
+
+
+def test_search_verifies_top_candidates_on_the_device(setup, capsys):
+    root, space = setup["root"], setup["space"]
+    limit = float(np.median(setup["latency"].predict(space.sample_many(np.random.default_rng(2), 200))))
+    rc = main(["search", "--supernet", str(setup["ckpt"]), "--device", "local", "--latency-predictor", str(setup["lat"]),
+               "--max-latency-ms", f"{limit:.4f}", "--max-sram-kb", "200", "--top-k", "2", "--bn-batches", "1",
+               "--population", "20", "--generations", "15", "--store", str(root / "store.sqlite"),
+               "--out", str(root / "out"), "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    saved = json.loads((root / "out" / "search-result.json").read_text())
+    assert saved["arch"] == out["arch"]
+    assert space.parse_arch(str(root / "out" / "search-result.json")).to_dict() == saved["arch"]  # export reads it
+    manifest = json.loads((root / "out" / "search-result.json.manifest.json").read_text())
+    assert manifest["kind"] == "search_result" and manifest["seed"] == 0
+    assert (root / "out" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    checked = saved["verification"]["candidates"]
+    assert len(checked) == 2
+    for c in checked:  # predicted and measured side by side
+        assert 0 <= c["measured"]["accuracy"] <= 1 and c["measured"]["latency_ms"] > 0
+        assert c["predicted"]["latency_ms"] <= limit and c["predicted"]["sram_bytes"] <= 200 * 1024
+        assert (root / "out" / "models").is_dir()
+    if saved["verified"]:
+        winner = saved["verification"]["winner"]
+        assert winner["measured"]["latency_ms"] <= limit and winner["arch"] == saved["arch"]
+    # the measurements joined the device's calibration data, the accuracies the evaluations
+    with Store(root / "store.sqlite") as store:
+        rows = store.measurements(device="local", runtime="onnxruntime", precision="fp32", model_kind="arch")
+        assert {r.model_description for r in rows} >= {Arch.from_dict(c["arch"]).to_json() for c in checked}
+        assert len(store.evaluations(manifest["inputs"]["supernet"]["sha256"], "holdout", "top1")) == 2
+
+
+def test_impossible_latency_exits_2_naming_the_smallest(setup, capsys):
+    smallest = float(setup["latency"].predict([setup["space"].smallest()])[0])
+    t0 = time.perf_counter()
+    rc = main(["search", "--supernet", str(setup["ckpt"]), "--device", "local", "--latency-predictor", str(setup["lat"]),
+               "--max-latency-ms", f"{smallest / 10:.6f}"])
+    seconds = time.perf_counter() - t0
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "the smallest achievable latency is" in err and f"{smallest:.4g} ms" in err
+    assert err.count("\n") == 1  # one line, no traceback
+    assert seconds < 30  # a generous bound for a loaded CI machine; the benchmark prints the real figure
+
+
+def test_pareto_and_bad_arguments(setup, capsys):
+    root = setup["root"]
+    rc = main(["search", "--supernet", str(setup["ckpt"]), "--device", "local", "--latency-predictor", str(setup["lat"]),
+               "--pareto", "--population", "20", "--generations", "5", "--no-verify", "--out", str(root / "pareto")])
+    assert rc == 0
+    saved = json.loads((root / "pareto" / "search-result.json").read_text())
+    lat = [c["predicted"]["latency_ms"] for c in saved["front"]]
+    acc = [c["predicted"]["accuracy"] for c in saved["front"]]
+    assert len(lat) >= 3 and lat == sorted(lat) and acc == sorted(acc)
+    capsys.readouterr()
+    assert main(["search", "--supernet", str(setup["ckpt"]), "--device", "local"]) == 2
+    assert "give at least one limit" in capsys.readouterr().err
+    assert main(["search", "--supernet", str(root / "nope.pt"), "--device", "local", "--max-macs", "5"]) == 2
+    assert "does not exist" in capsys.readouterr().err
