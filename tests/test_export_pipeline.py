@@ -33,23 +33,39 @@ def digits():
 
 @functools.lru_cache(maxsize=1)
 def trained_subnet():
-    """(space, arch, static model) for a small tiny-space subnet trained briefly on digits."""
+    """(space, arch, static model) for a small tiny-space subnet made into a real digits classifier.
+
+    The convolutions keep their random weights (BatchNorm statistics estimated on digits); only the
+    classifier is fitted, on features computed once, which is seconds where backpropagating through
+    depthwise convolutions on a shared CPU takes minutes."""
+    from edgenas.train.bn import recalibrate_bn
+
     space = SearchSpace.preset("tiny", in_channels=1)  # digits are grey
     torch.manual_seed(0)
     supernet = Supernet(space).eval()
     arch = space.arch(24, (1, 1, 1, 1), (3, 5, 3, 7), (3, 4, 6, 3))
     model = supernet.extract(arch)
     data = digits()
-    loader = data.loader("train", batch_size=64, resolution=arch.resolution, shuffle=True, augment=False, seed=0)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for epoch in range(4):
-        for x, y in loader.iterate(epoch):
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return space, arch, model.eval()
+    loader = data.loader("train", batch_size=128, resolution=arch.resolution, shuffle=True, seed=0)
+    recalibrate_bn(model, loader)
+    model.eval()
+    with torch.no_grad():
+        batches = list(data.loader("train", batch_size=256, resolution=arch.resolution))
+        features = torch.cat([model.features(x) for x, _ in batches])
+        labels = torch.cat([y for _, y in batches])
+        features = features / features.std()
+    head = torch.nn.Linear(features.shape[1], space.num_classes)
+    opt = torch.optim.Adam(head.parameters(), lr=0.05)
+    for _ in range(300):
+        loss = F.cross_entropy(head(features), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        scale = 1.0 / float(torch.cat([model.features(x) for x, _ in batches]).std())
+        model.classifier.weight.copy_(head.weight * scale)
+        model.classifier.bias.copy_(head.bias)
+    return space, arch, model
 
 
 @functools.lru_cache(maxsize=1)
@@ -123,6 +139,6 @@ def test_dataset_arrays_resizes_without_augmentation():
     from edgenas.export.pipeline import dataset_arrays
 
     x, y = dataset_arrays(digits(), "val", 28, limit=10)
-    assert x.shape == (10, 3, 28, 28) and x.dtype == np.float32 and y.shape == (10,)
+    assert x.shape == (10, 1, 28, 28) and x.dtype == np.float32 and y.shape == (10,)
     x2, _ = dataset_arrays(digits(), "val", 28, limit=10)
     np.testing.assert_array_equal(x, x2)

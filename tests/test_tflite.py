@@ -53,7 +53,7 @@ def test_int8_is_full_integer_with_float_interface(bundle):
     path = result.files["tflite-int8"]
     info = describe_tflite(path)
     assert info["input_dtype"] == "float32" and info["output_dtype"] == "float32"
-    interpreter = tflite_interpreter(path)
+    interpreter = tflite_interpreter(path, delegates=False)
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     ops = interpreter._get_ops_details()
     assert ops[0]["op_name"] == "QUANTIZE" and ops[-1]["op_name"] == "DEQUANTIZE"

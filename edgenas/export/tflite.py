@@ -275,20 +275,25 @@ def with_float_io(data: bytes) -> bytes:
     return bytes(builder.Output())
 
 
-def tflite_interpreter(path: str | os.PathLike, threads: int = 1):
-    """An allocated TFLite interpreter (ai_edge_litert) for `path`."""
+def tflite_interpreter(path: str | os.PathLike, threads: int = 1, *, delegates: bool = True):
+    """An allocated TFLite interpreter (ai_edge_litert) for `path`.
+
+    With `delegates` (the default, what a device runs) fp32 ops go to XNNPACK; without, every op runs in
+    TFLite's builtin kernels and `_get_ops_details()` lists the model's own ops."""
     interp_mod = require("ai_edge_litert.interpreter", extra="tflite", purpose="running TFLite files")
+    resolver = interp_mod.OpResolverType.AUTO if delegates else interp_mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     with captured_output():
-        interpreter = interp_mod.Interpreter(model_path=str(path), num_threads=threads)
+        interpreter = interp_mod.Interpreter(model_path=str(path), num_threads=threads,
+                                             experimental_op_resolver_type=resolver)
         interpreter.allocate_tensors()
     return interpreter
 
 
 def describe_tflite(path: str | os.PathLike) -> dict[str, Any]:
     """Input/output shapes and dtypes, quantization parameters and the sorted set of builtin ops of a TFLite file."""
-    interpreter = tflite_interpreter(path)
+    interpreter = tflite_interpreter(path, delegates=False)
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    ops = sorted({op["op_name"] for op in interpreter._get_ops_details()} - {"DELEGATE"})
+    ops = sorted({op["op_name"] for op in interpreter._get_ops_details()})
     return {
         "input_shape": [int(v) for v in inp["shape"]], "input_dtype": np.dtype(inp["dtype"]).name,
         "input_quantization": [float(v) for v in inp["quantization"]],
