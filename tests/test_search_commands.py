@@ -7,35 +7,26 @@ import time
 
 import numpy as np
 import pytest
+from test_accuracy_commands import make_checkpoint
 
 from edgenas.accuracy.predictor import AccuracyPredictor, FitConfig
 from edgenas.cli import main
-from edgenas.space import Arch, SearchSpace
+from edgenas.space import Arch
 from edgenas.stats import stats_table
 from edgenas.store import Store
-
-DATASET = "shapes:samples=600"
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    import torch
-
     from edgenas import load_device
-    from edgenas.data import load_dataset
     from edgenas.export.onnx import export_onnx
     from edgenas.latency.predictors import MacsPredictor
-    from edgenas.supernet import Supernet
-    from edgenas.train.checkpoint import save_checkpoint
+    from edgenas.train.checkpoint import load_supernet
 
     root = tmp_path_factory.mktemp("search")
-    space = SearchSpace.preset("tiny")
-    torch.manual_seed(0)
-    net = Supernet(space)
-    dataset = load_dataset(DATASET, seed=0)
-    ckpt = save_checkpoint(root / "supernet.pt", {
-        "space": space.to_dict(), "model": net.state_dict(), "dataset": DATASET,
-        "dataset_fingerprint": dataset.fingerprint, "seed": 0, "config": {}, "complete": True})
+    ckpt = make_checkpoint(root)
+    net = load_supernet(ckpt)
+    space = net.space
     # accuracy predictor: the real class, fitted to a capacity-shaped target (its quality is not under test here)
     archs = space.sample_many(np.random.default_rng(0), 80)
     macs = stats_table(space).compute(archs)["macs"]
@@ -52,6 +43,7 @@ def setup(tmp_path_factory):
     return {"root": root, "ckpt": ckpt, "lat": root / "latency.json", "space": space, "latency": lat}
 
 
+@pytest.mark.slow
 def test_search_verifies_top_candidates_on_the_device(setup, capsys):
     root, space = setup["root"], setup["space"]
     limit = float(np.median(setup["latency"].predict(space.sample_many(np.random.default_rng(2), 200))))
