@@ -16,6 +16,7 @@ else a MACs-linear predictor fitted to 8 subnets measured now on the local devic
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 import time
@@ -111,6 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"evolution's real top-1 >= random search's at {sum(outcome)}/3 budgets -> "
           f"{'MET' if all(outcome) else 'NOT MET'}")
+    print()
+    print("3. an impossible constraint through the CLI (a fresh process: imports included)")
+    lat_file = args.work / "latency-predictor.json"
+    lat.save(lat_file)
+    smallest = float(lat.predict([space.smallest()])[0])
+    cmd = [sys.executable, "-m", "edgenas.cli", "search", "--supernet", str(ckpt), "--device", "local",
+           "--latency-predictor", str(lat_file), "--max-latency-ms", f"{smallest / 4:.4f}"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    print(f"exit status {proc.returncode} after {time.perf_counter() - t0:.2f} s; stderr: {proc.stderr.strip()}")
     return 0
 
 
