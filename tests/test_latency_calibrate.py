@@ -21,12 +21,18 @@ from edgenas.store import Store
 
 
 @pytest.fixture(scope="module")
-def calibrated(tmp_path_factory):
+def models(tmp_path_factory):
+    """One exported-model cache for the module: exporting is the slow part, and files do not depend on devices."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory, models):
     """The micro space calibrated on the local device (shared: exports and measurements take a while)."""
     root = tmp_path_factory.mktemp("calibrated")
     device = load_device(local_device_file(root))
     store = Store(root / "store.sqlite")
-    kw = dict(store=store, tables_dir=root / "tables", cache_dir=root / "models", progress=False)
+    kw = dict(store=store, tables_dir=root / "tables", cache_dir=models, progress=False)
     with device:
         pred = calibrate(device, MICRO, budget=8, **kw)
     return root, device, store, kw, pred
@@ -88,11 +94,11 @@ def _ok_rows(db) -> int:
         return 0
 
 
-def test_killed_calibration_resumes_without_measuring_twice(tmp_path):
+def test_killed_calibration_resumes_without_measuring_twice(tmp_path, models):
     device = local_device_file(tmp_path)
     db = tmp_path / "store.sqlite"
     args = ("calibrate", "--device", str(device), "--space", str(space_file(tmp_path)), "--budget", "6",
-            "--store", str(db), "--tables", str(tmp_path / "tables"), "--json", "--quiet")
+            "--store", str(db), "--tables", str(tmp_path / "tables"), "--models", str(models), "--json", "--quiet")
     proc = _cli(*args)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
@@ -133,11 +139,11 @@ def test_bad_calibration_input_is_one_line(tmp_path, extra, message):
 
 
 @pytest.mark.testbed
-def test_calibrate_over_ssh_on_a_testbed_device(testbed_devices, tmp_path):
+def test_calibrate_over_ssh_on_a_testbed_device(testbed_devices, tmp_path, models):
     device = load_device(testbed_devices[1])  # onnxruntime at 50 % of a CPU
     with device:
         pred = calibrate(device, MICRO, budget=4, store=Store(tmp_path / "s.sqlite"), tables_dir=tmp_path,
-                         cache_dir=tmp_path / "models", progress=False)
+                         cache_dir=models, progress=False)
     assert pred.device == device.name and pred.report.measured_now == len(block_index(MICRO)) + 4
     table = LatencyTable.load(tmp_path / device.name / "onnxruntime-fp32.json", device=device.name)
     assert table.device_description["kind"] == "ssh"

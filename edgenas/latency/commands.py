@@ -21,6 +21,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", metavar="PATH", help="measurement store (default: $EDGENAS_STORE, else "
                    "latency_tables/store.sqlite)")
     p.add_argument("--tables", metavar="DIR", help="tables folder (default: $EDGENAS_LATENCY_TABLES, else latency_tables)")
+    p.add_argument("--models", metavar="DIR", help="exported-model cache, shared between devices (default: "
+                   "<tables>/.models)")
     p.add_argument("--seed", type=int, default=0, help="seed of subnet sampling (default: %(default)s)")
     p.add_argument("--transfer-from", metavar="NAMES", default="",
                    help="comma-separated calibrated devices to transfer from")
@@ -84,11 +86,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
             preds = [load_latency_predictor(s, space=space, tables_dir=args.tables) for s in sources]
             predictor = calibrate_transfer(device, space, sources=preds, samples=args.budget, runtime=args.runtime,
                                            precision=args.precision, store=store, seed=args.seed,
-                                           tables_dir=args.tables, progress=not args.quiet)
+                                           tables_dir=args.tables, cache_dir=args.models, progress=not args.quiet)
         else:
             predictor = calibrate(device, space, budget=args.budget, runtime=args.runtime, precision=args.precision,
                                   store=store, use_table=not args.no_table, seed=args.seed, tables_dir=args.tables,
-                                  progress=not args.quiet)
+                                  cache_dir=args.models, progress=not args.quiet)
     report = predictor.report.to_dict()  # type: ignore[attr-defined]
     result = {"device": predictor.device, "runtime": predictor.runtime, "precision": predictor.precision,
               "space": space.name, "type": predictor.kind,
@@ -111,6 +113,6 @@ def run_eval(args: argparse.Namespace) -> int:
     with device, store:
         result = evaluate(device, space, holdout=args.holdout, runtime=args.runtime, precision=args.precision,
                           store=store, transfer_from=sources, transfer_samples=args.transfer_samples,
-                          seed=args.seed, tables_dir=args.tables, progress=not args.quiet)
+                          seed=args.seed, tables_dir=args.tables, cache_dir=args.models, progress=not args.quiet)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.format())
     return 0
