@@ -125,7 +125,8 @@ def test_agent_crash_is_a_runtime_error_for_that_model_only(victim, onnx_models)
     killed = []
 
     def crash_while_heavy_runs(m):
-        if not killed:  # the agent is on the heavy model now (400 runs, seconds)
+        if not killed:
+            time.sleep(1.0)  # let the agent print "start" for the heavy model (400 runs take seconds)
             for pid in agent_pids(victim, name):
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
@@ -133,7 +134,7 @@ def test_agent_crash_is_a_runtime_error_for_that_model_only(victim, onnx_models)
     with device_from_config(config) as device:
         results = device.measure(paths, on_result=crash_while_heavy_runs)
     assert killed
-    assert [m.error for m in results] == [None, "runtime_error", None]
+    assert [m.error for m in results] == [None, "runtime_error", None], [m.error_message for m in results]
     assert "died while running the model" in results[1].error_message
 
 

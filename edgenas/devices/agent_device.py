@@ -81,11 +81,11 @@ class AgentDevice(Device):
                 proc.kill()
 
     def _read_agent(self, proc: Process, models: list[ModelFile], indices: list[int]) -> Iterator[tuple[int, Measurement]]:
-        limit = self.config.timeouts.model
         hello: dict[str, Any] | None = None
         current: int | None = None
         finished: set[int] = set()
         while True:
+            limit = self.config.timeouts.model if hello else self.config.timeouts.start
             line = proc.readline(limit)
             if line is None:
                 proc.kill(hello.get("pid") if hello else None)

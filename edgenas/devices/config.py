@@ -48,6 +48,7 @@ class SSHSettings:
 @dataclass(frozen=True)
 class Timeouts:
     connect: float = 10.0  # TCP connect, SSH handshake and authentication
+    start: float = 60.0  # the agent's start on the device: Python, numpy and the runtime importing
     model: float = 120.0  # one model's load, warm-up and timed runs (without any output)
     tcp_user: float = 10.0  # unacknowledged data older than this fails the link (Linux TCP_USER_TIMEOUT)
     keepalive: float = 5.0  # SSH keep-alive interval, so an idle dead link is noticed
@@ -247,6 +248,7 @@ def _read_timeouts(t: _Table | None) -> Timeouts:
     d = Timeouts()
     out = Timeouts(
         connect=t.number("connect", d.connect),
+        start=t.number("start", d.start),
         model=t.number("model", d.model),
         tcp_user=t.number("tcp_user", d.tcp_user),
         keepalive=t.number("keepalive", d.keepalive),
