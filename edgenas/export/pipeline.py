@@ -262,6 +262,8 @@ def measure_on_device(device: Any, files: Mapping[str, Path], *, log: Callable[[
     """Median latency of each exported file the device's runtime runs (ONNX Runtime: .onnx, TFLite: .tflite)."""
     suffix = ".onnx" if device.runtime == "onnxruntime" else ".tflite"
     paths = [p for p in files.values() if p.suffix == suffix]
+    if getattr(device, "kind", None) == "mcu":  # a microcontroller board runs the int8 model only
+        paths = [p for fmt, p in files.items() if fmt == "tflite-int8"]
     if not paths:
         log(f"measure: device {device.name} runs {device.runtime}, and no exported file is for it")
         return []

@@ -249,24 +249,19 @@ def with_float_io(data: bytes) -> bytes:
         return len(graph.tensors) - 1
 
     renamed: dict[int, int] = {}
-    front, back = [], []
-    for pos, index in enumerate(graph.inputs):
-        if graph.tensors[index].type != _TFLITE_INT8:
-            continue
-        twin = float_twin(index)
-        op = schema.OperatorT()
-        op.opcodeIndex, op.inputs, op.outputs = opcode(schema.BuiltinOperator.QUANTIZE), [twin], [index]
-        front.append(op)
-        graph.inputs[pos] = renamed[index] = twin
-    for pos, index in enumerate(graph.outputs):
-        if graph.tensors[index].type != _TFLITE_INT8:
-            continue
-        twin = float_twin(index)
-        op = schema.OperatorT()
-        op.opcodeIndex, op.inputs, op.outputs = opcode(schema.BuiltinOperator.DEQUANTIZE), [index], [twin]
-        back.append(op)
-        graph.outputs[pos] = renamed[index] = twin
-    graph.operators = front + list(graph.operators) + back
+    added: dict[bool, list] = {True: [], False: []}  # is_input -> new ops
+    for is_input, ends, builtin in ((True, graph.inputs, schema.BuiltinOperator.QUANTIZE),
+                                    (False, graph.outputs, schema.BuiltinOperator.DEQUANTIZE)):
+        for pos, index in enumerate(ends):
+            if graph.tensors[index].type != _TFLITE_INT8:
+                continue
+            twin = float_twin(index)
+            op = schema.OperatorT()
+            op.opcodeIndex = opcode(builtin)
+            op.inputs, op.outputs = ([twin], [index]) if is_input else ([index], [twin])
+            added[is_input].append(op)
+            ends[pos] = renamed[index] = twin
+    graph.operators = added[True] + list(graph.operators) + added[False]
     for signature in model.signatureDefs or []:
         for entry in list(signature.inputs or []) + list(signature.outputs or []):
             entry.tensorIndex = renamed.get(entry.tensorIndex, entry.tensorIndex)
