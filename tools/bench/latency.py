@@ -18,6 +18,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -74,6 +75,7 @@ def main() -> int:
     t_start = time.time()
     if (out / "testbed" / tb.STATE_FILE).exists():  # left by a run that was killed: start afresh
         tb.Testbed.load(out / "testbed").down()
+    shutil.rmtree(out / "testbed", ignore_errors=True)  # device names stay tb1, tb2, ...: the store still applies
     with tb.Testbed.up(out / "testbed", specs, die_with_parent=True) as bed:
         files = bed.device_files()
         calibrated = []
