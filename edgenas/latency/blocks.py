@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from edgenas.space import Arch, SearchSpace, conv_out
-from edgenas.stats import _GraphBuilder, block_plan, mid_channels, se_channels, stats_table
+from edgenas.stats import StatsTable, _GraphBuilder, block_plan, mid_channels, se_channels, stats_table
 
 
 @dataclass(frozen=True)
@@ -82,17 +82,6 @@ def _costs(g: _GraphBuilder, piece: Piece) -> np.ndarray:
     return np.array([dense / 1e6, depthwise / 1e6, elementwise / 1e6, weights / 1e6, len(g.ops)], dtype=np.float64)
 
 
-def _block_input_sizes(space: SearchSpace, res: int) -> list[int]:
-    hw = conv_out(res, 3, space.stem_stride)
-    out = []
-    for spec in space.stages:
-        for j in range(spec.max_depth):
-            out.append(hw)
-            if j == 0:
-                hw = conv_out(hw, 3, spec.stride)
-    return out
-
-
 def _head_input_size(space: SearchSpace, res: int) -> int:
     hw = conv_out(res, 3, space.stem_stride)
     for spec in space.stages:
@@ -121,7 +110,7 @@ class BlockIndex:
         for ri, res in enumerate(space.resolutions):
             self.stem_of[ri] = self._add(Piece("stem", space.in_channels, first, res, 3, space.stem_stride, mid=stem,
                                                residual=stem == first))
-            sizes = _block_input_sizes(space, res)
+            sizes = StatsTable._block_inputs(space, res)
             for slot, (s, _j, cin, cout, stride) in enumerate(plan):
                 spec = space.stages[s]
                 for ki, k in enumerate(space.kernels):

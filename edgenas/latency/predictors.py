@@ -20,7 +20,6 @@ towards a prior chosen by cross-validation:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 from edgenas.artifacts import atomic_write_json, write_manifest
 from edgenas.errors import UsageError
 from edgenas.latency.blocks import ANALYTIC_FEATURES, block_index
+from edgenas.latency.table import check_identity, read_json
 from edgenas.space import Arch, SearchSpace
 
 PREDICTOR_SCHEMA = "edgenas.latency_predictor/1"
@@ -358,18 +358,9 @@ def load_predictor_file(path: str | os.PathLike, *, device: str | None = None, r
                         precision: str | None = None, space: SearchSpace | None = None) -> BasePredictor:
     """Read a predictor file; refuse one made for another device, runtime, precision, space or schema."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"no latency predictor at {path}: run `edgenas calibrate --device NAME` first") from None
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"latency predictor {path} is not valid JSON ({exc.msg}): delete it and re-calibrate") from None
-    pred = predictor_from_dict(data, source=f"latency predictor {path}")
-    for what, want, got in (("device", device, pred.device), ("runtime", runtime, pred.runtime),
-                            ("precision", precision, pred.precision)):
-        if want is not None and want != got:
-            raise UsageError(f"latency predictor {path} is for {what} {got!r}, not {want!r}: calibrate {what} "
-                             f"{want!r} with `edgenas calibrate`")
+    pred = predictor_from_dict(read_json(path, "latency predictor"), source=f"latency predictor {path}")
+    check_identity(path, "latency predictor", (("device", device, pred.device), ("runtime", runtime, pred.runtime),
+                                               ("precision", precision, pred.precision)))
     if space is not None and space.to_dict() != pred.space.to_dict():
         raise UsageError(f"latency predictor {path} was calibrated for search space '{pred.space.name}' "
                          f"({pred.space.num_classes} classes), not this '{space.name}' space "

@@ -37,6 +37,24 @@ def predictor_path(device: str, runtime: str, precision: str, root: str | os.Pat
     return Path(root or tables_root()) / device / f"predictor-{runtime}-{precision}.json"
 
 
+def read_json(path: Path, what: str) -> Any:
+    """A calibration file's JSON, or UsageError saying how to (re)make it."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"no {what} at {path}: run `edgenas calibrate --device NAME` first") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{what} {path} is not valid JSON ({exc.msg}): delete it and re-calibrate") from None
+
+
+def check_identity(path: Path, what: str, pairs: tuple[tuple[str, str | None, str], ...]) -> None:
+    """Refuse a file made for another device, runtime or precision: `pairs` is (field, wanted, found)."""
+    for field_name, want, got in pairs:
+        if want is not None and want != got:
+            raise UsageError(f"{what} {path} is for {field_name} {got!r}, not {want!r}: use the one made for "
+                             f"{field_name} {want!r}, or make it with `edgenas calibrate`")
+
+
 @dataclass
 class LatencyTable:
     """Measured latency (ms) per piece key for one device, runtime and precision."""
@@ -103,16 +121,7 @@ class LatencyTable:
              precision: str | None = None) -> LatencyTable:
         """Read a table; refuse one made for another device, runtime, precision or schema."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UsageError(f"no latency table at {path}: run `edgenas calibrate --device NAME` first") from None
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"latency table {path} is not valid JSON ({exc.msg}): delete it and re-calibrate") from None
-        table = cls.from_dict(data, source=f"latency table {path}")
-        for what, want, got in (("device", device, table.device), ("runtime", runtime, table.runtime),
-                                ("precision", precision, table.precision)):
-            if want is not None and want != got:
-                raise UsageError(f"latency table {path} is for {what} {got!r}, not {want!r}: use the table of "
-                                 f"{what} {want!r} or calibrate it with `edgenas calibrate`")
+        table = cls.from_dict(read_json(path, "latency table"), source=f"latency table {path}")
+        check_identity(path, "latency table", (("device", device, table.device), ("runtime", runtime, table.runtime),
+                                                ("precision", precision, table.precision)))
         return table
