@@ -66,7 +66,12 @@ def test_slower_device_measures_slower_by_its_quota_ratio_and_a_second_run_uploa
     # quota 25 % vs 50 %: the heavy model (about 8 ms of CPU) takes twice as long; other load on
     # this machine slows both alike as long as each still gets its quota
     ratios = [run[slow][3].median_ms / run[fast][3].median_ms for run in (first, second)]
-    assert 1.5 < sorted(ratios)[-1] and sorted(ratios)[0] < 2.8, ratios
+    if not (1.5 < max(ratios) and min(ratios) < 2.8):
+        load = max(m.machine["loadavg"][0] for run in (first, second) for ms in run.values() for m in ms)
+        if load > 2 * os.cpu_count():  # every process got under half a CPU: the 50 % quota did not bind
+            pytest.skip(f"load average {load} on {os.cpu_count()} CPUs while measuring: CPU quotas could not "
+                        f"show (ratios {ratios})")
+    assert 1.5 < max(ratios) and min(ratios) < 2.8, ratios
 
 
 @pytest.fixture
