@@ -188,12 +188,12 @@ def progressive_shrinking(*, full: float, kernel: float, depth: tuple[float, flo
 
 
 def _tiny() -> TrainConfig:
-    # A few minutes on 2 CPU cores on `digits`: 32-image batches, 8.5 epochs in all, two subnets per step in the
-    # depth and expand phases, one of them the smallest (so the smallest subnet is good after so short a run).
+    # A few minutes on 2 CPU cores on `digits`: 32-image batches, 8.5 epochs in all, two (depth) or three (expand)
+    # subnets per step, one of them the smallest (so the smallest subnet is good after so short a run).
     return TrainConfig(
         preset="tiny", dataset="digits", space="tiny", batch_size=32, lr_batch_size=32, bn_batches=4,
-        phases=progressive_shrinking(full=3, kernel=1, depth=(0.5, 1), expand=(0.5, 2),
-                                     lr=(0.1, 0.03, 0.02, 0.03), k=(1, 2, 2), smallest_first=True),
+        phases=progressive_shrinking(full=3, kernel=1, depth=(0.5, 1.5), expand=(0.5, 2),
+                                     lr=(0.1, 0.03, 0.02, 0.03), k=(1, 2, 3), smallest_first=True),
         checkpoint_every=50, log_every=10,
     )
 

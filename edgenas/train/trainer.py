@@ -211,6 +211,16 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, *, resume: boo
     BN-recalibrated validation top-1 of the largest, smallest and `config.final_samples` random subnets.
     `threads` sets torch's CPU threads (default: `auto_threads()`).
     """
+    previous_threads = torch.get_num_threads()
+    try:
+        return _train(config, out_dir, resume=resume, device=device, threads=threads, progress=progress,
+                      tensorboard=tensorboard, dataset=dataset)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, device: str, threads: int | None,
+           progress: bool, tensorboard: bool, dataset: Dataset | None) -> TrainResult:
     procs = setup_processes(device, threads)
     out = Path(out_dir) if out_dir is not None else default_out_dir(config.dataset, config.preset)
     last_path, final_path = out / "last.pt", out / "supernet.pt"
