@@ -40,6 +40,9 @@ from edgenas.space import Arch, SearchSpace
 from edgenas.store import Store
 
 POOL_SIZE = 2000
+# What a model's latency is: the median of its timed runs (what a user sees on an idle device), or the
+# minimum, which is steadier on a device that other work shares (each timed run can only be slowed).
+STATISTICS = ("median", "min")
 MEASURE_CHUNK = 16
 
 
@@ -74,9 +77,12 @@ class Calibrator:
     """Exports, measures through the store, and remembers what each figure cost; one per device setup."""
 
     def __init__(self, device: Any, space: SearchSpace, *, runtime: str, precision: str, store: Store,
-                 cache_dir: str | Path, progress: bool = True) -> None:
+                 cache_dir: str | Path, progress: bool = True, statistic: str = "median") -> None:
         from edgenas.latency.models import ModelCache, export_format
 
+        if statistic not in STATISTICS:
+            raise UsageError(f"unknown latency statistic {statistic!r}: choose from {', '.join(STATISTICS)}")
+        self.statistic = statistic
         self.device = device
         self.space = space
         self.runtime = runtime
@@ -199,7 +205,25 @@ class Calibrator:
         got = self.measure(jobs, desc)
         keep = [(a, got[j.sha256]) for a, j in zip(archs, jobs) if j.sha256 in got]
         seconds = sum(float(m.measurement.get("device_seconds") or 0.0) for _, m in keep)
-        return [a for a, _ in keep], np.array([m.median_ms for _, m in keep], dtype=np.float64), seconds
+        return [a for a, _ in keep], np.array([self.value(m) for _, m in keep], dtype=np.float64), seconds
+
+    def value(self, m: Any) -> float:
+        """The latency figure of a stored measurement under this calibration's statistic."""
+        return float(m.median_ms if self.statistic == "median" else m.measurement["min_ms"])
+
+    def piece_values(self, table: LatencyTable) -> dict[str, float]:
+        """Piece latencies under the statistic (the table holds medians; other figures come from the store)."""
+        if self.statistic == "median":
+            return {k: v["median_ms"] for k, v in table.entries.items()}
+        out = {}
+        for key in block_index(self.space).keys:
+            m = self.store.measurement_for(table.entries[key]["model_sha256"], self.device.name, self.runtime,
+                                           self.precision)
+            if m is None:
+                raise UsageError(f"the store lacks the measurement behind table entry {key}: use the store that "
+                                 "built the table (--store), or calibrate with --statistic median")
+            out[key] = self.value(m)
+        return out
 
 
 def _resolve_setup(device: Any, runtime: str | None, precision: str | None) -> tuple[str, str]:
@@ -235,12 +259,14 @@ def calibrate(
     tables_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
     rounds: int = 5,
+    statistic: str = "median",
     save: bool = True,
     progress: bool = True,
 ) -> BasePredictor:
     """Calibrate `device` for `space`; returns the fitted predictor (with `.report`, a CalibrationReport).
 
     `use_table=False` fits a whole-model-only predictor (no table: fewer models, less accuracy).
+    `statistic` is "median" (of each model's timed runs) or "min" (steadier on a shared device).
     The predictor is saved to `latency_tables/<device>/predictor-<runtime>-<precision>.json` when `save`.
     """
     runtime, precision = _resolve_setup(device, runtime, precision)
@@ -249,7 +275,7 @@ def calibrate(
     tables_dir = Path(tables_dir) if tables_dir is not None else None
     tpath = table_path(device.name, runtime, precision, tables_dir)
     cal = Calibrator(device, space, runtime=runtime, precision=precision, store=store,
-                     cache_dir=cache_dir or tpath.parent.parent / ".models", progress=progress)
+                     cache_dir=cache_dir or tpath.parent.parent / ".models", progress=progress, statistic=statistic)
     ident = dict(device=device.name, runtime=runtime, precision=precision, space=space)
     rng = np.random.default_rng(seed)
     pool = space.sample_many(rng, POOL_SIZE)
@@ -259,7 +285,7 @@ def calibrate(
     if use_table:
         table = cal.build_table(tpath)
         cal.report.table_path = str(tpath)
-        predictor = CalibratedPredictor(table={k: v["median_ms"] for k, v in table.entries.items()}, **ident)
+        predictor = CalibratedPredictor(table=cal.piece_values(table), **ident)
         guide = TablePredictor(table=predictor.table, **ident).predict(pool)
     else:
         predictor = WholeModelPredictor(**ident)
@@ -294,6 +320,7 @@ def calibrate(
     cal.report.device_seconds = seconds + cal.report.table_device_seconds
     predictor.fit_info["device_seconds"] = cal.report.device_seconds
     predictor.fit_info["table_device_seconds"] = cal.report.table_device_seconds
+    predictor.fit_info["statistic"] = statistic
     if save:
         ppath = predictor_path(device.name, runtime, precision, tables_dir)
         predictor.save(ppath, inputs={"table": str(tpath)} if use_table else None,
@@ -316,6 +343,7 @@ def calibrate_transfer(
     seed: int = 0,
     tables_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
+    statistic: str = "median",
     save: bool = True,
     progress: bool = True,
 ) -> TransferPredictor:
@@ -325,7 +353,7 @@ def calibrate_transfer(
         raise UsageError(f"transfer needs at least 2 measurements on the new device, got --budget {samples}")
     tpath = table_path(device.name, runtime, precision, tables_dir)
     cal = Calibrator(device, space, runtime=runtime, precision=precision, store=store,
-                     cache_dir=cache_dir or tpath.parent.parent / ".models", progress=progress)
+                     cache_dir=cache_dir or tpath.parent.parent / ".models", progress=progress, statistic=statistic)
     predictor = TransferPredictor(sources=sources, device=device.name, runtime=runtime, precision=precision,
                                   space=space)
     rng = np.random.default_rng(seed)
@@ -337,6 +365,7 @@ def calibrate_transfer(
     predictor.fit(archs, ms, seed=seed)
     cal.report.device_seconds = cal.report.arch_device_seconds = seconds
     predictor.fit_info["device_seconds"] = seconds
+    predictor.fit_info["statistic"] = statistic
     if save:
         ppath = predictor_path(device.name, runtime, precision, tables_dir)
         predictor.save(ppath, extra={"device": device.describe(), "samples": samples, "seed": seed,

@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     cal.add_argument("--budget", type=int, default=100,
                      help="whole-subnet measurements on top of the table (default: %(default)s; with "
                           "--transfer-from, 10 is typical)")
+    cal.add_argument("--statistic", choices=("median", "min"), default="median",
+                     help="a model's latency: the median of its timed runs, or the minimum (steadier on a shared "
+                          "device); default: %(default)s")
     cal.add_argument("--no-table", action="store_true", help="fit from whole-subnet measurements alone (no table)")
     cal.set_defaults(handler="edgenas.latency.commands:run_calibrate")
 
@@ -86,11 +89,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
             preds = [load_latency_predictor(s, space=space, tables_dir=args.tables) for s in sources]
             predictor = calibrate_transfer(device, space, sources=preds, samples=args.budget, runtime=args.runtime,
                                            precision=args.precision, store=store, seed=args.seed,
-                                           tables_dir=args.tables, cache_dir=args.models, progress=not args.quiet)
+                                           tables_dir=args.tables, cache_dir=args.models, statistic=args.statistic,
+                                           progress=not args.quiet)
         else:
             predictor = calibrate(device, space, budget=args.budget, runtime=args.runtime, precision=args.precision,
                                   store=store, use_table=not args.no_table, seed=args.seed, tables_dir=args.tables,
-                                  cache_dir=args.models, progress=not args.quiet)
+                                  cache_dir=args.models, statistic=args.statistic, progress=not args.quiet)
     report = predictor.report.to_dict()  # type: ignore[attr-defined]
     result = {"device": predictor.device, "runtime": predictor.runtime, "precision": predictor.precision,
               "space": space.name, "type": predictor.kind,

@@ -58,9 +58,10 @@ class LatencyEvaluation:
     holdout: int
     median_ms: float
     scores: list[PredictorScore]
+    statistic: str = "median"
 
     def to_dict(self) -> dict[str, Any]:
-        return {**{k: getattr(self, k) for k in ("device", "runtime", "precision", "holdout", "median_ms")},
+        return {**{k: getattr(self, k) for k in ("device", "runtime", "precision", "holdout", "median_ms", "statistic")},
                 "scores": [s.to_dict() for s in self.scores]}
 
     def score(self, name: str) -> PredictorScore:
@@ -71,7 +72,7 @@ class LatencyEvaluation:
 
     def format(self) -> str:
         head = (f"{self.device} ({self.runtime}/{self.precision}): {self.holdout} held-out subnets, "
-                f"median {self.median_ms:.3f} ms")
+                f"median {self.median_ms:.3f} ms (latency = {self.statistic} of each model's timed runs)")
         lines = [head, f"  {'predictor':<13} {'±5%':>6} {'±10%':>6} {'RMSE ms':>8} {'Spearman':>8} {'Kendall':>8} "
                        f"{'measured':>8} {'device s':>8}"]
         for s in self.scores:
@@ -142,8 +143,10 @@ def evaluate(
     if len(train_archs) < 2:
         raise UsageError(f"the predictor of {device.name} holds no calibration measurements: re-run edgenas calibrate")
     tpath = table_path(device.name, runtime, precision, tables_dir)
+    # Judge by the figure the predictor was fitted to (median of the timed runs unless calibrated with "min").
+    statistic = str(predictor.fit_info.get("statistic", "median"))
     cal = Calibrator(device, space, runtime=runtime, precision=precision, store=store,
-                     cache_dir=cache_dir or tpath.parent.parent / ".models", progress=progress)
+                     cache_dir=cache_dir or tpath.parent.parent / ".models", progress=progress, statistic=statistic)
     archs, measured, _ = cal.measure_archs(holdout_archs(space, holdout, train_archs, seed),
                                            f"measure held-out subnets on {device.name}")
     if len(archs) < 3:
@@ -178,4 +181,5 @@ def evaluate(
                             device_seconds=few_seconds))
     macs = MacsPredictor(**ident).fit(train_archs, train_ms, seed=seed)
     scores.append(score("macs", macs.predict(archs), measured, measurements=n_train, device_seconds=arch_seconds))
-    return LatencyEvaluation(device.name, runtime, precision, len(archs), float(np.median(measured)), scores)
+    return LatencyEvaluation(device.name, runtime, precision, len(archs), float(np.median(measured)), scores,
+                             statistic)

@@ -58,6 +58,8 @@ def main() -> int:
     p.add_argument("--transfer-samples", type=int, default=10)
     p.add_argument("--transfer-holdout", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--statistic", choices=("median", "min"), default="median",
+                   help="a model's latency: median of its timed runs, or minimum (steadier under load)")
     p.add_argument("--models", help="exported-model cache (default: OUT/models; share it between runs)")
     args = p.parse_args()
 
@@ -83,7 +85,7 @@ def main() -> int:
             device = load_device(path)
             with device:
                 t0 = time.time()
-                pred = calibrate(device, space, budget=args.budget, **common)
+                pred = calibrate(device, space, budget=args.budget, statistic=args.statistic, **common)
                 cal_s = time.time() - t0
                 ev = evaluate(device, space, holdout=args.holdout, predictor=pred, **common)
             calibrated.append(pred)
@@ -95,14 +97,16 @@ def main() -> int:
             device = load_device(path)
             with device:
                 t0 = time.time()
-                pred = calibrate_transfer(device, space, sources=calibrated, samples=args.transfer_samples, **common)
+                pred = calibrate_transfer(device, space, sources=calibrated, samples=args.transfer_samples,
+                                          statistic=args.statistic, **common)
                 cal_s = time.time() - t0
                 ev = evaluate(device, space, holdout=args.transfer_holdout, predictor=pred, **common)
             results.append((spec, ev, cal_s, os.getloadavg()))
             print(f"\n[{device.name}: {spec}] transfer from {', '.join(p.device for p in calibrated)} with "
                   f"{args.transfer_samples} measurements, {cal_s:.0f} s wall\n{ev.format()}", flush=True)
 
-    print(f"\nSummary ({args.space} space, budget {args.budget}, {time.time() - t_start:.0f} s in all):")
+    print(f"\nSummary ({args.space} space, budget {args.budget}, latency = {args.statistic} of each model's timed "
+          f"runs, {time.time() - t_start:.0f} s in all):")
     header = (f"{'device':<8} {'runtime':<11} {'thr':>3} {'quota':>5} {'predictor':<11} {'n':>4} {'±10%':>6} "
               f"{'±5%':>6} {'Spearman':>8} {'Kendall':>7} {'MACs ±10%':>9} {'MACs Sp.':>8} {'device s':>8} {'load':>5}")
     print(header)
