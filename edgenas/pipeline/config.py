@@ -1,0 +1,243 @@
+"""The `edgenas run` config (TOML): dataset, supernet, devices with budgets, export formats, output folder.
+
+```toml
+out = "edgenas-out"            # everything goes here (relative paths are relative to the config file)
+seed = 0
+
+[train]
+dataset = "digits"             # digits | shapes | folder:PATH | cifar10:PATH | idx:PATH
+preset = "tiny"                # training preset (tiny | small | ofa)
+# config = "train.toml"        # a training config file (edgenas train --config)
+# checkpoint = "runs/x/supernet.pt"   # use an existing supernet instead of training one
+
+[predictor]
+samples = 150                  # subnets evaluated for the accuracy predictor (test ones included)
+test = 30
+
+[search]
+population = 100
+generations = 200
+top_k = 3                      # candidates exported and measured per budget
+
+[export]
+formats = ["onnx", "tflite", "tflite-int8"]
+
+[[devices]]
+name = "local"                 # devices/NAME.toml, or a path to a device file
+precision = "fp32"             # fp32 | int8 (what is deployed and measured)
+budgets_ms = [2.0, 4.0]        # latency budgets; or budget_quantiles = [0.3, 0.7] of the space's latency range
+calibration_budget = 40        # whole-subnet measurements on top of the latency table
+holdout = 20                   # held-out subnets measured to show calibration quality
+# max_sram_kb = 256            # memory limits (microcontrollers), at the deployed precision
+# max_flash_kb = 1024
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgenas.errors import UsageError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+PRECISIONS = ("fp32", "int8")
+
+
+@dataclass(frozen=True)
+class DeviceTarget:
+    """One device of a run, with its budgets and limits."""
+
+    name: str
+    precision: str = "fp32"
+    budgets_ms: tuple[float, ...] = ()
+    budget_quantiles: tuple[float, ...] = ()
+    max_sram_kb: float | None = None
+    max_flash_kb: float | None = None
+    max_macs: int | None = None
+    calibration_budget: int = 40
+    holdout: int = 20
+
+    @property
+    def label(self) -> str:
+        return f"{Path(self.name).stem}-{self.precision}"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    out: Path
+    dataset: str = "digits"
+    preset: str = "tiny"
+    train_config: Path | None = None
+    checkpoint: Path | None = None
+    train_overrides: Mapping[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    predictor_samples: int = 150
+    predictor_test: int = 30
+    population: int = 100
+    generations: int = 200
+    top_k: int = 3
+    formats: tuple[str, ...] = ("onnx", "tflite", "tflite-int8")
+    devices: tuple[DeviceTarget, ...] = ()
+    source: str = "<config>"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for key in ("out", "train_config", "checkpoint"):
+            d[key] = str(d[key]) if d[key] is not None else None
+        d["train_overrides"] = dict(self.train_overrides)
+        return d
+
+
+_TOP = {"out", "seed", "train", "predictor", "search", "export", "devices"}
+_SECTIONS = {
+    "train": {"dataset", "preset", "config", "checkpoint", "steps_scale", "batch_size"},
+    "predictor": {"samples", "test"},
+    "search": {"population", "generations", "top_k"},
+    "export": {"formats"},
+}
+_DEVICE_KEYS = {f.name for f in dataclasses.fields(DeviceTarget)}
+
+
+def _bad(source: str, key: str, message: str) -> UsageError:
+    return UsageError(f"{source}: {key}: {message}")
+
+
+def _typed(source: str, key: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        raise _bad(source, key, f"expected {what}, got {value!r}")
+    return value
+
+
+def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_dir: Path | None = None) -> RunConfig:
+    """Validate a run config; every problem is one line naming the file, the key and what is expected."""
+    base_dir = base_dir or Path.cwd()
+    unknown = sorted(set(data) - _TOP)
+    if unknown:
+        raise _bad(source, unknown[0], f"unknown key; expected one of {', '.join(sorted(_TOP))}")
+    sections: dict[str, dict[str, Any]] = {}
+    for name, keys in _SECTIONS.items():
+        section = data.get(name, {})
+        if not isinstance(section, Mapping):
+            raise _bad(source, name, "expected a table ([" + name + "])")
+        bad = sorted(set(section) - keys)
+        if bad:
+            raise _bad(source, f"{name}.{bad[0]}", f"unknown key; expected one of {', '.join(sorted(keys))}")
+        sections[name] = dict(section)
+
+    def path_of(value: Any, key: str) -> Path:
+        _typed(source, key, value, str, "a path")
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else base_dir / p
+
+    out = path_of(data.get("out", "edgenas-out"), "out")
+    seed = _typed(source, "seed", data.get("seed", 0), int, "an integer")
+    train = sections["train"]
+    dataset = _typed(source, "train.dataset", train.get("dataset", "digits"), str, "a dataset spec such as digits")
+    preset = _typed(source, "train.preset", train.get("preset", "tiny"), str, "a training preset name")
+    overrides = {}
+    if "batch_size" in train:
+        overrides["batch_size"] = _typed(source, "train.batch_size", train["batch_size"], int, "an integer")
+    if "steps_scale" in train:
+        scale = _typed(source, "train.steps_scale", train["steps_scale"], (int, float), "a positive number")
+        if not scale > 0:
+            raise _bad(source, "train.steps_scale", f"expected a positive number, got {scale}")
+        overrides["steps_scale"] = float(scale)
+    checkpoint = path_of(train["checkpoint"], "train.checkpoint") if "checkpoint" in train else None
+    if checkpoint is not None and not checkpoint.is_file():
+        raise _bad(source, "train.checkpoint", f"{checkpoint} does not exist")
+    train_config = path_of(train["config"], "train.config") if "config" in train else None
+    if train_config is not None and not train_config.is_file():
+        raise _bad(source, "train.config", f"{train_config} does not exist")
+
+    pred = sections["predictor"]
+    samples = _typed(source, "predictor.samples", pred.get("samples", 150), int, "an integer")
+    test = _typed(source, "predictor.test", pred.get("test", 30), int, "an integer")
+    if samples < test + 10:
+        raise _bad(source, "predictor.samples", f"{samples} leaves fewer than 10 subnets to fit beside {test} test ones")
+    search = sections["search"]
+    population = _typed(source, "search.population", search.get("population", 100), int, "an integer")
+    generations = _typed(source, "search.generations", search.get("generations", 200), int, "an integer")
+    top_k = _typed(source, "search.top_k", search.get("top_k", 3), int, "an integer")
+    for key, value in (("search.population", population), ("search.generations", generations), ("search.top_k", top_k)):
+        if value < 1:
+            raise _bad(source, key, f"expected a positive integer, got {value}")
+    formats = sections["export"].get("formats", ["onnx", "tflite", "tflite-int8"])
+    if not isinstance(formats, list) or not all(isinstance(f, str) for f in formats):
+        raise _bad(source, "export.formats", f"expected a list such as [\"onnx\", \"tflite\"], got {formats!r}")
+    from edgenas.export.pipeline import FORMATS
+
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise _bad(source, "export.formats", f"unknown format {bad[0]!r}; choose from {', '.join(FORMATS)}")
+
+    raw_devices = data.get("devices")
+    if not isinstance(raw_devices, list) or not raw_devices:
+        raise _bad(source, "devices", "expected at least one [[devices]] table with a name and budgets_ms")
+    devices = []
+    for i, d in enumerate(raw_devices):
+        key = f"devices[{i}]"
+        if not isinstance(d, Mapping):
+            raise _bad(source, key, "expected a table")
+        bad = sorted(set(d) - _DEVICE_KEYS)
+        if bad:
+            raise _bad(source, f"{key}.{bad[0]}", f"unknown key; expected one of {', '.join(sorted(_DEVICE_KEYS))}")
+        if "name" not in d:
+            raise _bad(source, f"{key}.name", "missing: the device's name (devices/NAME.toml) or a path to its file")
+        name = _typed(source, f"{key}.name", d["name"], str, "a device name")
+        if name.endswith(".toml") and not Path(name).is_absolute():
+            name = str(base_dir / name)
+        precision = d.get("precision", "fp32")
+        if precision not in PRECISIONS:
+            raise _bad(source, f"{key}.precision", f"{precision!r} is not offered; choose fp32 or int8")
+        budgets = d.get("budgets_ms", [])
+        quantiles = d.get("budget_quantiles", [])
+        for bkey, values, lo, hi in (("budgets_ms", budgets, 0, float("inf")), ("budget_quantiles", quantiles, 0, 1)):
+            if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                       and lo < v and (v <= hi) for v in values):
+                raise _bad(source, f"{key}.{bkey}", f"expected a list of numbers in ({lo}, {hi}], got {values!r}")
+        if not budgets and not quantiles:
+            raise _bad(source, f"{key}.budgets_ms", "missing: give latency budgets in ms (or budget_quantiles)")
+        limits = {}
+        for lkey in ("max_sram_kb", "max_flash_kb", "max_macs"):
+            if lkey in d:
+                value = _typed(source, f"{key}.{lkey}", d[lkey], (int, float), "a positive number")
+                if not value > 0:
+                    raise _bad(source, f"{key}.{lkey}", f"expected a positive number, got {value}")
+                limits[lkey] = value
+        counts = {}
+        for ckey in ("calibration_budget", "holdout"):
+            if ckey in d:
+                counts[ckey] = _typed(source, f"{key}.{ckey}", d[ckey], int, "an integer")
+                if counts[ckey] < 3:
+                    raise _bad(source, f"{key}.{ckey}", f"expected at least 3, got {counts[ckey]}")
+        devices.append(DeviceTarget(name=name, precision=precision, budgets_ms=tuple(float(b) for b in budgets),
+                                    budget_quantiles=tuple(float(q) for q in quantiles), **limits, **counts))
+    labels = [d.label for d in devices]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise _bad(source, "devices", f"device {dup[0]!r} appears twice with the same precision; merge their budgets")
+    return RunConfig(out=out, dataset=dataset, preset=preset, train_config=train_config, checkpoint=checkpoint,
+                     train_overrides=overrides, seed=seed, predictor_samples=samples, predictor_test=test,
+                     population=population, generations=generations, top_k=top_k, formats=tuple(formats),
+                     devices=tuple(devices), source=source)
+
+
+def load_run_config(path: str | Path, *, out: str | Path | None = None) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"run config {path} does not exist (see examples/ for configs to start from)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"run config {path} is not valid TOML: {exc}") from None
+    if out is not None:
+        data["out"] = str(Path(out).resolve())
+    return parse_run_config(data, source=str(path), base_dir=path.resolve().parent)

@@ -1,0 +1,61 @@
+"""The demo's config: digits, the tiny space, this machine as two devices (ONNX Runtime and TFLite), two budgets each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgenas.artifacts import atomic_write_text
+from edgenas.pipeline.config import RunConfig, parse_run_config
+
+# The demo carries its own device files so it runs from any folder.
+DEMO_DEVICES = {
+    "local": """# This machine, ONNX Runtime, one thread (written by `edgenas demo`).
+name = "local"
+kind = "local"
+runtime = "onnxruntime"
+threads = 1
+description = "this machine, ONNX Runtime, 1 thread"
+
+[measure]
+warmup = 5
+runs = 30
+max_cv = 0.1
+remeasure = 1
+""",
+    "local-tflite": """# This machine, TFLite interpreter, one thread (written by `edgenas demo`).
+name = "local-tflite"
+kind = "local"
+runtime = "tflite"
+threads = 1
+description = "this machine, TFLite, 1 thread"
+
+[measure]
+warmup = 5
+runs = 30
+max_cv = 0.1
+remeasure = 1
+""",
+}
+
+DEMO = {
+    "seed": 0,
+    "train": {"dataset": "digits", "preset": "tiny"},
+    "predictor": {"samples": 120, "test": 30},
+    "search": {"population": 100, "generations": 200, "top_k": 3},
+    "export": {"formats": ["onnx", "tflite", "tflite-int8"]},
+    "devices": [
+        {"name": "devices/local.toml", "precision": "fp32", "budget_quantiles": [0.25, 0.6],
+         "calibration_budget": 30, "holdout": 20},
+        {"name": "devices/local-tflite.toml", "precision": "fp32", "budget_quantiles": [0.25, 0.6],
+         "calibration_budget": 30, "holdout": 20},
+    ],
+}
+
+
+def demo_config(out: str | Path) -> RunConfig:
+    out = Path(out).resolve()
+    for name, text in DEMO_DEVICES.items():
+        path = out / "devices" / f"{name}.toml"
+        if not path.is_file() or path.read_text() != text:
+            atomic_write_text(path, text)
+    return parse_run_config({**DEMO, "out": str(out)}, source="edgenas demo", base_dir=out)
