@@ -61,7 +61,7 @@ def run_train(args: argparse.Namespace) -> int:
             raise UsageError(f"--steps {args.steps} must be at least 1")
         config = config.fixed_steps(args.steps)
     result = train(config, args.out, resume=args.resume, device=args.device, threads=args.threads, progress=not args.no_progress)
-    if not result.summary:
+    if not result.summary or result.rank != 0:
         return 0
     if args.json:
         print(json.dumps({"checkpoint": str(result.checkpoint), **result.summary}, indent=2))

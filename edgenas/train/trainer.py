@@ -102,6 +102,7 @@ class TrainResult:
     out_dir: Path
     checkpoint: Path
     summary: dict[str, Any]
+    rank: int = 0  # under torchrun, only rank 0's summary has the evaluation
 
 
 def default_out_dir(dataset: str, preset: str) -> Path:
@@ -265,7 +266,7 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
         if state.get("complete"):
             if procs.main:
                 print(f"edgenas train: {final_path} is already complete; nothing to do", file=sys.stderr)
-            return TrainResult(out, final_path, state.get("summary") or {})
+            return TrainResult(out, final_path, state.get("summary") or {}, procs.rank)
         log.write({"event": "resume", "phase": config.phases[min(phase_index, len(config.phases) - 1)].name,
                    "phase_index": phase_index, "step_in_phase": start_step, "global_step": global_step})
     if procs.main:
@@ -423,4 +424,4 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
                    **{f"val_{r['name']}{i}": r["top1"] for i, r in enumerate(summary["val"])}})
     log.close()
     procs.barrier()
-    return TrainResult(out, final_path, summary)
+    return TrainResult(out, final_path, summary, procs.rank)

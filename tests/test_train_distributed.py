@@ -1,0 +1,74 @@
+"""Tests for distributed training: `edgenas train` under torchrun with 2 CPU processes (gloo) keeps the ranks in sync."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgenas.train.checkpoint import load_checkpoint_info, read_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+CONFIG = """
+preset = "tiny"
+batch_size = 16
+checkpoint_every = 100
+log_every = 1
+bn_batches = 1
+eval_every_phase = false
+final_samples = 0
+[[phases]]
+name = "full"
+steps = 3
+lr = 0.05
+distill = false
+[[phases]]
+name = "expand"
+steps = 3
+lr = 0.02
+kernels = "all"
+depths = "all"
+expands = "all"
+sort_channels = true
+subnets_per_step = 3
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="this torch build has no gloo backend for CPU process groups")
+def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text(CONFIG)
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(_free_port()), "-m", "edgenas.cli", "train", "--config", str(config), "--out", str(out),
+           "--device", "cpu", "--threads", "1", "--no-progress", "--json"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert summary["world_size"] == 2 and summary["global_step"] == 6
+    # every rank's parameters after the last step, hashed on each rank and gathered: one value
+    checksums = summary["rank_param_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    state = read_checkpoint(out / "supernet.pt")
+    assert [p["phase"] for p in state["history"]] == ["full", "expand"]
+    assert load_checkpoint_info(out / "supernet.pt")["complete"]
+    # rank 0 alone writes the logs: one line per step
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["global_step"] for e in steps if e["event"] == "step"] == list(range(1, 7))
