@@ -33,39 +33,31 @@ def digits():
 
 @functools.lru_cache(maxsize=1)
 def trained_subnet():
-    """(space, arch, static model) for a small tiny-space subnet made into a real digits classifier.
+    """(space, arch, static model) for a small tiny-space subnet trained briefly on digits (about 95 % top-1).
 
-    The convolutions keep their random weights (BatchNorm statistics estimated on digits); only the
-    classifier is fitted, on features computed once, which is seconds where backpropagating through
-    depthwise convolutions on a shared CPU takes minutes."""
-    from edgenas.train.bn import recalibrate_bn
-
+    A trained network, not random weights: int8 agreement and accuracy figures only mean something
+    for a model whose logits separate the classes (random features with a fitted head agreed on 92 %)."""
     space = SearchSpace.preset("tiny", in_channels=1)  # digits are grey
     torch.manual_seed(0)
     supernet = Supernet(space).eval()
-    arch = space.arch(24, (1, 1, 1, 1), (3, 5, 3, 7), (3, 4, 6, 3))
+    arch = space.arch(24, (1, 1, 1, 1), (3, 5, 3, 3), (3, 4, 6, 3))
     model = supernet.extract(arch)
     data = digits()
-    loader = data.loader("train", batch_size=128, resolution=arch.resolution, shuffle=True, seed=0)
-    recalibrate_bn(model, loader)
-    model.eval()
-    with torch.no_grad():
-        batches = list(data.loader("train", batch_size=256, resolution=arch.resolution))
-        features = torch.cat([model.features(x) for x, _ in batches])
-        labels = torch.cat([y for _, y in batches])
-        features = features / features.std()
-    head = torch.nn.Linear(features.shape[1], space.num_classes)
-    opt = torch.optim.Adam(head.parameters(), lr=0.05)
-    for _ in range(300):
-        loss = F.cross_entropy(head(features), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        scale = 1.0 / float(torch.cat([model.features(x) for x, _ in batches]).std())
-        model.classifier.weight.copy_(head.weight * scale)
-        model.classifier.bias.copy_(head.bias)
-    return space, arch, model
+    loader = data.loader("train", batch_size=64, resolution=arch.resolution, shuffle=True, seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a shared CPU, one thread trains this small net faster than two
+    try:
+        model.train()
+        for epoch in range(5):
+            for x, y in loader.iterate(epoch):
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    return space, arch, model.eval()
 
 
 @functools.lru_cache(maxsize=1)

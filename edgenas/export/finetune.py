@@ -69,10 +69,11 @@ def finetune(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total += float(loss) * len(y)
+                value = loss.item()
+                total += value * len(y)
                 count += len(y)
                 step += 1
-                bar.update(1, loss=float(loss))
+                bar.update(1, loss=value)
             last = total / max(count, 1)
     model.eval()
     return {"loss": last, "epochs": float(epochs), "steps": float(steps)}
