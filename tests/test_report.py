@@ -24,7 +24,9 @@ def _data() -> ReportData:
         calibration_measured=list(measured),
         calibration_summary={"within ±10 %": 0.975, "spearman": 0.98},
         budgets=[BudgetResult(1.0, {"resolution": 24}, 0.93, 0.925, 0.9, 0.95, True, "out/local/1ms",
-                              {"accuracy": {"top1": 0.925}, "files": {"model.onnx": "abc"}}),
+                              {"accuracy": {"files": {"model.onnx": 0.925}}, "macs": 5_000_000, "params": 120_000,
+                               "files": [{"name": "model.onnx", "bytes": 480_000, "sha256": "ab" * 32}],
+                               "latency": {"measured": [{"file": "model.onnx", "median_ms": 0.95}]}}),
                  BudgetResult(0.4, None, note="no subnet meets 0.4 ms: the fastest is 0.5 ms")],
     )
     metrics = [{"step": i, "loss": 2 / (i + 1), "phase": "full" if i < 50 else "kernel"} for i in range(100)]
@@ -40,6 +42,7 @@ def test_report_is_self_contained(tmp_path):
     assert text.count("data:image/png;base64,") == 3
     assert not re.search(r"(src|href)=['\"]?(https?:|//)", text)  # nothing fetched from the network
     assert "92.5 %" in text and "no subnet meets 0.4 ms" in text
+    assert "<code>model.onnx</code></td><td>468.8 KiB</td><td>92.5 %</td><td>0.950 ms</td>" in text
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (tools/install.sh --dev installs it)")

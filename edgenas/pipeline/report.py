@@ -210,7 +210,8 @@ def render_report(data: ReportData, out_dir: str | Path) -> Path:
             if b.arch:
                 parts.append(f"<p>arch <code>{html.escape(json.dumps(b.arch))}</code></p>")
             if b.card:
-                parts.append("<details open><summary>model card</summary><table>")
+                parts.append(_card_summary(b.card))
+                parts.append("<details><summary>full model card</summary><table>")
                 for key, value in _card_rows(b.card):
                     parts.append(f"<tr><th class=l>{html.escape(key)}</th><td class=l>{html.escape(value)}</td></tr>")
                 parts.append("</table></details>")
@@ -228,6 +229,32 @@ def render_report(data: ReportData, out_dir: str | Path) -> Path:
     parts.append("<p class=muted>Made by edgenas. Everything on this page was computed or measured in this run.</p>")
     parts.append("</body></html>")
     return atomic_write_text(out / "report.html", "\n".join(parts))
+
+
+def _card_summary(card: dict) -> str:
+    """The model card's key facts: per file its size, accuracy, measured latency and checksum; memory; cost."""
+    acc = (card.get("accuracy") or {}).get("files", {})
+    lat = {m.get("file"): m for m in (card.get("latency") or {}).get("measured", []) if isinstance(m, dict)}
+    rows = ["<table><tr><th class=l>file</th><th>size</th><th>accuracy (val)</th><th>measured latency</th>"
+            "<th class=l>sha256</th></tr>"]
+    for f in card.get("files") or []:
+        if not isinstance(f, dict):
+            continue
+        name = f.get("name", "?")
+        ms = (lat.get(name) or {}).get("median_ms")
+        rows.append(f"<tr><td class=l><code>{html.escape(name)}</code></td><td>{f.get('bytes', 0) / 1024:.1f} KiB</td>"
+                    f"<td>{_fmt(acc.get(name), '.1f', 100, ' %')}</td><td>{_fmt(ms, '.3f', suffix=' ms')}</td>"
+                    f"<td class=l><code>{html.escape(str(f.get('sha256', ''))[:16])}…</code></td></tr>")
+    rows.append("</table>")
+    sram = card.get("sram") or {}
+    facts = {"MACs": f"{card.get('macs', 0) / 1e6:.2f} M", "parameters": f"{card.get('params', 0):,}"}
+    if sram.get("tflm_arena_bytes"):
+        facts["SRAM (TFLite Micro arena)"] = f"{sram['tflm_arena_bytes'] / 1024:.1f} KiB"
+    if sram.get("analytic_peak_int8_bytes"):
+        facts["SRAM (analytic peak, int8)"] = f"{sram['analytic_peak_int8_bytes'] / 1024:.1f} KiB"
+    if card.get("problems"):
+        facts["problems"] = "; ".join(card["problems"])
+    return "\n".join(rows) + _kv_table(facts)
 
 
 def _cell(value: Any) -> str:

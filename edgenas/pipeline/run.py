@@ -414,6 +414,9 @@ def _export(checkpoint: Path, found: dict[str, Any], out_dir: Path, device: Any,
     options = ExportOptions(formats=formats, target_sram_kb=target.max_sram_kb, target_flash_kb=target.max_flash_kb,
                             seed=config.seed)
     search = json.loads(Path(found["result"]).read_text()) if found.get("result") else {}
+    # the card's predicted figures are the chosen arch's (the measured winner), not the search's top pick
+    search["best"] = {"arch": found["arch"], "predicted": {"latency_ms": found.get("predicted_latency_ms"),
+                                                           "accuracy": found.get("predicted_accuracy")}}
     problems: list[str] = []
     try:
         export_one(supernet, arch, dataset, out_dir, options=options, info=info, search=search, device=device,
