@@ -26,7 +26,8 @@ formats = ["onnx", "tflite", "tflite-int8"]
 name = "local"                 # devices/NAME.toml, or a path to a device file
 precision = "fp32"             # fp32 | int8 (what is deployed and measured)
 budgets_ms = [2.0, 4.0]        # latency budgets; or budget_quantiles = [0.3, 0.7] of the space's latency range
-calibration_budget = 40        # whole-subnet measurements on top of the latency table
+calibration = "table"          # table (latency table + whole-subnet correction) | whole-model | transfer
+calibration_budget = 40        # whole-subnet measurements (on top of the table; for transfer: 10 is typical)
 holdout = 20                   # held-out subnets measured to show calibration quality
 # max_sram_kb = 256            # memory limits (microcontrollers), at the deployed precision
 # max_flash_kb = 1024
@@ -49,6 +50,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 PRECISIONS = ("fp32", "int8")
+CALIBRATIONS = ("table", "whole-model", "transfer")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class DeviceTarget:
     max_sram_kb: float | None = None
     max_flash_kb: float | None = None
     max_macs: int | None = None
+    calibration: str = "table"  # table | whole-model | transfer (from the devices calibrated before it in the run)
     calibration_budget: int = 40
     holdout: int = 20
 
@@ -212,6 +215,11 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
                 if not value > 0:
                     raise _bad(source, f"{key}.{lkey}", f"expected a positive number, got {value}")
                 limits[lkey] = value
+        calibration = d.get("calibration", "table")
+        if calibration not in CALIBRATIONS:
+            raise _bad(source, f"{key}.calibration", f"{calibration!r} is not offered; choose {', '.join(CALIBRATIONS)}")
+        if calibration == "transfer" and not devices:
+            raise _bad(source, f"{key}.calibration", "transfer needs a device calibrated before it: list that one first")
         counts = {}
         for ckey in ("calibration_budget", "holdout"):
             if ckey in d:
@@ -219,7 +227,8 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
                 if counts[ckey] < 3:
                     raise _bad(source, f"{key}.{ckey}", f"expected at least 3, got {counts[ckey]}")
         devices.append(DeviceTarget(name=name, precision=precision, budgets_ms=tuple(float(b) for b in budgets),
-                                    budget_quantiles=tuple(float(q) for q in quantiles), **limits, **counts))
+                                    budget_quantiles=tuple(float(q) for q in quantiles), calibration=calibration,
+                                    **limits, **counts))
     labels = [d.label for d in devices]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:

@@ -112,9 +112,10 @@ def run_pipeline(config: RunConfig, *, progress: bool = True) -> RunResult:
 
     devices: list[DeviceReport] = []
     budgets: list[dict[str, Any]] = []
+    calibrated: list[Path] = []  # latency predictors so far: the sources of a transfer calibration
     for target in config.devices:
         device_report, device_budgets = _device_stages(config, target, book, space, checkpoint, ckpt_sha, accuracy_path,
-                                                       store_path, tables_dir, progress)
+                                                       store_path, tables_dir, calibrated, progress)
         devices.append(device_report)
         budgets.extend(device_budgets)
 
@@ -166,7 +167,7 @@ def _fit_accuracy(config: RunConfig, checkpoint: Path, store_path: Path, out: Pa
 
 
 def _device_stages(config: RunConfig, target: DeviceTarget, book: StageBook, space: Any, checkpoint: Path,
-                   ckpt_sha: str, accuracy_path: Path, store_path: Path, tables_dir: Path,
+                   ckpt_sha: str, accuracy_path: Path, store_path: Path, tables_dir: Path, calibrated: list[Path],
                    progress: bool) -> tuple[DeviceReport, list[dict[str, Any]]]:
     from edgenas.devices import load_device
 
@@ -178,14 +179,17 @@ def _device_stages(config: RunConfig, target: DeviceTarget, book: StageBook, spa
                              "precision to \"fp32\" (int8 is for TFLite devices)")
         describe = device.describe()
         label = f"{device.name}-{target.precision}"
+        sources = list(calibrated) if target.calibration == "transfer" else []
         calib = book.run(
             f"calibrate:{label}",
-            {"device": describe, "space": space.to_dict(), "precision": target.precision,
-             "budget": target.calibration_budget, "holdout": target.holdout, "seed": config.seed},
-            lambda: _calibrate(device, space, target, store_path, tables_dir, config.seed, progress),
+            {"device": describe, "space": space.to_dict(), "precision": target.precision, "how": target.calibration,
+             "budget": target.calibration_budget, "holdout": target.holdout, "seed": config.seed,
+             "sources": [sha256_file(p) for p in sources]},
+            lambda: _calibrate(device, space, target, store_path, tables_dir, sources, config.seed, progress),
             _files_exist("predictor"),
         )
         latency_path = Path(calib["predictor"])
+        calibrated.append(latency_path)
         lat_sha = sha256_file(latency_path)
         acc_sha = sha256_file(accuracy_path)
         budgets_ms = list(target.budgets_ms) or _quantile_budgets(latency_path, space, target.budget_quantiles,
@@ -252,18 +256,24 @@ def _device_stages(config: RunConfig, target: DeviceTarget, book: StageBook, spa
             close()
 
 
-def _calibrate(device: Any, space: Any, target: DeviceTarget, store_path: Path, tables_dir: Path, seed: int,
-               progress: bool) -> dict[str, Any]:
-    from edgenas.latency.calibrate import Calibrator, calibrate
+def _calibrate(device: Any, space: Any, target: DeviceTarget, store_path: Path, tables_dir: Path, sources: list[Path],
+               seed: int, progress: bool) -> dict[str, Any]:
+    from edgenas.latency import load_latency_predictor
+    from edgenas.latency.calibrate import Calibrator, calibrate, calibrate_transfer
     from edgenas.latency.evaluate import holdout_archs, score
     from edgenas.latency.table import predictor_path
     from edgenas.store import Store
 
     runtime = device.runtime
     with Store(store_path) as store:
-        predictor = calibrate(device, space, budget=target.calibration_budget, runtime=runtime,
-                              precision=target.precision, store=store, seed=seed, tables_dir=tables_dir,
-                              cache_dir=tables_dir / ".models", progress=progress)
+        common = dict(runtime=runtime, precision=target.precision, store=store, seed=seed, tables_dir=tables_dir,
+                      cache_dir=tables_dir / ".models", progress=progress)
+        if target.calibration == "transfer":
+            predictor = calibrate_transfer(device, space, sources=[load_latency_predictor(p, space=space) for p in sources],
+                                           samples=target.calibration_budget, **common)
+        else:
+            predictor = calibrate(device, space, budget=target.calibration_budget,
+                                  use_table=target.calibration == "table", **common)
         train_archs, _ = predictor.training_set
         cal = Calibrator(device, space, runtime=runtime, precision=target.precision, store=store,
                          cache_dir=tables_dir / ".models", progress=progress)

@@ -1,0 +1,170 @@
+"""Tests for `edgenas run`: a small config end to end, interrupted mid-calibration and resumed, then reused."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgenas.errors import UsageError
+from edgenas.pipeline.config import load_run_config, parse_run_config
+
+SMALL = """
+out = "out"
+seed = 0
+[train]
+dataset = "digits"
+preset = "tiny"
+steps_scale = 0.01
+[predictor]
+samples = 16
+test = 5
+[search]
+population = 20
+generations = 15
+top_k = 2
+[export]
+formats = ["onnx"]
+[[devices]]
+name = "local.toml"
+precision = "fp32"
+budget_quantiles = [0.9]
+calibration_budget = 4
+holdout = 3
+"""
+
+LOCAL = """
+name = "local"
+kind = "local"
+runtime = "onnxruntime"
+threads = 1
+[measure]
+warmup = 2
+runs = 10
+"""
+
+
+def _edgenas(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "edgenas.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _stored(store: Path) -> list[tuple]:
+    if not store.is_file():
+        return []
+    with sqlite3.connect(store) as db:
+        return db.execute("SELECT id, model_sha256, device, runtime, precision, created FROM measurements WHERE ok = 1"
+                          ).fetchall()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    (root / "run.toml").write_text(SMALL)
+    (root / "local.toml").write_text(LOCAL)
+    return root
+
+
+@pytest.fixture(scope="module")
+def interrupted_then_resumed(project):
+    store = project / "out" / "store.sqlite"
+    proc = _edgenas("run", "run.toml", cwd=project)
+    deadline = time.time() + 900
+    # Wait until calibration has committed some measurements, then press Ctrl-C.
+    while time.time() < deadline and proc.poll() is None:
+        if len(_stored(store)) >= 5:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stdout.read()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    before = _stored(store)
+    resumed = _edgenas("run", "run.toml", "--json", cwd=project)
+    out2, _ = resumed.communicate(timeout=1800)
+    return proc.returncode, out, before, resumed.returncode, out2
+
+
+def test_ctrl_c_mid_calibration_stops_cleanly(interrupted_then_resumed):
+    code, out, before, _, _ = interrupted_then_resumed
+    assert code == 130, out
+    assert "interrupted" in out and "Traceback" not in out
+    assert len(before) >= 5
+
+
+def test_rerun_resumes_and_measures_nothing_twice(project, interrupted_then_resumed):
+    _, _, before, code, out = interrupted_then_resumed
+    assert code == 0, out
+    result = json.loads(out[out.index("{"):])
+    assert "calibrate:local-fp32" in result["ran"] and "train" in result["reused"]
+    after = _stored(project / "out" / "store.sqlite")
+    assert set(before) <= set(after)  # what was measured before Ctrl-C is kept as it was, not re-measured
+    keys = [row[1:5] for row in after]
+    assert len(keys) == len(set(keys))  # every model measured once on this device
+    assert (project / "out" / "report.html").is_file()
+    budget = result["budgets"][0]
+    assert budget["arch"] is not None and budget["meets_budget"] is True
+    assert budget["measured_latency_ms"] <= budget["budget_ms"]
+    card = json.loads((Path(budget["export_dir"]) / "card.json").read_text())
+    assert card["arch"] == budget["arch"] and [f["name"] for f in card["files"]] == ["model.onnx"]
+
+
+def test_second_run_reuses_every_stage(project, interrupted_then_resumed):
+    proc = _edgenas("run", "run.toml", "--json", cwd=project)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    result = json.loads(out[out.index("{"):])
+    assert result["ran"] == []
+    stages = json.loads((project / "out" / "stages.json").read_text())
+    assert sorted(result["reused"]) == sorted(stages)
+
+
+def test_changed_budget_reruns_only_what_depends_on_it(project, interrupted_then_resumed):
+    (project / "run2.toml").write_text(SMALL.replace("budget_quantiles = [0.9]", "budget_quantiles = [0.95]"))
+    proc = _edgenas("run", "run2.toml", "--json", cwd=project)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out
+    result = json.loads(out[out.index("{"):])
+    assert {"train", "predictor", "calibrate:local-fp32", "pareto:local-fp32"} <= set(result["reused"])
+    assert all(s.startswith(("search:", "export:")) for s in result["ran"]) and result["ran"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[[devices]]\nname='x'\nbudgets_ms=[1]\nprecision='int4'", "devices[0].precision: 'int4' is not offered"),
+    ("[[devices]]\nname='x'\nbudgets_ms=[-1]", "devices[0].budgets_ms: expected a list of numbers"),
+    ("[[devices]]\nname='x'", "devices[0].budgets_ms: missing"),
+    ("colour = 1\n[[devices]]\nname='x'\nbudgets_ms=[1]", "colour: unknown key"),
+    ("[train]\nepochs = 3\n[[devices]]\nname='x'\nbudgets_ms=[1]", "train.epochs: unknown key"),
+    ("[export]\nformats=['tflite-fp16']\n[[devices]]\nname='x'\nbudgets_ms=[1]", "unknown format 'tflite-fp16'"),
+    ("[[devices]]\nname='x'\nbudgets_ms=[1]\ncalibration='transfer'", "transfer needs a device calibrated before it"),
+])
+def test_bad_config_is_one_clear_line(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=message.replace("[", r"\[").replace("]", r"\]")) as err:
+        load_run_config(path)
+    assert str(err.value).startswith(str(path))
+    proc = subprocess.run([sys.executable, "-m", "edgenas.cli", "run", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_examples_parse(tmp_path):
+    examples = sorted(Path(__file__).resolve().parents[1].joinpath("examples").glob("*.toml"))
+    assert len(examples) >= 3
+    for path in examples:
+        config = load_run_config(path, out=tmp_path)
+        assert config.devices and all(d.budgets_ms or d.budget_quantiles for d in config.devices)
+
+
+def test_demo_config_is_valid(tmp_path):
+    from edgenas.pipeline.demo import demo_config
+
+    config = demo_config(tmp_path / "demo")
+    assert [d.label for d in config.devices] == ["local-fp32", "local-tflite-fp32"]
+    assert (tmp_path / "demo" / "devices" / "local-tflite.toml").is_file()
+    assert parse_run_config({"devices": [{"name": "a", "budgets_ms": [1.0]}]}).devices[0].budgets_ms == (1.0,)
