@@ -37,9 +37,10 @@ def _one_line_error(capsys) -> str:
     return err[0]
 
 
-def test_corrupt_checkpoint_is_one_line_and_status_2(tmp_path, capsys):
+@pytest.mark.parametrize("content", [b"PK\x03\x04 this is not a checkpoint", bytes(range(256)) * 4])
+def test_corrupt_checkpoint_is_one_line_and_status_2(tmp_path, capsys, content):
     bad = tmp_path / "supernet.pt"
-    bad.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    bad.write_bytes(content)
     assert main(["export", "--supernet", str(bad), "--arch", ARCH, "--formats", "onnx", "--out", str(tmp_path)]) == 2
     assert str(bad) in _one_line_error(capsys)
 

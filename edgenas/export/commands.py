@@ -108,8 +108,12 @@ def run_export(args: argparse.Namespace) -> int:
 
     from edgenas.train.checkpoint import load_checkpoint_info, load_supernet
 
-    info = load_checkpoint_info(args.supernet)
-    supernet = load_supernet(args.supernet)
+    try:
+        info = load_checkpoint_info(args.supernet)
+        supernet = load_supernet(args.supernet)
+    except UsageError as exc:  # torch's own message for a damaged file runs over several lines
+        raise UsageError(_first_sentence(str(exc)) + " (is the file damaged, or not a supernet.pt from `edgenas train`?)"
+                         ) from None
     space = supernet.space
     archs = []
     for _, value in pairs:
@@ -212,6 +216,12 @@ def prepare_subnet_bn(model: Any, dataset: Any, arch: Any, options: Any) -> Any:
                             seed=options.seed)
     recalibrate_bn(model, [b for i, b in zip(range(options.bn_batches), loader)])
     return model.eval()
+
+
+def _first_sentence(message: str) -> str:
+    line = message.strip().splitlines()[0] if message.strip() else message
+    end = line.find(". ")
+    return line[: end + 1] if end > 0 else line
 
 
 def _stderr(message: str) -> None:
