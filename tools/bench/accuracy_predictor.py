@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 DEFAULT_WORK = Path("/tmp/edgenas-bench")
 DATASET = "shapes:samples=4000"  # 2880 train, 800 val, 320 holdout images
 EPOCH_SCALE = 0.5  # of the `tiny` preset's progressive-shrinking schedule (8 epochs in all)
-BN_BATCHES = 4  # 64-image training batches for each subnet's BN recalibration
+BN_BATCHES = 2  # 64-image training batches for each subnet's BN recalibration
 
 
 def ensure_supernet(work: Path, *, dataset: str = DATASET, epoch_scale: float = EPOCH_SCALE) -> tuple[Path, float]:
@@ -32,7 +32,11 @@ def ensure_supernet(work: Path, *, dataset: str = DATASET, epoch_scale: float = 
     ckpt = work / "supernet" / "supernet.pt"
     if ckpt.is_file():
         return ckpt, 0.0
-    config = load_config(preset="tiny", dataset=dataset).scale_epochs(epoch_scale)
+    saved = work / "supernet" / "config.toml"
+    if saved.is_file():  # resume with exactly the config the run started with, even if the preset changed since
+        config = load_config(saved)
+    else:
+        config = load_config(preset="tiny", dataset=dataset).scale_epochs(epoch_scale)
     t0 = time.perf_counter()
     result = train(config, work / "supernet", resume=(work / "supernet" / "last.pt").is_file(), device="cpu",
                    tensorboard=False)
@@ -42,7 +46,9 @@ def ensure_supernet(work: Path, *, dataset: str = DATASET, epoch_scale: float = 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
-    parser.add_argument("--samples", type=int, default=450)
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="use this supernet checkpoint (e.g. a run's last.pt) instead of training one")
+    parser.add_argument("--samples", type=int, default=400)
     parser.add_argument("--test", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="evaluation processes")
@@ -51,26 +57,30 @@ def main(argv: list[str] | None = None) -> int:
     from edgenas.accuracy.fit import fit_predictor
 
     args.work.mkdir(parents=True, exist_ok=True)
-    ckpt, train_s = ensure_supernet(args.work)
+    if args.checkpoint:
+        ckpt, train_s = args.checkpoint, 0.0
+    else:
+        ckpt, train_s = ensure_supernet(args.work)
     t0 = time.perf_counter()
     print(f"supernet ready ({train_s:.0f} s of training now); evaluating subnets", flush=True)
     result = fit_predictor(ckpt, samples=args.samples, test=args.test, seed=args.seed, bn_batches=BN_BATCHES,
                            workers=args.workers, store_path=args.work / "store.sqlite",
-                           out=args.work / "supernet" / "accuracy_predictor.npz")
+                           out=ckpt.parent / "accuracy_predictor.npz")
     total_s = time.perf_counter() - t0
     fit = result.fit
     from edgenas.store import Store
+    from edgenas.train.checkpoint import load_checkpoint_info
 
+    info = load_checkpoint_info(ckpt)
     with Store(args.work / "store.sqlite") as store:
-        rows = store.evaluations(__import__("edgenas.train.checkpoint", fromlist=["x"]).load_checkpoint_info(ckpt)["sha256"],
-                                 "holdout", "top1")
+        rows = store.evaluations(info["sha256"], "holdout", "top1")
     import numpy as np
 
     acc = np.array([r.value for r in rows])
     secs = np.array([r.extra.get("seconds", np.nan) for r in rows], dtype=float)
     print()
-    print(f"supernet: {ckpt} (dataset {DATASET}, tiny preset x{EPOCH_SCALE} epochs, "
-          f"BN recalibration on {BN_BATCHES} batches; trained now in {train_s:.0f} s)")
+    print(f"supernet: {ckpt} (dataset {info['dataset']}, phase {info['phase_name']}, step {info['global_step']}, "
+          f"complete {info['complete']}; trained now in {train_s:.0f} s); BN recalibration on {BN_BATCHES} batches")
     print(f"{'quantity':44s} {'value':>12s}")
     print(f"{'archs evaluated (holdout, BN recalibrated)':44s} {result.samples:12d}")
     print(f"{'  of which now':44s} {result.evaluated_now:12d}")

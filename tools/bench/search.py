@@ -16,6 +16,7 @@ else a MACs-linear predictor fitted to 8 subnets measured now on the local devic
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -75,12 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     sample = space.sample_many(np.random.default_rng(1), 2000)
     lat_sample = lat.predict(sample)
 
+    print(f"machine load (1-min average) at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"latency predictor: {lat_desc}")
     print(f"accuracy predictor: {acc.info.get('fit', {}).get('train_size')} fit archs; test Kendall tau "
           f"{acc.info.get('test', {}).get('test_kendall_tau', float('nan')):.3f}")
     print()
     print("1. speed: constrained evolution, population 100, 500 generations (Once-for-All's finder: ~22 s on a CPU)")
-    print(f"{'budget ms':>10} {'seconds':>8} {'candidates':>11} {'cand/s':>9} {'predicted':>10} {'best pred top1':>15}")
+    print(f"{'budget ms':>10} {'seconds':>8} {'candidates':>11} {'cand/s':>9} {'predicted':>10} {'best pred top1':>15} "
+          f"{'load':>5}")
     for budget in (float(np.quantile(lat_sample, 0.5)),):
         for run in range(2):
             problem = Problem(space, acc, lat, Constraints(max_latency_ms=budget), device="local")
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                                           config=EvolutionConfig(population=100, generations=500)), problem)
             secs = time.perf_counter() - t0
             print(f"{budget:10.3f} {secs:8.2f} {problem.candidates:11d} {problem.candidates / secs:9.0f} "
-                  f"{problem.predicted:10d} {100 * result.best.predicted['accuracy']:14.2f}%")
+                  f"{problem.predicted:10d} {100 * result.best.predicted['accuracy']:14.2f}% {os.getloadavg()[0]:5.1f}")
     print()
     print("2. evolution (100 x 500) against random search with 10x the candidate evaluations; real top-1 measured")
     print(f"{'budget ms':>10} {'algorithm':>10} {'candidates':>11} {'pred top1':>10} {'REAL top1':>10} "
