@@ -28,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 DEFAULT_WORK = Path("/tmp/edgenas-bench")
+BN_BATCHES = 2  # as tools/bench/accuracy_predictor.py, so real top-1 is measured as the predictor's targets were
 
 
 def latency_predictor(space, supernet, work: Path):
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="the supernet checkpoint the accuracy benchmark used (default: <work>/supernet/supernet.pt)")
     args = parser.parse_args(argv)
 
     from edgenas.accuracy.fit import SupernetEvaluator
@@ -68,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     from edgenas.search import Constraints, Evolution, EvolutionConfig, Problem, RandomSearch, run_search
     from edgenas.train.evaluate import evaluate
 
-    ckpt = args.work / "supernet" / "supernet.pt"
-    acc = load_accuracy_predictor(args.work / "supernet" / "accuracy_predictor.npz")
-    ctx = SupernetEvaluator(str(ckpt), "holdout", 4)
+    ckpt = args.checkpoint or args.work / "supernet" / "supernet.pt"
+    acc = load_accuracy_predictor(ckpt.parent / "accuracy_predictor.npz")
+    ctx = SupernetEvaluator(str(ckpt), "holdout", BN_BATCHES)
     space = ctx.supernet.space
     lat, lat_desc = latency_predictor(space, ctx.supernet, args.work)
     sample = space.sample_many(np.random.default_rng(1), 2000)
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                                       budget=10 * problem.candidates, batch_size=5000), rproblem)
         real = {}
         for name, res, prob in (("evolution", evo, problem), ("random", rnd, rproblem)):
-            real[name] = evaluate(ctx.supernet, res.best.arch, ctx.dataset, "holdout", bn_batches=4)
+            real[name] = evaluate(ctx.supernet, res.best.arch, ctx.dataset, "holdout", bn_batches=BN_BATCHES)
             print(f"{budget:10.3f} {name:>10} {prob.candidates:11d} {100 * res.best.predicted['accuracy']:9.2f}% "
                   f"{100 * real[name]:9.2f}% {res.best.predicted['latency_ms']:8.3f}  {res.best.arch}")
         outcome.append(real["evolution"] >= real["random"])
