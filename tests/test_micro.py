@@ -23,6 +23,7 @@ def test_int8_model_runs_in_tflite_micro_in_the_smallest_arena(bundle):
     # the arena holds at least the peak activations the memory planner must place at once
     assert check.arena_bytes >= 0.5 * check.analytic_peak_bytes
     assert check.top1_agrees_with_tflite and check.max_abs_diff_vs_tflite < 0.5
+    assert check.activation_bytes + check.persistent_bytes == check.arena_bytes  # TFLite Micro's own record
     data = result.files["tflite-int8"].read_bytes()
     sample = np.zeros((1, arch.resolution, arch.resolution, 1), np.float32)
     assert _try_run(_runtime(), data, check.arena_bytes, sample)[0]

@@ -38,6 +38,8 @@ class MicroCheck:
     max_abs_diff_vs_tflite: float | None = None
     top1_agrees_with_tflite: bool | None = None
     trials: int = 0
+    activation_bytes: int | None = None  # arena head: tensors the memory planner places, plus kernel scratch
+    persistent_bytes: int | None = None  # arena tail: interpreter structs, quantization data, per-op state
 
     @property
     def arena_kb(self) -> float | None:
@@ -52,8 +54,10 @@ class MicroCheck:
                 return f"TFLite Micro cannot run {self.path}: unsupported op(s) {', '.join(self.unsupported_ops)}"
             return f"TFLite Micro cannot run {self.path}: {self.error}"
         estimate = "" if self.analytic_peak_bytes is None else \
-            f" (analytic peak activations {self.analytic_peak_bytes / 1024:.1f} KiB)"
-        return f"TFLite Micro runs {Path(self.path).name} in a {self.arena_bytes / 1024:.1f} KiB arena{estimate}"
+            f"; analytic peak activations {self.analytic_peak_bytes / 1024:.1f} KiB"
+        split = "" if self.activation_bytes is None else \
+            f" ({self.activation_bytes / 1024:.1f} KiB tensors and scratch, {self.persistent_bytes / 1024:.1f} KiB persistent)"
+        return f"TFLite Micro runs {Path(self.path).name} in a {self.arena_bytes / 1024:.1f} KiB arena{split}{estimate}"
 
 
 def _runtime():
@@ -141,4 +145,23 @@ def check_micro(
             hi = mid
         else:
             lo = mid
-    return MicroCheck(str(path), True, hi, analytic_peak_bytes, [], None, diff, agrees, trials)
+    head, tail = arena_split(runtime, data, hi, sample)
+    return MicroCheck(str(path), True, hi, analytic_peak_bytes, [], None, diff, agrees, trials, head, tail)
+
+
+_ARENA_PART = re.compile(r"Arena allocation (head|tail) (\d+) bytes")
+
+
+def arena_split(runtime: Any, data: bytes, arena: int, sample: np.ndarray | None) -> tuple[int | None, int | None]:
+    """(head, tail) bytes of a working arena, from TFLite Micro's allocation record."""
+    with captured_output() as log:
+        try:
+            interpreter = runtime.Interpreter.from_bytes(data, arena_size=int(arena))
+            if sample is not None:
+                interpreter.set_input(sample, 0)
+            interpreter.invoke()
+            interpreter.print_allocations()
+        except Exception:  # the split is a detail; the arena size stands without it
+            pass
+    parts = {name: int(value) for name, value in _ARENA_PART.findall(log.text)}
+    return parts.get("head"), parts.get("tail")

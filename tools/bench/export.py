@@ -64,7 +64,8 @@ def main() -> int:
             bar.update(1)
 
     header = (f"{'#':>2} {'arch':<44} {'MMACs':>6} {'acc':>6} {'fp32 diff':>9} {'onnx diff':>9} {'int8 agree':>10} "
-              f"{'int8 drop':>9} {'TFLM arena':>10} {'analytic':>9} {'ratio':>5} {'t onnx':>6} {'t fp32':>6} {'t int8':>6}")
+              f"{'int8 drop':>9} {'TFLM arena':>10} {'(tensors':>8} {'+ persist)':>10} {'analytic':>9} {'ratio':>5} "
+              f"{'t onnx':>6} {'t fp32':>6} {'t int8':>6}")
     print("\nExport of random subnets of", args.supernet, f"({dataset.spec}, {len(rows)} archs, "
           f"{rows[0]['accuracy']['images'] if rows else 0} val images each)")
     print(header)
@@ -75,10 +76,11 @@ def main() -> int:
         arena = card["sram"]["tflm_arena_bytes"]
         peak = card["sram"]["analytic_peak_int8_bytes"]
         t = card["conversion_seconds"]
+        head, tail = _arena_split(args.out, i, card)
         print(f"{i:>2} {card['arch_str'][:44]:<44} {card['macs'] / 1e6:>6.2f} {card['accuracy']['pytorch']:>6.1%} "
               f"{checks['tflite']['max_abs_diff']:>9.2e} {checks['onnx']['max_abs_diff']:>9.2e} "
               f"{int8['top1_agreement']:>10.1%} {int8['accuracy_drop_points']:>+9.2f} "
-              f"{'-' if arena is None else f'{arena / 1024:.1f}K':>10} {peak / 1024:>8.1f}K "
+              f"{'-' if arena is None else f'{arena / 1024:.1f}K':>10} {_kib(head):>8} {_kib(tail):>10} {peak / 1024:>8.1f}K "
               f"{'-' if arena is None else f'{arena / peak:.2f}':>5} {t['onnx']:>6.2f} {t['tflite']:>6.1f} "
               f"{t['tflite-int8']:>6.1f}")
     fp32 = [{c["format"]: c for c in r["verification"]}["tflite"]["max_abs_diff"] for r in rows]
@@ -98,6 +100,24 @@ def main() -> int:
         times = [r["conversion_seconds"][fmt] for r in rows]
         print(f"conversion time {fmt:<11}: median {statistics.median(times):6.2f} s, max {max(times):6.2f} s")
     return 0
+
+
+def _kib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1024:.1f}K"
+
+
+def _arena_split(out: str, i: int, card: dict) -> tuple[int | None, int | None]:
+    """Head (tensors and scratch) and tail (persistent) of the arena: from the card, or measured again for
+    cards written before MicroCheck recorded them."""
+    tflm = card["sram"].get("tflm") or {}
+    if tflm.get("activation_bytes") is not None:
+        return tflm["activation_bytes"], tflm["persistent_bytes"]
+    if not tflm.get("ok"):
+        return None, None
+    from edgenas.export.micro import _runtime, arena_split
+
+    path = Path(out) / f"arch-{i:02d}" / "model_int8.tflite"
+    return arena_split(_runtime(), path.read_bytes(), tflm["arena_bytes"], None)
 
 
 if __name__ == "__main__":
