@@ -191,3 +191,9 @@ def test_default_out_dir_names():
 
     assert default_out_dir("digits", "tiny") == Path("runs/digits-tiny")
     assert default_out_dir("folder:/data/pets/", "small") == Path("runs/folder-pets-small")
+
+
+def test_example_configs_load():
+    for path in sorted((Path(__file__).resolve().parents[1] / "examples").glob("train-*.toml")):
+        config = load_config(path)
+        assert config.phases and all(p.lr > 0 for p in config.phases), path

@@ -41,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--seed", type=int, default=0, help="seed for --sample (default: %(default)s)")
     ev.add_argument("--bn-batches", type=int, default=None, help="training batches for BN recalibration")
     ev.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
+    ev.add_argument("--threads", type=int, help="CPU threads (default: the idle cores)")
     ev.add_argument("--json", action="store_true", help="print results as JSON")
     ev.set_defaults(handler="edgenas.train.commands:run_eval")
 
@@ -81,12 +82,15 @@ def run_eval(args: argparse.Namespace) -> int:
     import json
 
     import numpy as np
+    import torch
 
     from edgenas.data import load_dataset
     from edgenas.errors import UsageError
     from edgenas.train.checkpoint import load_checkpoint_info, load_supernet
     from edgenas.train.evaluate import evaluate_many
+    from edgenas.train.trainer import auto_threads
 
+    torch.set_num_threads(args.threads or auto_threads())
     info = load_checkpoint_info(args.supernet)
     net = load_supernet(args.supernet)
     space = net.space
