@@ -25,9 +25,9 @@ def _logits(n=200, classes=10, seed=0):
 def test_fp32_passes_within_tolerance_and_fails_beyond():
     ref, labels = _logits()
     ok = compare("tflite", "m.tflite", ref + 5e-5, ref, labels)
-    assert ok.passed and ok.max_abs_diff == pytest.approx(5e-5, rel=1e-3) and ok.top1_agreement == 1.0
+    assert ok.passed and ok.max_abs_diff == pytest.approx(5e-5, rel=1e-2) and ok.top1_agreement == 1.0
     bad = compare("tflite", "m.tflite", ref + np.float32(3e-3), ref, labels)
-    assert not bad.passed and "3e-03" in bad.message and "m.tflite" in bad.message and "kept" in bad.message
+    assert not bad.passed and "0.003 on logits" in bad.message and "m.tflite" in bad.message and "kept" in bad.message
 
 
 def test_int8_judged_on_agreement_and_accuracy_drop_not_on_difference():
