@@ -81,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((name, seconds, accs[0], accs[1], float(np.mean(accs[2:])) if args.random else float("nan"),
                      float(np.min(accs[2:])) if args.random else float("nan")))
 
+    import os
+
+    import torch
+
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end, "
+          f"{args.threads or 'auto'} thread(s) (torch {torch.__version__})")
     print(f"shapes ({args.samples} images, {dataset.size('val')} validation), tiny space, {args.steps} steps x "
           f"{args.batch_size} images per run; validation top-1 after BN recalibration")
     print(f"{'training':<24} {'seconds':>8} {'largest':>8} {'smallest':>9} {'random mean':>12} {'random min':>11}")
