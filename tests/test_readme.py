@@ -1,0 +1,41 @@
+"""README.md stays true: its walkthrough commands run as written, and CI runs its test command."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _block_after(marker: str) -> list[str]:
+    m = re.search(rf"<!-- {marker} -->\s*```\n(.*?)```", README, re.S)
+    assert m, f"README.md has no code block after <!-- {marker} -->"
+    return [line for line in m.group(1).splitlines() if line.strip()]
+
+
+def test_ci_runs_the_readme_test_command():
+    (command,) = _block_after("test-command")
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "test-command" in ci and "README.md" in ci
+    out = subprocess.run(["awk", '/<!-- test-command -->/{getline; while ($0 ~ /^```/) getline; print; exit}',
+                          str(ROOT / "README.md")], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == command
+    assert (ROOT / "tools" / "install.sh").is_file()
+
+
+def test_demo_command_is_documented():
+    assert _block_after("demo-command") == ["bash tools/install.sh && edgenas demo"]
+
+
+def test_walkthrough_commands_run_as_written(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    bindir = Path(sys.executable).parent
+    env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
+    for line in _block_after("walkthrough"):
+        assert line.startswith("edgenas ")
+        proc = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, f"README command failed: {line}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    assert (tmp_path / "exported" / "model.onnx").is_file() and (tmp_path / "exported" / "card.json").is_file()
