@@ -154,7 +154,8 @@ def test_bad_config_is_one_clear_line(tmp_path, text, message):
 
 
 def test_examples_parse(tmp_path):
-    examples = sorted(Path(__file__).resolve().parents[1].joinpath("examples").glob("*.toml"))
+    examples = [p for p in sorted(Path(__file__).resolve().parents[1].joinpath("examples").glob("*.toml"))
+                if "[[devices]]" in p.read_text()]  # run configs (training configs live there too)
     assert len(examples) >= 3
     for path in examples:
         config = load_run_config(path, out=tmp_path)
