@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from edgenas import SearchSpace, Supernet
+from edgenas.artifacts import sha256_file, write_manifest
 from edgenas.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +71,9 @@ def test_one_folder_per_device_with_measured_latency_then_resume(checkpoint, tmp
     search = tmp_path / "search-local.json"  # what `edgenas search` writes: an arch key and predictions
     search.write_text(json.dumps({"arch": json.loads(ARCH), "algorithm": "evolution", "device": "local",
                                   "best": {"predicted": {"latency_ms": 0.8, "accuracy": 0.9}}}))
+    predictor = tmp_path / "latency-predictor.json"
+    predictor.write_text('{"version": 3}')
+    write_manifest(search, kind="search-result", inputs={"latency_predictor": str(predictor)})
     args = ["export", "--supernet", str(checkpoint), "--arch", str(search), "--arch", ARCH,
             "--device", str(ROOT / "devices" / "local.toml"), "--device", str(ROOT / "devices" / "local-tflite.toml"),
             "--formats", "onnx", "--out", str(tmp_path / "out"), "--json"]
@@ -78,6 +82,8 @@ def test_one_folder_per_device_with_measured_latency_then_resume(checkpoint, tmp
     assert [Path(r["out"]).name for r in results] == ["local", "local-tflite"] and all(r["ok"] for r in results)
     card = json.loads((tmp_path / "out" / "local" / "card.json").read_text())
     assert card["latency"]["predicted_ms"] == 0.8 and card["lineage"]["search"]["algorithm"] == "evolution"
+    assert card["lineage"]["search"]["result"]["path"] == str(search)
+    assert card["lineage"]["search"]["inputs"]["latency_predictor"]["sha256"] == sha256_file(predictor)
     (measured,) = card["latency"]["measured"]
     assert measured["ok"] and measured["median_ms"] > 0 and measured["file"] == "model.onnx"
     other = json.loads((tmp_path / "out" / "local-tflite" / "card.json").read_text())

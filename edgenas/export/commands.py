@@ -67,7 +67,13 @@ def _search_result(value: str) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
-    return data if isinstance(data, dict) and "arch" in data else {}
+    if not isinstance(data, dict) or "arch" not in data:
+        return {}
+    from edgenas.artifacts import read_manifest, sha256_file
+
+    manifest = read_manifest(path) or {}
+    # the predictors and tables the search used, with their hashes, come from the result's manifest
+    return {**data, "_file": {"path": str(path), "sha256": sha256_file(path)}, "_inputs": manifest.get("inputs")}
 
 
 def _predicted_latency(result: dict[str, Any]) -> float | None:
@@ -201,6 +207,7 @@ def export_one(supernet: Any, arch: Any, dataset: Any, out_dir: Path, *, options
     }
     if search:
         lineage["search"] = {k: search.get(k) for k in ("algorithm", "device", "constraints", "config") if k in search}
+        lineage["search"].update(result=search["_file"], inputs=search["_inputs"])
     if tuned:
         lineage["finetune"] = tuned
     return export_subnet(model, out_dir, space=supernet.space, arch=arch, calibration=calibration, val_images=val_x,
