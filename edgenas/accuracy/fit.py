@@ -18,16 +18,9 @@ from edgenas.accuracy.dataset import AccuracyDataset, dist_rank, sample_archs
 from edgenas.accuracy.predictor import AccuracyPredictor, FitConfig, FitReport, free_cores, kendall_tau, rmse
 from edgenas.errors import UsageError
 from edgenas.space import Arch
+from edgenas.store import default_store_path  # noqa: F401  (re-exported: one rule for the shared store)
 
 PREDICTOR_FILE = "accuracy_predictor.npz"
-
-
-def default_store_path() -> Path:
-    """The store shared by calibration and accuracy evaluation: $EDGENAS_STORE, else <latency tables>/store.sqlite."""
-    env = os.environ.get("EDGENAS_STORE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("EDGENAS_LATENCY_TABLES", "latency_tables")) / "store.sqlite"
 
 
 @dataclass(frozen=True)
