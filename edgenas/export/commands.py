@@ -185,7 +185,7 @@ def export_one(supernet: Any, arch: Any, dataset: Any, out_dir: Path, *, options
                search: dict[str, Any], device: Any, dataset_spec: str):
     """Prepare (and fine-tune) one subnet and run the export pipeline into `out_dir`."""
     from edgenas.export.finetune import finetune
-    from edgenas.export.pipeline import dataset_arrays, export_subnet, prepare_subnet, teacher_of
+    from edgenas.export.pipeline import dataset_arrays, export_subnet, prepare_subnet, recalibrate, teacher_of
 
     log = _stderr
     log(f"export: {arch} -> {out_dir}")
@@ -196,7 +196,9 @@ def export_one(supernet: Any, arch: Any, dataset: Any, out_dir: Path, *, options
         teacher, teacher_res = teacher_of(supernet)
         tuned = finetune(model, teacher, dataset, epochs=options.finetune_epochs, resolution=arch.resolution,
                          teacher_resolution=teacher_res, batch_size=options.batch_size, seed=options.seed)
-        model = prepare_subnet_bn(model, dataset, arch, options)
+        # running averages lag the last weights: re-estimate BatchNorm statistics exactly
+        model = recalibrate(model, dataset, arch.resolution, bn_batches=options.bn_batches,
+                            batch_size=options.batch_size, seed=options.seed)
     calibration, _ = dataset_arrays(dataset, "train", arch.resolution, limit=options.calibration_images, shuffle=True,
                                     seed=options.seed)
     val_x, val_y = dataset_arrays(dataset, "val", arch.resolution)
@@ -213,16 +215,6 @@ def export_one(supernet: Any, arch: Any, dataset: Any, out_dir: Path, *, options
     return export_subnet(model, out_dir, space=supernet.space, arch=arch, calibration=calibration, val_images=val_x,
                          val_labels=val_y, options=options, lineage=lineage, device=device,
                          predicted_latency_ms=_predicted_latency(search), name=f"edgenas {arch}", log=log)
-
-
-def prepare_subnet_bn(model: Any, dataset: Any, arch: Any, options: Any) -> Any:
-    """Re-estimate BatchNorm statistics exactly after fine-tuning (running averages lag the last weights)."""
-    from edgenas.train.bn import recalibrate_bn
-
-    loader = dataset.loader("train", batch_size=options.batch_size, resolution=arch.resolution, shuffle=True,
-                            seed=options.seed)
-    recalibrate_bn(model, [b for i, b in zip(range(options.bn_batches), loader)])
-    return model.eval()
 
 
 def _first_sentence(message: str) -> str:

@@ -64,8 +64,10 @@ def _runtime():
     return require("tflite_micro.python.tflite_micro.runtime", extra="tflite", purpose="the TFLite Micro check")
 
 
-def _try_run(runtime: Any, data: bytes, arena: int, sample: np.ndarray | None) -> tuple[bool, str, np.ndarray | None]:
-    """Load `data` in a TFLite Micro interpreter with `arena` bytes and invoke it once; (ok, log, output)."""
+def _try_run(runtime: Any, data: bytes, arena: int, sample: np.ndarray | None,
+             allocations: bool = False) -> tuple[bool, str, np.ndarray | None]:
+    """Load `data` in a TFLite Micro interpreter with `arena` bytes and invoke it once; (ok, log, output).
+    With `allocations`, the log also holds TFLite Micro's record of how the arena was used."""
     out = None
     with captured_output() as log:
         try:
@@ -74,6 +76,8 @@ def _try_run(runtime: Any, data: bytes, arena: int, sample: np.ndarray | None) -
                 interpreter.set_input(sample, 0)
             interpreter.invoke()
             out = np.array(interpreter.get_output(0))
+            if allocations:
+                interpreter.print_allocations()
             ok = True
         except Exception as exc:  # allocation failure, missing op, invoke error
             ok = False
@@ -153,15 +157,7 @@ _ARENA_PART = re.compile(r"Arena allocation (head|tail) (\d+) bytes")
 
 
 def arena_split(runtime: Any, data: bytes, arena: int, sample: np.ndarray | None) -> tuple[int | None, int | None]:
-    """(head, tail) bytes of a working arena, from TFLite Micro's allocation record."""
-    with captured_output() as log:
-        try:
-            interpreter = runtime.Interpreter.from_bytes(data, arena_size=int(arena))
-            if sample is not None:
-                interpreter.set_input(sample, 0)
-            interpreter.invoke()
-            interpreter.print_allocations()
-        except Exception:  # the split is a detail; the arena size stands without it
-            pass
-    parts = {name: int(value) for name, value in _ARENA_PART.findall(log.text)}
+    """(head, tail) bytes of a working arena, from TFLite Micro's allocation record (None where unreadable)."""
+    _, text, _ = _try_run(runtime, data, arena, sample, allocations=True)
+    parts = {name: int(value) for name, value in _ARENA_PART.findall(text)}
     return parts.get("head"), parts.get("tail")

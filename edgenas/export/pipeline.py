@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from edgenas.artifacts import write_manifest
@@ -126,20 +125,21 @@ def dataset_arrays(dataset: Any, split: str, resolution: int, *, limit: int | No
     return np.ascontiguousarray(x, dtype=np.float32), y
 
 
+def recalibrate(model: nn.Module, dataset: Any, resolution: int, *, bn_batches: int = 8, batch_size: int = 64,
+                seed: int = 0) -> nn.Module:
+    """Re-estimate `model`'s BatchNorm statistics on `bn_batches` training batches at `resolution`; eval mode."""
+    from edgenas.train.bn import recalibrate_bn
+
+    loader = dataset.loader("train", batch_size=batch_size, resolution=resolution, shuffle=True, seed=seed)
+    recalibrate_bn(model, [batch for _, batch in zip(range(bn_batches), loader)])
+    return model.eval()
+
+
 def prepare_subnet(supernet: nn.Module, arch: Arch, dataset: Any, *, bn_batches: int = 8, batch_size: int = 64,
                    seed: int = 0) -> nn.Module:
     """The static subnet of `arch` with BatchNorm statistics re-estimated on training images (eval mode)."""
-    from edgenas.train.bn import recalibrate_bn
-
-    model = supernet.extract(arch).cpu()
-    loader = dataset.loader("train", batch_size=batch_size, resolution=arch.resolution, shuffle=True, seed=seed)
-    batches = []
-    for i, batch in enumerate(loader):
-        if i >= bn_batches:
-            break
-        batches.append(batch)
-    recalibrate_bn(model, batches)
-    return model.eval()
+    return recalibrate(supernet.extract(arch).cpu(), dataset, arch.resolution, bn_batches=bn_batches,
+                       batch_size=batch_size, seed=seed)
 
 
 def _export_format(fmt: str, model: nn.Module, path: Path, options: ExportOptions,
@@ -282,6 +282,3 @@ def teacher_of(supernet: nn.Module) -> tuple[nn.Module, int]:
     largest = supernet.space.largest()
     return supernet.extract(largest).eval(), largest.resolution
 
-
-def seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(seed))
