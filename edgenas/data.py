@@ -461,7 +461,7 @@ def make_shapes(n: int, size: int, rng: np.random.Generator, batch: int = 1024) 
     """`n` RGB images (uint8, (n, 3, size, size)) of one coloured shape each over a gradient, with clutter and noise.
 
     The class is the shape (10 kinds); colour, position, scale and rotation are random and carry no
-    label information; distractor strokes and blobs can occlude the shape.
+    label information; distractor strokes and blobs can occlude the shape (up to 3, each with chance 1/2).
     """
     if n < 10 or size < 8:
         raise UsageError(f"shapes needs at least 10 samples and 8 pixels, got samples={n}, image_size={size}")
@@ -479,7 +479,7 @@ def make_shapes(n: int, size: int, rng: np.random.Generator, batch: int = 1024) 
         img = bg0 * (1 - ramp[:, None]) + bg1 * ramp[:, None]
         # the shape: random centre, scale, rotation, colour contrasting with the background
         cx, cy = rng.uniform(0.32, 0.68, (2, m, 1, 1))
-        scale = rng.uniform(0.16, 0.32, (m, 1, 1))
+        scale = rng.uniform(0.22, 0.36, (m, 1, 1))
         rot = rng.uniform(0, 2 * np.pi, (m, 1, 1))
         dx, dy = (gx - cx) / scale, (gy - cy) / scale
         u = dx * np.cos(rot) + dy * np.sin(rot)
@@ -492,16 +492,16 @@ def make_shapes(n: int, size: int, rng: np.random.Generator, batch: int = 1024) 
         fg = np.clip(img.mean(axis=(2, 3), keepdims=True)
                      + rng.choice([-1, 1], (m, 1, 1, 1)) * rng.uniform(0.35, 0.6, (m, 3, 1, 1)), 0, 1)
         img = np.where(mask[:, None], fg, img)
-        # clutter: up to 4 random strokes and blobs in random colours, drawn over or under the shape
-        for _ in range(4):
-            draw = rng.random((m, 1, 1)) < 0.6
+        # clutter: up to 3 random strokes and blobs in random colours, drawn over the shape
+        for _ in range(3):
+            draw = rng.random((m, 1, 1)) < 0.5
             x0, y0, x1, y1 = rng.uniform(0, 1, (4, m, 1, 1))
             t = np.clip(((gx - x0) * (x1 - x0) + (gy - y0) * (y1 - y0)) / ((x1 - x0) ** 2 + (y1 - y0) ** 2 + 1e-9), 0, 1)
             dist = np.hypot(gx - x0 - t * (x1 - x0), gy - y0 - t * (y1 - y0))
-            stroke = dist <= rng.uniform(0.5, 1.2, (m, 1, 1)) / size
+            stroke = dist <= rng.uniform(0.4, 1.0, (m, 1, 1)) / size
             blob = np.hypot(gx - x0, gy - y0) <= rng.uniform(0.03, 0.08, (m, 1, 1))
             clutter = draw & np.where(rng.random((m, 1, 1)) < 0.7, stroke, blob)
             img = np.where(clutter[:, None], rng.uniform(0, 1, (m, 3, 1, 1)), img)
-        img = img + rng.normal(0, 0.07, img.shape)
+        img = img + rng.normal(0, 0.05, img.shape)
         out[start:start + m] = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
     return out, labels
