@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      "(default: %(default)s)")
     fit.add_argument("--json", action="store_true", help="print the result as JSON")
     fit.set_defaults(handler="edgenas.accuracy.commands:run_fit")
+    from edgenas.accuracy.proxies import register_proxies  # `edgenas proxies` (import-light: no torch)
+
+    register_proxies(sub)
 
 
 def run_fit(args: argparse.Namespace) -> int:
