@@ -129,3 +129,25 @@ def test_proxy_predictor_errors_name_the_fix() -> None:
         ProxyPredictor("zen", space=space)
     with pytest.raises(UsageError, match="needs a supernet"):
         ProxyPredictor("synflow", space=space)
+
+
+@pytest.mark.slow
+def test_proxies_command_reports_taus_and_reuses_the_store(tmp_path, capsys) -> None:
+    import json
+
+    from test_accuracy_commands import make_checkpoint
+
+    from edgenas.cli import main
+
+    ckpt = make_checkpoint(tmp_path)
+    argv = ["proxies", "--supernet", str(ckpt), "--samples", "4", "--batch-size", "4", "--bn-batches", "1",
+            "--proxies", "synflow,naswot,macs", "--store", str(tmp_path / "store.sqlite"), "--json"]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["samples"] == 4 and first["evaluated_now"] == 4 and set(first["tau"]) == {"synflow", "naswot", "macs"}
+    assert all(-1.0 <= t <= 1.0 or math.isnan(t) for t in first["tau"].values())
+    assert main(argv[:-1] + ["--proxies", "macs", "--json"]) == 0  # the accuracies come from the store now
+    second = json.loads(capsys.readouterr().out)
+    assert second["evaluated_now"] == 0 and second["tau"]["macs"] == first["tau"]["macs"]
+    assert main(argv[:-1] + ["--proxies", "synflow,zen"]) == 2
+    assert "unknown proxy 'zen'" in capsys.readouterr().err
