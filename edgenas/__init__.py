@@ -6,8 +6,7 @@ Heavy parts (torch, paramiko, TensorFlow) load lazily on first use, so that
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgenas._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -24,14 +23,4 @@ _LAZY = {
 __all__ = sorted(_LAZY) + ["__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edgenas' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_attributes('edgenas', _LAZY, globals())

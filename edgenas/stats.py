@@ -299,7 +299,10 @@ class StatsTable:
 
     def compute(self, archs: list[Arch]) -> dict[str, np.ndarray]:
         """Statistics of every arch: a dict of int64 arrays named as ArchStats' fields."""
-        ri, ki, ei, active = self.indices(archs)
+        return self.from_indices(*self.indices(archs))
+
+    def from_indices(self, ri: np.ndarray, ki: np.ndarray, ei: np.ndarray, active: np.ndarray) -> dict[str, np.ndarray]:
+        """`compute` on archs given as index arrays (see `indices`): what a vectorised search keeps."""
         slots = np.arange(self.space.max_blocks)[None, :]
         vals = self.block[:, ri[:, None], slots, ki, ei]  # (fields, n, slots)
         vals = np.where(active[None], vals, 0)

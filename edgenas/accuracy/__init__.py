@@ -7,8 +7,7 @@ imported until a name is used.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgenas._lazy import lazy_attributes
 
 _LAZY = {
     "AccuracyPredictor": "edgenas.accuracy.predictor",
@@ -25,14 +24,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edgenas.accuracy' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_attributes('edgenas.accuracy', _LAZY, globals())

@@ -15,8 +15,7 @@ Nothing heavy is imported until a name is used (torch loads only to export model
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgenas._lazy import lazy_attributes
 
 _LAZY = {
     "LatencyPredictor": "edgenas.latency.predictors",
@@ -39,14 +38,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edgenas.latency' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_attributes('edgenas.latency', _LAZY, globals())

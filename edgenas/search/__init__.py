@@ -11,8 +11,7 @@ Search never touches a `torch.nn.Module`: it sees archs, predictors (anything wi
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgenas._lazy import lazy_attributes
 
 _LAZY = {
     "Problem": "edgenas.search.problem",
@@ -35,14 +34,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edgenas.search' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_attributes('edgenas.search', _LAZY, globals())
