@@ -54,13 +54,18 @@ from edgenas.stats import mid_channels
 
 @dataclass(frozen=True)
 class DifferentiableConfig:
-    """Defaults: 40 alternations of a weight step (SGD lr 0.005) and an arch step (Adam lr 0.05), batches of 32."""
+    """Defaults: 40 alternations of a weight step (SGD lr 0.005) and an arch step (Adam lr 0.05), batches of 32.
+
+    λ starts at 0 (a Lagrange multiplier): starting it at 1 drove every budget's search to the space's
+    smallest blocks within 15 steps on the `shapes` supernet (tools/bench/strategies.py), since the latency
+    gradient is larger than the cross-entropy's early on; from 0 it grows only while E[latency] > target.
+    """
 
     steps: int = 40
     batch_size: int = 32
     weight_lr: float = 0.005
     arch_lr: float = 0.05
-    latency_weight: float = 1.0  # initial λ
+    latency_weight: float = 0.0  # initial λ: the latency term bites only once E[latency] exceeds the target
     lambda_lr: float = 0.5  # dual-ascent rate of λ
     temperature: float = 1.0  # Gumbel-softmax temperature
     train_weights: bool = True
