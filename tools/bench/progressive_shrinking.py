@@ -6,7 +6,7 @@ shrinking (full network, then elastic kernel, depth and expand, distilled from t
 Then prints the BN-recalibrated validation top-1 of the largest, the smallest and a few random
 subnets of each. Usage:
 
-    python tools/bench/progressive_shrinking.py [--steps 300] [--batch-size 32] [--samples 4000] [--out DIR]
+    python tools/bench/progressive_shrinking.py [--steps 600] [--batch-size 32] [--samples 4000] [--out DIR]
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def schedules(total: int, batch_size: int, seed: int, dataset: str, smallest_fir
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300, help="training steps of each run (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=600, help="training steps of each run (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--samples", type=int, default=4000, help="shapes images generated (default: %(default)s)")
     parser.add_argument("--random", type=int, default=5, help="random subnets evaluated (default: %(default)s)")
