@@ -22,8 +22,8 @@ linear in its filter) and hidden channels are scaled by Σ_e g_e · [c < width(e
 stage's outputs after each block, Σ_d g_d · x_d. The gates g are straight-through Gumbel-softmax
 samples: one-hot in the forward pass, so the forward *is* the sampled subnet (except that squeeze-excite
 runs at the largest width), soft in the backward pass, so every choice gets a gradient. Measured on the
-`tiny` space on 2 loaded CPU cores: an architecture step costs about what a largest-subnet training
-step costs (see tools/bench/strategies.py for wall times).
+`tiny` space at 32 px, batch 32, one CPU thread (load average 2.8 on 2 cores; median of 5): forward +
+backward of a largest-subnet step 0.61 s, of this mixed step 0.68 s, of the 9-path DARTS mixture 2.84 s.
 
 The final arch is the argmax of every softmax; if the table says it exceeds the budget it is repaired
 greedily (each step takes the cheaper alternative that loses the least log-probability) until it fits.
