@@ -58,7 +58,7 @@ def _pair_devices(archs: list[str], devices: list[str] | None) -> list[tuple[str
     return list(zip(devices, archs))
 
 
-def _search_result(value: str) -> dict[str, Any]:
+def load_search_result(value: str) -> dict[str, Any]:
     """The JSON of an arch file when it is a search result (for predicted latency and lineage), else {}."""
     path = Path(value)
     if value.strip().startswith("{") or not path.is_file():
@@ -157,7 +157,7 @@ def run_export(args: argparse.Namespace) -> int:
             continue
         try:
             result = export_one(supernet, arch, dataset, out_dir, options=options, info=info,
-                                search=_search_result(value), device=device, dataset_spec=args.dataset or info["dataset"])
+                                search=load_search_result(value), device=device, dataset_spec=args.dataset or info["dataset"])
             results.append({"out": str(out_dir), "ok": True, "files": {k: str(v) for k, v in result.files.items()},
                             "arena_bytes": result.card["sram"]["tflm_arena_bytes"],
                             "accuracy": result.card["accuracy"]})

@@ -412,7 +412,7 @@ def _search(checkpoint: Path, device_name: str, target: DeviceTarget, budget: fl
 def _export(checkpoint: Path, found: dict[str, Any], out_dir: Path, device: Any, target: DeviceTarget,
             config: RunConfig) -> dict[str, Any]:
     from edgenas.data import load_dataset
-    from edgenas.export.commands import _search_result, export_one
+    from edgenas.export.commands import export_one, load_search_result
     from edgenas.export.pipeline import ExportCheckError, ExportOptions
     from edgenas.train.checkpoint import load_checkpoint_info, load_supernet
 
@@ -423,7 +423,7 @@ def _export(checkpoint: Path, found: dict[str, Any], out_dir: Path, device: Any,
     formats = tuple(config.formats)
     options = ExportOptions(formats=formats, target_sram_kb=target.max_sram_kb, target_flash_kb=target.max_flash_kb,
                             seed=config.seed)
-    search = _search_result(found["result"]) if found.get("result") else {}
+    search = load_search_result(found["result"]) if found.get("result") else {}
     # the card's predicted figures are the chosen arch's (the measured winner), not the search's top pick
     search["best"] = {"arch": found["arch"], "predicted": {"latency_ms": found.get("predicted_latency_ms"),
                                                            "accuracy": found.get("predicted_accuracy")}}
