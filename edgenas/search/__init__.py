@@ -5,6 +5,8 @@ Search never touches a `torch.nn.Module`: it sees archs, predictors (anything wi
 
     Problem(space, accuracy, latency, Constraints(...), device=...)   batched, cached evaluation
     Evolution / NSGA2 / RandomSearch(space, rng=..., ...)             ask() / tell(batch, evaluation)
+    RLSearch(space, rng=..., config=RLConfig(...))                     REINFORCE controller, MnasNet reward
+    differentiable_search(supernet, dataset, latency, max_latency_ms=)  ProxylessNAS-style (imports torch)
     run_search(search, problem, top_k=5) -> SearchResult              the driving loop
     InfeasibleConstraintError                                         names the smallest achievable values
 """
@@ -29,6 +31,10 @@ _LAZY = {
     "Candidate": "edgenas.search.base",
     "GenomeCodec": "edgenas.search.genome",
     "ArchBatch": "edgenas.search.genome",
+    "RLSearch": "edgenas.search.rl",
+    "RLConfig": "edgenas.search.rl",
+    "differentiable_search": "edgenas.search.differentiable",
+    "DifferentiableConfig": "edgenas.search.differentiable",
 }
 
 __all__ = sorted(_LAZY)
