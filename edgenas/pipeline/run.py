@@ -326,8 +326,8 @@ def _pareto(checkpoint: Path, device_name: str, target: DeviceTarget, accuracy_p
 # verification step candidates with headroom; the most accurate one that meets the budget when measured wins.
 SEARCH_MARGINS = (1.0, 0.93, 0.86)
 SEARCH_ROUNDS = 3
-# Repeated medians of one model differ by a few per cent (2-8 % measured on this project's CI machine kind), so a candidate measured
-# just under the budget may measure over it when the exported file is timed again. The most accurate
+# Repeated medians of one model differ by a few per cent (2-8 % measured on this machine kind), so a
+# candidate measured just under the budget may measure over it when the exported file is timed again. The most accurate
 # candidate with this much headroom wins; one without headroom only when no other meets the budget.
 HEADROOM = 0.05
 
