@@ -19,6 +19,7 @@ maximum over them, because between blocks only one tensor is alive.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -162,16 +163,19 @@ def build_graph(space: SearchSpace, arch: Arch) -> tuple[list[Op], dict[str, int
     return g.ops, g.sizes
 
 
-def peak_activation(ops: list[Op], sizes: dict[str, int]) -> int:
+def peak_activation(ops: list[Op], sizes: dict[str, int], skip: Callable[[Op], bool] | None = None) -> int:
     """Largest sum of live tensors (in values) while any op runs: a tensor lives from the op
-    that writes it (the graph input from the start) to the last op that reads it."""
+    that writes it (the graph input from the start) to the last op that reads it. Ops for which
+    `skip(op)` is true are not counted as moments of peak (their tensors still live)."""
     last_use: dict[str, int] = {}
     for i, op in enumerate(ops):
         for t in op.inputs:
             last_use[t] = i
     created = {op.output: i for i, op in enumerate(ops)}
     peak = 0
-    for i in range(len(ops)):
+    for i, op in enumerate(ops):
+        if skip is not None and skip(op):
+            continue
         live = 0
         for t, size in sizes.items():
             born = created.get(t, -1)
@@ -200,6 +204,10 @@ def arch_stats(space: SearchSpace, arch: Arch) -> ArchStats:
     )
 
 
+def _in_block(op: Op) -> bool:
+    return op.name.startswith("stage")
+
+
 class StatsTable:
     """Vectorised statistics for many archs of one space (search evaluates whole populations).
 
@@ -222,10 +230,9 @@ class StatsTable:
         for ri, res in enumerate(space.resolutions):
             base = space.smallest(res)
             ops, sizes = build_graph(space, base)
-            blocks = {name for name in (op.name.split(".")[0] for op in ops) if name.startswith("stage")}
-            fixed_ops = [op for op in ops if not op.name.startswith("stage")]
+            fixed_ops = [op for op in ops if not _in_block(op)]
             self.fixed[:, ri] = self._totals(fixed_ops)
-            self.fixed_peak[ri] = self._peak_outside_blocks(ops, sizes, blocks)
+            self.fixed_peak[ri] = peak_activation(ops, sizes, skip=_in_block)
             hw_in = self._block_inputs(space, res)
             for slot, (s, _j, cin, cout, stride) in enumerate(plan):
                 spec = space.stages[s]
@@ -257,22 +264,6 @@ class StatsTable:
         params = weights + sum(2 * op.bn_channels + (op.biases - op.bn_channels) for op in ops)
         return np.array([params, sum(op.macs for op in ops), 0, weights + 4 * biases, 4 * (weights + biases)],
                         dtype=np.int64)
-
-    @staticmethod
-    def _peak_outside_blocks(ops: list[Op], sizes: dict[str, int], blocks: set[str]) -> int:
-        last_use: dict[str, int] = {}
-        for i, op in enumerate(ops):
-            for t in op.inputs:
-                last_use[t] = i
-        created = {op.output: i for i, op in enumerate(ops)}
-        peak = 0
-        for i, op in enumerate(ops):
-            if op.name.split(".")[0] in blocks:
-                continue
-            live = sum(size for t, size in sizes.items()
-                       if created.get(t, -1) <= i and last_use.get(t, created.get(t, -1)) >= i)
-            peak = max(peak, live)
-        return peak
 
     def indices(self, archs: list[Arch]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Resolution index (n,) and per-slot kernel and expand indices (n, slots), plus an active mask."""
