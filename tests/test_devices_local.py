@@ -90,3 +90,28 @@ def test_an_exception_in_on_result_stops_the_agent(onnx_models):
         with pytest.raises(RuntimeError, match="store is full"):
             device.measure([onnx_models["tiny"], onnx_models["heavy"], onnx_models["heavy"]], on_result=refuse)
         assert children_running_the_agent() == []
+
+
+def test_sweeps_time_every_model_again_in_separate_agent_runs(onnx_models):
+    paths = [onnx_models["tiny"], onnx_models["medium"]]
+    with local() as device:
+        pauses = []
+        device._sleep = pauses.append
+        swept = device.measure_sweeps(paths, sweeps=3, pause_s=0.25)
+    assert pauses == [0.25, 0.25]
+    for s, path in zip(swept, paths):
+        assert len(s.sweeps) == 3 and all(m.ok and m.model_path == str(path) for m in s.sweeps)
+        assert len({m.extra["agent_pid"] for m in s.sweeps}) == 3  # a new agent run per sweep
+        medians = sorted(m.median_ms for m in s.sweeps)
+        assert s.median_ms == medians[1] and s.worst_ms == medians[2]
+        assert s.representative.median_ms == medians[1]
+        assert s.summary()["sweep_medians_ms"] == [m.median_ms for m in s.sweeps]
+    assert swept[1].median_ms > swept[0].median_ms  # the medium network is slower than the tiny one
+
+
+def test_sweeps_stop_early_when_nothing_measures(onnx_models):
+    with local(python=("/nonexistent/python3",)) as device:
+        pauses = []
+        device._sleep = pauses.append
+        (s,) = device.measure_sweeps([onnx_models["tiny"]], sweeps=4)
+    assert not s.ok and len(s.sweeps) == 1 and s.error == "agent_error" and s.worst_ms is None and pauses == []

@@ -88,6 +88,8 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         lines.append(f"- Latency predicted: {latency['predicted_ms']:.3g} ms on {latency.get('device', '?')}")
     for m in latency.get("measured", []):
         value = f"{m['median_ms']:.3g} ms" if m.get("median_ms") is not None else f"failed ({m.get('error')})"
+        if m.get("worst_ms") is not None and m.get("sweep_medians_ms"):
+            value += f" (median of {len(m['sweep_medians_ms'])} sweeps; slowest {m['worst_ms']:.3g} ms)"
         lines.append(f"- Latency measured on {m.get('device')}: {m.get('file')} {value}")
     acc = card.get("accuracy") or {}
     split = acc.get("split", "val")

@@ -258,8 +258,14 @@ def export_subnet(
     return result
 
 
-def measure_on_device(device: Any, files: Mapping[str, Path], *, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Median latency of each exported file the device's runtime runs (ONNX Runtime: .onnx, TFLite: .tflite)."""
+def measure_on_device(device: Any, files: Mapping[str, Path], *, log: Callable[[str], None] = print,
+                      sweeps: int | None = None) -> list[dict[str, Any]]:
+    """Latency of each exported file the device's runtime runs (ONNX Runtime: .onnx, TFLite: .tflite), timed in
+    `sweeps` sweeps seconds apart (default edgenas.devices.base.CHECK_SWEEPS): the median of the sweeps' medians,
+    and the slowest sweep's median, which budgets are checked against."""
+    from edgenas.devices.base import CHECK_SWEEPS
+
+    sweeps = CHECK_SWEEPS if sweeps is None else sweeps
     suffix = ".onnx" if device.runtime == "onnxruntime" else ".tflite"
     paths = [p for p in files.values() if p.suffix == suffix]
     if getattr(device, "kind", None) == "mcu":  # a microcontroller board runs the int8 model only
@@ -268,11 +274,14 @@ def measure_on_device(device: Any, files: Mapping[str, Path], *, log: Callable[[
         log(f"measure: device {device.name} runs {device.runtime}, and no exported file is for it")
         return []
     out = []
-    for path, m in zip(paths, device.measure([str(p) for p in paths])):
-        entry = {"device": device.name, "file": path.name, "runtime": m.runtime, "median_ms": m.median_ms,
-                 "cv": m.cv, "ok": m.ok, "error": m.error, "error_message": m.error_message}
+    for path, s in zip(paths, device.measure_sweeps([str(p) for p in paths], sweeps=sweeps)):
+        m = s.representative
+        entry = {"device": device.name, "file": path.name, "runtime": m.runtime, "median_ms": s.median_ms,
+                 "worst_ms": s.worst_ms, "sweep_medians_ms": s.medians, "cv": m.cv, "ok": s.ok, "error": s.error,
+                 "error_message": s.error_message}
         log(f"measure: {path.name} on {device.name}: " +
-            (f"{m.median_ms:.3g} ms (median)" if m.ok else f"failed ({m.error}: {m.error_message})"))
+            (f"{s.median_ms:.3g} ms (median of {len(s.medians)} sweeps; slowest {s.worst_ms:.3g} ms)" if s.ok
+             else f"failed ({s.error}: {s.error_message})"))
         out.append(entry)
     return out
 
