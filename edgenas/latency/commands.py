@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--holdout", type=int, default=100, help="held-out subnets to measure (default: %(default)s)")
     ev.add_argument("--transfer-samples", type=int, default=10,
                     help="measurements the transfer predictor may use (default: %(default)s)")
+    ev.add_argument("--repeat", action="store_true",
+                    help="time the held-out subnets a second time and score that as 'repeat': how well the device "
+                         "agrees with itself, the ceiling for any predictor")
     ev.set_defaults(handler="edgenas.latency.commands:run_eval")
 
 
@@ -117,6 +120,7 @@ def run_eval(args: argparse.Namespace) -> int:
     with device, store:
         result = evaluate(device, space, holdout=args.holdout, runtime=args.runtime, precision=args.precision,
                           store=store, transfer_from=sources, transfer_samples=args.transfer_samples,
-                          seed=args.seed, tables_dir=args.tables, cache_dir=args.models, progress=not args.quiet)
+                          seed=args.seed, tables_dir=args.tables, cache_dir=args.models, progress=not args.quiet,
+                          repeat=args.repeat)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.format())
     return 0

@@ -11,6 +11,7 @@ predictor from other calibrated devices fitted on a handful of those measurement
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,20 @@ def score(name: str, predicted: np.ndarray, measured: np.ndarray, *, measurement
     )
 
 
+def _repeat_score(cal: Calibrator, archs: Sequence[Arch], measured: np.ndarray) -> PredictorScore:
+    """The held-out subnets timed again on the device, scored against their stored figures."""
+    jobs = cal.export_archs(archs)
+    t0 = time.monotonic()
+    again = cal.device.measure([str(j.path) for j in jobs])
+    seconds = time.monotonic() - t0
+    figure = "median_ms" if cal.statistic == "median" else "min_ms"
+    pairs = [(float(getattr(m, figure)), ms) for m, ms in zip(again, measured) if m.ok and getattr(m, figure)]
+    if len(pairs) < 3:
+        raise UsageError(f"only {len(pairs)} held-out subnets measured fine again on {cal.device.name}: check the device")
+    repeated, first = (np.array(x, dtype=np.float64) for x in zip(*pairs))
+    return score("repeat", repeated, first, measurements=0, device_seconds=seconds)
+
+
 def holdout_archs(space: SearchSpace, n: int, exclude: Sequence[Arch], seed: int) -> list[Arch]:
     """`n` random subnets not in `exclude` (a fixed function of the seed)."""
     rng = np.random.default_rng([seed, 104729])
@@ -128,8 +143,13 @@ def evaluate(
     tables_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    repeat: bool = False,
 ) -> LatencyEvaluation:
-    """Measure `holdout` unseen subnets on `device` and score every predictor on them."""
+    """Measure `holdout` unseen subnets on `device` and score every predictor on them.
+
+    With `repeat`, the held-out files are timed once more on the device (a fresh run, not from the store)
+    and that second figure is scored like a predictor ("repeat"): how well the device agrees with
+    itself, the ceiling no predictor can beat on that device."""
     runtime, precision = _resolve_setup(device, runtime, precision)
     if holdout < 3:
         raise UsageError(f"--holdout {holdout} is too small to judge a predictor: give at least 3 (100 is typical)")
@@ -181,5 +201,7 @@ def evaluate(
                             device_seconds=few_seconds))
     macs = MacsPredictor(**ident).fit(train_archs, train_ms, seed=seed)
     scores.append(score("macs", macs.predict(archs), measured, measurements=n_train, device_seconds=arch_seconds))
+    if repeat:
+        scores.append(_repeat_score(cal, archs, measured))
     return LatencyEvaluation(device.name, runtime, precision, len(archs), float(np.median(measured)), scores,
                              statistic)
