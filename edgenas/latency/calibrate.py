@@ -97,24 +97,17 @@ class Calibrator:
     def export_pieces(self, pieces: Sequence[Any]) -> list[ModelJob]:
         from edgenas.latency.models import piece_description
 
-        jobs = []
         with Progress(len(pieces), f"export {self.format} pieces", enabled=self.progress, unit="model") as bar:
-            for p in pieces:
-                path, sha = self.cache.get(piece_description(p), self.format)
-                jobs.append(ModelJob("piece", p.key, path, sha))
-                bar.update(1)
-        return jobs
+            got = self.cache.get_many([piece_description(p) for p in pieces], self.format, on_done=lambda: bar.update(1))
+        return [ModelJob("piece", p.key, path, sha) for p, (path, sha) in zip(pieces, got)]
 
     def export_archs(self, archs: Sequence[Arch]) -> list[ModelJob]:
         from edgenas.latency.models import arch_description
 
-        jobs = []
         with Progress(len(archs), f"export {self.format} subnets", enabled=self.progress, unit="model") as bar:
-            for a in archs:
-                path, sha = self.cache.get(arch_description(self.space, a), self.format)
-                jobs.append(ModelJob("arch", a.to_json(), path, sha))
-                bar.update(1)
-        return jobs
+            got = self.cache.get_many([arch_description(self.space, a) for a in archs], self.format,
+                                      on_done=lambda: bar.update(1))
+        return [ModelJob("arch", a.to_json(), path, sha) for a, (path, sha) in zip(archs, got)]
 
     # -- measuring -------------------------------------------------------------------------------
     def measure(self, jobs: Sequence[ModelJob], desc: str) -> dict[str, Any]:

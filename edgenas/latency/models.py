@@ -151,11 +151,52 @@ def _export_tflite(model: nn.Module, path: Path, int8: bool) -> None:
         tflite.export_tflite(model, path, example=example)
 
 
+# TFLite conversion takes seconds per model and uses one core, so several missing TFLite files are converted in
+# worker processes; ONNX export takes a fraction of a second, less than starting a worker.
+PARALLEL_FORMATS = ("tflite", "tflite-int8")
+PARALLEL_MIN_MODELS = 4
+
+
+def _get_in_worker(root: str, description: dict, fmt: str) -> tuple[str, str]:
+    torch.set_num_threads(1)
+    path, sha = ModelCache(root).get(description, fmt)
+    return str(path), sha
+
+
 class ModelCache:
     """Exported latency models under `root`, keyed by the sha256 of their description and format."""
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
+
+    def is_cached(self, description: dict, fmt: str) -> bool:
+        path = self.path_for(description, fmt)
+        return path.is_file() and path.with_name(path.name + ".sha256").is_file()
+
+    def get_many(self, descriptions: list[dict], fmt: str, *, workers: int | None = None,
+                 on_done: Callable[[], None] | None = None) -> list[tuple[Path, str]]:
+        """`get` for each description, in order; missing TFLite files are converted by `workers` processes
+        (default: one per core, at most one per missing file). `on_done` is called once per description."""
+        out: dict[int, tuple[Path, str]] = {}
+        missing = [i for i, d in enumerate(descriptions) if not self.is_cached(d, fmt)]
+        workers = min(workers or os.cpu_count() or 1, len(missing))
+        if fmt in PARALLEL_FORMATS and len(missing) >= PARALLEL_MIN_MODELS and workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(_get_in_worker, str(self.root), descriptions[i], fmt): i for i in missing}
+                for future in as_completed(futures):
+                    path, sha = future.result()
+                    out[futures[future]] = (Path(path), sha)
+                    if on_done is not None:
+                        on_done()
+        for i, d in enumerate(descriptions):
+            if i not in out:
+                out[i] = self.get(d, fmt)
+                if on_done is not None:
+                    on_done()
+        return [out[i] for i in range(len(descriptions))]
 
     def path_for(self, description: dict, fmt: str) -> Path:
         return self.root / fmt / (sha256_json({"description": description, "format": fmt}) + SUFFIX[fmt])

@@ -327,9 +327,10 @@ def _pareto(checkpoint: Path, device_name: str, target: DeviceTarget, accuracy_p
 SEARCH_MARGINS = (1.0, 0.93, 0.86)
 SEARCH_ROUNDS = 3
 # Candidates are judged by the slowest of several timing sweeps (edgenas.devices.base.CHECK_SWEEPS), and so is the
-# exported file; one measured just under the budget may still measure over it when timed again. The most accurate
-# candidate with this much headroom wins; one without headroom only when no other meets the budget.
-HEADROOM = 0.05
+# exported file; one measured just under the budget may still measure over it when timed again (the slowest sweep
+# of one file moved by 7-13 % between the search and the export on this project's 2-vCPU machines). The most
+# accurate candidate with this much headroom wins; one without headroom only when no other meets the budget.
+HEADROOM = 0.10
 
 
 def _pick(checked: list[Any], budget: float, headroom: float) -> Any | None:

@@ -1,0 +1,42 @@
+"""The exported-model cache of latency measurement: content-keyed files, and TFLite conversions in worker processes."""
+
+from __future__ import annotations
+
+import numpy as np
+from latency_helpers import MICRO
+
+from edgenas.latency.blocks import block_index
+from edgenas.latency.models import PARALLEL_MIN_MODELS, ModelCache, arch_description, piece_description
+
+
+def test_missing_tflite_files_are_converted_by_workers_and_then_reused(tmp_path):
+    pieces = block_index(MICRO).pieces[:PARALLEL_MIN_MODELS]
+    descriptions = [piece_description(p) for p in pieces]
+    cache = ModelCache(tmp_path)
+    done = []
+    first = cache.get_many(descriptions, "tflite", workers=2, on_done=lambda: done.append(1))
+    assert len(done) == len(pieces) and len({path for path, _ in first}) == len(pieces)
+    for (path, sha), d in zip(first, descriptions):
+        assert path == cache.path_for(d, "tflite") and path.is_file() and len(sha) == 64
+    # every file runs in the TFLite interpreter with the piece's input shape
+    from ai_edge_litert.interpreter import Interpreter
+
+    for (path, _), p in zip(first, pieces):
+        interp = Interpreter(model_path=str(path))
+        interp.allocate_tensors()
+        (inp,) = interp.get_input_details()
+        assert list(inp["shape"]) == [1, p.hw, p.hw, p.cin]
+        interp.set_tensor(inp["index"], np.zeros(inp["shape"], np.float32))
+        interp.invoke()
+    # a second call finds them all in the cache: same files, same hashes, nothing converted again
+    stamps = [path.stat().st_mtime_ns for path, _ in first]
+    assert cache.get_many(descriptions, "tflite", workers=2) == first
+    assert [path.stat().st_mtime_ns for path, _ in first] == stamps
+
+
+def test_onnx_files_are_exported_in_process_in_order(tmp_path):
+    rng = np.random.default_rng(0)
+    descriptions = [arch_description(MICRO, a) for a in MICRO.sample_many(rng, 5)]
+    got = ModelCache(tmp_path).get_many(descriptions, "onnx")
+    assert [path for path, _ in got] == [ModelCache(tmp_path).path_for(d, "onnx") for d in descriptions]
+    assert all(path.suffix == ".onnx" and path.is_file() for path, _ in got)
