@@ -64,12 +64,15 @@ class FitReport:
 def free_cores() -> int:
     """Cores not busy with other work (1-minute load average), at least 1: more torch threads than free
     cores make small kernels many times slower (measured: 8x for a subnet's forward pass at load 8 on 2 cores)."""
-    cores = os.cpu_count() or 1
+    try:  # the cores this process may run on (taskset, cgroups' cpusets), not all the machine's
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
     try:
         busy = os.getloadavg()[0]
     except OSError:
         busy = 0.0
-    return max(1, min(cores, round(cores - busy)))
+    return max(1, min(cores, round((os.cpu_count() or cores) - busy)))
 
 
 def rmse(predicted: np.ndarray, actual: np.ndarray) -> float:

@@ -67,12 +67,15 @@ def auto_threads(local_world_size: int = 1) -> int:
     On a busy machine, more threads than free cores makes PyTorch's CPU kernels several times slower
     (measured: a forward pass 7x slower with 2 threads than with 1 at load 8 on 2 cores).
     """
-    cores = os.cpu_count() or 1
+    try:  # the cores this process may run on (taskset, cgroups' cpusets), not all the machine's
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
     try:
         busy = os.getloadavg()[0]
     except OSError:
         busy = 0.0
-    return max(1, min(cores, round(cores - busy)) // max(1, local_world_size))
+    return max(1, min(cores, round((os.cpu_count() or cores) - busy)) // max(1, local_world_size))
 
 
 def setup_processes(device: str = "auto", threads: int | None = None) -> Processes:
