@@ -128,3 +128,20 @@ def test_metrics():
     assert rmse(np.array([0.5, 0.7]), np.array([0.5, 0.5])) == pytest.approx(np.sqrt(0.02))
     assert kendall_tau(np.arange(10), np.arange(10)) == pytest.approx(1.0)
     assert kendall_tau(np.arange(10), -np.arange(10)) == pytest.approx(-1.0)
+
+
+def test_evaluations_with_another_bn_batch_count_are_not_reused(tmp_path):
+    from edgenas.accuracy.dataset import top1_metric
+    from edgenas.space import SearchSpace
+    from edgenas.store import Store
+
+    space = SearchSpace.preset("tiny")
+    archs = space.sample_many(np.random.default_rng(0), 3)
+    with Store(tmp_path / "s.sqlite") as store:
+        bn2 = AccuracyDataset(store, "sha-supernet", "fp-data", metric=top1_metric(2))
+        bn8 = AccuracyDataset(store, "sha-supernet", "fp-data", metric=top1_metric(8))
+        assert bn2.build(archs, lambda a: 0.5, progress=False) == 3
+        assert bn8.missing(archs) == archs  # figures taken with 2 batches do not stand in for 8
+        assert bn8.build(archs, lambda a: 0.75, progress=False) == 3
+        assert list(bn2.load(archs)[1]) == [0.5] * 3 and list(bn8.load(archs)[1]) == [0.75] * 3
+    assert top1_metric(8) == "top1@bn8"

@@ -72,7 +72,7 @@ def test_search_verifies_top_candidates_on_the_device(setup, capsys):
     with Store(root / "store.sqlite") as store:
         rows = store.measurements(device="local", runtime="onnxruntime", precision="fp32", model_kind="arch")
         assert {r.model_description for r in rows} >= {Arch.from_dict(c["arch"]).to_json() for c in checked}
-        assert len(store.evaluations(manifest["inputs"]["supernet"]["sha256"], "holdout", "top1")) == 2
+        assert len(store.evaluations(manifest["inputs"]["supernet"]["sha256"], "holdout", "top1@bn1")) == 2
 
 
 def test_impossible_latency_exits_2_naming_the_smallest(setup, capsys):

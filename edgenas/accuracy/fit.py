@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edgenas.accuracy.dataset import AccuracyDataset, dist_rank, sample_archs
+from edgenas.accuracy.dataset import AccuracyDataset, dist_rank, sample_archs, top1_metric
 from edgenas.accuracy.predictor import AccuracyPredictor, FitConfig, FitReport, free_cores, kendall_tau, rmse
 from edgenas.errors import UsageError
 from edgenas.space import Arch
@@ -92,7 +92,8 @@ class SupernetEvaluator:
         self.split, self.bn_batches = split, bn_batches
 
     def accuracy_dataset(self, store) -> AccuracyDataset:
-        return AccuracyDataset(store, self.info["sha256"], self.dataset.fingerprint, self.split)
+        return AccuracyDataset(store, self.info["sha256"], self.dataset.fingerprint, self.split,
+                               metric=top1_metric(self.bn_batches))
 
     def evaluate(self, arch: Arch) -> float:
         from edgenas.train.evaluate import evaluate

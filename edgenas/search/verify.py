@@ -86,6 +86,7 @@ def verify(
     fill each candidate's `measured`, and choose the most accurate one whose measured latency meets the limit.
 
     Measured latency is the slowest of `sweeps` timing sweeps (default edgenas.devices.base.CHECK_SWEEPS)."""
+    from edgenas.accuracy.dataset import top1_metric
     from edgenas.devices.base import CHECK_SWEEPS
     from edgenas.progress import Progress
 
@@ -104,7 +105,8 @@ def verify(
             cand.measured["model"] = str(paths[-1])
             if store is not None and supernet_sha256:
                 store.add_evaluation(supernet_sha256=supernet_sha256, dataset=dataset.fingerprint, split=split,
-                                     arch=cand.arch, metric="top1", value=top1, extra={"source": "search-verify"})
+                                     arch=cand.arch, metric=top1_metric(bn_batches), value=top1,
+                                     extra={"source": "search-verify"})
             bar.update(1, top1=top1)
     # Timed in several sweeps seconds apart and judged by the slowest (see edgenas.devices.base.CHECK_SWEEPS),
     # so the winner also meets the limit when its exported file is timed again.

@@ -32,7 +32,7 @@ EPOCH_SCALE = 1.25  # of the `tiny` preset's progressive-shrinking schedule (8.5
 BN_BATCHES = 8  # 64-image training batches for each subnet's BN recalibration (as TrainConfig's default)
 # With 2 batches, BN recalibration alone made one arch's holdout top-1 wander by 0.7 points (std of the difference
 # between two recalibration seeds, 60 fitting archs): two seeds' measurements agreed only at Kendall tau 0.76,
-# against 0.89 with 8 batches. The store's key does not hold the batch count, hence one store per count.
+# against 0.89 with 8 batches. (The store keeps each batch count's figures apart, as metric "top1@bn8".)
 
 
 def store_file(work: Path, bn_batches: int = BN_BATCHES) -> Path:
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="evaluation processes")
     args = parser.parse_args(argv)
 
+    from edgenas.accuracy.dataset import top1_metric
     from edgenas.accuracy.fit import fit_predictor
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info = load_checkpoint_info(ckpt)
     with Store(store_file(args.work)) as store:
-        rows = store.evaluations(info["sha256"], "holdout", "top1")
+        rows = store.evaluations(info["sha256"], "holdout", top1_metric(BN_BATCHES))
     import numpy as np
 
     acc = np.array([r.value for r in rows])

@@ -10,8 +10,7 @@ overshooting by at most its last batch: evolution proposes several children per 
    kept in the SQLite store), `--test` of them held out; prints the Kendall tau of the predictor and of
    every zero-cost proxy on those held-out archs (`tools/bench/proxies.py` prints the proxies alone).
    The defaults reuse tools/bench/accuracy_predictor.py's work folder, archs and BN recalibration
-   (8 batches) and its store `<work>/store-bn8.sqlite`, so no subnet is evaluated again (the store's key
-   does not hold the BN batch count, hence one store file per count).
+   (8 batches) and its store `<work>/store-bn8.sqlite`, so no subnet is evaluated again.
 2. Runs each strategy at each budget and prints the best arch's real val top-1 (BN-recalibrated; val is
    never used to fit the predictor or to search), its table latency, the predictor evaluations it used
    and its wall time. The differentiable search uses the supernet and the table directly (no accuracy
