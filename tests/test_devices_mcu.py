@@ -37,6 +37,12 @@ def test_board_latency_is_read_from_its_output(board, tflite_models):
     assert m.extra["unit"] == "us"
 
 
+def test_a_board_is_checked_in_one_sweep(board, tflite_models):
+    with mcu_device(board) as device:
+        (s,) = device.measure_sweeps([tflite_models["small"]])  # a budget check: one flash, not five
+    assert device.check_sweeps == 1 and len(s.sweeps) == 1 and s.ok and s.worst_ms == s.median_ms
+
+
 def test_cycle_counts_are_converted_with_the_board_clock(board, tflite_models):
     config = read_device_file(board.device_files()[0])
     command = (*config.mcu.command, "--clock-hz", "216000000")

@@ -383,10 +383,16 @@ class Device(abc.ABC):
             pending = [i for i in pending if i not in results]
         return [results[i] for i in range(len(models))]
 
-    def measure_sweeps(self, paths: Sequence[str | os.PathLike], *, sweeps: int = CHECK_SWEEPS,
+    @property
+    def check_sweeps(self) -> int:
+        """How many sweeps `measure_sweeps` makes by default (CHECK_SWEEPS; one where timing is exact)."""
+        return CHECK_SWEEPS
+
+    def measure_sweeps(self, paths: Sequence[str | os.PathLike], *, sweeps: int | None = None,
                        pause_s: float = CHECK_PAUSE_S) -> list[SweptMeasurement]:
-        """Measure every model `sweeps` times, one whole sweep over the list after another with a pause
-        between, so each model's figures come from moments seconds apart. One SweptMeasurement per path."""
+        """Measure every model `sweeps` times (default `check_sweeps`), one whole sweep over the list after another
+        with a pause between, so each model's figures come from moments seconds apart. One SweptMeasurement per path."""
+        sweeps = self.check_sweeps if sweeps is None else sweeps
         if sweeps < 1:
             raise UsageError(f"sweeps must be at least 1, got {sweeps}")
         runs: list[list[Measurement]] = [[] for _ in paths]

@@ -32,6 +32,11 @@ def fill_command(command: tuple[str, ...], values: dict[str, str]) -> list[str]:
 class MCUDevice(Device):
     """Measures by running the device's flash-and-run command on the board's host, one model at a time."""
 
+    @property
+    def check_sweeps(self) -> int:
+        # A microcontroller runs one program with nothing else on it; flashing again would only cost time.
+        return 1
+
     def latencies_ms(self, output: str) -> list[float]:
         mcu = self.config.mcu
         assert mcu is not None

@@ -261,11 +261,8 @@ def export_subnet(
 def measure_on_device(device: Any, files: Mapping[str, Path], *, log: Callable[[str], None] = print,
                       sweeps: int | None = None) -> list[dict[str, Any]]:
     """Latency of each exported file the device's runtime runs (ONNX Runtime: .onnx, TFLite: .tflite), timed in
-    `sweeps` sweeps seconds apart (default edgenas.devices.base.CHECK_SWEEPS): the median of the sweeps' medians,
+    `sweeps` sweeps seconds apart (default: the device's `check_sweeps`): the median of the sweeps' medians,
     and the slowest sweep's median, which budgets are checked against."""
-    from edgenas.devices.base import CHECK_SWEEPS
-
-    sweeps = CHECK_SWEEPS if sweeps is None else sweeps
     suffix = ".onnx" if device.runtime == "onnxruntime" else ".tflite"
     paths = [p for p in files.values() if p.suffix == suffix]
     if getattr(device, "kind", None) == "mcu":  # a microcontroller board runs the int8 model only

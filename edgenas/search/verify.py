@@ -85,12 +85,9 @@ def verify(
     """Export, measure and evaluate the top `top_k` candidates of `result` (all of `result.top` by default),
     fill each candidate's `measured`, and choose the most accurate one whose measured latency meets the limit.
 
-    Measured latency is the slowest of `sweeps` timing sweeps (default edgenas.devices.base.CHECK_SWEEPS)."""
+    Measured latency is the slowest of `sweeps` timing sweeps (default: the device's `check_sweeps`)."""
     from edgenas.accuracy.dataset import top1_metric
-    from edgenas.devices.base import CHECK_SWEEPS
     from edgenas.progress import Progress
-
-    sweeps = CHECK_SWEEPS if sweeps is None else sweeps
     from edgenas.train.evaluate import evaluate
 
     out_dir = Path(out_dir)
