@@ -103,7 +103,7 @@ def test_sweeps_time_every_model_again_in_separate_agent_runs(onnx_models):
         assert len(s.sweeps) == 3 and all(m.ok and m.model_path == str(path) for m in s.sweeps)
         assert len({m.extra["agent_pid"] for m in s.sweeps}) == 3  # a new agent run per sweep
         medians = sorted(m.median_ms for m in s.sweeps)
-        assert s.median_ms == medians[1] and s.worst_ms == medians[2]
+        assert s.median_ms == medians[1] and s.worst_ms == medians[2] and s.check_ms == medians[2]  # < 4 sweeps
         assert s.representative.median_ms == medians[1]
         assert s.summary()["sweep_medians_ms"] == [m.median_ms for m in s.sweeps]
     assert swept[1].median_ms > swept[0].median_ms  # the medium network is slower than the tiny one
@@ -114,4 +114,18 @@ def test_sweeps_stop_early_when_nothing_measures(onnx_models):
         pauses = []
         device._sleep = pauses.append
         (s,) = device.measure_sweeps([onnx_models["tiny"]], sweeps=4)
-    assert not s.ok and len(s.sweeps) == 1 and s.error == "agent_error" and s.worst_ms is None and pauses == []
+    assert not s.ok and len(s.sweeps) == 1 and s.error == "agent_error" and s.worst_ms is None and s.check_ms is None
+    assert pauses == []
+
+
+def test_the_check_figure_is_the_slowest_sweep_but_one_from_four_sweeps():
+    from edgenas.devices.base import SweptMeasurement
+    from edgenas.devices.measurement import Measurement
+
+    def swept(*medians):
+        return SweptMeasurement(tuple(Measurement("m.onnx", "sha", "d", "onnxruntime", median_ms=v) for v in medians))
+
+    s = swept(0.70, 1.36, 0.74, 0.73, 0.72)  # one sweep disturbed (seen on a demo run), four alike
+    assert s.worst_ms == 1.36 and s.check_ms == 0.74 and s.median_ms == 0.73
+    assert swept(0.5, 0.4, 0.6).check_ms == 0.6  # fewer than 4 sweeps: the slowest
+    assert swept(0.3).check_ms == 0.3

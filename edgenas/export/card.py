@@ -90,6 +90,8 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         value = f"{m['median_ms']:.3g} ms" if m.get("median_ms") is not None else f"failed ({m.get('error')})"
         if m.get("worst_ms") is not None and m.get("sweep_medians_ms"):
             value += f" (median of {len(m['sweep_medians_ms'])} sweeps; slowest {m['worst_ms']:.3g} ms)"
+            if m.get("check_ms") is not None:
+                value += f"; checked against budgets: {m['check_ms']:.3g} ms"
         lines.append(f"- Latency measured on {m.get('device')}: {m.get('file')} {value}")
     acc = card.get("accuracy") or {}
     split = acc.get("split", "val")
