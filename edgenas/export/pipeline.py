@@ -273,9 +273,8 @@ def measure_on_device(device: Any, files: Mapping[str, Path], *, log: Callable[[
     out = []
     for path, s in zip(paths, device.measure_sweeps([str(p) for p in paths], sweeps=sweeps)):
         m = s.representative
-        entry = {"device": device.name, "file": path.name, "runtime": m.runtime, "median_ms": s.median_ms,
-                 "worst_ms": s.worst_ms, "check_ms": s.check_ms, "sweep_medians_ms": s.medians, "cv": m.cv, "ok": s.ok,
-                 "error": s.error, "error_message": s.error_message}
+        entry = {"device": device.name, "file": path.name, "runtime": m.runtime, **s.summary(), "cv": m.cv,
+                 "ok": s.ok, "error": s.error, "error_message": s.error_message}
         log(f"measure: {path.name} on {device.name}: " +
             (f"{s.median_ms:.3g} ms (median of {len(s.medians)} sweeps; checked against budgets: {s.check_ms:.3g} ms, "
              f"slowest {s.worst_ms:.3g} ms)" if s.ok

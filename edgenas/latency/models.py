@@ -169,9 +169,13 @@ class ModelCache:
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
 
-    def is_cached(self, description: dict, fmt: str) -> bool:
+    def _sha_path(self, description: dict, fmt: str) -> Path:
         path = self.path_for(description, fmt)
-        return path.is_file() and path.with_name(path.name + ".sha256").is_file()
+        return path.with_name(path.name + ".sha256")
+
+    def is_cached(self, description: dict, fmt: str) -> bool:
+        """The file and its .sha256 (written last) are both there: the export finished."""
+        return self.path_for(description, fmt).is_file() and self._sha_path(description, fmt).is_file()
 
     def get_many(self, descriptions: list[dict], fmt: str, *, workers: int | None = None,
                  on_done: Callable[[], None] | None = None) -> list[tuple[Path, str]]:
@@ -203,9 +207,8 @@ class ModelCache:
 
     def get(self, description: dict, fmt: str) -> tuple[Path, str]:
         """The exported file for `description` in `fmt` (exported now if missing) and its sha256."""
-        path = self.path_for(description, fmt)
-        sha_path = path.with_name(path.name + ".sha256")
-        if path.is_file() and sha_path.is_file():
+        path, sha_path = self.path_for(description, fmt), self._sha_path(description, fmt)
+        if self.is_cached(description, fmt):
             return path, sha_path.read_text().strip()
         exporter: Callable[[nn.Module, Path], None]
         if fmt == "onnx":

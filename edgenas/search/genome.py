@@ -168,6 +168,7 @@ class GenomeCodec:
         return self._table.from_indices(genomes[:, 0], genomes[:, self.kernel_cols], genomes[:, self.expand_cols],
                                         self.active(genomes))
 
+
 def _valid_arch(resolution: int, depths: tuple, kernels: tuple, expands: tuple) -> Arch:
     """An Arch from values a genome guarantees valid (Python ints, matching lengths), skipping
     `Arch.__post_init__`'s per-item checks, which cost 47 µs an arch (measured) — most of a search's time."""
