@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 # Order here is the order in `edgenas --help`.
@@ -25,7 +26,7 @@ COMMAND_MODULES = (
 )
 
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # SIGINT; SIGTERM exits with 143 (edgenas.errors)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -67,6 +68,49 @@ def _run_handler(args: argparse.Namespace) -> int:
     return int(result or 0)
 
 
+# Numeric options checked for every command before it runs: (smallest, largest) of each by its argparse dest.
+# Counts are capped where a larger value can only be a slip (it would run for days or exhaust memory).
+COUNT_RANGES = {
+    "threads": (1, 1024), "workers": (1, 256), "batch_size": (1, 1 << 20), "bn_batches": (1, 100_000),
+    "samples": (1, 1_000_000), "test": (1, 1_000_000), "sample": (1, 1_000_000), "budget": (1, 100_000),
+    "holdout": (1, 100_000), "transfer_samples": (1, 100_000), "population": (1, 100_000),
+    "generations": (1, 1_000_000), "top_k": (1, 1000), "calibration_images": (1, 1_000_000),
+    "steps": (1, 1_000_000_000), "checkpoint_every": (1, 1_000_000_000), "finetune_epochs": (0, 10_000),
+    "seed": (0, 2**31 - 1),
+}
+POSITIVE_NUMBERS = ("max_latency_ms", "max_sram_kb", "max_flash_kb", "max_macs", "epochs_scale", "target_sram_kb",
+                    "target_flash_kb")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse, before any work, numbers no command can use (NaN, inf, out of range) and unusable store or
+    cache paths; each stage's own checks (files, devices, outputs) follow in its handler."""
+    import math
+
+    from edgenas.errors import UsageError
+    from edgenas.readers import check_store_path, output_dir
+
+    for dest, value in sorted(vars(args).items()):
+        option = "--" + dest.replace("_", "-")
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise UsageError(f"{option} {value}: expected a finite number")
+            if dest in POSITIVE_NUMBERS and not value > 0:
+                raise UsageError(f"{option} {value:g}: expected a number greater than 0")
+        if isinstance(value, int) and dest in COUNT_RANGES:
+            low, high = COUNT_RANGES[dest]
+            if not low <= value <= high:
+                raise UsageError(f"{option} {value}: expected an integer from {low} to {high:,}".replace(",", " "))
+        if isinstance(value, str) and "\x00" in value:
+            raise UsageError(f"{option} holds a NUL byte: give a real value")
+    check_store_path(getattr(args, "store", None))
+    for dest in ("tables", "models"):
+        if getattr(args, dest, None):
+            output_dir(getattr(args, dest), f"--{dest}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -74,19 +118,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE if args.command is None else 0
     debug = args.debug or os.environ.get("EDGENAS_DEBUG") == "1"
-    from edgenas.errors import UsageError
+    from edgenas.errors import EXIT_SIGINT, EXIT_SIGTERM, Terminated, UsageError, interrupt_handlers
+    from edgenas.readers import one_line
 
     try:
-        return _run_handler(args)
+        with interrupt_handlers():
+            check_arguments(args)
+            return _run_handler(args)
     except UsageError as exc:
         if debug:
-            raise
-        print(f"edgenas: error: {exc}", file=sys.stderr)
+            traceback.print_exc()
+        print(f"edgenas: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("\nedgenas: interrupted; what was finished is saved, run the same command again to resume",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except RecursionError:  # a reader missed a deeply nested input: still one line, not 3 000
+        if debug:
+            traceback.print_exc()
+        print("edgenas: error: an input nests too deeply to read (a JSON or TOML file of thousands of levels?): "
+              "check the files given to this command", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt as exc:
+        if debug:
+            traceback.print_exc()
+        terminated = isinstance(exc, Terminated)
+        detail = one_line(str(exc.args[0])) if exc.args else \
+            "what was finished is saved, run the same command again to resume"
+        print(f"\nedgenas: {'terminated' if terminated else 'interrupted'}; {detail}", file=sys.stderr)
+        return EXIT_SIGTERM if terminated else EXIT_SIGINT
 
 
 def entry() -> None:

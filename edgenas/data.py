@@ -17,10 +17,10 @@ format has one, else a stratified part of the data.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import pickle
+import math
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +29,14 @@ from typing import Any
 import numpy as np
 
 from edgenas.errors import UsageError
+from edgenas.readers import GIB, MAX_DATA_BYTES, input_file, load_data_pickle, one_line, read_bytes
 
 SPLITS = ("train", "val", "holdout")
 DATASET_KINDS = ("digits", "shapes", "folder", "cifar10", "idx")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MAX_SHAPES_SIZE = 1024
+MAX_IMAGE_PIXELS = 8192 * 8192  # one image of a folder dataset
+MAX_BATCH_BYTES = GIB  # one CIFAR-10 batch (the real ones are 30 MiB)
 SHAPE_CLASSES = ("circle", "square", "triangle", "hexagon", "ellipse", "ring", "cross", "star", "crescent", "frame")
 
 
@@ -177,6 +181,9 @@ def parse_spec(spec: str) -> tuple[str, str]:
     """Split a SPEC into (kind, argument): `folder:/data/x` -> ("folder", "/data/x")."""
     if not isinstance(spec, str) or not spec.strip():
         raise UsageError(f"dataset spec {spec!r} is empty: use one of digits, shapes, folder:PATH, cifar10:PATH, idx:PATH")
+    if "\x00" in spec or len(spec) > 4096:
+        raise UsageError(f"dataset spec {spec[:60]!r} is not a dataset: use one of digits, shapes, folder:PATH, "
+                         "cifar10:PATH, idx:PATH")
     kind, _, arg = spec.strip().partition(":")
     if kind not in DATASET_KINDS:
         raise UsageError(f"unknown dataset {spec!r}: use one of digits, shapes, folder:PATH, cifar10:PATH, idx:PATH")
@@ -207,6 +214,10 @@ def load_dataset(spec: str, *, seed: int = 0, val_fraction: float = 0.2, holdout
         opts = _parse_options(spec, arg, {"image_size": int, "samples": int})
         size = opts.get("image_size", image_size or 32)
         samples = opts.get("samples", kw.pop("samples", 12000))
+        if not (8 <= size <= MAX_SHAPES_SIZE and 10 <= samples and samples * 3 * size * size <= MAX_DATA_BYTES):
+            raise UsageError(f"dataset {spec!r}: image_size={size}, samples={samples} is out of range: image_size "
+                             f"from 8 to {MAX_SHAPES_SIZE}, samples at least 10, at most {MAX_DATA_BYTES // GIB} GiB "
+                             "of pixels in all")
         x, y = make_shapes(samples, size, np.random.default_rng([seed, 7]))
         names = list(SHAPE_CLASSES)
     elif kind == "folder":
@@ -296,11 +307,19 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
     return x, d.target.astype(np.int64), [str(i) for i in range(10)]
 
 
+def _dataset_folder(root: Path, what: str, expected: str) -> Path:
+    """`root` if it is a folder; one line naming what is there instead otherwise."""
+    if root.is_dir():
+        return root
+    if root.exists():
+        raise UsageError(f"{what} {root} is not a folder: give {expected}")
+    raise UsageError(f"{what} {root} does not exist: give {expected}")
+
+
 def _load_folder(root: Path, image_size: int | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     from PIL import Image, UnidentifiedImageError
 
-    if not root.is_dir():
-        raise UsageError(f"dataset folder {root} does not exist: give a folder with one sub-folder per class")
+    _dataset_folder(root, "dataset folder", "a folder with one sub-folder per class")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
         raise UsageError(f"dataset folder {root} has {len(classes)} class sub-folder(s): it needs one sub-folder "
@@ -313,12 +332,23 @@ def _load_folder(root: Path, image_size: int | None) -> tuple[np.ndarray, np.nda
         files.extend((p, c) for p in found)
     raw = []
     for path, _ in files:
+        input_file(path, "image")  # a folder, a pipe or /dev/zero named like an image is refused unread
         try:
             with Image.open(path) as im:
+                w, h = im.size
+                if w < 1 or h < 1 or w * h > MAX_IMAGE_PIXELS:
+                    raise UsageError(f"image {path} is {w}x{h} pixels: expected at most {MAX_IMAGE_PIXELS} pixels; "
+                                     "resize or remove it")
                 im.load()
                 raw.append(im.copy())
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise UsageError(f"cannot read image {path}: {exc}; remove or replace the file") from None
+        except UsageError:
+            raise
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise UsageError(f"cannot read image {path}: {type(exc).__name__}: {one_line(str(exc))[:100]}; "
+                             "remove or replace the file") from None
+        except Exception as exc:  # a damaged file makes Pillow's decoders raise many kinds of errors
+            raise UsageError(f"cannot read image {path} ({type(exc).__name__}): it is damaged; remove or replace it"
+                             ) from None
     grey = all(im.mode in ("L", "1", "I;16", "I") for im in raw)
     sizes = {im.size for im in raw}
     if image_size is None:
@@ -335,73 +365,114 @@ def _load_folder(root: Path, image_size: int | None) -> tuple[np.ndarray, np.nda
     return np.stack(arrays), np.array([c for _, c in files], dtype=np.int64), classes
 
 
+def _cifar_field(d: dict, name: str) -> object:
+    for key in (name.encode(), name):
+        if key in d:
+            return d[key]
+    return None
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 batch: (N, 3, 32, 32) uint8 images and N labels in 0..9, every field checked."""
+    source = f"CIFAR-10 batch {path}"
+    d = load_data_pickle(read_bytes(path, "CIFAR-10 batch", limit=MAX_BATCH_BYTES), source)
+    if not isinstance(d, dict):
+        raise UsageError(f"{source} holds a {type(d).__name__}, not the dict of a CIFAR-10 batch; re-download it")
+    data, labels = _cifar_field(d, "data"), _cifar_field(d, "labels")
+    if not isinstance(data, np.ndarray) or data.dtype.kind not in "ui" or data.ndim != 2 or data.shape[1] != 3072:
+        shown = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise UsageError(f"{source}: data is a {shown}: expected a uint8 array of N rows of 3072 pixels "
+                         "(32x32, 3 channels); re-download it")
+    if data.size and (data.min() < 0 or data.max() > 255):
+        raise UsageError(f"{source}: data holds values outside 0..255; re-download it")
+    if not isinstance(labels, (list, np.ndarray)) or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v <= 9 for v in labels):
+        raise UsageError(f"{source}: labels must be a list of integers from 0 to 9; re-download it")
+    if len(data) == 0:
+        raise UsageError(f"{source} holds no images; re-download it")
+    if len(data) != len(labels):
+        raise UsageError(f"{source} has {len(data)} images but {len(labels)} labels; re-download it")
+    return data.astype(np.uint8).reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+
+
 def _load_cifar10(root: Path) -> tuple[np.ndarray, np.ndarray, list[str], tuple[np.ndarray, np.ndarray]]:
     if (root / "cifar-10-batches-py").is_dir():
         root = root / "cifar-10-batches-py"
-    if not root.is_dir():
-        raise UsageError(f"CIFAR-10 folder {root} does not exist: give the folder holding data_batch_1..5 and test_batch")
+    _dataset_folder(root, "CIFAR-10 folder", "the folder holding data_batch_1..5 and test_batch")
     train_files = sorted(root.glob("data_batch_*"))
     test_file = root / "test_batch"
-    if not train_files or not test_file.is_file():
+    if not train_files or not test_file.exists():
         raise UsageError(f"CIFAR-10 folder {root} lacks data_batch_* or test_batch: download the python version "
                          "(cifar-10-python.tar.gz) and unpack it")
-
-    def read(path: Path) -> tuple[np.ndarray, np.ndarray]:
-        try:
-            with open(path, "rb") as f:
-                d = pickle.load(f, encoding="bytes")
-            data = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            labels = np.asarray(d[b"labels"], dtype=np.int64)
-        except Exception as exc:  # a truncated or foreign pickle raises many kinds of errors
-            raise UsageError(f"cannot read CIFAR-10 batch {path}: {type(exc).__name__}: {exc}; re-download it") from None
-        if len(data) != len(labels):
-            raise UsageError(f"CIFAR-10 batch {path} has {len(data)} images but {len(labels)} labels; re-download it")
-        return data, labels
-
-    parts = [read(p) for p in train_files]
+    parts = [_read_cifar_batch(p) for p in train_files]
     x = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts])
     names = [f"class{i}" for i in range(10)]
     meta = root / "batches.meta"
-    if meta.is_file():
-        try:
-            with open(meta, "rb") as f:
-                names = [n.decode() for n in pickle.load(f, encoding="bytes")[b"label_names"]]
-        except Exception as exc:
-            raise UsageError(f"cannot read CIFAR-10 metadata {meta}: {exc}; re-download it") from None
-    return x, y, names, read(test_file)
+    if meta.exists():
+        source = f"CIFAR-10 metadata {meta}"
+        d = load_data_pickle(read_bytes(meta, "CIFAR-10 metadata", limit=MAX_BATCH_BYTES), source)
+        label_names = _cifar_field(d, "label_names") if isinstance(d, dict) else None
+        if not isinstance(label_names, list) or len(label_names) != 10 or not all(
+                isinstance(n, (bytes, str)) and 0 < len(n) <= 100 for n in label_names):
+            raise UsageError(f"{source}: label_names must be a list of 10 class names; re-download it")
+        names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in label_names]
+    return x, y, names, _read_cifar_batch(test_file)
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise UsageError(f"cannot read IDX file {path}: {exc}; re-download it") from None
+    source = f"IDX file {path}"
+    if path.suffix == ".gz":
+        raw = _gunzip(read_bytes(path, "IDX file", limit=MAX_DATA_BYTES), source)
+    else:
+        raw = read_bytes(path, "IDX file", limit=MAX_DATA_BYTES)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise UsageError(f"{path} is not an unsigned-byte IDX file (bad magic number); expected MNIST-format data")
     ndim = raw[3]
     header = 4 + 4 * ndim
+    if not 1 <= ndim <= 4:
+        raise UsageError(f"{source} says it has {ndim} dimensions: expected 1 (labels) or 3 (images); re-download it")
     if len(raw) < header:
         raise UsageError(f"IDX file {path} is truncated in its header; re-download it")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
-    count = int(np.prod(shape))
+    count = math.prod(shape)
     if len(raw) - header != count:
         raise UsageError(f"IDX file {path} holds {len(raw) - header} bytes of data but its header says {shape} "
                          f"({count} bytes); re-download it")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
+def _gunzip(data: bytes, source: str, limit: int = MAX_DATA_BYTES) -> bytes:
+    """Unpack gzip data, refusing more than `limit` bytes (a small file can unpack to terabytes)."""
+    out, total = [], 0
+    try:
+        stream = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        chunk = data
+        while chunk:
+            piece = stream.decompress(chunk, 1 << 24)
+            total += len(piece)
+            if total > limit:
+                raise UsageError(f"{source} unpacks to more than {limit // GIB} GiB: it is not an IDX file; "
+                                 "re-download it")
+            out.append(piece)
+            chunk = stream.unconsumed_tail
+        if not stream.eof:
+            raise UsageError(f"{source} is a truncated gzip file; re-download it")
+    except zlib.error as exc:
+        raise UsageError(f"cannot read {source}: not gzip data ({exc}); re-download it") from None
+    return b"".join(out)
+
+
 def _find_idx(root: Path, split_words: tuple[str, ...], what: str) -> Path | None:
     for p in sorted(root.iterdir()):
         name = p.name.lower()
-        if p.is_file() and any(w in name for w in split_words) and what in name and "idx" in name:
+        if any(w in name for w in split_words) and what in name and "idx" in name:
             return p
     return None
 
 
 def _load_idx(root: Path) -> tuple[np.ndarray, np.ndarray, list[str], tuple[np.ndarray, np.ndarray]]:
-    if not root.is_dir():
-        raise UsageError(f"IDX folder {root} does not exist: give the folder holding train-images-idx3-ubyte[.gz] etc.")
+    _dataset_folder(root, "IDX folder", "the folder holding train-images-idx3-ubyte[.gz] etc.")
     found = {}
     for key, words, what in (("xtr", ("train",), "images"), ("ytr", ("train",), "labels"),
                              ("xte", ("t10k", "test"), "images"), ("yte", ("t10k", "test"), "labels")):
@@ -415,7 +486,13 @@ def _load_idx(root: Path) -> tuple[np.ndarray, np.ndarray, list[str], tuple[np.n
         if arrays[xk].ndim != 3 or arrays[yk].ndim != 1 or len(arrays[xk]) != len(arrays[yk]):
             raise UsageError(f"IDX files {found[xk].name} and {found[yk].name} do not match: expected N images "
                              f"(N, H, W) and N labels, got {arrays[xk].shape} and {arrays[yk].shape}")
+        if len(arrays[xk]) == 0 or min(arrays[xk].shape[1:]) < 1:
+            raise UsageError(f"IDX file {found[xk]} holds no images (shape {arrays[xk].shape}): expected at least one "
+                             "image of at least 1x1 pixels; re-download it")
     num_classes = int(max(arrays["ytr"].max(), arrays["yte"].max())) + 1
+    if num_classes < 2:
+        raise UsageError(f"IDX labels in {found['ytr']} and {found['yte']} name only class 0: expected at least "
+                         "2 classes")
     names = [str(i) for i in range(num_classes)]
     return (arrays["xtr"][:, None].copy(), arrays["ytr"].astype(np.int64), names,
             (arrays["xte"][:, None].copy(), arrays["yte"].astype(np.int64)))

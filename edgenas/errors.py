@@ -1,6 +1,9 @@
-"""Errors a user can fix: the CLI prints them as one line and exits with status 2."""
+"""Errors a user can fix (the CLI prints them as one line and exits with status 2), and interruption by signals."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class UsageError(ValueError):
@@ -26,3 +29,71 @@ def require(module: str, *, extra: str, purpose: str):
             f"{purpose} needs the Python package '{module.split('.')[0]}' ({exc}); "
             f"install it with: pip install 'edgenas[{extra}]'"
         ) from exc
+
+
+# ---- interruption ---------------------------------------------------------------------------------
+# SIGINT (Ctrl-C) and SIGTERM (kill, a batch scheduler, a container stop) both stop a command cleanly:
+# each raises where the program is, so `finally` blocks, atomic writes and store transactions finish
+# or roll back, and a stage saves what it has done before the CLI exits with 130 or 143.
+
+EXIT_SIGINT = 128 + 2
+EXIT_SIGTERM = 128 + 15
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived. A KeyboardInterrupt, so every handler that cleans up after Ctrl-C also runs for it."""
+
+
+_held: list[int] = []  # signals that arrived inside `signals_held()`, raised when it ends
+_holding = 0
+
+
+def _raise_for(signum: int) -> None:
+    import signal
+
+    if signum == signal.SIGTERM:
+        raise Terminated  # no message: the CLI says what was saved
+    raise KeyboardInterrupt
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    if _holding:
+        _held.append(signum)
+        return
+    _raise_for(signum)
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends (a training step's update is never half applied).
+
+    Works under `interrupt_handlers()` (the CLI installs them); elsewhere Ctrl-C raises as usual.
+    """
+    global _holding
+    _holding += 1
+    try:
+        yield
+    finally:
+        _holding -= 1
+        if not _holding and _held:
+            signum = _held[0]
+            _held.clear()
+            _raise_for(signum)
+
+
+@contextmanager
+def interrupt_handlers() -> Iterator[None]:
+    """While active: SIGTERM raises Terminated and SIGINT KeyboardInterrupt (both holdable). Main thread only."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _held.clear()

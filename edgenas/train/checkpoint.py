@@ -16,6 +16,7 @@ import torch
 
 from edgenas.artifacts import atomic_write_bytes, sha256_file, write_manifest
 from edgenas.errors import UsageError
+from edgenas.readers import MAX_CHECKPOINT_BYTES, input_file, one_line, space_from_dict
 from edgenas.space import SearchSpace
 from edgenas.supernet import Supernet
 
@@ -41,21 +42,104 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
+MAX_BYTES = MAX_CHECKPOINT_BYTES
+MAX_PARAMS = 200_000_000  # far above any edge network; a bigger "space" in a file is damage, not a model
+REMEDY = "re-train it with `edgenas train`, or use the supernet.pt it wrote"
+# What every checkpoint holds (later stages read these), with the type each must have.
+REQUIRED = {"space": dict, "model": dict, "dataset": str, "dataset_fingerprint": str, "seed": int, "config": dict}
+# What a resumable last.pt adds.
+RESUME_FIELDS = {"config_result": dict, "phase_index": int, "step_in_phase": int, "global_step": int}
+
+
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The checkpoint dict, or UsageError if the file is missing, not a checkpoint, or damaged."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"checkpoint {path} does not exist: train one with `edgenas train` (it writes supernet.pt)")
+    """The checkpoint dict, or UsageError if the file is missing, not a checkpoint, damaged or inconsistent.
+
+    Loaded with `weights_only=True`: a file holding other Python objects is refused, never unpickled.
+    Every field later stages read is checked: types, the search space, finite weights whose shapes
+    are those of the stored space's supernet (its class count included).
+    """
+    path = input_file(path, "checkpoint", hint="train one with `edgenas train` (it writes supernet.pt)")
+    if path.stat().st_size > MAX_BYTES:
+        raise UsageError(f"checkpoint {path} is larger than {MAX_BYTES >> 30} GiB: is it the right file?")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, foreign pickle, ...
-        raise UsageError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # truncated zip, foreign pickle, objects other than tensors ...
+        raise UsageError(f"cannot read checkpoint {path}: {_load_problem(exc)}; {REMEDY}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UsageError(f"{path} is not an edgenas supernet checkpoint")
-    if state.get("version", 0) > VERSION:
+        raise UsageError(f"{path} is not an edgenas supernet checkpoint (no format = {FORMAT!r} in it); {REMEDY}")
+    version = state.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise UsageError(f"checkpoint {path}: version = {version!r}: expected a positive integer; {REMEDY}")
+    if version > VERSION:
         raise UsageError(f"checkpoint {path} has format version {state['version']}; this edgenas reads up to {VERSION}: "
                          "upgrade edgenas")
+    _check_fields(state, REQUIRED, f"checkpoint {path}")
+    space = space_from_dict(state["space"], f"checkpoint {path}", REMEDY)
+    _check_weights(state["model"], space, f"checkpoint {path}", "model")
+    if state.get("teacher") is not None:
+        if not isinstance(state["teacher"], dict):
+            raise UsageError(f"checkpoint {path}: teacher is a {type(state['teacher']).__name__}: expected weights; "
+                             f"{REMEDY}")
+        _check_weights(state["teacher"], space, f"checkpoint {path}", "teacher")
     return state
+
+
+def check_resume_fields(state: dict[str, Any], path: str | Path) -> None:
+    """A `last.pt` to resume from must also hold its training progress (phase, step, the config it ran)."""
+    _check_fields(state, RESUME_FIELDS, f"checkpoint {path}")
+
+
+def _load_problem(exc: Exception) -> str:
+    """What went wrong in torch.load, in a few words; never torch's advice to load unsafely."""
+    text = str(exc)
+    if "Weights only load failed" in text or "Unsupported global" in text or "weights_only" in text:
+        return ("it holds Python objects besides tensors, numbers and strings, which edgenas does not unpickle "
+                "(nothing in it was run)")
+    if isinstance(exc, (EOFError, RuntimeError)) and ("zip" in text.lower() or "central directory" in text
+                                                     or "PytorchStreamReader" in text or isinstance(exc, EOFError)):
+        return "it is truncated or not a PyTorch file"
+    first = one_line(text)
+    return f"it is not a PyTorch checkpoint ({type(exc).__name__}: {first[:100]})"
+
+
+def _check_fields(state: dict[str, Any], fields: dict[str, type], source: str) -> None:
+    for key, kind in fields.items():
+        if key not in state:
+            raise UsageError(f"{source}: missing field {key}: it is damaged or made by another program; {REMEDY}")
+        value = state[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise UsageError(f"{source}: {key} is a {type(value).__name__}: expected {kind.__name__}; {REMEDY}")
+        if kind is int and value < 0:
+            raise UsageError(f"{source}: {key} = {value}: expected 0 or more; {REMEDY}")
+
+
+def _check_weights(weights: dict[str, Any], space: SearchSpace, source: str, role: str) -> None:
+    """The weights must be exactly those of the space's supernet: same names, shapes, finite values."""
+    try:
+        params = space.stats(space.largest()).params
+    except (ValueError, ZeroDivisionError, OverflowError) as exc:
+        raise UsageError(f"{source}: its search space '{space.name}' is not buildable ({one_line(str(exc))}); "
+                         f"{REMEDY}") from None
+    if params > MAX_PARAMS:
+        raise UsageError(f"{source}: its search space '{space.name}' has {params:,} parameters, more than the "
+                         f"{MAX_PARAMS:,} an edge supernet may have: the file is damaged; {REMEDY}")
+    expected = {k: tuple(v.shape) for k, v in Supernet(space).state_dict().items()}
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected), key=str)
+    if missing or extra:
+        which = f"lacks {missing[0]}" if missing else f"has the unexpected entry {str(extra[0])[:60]}"
+        raise UsageError(f"{source}: its {role} weights do not match its search space '{space.name}' "
+                         f"({space.num_classes} classes): it {which}; {REMEDY}")
+    for key, shape in expected.items():
+        tensor = weights[key]
+        if not isinstance(tensor, torch.Tensor):
+            raise UsageError(f"{source}: {role} weight {key} is a {type(tensor).__name__}, not a tensor; {REMEDY}")
+        if tuple(tensor.shape) != shape:
+            raise UsageError(f"{source}: {role} weight {key} has shape {list(tensor.shape)} but its search space "
+                             f"'{space.name}' ({space.num_classes} classes) needs {list(shape)}; {REMEDY}")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UsageError(f"{source}: {role} weight {key} holds NaN or infinite values (training diverged?); "
+                             f"{REMEDY}")
 
 
 def supernet_from_state(state: dict[str, Any]) -> Supernet:

@@ -14,11 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgenas.errors import UsageError
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+from edgenas.readers import check_value, is_int, read_toml, require
 
 Choices = int | str  # how many of the largest options a phase may sample, or "all"
 
@@ -152,18 +148,53 @@ class TrainConfig:
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 _PHASE_FIELDS = {f.name for f in dataclasses.fields(Phase)}
 
+# Each setting's type and range: (type, lowest, highest, lowest excluded). A config file and the flags are
+# checked against these before anything runs, so a typo is one line naming the file and the field.
+_BIG = 1_000_000_000
+FIELD_RANGES: dict[str, tuple[type, float | None, float | None, bool]] = {
+    "preset": (str, None, None, False), "dataset": (str, None, None, False), "space": (str, None, None, False),
+    "seed": (int, 0, 2**31 - 1, False), "batch_size": (int, 1, 1 << 20, False),
+    "lr_batch_size": (int, 1, 1 << 20, False), "momentum": (float, 0, 1, False), "nesterov": (bool, None, None, False),
+    "weight_decay": (float, 0, 1, False), "label_smoothing": (float, 0, 1, False),
+    "distill_weight": (float, 0, 1000, False), "distill_temperature": (float, 0, 1000, True),
+    "bn_batches": (int, 1, 100_000, False), "checkpoint_every": (int, 1, _BIG, False),
+    "log_every": (int, 1, _BIG, False), "eval_every_phase": (bool, None, None, False),
+    "final_samples": (int, 0, 100_000, False),
+}
+PHASE_RANGES: dict[str, tuple[type, float | None, float | None, bool]] = {
+    "name": (str, None, None, False), "epochs": (float, 0, 100_000, True), "steps": (int, 1, _BIG, False),
+    "lr": (float, 0, 100, True), "warmup_epochs": (float, 0, 100_000, False), "subnets_per_step": (int, 1, 64, False),
+    "distill": (bool, None, None, False), "sort_channels": (bool, None, None, False),
+    "smallest_first": (bool, None, None, False),
+}
 
-def _phase(d: Mapping[str, Any]) -> Phase:
+
+def check_settings(data: Mapping[str, Any], source: str) -> None:
+    """Check the type and range of every known setting in `data` (unknown ones are reported by `replace`)."""
+    for key, value in data.items():
+        if key in FIELD_RANGES and value is not None:
+            kind, low, high, low_open = FIELD_RANGES[key]
+            check_value(source, key, value, kind, low, high, low_open=low_open)
+
+
+def _phase(d: Mapping[str, Any], source: str = "training config", index: int = 0) -> Phase:
+    where = f"phases[{index}]"
     if not isinstance(d, Mapping) or "name" not in d:
-        raise UsageError(f"a phase must be a table with at least a name, got {d!r}")
+        raise UsageError(f"{source}: {where}: expected a table with at least a name ([[phases]] name = \"...\")")
     unknown = sorted(set(d) - _PHASE_FIELDS)
     if unknown:
-        raise UsageError(f"phase {d.get('name')!r} has unknown key(s) {', '.join(unknown)}: choose from "
-                         f"{', '.join(sorted(_PHASE_FIELDS))}")
+        raise UsageError(f"{source}: {where}.{unknown[0]}: unknown key; choose from {', '.join(sorted(_PHASE_FIELDS))}")
+    for key, value in d.items():
+        if key in PHASE_RANGES:
+            kind, low, high, low_open = PHASE_RANGES[key]
+            check_value(source, f"{where}.{key}", value, kind, low, high, low_open=low_open)
+        elif key in ("kernels", "depths", "expands"):
+            require(value == "all" or (is_int(value) and 1 <= value <= 64), source, f"{where}.{key}", value,
+                    'a count of the largest choices from 1 to 64, or "all"')
     try:
         return Phase(**d)
     except TypeError as exc:
-        raise UsageError(f"phase {d.get('name')!r}: {exc}") from None
+        raise UsageError(f"{source}: {where}: {exc}") from None
 
 
 def progressive_shrinking(*, full: float, kernel: float, depth: tuple[float, float], expand: tuple[float, float],
@@ -238,23 +269,24 @@ def preset_config(name: str) -> TrainConfig:
 def load_config(path: str | Path | None = None, *, preset: str | None = None, **overrides: Any) -> TrainConfig:
     """The config from `preset` (or the file's `preset`, default tiny), the TOML file, then `overrides` (None = unset)."""
     data: dict[str, Any] = {}
+    source = "training config"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UsageError(f"config file {path} does not exist")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+        source = f"training config {path}"
+        data = read_toml(path, "training config", hint="give a TOML file (a run writes one as config.toml)")
+    unknown = sorted(set(data) - _FIELDS)
+    if unknown:
+        raise UsageError(f"{source}: {unknown[0]}: unknown training setting; choose from {', '.join(sorted(_FIELDS))}")
+    check_settings(data, source)
     base = preset or data.get("preset") or "tiny"
     config = preset_config(base)
     data["preset"] = base
     if "phases" in data:
-        if not isinstance(data["phases"], list):
-            raise UsageError(f"config file {path}: phases must be an array of tables ([[phases]])")
-        data["phases"] = tuple(_phase(p) for p in data["phases"])
+        if not isinstance(data["phases"], list) or not data["phases"]:
+            raise UsageError(f"{source}: phases: expected an array of tables ([[phases]])")
+        data["phases"] = tuple(_phase(p, source, i) for i, p in enumerate(data["phases"]))
     config = config.replace(**data)
     set_overrides = {k: v for k, v in overrides.items() if v is not None}
+    check_settings(set_overrides, "command line")
     return config.replace(**set_overrides) if set_overrides else config
 
 

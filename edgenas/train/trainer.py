@@ -30,11 +30,11 @@ import torch.nn.functional as F
 
 from edgenas.artifacts import atomic_write_text
 from edgenas.data import Dataset, load_dataset
-from edgenas.errors import UsageError
+from edgenas.errors import UsageError, signals_held
 from edgenas.progress import Progress
 from edgenas.space import Arch, SearchSpace
 from edgenas.supernet import Supernet
-from edgenas.train.checkpoint import read_checkpoint, save_checkpoint
+from edgenas.train.checkpoint import check_resume_fields, read_checkpoint, save_checkpoint
 from edgenas.train.config import Phase, TrainConfig, to_toml
 from edgenas.train.evaluate import evaluate_many, recalibrate_for
 
@@ -243,6 +243,7 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
             raise UsageError(f"{out} already holds a training run (last.pt): pass --resume to continue it, "
                              "or choose another --out")
         state = read_checkpoint(last_path, map_location=procs.device)
+        check_resume_fields(state, last_path)
         _check_resumable(state, config, dataset, last_path)
     if procs.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -288,7 +289,7 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
     lr_scale = config.batch_size / config.lr_batch_size
 
     def checkpoint_state(phase_i: int, step: int, optimizer: Any, scheduler: Any, *, elapsed: float = 0.0,
-                         complete: bool = False, summary: dict | None = None) -> dict[str, Any]:
+                         complete: bool = False, summary: dict | None = None, rng: Any = None) -> dict[str, Any]:
         return {
             "space": space.to_dict(), "model": net.state_dict(), "dataset": config.dataset,
             "dataset_fingerprint": dataset.fingerprint, "seed": config.seed, "config": config.to_dict(),
@@ -298,7 +299,7 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "teacher": teacher.state_dict() if teacher is not None and not complete else None,
-            "rng_torch": torch.get_rng_state(), "complete": complete, "summary": summary,
+            "rng_torch": torch.get_rng_state() if rng is None else rng, "complete": complete, "summary": summary,
             "normalisation": {"mean": dataset.mean.tolist(), "std": dataset.std.tolist()},
         }
 
@@ -338,71 +339,88 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
         model.train()
         t0, seen = time.perf_counter(), 0
         loss_avg = acc_avg = None
+        done, rng_done = first, torch.get_rng_state()  # steps applied (where a checkpoint now resumes), RNG there
         bar = Progress(total * config.batch_size, f"phase {pi + 1}/{len(config.phases)} {phase.name}", unit="img",
                        enabled=progress and procs.main, initial=first * config.batch_size, log_every=15.0)
-        for step in range(first, total):
-            x, y = next(batches)
-            x, y = x.to(procs.device, non_blocking=True), y.to(procs.device, non_blocking=True)
-            rng = np.random.default_rng([config.seed, pi, step])
-            resolution = int(rng.choice(space.resolutions))  # elastic resolution: one per step, shared by the k subnets
-            x = net.resize(x, resolution).contiguous(memory_format=torch.channels_last)
-            teacher_logits = None
-            if phase.distill and config.distill_weight > 0:
-                with torch.no_grad():
-                    teacher_logits = teacher(x)
-            optimizer.zero_grad(set_to_none=True)
-            step_loss = step_correct = 0.0
-            for j in range(phase.subnets_per_step):
-                arch = space.sample(rng, resolutions=[resolution], **opts)
-                if j == 0 and phase.smallest_first:
-                    arch = smallest_of(opts, resolution)
-                net.set_active(arch)
-                sync = not procs.distributed or j == phase.subnets_per_step - 1
-                with model.no_sync() if not sync else nullcontext():  # type: ignore[operator]
-                    logits = model(x)
-                    loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-                    if teacher_logits is not None:
-                        loss = loss + config.distill_weight * soft_cross_entropy(
-                            logits, teacher_logits, config.distill_temperature)
-                    (loss / phase.subnets_per_step).backward()
-                step_loss += loss.item() / phase.subnets_per_step
-                step_correct += float((logits.argmax(1) == y).float().mean()) / phase.subnets_per_step
-            optimizer.step()
-            scheduler.step()
-            global_step += 1
-            seen += config.batch_size
-            loss_avg = step_loss if loss_avg is None else 0.9 * loss_avg + 0.1 * step_loss
-            acc_avg = step_correct if acc_avg is None else 0.9 * acc_avg + 0.1 * step_correct
-            bar.update(config.batch_size, loss=loss_avg, acc=acc_avg)
-            if (step + 1) % config.log_every == 0 or step + 1 == total:
-                rate = seen / max(time.perf_counter() - t0, 1e-9)
-                log.write({"event": "step", "phase": phase.name, "step": step + 1, "global_step": global_step,
-                           "loss": round(loss_avg, 5), "acc": round(acc_avg, 5),
-                           "lr": round(scheduler.get_last_lr()[0], 7), "samples_per_s": round(rate, 2)})
-            if global_step % config.checkpoint_every == 0 and step + 1 < total:
-                if procs.main:
-                    save_checkpoint(last_path, checkpoint_state(pi, step + 1, optimizer, scheduler,
-                                                                elapsed=phase_elapsed + time.perf_counter() - t0))
-                    log.write({"event": "checkpoint", "phase": phase.name, "step": step + 1,
-                               "global_step": global_step})
-        bar.close()
-        phase_elapsed += time.perf_counter() - t0
-        summary = {"phase": phase.name, "steps": total, "seconds": round(phase_elapsed, 2),
-                   "samples_per_s": round(seen / max(time.perf_counter() - t0, 1e-9), 2)}
-        if procs.main and config.eval_every_phase:
-            accs = evaluate_many(net, [space.largest(), space.smallest()], dataset, "val",
-                                 bn_batches=config.bn_batches, batch_size=max(per_rank, 64), seed=config.seed)
-            summary.update(val_largest=round(accs[0], 5), val_smallest=round(accs[1], 5))
-        if procs.main:
-            accuracy = (f", val top-1 largest {summary['val_largest']:.4f} smallest {summary['val_smallest']:.4f}"
-                        if "val_largest" in summary else "")
-            print(f"edgenas train: phase {phase.name} done: {total} steps in {phase_elapsed:.1f}s "
-                  f"({summary['samples_per_s']:.0f} img/s){accuracy}", file=sys.stderr)
-        history.append(summary)
-        log.write({"event": "phase_end", "global_step": global_step, **summary})
-        phase_elapsed = 0.0
-        if procs.main:
-            save_checkpoint(last_path, checkpoint_state(pi + 1, 0, None, None))
+        try:
+            for step in range(first, total):
+                x, y = next(batches)
+                x, y = x.to(procs.device, non_blocking=True), y.to(procs.device, non_blocking=True)
+                rng = np.random.default_rng([config.seed, pi, step])
+                resolution = int(rng.choice(space.resolutions))  # elastic resolution: one per step, shared by the k subnets
+                x = net.resize(x, resolution).contiguous(memory_format=torch.channels_last)
+                teacher_logits = None
+                if phase.distill and config.distill_weight > 0:
+                    with torch.no_grad():
+                        teacher_logits = teacher(x)
+                optimizer.zero_grad(set_to_none=True)
+                step_loss = step_correct = 0.0
+                for j in range(phase.subnets_per_step):
+                    arch = space.sample(rng, resolutions=[resolution], **opts)
+                    if j == 0 and phase.smallest_first:
+                        arch = smallest_of(opts, resolution)
+                    net.set_active(arch)
+                    sync = not procs.distributed or j == phase.subnets_per_step - 1
+                    with model.no_sync() if not sync else nullcontext():  # type: ignore[operator]
+                        logits = model(x)
+                        loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+                        if teacher_logits is not None:
+                            loss = loss + config.distill_weight * soft_cross_entropy(
+                                logits, teacher_logits, config.distill_temperature)
+                        (loss / phase.subnets_per_step).backward()
+                    step_loss += loss.item() / phase.subnets_per_step
+                    step_correct += float((logits.argmax(1) == y).float().mean()) / phase.subnets_per_step
+                with signals_held():  # an update is applied whole, never half, when a signal arrives
+                    optimizer.step()
+                    scheduler.step()
+                    global_step += 1
+                    done, rng_done = step + 1, torch.get_rng_state()
+                seen += config.batch_size
+                loss_avg = step_loss if loss_avg is None else 0.9 * loss_avg + 0.1 * step_loss
+                acc_avg = step_correct if acc_avg is None else 0.9 * acc_avg + 0.1 * step_correct
+                bar.update(config.batch_size, loss=loss_avg, acc=acc_avg)
+                if (step + 1) % config.log_every == 0 or step + 1 == total:
+                    rate = seen / max(time.perf_counter() - t0, 1e-9)
+                    log.write({"event": "step", "phase": phase.name, "step": step + 1, "global_step": global_step,
+                               "loss": round(loss_avg, 5), "acc": round(acc_avg, 5),
+                               "lr": round(scheduler.get_last_lr()[0], 7), "samples_per_s": round(rate, 2)})
+                if global_step % config.checkpoint_every == 0 and step + 1 < total:
+                    if procs.main:
+                        with signals_held():
+                            save_checkpoint(last_path, checkpoint_state(
+                                pi, step + 1, optimizer, scheduler, elapsed=phase_elapsed + time.perf_counter() - t0))
+                        log.write({"event": "checkpoint", "phase": phase.name, "step": step + 1,
+                                   "global_step": global_step})
+            bar.close()
+            phase_elapsed += time.perf_counter() - t0
+            summary = {"phase": phase.name, "steps": total, "seconds": round(phase_elapsed, 2),
+                       "samples_per_s": round(seen / max(time.perf_counter() - t0, 1e-9), 2)}
+            if procs.main and config.eval_every_phase:
+                accs = evaluate_many(net, [space.largest(), space.smallest()], dataset, "val",
+                                     bn_batches=config.bn_batches, batch_size=max(per_rank, 64), seed=config.seed)
+                summary.update(val_largest=round(accs[0], 5), val_smallest=round(accs[1], 5))
+            if procs.main:
+                accuracy = (f", val top-1 largest {summary['val_largest']:.4f} smallest {summary['val_smallest']:.4f}"
+                            if "val_largest" in summary else "")
+                print(f"edgenas train: phase {phase.name} done: {total} steps in {phase_elapsed:.1f}s "
+                      f"({summary['samples_per_s']:.0f} img/s){accuracy}", file=sys.stderr)
+        except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: keep every finished step, then stop
+            if procs.main:
+                with signals_held():
+                    elapsed = phase_elapsed + time.perf_counter() - t0
+                    save_checkpoint(last_path, checkpoint_state(pi, done, optimizer if done else None,
+                                                                scheduler if done else None, elapsed=elapsed,
+                                                                rng=rng_done))
+                    log.write({"event": "interrupted", "phase": phase.name, "step": done, "global_step": global_step})
+                exc.args = (f"saved {last_path} at phase {phase.name}, step {done} of {total}: run the same "
+                            "`edgenas train` with --resume to continue from there",)
+            raise
+        with signals_held():  # the phase's summary and its checkpoint land together
+            history.append(summary)
+            log.write({"event": "phase_end", "global_step": global_step, **summary})
+            phase_elapsed = 0.0
+            if procs.main:
+                save_checkpoint(last_path, checkpoint_state(pi + 1, 0, None, None))
         procs.barrier()
 
     # Final: the validation top-1 of the largest, smallest and a few random subnets, each BN-recalibrated.
