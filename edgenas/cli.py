@@ -106,8 +106,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         if isinstance(value, str) and "\x00" in value:
             raise UsageError(f"{option} holds a NUL byte: give a real value")
     check_store_path(getattr(args, "store", None))
-    for dest in ("tables", "models"):
-        if getattr(args, dest, None):
+    for dest in ("tables", "models"):  # calibrate's folders (`measure` has a list of model files, checked there)
+        if isinstance(getattr(args, dest, None), str):
             output_dir(getattr(args, dest), f"--{dest}")
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from edgenas import readers
 from edgenas.errors import UsageError
 from edgenas.space import Arch, SearchSpace
 
@@ -230,15 +231,26 @@ def load_accuracy_predictor(path: str | os.PathLike) -> AccuracyPredictor:
     if not path.is_file():
         raise UsageError(f"accuracy predictor {path} does not exist: fit one with "
                          "'edgenas predictor fit --supernet CKPT'")
+    readers.check_npz(path, "accuracy predictor")
+    source = f"accuracy predictor {path}"
     try:
         with np.load(path, allow_pickle=False) as data:
-            header = json.loads(bytes(data["header"]).decode())
-            n = int(header["layers"])
+            header = readers.parse_json(readers.decode_text(bytes(data["header"]), source), source)
+            n = header.get("layers") if isinstance(header, dict) else None
+            if not readers.is_int(n) or not 1 <= n <= 64:
+                raise UsageError(f"{source}: layers = {n!r}: expected an integer from 1 to 64; {readers.ACCURACY_REMEDY}")
             weights = [data[f"w{i}"] for i in range(n)]
             biases = [data[f"b{i}"] for i in range(n)]
-    except (OSError, ValueError, KeyError) as exc:
-        raise UsageError(f"{path} is not an edgenas accuracy predictor ({exc}); fit a new one") from None
+    except (OSError, ValueError, KeyError, EOFError, TypeError) as exc:
+        if isinstance(exc, UsageError):
+            raise
+        raise UsageError(f"{path} is not an edgenas accuracy predictor ({readers.one_line(str(exc))[:100]}); fit a new one"
+                         ) from None
     if header.get("format") != "edgenas-accuracy-predictor" or header.get("version") != FORMAT_VERSION:
         raise UsageError(f"{path} has format {header.get('format')} version {header.get('version')}, "
                          f"this edgenas reads version {FORMAT_VERSION}: fit it again")
-    return AccuracyPredictor(SearchSpace.from_dict(header["space"]), weights, biases, info=header.get("info"))
+    space = readers.space_from_dict(header.get("space"), source, readers.ACCURACY_REMEDY)
+    readers.check_mlp(weights, biases, space.encoding_size, source)
+    if not isinstance(header.get("info", {}), dict):
+        raise UsageError(f"{source}: info is not a table; {readers.ACCURACY_REMEDY}")
+    return AccuracyPredictor(space, weights, biases, info=header.get("info"))

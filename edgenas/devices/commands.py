@@ -108,9 +108,11 @@ def run_measure(args: argparse.Namespace) -> int:
     from edgenas.devices import load_device, measure_fleet
     from edgenas.devices.base import ModelFile
     from edgenas.progress import Progress
+    from edgenas.readers import check_model_file
 
-    for path in args.models:
-        ModelFile.from_path(path)  # a missing file is a usage error before anything connects
+    for path in args.models:  # a missing or foreign file is a usage error before anything connects
+        check_model_file(path)
+        ModelFile.from_path(path)
     devices = [load_device(name, trust_new_host_key=args.trust_new_host_key) for name in args.device]
     total = len(devices) * len(args.models)
     try:

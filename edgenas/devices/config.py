@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgenas.errors import UsageError
+from edgenas.readers import parse_toml, read_text
 
 KINDS = ("local", "ssh", "mcu")
 RUNTIMES = ("onnxruntime", "tflite")
@@ -96,6 +97,25 @@ class DeviceConfig:
 
 
 _MISSING = object()
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+_USER = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}")
+_ALIAS = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,252}")
+
+
+def valid_host(value: Any) -> bool:
+    """A DNS name or an IPv4/IPv6 address: nothing a shell or ssh could read as more than a host."""
+    import ipaddress
+
+    if not isinstance(value, str) or not value or len(value) > 253:
+        return False
+    try:
+        ipaddress.ip_address(value[1:-1] if value.startswith("[") and value.endswith("]") else value)
+        return True
+    except ValueError:
+        pass
+    labels = value[:-1].split(".") if value.endswith(".") else value.split(".")
+    return all(_LABEL.fullmatch(label) for label in labels)
 
 
 class _Table:
@@ -127,6 +147,9 @@ class _Table:
         value = self.data[key]
         if not check(value):
             self.fail(key, value, expected)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and _CONTROL.search(item):
+                self.fail(key, value, "text without control characters (no NUL, line break or escape)")
         return value
 
     def string(self, key: str, default: Any = _MISSING, choices: tuple[str, ...] | None = None) -> Any:
@@ -224,13 +247,15 @@ def _read_ssh(t: _Table | None, source: str) -> SSHSettings:
         raise UsageError(f"{source}: missing table [ssh]: expected host (or config_host), user and identity_file")
     d = SSHSettings()
     out = SSHSettings(
-        host=t.string("host", None),
+        host=t.get("host", valid_host, "a host name (letters, digits, '-' and '.') or an IP address", None),
         port=t.integer("port", None, low=1, high=65535),
-        user=t.string("user", None),
+        user=t.get("user", lambda v: isinstance(v, str) and _USER.fullmatch(v) is not None,
+                   "a user name of letters, digits, '.', '_' and '-'", None),
         identity_file=t.string("identity_file", None),
         use_agent=t.boolean("use_agent", None),
         known_hosts=t.string("known_hosts", d.known_hosts),
-        config_host=t.string("config_host", None),
+        config_host=t.get("config_host", lambda v: isinstance(v, str) and _ALIAS.fullmatch(v) is not None,
+                          "a Host name from the ssh config (letters, digits, '.', '_' and '-')", None),
         config_file=t.string("config_file", d.config_file),
     )
     t.finish()
@@ -366,33 +391,16 @@ def _with_paths_resolved(config: DeviceConfig) -> DeviceConfig:
 
 
 def read_device_file(path: str | os.PathLike) -> DeviceConfig:
-    """Read and validate one device TOML file."""
-    tomllib = _toml_module()
+    """Read and validate one device TOML file (at most 1 MiB, UTF-8, a few levels deep)."""
     path = Path(path)
     source = str(path)
     try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{source}: no such device file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{source}: cannot read the device file ({exc})") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{source}: not valid TOML: {exc}") from None
+        text = read_text(path, "device file", hint="give an existing .toml file or a device NAME")
+    except UsageError as exc:
+        raise UsageError(f"{source}: {str(exc).replace(f'device file {source} ', '', 1)}") from None
+    data = parse_toml(text, source)
     stem = path.name[: -len(".toml")] if path.name.endswith(".toml") else path.stem
     return parse_device(data, source=source, path=path.resolve(), default_name=stem)
-
-
-def _toml_module() -> Any:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        try:
-            import tomli as tomllib
-        except ModuleNotFoundError:
-            raise UsageError("reading device files on Python 3.10 needs tomli: pip install tomli") from None
-    return tomllib
 
 
 def builtin_device(name: str) -> DeviceConfig | None:

@@ -370,11 +370,13 @@ def calibrate_transfer(
 
 def load_latency_predictor(path_or_device_name: str | Path, *, runtime: str | None = None,
                            precision: str | None = None, space: SearchSpace | None = None,
-                           tables_dir: str | Path | None = None) -> BasePredictor:
-    """A saved predictor: from a file, or a device's default `latency_tables/<device>/predictor-*.json`."""
+                           tables_dir: str | Path | None = None, device: str | None = None) -> BasePredictor:
+    """A saved predictor: from a file, or a device's default `latency_tables/<device>/predictor-*.json`.
+
+    `device` refuses a predictor file made for another device (a NAME is always checked)."""
     candidate = Path(path_or_device_name)
     if candidate.suffix == ".json" or candidate.is_file():
-        return load_predictor_file(candidate, runtime=runtime, precision=precision, space=space)
+        return load_predictor_file(candidate, device=device, runtime=runtime, precision=precision, space=space)
     name = str(path_or_device_name)
     folder = (Path(tables_dir) if tables_dir else table_path(name, "x", "x").parent.parent) / name
     files = sorted(folder.glob("predictor-*.json")) if folder.is_dir() else []

@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from edgenas import readers
 from edgenas.artifacts import atomic_write_json, write_manifest
 from edgenas.errors import UsageError
 from edgenas.latency.blocks import ANALYTIC_FEATURES, block_index
@@ -346,8 +347,9 @@ def predictor_from_dict(d: dict[str, Any], *, source: str = "latency predictor")
     cls = PREDICTOR_TYPES.get(d.get("type", ""))
     if cls is None:
         raise UsageError(f"{source} has unknown type {d.get('type')!r}: choose from {', '.join(PREDICTOR_TYPES)}")
+    space = readers.check_latency_predictor(d, source, tuple(PREDICTOR_TYPES))
     kw: dict[str, Any] = dict(device=d["device"], runtime=d["runtime"], precision=d["precision"],
-                              space=SearchSpace.from_dict(d["space"]), weights=d.get("weights"), fit=d.get("fit"))
+                              space=space, weights=d.get("weights"), fit=d.get("fit"))
     if cls in (TablePredictor, CalibratedPredictor):
         kw["table"] = d["table"]
     if cls is TransferPredictor:
@@ -360,6 +362,8 @@ def load_predictor_file(path: str | os.PathLike, *, device: str | None = None, r
     """Read a predictor file; refuse one made for another device, runtime, precision, space or schema."""
     path = Path(path)
     pred = predictor_from_dict(read_json(path, "latency predictor"), source=f"latency predictor {path}")
+    readers.check_latency_predictions(pred, f"latency predictor {path}")
+    pred.path = path  # type: ignore[attr-defined]  # what a search result records as its input
     check_identity(path, "latency predictor", (("device", device, pred.device), ("runtime", runtime, pred.runtime),
                                                ("precision", precision, pred.precision)))
     if space is not None and space.to_dict() != pred.space.to_dict():

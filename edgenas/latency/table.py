@@ -10,7 +10,6 @@ precision or schema version.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from edgenas import readers
 from edgenas.artifacts import atomic_write_json, write_manifest
 from edgenas.errors import UsageError
 
@@ -38,13 +38,10 @@ def predictor_path(device: str, runtime: str, precision: str, root: str | os.Pat
 
 
 def read_json(path: Path, what: str) -> Any:
-    """A calibration file's JSON, or UsageError saying how to (re)make it."""
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"no {what} at {path}: run `edgenas calibrate --device NAME` first") from None
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{what} {path} is not valid JSON ({exc.msg}): delete it and re-calibrate") from None
+    """A calibration file's JSON (size, depth and finite numbers checked), or UsageError saying how to (re)make it."""
+    if not path.exists() and not path.is_symlink():
+        raise UsageError(f"no {what} at {path}: run `edgenas calibrate --device NAME` first")
+    return readers.read_json(path, what, remedy="delete it and re-calibrate")
 
 
 def check_identity(path: Path, what: str, pairs: tuple[tuple[str, str | None, str], ...]) -> None:
@@ -102,6 +99,7 @@ class LatencyTable:
         if schema != TABLE_SCHEMA:
             raise UsageError(f"{source} has schema {schema!r}, this edgenas reads {TABLE_SCHEMA!r}: "
                              "re-run `edgenas calibrate` for this device to rebuild it")
+        readers.check_latency_table(d, source)
         return cls(device=d["device"], runtime=d["runtime"], precision=d["precision"],
                    runtime_version=d.get("runtime_version"), device_description=d.get("device_description", {}),
                    created=d.get("created", ""), entries=dict(d["entries"]))
