@@ -194,6 +194,21 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return kind, arg
 
 
+def check_dataset_spec(spec: str) -> None:
+    """What can be checked of a SPEC without loading it: the kind, options and that its folder is one.
+
+    Stages that load the data later (a run's training) call this first, so a typo stops the run before work.
+    """
+    kind, arg = parse_spec(spec)
+    if kind == "shapes":
+        _parse_options(spec, arg, {"image_size": int, "samples": int})
+    elif kind != "digits":
+        expected = {"folder": "a folder with one sub-folder per class",
+                    "cifar10": "the folder holding data_batch_1..5 and test_batch",
+                    "idx": "the folder holding train-images-idx3-ubyte[.gz] etc."}[kind]
+        _dataset_folder(Path(arg), f"dataset {spec}: folder", expected)
+
+
 def load_dataset(spec: str, *, seed: int = 0, val_fraction: float = 0.2, holdout_fraction: float = 0.1,
                  min_holdout: int = 200, image_size: int | None = None, **kw: Any) -> Dataset:
     """Load the dataset named by `spec` and split it with `seed`.

@@ -34,6 +34,12 @@ def run_fit(args: argparse.Namespace) -> int:
 
     if args.samples < 1 or args.test < 1 or args.workers < 1:
         raise UsageError("--samples, --test and --workers must be positive integers")
+    from edgenas.readers import output_file
+    from edgenas.train.checkpoint import load_checkpoint_info
+
+    if args.out is not None:
+        output_file(args.out, "--out")
+    load_checkpoint_info(args.supernet)  # a missing or damaged checkpoint is one line before any work
     result = fit_predictor(args.supernet, samples=args.samples, test=args.test, seed=args.seed, store_path=args.store,
                            out=args.out, workers=args.workers, bn_batches=args.bn_batches)
     if result is None:  # a non-zero torchrun rank: rank 0 fits and reports

@@ -100,7 +100,13 @@ def _finished(out_dir: Path, arch: Any, supernet_sha: str) -> bool:
 def run_export(args: argparse.Namespace) -> int:
     from edgenas.errors import UsageError
     from edgenas.export.pipeline import ExportOptions, parse_formats
+    from edgenas.readers import output_dir, parse_arch
 
+    output_dir(args.out, "--out")  # before any work: a file named like the folder is found now, not after export
+    if args.dataset is not None:
+        from edgenas.data import check_dataset_spec
+
+        check_dataset_spec(args.dataset)
     formats = parse_formats(args.formats)
     options = ExportOptions(
         formats=formats, finetune_epochs=args.finetune_epochs, calibration_images=args.calibration_images,
@@ -121,13 +127,7 @@ def run_export(args: argparse.Namespace) -> int:
         raise UsageError(_first_sentence(str(exc)) + " (is the file damaged, or not a supernet.pt from `edgenas train`?)"
                          ) from None
     space = supernet.space
-    archs = []
-    for _, value in pairs:
-        try:
-            archs.append(space.parse_arch(value))
-        except ValueError as exc:
-            raise UsageError(f"arch {value if len(value) < 80 else value[:77] + '...'} does not fit the supernet's "
-                             f"'{space.name}' space: {exc}") from None
+    archs = [parse_arch(value, space) for _, value in pairs]
     seed = info.get("seed", 0) if args.seed is None else args.seed
     options = ExportOptions(**{**options.to_dict(), "formats": formats, "seed": seed})
 

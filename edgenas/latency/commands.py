@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 TRUST_HELP = "record the device's SSH host key in its known_hosts file if it has none yet"
@@ -67,19 +66,22 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, list[str]]:
 
         space = SearchSpace.from_dict(load_checkpoint_info(args.supernet)["space"])
     elif args.space.endswith(".json"):
-        try:
-            space = SearchSpace.from_dict(json.loads(Path(args.space).read_text()))
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            raise UsageError(f"--space {args.space} is not a search-space JSON file (SearchSpace.to_dict()): "
-                             f"{exc}") from None
+        from edgenas.readers import read_space_file
+
+        space = read_space_file(args.space)
     else:
         try:
             space = SearchSpace.preset(args.space)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    sources = [s.strip() for s in args.transfer_from.split(",") if s.strip()]
+    if sources:  # every source predictor is checked before the device is touched
+        from edgenas.latency.calibrate import load_latency_predictor
+
+        for source in sources:
+            load_latency_predictor(source, space=space, tables_dir=args.tables)
     device = load_device(args.device, trust_new_host_key=args.trust_new_host_key)
     store = Store(args.store or default_store_path())
-    sources = [s.strip() for s in args.transfer_from.split(",") if s.strip()]
     return device, space, store, sources
 
 

@@ -50,14 +50,21 @@ def _finish(result, as_json: bool) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from edgenas.pipeline.config import check_run_inputs
     from edgenas.pipeline.demo import demo_config
     from edgenas.pipeline.run import run_pipeline
+    from edgenas.readers import output_dir
 
-    return _finish(run_pipeline(demo_config(args.out)), args.json)
+    output_dir(args.out, "--out")
+    config = demo_config(args.out)
+    check_run_inputs(config)
+    return _finish(run_pipeline(config), args.json)
 
 
 def run_config(args: argparse.Namespace) -> int:
-    from edgenas.pipeline.config import load_run_config
+    from edgenas.pipeline.config import check_run_inputs, load_run_config
     from edgenas.pipeline.run import run_pipeline
 
-    return _finish(run_pipeline(load_run_config(args.config, out=args.out)), args.json)
+    config = load_run_config(args.config, out=args.out)
+    check_run_inputs(config)  # every input and output of every stage, before the first one starts
+    return _finish(run_pipeline(config), args.json)

@@ -43,11 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from edgenas.errors import UsageError
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+from edgenas.readers import MIB, check_value, output_dir, read_json, read_toml
 
 PRECISIONS = ("fp32", "int8")
 CALIBRATIONS = ("table", "whole-model", "transfer")
@@ -136,22 +132,24 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
         sections[name] = dict(section)
 
     def path_of(value: Any, key: str) -> Path:
-        _typed(source, key, value, str, "a path")
+        check_value(source, key, value, str)
         p = Path(value).expanduser()
         return p if p.is_absolute() else base_dir / p
 
     out = path_of(data.get("out", "edgenas-out"), "out")
-    seed = _typed(source, "seed", data.get("seed", 0), int, "an integer")
+    seed = check_value(source, "seed", data.get("seed", 0), int, 0, 2**31 - 1)
     train = sections["train"]
     dataset = _typed(source, "train.dataset", train.get("dataset", "digits"), str, "a dataset spec such as digits")
     preset = _typed(source, "train.preset", train.get("preset", "tiny"), str, "a training preset name")
+    from edgenas.train.config import PRESETS
+
+    if preset not in PRESETS:
+        raise _bad(source, "train.preset", f"{preset!r} is not a preset; choose from {', '.join(PRESETS)}")
     overrides = {}
     if "batch_size" in train:
-        overrides["batch_size"] = _typed(source, "train.batch_size", train["batch_size"], int, "an integer")
+        overrides["batch_size"] = check_value(source, "train.batch_size", train["batch_size"], int, 1, 1 << 20)
     if "steps_scale" in train:
-        scale = _typed(source, "train.steps_scale", train["steps_scale"], (int, float), "a positive number")
-        if not scale > 0:
-            raise _bad(source, "train.steps_scale", f"expected a positive number, got {scale}")
+        scale = check_value(source, "train.steps_scale", train["steps_scale"], float, 0, 10_000, low_open=True)
         overrides["steps_scale"] = float(scale)
     checkpoint = path_of(train["checkpoint"], "train.checkpoint") if "checkpoint" in train else None
     if checkpoint is not None and not checkpoint.is_file():
@@ -161,17 +159,14 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
         raise _bad(source, "train.config", f"{train_config} does not exist")
 
     pred = sections["predictor"]
-    samples = _typed(source, "predictor.samples", pred.get("samples", 150), int, "an integer")
-    test = _typed(source, "predictor.test", pred.get("test", 30), int, "an integer")
+    samples = check_value(source, "predictor.samples", pred.get("samples", 150), int, 1, 1_000_000)
+    test = check_value(source, "predictor.test", pred.get("test", 30), int, 1, 1_000_000)
     if samples < test + 10:
         raise _bad(source, "predictor.samples", f"{samples} leaves fewer than 10 subnets to fit beside {test} test ones")
     search = sections["search"]
-    population = _typed(source, "search.population", search.get("population", 100), int, "an integer")
-    generations = _typed(source, "search.generations", search.get("generations", 200), int, "an integer")
-    top_k = _typed(source, "search.top_k", search.get("top_k", 3), int, "an integer")
-    for key, value in (("search.population", population), ("search.generations", generations), ("search.top_k", top_k)):
-        if value < 1:
-            raise _bad(source, key, f"expected a positive integer, got {value}")
+    population = check_value(source, "search.population", search.get("population", 100), int, 4, 100_000)
+    generations = check_value(source, "search.generations", search.get("generations", 200), int, 1, 1_000_000)
+    top_k = check_value(source, "search.top_k", search.get("top_k", 3), int, 1, 1000)
     formats = sections["export"].get("formats", ["onnx", "tflite", "tflite-int8"])
     if not isinstance(formats, list) or not all(isinstance(f, str) for f in formats):
         raise _bad(source, "export.formats", f"expected a list such as [\"onnx\", \"tflite\"], got {formats!r}")
@@ -182,7 +177,7 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
         raise _bad(source, "export.formats", f"unknown format {bad[0]!r}; choose from {', '.join(FORMATS)}")
 
     raw_devices = data.get("devices")
-    if not isinstance(raw_devices, list) or not raw_devices:
+    if not isinstance(raw_devices, list) or not raw_devices or len(raw_devices) > 256:
         raise _bad(source, "devices", "expected at least one [[devices]] table with a name and budgets_ms")
     devices = []
     for i, d in enumerate(raw_devices):
@@ -194,7 +189,7 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
             raise _bad(source, f"{key}.{bad[0]}", f"unknown key; expected one of {', '.join(sorted(_DEVICE_KEYS))}")
         if "name" not in d:
             raise _bad(source, f"{key}.name", "missing: the device's name (devices/NAME.toml) or a path to its file")
-        name = _typed(source, f"{key}.name", d["name"], str, "a device name")
+        name = check_value(source, f"{key}.name", d["name"], str)
         if name.endswith(".toml") and not Path(name).is_absolute():
             name = str(base_dir / name)
         precision = d.get("precision", "fp32")
@@ -202,19 +197,16 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
             raise _bad(source, f"{key}.precision", f"{precision!r} is not offered; choose fp32 or int8")
         budgets = d.get("budgets_ms", [])
         quantiles = d.get("budget_quantiles", [])
-        for bkey, values, lo, hi in (("budgets_ms", budgets, 0, float("inf")), ("budget_quantiles", quantiles, 0, 1)):
-            if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                       and lo < v and (v <= hi) for v in values):
+        for bkey, values, lo, hi in (("budgets_ms", budgets, 0, 1e7), ("budget_quantiles", quantiles, 0, 1)):
+            if not isinstance(values, list) or len(values) > 100 or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and lo < v <= hi for v in values):
                 raise _bad(source, f"{key}.{bkey}", f"expected a list of numbers in ({lo}, {hi}], got {values!r}")
         if not budgets and not quantiles:
             raise _bad(source, f"{key}.budgets_ms", "missing: give latency budgets in ms (or budget_quantiles)")
         limits = {}
         for lkey in ("max_sram_kb", "max_flash_kb", "max_macs"):
             if lkey in d:
-                value = _typed(source, f"{key}.{lkey}", d[lkey], (int, float), "a positive number")
-                if not value > 0:
-                    raise _bad(source, f"{key}.{lkey}", f"expected a positive number, got {value}")
-                limits[lkey] = value
+                limits[lkey] = check_value(source, f"{key}.{lkey}", d[lkey], float, 0, 1e15, low_open=True)
         calibration = d.get("calibration", "table")
         if calibration not in CALIBRATIONS:
             raise _bad(source, f"{key}.calibration", f"{calibration!r} is not offered; choose {', '.join(CALIBRATIONS)}")
@@ -223,9 +215,7 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
         counts = {}
         for ckey in ("calibration_budget", "holdout"):
             if ckey in d:
-                counts[ckey] = _typed(source, f"{key}.{ckey}", d[ckey], int, "an integer")
-                if counts[ckey] < 3:
-                    raise _bad(source, f"{key}.{ckey}", f"expected at least 3, got {counts[ckey]}")
+                counts[ckey] = check_value(source, f"{key}.{ckey}", d[ckey], int, 3, 100_000)
         devices.append(DeviceTarget(name=name, precision=precision, budgets_ms=tuple(float(b) for b in budgets),
                                     budget_quantiles=tuple(float(q) for q in quantiles), calibration=calibration,
                                     **limits, **counts))
@@ -241,12 +231,46 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
 
 def load_run_config(path: str | Path, *, out: str | Path | None = None) -> RunConfig:
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"run config {path} does not exist (see examples/ for configs to start from)")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"run config {path} is not valid TOML: {exc}") from None
+    data = read_toml(path, "run config", hint="see examples/ for configs to start from")
     if out is not None:
+        output_dir(out, "--out")
         data["out"] = str(Path(out).resolve())
     return parse_run_config(data, source=str(path), base_dir=path.resolve().parent)
+
+
+def check_run_inputs(config: RunConfig) -> None:
+    """Check everything a run reads and writes before its first stage: the output folder, the dataset, the
+    training config or checkpoint, every device file (and its runtime with the precision), the stage book.
+
+    A mistake in the last device is found before training, not after it."""
+    from edgenas.data import check_dataset_spec
+    from edgenas.devices.config import load_config as load_device_config
+
+    source = config.source
+    output_dir(config.out, f"{source}: out")
+    try:
+        check_dataset_spec(config.dataset)
+    except UsageError as exc:
+        raise _bad(source, "train.dataset", str(exc)) from None
+    if config.checkpoint is not None:
+        from edgenas.train.checkpoint import read_checkpoint
+
+        read_checkpoint(config.checkpoint)
+    else:
+        from edgenas.train.config import load_config
+
+        load_config(config.train_config, preset=config.preset, dataset=config.dataset, seed=config.seed,
+                    batch_size=config.train_overrides.get("batch_size"))
+    for i, target in enumerate(config.devices):
+        try:
+            device = load_device_config(target.name)
+        except UsageError as exc:
+            raise _bad(source, f"devices[{i}].name", str(exc)) from None
+        if device.runtime == "onnxruntime" and target.precision == "int8":
+            raise _bad(source, f"devices[{i}].precision", f"device {device.name} runs ONNX Runtime, which edgenas "
+                       "deploys in fp32: set precision = \"fp32\" (int8 is for TFLite devices)")
+    book = config.out / "stages.json"
+    if book.exists() or book.is_symlink():
+        data = read_json(book, "stage book", limit=64 * MIB, remedy="delete it to run every stage again")
+        if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+            raise UsageError(f"stage book {book} is not a table of stages: delete it to run every stage again")

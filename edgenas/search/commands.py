@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,8 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_search_command(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from edgenas.errors import UsageError
     from edgenas.search.problem import Constraints
     from edgenas.search.report import format_table, result_dict
@@ -57,6 +56,7 @@ def run_search_command(args: argparse.Namespace) -> int:
     )
     if len(set(args.device)) != len(args.device):
         raise UsageError(f"--device values {args.device} repeat a device: give each once")
+    _check_inputs(args)
     outputs = []
     for name in args.device:
         out = None
@@ -76,3 +76,30 @@ def run_search_command(args: argparse.Namespace) -> int:
                     "plot_path": str(d.plot_path)} for d in outputs]
         print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
     return 0
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Every file the searches read, for every device, before the first search starts: the output folder, the
+    supernet (when candidates are verified), each device file, the accuracy predictor and each latency
+    predictor (made for that device and the predictor's space)."""
+    from edgenas.accuracy.predictor import load_accuracy_predictor
+    from edgenas.devices.config import load_config as load_device_config
+    from edgenas.errors import UsageError
+    from edgenas.latency import load_latency_predictor
+    from edgenas.readers import input_file, output_dir
+
+    if args.out:
+        output_dir(args.out, "--out")
+    input_file(args.supernet, "supernet checkpoint", hint="train one with 'edgenas train'")
+    if not args.no_verify:
+        from edgenas.train.checkpoint import read_checkpoint
+
+        read_checkpoint(args.supernet)
+    accuracy = load_accuracy_predictor(args.predictor or Path(args.supernet).parent)
+    if args.latency_predictor is not None and len(args.device) > 1:
+        raise UsageError(f"--latency-predictor is one device's file, but {len(args.device)} --device values were "
+                         "given: search one device at a time with it, or leave it out to use each device's own")
+    for name in args.device:
+        device = load_device_config(name)
+        load_latency_predictor(args.latency_predictor or name, space=accuracy.space,
+                               device=device.name if args.latency_predictor else None)

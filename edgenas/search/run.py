@@ -60,7 +60,11 @@ def search_device(
         raise UsageError(f"supernet checkpoint {checkpoint} does not exist: train one with 'edgenas train'")
     acc = load_accuracy_predictor(accuracy_predictor or checkpoint.parent)
     space = acc.space
-    lat = load_latency_predictor(latency_predictor or device_name, space=space)
+    from edgenas.devices.config import load_config as load_device_config
+
+    device_id = load_device_config(device_name).name  # a predictor file made for another device is refused
+    lat = load_latency_predictor(latency_predictor or device_name, space=space,
+                                 device=device_id if latency_predictor else None)
     precision = getattr(lat, "precision", None) or constraints.precision
     if constraints.precision != precision and precision in ("int8", "fp32"):
         constraints = Constraints(**{**constraints.to_dict(), "precision": precision})

@@ -61,6 +61,12 @@ def run_train(args: argparse.Namespace) -> int:
         if args.steps < 1:
             raise UsageError(f"--steps {args.steps} must be at least 1")
         config = config.fixed_steps(args.steps)
+    from edgenas.data import check_dataset_spec
+    from edgenas.readers import output_dir
+    from edgenas.train.trainer import default_out_dir
+
+    check_dataset_spec(config.dataset)
+    output_dir(args.out if args.out is not None else default_out_dir(config.dataset, config.preset), "--out")
     result = train(config, args.out, resume=args.resume, device=args.device, threads=args.threads, progress=not args.no_progress)
     if not result.summary or result.rank != 0:
         return 0
@@ -84,26 +90,27 @@ def run_eval(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from edgenas.data import load_dataset
+    from edgenas.data import check_dataset_spec, load_dataset
     from edgenas.errors import UsageError
+    from edgenas.readers import parse_arch
     from edgenas.train.checkpoint import load_checkpoint_info, load_supernet
     from edgenas.train.evaluate import evaluate_many
     from edgenas.train.trainer import auto_threads
 
     torch.set_num_threads(args.threads or auto_threads())
+    if args.dataset is not None:
+        check_dataset_spec(args.dataset)
     info = load_checkpoint_info(args.supernet)
     net = load_supernet(args.supernet)
     space = net.space
+    arch = parse_arch(args.arch, space) if args.arch is not None else None  # an empty --arch '' is refused
     dataset = load_dataset(args.dataset or info["dataset"], seed=info["seed"])
     if not args.dataset and dataset.fingerprint != info["dataset_fingerprint"]:
         raise UsageError(f"dataset {info['dataset']} no longer matches the one {args.supernet} was trained on "
                          f"(fingerprint {dataset.fingerprint}, expected {info['dataset_fingerprint']}): restore the data "
                          "or pass --dataset to evaluate on other data")
-    if args.arch:
-        try:
-            archs, names = [space.parse_arch(args.arch)], ["arch"]
-        except ValueError as exc:
-            raise UsageError(f"bad --arch: {exc}") from None
+    if arch is not None:
+        archs, names = [arch], ["arch"]
     elif args.sample is not None:
         if args.sample < 1:
             raise UsageError(f"--sample {args.sample} must be at least 1")
