@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 
 # Order here is the order in `edgenas --help`.
@@ -121,10 +122,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from edgenas.errors import EXIT_SIGINT, EXIT_SIGTERM, Terminated, UsageError, interrupt_handlers
     from edgenas.readers import one_line
 
+    caught: list[warnings.WarningMessage] = []
     try:
-        with interrupt_handlers():
+        # Warnings are held until the command ends: a refusal is one line, not one line after a library's
+        # warning about the bad file; a command that finishes shows them.
+        with interrupt_handlers(), warnings.catch_warnings(record=True) as caught:
             check_arguments(args)
-            return _run_handler(args)
+            code = _run_handler(args)
+        for w in caught:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        return code
     except UsageError as exc:
         if debug:
             traceback.print_exc()

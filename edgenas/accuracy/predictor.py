@@ -244,8 +244,10 @@ def load_accuracy_predictor(path: str | os.PathLike) -> AccuracyPredictor:
     except (OSError, ValueError, KeyError, EOFError, TypeError) as exc:
         if isinstance(exc, UsageError):
             raise
-        raise UsageError(f"{path} is not an edgenas accuracy predictor ({readers.one_line(str(exc))[:100]}); fit a new one"
-                         ) from None
+        why = readers.one_line(str(exc))[:100]
+        if "pickle" in why or "Object arrays" in why:  # numpy's words name an unsafe option: say what is wrong
+            why = "it holds Python objects, not plain arrays, and edgenas does not unpickle them"
+        raise UsageError(f"{path} is not an edgenas accuracy predictor ({why}); fit a new one") from None
     if header.get("format") != "edgenas-accuracy-predictor" or header.get("version") != FORMAT_VERSION:
         raise UsageError(f"{path} has format {header.get('format')} version {header.get('version')}, "
                          f"this edgenas reads version {FORMAT_VERSION}: fit it again")

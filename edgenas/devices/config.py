@@ -436,9 +436,9 @@ def find_device_file(name_or_path: str | os.PathLike) -> Path:
     looks_like_path = text.endswith(".toml") or os.sep in text or "/" in text
     if looks_like_path:
         path = Path(text).expanduser()
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             raise UsageError(f"device file {text} does not exist: give an existing .toml file or a device NAME")
-        return path
+        return path  # a folder, /dev/zero or a pipe is refused when read
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text):
         raise UsageError(f"bad device name {text!r}: use letters, digits, '.', '_' and '-', or a path to a .toml file")
     candidates = [d / f"{text}.toml" for d in device_dirs()]

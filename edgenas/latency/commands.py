@@ -89,6 +89,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from edgenas.latency.calibrate import calibrate, calibrate_transfer, load_latency_predictor
 
     device, space, store, sources = _setup(args)
+    if not sources and not args.no_table:  # a table already there is read now: a bad one stops before measuring
+        from edgenas.latency.table import LatencyTable, table_path
+
+        tpath = table_path(device.name, args.runtime or device.runtime, args.precision, args.tables)
+        if tpath.exists() or tpath.is_symlink():
+            LatencyTable.load(tpath, device=device.name, runtime=args.runtime or device.runtime,
+                              precision=args.precision)
     with device, store:
         if sources:
             preds = [load_latency_predictor(s, space=space, tables_dir=args.tables) for s in sources]
