@@ -288,11 +288,13 @@ class StatsTable:
                     i += 1
         return ri, ki, ei, active
 
-    def compute(self, archs: list[Arch]) -> dict[str, np.ndarray]:
-        """Statistics of every arch: a dict of int64 arrays named as ArchStats' fields."""
-        return self.from_indices(*self.indices(archs))
+    def compute(self, archs: list[Arch], *, memory: bool = False) -> dict[str, np.ndarray]:
+        """Statistics of every arch: a dict of int64 arrays named as ArchStats' fields; with `memory`, also
+        `arena_int8` and `tflite_int8`, the predicted TFLite Micro arena and int8 file size (`edgenas.memory`)."""
+        return self.from_indices(*self.indices(archs), memory=memory)
 
-    def from_indices(self, ri: np.ndarray, ki: np.ndarray, ei: np.ndarray, active: np.ndarray) -> dict[str, np.ndarray]:
+    def from_indices(self, ri: np.ndarray, ki: np.ndarray, ei: np.ndarray, active: np.ndarray, *,
+                     memory: bool = False) -> dict[str, np.ndarray]:
         """`compute` on archs given as index arrays (see `indices`): what a vectorised search keeps."""
         slots = np.arange(self.space.max_blocks)[None, :]
         vals = self.block[:, ri[:, None], slots, ki, ei]  # (fields, n, slots)
@@ -304,6 +306,11 @@ class StatsTable:
             else:
                 out[name] = vals[f].sum(axis=1) + self.fixed[f, ri]
         out["peak_activation_fp32"] = 4 * out["peak_activation_int8"]
+        if memory:
+            from edgenas.memory import memory_table
+
+            predicted = memory_table(self.space).from_indices(ri, ki, ei, active)
+            out["arena_int8"], out["tflite_int8"] = predicted["arena"], predicted["flash"]
         return out
 
 

@@ -63,22 +63,22 @@ SMALL = EvolutionConfig(population=30, generations=40)
 def test_evolution_meets_every_constraint_combination():
     table = stats_table(SPACE)
     sample = SPACE.sample_many(np.random.default_rng(0), 300)
-    stats = table.compute(sample)
+    stats = table.compute(sample, memory=True)  # int8 memory limits: the predicted TFLite Micro arena and file
     q = lambda values: float(np.quantile(values, 0.3))  # noqa: E731 - a limit 70 % of random archs break
-    lat, sram = q(MacsLatency(SPACE).predict(sample)), int(q(stats["peak_activation_int8"]))
-    flash, macs = int(q(stats["flash_int8"])), int(q(stats["macs"]))
+    lat, sram = q(MacsLatency(SPACE).predict(sample)), int(q(stats["arena_int8"]))
+    flash, macs = int(q(stats["tflite_int8"])), int(q(stats["macs"]))
     for limits in ({"max_latency_ms": lat}, {"max_sram_bytes": sram}, {"max_flash_bytes": flash}, {"max_macs": macs},
                    {"max_latency_ms": lat, "max_sram_bytes": sram, "max_flash_bytes": flash, "max_macs": macs}):
         result = run_search(Evolution(SPACE, rng=np.random.default_rng(0), config=SMALL), problem(**limits))
         archs = [c.arch for c in result.top]
-        stats = table.compute(archs)
+        stats = table.compute(archs, memory=True)
         lat = MacsLatency(SPACE).predict(archs)
         if "max_latency_ms" in limits:
             assert np.all(lat <= limits["max_latency_ms"])
         if "max_sram_bytes" in limits:
-            assert np.all(stats["peak_activation_int8"] <= limits["max_sram_bytes"])
+            assert np.all(stats["arena_int8"] <= limits["max_sram_bytes"])
         if "max_flash_bytes" in limits:
-            assert np.all(stats["flash_int8"] <= limits["max_flash_bytes"])
+            assert np.all(stats["tflite_int8"] <= limits["max_flash_bytes"])
         if "max_macs" in limits:
             assert np.all(stats["macs"] <= limits["max_macs"])
         acc = CapacityAccuracy(SPACE).predict(archs)
@@ -112,7 +112,7 @@ def test_ask_tell_from_an_outside_loop_equals_run_search():
 
 def test_impossible_constraint_names_the_smallest_achievable_value():
     smallest = SPACE.smallest()
-    table = stats_table(SPACE).compute([smallest])
+    table = stats_table(SPACE).compute([smallest], memory=True)
     lat_min = float(MacsLatency(SPACE).predict([smallest])[0])
     for algorithm in (lambda: Evolution(SPACE, rng=np.random.default_rng(0), config=SMALL),
                       lambda: RandomSearch(SPACE, rng=np.random.default_rng(0), budget=500),
@@ -122,8 +122,8 @@ def test_impossible_constraint_names_the_smallest_achievable_value():
             run_search(algorithm(), problem(max_latency_ms=lat_min / 2))
         assert f"the smallest achievable latency is {lat_min:.4g} ms, but <= {lat_min / 2:.4g} ms was asked" in str(info.value)
         assert info.value.smallest["latency"] == pytest.approx(lat_min)
-    sram = int(table["peak_activation_int8"][0])
-    with pytest.raises(InfeasibleConstraintError, match=f"peak SRAM is {sram / 1024:.4g} KB, but <= 1 KB was asked"):
+    sram = int(table["arena_int8"][0])
+    with pytest.raises(InfeasibleConstraintError, match=f"SRAM is {sram / 1024:.4g} KB, but <= 1 KB was asked"):
         run_search(Evolution(SPACE, rng=np.random.default_rng(0), config=SMALL), problem(max_sram_bytes=1024))
 
 
@@ -135,7 +135,8 @@ def test_a_barely_feasible_constraint_still_finds_the_smallest_arch():
 
 
 def test_nsga2_front_is_feasible_and_non_dominated():
-    sram = int(np.median(stats_table(SPACE).compute(SPACE.sample_many(np.random.default_rng(0), 300))["peak_activation_int8"]))
+    sample = SPACE.sample_many(np.random.default_rng(0), 300)
+    sram = int(np.median(stats_table(SPACE).compute(sample, memory=True)["arena_int8"]))
     p = problem(max_sram_bytes=sram)
     result = run_search(NSGA2(SPACE, rng=np.random.default_rng(0), n_constraints=1,
                               config=NSGA2Config(population=40, generations=15)), p)

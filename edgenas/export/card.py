@@ -2,8 +2,9 @@
 
 A card says what the model is (arch, MACs, parameters), how good it is (accuracy measured on the
 validation split for every exported file), what it costs on a device (file sizes, SRAM measured in
-TFLite Micro and estimated, latency predicted and measured), and where it came from (checksums of
-every file; supernet checkpoint hash, dataset fingerprint, predictor and latency-table versions, seed).
+TFLite Micro beside the arena and file size predicted before conversion (`edgenas.memory`, what the
+search constrained), latency predicted and measured), and where it came from (checksums of every
+file; supernet checkpoint hash, dataset fingerprint, predictor and latency-table versions, seed).
 """
 
 from __future__ import annotations
@@ -41,10 +42,22 @@ def build_card(
     conversion_seconds: Mapping[str, float],
     lineage: Mapping[str, Any],
     name: str = "model",
+    memory: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Assemble the card's JSON value from figures the export measured (nothing here is computed anew)."""
+    """Assemble the card's JSON value from figures the export measured (nothing here is computed anew).
+
+    `memory` is `edgenas.memory.MemoryPrediction.to_dict()`: it goes beside the measured arena (`sram`) and
+    the int8 file's size (`flash`)."""
     from edgenas import __version__
 
+    sram = dict(sram)
+    flash: dict[str, Any] = {}
+    if memory is not None:
+        sram["predicted_arena_bytes"] = int(memory["arena_bytes"])
+        sram["predicted_board_arena_bytes"] = int(memory["board_arena_bytes"])
+        int8 = [f for f in files if f.get("format") == "tflite-int8"]
+        flash = {"predicted_int8_bytes": int(memory["flash_bytes"]),
+                 "int8_file_bytes": int(int8[0]["bytes"]) if int8 else None}
     return {
         "card_version": CARD_VERSION,
         "name": name,
@@ -61,7 +74,8 @@ def build_card(
         "files": [dict(f) for f in files],
         "accuracy": dict(accuracy),
         "verification": [dict(v) for v in verification],
-        "sram": dict(sram),
+        "sram": sram,
+        "flash": flash,
         "latency": dict(latency),
         "conversion_seconds": {k: round(float(v), 3) for k, v in conversion_seconds.items()},
         "lineage": dict(lineage),
@@ -81,8 +95,14 @@ def render_markdown(card: Mapping[str, Any]) -> str:
     lines = [f"# {card['name']}", "",
              f"Subnet `{card['arch_str']}` of the `{card['space']}` search space, exported by edgenas {card['edgenas']}.",
              "", f"- MACs: {card['macs'] / 1e6:.2f} M; parameters: {card['params'] / 1e3:.1f} k",
-             f"- SRAM: TFLite Micro arena {_kb(card['sram'].get('tflm_arena_bytes'))}, analytic peak activations "
+             f"- SRAM: TFLite Micro arena {_kb(card['sram'].get('tflm_arena_bytes'))} measured, "
+             f"{_kb(card['sram'].get('predicted_arena_bytes'))} predicted "
+             f"({_kb(card['sram'].get('predicted_board_arena_bytes'))} on a 32-bit board); analytic peak activations "
              f"{_kb(card['sram'].get('analytic_peak_int8_bytes'))} (int8)"]
+    flash = card.get("flash") or {}
+    if flash:
+        lines.append(f"- Flash: int8 .tflite {_kb(flash.get('int8_file_bytes'))}, "
+                     f"{_kb(flash.get('predicted_int8_bytes'))} predicted")
     latency = card.get("latency") or {}
     if latency.get("predicted_ms") is not None:
         lines.append(f"- Latency predicted: {latency['predicted_ms']:.3g} ms on {latency.get('device', '?')}")

@@ -3,8 +3,9 @@
 The model is loaded in the TFLite Micro interpreter from the `tflite-micro` package (the same C++
 kernels and memory planner a board runs). An op TFLite Micro lacks is reported by name. The
 smallest tensor arena that allocates and runs the model is found by binary search: that is the
-model's real SRAM need for activations and runtime bookkeeping, shown beside the analytic
-peak-activation estimate (`edgenas.stats`), which counts activations only.
+model's real SRAM need for activations and runtime bookkeeping, shown beside the arena predicted
+before conversion (`edgenas.memory`, what the search constrains) and the analytic peak-activation
+estimate (`edgenas.stats`), which counts activations only.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class MicroCheck:
     trials: int = 0
     activation_bytes: int | None = None  # arena head: tensors the memory planner places, plus kernel scratch
     persistent_bytes: int | None = None  # arena tail: interpreter structs, quantization data, per-op state
+    predicted_arena_bytes: int | None = None  # edgenas.memory's prediction for the arch, when known
 
     @property
     def arena_kb(self) -> float | None:
@@ -53,8 +55,10 @@ class MicroCheck:
             if self.unsupported_ops:
                 return f"TFLite Micro cannot run {self.path}: unsupported op(s) {', '.join(self.unsupported_ops)}"
             return f"TFLite Micro cannot run {self.path}: {self.error}"
-        estimate = "" if self.analytic_peak_bytes is None else \
-            f"; analytic peak activations {self.analytic_peak_bytes / 1024:.1f} KiB"
+        estimate = "" if self.predicted_arena_bytes is None else \
+            f"; predicted {self.predicted_arena_bytes / 1024:.1f} KiB"
+        if self.analytic_peak_bytes is not None:
+            estimate += f"; analytic peak activations {self.analytic_peak_bytes / 1024:.1f} KiB"
         split = "" if self.activation_bytes is None else \
             f" ({self.activation_bytes / 1024:.1f} KiB tensors and scratch, {self.persistent_bytes / 1024:.1f} KiB persistent)"
         return f"TFLite Micro runs {Path(self.path).name} in a {self.arena_bytes / 1024:.1f} KiB arena{split}{estimate}"
@@ -96,6 +100,7 @@ def check_micro(
     *,
     images: np.ndarray | None = None,
     analytic_peak_bytes: int | None = None,
+    predicted_arena_bytes: int | None = None,
     max_arena: int = DEFAULT_MAX_ARENA,
     granularity: int = 16,
 ) -> MicroCheck:
@@ -125,7 +130,8 @@ def check_micro(
     if not ok:
         missing = sorted(set(_MISSING_OP.findall(text)) | set(_MISSING_CUSTOM.findall(text)))
         error = ("unsupported op(s) " + ", ".join(missing)) if missing else _first_error(text)
-        return MicroCheck(str(path), False, None, analytic_peak_bytes, missing, error, trials=trials)
+        return MicroCheck(str(path), False, None, analytic_peak_bytes, missing, error, trials=trials,
+                          predicted_arena_bytes=predicted_arena_bytes)
 
     diff = agrees = None
     if images is not None and len(images):
@@ -150,7 +156,8 @@ def check_micro(
         else:
             lo = mid
     head, tail = arena_split(runtime, data, hi, sample)
-    return MicroCheck(str(path), True, hi, analytic_peak_bytes, [], None, diff, agrees, trials, head, tail)
+    return MicroCheck(str(path), True, hi, analytic_peak_bytes, [], None, diff, agrees, trials, head, tail,
+                      predicted_arena_bytes)
 
 
 _ARENA_PART = re.compile(r"Arena allocation (head|tail) (\d+) bytes")

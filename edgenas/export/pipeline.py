@@ -38,6 +38,7 @@ from edgenas.export.verify import (
     file_logits,
     torch_logits,
 )
+from edgenas.memory import predict as predict_memory
 from edgenas.space import Arch, SearchSpace
 
 FORMATS = ("onnx", "tflite", "tflite-int8")
@@ -185,6 +186,7 @@ def export_subnet(
     lineage = dict(lineage or {})
     model = model.eval().cpu()
     stats = space.stats(arch)
+    memory = predict_memory(space, arch)  # the TFLite Micro arena and int8 file size the search constrained
     files: dict[str, Path] = {}
     seconds: dict[str, float] = {}
     for fmt in options.formats:
@@ -215,13 +217,14 @@ def export_subnet(
 
     micro = None
     if options.micro and "tflite-int8" in files:
-        micro = check_micro(files["tflite-int8"], images=val_images[:1], analytic_peak_bytes=stats.peak_activation_int8)
+        micro = check_micro(files["tflite-int8"], images=val_images[:1], analytic_peak_bytes=stats.peak_activation_int8,
+                            predicted_arena_bytes=memory.arena)
         log(f"micro: {micro.summary()}")
         if not micro.ok:
             problems.append(micro.summary())
     if options.target_sram_kb is not None:
-        need = micro.arena_bytes if micro is not None and micro.ok else stats.peak_activation_int8
-        source = "TFLite Micro arena" if micro is not None and micro.ok else "analytic peak activations"
+        need = micro.arena_bytes if micro is not None and micro.ok else memory.arena
+        source = "TFLite Micro arena" if micro is not None and micro.ok else "predicted TFLite Micro arena"
         if need / 1024 > options.target_sram_kb:
             problems.append(f"SRAM need {need / 1024:.1f} KiB ({source}) exceeds --target-sram-kb {options.target_sram_kb:g}")
     if options.target_flash_kb is not None:
@@ -245,7 +248,7 @@ def export_subnet(
               "analytic_peak_fp32_bytes": stats.peak_activation_fp32,
               "tflm_arena_bytes": None if micro is None else micro.arena_bytes,
               "tflm": None if micro is None else micro.to_dict()},
-        latency=latency, conversion_seconds=seconds,
+        latency=latency, conversion_seconds=seconds, memory=memory.to_dict(),
         lineage={**lineage, "finetune_epochs": options.finetune_epochs, "seed": options.seed,
                  "calibration_images": int(len(calibration))},
     )

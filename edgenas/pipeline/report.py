@@ -1,8 +1,9 @@
 """The run report: one self-contained `report.html` (PNG plots embedded, no network) plus the PNG files.
 
 Per device: the accuracy/latency Pareto front (predicted points, and the measured ones), each
-budget's chosen model with its card, and calibration quality (predicted vs measured latency with
-the ±10 % band); for the supernet: training curves.
+budget's chosen model with its card (the TFLite Micro arena and int8 file measured beside the
+figures the search predicted), and calibration quality (predicted vs measured latency with the
+±10 % band); for the supernet: training curves.
 """
 
 from __future__ import annotations
@@ -178,6 +179,7 @@ def render_report(data: ReportData, out_dir: str | Path) -> Path:
     parts.append("<h2>Chosen models</h2><table><tr><th class=l>device</th><th>budget</th>"
                  "<th>measured latency (slowest sweep but one)</th><th>predicted latency</th><th>accuracy (measured)</th>"
                  "<th>accuracy (predicted)</th><th>meets budget</th>"
+                 "<th>TFLite Micro arena (measured / predicted)</th><th>int8 file (measured / predicted)</th>"
                  "<th class=l>files</th></tr>")
     for dev in data.devices:
         for b in dev.budgets:
@@ -188,7 +190,8 @@ def render_report(data: ReportData, out_dir: str | Path) -> Path:
                 f"<td>{_fmt(b.measured_latency_ms, '.3f', suffix=' ms')}</td>"
                 f"<td>{_fmt(b.predicted_latency_ms, '.3f', suffix=' ms')}</td>"
                 f"<td>{_fmt(b.measured_accuracy, '.1f', 100, ' %')}</td><td>{_fmt(b.predicted_accuracy, '.1f', 100, ' %')}</td>"
-                f"<td>{meets}</td><td class=l><code>{html.escape(b.export_dir or '–')}</code></td></tr>")
+                f"<td>{meets}</td>{_memory_cells(b.card)}"
+                f"<td class=l><code>{html.escape(b.export_dir or '–')}</code></td></tr>")
     parts.append("</table>")
 
     for dev in data.devices:
@@ -232,6 +235,17 @@ def render_report(data: ReportData, out_dir: str | Path) -> Path:
     return atomic_write_text(out / "report.html", "\n".join(parts))
 
 
+def _kib(value: Any) -> str:
+    return _fmt(value, ".1f", 1 / 1024, " KiB")
+
+
+def _memory_cells(card: dict | None) -> str:
+    """Two cells: the TFLite Micro arena and the int8 file, measured / predicted (– where not known)."""
+    sram, flash = (card or {}).get("sram") or {}, (card or {}).get("flash") or {}
+    return (f"<td>{_kib(sram.get('tflm_arena_bytes'))} / {_kib(sram.get('predicted_arena_bytes'))}</td>"
+            f"<td>{_kib(flash.get('int8_file_bytes'))} / {_kib(flash.get('predicted_int8_bytes'))}</td>")
+
+
 def _card_summary(card: dict) -> str:
     """The model card's key facts: per file its size, accuracy, measured latency and checksum; memory; cost."""
     acc = (card.get("accuracy") or {}).get("files", {})
@@ -253,6 +267,13 @@ def _card_summary(card: dict) -> str:
     facts = {"MACs": f"{card.get('macs', 0) / 1e6:.2f} M", "parameters": f"{card.get('params', 0):,}"}
     if sram.get("tflm_arena_bytes"):
         facts["SRAM (TFLite Micro arena)"] = f"{sram['tflm_arena_bytes'] / 1024:.1f} KiB"
+    if sram.get("predicted_arena_bytes"):
+        facts["SRAM (arena predicted, 64-bit host / 32-bit board)"] = (
+            f"{_kib(sram['predicted_arena_bytes'])} / {_kib(sram.get('predicted_board_arena_bytes'))}")
+    flash = card.get("flash") or {}
+    if flash.get("predicted_int8_bytes"):
+        facts["flash (int8 file, measured / predicted)"] = (
+            f"{_kib(flash.get('int8_file_bytes'))} / {_kib(flash['predicted_int8_bytes'])}")
     if sram.get("analytic_peak_int8_bytes"):
         facts["SRAM (analytic peak, int8)"] = f"{sram['analytic_peak_int8_bytes'] / 1024:.1f} KiB"
     if card.get("problems"):

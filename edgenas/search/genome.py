@@ -163,10 +163,10 @@ class GenomeCodec:
         out[r_idx, (base + nk + genomes[:, self.expand_cols])[r_idx, s_idx]] = 1.0
         return out
 
-    def stats(self, genomes: np.ndarray) -> dict[str, np.ndarray]:
-        """`stats_table(space).compute(archs)` for genomes, without building archs."""
+    def stats(self, genomes: np.ndarray, *, memory: bool = False) -> dict[str, np.ndarray]:
+        """`stats_table(space).compute(archs, memory=memory)` for genomes, without building archs."""
         return self._table.from_indices(genomes[:, 0], genomes[:, self.kernel_cols], genomes[:, self.expand_cols],
-                                        self.active(genomes))
+                                        self.active(genomes), memory=memory)
 
 
 def _valid_arch(resolution: int, depths: tuple, kernels: tuple, expands: tuple) -> Arch:

@@ -1,8 +1,10 @@
 """What a search optimises: predictors, device constraints, and batched, cached evaluation of candidates.
 
 Search never sees a `torch.nn.Module`: it sees archs (as genome rows), anything with
-`.predict(archs) -> np.ndarray` for accuracy and latency, and limits on latency, peak SRAM, flash
-and MACs. Memory and MACs come from the analytic statistics table, computed for whole batches.
+`.predict(archs) -> np.ndarray` for accuracy and latency, and limits on latency, SRAM, flash
+and MACs, computed for whole batches. For an int8 deployment SRAM is the TFLite Micro arena and
+flash the .tflite file size, both predicted from the graph the converter emits (`edgenas.memory`);
+for fp32 they are the analytic peak of live activations and the weights (`edgenas.stats`).
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ class InfeasibleConstraintError(UsageError):
 
 # name -> (statistics field for int8 / fp32 deployment, unit label, scale to the unit)
 _STAT_LIMITS = {
-    "sram": (("peak_activation_int8", "peak_activation_fp32"), "KB", 1024.0),
-    "flash": (("flash_int8", "flash_fp32"), "KB", 1024.0),
+    "sram": (("arena_int8", "peak_activation_fp32"), "KB", 1024.0),
+    "flash": (("tflite_int8", "flash_fp32"), "KB", 1024.0),
     "macs": (("macs", "macs"), "M MACs", 1e6),
 }
 
@@ -46,8 +48,8 @@ class Constraints:
     """Upper limits an arch must meet (None: no limit). Memory in bytes, at the deployed precision."""
 
     max_latency_ms: float | None = None
-    max_sram_bytes: int | None = None
-    max_flash_bytes: int | None = None
+    max_sram_bytes: int | None = None  # int8: TFLite Micro's arena; fp32: the peak of live activations
+    max_flash_bytes: int | None = None  # int8: the .tflite file; fp32: the weights
     max_macs: int | None = None
     precision: str = "int8"  # memory figures for an int8 (TFLite Micro) or an fp32 deployment
 
@@ -135,6 +137,7 @@ class Problem:
         self.candidates = 0
         self.predicted = 0
         self._cache: dict[bytes, tuple[float, float]] = {}
+        self._arena_cache: dict[bytes, int] = {}
         limits = self.constraints.limits()
         self._limit_names = list(limits)
         self._limit_values = np.array([limits[k] for k in limits], dtype=np.float64)
@@ -178,14 +181,16 @@ class Problem:
         genomes = np.asarray(genomes, dtype=np.int64).reshape(-1, self.codec.width)
         self.candidates += len(genomes)
         acc, lat = self.predictions(genomes)
-        stats = self.codec.stats(genomes)
         p = self._precision_index
+        stats = self.codec.stats(genomes, memory=p == 0)
         values = {
             "latency": lat,
             "sram": stats[_STAT_LIMITS["sram"][0][p]],
             "flash": stats[_STAT_LIMITS["flash"][0][p]],
             "macs": stats["macs"],
         }
+        if p == 0 and self.constraints.max_sram_bytes is not None:
+            values["sram"] = self._exact_arena_near_limit(genomes, values["sram"])
         if self._limit_names:
             measured = np.stack([values[k].astype(np.float64) for k in self._limit_names], axis=1)
             violation = measured / self._limit_values[None, :] - 1.0
@@ -194,6 +199,27 @@ class Problem:
             violation = np.zeros((len(genomes), 0))
         feasible = np.all(violation <= 0, axis=1)
         return Evaluation(acc, lat, values["sram"], values["flash"], values["macs"], feasible, violation)
+
+    def _exact_arena_near_limit(self, genomes: np.ndarray, arena: np.ndarray) -> np.ndarray:
+        """Where the table's check found TFLite Micro's greedy planner packing worse than the live peak in this
+        space, run the planner itself (cached per arch) on the rows within that gap under the SRAM limit."""
+        from edgenas.memory import memory_table, predict_arena
+
+        gap = memory_table(self.space).planner_gap or 0.0
+        if gap <= 0.0:
+            return arena
+        limit = float(self.constraints.max_sram_bytes)
+        rows = np.nonzero((arena <= limit) & (arena * (1.0 + 2.0 * gap) > limit))[0]
+        if not len(rows):
+            return arena
+        arena = arena.copy()
+        keys = self.codec.keys(genomes[rows]).tolist()
+        archs = self.codec.to_archs(genomes[rows])
+        for row, key, arch in zip(rows, keys, archs):
+            if key not in self._arena_cache:
+                self._arena_cache[key] = predict_arena(self.space, arch)
+            arena[row] = self._arena_cache[key]
+        return arena
 
     def evaluate_archs(self, archs: Sequence[Arch]) -> Evaluation:
         return self.evaluate(self.codec.from_archs(list(archs)))
@@ -228,5 +254,5 @@ def _fmt(name: str, value: float, bare: bool = False) -> str:
     number = f"{value / scale:.4g} {unit}"
     if bare:
         return f"<= {number}"
-    label = {"latency": "latency", "sram": "peak SRAM", "flash": "flash", "macs": "MACs"}[name]
+    label = {"latency": "latency", "sram": "SRAM", "flash": "flash", "macs": "MACs"}[name]
     return f"{label} is {number}" if name != "macs" else f"MACs count is {number}"

@@ -1,0 +1,527 @@
+"""TFLite Micro's tensor arena and the .tflite file size of an arch's full-int8 export, predicted without torch.
+
+The analytic peak of `edgenas.stats` counts live activations only; the arena TFLite Micro needs for
+the exported model is 2-3x larger. This module predicts that arena from what the int8 graph really
+holds, for one arch or (with `MemoryTable`) a whole population at once:
+
+1. **The graph the converter emits** (litert-torch with edgenas's full-integer quantizer and float I/O,
+   `edgenas.export.tflite`): a QUANTIZE of the float input (both live at the first op), an explicit PAD
+   before every convolution whose PyTorch padding is not TFLite's SAME (a stride-2 convolution on an
+   even-sized map), HARD_SWISH as an op of its own (ReLU is fused into the convolution), the
+   squeeze-excite gate as MEAN, two 1x1 CONV_2D, RESHAPE, ADD(+3, fused RELU6), MUL(1/6), RESHAPE, MUL,
+   residual ADDs, and at the head MEAN, CONV_2D (feature mix), HARD_SWISH, FULLY_CONNECTED, DEQUANTIZE.
+2. **The head of the arena** (TFLite Micro's memory planner, `GreedyMemoryPlanner`): every non-constant
+   tensor and every kernel scratch buffer (MEAN asks for an int32 accumulator per output channel and
+   two index buffers) is a buffer of its size rounded up to 16 bytes, alive from the op that writes it
+   to the last op that reads it (the graph input from the start, the output to the end); the planner
+   places them largest first, each at the lowest offset where it overlaps no buffer alive at the same
+   time. `plan_greedy` is that algorithm; the arena head is its highest end.
+3. **The tail** (persistent, allocated once): a fixed part for the allocator's own structs, 24 bytes per
+   tensor (TfLiteEvalTensor), 64 per op (NodeAndRegistration), each op's parsed options, each kernel's
+   OpData (16-byte aligned), two int32 arrays per output channel of every convolution and the
+   fully-connected layer (per-channel multiplier and shift), 8 bytes per scratch-buffer handle, the
+   input and output TfLiteTensor structs. Sizes are those of the `tflite-micro` wheel on a 64-bit host
+   (read from the kernels' sources and its allocation record).
+4. **Flash**: the .tflite file, i.e. every constant buffer (int8 weights, int32 biases, shape and padding
+   constants; 16-byte aligned with a 4-byte length), per-channel quantization parameters (a float scale
+   and an int64 zero point per channel of every weight and bias, one per activation), each tensor's
+   name (the converter names tensors after the PyTorch module path; a mean length per tensor role) and
+   the flatbuffer's own tables (a constant per tensor and per op).
+
+The arena is `head + tail`, which is what the export's binary search measures on this 64-bit host.
+A 32-bit board allocates less: its pointers are 4 bytes, so TfLiteEvalTensor is 12 bytes and
+NodeAndRegistration 36; `board_arena` subtracts that (a lower, still safe figure). A board whose kernels
+are vendor-optimised (CMSIS-NN) asks for extra scratch (im2col buffers) that this model does not count:
+keep the host figure there, or measure on the board.
+
+`MemoryTable` gives the same figures for thousands of archs at once (the search evaluates whole
+populations): between MBConv blocks only one tensor is alive, so the head is the largest of the
+per-block peaks and the fixed parts' peak, and everything else is a sum over blocks plus the shared
+constants (counted once per distinct value). The greedy planner reaches the peak of live bytes on
+every arch of the built-in spaces that was tried (tens of thousands); where it does not (a packing
+gap), the per-arch `predict_arena` runs the planner itself, and `MemoryTable.planner_gap` says whether
+the table's sampled check found one in its space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgenas.space import Arch, SearchSpace, conv_out
+from edgenas.stats import block_plan, mid_channels, se_channels
+
+ALIGNMENT = 16  # MicroArenaBufferAlignment(): every planned buffer and persistent allocation
+
+# Persistent (tail) sizes in bytes on a 64-bit host, tflite-micro built with compression support.
+EVAL_TENSOR_BYTES = 24            # sizeof(TfLiteEvalTensor): data and dims pointers, type
+NODE_BYTES = 64                   # sizeof(NodeAndRegistration)
+PERSISTENT_TENSOR_BYTES = 64      # sizeof(TfLiteTensor) under TF_LITE_STATIC_MEMORY, for the input and output
+SCRATCH_HANDLE_BYTES = 8          # sizeof(ScratchBufferHandle)
+TAIL_FIXED_BYTES = 508            # SingleArenaBufferAllocator, MicroAllocator, GreedyMemoryPlanner, ...
+# Kernel OpData (allocated in Init, 16-byte aligned) and parsed builtin options (allocated before them,
+# 4-byte aligned) per op type.
+OP_DATA_BYTES = {"CONV_2D": 80, "DEPTHWISE_CONV_2D": 80, "FULLY_CONNECTED": 72, "ADD": 60, "MUL": 36,
+                 "MEAN": 44, "PAD": 56, "HARD_SWISH": 20, "QUANTIZE": 32, "DEQUANTIZE": 32, "RESHAPE": 0}
+BUILTIN_DATA_BYTES = {"CONV_2D": 28, "DEPTHWISE_CONV_2D": 28, "FULLY_CONNECTED": 16, "ADD": 8, "MUL": 4,
+                      "MEAN": 4, "RESHAPE": 36}
+# Planning-time scratch: per tensor an AllocationInfo, per planned buffer the greedy planner's records.
+ALLOCATION_INFO_BYTES = 32
+PLANNER_BYTES_PER_BUFFER = 40
+SCRATCH_REQUEST_BYTES = 16
+MAX_SCRATCH_PER_OP = 12
+# What a 32-bit board saves against the host: 12 bytes per eval tensor, 28 per node (4-byte pointers).
+BOARD_SAVING_PER_TENSOR = 12
+BOARD_SAVING_PER_OP = 28
+
+# The .tflite flatbuffer besides buffers, names and quantization vectors: bytes per tensor (its table, shape,
+# empty quantization and buffer entries), per op (its table, input and output lists, options) and the rest
+# (operator codes, signature, metadata). Least squares over five litert-torch 0.10 files (tiny and
+# mobilenetv3 subnets that tools/bench/memory.py does not bench), residuals under 12 bytes.
+FILE_BYTES_PER_TENSOR = 84
+FILE_BYTES_PER_OP = 50
+FILE_FIXED_BYTES = 596
+QUANT_BYTES_PER_CHANNEL = 12  # float32 scale + int64 zero point
+# Mean tensor-name length per role in those files: litert-torch names a tensor after the PyTorch module
+# path of the op that makes it (fused ops join both paths), shared constants `arith.constantN`.
+NAME_BYTES = {"input": 22, "input_int8": 27, "output": 31, "const": 15, "conv.w": 210, "conv.b": 282,
+              "conv.out": 284, "dw.w": 215, "dw.b": 344, "dw.out": 345, "hswish.out": 211, "pad.out": 214,
+              "add.out": 139, "se.mean.out": 224, "se.add.out": 626, "se.mul.out": 313, "se.scale.out": 182,
+              "reshape.out": 116, "se.scalar": 115, "mean.out": 147, "fc.w": 114, "fc.b": 116, "fc.out": 36}
+
+
+def align(n, to: int = ALIGNMENT):
+    """`n` rounded up to a multiple of `to` (ints or integer arrays)."""
+    return -(-n // to) * to
+
+
+def same_padding(size: int, kernel: int, stride: int) -> bool:
+    """Whether PyTorch's symmetric padding (kernel // 2) equals TFLite's SAME padding here; where it does not,
+    the converter pads explicitly (a PAD op) and convolves VALID."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total % 2 == 0 and total // 2 == kernel // 2
+
+
+@dataclass
+class MicroOp:
+    """One op of the int8 graph: reads tensors `inputs` (activations), writes `output`."""
+
+    kind: str
+    inputs: tuple[int, ...]
+    output: int
+    channels: int = 0        # output channels of a convolution / fully-connected layer, or MEAN's
+    weight_bytes: int = 0
+    bias: bool = False
+    scratch: tuple[int, ...] = ()  # bytes of each scratch buffer the kernel requests in Prepare
+    consts: tuple[str, ...] = ()   # keys of shared constants it reads (counted once per distinct key)
+
+
+@dataclass
+class MicroGraph:
+    """The int8 TFLite graph of an arch as TFLite Micro loads it: activation tensors and ops in order."""
+
+    sizes: list[int] = field(default_factory=list)   # bytes of each activation tensor, in creation order
+    roles: list[str] = field(default_factory=list)   # name role of each activation tensor
+    ops: list[MicroOp] = field(default_factory=list)
+    graph_input: int | None = None   # the float input (alive from the start)
+    graph_output: int | None = None  # the float output (alive to the end)
+
+    def tensor(self, size: int, role: str) -> int:
+        self.sizes.append(int(size))
+        self.roles.append(role)
+        return len(self.sizes) - 1
+
+    def op(self, kind: str, inputs: Sequence[int], size: int, role: str, **kw) -> int:
+        out = self.tensor(size, role)
+        self.ops.append(MicroOp(kind, tuple(inputs), out, **kw))
+        return out
+
+    # ---- building blocks, as the converter lowers edgenas.nn.static ------------------------------
+    def conv(self, x: int, cin: int, cout: int, hw: int, k: int, stride: int, *, depthwise: bool = False,
+             act: str | None = None) -> tuple[int, int]:
+        if k > 1 and not same_padding(hw, k, stride):
+            x = self.op("PAD", [x], cin * (hw + 2 * (k // 2)) ** 2, "pad.out", consts=(f"pad{k // 2}",))
+        out = conv_out(hw, k, stride)
+        kind, role = ("DEPTHWISE_CONV_2D", "dw") if depthwise else ("CONV_2D", "conv")
+        weights = cout * k * k * (1 if depthwise else cin)
+        y = self.op(kind, [x], cout * out * out, f"{role}.out", channels=cout, weight_bytes=weights, bias=True)
+        if act == "hswish":
+            y = self.op("HARD_SWISH", [y], cout * out * out, "hswish.out")
+        return y, out
+
+    def squeeze_excite(self, h: int, mid: int, hw: int) -> int:
+        r = se_channels(mid)
+        p = self.op("MEAN", [h], mid, "se.mean.out", channels=mid, scratch=(4 * mid, 16, 8), consts=("axis",))
+        q = self.op("CONV_2D", [p], r, "conv.out", channels=r, weight_bytes=mid * r, bias=True)
+        q = self.op("CONV_2D", [q], mid, "conv.out", channels=mid, weight_bytes=r * mid, bias=True)
+        q = self.op("RESHAPE", [q], mid, "reshape.out", consts=(f"shape{mid}a",))
+        q = self.op("ADD", [q], mid, "se.add.out", consts=("three",))
+        q = self.op("MUL", [q], mid, "se.mul.out", consts=("sixth",))
+        q = self.op("RESHAPE", [q], mid, "reshape.out", consts=(f"shape{mid}b",))
+        return self.op("MUL", [h, q], mid * hw * hw, "se.scale.out")
+
+    def mbconv(self, x: int, cin: int, cout: int, hw: int, k: int, expand: int, stride: int, act: str, se: bool,
+               residual: bool, has_expand: bool = True) -> tuple[int, int]:
+        h, mid = x, cin
+        if has_expand:
+            mid = mid_channels(cin, expand)
+            h, _ = self.conv(h, cin, mid, hw, 1, 1, act=act)
+        h, out = self.conv(h, mid, mid, hw, k, stride, depthwise=True, act=act)
+        if se:
+            h = self.squeeze_excite(h, mid, out)
+        h, out = self.conv(h, mid, cout, out, 1, 1)
+        if residual:
+            h = self.op("ADD", [x, h], cout * out * out, "add.out")
+        return h, out
+
+
+def _stem(g: MicroGraph, space: SearchSpace, resolution: int) -> tuple[int, int]:
+    """QUANTIZE, stem and the fixed first block: (output tensor, its spatial size)."""
+    hw = resolution
+    float_in = g.tensor(4 * space.in_channels * hw * hw, "input")
+    g.graph_input = float_in
+    x = g.op("QUANTIZE", [float_in], space.in_channels * hw * hw, "input_int8")
+    stem = space.scaled(space.stem_width)
+    h, hw = g.conv(x, space.in_channels, stem, hw, 3, space.stem_stride, act="hswish")
+    first = space.scaled(space.first_block_width)
+    return g.mbconv(h, stem, first, hw, 3, 1, 1, "relu", False, residual=stem == first, has_expand=False)
+
+
+def _head(g: MicroGraph, space: SearchSpace, h: int, cin: int, hw: int) -> None:
+    final = space.scaled(space.final_expand_width)
+    h, hw = g.conv(h, cin, final, hw, 1, 1, act="hswish")
+    h = g.op("MEAN", [h], final, "mean.out", channels=final, scratch=(4 * final, 16, 8), consts=("axis",))
+    feature = space.scaled(space.feature_width)
+    h, _ = g.conv(h, final, feature, 1, 1, 1, act="hswish")
+    h = g.op("FULLY_CONNECTED", [h], space.num_classes, "fc.out", channels=space.num_classes,
+             weight_bytes=feature * space.num_classes, bias=True)
+    g.graph_output = g.op("DEQUANTIZE", [h], 4 * space.num_classes, "output")
+
+
+def micro_graph(space: SearchSpace, arch: Arch) -> MicroGraph:
+    """The int8 graph (float I/O) that `edgenas export` writes for `arch`, as TFLite Micro sees it."""
+    space.validate(arch)
+    g = MicroGraph()
+    h, hw = _stem(g, space, arch.resolution)
+    cin = space.scaled(space.first_block_width)
+    for s, (spec, width) in enumerate(zip(space.stages, space.stage_widths)):
+        for j, (k, e) in enumerate(arch.stage_blocks(s)):
+            stride = spec.stride if j == 0 else 1
+            h, hw = g.mbconv(h, cin, width, hw, k, e, stride, spec.act, spec.se, stride == 1 and cin == width)
+            cin = width
+    _head(g, space, h, cin, hw)
+    return g
+
+
+# ---- the arena head: TFLite Micro's memory planner --------------------------------------------------
+
+def planner_buffers(g: MicroGraph) -> list[tuple[int, int, int]]:
+    """(aligned bytes, first use, last use) of every buffer the planner places, in TFLite Micro's order:
+    tensors first (file order: the int8 input, activations, the float input and output), then scratch
+    buffers in request order. Op i runs at time i + 1; the graph input exists at time 0."""
+    n = len(g.sizes)
+    first, last = [-1] * n, [-1] * n
+    if g.graph_input is not None:
+        first[g.graph_input] = last[g.graph_input] = 0
+    scratch = []
+    for i, op in enumerate(g.ops):
+        t = i + 1
+        for j in op.inputs:
+            last[j] = t
+        if first[op.output] < 0:
+            first[op.output] = t
+        last[op.output] = max(last[op.output], t)
+        scratch.extend((align(b), t, t) for b in op.scratch)
+    if g.graph_output is not None:
+        last[g.graph_output] = len(g.ops)
+    # File order puts the float input and output (added by edgenas's float-I/O pass) after every other tensor.
+    order = [i for i in range(n) if i not in (g.graph_input, g.graph_output)]
+    order += [i for i in (g.graph_input, g.graph_output) if i is not None]
+    return [(align(g.sizes[i]), first[i], last[i]) for i in order if g.sizes[i] > 0] + scratch
+
+
+def plan_greedy(buffers: Sequence[tuple[int, int, int]]) -> tuple[int, list[int]]:
+    """TFLite Micro's GreedyMemoryPlanner: buffers sorted by size (largest first, stable), each placed at the
+    lowest offset where it overlaps no placed buffer alive at the same time. Returns (arena head, offsets)."""
+    order = sorted(range(len(buffers)), key=lambda i: -buffers[i][0])
+    offsets = [0] * len(buffers)
+    placed: list[tuple[int, int, int, int]] = []  # (offset, end, first, last), kept sorted by offset
+    for i in order:
+        size, first, last = buffers[i]
+        candidate = 0
+        for offset, end, f, lst in placed:
+            if f > last or first > lst:
+                continue
+            if offset - candidate >= size:
+                break
+            candidate = max(candidate, end)
+        offsets[i] = candidate
+        k = len(placed)
+        while k > 0 and placed[k - 1][0] > candidate:
+            k -= 1
+        placed.insert(k, (candidate, candidate + size, first, last))
+    return max((end for _, end, _, _ in placed), default=0), offsets
+
+
+def live_peak(buffers: Sequence[tuple[int, int, int]]) -> int:
+    """The most bytes alive at once: a lower bound of any plan, which the greedy planner reaches on these graphs."""
+    if not buffers:
+        return 0
+    horizon = max(last for _, _, last in buffers) + 2
+    delta = np.zeros(horizon, dtype=np.int64)
+    for size, first, last in buffers:
+        delta[first] += size
+        delta[last + 1] -= size
+    return int(np.cumsum(delta).max())
+
+
+# ---- the arena tail and the file --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Counts:
+    """Sums over a graph (or a part of one) that the tail and the file size are linear in."""
+
+    tensors: int = 0       # activation and per-op constant tensors (weights, biases); shared constants apart
+    ops: int = 0
+    builtin: int = 0       # parsed op options
+    op_data: int = 0       # kernel OpData, aligned
+    per_channel: int = 0   # per-channel multiplier and shift arrays, aligned
+    scratch: int = 0       # scratch buffers requested
+    buffer_bytes: int = 0  # constant buffers in the file, aligned, with their length prefix
+    quant: int = 0         # quantization channels in the file (weights, biases, activations)
+    names: int = 0         # tensor-name bytes in the file
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(*(a + b for a, b in zip(self.values(), other.values())))
+
+    def values(self) -> tuple[int, ...]:
+        return (self.tensors, self.ops, self.builtin, self.op_data, self.per_channel, self.scratch,
+                self.buffer_bytes, self.quant, self.names)
+
+
+def _buffer(nbytes: int) -> int:
+    return align(nbytes + 4)
+
+
+def count_ops(g: MicroGraph, ops: Sequence[MicroOp]) -> Counts:
+    """Tail and file sums of `ops` (each op's output tensor and its own weights and biases)."""
+    c = Counts()
+    for op in ops:
+        role = g.roles[op.output]
+        tensors, quant = 1, 1 if op.kind != "DEQUANTIZE" else 0
+        names = NAME_BYTES[role]
+        buffer_bytes = per_channel = 0
+        if op.weight_bytes:
+            prefix = "fc" if op.kind == "FULLY_CONNECTED" else role.split(".")[0]
+            tensors += 2
+            quant += 2 * op.channels
+            names += NAME_BYTES[f"{prefix}.w"] + NAME_BYTES[f"{prefix}.b"]
+            buffer_bytes = _buffer(op.weight_bytes) + _buffer(4 * op.channels)
+            per_channel = 2 * align(4 * op.channels)
+        c = c + Counts(tensors, 1, BUILTIN_DATA_BYTES.get(op.kind, 0), align(OP_DATA_BYTES[op.kind]), per_channel,
+                       len(op.scratch), buffer_bytes, quant, names)
+    return c
+
+
+# Shared constants: (tensors, file buffer bytes, quantization channels, name bytes) per distinct key.
+def _shared_constant(key: str) -> Counts:
+    if key == "axis":
+        nbytes, quant, name = 8, 0, NAME_BYTES["const"]
+    elif key.startswith("pad"):
+        nbytes, quant, name = 32, 0, NAME_BYTES["const"]
+    elif key.startswith("shape"):
+        nbytes, quant, name = 16, 0, NAME_BYTES["const"]
+    else:  # the hard-sigmoid's int8 scalars
+        nbytes, quant, name = 1, 1, NAME_BYTES["se.scalar"]
+    return Counts(tensors=1, buffer_bytes=_buffer(nbytes), quant=quant, names=name)
+
+
+def _graph_input_counts() -> Counts:
+    """The float input tensor (no op writes it, so `count_ops` does not see it)."""
+    return Counts(tensors=1, names=NAME_BYTES["input"])
+
+
+def shared_constants(g: MicroGraph) -> list[str]:
+    return sorted({key for op in g.ops for key in op.consts})
+
+
+def tail_bytes(c: Counts) -> int:
+    """The arena tail: allocator structs, eval tensors and nodes with the parsed options (one alignment),
+    then 16-byte aligned OpData and per-channel arrays, scratch handles, the I/O pointer arrays and tensors."""
+    head_part = align(TAIL_FIXED_BYTES + EVAL_TENSOR_BYTES * c.tensors + NODE_BYTES * c.ops + c.builtin)
+    return (head_part + c.op_data + c.per_channel + align(SCRATCH_HANDLE_BYTES * c.scratch)
+            + 2 * ALIGNMENT + 2 * PERSISTENT_TENSOR_BYTES)
+
+
+def planning_bytes(c: Counts, planned: int) -> int:
+    """Temporary memory while the plan is made (AllocationInfo per tensor and scratch buffer, the planner's
+    records per planned buffer, the scratch requests): the arena must also hold this beside the tail."""
+    return (align(SCRATCH_REQUEST_BYTES * (c.scratch + MAX_SCRATCH_PER_OP))
+            + align(ALLOCATION_INFO_BYTES * (c.tensors + c.scratch)) + PLANNER_BYTES_PER_BUFFER * planned)
+
+
+def file_bytes(c: Counts) -> int:
+    """The .tflite file: buffers, quantization vectors, names and the flatbuffer's tables."""
+    return (c.buffer_bytes + QUANT_BYTES_PER_CHANNEL * c.quant + c.names + FILE_BYTES_PER_TENSOR * c.tensors
+            + FILE_BYTES_PER_OP * c.ops + FILE_FIXED_BYTES)
+
+
+@dataclass(frozen=True)
+class MemoryPrediction:
+    """Predicted TFLite Micro arena (64-bit host) and .tflite size of one arch, in bytes."""
+
+    arena: int
+    head: int
+    tail: int
+    flash: int
+    tensors: int
+    ops: int
+
+    @property
+    def board_arena(self) -> int:
+        return board_arena(self.arena, self.tensors, self.ops)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"arena_bytes": self.arena, "head_bytes": self.head, "tail_bytes": self.tail,
+                "flash_bytes": self.flash, "board_arena_bytes": self.board_arena}
+
+
+def board_arena(host_arena: int | np.ndarray, tensors: int | np.ndarray, ops: int | np.ndarray):
+    """The arena on a 32-bit board with TFLite Micro's reference kernels: the host's less the pointer bytes
+    (TfLiteEvalTensor 24 -> 12 bytes, NodeAndRegistration 64 -> 36). Optimised kernels (CMSIS-NN) may ask for
+    more scratch than this saves: budget those boards with the host figure."""
+    return host_arena - BOARD_SAVING_PER_TENSOR * tensors - BOARD_SAVING_PER_OP * ops
+
+
+def predict(space: SearchSpace, arch: Arch) -> MemoryPrediction:
+    """The arena (the greedy planner run on the arch's graph) and the file size of one arch."""
+    g = micro_graph(space, arch)
+    buffers = planner_buffers(g)
+    head, _ = plan_greedy(buffers)
+    counts = count_ops(g, g.ops) + _graph_input_counts()
+    for key in shared_constants(g):
+        counts = counts + _shared_constant(key)
+    tail = tail_bytes(counts)
+    arena = max(head, planning_bytes(counts, len(buffers))) + tail
+    return MemoryPrediction(arena, head, tail, file_bytes(counts), counts.tensors, counts.ops)
+
+
+def predict_arena(space: SearchSpace, arch: Arch) -> int:
+    return predict(space, arch).arena
+
+
+# ---- batched: whole populations ---------------------------------------------------------------------
+
+class MemoryTable:
+    """Predicted arena and flash for many archs of one space (the search's constraint), from per-block tables.
+
+    Per resolution and per block slot, kernel and expand ratio, a block's peak of live planned bytes, its
+    Counts and the shared constants it reads are tabulated once; `compute(archs)` gathers them: the head is
+    the largest peak (between blocks only one tensor is alive), the rest are sums, and a shared constant
+    counts once per arch. Agrees with `predict` wherever the greedy planner packs to the live peak.
+    """
+
+    COUNT_FIELDS = Counts().values().__len__()
+
+    def __init__(self, space: SearchSpace, *, check_archs: int = 48, seed: int = 0) -> None:
+        self.space = space
+        plan = block_plan(space)
+        nr, nslot, nk, ne = len(space.resolutions), len(plan), len(space.kernels), len(space.expands)
+        self.slot_offsets = np.cumsum([0] + [s.max_depth for s in space.stages])[:-1]
+        self.block_peak = np.zeros((nr, nslot, nk, ne), dtype=np.int64)
+        self.block_buffers = np.zeros((nr, nslot, nk, ne), dtype=np.int64)
+        self.block_counts = np.zeros((self.COUNT_FIELDS, nr, nslot, nk, ne), dtype=np.int64)
+        self.fixed_peak = np.zeros(nr, dtype=np.int64)
+        self.fixed_buffers = np.zeros(nr, dtype=np.int64)
+        self.fixed_counts = np.zeros((self.COUNT_FIELDS, nr), dtype=np.int64)
+        keys: dict[str, int] = {}
+        block_keys: dict[tuple[int, int, int, int], list[str]] = {}
+        fixed_keys: dict[int, list[str]] = {}
+        for ri, res in enumerate(space.resolutions):
+            stem = MicroGraph()
+            first_out, hw = _stem(stem, space, res)
+            stem.graph_output = first_out  # alive until the first elastic block reads it
+            sizes = []
+            for _s, j, _in, _out, stride in plan:
+                sizes.append(hw)
+                if j == 0:
+                    hw = conv_out(hw, 3, stride)  # the kernel size does not change a 'same' output size
+            head = MicroGraph()
+            head.graph_input = head.tensor(plan[-1][3] * hw * hw, "add.out")  # the last block's output
+            _head(head, space, head.graph_input, plan[-1][3], hw)
+            stem_buffers, head_buffers = planner_buffers(stem), planner_buffers(head)
+            self.fixed_peak[ri] = max(live_peak(stem_buffers), live_peak(head_buffers))
+            self.fixed_buffers[ri] = len(stem_buffers) + len(head_buffers) - 1
+            counts = count_ops(stem, stem.ops) + count_ops(head, head.ops) + _graph_input_counts()
+            self.fixed_counts[:, ri] = counts.values()
+            fixed_keys[ri] = sorted(set(shared_constants(stem)) | set(shared_constants(head)))
+            for slot, (s, _j, block_in, block_out, stride) in enumerate(plan):
+                spec = space.stages[s]
+                for ki, k in enumerate(space.kernels):
+                    for ei, e in enumerate(space.expands):
+                        b = MicroGraph()
+                        b.graph_input = b.tensor(block_in * sizes[slot] ** 2, "add.out")
+                        b.graph_output, _ = b.mbconv(b.graph_input, block_in, block_out, sizes[slot], k, e, stride,
+                                                     spec.act, spec.se, residual=stride == 1 and block_in == block_out)
+                        buffers = planner_buffers(b)
+                        self.block_peak[ri, slot, ki, ei] = live_peak(buffers)
+                        self.block_buffers[ri, slot, ki, ei] = len(buffers) - 1  # its input is counted before
+                        self.block_counts[:, ri, slot, ki, ei] = count_ops(b, b.ops).values()
+                        block_keys[(ri, slot, ki, ei)] = shared_constants(b)
+        for names in list(block_keys.values()) + list(fixed_keys.values()):
+            for key in names:
+                keys.setdefault(key, len(keys))
+        self.constant_keys = list(keys)
+        self.constant_counts = np.array([_shared_constant(k).values() for k in self.constant_keys],
+                                        dtype=np.int64).reshape(len(keys), self.COUNT_FIELDS)
+        self.block_uses = np.zeros((nr, nslot, nk, ne, len(keys)), dtype=bool)
+        for (ri, slot, ki, ei), names in block_keys.items():
+            self.block_uses[ri, slot, ki, ei, [keys[k] for k in names]] = True
+        self.fixed_uses = np.zeros((nr, len(keys)), dtype=bool)
+        for ri, names in fixed_keys.items():
+            self.fixed_uses[ri, [keys[k] for k in names]] = True
+        self.planner_gap = self._check(check_archs, seed) if check_archs else None
+
+    def _check(self, n: int, seed: int) -> float:
+        """Largest relative shortfall of the table's head against the real greedy planner over `n` random archs."""
+        archs = self.space.sample_many(np.random.default_rng(seed), n)
+        table = self.compute(archs)["head"]
+        exact = np.array([predict(self.space, a).head for a in archs], dtype=np.float64)
+        return float(max(0.0, (exact / table - 1.0).max()))
+
+    def indices(self, archs: Sequence[Arch]):
+        from edgenas.stats import stats_table
+
+        return stats_table(self.space).indices(list(archs))
+
+    def compute(self, archs: Sequence[Arch]) -> dict[str, np.ndarray]:
+        """Predicted `arena`, `head`, `tail`, `flash`, `board_arena` (bytes, int64 arrays) of every arch."""
+        return self.from_indices(*self.indices(archs))
+
+    def from_indices(self, ri: np.ndarray, ki: np.ndarray, ei: np.ndarray, active: np.ndarray) -> dict[str, np.ndarray]:
+        """`compute` on archs given as index arrays (see `edgenas.stats.StatsTable.indices`)."""
+        slots = np.arange(self.block_peak.shape[1])[None, :]
+        peak = np.where(active, self.block_peak[ri[:, None], slots, ki, ei], 0)
+        head = np.maximum(peak.max(axis=1), self.fixed_peak[ri])
+        planned = np.where(active, self.block_buffers[ri[:, None], slots, ki, ei], 0).sum(axis=1) + self.fixed_buffers[ri]
+        counts = np.where(active[None], self.block_counts[:, ri[:, None], slots, ki, ei], 0).sum(axis=2)
+        counts = counts + self.fixed_counts[:, ri]
+        uses = np.any(self.block_uses[ri[:, None], slots, ki, ei] & active[:, :, None], axis=1) | self.fixed_uses[ri]
+        counts = counts + (uses.astype(np.int64) @ self.constant_counts).T
+        c = Counts(*counts)
+        tail = tail_bytes(c)
+        arena = np.maximum(head, planning_bytes(c, planned)) + tail
+        flash = file_bytes(c)
+        return {"arena": arena, "head": head, "tail": tail, "flash": flash,
+                "board_arena": board_arena(arena, c.tensors, c.ops)}
+
+
+def memory_table(space: SearchSpace) -> MemoryTable:
+    """The (cached) MemoryTable of a space."""
+    table = space._cache.get("memory_table")
+    if table is None:
+        table = space._cache["memory_table"] = MemoryTable(space)
+    return table
