@@ -138,3 +138,74 @@ def test_damaged_or_foreign_checkpoints_are_usage_errors(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(UsageError, match="not an edgenas supernet checkpoint"):
         load_checkpoint_info(tmp_path / "other.pt")
+
+
+SIGNAL_CONFIG = """
+preset = "tiny"
+batch_size = 8
+checkpoint_every = 100000
+log_every = 1
+bn_batches = 1
+eval_every_phase = false
+final_samples = 0
+[[phases]]
+name = "full"
+steps = 60
+lr = 0.05
+distill = false
+[[phases]]
+name = "kernel"
+steps = 3
+lr = 0.02
+kernels = "all"
+"""
+
+
+def _signal_at_step(argv: list[str], out: Path, sig: int, after: int) -> tuple[int, str]:
+    """Run the CLI until `after` more steps than the run resumed from are logged, then send `sig`."""
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "edgenas.cli", *argv], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    start = len(_events(out)) if (out / "metrics.jsonl").is_file() else 0
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            new = [e for e in _events(out)[start:] if e["event"] == "step"]
+        except (FileNotFoundError, json.JSONDecodeError):
+            new = []
+        if len(new) >= after:
+            proc.send_signal(sig)
+            break
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+@pytest.mark.slow
+def test_sigterm_and_sigint_save_the_step_reached_and_resume_from_it(tmp_path):
+    config_path = tmp_path / "c.toml"
+    config_path.write_text(SIGNAL_CONFIG)
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(config_path), "--out", str(out), "--threads", "1", "--no-progress"]
+
+    code, err = _signal_at_step(argv, out, signal.SIGTERM, after=3)
+    assert code == 143, err
+    assert "saved" in err and "--resume" in err and "Traceback" not in err
+    first = load_checkpoint_info(out / "last.pt")  # written at the step reached, not at a periodic checkpoint
+    logged = [e["step"] for e in _events(out) if e["event"] == "step"]
+    assert not first["complete"] and first["phase_index"] == 0
+    assert first["global_step"] == read_checkpoint(out / "last.pt")["step_in_phase"] >= max(logged) >= 3
+
+    code, err = _signal_at_step([*argv, "--resume"], out, signal.SIGINT, after=3)
+    assert code == 130, err
+    second = load_checkpoint_info(out / "last.pt")
+    assert second["global_step"] >= first["global_step"] + 3
+
+    resumed = train(load_config(config_path), out, resume=True, threads=1, progress=False)
+    assert resumed.summary["global_step"] == 63
+    events = _events(out)
+    assert [e["step_in_phase"] for e in events if e["event"] == "resume"] == [first["global_step"],
+                                                                            second["global_step"]]
+    steps = [(e["phase"], e["step"]) for e in events if e["event"] == "step"]
+    # every step ran exactly once: nothing redone after either signal, nothing lost
+    assert sorted(steps) == sorted({("full", s) for s in range(1, 61)} | {("kernel", s) for s in range(1, 4)})

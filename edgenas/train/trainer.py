@@ -100,6 +100,9 @@ def setup_processes(device: str = "auto", threads: int | None = None) -> Process
     return Processes(rank, world, local, dev)
 
 
+RESUME_HINT = "run the same command again to continue from there (`edgenas train` with --resume)"
+
+
 @dataclass
 class TrainResult:
     out_dir: Path
@@ -219,6 +222,11 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, *, resume: boo
     try:
         return _train(config, out_dir, resume=resume, device=device, threads=threads, progress=progress,
                       tensorboard=tensorboard, dataset=dataset)
+    except KeyboardInterrupt as exc:  # between phases or in the final evaluation: the last phase is saved
+        if not exc.args:
+            out = Path(out_dir) if out_dir is not None else default_out_dir(config.dataset, config.preset)
+            exc.args = (f"the finished phases are saved in {out / 'last.pt'}: {RESUME_HINT}",)
+        raise
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -370,25 +378,23 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
                         (loss / phase.subnets_per_step).backward()
                     step_loss += loss.item() / phase.subnets_per_step
                     step_correct += float((logits.argmax(1) == y).float().mean()) / phase.subnets_per_step
-                with signals_held():  # an update is applied whole, never half, when a signal arrives
+                with signals_held():  # the update and its bookkeeping land whole when a signal arrives
                     optimizer.step()
                     scheduler.step()
                     global_step += 1
                     done, rng_done = step + 1, torch.get_rng_state()
-                seen += config.batch_size
-                loss_avg = step_loss if loss_avg is None else 0.9 * loss_avg + 0.1 * step_loss
-                acc_avg = step_correct if acc_avg is None else 0.9 * acc_avg + 0.1 * step_correct
-                bar.update(config.batch_size, loss=loss_avg, acc=acc_avg)
-                if (step + 1) % config.log_every == 0 or step + 1 == total:
-                    rate = seen / max(time.perf_counter() - t0, 1e-9)
-                    log.write({"event": "step", "phase": phase.name, "step": step + 1, "global_step": global_step,
-                               "loss": round(loss_avg, 5), "acc": round(acc_avg, 5),
-                               "lr": round(scheduler.get_last_lr()[0], 7), "samples_per_s": round(rate, 2)})
-                if global_step % config.checkpoint_every == 0 and step + 1 < total:
-                    if procs.main:
-                        with signals_held():
-                            save_checkpoint(last_path, checkpoint_state(
-                                pi, step + 1, optimizer, scheduler, elapsed=phase_elapsed + time.perf_counter() - t0))
+                    seen += config.batch_size
+                    loss_avg = step_loss if loss_avg is None else 0.9 * loss_avg + 0.1 * step_loss
+                    acc_avg = step_correct if acc_avg is None else 0.9 * acc_avg + 0.1 * step_correct
+                    bar.update(config.batch_size, loss=loss_avg, acc=acc_avg)
+                    if (step + 1) % config.log_every == 0 or step + 1 == total:
+                        rate = seen / max(time.perf_counter() - t0, 1e-9)
+                        log.write({"event": "step", "phase": phase.name, "step": step + 1, "global_step": global_step,
+                                   "loss": round(loss_avg, 5), "acc": round(acc_avg, 5),
+                                   "lr": round(scheduler.get_last_lr()[0], 7), "samples_per_s": round(rate, 2)})
+                    if global_step % config.checkpoint_every == 0 and step + 1 < total and procs.main:
+                        save_checkpoint(last_path, checkpoint_state(
+                            pi, step + 1, optimizer, scheduler, elapsed=phase_elapsed + time.perf_counter() - t0))
                         log.write({"event": "checkpoint", "phase": phase.name, "step": step + 1,
                                    "global_step": global_step})
             bar.close()
@@ -412,8 +418,7 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
                                                                 scheduler if done else None, elapsed=elapsed,
                                                                 rng=rng_done))
                     log.write({"event": "interrupted", "phase": phase.name, "step": done, "global_step": global_step})
-                exc.args = (f"saved {last_path} at phase {phase.name}, step {done} of {total}: run the same "
-                            "`edgenas train` with --resume to continue from there",)
+                exc.args = (f"saved {last_path} at phase {phase.name}, step {done} of {total}: {RESUME_HINT}",)
             raise
         with signals_held():  # the phase's summary and its checkpoint land together
             history.append(summary)
