@@ -1,0 +1,176 @@
+"""Tests for edgenas.memory: the predicted TFLite Micro arena and .tflite size against the real interpreter.
+
+The planner and the batched table are checked without conversions; the prediction is checked against
+real int8 conversions run in the real TFLite Micro interpreter (one shared with test_export_pipeline,
+one of a space with other shapes), and end to end on a stand-in board: a search at an SRAM limit whose
+winner is exported with that limit as --target-sram-kb passes at five limits across the space's range.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgenas.memory import MemoryTable, micro_graph, plan_greedy, predict, same_padding
+from edgenas.space import SearchSpace, StageSpec
+
+
+def test_planner_places_largest_first_at_the_lowest_free_offset():
+    # (bytes, first use, last use): A and B never overlap in time, C overlaps both, D overlaps A, B and C
+    buffers = [(32, 0, 1), (32, 2, 3), (16, 1, 2), (16, 1, 3)]
+    head, offsets = plan_greedy(buffers)
+    assert offsets == [0, 0, 32, 48] and head == 64
+    # a buffer goes below a placed one where the memory there is free at its time
+    head, offsets = plan_greedy([(32, 0, 0), (16, 0, 1), (16, 1, 1)])
+    assert offsets == [0, 32, 0] and head == 48
+
+
+def test_explicit_pad_only_where_pytorch_padding_is_not_same():
+    assert same_padding(33, 5, 2) and same_padding(24, 7, 1)
+    assert not same_padding(24, 3, 2) and not same_padding(6, 5, 2)
+    space = SearchSpace.preset("mobilenetv3")
+    even = micro_graph(space, space.smallest(128))
+    odd_inside = micro_graph(space, space.smallest(132))  # 132 -> 66 -> 33: the second stride-2 block sees 33
+    pads = lambda g: sum(op.kind == "PAD" for op in g.ops)  # noqa: E731
+    assert pads(even) == 1 + 4 and pads(odd_inside) < pads(even)  # stem and every stride-2 depthwise at 128
+    assert even.ops[0].kind == "QUANTIZE" and even.ops[-1].kind == "DEQUANTIZE"
+
+
+@pytest.mark.parametrize("preset", ["tiny", "mobilenetv3"])
+def test_table_equals_the_per_arch_planner(preset):
+    space = SearchSpace.preset(preset)
+    table = MemoryTable(space, check_archs=0)
+    archs = space.sample_many(np.random.default_rng(3), 40)
+    got = table.compute(archs)
+    exact = [predict(space, a) for a in archs]
+    assert list(got["arena"]) == [p.arena for p in exact]
+    assert list(got["flash"]) == [p.flash for p in exact]
+    assert np.all(got["board_arena"] < got["arena"])
+    # the arena far exceeds the live activations the analytic estimate counts
+    from edgenas.stats import stats_table
+
+    assert np.all(got["arena"] > stats_table(space).compute(archs)["peak_activation_int8"])
+
+
+def test_search_limits_the_predicted_arena_not_the_analytic_peak():
+    from edgenas.search import Constraints, Problem
+    from edgenas.stats import stats_table
+
+    space = SearchSpace.preset("tiny")
+    archs = space.sample_many(np.random.default_rng(4), 200)
+    stats = stats_table(space).compute(archs, memory=True)
+    limit = int(np.median(stats["arena_int8"]))
+
+    class Flat:
+        def predict(self, archs):
+            return np.full(len(archs), 0.5)
+
+    ev = Problem(space, Flat(), constraints=Constraints(max_sram_bytes=limit)).evaluate_archs(archs)
+    assert np.array_equal(ev.sram, stats["arena_int8"])
+    assert np.array_equal(ev.feasible, stats["arena_int8"] <= limit)
+    assert np.any(~ev.feasible & (stats["peak_activation_int8"] <= limit))  # the peak alone would have let them in
+
+
+def _file_counts(path):
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(path.read_bytes()), 0)
+    return len(model.subgraphs[0].operators), len(model.subgraphs[0].tensors)
+
+
+def test_prediction_matches_tflite_micro_on_the_exported_digits_model():
+    from test_export_pipeline import exported_bundle, trained_subnet
+
+    result, _, _ = exported_bundle()
+    space, arch, _ = trained_subnet()
+    predicted = predict(space, arch)
+    measured = result.card["sram"]["tflm_arena_bytes"]
+    assert result.card["sram"]["predicted_arena_bytes"] == predicted.arena
+    assert measured <= predicted.arena <= measured * 1.01  # never under: an under-prediction crashes a board
+    path = result.files["tflite-int8"]
+    assert abs(predicted.flash / path.stat().st_size - 1) <= 0.02
+    assert result.card["flash"] == {"predicted_int8_bytes": predicted.flash, "int8_file_bytes": path.stat().st_size}
+    ops, tensors = _file_counts(path)
+    assert ops == len(micro_graph(space, arch).ops) and tensors == predicted.tensors
+
+
+def test_prediction_matches_tflite_micro_on_other_shapes(tmp_path):
+    """A space with a stride-2 stem, a ReLU stage with squeeze-excite, no residual first block and odd feature
+    maps (so both SAME and explicit PAD convolutions), converted as `edgenas export` does."""
+    import torch
+
+    from edgenas import Supernet
+    from edgenas.export.micro import check_micro
+    from edgenas.export.tflite import export_tflite
+
+    space = SearchSpace(name="shapes-test", stages=(StageSpec(16, 2, "relu", True, (1, 2)),
+                                                    StageSpec(24, 2, "hswish", False, (1, 2))),
+                        kernels=(3, 5), expands=(3, 4), resolutions=(26,), stem_width=8, stem_stride=2,
+                        first_block_width=16, final_expand_width=48, feature_width=64, num_classes=5)
+    arch = space.arch(26, (2, 2), (5, 3, 3, 5), (4, 3, 4, 3))
+    torch.manual_seed(0)
+    supernet = Supernet(space).eval()
+    with torch.no_grad():  # trained-like: the converter drops an all-zero bias, which training never leaves
+        for name, value in list(supernet.named_parameters()) + list(supernet.named_buffers()):
+            if name.endswith(("bias", "running_mean")):
+                value.normal_(0.0, 0.1)
+    images = np.random.default_rng(0).standard_normal((8, 3, 26, 26)).astype(np.float32)
+    path = tmp_path / "model_int8.tflite"
+    export_tflite(supernet.extract(arch).eval(), path, quantization="int8", calibration=images)
+    check = check_micro(path)
+    predicted = predict(space, arch)
+    assert check.ok
+    assert check.arena_bytes <= predicted.arena <= check.arena_bytes * 1.01
+    assert check.activation_bytes == predicted.head
+    assert abs(predicted.flash / path.stat().st_size - 1) <= 0.02
+    assert _file_counts(path) == (len(micro_graph(space, arch).ops), predicted.tensors)
+
+
+@pytest.mark.slow
+@pytest.mark.testbed
+def test_search_at_an_sram_limit_exports_a_model_that_fits_it_on_a_standin_board(make_testbed, tmp_path, capsys):
+    from test_accuracy_commands import make_checkpoint
+
+    from edgenas.accuracy.predictor import AccuracyPredictor, FitConfig
+    from edgenas.cli import main
+    from edgenas.devices import load_device
+    from edgenas.export.tflite import export_tflite
+    from edgenas.latency.predictors import MacsPredictor
+    from edgenas.stats import stats_table
+    from edgenas.train.checkpoint import load_supernet
+
+    board = make_testbed(["kind=mcu,runs=3,warmup=1"], prefix="arena").device_files()[0]
+    ckpt = make_checkpoint(tmp_path)
+    supernet = load_supernet(ckpt)
+    space = supernet.space
+    archs = space.sample_many(np.random.default_rng(0), 300)
+    stats = stats_table(space).compute(archs, memory=True)
+    predictor, _ = AccuracyPredictor.fit(space, archs[:80], 0.4 + 0.05 * np.log(stats["macs"][:80] / 1e6), seed=0,
+                                         config=FitConfig(hidden=(16, 16), max_epochs=20, patience=5))
+    predictor.save(tmp_path / "accuracy_predictor.npz")
+    # the board's latency predictor: MACs-linear through the smallest and largest subnets timed on it
+    probe = [space.smallest(), space.largest()]
+    images = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    paths = [str(export_tflite(supernet.extract(a).eval(), tmp_path / f"probe{i}.tflite", quantization="int8",
+                               calibration=images[:, :, :a.resolution, :a.resolution]).path) for i, a in enumerate(probe)]
+    with load_device(str(board)) as device:
+        ms = [m.median_ms for m in device.measure(paths)]
+        name = device.name
+    MacsPredictor(device=name, runtime="tflite", precision="int8", space=space).fit(probe, ms).save(tmp_path / "lat.json")
+
+    limits_kb = np.ceil(np.quantile(stats["arena_int8"], [0.02, 0.25, 0.5, 0.75, 0.98]) / 1024)
+    for i, limit in enumerate(limits_kb):
+        assert main(["search", "--supernet", str(ckpt), "--device", str(board), "--latency-predictor",
+                     str(tmp_path / "lat.json"), "--max-sram-kb", f"{limit:g}", "--no-verify", "--population", "16",
+                     "--generations", "10", "--seed", str(i), "--out", str(tmp_path / f"search{i}"), "--json"]) == 0
+        found = json.loads(capsys.readouterr().out)
+        assert found["predicted_best"]["predicted"]["sram_bytes"] <= limit * 1024
+        rc = main(["export", "--supernet", str(ckpt), "--arch", str(tmp_path / f"search{i}" / "search-result.json"),
+                   "--formats", "tflite-int8", "--target-sram-kb", f"{limit:g}", "--calibration-images", "32",
+                   "--out", str(tmp_path / f"export{i}"), "--json"])
+        exported = json.loads(capsys.readouterr().out)[0]
+        assert rc == 0 and exported["ok"], exported
+        card = json.loads((tmp_path / f"export{i}" / "card.json").read_text())
+        assert card["sram"]["tflm_arena_bytes"] <= card["sram"]["predicted_arena_bytes"] <= limit * 1024
