@@ -14,8 +14,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", required=True, action="append", metavar="NAME",
                    help="device name or TOML file (repeat for several devices: one result each)")
     p.add_argument("--max-latency-ms", type=float, metavar="T", help="latency limit on the device (ms)")
-    p.add_argument("--max-sram-kb", type=float, metavar="S", help="peak activation memory limit (KB)")
-    p.add_argument("--max-flash-kb", type=float, metavar="F", help="model size limit (KB)")
+    p.add_argument("--max-sram-kb", type=float, metavar="S", help="SRAM limit (KB): int8, the TFLite Micro arena "
+                   "predicted for the exported model; fp32, the peak of live activations")
+    p.add_argument("--max-flash-kb", type=float, metavar="F", help="flash limit (KB): int8, the predicted .tflite "
+                   "file size; fp32, the weights")
     p.add_argument("--max-macs", type=float, metavar="M", help="compute limit in millions of MACs")
     p.add_argument("--pareto", action="store_true", help="NSGA-II: the whole accuracy/latency Pareto front")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="candidates to verify on the device (default: 5)")
