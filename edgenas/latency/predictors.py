@@ -14,8 +14,8 @@ towards a prior chosen by cross-validation:
 - `WholeModelPredictor`: no table: analytic costs (dense and depthwise MACs per group, elementwise
   volume, weights, op count) weighted by fitted per-op costs.
 - `MacsPredictor`: ms = a + b·MACs, the baseline.
-- `TransferPredictor`: log ms = a + Σ b_k log(p_k), over predictors of already calibrated devices;
-  a handful of measurements on the new device fit a and b.
+- `TransferPredictor`: a new device from calibrated ones and a handful of its own measurements: an
+  additive table over position × piece with the sources' structure as its prior (`latency/transfer.py`).
 """
 
 from __future__ import annotations
@@ -273,11 +273,17 @@ class MacsPredictor(BasePredictor):
 
 
 class TransferPredictor(BasePredictor):
-    """A new device from devices already calibrated: log ms = a + Σ b_k log(source_k ms)."""
+    """A new device from devices already calibrated and a handful of its own measurements.
+
+    An additive table over the space's position × piece encoding (`edgenas.latency.transfer`): the sources'
+    tables, their per-position and per-piece structure, with a prior learned leave-one-source-out, fitted to
+    the target's measurements. The file keeps the sources, how many target measurements it used and which."""
 
     kind = "transfer"
 
     def __init__(self, *, sources: Sequence[BasePredictor], **kw: Any) -> None:
+        from edgenas.latency.transfer import space_encoding
+
         super().__init__(**kw)
         if not sources:
             raise UsageError("transfer needs at least one calibrated source device: pass --transfer-from NAME")
@@ -286,47 +292,42 @@ class TransferPredictor(BasePredictor):
                 raise UsageError(f"source predictor of {s.device} is for space '{s.space.name}', not "
                                  f"'{self.space.name}': calibrate {s.device} on this space first")
         self.sources = list(sources)
-        self.feature_names = ["const"] + [f"log_{s.device}_{s.runtime}_{s.precision}" for s in self.sources]
+        self.encoding = space_encoding(self.space)
+        self.feature_names = ["const"] + [f"p{p}:{t}" for p, t in self.encoding.columns]
+        if self.weights is not None and len(self.weights) != len(self.feature_names):
+            raise UsageError(f"transfer predictor has {len(self.weights)} weights for {len(self.feature_names)} "
+                             "features: the file is damaged or for another space; re-calibrate")
 
     def features(self, archs: Sequence[Arch]) -> np.ndarray:
-        logs = [np.log(np.maximum(s.predict(archs), 1e-6)) for s in self.sources]
-        return np.stack([np.ones(len(archs))] + logs, axis=1)
+        from edgenas.latency.transfer import space_tokens
 
-    def prior(self) -> np.ndarray:
-        p = np.full(len(self.feature_names), 1.0 / len(self.sources))
-        p[0] = 0.0
-        return p
+        return np.hstack([np.ones((len(archs), 1)), self.encoding.encode(space_tokens(self.space, archs))])
 
     def predict(self, archs: Sequence[Arch]) -> np.ndarray:
-        if self.weights is None:
-            raise UsageError(f"transfer predictor for {self.device} is not fitted")
-        return np.exp(self.features(archs) @ self.weights)
+        return np.maximum(super().predict(archs), 1e-9)
 
     def fit(self, archs: Sequence[Arch], measured_ms: Sequence[float], *, seed: int = 0,
-            lam: float | None = None) -> TransferPredictor:
-        """Least squares in log space (relative error), ridge towards the average of the sources' logs."""
-        y = np.log(np.asarray(measured_ms, dtype=np.float64))
-        X = self.features(archs)
-        prior = self.prior()
-        n = len(y)
+            lam: float | None = None, transfer: Any = None) -> TransferPredictor:
+        """Fit to the target's measurements; `transfer`: a `space_transfer` model already built from the sources."""
+        from edgenas.latency.transfer import space_transfer, transfer_report
 
-        def solve(Xs: np.ndarray, ys: np.ndarray, lam_: float) -> np.ndarray:
-            # Only the slopes are pulled to the prior; the constant (the device's speed) is free.
-            d = np.ones(X.shape[1])
-            d[0] = 0.0
-            return np.linalg.solve(Xs.T @ Xs + lam_ * len(ys) * np.diag(d) + 1e-9 * np.eye(X.shape[1]),
-                                   Xs.T @ ys + lam_ * len(ys) * d * prior)
-
-        if lam is None:
-            best, best_err = LAMBDAS[-1], np.inf
-            for lam_ in LAMBDAS:
-                errs = [(X[i] @ solve(np.delete(X, i, 0), np.delete(y, i), lam_) - y[i]) ** 2 for i in range(n)]
-                if np.mean(errs) < best_err:
-                    best, best_err = lam_, float(np.mean(errs))
-            # Leave-one-out over fewer than 6 points trusts noise: keep the slopes near the sources'.
-            lam = best if n >= 6 else max(best, 1.0)
-        self.weights = solve(X, y, lam)
-        self.fit_info = {"lambda": lam, "samples": [[a.to_dict(), float(v)] for a, v in zip(archs, np.exp(y))]}
+        y = np.asarray(measured_ms, dtype=np.float64)
+        if len(archs) != len(y) or len(y) < 2:
+            raise UsageError(f"transfer needs at least 2 measurements, one per arch; got {len(archs)} archs and "
+                             f"{len(y)} measurements")
+        if transfer is None:
+            transfer = space_transfer(self.space, self.sources, samples=len(y), seed=seed)
+        model = transfer.model.fit(transfer.encode(archs), y)
+        self.weights = model.coef.copy()
+        rel = (self.predict(archs) - y) / y
+        self.fit_info = {
+            "samples": [[a.to_dict(), float(v)] for a, v in zip(archs, y)],
+            "target_measurements": len(y),
+            "sources": [f"{s.device}:{s.runtime}-{s.precision} ({s.kind})" for s in self.sources],
+            "sources_exact": transfer.exact_sources,
+            "transfer": transfer_report(model),
+            "train_rel_rmse": float(np.sqrt((rel ** 2).mean())),
+        }
         return self
 
     def _params(self) -> dict[str, Any]:

@@ -43,8 +43,8 @@ from edgenas.errors import UsageError
 DEFAULT_SCALES = {"span": 1.0, "position": 1.0, "token": 0.3, "onehot": 0.1}
 SCALE_GRID = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0)
 # Relative noise levels the target's own measurements choose from (leave-one-out).
-NOISE_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)
-SOURCE_RIDGE = 1e-3
+NOISE_GRID = (1e-4, 1e-3, 0.003, 0.01, 0.03, 0.1, 0.3)
+SOURCE_RIDGE = 1e-6
 SAMPLE_CURVE = (5, 10, 20, 50, 100)
 
 
@@ -275,12 +275,13 @@ def choose_samples(model: TransferModel, X: np.ndarray, n: int, rng: np.random.G
 
 
 def choose_scales(encoding: OneHotEncoding, pool: np.ndarray, measured: np.ndarray, names: Sequence[str], *,
-                  samples: int, draws: int = 6, seed: int = 0, sweeps: int = 2) -> dict[str, float]:
+                  samples: int, draws: int = 6, seed: int = 0, sweeps: int = 2,
+                  tables: Sequence[AdditiveTable] | None = None) -> dict[str, float]:
     """Prior scales by leave-one-source-out: each source plays the target with `samples` random measurements.
 
     `measured` is (N, K): each source's latency of the pool archs (what the source tables were fitted to).
     The score is the mean squared log ratio on the pool archs not measured. With one source there is no
-    one to leave out: the defaults."""
+    one to leave out: the defaults. `tables`: the sources' additive tables, when not fitted to `measured`."""
     K = measured.shape[1]
     if K < 2:
         return dict(DEFAULT_SCALES)
@@ -288,8 +289,8 @@ def choose_scales(encoding: OneHotEncoding, pool: np.ndarray, measured: np.ndarr
     folds = []
     for k in range(K):
         others = [j for j in range(K) if j != k]
-        tables = [fit_additive(names[j], pool, measured[:, j]) for j in others]
-        model = TransferModel(encoding, tables, pool)
+        fold_tables = [tables[j] if tables is not None else fit_additive(names[j], pool, measured[:, j]) for j in others]
+        model = TransferModel(encoding, fold_tables, pool)
         X1 = model._design(pool)
         prior = X1 @ model.prior_map
         blocks = {name: model.block(X1, name) for name in model.blocks}
@@ -468,3 +469,136 @@ def transfer_report(model: TransferModel) -> dict[str, Any]:
     """What a fitted model chose (for files and logs)."""
     return {"scales": dict(model.scales), "noise": model.noise, "samples": model.samples,
             "sources": [s.name for s in model.sources]}
+
+
+# -- the edgenas search space as a position × token encoding ------------------------------------------------
+INACTIVE = "none"
+
+
+def space_encoding(space: Any) -> OneHotEncoding:
+    """Every (position, token) of `space`: positions are the stem, each block slot and the head; a token is
+    the piece a position runs at one input resolution (`r<res>:<piece key>`), or `none` for an inactive slot."""
+    from edgenas.latency.blocks import block_index
+
+    index = block_index(space)
+    keys = index.keys
+    columns: set[tuple[int, str]] = set()
+    optional = _optional_slots(space)
+    for ri, res in enumerate(space.resolutions):
+        columns.add((0, f"r{res}:{keys[index.stem_of[ri]]}"))
+        for slot in range(space.max_blocks):
+            for piece in np.unique(index.block_of[ri, slot]):
+                columns.add((1 + slot, f"r{res}:{keys[piece]}"))
+        columns.add((space.max_blocks + 1, f"r{res}:{keys[index.head_of[ri]]}"))
+    for slot in np.flatnonzero(optional):
+        columns.add((1 + int(slot), INACTIVE))
+    return OneHotEncoding(space.max_blocks + 2, tuple(sorted(columns)))
+
+
+def _optional_slots(space: Any) -> np.ndarray:
+    """Per block slot: whether some allowed depth leaves it inactive."""
+    out = []
+    for spec in space.stages:
+        out += [j >= min(spec.depths) for j in range(spec.max_depth)]
+    return np.array(out, dtype=bool)
+
+
+def space_tokens(space: Any, archs: Sequence[Any]) -> list[list[str]]:
+    """Each arch as one token per position (see `space_encoding`)."""
+    from edgenas.latency.blocks import block_index
+
+    index = block_index(space)
+    keys = index.keys
+    lookup = index.lookup(list(archs))
+    return [[INACTIVE if i < 0 else f"r{a.resolution}:{keys[i]}" for i in row] for a, row in zip(archs, lookup)]
+
+
+def space_source_table(predictor: Any, space: Any, encoding: OneHotEncoding, check: Sequence[Any]) -> AdditiveTable:
+    """A calibrated predictor of `space` as an additive table over `encoding`.
+
+    A predictor that sums per-piece costs (a table, a calibrated table, a whole-model fit, a transfer) is
+    additive over positions, so its table is read off exactly from a few hundred probe archs per resolution:
+    one piece changed at a time from a base arch, and each stage shortened to each allowed depth. The table is
+    checked on the archs `check`; a predictor that is not additive gets a least-squares fit on them instead."""
+    lookup = encoding._lookup
+    w = np.zeros(encoding.size)
+    probes: list[Any] = []
+    plan: list[tuple[str, Any]] = []
+    starts = np.cumsum([0] + [s.max_depth for s in space.stages])
+    for res in space.resolutions:
+        depths = [s.max_depth for s in space.stages]
+        base = space.arch(res, depths, [space.kernels[0]] * sum(depths), [space.expands[0]] * sum(depths))
+        first = len(probes)
+        probes.append(base)
+        for slot in range(space.max_blocks):
+            for k in space.kernels:
+                for e in space.expands:
+                    kernels, expands = list(base.kernels), list(base.expands)
+                    kernels[slot], expands[slot] = k, e
+                    probes.append(space.arch(res, depths, kernels, expands))
+                    plan.append(("piece", (first, len(probes) - 1, slot)))
+        for s, spec in enumerate(space.stages):
+            for d in spec.depths:
+                if d == spec.max_depth:
+                    continue
+                short = list(depths)
+                short[s] = d
+                keep = [i for i in range(sum(depths)) if not (starts[s] + d <= i < starts[s + 1])]
+                probes.append(space.arch(res, short, [base.kernels[i] for i in keep], [base.expands[i] for i in keep]))
+                plan.append(("depth", (first, len(probes) - 1, s, d)))
+        plan.append(("base", first))
+    ms = np.asarray(predictor.predict(probes), dtype=np.float64)
+    tokens = space_tokens(space, probes)
+    slot_base: dict[tuple[int, int], float] = {}
+    depth_probe = {(it[0], it[2], it[3]): it[1] for kind, it in plan if kind == "depth"}
+    for kind, item in plan:
+        if kind != "depth":
+            continue
+        first, at, s, d = item
+        spec = space.stages[s]
+        longer = min(x for x in spec.depths if x > d)
+        deeper = ms[first] if longer == spec.max_depth else ms[depth_probe[(first, s, longer)]]
+        slot_base[(first, int(starts[s]) + d)] = float(deeper - ms[at])
+    for kind, item in plan:
+        if kind == "piece":
+            first, at, slot = item
+            w[lookup[(1 + slot, tokens[at][1 + slot])]] = slot_base.get((first, slot), 0.0) + ms[at] - ms[first]
+    for kind, item in plan:
+        if kind == "base":
+            first = item
+            shift = sum(v for (f, _), v in slot_base.items() if f == first)
+            w[lookup[(0, tokens[first][0])]] = ms[first] - shift
+    table = AdditiveTable(f"{predictor.device}:{predictor.runtime}-{predictor.precision}", 0.0, w)
+    X = encoding.encode(space_tokens(space, check))
+    truth = np.asarray(predictor.predict(list(check)), dtype=np.float64)
+    if np.max(np.abs(table.predict(X) - truth) / np.maximum(np.abs(truth), 1e-12)) > 1e-6:
+        table = fit_additive(table.name, X, truth)
+    return table
+
+
+@dataclasses.dataclass
+class SpaceTransfer:
+    """A transfer model for an edgenas space built from calibrated source predictors, and its pool of archs."""
+
+    space: Any
+    model: TransferModel
+    pool: list[Any]
+    X: np.ndarray
+    exact_sources: list[bool]  # whether each source's table reproduces it exactly (else a least-squares fit)
+
+    def encode(self, archs: Sequence[Any]) -> np.ndarray:
+        return self.model.encoding.encode(space_tokens(self.space, archs))
+
+
+def space_transfer(space: Any, sources: Sequence[Any], *, samples: int, seed: int = 0,
+                   pool_size: int = 2000) -> SpaceTransfer:
+    """The transfer model of `space` from source predictors, its prior scales chosen leave-one-source-out on
+    their predictions for a pool of random archs, for `samples` measurements on the target."""
+    pool = space.sample_many(np.random.default_rng([seed, 7919]), pool_size)
+    encoding = space_encoding(space)
+    X = encoding.encode(space_tokens(space, pool))
+    tables = [space_source_table(s, space, encoding, pool[:256]) for s in sources]
+    exact = [bool(np.allclose(t.predict(X[:256]), s.predict(pool[:256]), rtol=1e-6)) for t, s in zip(tables, sources)]
+    measured = np.stack([np.asarray(s.predict(pool), dtype=np.float64) for s in sources], axis=1)
+    scales = choose_scales(encoding, X, measured, [t.name for t in tables], samples=samples, seed=seed, tables=tables)
+    return SpaceTransfer(space, TransferModel(encoding, tables, X, scales=scales), pool, X, exact)
