@@ -55,3 +55,21 @@ def test_card_round_trip_with_measured_latency(tmp_path):
     md = md_path.read_text()
     assert md == render_markdown(card)
     assert "1.25 ms on pi" in md and "1.5 ms" in md and "failed (timeout)" in md and "90.00%" in md
+
+
+def test_card_shows_predicted_beside_measured_memory(tmp_path):
+    path = tmp_path / "model_int8.tflite"
+    path.write_bytes(b"x" * 2048)
+    memory = {"arena_bytes": 131_072, "head_bytes": 80_000, "tail_bytes": 51_072, "flash_bytes": 2_000,
+              "board_arena_bytes": 125_000}
+    card = build_card(
+        arch={"resolution": 24}, arch_str="r24|k3e3", space="tiny",
+        stats={"macs": 1_500_000, "params": 20_000, "flash_int8": 30_000, "flash_fp32": 90_000},
+        files=[file_entry(path, "tflite-int8")], accuracy={"split": "val", "images": 10, "files": {}},
+        verification=[], sram={"tflm_arena_bytes": 130_816, "analytic_peak_int8_bytes": 45_000},
+        latency={}, conversion_seconds={}, lineage={}, memory=memory)
+    assert card["sram"]["predicted_arena_bytes"] == 131_072 and card["sram"]["tflm_arena_bytes"] == 130_816
+    assert card["flash"] == {"predicted_int8_bytes": 2_000, "int8_file_bytes": 2048}
+    md = render_markdown(card)
+    assert "TFLite Micro arena 127.8 KiB measured, 128.0 KiB predicted (122.1 KiB on a 32-bit board)" in md
+    assert "int8 .tflite 2.0 KiB, 2.0 KiB predicted" in md

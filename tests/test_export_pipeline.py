@@ -115,7 +115,7 @@ def test_budget_exceeded_fails_but_keeps_files(tmp_path):
                       log=lambda m: None)
     assert (tmp_path / "model.onnx").is_file()
     card = json.loads((tmp_path / "card.json").read_text())
-    assert any("target-sram-kb" in p for p in card["problems"])  # analytic peak used without an int8 file
+    assert any("target-sram-kb" in p for p in card["problems"])  # the predicted arena, without an int8 file
 
 
 def test_unknown_format_is_a_usage_error():
