@@ -336,33 +336,45 @@ def calibrate_transfer(
     seed: int = 0,
     tables_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
-    statistic: str = "median",
+    statistic: str = STATISTICS[0],
     save: bool = True,
     progress: bool = True,
 ) -> TransferPredictor:
-    """A new device from calibrated ones: `samples` whole-model measurements, stratified over the sources' range."""
+    """A new device from calibrated ones and `samples` whole-model measurements of its own.
+
+    The subnets to measure are chosen actively from the sources alone (spread over their latency range,
+    and inside each stretch where the transfer model is least sure): the same seed and sources choose the
+    same subnets, so a re-run measures nothing twice. The predictor file records its sources, how many
+    target measurements it used and which subnets they were (`fit.samples`)."""
+    from edgenas.latency.transfer import choose_samples, space_transfer
+
     runtime, precision = _resolve_setup(device, runtime, precision)
     if samples < 2:
         raise UsageError(f"transfer needs at least 2 measurements on the new device, got --budget {samples}")
+    if not sources:
+        raise UsageError("transfer needs at least one calibrated source device: pass --transfer-from NAME")
     tpath = table_path(device.name, runtime, precision, tables_dir)
     cal = Calibrator(device, space, runtime=runtime, precision=precision, store=store,
                      cache_dir=cache_dir or tpath.parent.parent / ".models", progress=progress, statistic=statistic)
     predictor = TransferPredictor(sources=sources, device=device.name, runtime=runtime, precision=precision,
                                   space=space)
-    rng = np.random.default_rng(seed)
-    pool = space.sample_many(rng, POOL_SIZE)
-    guide = np.mean([np.log(s.predict(pool)) for s in sources], axis=0)
-    archs, ms, seconds = cal.measure_archs(stratified(pool, guide, samples, rng), f"measure subnets on {device.name}")
+    transfer = space_transfer(space, sources, samples=samples, seed=seed)
+    picks = choose_samples(transfer.model, transfer.X, min(samples, len(transfer.pool)), np.random.default_rng(seed))
+    archs, ms, seconds = cal.measure_archs([transfer.pool[i] for i in picks], f"measure subnets on {device.name}")
     if len(archs) < 2:
         raise UsageError(f"only {len(archs)} subnets measured fine on device {device.name}: check the device")
-    predictor.fit(archs, ms, seed=seed)
+    predictor.fit(archs, ms, seed=seed, transfer=transfer)
     cal.report.device_seconds = cal.report.arch_device_seconds = seconds
     predictor.fit_info["device_seconds"] = seconds
     predictor.fit_info["statistic"] = statistic
     if save:
         ppath = predictor_path(device.name, runtime, precision, tables_dir)
-        predictor.save(ppath, extra={"device": device.describe(), "samples": samples, "seed": seed,
-                                     "sources": [f"{s.device}:{s.runtime}-{s.precision}" for s in sources]})
+        inputs = {f"source {s.device}:{s.runtime}-{s.precision}": str(getattr(s, "path", "")) or s.kind
+                  for s in sources}
+        predictor.save(ppath, inputs=inputs,
+                       extra={"device": device.describe(), "samples": samples, "seed": seed,
+                              "target_measurements": len(archs),
+                              "sources": [f"{s.device}:{s.runtime}-{s.precision}" for s in sources]})
         cal.report.predictor_path = str(ppath)
     predictor.report = cal.report  # type: ignore[attr-defined]
     return predictor

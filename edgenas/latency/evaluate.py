@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgenas.errors import UsageError
-from edgenas.latency.calibrate import Calibrator, _resolve_setup, load_latency_predictor, stratified
+from edgenas.latency.calibrate import Calibrator, _resolve_setup, load_latency_predictor
 from edgenas.latency.predictors import (
     BasePredictor,
     MacsPredictor,
@@ -193,10 +193,15 @@ def evaluate(
         scores.append(score("transfer", predictor.predict(archs), measured, measurements=n_train,
                             device_seconds=arch_seconds))
     elif sources:
-        guide = np.mean([np.log(s.predict(train_archs)) for s in sources], axis=0)
-        few = stratified(train_archs, guide, min(transfer_samples, n_train), np.random.default_rng(seed))
-        few_archs, few_ms, few_seconds = cal.measure_archs(few, "transfer subnets (stored)")
-        transfer = TransferPredictor(sources=sources, **ident).fit(few_archs, few_ms, seed=seed)
+        # The few measurements a transfer may use: chosen actively (as `calibrate --transfer-from` does)
+        # among this device's calibration subnets, which the store already holds.
+        from edgenas.latency.transfer import choose_samples, space_transfer
+
+        model = space_transfer(space, sources, samples=min(transfer_samples, n_train), seed=seed)
+        picks = choose_samples(model.model, model.encode(train_archs), min(transfer_samples, n_train),
+                               np.random.default_rng(seed))
+        few_archs, few_ms, few_seconds = cal.measure_archs([train_archs[i] for i in picks], "transfer subnets (stored)")
+        transfer = TransferPredictor(sources=sources, **ident).fit(few_archs, few_ms, seed=seed, transfer=model)
         scores.append(score("transfer", transfer.predict(archs), measured, measurements=len(few_archs),
                             device_seconds=few_seconds))
     macs = MacsPredictor(**ident).fit(train_archs, train_ms, seed=seed)
