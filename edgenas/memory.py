@@ -412,6 +412,7 @@ def predict(space: SearchSpace, arch: Arch) -> MemoryPrediction:
 
 
 def predict_arena(space: SearchSpace, arch: Arch) -> int:
+    """`predict(space, arch).arena`: the TFLite Micro arena of one arch on a 64-bit host, in bytes."""
     return predict(space, arch).arena
 
 
@@ -426,13 +427,12 @@ class MemoryTable:
     counts once per arch. Agrees with `predict` wherever the greedy planner packs to the live peak.
     """
 
-    COUNT_FIELDS = Counts().values().__len__()
+    COUNT_FIELDS = len(Counts().values())
 
     def __init__(self, space: SearchSpace, *, check_archs: int = 48, seed: int = 0) -> None:
         self.space = space
         plan = block_plan(space)
         nr, nslot, nk, ne = len(space.resolutions), len(plan), len(space.kernels), len(space.expands)
-        self.slot_offsets = np.cumsum([0] + [s.max_depth for s in space.stages])[:-1]
         self.block_peak = np.zeros((nr, nslot, nk, ne), dtype=np.int64)
         self.block_buffers = np.zeros((nr, nslot, nk, ne), dtype=np.int64)
         self.block_counts = np.zeros((self.COUNT_FIELDS, nr, nslot, nk, ne), dtype=np.int64)
@@ -494,7 +494,8 @@ class MemoryTable:
         exact = np.array([predict(self.space, a).head for a in archs], dtype=np.float64)
         return float(max(0.0, (exact / table - 1.0).max()))
 
-    def indices(self, archs: Sequence[Arch]):
+    def indices(self, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Resolution, kernel and expand indices and the active-slot mask (`edgenas.stats.StatsTable.indices`)."""
         from edgenas.stats import stats_table
 
         return stats_table(self.space).indices(list(archs))
