@@ -506,8 +506,8 @@ def check_latency_table(d: Mapping[str, Any], source: str) -> None:
     for key, entry in entries.items():
         where = f"entries.{key}"
         mapping(entry, source, where, LATENCY_REMEDY)
-        _positive_ms(field_of(entry, "median_ms", source, f"{where}.median_ms", LATENCY_REMEDY), source,
-                     f"{where}.median_ms")
+        _positive_ms(field_of(entry, "latency_ms", source, f"{where}.latency_ms", LATENCY_REMEDY), source,
+                     f"{where}.latency_ms")
         std = entry.get("std_ms")
         require(std is None or (is_number(std) and std >= 0), source, f"{where}.std_ms", std,
                 "a finite number >= 0 (or null)", LATENCY_REMEDY)

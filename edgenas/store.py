@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: measurements carry latency_ms, the figure timed interleaved
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS measurements (
     ok INTEGER NOT NULL,
     median_ms REAL,
     measurement TEXT NOT NULL,
+    latency_ms REAL,
     error TEXT,
     created TEXT NOT NULL
 );
@@ -119,6 +120,7 @@ class StoredMeasurement:
     measurement: dict[str, Any]
     error: str | None
     created: str
+    latency_ms: float | None = None  # the figure (timed interleaved); median_ms is the median run
 
     @property
     def std_ms(self) -> float | None:
@@ -144,6 +146,17 @@ class StoredEvaluation:
     created: str
 
 
+def _upgrade_from_1(conn: sqlite3.Connection) -> None:
+    """Version 1 stored latencies timed in one burst per model, which disagree with themselves by up to 40 % on a
+    device whose speed changes: keep those rows for the record, but mark them failed ("timed_in_a_burst") so they
+    are measured again, interleaved, when needed. Evaluations (accuracy) are kept as they are."""
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(measurements)")}
+    if "latency_ms" not in columns:
+        conn.execute("ALTER TABLE measurements ADD COLUMN latency_ms REAL")
+    conn.execute("UPDATE measurements SET ok = 0, error = 'timed_in_a_burst' WHERE ok = 1")
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+
+
 class Store:
     """`Store(path)`: measurements and evaluations in one SQLite file (created on first use)."""
 
@@ -157,6 +170,8 @@ class Store:
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
                 conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) == 1:
+                _upgrade_from_1(conn)
             elif int(row[0]) != SCHEMA_VERSION:
                 from edgenas.errors import UsageError
 
@@ -222,7 +237,9 @@ class Store:
         if not sha:
             raise ValueError("add_measurement needs the model's sha256 (model_sha256= or in the measurement)")
         error = m.get("error")
-        ok = bool(m.get("ok", error is None)) and m.get("median_ms") is not None
+        # The figure: `latency_ms`; a dict from a device that times exactly (a board) may give only its median.
+        figure = m.get("latency_ms", m.get("median_ms"))
+        ok = bool(m.get("ok", error is None)) and figure is not None
         if not ok and not error:
             error = "no_result"
         description = model_description if isinstance(model_description, str) else json.dumps(
@@ -232,14 +249,15 @@ class Store:
             runtime_version if runtime_version is not None else m.get("runtime_version"),
             precision,
             agent_version if agent_version is not None else m.get("agent_version"),
-            int(ok), float(m["median_ms"]) if ok else None,
+            int(ok), float(m["median_ms"]) if ok and m.get("median_ms") is not None else None,
             json.dumps(m, sort_keys=True, default=str), None if ok else str(error), _now(),
+            float(figure) if ok else None,
         )
         with self._write() as conn:
             cur = conn.execute(
                 "INSERT OR IGNORE INTO measurements (model_sha256, model_kind, model_description, device, runtime, "
-                "runtime_version, precision, agent_version, ok, median_ms, measurement, error, created) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
+                "runtime_version, precision, agent_version, ok, median_ms, measurement, error, created, latency_ms) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
             return cur.rowcount == 1
 
     @staticmethod
@@ -247,10 +265,10 @@ class Store:
         return StoredMeasurement(
             id=row[0], model_sha256=row[1], model_kind=row[2], model_description=row[3], device=row[4],
             runtime=row[5], runtime_version=row[6], precision=row[7], agent_version=row[8], ok=bool(row[9]),
-            median_ms=row[10], measurement=json.loads(row[11]), error=row[12], created=row[13])
+            median_ms=row[10], measurement=json.loads(row[11]), error=row[12], created=row[13], latency_ms=row[14])
 
     _M_COLS = ("id, model_sha256, model_kind, model_description, device, runtime, runtime_version, precision, "
-               "agent_version, ok, median_ms, measurement, error, created")
+               "agent_version, ok, median_ms, measurement, error, created, latency_ms")
 
     def measurement_for(self, model_sha256: str, device: str, runtime: str, precision: str) -> StoredMeasurement | None:
         """The successful measurement of this model on this device/runtime/precision, or None."""

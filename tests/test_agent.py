@@ -37,7 +37,10 @@ def run_agent(args, *, path: Path | None = None, python: str = sys.executable, t
     if path is not None:
         argv += ["-S", "-s"]  # no site-packages: only PYTHONPATH
         env["PYTHONPATH"] = str(path)
-    done = subprocess.run([*argv, str(AGENT), *map(str, args)], capture_output=True, text=True, env=env,
+    args = [str(a) for a in args]
+    if args[:1] == ["measure"] and "--window" not in args:
+        args[1:1] = ["--window", "0"]  # rounds = --runs: these tests check behaviour, not figures
+    done = subprocess.run([*argv, str(AGENT), *args], capture_output=True, text=True, env=env,
                           timeout=timeout, cwd="/")
     events = [json.loads(line) for line in done.stdout.splitlines()]
     return done, events
@@ -64,13 +67,16 @@ def _imported_modules(path: Path) -> set[str]:
 
 def test_onnxruntime_with_only_numpy_and_onnxruntime(tmp_path, onnx_models):
     path = trimmed_path(tmp_path, ("numpy", "onnxruntime"))
-    done, events = run_agent(["measure", "--runtime", "onnxruntime", "--runs", "7", "--warmup", "2",
+    done, events = run_agent(["measure", "--runtime", "onnxruntime", "--runs", "7", "--warmup", "2", "--window", "0",
                               onnx_models["small"], onnx_models["tiny"]], path=path)
     assert done.returncode == 0, done.stderr
-    assert [e["event"] for e in events] == ["hello", "start", "result", "start", "result", "done"]
+    # every model is loaded and warmed up first, then the batch is timed and the results come at the end
+    kinds = [e["event"] for e in events if e["event"] != "tick"]
+    assert kinds == ["hello", "start", "loaded", "start", "loaded", "result", "result", "done"]
     hello = events[0]
-    assert hello["runtime_version"] == __import__("onnxruntime").__version__
+    assert hello["runtime_version"] == __import__("onnxruntime").__version__ and hello["timing"] == "interleaved"
     assert hello["machine"]["cpu_count"] == os.cpu_count()
+    assert sorted(r["index"] for r in results(events)) == [0, 1]
     for r in results(events):
         assert r["error"] is None
         assert r["runs"] == 7 and len(r["samples_ms"]) == 7 and r["warmup"] == 2
@@ -81,6 +87,57 @@ def test_onnxruntime_with_only_numpy_and_onnxruntime(tmp_path, onnx_models):
         assert r["cv"] == pytest.approx(samples.std(ddof=1) / samples.mean(), rel=1e-3)
         assert r["inputs"] == [{"name": "x", "shape": [1, 3, *([32, 32] if r["index"] == 0 else [16, 16])],
                                 "dtype": "float32"}]
+        # the figure is the fast-state quantile of the runs without their stalls, plus the mean stall
+        wall, cpu = samples, np.array(r["sample_cpu_ms"])
+        off = wall - cpu
+        stall = np.maximum(off - np.percentile(off, 5), 0)
+        assert r["latency_ms"] == pytest.approx(np.percentile(wall - stall, 5) + stall.mean(), rel=1e-4)
+        assert r["timing"]["method"] == "interleaved" and r["timing"]["models"] == 2
+
+
+def test_a_batch_is_timed_interleaved(onnx_models, tmp_path):
+    """Round after round, every model runs once (in a fresh order each round), so the time stamps of the models'
+    runs alternate over the whole window instead of one model's runs filling one stretch of it."""
+    models = [onnx_models["small"], onnx_models["tiny"], onnx_models["small"]]
+    done, events = run_agent(["measure", "--runtime", "onnxruntime", "--runs", "40", "--warmup", "1", "--window", "0",
+                              "--keep-samples", "1000", *models])
+    by_index = {r["index"]: r for r in results(events)}
+    stamps = sorted((t, i) for i, r in by_index.items() for t in r["sample_t_s"])
+    assert len(stamps) == 120
+    rounds = [stamps[k:k + 3] for k in range(0, 120, 3)]
+    assert all(sorted(i for _, i in rnd) == [0, 1, 2] for rnd in rounds)  # each round holds one run of each model
+    orders = {tuple(i for _, i in rnd) for rnd in rounds}
+    assert len(orders) > 1  # the order changes between rounds
+    for r in by_index.values():  # each model's runs span the window, not a burst at one end
+        t = np.array(r["sample_t_s"])
+        assert t.min() < 0.1 * stamps[-1][0] and t.max() > 0.9 * stamps[-1][0]
+
+
+def test_the_window_lasts_at_least_its_seconds_and_the_probe_is_recorded(onnx_models, tmp_path):
+    probe_file = tmp_path / "probe.json"
+    done, events = run_agent(["measure", "--runtime", "onnxruntime", "--runs", "3", "--window", "0.6",
+                              "--probe-file", probe_file, onnx_models["tiny"]])
+    (r,) = results(events)
+    window = r["timing"]["window"]
+    assert window["seconds"] >= 0.59 and r["runs"] > 3  # the window, not --runs, decided how long it ran
+    assert len(r["sample_probe_ms"]) == len(r["samples_ms"]) and min(r["sample_probe_ms"]) > 0
+    assert window["probe_fast_ms"] > 0 and 0 <= window["slow_share"] <= 1
+    stored = json.loads(probe_file.read_text())["probe_fast_ms"]  # the fastest of the windows it timed
+    assert 0 < stored <= window["probe_fast_ms"] and (r["timing"]["retimed"] or stored == window["probe_fast_ms"])
+
+
+def test_a_window_whose_probe_never_reads_the_devices_fast_level_is_timed_again(onnx_models, tmp_path):
+    """A stored reference far faster than anything this machine reaches makes every window look slow: the agent
+    says so ("retime"), times it again, and flags the figure unsteady with the reason."""
+    probe_file = tmp_path / "probe.json"
+    probe_file.write_text(json.dumps({"probe_fast_ms": 1e-6}))
+    done, events = run_agent(["measure", "--runtime", "onnxruntime", "--runs", "5", "--window", "0", "--retime", "2",
+                              "--probe-file", probe_file, onnx_models["tiny"]])
+    assert sum(e["event"] == "retime" for e in events) == 2
+    (r,) = results(events)
+    assert r["noisy"] is True and r["timing"]["retimed"] == 2 and r["timing"]["windows"] == 3
+    assert "fast level" in r["timing"]["window"]["unsteady"]
+    assert json.loads(probe_file.read_text())["probe_fast_ms"] == 1e-6  # the reference keeps the fastest seen
 
 
 def test_tflite_with_only_numpy_and_ai_edge_litert(tmp_path, tflite_models):
@@ -115,19 +172,6 @@ def test_bad_and_missing_models_do_not_stop_the_batch(tmp_path, onnx_models):
     assert "absent.onnx" in results(events)[1]["error_message"]
 
 
-def test_noisy_pass_is_measured_again_and_the_steadiest_kept(onnx_models):
-    # max-cv 0 makes every pass "too noisy", so all 1 + remeasure passes run
-    done, events = run_agent(["measure", "--runtime", "onnxruntime", "--runs", "5", "--max-cv", "0",
-                              "--remeasure", "2", onnx_models["tiny"]])
-    (r,) = results(events)
-    assert len(r["passes"]) == 3
-    assert r["cv"] == min(p["cv"] for p in r["passes"])
-    assert r["noisy"] is True
-    done, events = run_agent(["measure", "--runtime", "onnxruntime", "--runs", "5", "--max-cv", "100",
-                              "--remeasure", "2", onnx_models["tiny"]])
-    assert len(results(events)[0]["passes"]) == 1
-
-
 def test_cpu_pinning(onnx_models):
     done, events = run_agent(["measure", "--runtime", "onnxruntime", "--runs", "2", "--pin", "0", onnx_models["tiny"]])
     assert events[0]["machine"]["cpu_affinity"] == [0]
@@ -143,6 +187,7 @@ def test_agent_exits_when_stdin_closes(onnx_models):
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert json.loads(proc.stdout.readline())["event"] == "hello"
     assert json.loads(proc.stdout.readline())["event"] == "start"
+    assert json.loads(proc.stdout.readline())["event"] == "loaded"
     started = time.monotonic()
     proc.stdin.close()
     assert proc.wait(timeout=10) == 75

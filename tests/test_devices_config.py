@@ -173,7 +173,7 @@ def test_describe_has_no_secrets(tmp_path):
 
 def test_measurement_round_trips_through_dict():
     m = Measurement(model_path="m.onnx", model_sha256="ab" * 32, device="d", runtime="onnxruntime",
-                    median_ms=1.5, samples_ms=(1.4, 1.5, 1.6), passes=({"median_ms": 1.5, "cv": 0.05},),
+                    latency_ms=1.45, median_ms=1.5, samples_ms=(1.4, 1.5, 1.6), passes=({"median_ms": 1.5, "cv": 0.05},),
                     machine={"cpu": "x"})
     assert Measurement.from_dict(m.to_dict()) == m
     assert m.ok and hash(m) == hash(Measurement.from_dict(m.to_dict()))

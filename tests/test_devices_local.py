@@ -19,7 +19,7 @@ def local(runtime="onnxruntime", **measure):
     config = read_device_file(ROOT / "devices" / ("local.toml" if runtime == "onnxruntime" else "local-tflite.toml"))
     timeouts = measure.pop("timeouts", None)
     python = measure.pop("python", None)
-    config = replace(config, measure=replace(config.measure, **{"runs": 5, "warmup": 1, **measure}))
+    config = replace(config, measure=replace(config.measure, **{"runs": 5, "warmup": 1, "window_s": 0, **measure}))
     if timeouts:
         config = replace(config, timeouts=replace(config.timeouts, **timeouts))
     if python:
@@ -37,7 +37,7 @@ def test_models_are_split_into_batches_one_agent_run_each(onnx_models):
 
 
 def test_a_model_over_its_time_limit_is_stopped_and_the_rest_measured(onnx_models):
-    with local(runs=300, warmup=0, remeasure=0, timeouts={"model": 1.0}) as device:
+    with local(runs=300, warmup=0, timeouts={"model": 1.0}) as device:
         results = device.measure([onnx_models["tiny"], onnx_models["heavy"], onnx_models["small"]])
     assert [m.error for m in results] == [None, "timeout", None]
 
@@ -92,40 +92,34 @@ def test_an_exception_in_on_result_stops_the_agent(onnx_models):
         assert children_running_the_agent() == []
 
 
-def test_sweeps_time_every_model_again_in_separate_agent_runs(onnx_models):
+def test_one_call_times_its_models_together_and_the_figures_keep_their_order(onnx_models):
     paths = [onnx_models["tiny"], onnx_models["medium"]]
-    with local() as device:
-        pauses = []
-        device._sleep = pauses.append
-        swept = device.measure_sweeps(paths, sweeps=3, pause_s=0.25)
-    assert pauses == [0.25, 0.25]
-    for s, path in zip(swept, paths):
-        assert len(s.sweeps) == 3 and all(m.ok and m.model_path == str(path) for m in s.sweeps)
-        assert len({m.extra["agent_pid"] for m in s.sweeps}) == 3  # a new agent run per sweep
-        medians = sorted(m.median_ms for m in s.sweeps)
-        assert s.median_ms == medians[1] and s.worst_ms == medians[2] and s.check_ms == medians[2]  # < 4 sweeps
-        assert s.representative.median_ms == medians[1]
-        assert s.summary()["sweep_medians_ms"] == [m.median_ms for m in s.sweeps]
-    assert swept[1].median_ms > swept[0].median_ms  # the medium network is slower than the tiny one
+    with local(runs=20) as device:
+        results = device.measure(paths)
+    assert all(m.ok for m in results) and len({m.extra["agent_pid"] for m in results}) == 1
+    assert all(m.timing["method"] == "interleaved" and m.timing["models"] == 2 for m in results)
+    tiny, medium = results
+    assert medium.latency_ms > tiny.latency_ms  # the medium network is slower than the tiny one
+    assert tiny.min_ms <= tiny.latency_ms <= tiny.extra["max_ms"]
 
 
-def test_sweeps_stop_early_when_nothing_measures(onnx_models):
-    with local(python=("/nonexistent/python3",)) as device:
-        pauses = []
-        device._sleep = pauses.append
-        (s,) = device.measure_sweeps([onnx_models["tiny"]], sweeps=4)
-    assert not s.ok and len(s.sweeps) == 1 and s.error == "agent_error" and s.worst_ms is None and s.check_ms is None
-    assert pauses == []
+def test_a_retimed_window_is_reported_to_the_caller(onnx_models, tmp_path):
+    """The device's probe reference lives in its work folder; a reference no window can reach makes every window
+    unsteady: the caller hears of each re-timing, and the figure says why it is not to be trusted."""
+    with local(retime=1) as device:
+        device.config = replace(device.config, work_dir=str(tmp_path))
+        device.transport.config = device.config
+        (tmp_path / "probe-local.json").write_text('{"probe_fast_ms": 1e-9}')
+        heard = []
+        device.on_event = lambda kind, event: heard.append((kind, event["reason"]))
+        (m,) = device.measure([onnx_models["tiny"]])
+    assert m.ok and m.retimed == 1 and "fast level" in m.unsteady and m.noisy
+    assert [kind for kind, _ in heard] == ["retime"] and "fast level" in heard[0][1]
+    assert "UNSTEADY" in m.trust_line() and "retimed 1x" in m.trust_line()
 
 
-def test_the_check_figure_is_the_slowest_sweep_but_one_from_four_sweeps():
-    from edgenas.devices.base import SweptMeasurement
-    from edgenas.devices.measurement import Measurement
+def test_meets_budget_is_the_figure_within_the_budget():
+    from edgenas.devices.measurement import meets_budget
 
-    def swept(*medians):
-        return SweptMeasurement(tuple(Measurement("m.onnx", "sha", "d", "onnxruntime", median_ms=v) for v in medians))
-
-    s = swept(0.70, 1.36, 0.74, 0.73, 0.72)  # one sweep disturbed (seen on a demo run), four alike
-    assert s.worst_ms == 1.36 and s.check_ms == 0.74 and s.median_ms == 0.73
-    assert swept(0.5, 0.4, 0.6).check_ms == 0.6  # fewer than 4 sweeps: the slowest
-    assert swept(0.3).check_ms == 0.3
+    assert meets_budget(0.40, 0.40) and meets_budget(0.39, 0.40) and not meets_budget(0.41, 0.40)
+    assert meets_budget(5.0, None) and not meets_budget(None, 1.0) and not meets_budget(None, None)

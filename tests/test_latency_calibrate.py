@@ -42,7 +42,7 @@ def test_calibration_writes_table_and_predictor(calibrated):
     root, device, store, kw, pred = calibrated
     table = LatencyTable.load(root / "tables" / "testlocal" / "onnxruntime-fp32.json", device="testlocal")
     assert set(block_index(MICRO).keys) <= set(table.entries)
-    assert table.runtime_version and all(e["median_ms"] > 0 and e["runs"] == 5 for e in table.entries.values())
+    assert table.runtime_version and all(e["latency_ms"] > 0 and e["runs"] >= 5 for e in table.entries.values())
     assert table.device_description["name"] == "testlocal"
     manifest = json.loads((root / "tables" / "testlocal" / "predictor-onnxruntime-fp32.json.manifest.json").read_text())
     assert manifest["kind"] == "latency_predictor" and manifest["inputs"]["table"]["sha256"]

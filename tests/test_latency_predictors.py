@@ -130,7 +130,7 @@ def test_load_by_device_name_and_refusals(tmp_path):
 def test_table_round_trip_and_refusals(tmp_path):
     table = LatencyTable("pi", "tflite", "int8", runtime_version="2.3.0", device_description={"threads": 4})
     for i, key in enumerate(block_index(MICRO).keys):
-        table.add(key, median_ms=0.1 + i, std_ms=0.01, runs=30, model_sha256=f"{i:064x}")
+        table.add(key, latency_ms=0.1 + i, median_ms=0.1 + i, std_ms=0.01, runs=30, model_sha256=f"{i:064x}")
     path = table.save(table_path("pi", "tflite", "int8", tmp_path))
     assert path == tmp_path / "pi" / "tflite-int8.json"
     back = LatencyTable.load(path, device="pi", runtime="tflite", precision="int8")

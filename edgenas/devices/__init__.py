@@ -34,9 +34,10 @@ Public interface (stable; other stages build on it):
         Concurrent, one thread per device; `models` is one list for all or {device name: list};
         on_result runs in the calling thread.
     Measurement (frozen dataclass; .ok, .to_dict(), Measurement.from_dict(d))
-        model_path, model_sha256, device, runtime, runtime_version, threads, median_ms, mean_ms,
-        std_ms, min_ms, p90_ms, runs, warmup, cv, error, error_message, agent_version, machine,
-        timestamp, noisy, samples_ms, passes, load_ms, inputs, extra.
+        model_path, model_sha256, device, runtime, runtime_version, threads, latency_ms (the figure,
+        timed interleaved), median_ms, mean_ms, std_ms, min_ms, p90_ms, runs, warmup, cv, error,
+        error_message, agent_version, machine, timestamp, noisy, samples_ms, passes, load_ms, inputs,
+        timing (how the figure was taken and how far to trust it), extra.
         error is None or one of ERROR_CODES: "timeout", "runtime_error", "unreachable",
         "bad_model", "runtime_missing", "bad_config", "agent_error", "parse_error", "host_key",
         "auth", "internal_error".

@@ -6,20 +6,27 @@ in that order). It imports nothing from edgenas. The host keeps it on the device
 of its content hash, so a device never runs a stale copy.
 
     python3 agent.py info [--runtime onnxruntime|tflite]
-    python3 agent.py measure --runtime R [--threads N] [--warmup W] [--runs K] [--pin 0,1]
-                             [--max-cv 0.1] [--remeasure 1] [--watch-stdin] MODEL...
+    python3 agent.py measure --runtime R [--threads N] [--warmup W] [--runs K] [--window S] [--retime 1]
+                             [--probe-file F] [--max-group-mb M] [--pin 0,1] [--watch-stdin] MODEL...
 
-Every line on stdout is one JSON object with an "event" key, in this order:
+Every line on stdout is one JSON object with an "event" key:
     {"event": "hello", ...}                       the environment (machine, CPU, runtime, versions)
-    {"event": "start", "index": i}                before each model
-    {"event": "result", "index": i, ...}          after each model: statistics, or "error"
+    {"event": "start", "index": i}                before loading each model
+    {"event": "loaded", "index": i, ...}          the model loaded and warmed up
+    {"event": "tick", ...}                        about once a second while timing
+    {"event": "retime", "reason": ...}            the window was unsteady and is timed again
+    {"event": "result", "index": i, ...}          figures, or "error" (load failures come at once)
     {"event": "done"}
 Anything a runtime prints itself goes to stderr, so stdout carries only these lines.
 
-Each model is loaded, fed inputs of its own shapes and dtypes (dynamic dimensions set to 1), run
-`warmup` times untimed, then `runs` times, each timed with a monotonic nanosecond clock. When the
-coefficient of variation of a pass is above `--max-cv`, the timed runs are repeated up to
-`--remeasure` more times and the steadiest pass is kept; every pass's median and CV is reported.
+Models are timed interleaved. A device's speed changes every second or so (DVFS, thermal limits, a
+neighbour on the same core), so a model timed in one burst lands wholly in one speed state, and two
+bursts of the same model seconds apart can differ by 40 %. The agent loads every model of the batch
+(in groups of at most --max-group-mb of files), warms each up, then times rounds of one run of each
+model, in a fresh random order each round, for at least --window seconds and --runs rounds. Before
+each run a speed probe (a fixed integer loop) is timed, and each run keeps its time stamp and the
+runner thread's CPU time. Every model thus sees the same mixture of speed states; the figure taken
+from its runs is described in `window_stats`, and how far to trust the window in `window_summary`.
 """
 
 import argparse
@@ -39,6 +46,7 @@ RUNTIME_MISSING = "runtime_missing"
 BAD_MODEL = "bad_model"
 RUNTIME_ERROR = "runtime_error"
 BAD_CONFIG = "bad_config"
+TIMEOUT = "timeout"
 
 _ORT_DTYPES = {
     "tensor(float)": "float32",
@@ -266,71 +274,207 @@ class TFLiteModel:
         self.interpreter.invoke()
 
 
-def _time_runs(model, runs):
+PROBE_LOOPS = 2000  # the speed probe: a fixed pure-Python integer loop, a few tens of microseconds
+
+
+def probe():
+    """Time a fixed integer loop (milliseconds): how fast the CPU runs this process right now."""
+    t0 = time.perf_counter_ns()
+    x = 0
+    for i in range(PROBE_LOOPS):
+        x += i
+    return (time.perf_counter_ns() - t0) / 1e6
+
+
+def load_model(runtime, loaded, path, threads, rng):
+    """Load one model for timing; raises AgentError (bad_model) when the runtime cannot load it."""
+    impl = loaded[0]
+    if not os.path.isfile(path):
+        raise AgentError(BAD_MODEL, f"no model file at {path} on the device")
+    if runtime == "onnxruntime":
+        return OnnxModel(impl, path, threads, rng)
+    return TFLiteModel(impl, path, threads, rng)
+
+
+def _run(model):
+    try:
+        model.run()
+    except Exception as exc:  # noqa: BLE001
+        raise AgentError(RUNTIME_ERROR, f"running the model failed: {exc}") from exc
+
+
+def time_window(models, args, out, rng):
+    """Time every model of `models` (index -> model) interleaved: rounds of one run of each model, in a fresh
+    random order each round, until the window has lasted `args.window` seconds and every model has `args.runs`
+    runs (at most `args.max_rounds` rounds). Before each run the speed probe is timed.
+
+    Returns index -> list of (time since the window began in s, probe ms, run ms), or index -> AgentError for a
+    model that failed in the window."""
     clock = time.perf_counter_ns
-    samples = []
+    cpu_clock = getattr(time, "thread_time_ns", None) or (lambda: 0)  # the runner thread's own CPU time
+    samples = {i: [] for i in models}
+    failed = {}
+    order = list(models)
+    t_start = clock()
+    last_tick = t_start
+    rounds = 0
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for _ in range(runs):
-            t0 = clock()
-            model.run()
-            samples.append((clock() - t0) / 1e6)
+        while order:
+            elapsed = (clock() - t_start) / 1e9
+            if rounds >= args.max_rounds or (rounds >= args.runs and elapsed >= args.window):
+                break
+            rng.shuffle(order)
+            for i in list(order):
+                p = probe()
+                c0 = cpu_clock()
+                t0 = clock()
+                try:
+                    _run(models[i])
+                except AgentError as exc:
+                    failed[i] = exc
+                    order.remove(i)
+                    continue
+                t1 = clock()
+                c1 = cpu_clock()
+                samples[i].append(((t0 - t_start) / 1e9, p, (t1 - t0) / 1e6, (c1 - c0) / 1e6))
+            rounds += 1
+            now = clock()
+            if now - last_tick > 1e9:  # a sign of life for the host, about once a second
+                out.emit("tick", rounds=rounds, elapsed_s=round((now - t_start) / 1e9, 3))
+                last_tick = now
     finally:
         if gc_was_enabled:
             gc.enable()
-    return samples
+    result = dict(samples)
+    result.update(failed)
+    return result
 
 
-def measure_model(runtime, loaded, path, args):
-    """Load one model, warm it up and time it; returns the result fields (stats or raises AgentError)."""
+LATENCY_QUANTILE = 5  # percent: the fast-state quantile of a model's runs (docs/decisions.md compares the choices)
+SLOW_PROBE = 1.25  # a probe reading this much above the window's fastest readings marks a slow moment
+
+
+def _percentile(values, q):
     import numpy as np
 
-    impl, _, _ = loaded
-    rng = np.random.default_rng(0)
-    if not os.path.isfile(path):
-        raise AgentError(BAD_MODEL, f"no model file at {path} on the device")
-    t0 = time.perf_counter_ns()
-    if runtime == "onnxruntime":
-        model = OnnxModel(impl, path, args.threads, rng)
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def window_stats(rows, has_cpu_clock):
+    """Figures of one model's interleaved runs [(t_s, probe_ms, wall_ms, cpu_ms)] over a window (times in ms).
+
+    The machine moves between speed states every second or so (DVFS, a neighbour on the same core, a
+    migrating big.LITTLE thread); which share of a window each state takes changes from window to window,
+    so a median or a mean of the runs moves with it. `latency_ms` is the figure a latency is judged by:
+
+        latency = P5(runs without their stalls) + mean stall per run
+
+    A stall is time the runner thread spent off the CPU (wall time beyond its own CPU time, above the
+    smallest such wait of the model's runs): a CPU quota throttling the process, another process taking
+    the core. P5 of the runs without stalls is the model's cost in the device's fast state, which every
+    window of a few seconds visits; stalls are added back as their mean, so a device that is steadily
+    slower because it is throttled (a 50 % CPU quota) stays twice as slow. Without a thread CPU clock the
+    stall term is zero.
+    """
+    import numpy as np
+
+    a = np.asarray(rows, dtype=np.float64)
+    t, wall, cpu = a[:, 0], a[:, 2], a[:, 3]
+    stats = summarize(wall)
+    if has_cpu_clock:
+        off = wall - cpu
+        stall = np.maximum(off - float(np.percentile(off, LATENCY_QUANTILE)), 0.0)
     else:
-        model = TFLiteModel(impl, path, args.threads, rng)
-    load_ms = (time.perf_counter_ns() - t0) / 1e6
+        stall = np.zeros_like(wall)
+    fast = float(np.percentile(wall - stall, LATENCY_QUANTILE))
+    stats["latency_ms"] = fast + float(stall.mean())
+    stats["fast_ms"] = fast
+    stats["stall_ms"] = float(stall.mean())
+    stats["p10_ms"] = float(np.percentile(wall, 10))
+    q1, q3 = np.percentile(wall, [25, 75])
+    stats["spread"] = float((q3 - q1) / stats["median_ms"]) if stats["median_ms"] > 0 else 0.0
+    stats["window_s"] = float(t[-1] - t[0]) if len(t) > 1 else 0.0
+    return stats
+
+
+def thin(samples, keep):
+    """At most `keep` samples, evenly spread over the window (all of them when there are fewer)."""
+    if len(samples) <= keep:
+        return list(samples)
+    step = len(samples) / float(keep)
+    return [samples[int(k * step)] for k in range(keep)]
+
+
+def window_summary(window, has_cpu_clock, probe_ref, quota=None):
+    """What the window saw of the device: the probe's fastest readings and the share of slow moments, the
+    share of time the runner spent off the CPU in each half, and whether to trust it (`unsteady` says why not).
+
+    A window is unsteady when its probe never reached the device's known fast level (`probe_ref`, the
+    fastest this device's probe has read, within 15 %: the whole window was slow), when the share of
+    time off the CPU differs between its halves by more than 10 points (something else took the core
+    for part of it), or when more than 10 % of it went to other work although no CPU quota (`quota`)
+    throttles this process: a figure taken then includes someone else's work.
+    A CPU quota takes a steady share, which stays in the figures."""
+    import numpy as np
+
+    rows = [r for r in window.values() if isinstance(r, list) and r]
+    if not rows:
+        return {"unsteady": None}
+    a = np.asarray([x for r in rows for x in r], dtype=np.float64)
+    a = a[np.argsort(a[:, 0])]
+    probes = a[:, 1]
+    fast = _percentile(probes, LATENCY_QUANTILE)
+    slow = probes > SLOW_PROBE * fast
+    out = {"probe_fast_ms": fast, "probe_ref_ms": probe_ref,
+           "probe_ratio": float(np.median(probes[slow]) / fast) if slow.any() else 1.0,
+           "slow_share": float(slow.mean()), "rounds": max(len(r) for r in rows),
+           "seconds": float(a[-1, 0] - a[0, 0])}
+    half = len(a) // 2
+    shares = []
+    for part in (a[:half], a[half:]):  # the share of wall time the runner spent off the CPU
+        wall = part[:, 2].sum()
+        shares.append(float(np.maximum(part[:, 2] - part[:, 3], 0).sum() / wall) if has_cpu_clock and wall > 0 else 0.0)
+    out["off_cpu_share"] = [round(s, 4) for s in shares]
+    reasons = []
+    if probe_ref and fast > 1.15 * probe_ref:
+        reasons.append(f"the probe never read the device's fast level ({fast:.4f} ms against {probe_ref:.4f} ms)")
+    if abs(shares[0] - shares[1]) > 0.10:
+        reasons.append(f"the time taken by other work changed during the window ({shares[0]:.0%} then "
+                       f"{shares[1]:.0%} off the CPU)")
+    elif not quota and min(shares) > 0.10:
+        reasons.append(f"other work took {min(shares):.0%} of the core (no CPU quota limits this process)")
+    out["unsteady"] = "; ".join(reasons) or None
+    return out
+
+
+def read_probe_ref(path):
+    """The fastest probe reading stored in `path` (None when there is none yet)."""
+    if not path:
+        return None
     try:
-        first_run_ms = None
-        for i in range(args.warmup):
-            t0 = time.perf_counter_ns()
-            model.run()
-            if i == 0:
-                first_run_ms = (time.perf_counter_ns() - t0) / 1e6
-        passes = []
-        best = None
-        for _ in range(1 + args.remeasure):
-            samples = _time_runs(model, args.runs)
-            stats = summarize(samples)
-            passes.append({"median_ms": stats["median_ms"], "cv": stats["cv"]})
-            if best is None or stats["cv"] < best[0]["cv"]:
-                best = (stats, samples)
-            if stats["cv"] <= args.max_cv:
-                break
-    except AgentError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise AgentError(RUNTIME_ERROR, f"running the model failed: {exc}") from exc
-    stats, samples = best
-    result = dict(stats)
-    result.update(
-        {
-            "samples_ms": [round(s, 6) for s in samples],
-            "passes": passes,
-            "noisy": stats["cv"] > args.max_cv,
-            "warmup": args.warmup,
-            "load_ms": load_ms,
-            "first_run_ms": first_run_ms,
-            "inputs": model.inputs,
-        }
-    )
-    return result
+        with open(path) as f:
+            value = float(json.load(f)["probe_fast_ms"])
+        return value if value > 0 else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_probe_ref(path, value):
+    """Keep the fastest probe level seen in `path` (atomically); nothing happens when it cannot be written."""
+    if not path or not value:
+        return
+    try:
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            os.makedirs(folder)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"probe_fast_ms": value, "probe_loops": PROBE_LOOPS}, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 class _Output:
@@ -370,7 +514,73 @@ def _pin(cpus):
     return sorted(os.sched_getaffinity(0))
 
 
+def _groups(paths, max_mb):
+    """Consecutive groups of model indices whose files add up to at most `max_mb` (at least one model each):
+    the models of a group are loaded together and timed interleaved."""
+    groups, current, size = [], [], 0.0
+    for index, path in enumerate(paths):
+        mb = os.path.getsize(path) / 1e6 if os.path.isfile(path) else 0.0
+        if current and size + mb > max_mb:
+            groups.append(current)
+            current, size = [], 0.0
+        current.append(index)
+        size += mb
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _load_and_warm(runtime, loaded, paths, group, args, out, rng):
+    """Load and warm up each model of `group` (at least 3 runs, which also tell what a run costs); a model that
+    fails, or whose timed runs would take longer than --model-timeout, gets its error result now."""
+    models, facts = {}, {}
+    for index in group:
+        out.emit("start", index=index)
+        try:
+            t0 = time.perf_counter_ns()
+            model = load_model(runtime, loaded, paths[index], args.threads, rng)
+            load_ms = (time.perf_counter_ns() - t0) / 1e6
+            runs_ms = []
+            for _ in range(max(3, args.warmup)):  # the fastest of at least 3 runs estimates a run's cost
+                t0 = time.perf_counter_ns()
+                _run(model)
+                runs_ms.append((time.perf_counter_ns() - t0) / 1e6)
+            if args.model_timeout and min(runs_ms) * args.runs / 1e3 > args.model_timeout:
+                raise AgentError(TIMEOUT, "one run takes {:.4g} ms, so {} timed runs would take longer than the {:g} s "
+                                          "allowed per model (raise [timeouts] model for big models)".format(
+                                              min(runs_ms), args.runs, args.model_timeout))
+        except AgentError as exc:
+            out.emit("result", index=index, error=exc.code, error_message=str(exc))
+            continue
+        models[index] = model
+        facts[index] = {"load_ms": load_ms, "first_run_ms": runs_ms[0], "inputs": model.inputs}
+        out.emit("loaded", index=index, load_ms=load_ms, run_ms=min(runs_ms))
+    return models, facts
+
+
+def _time_group(models, args, out, rng, has_cpu_clock):
+    """Time a group in windows: an unsteady window (see window_summary) is timed again, up to `args.retime` more
+    times, and the steadiest is kept. Returns (window, its summary, every window's summary)."""
+    summaries, best = [], None
+    for attempt in range(1 + args.retime):
+        probe_ref = read_probe_ref(args.probe_file)
+        window = time_window(models, args, out, rng)
+        summary = window_summary(window, has_cpu_clock, probe_ref, _cpu_quota())
+        if summary.get("probe_fast_ms") and (probe_ref is None or summary["probe_fast_ms"] < probe_ref):
+            write_probe_ref(args.probe_file, summary["probe_fast_ms"])
+        summaries.append(summary)
+        if best is None or (best[1].get("unsteady") and not summary.get("unsteady")):
+            best = (window, summary)
+        if not summary.get("unsteady"):
+            break
+        if attempt < args.retime:
+            out.emit("retime", reason=summary["unsteady"])
+    return best[0], best[1], summaries
+
+
 def cmd_measure(args, out):
+    import numpy as np
+
     if args.watch_stdin:
         threading.Thread(target=_exit_when_stdin_closes, daemon=True).start()
     setup_error = None
@@ -380,21 +590,45 @@ def cmd_measure(args, out):
         loaded = load_runtime(args.runtime)
     except AgentError as exc:
         setup_error = exc
-    hello = {"protocol": PROTOCOL, "pid": os.getpid(), "runtime": args.runtime, "threads": args.threads}
+    hello = {"protocol": PROTOCOL, "pid": os.getpid(), "runtime": args.runtime, "threads": args.threads,
+             "timing": "interleaved"}
     hello["runtime_package"], hello["runtime_version"] = loaded[1], loaded[2]
     hello["machine"] = machine_info()
     out.emit("hello", **hello)
-    for index, path in enumerate(args.models):
-        out.emit("start", index=index)
-        if setup_error is not None:
+    if setup_error is not None:
+        for index in range(len(args.models)):
+            out.emit("start", index=index)
             out.emit("result", index=index, error=setup_error.code, error_message=str(setup_error))
+        out.emit("done")
+        return 0
+    rng = np.random.default_rng(0)
+    has_cpu_clock = hasattr(time, "thread_time_ns")
+    for group in _groups(args.models, args.max_group_mb):
+        models, facts = _load_and_warm(args.runtime, loaded, args.models, group, args, out, rng)
+        if not models:
             continue
-        try:
-            result = measure_model(args.runtime, loaded, path, args)
-        except AgentError as exc:
-            out.emit("result", index=index, error=exc.code, error_message=str(exc))
-            continue
-        out.emit("result", index=index, error=None, **result)
+        window, summary, summaries = _time_group(models, args, out, rng, has_cpu_clock)
+        for index in group:
+            rows = window.get(index)
+            if rows is None:
+                continue  # failed to load: reported already
+            if isinstance(rows, AgentError):
+                out.emit("result", index=index, error=rows.code, error_message=str(rows))
+                continue
+            result = window_stats(rows, has_cpu_clock)
+            kept = thin(rows, args.keep_samples)
+            result.update(facts[index])
+            result.update({
+                "samples_ms": [round(r[2], 6) for r in kept],
+                "sample_t_s": [round(r[0], 6) for r in kept],
+                "sample_probe_ms": [round(r[1], 6) for r in kept],
+                "sample_cpu_ms": [round(r[3], 6) for r in kept] if has_cpu_clock else [],
+                "warmup": args.warmup,
+                "noisy": bool(summary.get("unsteady")),
+                "timing": {"method": "interleaved", "models": len(models), "retimed": len(summaries) - 1,
+                           "window": summary, "windows": len(summaries)},
+            })
+            out.emit("result", index=index, error=None, **result)
     out.emit("done")
     return 0
 
@@ -423,14 +657,22 @@ def build_parser():
     sub = parser.add_subparsers(dest="command")
     info = sub.add_parser("info", help="print the environment and the runtimes that import")
     info.add_argument("--runtime", choices=RUNTIMES)
-    measure = sub.add_parser("measure", help="time models, one JSON line per model")
+    measure = sub.add_parser("measure", help="time models interleaved, one JSON line per model")
     measure.add_argument("--runtime", choices=RUNTIMES, required=True)
     measure.add_argument("--threads", type=int, default=1)
-    measure.add_argument("--warmup", type=int, default=5)
-    measure.add_argument("--runs", type=int, default=30)
+    measure.add_argument("--warmup", type=int, default=5, help="untimed runs of each model after loading it")
+    measure.add_argument("--runs", type=int, default=30, help="timed runs of each model at least")
+    measure.add_argument("--window", type=float, default=10.0, help="seconds the timing rounds last at least")
+    measure.add_argument("--max-rounds", type=int, default=100000, help="timing rounds at most")
+    measure.add_argument("--retime", type=int, default=1, help="how many times an unsteady window is timed again")
+    measure.add_argument("--model-timeout", type=float, default=0.0,
+                         help="seconds one model's timed runs may take at most (0: no limit)")
+    measure.add_argument("--probe-file", default=None,
+                         help="a file on the device keeping the fastest speed-probe level seen (the reference)")
+    measure.add_argument("--max-group-mb", type=float, default=1024.0,
+                         help="models loaded and timed together at most (MB of model files)")
+    measure.add_argument("--keep-samples", type=int, default=200, help="samples per model reported, at most")
     measure.add_argument("--pin", type=_cpu_list, default=None, help="CPU numbers to pin to, like 0,1")
-    measure.add_argument("--max-cv", type=float, default=0.1)
-    measure.add_argument("--remeasure", type=int, default=1)
     measure.add_argument("--watch-stdin", action="store_true", help="exit when stdin closes")
     measure.add_argument("models", nargs="+")
     return parser
@@ -441,8 +683,10 @@ def main(argv=None):
     if args.command is None:
         build_parser().print_help()
         return 2
-    if getattr(args, "runs", 1) < 1 or getattr(args, "warmup", 0) < 0 or getattr(args, "threads", 1) < 1:
-        sys.stderr.write("agent.py: --runs and --threads must be >= 1 and --warmup >= 0\n")
+    if args.command == "measure" and (args.runs < 1 or args.warmup < 0 or args.threads < 1 or args.window < 0
+                                       or args.max_rounds < 1 or args.retime < 0 or args.keep_samples < 1):
+        sys.stderr.write("agent.py: --runs, --threads, --max-rounds and --keep-samples must be >= 1, "
+                         "--warmup, --window and --retime >= 0\n")
         return 2
     out = _Output()
     status = cmd_info(args, out) if args.command == "info" else cmd_measure(args, out)

@@ -11,7 +11,8 @@ from edgenas.devices.base import ConnectionLost, Device, ModelFile, Process
 from edgenas.devices.measurement import AGENT_ERROR, RUNTIME_ERROR, TIMEOUT, Measurement
 
 # Result fields the agent reports that map onto Measurement fields one to one.
-_FIGURES = ("median_ms", "mean_ms", "std_ms", "min_ms", "p90_ms", "runs", "warmup", "cv", "noisy", "load_ms")
+_FIGURES = ("latency_ms", "median_ms", "mean_ms", "std_ms", "min_ms", "p90_ms", "runs", "warmup", "cv", "noisy",
+            "load_ms", "timing")
 _TUPLES = ("samples_ms", "passes", "inputs")
 _PROTOCOL_KEYS = {"event", "index", "error", "error_message"}
 
@@ -45,8 +46,11 @@ class AgentDevice(Device):
     def agent_argv(self, agent: str, paths: list[str]) -> list[str]:
         c, m = self.config, self.config.measure
         argv = [*c.python_argv, agent, "measure", "--runtime", c.runtime, "--threads", str(c.threads),
-                "--warmup", str(m.warmup), "--runs", str(m.runs), "--max-cv", repr(m.max_cv),
-                "--remeasure", str(m.remeasure), "--watch-stdin"]
+                "--warmup", str(m.warmup), "--runs", str(m.runs), "--window", repr(m.window_s),
+                "--retime", str(m.retime), "--model-timeout", repr(c.timeouts.model), "--watch-stdin"]
+        probe_file = self.transport.probe_file()
+        if probe_file:
+            argv += ["--probe-file", probe_file]
         if m.cpu_affinity:
             argv += ["--pin", ",".join(str(cpu) for cpu in m.cpu_affinity)]
         return argv + ["--", *paths]
@@ -56,7 +60,7 @@ class AgentDevice(Device):
             "runtime_version": hello.get("runtime_version"),
             "machine": dict(hello.get("machine") or {}),
         }
-        extra = {"runtime_package": hello.get("runtime_package"), "max_cv": self.config.measure.max_cv,
+        extra = {"runtime_package": hello.get("runtime_package"), "window_s": self.config.measure.window_s,
                  "agent_pid": hello.get("pid")}
         if result.get("error"):
             fields["error"] = str(result["error"])
@@ -81,26 +85,37 @@ class AgentDevice(Device):
                 proc.kill()
 
     def _read_agent(self, proc: Process, models: list[ModelFile], indices: list[int]) -> Iterator[tuple[int, Measurement]]:
+        """Read the agent's events: models are loaded one by one ("start", then "loaded" or an error "result"),
+        timed together in rounds ("tick" about once a second, "retime" when a window was unsteady), and their
+        results arrive at the end, each naming its model by index."""
         hello: dict[str, Any] | None = None
-        current: int | None = None
+        loading: int | None = None  # the model being loaded and warmed up, if any
         finished: set[int] = set()
+        round_s = 0.0  # one run of every loaded model: how long a timing round lasts, about
         while True:
-            limit = self.config.timeouts.model if hello else self.config.timeouts.start
+            limit = self.config.timeouts.start
+            if hello is not None:  # while timing, output comes after each round (ticks, about once a second)
+                limit = self.config.timeouts.model if loading is not None else max(self.config.timeouts.model,
+                                                                                   3 * round_s + 5)
             line = proc.readline(limit)
             if line is None:
                 proc.kill(hello.get("pid") if hello else None)
-                if current is not None:
-                    m = self.config.measure
-                    yield current, self.error(
-                        models[current], TIMEOUT,
-                        f"no result within {limit:g} s (load, {m.warmup} warm-up and {m.runs} timed runs); "
+                m = self.config.measure
+                if loading is not None:
+                    yield loading, self.error(
+                        models[loading], TIMEOUT,
+                        f"no result within {limit:g} s (load and {m.warmup} warm-up runs); "
                         "the agent was stopped (raise [timeouts] model for big models)",
                     )
                     return
-                reason = "did not start" if hello is None else "stopped answering"
+                if hello is None:
+                    message = f"the agent did not start within {limit:g} s"
+                else:
+                    message = (f"the agent stopped answering for {limit:g} s while timing the batch (one round of "
+                               "every model must finish within [timeouts] model)")
                 for i in indices:
                     if i not in finished:
-                        yield i, self.error(models[i], AGENT_ERROR, f"the agent {reason} within {limit:g} s")
+                        yield i, self.error(models[i], TIMEOUT if hello else AGENT_ERROR, message)
                 return
             if line == "":
                 break
@@ -108,25 +123,37 @@ class AgentDevice(Device):
             if event is None:
                 continue
             kind = event["event"]
+            index = event.get("index")
+            slot = indices[index] if isinstance(index, int) and 0 <= index < len(indices) else None
             if kind == "hello":
                 hello = event
-            elif kind == "start" and isinstance(event.get("index"), int) and 0 <= event["index"] < len(indices):
-                current = indices[event["index"]]
-            elif kind == "result" and current is not None and hello is not None:
-                yield current, self._from_result(models[current], hello, event)
-                finished.add(current)
-                current = None
+            elif kind == "start" and slot is not None:
+                loading = slot
+            elif kind == "loaded":
+                loading = None
+                round_s += float(event.get("run_ms") or 0.0) / 1e3
+            elif kind == "retime" and self.on_event is not None:
+                self.on_event("retime", event)
+            elif kind == "result" and slot is not None and hello is not None and slot not in finished:
+                loading = None
+                finished.add(slot)
+                yield slot, self._from_result(models[slot], hello, event)
         status = proc.wait(10.0)
-        if current is not None:
-            yield current, self.error(
-                models[current], RUNTIME_ERROR,
-                f"the agent died while running the model (exit status {status}): {tail(proc.stderr_tail())}",
-            )
-        elif hello is None:
+        if hello is None:
             python = " ".join(self.config.python_argv)
             message = f"the agent did not start with {python} (exit status {status}): {tail(proc.stderr_tail())}"
             for i in indices:
                 yield i, self.error(models[i], AGENT_ERROR, message)
+            return
+        died = f"the agent died while running the model (exit status {status}): {tail(proc.stderr_tail())}"
+        if loading is not None and loading not in finished:
+            finished.add(loading)
+            yield loading, self.error(models[loading], RUNTIME_ERROR, died)
+        for i in indices:  # the batch died while timing: every model left is without a figure
+            if i not in finished:
+                yield i, self.error(models[i], RUNTIME_ERROR,
+                                    f"the agent died while timing the batch (exit status {status}): "
+                                    f"{tail(proc.stderr_tail())}")
 
     def check(self) -> dict[str, Any]:
         c = self.config

@@ -135,6 +135,10 @@ class Transport(abc.ABC):
     def work_dir(self) -> str:
         return ""
 
+    def probe_file(self) -> str | None:
+        """Where the agent keeps the device's fastest speed-probe reading (its reference), or None."""
+        return None
+
     def run(self, argv: Sequence[str], timeout: float) -> tuple[int | None, str, str]:
         """Run argv to completion: (exit status, stdout, stderr tail). None status: it timed out and was killed."""
         proc = self.spawn(argv)
@@ -154,75 +158,6 @@ class Transport(abc.ABC):
 
 ResultCallback = Callable[[Measurement], Any]
 
-# How many times a deployed model is timed before its latency is judged against a budget, and the pause
-# between sweeps. A shared machine's speed can change by a third for seconds at a time (measured on this
-# project's 2-vCPU cloud machines: one model's median 0.31 ms in one second, 0.44-0.64 ms in the next), so
-# one timing pass says little about the next; sweeps spread over several seconds, judged by the slowest but one,
-# give a figure the model also meets when it is timed again later. (Not the slowest itself: once, every file of
-# one sweep ran twice as slow as in the other four, something else on the machine, and that must not decide.)
-CHECK_SWEEPS = 5
-CHECK_PAUSE_S = 0.5
-
-
-@dataclass(frozen=True)
-class SweptMeasurement:
-    """One model timed in several sweeps: each sweep's Measurement, and the figures to judge it by.
-
-    `median_ms` is the median of the sweeps' medians (the typical latency); `worst_ms` the slowest
-    sweep's median; `check_ms`, what a latency budget is checked against, the slowest but one when there
-    are at least 4 sweeps (one disturbed sweep does not decide), else the slowest.
-    """
-
-    sweeps: tuple[Measurement, ...]
-
-    @property
-    def ok(self) -> bool:
-        return any(m.ok for m in self.sweeps)
-
-    @property
-    def medians(self) -> list[float]:
-        return [float(m.median_ms) for m in self.sweeps if m.ok and m.median_ms is not None]
-
-    @property
-    def median_ms(self) -> float | None:
-        values = sorted(self.medians)
-        if not values:
-            return None
-        mid = len(values) // 2
-        return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
-
-    @property
-    def worst_ms(self) -> float | None:
-        return max(self.medians) if self.medians else None
-
-    @property
-    def check_ms(self) -> float | None:
-        values = sorted(self.medians)
-        if not values:
-            return None
-        return values[-2] if len(values) >= 4 else values[-1]
-
-    @property
-    def representative(self) -> Measurement:
-        """The sweep whose median is closest to the median of all sweeps (the failed one when none succeeded)."""
-        ok = [m for m in self.sweeps if m.ok]
-        if not ok:
-            return self.sweeps[-1]
-        target = self.median_ms
-        return min(ok, key=lambda m: abs(float(m.median_ms) - target))  # type: ignore[arg-type,operator]
-
-    @property
-    def error(self) -> str | None:
-        return None if self.ok else self.sweeps[-1].error
-
-    @property
-    def error_message(self) -> str | None:
-        return None if self.ok else self.sweeps[-1].error_message
-
-    def summary(self) -> dict[str, Any]:
-        return {"median_ms": self.median_ms, "worst_ms": self.worst_ms, "check_ms": self.check_ms,
-                "sweep_medians_ms": self.medians, "sweeps": len(self.sweeps)}
-
 
 class Device(abc.ABC):
     """A device that measures model files. Use as a context manager, or call close().
@@ -238,6 +173,8 @@ class Device(abc.ABC):
         self.config = config
         self.transport = transport
         self._sleep = time.sleep
+        # Called with ("retime", event) when the device re-timed an unsteady window (the CLI reports it).
+        self.on_event: Callable[[str, dict[str, Any]], Any] | None = None
 
     @property
     def name(self) -> str:
@@ -273,7 +210,8 @@ class Device(abc.ABC):
             "warmup": c.measure.warmup,
             "runs": c.measure.runs,
             "cpu_affinity": list(c.measure.cpu_affinity),
-            "max_cv": c.measure.max_cv,
+            "window_s": c.measure.window_s,
+            "retime": c.measure.retime,
             "agent_version": agent_version(),
         }
         if c.description:
@@ -391,25 +329,3 @@ class Device(abc.ABC):
                 self._sleep(min(retry.backoff * 2 ** (failures - 1), retry.backoff_max))
             pending = [i for i in pending if i not in results]
         return [results[i] for i in range(len(models))]
-
-    @property
-    def check_sweeps(self) -> int:
-        """How many sweeps `measure_sweeps` makes by default (CHECK_SWEEPS; one where timing is exact)."""
-        return CHECK_SWEEPS
-
-    def measure_sweeps(self, paths: Sequence[str | os.PathLike], *, sweeps: int | None = None,
-                       pause_s: float = CHECK_PAUSE_S) -> list[SweptMeasurement]:
-        """Measure every model `sweeps` times (default `check_sweeps`), one whole sweep over the list after another
-        with a pause between, so each model's figures come from moments seconds apart. One SweptMeasurement per path."""
-        sweeps = self.check_sweeps if sweeps is None else sweeps
-        if sweeps < 1:
-            raise UsageError(f"sweeps must be at least 1, got {sweeps}")
-        runs: list[list[Measurement]] = [[] for _ in paths]
-        for sweep in range(sweeps):
-            if sweep:
-                self._sleep(pause_s)
-            for slot, m in zip(runs, self.measure(list(paths))):
-                slot.append(m)
-            if not any(m.ok for slot in runs for m in slot):
-                break  # nothing measures at all (a missing runtime, an unreachable device): do not repeat it
-        return [SweptMeasurement(tuple(slot)) for slot in runs]

@@ -104,6 +104,36 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _timing_note(m: Any) -> str:
+    """What to know about how a figure was taken: re-timed windows, and why one was not steady."""
+    notes = []
+    if m.retimed:
+        notes.append(f"retimed {m.retimed}x")
+    if m.unsteady:
+        notes.append(f"UNSTEADY: {m.unsteady}")
+    return "; ".join(notes)
+
+
+def _window_lines(measurements: list[Any]) -> list[str]:
+    """One line per timing window: how long, how many models shared it, what the speed probe saw."""
+    seen, lines = set(), []
+    for m in measurements:
+        window = m.timing.get("window") or {}
+        if not m.ok or window.get("seconds") is None:
+            continue
+        key = (m.device, m.timing.get("models"), round(float(window["seconds"]), 3), window.get("probe_fast_ms"))
+        if key in seen:
+            continue
+        seen.add(key)
+        off = window.get("off_cpu_share") or []
+        lines.append(f"{m.device}: {m.timing.get('models')} model(s) timed interleaved over {window['seconds']:.1f} s "
+                     f"({window.get('rounds')} rounds); device slow {window.get('slow_share') or 0:.0%} of the time "
+                     f"(probe {window.get('probe_ratio') or 1:.2f}x its fastest), other work "
+                     f"{max(off) if off else 0:.0%}" + (f"; re-timed {m.retimed}x" if m.retimed else "")
+                     + (f"; UNSTEADY: {m.unsteady}" if m.unsteady else ""))
+    return lines
+
+
 def run_measure(args: argparse.Namespace) -> int:
     from edgenas.devices import load_device, measure_fleet
     from edgenas.devices.base import ModelFile
@@ -118,7 +148,7 @@ def run_measure(args: argparse.Namespace) -> int:
     try:
         with Progress(total, "measure", unit="model", enabled=not args.json or sys.stderr.isatty()) as bar:
             def on_result(m: Any) -> None:
-                bar.update(1, last=f"{m.device}:{_fmt(m.median_ms, '.3f')}ms" if m.ok else f"{m.device}:{m.error}")
+                bar.update(1, last=f"{m.device}:{_fmt(m.latency_ms, '.3f')}ms" if m.ok else f"{m.device}:{m.error}")
                 if args.json:
                     print(json.dumps(m.to_dict()), flush=True)
 
@@ -131,11 +161,13 @@ def run_measure(args: argparse.Namespace) -> int:
             device.close()
     measurements = [m for ms in results.values() for m in ms]
     if not args.json:
-        rows = [[m.device, m.model_path, _fmt(m.median_ms, ".3f"), _fmt(m.p90_ms, ".3f"),
-                 _fmt(m.cv * 100 if m.cv is not None else None, ".1f"), str(m.runs or "-"),
-                 f"{m.error}: {m.error_message}" if m.error else ("noisy" if m.noisy else "")]
+        rows = [[m.device, m.model_path, _fmt(m.latency_ms, ".3f"), _fmt(m.median_ms, ".3f"),
+                 _fmt(m.extra.get("spread", None) if m.ok else None, ".0%"), str(m.runs or "-"),
+                 f"{m.error}: {m.error_message}" if m.error else _timing_note(m)]
                 for m in measurements]
-        print(_table(rows, ["DEVICE", "MODEL", "MEDIAN_MS", "P90_MS", "CV_%", "RUNS", "ERROR"]))
+        print(_table(rows, ["DEVICE", "MODEL", "LATENCY_MS", "MEDIAN_MS", "SPREAD", "RUNS", "TIMING"]))
+        for line in _window_lines(measurements):
+            print(line)
     failed = sum(not m.ok for m in measurements)
     if failed:
         print(f"edgenas measure: {failed} of {len(measurements)} measurements failed", file=sys.stderr)

@@ -25,12 +25,16 @@ USER_DEVICE_DIR = Path("~/.config/edgenas/devices")
 
 @dataclass(frozen=True)
 class MeasureSettings:
+    """How the agent times a batch: every model loaded and warmed up (`warmup` runs), then rounds of one run of each
+    model for at least `window_s` seconds and `runs` rounds; an unsteady window is timed again up to `retime` times.
+    `batch_size` models share one window (lower it on a device with little memory)."""
+
     warmup: int = 5
     runs: int = 30
+    window_s: float = 10.0
+    retime: int = 1
     cpu_affinity: tuple[int, ...] = ()
-    max_cv: float = 0.1
-    remeasure: int = 1
-    batch_size: int = 50
+    batch_size: int = 100
     keep_models: bool = True
 
 
@@ -229,12 +233,16 @@ def _read_measure(t: _Table | None) -> MeasureSettings:
         "a list of CPU numbers, like [2, 3]",
         [],
     )
+    for old in ("max_cv", "remeasure"):
+        if old in t.data:
+            t.fail(old, t.data[old], "nothing: models are now timed interleaved over a window; remove it and set "
+                                     "window_s (seconds, default 10) and retime (default 1) instead")
     out = MeasureSettings(
         warmup=t.integer("warmup", d.warmup),
         runs=t.integer("runs", d.runs, low=1),
+        window_s=t.number("window_s", d.window_s, positive=False),
+        retime=t.integer("retime", d.retime, high=10),
         cpu_affinity=tuple(cpus),
-        max_cv=t.number("max_cv", d.max_cv),
-        remeasure=t.integer("remeasure", d.remeasure),
         batch_size=t.integer("batch_size", d.batch_size, low=1),
         keep_models=t.boolean("keep_models", d.keep_models),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import os
 import queue
 import subprocess
 import threading
@@ -102,3 +103,6 @@ class LocalTransport(Transport):
 
     def describe(self) -> dict[str, Any]:
         return {"host": "localhost"}
+
+    def probe_file(self) -> str | None:
+        return os.path.join(os.path.expanduser(self.config.work_dir), f"probe-{self.config.name}.json")

@@ -21,6 +21,7 @@ from edgenas.devices.base import ConnectionLost, Device, ModelFile
 from edgenas.devices.config import MCU_UNITS
 from edgenas.devices.measurement import PARSE_ERROR, RUNTIME_ERROR, TIMEOUT, Measurement
 
+BOARD_MAX_CV = 0.05  # a board's runs vary less than this unless something else runs on it
 _PLACEHOLDER = re.compile(r"\{(model|runs|warmup|threads|work_dir)\}")
 
 
@@ -31,11 +32,6 @@ def fill_command(command: tuple[str, ...], values: dict[str, str]) -> list[str]:
 
 class MCUDevice(Device):
     """Measures by running the device's flash-and-run command on the board's host, one model at a time."""
-
-    @property
-    def check_sweeps(self) -> int:
-        # A microcontroller runs one program with nothing else on it; flashing again would only cost time.
-        return 1
 
     def latencies_ms(self, output: str) -> list[float]:
         mcu = self.config.mcu
@@ -59,36 +55,30 @@ class MCUDevice(Device):
             "model": remote, "runs": str(c.measure.runs), "warmup": str(c.measure.warmup),
             "threads": str(c.threads), "work_dir": self.transport.work_dir(),
         })
-        best: tuple[dict[str, Any], list[float]] | None = None
-        passes = []
-        for _ in range(1 + c.measure.remeasure):
-            status, out, err = self.transport.run(argv, mcu.timeout)
-            if status is None:
-                return self.error(model, TIMEOUT, f"the board command gave no result within {mcu.timeout:g} s "
-                                                  "and was stopped (raise [mcu] timeout)")
-            if status != 0:
-                return self.error(model, RUNTIME_ERROR,
-                                  f"the board command exited with status {status}: {tail(err or out)}")
-            values = self.latencies_ms(out)
-            if not values:
-                return self.error(model, PARSE_ERROR, f"no match for latency_pattern {mcu.latency_pattern!r} in "
-                                                      f"the board command's output: {tail(out) or '(no output)'}")
-            stats = summarize(values)
-            passes.append({"median_ms": stats["median_ms"], "cv": stats["cv"]})
-            if best is None or stats["cv"] < best[0]["cv"]:
-                best = (stats, values)
-            if stats["cv"] <= c.measure.max_cv:
-                break
-        assert best is not None
-        stats, values = best
+        # A board runs one program with nothing else on it and counts cycles: its runs agree with each other,
+        # so one command's runs are the measurement, and their median is the figure.
+        status, out, err = self.transport.run(argv, mcu.timeout)
+        if status is None:
+            return self.error(model, TIMEOUT, f"the board command gave no result within {mcu.timeout:g} s "
+                                              "and was stopped (raise [mcu] timeout)")
+        if status != 0:
+            return self.error(model, RUNTIME_ERROR, f"the board command exited with status {status}: {tail(err or out)}")
+        values = self.latencies_ms(out)
+        if not values:
+            return self.error(model, PARSE_ERROR, f"no match for latency_pattern {mcu.latency_pattern!r} in "
+                                                  f"the board command's output: {tail(out) or '(no output)'}")
+        stats = summarize(values)
+        unsteady = (f"the board's runs vary by {stats['cv']:.0%} (coefficient of variation): check that nothing "
+                    "else runs on it" if stats["cv"] > BOARD_MAX_CV else None)
         return replace(
             self.template(model),
-            runtime_version=mcu.runtime_version,
+            runtime_version=mcu.runtime_version, latency_ms=stats["median_ms"],
             median_ms=stats["median_ms"], mean_ms=stats["mean_ms"], std_ms=stats["std_ms"],
             min_ms=stats["min_ms"], p90_ms=stats["p90_ms"], cv=stats["cv"], runs=stats["runs"],
-            noisy=stats["cv"] > c.measure.max_cv, samples_ms=tuple(values), passes=tuple(passes),
+            noisy=unsteady is not None, samples_ms=tuple(values),
+            timing={"method": "board", "window": {"unsteady": unsteady}, "retimed": 0},
             machine={"board": c.description or c.name, "clock_hz": mcu.clock_hz, "host": self.transport.describe()},
-            extra={"unit": mcu.unit, "max_ms": stats["max_ms"], "max_cv": c.measure.max_cv},
+            extra={"unit": mcu.unit, "max_ms": stats["max_ms"]},
         )
 
     def _run_batch(self, models: list[ModelFile], indices: list[int]) -> Iterator[tuple[int, Measurement]]:

@@ -34,9 +34,15 @@ def utc_now() -> str:
 class Measurement:
     """Latency of one model on one device (milliseconds), or an error code saying why there is none.
 
-    `machine` holds the device's environment at measuring time (machine, CPU, load average, CPU
-    quota, clock, temperature where readable); `samples_ms` the kept pass's timed runs; `passes`
-    each timed pass's median and CV (more than one when the first was too noisy); `extra` what the
+    `latency_ms` is the figure a latency is judged by (budgets, tables, calibration): for models timed
+    interleaved by the agent, the fast-state cost plus the mean stall (see agent.window_stats); for a
+    board with exact timing, the median of its runs. `median_ms`, `mean_ms`, ... describe the runs
+    themselves. `timing` says how the figure was taken and how far to trust it: the window's length,
+    how many models shared it, what the speed probe saw (`slow_share`, `probe_ratio`), the share of
+    time other work took, whether the window was timed again (`retimed`) and, when it still was not
+    steady, why (`unsteady`; `noisy` is then True). `machine` holds the device's environment at
+    measuring time (machine, CPU, load average, CPU quota, clock, temperature where readable);
+    `samples_ms` the timed runs (thinned to a few hundred spread over the window); `extra` what the
     device reported beyond these fields.
     """
 
@@ -46,6 +52,7 @@ class Measurement:
     runtime: str
     runtime_version: str | None = None
     threads: int = 1
+    latency_ms: float | None = None
     median_ms: float | None = None
     mean_ms: float | None = None
     std_ms: float | None = None
@@ -64,11 +71,36 @@ class Measurement:
     passes: tuple[dict[str, Any], ...] = field(default=(), hash=False)
     load_ms: float | None = None
     inputs: tuple[dict[str, Any], ...] = field(default=(), hash=False)
+    timing: dict[str, Any] = field(default_factory=dict, hash=False)
     extra: dict[str, Any] = field(default_factory=dict, hash=False)
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.median_ms is not None
+        return self.error is None and self.latency_ms is not None
+
+    @property
+    def retimed(self) -> int:
+        """How many times the window was timed again because the device changed too much."""
+        return int(self.timing.get("retimed") or 0)
+
+    @property
+    def unsteady(self) -> str | None:
+        """Why the figure is not to be trusted (the device changed during every window), or None."""
+        return (self.timing.get("window") or {}).get("unsteady")
+
+    def trust_line(self) -> str:
+        """How far to trust the figure, in a few words for a table: spread, slow share, retimes."""
+        window = self.timing.get("window") or {}
+        parts = []
+        if self.extra.get("spread") is not None:
+            parts.append(f"spread {float(self.extra['spread']):.0%}")
+        if window.get("slow_share") is not None:
+            parts.append(f"slow {float(window['slow_share']):.0%} of {float(window.get('seconds') or 0):.0f} s")
+        if self.retimed:
+            parts.append(f"retimed {self.retimed}x")
+        if self.unsteady:
+            parts.append("UNSTEADY: " + str(self.unsteady))
+        return ", ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (tuples become lists); `from_dict(m.to_dict()) == m`."""
@@ -89,3 +121,16 @@ class Measurement:
         if unknown:
             known["extra"] = {**dict(known.get("extra") or {}), **unknown}
         return cls(**known)
+
+
+def meets_budget(latency_ms: float | None, budget_ms: float | None) -> bool:
+    """The one rule for "meets the latency budget": a measured figure (`Measurement.latency_ms` of a model that
+    measured fine; None when it did not) within the budget. No budget: any figure meets it.
+
+    Figures are taken interleaved over a window that spans the device's speed changes, and such figures agree
+    with themselves within a few per cent when taken again (docs/decisions.md), so no headroom, repeated
+    sweeps or slowest-but-one judging is added on top: a model meets its budget when its figure does.
+    """
+    if latency_ms is None:
+        return False
+    return budget_ms is None or float(latency_ms) <= float(budget_ms)

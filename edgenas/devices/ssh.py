@@ -417,7 +417,7 @@ class SSHTransport(Transport):
                 self._sftp_call("removing a model", self._sftp.remove, posixpath.join(folder, name))
                 removed += 1
         for name in self._sftp_call("listing the work folder", self._sftp.listdir, self._work):
-            if re.fullmatch(r"agent-[0-9a-f]{16}\.py", name):
+            if re.fullmatch(r"agent-[0-9a-f]{16}\.py|probe-[A-Za-z0-9._-]+\.json", name):
                 self._sftp_call("removing the agent", self._sftp.remove, posixpath.join(self._work, name))
                 removed += 1
         self._agent = None
@@ -425,6 +425,9 @@ class SSHTransport(Transport):
 
     def work_dir(self) -> str:
         return self._work or self.config.work_dir
+
+    def probe_file(self) -> str | None:
+        return posixpath.join(self._work, f"probe-{self.config.name}.json") if self._work else None
 
     def spawn(self, argv: Sequence[str]) -> Process:
         paramiko = _paramiko()

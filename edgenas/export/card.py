@@ -107,11 +107,13 @@ def render_markdown(card: Mapping[str, Any]) -> str:
     if latency.get("predicted_ms") is not None:
         lines.append(f"- Latency predicted: {latency['predicted_ms']:.3g} ms on {latency.get('device', '?')}")
     for m in latency.get("measured", []):
-        value = f"{m['median_ms']:.3g} ms" if m.get("median_ms") is not None else f"failed ({m.get('error')})"
-        if m.get("worst_ms") is not None and m.get("sweep_medians_ms"):
-            value += f" (median of {len(m['sweep_medians_ms'])} sweeps; slowest {m['worst_ms']:.3g} ms)"
-            if m.get("check_ms") is not None:
-                value += f"; checked against budgets: {m['check_ms']:.3g} ms"
+        figure = m.get("latency_ms", m.get("median_ms"))  # cards written before interleaved timing have a median
+        value = f"{figure:.3g} ms" if figure is not None else f"failed ({m.get('error')})"
+        window = (m.get("timing") or {}).get("window") or {}
+        if figure is not None and window.get("seconds") is not None:
+            value += (f" (timed interleaved over {window['seconds']:.0f} s; median run {m.get('median_ms', 0):.3g} ms; "
+                      f"slow {window.get('slow_share', 0):.0%} of the time")
+            value += f"; UNSTEADY: {window['unsteady']})" if window.get("unsteady") else ")"
         lines.append(f"- Latency measured on {m.get('device')}: {m.get('file')} {value}")
     acc = card.get("accuracy") or {}
     split = acc.get("split", "val")

@@ -261,11 +261,10 @@ def export_subnet(
     return result
 
 
-def measure_on_device(device: Any, files: Mapping[str, Path], *, log: Callable[[str], None] = print,
-                      sweeps: int | None = None) -> list[dict[str, Any]]:
-    """Latency of each exported file the device's runtime runs (ONNX Runtime: .onnx, TFLite: .tflite), timed in
-    `sweeps` sweeps seconds apart (default: the device's `check_sweeps`): the median of the sweeps' medians, the
-    slowest, and the figure budgets are checked against (the slowest but one; see SweptMeasurement)."""
+def measure_on_device(device: Any, files: Mapping[str, Path], *, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Latency of each exported file the device's runtime runs (ONNX Runtime: .onnx, TFLite: .tflite), timed
+    interleaved over one window: the figure budgets are judged by (`latency_ms`), the median run, and how far
+    to trust the figure (`timing`)."""
     suffix = ".onnx" if device.runtime == "onnxruntime" else ".tflite"
     paths = [p for p in files.values() if p.suffix == suffix]
     if getattr(device, "kind", None) == "mcu":  # a microcontroller board runs the int8 model only
@@ -274,14 +273,13 @@ def measure_on_device(device: Any, files: Mapping[str, Path], *, log: Callable[[
         log(f"measure: device {device.name} runs {device.runtime}, and no exported file is for it")
         return []
     out = []
-    for path, s in zip(paths, device.measure_sweeps([str(p) for p in paths], sweeps=sweeps)):
-        m = s.representative
-        entry = {"device": device.name, "file": path.name, "runtime": m.runtime, **s.summary(), "cv": m.cv,
-                 "ok": s.ok, "error": s.error, "error_message": s.error_message}
+    for path, m in zip(paths, device.measure([str(p) for p in paths])):
+        entry = {"device": device.name, "file": path.name, "runtime": m.runtime, "latency_ms": m.latency_ms,
+                 "median_ms": m.median_ms, "cv": m.cv, "runs": m.runs, "timing": m.timing, "ok": m.ok,
+                 "error": m.error, "error_message": m.error_message}
         log(f"measure: {path.name} on {device.name}: " +
-            (f"{s.median_ms:.3g} ms (median of {len(s.medians)} sweeps; checked against budgets: {s.check_ms:.3g} ms, "
-             f"slowest {s.worst_ms:.3g} ms)" if s.ok
-             else f"failed ({s.error}: {s.error_message})"))
+            (f"{m.latency_ms:.3g} ms ({m.trust_line() or 'interleaved'})" if m.ok
+             else f"failed ({m.error}: {m.error_message})"))
         out.append(entry)
     return out
 

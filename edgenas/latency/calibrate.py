@@ -40,10 +40,13 @@ from edgenas.space import Arch, SearchSpace
 from edgenas.store import Store
 
 POOL_SIZE = 2000
-# What a model's latency is: the median of its timed runs (what a user sees on an idle device), or the
-# minimum, which is steadier on a device that other work shares (each timed run can only be slowed).
-STATISTICS = ("median", "min")
-MEASURE_CHUNK = 16
+# What a model's latency is: "latency", the device's figure timed interleaved (its fast-state cost plus the
+# mean stall; see edgenas.devices.agent.window_stats), which agrees with itself when timed again; or, for
+# comparison, "median" or "min" of the same runs.
+STATISTICS = ("latency", "median", "min")
+# Models handed to the device at once; the device times them in windows of its [measure] batch_size, and
+# every result is stored as it arrives.
+MEASURE_CHUNK = 400
 
 
 @dataclasses.dataclass
@@ -77,7 +80,7 @@ class Calibrator:
     """Exports, measures through the store, and remembers what each figure cost; one per device setup."""
 
     def __init__(self, device: Any, space: SearchSpace, *, runtime: str, precision: str, store: Store,
-                 cache_dir: str | Path, progress: bool = True, statistic: str = "median") -> None:
+                 cache_dir: str | Path, progress: bool = True, statistic: str = "latency") -> None:
         from edgenas.latency.models import ModelCache, export_format
 
         if statistic not in STATISTICS:
@@ -175,7 +178,7 @@ class Calibrator:
                     "then run the same command again to measure only those")
             for job in jobs:
                 m = got[job.sha256]
-                table.add(job.description, median_ms=m.median_ms, std_ms=m.std_ms, runs=m.runs or 0,
+                table.add(job.description, latency_ms=m.latency_ms, median_ms=m.median_ms, std_ms=m.std_ms, runs=m.runs or 0,
                           model_sha256=job.sha256)
                 table.runtime_version = m.runtime_version or table.runtime_version
             table.device_description = self.device.describe()
@@ -202,19 +205,21 @@ class Calibrator:
 
     def value(self, m: Any) -> float:
         """The latency figure of a stored measurement under this calibration's statistic."""
+        if self.statistic == "latency":
+            return float(m.latency_ms)
         return float(m.median_ms if self.statistic == "median" else m.measurement["min_ms"])
 
     def piece_values(self, table: LatencyTable) -> dict[str, float]:
-        """Piece latencies under the statistic (the table holds medians; other figures come from the store)."""
-        if self.statistic == "median":
-            return {k: v["median_ms"] for k, v in table.entries.items()}
+        """Piece latencies under the statistic (the table holds the figures; other statistics come from the store)."""
+        if self.statistic == "latency":
+            return {k: v["latency_ms"] for k, v in table.entries.items()}
         out = {}
         for key in block_index(self.space).keys:
             m = self.store.measurement_for(table.entries[key]["model_sha256"], self.device.name, self.runtime,
                                            self.precision)
             if m is None:
                 raise UsageError(f"the store lacks the measurement behind table entry {key}: use the store that "
-                                 "built the table (--store), or calibrate with --statistic median")
+                                 "built the table (--store), or calibrate with --statistic latency")
             out[key] = self.value(m)
         return out
 
@@ -252,14 +257,14 @@ def calibrate(
     tables_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
     rounds: int = 5,
-    statistic: str = "median",
+    statistic: str = "latency",
     save: bool = True,
     progress: bool = True,
 ) -> BasePredictor:
     """Calibrate `device` for `space`; returns the fitted predictor (with `.report`, a CalibrationReport).
 
     `use_table=False` fits a whole-model-only predictor (no table: fewer models, less accuracy).
-    `statistic` is "median" (of each model's timed runs) or "min" (steadier on a shared device).
+    `statistic` is "latency" (the device's interleaved figure), or "median" or "min" of each model's runs.
     The predictor is saved to `latency_tables/<device>/predictor-<runtime>-<precision>.json` when `save`.
     """
     runtime, precision = _resolve_setup(device, runtime, precision)

@@ -36,9 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     cal.add_argument("--budget", type=int, default=100,
                      help="whole-subnet measurements on top of the table (default: %(default)s; with "
                           "--transfer-from, 10 is typical)")
-    cal.add_argument("--statistic", choices=("median", "min"), default="median",
-                     help="a model's latency: the median of its timed runs, or the minimum (steadier on a shared "
-                          "device); default: %(default)s")
+    cal.add_argument("--statistic", choices=("latency", "median", "min"), default="latency",
+                     help="a model's latency: the device's figure timed interleaved (default), or the median or "
+                          "minimum of the same runs, for comparison")
     cal.add_argument("--no-table", action="store_true", help="fit from whole-subnet measurements alone (no table)")
     cal.set_defaults(handler="edgenas.latency.commands:run_calibrate")
 

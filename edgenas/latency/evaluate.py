@@ -59,7 +59,7 @@ class LatencyEvaluation:
     holdout: int
     median_ms: float
     scores: list[PredictorScore]
-    statistic: str = "median"
+    statistic: str = "latency"
 
     def to_dict(self) -> dict[str, Any]:
         return {**{k: getattr(self, k) for k in ("device", "runtime", "precision", "holdout", "median_ms", "statistic")},
@@ -73,13 +73,17 @@ class LatencyEvaluation:
 
     def format(self) -> str:
         head = (f"{self.device} ({self.runtime}/{self.precision}): {self.holdout} held-out subnets, "
-                f"median {self.median_ms:.3f} ms (latency = {self.statistic} of each model's timed runs)")
+                f"median {self.median_ms:.3f} ms (latency = {_STATISTIC_WORDS.get(self.statistic, self.statistic)})")
         lines = [head, f"  {'predictor':<13} {'±5%':>6} {'±10%':>6} {'RMSE ms':>8} {'Spearman':>8} {'Kendall':>8} "
                        f"{'measured':>8} {'device s':>8}"]
         for s in self.scores:
             lines.append(f"  {s.name:<13} {s.within_5:6.1%} {s.within_10:6.1%} {s.rmse_ms:8.4f} {s.spearman:8.3f} "
                          f"{s.kendall:8.3f} {s.calibration_measurements:8d} {s.device_seconds:8.1f}")
         return "\n".join(lines)
+
+
+_STATISTIC_WORDS = {"latency": "each model's figure timed interleaved", "median": "median of each model's timed runs",
+                    "min": "fastest of each model's timed runs"}
 
 
 def score(name: str, predicted: np.ndarray, measured: np.ndarray, *, measurements: int,
@@ -106,7 +110,7 @@ def _repeat_score(cal: Calibrator, archs: Sequence[Arch], measured: np.ndarray) 
     t0 = time.monotonic()
     again = cal.device.measure([str(j.path) for j in jobs])
     seconds = time.monotonic() - t0
-    figure = "median_ms" if cal.statistic == "median" else "min_ms"
+    figure = {"latency": "latency_ms", "median": "median_ms", "min": "min_ms"}[cal.statistic]
     pairs = [(float(getattr(m, figure)), ms) for m, ms in zip(again, measured) if m.ok and getattr(m, figure)]
     if len(pairs) < 3:
         raise UsageError(f"only {len(pairs)} held-out subnets measured fine again on {cal.device.name}: check the device")
@@ -163,8 +167,8 @@ def evaluate(
     if len(train_archs) < 2:
         raise UsageError(f"the predictor of {device.name} holds no calibration measurements: re-run edgenas calibrate")
     tpath = table_path(device.name, runtime, precision, tables_dir)
-    # Judge by the figure the predictor was fitted to (median of the timed runs unless calibrated with "min").
-    statistic = str(predictor.fit_info.get("statistic", "median"))
+    # Judge by the figure the predictor was fitted to (the interleaved figure unless calibrated with another).
+    statistic = str(predictor.fit_info.get("statistic", "latency"))
     cal = Calibrator(device, space, runtime=runtime, precision=precision, store=store,
                      cache_dir=cache_dir or tpath.parent.parent / ".models", progress=progress, statistic=statistic)
     archs, measured, _ = cal.measure_archs(holdout_archs(space, holdout, train_archs, seed),

@@ -2,7 +2,8 @@
 
 A table lives at `latency_tables/<device>/<runtime>-<precision>.json` and records its schema
 version, the device's description, the runtime and its version, the precision, when it was made,
-and per piece key {median_ms, std_ms, runs, model_sha256}. It loads from disk alone (no network),
+and per piece key {latency_ms, median_ms, std_ms, runs, model_sha256} (`latency_ms` is the device's
+figure for the piece, timed interleaved; see edgenas.devices.agent). It loads from disk alone (no network),
 and refuses, with a message saying what to do, a file made for another device, runtime,
 precision or schema version.
 """
@@ -21,7 +22,7 @@ from edgenas import readers
 from edgenas.artifacts import atomic_write_json, write_manifest
 from edgenas.errors import UsageError
 
-TABLE_SCHEMA = "edgenas.latency_table/1"
+TABLE_SCHEMA = "edgenas.latency_table/2"  # 2: figures timed interleaved (latency_ms)
 
 
 def tables_root() -> Path:
@@ -64,22 +65,24 @@ class LatencyTable:
     created: str = ""
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def add(self, key: str, *, median_ms: float, std_ms: float | None, runs: int, model_sha256: str) -> None:
-        self.entries[key] = {"median_ms": float(median_ms), "std_ms": None if std_ms is None else float(std_ms),
-                             "runs": int(runs), "model_sha256": model_sha256}
+    def add(self, key: str, *, latency_ms: float, median_ms: float | None, std_ms: float | None, runs: int,
+            model_sha256: str) -> None:
+        self.entries[key] = {"latency_ms": float(latency_ms), "median_ms": None if median_ms is None else float(median_ms),
+                             "std_ms": None if std_ms is None else float(std_ms), "runs": int(runs),
+                             "model_sha256": model_sha256}
 
     def missing(self, keys: list[str]) -> list[str]:
         return [k for k in keys if k not in self.entries]
 
     def values(self, keys: list[str]) -> np.ndarray:
-        """Median latency of each key, in order; UsageError if the table lacks any."""
+        """The latency figure of each key, in order; UsageError if the table lacks any."""
         missing = self.missing(keys)
         if missing:
             raise UsageError(
                 f"latency table for {self.device} ({self.runtime}/{self.precision}) lacks {len(missing)} of "
                 f"{len(keys)} pieces of this search space (e.g. {missing[0]}): run `edgenas calibrate --device "
                 f"{self.device}` for this space")
-        return np.array([self.entries[k]["median_ms"] for k in keys], dtype=np.float64)
+        return np.array([self.entries[k]["latency_ms"] for k in keys], dtype=np.float64)
 
     def to_dict(self) -> dict[str, Any]:
         return {

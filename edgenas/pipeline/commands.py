@@ -38,8 +38,7 @@ def _finish(result, as_json: bool) -> int:
         if b["arch"] is None:
             print(f"  {where}, budget {b['budget_ms']:g} ms: no model — {b['note']}")
             continue
-        lat = (f"{b['measured_latency_ms']:.3f} ms (slowest of 5 sweeps but one)" if b["measured_latency_ms"] is not None
-               else "not measured")
+        lat = f"{b['measured_latency_ms']:.3f} ms" if b["measured_latency_ms"] is not None else "not measured"
         acc = f"{100 * b['accuracy']:.1f} %" if b["accuracy"] is not None else "?"
         verdict = "meets" if b["meets_budget"] else "MISSES"
         print(f"  {where}, budget {b['budget_ms']:g} ms: {lat} measured ({verdict} it), accuracy {acc}, "

@@ -19,8 +19,8 @@ description = "this machine, ONNX Runtime, 1 thread"
 [measure]
 warmup = 5
 runs = 30
-max_cv = 0.1
-remeasure = 1
+window_s = 10
+retime = 1
 """,
     "local-tflite": """# This machine, TFLite interpreter, one thread (written by `edgenas demo`).
 name = "local-tflite"
@@ -32,8 +32,8 @@ description = "this machine, TFLite, 1 thread"
 [measure]
 warmup = 5
 runs = 30
-max_cv = 0.1
-remeasure = 1
+window_s = 10
+retime = 1
 """,
 }
 

@@ -177,7 +177,7 @@ def render_report(data: ReportData, out_dir: str | Path) -> Path:
              f"<p>Dataset <code>{html.escape(data.dataset)}</code>, search space <code>{html.escape(data.space)}</code>.</p>"]
 
     parts.append("<h2>Chosen models</h2><table><tr><th class=l>device</th><th>budget</th>"
-                 "<th>measured latency (slowest sweep but one)</th><th>predicted latency</th><th>accuracy (measured)</th>"
+                 "<th>measured latency (interleaved)</th><th>predicted latency</th><th>accuracy (measured)</th>"
                  "<th>accuracy (predicted)</th><th>meets budget</th>"
                  "<th>TFLite Micro arena (measured / predicted)</th><th>int8 file (measured / predicted)</th>"
                  "<th class=l>files</th></tr>")
@@ -246,21 +246,35 @@ def _memory_cells(card: dict | None) -> str:
             f"<td>{_kib(flash.get('int8_file_bytes'))} / {_kib(flash.get('predicted_int8_bytes'))}</td>")
 
 
+def _timing(measured: dict) -> str:
+    """How a file's latency was taken, in a few words: the window, the slow share, retimes, unsteadiness."""
+    timing = measured.get("timing") or {}
+    window = timing.get("window") or {}
+    if window.get("seconds") is None:
+        return "–"
+    text = f"{window['seconds']:.0f} s window, slow {window.get('slow_share') or 0:.0%}"
+    if timing.get("retimed"):
+        text += f", retimed {timing['retimed']}x"
+    if window.get("unsteady"):
+        text += f", UNSTEADY: {window['unsteady']}"
+    return text
+
+
 def _card_summary(card: dict) -> str:
     """The model card's key facts: per file its size, accuracy, measured latency and checksum; memory; cost."""
     acc = (card.get("accuracy") or {}).get("files", {})
     lat = {m.get("file"): m for m in (card.get("latency") or {}).get("measured", []) if isinstance(m, dict)}
-    rows = ["<table><tr><th class=l>file</th><th>size</th><th>accuracy (val)</th><th>measured latency (median)</th>"
-            "<th>slowest sweep</th><th class=l>sha256</th></tr>"]
+    rows = ["<table><tr><th class=l>file</th><th>size</th><th>accuracy (val)</th><th>measured latency</th>"
+            "<th>median run</th><th>timing</th><th class=l>sha256</th></tr>"]
     for f in card.get("files") or []:
         if not isinstance(f, dict):
             continue
         name = f.get("name", "?")
-        ms = (lat.get(name) or {}).get("median_ms")
-        worst = (lat.get(name) or {}).get("worst_ms")
+        m = lat.get(name) or {}
+        ms = m.get("latency_ms", m.get("median_ms"))
         rows.append(f"<tr><td class=l><code>{html.escape(name)}</code></td><td>{f.get('bytes', 0) / 1024:.1f} KiB</td>"
                     f"<td>{_fmt(acc.get(name), '.1f', 100, ' %')}</td><td>{_fmt(ms, '.3f', suffix=' ms')}</td>"
-                    f"<td>{_fmt(worst, '.3f', suffix=' ms')}</td>"
+                    f"<td>{_fmt(m.get('median_ms'), '.3f', suffix=' ms')}</td><td>{html.escape(_timing(m))}</td>"
                     f"<td class=l><code>{html.escape(str(f.get('sha256', ''))[:16])}…</code></td></tr>")
     rows.append("</table>")
     sram = card.get("sram") or {}

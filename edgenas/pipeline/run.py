@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgenas.artifacts import atomic_write_json, sha256_file, sha256_json
+from edgenas.devices.measurement import meets_budget
 from edgenas.errors import UsageError
 from edgenas.pipeline.config import DeviceTarget, RunConfig
 from edgenas.pipeline.report import BudgetResult, DeviceReport, ReportData, render_report
@@ -213,8 +214,7 @@ def _device_stages(config: RunConfig, target: DeviceTarget, book: StageBook, spa
                 {"accuracy": acc_sha, "latency": lat_sha, "checkpoint": ckpt_sha, "budget": budget,
                  "limits": [target.max_sram_kb, target.max_flash_kb, target.max_macs], "seed": config.seed,
                  "population": config.population, "generations": config.generations, "top_k": config.top_k,
-                 "margins": SEARCH_MARGINS, "rounds": SEARCH_ROUNDS,
-                 "headroom": HEADROOM},
+                 "margins": SEARCH_MARGINS, "timing": "interleaved"},
                 lambda b=budget, d=bdir: _search(checkpoint, device.name, target, b, accuracy_path, latency_path,
                                                  config, store_path, d, progress),
                 _files_exist("result"),
@@ -241,7 +241,7 @@ def _device_stages(config: RunConfig, target: DeviceTarget, book: StageBook, spa
                 budget_result.measured_accuracy = exported.get("accuracy")
                 budget_result.measured_latency_ms = exported.get("measured_latency_ms")
                 if budget_result.measured_latency_ms is not None:
-                    budget_result.meets_budget = budget_result.measured_latency_ms <= budget
+                    budget_result.meets_budget = meets_budget(budget_result.measured_latency_ms, budget)
                 if exported.get("problems"):
                     budget_result.note = "export checks failed: " + "; ".join(exported["problems"])
             report.budgets.append(budget_result)
@@ -323,21 +323,9 @@ def _pareto(checkpoint: Path, device_name: str, target: DeviceTarget, accuracy_p
 
 # The predictor is within a few per cent of the device, so the arch that sits exactly on the budget by
 # prediction measures over it about half the time. Searching also at tighter budgets gives the
-# verification step candidates with headroom; the most accurate one that meets the budget when measured wins.
+# verification step candidates below the budget by more than the predictor's error; the most accurate
+# candidate that meets the budget when measured wins (edgenas.devices.measurement.meets_budget).
 SEARCH_MARGINS = (1.0, 0.93, 0.86)
-SEARCH_ROUNDS = 3
-# Candidates are judged by the slowest but one of several timing sweeps (edgenas.devices.base.CHECK_SWEEPS), and so
-# is the exported file; one measured just under the budget may still measure over it when timed again (the slowest
-# sweep of one file moved by 7-13 % between the search and the export on this project's 2-vCPU machines). The most
-# accurate candidate with this much headroom wins; one without headroom only when no other meets the budget.
-HEADROOM = 0.10
-
-
-def _pick(checked: list[Any], budget: float, headroom: float) -> Any | None:
-    """The most accurate checked candidate measured within `budget * (1 - headroom)`, or None."""
-    fits = [c for c in checked if c.measured.get("latency_ms") is not None and c.measured.get("accuracy") is not None
-            and c.measured["latency_ms"] <= budget * (1.0 - headroom)]
-    return max(fits, key=lambda c: c.measured["accuracy"]) if fits else None
 
 
 def _candidates(checked: list[Any]) -> list[dict[str, Any]]:
@@ -360,59 +348,34 @@ def _search(checkpoint: Path, device_name: str, target: DeviceTarget, budget: fl
 
     acc = load_accuracy_predictor(accuracy_path)
     lat = load_latency_predictor(latency_path, space=acc.space)
-    ctx = None
-    device = load_device(device_name)
-    checked: list[Any] = []
-    scale = 1.0
-    try:
-        for round_ in range(SEARCH_ROUNDS):
-            results = []
-            for margin in SEARCH_MARGINS:
-                problem = Problem(acc.space, acc, lat, _constraints(target, budget * scale * margin), device=device_name)
-                evolution = Evolution(acc.space, rng=np.random.default_rng(config.seed),
-                                      config=EvolutionConfig(population=config.population, generations=config.generations))
-                try:
-                    results.append(run_search(evolution, problem, top_k=config.top_k))
-                except UsageError as exc:  # impossible at this budget: reported in the run, the others go on
-                    if not results:
-                        log(f"budget {budget:g} ms on {device_name}: {exc}")
-                        return {"arch": None, "note": str(exc), "result": None, "candidates": _candidates(checked)}
-                    break
-            result = results[0]
-            result.constraints["max_latency_ms"] = budget  # verified against the real budget
-            seen = {c.arch for c in checked}
-            picks = [a for a in dict.fromkeys([r.best.arch for r in results] + [c.arch for c in result.top])
-                     if a not in seen][: max(config.top_k, len(results))]
-            if not picks:
-                break
-            by_arch = {c.arch: c for r in results for c in [r.best, *r.top]}
-            result.top = [by_arch[a] for a in picks]
-            if ctx is None:
-                ctx = SupernetEvaluator(str(checkpoint), "holdout", 8)
-            with Store(store_path) as store:
-                ver = verify(result, supernet=ctx.supernet, dataset=ctx.dataset, device=device,
-                             out_dir=out_dir / f"models-{round_}", precision=target.precision, store=store,
-                             supernet_sha256=ctx.info["sha256"], progress=progress)
-            checked.extend(ver.candidates)
-            if _pick(checked, budget, HEADROOM) is not None:
-                break
-            # The device ran slower than predicted (load, a stale calibration): search again where the
-            # measured/predicted ratio says the budget really is.
-            ratios = [c.measured["latency_ms"] / c.predicted["latency_ms"] for c in ver.candidates
-                      if c.measured.get("latency_ms")]
-            if not ratios:
-                break
-            scale *= min(0.95, 1.0 / float(np.median(ratios)))
-            log(f"budget {budget:g} ms on {device_name}: no candidate met it when measured (measured/predicted "
-                f"{np.median(ratios):.2f}); searching again at {budget * scale:.3g} ms predicted")
-    finally:
-        device.close()
+    results = []
+    for margin in SEARCH_MARGINS:
+        problem = Problem(acc.space, acc, lat, _constraints(target, budget * margin), device=device_name)
+        evolution = Evolution(acc.space, rng=np.random.default_rng(config.seed),
+                              config=EvolutionConfig(population=config.population, generations=config.generations))
+        try:
+            results.append(run_search(evolution, problem, top_k=config.top_k))
+        except UsageError as exc:  # impossible at this budget: reported in the run, the others go on
+            if not results:
+                log(f"budget {budget:g} ms on {device_name}: {exc}")
+                return {"arch": None, "note": str(exc), "result": None, "candidates": []}
+            break
+    result = results[0]
+    result.constraints["max_latency_ms"] = budget  # verified against the real budget
+    picks = list(dict.fromkeys([r.best.arch for r in results] + [c.arch for c in result.top]))
+    picks = picks[: max(config.top_k, len(results))]
+    by_arch = {c.arch: c for r in results for c in [r.best, *r.top]}
+    result.top = [by_arch[a] for a in picks]
+    ctx = SupernetEvaluator(str(checkpoint), "holdout", 8)
+    with load_device(device_name) as device, Store(store_path) as store:
+        ver = verify(result, supernet=ctx.supernet, dataset=ctx.dataset, device=device, out_dir=out_dir / "models",
+                     precision=target.precision, store=store, supernet_sha256=ctx.info["sha256"], progress=progress)
     result_path = save_result(result, out_dir / "search-result.json", verification=ver, seed=config.seed,
                               inputs={"supernet": str(checkpoint), "accuracy_predictor": str(accuracy_path),
                                       "latency_predictor": str(latency_path)})
     plot_front(result, out_dir / "pareto.png", verification=ver)
-    candidates = _candidates(checked)
-    winner = _pick(checked, budget, HEADROOM) or _pick(checked, budget, 0.0)
+    candidates = _candidates(ver.candidates)
+    winner = ver.winner
     if winner is None:
         note = (f"none of the {len(candidates)} candidates met {budget:g} ms when measured on {device_name}; "
                 "re-run with a larger budget or more calibration measurements")
@@ -453,8 +416,7 @@ def _export(checkpoint: Path, found: dict[str, Any], out_dir: Path, device: Any,
     deployed = _deployed_file(device.runtime, target.precision)
     accuracy = (card.get("accuracy") or {}).get("files", {}).get(deployed, (card.get("accuracy") or {}).get("pytorch"))
     measured = [m for m in (card.get("latency") or {}).get("measured", []) if m.get("file") == deployed]
-    # checked against the budget: the sweeps' check figure (files measured before sweeps existed have the median only)
-    latency = (measured[0].get("check_ms") or measured[0].get("median_ms")) if measured else None
+    latency = measured[0].get("latency_ms") if measured and measured[0].get("ok") else None
     return {"card": str(card_path), "deployed_file": deployed, "accuracy": accuracy, "measured_latency_ms": latency,
             "problems": problems}
 

@@ -80,13 +80,12 @@ def verify(
     top_k: int | None = None,
     bn_batches: int = 8,
     progress: bool = True,
-    sweeps: int | None = None,
 ) -> Verification:
     """Export, measure and evaluate the top `top_k` candidates of `result` (all of `result.top` by default),
-    fill each candidate's `measured`, and choose the most accurate one whose measured latency meets the limit.
+    fill each candidate's `measured`, and choose the most accurate one that meets the limit when measured.
 
-    Measured latency is the check figure of `sweeps` timing sweeps (default: the device's `check_sweeps`): the
-    slowest sweep but one (see edgenas.devices.base.SweptMeasurement)."""
+    The candidates are timed together, interleaved over one window (see edgenas.devices.agent), and judged by
+    the one rule, `edgenas.devices.measurement.meets_budget`."""
     from edgenas.accuracy.dataset import top1_metric
     from edgenas.progress import Progress
     from edgenas.train.evaluate import evaluate
@@ -106,18 +105,17 @@ def verify(
                                      arch=cand.arch, metric=top1_metric(bn_batches), value=top1,
                                      extra={"source": "search-verify"})
             bar.update(1, top1=top1)
-    # Timed in several sweeps seconds apart and judged by the slowest but one (see edgenas.devices.base.CHECK_SWEEPS),
-    # so the winner also meets the limit when its exported file is timed again.
-    swept = device.measure_sweeps([str(p) for p in paths], sweeps=sweeps)
+    from edgenas.devices.measurement import meets_budget
+
     limit = result.constraints.get("max_latency_ms")
-    for cand, s in zip(candidates, swept):
-        cand.measured["latency_ms"] = s.check_ms
-        cand.measured["latency_median_ms"] = s.median_ms
-        cand.measured["sweep_medians_ms"] = s.medians
-        cand.measured["error"] = s.error
-        cand.measured["meets_latency"] = bool(s.ok and (limit is None or s.check_ms <= limit))
-        if store is not None:  # the typical figure feeds calibration
-            store.add_measurement(s.representative, model_kind="arch", model_description=cand.arch.to_json(),
+    for cand, m in zip(candidates, device.measure([str(p) for p in paths])):
+        cand.measured["latency_ms"] = m.latency_ms
+        cand.measured["latency_median_ms"] = m.median_ms
+        cand.measured["timing"] = m.timing
+        cand.measured["error"] = m.error
+        cand.measured["meets_latency"] = meets_budget(m.latency_ms if m.ok else None, limit)
+        if store is not None:  # the candidates' figures feed calibration
+            store.add_measurement(m, model_kind="arch", model_description=cand.arch.to_json(),
                                   device=device.name, runtime=device.runtime, precision=precision)
     ok = [c for c in candidates if c.measured["meets_latency"]]
     winner = None
