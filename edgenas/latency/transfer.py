@@ -594,7 +594,8 @@ def space_transfer(space: Any, sources: Sequence[Any], *, samples: int, seed: in
                    pool_size: int = 2000) -> SpaceTransfer:
     """The transfer model of `space` from source predictors, its prior scales chosen leave-one-source-out on
     their predictions for a pool of random archs, for `samples` measurements on the target."""
-    pool = space.sample_many(np.random.default_rng([seed, 7919]), pool_size)
+    # Unique archs: at most half a small space (sampling all of one would take long to find the last ones).
+    pool = space.sample_many(np.random.default_rng([seed, 7919]), max(2, min(pool_size, space.size() // 2)))
     encoding = space_encoding(space)
     X = encoding.encode(space_tokens(space, pool))
     tables = [space_source_table(s, space, encoding, pool[:256]) for s in sources]
