@@ -209,3 +209,19 @@ def test_bench_prints_one_json_object_per_predictor_and_target_and_exits_2_on_ba
     assert bench.main(["--csv", str(tmp_path / "bad.csv"), "--target", "dev_a", "--sources", "dev_b"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "line 3, column dev_a_ms" in err
+
+
+def test_calibrate_command_transfers_from_predictor_files(tmp_path, capsys):
+    from edgenas.cli import main
+
+    files = [str(s.save(tmp_path / "src" / f"{s.device}.json")) for s in _sources()[:2]]
+    (tmp_path / "micro.json").write_text(json.dumps(MICRO.to_dict()))
+    argv = ["calibrate", "--device", str(local_device_file(tmp_path)), "--space", str(tmp_path / "micro.json"),
+            "--transfer-from", ",".join(files), "--budget", "3", "--tables", str(tmp_path / "tables"),
+            "--store", str(tmp_path / "store.sqlite"), "--quiet", "--json"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["type"] == "transfer" and result["target_measurements"] == 3 and result["measured_now"] == 3
+    assert result["sources"] == ["a:onnxruntime-fp32 (calibrated)", "b:onnxruntime-fp32 (calibrated)"]
+    manifest = json.loads(Path(result["predictor_path"] + ".manifest.json").read_text())
+    assert [v["path"] for v in manifest["inputs"].values()] == files  # the source files, with their sha256

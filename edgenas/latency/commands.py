@@ -111,6 +111,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     result = {"device": predictor.device, "runtime": predictor.runtime, "precision": predictor.precision,
               "space": space.name, "type": predictor.kind,
               "train_rel_rmse": predictor.fit_info.get("train_rel_rmse"), **report}
+    if sources:  # what the transfer stands on: its sources and the subnets it measured on this device
+        result["sources"] = predictor.fit_info.get("sources")
+        result["target_measurements"] = predictor.fit_info.get("target_measurements")
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -118,7 +121,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
               f"({predictor.runtime}/{predictor.precision}, space {space.name}): {report['measured_now']} models "
               f"measured now, {report['reused']} reused from the store, {report['device_seconds']:.1f} s of "
               f"device time\n  predictor: {report['predictor_path']}"
-              + (f"\n  table: {report['table_path']}" if report.get("table_path") else ""))
+              + (f"\n  table: {report['table_path']}" if report.get("table_path") else "")
+              + (f"\n  transferred from {', '.join(result['sources'])} with {result['target_measurements']} "
+                 f"measurements on {predictor.device}" if sources else ""))
     return 0
 
 
