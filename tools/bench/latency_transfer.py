@@ -17,6 +17,18 @@ Then the samples-needed curve: transfer-active's share within ±10 % at 5/10/20/
 fewest samples that reach 95 %. HELP's published Spearman (NeurIPS 2021, Table 2, 10 samples, meta-trained
 on other devices) is printed beside where the target is one of its devices. With `--json`, one object per
 line per predictor and target (keys predictor, target, samples, spearman, kendall, within_10, rmse_ms).
+
+The same on our own devices (real sshd devices of tools/testbed.py, real ONNX Runtime and TFLite):
+
+    python tools/bench/latency_transfer.py --testbed OUT [--space tiny] [--source-spec SPEC ...] \
+        [--target-spec runtime=tflite,threads=2] --samples 10 [--holdout 100] [--source-budget 40]
+
+calibrates each source device (its ONNX Runtime table and --source-budget whole subnets), then the target
+by `calibrate_transfer` with --samples actively chosen measurements, and scores on --holdout random
+held-out subnets measured on the target: transfer-active, transfer-random (another --samples random
+subnets), the ridge floor on the sources' predictions, and the whole-model fit on the same samples.
+Everything is kept in OUT (store, tables, models): a re-run measures nothing twice. Measure alone:
+wrap it in `flock -x /tmp/edgenas-cpu.lock`.
 """
 
 from __future__ import annotations
@@ -90,9 +102,17 @@ def run_target(data, X: np.ndarray, model: TransferModel, target: str, samples: 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--csv", required=True, help="idx, arch_str, <device>_ms... file")
-    p.add_argument("--target", required=True, help="device(s) to transfer to, comma-separated")
-    p.add_argument("--sources", required=True, help="source devices, comma-separated")
+    p.add_argument("--csv", help="idx, arch_str, <device>_ms... file")
+    p.add_argument("--target", help="device(s) to transfer to, comma-separated")
+    p.add_argument("--sources", help="source devices, comma-separated")
+    p.add_argument("--testbed", metavar="OUT", help="bench on testbed devices instead of a CSV (see above)")
+    p.add_argument("--space", default="tiny", help="--testbed: search-space preset (default: %(default)s)")
+    p.add_argument("--source-spec", action="append", help="--testbed: a source device's spec (repeat; default: "
+                   "one ONNX Runtime device, 1 thread)")
+    p.add_argument("--target-spec", default="runtime=tflite,threads=2,window=10",
+                   help="--testbed: the target device's spec (default: %(default)s)")
+    p.add_argument("--source-budget", type=int, default=40, help="--testbed: whole subnets per source calibration")
+    p.add_argument("--holdout", type=int, default=100, help="--testbed: held-out subnets on the target")
     p.add_argument("--samples", type=int, default=10, help="measurements on the target (default: %(default)s)")
     p.add_argument("--draws", type=int, default=50, help="random draws to average over (default: %(default)s)")
     p.add_argument("--curve", default=",".join(map(str, SAMPLE_CURVE)),
@@ -102,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="one JSON object per line per predictor and target")
     args = p.parse_args(argv)
     try:
+        if args.testbed:
+            return _run_testbed(args)
+        if not (args.csv and args.target and args.sources):
+            raise UsageError("give --csv FILE --target D --sources A,B (or --testbed OUT)")
         return _run(args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -203,6 +227,96 @@ def _print_tables(args, data, targets, sources, results, curves, seconds) -> Non
     if known:
         print("HELP published (NeurIPS 2021, Table 2, 10 samples): "
               + ", ".join(f"{t} {HELP_PUBLISHED[t]:.3f}" for t in known))
+
+
+def _testbed_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("edgenas_tools_testbed", ROOT / "tools" / "testbed.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_testbed(args: argparse.Namespace) -> int:
+    import shutil
+
+    from edgenas.devices import load_device
+    from edgenas.latency.calibrate import Calibrator, calibrate, calibrate_transfer
+    from edgenas.latency.evaluate import evaluate, holdout_archs
+    from edgenas.latency.predictors import TransferPredictor
+    from edgenas.latency.transfer import choose_samples, space_transfer
+    from edgenas.space import SearchSpace
+    from edgenas.store import Store
+
+    tb = _testbed_module()
+    out = Path(args.testbed)
+    out.mkdir(parents=True, exist_ok=True)
+    source_specs = [tb.DeviceSpec.parse(s) for s in (args.source_spec or ["runtime=onnxruntime,threads=1,window=10"])]
+    target_spec = tb.DeviceSpec.parse(args.target_spec)
+    space = SearchSpace.preset(args.space)
+    t0 = time.time()
+    if (out / "testbed" / tb.STATE_FILE).exists():  # left by a run that was killed
+        tb.Testbed.load(out / "testbed").down()
+    shutil.rmtree(out / "testbed", ignore_errors=True)  # names stay tb1, tb2, ...: the store still applies
+    rows: list[dict] = []
+    with Store(out / "store.sqlite") as store, \
+            tb.Testbed.up(out / "testbed", source_specs + [target_spec], die_with_parent=True) as bed:
+        common = dict(store=store, tables_dir=out / "tables", cache_dir=out / "models", seed=args.seed)
+        files = bed.device_files()
+        sources = []
+        for path in files[:-1]:
+            with load_device(path) as device:
+                sources.append(calibrate(device, space, budget=args.source_budget, **common))
+            print(f"source {sources[-1].device} ({source_specs[len(sources) - 1]}) calibrated, "
+                  f"{time.time() - t0:.0f} s", flush=True)
+        with load_device(files[-1]) as device:
+            pred = calibrate_transfer(device, space, sources=sources, samples=args.samples, **common)
+            ev = evaluate(device, space, holdout=args.holdout, predictor=pred, **common)
+            held, measured = _held_out(device, space, pred, ev, common, args, Calibrator, holdout_archs)
+            # The same number of random subnets instead of the active choice, and the ridge floor on them.
+            model = space_transfer(space, sources, samples=args.samples, seed=args.seed)
+            rand = choose_samples(model.model, model.X, args.samples, np.random.default_rng([args.seed, 1]),
+                                  how="random")
+            cal = Calibrator(device, space, runtime=device.runtime, precision="fp32", store=store,
+                             cache_dir=out / "models", progress=True)
+            r_archs, r_ms, _ = cal.measure_archs([model.pool[i] for i in rand], "measure random subnets")
+        random_pred = TransferPredictor(sources=sources, device=device.name, runtime=device.runtime,
+                                        precision="fp32", space=space).fit(r_archs, r_ms, transfer=model)
+        F = np.stack([s.predict(r_archs) for s in sources], axis=1)
+        coef = ridge_log_fit(F, r_ms)
+        F_held = np.stack([s.predict(held) for s in sources], axis=1)
+        named = {"transfer-active": ev.score("transfer"), "whole-model": ev.score("whole_model")}
+        for name, s in named.items():
+            rows.append({"predictor": name, "spearman": s.spearman, "kendall": s.kendall, "within_10": s.within_10,
+                         "rmse_ms": s.rmse_ms})
+        rows.insert(1, {"predictor": "transfer-random", **scores(random_pred.predict(held), measured)})
+        rows.insert(2, {"predictor": "ridge", **scores(ridge_log_predict(coef, F_held), measured)})
+    target = f"{pred.device} ({target_spec})"
+    if args.json:
+        for r in rows:
+            print(json.dumps({**r, "target": target, "samples": args.samples, "holdout": len(held),
+                              "sources": [f"{s.device} ({sp})" for s, sp in zip(sources, source_specs)],
+                              "statistic": ev.statistic}))
+        return 0
+    print(f"\n{args.space} space: sources {', '.join(f'{s.device} ({sp})' for s, sp in zip(sources, source_specs))} "
+          f"(table + {args.source_budget} subnets each) -> target {target}; {args.samples} measurements on the "
+          f"target, scored on {len(held)} held-out subnets (latency = {ev.statistic}); {time.time() - t0:.0f} s, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"{'predictor':<16} {'Spearman':>8} {'Kendall':>8} {'±10%':>6} {'RMSE ms':>8}")
+    for r in rows:
+        print(f"{r['predictor']:<16} {r['spearman']:8.3f} {r['kendall']:8.3f} {r['within_10']:6.1%} {r['rmse_ms']:8.4f}")
+    return 0
+
+
+def _held_out(device, space, pred, ev, common, args, Calibrator, holdout_archs):
+    """The held-out subnets `evaluate` measured and their figures (from the store: nothing is measured again)."""
+    cal = Calibrator(device, space, runtime=pred.runtime, precision=pred.precision, store=common["store"],
+                     cache_dir=common["cache_dir"], progress=False, statistic=ev.statistic)
+    archs, measured, _ = cal.measure_archs(holdout_archs(space, args.holdout, pred.training_set[0], args.seed),
+                                           "held-out subnets (stored)")
+    return archs, measured
 
 
 if __name__ == "__main__":
