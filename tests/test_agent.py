@@ -87,11 +87,12 @@ def test_onnxruntime_with_only_numpy_and_onnxruntime(tmp_path, onnx_models):
         assert r["cv"] == pytest.approx(samples.std(ddof=1) / samples.mean(), rel=1e-3)
         assert r["inputs"] == [{"name": "x", "shape": [1, 3, *([32, 32] if r["index"] == 0 else [16, 16])],
                                 "dtype": "float32"}]
-        # the figure is the fast-state quantile of the runs without their stalls, plus the mean stall
+        # the figure is the fast-state quantile of the runs without their stalls, times the CPU quota's factor
         wall, cpu = samples, np.array(r["sample_cpu_ms"])
         off = wall - cpu
         stall = np.maximum(off - np.percentile(off, 5), 0)
-        assert r["latency_ms"] == pytest.approx(np.percentile(wall - stall, 5) + stall.mean(), rel=1e-4)
+        assert r["latency_ms"] == pytest.approx(np.percentile(wall - stall, 5) * r["quota_factor"], rel=1e-4)
+        assert r["quota_factor"] == pytest.approx(1 / (1 - (r["timing"]["window"]["throttled_share"] or 0)))
         assert r["timing"]["method"] == "interleaved" and r["timing"]["models"] == 2
 
 

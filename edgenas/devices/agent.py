@@ -134,6 +134,34 @@ def _cpu_quota():
     return None
 
 
+def _cgroup_cpu_files(name):
+    """Paths of `name` (like cpu.stat) in this process's cpu cgroup, v1 and v2 layouts, that exist."""
+    text = _read("/proc/self/cgroup") or ""
+    out = []
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        controllers, rel = parts[1].split(","), parts[2]
+        if "cpu" in controllers:
+            out += [m + rel + "/" + name for m in ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct")]
+        elif parts[1] == "":
+            out.append("/sys/fs/cgroup" + rel + "/" + name)
+    return [p for p in out if os.path.isfile(p)]
+
+
+def throttled_ns():
+    """Nanoseconds this process's cgroup has been held back by its CPU quota so far, or None when unknown."""
+    for path in _cgroup_cpu_files("cpu.stat"):
+        for line in (_read(path) or "").splitlines():
+            key, _, value = line.partition(" ")
+            if key == "throttled_time" and value.strip().isdigit():  # cgroup v1: nanoseconds
+                return int(value)
+            if key == "throttled_usec" and value.strip().isdigit():  # cgroup v2: microseconds
+                return int(value) * 1000
+    return None
+
+
 def machine_info():
     """What is needed to judge a measurement later: machine, CPU, load, quota, clock and temperature."""
     info = {
@@ -315,6 +343,7 @@ def time_window(models, args, out, rng):
     samples = {i: [] for i in models}
     failed = {}
     order = list(models)
+    throttled_start = throttled_ns()
     t_start = clock()
     last_tick = t_start
     rounds = 0
@@ -328,16 +357,16 @@ def time_window(models, args, out, rng):
             rng.shuffle(order)
             for i in list(order):
                 p = probe()
-                c0 = cpu_clock()
                 t0 = clock()
+                c0 = cpu_clock()  # inside the wall interval: a quota's stall caught at this system call is seen
                 try:
                     _run(models[i])
                 except AgentError as exc:
                     failed[i] = exc
                     order.remove(i)
                     continue
-                t1 = clock()
                 c1 = cpu_clock()
+                t1 = clock()
                 samples[i].append(((t0 - t_start) / 1e9, p, (t1 - t0) / 1e6, (c1 - c0) / 1e6))
             rounds += 1
             now = clock()
@@ -349,6 +378,10 @@ def time_window(models, args, out, rng):
             gc.enable()
     result = dict(samples)
     result.update(failed)
+    throttled_end = throttled_ns()
+    elapsed_ns = clock() - t_start
+    if throttled_start is not None and throttled_end is not None and elapsed_ns > 0:
+        result["throttled_share"] = min(max((throttled_end - throttled_start) / float(elapsed_ns), 0.0), 0.95)
     return result
 
 
@@ -362,21 +395,22 @@ def _percentile(values, q):
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
-def window_stats(rows, has_cpu_clock):
+def window_stats(rows, has_cpu_clock, throttled_share=None):
     """Figures of one model's interleaved runs [(t_s, probe_ms, wall_ms, cpu_ms)] over a window (times in ms).
 
     The machine moves between speed states every second or so (DVFS, a neighbour on the same core, a
     migrating big.LITTLE thread); which share of a window each state takes changes from window to window,
     so a median or a mean of the runs moves with it. `latency_ms` is the figure a latency is judged by:
 
-        latency = P5(runs without their stalls) + mean stall per run
+        latency = P5(runs without their stalls) / (1 - share of the window the CPU quota held the process back)
 
-    A stall is time the runner thread spent off the CPU (wall time beyond its own CPU time, above the
-    smallest such wait of the model's runs): a CPU quota throttling the process, another process taking
-    the core. P5 of the runs without stalls is the model's cost in the device's fast state, which every
-    window of a few seconds visits; stalls are added back as their mean, so a device that is steadily
-    slower because it is throttled (a 50 % CPU quota) stays twice as slow. Without a thread CPU clock the
-    stall term is zero.
+    A stall is time the runner thread spent off the CPU within a run (wall time beyond its own CPU time,
+    above the smallest such wait of the model's runs): another process taking the core, or the quota.
+    P5 of the runs without their stalls is the model's cost in the device's fast state, which every
+    window of a few seconds visits. A CPU quota (read from the cgroup's throttled time over the window)
+    makes a device steadily slower, so it stays in the figure: at a 50 % quota, twice the cost. Other
+    processes taking the core do not (they come and go); window_summary flags a window where they did.
+    Without a thread CPU clock no stalls are removed.
     """
     import numpy as np
 
@@ -389,9 +423,11 @@ def window_stats(rows, has_cpu_clock):
     else:
         stall = np.zeros_like(wall)
     fast = float(np.percentile(wall - stall, LATENCY_QUANTILE))
-    stats["latency_ms"] = fast + float(stall.mean())
+    quota_factor = 1.0 / (1.0 - throttled_share) if throttled_share else 1.0
+    stats["latency_ms"] = fast * quota_factor
     stats["fast_ms"] = fast
     stats["stall_ms"] = float(stall.mean())
+    stats["quota_factor"] = quota_factor
     stats["p10_ms"] = float(np.percentile(wall, 10))
     q1, q3 = np.percentile(wall, [25, 75])
     stats["spread"] = float((q3 - q1) / stats["median_ms"]) if stats["median_ms"] > 0 else 0.0
@@ -427,7 +463,7 @@ def window_summary(window, has_cpu_clock, probe_ref, quota=None):
     probes = a[:, 1]
     fast = _percentile(probes, LATENCY_QUANTILE)
     slow = probes > SLOW_PROBE * fast
-    out = {"probe_fast_ms": fast, "probe_ref_ms": probe_ref,
+    out = {"probe_fast_ms": fast, "probe_ref_ms": probe_ref, "throttled_share": window.get("throttled_share"),
            "probe_ratio": float(np.median(probes[slow]) / fast) if slow.any() else 1.0,
            "slow_share": float(slow.mean()), "rounds": max(len(r) for r in rows),
            "seconds": float(a[-1, 0] - a[0, 0])}
@@ -615,7 +651,7 @@ def cmd_measure(args, out):
             if isinstance(rows, AgentError):
                 out.emit("result", index=index, error=rows.code, error_message=str(rows))
                 continue
-            result = window_stats(rows, has_cpu_clock)
+            result = window_stats(rows, has_cpu_clock, window.get("throttled_share"))
             kept = thin(rows, args.keep_samples)
             result.update(facts[index])
             result.update({
