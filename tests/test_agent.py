@@ -71,7 +71,7 @@ def test_onnxruntime_with_only_numpy_and_onnxruntime(tmp_path, onnx_models):
                               onnx_models["small"], onnx_models["tiny"]], path=path)
     assert done.returncode == 0, done.stderr
     # every model is loaded and warmed up first, then the batch is timed and the results come at the end
-    kinds = [e["event"] for e in events if e["event"] != "tick"]
+    kinds = [e["event"] for e in events if e["event"] not in ("tick", "retime")]  # a busy machine re-times
     assert kinds == ["hello", "start", "loaded", "start", "loaded", "result", "result", "done"]
     hello = events[0]
     assert hello["runtime_version"] == __import__("onnxruntime").__version__ and hello["timing"] == "interleaved"

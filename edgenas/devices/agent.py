@@ -582,9 +582,10 @@ def _load_and_warm(runtime, loaded, paths, group, args, out, rng):
                 _run(model)
                 runs_ms.append((time.perf_counter_ns() - t0) / 1e6)
             if args.model_timeout and min(runs_ms) * args.runs / 1e3 > args.model_timeout:
-                raise AgentError(TIMEOUT, "one run takes {:.4g} ms, so {} timed runs would take longer than the {:g} s "
-                                          "allowed per model (raise [timeouts] model for big models)".format(
-                                              min(runs_ms), args.runs, args.model_timeout))
+                fastest = min(runs_ms)
+                raise AgentError(TIMEOUT, f"one run takes {fastest:.4g} ms, so {args.runs} timed runs would take longer "
+                                          f"than the {args.model_timeout:g} s allowed per model (raise [timeouts] model "
+                                          "for big models)")
         except AgentError as exc:
             out.emit("result", index=index, error=exc.code, error_message=str(exc))
             continue
