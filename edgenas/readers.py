@@ -73,7 +73,7 @@ def input_file(path: str | os.PathLike, what: str, *, hint: str = "") -> Path:
     if stat.S_ISDIR(st.st_mode):
         raise UsageError(f"{what} {p} is a folder, not a file{hint}")
     if not stat.S_ISREG(st.st_mode):
-        raise UsageError(f"{what} {p} is not a regular file (a device, pipe or socket): give a {what} file")
+        raise UsageError(f"{what} {p} is not a regular file (a device, pipe or socket): give a regular file")
     return p
 
 
@@ -118,6 +118,15 @@ def output_dir(path: str | os.PathLike, option: str) -> Path:
         raise UsageError(f"{option} {p} is an existing file, not a folder: give a folder (new or existing)")
     _check_writable_parent(p, option)
     return p
+
+
+def output_files(folder: str | os.PathLike, names: tuple[str, ...], option: str) -> None:
+    """Files a command will write (or append to) in `folder` must be regular files where they already exist."""
+    for name in names:
+        p = Path(folder) / name
+        if (p.exists() or p.is_symlink()) and not p.is_file():
+            raise UsageError(f"{option} {folder}: {p} is not a regular file (a folder, a device or a dangling "
+                             "link): remove it, or choose another folder")
 
 
 def output_file(path: str | os.PathLike, option: str) -> Path:
@@ -527,7 +536,7 @@ def check_latency_predictor(d: Mapping[str, Any], source: str, types: Any) -> An
     _check_identity_fields(d, source)
     space = space_from_dict(field_of(d, "space", source, "the search space", LATENCY_REMEDY), source, LATENCY_REMEDY)
     weights = d.get("weights")
-    require(weights is None or (isinstance(weights, list) and 0 < len(weights) <= 10_000
+    require(weights is None or (isinstance(weights, list) and 0 < len(weights) <= 10_000_000
                                 and all(is_number(w) for w in weights)),
             source, "weights", weights, "a list of finite numbers", LATENCY_REMEDY)
     if d["type"] in ("table", "calibrated"):

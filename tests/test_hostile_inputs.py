@@ -954,8 +954,10 @@ def _(ctx):
 
 
 def calibrate_with_table(ctx: Ctx, entry: dict | str) -> list[str]:
-    table = {"schema": "edgenas.latency_table/1", "device": "local", "runtime": "onnxruntime", "precision": "fp32",
-             "entries": {"stem": entry if isinstance(entry, dict) else {"median_ms": entry}}}
+    from edgenas.latency.table import TABLE_SCHEMA
+
+    table = {"schema": TABLE_SCHEMA, "device": "local", "runtime": "onnxruntime", "precision": "fp32",
+             "entries": {"stem": entry if isinstance(entry, dict) else {"latency_ms": entry}}}
     text = json.dumps(table).replace('"NAN"', "NaN")
     ctx.write("t/local/onnxruntime-fp32.json", text)
     return ["calibrate", "--device", "local", "--space", "tiny", "--tables", str(ctx.tmp / "t"), "--store",
@@ -964,7 +966,7 @@ def calibrate_with_table(ctx: Ctx, entry: dict | str) -> list[str]:
 
 @case("latency table with -1 ms entries")
 def _(ctx):
-    return calibrate_with_table(ctx, {"median_ms": -1.0, "runs": 5}), "median_ms"
+    return calibrate_with_table(ctx, {"latency_ms": -1.0, "median_ms": -1.0, "runs": 5}), "latency_ms"
 
 
 @case("latency table with a NaN entry")
@@ -974,7 +976,7 @@ def _(ctx):
 
 @case("latency table with zero runs")
 def _(ctx):
-    return calibrate_with_table(ctx, {"median_ms": 1.0, "runs": 0}), "runs"
+    return calibrate_with_table(ctx, {"latency_ms": 1.0, "runs": 0}), "runs"
 
 
 @case("latency table is a folder")
@@ -1216,3 +1218,28 @@ def test_a_refused_search_result_records_nothing(ctx, capsys):
     out = ctx.tmp / "result"
     assert main(search(ctx, latency_file(ctx, device="pi4"), "--out", str(out))) == 2
     assert "pi4" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["devzero", "folder", "binary", "utf16", "sparse", "nan", "negative", "empty"])
+def test_a_hostile_latency_csv_is_one_line(tmp_path, kind):
+    """The latency CSV (`tools/bench/latency_transfer.py --csv`) is read through the same layer."""
+    from edgenas.errors import UsageError
+    from edgenas.latency.transfer import read_latency_csv
+
+    path = tmp_path / "lat.csv"
+    good = "idx,arch_str,pi_ms\n0,a|b,1.5\n"
+    if kind == "devzero":
+        path.symlink_to("/dev/zero")
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "sparse":
+        with open(path, "wb") as f:
+            f.truncate(5 << 30)
+    else:
+        data = {"binary": np.random.default_rng(6).bytes(500), "utf16": good.encode("utf-16"),
+                "nan": good.replace("1.5", "nan").encode(), "negative": good.replace("1.5", "-2").encode(),
+                "empty": b""}[kind]
+        path.write_bytes(data)
+    with pytest.raises(UsageError) as refused:
+        read_latency_csv(path)
+    assert "\n" not in str(refused.value) and "lat.csv" in str(refused.value)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
+from edgenas import readers
 from edgenas.errors import UsageError
 
 # The prior scale of each block of β relative to the intercept's (normalised units: the target's mean is 1).
@@ -411,12 +413,12 @@ def read_latency_csv(path: str | os.PathLike, *, devices: Sequence[str] = ()) ->
     `devices` must all be columns of the file. A latency must be a positive finite number of milliseconds;
     every row has the header's number of fields and every arch the same number of `|`-joined tokens."""
     path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        raise UsageError(f"no latency CSV at {path}: give a file with columns idx, arch_str, <device>_ms, ...")
+    text = readers.read_text(path, "latency CSV", limit=readers.MAX_JSON_BYTES)  # a regular UTF-8 file, size-capped
     try:
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
-    except FileNotFoundError:
-        raise UsageError(f"no latency CSV at {path}: give a file with columns idx, arch_str, <device>_ms, ...") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
         raise UsageError(f"cannot read latency CSV {path}: {exc}") from None
     if not rows:
         raise UsageError(f"{path} is empty: expected a header idx, arch_str, <device>_ms, ...")

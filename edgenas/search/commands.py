@@ -82,21 +82,19 @@ def run_search_command(args: argparse.Namespace) -> int:
 
 def _check_inputs(args: argparse.Namespace) -> None:
     """Every file the searches read, for every device, before the first search starts: the output folder, the
-    supernet (when candidates are verified), each device file, the accuracy predictor and each latency
+    supernet, each device file, the accuracy predictor and each latency
     predictor (made for that device and the predictor's space)."""
     from edgenas.accuracy.predictor import load_accuracy_predictor
     from edgenas.devices.config import load_config as load_device_config
     from edgenas.errors import UsageError
     from edgenas.latency import load_latency_predictor
-    from edgenas.readers import input_file, output_dir
+    from edgenas.readers import output_dir
 
     if args.out:
         output_dir(args.out, "--out")
-    input_file(args.supernet, "supernet checkpoint", hint="train one with 'edgenas train'")
-    if not args.no_verify:
-        from edgenas.train.checkpoint import read_checkpoint
+    from edgenas.train.checkpoint import read_checkpoint
 
-        read_checkpoint(args.supernet)
+    read_checkpoint(args.supernet)  # recorded in the result even when candidates are not verified
     accuracy = load_accuracy_predictor(args.predictor or Path(args.supernet).parent)
     if args.latency_predictor is not None and len(args.device) > 1:
         raise UsageError(f"--latency-predictor is one device's file, but {len(args.device)} --device values were "

@@ -9,6 +9,8 @@ resumed run refuse a checkpoint made from other settings or other data.
 from __future__ import annotations
 
 import io
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +64,11 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if path.stat().st_size > MAX_BYTES:
         raise UsageError(f"checkpoint {path} is larger than {MAX_BYTES >> 30} GiB: is it the right file?")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a foreign file's pickle protocol before refusing it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, foreign pickle, objects other than tensors ...
-        raise UsageError(f"cannot read checkpoint {path}: {_load_problem(exc)}; {REMEDY}") from None
+        raise UsageError(f"cannot read checkpoint {path}: {_load_problem(exc, path)}; {REMEDY}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UsageError(f"{path} is not an edgenas supernet checkpoint (no format = {FORMAT!r} in it); {REMEDY}")
     version = state.get("version", 0)
@@ -89,17 +93,24 @@ def check_resume_fields(state: dict[str, Any], path: str | Path) -> None:
     _check_fields(state, RESUME_FIELDS, f"checkpoint {path}")
 
 
-def _load_problem(exc: Exception) -> str:
+def _load_problem(exc: Exception, path: Path) -> str:
     """What went wrong in torch.load, in a few words; never torch's advice to load unsafely."""
     text = str(exc)
-    if "Weights only load failed" in text or "Unsupported global" in text or "weights_only" in text:
-        return ("it holds Python objects besides tensors, numbers and strings, which edgenas does not unpickle "
-                "(nothing in it was run)")
-    if isinstance(exc, (EOFError, RuntimeError)) and ("zip" in text.lower() or "central directory" in text
-                                                     or "PytorchStreamReader" in text or isinstance(exc, EOFError)):
-        return "it is truncated or not a PyTorch file"
-    first = one_line(text)
-    return f"it is not a PyTorch checkpoint ({type(exc).__name__}: {first[:100]})"
+    if "GLOBAL" in text or "unsupported global" in text.lower() or "unsupported class" in text.lower():
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        asked = f" (it asks for {found.group(1)})" if found else ""
+        return (f"it holds Python objects besides tensors, numbers and strings{asked}, which edgenas does not "
+                "unpickle (nothing in it was run)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        head = b""
+    if head == b"PK\x03\x04":
+        return "it is a truncated or damaged PyTorch file"
+    if head[:1] == b"\x80":
+        return "it is a damaged or foreign pickle, not a PyTorch checkpoint"
+    return "it is not a PyTorch checkpoint (it does not start like one)"
 
 
 def _check_fields(state: dict[str, Any], fields: dict[str, type], source: str) -> None:

@@ -62,11 +62,13 @@ def run_train(args: argparse.Namespace) -> int:
             raise UsageError(f"--steps {args.steps} must be at least 1")
         config = config.fixed_steps(args.steps)
     from edgenas.data import check_dataset_spec
-    from edgenas.readers import output_dir
+    from edgenas.readers import output_dir, output_files
     from edgenas.train.trainer import default_out_dir
 
     check_dataset_spec(config.dataset)
-    output_dir(args.out if args.out is not None else default_out_dir(config.dataset, config.preset), "--out")
+    out = args.out if args.out is not None else default_out_dir(config.dataset, config.preset)
+    output_dir(out, "--out")
+    output_files(out, ("config.toml", "metrics.jsonl", "supernet.pt"), "--out")
     result = train(config, args.out, resume=args.resume, device=args.device, threads=args.threads, progress=not args.no_progress)
     if not result.summary or result.rank != 0:
         return 0

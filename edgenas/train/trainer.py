@@ -246,7 +246,7 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
     net = Supernet(space).to(procs.device, memory_format=torch.channels_last)
 
     state: dict[str, Any] | None = None
-    if last_path.is_file():
+    if last_path.exists() or last_path.is_symlink():  # a folder or /dev/zero named last.pt is refused when read
         if not resume:
             raise UsageError(f"{out} already holds a training run (last.pt): pass --resume to continue it, "
                              "or choose another --out")
