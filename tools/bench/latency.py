@@ -9,9 +9,10 @@ Everything is kept in --out (store, tables, exported models): run it again to re
 
     python tools/bench/latency.py --out /tmp/latency-bench [--space tiny] [--budget 100] [--holdout 100]
 
-Figures from a shared machine are noisy; the load average is printed with them, and so is "repeat ±10%":
-the share of held-out subnets whose second timing (a fresh agent run on the same files) lands within
-±10 % of their first. No predictor can agree with the device more often than the device agrees with itself.
+Every device times its models interleaved over a window (edgenas.devices.agent); the load average is printed
+with the figures, and so is "repeat ±10%": the share of held-out subnets whose second timing (a fresh agent
+run on the same files) lands within ±10 % of their first. No predictor can agree with the device more often
+than the device agrees with itself. --local adds this machine (devices/local.toml) to the calibrated devices.
 """
 
 from __future__ import annotations
@@ -52,16 +53,18 @@ def main() -> int:
     p.add_argument("--space", default="tiny")
     p.add_argument("--budget", type=int, default=100)
     p.add_argument("--holdout", type=int, default=100)
-    p.add_argument("--devices", nargs="+", default=["quota=100,runs=30,warmup=5", "quota=50,runs=30,warmup=5",
-                                                    "threads=2,quota=100,runs=30,warmup=5"],
+    p.add_argument("--devices", nargs="+", default=["quota=100,runs=30,warmup=5,window=10",
+                                                    "quota=50,runs=30,warmup=5,window=10",
+                                                    "threads=2,quota=100,runs=30,warmup=5,window=10"],
                    help="testbed specs of the devices calibrated with a table")
-    p.add_argument("--transfer-device", default="runtime=tflite,threads=2,runs=30,warmup=5",
+    p.add_argument("--local", action="store_true", help="calibrate this machine (devices/local.toml) first")
+    p.add_argument("--transfer-device", default="runtime=tflite,threads=1,runs=30,warmup=5,window=10",
                    help="spec of the device calibrated by transfer ('' to skip)")
     p.add_argument("--transfer-samples", type=int, default=10)
-    p.add_argument("--transfer-holdout", type=int, default=30)
+    p.add_argument("--transfer-holdout", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--statistic", choices=("median", "min"), default="median",
-                   help="a model's latency: median of its timed runs, or minimum (steadier under load)")
+    p.add_argument("--statistic", choices=("latency", "median", "min"), default="latency",
+                   help="a model's latency: the interleaved figure (default), or the median or minimum of its runs")
     p.add_argument("--models", help="exported-model cache (default: OUT/models; share it between runs)")
     args = p.parse_args()
 
@@ -83,7 +86,10 @@ def main() -> int:
     with tb.Testbed.up(out / "testbed", specs, die_with_parent=True) as bed:
         files = bed.device_files()
         calibrated = []
-        for path, spec in zip(files[: len(args.devices)], specs):
+        table_devices = list(zip(files[: len(args.devices)], specs))
+        if args.local:
+            table_devices.insert(0, (ROOT / "devices" / "local.toml", tb.DeviceSpec()))
+        for path, spec in table_devices:
             device = load_device(path)
             with device:
                 t0 = time.time()
@@ -107,8 +113,8 @@ def main() -> int:
             print(f"\n[{device.name}: {spec}] transfer from {', '.join(p.device for p in calibrated)} with "
                   f"{args.transfer_samples} measurements, {cal_s:.0f} s wall\n{ev.format()}", flush=True)
 
-    print(f"\nSummary ({args.space} space, budget {args.budget}, latency = {args.statistic} of each model's timed "
-          f"runs, {time.time() - t_start:.0f} s in all):")
+    print(f"\nSummary ({args.space} space, budget {args.budget}, latency = {args.statistic} (timed interleaved), "
+          f"{time.time() - t_start:.0f} s in all):")
     header = (f"{'device':<8} {'runtime':<11} {'thr':>3} {'quota':>5} {'predictor':<11} {'n':>4} {'±10%':>6} "
               f"{'±5%':>6} {'Spearman':>8} {'Kendall':>7} {'MACs ±10%':>9} {'MACs Sp.':>8} {'repeat ±10%':>11} "
               f"{'device s':>8} {'load':>5}")
