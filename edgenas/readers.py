@@ -401,28 +401,24 @@ def parse_arch(value: Any, space: Any, option: str = "--arch") -> Any:
 
 # ---- pickled data (CIFAR-10 batches) ---------------------------------------------------------------
 
-def _numpy_reconstruct() -> Any:
-    try:
-        from numpy._core.multiarray import _reconstruct  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
-    return _reconstruct
+def _numpy_attr(module: str, name: str) -> Any:
+    """numpy's `_core.<module>.<name>` (numpy 2), or `core.<module>.<name>` (numpy 1)."""
+    import importlib
 
-
-def _numpy_scalar() -> Any:
     try:
-        from numpy._core.multiarray import scalar
+        return getattr(importlib.import_module(f"numpy._core.{module}"), name)
     except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
-    return scalar
+        return getattr(importlib.import_module(f"numpy.core.{module}"), name)
 
 
 # What a pickled numpy array needs, and nothing else: no function that runs a command or imports a module.
 _PICKLE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy.core.multiarray", "_reconstruct"): lambda: _numpy_attr("multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"): lambda: _numpy_attr("multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"): lambda: _numpy_attr("multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"): lambda: _numpy_attr("multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"): lambda: _numpy_attr("numeric", "_frombuffer"),  # protocol 5 arrays
+    ("numpy._core.numeric", "_frombuffer"): lambda: _numpy_attr("numeric", "_frombuffer"),
     ("numpy", "ndarray"): lambda: np.ndarray,
     ("numpy", "dtype"): lambda: np.dtype,
     ("_codecs", "encode"): lambda: __import__("codecs").encode,  # bytes in protocol-2 pickles made by Python 3

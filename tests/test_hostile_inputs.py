@@ -647,61 +647,22 @@ for _host in ("pi; rm -rf ~", "$(touch /tmp/x)", "pi`id`", "-oProxyCommand=sh", 
         return check(ctx.write("dev.toml", SSH_DEVICE.format(host=_host, user="pi"))), "host"
 
 
-@case("device user with shell metacharacters")
-def _(ctx):
-    return check(ctx.write("dev.toml", SSH_DEVICE.format(host="pi.local", user="pi;reboot"))), "user"
-
-
-@case("device file nested 100 000 arrays deep")
-def _(ctx):
-    return check(ctx.write("dev.toml", deep_toml())), "dev.toml"
-
-
-@case("device file nested in 40 dotted tables")
-def _(ctx):
-    return check(ctx.write("dev.toml", "kind = \"local\"\n" + ".".join(["a"] * 40) + " = 1\n")), "levels"
-
-
-@case("device timeout of nan")
-def _(ctx):
-    return check(ctx.write("dev.toml", 'kind = "local"\nruntime = "onnxruntime"\n[timeouts]\nconnect = nan\n')), "nan"
-
-
-@case("device timeout of inf")
-def _(ctx):
-    return check(ctx.write("dev.toml", 'kind = "local"\nruntime = "onnxruntime"\n[timeouts]\nmodel = inf\n')), "inf"
-
-
-@case("device threads of -3")
-def _(ctx):
-    return check(ctx.write("dev.toml", 'kind = "local"\nruntime = "onnxruntime"\nthreads = -3\n')), "threads"
-
-
-@case("device port of 70000")
-def _(ctx):
-    text = SSH_DEVICE.format(host="pi.local", user="pi") + "port = 70000\n"
-    return check(ctx.write("dev.toml", text)), "port"
-
-
-@case("device work_dir with a line break")
-def _(ctx):
-    text = 'kind = "local"\nruntime = "onnxruntime"\nwork_dir = "/tmp/x\\nrm -rf /"\n'
-    return check(ctx.write("dev.toml", text)), "work_dir"
-
-
-@case("device file of binary garbage")
-def _(ctx):
-    return check(ctx.write("dev.toml", np.random.default_rng(3).bytes(2000))), "dev.toml"
-
-
-@case("device file in UTF-16")
-def _(ctx):
-    return check(ctx.write("dev.toml", 'kind = "local"\nruntime = "onnxruntime"\n'.encode("utf-16"))), "dev.toml"
-
-
-@case("device file empty")
-def _(ctx):
-    return check(ctx.write("dev.toml", "")), "kind"
+LOCAL_DEVICE = 'kind = "local"\nruntime = "onnxruntime"\n'
+DEVICE_FILES = {  # what is wrong -> (the file's content, what the error must name)
+    "user with shell metacharacters": (SSH_DEVICE.format(host="pi.local", user="pi;reboot"), "user"),
+    "file nested 100 000 arrays deep": (deep_toml(), "dev.toml"),
+    "file nested in 40 dotted tables": (LOCAL_DEVICE + ".".join(["a"] * 40) + " = 1\n", "levels"),
+    "timeout of nan": (LOCAL_DEVICE + "[timeouts]\nconnect = nan\n", "nan"),
+    "timeout of inf": (LOCAL_DEVICE + "[timeouts]\nmodel = inf\n", "inf"),
+    "threads of -3": (LOCAL_DEVICE + "threads = -3\n", "threads"),
+    "port of 70000": (SSH_DEVICE.format(host="pi.local", user="pi") + "port = 70000\n", "port"),
+    "work_dir with a line break": (LOCAL_DEVICE + 'work_dir = "/tmp/x\\nrm -rf /"\n', "work_dir"),
+    "file of binary garbage": (np.random.default_rng(3).bytes(2000), "dev.toml"),
+    "file in UTF-16": (LOCAL_DEVICE.encode("utf-16"), "dev.toml"),
+    "file empty": ("", "kind"),
+}
+for _what, (_data, _expected) in DEVICE_FILES.items():
+    case(f"device {_what}")(lambda ctx, d=_data, e=_expected: (check(ctx.write("dev.toml", d)), e))
 
 
 @case("device file of 2 MiB")
@@ -761,29 +722,15 @@ def _(ctx):
     return run(ctx, RUN.replace("[train]\n", "[train]\ncheckpoint = \"junk.pt\"\n")), "junk.pt"
 
 
-@case("run config nested 100 000 arrays deep")
-def _(ctx):
-    return run(ctx, deep_toml()), "run.toml"
-
-
-@case("run config with a NaN budget")
-def _(ctx):
-    return run(ctx, RUN.replace("[2.0]", "[nan]")), "budgets_ms"
-
-
-@case("run config with a negative seed")
-def _(ctx):
-    return run(ctx, "seed = -1\n" + RUN), "seed"
-
-
-@case("run config with a seed of 10^30")
-def _(ctx):
-    return run(ctx, "seed = 1000000000000000000000000000000\n" + RUN), "seed"
-
-
-@case("run config with a batch size that is a string")
-def _(ctx):
-    return run(ctx, RUN.replace("[train]\n", "[train]\nbatch_size = \"32\"\n")), "batch_size"
+RUN_CONFIGS = {  # what is wrong -> (the file's text, what the error must name)
+    "nested 100 000 arrays deep": (deep_toml(), "run.toml"),
+    "with a NaN budget": (RUN.replace("[2.0]", "[nan]"), "budgets_ms"),
+    "with a negative seed": ("seed = -1\n" + RUN, "seed"),
+    "with a seed of 10^30": ("seed = 1000000000000000000000000000000\n" + RUN, "seed"),
+    "with a batch size that is a string": (RUN.replace("[train]\n", "[train]\nbatch_size = \"32\"\n"), "batch_size"),
+}
+for _what, (_text, _expected) in RUN_CONFIGS.items():
+    case(f"run config {_what}")(lambda ctx, t=_text, e=_expected: (run(ctx, t), e))
 
 
 @case("run config symlink to /dev/zero")
@@ -819,34 +766,16 @@ def train_cfg(ctx: Ctx, text: str | bytes) -> list[str]:
     return ["train", "--config", str(ctx.write("train.toml", text)), "--out", str(ctx.tmp / "run")]
 
 
-@case("training config nested 100 000 arrays deep")
-def _(ctx):
-    return train_cfg(ctx, deep_toml()), "train.toml"
-
-
-@case("training config with batch_size as a string")
-def _(ctx):
-    return train_cfg(ctx, 'batch_size = "32"\n'), "batch_size"
-
-
-@case("training config with epochs = inf")
-def _(ctx):
-    return train_cfg(ctx, '[[phases]]\nname = "full"\nepochs = inf\n'), "inf"
-
-
-@case("training config with a negative learning rate")
-def _(ctx):
-    return train_cfg(ctx, '[[phases]]\nname = "full"\nlr = -0.1\n'), "lr"
-
-
-@case("training config with phases as a number")
-def _(ctx):
-    return train_cfg(ctx, "phases = 3\n"), "phases"
-
-
-@case("training config with a seed of 10^20")
-def _(ctx):
-    return train_cfg(ctx, "seed = 100000000000000000000\n"), "seed"
+TRAINING_CONFIGS = {  # what is wrong -> (the file's text, what the error must name)
+    "nested 100 000 arrays deep": (deep_toml(), "train.toml"),
+    "with batch_size as a string": ('batch_size = "32"\n', "batch_size"),
+    "with epochs = inf": ('[[phases]]\nname = "full"\nepochs = inf\n', "inf"),
+    "with a negative learning rate": ('[[phases]]\nname = "full"\nlr = -0.1\n', "lr"),
+    "with phases as a number": ("phases = 3\n", "phases"),
+    "with a seed of 10^20": ("seed = 100000000000000000000\n", "seed"),
+}
+for _what, (_text, _expected) in TRAINING_CONFIGS.items():
+    case(f"training config {_what}")(lambda ctx, t=_text, e=_expected: (train_cfg(ctx, t), e))
 
 
 @case("train --out names an existing file")
@@ -1184,7 +1113,7 @@ def test_the_payloads_do_run_when_unpickled_plainly(tmp_path):
 
 
 def test_one_bad_device_file_does_not_hide_the_others(ctx, capsys):
-    ctx.write("devices/good.toml", 'kind = "local"\nruntime = "onnxruntime"\n')
+    ctx.write("devices/good.toml", LOCAL_DEVICE)
     ctx.write("devices/deep.toml", deep_toml())
     ctx.link("devices/zero.toml", "/dev/zero")
     (ctx.tmp / "devices" / "dir.toml").mkdir()
