@@ -23,10 +23,12 @@ Models are timed interleaved. A device's speed changes every second or so (DVFS,
 neighbour on the same core), so a model timed in one burst lands wholly in one speed state, and two
 bursts of the same model seconds apart can differ by 40 %. The agent loads every model of the batch
 (in groups of at most --max-group-mb of files), warms each up, then times rounds of one run of each
-model, in a fresh random order each round, for at least --window seconds and --runs rounds. Before
-each run a speed probe (a fixed integer loop) is timed, and each run keeps its time stamp and the
-runner thread's CPU time. Every model thus sees the same mixture of speed states; the figure taken
-from its runs is described in `window_stats`, and how far to trust the window in `window_summary`.
+model (after --hot-runs untimed runs of it, so the timed run finds the model in cache however many
+others share the window), in a fresh random order each round, for at least --window seconds and --runs
+rounds. Before each run a speed probe (a fixed integer loop) is timed, and each run keeps its time
+stamp and the runner thread's CPU time. Every model thus sees the same mixture of speed states; the
+figure taken from its runs is described in `window_stats`, how far to trust the window in
+`window_summary`.
 """
 
 import argparse
@@ -253,13 +255,38 @@ def _random_input(rng, shape, dtype):
     return np.zeros(shape, dtype=dtype)  # indices and counts: zero is always in range
 
 
+_ORT_POOL = {}
+
+
+def _shared_ort_pool(ort, threads):
+    """Make onnxruntime's global thread pool (`threads` intra-op threads) once; False when this version cannot."""
+    if "threads" not in _ORT_POOL:
+        try:
+            ort.set_global_thread_pool_sizes(threads, 1)
+            _ORT_POOL["threads"] = threads
+        except Exception:  # noqa: BLE001 - older onnxruntime, or the environment already exists
+            _ORT_POOL["threads"] = None
+    return _ORT_POOL["threads"] == threads
+
+
 class OnnxModel:
     def __init__(self, ort, path, threads, rng):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
+        if threads > 1:
+            # Every session has its own thread pool by default, whose workers spin for a while after each run; with a
+            # batch of sessions timed interleaved, the spinning workers of the others take the cores (measured here:
+            # 2-thread figures 26x too slow, no two windows alike). All sessions share one pool instead, as the
+            # sessions of one app would; an onnxruntime too old for that gets workers that sleep when idle.
+            if _shared_ort_pool(ort, threads):
+                options.use_per_session_threads = False
+            else:
+                try:
+                    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                except Exception:  # noqa: BLE001 - too old to know the setting either
+                    pass
         try:
             self.session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001
@@ -332,8 +359,10 @@ def _run(model):
 
 
 def time_window(models, args, out, rng):
-    """Time every model of `models` (index -> model) interleaved: rounds of one run of each model, in a fresh
-    random order each round, until the window has lasted `args.window` seconds and every model has `args.runs`
+    """Time every model of `models` (index -> model) interleaved: rounds of one timed run of each model (after
+    `args.hot_runs` untimed ones, so its weights are in cache whatever else the window holds: without them a
+    model timed among 40 others measured 30 % slower than among 4, with 1 13 %, with 3 3 %), in a fresh random
+    order each round, until the window has lasted `args.window` seconds and every model has `args.runs`
     runs (at most `args.max_rounds` rounds). Before each run the speed probe is timed.
 
     Returns index -> list of (time since the window began in s, probe ms, run ms), or index -> AgentError for a
@@ -357,6 +386,13 @@ def time_window(models, args, out, rng):
             rng.shuffle(order)
             for i in list(order):
                 p = probe()
+                try:  # untimed runs first: the timed one finds its weights in cache, however many models share
+                    for _ in range(args.hot_runs):  # the window (else a model's figure depends on its batch's size)
+                        _run(models[i])
+                except AgentError as exc:
+                    failed[i] = exc
+                    order.remove(i)
+                    continue
                 t0 = clock()
                 c0 = cpu_clock()  # inside the wall interval: a quota's stall caught at this system call is seen
                 try:
@@ -639,7 +675,9 @@ def cmd_measure(args, out):
         out.emit("done")
         return 0
     rng = np.random.default_rng(0)
-    has_cpu_clock = hasattr(time, "thread_time_ns")
+    # Off-CPU time within a run means a stall only when the run is the runner thread's alone: with more threads
+    # it also waits for its workers, as a multi-threaded run does, so the runs are taken whole.
+    has_cpu_clock = hasattr(time, "thread_time_ns") and args.threads == 1
     for group in _groups(args.models, args.max_group_mb):
         models, facts = _load_and_warm(args.runtime, loaded, args.models, group, args, out, rng)
         if not models:
@@ -698,10 +736,11 @@ def build_parser():
     measure.add_argument("--runtime", choices=RUNTIMES, required=True)
     measure.add_argument("--threads", type=int, default=1)
     measure.add_argument("--warmup", type=int, default=5, help="untimed runs of each model after loading it")
-    measure.add_argument("--runs", type=int, default=30, help="timed runs of each model at least")
+    measure.add_argument("--runs", type=int, default=60, help="timed runs of each model at least")
     measure.add_argument("--window", type=float, default=10.0, help="seconds the timing rounds last at least")
     measure.add_argument("--max-rounds", type=int, default=100000, help="timing rounds at most")
     measure.add_argument("--retime", type=int, default=1, help="how many times an unsteady window is timed again")
+    measure.add_argument("--hot-runs", type=int, default=3, help="untimed runs of a model before each timed one")
     measure.add_argument("--model-timeout", type=float, default=0.0,
                          help="seconds one model's timed runs may take at most (0: no limit)")
     measure.add_argument("--probe-file", default=None,
@@ -721,9 +760,10 @@ def main(argv=None):
         build_parser().print_help()
         return 2
     if args.command == "measure" and (args.runs < 1 or args.warmup < 0 or args.threads < 1 or args.window < 0
+                                       or args.hot_runs < 0
                                        or args.max_rounds < 1 or args.retime < 0 or args.keep_samples < 1):
         sys.stderr.write("agent.py: --runs, --threads, --max-rounds and --keep-samples must be >= 1, "
-                         "--warmup, --window and --retime >= 0\n")
+                         "--warmup, --window, --hot-runs and --retime >= 0\n")
         return 2
     out = _Output()
     status = cmd_info(args, out) if args.command == "info" else cmd_measure(args, out)

@@ -18,7 +18,7 @@ description = "this machine, ONNX Runtime, 1 thread"
 
 [measure]
 warmup = 5
-runs = 30
+runs = 60
 window_s = 10
 retime = 1
 """,
@@ -31,7 +31,7 @@ description = "this machine, TFLite, 1 thread"
 
 [measure]
 warmup = 5
-runs = 30
+runs = 60
 window_s = 10
 retime = 1
 """,

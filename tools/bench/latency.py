@@ -53,12 +53,12 @@ def main() -> int:
     p.add_argument("--space", default="tiny")
     p.add_argument("--budget", type=int, default=100)
     p.add_argument("--holdout", type=int, default=100)
-    p.add_argument("--devices", nargs="+", default=["quota=100,runs=30,warmup=5,window=10",
-                                                    "quota=50,runs=30,warmup=5,window=10",
-                                                    "threads=2,quota=100,runs=30,warmup=5,window=10"],
+    p.add_argument("--devices", nargs="+", default=["quota=100,runs=60,warmup=5,window=10",
+                                                    "quota=50,runs=60,warmup=5,window=10",
+                                                    "threads=2,quota=100,runs=60,warmup=5,window=10"],
                    help="testbed specs of the devices calibrated with a table")
     p.add_argument("--local", action="store_true", help="calibrate this machine (devices/local.toml) first")
-    p.add_argument("--transfer-device", default="runtime=tflite,threads=1,runs=30,warmup=5,window=10",
+    p.add_argument("--transfer-device", default="runtime=tflite,threads=1,runs=60,warmup=5,window=10",
                    help="spec of the device calibrated by transfer ('' to skip)")
     p.add_argument("--transfer-samples", type=int, default=10)
     p.add_argument("--transfer-holdout", type=int, default=100)
