@@ -421,7 +421,9 @@ def time_window(models, args, out, rng):
     return result
 
 
-LATENCY_QUANTILE = 5  # percent: the fast-state quantile of a model's runs (docs/decisions.md compares the choices)
+LATENCY_QUANTILE = 10  # percent: the quantile of a model's fast-moment runs (docs/decisions.md compares the choices)
+FAST_PROBE = 1.2  # a run whose probe read within this factor of the window's fastest readings ran in a fast moment
+MIN_FAST_RUNS = 10  # fewer fast-moment runs than this: the quantile is taken over all runs
 SLOW_PROBE = 1.25  # a probe reading this much above the window's fastest readings marks a slow moment
 
 
@@ -431,37 +433,45 @@ def _percentile(values, q):
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
-def window_stats(rows, has_cpu_clock, throttled_share=None):
+def window_stats(rows, has_cpu_clock, throttled_share=None, probe_fast_ms=None):
     """Figures of one model's interleaved runs [(t_s, probe_ms, wall_ms, cpu_ms)] over a window (times in ms).
 
     The machine moves between speed states every second or so (DVFS, a neighbour on the same core, a
     migrating big.LITTLE thread); which share of a window each state takes changes from window to window,
-    so a median or a mean of the runs moves with it. `latency_ms` is the figure a latency is judged by:
+    so a median or a mean of the runs, or even a low quantile of all of them, moves with it. `latency_ms`
+    is the figure a latency is judged by:
 
-        latency = P5(runs without their stalls) / (1 - share of the window the CPU quota held the process back)
+        latency = P10(fast-moment runs without their stalls) / (1 - share of the window the CPU quota held back)
 
-    A stall is time the runner thread spent off the CPU within a run (wall time beyond its own CPU time,
-    above the smallest such wait of the model's runs): another process taking the core, or the quota.
-    P5 of the runs without their stalls is the model's cost in the device's fast state, which every
-    window of a few seconds visits. A CPU quota (read from the cgroup's throttled time over the window)
-    makes a device steadily slower, so it stays in the figure: at a 50 % quota, twice the cost. Other
-    processes taking the core do not (they come and go); window_summary flags a window where they did.
-    Without a thread CPU clock no stalls are removed.
+    A fast-moment run is one whose speed probe, timed just before it, read within 1.2x of the window's
+    fastest probe readings (`probe_fast_ms`); every window of a few seconds has enough of them, and
+    their quantile does not depend on how much of the window was slow. A stall is time the runner thread
+    spent off the CPU within a run (wall time beyond its own CPU time, above the smallest such wait of
+    the model's runs): another process taking the core, or the quota. A CPU quota (read from the
+    cgroup's throttled time over the window) makes a device steadily slower, so it stays in the figure:
+    at a 50 % quota, about twice the cost. Other processes taking the core do not (they come and go);
+    window_summary flags a window where they did. Without a thread CPU clock (or with more than one
+    thread) no stalls are removed.
     """
     import numpy as np
 
     a = np.asarray(rows, dtype=np.float64)
-    t, wall, cpu = a[:, 0], a[:, 2], a[:, 3]
+    t, probes, wall, cpu = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
     stats = summarize(wall)
     if has_cpu_clock:
         off = wall - cpu
-        stall = np.maximum(off - float(np.percentile(off, LATENCY_QUANTILE)), 0.0)
+        stall = np.maximum(off - float(np.percentile(off, 5)), 0.0)
     else:
         stall = np.zeros_like(wall)
-    fast = float(np.percentile(wall - stall, LATENCY_QUANTILE))
+    clean = wall - stall
+    fast_moment = probes <= FAST_PROBE * probe_fast_ms if probe_fast_ms else np.ones(len(wall), dtype=bool)
+    if int(fast_moment.sum()) < MIN_FAST_RUNS:
+        fast_moment = np.ones(len(wall), dtype=bool)
+    fast = float(np.percentile(clean[fast_moment], LATENCY_QUANTILE))
     quota_factor = 1.0 / (1.0 - throttled_share) if throttled_share else 1.0
     stats["latency_ms"] = fast * quota_factor
     stats["fast_ms"] = fast
+    stats["fast_runs"] = int(fast_moment.sum())
     stats["stall_ms"] = float(stall.mean())
     stats["quota_factor"] = quota_factor
     stats["p10_ms"] = float(np.percentile(wall, 10))
@@ -497,7 +507,7 @@ def window_summary(window, has_cpu_clock, probe_ref, quota=None):
     a = np.asarray([x for r in rows for x in r], dtype=np.float64)
     a = a[np.argsort(a[:, 0])]
     probes = a[:, 1]
-    fast = _percentile(probes, LATENCY_QUANTILE)
+    fast = _percentile(probes, 5)
     slow = probes > SLOW_PROBE * fast
     out = {"probe_fast_ms": fast, "probe_ref_ms": probe_ref, "throttled_share": window.get("throttled_share"),
            "probe_ratio": float(np.median(probes[slow]) / fast) if slow.any() else 1.0,
@@ -690,7 +700,7 @@ def cmd_measure(args, out):
             if isinstance(rows, AgentError):
                 out.emit("result", index=index, error=rows.code, error_message=str(rows))
                 continue
-            result = window_stats(rows, has_cpu_clock, window.get("throttled_share"))
+            result = window_stats(rows, has_cpu_clock, window.get("throttled_share"), summary.get("probe_fast_ms"))
             kept = thin(rows, args.keep_samples)
             result.update(facts[index])
             result.update({
