@@ -358,12 +358,27 @@ def _run(model):
         raise AgentError(RUNTIME_ERROR, f"running the model failed: {exc}") from exc
 
 
+MAX_WINDOW_FACTOR = 6  # a window waits for fast moments at most this many times its length
+
+
+def _enough_fast_runs(samples, wanted):
+    """Whether every model has `wanted` runs taken in fast moments (probe within FAST_PROBE of the fastest so far)."""
+    if wanted <= 0:
+        return True
+    probes = [p for rows in samples.values() for _, p, _, _ in rows]
+    if not probes:
+        return True
+    fast = FAST_PROBE * _percentile(probes, 5)
+    return all(sum(1 for _, p, _, _ in rows if p <= fast) >= wanted for rows in samples.values())
+
+
 def time_window(models, args, out, rng):
     """Time every model of `models` (index -> model) interleaved: rounds of one timed run of each model (after
     `args.hot_runs` untimed ones, so its weights are in cache whatever else the window holds: without them a
     model timed among 40 others measured 30 % slower than among 4, with 1 13 %, with 3 3 %), in a fresh random
-    order each round, until the window has lasted `args.window` seconds and every model has `args.runs`
-    runs (at most `args.max_rounds` rounds). Before each run the speed probe is timed.
+    order each round, until the window has lasted `args.window` seconds, every model has `args.runs`
+    runs and `args.min_fast_runs` of them in fast moments (checked a few times a second; at most MAX_WINDOW_FACTOR
+    windows and `args.max_rounds` rounds). Before each run the speed probe is timed.
 
     Returns index -> list of (time since the window began in s, probe ms, run ms), or index -> AgentError for a
     model that failed in the window."""
@@ -373,15 +388,18 @@ def time_window(models, args, out, rng):
     failed = {}
     order = list(models)
     throttled_start = throttled_ns()
+    enough_fast = args.min_fast_runs <= 0
     t_start = clock()
-    last_tick = t_start
+    last_tick = last_check = t_start
     rounds = 0
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
         while order:
             elapsed = (clock() - t_start) / 1e9
-            if rounds >= args.max_rounds or (rounds >= args.runs and elapsed >= args.window):
+            if rounds >= args.max_rounds or elapsed >= args.window * MAX_WINDOW_FACTOR and rounds >= args.runs:
+                break
+            if rounds >= args.runs and elapsed >= args.window and enough_fast:
                 break
             rng.shuffle(order)
             for i in list(order):
@@ -409,6 +427,9 @@ def time_window(models, args, out, rng):
             if now - last_tick > 1e9:  # a sign of life for the host, about once a second
                 out.emit("tick", rounds=rounds, elapsed_s=round((now - t_start) / 1e9, 3))
                 last_tick = now
+            if not enough_fast and now - last_check > 0.25e9 and now - t_start > 0.5 * args.window * 1e9:
+                enough_fast = _enough_fast_runs(samples, args.min_fast_runs)
+                last_check = now
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -749,6 +770,8 @@ def build_parser():
     measure.add_argument("--runs", type=int, default=60, help="timed runs of each model at least")
     measure.add_argument("--window", type=float, default=10.0, help="seconds the timing rounds last at least")
     measure.add_argument("--max-rounds", type=int, default=100000, help="timing rounds at most")
+    measure.add_argument("--min-fast-runs", type=int, default=30,
+                         help="runs of each model in fast moments the window waits for (at most 6x --window)")
     measure.add_argument("--retime", type=int, default=1, help="how many times an unsteady window is timed again")
     measure.add_argument("--hot-runs", type=int, default=3, help="untimed runs of a model before each timed one")
     measure.add_argument("--model-timeout", type=float, default=0.0,
