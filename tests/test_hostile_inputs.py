@@ -538,6 +538,16 @@ def _(ctx):
     return ev(spoiled_checkpoint(ctx, seed="zero")), "seed"
 
 
+@case("checkpoint whose config has bn_batches as a string")
+def _(ctx):
+    return ev(spoiled_checkpoint(ctx, config={"bn_batches": "eight"})), "bn_batches"
+
+
+@case("checkpoint with a seed of 10^12")
+def _(ctx):
+    return ev(spoiled_checkpoint(ctx, seed=10**12)), "seed"
+
+
 @case("checkpoint of another program (no format tag)")
 def _(ctx):
     import torch

@@ -18,9 +18,10 @@ import torch
 
 from edgenas.artifacts import atomic_write_bytes, sha256_file, write_manifest
 from edgenas.errors import UsageError
-from edgenas.readers import MAX_CHECKPOINT_BYTES, input_file, one_line, space_from_dict
+from edgenas.readers import MAX_CHECKPOINT_BYTES, check_tree, input_file, one_line, space_from_dict
 from edgenas.space import SearchSpace
 from edgenas.supernet import Supernet
+from edgenas.train.config import check_settings
 
 FORMAT = "edgenas-supernet"
 VERSION = 1
@@ -77,8 +78,17 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if version > VERSION:
         raise UsageError(f"checkpoint {path} has format version {state['version']}; this edgenas reads up to {VERSION}: "
                          "upgrade edgenas")
-    _check_fields(state, REQUIRED, f"checkpoint {path}")
-    space = space_from_dict(state["space"], f"checkpoint {path}", REMEDY)
+    source = f"checkpoint {path}"
+    _check_fields(state, REQUIRED, source)
+    if not 0 <= state["seed"] <= 2**31 - 1:
+        raise UsageError(f"{source}: seed = {state['seed']}: expected an integer from 0 to {2**31 - 1}; {REMEDY}")
+    check_tree({k: v for k, v in state.items() if k in ("config", "summary", "history", "config_result")}, source,
+               remedy=REMEDY)
+    check_settings(state["config"], f"{source}: config", remedy=REMEDY)
+    for key, kind in (("summary", dict), ("history", list)):
+        if state.get(key) is not None and not isinstance(state[key], kind):
+            raise UsageError(f"{source}: {key} is a {type(state[key]).__name__}: expected {kind.__name__}; {REMEDY}")
+    space = space_from_dict(state["space"], source, REMEDY)
     _check_weights(state["model"], space, f"checkpoint {path}", "model")
     if state.get("teacher") is not None:
         if not isinstance(state["teacher"], dict):

@@ -169,12 +169,12 @@ PHASE_RANGES: dict[str, tuple[type, float | None, float | None, bool]] = {
 }
 
 
-def check_settings(data: Mapping[str, Any], source: str) -> None:
+def check_settings(data: Mapping[str, Any], source: str, *, remedy: str = "") -> None:
     """Check the type and range of every known setting in `data` (unknown ones are reported by `replace`)."""
     for key, value in data.items():
         if key in FIELD_RANGES and value is not None:
             kind, low, high, low_open = FIELD_RANGES[key]
-            check_value(source, key, value, kind, low, high, low_open=low_open)
+            check_value(source, key, value, kind, low, high, low_open=low_open, remedy=remedy)
 
 
 def _phase(d: Mapping[str, Any], source: str = "training config", index: int = 0) -> Phase:
