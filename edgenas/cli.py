@@ -149,7 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         terminated = isinstance(exc, Terminated)
         detail = one_line(str(exc.args[0])) if exc.args else \
             "what was finished is saved, run the same command again to resume"
-        print(f"\nedgenas: {'terminated' if terminated else 'interrupted'}; {detail}", file=sys.stderr)
+        start = "\n" if sys.stderr.isatty() else ""  # end a progress bar's line on a terminal
+        print(f"{start}edgenas: {'terminated' if terminated else 'interrupted'}; {detail}", file=sys.stderr)
         return EXIT_SIGTERM if terminated else EXIT_SIGINT
 
 
