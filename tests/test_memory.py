@@ -186,9 +186,11 @@ def test_search_at_an_sram_limit_exports_a_model_that_fits_it_on_a_standin_board
                      "--generations", "10", "--seed", str(i), "--out", str(tmp_path / f"search{i}"), "--json"]) == 0
         found = json.loads(capsys.readouterr().out)
         assert found["predicted_best"]["predicted"]["sram_bytes"] <= limit * 1024
+        # --no-verify: an untrained supernet's near-tied logits make int8 top-1 agreement meaningless here;
+        # what is under test is the TFLite Micro check against --target-sram-kb
         rc = main(["export", "--supernet", str(ckpt), "--arch", str(tmp_path / f"search{i}" / "search-result.json"),
                    "--formats", "tflite-int8", "--target-sram-kb", f"{limit:g}", "--calibration-images", "32",
-                   "--out", str(tmp_path / f"export{i}"), "--json"])
+                   "--no-verify", "--out", str(tmp_path / f"export{i}"), "--json"])
         exported = json.loads(capsys.readouterr().out)[0]
         assert rc == 0 and exported["ok"], exported
         card = json.loads((tmp_path / f"export{i}" / "card.json").read_text())
