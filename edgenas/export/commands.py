@@ -120,12 +120,8 @@ def run_export(args: argparse.Namespace) -> int:
 
     from edgenas.train.checkpoint import load_checkpoint_info, load_supernet
 
-    try:
-        info = load_checkpoint_info(args.supernet)
-        supernet = load_supernet(args.supernet)
-    except UsageError as exc:  # torch's own message for a damaged file runs over several lines
-        raise UsageError(_first_sentence(str(exc)) + " (is the file damaged, or not a supernet.pt from `edgenas train`?)"
-                         ) from None
+    info = load_checkpoint_info(args.supernet)  # one line naming the checkpoint and what is wrong with it
+    supernet = load_supernet(args.supernet)
     space = supernet.space
     archs = [parse_arch(value, space) for _, value in pairs]
     seed = info.get("seed", 0) if args.seed is None else args.seed
@@ -215,12 +211,6 @@ def export_one(supernet: Any, arch: Any, dataset: Any, out_dir: Path, *, options
     return export_subnet(model, out_dir, space=supernet.space, arch=arch, calibration=calibration, val_images=val_x,
                          val_labels=val_y, options=options, lineage=lineage, device=device,
                          predicted_latency_ms=_predicted_latency(search), name=f"edgenas {arch}", log=log)
-
-
-def _first_sentence(message: str) -> str:
-    line = message.strip().splitlines()[0] if message.strip() else message
-    end = line.find(". ")
-    return line[: end + 1] if end > 0 else line
 
 
 def _stderr(message: str) -> None:
