@@ -454,7 +454,7 @@ def _percentile(values, q):
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
-def window_stats(rows, has_cpu_clock, throttled_share=None, probe_fast_ms=None):
+def window_stats(rows, has_cpu_clock, quota=None, threads=1, probe_fast_ms=None):
     """Figures of one model's interleaved runs [(t_s, probe_ms, wall_ms, cpu_ms)] over a window (times in ms).
 
     The machine moves between speed states every second or so (DVFS, a neighbour on the same core, a
@@ -462,15 +462,17 @@ def window_stats(rows, has_cpu_clock, throttled_share=None, probe_fast_ms=None):
     so a median or a mean of the runs, or even a low quantile of all of them, moves with it. `latency_ms`
     is the figure a latency is judged by:
 
-        latency = P10(fast-moment runs without their stalls) / (1 - share of the window the CPU quota held back)
+        latency = P10(fast-moment runs without their stalls) x threads / CPU quota (when the quota is smaller)
 
     A fast-moment run is one whose speed probe, timed just before it, read within 1.2x of the window's
     fastest probe readings (`probe_fast_ms`); every window of a few seconds has enough of them, and
     their quantile does not depend on how much of the window was slow. A stall is time the runner thread
     spent off the CPU within a run (wall time beyond its own CPU time, above the smallest such wait of
-    the model's runs): another process taking the core, or the quota. A CPU quota (read from the
-    cgroup's throttled time over the window) makes a device steadily slower, so it stays in the figure:
-    at a 50 % quota, about twice the cost. Other processes taking the core do not (they come and go);
+    the model's runs): another process taking the core, or the quota. A CPU quota (the process's cgroup
+    limit, in CPUs) smaller than the runtime's threads makes a device steadily slower, so it stays in the
+    figure: at 50 % of a CPU, twice the cost. (The cgroup's throttled time over a window, reported as
+    `throttled_share`, varied from window to window: 0.49 then 0.44 for the same 100 subnets, so the
+    configured quota is used.) Other processes taking the core do not (they come and go);
     window_summary flags a window where they did. Without a thread CPU clock (or with more than one
     thread) no stalls are removed.
     """
@@ -489,7 +491,7 @@ def window_stats(rows, has_cpu_clock, throttled_share=None, probe_fast_ms=None):
     if int(fast_moment.sum()) < MIN_FAST_RUNS:
         fast_moment = np.ones(len(wall), dtype=bool)
     fast = float(np.percentile(clean[fast_moment], LATENCY_QUANTILE))
-    quota_factor = 1.0 / (1.0 - throttled_share) if throttled_share else 1.0
+    quota_factor = max(1.0, threads / quota) if quota else 1.0
     stats["latency_ms"] = fast * quota_factor
     stats["fast_ms"] = fast
     stats["fast_runs"] = int(fast_moment.sum())
@@ -709,6 +711,7 @@ def cmd_measure(args, out):
     # Off-CPU time within a run means a stall only when the run is the runner thread's alone: with more threads
     # it also waits for its workers, as a multi-threaded run does, so the runs are taken whole.
     has_cpu_clock = hasattr(time, "thread_time_ns") and args.threads == 1
+    quota = _cpu_quota()
     for group in _groups(args.models, args.max_group_mb):
         models, facts = _load_and_warm(args.runtime, loaded, args.models, group, args, out, rng)
         if not models:
@@ -721,7 +724,7 @@ def cmd_measure(args, out):
             if isinstance(rows, AgentError):
                 out.emit("result", index=index, error=rows.code, error_message=str(rows))
                 continue
-            result = window_stats(rows, has_cpu_clock, window.get("throttled_share"), summary.get("probe_fast_ms"))
+            result = window_stats(rows, has_cpu_clock, quota, args.threads, summary.get("probe_fast_ms"))
             kept = thin(rows, args.keep_samples)
             result.update(facts[index])
             result.update({

@@ -55,7 +55,7 @@ def main() -> int:
     p.add_argument("--holdout", type=int, default=100)
     p.add_argument("--devices", nargs="+", default=["quota=100,runs=60,warmup=5,window=10",
                                                     "quota=50,runs=60,warmup=5,window=10",
-                                                    "threads=2,quota=100,runs=60,warmup=5,window=10"],
+                                                    "threads=2,runs=60,warmup=5,window=10"],
                    help="testbed specs of the devices calibrated with a table")
     p.add_argument("--local", action="store_true", help="calibrate this machine (devices/local.toml) first")
     p.add_argument("--transfer-device", default="runtime=tflite,threads=1,runs=60,warmup=5,window=10",
