@@ -137,6 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"edgenas: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as exc:
+        if debug:  # a path the user gave that a stage could not use: one line naming it
+            traceback.print_exc()
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"edgenas: error: {exc.strerror or type(exc).__name__}{where}: check the paths given to this command",
+              file=sys.stderr)
+        return EXIT_USAGE
     except RecursionError:  # a reader missed a deeply nested input: still one line, not 3 000
         if debug:
             traceback.print_exc()

@@ -117,6 +117,10 @@ def output_dir(path: str | os.PathLike, option: str) -> Path:
     if p.exists() and not p.is_dir():
         raise UsageError(f"{option} {p} is an existing file, not a folder: give a folder (new or existing)")
     _check_writable_parent(p, option)
+    try:  # made now, so a place no folder can be made (read-only, /proc, a full disk) is found before any work
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{option} {p}: cannot make the folder ({exc.strerror or exc}): choose another") from None
     return p
 
 
@@ -139,6 +143,10 @@ def output_file(path: str | os.PathLike, option: str) -> Path:
     if p.exists() and not p.is_file():
         raise UsageError(f"{option} {p} is not a regular file: give a file name")
     _check_writable_parent(p.parent, option)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{option} {p}: cannot make its folder ({exc.strerror or exc}): choose another") from None
     return p
 
 

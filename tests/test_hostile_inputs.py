@@ -1034,6 +1034,17 @@ def _(ctx):
             str(ctx.write("taken", "x") / "sub")], "is a file"
 
 
+@case("train --out where no folder can be made")
+def _(ctx):
+    return ["train", "--out", "/proc/edgenas-cannot-be-here"], "cannot make the folder"
+
+
+@case("run config whose out lies below a file")
+def _(ctx):
+    ctx.write("taken", "x")
+    return run(ctx, RUN.replace('out = "out"', 'out = "taken/out"')), "is a file"
+
+
 @case("predictor fit --out names a folder")
 def _(ctx):
     return ["predictor", "fit", "--supernet", str(ctx.art.checkpoint), "--out", str(ctx.tmp)], "folder"
@@ -1156,7 +1167,7 @@ def test_a_refused_search_result_records_nothing(ctx, capsys):
     """A predictor made for another device stops the search before it writes a result."""
     out = ctx.tmp / "result"
     assert main(search(ctx, latency_file(ctx, device="pi4"), "--out", str(out))) == 2
-    assert "pi4" in capsys.readouterr().err and not out.exists()
+    assert "pi4" in capsys.readouterr().err and not list(out.rglob("*"))
 
 
 @pytest.mark.parametrize("kind", ["devzero", "folder", "binary", "utf16", "sparse", "nan", "negative", "empty"])
