@@ -176,6 +176,18 @@ def idx_folder(ctx: Ctx, **files: bytes) -> str:
     return f"idx:{ctx.tmp / 'idx'}"
 
 
+def swap(ctx: Ctx, name: str, by: str | bytes) -> None:
+    """Replace the file `name` of a dataset by a folder, a link to /dev/zero, or other bytes."""
+    path = ctx.tmp / name
+    path.unlink()
+    if by == "folder":
+        path.mkdir()
+    elif by == "/dev/zero":
+        path.symlink_to(by)
+    else:
+        path.write_bytes(by)
+
+
 def train(ctx: Ctx, spec: str) -> list[str]:
     return ["train", "--dataset", spec, "--out", str(ctx.tmp / "run"), "--steps", "1", "--no-progress"]
 
@@ -278,16 +290,14 @@ def _(ctx):
 @case("cifar10 batch is a folder")
 def _(ctx):
     spec = cifar_folder(ctx)
-    (ctx.tmp / "cifar" / "data_batch_1").unlink()
-    (ctx.tmp / "cifar" / "data_batch_1").mkdir()
+    swap(ctx, "cifar/data_batch_1", "folder")
     return train(ctx, spec), "folder"
 
 
 @case("cifar10 batch is a symlink to /dev/zero")
 def _(ctx):
     spec = cifar_folder(ctx)
-    (ctx.tmp / "cifar" / "data_batch_1").unlink()
-    ctx.link("cifar/data_batch_1", "/dev/zero")
+    swap(ctx, "cifar/data_batch_1", "/dev/zero")
     return train(ctx, spec), "not a regular file"
 
 
@@ -340,20 +350,16 @@ def _(ctx):
     return train(ctx, idx_folder(ctx, train_images_idx3_ubyte=bytes([0, 0, 8, 0]))), "dimensions"
 
 
-@case("idx gz file that is not gzip")
-def _(ctx):
+def idx_gz(ctx: Ctx, data: bytes) -> str:
+    """The IDX folder with its training images gzipped as `data`."""
     spec = idx_folder(ctx)
-    (ctx.tmp / "idx" / "train-images-idx3-ubyte").unlink()
-    ctx.write("idx/train-images-idx3-ubyte.gz", b"not gzip at all")
-    return train(ctx, spec), "gzip"
+    (ctx.tmp / "idx" / "train-images-idx3-ubyte").rename(ctx.tmp / "idx" / "train-images-idx3-ubyte.gz")
+    (ctx.tmp / "idx" / "train-images-idx3-ubyte.gz").write_bytes(data)
+    return spec
 
 
-@case("idx gz file truncated")
-def _(ctx):
-    spec = idx_folder(ctx)
-    (ctx.tmp / "idx" / "train-images-idx3-ubyte").unlink()
-    ctx.write("idx/train-images-idx3-ubyte.gz", gzip.compress(idx_bytes(np.zeros((20, 8, 8))))[:30])
-    return train(ctx, spec), "truncated"
+case("idx gz file that is not gzip")(lambda ctx: (train(ctx, idx_gz(ctx, b"not gzip at all")), "gzip"))
+case("idx gz file truncated")(lambda ctx: (train(ctx, idx_gz(ctx, gzip.compress(bytes(2000))[:30])), "truncated"))
 
 
 @case("idx images and labels of different counts")
@@ -370,8 +376,7 @@ def _(ctx):
 @case("idx images symlink to /dev/zero")
 def _(ctx):
     spec = idx_folder(ctx)
-    (ctx.tmp / "idx" / "train-images-idx3-ubyte").unlink()
-    ctx.link("idx/train-images-idx3-ubyte", "/dev/zero")
+    swap(ctx, "idx/train-images-idx3-ubyte", "/dev/zero")
     return train(ctx, spec), "not a regular file"
 
 
