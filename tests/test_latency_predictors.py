@@ -68,7 +68,7 @@ def test_whole_model_and_macs_predictors_fit_costs_linear_in_their_features():
 
 def test_transfer_from_ten_measurements():
     source = CalibratedPredictor(table=_table(), **IDENT).fit(_archs(20), np.ones(20))
-    source.weights = np.array([0.01, 1.0, 1.0, 0.0])  # the plain table sum plus a constant
+    source.weights = source.prior() + np.eye(len(source.feature_names))[0] * 0.01  # the plain table sum + a constant
     archs = _archs(300, seed=5)
     target = 3.0 * source.predict(archs) ** 0.8  # another device: slower, with other relative op costs
     t = TransferPredictor(sources=[source], **{**IDENT, "device": "new"}).fit(archs[:10], target[:10])

@@ -91,12 +91,21 @@ def test_source_predictors_become_exact_additive_tables(kind):
     archs = MICRO.sample_many(np.random.default_rng(3), 120)
     table = dict(zip(index.keys, 0.01 + costs[:, 0] * 0.5 + costs[:, 1] * 2.0))
     pred = CalibratedPredictor(table=table, device="a", **IDENT)
-    pred.weights = np.array([0.05, 1.1, 0.8, 0.002])
+    pred.weights = _calibrated_weights(pred, const=0.05, table=(1.1, 0.8), block=0.002)
     if kind == "whole_model":
         pred = WholeModelPredictor(device="a", **IDENT).fit(archs[:60], pred.predict(archs[:60]))
     enc = space_encoding(MICRO)
     t = space_source_table(pred, MICRO, enc, archs[:20])
     np.testing.assert_allclose(t.predict(enc.encode(space_tokens(MICRO, archs))), pred.predict(archs), rtol=1e-9)
+
+
+def _calibrated_weights(pred, *, const, table, block):
+    """Weights of a CalibratedPredictor: the constant, a factor per table group (alternating `table`), a block term."""
+    groups = len(block_index(pred.space).group_names)
+    w = np.full(len(pred.feature_names), block)
+    w[0] = const
+    w[1:1 + groups] = [table[g % 2] for g in range(groups)]
+    return w
 
 
 def _sources():
@@ -106,7 +115,7 @@ def _sources():
     for name, dense, dw in (("a", 0.5, 2.0), ("b", 1.0, 0.5), ("c", 0.2, 3.0)):
         p = CalibratedPredictor(table=dict(zip(index.keys, 0.01 + costs[:, 0] * dense + costs[:, 1] * dw)),
                                 device=name, **IDENT)
-        p.weights = np.array([0.05, 1.0, 1.0, 0.001])
+        p.weights = _calibrated_weights(p, const=0.05, table=(1.0, 1.0), block=0.001)
         out.append(p)
     return out
 
