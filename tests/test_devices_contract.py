@@ -59,9 +59,9 @@ def test_measure_returns_one_result_per_path_in_order_and_streams_them(device_an
         assert m.ok, (m.error, m.error_message)
         assert m.model_path == str(path) and m.model_sha256 == sha256_file(path)
         assert (m.device, m.runtime, m.threads) == (device.name, device.runtime, device.threads)
-        assert m.runs == len(m.samples_ms) >= 5
-        assert 0 < m.min_ms <= m.median_ms <= m.p90_ms
-        assert m.cv is not None and m.cv >= 0 and m.passes
+        assert m.runs >= 5 and len(m.samples_ms) == min(m.runs, 200)  # the agent reports at most 200, spread out
+        assert 0 < m.min_ms <= m.median_ms <= m.p90_ms and m.latency_ms > 0
+        assert m.timing["method"] in ("interleaved", "board") and m.cv is not None and m.cv >= 0
         assert m.runtime_version and m.agent_version and m.timestamp
         assert json.loads(json.dumps(m.to_dict()))["median_ms"] == m.median_ms
 
