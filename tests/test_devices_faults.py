@@ -103,7 +103,8 @@ def test_sshd_killed_mid_batch_the_batch_finishes_after_the_device_comes_back(vi
 
 
 def test_sshd_killed_for_good_reports_exactly_which_models_failed(victim, onnx_models):
-    config = config_of(victim.device_files()[0], retry=RetrySettings(attempts=2, backoff=0.2))
+    # one model per agent run (batch_size 1), so that some results are in before the device goes away
+    config = config_of(victim.device_files()[0], retry=RetrySettings(attempts=2, backoff=0.2), measure={"batch_size": 1})
     paths = [onnx_models[n] for n in ("tiny", "heavy", "small", "medium")]
     with device_from_config(config) as device:
         run = Background(device, paths)
@@ -208,7 +209,8 @@ def test_link_cut_mid_upload_fails_fast_not_a_hang(cuttable, onnx_models, tmp_pa
 
 def test_link_cut_mid_run_keeps_finished_results_and_fails_fast(cuttable, onnx_models):
     name = cuttable.devices[0].name
-    config = config_of(cuttable.device_files()[0], retry=RetrySettings(attempts=2, backoff=0.5))
+    config = config_of(cuttable.device_files()[0], retry=RetrySettings(attempts=2, backoff=0.5),
+                       measure={"batch_size": 1})  # one model per agent run: the first is in before the cut
     paths = [onnx_models["tiny"], onnx_models["heavy"], onnx_models["small"]]  # heavy: 400 runs, seconds
     with device_from_config(config) as device:
         run = Background(device, paths)

@@ -177,7 +177,7 @@ def test_clean_removes_what_was_uploaded_and_the_next_run_uploads_again(fresh_be
     with load_device(path) as device:
         assert device.measure([onnx_models["tiny"], onnx_models["small"]])[0].ok
         assert len(list((work / "models").iterdir())) == 2
-        assert device.clean() == 3
+        assert device.clean() == 4  # the two models, the agent and the device's probe reference
         assert list((work / "models").iterdir()) == [] and not list(work.glob("agent-*.py"))
     with load_device(path) as device:
         assert device.measure([onnx_models["tiny"]])[0].ok
