@@ -114,25 +114,15 @@ def _cpu_model():
 
 def _cpu_quota():
     """The CPU quota of this process's cgroup as a fraction of one CPU, or None when unlimited."""
-    text = _read("/proc/self/cgroup") or ""
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        controllers, rel = parts[1].split(","), parts[2]
-        if "cpu" in controllers:
-            for mount in ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"):
-                quota = _read(mount + rel + "/cpu.cfs_quota_us")
-                period = _read(mount + rel + "/cpu.cfs_period_us")
-                if quota and period:
-                    q, p = int(quota), int(period)
-                    return round(q / p, 4) if q > 0 and p > 0 else None
-        elif parts[1] == "":
-            cpu_max = _read("/sys/fs/cgroup" + rel + "/cpu.max")
-            if cpu_max:
-                q, _, p = cpu_max.strip().partition(" ")
-                if q != "max" and p:
-                    return round(int(q) / int(p), 4)
+    for path in _cgroup_cpu_files("cpu.max"):  # cgroup v2: "QUOTA PERIOD" or "max PERIOD"
+        q, _, p = (_read(path) or "").strip().partition(" ")
+        if q and q != "max" and p:
+            return round(int(q) / int(p), 4)
+    for path in _cgroup_cpu_files("cpu.cfs_quota_us"):  # cgroup v1
+        quota, period = _read(path), _read(path[: -len("cpu.cfs_quota_us")] + "cpu.cfs_period_us")
+        if quota and period:
+            q, p = int(quota), int(period)
+            return round(q / p, 4) if q > 0 and p > 0 else None
     return None
 
 
