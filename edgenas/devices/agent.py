@@ -387,7 +387,7 @@ def time_window(models, args, out, rng):
     try:
         while order:
             elapsed = (clock() - t_start) / 1e9
-            if rounds >= args.max_rounds or elapsed >= args.window * MAX_WINDOW_FACTOR and rounds >= args.runs:
+            if rounds >= args.max_rounds or (elapsed >= args.window * MAX_WINDOW_FACTOR and rounds >= args.runs):
                 break
             if rounds >= args.runs and elapsed >= args.window and enough_fast:
                 break
@@ -397,20 +397,15 @@ def time_window(models, args, out, rng):
                 try:  # untimed runs first: the timed one finds its weights in cache, however many models share
                     for _ in range(args.hot_runs):  # the window (else a model's figure depends on its batch's size)
                         _run(models[i])
-                except AgentError as exc:
-                    failed[i] = exc
-                    order.remove(i)
-                    continue
-                t0 = clock()
-                c0 = cpu_clock()  # inside the wall interval: a quota's stall caught at this system call is seen
-                try:
+                    t0 = clock()
+                    c0 = cpu_clock()  # inside the wall interval: a quota's stall caught at this system call is seen
                     _run(models[i])
+                    c1 = cpu_clock()
+                    t1 = clock()
                 except AgentError as exc:
                     failed[i] = exc
                     order.remove(i)
                     continue
-                c1 = cpu_clock()
-                t1 = clock()
                 samples[i].append(((t0 - t_start) / 1e9, p, (t1 - t0) / 1e6, (c1 - c0) / 1e6))
             rounds += 1
             now = clock()
