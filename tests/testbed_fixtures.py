@@ -5,13 +5,14 @@ Registered from tests/conftest.py with `pytest_plugins = ["testbed_fixtures"]`.
 - `testbed` (session): 3 devices that differ in runtime, threads and speed, torn down at the end:
   tb1 onnxruntime 1 thread (one full CPU), tb2 onnxruntime 1 thread at 50 % of a CPU,
   tb3 tflite 2 threads (one full CPU). Skips, saying what is missing, without root or sshd.
-  Where the cgroup v1 cpu controller is not writable the devices run without quotas:
+  Where no cgroup cpu controller (v2 cpu.max or v1) is writable these devices run without quotas:
   `testbed.devices[i].quota_applied` says which did. Call the fixtures from the main thread
   (sshd is tied to the life of the thread that starts it).
   `testbed.device_files()` lists their TOML files; `load_device(path)` loads one.
 - `testbed_devices` (session): the three TOML paths.
 - `make_testbed` (session): `make_testbed(["quota=50", "runtime=tflite,netns=1"])` starts another
-  testbed (DeviceSpec strings or objects); all are torn down at the end of the session.
+  testbed (DeviceSpec strings or objects); all are torn down at the end of the session. A quota that
+  cannot be applied skips the test, naming why (`allow_no_quota=True` starts the devices without).
 - `onnx_models` (session): {"tiny", "small", "medium", "heavy": Path} ONNX convnets built with onnx.helper.
 - `tflite_models` (session): {"small", "heavy": Path} built with litert-torch in a subprocess and
   cached between sessions in pytest's cache; skips when litert-torch is not installed.
@@ -50,7 +51,7 @@ def make_testbed(tmp_path_factory):
     reason = tb.Testbed.missing()
     beds = []
 
-    def make(specs, *, prefix="tb"):
+    def make(specs, *, prefix="tb", allow_no_quota=False):
         if reason:
             pytest.skip(reason)
         parsed = [s if isinstance(s, tb.DeviceSpec) else tb.DeviceSpec.parse(s) for s in specs]
@@ -60,8 +61,12 @@ def make_testbed(tmp_path_factory):
                 pytest.skip(netns_reason)
         if any(s.rate for s in parsed) and shutil.which("tc") is None:
             pytest.skip("tc (iproute2) is missing, so a device's bandwidth cannot be limited")
+        if any(s.quota for s in parsed) and not allow_no_quota:
+            quota_reason = tb.Testbed.cgroup_missing()
+            if quota_reason:
+                pytest.skip(quota_reason)
         out = tmp_path_factory.mktemp("testbed")
-        bed = tb.Testbed.up(out, parsed, die_with_parent=True, prefix=prefix)
+        bed = tb.Testbed.up(out, parsed, die_with_parent=True, prefix=prefix, allow_no_quota=allow_no_quota)
         beds.append(bed)
         return bed
 
@@ -72,7 +77,7 @@ def make_testbed(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def testbed(make_testbed):
-    return make_testbed(list(DEFAULT_SPECS))
+    return make_testbed(list(DEFAULT_SPECS), allow_no_quota=True)
 
 
 @pytest.fixture(scope="session")

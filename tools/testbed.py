@@ -1,10 +1,12 @@
 """Testbed: real OpenSSH servers on this machine standing in for edge devices.
 
 Each device is its own sshd on a loopback address (127.0.0.2, 127.0.0.3, ...) with its own host
-key, work folder and speed: a CPU quota through the cgroup v1 cpu controller where it is
-writable (50 means half of one CPU). A device can also live in its own network namespace behind
-a veth pair, so its link can be cut mid-transfer, and can have its bandwidth limited. `up` writes
-DIR/devices/<name>.toml for each device and DIR/known_hosts with their host keys.
+key, work folder and speed: a CPU quota through the cgroup cpu controller, v2 (cpu.max) or v1
+(cpu.cfs_quota_us), whichever this machine has writable (50 means half of one CPU); a quota that
+cannot be applied stops `up` with the reason (--allow-no-quota goes on without). A device can also
+live in its own network namespace behind a veth pair, so its link can be cut mid-transfer, and can
+have its bandwidth limited. `up` writes DIR/devices/<name>.toml for each device and DIR/known_hosts
+with their host keys.
 
     python tools/testbed.py up --devices 3 --out DIR [--spec runtime=tflite,threads=2,quota=50 ...]
     python tools/testbed.py status --out DIR
@@ -38,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 SSHD = "/usr/sbin/sshd"
-CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 CGROUP_PERIOD_US = 10_000  # a 10 ms period: measured slowdowns match the quota within about 10 %
+MOUNTS = Path("/proc/self/mounts")
 STATE_FILE = "testbed.json"
 SPEC_KEYS = ("kind", "runtime", "threads", "quota", "netns", "rate", "runs", "warmup", "window")
 STANDIN_BOARD = Path(__file__).resolve().parents[1] / "edgenas" / "devices" / "standin_board.py"
@@ -47,6 +49,82 @@ STANDIN_BOARD = Path(__file__).resolve().parents[1] / "edgenas" / "devices" / "s
 
 class TestbedError(RuntimeError):
     """The testbed cannot start here; the message says what is missing."""
+
+
+@dataclass
+class CpuQuotas:
+    """Per-device CPU quotas through a cgroup cpu controller: v2 (`cpu.max`) or v1 (`cpu.cfs_quota_us`)."""
+
+    version: int  # 2 or 1
+    root: Path  # where the devices' groups are made
+
+    @classmethod
+    def find(cls, mounts: Path | None = None) -> tuple[CpuQuotas | None, str]:
+        """The first writable cpu controller (v2 before v1), or None and why there is none."""
+        mounts = mounts or MOUNTS
+        v2, v1 = [], []
+        try:
+            lines = mounts.read_text().splitlines()
+        except OSError as exc:
+            return None, f"cannot read {mounts} ({exc.strerror}) to find a cgroup cpu controller"
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 4:
+                continue
+            point, fstype, options = Path(fields[1].replace("\\040", " ")), fields[2], fields[3].split(",")
+            if fstype == "cgroup2":
+                v2.append(point)
+            elif fstype == "cgroup" and "cpu" in options:
+                v1.append(point)
+        reasons = []
+        for point in v2:
+            controllers = _read_text(point / "cgroup.controllers").split()
+            if "cpu" not in controllers:
+                reasons.append(f"the cgroup v2 hierarchy at {point} has no cpu controller "
+                               f"(controllers: {' '.join(controllers) or 'none'})")
+                continue
+            why = cls(2, point).check()
+            if why is None:
+                return cls(2, point), ""
+            reasons.append(why)
+        for point in v1:
+            why = cls(1, point).check()
+            if why is None:
+                return cls(1, point), ""
+            reasons.append(why)
+        if not v1 and not v2:
+            reasons.append("no cgroup filesystem is mounted")
+        return None, "; ".join(reasons)
+
+    def check(self) -> str | None:
+        """Make and remove a probe group; why that failed, or None."""
+        try:
+            if self.version == 2 and "cpu" not in _read_text(self.root / "cgroup.subtree_control").split():
+                (self.root / "cgroup.subtree_control").write_text("+cpu")
+            probe = self.create(f"edgenas-probe-{os.getpid()}-{secrets.token_hex(2)}", 100)
+        except OSError as exc:
+            return f"the cgroup v{self.version} cpu controller at {self.root} is not writable ({exc.strerror or exc})"
+        _rmdir_cgroup(probe)
+        return None
+
+    def create(self, name: str, percent: int) -> Path:
+        """A group limited to `percent` of one CPU."""
+        group = self.root / name
+        group.mkdir(exist_ok=True)
+        quota = CGROUP_PERIOD_US * percent // 100
+        if self.version == 2:
+            (group / "cpu.max").write_text(f"{quota} {CGROUP_PERIOD_US}")
+        else:
+            (group / "cpu.cfs_period_us").write_text(str(CGROUP_PERIOD_US))
+            (group / "cpu.cfs_quota_us").write_text(str(quota))
+        return group
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 @dataclass
@@ -132,6 +210,7 @@ class Testbed:
     devices: list[TestbedDevice] = field(default_factory=list)
     die_with_parent: bool = False
     python: str = sys.executable
+    quotas: CpuQuotas | None = field(default=None, repr=False)
 
     # ---- availability -------------------------------------------------------------------------
     @staticmethod
@@ -148,20 +227,8 @@ class Testbed:
     @staticmethod
     def cgroup_missing() -> str | None:
         """Why CPU quotas cannot be applied here, or None."""
-        if not (CGROUP_CPU / "cpu.cfs_quota_us").exists():
-            return f"no cgroup v1 cpu controller at {CGROUP_CPU} (cpu.cfs_quota_us), so devices cannot differ in speed"
-        probe = CGROUP_CPU / f"edgenas-probe-{os.getpid()}-{secrets.token_hex(2)}"
-        try:
-            probe.mkdir()
-            (probe / "cpu.cfs_period_us").write_text(str(CGROUP_PERIOD_US))
-        except OSError as exc:
-            return f"the cgroup v1 cpu controller at {CGROUP_CPU} is not writable ({exc.strerror})"
-        finally:
-            try:
-                probe.rmdir()
-            except OSError:
-                pass
-        return None
+        quotas, why = CpuQuotas.find()
+        return None if quotas else f"CPU quotas cannot be applied: {why}"
 
     @staticmethod
     def netns_missing() -> str | None:
@@ -178,8 +245,11 @@ class Testbed:
     # ---- lifecycle -------------------------------------------------------------------------------
     @classmethod
     def up(cls, out: str | os.PathLike, specs: list[DeviceSpec], *, die_with_parent: bool = False,
-           prefix: str = "tb") -> Testbed:
-        """Start one sshd per spec and write the device files; raises TestbedError when impossible."""
+           prefix: str = "tb", allow_no_quota: bool = False) -> Testbed:
+        """Start one sshd per spec and write the device files; raises TestbedError when impossible.
+
+        A spec with a quota on a machine where none can be applied raises too, unless `allow_no_quota`
+        (then the devices run unlimited, and their files and `status` say so)."""
         reason = cls.missing()
         if reason:
             raise TestbedError(reason)
@@ -188,8 +258,13 @@ class Testbed:
         bed = cls(out=out, die_with_parent=die_with_parent)
         if (out / STATE_FILE).exists():
             raise TestbedError(f"a testbed is already up in {out}: run `python tools/testbed.py down --out {out}` first")
-        if any(s.quota for s in specs) and cls.cgroup_missing():
-            print(f"testbed: {cls.cgroup_missing()}; running without quotas", file=sys.stderr)
+        if any(s.quota for s in specs):
+            bed.quotas, why = CpuQuotas.find()
+            if bed.quotas is None and not allow_no_quota:
+                raise TestbedError(f"CPU quotas cannot be applied: {why} (allow_no_quota / --allow-no-quota "
+                                   f"runs the devices without them)")
+            if bed.quotas is None:
+                print(f"testbed: CPU quotas cannot be applied ({why}); the devices run without them", file=sys.stderr)
         if any(s.netns for s in specs):
             reason = cls.netns_missing()
             if reason:
@@ -272,12 +347,8 @@ class Testbed:
         self.devices.append(device)
         if spec.netns:
             self._make_netns(device, index)
-        if spec.quota and not self.cgroup_missing():
-            cgroup = CGROUP_CPU / f"edgenas-testbed-{self.tag}-{name}"
-            cgroup.mkdir(exist_ok=True)
-            (cgroup / "cpu.cfs_period_us").write_text(str(CGROUP_PERIOD_US))
-            (cgroup / "cpu.cfs_quota_us").write_text(str(CGROUP_PERIOD_US * spec.quota // 100))
-            device.cgroup = str(cgroup)
+        if spec.quota and self.quotas is not None:
+            device.cgroup = str(self.quotas.create(f"edgenas-testbed-{self.tag}-{name}", spec.quota))
             device.quota_applied = True
         _keygen(folder / "ssh_host_ed25519_key", f"edgenas-testbed-{name}")
         self.start(name)
@@ -579,6 +650,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--spec", action="append", default=[],
                     help="per-device settings, in device order: runtime=tflite,threads=2,quota=50,netns=1,rate=20mbit")
     up.add_argument("--prefix", default="tb", help="device names are PREFIX1, PREFIX2, ... (default: %(default)s)")
+    up.add_argument("--allow-no-quota", action="store_true",
+                    help="start even where no cgroup cpu controller is writable (quota specs then have no effect)")
     for name, help_text in (("down", "stop every device of a testbed"), ("status", "show a testbed's devices")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--out", required=True)
@@ -593,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as exc:
                 parser.error(str(exc))
             specs += [DeviceSpec() for _ in range(args.devices - len(specs))]
-            bed = Testbed.up(args.out, specs, prefix=args.prefix)
+            bed = Testbed.up(args.out, specs, prefix=args.prefix, allow_no_quota=args.allow_no_quota)
             for row in bed.status():
                 print(f"{row['name']}: {row['address']} {row['runtime']} threads={row['threads']} "
                       f"quota={row['quota'] or '-'} -> {row['toml']}")

@@ -47,6 +47,20 @@ def _testbed():
     return module
 
 
+def _transfer_sources(choice: str, calibrated: list, runtime: str) -> list:
+    if choice == "all":
+        chosen = list(calibrated)
+    elif choice == "other-runtime":
+        chosen = [p for p in calibrated if p.runtime != runtime]
+    else:
+        names = [n.strip() for n in choice.split(",") if n.strip()]
+        chosen = [p for p in calibrated if p.device in names]
+    if not chosen:
+        raise SystemExit(f"--transfer-sources {choice!r} leaves no calibrated device to transfer from "
+                         f"(calibrated: {', '.join(f'{p.device} ({p.runtime})' for p in calibrated)})")
+    return chosen
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="/tmp/edgenas-latency-bench")
@@ -61,6 +75,10 @@ def main() -> int:
     p.add_argument("--transfer-device", default="runtime=tflite,threads=1,runs=60,warmup=5,window=10",
                    help="spec of the device calibrated by transfer ('' to skip)")
     p.add_argument("--transfer-samples", type=int, default=10)
+    p.add_argument("--transfer-sources", default="other-runtime",
+                   help="devices the transfer starts from: 'other-runtime' (default: the calibrated devices whose "
+                        "runtime differs from the new device's, e.g. ONNX Runtime tables for a TFLite device), "
+                        "'all', or device names separated by commas")
     p.add_argument("--transfer-holdout", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--statistic", choices=("latency", "median", "min"), default="latency",
@@ -103,14 +121,15 @@ def main() -> int:
         if args.transfer_device:
             path, spec = files[-1], specs[-1]
             device = load_device(path)
+            sources = _transfer_sources(args.transfer_sources, calibrated, spec.runtime)
             with device:
                 t0 = time.time()
-                pred = calibrate_transfer(device, space, sources=calibrated, samples=args.transfer_samples,
+                pred = calibrate_transfer(device, space, sources=sources, samples=args.transfer_samples,
                                           statistic=args.statistic, **common)
                 cal_s = time.time() - t0
                 ev = evaluate(device, space, holdout=args.transfer_holdout, predictor=pred, repeat=True, **common)
             results.append((spec, ev, cal_s, os.getloadavg()))
-            print(f"\n[{device.name}: {spec}] transfer from {', '.join(p.device for p in calibrated)} with "
+            print(f"\n[{device.name}: {spec}] transfer from {', '.join(p.device for p in sources)} with "
                   f"{args.transfer_samples} measurements, {cal_s:.0f} s wall\n{ev.format()}", flush=True)
 
     print(f"\nSummary ({args.space} space, budget {args.budget}, latency = {args.statistic} (timed interleaved), "
