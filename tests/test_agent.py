@@ -211,9 +211,43 @@ def test_agent_watching_stdin_exits_cleanly_when_done(onnx_models):
     proc.stdin.close()
 
 
+NOISY_RUNTIME = """
+import os, sys
+sys.path.remove(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+del sys.modules["onnxruntime"]
+import onnxruntime as real  # the installed runtime, wrapped so that it prints the way native code does
+
+
+class NoisySession(real.InferenceSession):
+    def __init__(self, *args, **kwargs):
+        print("noisy runtime: loading (python print)")
+        super().__init__(*args, **kwargs)
+
+    def run(self, *args, **kwargs):
+        os.write(1, b"noisy runtime: run (written to fd 1)\\n")
+        return super().run(*args, **kwargs)
+
+
+real.InferenceSession = NoisySession
+"""
+
+
 def test_runtime_prints_do_not_reach_the_json_stream(tmp_path, onnx_models):
-    done, events = run_agent(["measure", "--runtime", "onnxruntime", "--runs", "2", onnx_models["tiny"]])
-    assert all(line.startswith("{") for line in done.stdout.splitlines())
+    """A runtime that prints to fd 1 (from Python and from native code) while loading and timing: every stdout
+    line is still one JSON event, and what the runtime printed went to stderr."""
+    noisy = tmp_path / "noisy" / "onnxruntime"
+    noisy.mkdir(parents=True)
+    (noisy / "__init__.py").write_text(NOISY_RUNTIME)
+    only = trimmed_path(tmp_path, ("numpy", "onnxruntime"))
+    env_path = Path(f"{noisy.parent}{os.pathsep}{only}")
+    done, events = run_agent(["measure", "--runtime", "onnxruntime", "--runs", "3", onnx_models["tiny"]],
+                             path=env_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "noisy runtime: loading (python print)" in done.stderr
+    assert "noisy runtime: run (written to fd 1)" in done.stderr
+    assert done.stdout.strip() and all(line.startswith("{") for line in done.stdout.splitlines())
+    (r,) = results(events)
+    assert r["error"] is None and r["runs"] >= 3
 
 
 VENVS = Path.home() / ".cache" / "edgenas" / "test-venvs"

@@ -150,10 +150,27 @@ def test_agent_crash_while_timing_is_a_runtime_error_for_the_batch_and_the_devic
     assert again[0].ok
 
 
+def runs_lasting(model: Path, seconds: float) -> int:
+    """How many runs of `model` take at least `seconds` on this machine (one thread), from a measured rate."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+    feed = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32) for i in session.get_inputs()}
+    session.run(None, feed)
+    t0 = time.perf_counter()
+    for _ in range(20):
+        session.run(None, feed)
+    per_run = (time.perf_counter() - t0) / 20
+    return int(np.ceil(seconds / per_run))
+
+
 def test_a_model_over_its_time_limit_is_stopped_and_the_batch_goes_on(victim, onnx_models):
     name = victim.devices[0].name
-    config = config_of(victim.device_files()[0], measure={"runs": 300, "warmup": 0}, timeouts={"model": 1.5})
-    paths = [onnx_models["tiny"], onnx_models["heavy"], onnx_models["tiny"]]  # heavy: 300 x 8 ms > 1.5 s
+    runs = max(300, runs_lasting(onnx_models["heavy"], 4 * 1.5))  # heavy alone would take 4x the limit or more
+    config = config_of(victim.device_files()[0], measure={"runs": runs, "warmup": 0}, timeouts={"model": 1.5})
+    paths = [onnx_models["tiny"], onnx_models["heavy"], onnx_models["tiny"]]
     with device_from_config(config) as device:
         results = device.measure(paths)
     assert [m.error for m in results] == [None, "timeout", None]

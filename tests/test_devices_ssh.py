@@ -69,11 +69,6 @@ def test_slower_device_measures_slower_by_its_quota_ratio_and_a_second_run_uploa
     ratios = [float(np.median([s.latency_ms / f.latency_ms for s, f in zip(run[slow], run[fast])]))
               for run in (first, second)]
     assert all(m.timing["window"]["throttled_share"] > 0.3 for run in (first, second) for m in run[slow])
-    if not (1.5 < max(ratios) and min(ratios) < 2.8):
-        load = max(m.machine["loadavg"][0] for run in (first, second) for ms in run.values() for m in ms)
-        if load > 2 * os.cpu_count():  # every process got under half a CPU: the 50 % quota did not bind
-            pytest.skip(f"load average {load} on {os.cpu_count()} CPUs while measuring: CPU quotas could not "
-                        f"show (ratios {ratios})")
     assert 1.5 < max(ratios) and min(ratios) < 2.8, ratios
 
 
