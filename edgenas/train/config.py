@@ -25,7 +25,10 @@ class Phase:
 
     `kernels`, `depths` and `expands` say how many of the largest choices of each dimension the
     phase samples from (1 = the largest only, "all" = every choice); resolution is elastic in every
-    phase. Length is `epochs` of the training split, or exactly `steps` when set. Every step samples
+    phase. Length is `epochs` of the training split, or exactly `steps` when set; with `max_epochs` the
+    phase runs at least `epochs` and at most `max_epochs`, and stops (after a short learning-rate
+    annealing tail) once the validation top-1 it watches stops improving (`TrainConfig.plateau_*`), or
+    when its share of a time budget is spent. Every step samples
     `subnets_per_step` subnets and accumulates their gradients; with `distill` the loss adds the
     teacher's soft cross-entropy (the teacher is the full network at the end of the first phase).
     With `smallest_first`, the first of the k subnets is the smallest the phase allows, so the
@@ -35,6 +38,7 @@ class Phase:
     name: str
     epochs: float = 1.0
     steps: int | None = None
+    max_epochs: float | None = None  # adaptive length: from `epochs` up to this, stopping on a plateau
     lr: float = 0.1
     warmup_epochs: float = 0.0
     subnets_per_step: int = 1
@@ -59,6 +63,19 @@ class Phase:
             raise UsageError(f"phase {self.name!r}: steps = {self.steps} must be at least 1")
         if self.lr <= 0:
             raise UsageError(f"phase {self.name!r}: lr = {self.lr} must be positive")
+        if self.max_epochs is not None and not self.max_epochs >= self.epochs:
+            raise UsageError(f"phase {self.name!r}: max_epochs = {self.max_epochs} must be at least its epochs "
+                             f"({self.epochs})")
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the phase's length follows its validation curve (between `epochs` and `max_epochs`)."""
+        return self.steps is None and self.max_epochs is not None and self.max_epochs > self.epochs
+
+    def max_steps(self, train_size: int, batch_size: int) -> int:
+        if not self.adaptive:
+            return self.num_steps(train_size, batch_size)
+        return max(1, math.ceil(self.max_epochs * train_size / batch_size))
 
     def num_steps(self, train_size: int, batch_size: int) -> int:
         if self.steps is not None:
@@ -96,8 +113,16 @@ class TrainConfig:
     log_every: int = 10
     eval_every_phase: bool = True  # validation top-1 of the largest and smallest subnet after each phase
     final_samples: int = 5  # random subnets evaluated at the end, besides the largest and smallest
+    # adaptive phases (max_epochs): a validation check every `plateau_every` epochs (at least 40 steps apart);
+    # a phase stops when its watched top-1 has not risen by `plateau_delta` in `plateau_patience` checks
+    plateau_every: float = 0.5
+    plateau_patience: int = 3
+    plateau_delta: float = 0.005
+    time_budget: float | None = None  # wall-clock seconds for the whole run, spread over the phases
+    compare_alone: bool = True  # also train the largest network alone for as many steps (what sharing costs)
 
-    RUN_SETTINGS = ("checkpoint_every", "log_every", "eval_every_phase", "final_samples")
+    RUN_SETTINGS = ("checkpoint_every", "log_every", "eval_every_phase", "final_samples", "time_budget",
+                    "compare_alone")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "phases", tuple(p if isinstance(p, Phase) else _phase(p) for p in self.phases))
@@ -115,6 +140,10 @@ class TrainConfig:
             raise UsageError(f"bn_batches = {self.bn_batches} must be at least 1")
         if self.distill_weight < 0 or self.distill_temperature <= 0:
             raise UsageError("distill_weight must be >= 0 and distill_temperature > 0")
+        if not self.plateau_every > 0 or self.plateau_patience < 1 or self.plateau_delta < 0:
+            raise UsageError("plateau_every must be > 0, plateau_patience >= 1 and plateau_delta >= 0")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise UsageError(f"time_budget = {self.time_budget} must be a positive number of seconds")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -137,8 +166,9 @@ class TrainConfig:
     def scale_epochs(self, factor: float) -> TrainConfig:
         if factor <= 0:
             raise UsageError(f"epoch scale {factor} must be positive")
-        return self.replace(phases=tuple(dataclasses.replace(p, epochs=p.epochs * factor,
-                                                             warmup_epochs=p.warmup_epochs * factor)
+        return self.replace(phases=tuple(dataclasses.replace(
+            p, epochs=p.epochs * factor, warmup_epochs=p.warmup_epochs * factor,
+            max_epochs=p.max_epochs * factor if p.max_epochs is not None else None)
                                          for p in self.phases))
 
     def fixed_steps(self, steps: int) -> TrainConfig:
@@ -159,10 +189,13 @@ FIELD_RANGES: dict[str, tuple[type, float | None, float | None, bool]] = {
     "distill_weight": (float, 0, 1000, False), "distill_temperature": (float, 0, 1000, True),
     "bn_batches": (int, 1, 100_000, False), "checkpoint_every": (int, 1, _BIG, False),
     "log_every": (int, 1, _BIG, False), "eval_every_phase": (bool, None, None, False),
-    "final_samples": (int, 0, 100_000, False),
+    "final_samples": (int, 0, 100_000, False), "plateau_every": (float, 0, 100_000, True),
+    "plateau_patience": (int, 1, 100_000, False), "plateau_delta": (float, 0, 1, False),
+    "time_budget": (float, 0, 10 * 365 * 86400, True), "compare_alone": (bool, None, None, False),
 }
 PHASE_RANGES: dict[str, tuple[type, float | None, float | None, bool]] = {
     "name": (str, None, None, False), "epochs": (float, 0, 100_000, True), "steps": (int, 1, _BIG, False),
+    "max_epochs": (float, 0, 100_000, True),
     "lr": (float, 0, 100, True), "warmup_epochs": (float, 0, 100_000, False), "subnets_per_step": (int, 1, 64, False),
     "distill": (bool, None, None, False), "sort_channels": (bool, None, None, False),
     "smallest_first": (bool, None, None, False),
@@ -199,12 +232,14 @@ def _phase(d: Mapping[str, Any], source: str = "training config", index: int = 0
 
 def progressive_shrinking(*, full: float, kernel: float, depth: tuple[float, float], expand: tuple[float, float],
                           lr: tuple[float, float, float, float], k: tuple[int, int, int], warmup: float = 0.0,
-                          depths: int = 3, expands: int = 3, smallest_first: bool = False) -> tuple[Phase, ...]:
+                          depths: int = 3, expands: int = 3, smallest_first: bool = False,
+                          bound: float | None = None) -> tuple[Phase, ...]:
     """Once-for-All's schedule: full network → elastic kernel → depth (deepest two, then all) → expand
     (largest two, then all, channels re-sorted first). `lr` = (full, kernel, first partial, later stages),
-    `k` = subnets per step for (kernel, depth, expand); `smallest_first` for the depth and expand phases."""
+    `k` = subnets per step for (kernel, depth, expand); `smallest_first` for the depth and expand phases.
+    With `bound`, every phase is adaptive: at least its epochs, at most `bound` times as many."""
     sf = smallest_first
-    return (
+    phases = (
         Phase("full", epochs=full, lr=lr[0], warmup_epochs=warmup, distill=False),
         Phase("kernel", epochs=kernel, lr=lr[1], warmup_epochs=warmup, subnets_per_step=k[0], kernels="all"),
         Phase("depth-1", epochs=depth[0], lr=lr[2], subnets_per_step=k[1], kernels="all", depths=min(2, depths),
@@ -216,15 +251,19 @@ def progressive_shrinking(*, full: float, kernel: float, depth: tuple[float, flo
         Phase("expand-2", epochs=expand[1], lr=lr[3], warmup_epochs=warmup, subnets_per_step=k[2], kernels="all",
               depths="all", expands="all", smallest_first=sf),
     )
+    if bound is None:
+        return phases
+    return tuple(dataclasses.replace(p, max_epochs=p.epochs * bound) for p in phases)
 
 
 def _tiny() -> TrainConfig:
-    # A few minutes on 2 CPU cores on `digits`: 32-image batches, 8.5 epochs in all, two (depth) or three (expand)
-    # subnets per step, one of them the smallest (so the smallest subnet is good after so short a run).
+    # A few minutes on 2 CPU cores on `digits`: 32-image batches, 8.5 epochs at least (up to 8x as many where the
+    # validation top-1 still rises), two (depth) or three (expand) subnets per step, one of them the smallest (so
+    # the smallest subnet is good after so short a run).
     return TrainConfig(
         preset="tiny", dataset="digits", space="tiny", batch_size=32, lr_batch_size=32, bn_batches=4,
         phases=progressive_shrinking(full=3, kernel=1, depth=(0.5, 1.5), expand=(0.5, 2),
-                                     lr=(0.1, 0.03, 0.02, 0.03), k=(1, 2, 3), smallest_first=True),
+                                     lr=(0.1, 0.03, 0.02, 0.03), k=(1, 2, 3), smallest_first=True, bound=8),
         checkpoint_every=50, log_every=10,
     )
 
@@ -296,7 +335,8 @@ def to_toml(config: TrainConfig) -> str:
     d = config.to_dict()
     phases = d.pop("phases")
     for key, value in d.items():
-        lines.append(f"{key} = {_toml_value(value)}")
+        if value is not None:  # an unset optional setting (time_budget) is left out
+            lines.append(f"{key} = {_toml_value(value)}")
     for p in phases:
         lines.append("")
         lines.append("[[phases]]")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -37,6 +36,8 @@ from edgenas.supernet import Supernet
 from edgenas.train.checkpoint import check_resume_fields, read_checkpoint, save_checkpoint
 from edgenas.train.config import Phase, TrainConfig, to_toml
 from edgenas.train.evaluate import evaluate_many, recalibrate_for
+from edgenas.train.schedule import PhaseSchedule, TimeBudget, plateau_cut, time_cut
+from edgenas.train.schedule import lr_factor as lr_factor  # where tests and tools have found it
 
 
 @dataclass
@@ -138,12 +139,27 @@ def smallest_of(options: dict[str, Any], resolution: int) -> Arch:
     return Arch(resolution, depths, (min(options["kernels"]),) * n, (min(options["expands"]),) * n)
 
 
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to zero over the phase."""
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+def watched_archs(space: SearchSpace, options: dict[str, Any]) -> list[Arch]:
+    """What a phase's validation checks watch: the largest subnet and, when the phase trains smaller ones, the
+    smallest it trains (at the lowest resolution)."""
+    largest, smallest = space.largest(), smallest_of(options, min(space.resolutions))
+    return [largest] if smallest == space.largest(min(space.resolutions)) else [largest, smallest]
+
+
+def chance_top1(dataset: Dataset) -> float:
+    """The validation top-1 of always answering the most common class."""
+    labels = dataset.labels["val"]
+    return float(np.bincount(labels).max() / max(1, len(labels)))
+
+
+def _val_top1(net: Supernet, archs: list[Arch], dataset: Dataset, config: TrainConfig, batch_size: int) -> list[float]:
+    """Validation top-1 of `archs` (BN-recalibrated), leaving the training's random state as it was."""
+    state = torch.get_rng_state()
+    try:
+        return evaluate_many(net, archs, dataset, "val", bn_batches=config.bn_batches, batch_size=batch_size,
+                             seed=config.seed)
+    finally:
+        torch.set_rng_state(state)
 
 
 def soft_cross_entropy(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -297,7 +313,8 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
     lr_scale = config.batch_size / config.lr_batch_size
 
     def checkpoint_state(phase_i: int, step: int, optimizer: Any, scheduler: Any, *, elapsed: float = 0.0,
-                         complete: bool = False, summary: dict | None = None, rng: Any = None) -> dict[str, Any]:
+                         complete: bool = False, summary: dict | None = None, rng: Any = None,
+                         phase_state: dict | None = None) -> dict[str, Any]:
         return {
             "space": space.to_dict(), "model": net.state_dict(), "dataset": config.dataset,
             "dataset_fingerprint": dataset.fingerprint, "seed": config.seed, "config": config.to_dict(),
@@ -309,30 +326,42 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
             "teacher": teacher.state_dict() if teacher is not None and not complete else None,
             "rng_torch": torch.get_rng_state() if rng is None else rng, "complete": complete, "summary": summary,
             "normalisation": {"mean": dataset.mean.tolist(), "std": dataset.std.tolist()},
+            "phase_state": phase_state if step > 0 else None,
         }
 
+    steps_per_epoch = train_size / config.batch_size
+    budget = TimeBudget(config, train_size) if config.time_budget is not None else None
     for pi in range(phase_index, len(config.phases)):
         phase = config.phases[pi]
-        total = phase.num_steps(train_size, config.batch_size)
+        total = phase.max_steps(train_size, config.batch_size)
+        min_steps = phase.num_steps(train_size, config.batch_size)
         warmup = phase.warmup_steps(train_size, config.batch_size)
         first = start_step if pi == phase_index else 0
         if first == 0:
             phase_elapsed = 0.0
+            phase_state = {"curve": [], "best": -1.0, "stale": 0, "stopped": None,
+                           "budget_s": budget.phase_seconds(pi, history) if budget is not None else None}
             if phase.sort_channels:
                 net.sort_channels()  # most important hidden channels first, before narrower expands train
+        else:
+            phase_state = dict(state.get("phase_state") or {}) if state is not None else {}
+            phase_state.setdefault("curve", [])
         if phase.distill and teacher is None:
             # The full network as trained so far is the teacher for every later phase (frozen).
             teacher = copy.deepcopy(net)
         if teacher is not None:
             teacher.set_largest().eval().requires_grad_(False)
         opts = choices(space, phase)
+        watched = watched_archs(space, opts)
+        eval_every = max(10, round(config.plateau_every * steps_per_epoch)) if config.eval_every_phase else 0
         optimizer = torch.optim.SGD(net.parameters(), lr=phase.lr * lr_scale, momentum=config.momentum,
                                     nesterov=config.nesterov and config.momentum > 0,
                                     weight_decay=config.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s, t=total, w=warmup: lr_factor(s, t, w))
+        schedule = PhaseSchedule(total, warmup)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         if first > 0 and optimizer_state is not None:
             optimizer.load_state_dict(optimizer_state)
-            scheduler.load_state_dict(scheduler_state)
+            scheduler.load_state_dict(scheduler_state)  # the schedule's own state too: where a cut ends it
         loader = dataset.loader("train", batch_size=per_rank, shuffle=True, augment=True,
                                 seed=config.seed * 1000 + pi, rank=procs.rank, world_size=procs.world_size,
                                 drop_last=True)
@@ -348,10 +377,11 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
         t0, seen = time.perf_counter(), 0
         loss_avg = acc_avg = None
         done, rng_done = first, torch.get_rng_state()  # steps applied (where a checkpoint now resumes), RNG there
-        bar = Progress(total * config.batch_size, f"phase {pi + 1}/{len(config.phases)} {phase.name}", unit="img",
-                       enabled=progress and procs.main, initial=first * config.batch_size, log_every=15.0)
+        bar = Progress(schedule.end * config.batch_size, f"phase {pi + 1}/{len(config.phases)} {phase.name}",
+                       unit="img", enabled=progress and procs.main, initial=first * config.batch_size, log_every=15.0)
         try:
-            for step in range(first, total):
+            step = first
+            while step < schedule.end:
                 x, y = next(batches)
                 x, y = x.to(procs.device, non_blocking=True), y.to(procs.device, non_blocking=True)
                 rng = np.random.default_rng([config.seed, pi, step])
@@ -382,53 +412,92 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
                     optimizer.step()
                     scheduler.step()
                     global_step += 1
-                    done, rng_done = step + 1, torch.get_rng_state()
+                    step += 1
+                    done, rng_done = step, torch.get_rng_state()
                     seen += config.batch_size
                     loss_avg = step_loss if loss_avg is None else 0.9 * loss_avg + 0.1 * step_loss
                     acc_avg = step_correct if acc_avg is None else 0.9 * acc_avg + 0.1 * step_correct
                     bar.update(config.batch_size, loss=loss_avg, acc=acc_avg)
-                    if (step + 1) % config.log_every == 0 or step + 1 == total:
+                    if step % config.log_every == 0 or step == schedule.end:
                         rate = seen / max(time.perf_counter() - t0, 1e-9)
-                        log.write({"event": "step", "phase": phase.name, "step": step + 1, "global_step": global_step,
+                        log.write({"event": "step", "phase": phase.name, "step": step, "global_step": global_step,
                                    "loss": round(loss_avg, 5), "acc": round(acc_avg, 5),
                                    "lr": round(scheduler.get_last_lr()[0], 7), "samples_per_s": round(rate, 2)})
-                    if global_step % config.checkpoint_every == 0 and step + 1 < total and procs.main:
+                # the validation curve, the plateau and the time budget: decided on rank 0, followed by all
+                if step < schedule.end and (eval_every and step % eval_every == 0 or (
+                        phase_state.get("budget_s") is not None and step % 10 == 0)):
+                    cut = None
+                    if procs.main and eval_every and step % eval_every == 0:
+                        accs = _val_top1(net, watched, dataset, config, max(per_rank, 64))
+                        point = {"step": step, "epoch": round(step / steps_per_epoch, 3),
+                                 **{name: round(a, 5) for name, a in zip(("largest", "smallest"), accs)},
+                                 "train_acc": round(acc_avg, 5), "loss": round(loss_avg, 5),
+                                 "lr": round(scheduler.get_last_lr()[0], 7)}
+                        phase_state["curve"].append(point)
+                        log.write({"event": "val", "phase": phase.name, "global_step": global_step, **point})
+                        cut = plateau_cut(phase_state, float(np.mean(accs)), step, min_steps, config, phase.adaptive,
+                                          schedule.end)
+                    if procs.main and phase_state.get("budget_s") is not None and step - first >= 5:
+                        elapsed = phase_elapsed + time.perf_counter() - t0
+                        cut = time_cut(phase_state, elapsed, (time.perf_counter() - t0) / (step - first), step,
+                                       cut[0] if cut else schedule.end) or cut
+                    if procs.distributed:
+                        shared = [cut]
+                        torch.distributed.broadcast_object_list(shared, src=0)
+                        cut = shared[0]
+                    if cut is not None:
+                        schedule.cut(step, cut[0] - step)
+                        phase_state["stopped"] = cut[1]
+                        bar.total = schedule.end * config.batch_size
+                        log.write({"event": "cut", "phase": phase.name, "step": step, "end": schedule.end,
+                                   "reason": cut[1], "global_step": global_step})
+                with signals_held():
+                    if global_step % config.checkpoint_every == 0 and step < schedule.end and procs.main:
                         save_checkpoint(last_path, checkpoint_state(
-                            pi, step + 1, optimizer, scheduler, elapsed=phase_elapsed + time.perf_counter() - t0))
-                        log.write({"event": "checkpoint", "phase": phase.name, "step": step + 1,
+                            pi, step, optimizer, scheduler, elapsed=phase_elapsed + time.perf_counter() - t0,
+                            phase_state=phase_state))
+                        log.write({"event": "checkpoint", "phase": phase.name, "step": step,
                                    "global_step": global_step})
             bar.close()
             phase_elapsed += time.perf_counter() - t0
-            summary = {"phase": phase.name, "steps": total, "seconds": round(phase_elapsed, 2),
+            total = schedule.end
+            stopped = phase_state.get("stopped") or ("max_epochs" if phase.adaptive else "length")
+            summary = {"phase": phase.name, "steps": total, "epochs": round(total / steps_per_epoch, 3),
+                       "stopped": stopped, "seconds": round(phase_elapsed, 2),
                        "samples_per_s": round(seen / max(time.perf_counter() - t0, 1e-9), 2)}
+            if phase_state.get("budget_s") is not None:
+                summary["budget_s"] = round(phase_state["budget_s"], 2)
             if procs.main and config.eval_every_phase:
-                accs = evaluate_many(net, [space.largest(), space.smallest()], dataset, "val",
-                                     bn_batches=config.bn_batches, batch_size=max(per_rank, 64), seed=config.seed)
+                accs = _val_top1(net, [space.largest(), space.smallest()], dataset, config, max(per_rank, 64))
                 summary.update(val_largest=round(accs[0], 5), val_smallest=round(accs[1], 5))
+            summary["curve"] = phase_state.get("curve", [])
             if procs.main:
                 accuracy = (f", val top-1 largest {summary['val_largest']:.4f} smallest {summary['val_smallest']:.4f}"
                             if "val_largest" in summary else "")
-                print(f"edgenas train: phase {phase.name} done: {total} steps in {phase_elapsed:.1f}s "
-                      f"({summary['samples_per_s']:.0f} img/s){accuracy}", file=sys.stderr)
+                print(f"edgenas train: phase {phase.name} done: {total} steps ({summary['epochs']:.1f} epochs, "
+                      f"{stopped}) in {phase_elapsed:.1f}s ({summary['samples_per_s']:.0f} img/s){accuracy}",
+                      file=sys.stderr)
         except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: keep every finished step, then stop
             if procs.main:
                 with signals_held():
                     elapsed = phase_elapsed + time.perf_counter() - t0
                     save_checkpoint(last_path, checkpoint_state(pi, done, optimizer if done else None,
                                                                 scheduler if done else None, elapsed=elapsed,
-                                                                rng=rng_done))
+                                                                rng=rng_done, phase_state=phase_state))
                     log.write({"event": "interrupted", "phase": phase.name, "step": done, "global_step": global_step})
-                exc.args = (f"saved {last_path} at phase {phase.name}, step {done} of {total}: {RESUME_HINT}",)
+                exc.args = (f"saved {last_path} at phase {phase.name}, step {done} of {schedule.end}: {RESUME_HINT}",)
             raise
         with signals_held():  # the phase's summary and its checkpoint land together
             history.append(summary)
-            log.write({"event": "phase_end", "global_step": global_step, **summary})
+            log.write({"event": "phase_end", "global_step": global_step,
+                       **{k: v for k, v in summary.items() if k != "curve"}})
             phase_elapsed = 0.0
             if procs.main:
                 save_checkpoint(last_path, checkpoint_state(pi + 1, 0, None, None))
         procs.barrier()
 
-    # Final: the validation top-1 of the largest, smallest and a few random subnets, each BN-recalibrated.
+    # Final: the validation top-1 of the largest, smallest and a few random subnets, each BN-recalibrated; the
+    # largest network trained alone for as many steps; the verdict on whether the supernet learned.
     summary: dict[str, Any] = {"phases": history, "global_step": global_step, "world_size": procs.world_size}
     if procs.distributed:
         sums: list[Any] = [None] * procs.world_size
@@ -437,16 +506,26 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
     if procs.main:
         rng = np.random.default_rng([config.seed, 99])
         archs: list[Arch] = [space.largest(), space.smallest()] + space.sample_many(rng, config.final_samples)
-        accs = evaluate_many(net, archs, dataset, "val", bn_batches=config.bn_batches,
-                             batch_size=max(per_rank, 64), seed=config.seed)
+        accs = _val_top1(net, archs, dataset, config, max(per_rank, 64))
         summary["val"] = [{"arch": a.to_dict(), "name": n, "top1": round(acc, 5)}
                           for a, n, acc in zip(archs, ["largest", "smallest"] + ["random"] * config.final_samples, accs)]
+        summary["chance"] = round(chance_top1(dataset), 5)
+        summary["val_size"] = dataset.size("val")
+        if config.compare_alone and global_step > 0:
+            from edgenas.train.alone import train_alone
+
+            summary["alone"] = train_alone(config, dataset, space, global_step, procs.device, progress=progress)
+            log.write({"event": "alone", "global_step": global_step,
+                       **{k: v for k, v in summary["alone"].items() if k != "curve"}})
+        from edgenas.train.gate import training_verdict
+
+        summary["gate"] = training_verdict(summary).to_dict()
         # Store the largest subnet's own BN statistics, so the checkpoint is usable as-is (others: recalibrate).
         recalibrate_for(net, space.largest(), dataset, bn_batches=config.bn_batches, seed=config.seed)
         final = checkpoint_state(len(config.phases), 0, None, None, complete=True, summary=summary)
         save_checkpoint(final_path, final)
         save_checkpoint(last_path, final)
-        log.write({"event": "done", "global_step": global_step,
+        log.write({"event": "done", "global_step": global_step, "gate": summary["gate"]["passed"],
                    **{f"val_{r['name']}{i}": r["top1"] for i, r in enumerate(summary["val"])}})
     log.close()
     procs.barrier()

@@ -1,0 +1,104 @@
+"""How long each phase runs: the learning-rate schedule with a cut, the plateau rule, the time budget.
+
+A phase's learning rate follows a cosine over its longest length (`max_epochs`). When the phase is
+cut short (its validation top-1 has stopped rising, or its share of the time budget is running out),
+the rate decays from where it is to zero over a short tail, and the phase ends there. The schedule
+is a callable object, so `LambdaLR.state_dict()` saves where a cut ends it and a resumed run follows it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from edgenas.train.config import TrainConfig
+
+# A plateau ends a phase after an annealing tail of this share of the steps taken so far.
+TAIL_FRACTION = 0.15
+# The cost of one step relative to the full network's forward and backward pass: one per subnet trained, a
+# third more for the teacher's forward pass.
+TEACHER_COST = 0.33
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to zero over the phase."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class PhaseSchedule:
+    """The learning-rate factor of a phase: warm-up and cosine over `total` steps, or a cosine tail after a cut."""
+
+    def __init__(self, total: int, warmup: int) -> None:
+        self.total, self.warmup, self.end = total, warmup, total
+        self.cut_at: int | None = None
+        self.cut_from = 1.0
+
+    def __call__(self, step: int) -> float:
+        if self.cut_at is None or step < self.cut_at:
+            return lr_factor(step, self.total, self.warmup)
+        progress = min(1.0, (step - self.cut_at) / max(1, self.end - self.cut_at))
+        return self.cut_from * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def cut(self, step: int, remaining: int) -> None:
+        """End the phase `remaining` steps after `step`, decaying the rate from its value at `step` to zero."""
+        end = step + max(1, int(remaining))
+        if end >= self.end:
+            return
+        self.cut_from = self(step)
+        self.cut_at, self.end = step, end
+
+
+def plateau_cut(state: dict[str, Any], value: float, step: int, min_steps: int, config: TrainConfig,
+                adaptive: bool, end: int) -> tuple[int, str] | None:
+    """Record a validation check (`value`, the watched top-1) in `state`; return (new end, "plateau") when the
+    phase should stop: it ran its minimum and the value has not risen by `plateau_delta` in `plateau_patience`
+    checks. Fixed-length phases only record."""
+    if value > state["best"] + config.plateau_delta:
+        state["best"], state["stale"] = value, 0
+    else:
+        state["stale"] += 1
+    if not adaptive or state.get("stopped") == "plateau" or step < min_steps or state["stale"] < config.plateau_patience:
+        return None
+    new_end = step + max(5, round(TAIL_FRACTION * step))
+    return (new_end, "plateau") if new_end < end else None
+
+
+def time_cut(state: dict[str, Any], elapsed: float, seconds_per_step: float, step: int,
+             end: int) -> tuple[int, str] | None:
+    """Return (new end, "time") when the phase, at `seconds_per_step`, would overrun its `budget_s` by more than a
+    tenth of what is left; the new end is where its share runs out."""
+    budget = state.get("budget_s")
+    if budget is None or seconds_per_step <= 0:
+        return None
+    allowed = max(1, int((budget - elapsed) / seconds_per_step))
+    new_end = step + allowed
+    if end - new_end <= 0.1 * (end - step) + 1:
+        return None
+    return new_end, "time"
+
+
+def step_cost(phase: Any) -> float:
+    return phase.subnets_per_step + (TEACHER_COST if phase.distill else 0.0)
+
+
+class TimeBudget:
+    """A wall-clock budget spread over the phases in progressive shrinking's proportions.
+
+    Each phase's share is its nominal length (its `epochs`) times the cost of its steps; the largest network
+    trained alone for comparison gets a share like the full-network phase's for all the steps. A phase's share
+    is taken from what is left when it starts, so time a phase did not use goes to the ones after it.
+    """
+
+    def __init__(self, config: TrainConfig, train_size: int) -> None:
+        self.total = float(config.time_budget or 0.0)
+        steps = [p.num_steps(train_size, config.batch_size) for p in config.phases]
+        self.weights = [n * step_cost(p) for n, p in zip(steps, config.phases)]
+        self.alone = float(sum(steps)) if config.compare_alone else 0.0
+
+    def phase_seconds(self, index: int, history: list[dict[str, Any]]) -> float:
+        used = sum(float(h.get("seconds", 0.0)) for h in history)
+        left = max(1.0, self.total - used)
+        return left * self.weights[index] / (sum(self.weights[index:]) + self.alone)

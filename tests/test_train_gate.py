@@ -1,0 +1,153 @@
+"""The training gate, the adaptive phase length and the time budget: rules on summaries, and the real trainer on
+two small folder datasets made here (colours that decide the class, and the same images with random labels)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgenas.train.config import Phase, TrainConfig, preset_config
+from edgenas.train.gate import SMALLEST_GAP, required_top1, training_verdict
+from edgenas.train.schedule import PhaseSchedule, TimeBudget, lr_factor, plateau_cut, time_cut
+from edgenas.train.trainer import train
+
+
+def summary(largest, smallest, chance=0.1, val_size=1000, stopped="plateau", train_acc=None, alone=None):
+    curve = [{"step": 10, "largest": largest, "train_acc": train_acc if train_acc is not None else largest}]
+    s = {"val": [{"name": "largest", "top1": largest}, {"name": "smallest", "top1": smallest}],
+         "chance": chance, "val_size": val_size,
+         "phases": [{"phase": "full", "stopped": stopped, "curve": curve}]}
+    if alone is not None:
+        s["alone"] = {"top1": alone, "steps": 100}
+    return s
+
+
+def test_verdict_passes_a_supernet_that_learned():
+    v = training_verdict(summary(0.9, 0.86, alone=0.91))
+    assert v.passed and not v.problems and v.hint == ""
+    assert "passed" in v.message and "90.0 %" in v.message and "alone 91.0 %" in v.message
+
+
+def test_verdict_fails_near_chance_and_names_the_threshold():
+    v = training_verdict(summary(0.2, 0.19, chance=0.1))
+    assert not v.passed
+    need = required_top1(0.1, 1000)
+    assert need == pytest.approx(0.1 + 0.25 * 0.9)
+    assert f"{100 * need:.1f} %" in v.problems[0] and "chance" in v.problems[0]
+    # a small validation split needs more than a quarter of the way: 3 standard errors at chance
+    assert required_top1(0.5, 20) == pytest.approx(0.5 + 3 * math.sqrt(0.25 / 20))
+
+
+def test_verdict_fails_a_smallest_subnet_far_below_the_largest():
+    v = training_verdict(summary(0.9, 0.9 - SMALLEST_GAP - 0.02))
+    assert not v.passed and "smallest" in v.problems[0] and "larger preset" in v.hint
+    assert training_verdict(summary(0.9, 0.9 - SMALLEST_GAP + 0.02)).passed
+
+
+@pytest.mark.parametrize("stopped, train_acc, words", [
+    ("plateau", 0.95, "bigger dataset"),  # fitted the training images, not the validation ones
+    ("time", None, "more time"),
+    ("max_epochs", None, "more epochs"),
+    ("plateau", None, "check the labels"),
+])
+def test_verdict_hint_follows_the_curves(stopped, train_acc, words):
+    v = training_verdict(summary(0.15, 0.14, stopped=stopped, train_acc=train_acc))
+    assert not v.passed and words in v.hint, v.hint
+
+
+def test_verdict_without_a_final_evaluation_fails():
+    v = training_verdict({"phases": []})
+    assert not v.passed and "no final validation" in v.problems[0]
+
+
+def test_schedule_cut_decays_from_where_it_is_to_zero():
+    s = PhaseSchedule(total=100, warmup=0)
+    assert [s(i) for i in range(0, 100, 7)] == [lr_factor(i, 100, 0) for i in range(0, 100, 7)]
+    before = s(40)
+    s.cut(40, 10)
+    assert s.end == 50 and s(40) == pytest.approx(before) and s(50) == pytest.approx(0.0)
+    assert s(39) == pytest.approx(lr_factor(39, 100, 0)) and before > s(45) > 0
+    s.cut(45, 20)  # a cut never lengthens the phase
+    assert s.end == 50
+
+
+def test_plateau_stops_after_patience_checks_and_not_before_the_minimum():
+    config = TrainConfig(phases=(Phase("full"),), plateau_patience=2, plateau_delta=0.01)
+    state = {"best": -1.0, "stale": 0}
+    values = [0.5, 0.7, 0.705, 0.70, 0.71]
+    cuts = [plateau_cut(state, v, step, 30, config, True, 1000) for v, step in zip(values, (10, 20, 30, 40, 50))]
+    assert cuts[:3] == [None, None, None]  # 0.705 is no rise, but 30 steps is the minimum and 1 check the stale count
+    assert cuts[3] is not None and cuts[3][1] == "plateau" and 40 < cuts[3][0] < 1000
+    # a fixed-length phase only records
+    assert plateau_cut({"best": 0.9, "stale": 5}, 0.1, 500, 0, config, False, 1000) is None
+
+
+def test_time_cut_ends_the_phase_where_its_share_runs_out():
+    state = {"budget_s": 100.0}
+    assert time_cut(state, elapsed=50.0, seconds_per_step=1.0, step=50, end=100) is None  # on time
+    assert time_cut(state, elapsed=50.0, seconds_per_step=2.0, step=50, end=200) == (75, "time")
+    assert time_cut(state, elapsed=150.0, seconds_per_step=1.0, step=50, end=200) == (51, "time")  # overrun: stop
+
+
+def test_time_budget_follows_progressive_shrinkings_proportions():
+    config = preset_config("tiny").replace(time_budget=1000.0, compare_alone=False)
+    budget = TimeBudget(config, train_size=3200)
+    shares = [budget.phase_seconds(i, [{"seconds": 0.0}] * i) for i in range(len(config.phases))]
+    # from the start, each phase's share of what is left: epochs x (subnets per step + the teacher's pass)
+    weights = [p.epochs * (p.subnets_per_step + (0.33 if p.distill else 0)) for p in config.phases]
+    assert shares[0] == pytest.approx(1000 * weights[0] / sum(weights), rel=0.02)
+    assert shares[-1] == pytest.approx(1000.0)  # nothing used: the last phase may take all of it
+    # time a phase did not use goes to those after it
+    assert budget.phase_seconds(1, [{"seconds": 10.0}]) > budget.phase_seconds(1, [{"seconds": shares[0]}])
+
+
+def test_tiny_preset_phases_are_adaptive_epochs():
+    tiny = preset_config("tiny")
+    assert all(p.steps is None and p.adaptive and p.max_epochs > p.epochs for p in tiny.phases)
+    assert tiny.phases[0].max_steps(1000, 32) > tiny.phases[0].num_steps(1000, 32)
+
+
+# ---- the real trainer on small real datasets ---------------------------------------------------------------------
+def make_folder(root: Path, *, random_labels: bool, per_class: int = 50, size: int = 16, seed: int = 0) -> Path:
+    """Three classes of noisy images whose dominant colour is the class; with `random_labels`, the same images
+    filed under classes drawn at random (nothing to learn)."""
+    rng = np.random.default_rng(seed)
+    for c in range(3):
+        (root / f"c{c}").mkdir(parents=True, exist_ok=True)
+    for c in range(3):
+        for i in range(per_class):
+            img = rng.uniform(0, 120, (size, size, 3))
+            img[..., c] += 120
+            label = int(rng.integers(3)) if random_labels else c
+            Image.fromarray(img.astype(np.uint8)).save(root / f"c{label}" / f"{c}-{i}.png")
+    return root
+
+
+def short_config(dataset: str) -> TrainConfig:
+    return TrainConfig(
+        preset="tiny", dataset=dataset, batch_size=8, lr_batch_size=32, bn_batches=2, final_samples=0,
+        checkpoint_every=1000, log_every=5, plateau_every=1.0,
+        phases=(Phase("full", steps=16, lr=0.1, distill=False),
+                Phase("kernel", steps=2, lr=0.03, kernels="all"),
+                Phase("depth", steps=5, lr=0.03, kernels="all", depths="all", subnets_per_step=2, smallest_first=True),
+                Phase("expand", steps=5, lr=0.03, kernels="all", depths="all", expands="all", sort_channels=True,
+                      subnets_per_step=2, smallest_first=True)))
+
+
+@pytest.mark.parametrize("random_labels", [False, True])
+def test_gate_on_a_real_run(tmp_path, random_labels):
+    folder = make_folder(tmp_path / "data", random_labels=random_labels)
+    result = train(short_config(f"folder:{folder}"), tmp_path / "run", threads=1, progress=False, tensorboard=False)
+    s = result.summary
+    gate = s["gate"]
+    assert s["alone"]["steps"] == s["global_step"] == 28 and 0 <= s["alone"]["top1"] <= 1
+    assert 0.33 <= s["chance"] < 0.6  # the most common class's share of the validation split
+    assert all(p["stopped"] == "length" and p["curve"] for p in s["phases"][:1])
+    if random_labels:
+        assert not gate["passed"] and "not far above chance" in gate["message"] and gate["hint"]
+    else:
+        assert gate["passed"], gate["message"]
