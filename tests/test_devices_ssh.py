@@ -212,3 +212,52 @@ def test_a_missing_remote_python_is_reported_not_crashed_on(testbed_devices, onn
         (m,) = device.measure([onnx_models["tiny"]])
     assert not report["ok"] and "python3.0-missing" in report["problems"][0]
     assert m.error == "agent_error" and "exit status 127" in m.error_message
+
+
+def test_ssh_agent_authentication_without_a_key_file(fresh_bed, tmp_path, monkeypatch, onnx_models):
+    """use_agent = true and no identity_file: the key is offered by a real ssh-agent; without the agent it fails
+    saying how to give a key (never a password)."""
+    if shutil.which("ssh-agent") is None or shutil.which("ssh-add") is None:
+        pytest.skip("ssh-agent / ssh-add (openssh-client) are missing")
+    config = config_of(fresh_bed.device_files()[0], ssh={"identity_file": None, "use_agent": True})
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    with pytest.raises(AuthError, match="no ssh-agent is running .*ssh-add your key, or set identity_file"):
+        device_from_config(config).measure([onnx_models["tiny"]])
+    with pytest.raises(AuthError, match="no ssh-agent is running"):
+        device_from_config(config).check()
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            threading.Event().wait(0.05)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(["ssh-add", "-q", str(fresh_bed.client_key)], check=True, env=env, capture_output=True)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        with device_from_config(config) as device:
+            assert device.check()["ok"]
+            assert device.measure([onnx_models["tiny"]])[0].ok
+    finally:
+        agent.terminate()
+        agent.wait(10)
+
+
+def test_devices_clean_removes_what_the_toolkit_put_on_the_device(fresh_bed, onnx_models):
+    path = fresh_bed.device_files()[0]
+    config = config_of(path)
+    with device_from_config(config) as device:
+        assert device.measure([onnx_models["tiny"], onnx_models["small"]])[0].ok
+    work = Path(config.work_dir)
+    models = work / "models"
+    ours = {p.name for p in models.iterdir()}
+    assert len(ours) == 2
+    stranger = work / "models" / "notes.txt"  # not ours: left alone
+    stranger.write_text("the user's own file\n")
+    done = subprocess.run([sys.executable, "-m", "edgenas.cli", "devices", "clean", str(path)],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    removed = int(done.stdout.split("removed ")[1].split()[0])
+    assert removed >= 3  # the two models and the agent
+    assert [p.name for p in models.iterdir()] == ["notes.txt"]
+    assert not list(work.glob("agent-*.py"))

@@ -287,6 +287,12 @@ class SSHTransport(Transport):
                             f"key to ~/.ssh/authorized_keys of {self.user} on the device") from None
         except (paramiko.SSHException, *_LINK_ERRORS) as exc:
             client.close()
+            if "No authentication methods available" in str(exc):  # no key file, and no key from an agent
+                where = (f"the ssh-agent at SSH_AUTH_SOCK={os.environ['SSH_AUTH_SOCK']} holds no key"
+                         if os.environ.get("SSH_AUTH_SOCK") else "no ssh-agent is running (SSH_AUTH_SOCK is not set)")
+                raise AuthError(f"{self._source()}: no key to log in to {self.address} with: [ssh] has no "
+                                f"identity_file and {where}; start ssh-agent and ssh-add your key, or set "
+                                "identity_file") from None
             raise ConnectionLost(f"cannot connect to {self.address}: {exc}") from None
         self._client = client
         transport = client.get_transport()
