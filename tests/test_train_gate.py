@@ -82,6 +82,10 @@ def test_plateau_stops_after_patience_checks_and_not_before_the_minimum():
     cuts = [plateau_cut(state, v, step, 30, config, True, 1000) for v, step in zip(values, (10, 20, 30, 40, 50))]
     assert cuts[:3] == [None, None, None]  # 0.705 is no rise, but 30 steps is the minimum and 1 check the stale count
     assert cuts[3] is not None and cuts[3][1] == "plateau" and 40 < cuts[3][0] < 1000
+    # a flat curve near chance is no plateau: the phase goes on, up to its maximum
+    flat = {"best": 0.2, "stale": 9}
+    assert plateau_cut(flat, 0.2, 500, 30, config, True, 1000, floor=0.3) is None
+    assert plateau_cut(flat, 0.2, 500, 30, config, True, 1000, floor=0.1) is not None
     # a fixed-length phase only records
     assert plateau_cut({"best": 0.9, "stale": 5}, 0.1, 500, 0, config, False, 1000) is None
 
@@ -151,3 +155,4 @@ def test_gate_on_a_real_run(tmp_path, random_labels):
         assert not gate["passed"] and "not far above chance" in gate["message"] and gate["hint"]
     else:
         assert gate["passed"], gate["message"]
+

@@ -119,23 +119,27 @@ def plot_calibration(dev: DeviceReport, path: Path) -> Path:
 def plot_training(metrics: Sequence[dict], path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
-    steps = [m for m in metrics if "loss" in m and "step" in m]
+    steps = [m for m in metrics if m.get("event", "step") == "step" and "loss" in m and "global_step" in m]
     if steps:
-        ax.plot([m["step"] for m in steps], [m["loss"] for m in steps], lw=1, color="#4c72b0", label="training loss")
+        ax.plot([m["global_step"] for m in steps], [m["loss"] for m in steps], lw=1, color="#4c72b0",
+                label="training loss")
         phases: dict[str, int] = {}
         for m in steps:
-            phases.setdefault(str(m.get("phase", "")), m["step"])
+            phases.setdefault(str(m.get("phase", "")), m["global_step"] - m.get("step", 0))
         for name, start in phases.items():
             if name:
                 ax.axvline(start, color="gray", ls=":", lw=1)
                 ax.text(start, ax.get_ylim()[1], f" {name}", va="top", fontsize=8, color="gray")
-    evals = [m for m in metrics if "val_acc" in m]
+    evals = [m for m in metrics if m.get("event") == "val"]  # each phase's validation checks
     if evals:
         ax2 = ax.twinx()
-        ax2.plot([m["step"] for m in evals], [100 * m["val_acc"] for m in evals], "s-", color="#dd8452", ms=3,
-                 label="validation top-1 [%]")
+        for key, color in (("largest", "#dd8452"), ("smallest", "#55a868")):
+            points = [m for m in evals if key in m]
+            ax2.plot([m["global_step"] for m in points], [100 * m[key] for m in points], "s", color=color, ms=3,
+                     label=f"validation top-1, {key} subnet [%]")
         ax2.set_ylabel("validation top-1 [%]")
-    ax.set_xlabel("step")
+        ax2.legend(loc="center right", fontsize=7)
+    ax.set_xlabel("training step (all phases)")
     ax.set_ylabel("loss")
     ax.set_title("supernet training (progressive shrinking)")
     ax.grid(alpha=0.3)

@@ -68,10 +68,20 @@ def _named(summary: dict[str, Any], name: str) -> float | None:
     return None
 
 
-def training_verdict(summary: dict[str, Any]) -> Verdict:
-    """The verdict on a training summary: passed, the figures, what failed and what to try."""
+class TrainingGateFailed(Exception):
+    """The supernet did not learn enough to ship anything from it (`edgenas run` exits 1 unless --force)."""
+
+    def __init__(self, verdict: Verdict, checkpoint: Any = None) -> None:
+        super().__init__(verdict.message)
+        self.verdict, self.checkpoint = verdict, checkpoint
+
+
+def training_verdict(summary: dict[str, Any], *, num_classes: int | None = None) -> Verdict:
+    """The verdict on a training summary: passed, the figures, what failed and what to try.
+
+    A summary written before chance was recorded falls back on 1 / `num_classes`."""
     largest, smallest = _named(summary, "largest"), _named(summary, "smallest")
-    chance = summary.get("chance")
+    chance = summary.get("chance", 1.0 / num_classes if num_classes else None)
     alone = (summary.get("alone") or {}).get("top1")
     verdict = Verdict(True, largest, smallest, chance, alone)
     if largest is None or chance is None:

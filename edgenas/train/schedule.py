@@ -52,15 +52,17 @@ class PhaseSchedule:
 
 
 def plateau_cut(state: dict[str, Any], value: float, step: int, min_steps: int, config: TrainConfig,
-                adaptive: bool, end: int) -> tuple[int, str] | None:
+                adaptive: bool, end: int, floor: float = 0.0) -> tuple[int, str] | None:
     """Record a validation check (`value`, the watched top-1) in `state`; return (new end, "plateau") when the
     phase should stop: it ran its minimum and the value has not risen by `plateau_delta` in `plateau_patience`
-    checks. Fixed-length phases only record."""
+    checks. A value below `floor` (not yet clearly above chance) is no plateau: the phase goes on learning, up to
+    its maximum. Fixed-length phases only record."""
     if value > state["best"] + config.plateau_delta:
         state["best"], state["stale"] = value, 0
     else:
         state["stale"] += 1
-    if not adaptive or state.get("stopped") == "plateau" or step < min_steps or state["stale"] < config.plateau_patience:
+    if (not adaptive or state.get("stopped") == "plateau" or step < min_steps or value < floor
+            or state["stale"] < config.plateau_patience):
         return None
     new_end = step + max(5, round(TAIL_FRACTION * step))
     return (new_end, "plateau") if new_end < end else None

@@ -36,6 +36,7 @@ from edgenas.supernet import Supernet
 from edgenas.train.checkpoint import check_resume_fields, read_checkpoint, save_checkpoint
 from edgenas.train.config import Phase, TrainConfig, to_toml
 from edgenas.train.evaluate import evaluate_many, recalibrate_for
+from edgenas.train.gate import required_top1, training_verdict
 from edgenas.train.schedule import PhaseSchedule, TimeBudget, plateau_cut, time_cut
 from edgenas.train.schedule import lr_factor as lr_factor  # where tests and tools have found it
 
@@ -63,15 +64,21 @@ class Processes:
 
 
 def auto_threads(local_world_size: int = 1) -> int:
-    """CPU threads for torch: the cores left idle by other work (1-minute load average), shared by local processes.
+    """CPU threads for torch: the cores this process may run on, shared by local processes.
 
-    On a busy machine, more threads than free cores makes PyTorch's CPU kernels several times slower
-    (measured: a forward pass 7x slower with 2 threads than with 1 at load 8 on 2 cores).
+    With OpenMP threads that wait passively (`edgenas.OMP_PASSIVE`, set when edgenas is imported before torch),
+    all of them: on 2 cores at load 9, two passive threads took the same time per training step as one, and on
+    free cores they use both. Otherwise only the cores left idle by other work (1-minute load average): spinning
+    threads on a busy machine made a training step 6x slower with 2 threads than with 1 (measured at load 9).
     """
     try:  # the cores this process may run on (taskset, cgroups' cpusets), not all the machine's
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
+    import edgenas
+
+    if edgenas.OMP_PASSIVE:
+        return max(1, cores // max(1, local_world_size))
     try:
         busy = os.getloadavg()[0]
     except OSError:
@@ -330,6 +337,7 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
         }
 
     steps_per_epoch = train_size / config.batch_size
+    learned = required_top1(chance_top1(dataset), dataset.size("val"))  # below this, a flat curve is no plateau
     budget = TimeBudget(config, train_size) if config.time_budget is not None else None
     for pi in range(phase_index, len(config.phases)):
         phase = config.phases[pi]
@@ -436,7 +444,7 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
                         phase_state["curve"].append(point)
                         log.write({"event": "val", "phase": phase.name, "global_step": global_step, **point})
                         cut = plateau_cut(phase_state, float(np.mean(accs)), step, min_steps, config, phase.adaptive,
-                                          schedule.end)
+                                          schedule.end, learned)
                     if procs.main and phase_state.get("budget_s") is not None and step - first >= 5:
                         elapsed = phase_elapsed + time.perf_counter() - t0
                         cut = time_cut(phase_state, elapsed, (time.perf_counter() - t0) / (step - first), step,
@@ -517,8 +525,6 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
             summary["alone"] = train_alone(config, dataset, space, global_step, procs.device, progress=progress)
             log.write({"event": "alone", "global_step": global_step,
                        **{k: v for k, v in summary["alone"].items() if k != "curve"}})
-        from edgenas.train.gate import training_verdict
-
         summary["gate"] = training_verdict(summary).to_dict()
         # Store the largest subnet's own BN statistics, so the checkpoint is usable as-is (others: recalibrate).
         recalibrate_for(net, space.largest(), dataset, bn_batches=config.bn_batches, seed=config.seed)
