@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -250,31 +249,21 @@ def test_runtime_prints_do_not_reach_the_json_stream(tmp_path, onnx_models):
     assert r["error"] is None and r["runs"] >= 3
 
 
-VENVS = Path.home() / ".cache" / "edgenas" / "test-venvs"
+DEV_VENVS = Path(__file__).resolve().parents[1] / ".venvs"
 
 
-def cached_venv(name: str, python: str, packages: list[str]) -> str:
-    """A venv with only `packages` (what a device might have), built once and kept; its python."""
-    folder = VENVS / name
-    marker = folder / ".complete"
-    if not marker.exists():
-        done = subprocess.run([python, "-m", "venv", "--clear", str(folder)], capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.skip(f"{python} cannot make a venv: {done.stderr.strip()[-300:]}")
-        done = subprocess.run([str(folder / "bin" / "python"), "-m", "pip", "install", "-q",
-                               "--disable-pip-version-check", *packages], capture_output=True, text=True, timeout=900)
-        if done.returncode != 0:
-            pytest.skip(f"could not install {' '.join(packages)} into a venv: {done.stderr.strip()[-300:]}")
-        marker.write_text("ok\n")
-    return str(folder / "bin" / "python")
+def device_python(name: str) -> str:
+    """The python of a device environment that `bash tools/install.sh --dev` builds in .venvs/NAME."""
+    python = DEV_VENVS / name / "bin" / "python"
+    if not (DEV_VENVS / name / ".complete").is_file():
+        pytest.skip(f"{DEV_VENVS / name} is missing: run `bash tools/install.sh --dev`, which builds it")
+    return str(python)
 
 
-@pytest.mark.slow  # builds a venv the first time (about 20 s), cached in ~/.cache/edgenas/test-venvs
 def test_tflite_runtime_under_numpy_1_in_its_own_venv(tflite_models):
     if sys.version_info >= (3, 12):
         pytest.skip("tflite-runtime has no wheel for Python >= 3.12 (its last release, 2.14.0, stops at 3.11)")
-    python = cached_venv(f"tflite-runtime-py{sys.version_info[0]}{sys.version_info[1]}", sys.executable,
-                         ["numpy<2", "tflite-runtime==2.14.0"])
+    python = device_python("tflite-runtime")
     done, events = run_agent(["measure", "--runtime", "tflite", "--runs", "5", tflite_models["small"]], python=python)
     assert done.returncode == 0, done.stderr
     hello = events[0]
@@ -284,22 +273,9 @@ def test_tflite_runtime_under_numpy_1_in_its_own_venv(tflite_models):
     assert r["error"] is None and r["runs"] == 5
 
 
-def find_python37() -> str | None:
-    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
-    candidates = [*sorted(str(p) for p in pyenv.glob("versions/3.7*/bin/python3.7")), shutil.which("python3.7")]
-    for candidate in filter(None, candidates):  # a pyenv shim may exist and still not run
-        if subprocess.run([candidate, "-c", "pass"], capture_output=True).returncode == 0:
-            return candidate
-    return None
-
-
-@pytest.mark.slow  # builds a venv the first time (about 45 s), cached in ~/.cache/edgenas/test-venvs
 def test_agent_on_python_37_with_an_old_onnxruntime(onnx_models):
     """The oldest Python the agent supports, with the numpy and onnxruntime releases it can install."""
-    python37 = find_python37()
-    if python37 is None:
-        pytest.skip("no Python 3.7 interpreter found (python3.7 on PATH or in ~/.pyenv/versions)")
-    python = cached_venv("onnxruntime-py37", python37, ["numpy<1.22", "onnxruntime<1.15"])
+    python = device_python("agent-py37")
     done, events = run_agent(["measure", "--runtime", "onnxruntime", "--runs", "5", onnx_models["small"]],
                              python=python)
     assert done.returncode == 0, done.stderr

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up edgenas on a fresh machine: torch (CPU wheel, pinned first so pip never pulls CUDA builds),
-# then the package with its TFLite extra. With --dev also the test tools and the system packages the
-# tests need (OpenSSH server for the SSH testbed, Chromium for the report check).
+# then the package with its TFLite extra. With --dev also the test tools, the system packages the
+# tests need (OpenSSH server for the SSH testbed, Chromium for the report check), and .venvs/: the
+# Python environments of the devices the agent is tested on (Python 3.7 with an old onnxruntime,
+# tflite-runtime under numpy 1).
 # Usage: bash tools/install.sh [--dev]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,3 +38,28 @@ extras="tflite"
 [ "$dev" = 1 ] && extras="tflite,dev"
 "$PY" -m pip install -q -e ".[$extras]"
 echo "install.sh: edgenas installed ($("$PY" -c 'import edgenas; print(edgenas.__version__)'))"
+
+# Device environments for the agent's tests: what an old phone or Pi has, not what this machine has.
+dev_venv() {  # NAME PYTHON PACKAGES...
+  local name=$1 python=$2; shift 2
+  local dir=".venvs/$name"
+  if [ -f "$dir/.complete" ]; then return 0; fi
+  echo "install.sh: building $dir ($*)"
+  "$python" -m venv --clear "$dir" && "$dir/bin/python" -m pip install -q "$@" && echo ok > "$dir/.complete" \
+    || { echo "install.sh: could not build $dir; the agent test that needs it will fail" >&2; rm -rf "$dir"; }
+}
+if [ "$dev" = 1 ]; then
+  py37=""
+  for candidate in "$(command -v python3.7 || true)" "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.7*/bin/python3.7; do
+    # a pyenv shim may exist on PATH and still not run
+    if [ -z "$py37" ] && [ -x "$candidate" ] && "$candidate" -c pass 2>/dev/null; then py37=$candidate; fi
+  done
+  if [ -n "$py37" ]; then
+    dev_venv agent-py37 "$py37" "numpy<1.22" "onnxruntime<1.15"
+  else
+    echo "install.sh: no Python 3.7 found (python3.7 on PATH or pyenv's versions/3.7.*): the agent's Python 3.7 test will fail" >&2
+  fi
+  if "$PY" -c 'import sys; sys.exit(sys.version_info >= (3, 12))'; then  # tflite-runtime's last wheels stop at 3.11
+    dev_venv tflite-runtime "$PY" "numpy<2" "tflite-runtime==2.14.0"
+  fi
+fi
