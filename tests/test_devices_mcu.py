@@ -79,7 +79,7 @@ def test_check_runs_the_check_command(board):
 
 
 def test_nothing_in_a_path_reaches_the_host_shell(board, tflite_models, tmp_path):
-    marker = f"/tmp/edgenas-pwned-{uuid.uuid4().hex[:12]}"
+    marker = str(tmp_path / f"pwned-{uuid.uuid4().hex[:12]}")
     config = read_device_file(board.device_files()[0])
     work = tmp_path / f"w $(touch {marker}) ; `touch {marker}`"
     with device_from_config(replace(config, work_dir=str(work))) as device:

@@ -120,8 +120,8 @@ def test_wrong_key_fails_authentication_with_advice(fresh_bed, tmp_path):
 
 
 def test_shell_metacharacters_in_paths_never_reach_a_shell(testbed_devices, tmp_path, onnx_models):
-    marker = f"/tmp/edgenas-pwned-{uuid.uuid4().hex[:12]}"
-    # the path's text contains $(touch /tmp/edgenas-pwned-...), backticks, quotes, ; and spaces
+    marker = str(tmp_path / f"pwned-{uuid.uuid4().hex[:12]}")
+    # the path's text contains $(touch <tmp>/pwned-...), backticks, quotes, ; and spaces
     evil = tmp_path / f"dir with spaces $(touch {marker})" / f"`touch {marker}`; touch {marker} 'x\""
     model = evil / f"model $(touch {marker}).onnx"
     model.parent.mkdir(parents=True)
