@@ -52,8 +52,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgenas.space import Arch, SearchSpace, conv_out
-from edgenas.stats import block_plan, mid_channels, se_channels
+from edgenas.space import Arch, SearchSpace, block_plan, conv_out, mid_channels, se_channels
 
 ALIGNMENT = 16  # MicroArenaBufferAlignment(): every planned buffer and persistent allocation
 
@@ -495,10 +494,8 @@ class MemoryTable:
         return float(max(0.0, (exact / table - 1.0).max()))
 
     def indices(self, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Resolution, kernel and expand indices and the active-slot mask (`edgenas.stats.StatsTable.indices`)."""
-        from edgenas.stats import stats_table
-
-        return stats_table(self.space).indices(list(archs))
+        """Resolution, kernel and expand indices and the active-slot mask (`SearchSpace.choice_indices`)."""
+        return self.space.choice_indices(list(archs))
 
     def compute(self, archs: Sequence[Arch]) -> dict[str, np.ndarray]:
         """Predicted `arena`, `head`, `tail`, `flash`, `board_arena` (bytes, int64 arrays) of every arch."""

@@ -28,6 +28,40 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     return new
 
 
+def mid_channels(in_channels: int, expand: int) -> int:
+    """Hidden width of an MBConv block (Once-for-All: rounded to a multiple of 8)."""
+    return make_divisible(round(in_channels * expand), 8)
+
+
+def se_channels(channels: int) -> int:
+    """Squeeze width of a squeeze-excite module (reduction 4, multiple of 8)."""
+    return make_divisible(channels // 4, 8)
+
+
+@dataclass(frozen=True)
+class BlockSlot:
+    """One elastic MBConv block slot of the supernet, as plain data: everything about its wiring that does not
+    depend on the arch. The supernet, the statistics, the latency pieces and the memory model read these
+    (`SearchSpace.block_slots()`), so the network is described in one place."""
+
+    stage: int
+    index: int  # position in its stage; the block is active when index < the stage's depth
+    in_channels: int
+    out_channels: int
+    stride: int
+    act: str
+    se: bool
+
+    @property
+    def residual(self) -> bool:
+        """A skip connection adds the block's input to its output: same shape in and out."""
+        return self.stride == 1 and self.in_channels == self.out_channels
+
+    def mid_channels(self, expand: int) -> int:
+        """Hidden width at expand ratio `expand`."""
+        return mid_channels(self.in_channels, expand)
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """One elastic stage: `depths` are the block counts a subnet may choose."""
@@ -264,6 +298,40 @@ class SearchSpace:
         """Block slots in the supernet (every stage at its largest depth)."""
         return sum(s.max_depth for s in self.stages)
 
+    def choice_indices(self, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Each arch's resolution index (n,), per-slot kernel and expand indices (n, slots) and active-slot mask:
+        the form the batched statistics and memory tables read."""
+        r_index = {r: i for i, r in enumerate(self.resolutions)}
+        k_index = {k: i for i, k in enumerate(self.kernels)}
+        e_index = {e: i for i, e in enumerate(self.expands)}
+        offsets = np.concatenate([[0], np.cumsum([spec.max_depth for spec in self.stages])])
+        n, nslot = len(archs), self.max_blocks
+        ri = np.empty(n, dtype=np.int64)
+        ki = np.zeros((n, nslot), dtype=np.int64)
+        ei = np.zeros((n, nslot), dtype=np.int64)
+        active = np.zeros((n, nslot), dtype=bool)
+        for row, arch in enumerate(archs):
+            ri[row] = r_index[arch.resolution]
+            i = 0
+            for s, depth in enumerate(arch.depths):
+                base = int(offsets[s])
+                for j in range(depth):
+                    ki[row, base + j] = k_index[arch.kernels[i]]
+                    ei[row, base + j] = e_index[arch.expands[i]]
+                    active[row, base + j] = True
+                    i += 1
+        return ri, ki, ei, active
+
+    def block_slots(self) -> tuple[BlockSlot, ...]:
+        """Every elastic block slot of the supernet in order (stage by stage, each at its largest depth)."""
+        slots = []
+        cin = self.scaled(self.first_block_width)
+        for s, (spec, width) in enumerate(zip(self.stages, self.stage_widths)):
+            for j in range(spec.max_depth):
+                slots.append(BlockSlot(s, j, cin, width, spec.stride if j == 0 else 1, spec.act, spec.se))
+                cin = width
+        return tuple(slots)
+
     # ---- validation ------------------------------------------------------------------------
     def _active_slots(self, depths: Sequence[int], values: Sequence[int], name: str) -> Sequence[int]:
         """Accept Once-for-All's per-slot lists (length `max_blocks`) by keeping the active slots."""
@@ -471,12 +539,6 @@ class SearchSpace:
             total *= sum(per_block ** d for d in spec.depths)
         return total if per_resolution else total * len(self.resolutions)
 
-    def stats(self, arch: Arch):
-        """Parameters, MACs, peak activation memory and flash size of `arch` (see `edgenas.stats`)."""
-        from edgenas.stats import arch_stats
-
-        return arch_stats(self, arch)
-
     def describe(self) -> str:
         lines = [f"search space '{self.name}': {self.num_stages} stages, {self.size():.3g} subnets "
                  f"({self.size(per_resolution=True):.3g} per resolution)",
@@ -542,3 +604,7 @@ def conv_out(size: int, kernel: int, stride: int) -> int:
     pad = kernel // 2
     return (size + 2 * pad - kernel) // stride + 1
 
+
+def block_plan(space: SearchSpace) -> list[tuple[int, int, int, int, int]]:
+    """(stage, index in stage, in channels, out channels, stride) of every block slot (`SearchSpace.block_slots`)."""
+    return [(b.stage, b.index, b.in_channels, b.out_channels, b.stride) for b in space.block_slots()]

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from edgenas.space import Arch, SearchSpace, conv_out, make_divisible
+from edgenas.space import Arch, SearchSpace, conv_out, mid_channels, se_channels
 
 
 @dataclass(frozen=True)
@@ -64,16 +64,6 @@ class ArchStats:
     @property
     def flash_kb_int8(self) -> float:
         return self.flash_int8 / 1024
-
-
-def mid_channels(in_channels: int, expand: int) -> int:
-    """Hidden width of an MBConv block (Once-for-All: rounded to a multiple of 8)."""
-    return make_divisible(round(in_channels * expand), 8)
-
-
-def se_channels(channels: int) -> int:
-    """Squeeze width of a squeeze-excite module (reduction 4, multiple of 8)."""
-    return make_divisible(channels // 4, 8)
 
 
 class _GraphBuilder:
@@ -124,18 +114,6 @@ class _GraphBuilder:
         return h, out_hw
 
 
-def block_plan(space: SearchSpace) -> list[tuple[int, int, int, int, bool]]:
-    """(stage, index in stage, in channels, out channels, stride) of every block slot of the supernet."""
-    plan = []
-    cin = space.scaled(space.first_block_width)
-    for s, (spec, width) in enumerate(zip(space.stages, space.stage_widths)):
-        for j in range(spec.max_depth):
-            stride = spec.stride if j == 0 else 1
-            plan.append((s, j, cin, width, stride))
-            cin = width
-    return plan
-
-
 def build_graph(space: SearchSpace, arch: Arch) -> tuple[list[Op], dict[str, int]]:
     """The deployed op graph of `arch` (BN folded), and every tensor's size in values."""
     g = _GraphBuilder()
@@ -147,12 +125,13 @@ def build_graph(space: SearchSpace, arch: Arch) -> tuple[list[Op], dict[str, int
     h, hw = g.mbconv("first", h, stem, first, hw, 3, 1, 1, "relu", False, residual=stem == first,
                      has_expand=False)
     cin = first
-    for s, (spec, width) in enumerate(zip(space.stages, space.stage_widths)):
+    slots = {(b.stage, b.index): b for b in space.block_slots()}
+    for s in range(space.num_stages):
         for j, (k, e) in enumerate(arch.stage_blocks(s)):
-            stride = spec.stride if j == 0 else 1
-            residual = stride == 1 and cin == width
-            h, hw = g.mbconv(f"stage{s}.block{j}", h, cin, width, hw, k, e, stride, spec.act, spec.se, residual)
-            cin = width
+            b = slots[(s, j)]
+            h, hw = g.mbconv(f"stage{s}.block{j}", h, b.in_channels, b.out_channels, hw, k, e, b.stride, b.act, b.se,
+                             b.residual)
+            cin = b.out_channels
     final = space.scaled(space.final_expand_width)
     h, hw = g.conv("final_expand", h, cin, final, hw, 1, 1, act="hswish")
     h = g.add("pool", "pool", (h,), final)
@@ -220,8 +199,8 @@ class StatsTable:
 
     def __init__(self, space: SearchSpace) -> None:
         self.space = space
-        plan = block_plan(space)
-        nr, nslot, nk, ne = len(space.resolutions), len(plan), len(space.kernels), len(space.expands)
+        slots = space.block_slots()  # the wiring of every block, as the space describes it
+        nr, nslot, nk, ne = len(space.resolutions), len(slots), len(space.kernels), len(space.expands)
         self.fixed = np.zeros((len(self.FIELDS), nr), dtype=np.int64)
         self.fixed_peak = np.zeros(nr, dtype=np.int64)
         self.block = np.zeros((len(self.FIELDS), nr, nslot, nk, ne), dtype=np.int64)
@@ -234,17 +213,16 @@ class StatsTable:
             self.fixed[:, ri] = self._totals(fixed_ops)
             self.fixed_peak[ri] = peak_activation(ops, sizes, skip=_in_block)
             hw_in = self._block_inputs(space, res)
-            for slot, (s, _j, cin, cout, stride) in enumerate(plan):
-                spec = space.stages[s]
+            for i, slot in enumerate(slots):
                 for ki, k in enumerate(space.kernels):
                     for ei, e in enumerate(space.expands):
                         g = _GraphBuilder()
-                        x = g.tensor(cin * hw_in[slot] ** 2)
-                        g.mbconv("b", x, cin, cout, hw_in[slot], k, e, stride, spec.act, spec.se,
-                                 residual=stride == 1 and cin == cout)
+                        x = g.tensor(slot.in_channels * hw_in[i] ** 2)
+                        g.mbconv("b", x, slot.in_channels, slot.out_channels, hw_in[i], k, e, slot.stride, slot.act,
+                                 slot.se, residual=slot.residual)
                         tot = self._totals(g.ops)
                         tot[2] = peak_activation(g.ops, g.sizes)
-                        self.block[:, ri, slot, ki, ei] = tot
+                        self.block[:, ri, i, ki, ei] = tot
 
     @staticmethod
     def _block_inputs(space: SearchSpace, res: int) -> list[int]:
@@ -266,27 +244,9 @@ class StatsTable:
                         dtype=np.int64)
 
     def indices(self, archs: list[Arch]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Resolution index (n,) and per-slot kernel and expand indices (n, slots), plus an active mask."""
-        space = self.space
-        r_index = {r: i for i, r in enumerate(space.resolutions)}
-        k_index = {k: i for i, k in enumerate(space.kernels)}
-        e_index = {e: i for i, e in enumerate(space.expands)}
-        n, nslot = len(archs), space.max_blocks
-        ri = np.empty(n, dtype=np.int64)
-        ki = np.zeros((n, nslot), dtype=np.int64)
-        ei = np.zeros((n, nslot), dtype=np.int64)
-        active = np.zeros((n, nslot), dtype=bool)
-        for row, arch in enumerate(archs):
-            ri[row] = r_index[arch.resolution]
-            i = 0
-            for s, depth in enumerate(arch.depths):
-                base = self.slot_offsets[s]
-                for j in range(depth):
-                    ki[row, base + j] = k_index[arch.kernels[i]]
-                    ei[row, base + j] = e_index[arch.expands[i]]
-                    active[row, base + j] = True
-                    i += 1
-        return ri, ki, ei, active
+        """Resolution index (n,) and per-slot kernel and expand indices (n, slots), plus an active mask
+        (`SearchSpace.choice_indices`)."""
+        return self.space.choice_indices(archs)
 
     def compute(self, archs: list[Arch], *, memory: bool = False) -> dict[str, np.ndarray]:
         """Statistics of every arch: a dict of int64 arrays named as ArchStats' fields; with `memory`, also

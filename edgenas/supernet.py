@@ -37,16 +37,13 @@ class Supernet(nn.Module):
         first = space.scaled(space.first_block_width)
         self.stem = ConvBNAct(space.in_channels, stem, 3, space.stem_stride, act="hswish")
         self.first = MBConv(stem, first, 3, 1, mid=None, act="relu", se_mid=None, residual=stem == first)
-        stages = []
+        stages: list[list[DynamicMBConv]] = [[] for _ in space.stages]
         cin = first
-        for spec, width in zip(space.stages, space.stage_widths):
-            blocks = []
-            for j in range(spec.max_depth):
-                stride = spec.stride if j == 0 else 1
-                blocks.append(DynamicMBConv(cin, width, space.kernels, space.expands, stride, spec.act, spec.se))
-                cin = width
-            stages.append(nn.ModuleList(blocks))
-        self.stages = nn.ModuleList(stages)
+        for slot in space.block_slots():  # the wiring of every block, as the space describes it
+            stages[slot.stage].append(DynamicMBConv(slot.in_channels, slot.out_channels, space.kernels, space.expands,
+                                                    slot.stride, slot.act, slot.se))
+            cin = slot.out_channels
+        self.stages = nn.ModuleList(nn.ModuleList(blocks) for blocks in stages)
         final = space.scaled(space.final_expand_width)
         feature = space.scaled(space.feature_width)
         self.final_expand = ConvBNAct(cin, final, 1, act="hswish")
@@ -117,6 +114,12 @@ class Supernet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.features(x)))
+
+    def mixed_forward(self, x: torch.Tensor, gates: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Every choice weighted by `gates` in one pass (differentiable search; see `edgenas.nn.mixed`)."""
+        from edgenas.nn.mixed import mixed_forward
+
+        return mixed_forward(self, x, gates)
 
     # ---- extraction ------------------------------------------------------------------------
     @torch.no_grad()

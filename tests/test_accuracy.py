@@ -13,7 +13,7 @@ from edgenas.accuracy.dataset import AccuracyDataset, sample_archs, shard
 from edgenas.accuracy.fit import fit_and_test, split_archs
 from edgenas.accuracy.predictor import AccuracyPredictor, FitConfig, kendall_tau, load_accuracy_predictor, rmse
 from edgenas.errors import UsageError
-from edgenas.search.genome import ArchBatch, GenomeCodec
+from edgenas.genome import ArchBatch, GenomeCodec
 from edgenas.space import SearchSpace
 from edgenas.stats import stats_table
 from edgenas.store import Store

@@ -9,6 +9,7 @@ from test_export_pipeline import exported_bundle, trained_subnet
 
 from edgenas.artifacts import sha256_file
 from edgenas.export.card import build_card, file_entry, render_markdown, write_card
+from edgenas.stats import arch_stats
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def test_exported_card_lists_every_file_with_its_checksum(bundle):
     space, arch, _ = trained_subnet()
     card = json.loads((result.out_dir / "card.json").read_text())
     assert card["arch"] == arch.to_dict() and card["space"] == "tiny"
-    stats = space.stats(arch)
+    stats = arch_stats(space, arch)
     assert card["macs"] == stats.macs and card["params"] == stats.params
     by_name = {f["name"]: f for f in card["files"]}
     assert set(by_name) == {"model.onnx", "model_fp32.tflite", "model_int8.tflite"}

@@ -7,6 +7,7 @@ import pytest
 from test_export_pipeline import exported_bundle, trained_subnet
 
 from edgenas.export.micro import _runtime, _try_run, check_micro
+from edgenas.stats import arch_stats
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def test_int8_model_runs_in_tflite_micro_in_the_smallest_arena(bundle):
     space, arch, _ = trained_subnet()
     check = result.micro
     assert check.ok and not check.unsupported_ops
-    assert check.analytic_peak_bytes == space.stats(arch).peak_activation_int8
+    assert check.analytic_peak_bytes == arch_stats(space, arch).peak_activation_int8
     # the arena holds at least the peak activations the memory planner must place at once
     assert check.arena_bytes >= 0.5 * check.analytic_peak_bytes
     assert check.top1_agrees_with_tflite and check.max_abs_diff_vs_tflite < 0.5

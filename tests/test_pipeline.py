@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from edgenas.artifacts import sha256_file
 from edgenas.errors import UsageError
 from edgenas.pipeline.config import load_run_config, parse_run_config
 
@@ -75,7 +76,7 @@ def project(tmp_path_factory):
 @pytest.fixture(scope="module")
 def interrupted_then_resumed(project):
     store = project / "out" / "store.sqlite"
-    proc = _edgenas("run", "run.toml", cwd=project)
+    proc = _edgenas("run", "run.toml", "--force", cwd=project)
     deadline = time.time() + 900
     # Wait until calibration has committed some measurements, then press Ctrl-C.
     while time.time() < deadline and proc.poll() is None:
@@ -86,7 +87,7 @@ def interrupted_then_resumed(project):
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     before = _stored(store)
-    resumed = _edgenas("run", "run.toml", "--json", cwd=project)
+    resumed = _edgenas("run", "run.toml", "--json", "--force", cwd=project)
     out2, _ = resumed.communicate(timeout=1800)
     return proc.returncode, out, before, resumed.returncode, out2
 
@@ -110,25 +111,28 @@ def test_rerun_resumes_and_measures_nothing_twice(project, interrupted_then_resu
     assert (project / "out" / "report.html").is_file()
     budget = result["budgets"][0]
     assert budget["arch"] is not None
-    # The winner met the budget when its candidate file was timed during the search ...
+    # The winner met the budget when its candidate file was timed in the deploy stage ...
     stages = json.loads((project / "out" / "stages.json").read_text())
-    (search,) = [v["outputs"] for k, v in stages.items() if k.startswith("search:local-fp32:")]
+    (search,) = [v["outputs"] for k, v in stages.items() if k.startswith("deploy:local-fp32:")]
     (chosen,) = [c for c in search["candidates"] if c["arch"] == budget["arch"]]
     assert chosen["latency_ms"] <= budget["budget_ms"]
     # ... and no candidate that met it was more accurate (the most accurate candidate that meets it wins) ...
     meeting = [c for c in search["candidates"] if c["latency_ms"] is not None and c["latency_ms"] <= budget["budget_ms"]]
     assert chosen["accuracy"] == max(c["accuracy"] for c in meeting)
-    # ... and the exported file was timed again, interleaved: the verdict is that figure against the budget.
-    assert budget["measured_latency_ms"] > 0
+    # ... and the shipped file is the very file that was measured (same bytes), its figure the verdict.
+    assert budget["measured_latency_ms"] == chosen["latency_ms"] > 0
     assert budget["meets_budget"] is (budget["measured_latency_ms"] <= budget["budget_ms"])
     card = json.loads((Path(budget["export_dir"]) / "card.json").read_text())
     assert card["arch"] == budget["arch"] and [f["name"] for f in card["files"]] == ["model.onnx"]
+    shipped = Path(budget["export_dir"]) / "model.onnx"
+    assert sha256_file(shipped) == card["files"][0]["sha256"] == chosen["sha256"] == sha256_file(chosen["model"])
     (measured,) = card["latency"]["measured"]
     assert measured["latency_ms"] == budget["measured_latency_ms"] and measured["timing"]["method"] == "interleaved"
+    assert budget["problems"] == [] and "EXPORT CHECKS FAILED" not in out
 
 
 def test_second_run_reuses_every_stage(project, interrupted_then_resumed):
-    proc = _edgenas("run", "run.toml", "--json", cwd=project)
+    proc = _edgenas("run", "run.toml", "--json", "--force", cwd=project)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
     result = json.loads(out[out.index("{"):])
@@ -139,12 +143,12 @@ def test_second_run_reuses_every_stage(project, interrupted_then_resumed):
 
 def test_changed_budget_reruns_only_what_depends_on_it(project, interrupted_then_resumed):
     (project / "run2.toml").write_text(SMALL.replace("budget_quantiles = [0.9]", "budget_quantiles = [0.95]"))
-    proc = _edgenas("run", "run2.toml", "--json", cwd=project)
+    proc = _edgenas("run", "run2.toml", "--json", "--force", cwd=project)
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out
     result = json.loads(out[out.index("{"):])
     assert {"train", "predictor", "calibrate:local-fp32", "pareto:local-fp32"} <= set(result["reused"])
-    assert all(s.startswith(("search:", "export:")) for s in result["ran"]) and result["ran"]
+    assert all(s.startswith("deploy:") for s in result["ran"]) and result["ran"]
 
 
 @pytest.mark.parametrize("text, message", [

@@ -79,16 +79,10 @@ class SupernetEvaluator:
     """A checkpoint's supernet and the dataset it was trained on (fingerprint checked), ready to evaluate archs."""
 
     def __init__(self, checkpoint: str, split: str, bn_batches: int) -> None:
-        from edgenas.data import load_dataset
-        from edgenas.train.checkpoint import load_checkpoint_info, load_supernet
+        from edgenas.train.checkpoint import OpenedCheckpoint
 
-        self.info = load_checkpoint_info(checkpoint)
-        self.supernet = load_supernet(checkpoint)
-        self.dataset = load_dataset(self.info["dataset"], seed=self.info["seed"])
-        if self.dataset.fingerprint != self.info["dataset_fingerprint"]:
-            raise UsageError(f"dataset {self.info['dataset']} now has fingerprint {self.dataset.fingerprint[:12]}, "
-                             f"but the supernet was trained on {self.info['dataset_fingerprint'][:12]}: "
-                             "use the data it was trained on")
+        opened = OpenedCheckpoint(checkpoint)  # read once: info, supernet and the checked dataset
+        self.info, self.supernet, self.dataset = opened.info, opened.supernet, opened.dataset()
         self.split, self.bn_batches = split, bn_batches
 
     def accuracy_dataset(self, store) -> AccuracyDataset:

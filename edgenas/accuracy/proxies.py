@@ -21,15 +21,13 @@ initialisation with `at_init=True`) and has `.predict(archs) -> np.ndarray`, so 
 for the accuracy predictor in a search (e.g. to warm-start before a predictor is fitted).
 `proxy_report(checkpoint, samples=N)` computes every proxy's Kendall tau against real (BN-recalibrated)
 holdout accuracy, reusing the evaluations the accuracy-predictor fit stored in the SQLite store.
-`register_proxies(subparsers)` / `run_proxies(args)` are the `edgenas proxies` command.
+The `edgenas proxies` command is in `edgenas.cli.accuracy`.
 
 torch is imported inside functions only: this module is imported when the CLI builds its help.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import time
@@ -397,38 +395,3 @@ def format_report(report: ProxyReport, extra: dict[str, float] | None = None) ->
         tau_s = "nan" if math.isnan(tau) else f"{tau:.3f}"
         lines.append(f"{name:<22}{tau_s:>8}{report.seconds_per_arch[name]:>10.4f}")
     return "\n".join(lines)
-
-
-# ---- CLI ----------------------------------------------------------------------------------------------
-def register_proxies(sub: argparse._SubParsersAction) -> None:
-    """Add `edgenas proxies` to the CLI's subparsers (handler resolved lazily)."""
-    p = sub.add_parser("proxies", help="zero-cost proxies' Kendall tau against real subnet accuracy")
-    p.add_argument("--supernet", required=True, metavar="CKPT", help="supernet checkpoint (supernet.pt)")
-    p.add_argument("--samples", type=int, default=100, help="archs to rank (stored evaluations first; "
-                   "the rest evaluated now) (default: %(default)s)")
-    p.add_argument("--proxies", default=",".join(PROXIES), help="comma-separated (default: all: %(default)s)")
-    p.add_argument("--at-init", action="store_true", help="score a freshly initialised supernet, not the trained one")
-    p.add_argument("--batch-size", type=int, default=32, help="images in the scoring batch (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="sampling, batch and initialisation seed (default: %(default)s)")
-    p.add_argument("--store", default=None, help="SQLite store of evaluations (default: $EDGENAS_STORE, "
-                   "else latency_tables/store.sqlite)")
-    p.add_argument("--bn-batches", type=int, default=8, help="training batches for BN recalibration "
-                   "(default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(handler="edgenas.accuracy.proxies:run_proxies")
-
-
-def run_proxies(args: argparse.Namespace) -> int:
-    names = [n.strip() for n in str(args.proxies).split(",") if n.strip()]
-    if not names:
-        raise UsageError("--proxies is empty: give a comma-separated list, e.g. synflow,naswot")
-    if args.batch_size < 2:
-        raise UsageError(f"--batch-size {args.batch_size} must be at least 2 (naswot and jacov compare images)")
-    report = proxy_report(args.supernet, samples=args.samples, names=names, seed=args.seed, store_path=args.store,
-                          at_init=args.at_init, batch_size=args.batch_size, bn_batches=args.bn_batches,
-                          progress=not args.json)
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        print(format_report(report))
-    return 0

@@ -16,6 +16,7 @@ on disk for inspection.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from edgenas.export.verify import (
 )
 from edgenas.memory import predict as predict_memory
 from edgenas.space import Arch, SearchSpace
+from edgenas.stats import arch_stats
 
 FORMATS = ("onnx", "tflite", "tflite-int8")
 FILE_NAMES = {"onnx": "model.onnx", "tflite": "model_fp32.tflite", "tflite-int8": "model_int8.tflite"}
@@ -47,7 +49,31 @@ TFLITE_VERSIONS = ("torch", "numpy", "litert-torch", "ai-edge-litert", "tflite-m
 
 
 class ExportCheckError(RuntimeError):
-    """A verification, TFLite Micro check or memory budget failed; the files are kept."""
+    """A verification, TFLite Micro check or memory budget failed; the files are kept, and `result` (the
+    `ExportResult`, card included) says what was written and what failed."""
+
+    def __init__(self, message: str, result: ExportResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+# The file a device runs, by (runtime, deployed precision): the one table the deploy stage, the export's
+# measurement and the pipeline's report read.
+DEPLOYED_FORMATS = {
+    ("onnxruntime", "fp32"): "onnx",
+    ("tflite", "fp32"): "tflite",
+    ("tflite", "int8"): "tflite-int8",
+}
+
+
+def deployed_format(runtime: str, precision: str) -> str:
+    """The export format a device of `runtime` runs at `precision` (one line naming the choices otherwise)."""
+    try:
+        return DEPLOYED_FORMATS[(runtime, precision)]
+    except KeyError:
+        offered = ", ".join(f"{r} {p}" for r, p in DEPLOYED_FORMATS)
+        raise UsageError(f"edgenas does not deploy {precision} models to a {runtime} device: choose one of "
+                         f"{offered}") from None
 
 
 def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -172,25 +198,37 @@ def export_subnet(
     predicted_latency_ms: float | None = None,
     name: str = "model",
     log: Callable[[str], None] = print,
+    kept: ExportResult | None = None,
+    measured: Sequence[Mapping[str, Any]] | None = None,
+    raise_on_problems: bool = True,
 ) -> ExportResult:
     """Write every requested format of `model` (a static subnet of `arch`) into `out_dir`, check it, and card it.
 
     `calibration` are training images for int8 calibration and `val_images`/`val_labels` the validation
     images for verification (NCHW float32 at the arch's resolution). `device` (an `edgenas` Device) is
-    used to measure the latency of the files its runtime runs. Raises `ExportCheckError` after writing the
-    card when a check or budget fails.
+    used to measure the latency of the files its runtime runs; `measured` are latency entries
+    (`measurement_entry`) already taken of these files, used instead. `kept` is an earlier export of the
+    same prepared `model` with the same options: its files are copied byte for byte (not converted again)
+    and its checks kept, so a file measured before shipping is the file shipped. When a check or budget
+    fails, the card is written and `ExportCheckError` (holding the result) raised, or, with
+    `raise_on_problems=False`, the result returned with its `problems`.
     """
     options = options or ExportOptions()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lineage = dict(lineage or {})
     model = model.eval().cpu()
-    stats = space.stats(arch)
+    stats = arch_stats(space, arch)
     memory = predict_memory(space, arch)  # the TFLite Micro arena and int8 file size the search constrained
     files: dict[str, Path] = {}
     seconds: dict[str, float] = {}
+    kept_files = dict(kept.files) if kept is not None else {}
     for fmt in options.formats:
         path = out_dir / FILE_NAMES[fmt]
+        if fmt in kept_files:
+            files[fmt] = _copy_exported(kept_files[fmt], path)
+            seconds[fmt] = kept.conversion_seconds.get(fmt, 0.0)
+            continue
         log(f"export: writing {path.name} ...")
         seconds[fmt] = _export_format(fmt, model, path, options, calibration)
         files[fmt] = path
@@ -203,11 +241,15 @@ def export_subnet(
     file_accuracy: dict[str, float] = {}
     reference = torch_logits(model, val_images)
     reference_acc = None if val_labels is None else float((reference.argmax(1) == val_labels).mean())
+    kept_checks = {c.format: c for c in kept.checks} if kept is not None else {}
     if options.verify:
         for fmt, path in files.items():
-            check = compare(fmt, path, file_logits(fmt, path, val_images), reference, val_labels,
-                            quantized=fmt.endswith("int8"), atol=options.atol, min_agreement=options.min_agreement,
-                            max_drop_points=options.max_drop_points)
+            if fmt in kept_checks:  # the same bytes checked against the same model: the check stands
+                check = dataclasses.replace(kept_checks[fmt], path=str(path))
+            else:
+                check = compare(fmt, path, file_logits(fmt, path, val_images), reference, val_labels,
+                                quantized=fmt.endswith("int8"), atol=options.atol,
+                                min_agreement=options.min_agreement, max_drop_points=options.max_drop_points)
             checks.append(check)
             if check.accuracy is not None:
                 file_accuracy[path.name] = check.accuracy
@@ -216,7 +258,12 @@ def export_subnet(
                 problems.append(check.message)
 
     micro = None
-    if options.micro and "tflite-int8" in files:
+    if options.micro and "tflite-int8" in kept_files and kept.micro is not None:
+        micro = kept.micro
+        log(f"micro: {micro.summary()}")
+        if not micro.ok:
+            problems.append(micro.summary())
+    elif options.micro and "tflite-int8" in files:
         micro = check_micro(files["tflite-int8"], images=val_images[:1], analytic_peak_bytes=stats.peak_activation_int8,
                             predicted_arena_bytes=memory.arena)
         log(f"micro: {micro.summary()}")
@@ -235,7 +282,11 @@ def export_subnet(
                             f"{options.target_flash_kb:g}")
 
     latency: dict[str, Any] = {"predicted_ms": predicted_latency_ms, "measured": []}
-    if device is not None:
+    if measured is not None:
+        latency["measured"] = [dict(m) for m in measured]
+        if measured:
+            latency["device"] = measured[0]["device"]
+    elif device is not None:
         latency["device"] = device.name
         latency["measured"] = measure_on_device(device, files, log=log)
 
@@ -256,9 +307,29 @@ def export_subnet(
         card["problems"] = problems
     write_card(out_dir, card)
     result = ExportResult(out_dir, files, checks, micro, seconds, card, problems)
-    if problems:
-        raise ExportCheckError(f"export to {out_dir} failed: " + "; ".join(problems))
+    if problems and raise_on_problems:
+        raise ExportCheckError(f"export to {out_dir} failed: " + "; ".join(problems), result)
     return result
+
+
+def _copy_exported(source: Path, path: Path) -> Path:
+    """Copy an exported file and its manifest to `path` (nothing to do when it is already there)."""
+    import shutil
+
+    from edgenas.artifacts import manifest_path
+
+    if Path(source).resolve() != path.resolve():
+        shutil.copyfile(source, path)
+        if manifest_path(source).is_file():
+            shutil.copyfile(manifest_path(source), manifest_path(path))
+    return path
+
+
+def measurement_entry(device_name: str, path: Path, m: Any) -> dict[str, Any]:
+    """A card's latency entry for one file's `Measurement` on a device."""
+    return {"device": device_name, "file": path.name, "runtime": m.runtime, "latency_ms": m.latency_ms,
+            "median_ms": m.median_ms, "cv": m.cv, "runs": m.runs, "timing": m.timing, "ok": m.ok,
+            "error": m.error, "error_message": m.error_message}
 
 
 def measure_on_device(device: Any, files: Mapping[str, Path], *, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
@@ -274,14 +345,102 @@ def measure_on_device(device: Any, files: Mapping[str, Path], *, log: Callable[[
         return []
     out = []
     for path, m in zip(paths, device.measure([str(p) for p in paths])):
-        entry = {"device": device.name, "file": path.name, "runtime": m.runtime, "latency_ms": m.latency_ms,
-                 "median_ms": m.median_ms, "cv": m.cv, "runs": m.runs, "timing": m.timing, "ok": m.ok,
-                 "error": m.error, "error_message": m.error_message}
+        entry = measurement_entry(device.name, path, m)
         log(f"measure: {path.name} on {device.name}: " +
             (f"{m.latency_ms:.3g} ms ({m.trust_line() or 'interleaved'})" if m.ok
              else f"failed ({m.error}: {m.error_message})"))
         out.append(entry)
     return out
+
+
+@dataclass
+class PreparedExport:
+    """A subnet ready to export: the BN-recalibrated (optionally fine-tuned) static model, the images its export
+    reads (int8 calibration, verification) and its lineage. Exporting it twice gives the same files."""
+
+    arch: Arch
+    model: nn.Module
+    calibration: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
+    lineage: dict[str, Any]
+    predicted_latency_ms: float | None = None
+
+
+def prepare_export(supernet: nn.Module, arch: Arch, dataset: Any, *, options: ExportOptions, info: Mapping[str, Any],
+                   search: Mapping[str, Any] | None = None, dataset_spec: str | None = None,
+                   log: Callable[[str], None] = print) -> PreparedExport:
+    """Extract `arch` from `supernet` with BN statistics re-estimated (and fine-tuned when `options` ask), and
+    gather its calibration and validation images. `info` is the checkpoint's (`OpenedCheckpoint.info`),
+    `search` a search result's JSON (`load_search_result`) recorded in the lineage."""
+    from edgenas.export.finetune import finetune
+
+    search = dict(search or {})
+    model = prepare_subnet(supernet, arch, dataset, bn_batches=options.bn_batches, batch_size=options.batch_size,
+                           seed=options.seed)
+    tuned: dict[str, float] = {}
+    if options.finetune_epochs:
+        teacher, teacher_res = teacher_of(supernet)
+        tuned = finetune(model, teacher, dataset, epochs=options.finetune_epochs, resolution=arch.resolution,
+                         teacher_resolution=teacher_res, batch_size=options.batch_size, seed=options.seed)
+        # running averages lag the last weights: re-estimate BatchNorm statistics exactly
+        model = recalibrate(model, dataset, arch.resolution, bn_batches=options.bn_batches,
+                            batch_size=options.batch_size, seed=options.seed)
+    calibration, _ = dataset_arrays(dataset, "train", arch.resolution, limit=options.calibration_images, shuffle=True,
+                                    seed=options.seed)
+    val_x, val_y = dataset_arrays(dataset, "val", arch.resolution)
+    lineage: dict[str, Any] = {
+        "supernet": {"path": str(info["path"]), "sha256": info["sha256"]},
+        "dataset": {"spec": dataset_spec or info["dataset"], "fingerprint": dataset.fingerprint,
+                    "checkpoint_dataset": info["dataset"]},
+        "training_seed": info.get("seed"),
+    }
+    if search:
+        lineage["search"] = {k: search.get(k) for k in ("algorithm", "device", "constraints", "config") if k in search}
+        if "_file" in search:
+            lineage["search"].update(result=search["_file"], inputs=search.get("_inputs"))
+    if tuned:
+        lineage["finetune"] = tuned
+    return PreparedExport(arch, model, calibration, val_x, val_y, lineage, predicted_latency(search))
+
+
+def export_prepared(prepared: PreparedExport, out_dir: str | os.PathLike, *, space: SearchSpace,
+                    options: ExportOptions, device: Any = None, kept: ExportResult | None = None,
+                    measured: Sequence[Mapping[str, Any]] | None = None, raise_on_problems: bool = True,
+                    log: Callable[[str], None] = print) -> ExportResult:
+    """`export_subnet` of a prepared subnet (see there for `device`, `kept`, `measured`, `raise_on_problems`)."""
+    return export_subnet(prepared.model, out_dir, space=space, arch=prepared.arch, calibration=prepared.calibration,
+                         val_images=prepared.val_images, val_labels=prepared.val_labels, options=options,
+                         lineage=prepared.lineage, device=device, predicted_latency_ms=prepared.predicted_latency_ms,
+                         name=f"edgenas {prepared.arch}", log=log, kept=kept, measured=measured,
+                         raise_on_problems=raise_on_problems)
+
+
+def load_search_result(value: str) -> dict[str, Any]:
+    """The JSON of an arch file when it is a search result (for predicted latency and lineage), else {}."""
+    import json
+
+    path = Path(value)
+    if value.strip().startswith("{") or not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    if not isinstance(data, dict) or "arch" not in data:
+        return {}
+    from edgenas.artifacts import read_manifest, sha256_file
+
+    manifest = read_manifest(path) or {}
+    # the predictors and tables the search used, with their hashes, come from the result's manifest
+    return {**data, "_file": {"path": str(path), "sha256": sha256_file(path)}, "_inputs": manifest.get("inputs")}
+
+
+def predicted_latency(result: Mapping[str, Any]) -> float | None:
+    """The predicted latency (ms) of a search result's winner, when it holds one."""
+    predicted = (result.get("best") or {}).get("predicted") or result.get("predicted") or {}
+    value = predicted.get("latency_ms") if isinstance(predicted, dict) else None
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def teacher_of(supernet: nn.Module) -> tuple[nn.Module, int]:

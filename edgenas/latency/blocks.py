@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from edgenas.space import Arch, SearchSpace, conv_out
-from edgenas.stats import StatsTable, _GraphBuilder, block_plan, mid_channels, se_channels, stats_table
+from edgenas.space import Arch, SearchSpace, conv_out, se_channels
+from edgenas.stats import StatsTable, _GraphBuilder, stats_table
 
 
 @dataclass(frozen=True)
@@ -99,8 +99,8 @@ class BlockIndex:
         self.space = space
         self.pieces: list[Piece] = []
         self._index: dict[Piece, int] = {}
-        plan = block_plan(space)
-        nr, nslot, nk, ne = len(space.resolutions), len(plan), len(space.kernels), len(space.expands)
+        slots = space.block_slots()  # the wiring of every block, as the space describes it
+        nr, nslot, nk, ne = len(space.resolutions), len(slots), len(space.kernels), len(space.expands)
         self.stem_of = np.zeros(nr, dtype=np.int64)
         self.head_of = np.zeros(nr, dtype=np.int64)
         self.block_of = np.zeros((nr, nslot, nk, ne), dtype=np.int64)
@@ -111,18 +111,17 @@ class BlockIndex:
             self.stem_of[ri] = self._add(Piece("stem", space.in_channels, first, res, 3, space.stem_stride, mid=stem,
                                                residual=stem == first))
             sizes = StatsTable._block_inputs(space, res)
-            for slot, (s, _j, cin, cout, stride) in enumerate(plan):
-                spec = space.stages[s]
+            for i, slot in enumerate(slots):
                 for ki, k in enumerate(space.kernels):
                     for ei, e in enumerate(space.expands):
-                        mid = mid_channels(cin, e)
-                        piece = Piece("block", cin, cout, sizes[slot], k, stride, mid, spec.act,
-                                      se_channels(mid) if spec.se else 0, stride == 1 and cin == cout)
-                        self.block_of[ri, slot, ki, ei] = self._add(piece)
+                        mid = slot.mid_channels(e)
+                        piece = Piece("block", slot.in_channels, slot.out_channels, sizes[i], k, slot.stride, mid,
+                                      slot.act, se_channels(mid) if slot.se else 0, slot.residual)
+                        self.block_of[ri, i, ki, ei] = self._add(piece)
             self.head_of[ri] = self._add(Piece("head", last, space.num_classes, _head_input_size(space, res),
                                                mid=space.scaled(space.final_expand_width),
                                                extra=space.scaled(space.feature_width)))
-        self.slot_group = np.array([1 + s for (s, *_rest) in plan], dtype=np.int64)
+        self.slot_group = np.array([1 + slot.stage for slot in slots], dtype=np.int64)
         self.num_groups = space.num_stages + 2
         self.group_names = ["stem"] + [f"stage{s}" for s in range(space.num_stages)] + ["head"]
         self._analytic: np.ndarray | None = None

@@ -204,6 +204,13 @@ class TablePredictor(BasePredictor):
     def group_sums(self, archs: Sequence[Arch]) -> np.ndarray:
         return self.index.group_sums(self.piece_ms, archs)
 
+    def slot_table(self, resolution_index: int) -> tuple[np.ndarray, float]:
+        """The table's pieces at one resolution as arrays: the block of each (slot, kernel, expand) in ms, and
+        stem plus head in ms. What a search over the table's expectation (differentiable search) reads."""
+        index, ms = self.index, self.piece_ms
+        fixed = ms[index.stem_of[resolution_index]] + ms[index.head_of[resolution_index]]
+        return ms[index.block_of[resolution_index]], float(fixed)
+
     def features(self, archs: Sequence[Arch]) -> np.ndarray:
         return self.group_sums(archs).sum(axis=1, keepdims=True)
 

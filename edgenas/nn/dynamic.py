@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgenas.nn.static import ConvBNAct, MBConv, SqueezeExcite, make_activation
-from edgenas.stats import mid_channels, se_channels
+from edgenas.space import mid_channels, se_channels
 
 
 class DynamicDepthwiseConv(nn.Module):

@@ -9,12 +9,14 @@ dataset = "digits"             # digits | shapes | folder:PATH | cifar10:PATH | 
 preset = "tiny"                # training preset (tiny | small | ofa)
 # config = "train.toml"        # a training config file (edgenas train --config)
 # checkpoint = "runs/x/supernet.pt"   # use an existing supernet instead of training one
+# time_budget = 600            # seconds of training, spread over the phases (edgenas train --time-budget)
 
 [predictor]
 samples = 150                  # subnets evaluated for the accuracy predictor (test ones included)
 test = 30
 
 [search]
+algorithm = "evolution"        # evolution | nsga2 | random | rl (edgenas search --algorithm)
 population = 100
 generations = 200
 top_k = 3                      # candidates exported and measured per budget
@@ -31,6 +33,7 @@ calibration_budget = 40        # whole-subnet measurements (on top of the table;
 holdout = 20                   # held-out subnets measured to show calibration quality
 # max_sram_kb = 256            # memory limits (microcontrollers), at the deployed precision
 # max_flash_kb = 1024
+# max_macs = 300               # compute limit in millions of MACs (as edgenas search --max-macs)
 ```
 """
 
@@ -59,7 +62,7 @@ class DeviceTarget:
     budget_quantiles: tuple[float, ...] = ()
     max_sram_kb: float | None = None
     max_flash_kb: float | None = None
-    max_macs: int | None = None
+    max_macs: float | None = None  # millions of MACs, as `edgenas search --max-macs`
     calibration: str = "table"  # table | whole-model | transfer (from the devices calibrated before it in the run)
     calibration_budget: int = 40
     holdout: int = 20
@@ -80,6 +83,7 @@ class RunConfig:
     seed: int = 0
     predictor_samples: int = 150
     predictor_test: int = 30
+    algorithm: str = "evolution"
     population: int = 100
     generations: int = 200
     top_k: int = 3
@@ -97,9 +101,9 @@ class RunConfig:
 
 _TOP = {"out", "seed", "train", "predictor", "search", "export", "devices"}
 _SECTIONS = {
-    "train": {"dataset", "preset", "config", "checkpoint", "steps_scale", "batch_size"},
+    "train": {"dataset", "preset", "config", "checkpoint", "steps_scale", "batch_size", "time_budget"},
     "predictor": {"samples", "test"},
-    "search": {"population", "generations", "top_k"},
+    "search": {"algorithm", "population", "generations", "top_k"},
     "export": {"formats"},
 }
 _DEVICE_KEYS = {f.name for f in dataclasses.fields(DeviceTarget)}
@@ -151,6 +155,9 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
     if "steps_scale" in train:
         scale = check_value(source, "train.steps_scale", train["steps_scale"], float, 0, 10_000, low_open=True)
         overrides["steps_scale"] = float(scale)
+    if "time_budget" in train:
+        budget = check_value(source, "train.time_budget", train["time_budget"], float, 0, 10 * 365 * 86400, low_open=True)
+        overrides["time_budget"] = float(budget)
     checkpoint = path_of(train["checkpoint"], "train.checkpoint") if "checkpoint" in train else None
     if checkpoint is not None and not checkpoint.is_file():
         raise _bad(source, "train.checkpoint", f"{checkpoint} does not exist")
@@ -164,6 +171,11 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
     if samples < test + 10:
         raise _bad(source, "predictor.samples", f"{samples} leaves fewer than 10 subnets to fit beside {test} test ones")
     search = sections["search"]
+    algorithm = _typed(source, "search.algorithm", search.get("algorithm", "evolution"), str, "an algorithm name")
+    from edgenas.search.registry import ALGORITHMS
+
+    if algorithm not in ALGORITHMS:
+        raise _bad(source, "search.algorithm", f"{algorithm!r} is not offered; choose from {', '.join(ALGORITHMS)}")
     population = check_value(source, "search.population", search.get("population", 100), int, 4, 100_000)
     generations = check_value(source, "search.generations", search.get("generations", 200), int, 1, 1_000_000)
     top_k = check_value(source, "search.top_k", search.get("top_k", 3), int, 1, 1000)
@@ -225,7 +237,7 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
         raise _bad(source, "devices", f"device {dup[0]!r} appears twice with the same precision; merge their budgets")
     return RunConfig(out=out, dataset=dataset, preset=preset, train_config=train_config, checkpoint=checkpoint,
                      train_overrides=overrides, seed=seed, predictor_samples=samples, predictor_test=test,
-                     population=population, generations=generations, top_k=top_k, formats=tuple(formats),
+                     algorithm=algorithm, population=population, generations=generations, top_k=top_k, formats=tuple(formats),
                      devices=tuple(devices), source=source)
 
 

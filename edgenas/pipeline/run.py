@@ -24,6 +24,7 @@ from edgenas.devices.measurement import meets_budget
 from edgenas.errors import UsageError
 from edgenas.pipeline.config import DeviceTarget, RunConfig
 from edgenas.pipeline.report import BudgetResult, DeviceReport, ReportData, render_report
+from edgenas.search.budget import SEARCH_MARGINS
 
 STAGES_FILE = "stages.json"
 
@@ -85,7 +86,9 @@ class RunResult:
                 "budgets": self.budgets}
 
 
-def run_pipeline(config: RunConfig, *, progress: bool = True) -> RunResult:
+def run_pipeline(config: RunConfig, *, progress: bool = True, force: bool = False) -> RunResult:
+    """Run every stage. A supernet that did not learn (`edgenas.train.gate`) stops the run after training with
+    TrainingGateFailed (its checkpoint kept), unless `force`."""
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "run-config.json", config.to_dict())
@@ -94,14 +97,11 @@ def run_pipeline(config: RunConfig, *, progress: bool = True) -> RunResult:
     tables_dir = out / "latency_tables"
 
     checkpoint = _train_stage(config, book, progress)
-    ckpt_sha = sha256_file(checkpoint)
-    from edgenas.train.checkpoint import load_checkpoint_info
-
-    info = load_checkpoint_info(checkpoint)
-    space_dict = info["space"]
-    from edgenas.space import SearchSpace
-
-    space = SearchSpace.from_dict(space_dict)
+    verdict = _training_gate(checkpoint, force)
+    opened = _Checkpoint(checkpoint)  # read once, for every stage that needs it
+    info = opened.get().info
+    ckpt_sha = info["sha256"]
+    space = opened.get().space
 
     predictor_out = book.run(
         "predictor",
@@ -115,8 +115,8 @@ def run_pipeline(config: RunConfig, *, progress: bool = True) -> RunResult:
     budgets: list[dict[str, Any]] = []
     calibrated: list[Path] = []  # latency predictors so far: the sources of a transfer calibration
     for target in config.devices:
-        device_report, device_budgets = _device_stages(config, target, book, space, checkpoint, ckpt_sha, accuracy_path,
-                                                       store_path, tables_dir, calibrated, progress)
+        device_report, device_budgets = _device_stages(config, target, book, space, checkpoint, opened, ckpt_sha,
+                                                       accuracy_path, store_path, tables_dir, calibrated, progress)
         devices.append(device_report)
         budgets.extend(device_budgets)
 
@@ -125,6 +125,9 @@ def run_pipeline(config: RunConfig, *, progress: bool = True) -> RunResult:
         if metrics_path.is_file() else []
     summary = info.get("summary") or {}
     training_summary = {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}
+    if (summary.get("alone") or {}).get("top1") is not None:
+        training_summary["largest network trained alone (same steps)"] = summary["alone"]["top1"]
+    training_summary["training check"] = verdict.message
     data = ReportData(
         title=f"edgenas run: {config.dataset}, {space.name} space, {len(config.devices)} device(s)",
         dataset=config.dataset, space=space.name, training_metrics=metrics, training_summary=training_summary,
@@ -136,17 +139,34 @@ def run_pipeline(config: RunConfig, *, progress: bool = True) -> RunResult:
 
 
 # ---- stages -------------------------------------------------------------------------------------
+def _training_gate(checkpoint: Path, force: bool) -> Any:
+    """The verdict on the supernet (edgenas.train.gate); raise TrainingGateFailed when it failed, unless `force`."""
+    from edgenas.train.checkpoint import load_checkpoint_info
+    from edgenas.train.gate import TrainingGateFailed, training_verdict
+
+    info = load_checkpoint_info(checkpoint)
+    verdict = training_verdict(info.get("summary") or {}, num_classes=info["space"].get("num_classes"))
+    if not verdict.passed:
+        if not force:
+            raise TrainingGateFailed(verdict, checkpoint)
+        log(f"{verdict.message} (going on: --force)")
+    return verdict
+
+
 def _train_stage(config: RunConfig, book: StageBook, progress: bool) -> Path:
     if config.checkpoint is not None:
         return config.checkpoint
     from edgenas.train.config import load_config
 
     tconfig = load_config(config.train_config, preset=config.preset, dataset=config.dataset, seed=config.seed,
-                          batch_size=config.train_overrides.get("batch_size"))
+                          batch_size=config.train_overrides.get("batch_size"),
+                          time_budget=config.train_overrides.get("time_budget"))
     if "steps_scale" in config.train_overrides:
         tconfig = tconfig.scale_epochs(config.train_overrides["steps_scale"])
     train_dir = config.out / "supernet"
     key = {"train": tconfig.result_dict()}
+    if tconfig.time_budget is not None:
+        key["time_budget"] = tconfig.time_budget
 
     def run() -> dict[str, Any]:
         from edgenas.train.trainer import train
@@ -168,12 +188,12 @@ def _fit_accuracy(config: RunConfig, checkpoint: Path, store_path: Path, out: Pa
 
 
 def _device_stages(config: RunConfig, target: DeviceTarget, book: StageBook, space: Any, checkpoint: Path,
+                   opened: _Checkpoint,
                    ckpt_sha: str, accuracy_path: Path, store_path: Path, tables_dir: Path, calibrated: list[Path],
                    progress: bool) -> tuple[DeviceReport, list[dict[str, Any]]]:
     from edgenas.devices import load_device
 
-    device = load_device(target.name)
-    try:
+    with load_device(target.name) as device:
         runtime = device.runtime
         if runtime == "onnxruntime" and target.precision == "int8":
             raise UsageError(f"device {device.name} runs ONNX Runtime, which edgenas deploys in fp32: set its "
@@ -208,16 +228,16 @@ def _device_stages(config: RunConfig, target: DeviceTarget, book: StageBook, spa
         report.pareto_predicted = [tuple(p) for p in front["front"]]
         results = []
         for budget in budgets_ms:
-            bdir = config.out / "search" / label / f"budget-{budget:g}ms"
             found = book.run(
-                f"search:{label}:{budget:g}ms",
+                f"deploy:{label}:{budget:g}ms",
                 {"accuracy": acc_sha, "latency": lat_sha, "checkpoint": ckpt_sha, "budget": budget,
                  "limits": [target.max_sram_kb, target.max_flash_kb, target.max_macs], "seed": config.seed,
-                 "population": config.population, "generations": config.generations, "top_k": config.top_k,
-                 "margins": SEARCH_MARGINS, "timing": "interleaved"},
-                lambda b=budget, d=bdir: _search(checkpoint, device.name, target, b, accuracy_path, latency_path,
-                                                 config, store_path, d, progress),
-                _files_exist("result"),
+                 "algorithm": config.algorithm, "population": config.population, "generations": config.generations,
+                 "top_k": config.top_k, "margins": SEARCH_MARGINS, "timing": "interleaved",
+                 "formats": list(config.formats), "device": describe, "precision": target.precision},
+                lambda b=budget: _deploy(opened, device, target, label, b, accuracy_path, latency_path, config,
+                                         store_path, progress),
+                _files_exist("result", "card"),
             )
             for cand in found.get("candidates", []):
                 if cand.get("latency_ms") is not None and cand.get("accuracy") is not None:
@@ -225,36 +245,22 @@ def _device_stages(config: RunConfig, target: DeviceTarget, book: StageBook, spa
             budget_result = BudgetResult(budget_ms=budget, arch=found.get("arch"),
                                          predicted_accuracy=found.get("predicted_accuracy"),
                                          predicted_latency_ms=found.get("predicted_latency_ms"), note=found.get("note", ""))
-            if found.get("arch") is not None:
-                edir = config.out / "export" / label / f"budget-{budget:g}ms"
-                exported = book.run(
-                    f"export:{label}:{budget:g}ms",
-                    {"checkpoint": ckpt_sha, "arch": found["arch"], "formats": list(config.formats), "device": describe,
-                     "precision": target.precision, "seed": config.seed,
-                     "limits": [target.max_sram_kb, target.max_flash_kb]},
-                    lambda f=found, d=edir: _export(checkpoint, f, d, device, target, config),
-                    _files_exist("card"),
-                )
-                card = json.loads(Path(exported["card"]).read_text())
-                budget_result.export_dir = str(edir)
-                budget_result.card = card
-                budget_result.measured_accuracy = exported.get("accuracy")
-                budget_result.measured_latency_ms = exported.get("measured_latency_ms")
-                if budget_result.measured_latency_ms is not None:
-                    budget_result.meets_budget = meets_budget(budget_result.measured_latency_ms, budget)
-                if exported.get("problems"):
-                    budget_result.note = "export checks failed: " + "; ".join(exported["problems"])
+            if found.get("card"):
+                budget_result.export_dir = found["export_dir"]
+                budget_result.card = json.loads(Path(found["card"]).read_text())
+                budget_result.measured_accuracy = found.get("accuracy")
+                budget_result.measured_latency_ms = found.get("measured_latency_ms")
+                budget_result.meets_budget = meets_budget(budget_result.measured_latency_ms, budget)
+            problems = found.get("problems") or []
+            if problems:
+                budget_result.note = "export checks failed: " + "; ".join(problems)
             report.budgets.append(budget_result)
             results.append({"device": device.name, "runtime": runtime, "precision": target.precision,
                             "budget_ms": budget, "arch": budget_result.arch,
                             "measured_latency_ms": budget_result.measured_latency_ms,
                             "accuracy": budget_result.measured_accuracy, "meets_budget": budget_result.meets_budget,
-                            "export_dir": budget_result.export_dir, "note": budget_result.note})
+                            "export_dir": budget_result.export_dir, "note": budget_result.note, "problems": problems})
         return report, results
-    finally:
-        close = getattr(device, "close", None)
-        if close:
-            close()
 
 
 def _calibrate(device: Any, space: Any, target: DeviceTarget, store_path: Path, tables_dir: Path, sources: list[Path],
@@ -303,128 +309,87 @@ def _quantile_budgets(latency_path: Path, space: Any, quantiles: tuple[float, ..
 def _constraints(target: DeviceTarget, budget: float | None):
     from edgenas.search.problem import Constraints
 
-    return Constraints(max_latency_ms=budget,
-                       max_sram_bytes=int(target.max_sram_kb * 1024) if target.max_sram_kb else None,
-                       max_flash_bytes=int(target.max_flash_kb * 1024) if target.max_flash_kb else None,
-                       max_macs=target.max_macs, precision=target.precision)
+    return Constraints.from_user_units(max_latency_ms=budget, max_sram_kb=target.max_sram_kb,
+                                       max_flash_kb=target.max_flash_kb, max_macs_m=target.max_macs,
+                                       precision=target.precision)
 
 
 def _pareto(checkpoint: Path, device_name: str, target: DeviceTarget, accuracy_path: Path, latency_path: Path,
             config: RunConfig, store_path: Path, out_dir: Path, progress: bool) -> dict[str, Any]:
-    from edgenas.search.run import search_device
+    from edgenas.deploy.run import search_device
 
-    found = search_device(checkpoint, device_name, _constraints(target, None), pareto=True, top_k=config.top_k,
+    found = search_device(checkpoint, device_name, _constraints(target, None), algorithm="nsga2", top_k=config.top_k,
                           seed=config.seed, population=config.population, generations=max(20, config.generations // 4),
                           accuracy_predictor=accuracy_path, latency_predictor=latency_path, out_dir=out_dir,
-                          store_path=store_path, verify_top=False, progress=progress)
+                          store_path=store_path, deploy_top=False, progress=progress)
     front = sorted((c.predicted["latency_ms"], c.predicted["accuracy"]) for c in found.result.front)
     return {"front": [list(p) for p in front], "result": str(found.result_path)}
 
 
-# The predictor is within a few per cent of the device, so the arch that sits exactly on the budget by
-# prediction measures over it about half the time. Searching also at tighter budgets gives the
-# verification step candidates below the budget by more than the predictor's error; the most accurate
-# candidate that meets the budget when measured wins (edgenas.devices.measurement.meets_budget).
-SEARCH_MARGINS = (1.0, 0.93, 0.86)
+class _Checkpoint:
+    """The run's checkpoint, opened (read once) the first time a stage needs its supernet and dataset."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._opened: Any = None
+
+    def get(self) -> Any:
+        if self._opened is None:
+            from edgenas.train.checkpoint import OpenedCheckpoint
+
+            self._opened = OpenedCheckpoint(self.path)
+        return self._opened
 
 
-def _candidates(checked: list[Any]) -> list[dict[str, Any]]:
-    return [{"arch": c.arch.to_dict(), "latency_ms": c.measured.get("latency_ms"), "accuracy": c.measured.get("accuracy")}
-            for c in checked]
-
-
-def _search(checkpoint: Path, device_name: str, target: DeviceTarget, budget: float, accuracy_path: Path,
-            latency_path: Path, config: RunConfig, store_path: Path, out_dir: Path, progress: bool) -> dict[str, Any]:
-    from edgenas.accuracy.fit import SupernetEvaluator
+def _deploy(checkpoint: _Checkpoint, device: Any, target: DeviceTarget, label: str, budget: float,
+            accuracy_path: Path, latency_path: Path, config: RunConfig, store_path: Path,
+            progress: bool) -> dict[str, Any]:
+    """One budget: the search `edgenas search` runs (`search_for_budget`), then the deploy stage it runs, which
+    also ships the winner in every configured format into export/<device>-<precision>/budget-<T>ms/."""
     from edgenas.accuracy.predictor import load_accuracy_predictor
-    from edgenas.devices import load_device
+    from edgenas.deploy.report import plot_front, save_result
+    from edgenas.deploy.run import deploy_options
+    from edgenas.deploy.stage import deploy
+    from edgenas.export.pipeline import load_search_result
     from edgenas.latency import load_latency_predictor
-    from edgenas.search.base import run_search
-    from edgenas.search.evolution import Evolution, EvolutionConfig
-    from edgenas.search.problem import Problem
-    from edgenas.search.report import plot_front, save_result
-    from edgenas.search.verify import verify
+    from edgenas.search.budget import search_for_budget
     from edgenas.store import Store
 
+    search_dir = config.out / "search" / label / f"budget-{budget:g}ms"
+    export_dir = config.out / "export" / label / f"budget-{budget:g}ms"
     acc = load_accuracy_predictor(accuracy_path)
     lat = load_latency_predictor(latency_path, space=acc.space)
-    results = []
-    for margin in SEARCH_MARGINS:
-        problem = Problem(acc.space, acc, lat, _constraints(target, budget * margin), device=device_name)
-        evolution = Evolution(acc.space, rng=np.random.default_rng(config.seed),
-                              config=EvolutionConfig(population=config.population, generations=config.generations))
-        try:
-            results.append(run_search(evolution, problem, top_k=config.top_k))
-        except UsageError as exc:  # impossible at this budget: reported in the run, the others go on
-            if not results:
-                log(f"budget {budget:g} ms on {device_name}: {exc}")
-                return {"arch": None, "note": str(exc), "result": None, "candidates": []}
-            break
-    result = results[0]
-    result.constraints["max_latency_ms"] = budget  # verified against the real budget
-    picks = list(dict.fromkeys([r.best.arch for r in results] + [c.arch for c in result.top]))
-    picks = picks[: max(config.top_k, len(results))]
-    by_arch = {c.arch: c for r in results for c in [r.best, *r.top]}
-    result.top = [by_arch[a] for a in picks]
-    ctx = SupernetEvaluator(str(checkpoint), "holdout", 8)
-    with load_device(device_name) as device, Store(store_path) as store:
-        ver = verify(result, supernet=ctx.supernet, dataset=ctx.dataset, device=device, out_dir=out_dir / "models",
-                     precision=target.precision, store=store, supernet_sha256=ctx.info["sha256"], progress=progress)
-    result_path = save_result(result, out_dir / "search-result.json", verification=ver, seed=config.seed,
-                              inputs={"supernet": str(checkpoint), "accuracy_predictor": str(accuracy_path),
-                                      "latency_predictor": str(latency_path)})
-    plot_front(result, out_dir / "pareto.png", verification=ver)
-    candidates = _candidates(ver.candidates)
-    winner = ver.winner
+    constraints = _constraints(target, budget)
+    try:
+        result = search_for_budget(acc.space, acc, lat, constraints, algorithm=config.algorithm,
+                                   population=config.population, generations=config.generations, seed=config.seed,
+                                   top_k=config.top_k, device=device.name)
+    except UsageError as exc:  # impossible at this budget: reported in the run, the other budgets go on
+        log(f"budget {budget:g} ms on {device.name}: {exc}")
+        return {"arch": None, "note": str(exc), "result": None, "candidates": []}
+    inputs = {"supernet": str(checkpoint.path), "accuracy_predictor": str(accuracy_path),
+              "latency_predictor": str(latency_path)}
+    result_path = save_result(result, search_dir / "search-result.json", seed=config.seed, inputs=inputs)
+    options = deploy_options(constraints, formats=tuple(config.formats), seed=config.seed)
+    with Store(store_path) as store:
+        done = deploy(result, checkpoint.get(), device, out_dir=search_dir / "models", precision=target.precision,
+                      options=options, top_k=config.top_k, store=store, search=load_search_result(str(result_path)),
+                      ship_dir=export_dir, progress=progress, log=lambda line: print(line, file=sys.stderr, flush=True))
+    save_result(result, result_path, verification=done, seed=config.seed, inputs=inputs)
+    plot_front(result, search_dir / "pareto.png", verification=done)
+    candidates = [{"arch": c.arch.to_dict(), "latency_ms": c.latency_ms, "accuracy": c.accuracy,
+                   "model": None if c.model is None else str(c.model), "sha256": c.sha256,
+                   "meets_budget": c.meets_budget, "problems": c.problems} for c in done.candidates]
+    winner = done.winner
     if winner is None:
-        note = (f"none of the {len(candidates)} candidates met {budget:g} ms when measured on {device_name}; "
+        note = (f"none of the {len(candidates)} candidates met {budget:g} ms when measured on {device.name}; "
                 "re-run with a larger budget or more calibration measurements")
         return {"arch": None, "note": note, "result": str(result_path), "candidates": candidates}
+    shipped = done.shipped
+    file_accuracy = {c.format: c.accuracy for c in shipped.checks}
     return {"arch": winner.arch.to_dict(), "predicted_accuracy": winner.predicted.get("accuracy"),
             "predicted_latency_ms": winner.predicted.get("latency_ms"), "result": str(result_path),
-            "candidates": candidates, "note": ""}
-
-
-def _export(checkpoint: Path, found: dict[str, Any], out_dir: Path, device: Any, target: DeviceTarget,
-            config: RunConfig) -> dict[str, Any]:
-    from edgenas.data import load_dataset
-    from edgenas.export.commands import export_one, load_search_result
-    from edgenas.export.pipeline import ExportCheckError, ExportOptions
-    from edgenas.train.checkpoint import load_checkpoint_info, load_supernet
-
-    info = load_checkpoint_info(checkpoint)
-    supernet = load_supernet(checkpoint)
-    arch = supernet.space.parse_arch(found["arch"])
-    dataset = load_dataset(info["dataset"], seed=info.get("seed", 0))
-    formats = tuple(config.formats)
-    options = ExportOptions(formats=formats, target_sram_kb=target.max_sram_kb, target_flash_kb=target.max_flash_kb,
-                            seed=config.seed)
-    search = load_search_result(found["result"]) if found.get("result") else {}
-    # the card's predicted figures are the chosen arch's (the measured winner), not the search's top pick
-    search["best"] = {"arch": found["arch"], "predicted": {"latency_ms": found.get("predicted_latency_ms"),
-                                                           "accuracy": found.get("predicted_accuracy")}}
-    problems: list[str] = []
-    try:
-        export_one(supernet, arch, dataset, out_dir, options=options, info=info, search=search, device=device,
-                   dataset_spec=info["dataset"])
-    except ExportCheckError as exc:
-        problems.append(str(exc))
-    card_path = out_dir / "card.json"
-    if not card_path.is_file():
-        raise UsageError(f"export into {out_dir} wrote no card.json: {'; '.join(problems) or 'see the log above'}")
-    card = json.loads(card_path.read_text())
-    deployed = _deployed_file(device.runtime, target.precision)
-    accuracy = (card.get("accuracy") or {}).get("files", {}).get(deployed, (card.get("accuracy") or {}).get("pytorch"))
-    measured = [m for m in (card.get("latency") or {}).get("measured", []) if m.get("file") == deployed]
-    latency = measured[0].get("latency_ms") if measured and measured[0].get("ok") else None
-    return {"card": str(card_path), "deployed_file": deployed, "accuracy": accuracy, "measured_latency_ms": latency,
-            "problems": problems}
-
-
-def _deployed_file(runtime: str, precision: str) -> str:
-    """The exported file a device of this runtime runs at this precision."""
-    from edgenas.export.pipeline import FILE_NAMES
-
-    if runtime == "onnxruntime":
-        return FILE_NAMES["onnx"]
-    return FILE_NAMES["tflite-int8" if precision == "int8" else "tflite"]
+            "candidates": candidates, "note": "", "export_dir": str(shipped.out_dir),
+            "card": str(shipped.out_dir / "card.json"), "deployed_file": shipped.files[done.format].name,
+            "sha256": winner.sha256, "accuracy": file_accuracy.get(done.format, shipped.card["accuracy"]["pytorch"]),
+            "measured_latency_ms": winner.latency_ms, "problems": done.problems}

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edgenas.search.genome import ArchBatch, GenomeCodec
+from edgenas.genome import ArchBatch, GenomeCodec
 from edgenas.search.problem import Evaluation, Problem
 from edgenas.space import Arch, SearchSpace
 

@@ -8,9 +8,9 @@ ProxylessNAS trains one path), then an architecture step on a held-out batch min
     CE + λ · E[latency] / target,   E[latency] = stem + head + Σ_slot P(slot active) · Σ_{k,e} p_k p_e · T[slot, k, e]
 
 where T comes from the device's latency table: the measured piece of each (resolution, slot, kernel,
-expand), looked up through `edgenas.latency.blocks.block_index` as the table predictor does, so the
-expectation is exact for the table. λ is a Lagrange multiplier raised by dual ascent while E[latency]
-exceeds the target and lowered (to 0 at least) when it is under, so one default serves every budget.
+expand), as the table predictor's `slot_table` gives it, so the expectation is exact for the table.
+λ is a Lagrange multiplier raised by dual ascent while E[latency] exceeds the target and lowered (to 0
+at least) when it is under, so one default serves every budget.
 
 Mixed op — choice and why. Weighting the outputs of every (kernel, expand) path per block (DARTS) runs 9
 block forwards per slot in the `tiny` space, about 8x the cost of a subnet step; sampling one path with
@@ -31,7 +31,9 @@ Resolution: the largest whose smallest arch fits the budget by the table, unless
 
 Runs on the CPU, or on a GPU with `device="cuda"`. The supernet is copied; the caller's is untouched.
 Seeded runs repeat exactly on the CPU (torch generators for the Gumbel noise and path sampling, seeded
-data order). This module imports torch: it is the one search module that touches `nn.Module`.
+data order). This module holds the architecture logits and the loop; the mixed forward pass is the
+supernet's own (`Supernet.mixed_forward`, `edgenas.nn.mixed`). It imports torch for the logits, and
+nothing of edgenas that builds models.
 """
 
 from __future__ import annotations
@@ -46,10 +48,8 @@ import torch
 import torch.nn.functional as F
 
 from edgenas.errors import UsageError
-from edgenas.latency.blocks import block_index
 from edgenas.progress import Progress
 from edgenas.space import Arch
-from edgenas.stats import mid_channels
 
 
 @dataclass(frozen=True)
@@ -106,11 +106,11 @@ class _ArchParams:
     """Logits of every decision, the latency table as tensors, and the expected latency."""
 
     def __init__(self, space, latency, ri: int, device: torch.device) -> None:
-        piece_ms = getattr(latency, "piece_ms", None)
-        if piece_ms is None:
+        slot_table = getattr(latency, "slot_table", None)
+        if slot_table is None:
             raise UsageError(f"differentiable search needs a latency table (a TablePredictor or a calibrated "
                              f"predictor), got {type(latency).__name__}: calibrate the device first")
-        index = block_index(space)
+        block_ms, self.fixed_ms = slot_table(ri)
         self.space = space
         self.ri = ri
         nk, ne = len(space.kernels), len(space.expands)
@@ -122,9 +122,7 @@ class _ArchParams:
         for s, spec in enumerate(space.stages):
             mask[s, : len(spec.depths)] = 0.0
         self.depth_mask = mask
-        ms = np.asarray(piece_ms, dtype=np.float64)
-        self.block_ms = torch.tensor(ms[index.block_of[ri]], dtype=torch.float32, device=device)  # (slots, nk, ne)
-        self.fixed_ms = float(ms[index.stem_of[ri]] + ms[index.head_of[ri]])
+        self.block_ms = torch.tensor(np.asarray(block_ms), dtype=torch.float32, device=device)  # (slots, nk, ne)
         # active[s, d, slot]: 1 where depth choice d of stage s runs that slot
         active = np.zeros((space.num_stages, nd, space.max_blocks), dtype=np.float32)
         slot = 0
@@ -192,44 +190,6 @@ class _ArchParams:
                     total += float(self.block_ms[slot, k[slot], e[slot]])
                 slot += 1
         return total
-
-
-def _mixed_block(block, x: torch.Tensor, gk: torch.Tensor, ge: torch.Tensor, expands: tuple[int, ...]) -> torch.Tensor:
-    """A DynamicMBConv at its largest width with kernel and expand choices mixed by gates (superkernel)."""
-    mid = block.max_mid
-    h = block.act(block.expand_bn(block.expand_conv(x, mid)))
-    channel = torch.arange(mid, device=x.device)
-    widths = torch.tensor([mid_channels(block.cin, e) for e in expands], device=x.device)
-    mask = (ge[:, None] * (channel[None, :] < widths[:, None]).to(ge.dtype)).sum(0)[None, :, None, None]
-    h = h * mask
-    dw = block.depthwise
-    kmax = dw.max_kernel
-    filt = 0
-    for i, k in enumerate(dw.kernels):
-        pad = (kmax - k) // 2
-        filt = filt + gk[i] * F.pad(dw.filter(mid, k), (pad, pad, pad, pad))
-    h = F.conv2d(h, filt, None, dw.stride, kmax // 2, 1, mid)
-    h = block.act(block.depthwise_bn(h)) * mask
-    if block.se is not None:
-        h = block.se(h)
-    h = block.project_bn(block.project_conv(h, block.cout))
-    return x + h if block.residual else h
-
-
-def _mixed_forward(net, x: torch.Tensor, gates: tuple[torch.Tensor, ...], space) -> torch.Tensor:
-    gk, ge, gd = gates
-    x = net.first(net.stem(x))
-    slot = 0
-    for s, (stage, spec) in enumerate(zip(net.stages, space.stages)):
-        outs = []
-        for block in stage:
-            x = _mixed_block(block, x, gk[slot], ge[slot], space.expands)
-            outs.append(x)
-            slot += 1
-        x = sum(gd[s, di] * outs[d - 1] for di, d in enumerate(spec.depths))
-    x = net.final_expand(x)
-    x = x.mean((2, 3), keepdim=True)
-    return net.classifier(net.dropout(torch.flatten(net.feature_mix(x), 1)))
 
 
 def _choose_resolution(space, latency, max_latency_ms: float, wanted: int | None) -> int:
@@ -322,7 +282,7 @@ def differentiable_search(supernet, dataset, latency, *, max_latency_ms: float, 
             gates = params.gates(gen, cfg.temperature)
             arch_opt.zero_grad(set_to_none=True)
             net.zero_grad(set_to_none=True)
-            ce = F.cross_entropy(_mixed_forward(net, x, gates, space), y)
+            ce = F.cross_entropy(net.mixed_forward(x, gates), y)
             expected = params.expected_latency()
             (ce + lam * expected / max_latency_ms).backward()
             arch_opt.step()

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from edgenas.genome import ArchBatch, GenomeCodec
 from edgenas.search.base import NoFeasibleArch, SearchAlgorithm
-from edgenas.search.genome import ArchBatch, GenomeCodec
 from edgenas.search.problem import Evaluation
 from edgenas.space import SearchSpace
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from edgenas.errors import UsageError
-from edgenas.search.genome import ArchBatch, GenomeCodec
+from edgenas.genome import ArchBatch, GenomeCodec
 from edgenas.space import Arch, SearchSpace
 
 
@@ -60,6 +60,18 @@ class Constraints:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise UsageError(f"constraint {name.replace('_', '-')} = {value} must be positive")
+
+    @classmethod
+    def from_user_units(cls, *, max_latency_ms: float | None = None, max_sram_kb: float | None = None,
+                        max_flash_kb: float | None = None, max_macs_m: float | None = None,
+                        precision: str = "int8") -> Constraints:
+        """Constraints from the units users write (`--max-sram-kb`, `max_macs = 300` in a run config): latency in
+        ms, memory in KB (1024 bytes), compute in millions of MACs. The CLI and the run config both build theirs
+        here, so one number means one thing in both."""
+        return cls(max_latency_ms=None if max_latency_ms is None else float(max_latency_ms),
+                   max_sram_bytes=None if max_sram_kb is None else int(max_sram_kb * 1024),
+                   max_flash_bytes=None if max_flash_kb is None else int(max_flash_kb * 1024),
+                   max_macs=None if max_macs_m is None else int(max_macs_m * 1e6), precision=precision)
 
     def limits(self) -> dict[str, float]:
         """Active limits by short name: latency (ms), sram, flash (bytes), macs."""

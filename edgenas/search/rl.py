@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from edgenas.genome import ArchBatch
 from edgenas.search.base import NoFeasibleArch, SearchAlgorithm
-from edgenas.search.genome import ArchBatch
 from edgenas.search.problem import Evaluation
 from edgenas.space import SearchSpace
 

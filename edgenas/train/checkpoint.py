@@ -20,6 +20,7 @@ from edgenas.artifacts import atomic_write_bytes, sha256_file, write_manifest
 from edgenas.errors import UsageError
 from edgenas.readers import MAX_CHECKPOINT_BYTES, check_tree, input_file, one_line, space_from_dict
 from edgenas.space import SearchSpace
+from edgenas.stats import arch_stats
 from edgenas.supernet import Supernet
 from edgenas.train.config import check_settings
 
@@ -137,7 +138,7 @@ def _check_fields(state: dict[str, Any], fields: dict[str, type], source: str) -
 def _check_weights(weights: dict[str, Any], space: SearchSpace, source: str, role: str) -> None:
     """The weights must be exactly those of the space's supernet: same names, shapes, finite values."""
     try:
-        params = space.stats(space.largest()).params
+        params = arch_stats(space, space.largest()).params
     except (ValueError, ZeroDivisionError, OverflowError) as exc:
         raise UsageError(f"{source}: its search space '{space.name}' is not buildable ({one_line(str(exc))}); "
                          f"{REMEDY}") from None
@@ -179,7 +180,11 @@ def load_supernet(path: str | Path, map_location: str | torch.device = "cpu") ->
 def load_checkpoint_info(path: str | Path) -> dict[str, Any]:
     """What later stages need to reproduce the data and settings: dataset spec, fingerprint, seed, config,
     space dict, the checkpoint's sha256, training progress and the final summary (accuracies)."""
-    state = read_checkpoint(path)
+    return checkpoint_info(path, read_checkpoint(path))
+
+
+def checkpoint_info(path: str | Path, state: dict[str, Any]) -> dict[str, Any]:
+    """`load_checkpoint_info` of a checkpoint dict already read from `path`."""
     return {
         "path": str(path),
         "sha256": sha256_file(path),
@@ -194,3 +199,38 @@ def load_checkpoint_info(path: str | Path) -> dict[str, Any]:
         "complete": bool(state.get("complete")),
         "summary": state.get("summary"),
     }
+
+
+class OpenedCheckpoint:
+    """A checkpoint read once: its `info`, its `supernet` (eval mode, largest arch active) and `dataset()`.
+
+    The later stages (accuracy, deploy, export) each need all three; reading the file once keeps them
+    consistent and avoids a second `torch.load`."""
+
+    def __init__(self, path: str | Path) -> None:
+        state = read_checkpoint(path)
+        self.path = Path(path)
+        self.info = checkpoint_info(path, state)
+        self.supernet = supernet_from_state(state)
+        self.supernet.set_largest()
+        self.supernet.eval()
+        self._dataset: Any = None
+
+    @property
+    def space(self) -> SearchSpace:
+        return self.supernet.space
+
+    def dataset(self, spec: str | None = None) -> Any:
+        """The dataset it was trained on (cached), or `spec`; the training data's fingerprint must still match."""
+        from edgenas.data import load_dataset
+
+        if spec is not None and spec != self.info["dataset"]:
+            return load_dataset(spec, seed=self.info.get("seed", 0))
+        if self._dataset is None:
+            dataset = load_dataset(self.info["dataset"], seed=self.info.get("seed", 0))
+            if dataset.fingerprint != self.info["dataset_fingerprint"]:
+                raise UsageError(f"dataset {self.info['dataset']} now has fingerprint {dataset.fingerprint[:12]}, "
+                                 f"but the supernet was trained on {self.info['dataset_fingerprint'][:12]}: "
+                                 "use the data it was trained on")
+            self._dataset = dataset
+        return self._dataset

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from edgenas import SearchSpace, Supernet  # noqa: E402
 from edgenas.export.onnx import export_onnx  # noqa: E402
+from edgenas.stats import arch_stats  # noqa: E402
 
 
 def train_throughput(net: Supernet, arch, batch: int, iters: int) -> float:
@@ -65,7 +66,7 @@ def main() -> None:
             t_extract = time.perf_counter() - t0
             with tempfile.TemporaryDirectory() as tmp:
                 result = export_onnx(model, Path(tmp) / "m.onnx")
-            st = space.stats(arch)
+            st = arch_stats(space, arch)
             print(f"{name:<12} {label:<10} {arch.resolution:>4} {st.macs / 1e6:>8.1f} {st.params:>9,} {sps:>16.1f} "
                   f"{t_extract * 1e3:>11.1f} {result.seconds * 1e3:>15.1f}")
 

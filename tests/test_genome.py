@@ -1,9 +1,9 @@
-"""Tests for edgenas.search.genome: genome rows agree with Arch, space.encode and the statistics table."""
+"""Tests for edgenas.genome: genome rows agree with Arch, space.encode and the statistics table."""
 
 import numpy as np
 import pytest
 
-from edgenas.search.genome import ArchBatch, GenomeCodec
+from edgenas.genome import ArchBatch, GenomeCodec
 from edgenas.space import SearchSpace
 from edgenas.stats import stats_table
 

@@ -22,8 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--bn-batches", type=int, default=8, help="training batches for BN recalibration "
                      "(default: %(default)s)")
     fit.add_argument("--json", action="store_true", help="print the result as JSON")
-    fit.set_defaults(handler="edgenas.accuracy.commands:run_fit")
-    from edgenas.accuracy.proxies import register_proxies  # `edgenas proxies` (import-light: no torch)
+    fit.set_defaults(handler="edgenas.cli.accuracy:run_fit")
 
     register_proxies(sub)
 
@@ -53,4 +52,43 @@ def run_fit(args: argparse.Namespace) -> int:
     print(f"  fitted on {fit.train_size} (early stopping on {fit.val_size}), best epoch {fit.best_epoch}/{fit.epochs}")
     print(f"  test on {result.test_size} held-out archs: RMSE {result.test_rmse:.4f}, "
           f"Kendall tau {result.test_kendall_tau:.3f}")
+    return 0
+
+
+def register_proxies(sub: argparse._SubParsersAction) -> None:
+    """Add `edgenas proxies` to the CLI's subparsers (handler resolved lazily)."""
+    p = sub.add_parser("proxies", help="zero-cost proxies' Kendall tau against real subnet accuracy")
+    p.add_argument("--supernet", required=True, metavar="CKPT", help="supernet checkpoint (supernet.pt)")
+    p.add_argument("--samples", type=int, default=100, help="archs to rank (stored evaluations first; "
+                   "the rest evaluated now) (default: %(default)s)")
+    from edgenas.accuracy.proxies import PROXIES
+
+    p.add_argument("--proxies", default=",".join(PROXIES), help="comma-separated (default: all: %(default)s)")
+    p.add_argument("--at-init", action="store_true", help="score a freshly initialised supernet, not the trained one")
+    p.add_argument("--batch-size", type=int, default=32, help="images in the scoring batch (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="sampling, batch and initialisation seed (default: %(default)s)")
+    p.add_argument("--store", default=None, help="SQLite store of evaluations (default: $EDGENAS_STORE, "
+                   "else latency_tables/store.sqlite)")
+    p.add_argument("--bn-batches", type=int, default=8, help="training batches for BN recalibration "
+                   "(default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler="edgenas.cli.accuracy:run_proxies")
+
+
+def run_proxies(args: argparse.Namespace) -> int:
+    from edgenas.accuracy.proxies import format_report, proxy_report
+    from edgenas.errors import UsageError
+
+    names = [n.strip() for n in str(args.proxies).split(",") if n.strip()]
+    if not names:
+        raise UsageError("--proxies is empty: give a comma-separated list, e.g. synflow,naswot")
+    if args.batch_size < 2:
+        raise UsageError(f"--batch-size {args.batch_size} must be at least 2 (naswot and jacov compare images)")
+    report = proxy_report(args.supernet, samples=args.samples, names=names, seed=args.seed, store_path=args.store,
+                          at_init=args.at_init, batch_size=args.batch_size, bn_batches=args.bn_batches,
+                          progress=not args.json)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(format_report(report))
     return 0

@@ -1,4 +1,5 @@
-"""A search's result on disk and on screen: JSON with a manifest, the Pareto-front plot, the side-by-side table."""
+"""A search's result and its deployment on disk and on screen: JSON with a manifest, the Pareto-front plot, the
+side-by-side table of predicted and measured figures."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from edgenas.deploy.stage import Deployment
 from edgenas.search.base import SearchResult
-from edgenas.search.verify import Verification
 
 
-def result_dict(result: SearchResult, verification: Verification | None = None) -> dict[str, Any]:
+def result_dict(result: SearchResult, verification: Deployment | None = None) -> dict[str, Any]:
     """The saved form: `arch` is the winner (measured when verified, else the predicted best)."""
     d = result.to_dict()
     d["predicted_best"] = d.pop("best")
@@ -24,7 +25,7 @@ def result_dict(result: SearchResult, verification: Verification | None = None) 
     return d
 
 
-def save_result(result: SearchResult, path: str | os.PathLike, *, verification: Verification | None = None,
+def save_result(result: SearchResult, path: str | os.PathLike, *, verification: Deployment | None = None,
                 inputs: dict[str, Any] | None = None, seed: int | None = None) -> Path:
     """Write the result JSON (atomically) and its manifest beside it."""
     from edgenas.artifacts import atomic_write_json, write_manifest
@@ -37,7 +38,7 @@ def save_result(result: SearchResult, path: str | os.PathLike, *, verification: 
     return path
 
 
-def plot_front(result: SearchResult, path: str | os.PathLike, *, verification: Verification | None = None) -> Path:
+def plot_front(result: SearchResult, path: str | os.PathLike, *, verification: Deployment | None = None) -> Path:
     """Accuracy against latency: the predicted Pareto front, the top candidates, and measured points marked."""
     import matplotlib
 
@@ -55,11 +56,11 @@ def plot_front(result: SearchResult, path: str | os.PathLike, *, verification: V
     ax.scatter([c.predicted[key] for c in result.top], [100 * c.predicted["accuracy"] for c in result.top],
                marker="s", s=28, color="tab:orange", label="top candidates (predicted)", zorder=3)
     if verification is not None:
-        measured = [c for c in verification.candidates if c.measured.get("latency_ms") is not None]
-        ax.scatter([c.measured["latency_ms"] for c in measured], [100 * c.measured["accuracy"] for c in measured],
+        measured = [c for c in verification.candidates if c.latency_ms is not None and c.accuracy is not None]
+        ax.scatter([c.latency_ms for c in measured], [100 * c.accuracy for c in measured],
                    marker="*", s=90, color="tab:red", label="measured on device", zorder=4)
         for c in measured:
-            ax.annotate("", xy=(c.measured["latency_ms"], 100 * c.measured["accuracy"]),
+            ax.annotate("", xy=(c.latency_ms, 100 * c.accuracy),
                         xytext=(c.predicted[key], 100 * c.predicted["accuracy"]),
                         arrowprops={"arrowstyle": "->", "color": "0.6", "lw": 0.8})
     limit = result.constraints.get("max_latency_ms")
@@ -79,7 +80,7 @@ def plot_front(result: SearchResult, path: str | os.PathLike, *, verification: V
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def format_table(result: SearchResult, verification: Verification | None = None) -> str:
+def format_table(result: SearchResult, verification: Deployment | None = None) -> str:
     """Predicted and measured figures side by side, one row per top candidate."""
     lines = [f"{result.algorithm} on {result.device or '-'} ({result.candidates} candidates, "
              f"{result.predicted} predicted, {result.seconds:.2f} s); constraints: "
@@ -88,10 +89,13 @@ def format_table(result: SearchResult, verification: Verification | None = None)
     lines.append(f"{'#':>2} {'pred top1':>9} {'meas top1':>9} {'pred ms':>8} {'meas ms':>8} {'SRAM KB':>8} "
                  f"{'flash KB':>9} {'MMACs':>7}  arch")
     for i, c in enumerate(rows):
-        m = c.measured
-        meas_acc = f"{100 * m['accuracy']:8.2f}%" if "accuracy" in m else f"{'-':>9}"
-        meas_ms = f"{m['latency_ms']:8.3f}" if m.get("latency_ms") is not None else f"{m.get('error') or '-':>8}"
+        accuracy, latency = getattr(c, "accuracy", None), getattr(c, "latency_ms", None)
+        error = c.measurement.error if getattr(c, "measurement", None) is not None else None
+        meas_acc = f"{100 * accuracy:8.2f}%" if accuracy is not None else f"{'-':>9}"
+        meas_ms = f"{latency:8.3f}" if latency is not None else f"{error or '-':>8}"
         win = " <- winner" if verification and verification.winner is c else ""
+        if getattr(c, "problems", None):
+            win += " (export check failed: " + "; ".join(c.problems) + ")"
         lines.append(f"{i:>2} {100 * c.predicted['accuracy']:8.2f}% {meas_acc} {c.predicted['latency_ms']:8.3f} "
                      f"{meas_ms} {c.predicted['sram_bytes'] / 1024:8.1f} {c.predicted['flash_bytes'] / 1024:9.1f} "
                      f"{c.predicted['macs'] / 1e6:7.2f}  {c.arch}{win}")

@@ -1,8 +1,9 @@
-"""The `edgenas` command: parses arguments, dispatches to each stage's commands, maps errors to exit codes.
+"""The `edgenas` command: parses arguments, dispatches to each command group, maps errors to exit codes.
 
-Each stage keeps its own subcommands in `edgenas/<stage>/commands.py`, which exposes
-`register(subparsers)`. Those modules import nothing heavy at module level, so
-`edgenas --help` stays fast; a handler imports torch & co. only when it runs.
+Each command group is one module of this package (`edgenas/cli/<group>.py`), which exposes
+`register(subparsers)`. Those modules import nothing heavy at module level, so `edgenas --help`
+stays fast; a handler imports torch & co. only when it runs. This package is the only place that
+chains stages; nothing else in edgenas imports it.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from collections.abc import Sequence
 
 # Order here is the order in `edgenas --help`.
 COMMAND_MODULES = (
-    "edgenas.pipeline.commands",  # demo, run
-    "edgenas.train.commands",  # train, eval
-    "edgenas.devices.commands",  # devices, measure
-    "edgenas.latency.commands",  # calibrate, latency
-    "edgenas.accuracy.commands",  # predictor, proxies
-    "edgenas.search.commands",  # search
-    "edgenas.export.commands",  # export
+    "edgenas.cli.pipeline",  # demo, run
+    "edgenas.cli.train",  # train, eval
+    "edgenas.cli.devices",  # devices, measure
+    "edgenas.cli.latency",  # calibrate, latency
+    "edgenas.cli.accuracy",  # predictor, proxies
+    "edgenas.cli.search",  # search
+    "edgenas.cli.export",  # export
 )
 
 EXIT_USAGE = 2
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name == name:  # a stage whose commands are not built yet
+            if exc.name == name:  # a command group that is not built yet
                 continue
             raise
         module.register(sub)
@@ -164,6 +165,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 def entry() -> None:
     sys.exit(main())
 
-
-if __name__ == "__main__":
-    entry()

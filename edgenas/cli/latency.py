@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="a model's latency: the device's figure timed interleaved (default), or the median or "
                           "minimum of the same runs, for comparison")
     cal.add_argument("--no-table", action="store_true", help="fit from whole-subnet measurements alone (no table)")
-    cal.set_defaults(handler="edgenas.latency.commands:run_calibrate")
+    cal.set_defaults(handler="edgenas.cli.latency:run_calibrate")
 
     lat = sub.add_parser("latency", help="judge latency predictors on held-out subnets")
     lsub = lat.add_subparsers(dest="latency_command", metavar="SUBCOMMAND", parser_class=type(lat))
@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--repeat", action="store_true",
                     help="time the held-out subnets a second time and score that as 'repeat': how well the device "
                          "agrees with itself, the ceiling for any predictor")
-    ev.set_defaults(handler="edgenas.latency.commands:run_eval")
+    ev.set_defaults(handler="edgenas.cli.latency:run_eval")
 
 
 def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, list[str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed for calibration and fine-tuning (default: the checkpoint's)")
     p.add_argument("--force", action="store_true", help="export again even where a folder holds a finished export")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.set_defaults(handler="edgenas.export.commands:run_export")
+    p.set_defaults(handler="edgenas.cli.export:run_export")
 
 
 def _pair_devices(archs: list[str], devices: list[str] | None) -> list[tuple[str | None, str]]:
@@ -56,33 +57,6 @@ def _pair_devices(archs: list[str], devices: list[str] | None) -> list[tuple[str
         raise UsageError(f"{len(archs)} --arch values for {len(devices)} --device values: give one --arch per device "
                          "(in the same order) or a single --arch for all")
     return list(zip(devices, archs))
-
-
-def load_search_result(value: str) -> dict[str, Any]:
-    """The JSON of an arch file when it is a search result (for predicted latency and lineage), else {}."""
-    path = Path(value)
-    if value.strip().startswith("{") or not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    if not isinstance(data, dict) or "arch" not in data:
-        return {}
-    from edgenas.artifacts import read_manifest, sha256_file
-
-    manifest = read_manifest(path) or {}
-    # the predictors and tables the search used, with their hashes, come from the result's manifest
-    return {**data, "_file": {"path": str(path), "sha256": sha256_file(path)}, "_inputs": manifest.get("inputs")}
-
-
-def _predicted_latency(result: dict[str, Any]) -> float | None:
-    predicted = (result.get("best") or {}).get("predicted") or result.get("predicted") or {}
-    if isinstance(predicted, dict):
-        for key in ("latency_ms", "latency"):
-            if isinstance(predicted.get(key), (int, float)):
-                return float(predicted[key])
-    return None
 
 
 def _finished(out_dir: Path, arch: Any, supernet_sha: str) -> bool:
@@ -118,26 +92,38 @@ def run_export(args: argparse.Namespace) -> int:
         require_converter()  # a missing converter is one line before any work
     pairs = _pair_devices(args.arch, args.device)
 
-    from edgenas.train.checkpoint import load_checkpoint_info, load_supernet
+    from edgenas.train.checkpoint import OpenedCheckpoint
 
-    info = load_checkpoint_info(args.supernet)  # one line naming the checkpoint and what is wrong with it
-    supernet = load_supernet(args.supernet)
+    opened = OpenedCheckpoint(args.supernet)  # read once; one line naming the checkpoint and what is wrong with it
+    info, supernet = opened.info, opened.supernet
     space = supernet.space
     archs = [parse_arch(value, space) for _, value in pairs]
     seed = info.get("seed", 0) if args.seed is None else args.seed
     options = ExportOptions(**{**options.to_dict(), "formats": formats, "seed": seed})
 
-    devices: dict[str, Any] = {}
-    if args.device:
-        try:
-            from edgenas.devices import load_device
-        except ImportError as exc:
-            raise UsageError(f"--device needs edgenas.devices, which cannot be imported here ({exc})") from None
-        for name in dict.fromkeys(args.device):
-            devices[name] = load_device(name)
+    with contextlib.ExitStack() as stack:
+        devices: dict[str, Any] = {}
+        if args.device:
+            try:
+                from edgenas.devices import load_device
+            except ImportError as exc:
+                raise UsageError(f"--device needs edgenas.devices, which cannot be imported here ({exc})") from None
+            for name in dict.fromkeys(args.device):
+                devices[name] = stack.enter_context(load_device(name))
+        results, failures = _export_pairs(args, pairs, archs, devices, supernet, info, options)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return EXIT_CHECK_FAILED if failures else 0
 
+
+def _export_pairs(args: argparse.Namespace, pairs: list[tuple[str | None, str]], archs: list[Any],
+                  devices: dict[str, Any], supernet: Any, info: dict[str, Any],
+                  options: Any) -> tuple[list[dict[str, Any]], list[str]]:
     from edgenas.data import load_dataset
+    from edgenas.errors import UsageError
+    from edgenas.export.pipeline import load_search_result
 
+    space = supernet.space
     dataset = load_dataset(args.dataset or info["dataset"], seed=info.get("seed", 0))
     if dataset.num_classes != space.num_classes or dataset.in_channels != space.in_channels:
         raise UsageError(f"dataset {dataset.spec} has {dataset.num_classes} classes and {dataset.in_channels} channel(s); "
@@ -160,14 +146,13 @@ def run_export(args: argparse.Namespace) -> int:
         except _check_error() as exc:
             failures.append(str(exc))
             print(f"edgenas: error: {exc}", file=sys.stderr)
-            results.append({"out": str(out_dir), "ok": False, "error": str(exc)})
-    for device in devices.values():
-        close = getattr(device, "close", None)
-        if close:
-            close()
-    if args.json:
-        print(json.dumps(results, indent=2))
-    return EXIT_CHECK_FAILED if failures else 0
+            failed = {"out": str(out_dir), "ok": False, "error": str(exc)}
+            written = getattr(exc, "result", None)  # what was written and checked, kept on disk
+            if written is not None:
+                failed.update(files={k: str(v) for k, v in written.files.items()}, problems=written.problems,
+                              accuracy=written.card["accuracy"])
+            results.append(failed)
+    return results, failures
 
 
 def _check_error() -> tuple[type[Exception], ...]:
@@ -180,37 +165,12 @@ def _check_error() -> tuple[type[Exception], ...]:
 def export_one(supernet: Any, arch: Any, dataset: Any, out_dir: Path, *, options: Any, info: dict[str, Any],
                search: dict[str, Any], device: Any, dataset_spec: str):
     """Prepare (and fine-tune) one subnet and run the export pipeline into `out_dir`."""
-    from edgenas.export.finetune import finetune
-    from edgenas.export.pipeline import dataset_arrays, export_subnet, prepare_subnet, recalibrate, teacher_of
+    from edgenas.export.pipeline import export_prepared, prepare_export
 
-    log = _stderr
-    log(f"export: {arch} -> {out_dir}")
-    model = prepare_subnet(supernet, arch, dataset, bn_batches=options.bn_batches, batch_size=options.batch_size,
-                           seed=options.seed)
-    tuned: dict[str, float] = {}
-    if options.finetune_epochs:
-        teacher, teacher_res = teacher_of(supernet)
-        tuned = finetune(model, teacher, dataset, epochs=options.finetune_epochs, resolution=arch.resolution,
-                         teacher_resolution=teacher_res, batch_size=options.batch_size, seed=options.seed)
-        # running averages lag the last weights: re-estimate BatchNorm statistics exactly
-        model = recalibrate(model, dataset, arch.resolution, bn_batches=options.bn_batches,
-                            batch_size=options.batch_size, seed=options.seed)
-    calibration, _ = dataset_arrays(dataset, "train", arch.resolution, limit=options.calibration_images, shuffle=True,
-                                    seed=options.seed)
-    val_x, val_y = dataset_arrays(dataset, "val", arch.resolution)
-    lineage = {
-        "supernet": {"path": str(info["path"]), "sha256": info["sha256"]},
-        "dataset": {"spec": dataset_spec, "fingerprint": dataset.fingerprint, "checkpoint_dataset": info["dataset"]},
-        "training_seed": info.get("seed"),
-    }
-    if search:
-        lineage["search"] = {k: search.get(k) for k in ("algorithm", "device", "constraints", "config") if k in search}
-        lineage["search"].update(result=search["_file"], inputs=search["_inputs"])
-    if tuned:
-        lineage["finetune"] = tuned
-    return export_subnet(model, out_dir, space=supernet.space, arch=arch, calibration=calibration, val_images=val_x,
-                         val_labels=val_y, options=options, lineage=lineage, device=device,
-                         predicted_latency_ms=_predicted_latency(search), name=f"edgenas {arch}", log=log)
+    _stderr(f"export: {arch} -> {out_dir}")
+    prepared = prepare_export(supernet, arch, dataset, options=options, info=info, search=search,
+                              dataset_spec=dataset_spec, log=_stderr)
+    return export_prepared(prepared, out_dir, space=supernet.space, options=options, device=device, log=_stderr)
 
 
 def _stderr(message: str) -> None:

@@ -15,15 +15,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     dsub = devices.add_subparsers(dest="devices_command", metavar="SUBCOMMAND", parser_class=type(devices))
     listing = dsub.add_parser("list", help="device files in ./devices and ~/.config/edgenas/devices")
     listing.add_argument("--json", action="store_true", help="print the list as JSON")
-    listing.set_defaults(handler="edgenas.devices.commands:run_list")
+    listing.set_defaults(handler="edgenas.cli.devices:run_list")
     check = dsub.add_parser("check", help="connect, verify the host key, the remote Python and the runtime")
     check.add_argument("name", metavar="NAME", help="device name (devices/NAME.toml) or path to a .toml file")
     check.add_argument("--trust-new-host-key", action="store_true", help=TRUST_HELP)
     check.add_argument("--json", action="store_true", help="print the report as JSON")
-    check.set_defaults(handler="edgenas.devices.commands:run_check")
+    check.set_defaults(handler="edgenas.cli.devices:run_check")
     clean = dsub.add_parser("clean", help="remove the agent and the models uploaded to a device")
     clean.add_argument("name", metavar="NAME")
-    clean.set_defaults(handler="edgenas.devices.commands:run_clean")
+    clean.set_defaults(handler="edgenas.cli.devices:run_clean")
 
     measure = sub.add_parser("measure", help="measure the latency of ONNX / TFLite models on devices")
     measure.add_argument("--device", action="append", required=True, metavar="NAME",
@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     measure.add_argument("models", nargs="+", metavar="MODEL", help=".onnx or .tflite files")
     measure.add_argument("--trust-new-host-key", action="store_true", help=TRUST_HELP)
     measure.add_argument("--json", action="store_true", help="print one JSON object per measurement")
-    measure.set_defaults(handler="edgenas.devices.commands:run_measure")
+    measure.set_defaults(handler="edgenas.cli.devices:run_measure")
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:

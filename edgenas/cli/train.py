@@ -21,13 +21,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, help="seed for the data split, order and subnet sampling")
     train.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
     train.add_argument("--steps", type=int, help="run exactly this many steps in every phase (quick trials)")
-    train.add_argument("--epochs-scale", type=float, help="multiply every phase's epochs by this factor")
+    train.add_argument("--epochs-scale", type=float, help="multiply every phase's epochs (and max_epochs) by this "
+                       "factor")
+    train.add_argument("--time-budget", type=float, metavar="SECONDS", help="wall-clock seconds for the training, "
+                       "spread over the phases in progressive shrinking's proportions (a phase also stops when its "
+                       "validation top-1 stops rising)")
+    train.add_argument("--no-compare", action="store_true", help="skip training the largest network alone for "
+                       "comparison")
     train.add_argument("--checkpoint-every", type=int, help="steps between resumable checkpoints")
     train.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     train.add_argument("--threads", type=int, help="CPU threads per process (default: the idle cores)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--json", action="store_true", help="print the final summary as JSON")
-    train.set_defaults(handler="edgenas.train.commands:run_train")
+    train.set_defaults(handler="edgenas.cli.train:run_train")
 
     ev = sub.add_parser("eval", help="BN-recalibrated top-1 of subnets of a trained supernet",
                         description="Evaluate subnets of a supernet checkpoint on its dataset, each after re-estimating "
@@ -43,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
     ev.add_argument("--threads", type=int, help="CPU threads (default: the idle cores)")
     ev.add_argument("--json", action="store_true", help="print results as JSON")
-    ev.set_defaults(handler="edgenas.train.commands:run_eval")
+    ev.set_defaults(handler="edgenas.cli.train:run_eval")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -54,7 +60,8 @@ def run_train(args: argparse.Namespace) -> int:
     from edgenas.train.trainer import train
 
     config = load_config(args.config, preset=args.preset, dataset=args.dataset, space=args.space, seed=args.seed,
-                         batch_size=args.batch_size, checkpoint_every=args.checkpoint_every)
+                         batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
+                         time_budget=args.time_budget, compare_alone=False if args.no_compare else None)
     if args.epochs_scale is not None:
         config = config.scale_epochs(args.epochs_scale)
     if args.steps is not None:
@@ -72,17 +79,29 @@ def run_train(args: argparse.Namespace) -> int:
     result = train(config, args.out, resume=args.resume, device=args.device, threads=args.threads, progress=not args.no_progress)
     if not result.summary or result.rank != 0:
         return 0
+    summary = result.summary
     if args.json:
-        print(json.dumps({"checkpoint": str(result.checkpoint), **result.summary}, indent=2))
-    elif "val" in result.summary:
+        print(json.dumps({"checkpoint": str(result.checkpoint), **summary}, indent=2))
+    elif "val" in summary:
         print(f"supernet: {result.checkpoint}")
-        print(f"{'phase':<10} {'steps':>6} {'seconds':>8} {'img/s':>7} {'largest':>8} {'smallest':>8}")
-        for p in result.summary["phases"]:
-            print(f"{p['phase']:<10} {p['steps']:>6} {p['seconds']:>8.1f} {p['samples_per_s']:>7.0f} "
-                  f"{p.get('val_largest', float('nan')):>8.4f} {p.get('val_smallest', float('nan')):>8.4f}")
+        print(f"{'phase':<10} {'steps':>6} {'epochs':>7} {'stopped':>10} {'seconds':>8} {'img/s':>7} {'largest':>8} "
+              f"{'smallest':>8}")
+        for p in summary["phases"]:
+            print(f"{p['phase']:<10} {p['steps']:>6} {p.get('epochs', float('nan')):>7.2f} {p.get('stopped', ''):>10} "
+                  f"{p['seconds']:>8.1f} {p['samples_per_s']:>7.0f} {p.get('val_largest', float('nan')):>8.4f} "
+                  f"{p.get('val_smallest', float('nan')):>8.4f}")
         print("validation top-1 after BN recalibration:")
-        for r in result.summary["val"]:
+        for r in summary["val"]:
             print(f"  {r['name']:<8} {r['top1']:.4f}  {json.dumps(r['arch'], separators=(',', ':'))}")
+        if "alone" in summary:
+            print(f"  the largest network trained alone for the same {summary['alone']['steps']} steps: "
+                  f"{summary['alone']['top1']:.4f}")
+        if "chance" in summary:
+            print(f"  chance (always the most common class): {summary['chance']:.4f}")
+    if "gate" in summary:
+        import sys
+
+        print(f"edgenas train: {summary['gate']['message']}", file=sys.stderr)
     return 0
 
 
@@ -95,15 +114,16 @@ def run_eval(args: argparse.Namespace) -> int:
     from edgenas.data import check_dataset_spec, load_dataset
     from edgenas.errors import UsageError
     from edgenas.readers import parse_arch
-    from edgenas.train.checkpoint import load_checkpoint_info, load_supernet
+    from edgenas.stats import arch_stats
+    from edgenas.train.checkpoint import OpenedCheckpoint
     from edgenas.train.evaluate import evaluate_many
     from edgenas.train.trainer import auto_threads
 
     torch.set_num_threads(args.threads or auto_threads())
     if args.dataset is not None:
         check_dataset_spec(args.dataset)
-    info = load_checkpoint_info(args.supernet)
-    net = load_supernet(args.supernet)
+    opened = OpenedCheckpoint(args.supernet)  # read once: info and supernet
+    info, net = opened.info, opened.supernet
     space = net.space
     arch = parse_arch(args.arch, space) if args.arch is not None else None  # an empty --arch '' is refused
     dataset = load_dataset(args.dataset or info["dataset"], seed=info["seed"])
@@ -123,7 +143,7 @@ def run_eval(args: argparse.Namespace) -> int:
     bn_batches = args.bn_batches or int(info["config"].get("bn_batches", 8))
     accs = evaluate_many(net, archs, dataset, args.split, bn_batches=bn_batches, batch_size=args.batch_size,
                          seed=info["seed"], progress=len(archs) > 3)
-    rows = [{"name": n, "arch": a.to_dict(), "top1": acc, "macs": space.stats(a).macs}
+    rows = [{"name": n, "arch": a.to_dict(), "top1": acc, "macs": arch_stats(space, a).macs}
             for n, a, acc in zip(names, archs, accs)]
     if args.json:
         print(json.dumps({"supernet": args.supernet, "split": args.split, "dataset": dataset.spec, "results": rows},

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+EXIT_CHECK_FAILED = 1  # the winner's export failed a check (verification, TFLite Micro, memory)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,43 +22,48 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-flash-kb", type=float, metavar="F", help="flash limit (KB): int8, the predicted .tflite "
                    "file size; fp32, the weights")
     p.add_argument("--max-macs", type=float, metavar="M", help="compute limit in millions of MACs")
-    p.add_argument("--pareto", action="store_true", help="NSGA-II: the whole accuracy/latency Pareto front")
+    p.add_argument("--algorithm", default=None, metavar="NAME", help="search algorithm: evolution (default), nsga2, "
+                   "random or rl (see edgenas.search.registry)")
+    p.add_argument("--pareto", action="store_true", help="NSGA-II: the whole accuracy/latency Pareto front "
+                   "(the same as --algorithm nsga2)")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="candidates to verify on the device (default: 5)")
     p.add_argument("--seed", type=int, default=0, help="search seed (default: 0)")
     p.add_argument("--population", type=int, default=100, help="population size (default: 100)")
     p.add_argument("--generations", type=int, default=None,
-                   help="generations (default: 500 for evolution, 100 for --pareto)")
+                   help="generations (default: 500 for evolution, 100 for nsga2, random and rl)")
     p.add_argument("--predictor", default=None, help="accuracy predictor file (default: beside CKPT)")
     p.add_argument("--latency-predictor", default=None, help="latency predictor file (default: the device's)")
     p.add_argument("--precision", choices=("int8", "fp32"), default="int8",
                    help="deployed precision for memory figures when the latency predictor does not say (default: int8)")
     p.add_argument("--bn-batches", type=int, default=8, help="training batches for each candidate's BN recalibration "
                    "(default: 8)")
-    p.add_argument("--no-verify", action="store_true", help="skip exporting and measuring the top candidates")
+    p.add_argument("--no-verify", action="store_true", help="skip the deploy stage (exporting, measuring and "
+                   "evaluating the top candidates)")
     p.add_argument("--out", default=None, help="output folder (default: <CKPT folder>/search/<device>)")
     p.add_argument("--store", default=None, help="SQLite store (default: $EDGENAS_STORE, else latency_tables/store.sqlite)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.set_defaults(handler="edgenas.search.commands:run_search_command")
+    p.set_defaults(handler="edgenas.cli.search:run_search_command")
 
 
 def run_search_command(args: argparse.Namespace) -> int:
+    from edgenas.deploy.report import format_table, result_dict
+    from edgenas.deploy.run import search_device
     from edgenas.errors import UsageError
     from edgenas.search.problem import Constraints
-    from edgenas.search.report import format_table, result_dict
-    from edgenas.search.run import search_device
+    from edgenas.search.registry import check_algorithm
 
     if args.top_k < 1 or args.population < 4 or args.bn_batches < 1 or (args.generations is not None and args.generations < 1):
         raise UsageError("--top-k and --bn-batches must be >= 1, --population >= 4 and --generations >= 1")
-    if not (args.max_latency_ms or args.max_sram_kb or args.max_flash_kb or args.max_macs or args.pareto):
+    if args.pareto and args.algorithm not in (None, "nsga2"):
+        raise UsageError(f"--pareto is NSGA-II, but --algorithm {args.algorithm} was given: give one of them")
+    algorithm = "nsga2" if args.pareto else args.algorithm or "evolution"
+    pareto = check_algorithm(algorithm).pareto
+    if not (args.max_latency_ms or args.max_sram_kb or args.max_flash_kb or args.max_macs or pareto):
         raise UsageError("give at least one limit (--max-latency-ms, --max-sram-kb, --max-flash-kb, --max-macs) "
                          "or --pareto")
-    constraints = Constraints(
-        max_latency_ms=args.max_latency_ms,
-        max_sram_bytes=None if args.max_sram_kb is None else int(args.max_sram_kb * 1024),
-        max_flash_bytes=None if args.max_flash_kb is None else int(args.max_flash_kb * 1024),
-        max_macs=None if args.max_macs is None else int(args.max_macs * 1e6),
-        precision=args.precision,
-    )
+    constraints = Constraints.from_user_units(max_latency_ms=args.max_latency_ms, max_sram_kb=args.max_sram_kb,
+                                              max_flash_kb=args.max_flash_kb, max_macs_m=args.max_macs,
+                                              precision=args.precision)
     if len(set(args.device)) != len(args.device):
         raise UsageError(f"--device values {args.device} repeat a device: give each once")
     _check_inputs(args)
@@ -64,20 +72,24 @@ def run_search_command(args: argparse.Namespace) -> int:
         out = None
         if args.out:
             out = Path(args.out) / Path(name).stem if len(args.device) > 1 else Path(args.out)
-        done = search_device(args.supernet, name, constraints, pareto=args.pareto, top_k=args.top_k, seed=args.seed,
-                             population=args.population, generations=args.generations,
+        done = search_device(args.supernet, name, constraints, algorithm=algorithm, top_k=args.top_k,
+                             seed=args.seed, population=args.population, generations=args.generations,
                              accuracy_predictor=args.predictor, latency_predictor=args.latency_predictor, out_dir=out,
-                             store_path=args.store, verify_top=not args.no_verify, bn_batches=args.bn_batches,
+                             store_path=args.store, deploy_top=not args.no_verify, bn_batches=args.bn_batches,
                              progress=not args.json)
         outputs.append(done)
         if not args.json:
             print(format_table(done.result, done.verification))
             print(f"result: {done.result_path}\nplot:   {done.plot_path}\n")
+    failed = [d for d in outputs if d.deployment is not None and d.deployment.problems]
+    for d in failed:
+        print(f"edgenas: error: the winner on {d.deployment.device} failed its export checks: "
+              + "; ".join(d.deployment.problems), file=sys.stderr)
     if args.json:
         payload = [{**result_dict(d.result, d.verification), "result_path": str(d.result_path),
                     "plot_path": str(d.plot_path)} for d in outputs]
         print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
-    return 0
+    return EXIT_CHECK_FAILED if failed else 0
 
 
 def _check_inputs(args: argparse.Namespace) -> None:

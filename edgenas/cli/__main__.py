@@ -1,0 +1,5 @@
+"""`python -m edgenas.cli`: the `edgenas` command."""
+
+from edgenas.cli import entry
+
+entry()

@@ -1,0 +1,101 @@
+"""CLI commands `demo` (the whole pipeline on the embedded default) and `run CONFIG.toml`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    demo = sub.add_parser(
+        "demo", help="the whole pipeline on the embedded default (digits, tiny space, this machine as the device)",
+        description="Train a tiny supernet on scikit-learn's digits, fit the accuracy predictor, calibrate this "
+        "machine with ONNX Runtime and with TFLite, search each for two latency budgets, export and verify the "
+        "winners, measure them, and write report.html. A re-run reuses every finished stage.")
+    demo.add_argument("--out", default="edgenas-demo", metavar="DIR", help="output folder (default: %(default)s)")
+    demo.add_argument("--json", action="store_true", help="print the result as JSON")
+    demo.set_defaults(handler="edgenas.cli.pipeline:run_demo")
+
+    run = sub.add_parser(
+        "run", help="the whole pipeline on your data and devices, from one config file",
+        description="train → accuracy predictor → calibrate each device → search each budget → deploy: export "
+        "the top candidates as they ship, measure them on the device, ship the winner → report.html. A failed "
+        "export check of a shipped model exits 1. Every stage reuses what is on disk when its inputs "
+        "are unchanged; an interrupted run resumes. See examples/*.toml and README.md for the config keys.")
+    run.add_argument("config", metavar="CONFIG.toml", help="run config (see examples/)")
+    run.add_argument("--out", metavar="DIR", help="output folder (overrides the config's `out`)")
+    run.add_argument("--json", action="store_true", help="print the result as JSON")
+    run.add_argument("--force", action="store_true", help="go on after training even when the supernet failed its "
+                     "check (its largest subnet not far above chance, or its smallest far below the largest)")
+    run.set_defaults(handler="edgenas.cli.pipeline:run_config")
+
+
+EXIT_CHECK_FAILED = 1  # a shipped model failed an export check (as `edgenas export` exits), or training its check
+
+
+def _finish(result, as_json: bool) -> int:
+    import json
+    import sys
+
+    failed = [b for b in result.budgets if b.get("problems")]
+    code = EXIT_CHECK_FAILED if failed else 0
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(f"\nedgenas: results in {result.out}")
+        for b in result.budgets:
+            where = f"{b['device']} ({b['runtime']}, {b['precision']})"
+            if b["arch"] is None:
+                print(f"  {where}, budget {b['budget_ms']:g} ms: no model — {b['note']}")
+                continue
+            lat = f"{b['measured_latency_ms']:.3f} ms" if b["measured_latency_ms"] is not None else "not measured"
+            acc = f"{100 * b['accuracy']:.1f} %" if b["accuracy"] is not None else "?"
+            verdict = "meets" if b["meets_budget"] else "MISSES"
+            checks = " EXPORT CHECKS FAILED: " + "; ".join(b["problems"]) if b.get("problems") else ""
+            print(f"  {where}, budget {b['budget_ms']:g} ms: {lat} measured ({verdict} it), accuracy {acc}, "
+                  f"files in {b['export_dir']}{checks}")
+        print(f"  report: {result.report}")
+        print("  time per stage: " + ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items()))
+    for b in failed:
+        print(f"edgenas: error: the model shipped for {b['device']} at {b['budget_ms']:g} ms failed its export "
+              f"checks: {'; '.join(b['problems'])} (files kept in {b['export_dir']})", file=sys.stderr)
+    return code
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from edgenas.pipeline.config import check_run_inputs
+    from edgenas.pipeline.demo import demo_config
+    from edgenas.pipeline.run import run_pipeline
+    from edgenas.readers import output_dir
+
+    output_dir(args.out, "--out")
+    config = demo_config(args.out)
+    check_run_inputs(config)
+    return _gated(lambda: run_pipeline(config), args.json, config.out)
+
+
+def run_config(args: argparse.Namespace) -> int:
+    from edgenas.pipeline.config import check_run_inputs, load_run_config
+    from edgenas.pipeline.run import run_pipeline
+
+    config = load_run_config(args.config, out=args.out)
+    check_run_inputs(config)  # every input and output of every stage, before the first one starts
+    return _gated(lambda: run_pipeline(config, force=args.force), args.json, config.out)
+
+
+def _gated(run, as_json: bool, out) -> int:
+    """Run the pipeline; a supernet that failed the training check stops it: one message, exit 1, state kept."""
+    import json
+    import sys
+
+    from edgenas.train.gate import TrainingGateFailed
+
+    try:
+        result = run()
+    except TrainingGateFailed as exc:
+        if as_json:
+            print(json.dumps({"out": str(out), "checkpoint": str(exc.checkpoint), "gate": exc.verdict.to_dict()},
+                             indent=2))
+        print(f"edgenas: error: {exc.verdict.message} Stopped before anything ships; the trained supernet is kept in "
+              f"{exc.checkpoint} (a re-run reuses it; --force goes on with it).", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    return _finish(result, as_json)

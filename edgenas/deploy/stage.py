@@ -1,0 +1,190 @@
+"""The deploy stage: export the top candidates of a search exactly as they ship, measure, evaluate, pick, ship.
+
+1. Each candidate is prepared and exported by the export code itself (`edgenas.export.pipeline`: the same BN
+   recalibration, calibration images, converter settings and checks as `edgenas export`), in the one format
+   the device runs (`DEPLOYED_FORMATS`).
+2. Its real accuracy is the supernet's subnet on the holdout split, BN recalibrated (the split the accuracy
+   predictor is not judged on; the card reports the files' accuracy on the validation split).
+3. The candidates' files are timed together, interleaved over one window, and judged by the one rule,
+   `edgenas.devices.measurement.meets_budget`.
+4. The winner is the most accurate candidate that meets the budget, preferring those whose export checks
+   passed. With `ship_dir`, the winner is exported in every requested format there, its measured file copied
+   byte for byte (same sha256), and its card carries that measurement.
+
+Measured latencies go into the store as whole-subnet (`arch`) measurements, which calibration reads, and
+the accuracies into the evaluations table.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from edgenas.artifacts import sha256_file
+from edgenas.devices.measurement import Measurement, meets_budget
+from edgenas.export.pipeline import (
+    ExportOptions,
+    ExportResult,
+    PreparedExport,
+    deployed_format,
+    export_prepared,
+    measurement_entry,
+    prepare_export,
+)
+from edgenas.search.base import SearchResult
+from edgenas.space import Arch
+
+
+@dataclass
+class MeasuredCandidate:
+    """One candidate of a search after the deploy stage: predicted figures, the exported file, its
+    measurement on the device, its holdout accuracy, whether it meets the budget and what checks failed."""
+
+    arch: Arch
+    predicted: dict[str, float]
+    model: Path | None = None
+    sha256: str | None = None
+    accuracy: float | None = None
+    measurement: Measurement | None = None
+    meets_budget: bool = False
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def latency_ms(self) -> float | None:
+        return self.measurement.latency_ms if self.measurement is not None and self.measurement.ok else None
+
+    @property
+    def checks_passed(self) -> bool:
+        return self.model is not None and not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        m = self.measurement
+        return {"arch": self.arch.to_dict(), "predicted": self.predicted, "measured": {
+            "accuracy": self.accuracy, "latency_ms": self.latency_ms,
+            "latency_median_ms": None if m is None else m.median_ms, "timing": {} if m is None else m.timing,
+            "error": None if m is None else m.error, "meets_latency": self.meets_budget,
+            "model": None if self.model is None else str(self.model), "sha256": self.sha256,
+            "problems": list(self.problems)}}
+
+
+@dataclass
+class Deployment:
+    """What the deploy stage did for one search result on one device."""
+
+    device: str
+    runtime: str
+    precision: str
+    format: str
+    budget_ms: float | None
+    candidates: list[MeasuredCandidate]
+    winner: MeasuredCandidate | None
+    shipped: ExportResult | None = None
+
+    @property
+    def problems(self) -> list[str]:
+        """Failed checks of what ships (the winner's export, every format when shipped)."""
+        if self.shipped is not None:
+            return list(self.shipped.problems)
+        return list(self.winner.problems) if self.winner is not None else []
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "runtime": self.runtime, "precision": self.precision, "format": self.format,
+                "budget_ms": self.budget_ms, "winner": self.winner.to_dict() if self.winner else None,
+                "candidates": [c.to_dict() for c in self.candidates],
+                "shipped": None if self.shipped is None else str(self.shipped.out_dir), "problems": self.problems}
+
+
+def pick_winner(candidates: list[MeasuredCandidate]) -> MeasuredCandidate | None:
+    """The most accurate candidate that meets the budget when measured; one whose export checks passed before one
+    whose checks failed; the earlier (better predicted) candidate on a tie. None when none meets the budget."""
+    meeting = [c for c in candidates if c.meets_budget]
+    if not meeting:
+        return None
+    return max(meeting, key=lambda c: (c.checks_passed, c.accuracy if c.accuracy is not None else -1.0,
+                                       -candidates.index(c)))
+
+
+def deploy(
+    result: SearchResult,
+    checkpoint: Any,
+    device: Any,
+    *,
+    out_dir: str | os.PathLike,
+    precision: str,
+    options: ExportOptions | None = None,
+    top_k: int | None = None,
+    split: str = "holdout",
+    store: Any | None = None,
+    search: Mapping[str, Any] | None = None,
+    ship_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Deployment:
+    """Export, evaluate and measure the top `top_k` candidates of `result` (all of `result.top` by default) on
+    `device` at `precision`, pick the winner (`pick_winner`) against `result`'s latency limit, and, with
+    `ship_dir`, export the winner there in every format of `options`, its measured file kept.
+
+    `checkpoint` is an `OpenedCheckpoint` (info, supernet, dataset()); `store` (an open `Store`) receives
+    the measurements and accuracies; `search` is the saved search result's JSON (`load_search_result`),
+    recorded in each card's lineage. Candidates go to `out_dir/candidate-<i>/`."""
+    from edgenas.accuracy.dataset import top1_metric
+    from edgenas.export.tflite import TFLiteConversionError
+    from edgenas.progress import Progress
+    from edgenas.train.evaluate import evaluate
+
+    options = options or ExportOptions()
+    fmt = deployed_format(device.runtime, precision)
+    candidate_options = replace(options, formats=(fmt,))
+    supernet, dataset, info = checkpoint.supernet, checkpoint.dataset(), checkpoint.info
+    budget = result.constraints.get("max_latency_ms")
+    lineage = {"algorithm": result.algorithm, "device": result.device, "constraints": result.constraints,
+               "config": result.config, **dict(search or {})}
+    out_dir = Path(out_dir)
+    chosen = result.top[: top_k or len(result.top)]
+    candidates: list[MeasuredCandidate] = []
+    prepared: list[PreparedExport] = []
+    exports: list[ExportResult | None] = []
+    with Progress(len(chosen), f"export and evaluate top {len(chosen)}", unit="arch", enabled=progress) as bar:
+        for i, found in enumerate(chosen):
+            cand = MeasuredCandidate(found.arch, dict(found.predicted))
+            prep = prepare_export(supernet, found.arch, dataset, options=candidate_options, info=info,
+                                  search={**lineage, "best": {"predicted": found.predicted}}, log=log)
+            try:
+                export = export_prepared(prep, out_dir / f"candidate-{i}", space=supernet.space,
+                                         options=candidate_options, raise_on_problems=False, log=log)
+                cand.model, cand.problems = export.files[fmt], list(export.problems)
+                cand.sha256 = sha256_file(cand.model)
+            except TFLiteConversionError as exc:  # this arch does not convert: the others still compete
+                export = None
+                cand.problems = [str(exc)]
+            cand.accuracy = float(evaluate(supernet, found.arch, dataset, split, bn_batches=options.bn_batches))
+            if store is not None:
+                store.add_evaluation(supernet_sha256=info["sha256"], dataset=dataset.fingerprint, split=split,
+                                     arch=found.arch, metric=top1_metric(options.bn_batches), value=cand.accuracy,
+                                     extra={"source": "deploy"})
+            candidates.append(cand)
+            prepared.append(prep)
+            exports.append(export)
+            bar.update(1, top1=cand.accuracy)
+
+    exported = [c for c in candidates if c.model is not None]
+    if exported:
+        for cand, m in zip(exported, device.measure([str(c.model) for c in exported])):
+            cand.measurement = m
+            cand.meets_budget = meets_budget(m.latency_ms if m.ok else None, budget)
+            if store is not None:  # the candidates' figures feed calibration
+                store.add_measurement(m, model_kind="arch", model_description=cand.arch.to_json(),
+                                      device=device.name, runtime=device.runtime, precision=precision)
+    winner = pick_winner(candidates)
+    deployment = Deployment(device.name, device.runtime, precision, fmt, budget, candidates, winner)
+    if winner is not None and ship_dir is not None:
+        i = candidates.index(winner)
+        entry = measurement_entry(device.name, winner.model, winner.measurement)
+        formats = options.formats if fmt in options.formats else (*options.formats, fmt)  # the measured file ships
+        deployment.shipped = export_prepared(prepared[i], ship_dir, space=supernet.space,
+                                             options=replace(options, formats=formats),
+                                             kept=exports[i], measured=[entry], raise_on_problems=False, log=log)
+    return deployment

@@ -1,0 +1,145 @@
+"""The deploy stage closes the loop the same way for `edgenas search` and `edgenas run`: the same candidates, the same
+winner by the one rule, the shipped file the measured one; constraints mean the same in the CLI and a run config.
+
+Real parts: a supernet checkpoint, `edgenas run` calibrating this machine (ONNX Runtime) and fitting the accuracy
+predictor, real ONNX export of the candidates, interleaved measurement and the SQLite store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_accuracy_commands import make_checkpoint
+
+from edgenas.artifacts import sha256_file
+from edgenas.cli import main
+from edgenas.search.problem import Constraints
+
+LOCAL = """
+name = "local"
+kind = "local"
+runtime = "onnxruntime"
+threads = 1
+[measure]
+warmup = 2
+runs = 10
+window_s = 1
+"""
+
+RUN = """
+out = "out"
+seed = 0
+[train]
+checkpoint = "supernet.pt"
+[predictor]
+samples = 16
+test = 5
+[search]
+population = 16
+generations = 8
+top_k = 2
+[export]
+formats = ["onnx"]
+[[devices]]
+name = "local.toml"
+precision = "fp32"
+budget_quantiles = [0.8]
+max_macs = 10                  # millions of MACs, as --max-macs 10
+calibration = "whole-model"
+calibration_budget = 6
+holdout = 3
+"""
+
+MAX_MACS_M = 10
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deploy")
+    make_checkpoint(root)
+    (root / "local.toml").write_text(LOCAL)
+    (root / "run.toml").write_text(RUN)
+    assert main(["run", str(root / "run.toml"), "--json", "--force"]) == 0  # an untrained supernet: past the gate
+    stages = json.loads((root / "out" / "stages.json").read_text())
+    (deployed,) = [v["outputs"] for k, v in stages.items() if k.startswith("deploy:")]
+    (calibrated,) = [v["outputs"] for k, v in stages.items() if k.startswith("calibrate:")]
+    (budget,) = [float(k.split(":")[-1].removesuffix("ms")) for k in stages if k.startswith("deploy:")]
+    return root, deployed, calibrated, budget
+
+
+@pytest.mark.slow
+def test_search_and_run_choose_the_same_arch(ran, capsys):
+    root, deployed, calibrated, budget = ran
+    capsys.readouterr()
+    rc = main(["search", "--supernet", str(root / "supernet.pt"), "--device", str(root / "local.toml"),
+               "--predictor", str(root / "out" / "accuracy_predictor.npz"), "--latency-predictor",
+               calibrated["predictor"], "--max-latency-ms", repr(budget), "--max-macs", str(MAX_MACS_M),
+               "--precision", "fp32", "--population", "16", "--generations", "8", "--top-k", "2", "--seed", "0",
+               "--store", str(root / "search-store.sqlite"), "--out", str(root / "search"), "--json"])
+    assert rc == 0
+    searched = json.loads(capsys.readouterr().out)
+    # the same candidates, in the same order, from the same predictors: one search policy (the budget's margins)
+    run_candidates = [c["arch"] for c in deployed["candidates"]]
+    assert [c["arch"] for c in searched["verification"]["candidates"]] == run_candidates
+    # the same limits in the same units: --max-macs 10 and max_macs = 10 both mean 10 million MACs
+    run_result = json.loads(Path(deployed["result"]).read_text())
+    assert searched["constraints"]["max_macs"] == run_result["constraints"]["max_macs"] == MAX_MACS_M * 1_000_000
+    assert all(c["predicted"]["macs"] <= MAX_MACS_M * 1e6 for c in run_result["top"])
+    # the same winner by the one rule: each run measured its candidates afresh, so the verdicts are compared first
+    run_meets = [c["meets_budget"] for c in deployed["candidates"]]
+    search_meets = [c["measured"]["meets_latency"] for c in searched["verification"]["candidates"]]
+    if run_meets == search_meets:
+        assert searched["verified"] is (deployed["arch"] is not None)
+        if deployed["arch"] is not None:
+            assert searched["arch"] == deployed["arch"]
+    # the holdout accuracies the winner is picked by are the same figures in both
+    run_acc = [c["accuracy"] for c in deployed["candidates"]]
+    assert [c["measured"]["accuracy"] for c in searched["verification"]["candidates"]] == pytest.approx(run_acc)
+
+
+@pytest.mark.slow
+def test_the_shipped_winner_is_the_measured_file(ran):
+    root, deployed, _calibrated, budget = ran
+    if deployed["arch"] is None:
+        pytest.skip(f"no candidate met {budget} ms when measured on this machine: {deployed['note']}")
+    (winner,) = [c for c in deployed["candidates"] if c["arch"] == deployed["arch"]]
+    shipped = Path(deployed["export_dir"]) / deployed["deployed_file"]
+    assert sha256_file(shipped) == winner["sha256"] == sha256_file(winner["model"]) == deployed["sha256"]
+    card = json.loads((Path(deployed["export_dir"]) / "card.json").read_text())
+    assert {f["name"]: f["sha256"] for f in card["files"]}[shipped.name] == winner["sha256"]
+    (measured,) = card["latency"]["measured"]
+    assert measured["latency_ms"] == winner["latency_ms"] == deployed["measured_latency_ms"] <= budget
+
+
+def test_one_constraint_builder_for_user_units():
+    from edgenas.pipeline.config import parse_run_config
+    from edgenas.pipeline.run import _constraints
+
+    config = parse_run_config({"devices": [{"name": "local", "budgets_ms": [2.0], "max_macs": 300,
+                                            "max_sram_kb": 256, "max_flash_kb": 1024.5}]})
+    from_run = _constraints(config.devices[0], 2.0)
+    from_cli = Constraints.from_user_units(max_latency_ms=2.0, max_sram_kb=256, max_flash_kb=1024.5, max_macs_m=300,
+                                           precision="fp32")
+    assert from_run == from_cli
+    assert from_cli.max_macs == 300_000_000 and from_cli.max_sram_bytes == 256 * 1024
+    assert from_cli.max_flash_bytes == int(1024.5 * 1024)
+
+
+def test_a_failed_export_check_exits_1_and_shows_in_the_summary(tmp_path, capsys):
+    from edgenas.cli.pipeline import _finish
+    from edgenas.pipeline.run import RunResult
+
+    budget = {"device": "local", "runtime": "tflite", "precision": "int8", "budget_ms": 2.0, "arch": {"resolution": 32},
+              "measured_latency_ms": 1.5, "accuracy": 0.9, "meets_budget": True, "export_dir": str(tmp_path),
+              "note": "export checks failed: int8 top-1 agreement 0.80 < 0.95",
+              "problems": ["int8 top-1 agreement 0.80 < 0.95"]}
+    result = RunResult(tmp_path, tmp_path / "report.html", tmp_path / "supernet.pt", [], [], {}, [budget])
+    assert _finish(result, as_json=False) == 1
+    out, err = capsys.readouterr()
+    assert "EXPORT CHECKS FAILED: int8 top-1 agreement 0.80 < 0.95" in out
+    assert "failed its export checks" in err
+    assert _finish(result, as_json=True) == 1
+    assert json.loads(capsys.readouterr().out)["budgets"][0]["problems"] == budget["problems"]
+    assert _finish(RunResult(tmp_path, tmp_path / "r.html", tmp_path / "s.pt", [], [], {}, [
+        {**budget, "problems": [], "note": ""}]), as_json=True) == 0
