@@ -94,7 +94,7 @@ def test_time_cut_ends_the_phase_where_its_share_runs_out():
     state = {"budget_s": 100.0}
     assert time_cut(state, elapsed=50.0, seconds_per_step=1.0, step=50, end=100) is None  # on time
     assert time_cut(state, elapsed=50.0, seconds_per_step=2.0, step=50, end=200) == (75, "time")
-    assert time_cut(state, elapsed=150.0, seconds_per_step=1.0, step=50, end=200) == (51, "time")  # overrun: stop
+    assert time_cut(state, elapsed=150.0, seconds_per_step=1.0, step=50, end=200) == (50, "time")  # overrun: stop now
 
 
 def test_time_budget_follows_progressive_shrinkings_proportions():
@@ -156,3 +156,18 @@ def test_gate_on_a_real_run(tmp_path, random_labels):
     else:
         assert gate["passed"], gate["message"]
 
+
+
+def test_time_budget_cuts_phases_short(tmp_path):
+    folder = make_folder(tmp_path / "data", random_labels=False, per_class=30)
+    long = TrainConfig(
+        preset="tiny", dataset=f"folder:{folder}", batch_size=8, bn_batches=1, final_samples=0, checkpoint_every=1000,
+        compare_alone=False, eval_every_phase=False, time_budget=3.0,
+        phases=(Phase("full", epochs=20, lr=0.1, distill=False),
+                Phase("kernel", epochs=20, lr=0.03, kernels="all")))
+    result = train(long, tmp_path / "run", threads=1, progress=False, tensorboard=False)
+    phases = result.summary["phases"]
+    nominal = long.phases[0].num_steps(54, 8)  # 20 epochs of the 54 training images
+    # a pause of this process (or a slow machine) only makes the cut come earlier
+    assert phases[0]["stopped"] == "time" and 1 <= phases[0]["steps"] < nominal
+    assert 0 < phases[0]["budget_s"] < 3.0 and phases[1]["stopped"] == "time"

@@ -43,8 +43,9 @@ class PhaseSchedule:
         return self.cut_from * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def cut(self, step: int, remaining: int) -> None:
-        """End the phase `remaining` steps after `step`, decaying the rate from its value at `step` to zero."""
-        end = step + max(1, int(remaining))
+        """End the phase `remaining` steps after `step` (0: at `step`), decaying the rate from its value at `step`
+        to zero."""
+        end = step + max(0, int(remaining))
         if end >= self.end:
             return
         self.cut_from = self(step)
@@ -75,7 +76,7 @@ def time_cut(state: dict[str, Any], elapsed: float, seconds_per_step: float, ste
     budget = state.get("budget_s")
     if budget is None or seconds_per_step <= 0:
         return None
-    allowed = max(1, int((budget - elapsed) / seconds_per_step))
+    allowed = max(0, int((budget - elapsed) / seconds_per_step))  # 0: its time is up, stop now
     new_end = step + allowed
     if end - new_end <= 0.1 * (end - step) + 1:
         return None

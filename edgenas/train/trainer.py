@@ -432,8 +432,9 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
                                    "loss": round(loss_avg, 5), "acc": round(acc_avg, 5),
                                    "lr": round(scheduler.get_last_lr()[0], 7), "samples_per_s": round(rate, 2)})
                 # the validation curve, the plateau and the time budget: decided on rank 0, followed by all
+                # (the clock every step; under torchrun every 10th, where the ranks meet to share the decision)
                 if step < schedule.end and (eval_every and step % eval_every == 0 or (
-                        phase_state.get("budget_s") is not None and step % 10 == 0)):
+                        phase_state.get("budget_s") is not None and (not procs.distributed or step % 10 == 0))):
                     cut = None
                     if procs.main and eval_every and step % eval_every == 0:
                         accs = _val_top1(net, watched, dataset, config, max(per_rank, 64))
@@ -445,7 +446,7 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
                         log.write({"event": "val", "phase": phase.name, "global_step": global_step, **point})
                         cut = plateau_cut(phase_state, float(np.mean(accs)), step, min_steps, config, phase.adaptive,
                                           schedule.end, learned)
-                    if procs.main and phase_state.get("budget_s") is not None and step - first >= 5:
+                    if procs.main and phase_state.get("budget_s") is not None and step - first >= 2:
                         elapsed = phase_elapsed + time.perf_counter() - t0
                         cut = time_cut(phase_state, elapsed, (time.perf_counter() - t0) / (step - first), step,
                                        cut[0] if cut else schedule.end) or cut
