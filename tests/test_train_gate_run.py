@@ -1,0 +1,82 @@
+"""`edgenas run` stops at the training gate: a random-label folder dataset through the real trainer and pipeline."""
+
+from __future__ import annotations
+
+import json
+
+from test_train_gate import make_folder
+
+from edgenas.cli import main
+from edgenas.pipeline.config import parse_run_config
+
+SHORT_TOML = """
+preset = "tiny"
+batch_size = 8
+lr_batch_size = 32
+bn_batches = 2
+final_samples = 0
+plateau_every = 1.0
+[[phases]]
+name = "full"
+steps = 12
+lr = 0.1
+distill = false
+[[phases]]
+name = "expand"
+steps = 4
+lr = 0.03
+kernels = "all"
+depths = "all"
+expands = "all"
+subnets_per_step = 2
+smallest_first = true
+"""
+
+RUN_TOML = """
+out = "out"
+[train]
+dataset = "folder:{folder}"
+config = "short.toml"
+[predictor]
+samples = 16
+test = 5
+[[devices]]
+name = "local.toml"
+budget_quantiles = [0.9]
+calibration_budget = 4
+holdout = 3
+"""
+
+LOCAL_TOML = """
+name = "local"
+kind = "local"
+runtime = "onnxruntime"
+threads = 1
+"""
+
+
+def test_run_stops_at_the_gate_on_random_labels(tmp_path, capsys):
+    folder = make_folder(tmp_path / "data", random_labels=True)
+    (tmp_path / "short.toml").write_text(SHORT_TOML)
+    (tmp_path / "local.toml").write_text(LOCAL_TOML)
+    (tmp_path / "run.toml").write_text(RUN_TOML.format(folder=folder))
+    assert main(["run", str(tmp_path / "run.toml")]) == 1
+    err = capsys.readouterr().err
+    assert "training check FAILED" in err and "not far above chance" in err and "--force" in err
+    assert (tmp_path / "out" / "supernet" / "supernet.pt").is_file()  # the state is kept ...
+    stages = json.loads((tmp_path / "out" / "stages.json").read_text())
+    assert list(stages) == ["train"]  # ... and nothing after training ran
+    # a re-run reuses the training and stops at the same gate
+    assert main(["run", str(tmp_path / "run.toml")]) == 1
+    assert "stage train: reused" in capsys.readouterr().err
+
+
+def test_run_config_takes_a_time_budget():
+    devices = [{"name": "a", "budgets_ms": [1.0]}]
+    assert parse_run_config({"train": {"time_budget": 90}, "devices": devices}).train_overrides["time_budget"] == 90.0
+    import pytest
+
+    from edgenas.errors import UsageError
+
+    with pytest.raises(UsageError, match="train.time_budget"):
+        parse_run_config({"train": {"time_budget": 0}, "devices": devices})
