@@ -115,6 +115,13 @@ def test_proxies_on_a_supernet_are_deterministic_and_rank_sizes() -> None:
     assert proxy.evaluated == 2 and proxy.predict(archs[:1])[0] == values["synflow"][0] and proxy.evaluated == 2
     at_init = ProxyPredictor("synflow", supernet=supernet, batches=batch.__getitem__, at_init=True, seed=3)
     assert at_init.supernet is not supernet
+    scored_at_init = at_init.predict(archs)
+    assert np.all(np.isfinite(scored_at_init))
+    assert not np.allclose(scored_at_init, values["synflow"])  # fresh initial weights, not the trained ones
+    again = ProxyPredictor("synflow", supernet=supernet, batches=batch.__getitem__, at_init=True, seed=3)
+    np.testing.assert_allclose(again.predict(archs), scored_at_init)  # the seed fixes the initialisation
+    for k, v in supernet.state_dict().items():  # and the trained supernet is untouched
+        assert torch.equal(v, before[k]), k
     for name in ("macs", "params"):
         v = ProxyPredictor(name, space=space).predict(archs)
         assert v[1] > v[0] > 0, name
