@@ -187,10 +187,20 @@ def test_idx_errors(tmp_path):
         load_dataset(f"idx:{tmp_path}")
 
 
-@pytest.mark.parametrize("spec", ["mnist", "folder:", "digits:x", "shapes:size=3", ""])
-def test_bad_specs(spec):
-    with pytest.raises(UsageError):
+@pytest.mark.parametrize("spec, names", [
+    ("mnist", ["'mnist'", "digits, shapes, folder:PATH, cifar10:PATH, idx:PATH"]),
+    ("folder:", ["'folder:'", "folder:PATH"]),
+    ("digits:x", ["'digits:x'", "no argument"]),
+    ("shapes:size=3", ["'size=3'", "image_size=N,samples=N"]),
+    ("", ["''", "digits, shapes"]),
+])
+def test_bad_specs_name_the_bad_value_and_what_would_be_right(spec, names):
+    with pytest.raises(UsageError) as refused:
         load_dataset(spec)
+    message = str(refused.value)
+    assert "\n" not in message
+    for part in names:
+        assert part in message, (part, message)
 
 
 def test_cli_reports_missing_data_in_one_line(tmp_path, capsys):
