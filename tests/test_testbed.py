@@ -67,3 +67,20 @@ def test_no_usable_controller_says_why_and_up_refuses_a_quota(tmp_path, monkeypa
         tb.Testbed.up(tmp_path / "bed", [tb.DeviceSpec.parse("quota=50")])
     assert not (tmp_path / "bed" / tb.STATE_FILE).exists()
 
+
+
+def test_up_again_in_a_folder_an_earlier_down_left(tmp_path):
+    # `down` keeps the files for inspection; the next `up` there makes each device a new host key
+    if tb.Testbed.missing():
+        pytest.skip(tb.Testbed.missing())
+    out = tmp_path / "bed"
+    tb.Testbed.up(out, [tb.DeviceSpec()]).down()
+    old_key = (out / "tb1" / "ssh_host_ed25519_key.pub").read_text().split()[1]
+    bed = tb.Testbed.up(out, [tb.DeviceSpec()])
+    try:
+        assert [row["alive"] for row in bed.status()] == [True]
+        new_key = (out / "tb1" / "ssh_host_ed25519_key.pub").read_text().split()[1]
+        assert new_key != old_key
+        assert bed.known_hosts.read_text().split()[-1] == new_key
+    finally:
+        bed.down()

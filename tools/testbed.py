@@ -350,7 +350,10 @@ class Testbed:
         if spec.quota and self.quotas is not None:
             device.cgroup = str(self.quotas.create(f"edgenas-testbed-{self.tag}-{name}", spec.quota))
             device.quota_applied = True
-        _keygen(folder / "ssh_host_ed25519_key", f"edgenas-testbed-{name}")
+        host_key = folder / "ssh_host_ed25519_key"
+        for stale in (host_key, host_key.with_suffix(".pub")):  # left by an earlier `down` in the same folder
+            stale.unlink(missing_ok=True)
+        _keygen(host_key, f"edgenas-testbed-{name}")
         self.start(name)
         self._write_device_file(device)
 
