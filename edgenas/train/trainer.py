@@ -353,7 +353,8 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
                 net.sort_channels()  # most important hidden channels first, before narrower expands train
         else:
             phase_state = dict(state.get("phase_state") or {}) if state is not None else {}
-            phase_state.setdefault("curve", [])
+            for key, value in (("curve", []), ("best", -1.0), ("stale", 0), ("stopped", None), ("budget_s", None)):
+                phase_state.setdefault(key, value)  # a last.pt written before these were kept
         if phase.distill and teacher is None:
             # The full network as trained so far is the teacher for every later phase (frozen).
             teacher = copy.deepcopy(net)

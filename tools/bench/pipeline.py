@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -68,13 +69,25 @@ def run(command: list[str], echo: bool) -> tuple[list[dict], float, float, int]:
     """Run `command`; return per-stage rows, total wall and CPU seconds, and its exit status."""
     t_start = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+    assert proc.stderr is not None
+    try:
+        return _follow(proc, t_start, echo)
+    finally:
+        if proc.poll() is None:  # interrupted: stop the run too (it saves its state on SIGTERM)
+            proc.terminate()
+            proc.wait()
+
+
+def _follow(proc: subprocess.Popen, t_start: float, echo: bool) -> tuple[list[dict], float, float, int]:
     rows: list[dict] = []
+    tail: list[str] = []  # the last lines, shown when the run fails
     current: dict | None = None
     cpu_last = 0.0
     assert proc.stderr is not None
     for line in proc.stderr:
         if echo:
             sys.stderr.write(line)
+        tail = (tail + [line])[-5:]
         m = STAGE_LINE.match(line)
         if not m:
             continue
@@ -94,6 +107,8 @@ def run(command: list[str], echo: bool) -> tuple[list[dict], float, float, int]:
     before = os.times()
     code = proc.wait()
     after = os.times()
+    if code != 0 and not echo:
+        sys.stderr.write("".join(tail))
     cpu_total = max(cpu_last, (after.children_user + after.children_system) - (before.children_user
                                                                                   + before.children_system))
     return rows, time.perf_counter() - t_start, cpu_total, code
@@ -111,12 +126,17 @@ def table(rows: list[dict], wall: float, cpu: float) -> str:
     return "\n".join(lines)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="run this config with `edgenas run` (default: `edgenas demo`)")
     parser.add_argument("--out", help="output folder (default: a new temporary folder, removed unless --keep)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary output folder")
     parser.add_argument("--echo", action="store_true", help="pass the run's progress lines through")
+    parser.add_argument("--force", action="store_true", help="pass --force to `edgenas run` (past the training check)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)
 
@@ -126,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.mkdtemp(prefix="edgenas-bench-pipeline-")
         out = str(Path(tmp) / "out")
     command = [sys.executable, "-c", "import sys; from edgenas.cli import entry; sys.argv[0] = 'edgenas'; sys.exit(entry())"]
-    command += ["run", args.config, "--out", out] if args.config else ["demo", "--out", out]
+    command += ["run", args.config, "--out", out] + (["--force"] if args.force else []) if args.config else \
+        ["demo", "--out", out]
+    signal.signal(signal.SIGTERM, _interrupt)  # a killed benchmark stops its run too, and removes its folder
     load_before = os.getloadavg()
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     try:
