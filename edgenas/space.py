@@ -322,6 +322,11 @@ class SearchSpace:
                     i += 1
         return ri, ki, ei, active
 
+    @property
+    def first_block_residual(self) -> bool:
+        """Whether the fixed first block (after the stem) adds its input: the stem and it have the same width."""
+        return self.scaled(self.stem_width) == self.scaled(self.first_block_width)
+
     def block_slots(self) -> tuple[BlockSlot, ...]:
         """Every elastic block slot of the supernet in order (stage by stage, each at its largest depth)."""
         slots = []

@@ -122,7 +122,7 @@ def build_graph(space: SearchSpace, arch: Arch) -> tuple[list[Op], dict[str, int
     stem = space.scaled(space.stem_width)
     h, hw = g.conv("stem", x, space.in_channels, stem, hw, 3, space.stem_stride, act="hswish")
     first = space.scaled(space.first_block_width)
-    h, hw = g.mbconv("first", h, stem, first, hw, 3, 1, 1, "relu", False, residual=stem == first,
+    h, hw = g.mbconv("first", h, stem, first, hw, 3, 1, 1, "relu", False, residual=space.first_block_residual,
                      has_expand=False)
     cin = first
     slots = {(b.stage, b.index): b for b in space.block_slots()}

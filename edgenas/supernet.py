@@ -36,12 +36,11 @@ class Supernet(nn.Module):
         stem = space.scaled(space.stem_width)
         first = space.scaled(space.first_block_width)
         self.stem = ConvBNAct(space.in_channels, stem, 3, space.stem_stride, act="hswish")
-        self.first = MBConv(stem, first, 3, 1, mid=None, act="relu", se_mid=None, residual=stem == first)
+        self.first = MBConv(stem, first, 3, 1, mid=None, act="relu", se_mid=None, residual=space.first_block_residual)
         stages: list[list[DynamicMBConv]] = [[] for _ in space.stages]
         cin = first
         for slot in space.block_slots():  # the wiring of every block, as the space describes it
-            stages[slot.stage].append(DynamicMBConv(slot.in_channels, slot.out_channels, space.kernels, space.expands,
-                                                    slot.stride, slot.act, slot.se))
+            stages[slot.stage].append(DynamicMBConv.for_slot(slot, space.kernels, space.expands))
             cin = slot.out_channels
         self.stages = nn.ModuleList(nn.ModuleList(blocks) for blocks in stages)
         final = space.scaled(space.final_expand_width)

@@ -109,7 +109,7 @@ class BlockIndex:
         last = space.stage_widths[-1]
         for ri, res in enumerate(space.resolutions):
             self.stem_of[ri] = self._add(Piece("stem", space.in_channels, first, res, 3, space.stem_stride, mid=stem,
-                                               residual=stem == first))
+                                               residual=space.first_block_residual))
             sizes = StatsTable._block_inputs(space, res)
             for i, slot in enumerate(slots):
                 for ki, k in enumerate(space.kernels):

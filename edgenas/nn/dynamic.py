@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgenas.nn.static import ConvBNAct, MBConv, SqueezeExcite, make_activation
-from edgenas.space import mid_channels, se_channels
+from edgenas.space import BlockSlot, mid_channels, se_channels
 
 
 class DynamicDepthwiseConv(nn.Module):
@@ -140,8 +140,14 @@ class DynamicMBConv(nn.Module):
     elastic-expand phase of progressive shrinking.
     """
 
+    @classmethod
+    def for_slot(cls, slot: BlockSlot, kernels: tuple[int, ...], expands: tuple[int, ...]) -> DynamicMBConv:
+        """The block of one slot of the space's layout (`SearchSpace.block_slots()`)."""
+        return cls(slot.in_channels, slot.out_channels, kernels, expands, slot.stride, slot.act, slot.se,
+                   residual=slot.residual)
+
     def __init__(self, cin: int, cout: int, kernels: tuple[int, ...], expands: tuple[int, ...], stride: int,
-                 act: str, se: bool) -> None:
+                 act: str, se: bool, *, residual: bool | None = None) -> None:
         super().__init__()
         self.cin, self.cout, self.stride = cin, cout, stride
         self.act_name = act
@@ -155,7 +161,7 @@ class DynamicMBConv(nn.Module):
         self.project_conv = DynamicPointConv(self.max_mid, cout)
         self.project_bn = nn.BatchNorm2d(cout)
         self.act = make_activation(act)
-        self.residual = stride == 1 and cin == cout
+        self.residual = BlockSlot(0, 0, cin, cout, stride, act, se).residual if residual is None else residual
         self.active_expand = self.expands[-1]
 
     @property

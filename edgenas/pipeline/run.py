@@ -375,7 +375,9 @@ def _deploy(checkpoint: _Checkpoint, device: Any, target: DeviceTarget, label: s
         done = deploy(result, checkpoint.get(), device, out_dir=search_dir / "models", precision=target.precision,
                       options=options, top_k=config.top_k, store=store, search=load_search_result(str(result_path)),
                       ship_dir=export_dir, progress=progress, log=lambda line: print(line, file=sys.stderr, flush=True))
-    save_result(result, result_path, verification=done, seed=config.seed, inputs=inputs)
+    # the search's own record stays as the cards' lineage names it (its sha256); the measured side goes beside it
+    deployed_path = save_result(result, search_dir / "deployed-result.json", verification=done, seed=config.seed,
+                                inputs={**inputs, "search_result": str(result_path)})
     plot_front(result, search_dir / "pareto.png", verification=done)
     candidates = [{"arch": c.arch.to_dict(), "latency_ms": c.latency_ms, "accuracy": c.accuracy,
                    "model": None if c.model is None else str(c.model), "sha256": c.sha256,
@@ -384,12 +386,14 @@ def _deploy(checkpoint: _Checkpoint, device: Any, target: DeviceTarget, label: s
     if winner is None:
         note = (f"none of the {len(candidates)} candidates met {budget:g} ms when measured on {device.name}; "
                 "re-run with a larger budget or more calibration measurements")
-        return {"arch": None, "note": note, "result": str(result_path), "candidates": candidates}
+        return {"arch": None, "note": note, "result": str(result_path), "deployed_result": str(deployed_path),
+                "candidates": candidates}
     shipped = done.shipped
     file_accuracy = {c.format: c.accuracy for c in shipped.checks}
     return {"arch": winner.arch.to_dict(), "predicted_accuracy": winner.predicted.get("accuracy"),
             "predicted_latency_ms": winner.predicted.get("latency_ms"), "result": str(result_path),
-            "candidates": candidates, "note": "", "export_dir": str(shipped.out_dir),
+            "deployed_result": str(deployed_path), "candidates": candidates, "note": "",
+            "export_dir": str(shipped.out_dir),
             "card": str(shipped.out_dir / "card.json"), "deployed_file": shipped.files[done.format].name,
             "sha256": winner.sha256, "accuracy": file_accuracy.get(done.format, shipped.card["accuracy"]["pytorch"]),
             "measured_latency_ms": winner.latency_ms, "problems": done.problems}
