@@ -70,6 +70,36 @@ def test_transfer_beats_the_sources_mean_and_the_target_alone_on_a_device_outsid
     assert transfer > 0.97 and transfer > mean_of_sources
 
 
+def test_an_op_the_target_prices_apart_from_every_source_is_learned_as_a_cost_feature():
+    """Sources that agree (one runtime) and a target that runs one kind of op 8x slower than they do (as TFLite's
+    7x7 depthwise against ONNX Runtime's): from 10 measurements the transfer takes that op's cost as a feature
+    and ranks held-out archs almost exactly; the model stays an additive table. Source tables that hold each
+    op's own cost (as tables read off calibrated predictors do) make the feature."""
+    from edgenas.latency.transfer import AdditiveTable
+
+    rng = np.random.default_rng(4)
+    rows = [[f"dw-k{k}-e{e}" for k, e in zip(rng.choice([3, 5, 7], 12), rng.choice([3, 4, 6], 12))]
+            for _ in range(500)]
+    enc = OneHotEncoding.from_tokens(rows)
+    X = enc.encode(rows)
+    cost = rng.uniform(0.5, 1.5, enc.size)
+    tables = [AdditiveTable(f"s{k}", 0.2 * f, cost * rng.uniform(0.9, 1.1, enc.size) * f)
+              for k, f in enumerate((1.0, 1.3, 2.0, 0.7))]
+    slow = np.array([token.startswith("dw-k7") for _, token in enc.columns])
+    target = 0.1 + X @ (cost * np.where(slow, 8.0, 0.9))
+    idx = rng.choice(len(X), 10, replace=False)
+    rest = np.setdiff1d(np.arange(len(X)), idx)
+    model = TransferModel(enc, tables, X, absolute_costs=True)
+    predicted = model.fit(X[idx], target[idx]).predict(X[rest])
+    assert model.chosen_features == ["source:k7"]
+    assert spearmanr(predicted, target[rest]).statistic > 0.98
+    assert np.mean(np.abs(predicted / target[rest] - 1) <= 0.1) > 0.9
+    np.testing.assert_allclose(model.additive.predict(X[rest]), predicted, rtol=1e-9)
+    plain = TransferModel(enc, tables, X)  # tables fitted to whole archs: no source cost features
+    assert plain.cost_features == {}
+    assert spearmanr(plain.fit(X[idx], target[idx]).predict(X[rest]), target[rest]).statistic < 0.9
+
+
 def test_active_choice_spreads_over_the_sources_range_and_is_reproducible():
     rng = np.random.default_rng(2)
     _, enc, X, S = _devices(rng)

@@ -16,6 +16,19 @@ measurements drawn at random (leave-one-source-out); the target's own measuremen
 noise level (closed-form leave-one-out). Every block is linear in x, so the fitted model is itself an
 additive table (`TransferModel.additive`): intercept + one latency per position × token.
 
+A target whose runtime differs from every source's (ONNX Runtime sources, a TFLite target) may price one
+kind of op very differently from all of them: TFLite's 7x7 depthwise convolution measured 6.6-8.9x ONNX
+Runtime's while its 3x3 and 5x5 ones measured 0.7-1.1x (docs/decisions.md). No mix of the sources has
+that shape, and a handful of measurements cannot learn it per position. So before that fit, the prior
+mean may take a few *cost features* on top of the sources' average: for each token attribute (a part of
+a token such as `k7`, `hswish` or `hw14`), the sources' cost of the positions whose token has it (where
+the source tables hold each piece's own cost, as those read off calibrated predictors do), and where the
+space gives analytic op costs (MACs of dense and depthwise convolutions, elementwise values), those
+costs of the same positions. A benchmark CSV gives neither, so there the model is as before. They are
+added one at a time, greedily, while each cuts the closed-form leave-one-out error of the target's own
+measurements by at least a fifth, at most one per `SAMPLES_PER_COST_FEATURE` measurements; a target the
+sources already describe takes none.
+
 Which archs to measure: `choose_samples(..., how="active")` spreads them over the sources' latency range
 (one per quantile bin of the sources' mean log latency) and, inside each bin, takes the arch the model is
 least sure of given those already chosen (largest prior variance: where the sources disagree, or where an
@@ -31,6 +44,7 @@ import dataclasses
 import io
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +62,8 @@ SCALE_GRID = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0)
 NOISE_GRID = (1e-4, 1e-3, 0.003, 0.01, 0.03, 0.1, 0.3)
 SOURCE_RIDGE = 1e-6
 SAMPLE_CURVE = (5, 10, 20, 50, 100)
+SAMPLES_PER_COST_FEATURE = 8  # at most one cost feature per this many target measurements
+COST_FEATURE_GAIN = 0.8  # a cost feature is taken only if it cuts the leave-one-out error to this share or less
 
 
 # -- the encoding ---------------------------------------------------------------------------------------
@@ -137,7 +153,8 @@ class TransferModel:
     """The target's latency from additive source tables and a handful of its measurements (see module doc)."""
 
     def __init__(self, encoding: OneHotEncoding, sources: Sequence[AdditiveTable], pool: np.ndarray,
-                 scales: Mapping[str, float] | None = None) -> None:
+                 scales: Mapping[str, float] | None = None,
+                 analytic: Mapping[str, np.ndarray] | None = None, absolute_costs: bool = False) -> None:
         if not sources:
             raise UsageError("transfer needs at least one source device")
         self.encoding = encoding
@@ -168,6 +185,11 @@ class TransferModel:
             "onehot": sparse.csr_matrix((np.full(D, 1.0 / math.sqrt(P)), (rows, np.arange(D))), shape=(D + 1, D)),
         }
         self.prior_map = np.concatenate([[cn.mean()], Wn.mean(axis=0)])  # [1, x] -> the sources' average shape
+        # Per-column source costs are a feature only where the tables hold each piece's own cost (read off a
+        # calibrated predictor); a table fitted to whole-arch figures knows its columns only up to a constant
+        # per position, so a sum over some of them means nothing there.
+        self.cost_features = _cost_features(encoding, Wn.mean(axis=0) if absolute_costs else None, analytic or {})
+        self.chosen_features: list[str] = []
         self.noise: float | None = None
         self.coef: np.ndarray | None = None  # weights of [1, x] (ms)
         self.samples = 0
@@ -195,7 +217,8 @@ class TransferModel:
             raise UsageError("target latencies must be positive, finite milliseconds")
         X1 = self._design(X)
         scale = float(y.mean())
-        prior = X1 @ self.prior_map
+        prior_map = self._prior_with_cost_features(X1, y)
+        prior = X1 @ prior_map
         prior_scale = float(prior.mean())
         yn = y / scale
         r = yn - prior / prior_scale
@@ -213,9 +236,46 @@ class TransferModel:
                 width = self.blocks[k].shape[1]
                 back += s * (self.blocks[k] @ beta[at:at + width])
                 at += width
-        self.coef = scale * (self.prior_map / prior_scale + back)
+        self.coef = scale * (prior_map / prior_scale + back)
         self.samples = len(y)
         return self
+
+    def _prior_with_cost_features(self, X1: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The prior mean as weights of [1, x]: the sources' average shape, scaled and offset to the target's
+        measurements, plus the cost features that the leave-one-out error shows it needs (module doc)."""
+        self.chosen_features = []
+        names = list(self.cost_features)
+        most = len(y) // SAMPLES_PER_COST_FEATURE
+        if not names or most < 1:
+            return self.prior_map
+        maps = np.column_stack([self.cost_features[n] for n in names])
+        F = X1 @ maps
+        usable = [j for j in range(F.shape[1]) if np.ptp(F[:, j]) > 1e-12 * max(1.0, float(np.abs(F[:, j]).max()))]
+        base = np.column_stack([np.ones(len(y)), X1 @ self.prior_map])
+        chosen: list[int] = []
+        err = _loo_relative(base, y)
+        while len(chosen) < most and err > 1e-6:  # a target the prior already fits needs nothing more
+            trials = [(_loo_relative(np.column_stack([base, F[:, chosen + [j]]]), y), j)
+                      for j in usable if j not in chosen]
+            if not trials:
+                break
+            best_err, best = min(trials)
+            if not best_err <= COST_FEATURE_GAIN * err:
+                break
+            chosen.append(best)
+            err = best_err
+        if not chosen:
+            return self.prior_map
+        D = np.column_stack([base, F[:, chosen]])
+        w = 1.0 / y
+        coef = np.linalg.lstsq(D * w[:, None], y * w, rcond=None)[0]
+        self.chosen_features = [names[j] for j in chosen]
+        prior_map = coef[1] * self.prior_map + maps[:, chosen] @ coef[2:]
+        prior_map[0] += coef[0]
+        if np.mean(X1 @ prior_map) <= 0:  # a degenerate fit: keep the sources' shape
+            self.chosen_features = []
+            return self.prior_map
+        return prior_map
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         if self.coef is None:
@@ -234,6 +294,51 @@ class TransferModel:
         """The sources' mean log latency (each in its own units): the axis to spread measurements over."""
         F = self.block(self._design(X), "span")
         return np.log(np.maximum(F, 1e-12)).mean(axis=1)
+
+
+def _token_attributes(token: str) -> set[str]:
+    """The parts of a token (`r24:block-i16-o24-k7-s2-m48-relu-se0-r0-hw24` -> r24, k7, relu, hw24, ...)."""
+    return {part for part in re.split(r"[-:|_/,\s]+", token) if part}
+
+
+def _cost_features(encoding: OneHotEncoding, source_cost: np.ndarray | None,
+                   analytic: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Candidate cost features as weights of [1, x]: per token attribute, the sources' mean cost of the columns
+    whose token has it (when given), and each analytic cost of those columns (and of all columns)."""
+    families = ([] if source_cost is None else [("source", np.asarray(source_cost, dtype=np.float64))])
+    families += [(n, np.asarray(v, dtype=np.float64)) for n, v in analytic.items()]
+    if not families:
+        return {}
+    D = encoding.size
+    by_attr: dict[str, list[int]] = {}
+    for j, (_, token) in enumerate(encoding.columns):
+        if token == INACTIVE:
+            continue
+        for part in _token_attributes(token):
+            by_attr.setdefault(part, []).append(j)
+    out: dict[str, np.ndarray] = {}
+    for name, cost in families:
+        if name != "source":
+            out[f"{name}:all"] = np.concatenate([[0.0], cost])
+        for attr, cols in by_attr.items():
+            if len(cols) == D:
+                continue
+            m = np.zeros(D + 1)
+            m[1 + np.asarray(cols)] = cost[cols]
+            if np.any(m):
+                out[f"{name}:{attr}"] = m
+    return out
+
+
+def _loo_relative(D: np.ndarray, y: np.ndarray, lam: float = 1e-8) -> float:
+    """Closed-form leave-one-out relative error of the least-squares fit of y on the columns of D (weights 1/y)."""
+    w = 1.0 / y
+    A = D * w[:, None]
+    b = y * w
+    gram = A.T @ A
+    H = A @ np.linalg.solve(gram + lam * np.trace(gram) / max(1, gram.shape[0]) * np.eye(gram.shape[0]), A.T)
+    r = b - H @ b
+    return float(np.sqrt(np.mean((r / np.maximum(1.0 - np.diag(H), 1e-3)) ** 2)))
 
 
 def _loo_noise(G: np.ndarray, r: np.ndarray, yn: np.ndarray) -> float:
@@ -470,7 +575,7 @@ def read_latency_csv(path: str | os.PathLike, *, devices: Sequence[str] = ()) ->
 def transfer_report(model: TransferModel) -> dict[str, Any]:
     """What a fitted model chose (for files and logs)."""
     return {"scales": dict(model.scales), "noise": model.noise, "samples": model.samples,
-            "sources": [s.name for s in model.sources]}
+            "sources": [s.name for s in model.sources], "cost_features": list(model.chosen_features)}
 
 
 # -- the edgenas search space as a position × token encoding ------------------------------------------------
@@ -604,4 +709,23 @@ def space_transfer(space: Any, sources: Sequence[Any], *, samples: int, seed: in
     exact = [bool(np.allclose(t.predict(X[:256]), s.predict(pool[:256]), rtol=1e-6)) for t, s in zip(tables, sources)]
     measured = np.stack([np.asarray(s.predict(pool), dtype=np.float64) for s in sources], axis=1)
     scales = choose_scales(encoding, X, measured, [t.name for t in tables], samples=samples, seed=seed, tables=tables)
-    return SpaceTransfer(space, TransferModel(encoding, tables, X, scales=scales), pool, X, exact)
+    model = TransferModel(encoding, tables, X, scales=scales, analytic=space_analytic_costs(space, encoding),
+                          absolute_costs=all(exact))
+    return SpaceTransfer(space, model, pool, X, exact)
+
+
+def space_analytic_costs(space: Any, encoding: OneHotEncoding) -> dict[str, np.ndarray]:
+    """Per column of `encoding`, the analytic costs of its piece (dense and depthwise MACs, elementwise values)."""
+    from edgenas.latency.blocks import ANALYTIC_FEATURES, block_index
+
+    index = block_index(space)
+    piece_of = {key: i for i, key in enumerate(index.keys)}
+    costs = index.analytic_costs()
+    out = {}
+    for f, name in enumerate(ANALYTIC_FEATURES[:3]):
+        column = np.zeros(encoding.size)
+        for j, (_, token) in enumerate(encoding.columns):
+            if token != INACTIVE:
+                column[j] = costs[piece_of[token.split(":", 1)[1]], f]
+        out[name] = column
+    return out
