@@ -92,3 +92,42 @@ def test_one_folder_per_device_with_measured_latency_then_resume(checkpoint, tmp
     # a second run finds both exports finished and redoes nothing
     assert main(args) == 0
     assert all(r.get("skipped") for r in json.loads(capsys.readouterr().out))
+
+
+def test_export_flags_reach_the_files_and_a_missed_target_is_exit_status_1(checkpoint, tmp_path, capsys):
+    """--nchw, --calibration-images, --finetune-epochs, --no-micro, --no-verify, --target-flash-kb and --force, each
+    checked in what was written; a file over its flash target fails the export with exit status 1 and is kept.
+    (The supernet is untrained, so its int8 file would fail verification: --no-verify keeps the flash target the
+    only check that can fail.)"""
+    import numpy as np
+
+    from edgenas.export.tflite import tflite_interpreter
+
+    out = tmp_path / "out"
+    base = ["export", "--supernet", str(checkpoint), "--arch", ARCH, "--formats", "tflite,tflite-int8", "--out",
+            str(out), "--nchw", "--calibration-images", "24", "--finetune-epochs", "1", "--no-micro", "--no-verify",
+            "--json"]
+    code = main([*base, "--target-flash-kb", "1"])
+    (result,) = json.loads(capsys.readouterr().out)
+    assert code == 1 and not result["ok"]
+    assert "more than --target-flash-kb 1" in result["error"]
+    int8 = out / "model_int8.tflite"
+    assert int8.is_file() and (out / "model_fp32.tflite").is_file()  # kept for inspection
+    card = json.loads((out / "card.json").read_text())
+    assert card["lineage"]["calibration_images"] == 24 and card["lineage"]["finetune_epochs"] == 1
+    assert card["sram"]["tflm_arena_bytes"] is None and not card["sram"].get("tflm")  # --no-micro: not run
+    assert card["verification"] == []  # --no-verify
+    interpreter = tflite_interpreter(str(out / "model_fp32.tflite"))
+    assert list(interpreter.get_input_details()[0]["shape"]) == [1, 1, 24, 24]  # NCHW kept
+    first = int8.stat().st_mtime_ns
+
+    code = main([*base, "--target-flash-kb", "4096"])  # the failed export is not taken as finished
+    (result,) = json.loads(capsys.readouterr().out)
+    assert code == 0 and result["ok"] and not result.get("skipped")
+    assert main([*base, "--target-flash-kb", "4096"]) == 0
+    assert json.loads(capsys.readouterr().out)[0].get("skipped")  # finished: nothing redone
+    again = int8.stat().st_mtime_ns
+    assert main([*base, "--target-flash-kb", "4096", "--force"]) == 0
+    assert not json.loads(capsys.readouterr().out)[0].get("skipped")
+    assert int8.stat().st_mtime_ns > again >= first
+    assert np.isfinite(json.loads((out / "card.json").read_text())["flash"]["int8_file_bytes"])
