@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_accuracy_commands import make_checkpoint
 
@@ -143,3 +144,27 @@ def test_a_failed_export_check_exits_1_and_shows_in_the_summary(tmp_path, capsys
     assert json.loads(capsys.readouterr().out)["budgets"][0]["problems"] == budget["problems"]
     assert _finish(RunResult(tmp_path, tmp_path / "r.html", tmp_path / "s.pt", [], [], {}, [
         {**budget, "problems": [], "note": ""}]), as_json=True) == 0
+
+
+def test_the_winner_is_the_most_accurate_candidate_that_meets_the_budget_when_measured(tmp_path):
+    """The rule users rely on: among the candidates whose measured figure meets the budget, the most accurate
+    wins; a faster-but-over candidate never does; one whose export checks failed only when no other meets it;
+    on equal accuracy the better-predicted (earlier) candidate."""
+    from edgenas.deploy.stage import MeasuredCandidate, pick_winner
+    from edgenas.space import SearchSpace
+
+    space = SearchSpace.preset("tiny")
+    archs = [space.sample(np.random.default_rng(i)) for i in range(5)]
+
+    def cand(i, accuracy, meets, problems=()):
+        return MeasuredCandidate(arch=archs[i], predicted={}, model=tmp_path / f"m{i}.onnx", accuracy=accuracy,
+                                 meets_budget=meets, problems=list(problems))
+
+    over_but_best = cand(0, 0.99, False)
+    low, high = cand(1, 0.90, True), cand(2, 0.95, True)
+    failed_check = cand(3, 0.97, True, ["int8 file failed verification"])
+    assert pick_winner([over_but_best, low, high, failed_check]) is high
+    assert pick_winner([over_but_best, failed_check]) is failed_check
+    tie_first, tie_second = cand(1, 0.95, True), cand(4, 0.95, True)
+    assert pick_winner([tie_first, tie_second]) is tie_first
+    assert pick_winner([over_but_best]) is None
