@@ -14,8 +14,9 @@ import pytest
 from latency_helpers import MICRO, local_device_file, space_file
 
 from edgenas.devices import load_device
-from edgenas.latency import calibrate, evaluate, load_latency_predictor
 from edgenas.latency.blocks import block_index
+from edgenas.latency.calibrate import calibrate, load_latency_predictor
+from edgenas.latency.evaluate import evaluate
 from edgenas.latency.table import LatencyTable
 from edgenas.store import Store
 

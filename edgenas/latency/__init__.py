@@ -10,7 +10,10 @@ Public interface (other stages build on it):
     evaluate(device, space, *, holdout, store, ...) -> LatencyEvaluation
     LatencyTable, BlockIndex
 
-Nothing heavy is imported until a name is used (torch loads only to export models).
+Nothing heavy is imported until a name is used (torch loads only to export models). `calibrate` and
+`evaluate` share their names with their modules: once `edgenas.latency.calibrate` (or `.evaluate`) has been
+imported anywhere, Python's import system makes the package attribute that module, so import the functions
+from their modules (`from edgenas.latency.calibrate import calibrate`).
 """
 
 from __future__ import annotations
