@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -231,7 +232,7 @@ def test_ssh_agent_authentication_without_a_key_file(fresh_bed, tmp_path, monkey
         for _ in range(100):
             if sock.exists():
                 break
-            threading.Event().wait(0.05)
+            time.sleep(0.05)
         env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
         subprocess.run(["ssh-add", "-q", str(fresh_bed.client_key)], check=True, env=env, capture_output=True)
         monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
