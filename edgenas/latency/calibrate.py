@@ -167,6 +167,7 @@ class Calibrator:
         table = LatencyTable.load(path, device=self.device.name, runtime=self.runtime, precision=self.precision) \
             if path.is_file() else LatencyTable(self.device.name, self.runtime, self.precision)
         missing = [p for p in index.pieces if p.key not in table.entries]
+        self.report.reused += len(index.pieces) - len(missing)  # measurements the table already holds
         if missing:
             jobs = self.export_pieces(missing)
             got = self.measure(jobs, f"measure pieces on {self.device.name}")
