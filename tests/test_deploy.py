@@ -168,3 +168,35 @@ def test_the_winner_is_the_most_accurate_candidate_that_meets_the_budget_when_me
     tie_first, tie_second = cand(1, 0.95, True), cand(4, 0.95, True)
     assert pick_winner([tie_first, tie_second]) is tie_first
     assert pick_winner([over_but_best]) is None
+
+
+def test_holdout_noise_does_not_pick_the_winner_but_a_real_advantage_does(tmp_path):
+    """Candidates are evaluated on the same holdout images; an advantage of a few images out of 200 is noise
+    (the better-predicted, earlier candidate wins), one of many images on a large holdout is real (it wins)."""
+    from edgenas.deploy.stage import MeasuredCandidate, accuracy_advantage, pick_winner
+    from edgenas.space import SearchSpace
+
+    space = SearchSpace.preset("tiny")
+    archs = [space.sample(np.random.default_rng(i)) for i in range(3)]
+
+    def cand(i, correct):
+        return MeasuredCandidate(arch=archs[i], predicted={}, model=tmp_path / f"m{i}.onnx", correct=correct,
+                                 accuracy=sum(correct) / len(correct), meets_budget=True)
+
+    n = 200
+    base = [i % 20 != 0 for i in range(n)]  # 190 / 200 right
+    three_more = [c or i in (0, 20, 40) for i, c in enumerate(base)]  # 193 / 200: 3 images, noise
+    first, second = cand(0, base), cand(1, three_more)
+    diff, se = accuracy_advantage(second, first)
+    assert diff == pytest.approx(3 / n) and 0 < diff < 2 * se
+    assert pick_winner([first, second]) is first
+
+    ten_more = [True] * n  # 200 / 200: all 10 images the first got wrong, none it got right lost: real
+    assert pick_winner([first, cand(1, ten_more)]).correct is ten_more
+
+    big = 5000  # the same 1.5-point advantage on 5,000 images is real
+    base_big = [i % 20 != 0 for i in range(big)]
+    plus = [c or (i % 20 == 0 and i % 60 == 0) for i, c in enumerate(base_big)]
+    first_big, better_big = cand(0, base_big), cand(2, plus)
+    assert better_big.accuracy - first_big.accuracy > 0.015
+    assert pick_winner([first_big, better_big]) is better_big

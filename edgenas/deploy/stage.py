@@ -7,9 +7,10 @@
    predictor is not judged on; the card reports the files' accuracy on the validation split).
 3. The candidates' files are timed together, interleaved over one window, and judged by the one rule,
    `edgenas.devices.measurement.meets_budget`.
-4. The winner is the most accurate candidate that meets the budget, preferring those whose export checks
-   passed. With `ship_dir`, the winner is exported in every requested format there, its measured file copied
-   byte for byte (same sha256), and its card carries that measurement.
+4. The winner is the best-predicted candidate that meets the budget and that no other candidate beats on the
+   holdout images by more than noise (`pick_winner`), preferring those whose export checks passed. With
+   `ship_dir`, the winner is exported in every requested format there, its measured file copied byte for byte
+   (same sha256), and its card carries that measurement.
 
 Measured latencies go into the store as whole-subnet (`arch`) measurements, which calibration reads, and
 the accuracies into the evaluations table.
@@ -48,6 +49,7 @@ class MeasuredCandidate:
     model: Path | None = None
     sha256: str | None = None
     accuracy: float | None = None
+    correct: list[bool] | None = None
     measurement: Measurement | None = None
     meets_budget: bool = False
     problems: list[str] = field(default_factory=list)
@@ -63,7 +65,8 @@ class MeasuredCandidate:
     def to_dict(self) -> dict[str, Any]:
         m = self.measurement
         return {"arch": self.arch.to_dict(), "predicted": self.predicted, "measured": {
-            "accuracy": self.accuracy, "latency_ms": self.latency_ms,
+            "accuracy": self.accuracy, "holdout_images": None if self.correct is None else len(self.correct),
+            "latency_ms": self.latency_ms,
             "latency_median_ms": None if m is None else m.median_ms, "timing": {} if m is None else m.timing,
             "error": None if m is None else m.error, "meets_latency": self.meets_budget,
             "model": None if self.model is None else str(self.model), "sha256": self.sha256,
@@ -97,14 +100,52 @@ class Deployment:
                 "shipped": None if self.shipped is None else str(self.shipped.out_dir), "problems": self.problems}
 
 
-def pick_winner(candidates: list[MeasuredCandidate]) -> MeasuredCandidate | None:
-    """The most accurate candidate that meets the budget when measured; one whose export checks passed before one
-    whose checks failed; the earlier (better predicted) candidate on a tie. None when none meets the budget."""
+#: How many paired standard errors a holdout accuracy advantage must exceed to count as real (about 95 %).
+SIGNIFICANT_Z = 2.0
+
+
+def accuracy_advantage(better: MeasuredCandidate, worse: MeasuredCandidate) -> tuple[float, float] | None:
+    """`better`'s holdout accuracy minus `worse`'s and the standard error of that difference, from the two
+    candidates' per-image results on the same images (paired: only the images on which they disagree carry
+    information). None when either lacks per-image results."""
+    a, b = better.correct, worse.correct
+    if a is None or b is None or len(a) != len(b) or not a:
+        return None
+    n = len(a)
+    only_better = sum(1 for x, y in zip(a, b) if x and not y)
+    only_worse = sum(1 for x, y in zip(a, b) if y and not x)
+    diff = (only_better - only_worse) / n
+    variance = max(only_better + only_worse - (only_better - only_worse) ** 2 / n, 0.0) / (n * (n - 1) if n > 1 else 1)
+    return diff, variance ** 0.5
+
+
+def significantly_more_accurate(better: MeasuredCandidate, worse: MeasuredCandidate,
+                                z: float = SIGNIFICANT_Z) -> bool:
+    """Whether `better`'s holdout accuracy exceeds `worse`'s by more than `z` paired standard errors (by any
+    amount when per-image results are missing)."""
+    paired = accuracy_advantage(better, worse)
+    if paired is None:
+        return _accuracy(better) > _accuracy(worse)
+    diff, se = paired
+    return diff > z * se
+
+
+def _accuracy(c: MeasuredCandidate) -> float:
+    return c.accuracy if c.accuracy is not None else -1.0
+
+
+def pick_winner(candidates: list[MeasuredCandidate], z: float = SIGNIFICANT_Z) -> MeasuredCandidate | None:
+    """The winner among the candidates that meet the budget when measured (None when none does), preferring
+    those whose export checks passed: the best-predicted (earliest) candidate that no other is significantly
+    more accurate than on the holdout images (`significantly_more_accurate`). A holdout of a few hundred images
+    cannot tell apart subnets a point apart, and letting its noise decide ships smaller models than the budget
+    allows; a real advantage, measured on enough images, still wins."""
     meeting = [c for c in candidates if c.meets_budget]
     if not meeting:
         return None
-    return max(meeting, key=lambda c: (c.checks_passed, c.accuracy if c.accuracy is not None else -1.0,
-                                       -candidates.index(c)))
+    pool = [c for c in meeting if c.checks_passed] or meeting
+    best = max(pool, key=lambda c: (_accuracy(c), -candidates.index(c)))
+    return next(c for c in pool if not significantly_more_accurate(best, c, z))
 
 
 def deploy(
@@ -133,7 +174,7 @@ def deploy(
     from edgenas.accuracy.dataset import top1_metric
     from edgenas.export.tflite import TFLiteConversionError
     from edgenas.progress import Progress
-    from edgenas.train.evaluate import evaluate
+    from edgenas.train.evaluate import evaluate_correct
 
     options = options or ExportOptions()
     fmt = deployed_format(device.runtime, precision)
@@ -160,7 +201,8 @@ def deploy(
             except TFLiteConversionError as exc:  # this arch does not convert: the others still compete
                 export = None
                 cand.problems = [str(exc)]
-            cand.accuracy = float(evaluate(supernet, found.arch, dataset, split, bn_batches=options.bn_batches))
+            cand.correct = evaluate_correct(supernet, found.arch, dataset, split, bn_batches=options.bn_batches)
+            cand.accuracy = sum(cand.correct) / len(cand.correct) if cand.correct else 0.0
             if store is not None:
                 store.add_evaluation(supernet_sha256=info["sha256"], dataset=dataset.fingerprint, split=split,
                                      arch=found.arch, metric=top1_metric(options.bn_batches), value=cand.accuracy,

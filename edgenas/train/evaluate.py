@@ -23,6 +23,14 @@ def _as_arch(supernet: Supernet, arch: Any) -> Arch:
     return supernet.space.validate(arch) if isinstance(arch, Arch) else supernet.space.parse_arch(arch)
 
 
+def _check_fits(supernet: Supernet, dataset: Dataset) -> None:
+    if dataset.in_channels != supernet.space.in_channels or dataset.num_classes != supernet.num_classes:
+        from edgenas.errors import UsageError
+
+        raise UsageError(f"dataset {dataset.spec} ({dataset.in_channels} channels, {dataset.num_classes} classes) does "
+                         f"not fit this supernet ({supernet.space.in_channels} channels, {supernet.num_classes} classes)")
+
+
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
@@ -58,26 +66,25 @@ class _Batches:
 
 
 @torch.no_grad()
-def _top1(supernet: Supernet, arch: Arch, batches: _Batches) -> float:
+def _correct(supernet: Supernet, arch: Arch, batches: _Batches) -> torch.Tensor:
+    """Per image of the split, in its order: whether the arch's top-1 class is the label."""
     supernet.set_active(arch)
     recalibrate_bn(supernet, batches.calibration(arch.resolution))
     supernet.eval()
-    correct = total = 0
-    for x, y in batches.evaluation(arch.resolution):
-        correct += int((supernet(x).argmax(1) == y).sum())
-        total += int(y.numel())
-    return correct / total
+    hits = [supernet(x).argmax(1) == y for x, y in batches.evaluation(arch.resolution)]
+    return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+
+
+def _top1(supernet: Supernet, arch: Arch, batches: _Batches) -> float:
+    correct = _correct(supernet, arch, batches)
+    return float(correct.float().mean()) if correct.numel() else 0.0
 
 
 def evaluate_many(supernet: Supernet, archs: Sequence[Arch | Any], dataset: Dataset, split: str = "val", *,
                   bn_batches: int = 8, batch_size: int = 64, seed: int = 0, progress: bool = False) -> list[float]:
     """Top-1 in [0, 1] of each arch on `split`, each after BN recalibration on `bn_batches` training batches."""
     archs = [_as_arch(supernet, a) for a in archs]
-    if dataset.in_channels != supernet.space.in_channels or dataset.num_classes != supernet.num_classes:
-        from edgenas.errors import UsageError
-
-        raise UsageError(f"dataset {dataset.spec} ({dataset.in_channels} channels, {dataset.num_classes} classes) does "
-                         f"not fit this supernet ({supernet.space.in_channels} channels, {supernet.num_classes} classes)")
+    _check_fits(supernet, dataset)
     device = next(supernet.parameters()).device
     batches = _Batches(dataset, split, bn_batches, batch_size, seed, device)
     previous, was_training = supernet.active_arch, supernet.training
@@ -98,6 +105,24 @@ def evaluate(supernet: Supernet, arch: Arch | Any, dataset: Dataset, split: str 
              batch_size: int = 64, seed: int = 0) -> float:
     """Top-1 in [0, 1] of one arch on `split` after BN recalibration; the supernet's BN statistics are kept."""
     return evaluate_many(supernet, [arch], dataset, split, bn_batches=bn_batches, batch_size=batch_size, seed=seed)[0]
+
+
+def evaluate_correct(supernet: Supernet, arch: Arch | Any, dataset: Dataset, split: str = "val", *,
+                     bn_batches: int = 8, batch_size: int = 64, seed: int = 0) -> list[bool]:
+    """Per image of `split`, in the split's order, whether one arch (after BN recalibration, the supernet's BN
+    statistics kept) classifies it right; the mean is `evaluate`'s top-1. Two archs' lists pair image by image,
+    which is what telling a real accuracy difference from noise needs (`edgenas.deploy.stage.pick_winner`)."""
+    arch = _as_arch(supernet, arch)
+    _check_fits(supernet, dataset)
+    device = next(supernet.parameters()).device
+    batches = _Batches(dataset, split, bn_batches, batch_size, seed, device)
+    previous, was_training = supernet.active_arch, supernet.training
+    try:
+        with preserved_bn(supernet):
+            return [bool(v) for v in _correct(supernet, arch, batches).tolist()]
+    finally:
+        supernet.set_active(previous)
+        supernet.train(was_training)
 
 
 def recalibrate_for(supernet: Supernet, arch: Arch | Any, dataset: Dataset, *, bn_batches: int = 8,
