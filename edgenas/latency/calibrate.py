@@ -47,6 +47,9 @@ STATISTICS = ("latency", "median", "min")
 # Models handed to the device at once; the device times them in windows of its [measure] batch_size, and
 # every result is stored as it arrives.
 MEASURE_CHUNK = 400
+# The fewest subnets an active-learning round measures: a round costs one timing window on the device whatever
+# it holds (the window spans the device's speed changes), so a 30-subnet budget takes 2 rounds, not 5 of 2.
+MIN_PER_ROUND = 4
 
 
 @dataclasses.dataclass
@@ -297,7 +300,9 @@ def calibrate(
     first = max(2, min(budget, (7 * budget) // 10 if budget >= 10 else budget))
     chosen = stratified(pool, guide, first, rng)
     archs, ms, seconds = cal.measure_archs(chosen, f"measure subnets on {device.name}")
-    per_round = max(1, -(-(budget - len(chosen)) // rounds)) if budget > len(chosen) else 0
+    left = budget - len(chosen)
+    rounds = max(1, min(rounds, left // MIN_PER_ROUND))
+    per_round = max(1, -(-left // rounds)) if left > 0 else 0
     spent = {a for a in chosen}
     while len(spent) < budget and len(archs) >= 2:
         predictor.fit(archs, ms, seed=seed)
