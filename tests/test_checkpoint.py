@@ -86,8 +86,15 @@ def test_sigkill_mid_phase_then_resume_matches_an_uninterrupted_run(tmp_path):
     info = load_checkpoint_info(out / "last.pt")
     assert not info["complete"] and info["global_step"] < 15
 
-    resumed = train(config, out, resume=True, threads=1, progress=False)
-    ref_state, res_state = read_checkpoint(reference.checkpoint), read_checkpoint(resumed.checkpoint)
+    # `edgenas train --resume`, as a user runs it after the kill: it finishes the run from last.pt
+    argv = [sys.executable, "-m", "edgenas.cli", "train", "--config", str(config_path), "--out", str(out), "--threads",
+            "1", "--no-progress"]
+    done = subprocess.run([*argv, "--resume", "--json"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout[done.stdout.index("{"):])
+    assert summary["global_step"] == 15 and [p["steps"] for p in summary["phases"]] == [5, 5, 5]
+    assert Path(summary["checkpoint"]).is_file() and load_checkpoint_info(out / "last.pt")["complete"]
+    ref_state, res_state = read_checkpoint(reference.checkpoint), read_checkpoint(summary["checkpoint"])
     assert res_state["global_step"] == ref_state["global_step"] == 15
     assert [p["phase"] for p in res_state["history"]] == [p["phase"] for p in ref_state["history"]]
     assert [p["steps"] for p in res_state["history"]] == [5, 5, 5]
@@ -102,6 +109,11 @@ def test_sigkill_mid_phase_then_resume_matches_an_uninterrupted_run(tmp_path):
     redone = len(steps) - len(set(steps))
     assert set(steps) == {(p, s) for p in ("full", "kernel", "expand") for s in range(1, 6)}
     assert redone <= config.checkpoint_every
+    # the same command without --resume is refused in one line: the finished run is not overwritten
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and "pass --resume" in again.stderr and "Traceback" not in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+    assert read_checkpoint(out / "last.pt")["global_step"] == 15
 
 
 def test_resume_is_refused_for_other_config_or_data(tmp_path):

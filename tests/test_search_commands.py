@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 from test_accuracy_commands import make_checkpoint
+from test_deploy import LOCAL
 
 from edgenas.accuracy.predictor import AccuracyPredictor, FitConfig
 from edgenas.cli import main
@@ -102,3 +103,55 @@ def test_pareto_and_bad_arguments(setup, capsys):
     assert "give at least one limit" in capsys.readouterr().err
     assert main(["search", "--supernet", str(root / "nope.pt"), "--device", "local", "--max-macs", "5"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_several_devices_in_one_search_each_with_its_own_predictor(setup, tmp_path, monkeypatch, capsys):
+    """`--device fast --device slow`: one search per device, each by that device's calibrated predictor (found
+    by its name), its result in its own folder and its top candidate verified on that device."""
+    from edgenas.latency import load_latency_predictor
+    from edgenas.latency.predictors import MacsPredictor
+    from edgenas.latency.table import predictor_path
+
+    space, local = setup["space"], setup["latency"]
+    probe = [space.smallest(), space.sample(np.random.default_rng(1)), space.largest()]
+    tables = tmp_path / "tables"
+    (tmp_path / "devices").mkdir()
+    predictors = {}
+    for name, factor in (("fast", 1.0), ("slow", 3.0)):  # the slow device: the measured figures, three times slower
+        (tmp_path / "devices" / f"{name}.toml").write_text(LOCAL.replace('name = "local"', f'name = "{name}"'))
+        fitted = MacsPredictor(device=name, runtime="onnxruntime", precision="fp32", space=space).fit(
+            probe, factor * local.predict(probe))
+        predictors[name] = load_latency_predictor(fitted.save(predictor_path(name, "onnxruntime", "fp32", tables)))
+    monkeypatch.chdir(tmp_path)  # device NAMEs resolve to ./devices/NAME.toml
+    monkeypatch.setenv("EDGENAS_LATENCY_TABLES", str(tables))
+    limit = 1.5 * float(predictors["slow"].predict([space.smallest()])[0])
+    assert predictors["fast"].predict([space.smallest()])[0] < limit / 2  # the limit means different subnets on each
+    out = tmp_path / "out"
+    common = ["search", "--supernet", str(setup["ckpt"]), "--max-latency-ms", f"{limit:.6f}", "--population", "16",
+              "--generations", "6"]
+    rc = main([*common, "--device", "fast", "--device", "slow", "--top-k", "1", "--bn-batches", "1",
+               "--store", str(tmp_path / "store.sqlite"), "--out", str(out), "--json"])
+    assert rc == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["device"] for r in results] == ["fast", "slow"]
+    for r, name in zip(results, ("fast", "slow")):
+        saved = json.loads((out / name / "search-result.json").read_text())
+        assert saved["device"] == name and saved["arch"] == r["arch"]
+        assert r["result_path"] == str(out / name / "search-result.json")
+        for c in saved["top"]:  # every figure is this device's predictor's, and within the limit
+            predicted = float(predictors[name].predict([Arch.from_dict(c["arch"])])[0])
+            assert c["predicted"]["latency_ms"] == pytest.approx(predicted, rel=1e-6) and predicted <= limit
+        (checked,) = saved["verification"]["candidates"]  # verified on its own device
+        with Store(tmp_path / "store.sqlite") as store:
+            rows = store.measurements(device=name, runtime="onnxruntime", precision="fp32", model_kind="arch")
+        assert [row.model_description for row in rows] == [Arch.from_dict(checked["arch"]).to_json()]
+    # the fast device's best uses the room the slow one lacks
+    fast_best = Arch.from_dict(json.loads((out / "fast" / "search-result.json").read_text())["top"][0]["arch"])
+    assert predictors["slow"].predict([fast_best])[0] > limit
+    # one device's predictor file cannot serve several devices; a device given twice is refused; one line each
+    for extra, message in ((["--latency-predictor", str(setup["lat"])], "search one device at a time"),
+                           ([], "repeat a device")):
+        devices = ["--device", "fast", "--device", "slow"] if extra else ["--device", "fast", "--device", "fast"]
+        assert main([*common, *devices, *extra, "--no-verify"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
