@@ -80,9 +80,10 @@ def test_search_and_run_choose_the_same_arch(ran, capsys):
                "--store", str(root / "search-store.sqlite"), "--out", str(root / "search"), "--json"])
     assert rc == 0
     searched = json.loads(capsys.readouterr().out)
-    # the same candidates, in the same order, from the same predictors: one search policy (the budget's margins)
-    run_candidates = [c["arch"] for c in deployed["candidates"]]
-    assert [c["arch"] for c in searched["verification"]["candidates"]] == run_candidates
+    # the same candidates, in the same order, from the same predictors: one search policy (the budget's margins);
+    # a second round follows only what each run measured, so the first rounds are compared
+    run_candidates = [c["arch"] for c in deployed["candidates"] if c["round"] == 1]
+    assert [c["arch"] for c in searched["verification"]["candidates"] if c["round"] == 1] == run_candidates
     # the same limits in the same units: --max-macs 10 and max_macs = 10 both mean 10 million MACs
     run_result = json.loads(Path(deployed["result"]).read_text())
     assert searched["constraints"]["max_macs"] == run_result["constraints"]["max_macs"] == MAX_MACS_M * 1_000_000
@@ -95,8 +96,9 @@ def test_search_and_run_choose_the_same_arch(ran, capsys):
         if deployed["arch"] is not None:
             assert searched["arch"] == deployed["arch"]
     # the holdout accuracies the winner is picked by are the same figures in both
-    run_acc = [c["accuracy"] for c in deployed["candidates"]]
-    assert [c["measured"]["accuracy"] for c in searched["verification"]["candidates"]] == pytest.approx(run_acc)
+    run_acc = [c["accuracy"] for c in deployed["candidates"] if c["round"] == 1]
+    assert [c["measured"]["accuracy"] for c in searched["verification"]["candidates"]
+            if c["round"] == 1] == pytest.approx(run_acc)
 
 
 @pytest.mark.slow
@@ -200,3 +202,82 @@ def test_holdout_noise_does_not_pick_the_winner_but_a_real_advantage_does(tmp_pa
     first_big, better_big = cand(0, base_big), cand(2, plus)
     assert better_big.accuracy - first_big.accuracy > 0.015
     assert pick_winner([first_big, better_big]) is better_big
+
+
+def test_a_second_round_only_where_the_measurements_show_the_predictor_misled_the_search(tmp_path):
+    """`measured_scale`: over-predicted candidates and a winner far under the budget search again larger (the
+    median ratio); none meeting the budget with every candidate under-predicted searches tighter (the largest
+    ratio); candidates scattered around their predictions, or a winner that fills its budget, change nothing."""
+    from edgenas.deploy.stage import MeasuredCandidate, measured_scale
+    from edgenas.devices.measurement import Measurement
+    from edgenas.space import SearchSpace
+
+    space = SearchSpace.preset("tiny")
+    archs = [space.sample(np.random.default_rng(i)) for i in range(3)]
+
+    def cand(i, predicted, measured):
+        m = Measurement(model_path=f"m{i}.onnx", model_sha256="0" * 64, device="local", runtime="onnxruntime",
+                        latency_ms=measured)
+        return MeasuredCandidate(arch=archs[i], predicted={"latency_ms": predicted}, measurement=m,
+                                 meets_budget=measured <= 1.0)
+
+    over = [cand(0, 1.0, 0.70), cand(1, 0.9, 0.72), cand(2, 0.8, 0.60)]  # ratios 0.70, 0.80, 0.75
+    assert measured_scale(over, over[1], budget=1.0) == pytest.approx(0.75)
+    assert measured_scale(over, over[1], budget=0.9) is None  # 0.72 is 80 % of 0.9: the budget is used
+    scattered = [cand(0, 1.0, 0.70), cand(1, 0.7, 0.72)]
+    assert measured_scale(scattered, scattered[0], budget=1.0) is None
+    under = [cand(0, 0.9, 1.2), cand(1, 0.8, 1.1), cand(2, 0.7, 1.372)]  # ratios 1.33, 1.375, 1.96
+    assert measured_scale(under, None, budget=0.95) == pytest.approx(1.96)
+    assert measured_scale(under[:1], None, budget=0.95) is None  # one candidate says too little
+
+
+@pytest.mark.slow
+def test_a_misleading_latency_predictor_is_corrected_by_a_second_round(ran, tmp_path):
+    """The search is handed a latency predictor that predicts twice its calibrated figure: the first round's
+    candidates measure well under their predictions. The deploy stage searches again at the budget divided by the
+    measured ratio, measures the new candidates beside the first ones and ships the winner of both rounds, which
+    meets the budget."""
+    from edgenas import load_device
+    from edgenas.deploy.run import load_predictors
+    from edgenas.deploy.stage import FILL_TARGET, deploy
+    from edgenas.search.budget import search_for_budget
+    from edgenas.store import Store
+    from edgenas.train.checkpoint import OpenedCheckpoint
+
+    root, _deployed, calibrated, _budget = ran
+    acc, lat = load_predictors(root / "supernet.pt", str(root / "local.toml"),
+                               accuracy_predictor=root / "out" / "accuracy_predictor.npz",
+                               latency_predictor=calibrated["predictor"])
+
+    class Doubled:
+        def predict(self, archs):
+            return 2.0 * np.asarray(lat.predict(archs))
+
+    pool = acc.space.sample_many(np.random.default_rng(5), 200)
+    true = np.asarray(lat.predict(pool))
+    budget = float(np.quantile(true, 0.7))  # a budget the space can fill, by the honest predictor
+    constraints = Constraints(max_latency_ms=budget, precision="fp32")
+
+    def search(scale=1.0):
+        return search_for_budget(acc.space, acc, Doubled(), constraints, population=16, generations=8, seed=0,
+                                 top_k=2, device="local", latency_scale=scale)
+
+    with load_device(str(root / "local.toml")) as device, Store(tmp_path / "store.sqlite") as store:
+        done = deploy(search(), OpenedCheckpoint(root / "supernet.pt"), device, out_dir=tmp_path / "models",
+                      precision="fp32", top_k=2, store=store, ship_dir=tmp_path / "ship", search_again=search,
+                      progress=False, log=lambda line: None)
+    first = [c for c in done.candidates if c.round == 1]
+    assert all(c.latency_ms < 0.95 * c.predicted["latency_ms"] for c in first if c.latency_ms is not None)
+    if done.latency_scale is None:  # the first round filled the budget after all: nothing to correct
+        assert done.winner is not None and done.winner.latency_ms >= FILL_TARGET * budget
+        return
+    assert 0.2 < done.latency_scale < 0.95
+    second = [c for c in done.candidates if c.round == 2]
+    assert second and all(c.model is not None and c.model.parent.name.startswith("candidate-") for c in second)
+    # the second search ran at the corrected limit (the first at the budget), and brought archs not measured yet
+    assert max(c.predicted["latency_ms"] for c in first) <= budget * 1.0001
+    assert all(c.predicted["latency_ms"] <= budget / done.latency_scale * 1.0001 for c in second)
+    assert not {c.arch for c in second} & {c.arch for c in first}
+    assert done.winner is not None and done.winner.meets_budget and done.winner.latency_ms <= budget
+    assert done.to_dict()["latency_scale"] == done.latency_scale
+    assert (tmp_path / "ship" / "card.json").is_file()

@@ -96,8 +96,16 @@ def search_device(
     out = Path(out_dir) if out_dir else checkpoint.parent / "search" / device_name
     deployment = None
     if deploy_top:
+        def search_again(scale: float) -> SearchResult | None:
+            try:
+                return search_for_budget(acc.space, acc, lat, constraints, algorithm=algorithm,
+                                         population=population, generations=generations, seed=seed, top_k=top_k,
+                                         device=device_name, latency_scale=scale)
+            except UsageError:  # nothing is predicted to meet the corrected budget: the first round stands
+                return None
+
         deployment = _deploy(result, checkpoint, device_name, out / "models", precision, store_path, top_k,
-                             deploy_options(constraints, seed=seed, bn_batches=bn_batches), progress)
+                             deploy_options(constraints, seed=seed, bn_batches=bn_batches), progress, search_again)
     inputs: dict[str, Any] = {"supernet": str(checkpoint), "accuracy_predictor": acc.info.get("path") or str(
         accuracy_predictor or checkpoint.parent / "accuracy_predictor.npz")}
     if getattr(lat, "path", None):
@@ -108,7 +116,8 @@ def search_device(
 
 
 def _deploy(result: SearchResult, checkpoint: Path, device_name: str, models_dir: Path, precision: str,
-            store_path: str | os.PathLike | None, top_k: int, options: Any, progress: bool) -> Deployment:
+            store_path: str | os.PathLike | None, top_k: int, options: Any, progress: bool,
+            search_again: Any = None) -> Deployment:
     import sys
 
     from edgenas import load_device
@@ -120,4 +129,5 @@ def _deploy(result: SearchResult, checkpoint: Path, device_name: str, models_dir
     opened = OpenedCheckpoint(checkpoint)
     with load_device(device_name) as device, Store(store_path or default_store_path()) as store:
         return deploy(result, opened, device, out_dir=models_dir, precision=precision, options=options, top_k=top_k,
-                      store=store, progress=progress, log=lambda line: print(line, file=sys.stderr, flush=True))
+                      store=store, progress=progress, search_again=search_again,
+                      log=lambda line: print(line, file=sys.stderr, flush=True))

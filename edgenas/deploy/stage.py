@@ -11,6 +11,10 @@
    holdout images by more than noise (`pick_winner`), preferring those whose export checks passed. With
    `ship_dir`, the winner is exported in every requested format there, its measured file copied byte for byte
    (same sha256), and its card carries that measurement.
+5. One more round only where the measurements show the latency predictor misled the search
+   (`measured_scale`): none met the budget and all measured over their predictions, or the winner uses less
+   than 75 % of the budget and all measured under theirs. The search runs again with the measured correction,
+   its new candidates are measured, and the winner is picked among all of them.
 
 Measured latencies go into the store as whole-subnet (`arch`) measurements, which calibration reads, and
 the accuracies into the evaluations table.
@@ -53,6 +57,7 @@ class MeasuredCandidate:
     measurement: Measurement | None = None
     meets_budget: bool = False
     problems: list[str] = field(default_factory=list)
+    round: int = 1  # the deploy round that measured it (2: the search again after a misleading first round)
 
     @property
     def latency_ms(self) -> float | None:
@@ -70,7 +75,7 @@ class MeasuredCandidate:
             "latency_median_ms": None if m is None else m.median_ms, "timing": {} if m is None else m.timing,
             "error": None if m is None else m.error, "meets_latency": self.meets_budget,
             "model": None if self.model is None else str(self.model), "sha256": self.sha256,
-            "problems": list(self.problems)}}
+            "problems": list(self.problems)}, "round": self.round}
 
 
 @dataclass
@@ -85,6 +90,7 @@ class Deployment:
     candidates: list[MeasuredCandidate]
     winner: MeasuredCandidate | None
     shipped: ExportResult | None = None
+    latency_scale: float | None = None  # the correction a second search round used (None: one round)
 
     @property
     def problems(self) -> list[str]:
@@ -95,7 +101,8 @@ class Deployment:
 
     def to_dict(self) -> dict[str, Any]:
         return {"device": self.device, "runtime": self.runtime, "precision": self.precision, "format": self.format,
-                "budget_ms": self.budget_ms, "winner": self.winner.to_dict() if self.winner else None,
+                "budget_ms": self.budget_ms, "latency_scale": self.latency_scale,
+                "winner": self.winner.to_dict() if self.winner else None,
                 "candidates": [c.to_dict() for c in self.candidates],
                 "shipped": None if self.shipped is None else str(self.shipped.out_dir), "problems": self.problems}
 
@@ -148,6 +155,33 @@ def pick_winner(candidates: list[MeasuredCandidate], z: float = SIGNIFICANT_Z) -
     return next(c for c in pool if not significantly_more_accurate(best, c, z))
 
 
+#: A winner that uses less than this share of its budget is worth a second search when the predictor was off.
+FILL_TARGET = 0.75
+#: Candidates count as mispredicted when every one measured off its prediction by more than this (relative).
+MISPREDICTED = 0.05
+
+
+def measured_scale(candidates: list[MeasuredCandidate], winner: MeasuredCandidate | None,
+                   budget: float | None) -> float | None:
+    """The factor (measured / predicted latency) to search this budget again with, or None when the first round
+    did its job. A second round is what a measurement shows is needed, in two cases only: no candidate met the
+    budget and every one measured over its prediction (the largest ratio: search tighter), or the winner uses
+    less than `FILL_TARGET` of the budget and every candidate measured under its prediction (the median ratio:
+    search larger). Candidates that scatter around their predictions change nothing."""
+    if budget is None:
+        return None
+    ratios = sorted(c.latency_ms / c.predicted["latency_ms"] for c in candidates
+                    if c.latency_ms is not None and c.predicted.get("latency_ms"))
+    if len(ratios) < 2:
+        return None
+    if winner is None and ratios[0] > 1.0 + MISPREDICTED:
+        return ratios[-1]
+    if (winner is not None and winner.latency_ms is not None and winner.latency_ms < FILL_TARGET * budget
+            and ratios[-1] < 1.0 - MISPREDICTED):
+        return ratios[len(ratios) // 2]
+    return None
+
+
 def deploy(
     result: SearchResult,
     checkpoint: Any,
@@ -161,6 +195,7 @@ def deploy(
     store: Any | None = None,
     search: Mapping[str, Any] | None = None,
     ship_dir: str | os.PathLike | None = None,
+    search_again: Callable[[float], SearchResult | None] | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> Deployment:
@@ -168,65 +203,103 @@ def deploy(
     `device` at `precision`, pick the winner (`pick_winner`) against `result`'s latency limit, and, with
     `ship_dir`, export the winner there in every format of `options`, its measured file kept.
 
+    With `search_again` (the same search with predicted latencies multiplied by a factor), a first round that
+    measurement shows was misled by the latency predictor (`measured_scale`) is followed by one more: the new
+    search's candidates are exported and measured too, and the winner is picked among all of them, in order of
+    predicted accuracy.
+
     `checkpoint` is an `OpenedCheckpoint` (info, supernet, dataset()); `store` (an open `Store`) receives
     the measurements and accuracies; `search` is the saved search result's JSON (`load_search_result`),
     recorded in each card's lineage. Candidates go to `out_dir/candidate-<i>/`."""
-    from edgenas.accuracy.dataset import top1_metric
-    from edgenas.export.tflite import TFLiteConversionError
-    from edgenas.progress import Progress
-    from edgenas.train.evaluate import evaluate_correct
-
     options = options or ExportOptions()
     fmt = deployed_format(device.runtime, precision)
-    candidate_options = replace(options, formats=(fmt,))
-    supernet, dataset, info = checkpoint.supernet, checkpoint.dataset(), checkpoint.info
     budget = result.constraints.get("max_latency_ms")
-    lineage = {"algorithm": result.algorithm, "device": result.device, "constraints": result.constraints,
-               "config": result.config, **dict(search or {})}
-    out_dir = Path(out_dir)
-    chosen = result.top[: top_k or len(result.top)]
-    candidates: list[MeasuredCandidate] = []
-    prepared: list[PreparedExport] = []
-    exports: list[ExportResult | None] = []
-    with Progress(len(chosen), f"export and evaluate top {len(chosen)}", unit="arch", enabled=progress) as bar:
-        for i, found in enumerate(chosen):
-            cand = MeasuredCandidate(found.arch, dict(found.predicted))
-            prep = prepare_export(supernet, found.arch, dataset, options=candidate_options, info=info,
-                                  search={**lineage, "best": {"predicted": found.predicted}}, log=log)
-            try:
-                export = export_prepared(prep, out_dir / f"candidate-{i}", space=supernet.space,
-                                         options=candidate_options, raise_on_problems=False, log=log)
-                cand.model, cand.problems = export.files[fmt], list(export.problems)
-                cand.sha256 = sha256_file(cand.model)
-            except TFLiteConversionError as exc:  # this arch does not convert: the others still compete
-                export = None
-                cand.problems = [str(exc)]
-            cand.correct = evaluate_correct(supernet, found.arch, dataset, split, bn_batches=options.bn_batches)
-            cand.accuracy = sum(cand.correct) / len(cand.correct) if cand.correct else 0.0
-            if store is not None:
-                store.add_evaluation(supernet_sha256=info["sha256"], dataset=dataset.fingerprint, split=split,
-                                     arch=found.arch, metric=top1_metric(options.bn_batches), value=cand.accuracy,
-                                     extra={"source": "deploy"})
-            candidates.append(cand)
-            prepared.append(prep)
-            exports.append(export)
-            bar.update(1, top1=cand.accuracy)
-
-    exported = [c for c in candidates if c.model is not None]
-    if exported:
-        for cand, m in zip(exported, device.measure([str(c.model) for c in exported])):
-            cand.measurement = m
-            cand.meets_budget = meets_budget(m.latency_ms if m.ok else None, budget)
-            if store is not None:  # the candidates' figures feed calibration
-                store.add_measurement(m, model_kind="arch", model_description=cand.arch.to_json(),
-                                      device=device.name, runtime=device.runtime, precision=precision)
-    winner = pick_winner(candidates)
-    deployment = Deployment(device.name, device.runtime, precision, fmt, budget, candidates, winner)
+    round_ = _Round(checkpoint, device, precision, fmt, budget, replace(options, formats=(fmt,)), split, store,
+                    Path(out_dir), progress, log)
+    round_.add(result, result.top[: top_k or len(result.top)], search)
+    winner = pick_winner(round_.candidates)
+    scale = measured_scale(round_.candidates, winner, budget) if search_again is not None else None
+    again = None
+    if scale is not None and search_again is not None:
+        log(f"deploy: the candidates measured {scale:.2f}x their predicted latency on {device.name}; "
+            f"searching {budget:g} ms again with that correction")
+        again = search_again(scale)
+    if again is not None:
+        seen = {c.arch for c in round_.candidates}
+        fresh = [c for c in again.top if c.arch not in seen][: top_k or len(again.top)]
+        if fresh:
+            round_.add(again, fresh, search, round_number=2)
+            # best-predicted first across both rounds (stable: search order on ties); kept in measuring order
+            winner = pick_winner(sorted(round_.candidates, key=lambda c: -c.predicted.get("accuracy", 0.0)))
+    deployment = Deployment(device.name, device.runtime, precision, fmt, budget, round_.candidates, winner,
+                            latency_scale=scale if again is not None else None)
     if winner is not None and ship_dir is not None:
-        i = candidates.index(winner)
+        prep, kept = round_.exports[id(winner)]
         entry = measurement_entry(device.name, winner.model, winner.measurement)
         formats = options.formats if fmt in options.formats else (*options.formats, fmt)  # the measured file ships
-        deployment.shipped = export_prepared(prepared[i], ship_dir, space=supernet.space,
+        deployment.shipped = export_prepared(prep, ship_dir, space=checkpoint.supernet.space,
                                              options=replace(options, formats=formats),
-                                             kept=exports[i], measured=[entry], raise_on_problems=False, log=log)
+                                             kept=kept, measured=[entry], raise_on_problems=False, log=log)
     return deployment
+
+
+class _Round:
+    """The deploy stage's candidates so far: each exported, evaluated and measured, with what shipping needs."""
+
+    def __init__(self, checkpoint: Any, device: Any, precision: str, fmt: str, budget: float | None,
+                 options: ExportOptions, split: str, store: Any | None, out_dir: Path, progress: bool,
+                 log: Callable[[str], None]) -> None:
+        self.checkpoint, self.device, self.precision, self.fmt, self.budget = checkpoint, device, precision, fmt, budget
+        self.options, self.split, self.store, self.out_dir, self.progress, self.log = (
+            options, split, store, out_dir, progress, log)
+        self.candidates: list[MeasuredCandidate] = []
+        self.exports: dict[int, tuple[PreparedExport, ExportResult | None]] = {}
+
+    def add(self, result: SearchResult, chosen: list[Any], search: Mapping[str, Any] | None,
+            round_number: int = 1) -> None:
+        """Export and evaluate `chosen` (candidates of `result`), then time them together on the device."""
+        from edgenas.accuracy.dataset import top1_metric
+        from edgenas.export.tflite import TFLiteConversionError
+        from edgenas.progress import Progress
+        from edgenas.train.evaluate import evaluate_correct
+
+        supernet, dataset, info = self.checkpoint.supernet, self.checkpoint.dataset(), self.checkpoint.info
+        lineage = {"algorithm": result.algorithm, "device": result.device, "constraints": result.constraints,
+                   "config": result.config, **dict(search or {})}
+        added: list[MeasuredCandidate] = []
+        with Progress(len(chosen), f"export and evaluate top {len(chosen)}", unit="arch",
+                      enabled=self.progress) as bar:
+            for found in chosen:
+                i = len(self.candidates)
+                cand = MeasuredCandidate(found.arch, dict(found.predicted), round=round_number)
+                prep = prepare_export(supernet, found.arch, dataset, options=self.options, info=info,
+                                      search={**lineage, "best": {"predicted": found.predicted}}, log=self.log)
+                try:
+                    export = export_prepared(prep, self.out_dir / f"candidate-{i}", space=supernet.space,
+                                             options=self.options, raise_on_problems=False, log=self.log)
+                    cand.model, cand.problems = export.files[self.fmt], list(export.problems)
+                    cand.sha256 = sha256_file(cand.model)
+                except TFLiteConversionError as exc:  # this arch does not convert: the others still compete
+                    export = None
+                    cand.problems = [str(exc)]
+                cand.correct = evaluate_correct(supernet, found.arch, dataset, self.split,
+                                                bn_batches=self.options.bn_batches)
+                cand.accuracy = sum(cand.correct) / len(cand.correct) if cand.correct else 0.0
+                if self.store is not None:
+                    self.store.add_evaluation(supernet_sha256=info["sha256"], dataset=dataset.fingerprint,
+                                              split=self.split, arch=found.arch,
+                                              metric=top1_metric(self.options.bn_batches), value=cand.accuracy,
+                                              extra={"source": "deploy"})
+                self.candidates.append(cand)
+                added.append(cand)
+                self.exports[id(cand)] = (prep, export)
+                bar.update(1, top1=cand.accuracy)
+        exported = [c for c in added if c.model is not None]
+        if exported:
+            for cand, m in zip(exported, self.device.measure([str(c.model) for c in exported])):
+                cand.measurement = m
+                cand.meets_budget = meets_budget(m.latency_ms if m.ok else None, self.budget)
+                if self.store is not None:  # the candidates' figures feed calibration
+                    self.store.add_measurement(m, model_kind="arch", model_description=cand.arch.to_json(),
+                                               device=self.device.name, runtime=self.device.runtime,
+                                               precision=self.precision)

@@ -221,7 +221,8 @@ def _device_stages(config: RunConfig, target: DeviceTarget, book: StageBook, spa
                               calibration_summary=calib["summary"])
         front = book.run(
             f"pareto:{label}",
-            {"accuracy": acc_sha, "latency": lat_sha, "seed": config.seed, "population": config.population},
+            {"accuracy": acc_sha, "latency": lat_sha, "seed": config.seed, "population": config.population,
+             "limits": [target.max_sram_kb, target.max_flash_kb, target.max_macs]},  # the front is searched under them
             lambda: _pareto(checkpoint, device.name, target, accuracy_path, latency_path, config, store_path,
                             config.out / "search" / label / "pareto", progress),
         )
@@ -371,17 +372,26 @@ def _deploy(checkpoint: _Checkpoint, device: Any, target: DeviceTarget, label: s
               "latency_predictor": str(latency_path)}
     result_path = save_result(result, search_dir / "search-result.json", seed=config.seed, inputs=inputs)
     options = deploy_options(constraints, formats=tuple(config.formats), seed=config.seed)
+    def search_again(scale: float) -> Any:
+        try:
+            return search_for_budget(acc.space, acc, lat, constraints, algorithm=config.algorithm,
+                                     population=config.population, generations=config.generations, seed=config.seed,
+                                     top_k=config.top_k, device=device.name, latency_scale=scale)
+        except UsageError:
+            return None
+
     with Store(store_path) as store:
         done = deploy(result, checkpoint.get(), device, out_dir=search_dir / "models", precision=target.precision,
                       options=options, top_k=config.top_k, store=store, search=load_search_result(str(result_path)),
-                      ship_dir=export_dir, progress=progress, log=lambda line: print(line, file=sys.stderr, flush=True))
+                      ship_dir=export_dir, search_again=search_again, progress=progress,
+                      log=lambda line: print(line, file=sys.stderr, flush=True))
     # the search's own record stays as the cards' lineage names it (its sha256); the measured side goes beside it
     deployed_path = save_result(result, search_dir / "deployed-result.json", verification=done, seed=config.seed,
                                 inputs={**inputs, "search_result": str(result_path)})
     plot_front(result, search_dir / "pareto.png", verification=done)
     candidates = [{"arch": c.arch.to_dict(), "latency_ms": c.latency_ms, "accuracy": c.accuracy,
                    "model": None if c.model is None else str(c.model), "sha256": c.sha256,
-                   "meets_budget": c.meets_budget, "problems": c.problems} for c in done.candidates]
+                   "meets_budget": c.meets_budget, "problems": c.problems, "round": c.round} for c in done.candidates]
     winner = done.winner
     if winner is None:
         note = (f"none of the {len(candidates)} candidates met {budget:g} ms when measured on {device.name}; "

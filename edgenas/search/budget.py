@@ -39,6 +39,7 @@ def search_for_budget(
     top_k: int = 5,
     device: str | None = None,
     margins: Sequence[float] = SEARCH_MARGINS,
+    latency_scale: float = 1.0,
 ) -> SearchResult:
     """Search `space` under `constraints` and return the result whose `top` holds the candidates to deploy.
 
@@ -47,13 +48,19 @@ def search_for_budget(
     top of the full-budget search, distinct, at most `max(top_k, margins)` of them. A limit no arch meets
     raises `InfeasibleConstraintError` (a UsageError) naming the smallest achievable values; a tighter
     margin that is infeasible only ends the list early. A Pareto algorithm (NSGA-II) runs once.
+
+    `latency_scale` multiplies every predicted latency (what the deploy stage measured against what was
+    predicted, for a second round): the search runs at `limit / latency_scale`; the result keeps the real
+    limit in its constraints and the factor in its config.
     """
+    if not latency_scale > 0:
+        raise ValueError(f"latency_scale {latency_scale} must be positive")
     entry = check_algorithm(algorithm)
     if constraints.max_latency_ms is None or entry.pareto:
         margins = (1.0,)
     results: list[SearchResult] = []
     for margin in margins:
-        limit = None if constraints.max_latency_ms is None else constraints.max_latency_ms * margin
+        limit = None if constraints.max_latency_ms is None else constraints.max_latency_ms * margin / latency_scale
         problem = Problem(space, accuracy, latency, replace(constraints, max_latency_ms=limit), device=device)
         search = create_algorithm(algorithm, space, rng=np.random.default_rng(seed), population=population,
                                   generations=generations, n_constraints=len(problem.limit_names))
@@ -70,4 +77,7 @@ def search_for_budget(
         by_arch = {c.arch: c for r in reversed(results) for c in [r.best, *r.top]}
         result.top = [by_arch[a] for a in picks]
         result.config = {**result.config, "margins": list(margins[: len(results)])}
+    if latency_scale != 1.0:
+        result.constraints = {**result.constraints, "max_latency_ms": constraints.max_latency_ms}
+        result.config = {**result.config, "latency_scale": latency_scale}
     return result
