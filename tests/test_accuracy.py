@@ -145,3 +145,16 @@ def test_evaluations_with_another_bn_batch_count_are_not_reused(tmp_path):
         assert bn8.build(archs, lambda a: 0.75, progress=False) == 3
         assert list(bn2.load(archs)[1]) == [0.5] * 3 and list(bn8.load(archs)[1]) == [0.75] * 3
     assert top1_metric(8) == "top1@bn8"
+
+
+def test_a_predictor_with_an_undefined_rank_metric_saves_and_reads_back(tmp_path):
+    """One test arch (or tied accuracies) makes Kendall's tau NaN: the file still reads back, the metric null."""
+    archs = sample_archs(SPACE, 12, np.random.default_rng(6))
+    predictor, _, tested = fit_and_test(SPACE, archs, synthetic_top1(archs), test=1, seed=0,
+                                        config=FitConfig(hidden=(16,), max_epochs=5, patience=5))
+    assert np.isnan(tested["test_kendall_tau"])
+    predictor.info["test"] = tested
+    predictor.save(tmp_path / "accuracy_predictor.npz")
+    loaded = load_accuracy_predictor(tmp_path)  # readers refuse NaN: it must not be written
+    assert loaded.info["test"]["test_kendall_tau"] is None and loaded.info["test"]["test_size"] == 1
+    assert np.array_equal(loaded.predict(archs), predictor.predict(archs))

@@ -208,8 +208,9 @@ class AccuracyPredictor:
 
         path = Path(path)
         arrays = {f"w{i}": w for i, w in enumerate(self.weights)} | {f"b{i}": b for i, b in enumerate(self.biases)}
+        info = _undefined_as_null(self.info)  # a rank correlation of one test arch (or of ties) is NaN: written as null
         header = {"format": "edgenas-accuracy-predictor", "version": FORMAT_VERSION, "space": self.space.to_dict(),
-                  "layers": len(self.weights), "info": self.info}
+                  "layers": len(self.weights), "info": info}
         arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
         import io
 
@@ -218,8 +219,19 @@ class AccuracyPredictor:
         atomic_write_bytes(path, buf.getvalue())
         write_manifest(path, kind="accuracy_predictor", inputs=inputs, seed=seed,
                        config={"space": self.space.name, "hidden": [w.shape[1] for w in self.weights[:-1]]},
-                       extra={"fit": self.info.get("fit"), "test": self.info.get("test")})
+                       extra={"fit": info.get("fit"), "test": info.get("test")})
         return path
+
+
+def _undefined_as_null(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None, so the file reads back (readers refuse NaN)."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _undefined_as_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_undefined_as_null(v) for v in value]
+    return value
 
 
 def load_accuracy_predictor(path: str | os.PathLike) -> AccuracyPredictor:

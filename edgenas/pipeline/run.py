@@ -184,7 +184,8 @@ def _fit_accuracy(config: RunConfig, checkpoint: Path, store_path: Path, out: Pa
     result = fit_predictor(checkpoint, samples=config.predictor_samples, test=config.predictor_test, seed=config.seed,
                            store_path=store_path, out=out / "accuracy_predictor.npz", progress=progress)
     d = result.to_dict()
-    return {"path": str(result.path), **{k: v for k, v in d.items() if isinstance(v, (int, float))}}
+    # a metric that is undefined (Kendall tau of one test arch) is left out: the stage book holds finite numbers
+    return {"path": str(result.path), **{k: v for k, v in d.items() if isinstance(v, (int, float)) and np.isfinite(v)}}
 
 
 def _device_stages(config: RunConfig, target: DeviceTarget, book: StageBook, space: Any, checkpoint: Path,
