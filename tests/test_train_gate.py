@@ -97,12 +97,42 @@ def test_time_cut_ends_the_phase_where_its_share_runs_out():
     assert time_cut(state, elapsed=150.0, seconds_per_step=1.0, step=50, end=200) == (50, "time")  # overrun: stop now
 
 
+def test_time_cut_charges_each_step_the_comparison_runs_replay():
+    """With the largest network trained alone afterwards for as many steps, every supernet step costs its replay
+    too: a phase at 1 s per step whose replay costs 0.5 s gets two thirds of the steps it would get alone."""
+    plain = time_cut({"budget_s": 300.0}, elapsed=10.0, seconds_per_step=1.0, step=10, end=1000)
+    charged = time_cut({"budget_s": 300.0, "alone_s_per_step": 0.5}, elapsed=10.0, seconds_per_step=1.0, step=10,
+                       end=1000)
+    assert plain == (300, "time") and charged == (10 + int((300 - 10 - 5) / 1.5), "time")
+    # the full network's own phase: its replay costs what its own steps cost (0 means "the phase's own rate")
+    assert time_cut({"budget_s": 300.0, "alone_s_per_step": 0.0}, elapsed=10.0, seconds_per_step=1.0, step=10,
+                    end=1000) == (10 + int((300 - 10 - 10) / 2.0), "time")
+
+
+def test_the_time_budget_holds_for_the_phases_and_the_comparison_run_together():
+    """Phase by phase, each share is taken from what is left after the phases so far and their replays (at the
+    full network's measured rate): if every phase used its share, phases + replay end at the budget."""
+    config = preset_config("tiny").replace(time_budget=600.0)
+    budget = TimeBudget(config, train_size=1200)
+    history: list[dict] = []
+    full_rate = 0.25  # seconds per step of the full network, as the first phase measures it
+    for i, phase in enumerate(config.phases):
+        share = budget.phase_seconds(i, history)
+        own_rate = full_rate * (1 + 0.3 * (phase.subnets_per_step - 1) + (0.2 if phase.distill else 0))
+        replay = budget.alone_seconds_per_step(i, history) or full_rate
+        steps = int(share / (own_rate + replay))
+        history.append({"seconds": steps * own_rate, "steps": steps})
+    spent = sum(h["seconds"] for h in history) + full_rate * sum(h["steps"] for h in history)
+    assert 0.97 * 600 <= spent <= 600
+    assert TimeBudget(config.replace(compare_alone=False), 1200).alone_seconds_per_step(1, history) is None
+
+
 def test_time_budget_follows_progressive_shrinkings_proportions():
     config = preset_config("tiny").replace(time_budget=1000.0, compare_alone=False)
     budget = TimeBudget(config, train_size=3200)
     shares = [budget.phase_seconds(i, [{"seconds": 0.0}] * i) for i in range(len(config.phases))]
-    # from the start, each phase's share of what is left: epochs x (subnets per step + the teacher's pass)
-    weights = [p.epochs * (p.subnets_per_step + (0.33 if p.distill else 0)) for p in config.phases]
+    # from the start, each phase's share of what is left: epochs x the cost of its steps
+    weights = [p.epochs * (1 + 0.3 * (p.subnets_per_step - 1) + (0.2 if p.distill else 0)) for p in config.phases]
     assert shares[0] == pytest.approx(1000 * weights[0] / sum(weights), rel=0.02)
     assert shares[-1] == pytest.approx(1000.0)  # nothing used: the last phase may take all of it
     # time a phase did not use goes to those after it

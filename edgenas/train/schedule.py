@@ -15,9 +15,9 @@ from edgenas.train.config import TrainConfig
 
 # A plateau ends a phase after an annealing tail of this share of the steps taken so far.
 TAIL_FRACTION = 0.15
-# The cost of one step relative to the full network's forward and backward pass: one per subnet trained, a
-# third more for the teacher's forward pass.
-TEACHER_COST = 0.33
+# The teacher's forward pass, relative to a step of the full network (forward and backward), measured on this
+# machine (see SUBNET_COST).
+TEACHER_COST = 0.2
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -72,36 +72,70 @@ def plateau_cut(state: dict[str, Any], value: float, step: int, min_steps: int, 
 def time_cut(state: dict[str, Any], elapsed: float, seconds_per_step: float, step: int,
              end: int) -> tuple[int, str] | None:
     """Return (new end, "time") when the phase, at `seconds_per_step`, would overrun its `budget_s` by more than a
-    tenth of what is left; the new end is where its share runs out."""
+    tenth of what is left; the new end is where its share runs out.
+
+    With `alone_s_per_step` in `state` (the largest network trained alone will replay every step the supernet
+    takes, at that cost; 0 for the phase of the full network itself, whose own rate is the replay's), each step
+    is charged its replay too, so the time budget holds for the supernet and the comparison together."""
     budget = state.get("budget_s")
     if budget is None or seconds_per_step <= 0:
         return None
-    allowed = max(0, int((budget - elapsed) / seconds_per_step))  # 0: its time is up, stop now
+    replay = state.get("alone_s_per_step")
+    if replay is not None:
+        replay = float(replay) or seconds_per_step
+    else:
+        replay = 0.0
+    left = budget - elapsed - step * replay
+    allowed = max(0, int(left / (seconds_per_step + replay)))  # 0: its time is up, stop now
     new_end = step + allowed
     if end - new_end <= 0.1 * (end - step) + 1:
         return None
     return new_end, "time"
 
 
+# The cost of a step relative to one step of the full network, measured on this machine (the demo, quiet, 2
+# threads: 110 img/s for the full network; 91 with one subnet and the teacher, 83 with two, 66 with three): the
+# extra subnets of a step are random or the smallest, far cheaper than the full network, and the teacher's pass
+# is a forward pass only.
+SUBNET_COST = 0.3
+
+
 def step_cost(phase: Any) -> float:
-    return phase.subnets_per_step + (TEACHER_COST if phase.distill else 0.0)
+    return 1.0 + SUBNET_COST * (phase.subnets_per_step - 1) + (TEACHER_COST if phase.distill else 0.0)
 
 
 class TimeBudget:
     """A wall-clock budget spread over the phases in progressive shrinking's proportions.
 
-    Each phase's share is its nominal length (its `epochs`) times the cost of its steps; the largest network
-    trained alone for comparison gets a share like the full-network phase's for all the steps. A phase's share
-    is taken from what is left when it starts, so time a phase did not use goes to the ones after it.
+    Each phase's share is its nominal length (its `epochs`) times the cost of its steps (`step_cost`). With the
+    comparison run (`compare_alone`), the largest network trained alone replays every step the supernet takes at
+    the full network's cost; that replay is charged to the phase whose steps it repeats (`time_cut`), so phases
+    plus comparison end within the budget. A phase's share is taken from what is left when it starts, so time
+    a phase did not use goes to the ones after it.
     """
 
     def __init__(self, config: TrainConfig, train_size: int) -> None:
         self.total = float(config.time_budget or 0.0)
         steps = [p.num_steps(train_size, config.batch_size) for p in config.phases]
         self.weights = [n * step_cost(p) for n, p in zip(steps, config.phases)]
-        self.alone = float(sum(steps)) if config.compare_alone else 0.0
+        self.compare_alone = bool(config.compare_alone)
+
+    def full_step_seconds(self, history: list[dict[str, Any]]) -> float | None:
+        """Seconds per step of the full network, from the first phase's record (None before it ends)."""
+        if not history or not history[0].get("steps"):
+            return None
+        return float(history[0].get("seconds", 0.0)) / float(history[0]["steps"])
 
     def phase_seconds(self, index: int, history: list[dict[str, Any]]) -> float:
+        """The share of phase `index`: its own steps and, with the comparison run, their replay."""
         used = sum(float(h.get("seconds", 0.0)) for h in history)
+        if self.compare_alone:
+            used += (self.full_step_seconds(history) or 0.0) * sum(int(h.get("steps", 0)) for h in history)
         left = max(1.0, self.total - used)
-        return left * self.weights[index] / (sum(self.weights[index:]) + self.alone)
+        return left * self.weights[index] / sum(self.weights[index:])
+
+    def alone_seconds_per_step(self, index: int, history: list[dict[str, Any]]) -> float | None:
+        """What `time_cut` charges per step for the replay (0: the phase's own rate), None without the comparison."""
+        if not self.compare_alone:
+            return None
+        return 0.0 if index == 0 else (self.full_step_seconds(history) or 0.0)

@@ -348,7 +348,8 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
         if first == 0:
             phase_elapsed = 0.0
             phase_state = {"curve": [], "best": -1.0, "stale": 0, "stopped": None,
-                           "budget_s": budget.phase_seconds(pi, history) if budget is not None else None}
+                           "budget_s": budget.phase_seconds(pi, history) if budget is not None else None,
+                           "alone_s_per_step": budget.alone_seconds_per_step(pi, history) if budget else None}
             if phase.sort_channels:
                 net.sort_channels()  # most important hidden channels first, before narrower expands train
         else:
