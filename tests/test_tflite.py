@@ -98,4 +98,4 @@ def test_missing_converter_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "litert_torch", None)  # what an install without [tflite] looks like
     _, _, model = trained_subnet()
     with pytest.raises(MissingDependencyError, match=r"pip install 'edgenas\[tflite\]'"):
-        export_tflite(model, tmp_path / "m.tflite")
+        export_tflite(model, tmp_path / "m.tflite", converter="litert-torch")  # fp32 by default needs no converter

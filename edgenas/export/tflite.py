@@ -1,5 +1,9 @@
 """TFLite export of a static subnet: fp32, and full-integer int8 calibrated on real images (litert-torch).
 
+fp32 files of edgenas's own layers are written directly by default (`edgenas.export.tflite_direct`: the
+graph litert-torch emits, op for op, in milliseconds instead of ~10 s); `converter="litert-torch"` forces
+the converter, and anything the direct writer does not know falls back to it.
+
 Converter choice (measured; figures in docs/decisions.md): litert-torch converts the PyTorch
 model directly, fp32 within 1e-6 of torch; its int8 path is PyTorch 2 Export (PT2E) quantization,
 which edgenas drives with its own annotator so that *every* op is int8 (litert-torch's stock
@@ -26,13 +30,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from edgenas.errors import require
 from edgenas.export.quiet import captured_output
+from edgenas.export.tflite_direct import ExportFriendlyHardsigmoid, direct_tflite
 
 QUANTIZATIONS = (None, "int8")
+# "auto": fp32 files of the layers edgenas.export.tflite_direct knows are written directly (milliseconds, the
+# graph litert-torch emits op for op), anything else and every int8 file by litert-torch.
+CONVERTERS = ("auto", "direct", "litert-torch")
 CALIBRATION_BATCH = 32
 _TFLITE_INT8 = 9
 _TFLITE_FLOAT32 = 0
@@ -51,20 +58,13 @@ class TFLiteExport:
     ops: list[str] = field(default_factory=list)
     calibration_images: int = 0
     converter: str = "litert-torch"
+    fallback_reason: str = ""  # why "auto" used litert-torch for an fp32 file (empty: not asked, or direct)
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "seconds": round(self.seconds, 3), "quantization": self.quantization,
                 "channels_last": self.channels_last, "input_dtype": self.input_dtype,
                 "output_dtype": self.output_dtype, "ops": self.ops, "calibration_images": self.calibration_images,
-                "converter": self.converter}
-
-
-class ExportFriendlyHardsigmoid(nn.Module):
-    """Hard-sigmoid as `relu6(x + 3) * (1/6)`: same values as `nn.Hardsigmoid` (within 1 ulp), but made of
-    ops that quantize to int8 TFLite builtins (ADD with fused RELU6, MUL) that TFLite Micro runs."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu6(x + 3.0) * (1.0 / 6.0)
+                "converter": self.converter, "fallback_reason": self.fallback_reason}
 
 
 class ChannelsLastInput(nn.Module):
@@ -142,38 +142,56 @@ def export_tflite(
     int8_io: bool = False,
     channels_last: bool = True,
     example: torch.Tensor | None = None,
+    converter: str = "auto",
 ) -> TFLiteExport:
     """Convert `model` (a static subnet) to a TFLite file at `path` (written atomically).
 
     `quantization="int8"` makes a full-integer model calibrated on `calibration` (float32 NCHW images at
     the model's resolution, preprocessed as for the PyTorch model; a few hundred training images).
     `example` (NCHW) defaults to `model.example_input()`.
+    `converter`: "auto" (the default) writes an fp32 file directly (`edgenas.export.tflite_direct`) when the
+    model is made of layers the writer knows and its file computes what the model computes on `example`,
+    else converts with litert-torch (the result's `converter` and `fallback_reason` say which and why);
+    "direct" insists on the direct writer (fp32 only); "litert-torch" always converts with litert-torch.
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"unknown TFLite quantization {quantization!r}: choose None (fp32) or 'int8'")
+    if converter not in CONVERTERS:
+        raise ValueError(f"unknown TFLite converter {converter!r}: choose {', '.join(CONVERTERS)}")
+    if quantization == "int8" and converter == "direct":
+        raise ValueError("the direct TFLite writer makes fp32 files only: use converter='auto' or 'litert-torch' for int8")
     if quantization == "int8" and (calibration is None or len(calibration) == 0):
         raise ValueError("int8 export needs calibration images: pass a few hundred training images (NCHW float32)")
-    lt = litert_torch()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if example is None:
         example = model.example_input()  # type: ignore[operator]
     net = export_friendly(model)
-    if channels_last:
-        net = ChannelsLastInput(net).eval()
-        example = example.permute(0, 2, 3, 1).contiguous()
+    data, used, fallback = None, "litert-torch", ""
     t0 = time.perf_counter()
-    with captured_output() as log:
-        try:
-            if quantization is None:
-                data = lt.convert(net, (example,)).model_content()
-            else:
-                data = _convert_int8(lt, net, example, _layout(calibration, channels_last))
-                if not int8_io:
-                    data = with_float_io(data)
-        except Exception as exc:
-            raise TFLiteConversionError(f"litert-torch could not convert the model: {type(exc).__name__}: {exc}") from exc
-    del log
+    if quantization is None and converter != "litert-torch":
+        data, fallback = direct_tflite(net, example, channels_last=channels_last)
+        if data is not None:
+            used = "direct"
+        elif converter == "direct":
+            raise TFLiteConversionError(f"the direct TFLite writer could not write the model: {fallback}")
+    if data is None:
+        lt = litert_torch()
+        if channels_last:
+            net = ChannelsLastInput(net).eval()
+            example = example.permute(0, 2, 3, 1).contiguous()
+        t0 = time.perf_counter()
+        with captured_output() as log:
+            try:
+                if quantization is None:
+                    data = lt.convert(net, (example,)).model_content()
+                else:
+                    data = _convert_int8(lt, net, example, _layout(calibration, channels_last))
+                    if not int8_io:
+                        data = with_float_io(data)
+            except Exception as exc:
+                raise TFLiteConversionError(f"litert-torch could not convert the model: {type(exc).__name__}: {exc}") from exc
+        del log
     seconds = time.perf_counter() - t0
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -183,7 +201,8 @@ def export_tflite(
         tmp.unlink(missing_ok=True)
     info = describe_tflite(path)
     return TFLiteExport(path, seconds, quantization, channels_last, info["input_dtype"], info["output_dtype"],
-                        info["ops"], 0 if calibration is None or quantization is None else len(calibration))
+                        info["ops"], 0 if calibration is None or quantization is None else len(calibration),
+                        used, fallback)
 
 
 class TFLiteConversionError(RuntimeError):

@@ -73,6 +73,13 @@ class PieceModel(nn.Module):
     def example_input(self, batch: int = 1) -> torch.Tensor:
         return torch.randn(batch, self.piece.cin, self.piece.hw, self.piece.hw)
 
+    def tflite_plan(self) -> list[tuple[str, nn.Module | str]]:
+        """The layers `forward` applies, in order (what `edgenas.export.tflite_direct` writes without a converter)."""
+        if self.piece.kind == "head":
+            return [("final_expand", self.final_expand), ("pool", "mean"), ("feature_mix", self.feature_mix),
+                    ("flatten", "flatten"), ("classifier", self.classifier)]
+        return [("body", self.body)]
+
 
 def _randomise(model: nn.Module, seed: int) -> nn.Module:
     """Random weights and BN statistics from a generator seeded by the model's description."""
