@@ -150,3 +150,13 @@ def test_calibrate_over_ssh_on_a_testbed_device(testbed_devices, tmp_path, model
     assert pred.device == device.name and pred.report.measured_now == len(block_index(MICRO)) + 4
     table = LatencyTable.load(tmp_path / device.name / "onnxruntime-fp32.json", device=device.name)
     assert table.device_description["kind"] == "ssh"
+
+
+def test_held_out_subnets_are_never_ones_the_predictor_was_fitted_on():
+    from edgenas.latency.evaluate import holdout_archs
+
+    plain = holdout_archs(MICRO, 6, [], seed=0)
+    fitted_on = plain[:3]  # as if calibration had measured (and fitted on) the first three it would hold out
+    held_out = holdout_archs(MICRO, 6, fitted_on, seed=0)
+    assert len(held_out) == len(set(held_out)) == 6 and not set(held_out) & set(fitted_on)
+    assert held_out[:3] == plain[3:] and held_out == holdout_archs(MICRO, 6, fitted_on, seed=0)  # seeded
