@@ -18,7 +18,7 @@ from edgenas.cli import main
 from edgenas.search.problem import Constraints
 
 LOCAL = """
-name = "local"
+name = "deploy-test-local"     # a device known only by this file's path (not one of the repo's devices/)
 kind = "local"
 runtime = "onnxruntime"
 threads = 1

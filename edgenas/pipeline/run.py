@@ -224,7 +224,7 @@ def _device_stages(config: RunConfig, target: DeviceTarget, book: StageBook, spa
             f"pareto:{label}",
             {"accuracy": acc_sha, "latency": lat_sha, "seed": config.seed, "population": config.population,
              "limits": [target.max_sram_kb, target.max_flash_kb, target.max_macs]},  # the front is searched under them
-            lambda: _pareto(checkpoint, device.name, target, accuracy_path, latency_path, config, store_path,
+            lambda: _pareto(checkpoint, target.name, target, accuracy_path, latency_path, config, store_path,
                             config.out / "search" / label / "pareto", progress),
         )
         report.pareto_predicted = [tuple(p) for p in front["front"]]
