@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgenas.space import Arch, SearchSpace, block_plan, conv_out, mid_channels, se_channels
+from edgenas.space import STEM_KERNEL, Arch, SearchSpace, conv_out, mid_channels, se_channels
 
 ALIGNMENT = 16  # MicroArenaBufferAlignment(): every planned buffer and persistent allocation
 
@@ -185,10 +185,10 @@ def _stem(g: MicroGraph, space: SearchSpace, resolution: int) -> tuple[int, int]
     float_in = g.tensor(4 * space.in_channels * hw * hw, "input")
     g.graph_input = float_in
     x = g.op("QUANTIZE", [float_in], space.in_channels * hw * hw, "input_int8")
-    stem = space.scaled(space.stem_width)
-    h, hw = g.conv(x, space.in_channels, stem, hw, 3, space.stem_stride, act="hswish")
-    first = space.scaled(space.first_block_width)
-    return g.mbconv(h, stem, first, hw, 3, 1, 1, "relu", False, residual=stem == first, has_expand=False)
+    first = space.first_block
+    h, hw = g.conv(x, space.in_channels, first.in_channels, hw, STEM_KERNEL, space.stem_stride, act="hswish")
+    return g.mbconv(h, first.in_channels, first.out_channels, hw, 3, 1, first.stride, first.act, first.se,
+                    first.residual, has_expand=False)
 
 
 def _head(g: MicroGraph, space: SearchSpace, h: int, cin: int, hw: int) -> None:
@@ -207,12 +207,13 @@ def micro_graph(space: SearchSpace, arch: Arch) -> MicroGraph:
     space.validate(arch)
     g = MicroGraph()
     h, hw = _stem(g, space, arch.resolution)
-    cin = space.scaled(space.first_block_width)
-    for s, (spec, width) in enumerate(zip(space.stages, space.stage_widths)):
+    cin = space.first_block.out_channels
+    slots = {(b.stage, b.index): b for b in space.block_slots()}
+    for s in range(space.num_stages):
         for j, (k, e) in enumerate(arch.stage_blocks(s)):
-            stride = spec.stride if j == 0 else 1
-            h, hw = g.mbconv(h, cin, width, hw, k, e, stride, spec.act, spec.se, stride == 1 and cin == width)
-            cin = width
+            b = slots[(s, j)]
+            h, hw = g.mbconv(h, b.in_channels, b.out_channels, hw, k, e, b.stride, b.act, b.se, b.residual)
+            cin = b.out_channels
     _head(g, space, h, cin, hw)
     return g
 
@@ -430,8 +431,8 @@ class MemoryTable:
 
     def __init__(self, space: SearchSpace, *, check_archs: int = 48, seed: int = 0) -> None:
         self.space = space
-        plan = block_plan(space)
-        nr, nslot, nk, ne = len(space.resolutions), len(plan), len(space.kernels), len(space.expands)
+        slots = space.block_slots()  # the wiring of every block, as the space describes it
+        nr, nslot, nk, ne = len(space.resolutions), len(slots), len(space.kernels), len(space.expands)
         self.block_peak = np.zeros((nr, nslot, nk, ne), dtype=np.int64)
         self.block_buffers = np.zeros((nr, nslot, nk, ne), dtype=np.int64)
         self.block_counts = np.zeros((self.COUNT_FIELDS, nr, nslot, nk, ne), dtype=np.int64)
@@ -443,30 +444,27 @@ class MemoryTable:
         fixed_keys: dict[int, list[str]] = {}
         for ri, res in enumerate(space.resolutions):
             stem = MicroGraph()
-            first_out, hw = _stem(stem, space, res)
+            first_out, _ = _stem(stem, space, res)
             stem.graph_output = first_out  # alive until the first elastic block reads it
-            sizes = []
-            for _s, j, _in, _out, stride in plan:
-                sizes.append(hw)
-                if j == 0:
-                    hw = conv_out(hw, 3, stride)  # the kernel size does not change a 'same' output size
+            sizes = space.feature_sizes(res)
+            last = slots[-1].out_channels
             head = MicroGraph()
-            head.graph_input = head.tensor(plan[-1][3] * hw * hw, "add.out")  # the last block's output
-            _head(head, space, head.graph_input, plan[-1][3], hw)
+            head.graph_input = head.tensor(last * sizes.head ** 2, "add.out")  # the last block's output
+            _head(head, space, head.graph_input, last, sizes.head)
             stem_buffers, head_buffers = planner_buffers(stem), planner_buffers(head)
             self.fixed_peak[ri] = max(live_peak(stem_buffers), live_peak(head_buffers))
             self.fixed_buffers[ri] = len(stem_buffers) + len(head_buffers) - 1
             counts = count_ops(stem, stem.ops) + count_ops(head, head.ops) + _graph_input_counts()
             self.fixed_counts[:, ri] = counts.values()
             fixed_keys[ri] = sorted(set(shared_constants(stem)) | set(shared_constants(head)))
-            for slot, (s, _j, block_in, block_out, stride) in enumerate(plan):
-                spec = space.stages[s]
+            for slot, bs in enumerate(slots):
+                hw = sizes.slot_in[slot]
                 for ki, k in enumerate(space.kernels):
                     for ei, e in enumerate(space.expands):
                         b = MicroGraph()
-                        b.graph_input = b.tensor(block_in * sizes[slot] ** 2, "add.out")
-                        b.graph_output, _ = b.mbconv(b.graph_input, block_in, block_out, sizes[slot], k, e, stride,
-                                                     spec.act, spec.se, residual=stride == 1 and block_in == block_out)
+                        b.graph_input = b.tensor(bs.in_channels * hw ** 2, "add.out")
+                        b.graph_output, _ = b.mbconv(b.graph_input, bs.in_channels, bs.out_channels, hw, k, e,
+                                                     bs.stride, bs.act, bs.se, bs.residual)
                         buffers = planner_buffers(b)
                         self.block_peak[ri, slot, ki, ei] = live_peak(buffers)
                         self.block_buffers[ri, slot, ki, ei] = len(buffers) - 1  # its input is counted before

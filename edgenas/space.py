@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 ACTIVATIONS = ("relu", "hswish")
+STEM_KERNEL = 3  # the stem convolution's kernel size
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -38,28 +39,50 @@ def se_channels(channels: int) -> int:
     return make_divisible(channels // 4, 8)
 
 
+def skip_fits(in_channels: int, out_channels: int, stride: int) -> bool:
+    """The residual rule: a block adds its input to its output when both have the same shape."""
+    return stride == 1 and in_channels == out_channels
+
+
 @dataclass(frozen=True)
 class BlockSlot:
-    """One elastic MBConv block slot of the supernet, as plain data: everything about its wiring that does not
+    """One MBConv block slot of the supernet, as plain data: everything about its wiring that does not
     depend on the arch. The supernet, the statistics, the latency pieces and the memory model read these
-    (`SearchSpace.block_slots()`), so the network is described in one place."""
+    (`SearchSpace.block_slots()`, `SearchSpace.first_block`), so the network is described in one place.
 
-    stage: int
+    `residual` is whether the block adds its input to its output; left out, the residual rule
+    (`skip_fits`: same shape in and out) decides it."""
+
+    stage: int  # -1 for the fixed first block after the stem
     index: int  # position in its stage; the block is active when index < the stage's depth
     in_channels: int
     out_channels: int
     stride: int
     act: str
     se: bool
+    residual: bool | None = None  # None: the residual rule decides (a bool after construction)
 
-    @property
-    def residual(self) -> bool:
-        """A skip connection adds the block's input to its output: same shape in and out."""
-        return self.stride == 1 and self.in_channels == self.out_channels
+    def __post_init__(self) -> None:
+        if self.residual is None:
+            object.__setattr__(self, "residual", skip_fits(self.in_channels, self.out_channels, self.stride))
+        elif self.residual and not skip_fits(self.in_channels, self.out_channels, self.stride):
+            raise ValueError(f"block slot {self.stage}.{self.index} cannot add its input: {self.in_channels} channels "
+                             f"in, {self.out_channels} out, stride {self.stride}")
 
     def mid_channels(self, expand: int) -> int:
         """Hidden width at expand ratio `expand`."""
         return mid_channels(self.in_channels, expand)
+
+
+@dataclass(frozen=True)
+class FeatureSizes:
+    """Spatial sizes (height = width) of the feature maps at one input resolution (`SearchSpace.feature_sizes`)."""
+
+    resolution: int
+    stem: int  # out of the stem convolution: in and out of the fixed first block
+    slot_in: tuple[int, ...]  # into each block slot, in `block_slots()` order
+    slot_out: tuple[int, ...]  # out of each block slot
+    head: int  # into the head: out of the last stage
 
 
 @dataclass(frozen=True)
@@ -323,19 +346,39 @@ class SearchSpace:
         return ri, ki, ei, active
 
     @property
+    def first_block(self) -> BlockSlot:
+        """The fixed first block after the stem (stage -1): depthwise 3×3 without expansion, ReLU, no squeeze-excite;
+        it adds its input when the stem and it have the same width."""
+        return BlockSlot(-1, 0, self.scaled(self.stem_width), self.scaled(self.first_block_width), 1, "relu", False)
+
+    @property
     def first_block_residual(self) -> bool:
-        """Whether the fixed first block (after the stem) adds its input: the stem and it have the same width."""
-        return self.scaled(self.stem_width) == self.scaled(self.first_block_width)
+        """Whether the fixed first block adds its input (`first_block.residual`)."""
+        return self.first_block.residual
 
     def block_slots(self) -> tuple[BlockSlot, ...]:
-        """Every elastic block slot of the supernet in order (stage by stage, each at its largest depth)."""
+        """Every elastic block slot of the supernet in order (stage by stage, each at its largest depth).
+        Only a stage's first slot strides, and it is always active."""
         slots = []
-        cin = self.scaled(self.first_block_width)
+        cin = self.first_block.out_channels
         for s, (spec, width) in enumerate(zip(self.stages, self.stage_widths)):
             for j in range(spec.max_depth):
                 slots.append(BlockSlot(s, j, cin, width, spec.stride if j == 0 else 1, spec.act, spec.se))
                 cin = width
         return tuple(slots)
+
+    def feature_sizes(self, resolution: int) -> FeatureSizes:
+        """Spatial sizes of the feature maps at input `resolution`: after the stem, into and out of every block
+        slot (`block_slots()` order), into the head. A slot's sizes do not depend on the arch, because only a
+        stage's first slot strides and a stage always runs it."""
+        stem = conv_out(resolution, STEM_KERNEL, self.stem_stride)
+        hw = conv_out(stem, 3, self.first_block.stride)
+        slot_in, slot_out = [], []
+        for slot in self.block_slots():
+            slot_in.append(hw)
+            hw = conv_out(hw, 3, slot.stride)  # a 'same' output size does not depend on the (odd) kernel size
+            slot_out.append(hw)
+        return FeatureSizes(resolution, stem, tuple(slot_in), tuple(slot_out), hw)
 
     # ---- validation ------------------------------------------------------------------------
     def _active_slots(self, depths: Sequence[int], values: Sequence[int], name: str) -> Sequence[int]:
@@ -608,8 +651,3 @@ def conv_out(size: int, kernel: int, stride: int) -> int:
     """Spatial output size of a 'same'-padded convolution (padding kernel // 2)."""
     pad = kernel // 2
     return (size + 2 * pad - kernel) // stride + 1
-
-
-def block_plan(space: SearchSpace) -> list[tuple[int, int, int, int, int]]:
-    """(stage, index in stage, in channels, out channels, stride) of every block slot (`SearchSpace.block_slots`)."""
-    return [(b.stage, b.index, b.in_channels, b.out_channels, b.stride) for b in space.block_slots()]

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from edgenas.space import Arch, SearchSpace, conv_out, mid_channels, se_channels
+from edgenas.space import STEM_KERNEL, Arch, SearchSpace, conv_out, mid_channels, se_channels
 
 
 @dataclass(frozen=True)
@@ -119,12 +119,11 @@ def build_graph(space: SearchSpace, arch: Arch) -> tuple[list[Op], dict[str, int
     g = _GraphBuilder()
     hw = arch.resolution
     x = g.tensor(space.in_channels * hw * hw)
-    stem = space.scaled(space.stem_width)
-    h, hw = g.conv("stem", x, space.in_channels, stem, hw, 3, space.stem_stride, act="hswish")
-    first = space.scaled(space.first_block_width)
-    h, hw = g.mbconv("first", h, stem, first, hw, 3, 1, 1, "relu", False, residual=space.first_block_residual,
-                     has_expand=False)
-    cin = first
+    first = space.first_block
+    h, hw = g.conv("stem", x, space.in_channels, first.in_channels, hw, STEM_KERNEL, space.stem_stride, act="hswish")
+    h, hw = g.mbconv("first", h, first.in_channels, first.out_channels, hw, 3, 1, first.stride, first.act, first.se,
+                     first.residual, has_expand=False)
+    cin = first.out_channels
     slots = {(b.stage, b.index): b for b in space.block_slots()}
     for s in range(space.num_stages):
         for j, (k, e) in enumerate(arch.stage_blocks(s)):
@@ -212,7 +211,7 @@ class StatsTable:
             fixed_ops = [op for op in ops if not _in_block(op)]
             self.fixed[:, ri] = self._totals(fixed_ops)
             self.fixed_peak[ri] = peak_activation(ops, sizes, skip=_in_block)
-            hw_in = self._block_inputs(space, res)
+            hw_in = space.feature_sizes(res).slot_in
             for i, slot in enumerate(slots):
                 for ki, k in enumerate(space.kernels):
                     for ei, e in enumerate(space.expands):
@@ -223,17 +222,6 @@ class StatsTable:
                         tot = self._totals(g.ops)
                         tot[2] = peak_activation(g.ops, g.sizes)
                         self.block[:, ri, i, ki, ei] = tot
-
-    @staticmethod
-    def _block_inputs(space: SearchSpace, res: int) -> list[int]:
-        hw = conv_out(res, 3, space.stem_stride)
-        out = []
-        for spec in space.stages:
-            for j in range(spec.max_depth):
-                out.append(hw)
-                if j == 0:
-                    hw = conv_out(hw, 3, spec.stride)  # kernel size does not change 'same' output size
-        return out
 
     @staticmethod
     def _totals(ops: list[Op]) -> np.ndarray:

@@ -16,7 +16,7 @@ from torch import nn
 
 from edgenas.nn.dynamic import DynamicMBConv
 from edgenas.nn.static import ConvBNAct, MBConv, StaticNet
-from edgenas.space import Arch, SearchSpace
+from edgenas.space import STEM_KERNEL, Arch, SearchSpace
 from edgenas.stats import ArchStats, arch_stats
 
 
@@ -33,12 +33,12 @@ class Supernet(nn.Module):
         if num_classes is not None and num_classes != space.num_classes:
             space = space.replace(num_classes=num_classes)
         self.space = space
-        stem = space.scaled(space.stem_width)
-        first = space.scaled(space.first_block_width)
-        self.stem = ConvBNAct(space.in_channels, stem, 3, space.stem_stride, act="hswish")
-        self.first = MBConv(stem, first, 3, 1, mid=None, act="relu", se_mid=None, residual=space.first_block_residual)
+        first = space.first_block  # the stem's width in, the first block's out
+        self.stem = ConvBNAct(space.in_channels, first.in_channels, STEM_KERNEL, space.stem_stride, act="hswish")
+        self.first = MBConv(first.in_channels, first.out_channels, 3, first.stride, mid=None, act=first.act,
+                            se_mid=None, residual=first.residual)
         stages: list[list[DynamicMBConv]] = [[] for _ in space.stages]
-        cin = first
+        cin = first.out_channels
         for slot in space.block_slots():  # the wiring of every block, as the space describes it
             stages[slot.stage].append(DynamicMBConv.for_slot(slot, space.kernels, space.expands))
             cin = slot.out_channels

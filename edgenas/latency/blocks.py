@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from edgenas.space import Arch, SearchSpace, conv_out, se_channels
-from edgenas.stats import StatsTable, _GraphBuilder, stats_table
+from edgenas.space import STEM_KERNEL, Arch, SearchSpace, se_channels
+from edgenas.stats import _GraphBuilder, stats_table
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class Piece:
         g = _GraphBuilder()
         x = g.tensor(self.cin * self.hw * self.hw)
         if self.kind == "stem":
-            h, hw = g.conv("stem", x, self.cin, self.mid, self.hw, 3, self.stride, act="hswish")
+            h, hw = g.conv("stem", x, self.cin, self.mid, self.hw, STEM_KERNEL, self.stride, act="hswish")
             g.mbconv("first", h, self.mid, self.cout, hw, 3, 1, 1, "relu", False, self.residual, has_expand=False)
         elif self.kind == "head":
             h, _ = g.conv("final_expand", x, self.cin, self.mid, self.hw, 1, 1, act="hswish")
@@ -82,13 +82,6 @@ def _costs(g: _GraphBuilder, piece: Piece) -> np.ndarray:
     return np.array([dense / 1e6, depthwise / 1e6, elementwise / 1e6, weights / 1e6, len(g.ops)], dtype=np.float64)
 
 
-def _head_input_size(space: SearchSpace, res: int) -> int:
-    hw = conv_out(res, 3, space.stem_stride)
-    for spec in space.stages:
-        hw = conv_out(hw, 3, spec.stride)
-    return hw
-
-
 class BlockIndex:
     """Every distinct piece of `space`, and a vectorised map from archs to the pieces they run.
 
@@ -104,21 +97,20 @@ class BlockIndex:
         self.stem_of = np.zeros(nr, dtype=np.int64)
         self.head_of = np.zeros(nr, dtype=np.int64)
         self.block_of = np.zeros((nr, nslot, nk, ne), dtype=np.int64)
-        stem = space.scaled(space.stem_width)
-        first = space.scaled(space.first_block_width)
-        last = space.stage_widths[-1]
+        first = space.first_block
+        last = slots[-1].out_channels
         for ri, res in enumerate(space.resolutions):
-            self.stem_of[ri] = self._add(Piece("stem", space.in_channels, first, res, 3, space.stem_stride, mid=stem,
-                                               residual=space.first_block_residual))
-            sizes = StatsTable._block_inputs(space, res)
+            self.stem_of[ri] = self._add(Piece("stem", space.in_channels, first.out_channels, res, STEM_KERNEL,
+                                               space.stem_stride, mid=first.in_channels, residual=first.residual))
+            sizes = space.feature_sizes(res)
             for i, slot in enumerate(slots):
                 for ki, k in enumerate(space.kernels):
                     for ei, e in enumerate(space.expands):
                         mid = slot.mid_channels(e)
-                        piece = Piece("block", slot.in_channels, slot.out_channels, sizes[i], k, slot.stride, mid,
+                        piece = Piece("block", slot.in_channels, slot.out_channels, sizes.slot_in[i], k, slot.stride, mid,
                                       slot.act, se_channels(mid) if slot.se else 0, slot.residual)
                         self.block_of[ri, i, ki, ei] = self._add(piece)
-            self.head_of[ri] = self._add(Piece("head", last, space.num_classes, _head_input_size(space, res),
+            self.head_of[ri] = self._add(Piece("head", last, space.num_classes, sizes.head,
                                                mid=space.scaled(space.final_expand_width),
                                                extra=space.scaled(space.feature_width)))
         self.slot_group = np.array([1 + slot.stage for slot in slots], dtype=np.int64)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgenas.nn.static import ConvBNAct, MBConv, SqueezeExcite, make_activation
-from edgenas.space import BlockSlot, mid_channels, se_channels
+from edgenas.space import BlockSlot, mid_channels, se_channels, skip_fits
 
 
 class DynamicDepthwiseConv(nn.Module):
@@ -161,7 +161,7 @@ class DynamicMBConv(nn.Module):
         self.project_conv = DynamicPointConv(self.max_mid, cout)
         self.project_bn = nn.BatchNorm2d(cout)
         self.act = make_activation(act)
-        self.residual = BlockSlot(0, 0, cin, cout, stride, act, se).residual if residual is None else residual
+        self.residual = skip_fits(cin, cout, stride) if residual is None else residual
         self.active_expand = self.expands[-1]
 
     @property
