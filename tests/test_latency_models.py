@@ -1,4 +1,5 @@
-"""The exported-model cache of latency measurement: content-keyed files, and TFLite conversions in worker processes."""
+"""The exported-model cache of latency measurement: content-keyed files (fp32 TFLite written in process, int8
+conversions in worker processes)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from edgenas.latency.blocks import block_index
 from edgenas.latency.models import PARALLEL_MIN_MODELS, ModelCache, arch_description, piece_description
 
 
-def test_missing_tflite_files_are_converted_by_workers_and_then_reused(tmp_path):
+def test_missing_tflite_files_are_converted_and_then_reused(tmp_path):
     pieces = block_index(MICRO).pieces[:PARALLEL_MIN_MODELS]
     descriptions = [piece_description(p) for p in pieces]
     cache = ModelCache(tmp_path)

@@ -158,9 +158,10 @@ def _export_tflite(model: nn.Module, path: Path, int8: bool) -> None:
         tflite.export_tflite(model, path, example=example)
 
 
-# TFLite conversion takes seconds per model and uses one core, so several missing TFLite files are converted in
-# worker processes; ONNX export takes a fraction of a second, less than starting a worker.
-PARALLEL_FORMATS = ("tflite", "tflite-int8")
+# int8 TFLite conversion (litert-torch) takes seconds per model and uses one core, so several missing int8 files
+# are converted in worker processes; ONNX export and fp32 TFLite (written directly, edgenas.export.tflite_direct)
+# take a fraction of a second, less than starting a worker.
+PARALLEL_FORMATS = ("tflite-int8",)
 PARALLEL_MIN_MODELS = 4
 
 
