@@ -54,9 +54,9 @@ class Unsupported(ValueError):
 
 
 def _schema():
-    from ai_edge_litert import schema_py_generated as schema
+    from edgenas.errors import require
 
-    return schema
+    return require("ai_edge_litert.schema_py_generated", extra="tflite", purpose="writing TFLite files")
 
 
 def _array(t: torch.Tensor | None) -> np.ndarray | None:
