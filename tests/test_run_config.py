@@ -1,8 +1,8 @@
 """`edgenas run` config variants a user writes, end to end on a small untrained supernet (this machine's ONNX
 Runtime as the device, real export, interleaved measurement, the SQLite store): explicit `budgets_ms`,
 `max_sram_kb` and `max_flash_kb` that bind, `whole-model` calibration within its budget, and a changed limit
-that re-runs what depends on it; int8 targets at the config level (a TFLite int8 run is covered by the export
-and deploy tests: converting every calibration model to int8 costs minutes)."""
+that re-runs what depends on it; int8 targets at the config level only (int8 export and verification are tested
+in the export tests; an int8 run end to end is not here: converting every calibration model to int8 costs minutes)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_accuracy_commands import make_checkpoint
-from test_deploy import LOCAL
 
 from edgenas.cli import main
 from edgenas.space import Arch, SearchSpace
 from edgenas.stats import stats_table
 from edgenas.store import Store
 
+DEVICE = "runconfig-local"  # this machine, ONNX Runtime; its file is local.toml (a name other than the file's)
+LABEL = f"{DEVICE}-fp32"
+LOCAL = (f'name = "{DEVICE}"\nkind = "local"\nruntime = "onnxruntime"\nthreads = 1\n'
+         "[measure]\nwarmup = 2\nruns = 10\nwindow_s = 1\n")
 BUDGET_MS = 1000.0  # every subnet of the tiny space meets it on any machine: the memory limits decide
 CALIBRATION_BUDGET = 4
 HOLDOUT = 3
@@ -80,8 +83,8 @@ def ran(tmp_path_factory):
 
 def test_budgets_ms_and_memory_limits_hold_for_every_candidate_and_the_front(ran):
     root, stages, sram, flash = ran
-    assert [k for k in stages if k.startswith("deploy:")] == [f"deploy:local-fp32:{BUDGET_MS:g}ms"]  # as given
-    deployed = stages[f"deploy:local-fp32:{BUDGET_MS:g}ms"]["outputs"]
+    assert [k for k in stages if k.startswith("deploy:")] == [f"deploy:{LABEL}:{BUDGET_MS:g}ms"]  # as given
+    deployed = stages[f"deploy:{LABEL}:{BUDGET_MS:g}ms"]["outputs"]
     result = json.loads(Path(deployed["result"]).read_text())
     assert result["constraints"]["max_latency_ms"] == BUDGET_MS
     assert result["constraints"]["max_sram_bytes"] == int(sram * 1024)
@@ -91,7 +94,7 @@ def test_budgets_ms_and_memory_limits_hold_for_every_candidate_and_the_front(ran
     sampled = [a.to_dict() for a in space.sample_many(np.random.default_rng(2), 200)]
     assert len(_over(sampled, sram, flash)) > len(sampled) / 2
     # ... and nothing the run searched, measured or shipped is
-    front = json.loads(Path(stages["pareto:local-fp32"]["outputs"]["result"]).read_text())["front"]
+    front = json.loads(Path(stages[f"pareto:{LABEL}"]["outputs"]["result"]).read_text())["front"]
     archs = [c["arch"] for c in result["top"]] + [c["arch"] for c in deployed["candidates"]] + [c["arch"] for c in front]
     assert len(front) >= 2 and _over(archs, sram, flash) == []
     assert deployed["arch"] is not None and deployed["arch"] in [c["arch"] for c in deployed["candidates"]]
@@ -102,14 +105,14 @@ def test_budgets_ms_and_memory_limits_hold_for_every_candidate_and_the_front(ran
 
 def test_whole_model_calibration_measures_within_its_budget_and_builds_no_table(ran):
     root, stages, _, _ = ran
-    calibrated = stages["calibrate:local-fp32"]["outputs"]
+    calibrated = stages[f"calibrate:{LABEL}"]["outputs"]
     predictor = json.loads(Path(calibrated["predictor"]).read_text())
     assert predictor["type"] == "whole_model"
-    assert not (root / "out" / "latency_tables" / "local" / "onnxruntime-fp32.json").exists()  # no piece table
+    assert not (root / "out" / "latency_tables" / DEVICE / "onnxruntime-fp32.json").exists()  # no piece table
     assert 2 <= calibrated["summary"]["calibration measurements"] <= CALIBRATION_BUDGET
     assert len(calibrated["holdout_measured"]) == HOLDOUT
     with Store(root / "out" / "store.sqlite") as store:  # calibration, held-out subnets, then the deploy candidates
-        measured = store.measurements(device="local", runtime="onnxruntime", precision="fp32", model_kind="arch")
+        measured = store.measurements(device=DEVICE, runtime="onnxruntime", precision="fp32", model_kind="arch")
     assert len({m.model_sha256 for m in measured}) <= CALIBRATION_BUDGET + HOLDOUT + TOP_K
 
 
@@ -121,10 +124,10 @@ def test_a_changed_memory_limit_reruns_the_searches_and_reuses_the_rest(ran, cap
     assert main(["run", str(root / "run2.toml"), "--json", "--force"]) == 0
     out = capsys.readouterr().out
     result = json.loads(out[out.index("{"):])
-    assert sorted(result["ran"]) == sorted(["pareto:local-fp32", f"deploy:local-fp32:{BUDGET_MS:g}ms"])
-    assert sorted(result["reused"]) == sorted(["predictor", "calibrate:local-fp32"])
+    assert sorted(result["ran"]) == sorted([f"pareto:{LABEL}", f"deploy:{LABEL}:{BUDGET_MS:g}ms"])
+    assert sorted(result["reused"]) == sorted(["predictor", f"calibrate:{LABEL}"])
     stages = json.loads((root / "out" / "stages.json").read_text())
-    front = json.loads(Path(stages["pareto:local-fp32"]["outputs"]["result"]).read_text())
+    front = json.loads(Path(stages[f"pareto:{LABEL}"]["outputs"]["result"]).read_text())
     assert front["constraints"]["max_sram_bytes"] == int(float(f"{sram:.3f}") * 1024)
 
 
@@ -134,7 +137,7 @@ def test_int8_targets_a_tflite_device_and_is_refused_on_onnx_runtime(tmp_path, c
     from edgenas.pipeline.run import _constraints
 
     (tmp_path / "local.toml").write_text(LOCAL)
-    (tmp_path / "tflite.toml").write_text(LOCAL.replace('name = "local"', 'name = "tflite"').replace(
+    (tmp_path / "tflite.toml").write_text(LOCAL.replace(DEVICE, "tflite").replace(
         'runtime = "onnxruntime"', 'runtime = "tflite"'))
     body = RUN.format(sram="100", flash="200").replace("[train]\ncheckpoint = \"supernet.pt\"\n", "")
     (tmp_path / "int8.toml").write_text(body.replace('name = "local.toml"\nprecision = "fp32"',

@@ -8,7 +8,6 @@ import time
 import numpy as np
 import pytest
 from test_accuracy_commands import make_checkpoint
-from test_deploy import LOCAL
 
 from edgenas.accuracy.predictor import AccuracyPredictor, FitConfig
 from edgenas.cli import main
@@ -118,7 +117,8 @@ def test_several_devices_in_one_search_each_with_its_own_predictor(setup, tmp_pa
     (tmp_path / "devices").mkdir()
     predictors = {}
     for name, factor in (("fast", 1.0), ("slow", 3.0)):  # the slow device: the measured figures, three times slower
-        (tmp_path / "devices" / f"{name}.toml").write_text(LOCAL.replace('name = "local"', f'name = "{name}"'))
+        (tmp_path / "devices" / f"{name}.toml").write_text(
+            f'name = "{name}"\nkind = "local"\nruntime = "onnxruntime"\nthreads = 1\n[measure]\nruns = 10\nwindow_s = 1\n')
         fitted = MacsPredictor(device=name, runtime="onnxruntime", precision="fp32", space=space).fit(
             probe, factor * local.predict(probe))
         predictors[name] = load_latency_predictor(fitted.save(predictor_path(name, "onnxruntime", "fp32", tables)))
@@ -126,9 +126,12 @@ def test_several_devices_in_one_search_each_with_its_own_predictor(setup, tmp_pa
     monkeypatch.setenv("EDGENAS_LATENCY_TABLES", str(tables))
     limit = 1.5 * float(predictors["slow"].predict([space.smallest()])[0])
     assert predictors["fast"].predict([space.smallest()])[0] < limit / 2  # the limit means different subnets on each
+    # and a flash limit (fp32: the weights) that most of the space is over: both limits hold on both devices
+    flash = stats_table(space).compute(space.sample_many(np.random.default_rng(3), 200))["flash_fp32"]
+    flash_kb = float(np.quantile(flash, 0.3)) / 1024
     out = tmp_path / "out"
-    common = ["search", "--supernet", str(setup["ckpt"]), "--max-latency-ms", f"{limit:.6f}", "--population", "16",
-              "--generations", "6"]
+    common = ["search", "--supernet", str(setup["ckpt"]), "--max-latency-ms", f"{limit:.6f}", "--max-flash-kb",
+              f"{flash_kb:.3f}", "--population", "16", "--generations", "6"]
     rc = main([*common, "--device", "fast", "--device", "slow", "--top-k", "1", "--bn-batches", "1",
                "--store", str(tmp_path / "store.sqlite"), "--out", str(out), "--json"])
     assert rc == 0
@@ -138,9 +141,12 @@ def test_several_devices_in_one_search_each_with_its_own_predictor(setup, tmp_pa
         saved = json.loads((out / name / "search-result.json").read_text())
         assert saved["device"] == name and saved["arch"] == r["arch"]
         assert r["result_path"] == str(out / name / "search-result.json")
-        for c in saved["top"]:  # every figure is this device's predictor's, and within the limit
-            predicted = float(predictors[name].predict([Arch.from_dict(c["arch"])])[0])
+        assert saved["constraints"]["max_flash_bytes"] == int(float(f"{flash_kb:.3f}") * 1024)
+        top = [Arch.from_dict(c["arch"]) for c in saved["top"]]
+        for c, arch in zip(saved["top"], top):  # every figure is this device's predictor's, and within the limit
+            predicted = float(predictors[name].predict([arch])[0])
             assert c["predicted"]["latency_ms"] == pytest.approx(predicted, rel=1e-6) and predicted <= limit
+        assert np.all(stats_table(space).compute(top)["flash_fp32"] <= int(float(f"{flash_kb:.3f}") * 1024))
         (checked,) = saved["verification"]["candidates"]  # verified on its own device
         with Store(tmp_path / "store.sqlite") as store:
             rows = store.measurements(device=name, runtime="onnxruntime", precision="fp32", model_kind="arch")
