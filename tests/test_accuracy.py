@@ -158,3 +158,23 @@ def test_a_predictor_with_an_undefined_rank_metric_saves_and_reads_back(tmp_path
     loaded = load_accuracy_predictor(tmp_path)  # readers refuse NaN: it must not be written
     assert loaded.info["test"]["test_kendall_tau"] is None and loaded.info["test"]["test_size"] == 1
     assert np.array_equal(loaded.predict(archs), predictor.predict(archs))
+
+
+def test_a_saturating_accuracy_is_predicted_below_one_and_in_order(tmp_path):
+    """A well-trained supernet's accuracies crowd just under 1.0 and rise with capacity. Fitted on log-odds, the
+    predictor keeps ranking the largest subnets (no plateau of 1.0 for the search to pick arbitrarily from); a
+    file written before (clipped output) still reads and predicts as it was fitted."""
+    archs = sample_archs(SPACE, 200, np.random.default_rng(8))
+    macs = stats_table(SPACE).compute(archs)["macs"]
+    y = 1.0 - 0.08 * (macs.min() / macs) ** 1.5  # 0.92 for the smallest, closing on 1.0 for the largest
+    predictor, _ = AccuracyPredictor.fit(SPACE, archs, y, seed=0, config=FAST)
+    big = sample_archs(SPACE, 400, np.random.default_rng(9))
+    p = predictor.predict(big)
+    assert np.all(p < 1.0) and np.all(p > 0.0)
+    top = np.argsort(-p)[:40]  # the search's corner: the most accurate subnets by prediction
+    assert len(np.unique(p[top])) == len(top)  # no ties for the search to break by size
+    assert kendall_tau(p[top], stats_table(SPACE).compute([big[i] for i in top])["macs"]) > 0.3
+    clipped = AccuracyPredictor(SPACE, predictor.weights, predictor.biases, output="clip")
+    clipped.save(tmp_path / "accuracy_predictor.npz")
+    assert load_accuracy_predictor(tmp_path).output == "clip"
+    assert np.all(load_accuracy_predictor(tmp_path).predict(big) <= 1.0)

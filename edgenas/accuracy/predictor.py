@@ -24,6 +24,12 @@ from edgenas.errors import UsageError
 from edgenas.space import Arch, SearchSpace
 
 FORMAT_VERSION = 1
+# How the MLP's output becomes a top-1: "logit" (fitted on log-odds, read through a sigmoid; the default) or
+# "clip" (fitted on top-1 itself, clipped to [0, 1]; files written before). A clipped MLP extrapolates past 1.0
+# for the larger subnets of a well-trained supernet, and the search then sees a plateau of 1.0 where the front
+# should rise: measured in the demo, every candidate of the TFLite budgets predicted 1.000 and the search took
+# subnets using 37-45 % of their budgets.
+OUTPUTS = ("logit", "clip")
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,11 @@ def free_cores() -> int:
     return max(1, min(cores, round((os.cpu_count() or cores) - busy)))
 
 
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(np.asarray(p, dtype=np.float32), 1e-3, 1.0 - 1e-3)
+    return np.log(q / (1.0 - q)).astype(np.float32)
+
+
 def rmse(predicted: np.ndarray, actual: np.ndarray) -> float:
     return float(np.sqrt(np.mean((np.asarray(predicted, float) - np.asarray(actual, float)) ** 2)))
 
@@ -91,7 +102,9 @@ class AccuracyPredictor:
     """Predicts top-1 accuracy (in [0, 1]) of archs of one space; any search takes it via `.predict(archs)`."""
 
     def __init__(self, space: SearchSpace, weights: Sequence[np.ndarray], biases: Sequence[np.ndarray], *,
-                 info: dict[str, Any] | None = None) -> None:
+                 info: dict[str, Any] | None = None, output: str = "logit") -> None:
+        if output not in OUTPUTS:
+            raise ValueError(f"unknown predictor output {output!r}: choose from {', '.join(OUTPUTS)}")
         if len(weights) != len(biases) or not weights:
             raise ValueError("an accuracy predictor needs one bias per weight matrix")
         if weights[0].shape[0] != space.encoding_size:
@@ -101,6 +114,7 @@ class AccuracyPredictor:
         self.weights = [np.ascontiguousarray(w, dtype=np.float32) for w in weights]
         self.biases = [np.ascontiguousarray(b, dtype=np.float32) for b in biases]
         self.info = dict(info or {})
+        self.output = output
 
     def features(self, archs: Sequence[Arch] | Arch) -> np.ndarray:
         encode = getattr(archs, "encode", None)  # an ArchBatch of the search encodes its genomes directly
@@ -112,8 +126,10 @@ class AccuracyPredictor:
         h = np.asarray(x, dtype=np.float32)
         for w, b in zip(self.weights[:-1], self.biases[:-1]):
             h = np.maximum(h @ w + b, 0.0)
-        out = h @ self.weights[-1] + self.biases[-1]
-        return np.clip(out[:, 0].astype(np.float64), 0.0, 1.0)
+        out = (h @ self.weights[-1] + self.biases[-1])[:, 0].astype(np.float64)
+        if self.output == "logit":
+            return 1.0 / (1.0 + np.exp(-out))
+        return np.clip(out, 0.0, 1.0)
 
     def predict(self, archs: Sequence[Arch] | Arch) -> np.ndarray:
         """Predicted top-1 of each arch, shape (n,), in [0, 1]."""
@@ -166,9 +182,10 @@ class AccuracyPredictor:
             layers += [linear, nn.ReLU()]
         mlp = nn.Sequential(*layers[:-1])
         mean = float(y[train].mean())
+        z = _logit(y)  # trained on log-odds, read through a sigmoid: never a plateau at 0 or 1 (see OUTPUTS)
         with torch.no_grad():
-            mlp[-1].bias.fill_(mean)  # start at the mean accuracy (Once-for-All's base_acc)
-        xt, yt = torch.from_numpy(x[train]), torch.from_numpy(y[train])
+            mlp[-1].bias.fill_(float(_logit(np.float32(mean))))  # start at the mean accuracy (Once-for-All's base_acc)
+        xt, yt = torch.from_numpy(x[train]), torch.from_numpy(z[train])
         xv, yv = torch.from_numpy(x[val]), y[val]
         opt = torch.optim.Adam(mlp.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         best = (np.inf, 0, [p.detach().clone() for p in mlp.parameters()])
@@ -184,7 +201,7 @@ class AccuracyPredictor:
                 loss.backward()
                 opt.step()
             with torch.no_grad():
-                pv = mlp(xv)[:, 0].numpy()
+                pv = 1.0 / (1.0 + np.exp(-mlp(xv)[:, 0].numpy().astype(np.float64)))
             err = rmse(pv, yv)
             if err < best[0]:
                 best = (err, epoch, [p.detach().clone() for p in mlp.parameters()])
@@ -210,7 +227,7 @@ class AccuracyPredictor:
         arrays = {f"w{i}": w for i, w in enumerate(self.weights)} | {f"b{i}": b for i, b in enumerate(self.biases)}
         info = _undefined_as_null(self.info)  # a rank correlation of one test arch (or of ties) is NaN: written as null
         header = {"format": "edgenas-accuracy-predictor", "version": FORMAT_VERSION, "space": self.space.to_dict(),
-                  "layers": len(self.weights), "info": info}
+                  "layers": len(self.weights), "output": self.output, "info": info}
         arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
         import io
 
@@ -267,4 +284,7 @@ def load_accuracy_predictor(path: str | os.PathLike) -> AccuracyPredictor:
     readers.check_mlp(weights, biases, space.encoding_size, source)
     if not isinstance(header.get("info", {}), dict):
         raise UsageError(f"{source}: info is not a table; {readers.ACCURACY_REMEDY}")
-    return AccuracyPredictor(space, weights, biases, info=header.get("info"))
+    output = header.get("output", "clip")  # files written before the log-odds output read as they were fitted
+    if output not in OUTPUTS:
+        raise UsageError(f"{source}: output = {output!r}: expected one of {', '.join(OUTPUTS)}; {readers.ACCURACY_REMEDY}")
+    return AccuracyPredictor(space, weights, biases, info=header.get("info"), output=output)
