@@ -178,3 +178,16 @@ def test_a_saturating_accuracy_is_predicted_below_one_and_in_order(tmp_path):
     clipped.save(tmp_path / "accuracy_predictor.npz")
     assert load_accuracy_predictor(tmp_path).output == "clip"
     assert np.all(load_accuracy_predictor(tmp_path).predict(big) <= 1.0)
+
+
+def test_the_run_evaluates_the_accuracy_dataset_on_every_core_it_may_use():
+    """`edgenas run` evaluates in one process per usable core (one thread each) when there are enough archs to
+    pay for starting them; a small dataset stays in process."""
+    import os
+
+    from edgenas.pipeline.run import ARCHS_PER_WORKER, evaluation_workers
+
+    cores = len(os.sched_getaffinity(0))
+    assert evaluation_workers(16) == 1
+    assert evaluation_workers(150) == min(cores, 150 // ARCHS_PER_WORKER)
+    assert evaluation_workers(10_000) == cores

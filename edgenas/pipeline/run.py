@@ -178,11 +178,29 @@ def _train_stage(config: RunConfig, book: StageBook, progress: bool) -> Path:
     return Path(outputs["checkpoint"])
 
 
+# Archs a spawned evaluation worker must have to earn its start (importing torch and reading the checkpoint,
+# a few seconds; a tiny subnet evaluates in about a second on one thread).
+ARCHS_PER_WORKER = 40
+
+
+def evaluation_workers(samples: int) -> int:
+    """Processes to evaluate the accuracy dataset in: one per core this process may use, one thread each (small
+    subnets use a second thread poorly), no more than `samples / ARCHS_PER_WORKER`."""
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, samples // ARCHS_PER_WORKER))
+
+
 def _fit_accuracy(config: RunConfig, checkpoint: Path, store_path: Path, out: Path, progress: bool) -> dict[str, Any]:
     from edgenas.accuracy.fit import fit_predictor
 
     result = fit_predictor(checkpoint, samples=config.predictor_samples, test=config.predictor_test, seed=config.seed,
-                           store_path=store_path, out=out / "accuracy_predictor.npz", progress=progress)
+                           store_path=store_path, out=out / "accuracy_predictor.npz",
+                           workers=evaluation_workers(config.predictor_samples), progress=progress)
     d = result.to_dict()
     # a metric that is undefined (Kendall tau of one test arch) is left out: the stage book holds finite numbers
     return {"path": str(result.path), **{k: v for k, v in d.items() if isinstance(v, (int, float)) and np.isfinite(v)}}
