@@ -264,21 +264,23 @@ def test_devices_clean_removes_what_the_toolkit_put_on_the_device(fresh_bed, onn
     assert not list(work.glob("agent-*.py"))
 
 
-def test_a_file_changed_at_the_same_path_is_uploaded_and_run_anew(testbed_devices, tmp_path, onnx_models):
+def test_a_file_changed_at_the_same_path_is_uploaded_and_run_anew(testbed_devices, tmp_path):
     """Uploads are named by content (sha256), not by file name: a model rebuilt at the same path is what the
     device runs next, never the earlier upload."""
+    from testbed_fixtures import build_onnx_convnet
+
     from edgenas.artifacts import sha256_file
 
-    model = tmp_path / "model.onnx"
-    shutil.copyfile(onnx_models["tiny"], model)
+    seed = uuid.uuid4().int % 10**6  # contents no earlier test put on this shared device
+    model = build_onnx_convnet(tmp_path / "model.onnx", channels=4, size=16, layers=1, seed=seed)
     with load_device(testbed_devices[0]) as device:
         (first,) = device.measure([model])
         assert first.ok, first.error_message
         uploaded = device.stats["uploaded_files"]
-        model.write_bytes(b"not a model")  # the same path, other bytes
+        model.write_bytes(f"not a model {seed}".encode())  # the same path, other bytes
         (broken,) = device.measure([model])
         assert not broken.ok and device.stats["uploaded_files"] == uploaded + 1  # the device ran the new bytes
-        shutil.copyfile(onnx_models["small"], model)
+        build_onnx_convnet(model, channels=4, size=16, layers=1, seed=seed + 1)
         (second,) = device.measure([model])
         assert second.ok and second.model_sha256 == sha256_file(model) != first.model_sha256
         assert device.stats["uploaded_files"] == uploaded + 2
