@@ -104,8 +104,9 @@ def test_search_and_run_choose_the_same_arch(ran, capsys):
 @pytest.mark.slow
 def test_the_shipped_winner_is_the_measured_file(ran):
     root, deployed, _calibrated, budget = ran
-    if deployed["arch"] is None:
-        pytest.skip(f"no candidate met {budget} ms when measured on this machine: {deployed['note']}")
+    # the budget sits at the 0.8 quantile of the space's predicted latency, and a first round that none meets
+    # is followed by a tighter one: no winner here is a failure of the loop, not of the machine
+    assert deployed["arch"] is not None, f"no candidate met {budget} ms when measured: {deployed['note']}"
     (winner,) = [c for c in deployed["candidates"] if c["arch"] == deployed["arch"]]
     shipped = Path(deployed["export_dir"]) / deployed["deployed_file"]
     assert sha256_file(shipped) == winner["sha256"] == sha256_file(winner["model"]) == deployed["sha256"]
