@@ -87,7 +87,10 @@ def victim(make_testbed):
 
 def test_sshd_killed_mid_batch_the_batch_finishes_after_the_device_comes_back(victim, onnx_models):
     name = victim.devices[0].name
-    config = config_of(victim.device_files()[0], retry=RetrySettings(attempts=6, backoff=0.5, backoff_max=2.0))
+    # two models per agent run: a batch is timed interleaved and its results arrive together at the end of its
+    # window, so with one window for all four the device could go away after the whole batch was in
+    config = config_of(victim.device_files()[0], retry=RetrySettings(attempts=6, backoff=0.5, backoff_max=2.0),
+                       measure={"batch_size": 2})
     paths = [onnx_models[n] for n in ("tiny", "heavy", "small", "medium")]
     with device_from_config(config) as device:
         run = Background(device, paths)

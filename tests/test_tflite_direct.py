@@ -72,7 +72,8 @@ def test_direct_file_is_litert_graph_op_for_op_and_computes_the_same(name, tmp_p
     errors = (_close(got_direct, want.reshape(got_direct.shape)), _close(got_litert, want.reshape(got_litert.shape)),
               _close(got_direct, got_litert))
     print(name, "relative differences direct-torch {:.2e} litert-torch {:.2e} direct-litert {:.2e}".format(*errors))
-    assert errors[0] <= 1e-5
+    # as close to PyTorch as litert-torch's own file (1.2e-5 on mobilenetv3's 1000 logits in one CI run)
+    assert errors[0] <= max(1e-5, 1.5 * errors[1])
     # litert-torch's own rounding on a deep random-weight net with 1000 logits reaches ~1.5e-5 of the largest
     assert errors[1] <= 5e-5 and errors[2] <= 5e-5
 

@@ -71,6 +71,7 @@ class MeasuredCandidate:
         m = self.measurement
         return {"arch": self.arch.to_dict(), "predicted": self.predicted, "measured": {
             "accuracy": self.accuracy, "holdout_images": None if self.correct is None else len(self.correct),
+            "holdout_correct": pack_correct(self.correct),
             "latency_ms": self.latency_ms,
             "latency_median_ms": None if m is None else m.median_ms, "timing": {} if m is None else m.timing,
             "error": None if m is None else m.error, "meets_latency": self.meets_budget,
@@ -105,6 +106,30 @@ class Deployment:
                 "winner": self.winner.to_dict() if self.winner else None,
                 "candidates": [c.to_dict() for c in self.candidates],
                 "shipped": None if self.shipped is None else str(self.shipped.out_dir), "problems": self.problems}
+
+
+def pack_correct(correct: list[bool] | None) -> str | None:
+    """Per-image holdout results as hex (8 images a byte), as results files keep them; None stays None."""
+    if correct is None:
+        return None
+    return bytes(int("".join("1" if c else "0" for c in correct[i:i + 8]).ljust(8, "0"), 2)
+                 for i in range(0, len(correct), 8)).hex()
+
+
+def unpack_correct(text: str | None, images: int | None) -> list[bool] | None:
+    """`pack_correct`'s inverse, for `images` images."""
+    if text is None or images is None:
+        return None
+    bits = "".join(f"{b:08b}" for b in bytes.fromhex(text))
+    return [c == "1" for c in bits[:images]]
+
+
+def pick_order(candidates: list[MeasuredCandidate]) -> list[MeasuredCandidate]:
+    """The order `pick_winner` reads the candidates in: the search's order for one round; with a second round,
+    by predicted accuracy across both (stable: the measuring order on ties)."""
+    if all(c.round == 1 for c in candidates):
+        return list(candidates)
+    return sorted(candidates, key=lambda c: -c.predicted.get("accuracy", 0.0))
 
 
 #: How many paired standard errors a holdout accuracy advantage must exceed to count as real (about 95 %).
@@ -217,7 +242,7 @@ def deploy(
     round_ = _Round(checkpoint, device, precision, fmt, budget, replace(options, formats=(fmt,)), split, store,
                     Path(out_dir), progress, log)
     round_.add(result, result.top[: top_k or len(result.top)], search)
-    winner = pick_winner(round_.candidates)
+    winner = pick_winner(pick_order(round_.candidates))
     scale = measured_scale(round_.candidates, winner, budget) if search_again is not None else None
     again = None
     if scale is not None and search_again is not None:
@@ -229,8 +254,7 @@ def deploy(
         fresh = [c for c in again.top if c.arch not in seen][: top_k or len(again.top)]
         if fresh:
             round_.add(again, fresh, search, round_number=2)
-            # best-predicted first across both rounds (stable: search order on ties); kept in measuring order
-            winner = pick_winner(sorted(round_.candidates, key=lambda c: -c.predicted.get("accuracy", 0.0)))
+            winner = pick_winner(pick_order(round_.candidates))  # the list stays in measuring order
     deployment = Deployment(device.name, device.runtime, precision, fmt, budget, round_.candidates, winner,
                             latency_scale=scale if again is not None else None)
     if winner is not None and ship_dir is not None:

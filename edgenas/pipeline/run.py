@@ -369,7 +369,7 @@ def _deploy(checkpoint: _Checkpoint, device: Any, target: DeviceTarget, label: s
     from edgenas.accuracy.predictor import load_accuracy_predictor
     from edgenas.deploy.report import plot_front, save_result
     from edgenas.deploy.run import deploy_options
-    from edgenas.deploy.stage import deploy
+    from edgenas.deploy.stage import deploy, pack_correct
     from edgenas.export.pipeline import load_search_result
     from edgenas.latency import load_latency_predictor
     from edgenas.search.budget import search_for_budget
@@ -410,7 +410,9 @@ def _deploy(checkpoint: _Checkpoint, device: Any, target: DeviceTarget, label: s
     plot_front(result, search_dir / "pareto.png", verification=done)
     candidates = [{"arch": c.arch.to_dict(), "latency_ms": c.latency_ms, "accuracy": c.accuracy,
                    "model": None if c.model is None else str(c.model), "sha256": c.sha256,
-                   "meets_budget": c.meets_budget, "problems": c.problems, "round": c.round} for c in done.candidates]
+                   "meets_budget": c.meets_budget, "problems": c.problems, "round": c.round,
+                   "predicted_accuracy": c.predicted.get("accuracy"), "holdout_images": len(c.correct or []),
+                   "holdout_correct": pack_correct(c.correct)} for c in done.candidates]
     winner = done.winner
     if winner is None:
         note = (f"none of the {len(candidates)} candidates met {budget:g} ms when measured on {device.name}; "
