@@ -93,7 +93,7 @@ def time_cut(state: dict[str, Any], elapsed: float, seconds_per_step: float, ste
     return new_end, "time"
 
 
-# The cost of a step relative to one step of the full network, measured on this machine (the demo, quiet, 2
+# The cost of a step relative to one step of the full network, measured on this machine (the demo at raised priority, 2
 # threads: 110 img/s for the full network; 91 with one subnet and the teacher, 83 with two, 66 with three): the
 # extra subnets of a step are random or the smallest, far cheaper than the full network, and the teacher's pass
 # is a forward pass only.
