@@ -162,6 +162,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_SIGTERM if terminated else EXIT_SIGINT
 
 
+def keep_freed_memory() -> None:
+    """Let glibc keep freed memory for reuse instead of handing it back to the system at once.
+
+    PyTorch frees and reallocates the same multi-megabyte activation buffers every training step; glibc returned
+    them (trim, mmap) and every step paid the page faults of taking them back: 1.6 million minor faults and 10 s of
+    system time in a 48 s training of 90 steps here, 0.2 million and 5 s with these settings (wall 11 % shorter).
+    The cost is memory held at the run's peak, which a training run reaches anyway."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: its allocator, its defaults
+        pass
+
+
 def entry() -> None:
+    keep_freed_memory()
     sys.exit(main())
 

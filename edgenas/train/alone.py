@@ -4,11 +4,22 @@ Same data order, augmentation, batch size, elastic resolution, learning rate and
 the supernet's full-network phase, for the supernet's total number of steps, with no distillation and
 no other subnets. Its BN-recalibrated validation top-1 is the figure the supernet's largest subnet is
 compared with (`summary["alone"]`).
+
+On a CPU with two cores or more the comparison runs beside the supernet's training (`AloneBeside`, a
+forked process with one thread), not after it: a training step of these small networks keeps about one
+core busy whatever the thread count (on 2 cores: 92 img/s with one thread, 92 with two), so the second
+core does the comparison for free. It takes step k only once the supernet has taken step k, and its
+learning rate follows a cosine over the supernet's planned length (`Pace.total`: re-planned as phases
+end or are cut, exact once the supernet is done), so it ends annealed after as many steps as the supernet.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 import time
+import traceback
 from typing import Any
 
 import numpy as np
@@ -24,9 +35,41 @@ from edgenas.train.evaluate import evaluate_many
 from edgenas.train.schedule import lr_factor
 
 
-def train_alone(config: TrainConfig, dataset: Dataset, space: SearchSpace, steps: int, device: torch.device, *,
-                progress: bool = False) -> dict[str, Any]:
-    """Train the largest network alone for `steps` steps; return its validation top-1, time and curve."""
+class Pace:
+    """How far the supernet's training is, shared with the comparison run in another process: steps done, the
+    planned total (an estimate until the supernet ends) and, once it has ended, the final total."""
+
+    def __init__(self, context: Any, planned: int) -> None:
+        self._done = context.Value("q", 0, lock=False)
+        self._plan = context.Value("q", max(1, int(planned)), lock=False)
+        self._final = context.Value("q", -1, lock=False)
+
+    def advance(self, done: int, planned: int) -> None:
+        self._plan.value = max(int(done), int(planned), 1)
+        self._done.value = int(done)
+
+    def end(self, total: int) -> None:
+        self._final.value = int(total)
+
+    def total(self) -> int:
+        final = self._final.value
+        return final if final >= 0 else self._plan.value
+
+    def may_take(self, step: int) -> bool:
+        """Wait until the supernet has taken step `step` (0-based) or ended; whether the comparison takes it."""
+        while True:
+            final = self._final.value
+            if final >= 0:
+                return step < final
+            if self._done.value > step:
+                return True
+            time.sleep(0.002)
+
+
+def train_alone(config: TrainConfig, dataset: Dataset, space: SearchSpace, steps: int | None, device: torch.device, *,
+                progress: bool = False, pace: Pace | None = None) -> dict[str, Any]:
+    """Train the largest network alone for `steps` steps (with `pace`: in step with the supernet, for as many steps
+    as it takes); return its validation top-1, time and curve."""
     phase = config.phases[0]
     state = torch.get_rng_state()
     torch.manual_seed(config.seed * 1000 + 999)
@@ -37,7 +80,11 @@ def train_alone(config: TrainConfig, dataset: Dataset, space: SearchSpace, steps
                                 momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0,
                                 weight_decay=config.weight_decay)
     warmup = phase.warmup_steps(train_size, config.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, warmup))
+
+    def total() -> int:
+        return pace.total() if pace is not None else int(steps or 0)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(min(s, total()), total(), warmup))
     loader = dataset.loader("train", batch_size=config.batch_size, shuffle=True, augment=True,
                             seed=config.seed * 1000, drop_last=True)
     eval_every = max(10, round(config.plateau_every * train_size / config.batch_size))
@@ -51,10 +98,12 @@ def train_alone(config: TrainConfig, dataset: Dataset, space: SearchSpace, steps
     t0 = time.perf_counter()
     step, epoch = 0, 0
     try:
-        with Progress(steps * config.batch_size, "largest network alone", unit="img", enabled=progress,
+        with Progress(total() * config.batch_size, "largest network alone", unit="img", enabled=progress,
                       log_every=15.0) as bar:
-            while step < steps:
+            while pace.may_take(step) if pace is not None else step < total():
                 for x, y in loader.iterate(epoch):
+                    if pace is not None and not pace.may_take(step):
+                        break
                     rng = np.random.default_rng([config.seed, 0, step])
                     x = net.resize(x.to(device), int(rng.choice(space.resolutions)))
                     logits = net(x.contiguous(memory_format=torch.channels_last))
@@ -65,14 +114,79 @@ def train_alone(config: TrainConfig, dataset: Dataset, space: SearchSpace, steps
                     scheduler.step()
                     step += 1
                     bar.update(config.batch_size, loss=loss.item())
-                    if config.eval_every_phase and step % eval_every == 0 and step < steps:
+                    if config.eval_every_phase and step % eval_every == 0 and step < total():
                         curve.append({"step": step, "epoch": round(step / (train_size / config.batch_size), 3),
                                       "largest": round(top1(), 5)})
-                    if step >= steps:
+                    if pace is None and step >= total():
                         break
                 epoch += 1
         accuracy = top1()
     finally:
         torch.set_rng_state(state)
-    return {"steps": steps, "seconds": round(time.perf_counter() - t0, 2), "top1": round(accuracy, 5),
-            "curve": curve}
+    return {"steps": step, "seconds": round(time.perf_counter() - t0, 2), "top1": round(accuracy, 5),
+            "curve": curve, "beside": pace is not None}
+
+
+def can_run_beside(device: torch.device, distributed: bool) -> bool:
+    """Whether the comparison can run beside the supernet: on a CPU with two cores or more, one process, where
+    processes fork (Linux)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return (device.type == "cpu" and not distributed and cores >= 2
+            and "fork" in multiprocessing.get_all_start_methods())
+
+
+class AloneBeside:
+    """The comparison run in a forked process (one torch thread) beside the supernet's training.
+
+    The trainer calls `advance` after each step and `finish` with its total when done (the result dict of
+    `train_alone`); `stop` ends the process early (an interrupted training). A comparison that fails raises
+    in `finish` with its traceback."""
+
+    def __init__(self, config: TrainConfig, dataset: Dataset, space: SearchSpace, planned: int) -> None:
+        context = multiprocessing.get_context("fork")
+        self.pace = Pace(context, planned)
+        self._receive, send = context.Pipe(duplex=False)
+        self._process = context.Process(target=_beside, args=(config, dataset, space, self.pace, send),
+                                        name="edgenas-alone", daemon=True)
+        self._process.start()
+        send.close()
+        self.started = time.perf_counter()
+
+    def advance(self, done: int, planned: int) -> None:
+        self.pace.advance(done, planned)
+
+    def finish(self, steps: int) -> dict[str, Any]:
+        self.pace.end(steps)
+        t0 = time.perf_counter()
+        try:
+            kind, value = self._receive.recv()
+        except EOFError:
+            self._process.join()
+            raise RuntimeError(f"the comparison run (the largest network alone) ended without a result (exit status "
+                               f"{self._process.exitcode})") from None
+        self._process.join()
+        if kind != "result":
+            raise RuntimeError(f"the comparison run (the largest network alone) failed:\n{value}")
+        value["waited_s"] = round(time.perf_counter() - t0, 2)  # how long the supernet waited for it at the end
+        return value
+
+    def stop(self) -> None:
+        if self._process.is_alive():
+            self._process.terminate()
+        self._process.join()
+
+
+def _beside(config: TrainConfig, dataset: Dataset, space: SearchSpace, pace: Pace, send: Any) -> None:
+    """The forked comparison process: one thread, Ctrl-C left to the trainer (which stops this process)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    torch.set_num_threads(1)
+    try:
+        send.send(("result", train_alone(config, dataset, space, None, torch.device("cpu"), pace=pace)))
+    except BaseException:
+        send.send(("error", traceback.format_exc()))
+    finally:
+        send.close()

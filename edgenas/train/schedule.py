@@ -114,11 +114,24 @@ class TimeBudget:
     a phase did not use goes to the ones after it.
     """
 
-    def __init__(self, config: TrainConfig, train_size: int) -> None:
+    def __init__(self, config: TrainConfig, train_size: int, *, replay: bool | None = None) -> None:
         self.total = float(config.time_budget or 0.0)
-        steps = [p.num_steps(train_size, config.batch_size) for p in config.phases]
-        self.weights = [n * step_cost(p) for n, p in zip(steps, config.phases)]
-        self.compare_alone = bool(config.compare_alone)
+        self.nominal = [p.num_steps(train_size, config.batch_size) for p in config.phases]
+        self.longest = [p.max_steps(train_size, config.batch_size) for p in config.phases]
+        self.costs = [step_cost(p) for p in config.phases]
+        self.weights = [n * c for n, c in zip(self.nominal, self.costs)]
+        # with the comparison run after the supernet, its replay of every step is charged; beside it, not
+        self.compare_alone = bool(config.compare_alone) if replay is None else replay
+
+    def later_steps(self, index: int, seconds_left: float, full_step_seconds: float) -> int:
+        """How many steps the phases after `index` will take, as this budget spreads `seconds_left` over them at
+        `full_step_seconds` per step of the full network (each phase at most its longest length)."""
+        rest = range(index + 1, len(self.weights))
+        weight = sum(self.weights[i] for i in rest)
+        if weight <= 0 or full_step_seconds <= 0:
+            return 0
+        share = max(0.0, seconds_left) / (weight * full_step_seconds)
+        return sum(min(self.longest[i], int(share * self.nominal[i])) for i in rest)
 
     def full_step_seconds(self, history: list[dict[str, Any]]) -> float | None:
         """Seconds per step of the full network, from the first phase's record (None before it ends)."""

@@ -33,11 +33,12 @@ from edgenas.errors import UsageError, signals_held
 from edgenas.progress import Progress
 from edgenas.space import Arch, SearchSpace
 from edgenas.supernet import Supernet
+from edgenas.train.alone import AloneBeside, can_run_beside, train_alone
 from edgenas.train.checkpoint import check_resume_fields, read_checkpoint, save_checkpoint
 from edgenas.train.config import Phase, TrainConfig, to_toml
 from edgenas.train.evaluate import evaluate_many, recalibrate_for
 from edgenas.train.gate import required_top1, training_verdict
-from edgenas.train.schedule import PhaseSchedule, TimeBudget, plateau_cut, time_cut
+from edgenas.train.schedule import PhaseSchedule, TimeBudget, plateau_cut, step_cost, time_cut
 from edgenas.train.schedule import lr_factor as lr_factor  # where tests and tools have found it
 
 
@@ -224,6 +225,21 @@ def _check_resumable(state: dict[str, Any], config: TrainConfig, dataset: Datase
                          "or use another --out")
 
 
+def _planned_total(global_step: int, step: int, end: int, index: int, budget: TimeBudget | None,
+                   history: list[dict[str, Any]], phase_seconds: float, first: int, phase: Phase, config: TrainConfig,
+                   train_size: int) -> int:
+    """The supernet's total steps as now planned: those taken, the rest of this phase, and the later phases' (their
+    share of the time budget at this phase's rate, or without a budget their nominal lengths)."""
+    planned = global_step + max(0, end - step)
+    if budget is None:
+        return planned + sum(p.num_steps(train_size, config.batch_size) for p in config.phases[index + 1:])
+    if step - first < 2:  # no rate yet: the later phases' nominal lengths, at most
+        return planned + sum(min(budget.nominal[i], budget.longest[i]) for i in range(index + 1, len(config.phases)))
+    seconds_per_step = phase_seconds / (step - first)
+    used = sum(float(h.get("seconds", 0.0)) for h in history) + phase_seconds + max(0, end - step) * seconds_per_step
+    return planned + budget.later_steps(index, budget.total - used, seconds_per_step / step_cost(phase))
+
+
 def _param_checksum(net: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for p in net.parameters():
@@ -338,174 +354,192 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
 
     steps_per_epoch = train_size / config.batch_size
     learned = required_top1(chance_top1(dataset), dataset.size("val"))  # below this, a flat curve is no plateau
-    budget = TimeBudget(config, train_size) if config.time_budget is not None else None
-    for pi in range(phase_index, len(config.phases)):
-        phase = config.phases[pi]
-        total = phase.max_steps(train_size, config.batch_size)
-        min_steps = phase.num_steps(train_size, config.batch_size)
-        warmup = phase.warmup_steps(train_size, config.batch_size)
-        first = start_step if pi == phase_index else 0
-        if first == 0:
-            phase_elapsed = 0.0
-            phase_state = {"curve": [], "best": -1.0, "stale": 0, "stopped": None,
-                           "budget_s": budget.phase_seconds(pi, history) if budget is not None else None,
-                           "alone_s_per_step": budget.alone_seconds_per_step(pi, history) if budget else None}
-            if phase.sort_channels:
-                net.sort_channels()  # most important hidden channels first, before narrower expands train
-        else:
-            phase_state = dict(state.get("phase_state") or {}) if state is not None else {}
-            for key, value in (("curve", []), ("best", -1.0), ("stale", 0), ("stopped", None), ("budget_s", None)):
-                phase_state.setdefault(key, value)  # a last.pt written before these were kept
-        if phase.distill and teacher is None:
-            # The full network as trained so far is the teacher for every later phase (frozen).
-            teacher = copy.deepcopy(net)
-        if teacher is not None:
-            teacher.set_largest().eval().requires_grad_(False)
-        opts = choices(space, phase)
-        watched = watched_archs(space, opts)
-        eval_every = max(10, round(config.plateau_every * steps_per_epoch)) if config.eval_every_phase else 0
-        optimizer = torch.optim.SGD(net.parameters(), lr=phase.lr * lr_scale, momentum=config.momentum,
-                                    nesterov=config.nesterov and config.momentum > 0,
-                                    weight_decay=config.weight_decay)
-        schedule = PhaseSchedule(total, warmup)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        if first > 0 and optimizer_state is not None:
-            optimizer.load_state_dict(optimizer_state)
-            scheduler.load_state_dict(scheduler_state)  # the schedule's own state too: where a cut ends it
-        loader = dataset.loader("train", batch_size=per_rank, shuffle=True, augment=True,
-                                seed=config.seed * 1000 + pi, rank=procs.rank, world_size=procs.world_size,
-                                drop_last=True)
+    # The comparison run (the largest network alone) beside the supernet where the CPU has a core for it, else after
+    beside = None
+    if config.compare_alone and procs.main and phase_index < len(config.phases) and can_run_beside(
+            procs.device, procs.distributed):
+        planned = global_step + sum(p.num_steps(train_size, config.batch_size) for p in config.phases[phase_index:])
+        beside = AloneBeside(config, dataset, space, planned)
+        beside.advance(global_step, planned)
+        torch.set_num_threads(max(1, torch.get_num_threads() - 1))
+    budget = (TimeBudget(config, train_size, replay=False if beside is not None else None)
+              if config.time_budget is not None else None)
+    try:
+        for pi in range(phase_index, len(config.phases)):
+            phase = config.phases[pi]
+            total = phase.max_steps(train_size, config.batch_size)
+            min_steps = phase.num_steps(train_size, config.batch_size)
+            warmup = phase.warmup_steps(train_size, config.batch_size)
+            first = start_step if pi == phase_index else 0
+            if first == 0:
+                phase_elapsed = 0.0
+                phase_state = {"curve": [], "best": -1.0, "stale": 0, "stopped": None,
+                               "budget_s": budget.phase_seconds(pi, history) if budget is not None else None,
+                               "alone_s_per_step": budget.alone_seconds_per_step(pi, history) if budget else None}
+                if phase.sort_channels:
+                    net.sort_channels()  # most important hidden channels first, before narrower expands train
+            else:
+                phase_state = dict(state.get("phase_state") or {}) if state is not None else {}
+                for key, value in (("curve", []), ("best", -1.0), ("stale", 0), ("stopped", None), ("budget_s", None)):
+                    phase_state.setdefault(key, value)  # a last.pt written before these were kept
+            if phase.distill and teacher is None:
+                # The full network as trained so far is the teacher for every later phase (frozen).
+                teacher = copy.deepcopy(net)
+            if teacher is not None:
+                teacher.set_largest().eval().requires_grad_(False)
+            opts = choices(space, phase)
+            watched = watched_archs(space, opts)
+            eval_every = max(10, round(config.plateau_every * steps_per_epoch)) if config.eval_every_phase else 0
+            optimizer = torch.optim.SGD(net.parameters(), lr=phase.lr * lr_scale, momentum=config.momentum,
+                                        nesterov=config.nesterov and config.momentum > 0,
+                                        weight_decay=config.weight_decay)
+            schedule = PhaseSchedule(total, warmup)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+            if first > 0 and optimizer_state is not None:
+                optimizer.load_state_dict(optimizer_state)
+                scheduler.load_state_dict(scheduler_state)  # the schedule's own state too: where a cut ends it
+            loader = dataset.loader("train", batch_size=per_rank, shuffle=True, augment=True,
+                                    seed=config.seed * 1000 + pi, rank=procs.rank, world_size=procs.world_size,
+                                    drop_last=True)
 
-        def stream(start: int, loader=loader):  # batches from step `start` on, across epochs
-            epoch, b = divmod(start, len(loader))
-            while True:
-                yield from loader.iterate(epoch, b)
-                epoch, b = epoch + 1, 0
+            def stream(start: int, loader=loader):  # batches from step `start` on, across epochs
+                epoch, b = divmod(start, len(loader))
+                while True:
+                    yield from loader.iterate(epoch, b)
+                    epoch, b = epoch + 1, 0
 
-        batches = stream(first)
-        model.train()
-        t0, seen = time.perf_counter(), 0
-        loss_avg = acc_avg = None
-        done, rng_done = first, torch.get_rng_state()  # steps applied (where a checkpoint now resumes), RNG there
-        bar = Progress(schedule.end * config.batch_size, f"phase {pi + 1}/{len(config.phases)} {phase.name}",
-                       unit="img", enabled=progress and procs.main, initial=first * config.batch_size, log_every=15.0)
-        try:
-            step = first
-            while step < schedule.end:
-                x, y = next(batches)
-                x, y = x.to(procs.device, non_blocking=True), y.to(procs.device, non_blocking=True)
-                rng = np.random.default_rng([config.seed, pi, step])
-                resolution = int(rng.choice(space.resolutions))  # elastic resolution: one per step, shared by the k subnets
-                x = net.resize(x, resolution).contiguous(memory_format=torch.channels_last)
-                teacher_logits = None
-                if phase.distill and config.distill_weight > 0:
-                    with torch.no_grad():
-                        teacher_logits = teacher(x)
-                optimizer.zero_grad(set_to_none=True)
-                step_loss = step_correct = 0.0
-                for j in range(phase.subnets_per_step):
-                    arch = space.sample(rng, resolutions=[resolution], **opts)
-                    if j == 0 and phase.smallest_first:
-                        arch = smallest_of(opts, resolution)
-                    net.set_active(arch)
-                    sync = not procs.distributed or j == phase.subnets_per_step - 1
-                    with model.no_sync() if not sync else nullcontext():  # type: ignore[operator]
-                        logits = model(x)
-                        loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-                        if teacher_logits is not None:
-                            loss = loss + config.distill_weight * soft_cross_entropy(
-                                logits, teacher_logits, config.distill_temperature)
-                        (loss / phase.subnets_per_step).backward()
-                    step_loss += loss.item() / phase.subnets_per_step
-                    step_correct += float((logits.argmax(1) == y).float().mean()) / phase.subnets_per_step
-                with signals_held():  # the update and its bookkeeping land whole when a signal arrives
-                    optimizer.step()
-                    scheduler.step()
-                    global_step += 1
-                    step += 1
-                    done, rng_done = step, torch.get_rng_state()
-                    seen += config.batch_size
-                    loss_avg = step_loss if loss_avg is None else 0.9 * loss_avg + 0.1 * step_loss
-                    acc_avg = step_correct if acc_avg is None else 0.9 * acc_avg + 0.1 * step_correct
-                    bar.update(config.batch_size, loss=loss_avg, acc=acc_avg)
-                    if step % config.log_every == 0 or step == schedule.end:
-                        rate = seen / max(time.perf_counter() - t0, 1e-9)
-                        log.write({"event": "step", "phase": phase.name, "step": step, "global_step": global_step,
-                                   "loss": round(loss_avg, 5), "acc": round(acc_avg, 5),
-                                   "lr": round(scheduler.get_last_lr()[0], 7), "samples_per_s": round(rate, 2)})
-                # the validation curve, the plateau and the time budget: decided on rank 0, followed by all
-                # (the clock every step; under torchrun every 10th, where the ranks meet to share the decision)
-                if step < schedule.end and (eval_every and step % eval_every == 0 or (
-                        phase_state.get("budget_s") is not None and (not procs.distributed or step % 10 == 0))):
-                    cut = None
-                    if procs.main and eval_every and step % eval_every == 0:
-                        accs = _val_top1(net, watched, dataset, config, max(per_rank, 64))
-                        point = {"step": step, "epoch": round(step / steps_per_epoch, 3),
-                                 **{name: round(a, 5) for name, a in zip(("largest", "smallest"), accs)},
-                                 "train_acc": round(acc_avg, 5), "loss": round(loss_avg, 5),
-                                 "lr": round(scheduler.get_last_lr()[0], 7)}
-                        phase_state["curve"].append(point)
-                        log.write({"event": "val", "phase": phase.name, "global_step": global_step, **point})
-                        cut = plateau_cut(phase_state, float(np.mean(accs)), step, min_steps, config, phase.adaptive,
-                                          schedule.end, learned)
-                    if procs.main and phase_state.get("budget_s") is not None and step - first >= 2:
+            batches = stream(first)
+            model.train()
+            t0, seen = time.perf_counter(), 0
+            loss_avg = acc_avg = None
+            done, rng_done = first, torch.get_rng_state()  # steps applied (where a checkpoint now resumes), RNG there
+            bar = Progress(schedule.end * config.batch_size, f"phase {pi + 1}/{len(config.phases)} {phase.name}",
+                           unit="img", enabled=progress and procs.main, initial=first * config.batch_size, log_every=15.0)
+            try:
+                step = first
+                while step < schedule.end:
+                    x, y = next(batches)
+                    x, y = x.to(procs.device, non_blocking=True), y.to(procs.device, non_blocking=True)
+                    rng = np.random.default_rng([config.seed, pi, step])
+                    resolution = int(rng.choice(space.resolutions))  # elastic resolution: one per step, shared by the k subnets
+                    x = net.resize(x, resolution).contiguous(memory_format=torch.channels_last)
+                    teacher_logits = None
+                    if phase.distill and config.distill_weight > 0:
+                        with torch.no_grad():
+                            teacher_logits = teacher(x)
+                    optimizer.zero_grad(set_to_none=True)
+                    step_loss = step_correct = 0.0
+                    for j in range(phase.subnets_per_step):
+                        arch = space.sample(rng, resolutions=[resolution], **opts)
+                        if j == 0 and phase.smallest_first:
+                            arch = smallest_of(opts, resolution)
+                        net.set_active(arch)
+                        sync = not procs.distributed or j == phase.subnets_per_step - 1
+                        with model.no_sync() if not sync else nullcontext():  # type: ignore[operator]
+                            logits = model(x)
+                            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+                            if teacher_logits is not None:
+                                loss = loss + config.distill_weight * soft_cross_entropy(
+                                    logits, teacher_logits, config.distill_temperature)
+                            (loss / phase.subnets_per_step).backward()
+                        step_loss += loss.item() / phase.subnets_per_step
+                        step_correct += float((logits.argmax(1) == y).float().mean()) / phase.subnets_per_step
+                    with signals_held():  # the update and its bookkeeping land whole when a signal arrives
+                        optimizer.step()
+                        scheduler.step()
+                        global_step += 1
+                        step += 1
+                        done, rng_done = step, torch.get_rng_state()
+                        seen += config.batch_size
+                        loss_avg = step_loss if loss_avg is None else 0.9 * loss_avg + 0.1 * step_loss
+                        acc_avg = step_correct if acc_avg is None else 0.9 * acc_avg + 0.1 * step_correct
+                        bar.update(config.batch_size, loss=loss_avg, acc=acc_avg)
+                        if step % config.log_every == 0 or step == schedule.end:
+                            rate = seen / max(time.perf_counter() - t0, 1e-9)
+                            log.write({"event": "step", "phase": phase.name, "step": step, "global_step": global_step,
+                                       "loss": round(loss_avg, 5), "acc": round(acc_avg, 5),
+                                       "lr": round(scheduler.get_last_lr()[0], 7), "samples_per_s": round(rate, 2)})
+                    if beside is not None:  # the comparison may take this step; the supernet's length as now planned
+                        beside.advance(global_step, _planned_total(global_step, step, schedule.end, pi, budget, history,
+                                                                   phase_elapsed + time.perf_counter() - t0, first,
+                                                                   phase, config, train_size))
+                    # the validation curve, the plateau and the time budget: decided on rank 0, followed by all
+                    # (the clock every step; under torchrun every 10th, where the ranks meet to share the decision)
+                    if step < schedule.end and (eval_every and step % eval_every == 0 or (
+                            phase_state.get("budget_s") is not None and (not procs.distributed or step % 10 == 0))):
+                        cut = None
+                        if procs.main and eval_every and step % eval_every == 0:
+                            accs = _val_top1(net, watched, dataset, config, max(per_rank, 64))
+                            point = {"step": step, "epoch": round(step / steps_per_epoch, 3),
+                                     **{name: round(a, 5) for name, a in zip(("largest", "smallest"), accs)},
+                                     "train_acc": round(acc_avg, 5), "loss": round(loss_avg, 5),
+                                     "lr": round(scheduler.get_last_lr()[0], 7)}
+                            phase_state["curve"].append(point)
+                            log.write({"event": "val", "phase": phase.name, "global_step": global_step, **point})
+                            cut = plateau_cut(phase_state, float(np.mean(accs)), step, min_steps, config, phase.adaptive,
+                                              schedule.end, learned)
+                        if procs.main and phase_state.get("budget_s") is not None and step - first >= 2:
+                            elapsed = phase_elapsed + time.perf_counter() - t0
+                            cut = time_cut(phase_state, elapsed, (time.perf_counter() - t0) / (step - first), step,
+                                           cut[0] if cut else schedule.end) or cut
+                        if procs.distributed:
+                            shared = [cut]
+                            torch.distributed.broadcast_object_list(shared, src=0)
+                            cut = shared[0]
+                        if cut is not None:
+                            schedule.cut(step, cut[0] - step)
+                            phase_state["stopped"] = cut[1]
+                            bar.total = schedule.end * config.batch_size
+                            log.write({"event": "cut", "phase": phase.name, "step": step, "end": schedule.end,
+                                       "reason": cut[1], "global_step": global_step})
+                    with signals_held():
+                        if global_step % config.checkpoint_every == 0 and step < schedule.end and procs.main:
+                            save_checkpoint(last_path, checkpoint_state(
+                                pi, step, optimizer, scheduler, elapsed=phase_elapsed + time.perf_counter() - t0,
+                                phase_state=phase_state))
+                            log.write({"event": "checkpoint", "phase": phase.name, "step": step,
+                                       "global_step": global_step})
+                bar.close()
+                phase_elapsed += time.perf_counter() - t0
+                total = schedule.end
+                stopped = phase_state.get("stopped") or ("max_epochs" if phase.adaptive else "length")
+                summary = {"phase": phase.name, "steps": total, "epochs": round(total / steps_per_epoch, 3),
+                           "stopped": stopped, "seconds": round(phase_elapsed, 2),
+                           "samples_per_s": round(seen / max(time.perf_counter() - t0, 1e-9), 2)}
+                if phase_state.get("budget_s") is not None:
+                    summary["budget_s"] = round(phase_state["budget_s"], 2)
+                if procs.main and config.eval_every_phase:
+                    accs = _val_top1(net, [space.largest(), space.smallest()], dataset, config, max(per_rank, 64))
+                    summary.update(val_largest=round(accs[0], 5), val_smallest=round(accs[1], 5))
+                summary["curve"] = phase_state.get("curve", [])
+                if procs.main:
+                    accuracy = (f", val top-1 largest {summary['val_largest']:.4f} smallest {summary['val_smallest']:.4f}"
+                                if "val_largest" in summary else "")
+                    print(f"edgenas train: phase {phase.name} done: {total} steps ({summary['epochs']:.1f} epochs, "
+                          f"{stopped}) in {phase_elapsed:.1f}s ({summary['samples_per_s']:.0f} img/s){accuracy}",
+                          file=sys.stderr)
+            except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: keep every finished step, then stop
+                if procs.main:
+                    with signals_held():
                         elapsed = phase_elapsed + time.perf_counter() - t0
-                        cut = time_cut(phase_state, elapsed, (time.perf_counter() - t0) / (step - first), step,
-                                       cut[0] if cut else schedule.end) or cut
-                    if procs.distributed:
-                        shared = [cut]
-                        torch.distributed.broadcast_object_list(shared, src=0)
-                        cut = shared[0]
-                    if cut is not None:
-                        schedule.cut(step, cut[0] - step)
-                        phase_state["stopped"] = cut[1]
-                        bar.total = schedule.end * config.batch_size
-                        log.write({"event": "cut", "phase": phase.name, "step": step, "end": schedule.end,
-                                   "reason": cut[1], "global_step": global_step})
-                with signals_held():
-                    if global_step % config.checkpoint_every == 0 and step < schedule.end and procs.main:
-                        save_checkpoint(last_path, checkpoint_state(
-                            pi, step, optimizer, scheduler, elapsed=phase_elapsed + time.perf_counter() - t0,
-                            phase_state=phase_state))
-                        log.write({"event": "checkpoint", "phase": phase.name, "step": step,
-                                   "global_step": global_step})
-            bar.close()
-            phase_elapsed += time.perf_counter() - t0
-            total = schedule.end
-            stopped = phase_state.get("stopped") or ("max_epochs" if phase.adaptive else "length")
-            summary = {"phase": phase.name, "steps": total, "epochs": round(total / steps_per_epoch, 3),
-                       "stopped": stopped, "seconds": round(phase_elapsed, 2),
-                       "samples_per_s": round(seen / max(time.perf_counter() - t0, 1e-9), 2)}
-            if phase_state.get("budget_s") is not None:
-                summary["budget_s"] = round(phase_state["budget_s"], 2)
-            if procs.main and config.eval_every_phase:
-                accs = _val_top1(net, [space.largest(), space.smallest()], dataset, config, max(per_rank, 64))
-                summary.update(val_largest=round(accs[0], 5), val_smallest=round(accs[1], 5))
-            summary["curve"] = phase_state.get("curve", [])
-            if procs.main:
-                accuracy = (f", val top-1 largest {summary['val_largest']:.4f} smallest {summary['val_smallest']:.4f}"
-                            if "val_largest" in summary else "")
-                print(f"edgenas train: phase {phase.name} done: {total} steps ({summary['epochs']:.1f} epochs, "
-                      f"{stopped}) in {phase_elapsed:.1f}s ({summary['samples_per_s']:.0f} img/s){accuracy}",
-                      file=sys.stderr)
-        except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: keep every finished step, then stop
-            if procs.main:
-                with signals_held():
-                    elapsed = phase_elapsed + time.perf_counter() - t0
-                    save_checkpoint(last_path, checkpoint_state(pi, done, optimizer if done else None,
-                                                                scheduler if done else None, elapsed=elapsed,
-                                                                rng=rng_done, phase_state=phase_state))
-                    log.write({"event": "interrupted", "phase": phase.name, "step": done, "global_step": global_step})
-                exc.args = (f"saved {last_path} at phase {phase.name}, step {done} of {schedule.end}: {RESUME_HINT}",)
-            raise
-        with signals_held():  # the phase's summary and its checkpoint land together
-            history.append(summary)
-            log.write({"event": "phase_end", "global_step": global_step,
-                       **{k: v for k, v in summary.items() if k != "curve"}})
-            phase_elapsed = 0.0
-            if procs.main:
-                save_checkpoint(last_path, checkpoint_state(pi + 1, 0, None, None))
-        procs.barrier()
+                        save_checkpoint(last_path, checkpoint_state(pi, done, optimizer if done else None,
+                                                                    scheduler if done else None, elapsed=elapsed,
+                                                                    rng=rng_done, phase_state=phase_state))
+                        log.write({"event": "interrupted", "phase": phase.name, "step": done, "global_step": global_step})
+                    exc.args = (f"saved {last_path} at phase {phase.name}, step {done} of {schedule.end}: {RESUME_HINT}",)
+                raise
+            with signals_held():  # the phase's summary and its checkpoint land together
+                history.append(summary)
+                log.write({"event": "phase_end", "global_step": global_step,
+                           **{k: v for k, v in summary.items() if k != "curve"}})
+                phase_elapsed = 0.0
+                if procs.main:
+                    save_checkpoint(last_path, checkpoint_state(pi + 1, 0, None, None))
+            procs.barrier()
+    except BaseException:  # an interrupted or failed training stops the comparison run too
+        if beside is not None:
+            beside.stop()
+        raise
 
     # Final: the validation top-1 of the largest, smallest and a few random subnets, each BN-recalibrated; the
     # largest network trained alone for as many steps; the verdict on whether the supernet learned.
@@ -523,11 +557,17 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
         summary["chance"] = round(chance_top1(dataset), 5)
         summary["val_size"] = dataset.size("val")
         if config.compare_alone and global_step > 0:
-            from edgenas.train.alone import train_alone
-
-            summary["alone"] = train_alone(config, dataset, space, global_step, procs.device, progress=progress)
+            if beside is not None:
+                summary["alone"] = beside.finish(global_step)
+                print(f"edgenas train: largest network alone: {summary['alone']['steps']} steps beside the supernet, "
+                      f"val top-1 {summary['alone']['top1']:.4f} (waited {summary['alone']['waited_s']:.1f}s for it)",
+                      file=sys.stderr)
+            else:
+                summary["alone"] = train_alone(config, dataset, space, global_step, procs.device, progress=progress)
             log.write({"event": "alone", "global_step": global_step,
                        **{k: v for k, v in summary["alone"].items() if k != "curve"}})
+        elif beside is not None:  # no step taken: nothing to compare
+            beside.stop()
         summary["gate"] = training_verdict(summary).to_dict()
         # Store the largest subnet's own BN statistics, so the checkpoint is usable as-is (others: recalibrate).
         recalibrate_for(net, space.largest(), dataset, bn_batches=config.bn_batches, seed=config.seed)
