@@ -197,3 +197,45 @@ def test_example_configs_load():
     for path in sorted((Path(__file__).resolve().parents[1] / "examples").glob("train-*.toml")):
         config = load_config(path)
         assert config.phases and all(p.lr > 0 for p in config.phases), path
+
+
+def test_largest_first_trains_the_full_network_and_teaches_the_others_with_it(tmp_path, monkeypatch):
+    """A sandwich step: the full network on the labels first, then the smallest and a random subnet, each distilled
+    from the full network's logits of that very step (not from a frozen copy, which is then never made)."""
+    import edgenas.train.trainer as trainer
+    from edgenas.supernet import Supernet
+    from edgenas.train.config import Phase, TrainConfig
+
+    config = TrainConfig(
+        preset="tiny", dataset="digits", batch_size=8, bn_batches=1, final_samples=0, compare_alone=False,
+        eval_every_phase=False, checkpoint_every=1000,
+        phases=(Phase("full", steps=2, lr=0.1, distill=False),
+                Phase("expand", steps=3, lr=0.03, kernels="all", depths="all", expands="all", subnets_per_step=3,
+                      smallest_first=True, largest_first=True)))
+    space = SearchSpace.preset("tiny", in_channels=1)
+    trained, teachers = [], []  # (arch, logits) of every training forward pass; every distillation target
+    forward, soft = Supernet.forward, trainer.soft_cross_entropy
+
+    def record_output(self, x):
+        out = forward(self, x)
+        if self.training and torch.is_grad_enabled():
+            trained.append((self.active_arch, out.detach().clone()))
+        return out
+
+    def record_teacher(logits, teacher_logits, temperature=1.0):
+        teachers.append(teacher_logits.clone())
+        return soft(logits, teacher_logits, temperature)
+
+    monkeypatch.setattr(Supernet, "forward", record_output)
+    copied, deepcopy = [], trainer.copy.deepcopy
+    monkeypatch.setattr(trainer, "soft_cross_entropy", record_teacher)
+    monkeypatch.setattr(trainer.copy, "deepcopy", lambda obj, *a: copied.append(type(obj)) or deepcopy(obj, *a))
+    train(config, tmp_path / "run", threads=1, progress=False, tensorboard=False)
+    assert len(trained) == 2 + 9  # the full phase's 2 steps, then 3 steps of 3 subnets
+    for i in range(3):  # largest, smallest, random; the latter two taught by the first's logits of the same step
+        (largest, full_logits), (smallest, _), (other, _) = trained[2 + 3 * i: 5 + 3 * i]
+        assert largest == space.largest(largest.resolution)
+        assert smallest == space.smallest(smallest.resolution) and other not in (largest, smallest)
+        assert torch.equal(teachers[2 * i], full_logits) and torch.equal(teachers[2 * i + 1], full_logits)
+    assert len(teachers) == 6
+    assert Supernet not in copied  # no frozen teacher

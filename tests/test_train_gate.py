@@ -109,6 +109,11 @@ def test_time_cut_charges_each_step_the_comparison_runs_replay():
                     end=1000) == (10 + int((300 - 10 - 10) / 2.0), "time")
 
 
+def teacher_pass(phase) -> bool:
+    """A phase that distils from the frozen full network pays its forward pass; in-place distillation does not."""
+    return phase.distill and not phase.largest_first
+
+
 def test_the_time_budget_holds_for_the_phases_and_the_comparison_run_together():
     """Phase by phase, each share is taken from what is left after the phases so far and their replays (at the
     full network's measured rate): if every phase used its share, phases + replay end at the budget."""
@@ -118,7 +123,7 @@ def test_the_time_budget_holds_for_the_phases_and_the_comparison_run_together():
     full_rate = 0.25  # seconds per step of the full network, as the first phase measures it
     for i, phase in enumerate(config.phases):
         share = budget.phase_seconds(i, history)
-        own_rate = full_rate * (1 + 0.3 * (phase.subnets_per_step - 1) + (0.2 if phase.distill else 0))
+        own_rate = full_rate * (1 + 0.3 * (phase.subnets_per_step - 1) + (0.2 if teacher_pass(phase) else 0))
         replay = budget.alone_seconds_per_step(i, history) or full_rate
         steps = int(share / (own_rate + replay))
         history.append({"seconds": steps * own_rate, "steps": steps})
@@ -132,7 +137,7 @@ def test_time_budget_follows_progressive_shrinkings_proportions():
     budget = TimeBudget(config, train_size=3200)
     shares = [budget.phase_seconds(i, [{"seconds": 0.0}] * i) for i in range(len(config.phases))]
     # from the start, each phase's share of what is left: epochs x the cost of its steps
-    weights = [p.epochs * (1 + 0.3 * (p.subnets_per_step - 1) + (0.2 if p.distill else 0)) for p in config.phases]
+    weights = [p.epochs * (1 + 0.3 * (p.subnets_per_step - 1) + (0.2 if teacher_pass(p) else 0)) for p in config.phases]
     assert shares[0] == pytest.approx(1000 * weights[0] / sum(weights), rel=0.02)
     assert shares[-1] == pytest.approx(1000.0)  # nothing used: the last phase may take all of it
     # time a phase did not use goes to those after it

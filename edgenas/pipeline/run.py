@@ -179,8 +179,8 @@ def _train_stage(config: RunConfig, book: StageBook, progress: bool) -> Path:
 
 
 # Archs a spawned evaluation worker must have to earn its start (importing torch and reading the checkpoint,
-# a few seconds; a tiny subnet evaluates in about a second on one thread).
-ARCHS_PER_WORKER = 40
+# a few seconds; a tiny subnet evaluates in about a second on one thread): the demo's 60 archs took 66 s in one.
+ARCHS_PER_WORKER = 20
 
 
 def evaluation_workers(samples: int) -> int:

@@ -101,7 +101,8 @@ SUBNET_COST = 0.3
 
 
 def step_cost(phase: Any) -> float:
-    return 1.0 + SUBNET_COST * (phase.subnets_per_step - 1) + (TEACHER_COST if phase.distill else 0.0)
+    teacher = phase.distill and not getattr(phase, "largest_first", False)  # in-place: the full network's own pass
+    return 1.0 + SUBNET_COST * (phase.subnets_per_step - 1) + (TEACHER_COST if teacher else 0.0)
 
 
 class TimeBudget:

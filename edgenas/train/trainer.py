@@ -382,7 +382,7 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
                 phase_state = dict(state.get("phase_state") or {}) if state is not None else {}
                 for key, value in (("curve", []), ("best", -1.0), ("stale", 0), ("stopped", None), ("budget_s", None)):
                     phase_state.setdefault(key, value)  # a last.pt written before these were kept
-            if phase.distill and teacher is None:
+            if phase.distill and not phase.largest_first and teacher is None:
                 # The full network as trained so far is the teacher for every later phase (frozen).
                 teacher = copy.deepcopy(net)
             if teacher is not None:
@@ -424,14 +424,16 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
                     resolution = int(rng.choice(space.resolutions))  # elastic resolution: one per step, shared by the k subnets
                     x = net.resize(x, resolution).contiguous(memory_format=torch.channels_last)
                     teacher_logits = None
-                    if phase.distill and config.distill_weight > 0:
+                    if phase.distill and config.distill_weight > 0 and not phase.largest_first:
                         with torch.no_grad():
                             teacher_logits = teacher(x)
                     optimizer.zero_grad(set_to_none=True)
                     step_loss = step_correct = 0.0
                     for j in range(phase.subnets_per_step):
                         arch = space.sample(rng, resolutions=[resolution], **opts)
-                        if j == 0 and phase.smallest_first:
+                        if j == 0 and phase.largest_first:
+                            arch = space.largest(resolution)
+                        elif j == int(phase.largest_first) and phase.smallest_first:
                             arch = smallest_of(opts, resolution)
                         net.set_active(arch)
                         sync = not procs.distributed or j == phase.subnets_per_step - 1
@@ -442,6 +444,8 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
                                 loss = loss + config.distill_weight * soft_cross_entropy(
                                     logits, teacher_logits, config.distill_temperature)
                             (loss / phase.subnets_per_step).backward()
+                        if j == 0 and phase.largest_first and phase.distill and config.distill_weight > 0:
+                            teacher_logits = logits.detach()  # the full network teaches the step's other subnets
                         step_loss += loss.item() / phase.subnets_per_step
                         step_correct += float((logits.argmax(1) == y).float().mean()) / phase.subnets_per_step
                     with signals_held():  # the update and its bookkeeping land whole when a signal arrives
