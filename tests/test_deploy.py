@@ -282,3 +282,33 @@ def test_a_misleading_latency_predictor_is_corrected_by_a_second_round(ran, tmp_
     assert done.winner is not None and done.winner.meets_budget and done.winner.latency_ms <= budget
     assert done.to_dict()["latency_scale"] == done.latency_scale
     assert (tmp_path / "ship" / "card.json").is_file()
+
+
+def test_a_candidates_accuracy_is_the_accuracy_datasets_figure_for_its_arch(tmp_path):
+    """The deploy stage evaluates the prepared (BN re-estimated) subnet that ships instead of recalibrating the
+    supernet once more: the same per-image results as `evaluate_correct`, the figure the accuracy predictor
+    learned from, on a supernet trained enough for subnets to differ."""
+    from edgenas.deploy.stage import model_correct
+    from edgenas.export.pipeline import ExportOptions, prepare_export
+    from edgenas.train.checkpoint import OpenedCheckpoint
+    from edgenas.train.config import Phase, TrainConfig
+    from edgenas.train.evaluate import evaluate_correct
+    from edgenas.train.trainer import train
+
+    config = TrainConfig(preset="tiny", dataset="digits", batch_size=32, bn_batches=2, final_samples=0,
+                         compare_alone=False, eval_every_phase=False, checkpoint_every=1000,
+                         phases=(Phase("full", steps=25, lr=0.1, distill=False),
+                                 Phase("all", steps=15, lr=0.03, kernels="all", depths="all", expands="all",
+                                       subnets_per_step=2, smallest_first=True)))
+    result = train(config, tmp_path / "run", threads=1, progress=False, tensorboard=False)
+    opened = OpenedCheckpoint(result.checkpoint)
+    supernet, dataset = opened.supernet, opened.dataset()
+    options = ExportOptions(formats=("onnx",), bn_batches=3)
+    archs = [supernet.space.largest(), supernet.space.smallest()] + supernet.space.sample_many(np.random.default_rng(3), 2)
+    figures = []
+    for arch in archs:
+        prepared = prepare_export(supernet, arch, dataset, options=options, info=opened.info, log=lambda m: None)
+        shipped = model_correct(prepared.model, dataset, "holdout", arch.resolution)
+        assert shipped == evaluate_correct(supernet, arch, dataset, "holdout", bn_batches=options.bn_batches)
+        figures.append(sum(shipped) / len(shipped))
+    assert len(set(figures)) > 1 and max(figures) > 0.3  # subnets that differ, far above chance (10 %)

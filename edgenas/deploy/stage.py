@@ -267,6 +267,20 @@ def deploy(
     return deployment
 
 
+def model_correct(model: Any, dataset: Any, split: str, resolution: int) -> list[bool]:
+    """Per image of `split`, in its order, whether `model` (a prepared export: the subnet with its BatchNorm
+    statistics re-estimated, as `evaluate_correct` re-estimates them in the supernet) classifies it right: the
+    model that ships, evaluated once, not the supernet recalibrated a second time."""
+    import torch
+
+    from edgenas.export.pipeline import dataset_arrays
+    from edgenas.export.verify import torch_logits
+
+    images, labels = dataset_arrays(dataset, split, resolution)
+    with torch.no_grad():
+        return [bool(v) for v in (torch_logits(model, images).argmax(1) == labels)]
+
+
 class _Round:
     """The deploy stage's candidates so far: each exported, evaluated and measured, with what shipping needs."""
 
@@ -285,7 +299,6 @@ class _Round:
         from edgenas.accuracy.dataset import top1_metric
         from edgenas.export.tflite import TFLiteConversionError
         from edgenas.progress import Progress
-        from edgenas.train.evaluate import evaluate_correct
 
         supernet, dataset, info = self.checkpoint.supernet, self.checkpoint.dataset(), self.checkpoint.info
         lineage = {"algorithm": result.algorithm, "device": result.device, "constraints": result.constraints,
@@ -306,8 +319,7 @@ class _Round:
                 except TFLiteConversionError as exc:  # this arch does not convert: the others still compete
                     export = None
                     cand.problems = [str(exc)]
-                cand.correct = evaluate_correct(supernet, found.arch, dataset, self.split,
-                                                bn_batches=self.options.bn_batches)
+                cand.correct = model_correct(prep.model, dataset, self.split, found.arch.resolution)
                 cand.accuracy = sum(cand.correct) / len(cand.correct) if cand.correct else 0.0
                 if self.store is not None:
                     self.store.add_evaluation(supernet_sha256=info["sha256"], dataset=dataset.fingerprint,
