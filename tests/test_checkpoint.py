@@ -57,6 +57,21 @@ def _events(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def running_with(text: str) -> list[int]:
+    """Processes whose command line holds `text`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if text in cmdline and state != "Z":
+                pids.append(int(entry.name))
+    return pids
+
+
 def test_sigkill_mid_phase_then_resume_matches_an_uninterrupted_run(tmp_path):
     config_path = tmp_path / "c.toml"
     config_path.write_text(CONFIG)
@@ -83,6 +98,11 @@ def test_sigkill_mid_phase_then_resume_matches_an_uninterrupted_run(tmp_path):
         time.sleep(0.02)
     proc.wait()
     assert killed_at is not None and proc.returncode == -signal.SIGKILL, "the run finished before a mid-phase checkpoint"
+    # nothing of the killed run goes on (the comparison run it forked beside the supernet ends with it)
+    deadline = time.monotonic() + 10
+    while running_with(str(out)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running_with(str(out))
     info = load_checkpoint_info(out / "last.pt")
     assert not info["complete"] and info["global_step"] < 15
 

@@ -40,6 +40,7 @@ class Pace:
     planned total (an estimate until the supernet ends) and, once it has ended, the final total."""
 
     def __init__(self, context: Any, planned: int) -> None:
+        self.parent = os.getpid()  # the supernet's process: the comparison ends when it is gone
         self._done = context.Value("q", 0, lock=False)
         self._plan = context.Value("q", max(1, int(planned)), lock=False)
         self._final = context.Value("q", -1, lock=False)
@@ -63,6 +64,8 @@ class Pace:
                 return step < final
             if self._done.value > step:
                 return True
+            if os.getppid() != self.parent:  # the supernet's process was killed (SIGKILL): nothing to compare with
+                os._exit(1)
             time.sleep(0.002)
 
 
@@ -179,10 +182,22 @@ class AloneBeside:
         self._process.join()
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when the process that forked it dies (a killed training leaves no comparison
+    running; `Pace.may_take` also checks, where this is not available)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _beside(config: TrainConfig, dataset: Dataset, space: SearchSpace, pace: Pace, send: Any) -> None:
     """The forked comparison process: one thread, Ctrl-C left to the trainer (which stops this process)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
     torch.set_num_threads(1)
     try:
         send.send(("result", train_alone(config, dataset, space, None, torch.device("cpu"), pace=pace)))
