@@ -411,6 +411,9 @@ def read_device_file(path: str | os.PathLike) -> DeviceConfig:
     return parse_device(data, source=source, path=path.resolve(), default_name=stem)
 
 
+LOCAL_MEASURE = MeasureSettings(window_s=4.0, batch_size=250)
+
+
 def builtin_device(name: str) -> DeviceConfig | None:
     """`local` and `local-tflite` work from any folder, even without devices/*.toml (as `edgenas demo` needs).
 
@@ -420,7 +423,8 @@ def builtin_device(name: str) -> DeviceConfig | None:
     if name not in runtimes:
         return None
     label = "ONNX Runtime" if runtimes[name] == "onnxruntime" else "TFLite"
-    return DeviceConfig(name=name, kind="local", runtime=runtimes[name],
+    # the shipped devices/local*.toml's timing: 4 s windows of up to 250 models (see there)
+    return DeviceConfig(name=name, kind="local", runtime=runtimes[name], measure=LOCAL_MEASURE,
                         description=f"this machine, {label}, 1 thread (built in)")
 
 
