@@ -64,8 +64,8 @@ class Pace:
                 return step < final
             if self._done.value > step:
                 return True
-            if os.getppid() != self.parent:  # the supernet's process was killed (SIGKILL): nothing to compare with
-                os._exit(1)
+            if os.getpid() != self.parent and os.getppid() != self.parent:  # in the comparison's process, whose
+                os._exit(1)  # supernet was killed (SIGKILL): nothing to compare with
             time.sleep(0.002)
 
 
