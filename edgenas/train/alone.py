@@ -156,7 +156,6 @@ class AloneBeside:
                                         name="edgenas-alone", daemon=True)
         self._process.start()
         send.close()
-        self.started = time.perf_counter()
 
     def advance(self, done: int, planned: int) -> None:
         self.pace.advance(done, planned)
