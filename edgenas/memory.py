@@ -4,9 +4,9 @@ The analytic peak of `edgenas.stats` counts live activations only; the arena TFL
 the exported model is 2-3x larger. This module predicts that arena from what the int8 graph really
 holds, for one arch or (with `MemoryTable`) a whole population at once:
 
-1. **The graph the converter emits** (litert-torch with edgenas's full-integer quantizer and float I/O,
-   `edgenas.export.tflite`): a QUANTIZE of the float input (both live at the first op), an explicit PAD
-   before every convolution whose PyTorch padding is not TFLite's SAME (a stride-2 convolution on an
+1. **The graph the int8 export writes** (`edgenas.export.tflite_int8`: litert-torch's graph with edgenas's
+   full-integer quantizer and float I/O, op for op): a QUANTIZE of the float input (both live at the first
+   op), an explicit PAD before every convolution whose PyTorch padding is not TFLite's SAME (a stride-2 convolution on an
    even-sized map), HARD_SWISH as an op of its own (ReLU is fused into the convolution), the
    squeeze-excite gate as MEAN, two 1x1 CONV_2D, RESHAPE, ADD(+3, fused RELU6), MUL(1/6), RESHAPE, MUL,
    residual ADDs, and at the head MEAN, CONV_2D (feature mix), HARD_SWISH, FULLY_CONNECTED, DEQUANTIZE.
@@ -79,18 +79,19 @@ BOARD_SAVING_PER_OP = 28
 
 # The .tflite flatbuffer besides buffers, names and quantization vectors: bytes per tensor (its table, shape,
 # empty quantization and buffer entries), per op (its table, input and output lists, options) and the rest
-# (operator codes, signature, metadata). Least squares over five litert-torch 0.10 files (tiny and
-# mobilenetv3 subnets that tools/bench/memory.py does not bench), residuals under 12 bytes.
-FILE_BYTES_PER_TENSOR = 84
-FILE_BYTES_PER_OP = 50
-FILE_FIXED_BYTES = 596
+# (operator codes, signature, metadata). Least squares over 30 files of edgenas's int8 writer
+# (`edgenas.export.tflite_int8`; 24 tiny and 6 mobilenetv3 subnets that tools/bench/memory.py does not bench),
+# residuals under 160 bytes.
+FILE_BYTES_PER_TENSOR = 88
+FILE_BYTES_PER_OP = 48
+FILE_FIXED_BYTES = 568
 QUANT_BYTES_PER_CHANNEL = 12  # float32 scale + int64 zero point
-# Mean tensor-name length per role in those files: litert-torch names a tensor after the PyTorch module
-# path of the op that makes it (fused ops join both paths), shared constants `arith.constantN`.
-NAME_BYTES = {"input": 22, "input_int8": 27, "output": 31, "const": 15, "conv.w": 210, "conv.b": 282,
-              "conv.out": 284, "dw.w": 215, "dw.b": 344, "dw.out": 345, "hswish.out": 211, "pad.out": 214,
-              "add.out": 139, "se.mean.out": 224, "se.add.out": 626, "se.mul.out": 313, "se.scale.out": 182,
-              "reshape.out": 116, "se.scalar": 115, "mean.out": 147, "fc.w": 114, "fc.b": 116, "fc.out": 36}
+# Mean tensor-name length per role in those files: the writer names a tensor after the layer path of the op
+# that makes it ("blocks/3/expand/hswish"), shared constants after what they hold ("mean_axes", "three").
+NAME_BYTES = {"input": 22, "input_int8": 27, "output": 31, "const": 5, "conv.w": 23, "conv.b": 21,
+              "conv.out": 16, "dw.w": 25, "dw.b": 23, "dw.out": 18, "hswish.out": 22, "pad.out": 21,
+              "add.out": 8, "se.mean.out": 16, "se.add.out": 20, "se.mul.out": 22, "se.scale.out": 15,
+              "reshape.out": 21, "se.scalar": 7, "mean.out": 4, "fc.w": 17, "fc.b": 15, "fc.out": 36}
 
 
 def align(n, to: int = ALIGNMENT):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from edgenas.memory import MemoryTable, micro_graph, plan_greedy, predict, same_padding
-from edgenas.space import SearchSpace, StageSpec
+from edgenas.space import SearchSpace
 
 
 def test_planner_places_largest_first_at_the_lowest_free_offset():
@@ -118,26 +118,14 @@ def test_prediction_matches_tflite_micro_on_the_exported_digits_model():
 def test_prediction_matches_tflite_micro_on_other_shapes(tmp_path):
     """A space with a stride-2 stem, a ReLU stage with squeeze-excite, no residual first block and odd feature
     maps (so both SAME and explicit PAD convolutions), converted as `edgenas export` does."""
-    import torch
+    from test_tflite_int8 import odd_shapes
 
-    from edgenas import Supernet
     from edgenas.export.micro import check_micro
     from edgenas.export.tflite import export_tflite
 
-    space = SearchSpace(name="shapes-test", stages=(StageSpec(16, 2, "relu", True, (1, 2)),
-                                                    StageSpec(24, 2, "hswish", False, (1, 2))),
-                        kernels=(3, 5), expands=(3, 4), resolutions=(26,), stem_width=8, stem_stride=2,
-                        first_block_width=16, final_expand_width=48, feature_width=64, num_classes=5)
-    arch = space.arch(26, (2, 2), (5, 3, 3, 5), (4, 3, 4, 3))
-    torch.manual_seed(0)
-    supernet = Supernet(space).eval()
-    with torch.no_grad():  # trained-like: the converter drops an all-zero bias, which training never leaves
-        for name, value in list(supernet.named_parameters()) + list(supernet.named_buffers()):
-            if name.endswith(("bias", "running_mean")):
-                value.normal_(0.0, 0.1)
-    images = np.random.default_rng(0).standard_normal((8, 3, 26, 26)).astype(np.float32)
+    space, arch, model, images = odd_shapes()
     path = tmp_path / "model_int8.tflite"
-    export_tflite(supernet.extract(arch).eval(), path, quantization="int8", calibration=images)
+    export_tflite(model, path, quantization="int8", calibration=images)
     check = check_micro(path)
     predicted = predict(space, arch)
     assert check.ok

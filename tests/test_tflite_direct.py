@@ -154,6 +154,6 @@ def test_converter_choices(tmp_path):
     _, _, model = trained_subnet()
     with pytest.raises(ValueError, match="unknown TFLite converter 'tflite'"):
         export_tflite(model, tmp_path / "m.tflite", converter="tflite")
-    with pytest.raises(ValueError, match="fp32 files only"):
+    with pytest.raises(TFLiteConversionError, match="NHWC inputs only"):
         export_tflite(model, tmp_path / "m.tflite", quantization="int8", calibration=np.zeros((1, 1, 24, 24), np.float32),
-                      converter="direct")
+                      converter="direct", channels_last=False)

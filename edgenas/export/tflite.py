@@ -1,8 +1,10 @@
-"""TFLite export of a static subnet: fp32, and full-integer int8 calibrated on real images (litert-torch).
+"""TFLite export of a static subnet: fp32, and full-integer int8 calibrated on real images.
 
-fp32 files of edgenas's own layers are written directly by default (`edgenas.export.tflite_direct`: the
-graph litert-torch emits, op for op, in milliseconds instead of ~10 s); `converter="litert-torch"` forces
-the converter, and anything the direct writer does not know falls back to it.
+Files of edgenas's own layers are written directly by default: fp32 by `edgenas.export.tflite_direct`
+(the graph litert-torch emits, op for op, in milliseconds instead of ~10 s), int8 by
+`edgenas.export.tflite_int8` (litert-torch's int8 graph and quantization recipe, calibrated and
+written in about a second instead of 15-30 s); `converter="litert-torch"` forces the converter, and
+anything the direct writers do not know falls back to it.
 
 Converter choice (measured; figures in docs/decisions.md): litert-torch converts the PyTorch
 model directly, fp32 within 1e-6 of torch; its int8 path is PyTorch 2 Export (PT2E) quantization,
@@ -35,10 +37,11 @@ from torch import nn
 from edgenas.errors import require
 from edgenas.export.quiet import captured_output
 from edgenas.export.tflite_direct import ExportFriendlyHardsigmoid, direct_tflite
+from edgenas.export.tflite_int8 import direct_int8
 
 QUANTIZATIONS = (None, "int8")
-# "auto": fp32 files of the layers edgenas.export.tflite_direct knows are written directly (milliseconds, the
-# graph litert-torch emits op for op), anything else and every int8 file by litert-torch.
+# "auto": files of the layers edgenas.export.tflite_direct knows are written directly (fp32 in milliseconds, int8
+# with its calibration in about a second: the graph litert-torch emits op for op), anything else by litert-torch.
 CONVERTERS = ("auto", "direct", "litert-torch")
 CALIBRATION_BATCH = 32
 _TFLITE_INT8 = 9
@@ -58,7 +61,7 @@ class TFLiteExport:
     ops: list[str] = field(default_factory=list)
     calibration_images: int = 0
     converter: str = "litert-torch"
-    fallback_reason: str = ""  # why "auto" used litert-torch for an fp32 file (empty: not asked, or direct)
+    fallback_reason: str = ""  # why "auto" used litert-torch (empty: not asked, or direct)
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "seconds": round(self.seconds, 3), "quantization": self.quantization,
@@ -149,17 +152,16 @@ def export_tflite(
     `quantization="int8"` makes a full-integer model calibrated on `calibration` (float32 NCHW images at
     the model's resolution, preprocessed as for the PyTorch model; a few hundred training images).
     `example` (NCHW) defaults to `model.example_input()`.
-    `converter`: "auto" (the default) writes an fp32 file directly (`edgenas.export.tflite_direct`) when the
-    model is made of layers the writer knows and its file computes what the model computes on `example`,
-    else converts with litert-torch (the result's `converter` and `fallback_reason` say which and why);
-    "direct" insists on the direct writer (fp32 only); "litert-torch" always converts with litert-torch.
+    `converter`: "auto" (the default) writes the file directly (`edgenas.export.tflite_direct`, int8:
+    `edgenas.export.tflite_int8`) when the model is made of layers the writers know and the file computes
+    what the model computes (fp32: on `example`; int8: within int8 rounding, on calibration images), else
+    converts with litert-torch (the result's `converter` and `fallback_reason` say which and why);
+    "direct" insists on the direct writers; "litert-torch" always converts with litert-torch.
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"unknown TFLite quantization {quantization!r}: choose None (fp32) or 'int8'")
     if converter not in CONVERTERS:
         raise ValueError(f"unknown TFLite converter {converter!r}: choose {', '.join(CONVERTERS)}")
-    if quantization == "int8" and converter == "direct":
-        raise ValueError("the direct TFLite writer makes fp32 files only: use converter='auto' or 'litert-torch' for int8")
     if quantization == "int8" and (calibration is None or len(calibration) == 0):
         raise ValueError("int8 export needs calibration images: pass a few hundred training images (NCHW float32)")
     path = Path(path)
@@ -169,8 +171,13 @@ def export_tflite(
     net = export_friendly(model)
     data, used, fallback = None, "litert-torch", ""
     t0 = time.perf_counter()
-    if quantization is None and converter != "litert-torch":
-        data, fallback = direct_tflite(net, example, channels_last=channels_last)
+    if converter != "litert-torch":
+        if quantization is None:
+            data, fallback = direct_tflite(net, example, channels_last=channels_last)
+        elif not channels_last:
+            fallback = "the direct int8 writer writes NHWC inputs only"
+        else:
+            data, fallback = direct_int8(net, calibration, int8_io=int8_io)
         if data is not None:
             used = "direct"
         elif converter == "direct":

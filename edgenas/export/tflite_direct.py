@@ -23,6 +23,7 @@ this writer knows or the string "mean" (a global mean keeping dims) or "flatten"
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,8 @@ from edgenas.nn.static import ConvBNAct, MBConv, SqueezeExcite, StaticNet
 INPUT_NAME = "serving_default_args_0"
 OUTPUT_NAME = "serving_default_output_0_output"
 SIGNATURE = ("serving_default", "args_0", "output_0")
-_FLOAT32, _INT32 = 0, 2
+_FLOAT32, _INT32, _INT8 = 0, 2, 9
+_NUMPY = {_FLOAT32: np.float32, _INT32: np.int32, _INT8: np.int8}
 _METADATA = (("min_runtime_version", b"1.15.0".ljust(16, b"\0")), ("keep_stablehlo_constant", b"true"))
 
 
@@ -47,6 +49,18 @@ class ExportFriendlyHardsigmoid(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu6(x + 3.0) * (1.0 / 6.0)
+
+
+@dataclass(frozen=True)
+class Quant:
+    """A tensor's quantization: scale and zero point (one each, or one per channel along `axis`)."""
+
+    scale: tuple[float, ...]
+    zero_point: tuple[int, ...]
+    axis: int = 0
+
+    def key(self) -> tuple:
+        return (self.scale, self.zero_point, self.axis)
 
 
 class Unsupported(ValueError):
@@ -76,44 +90,54 @@ class _Graph:
         self.opcodes: dict[int, int] = {}  # builtin -> index in codes
         self.codes: list[Any] = []
         self.names: dict[str, int] = {}
+        self.graph_input = -1
+        self.versions: dict[int, int] = {}  # builtin -> operator version (int8 kernels need newer ones)
 
-    def _tensor(self, name: str, shape, dtype: int, kind: str, data: bytes | None = None) -> int:
+    def _tensor(self, name: str, shape, dtype: int, kind: str, data: bytes | None = None,
+                quant: Quant | None = None) -> int:
         s = self.schema
         t = s.TensorT()
         t.shape = np.asarray(shape, dtype=np.int32)
         t.type = dtype
         t.name = name.encode()
         t.quantization = s.QuantizationParametersT()
-        t.hasRank = True
+        if quant is not None:
+            t.quantization.scale = np.asarray(quant.scale, dtype=np.float32).reshape(-1)
+            t.quantization.zeroPoint = np.asarray(quant.zero_point, dtype=np.int64).reshape(-1)
+            t.quantization.quantizedDimension = quant.axis
+        t.hasRank = kind != "late"
         self.tensors.append(t)
         self.kinds.append(kind)
         self.data.append(data)
         return len(self.tensors) - 1
 
-    def input(self, shape) -> int:
-        return self._tensor(INPUT_NAME, shape, _FLOAT32, "input")
+    def input(self, shape, *, dtype: int = _FLOAT32, quant: Quant | None = None, name: str = INPUT_NAME,
+              kind: str = "input") -> int:
+        self.graph_input = self._tensor(name, shape, dtype, kind, quant=quant)
+        return self.graph_input
 
-    def const(self, name: str, value: np.ndarray, dtype: int = _FLOAT32) -> int:
-        arr = np.array(value, dtype=np.float32 if dtype == _FLOAT32 else np.int32, order="C")
+    def const(self, name: str, value: np.ndarray, dtype: int = _FLOAT32, quant: Quant | None = None) -> int:
+        arr = np.array(value, dtype=_NUMPY[dtype], order="C")
         raw = arr.tobytes()
-        key = (dtype, arr.shape, raw)
+        key = (dtype, arr.shape, raw, quant.key() if quant is not None else None)
         if key not in self.consts:  # equal constants are one tensor, as the converter's folding leaves them
-            self.consts[key] = self._tensor(name, arr.shape, dtype, "const", raw)
+            self.consts[key] = self._tensor(name, arr.shape, dtype, "const", raw, quant)
         return self.consts[key]
 
     def shape(self, index: int) -> list[int]:
         return [int(v) for v in self.tensors[index].shape]
 
-    def op(self, builtin: int, inputs: list[int], shape, name: str, options_type: int = 0, options: Any = None) -> int:
+    def op(self, builtin: int, inputs: list[int], shape, name: str, options_type: int = 0, options: Any = None, *,
+           dtype: int = _FLOAT32, quant: Quant | None = None, kind: str = "act") -> int:
         s = self.schema
         n = self.names.get(name, 0)
         self.names[name] = n + 1
-        out = self._tensor(name if n == 0 else f"{name}{n}", shape, _FLOAT32, "act")
+        out = self._tensor(name if n == 0 else f"{name}{n}", shape, dtype, kind, quant=quant)
         if builtin not in self.opcodes:
             code = s.OperatorCodeT()
             code.builtinCode = builtin
             code.deprecatedBuiltinCode = min(builtin, 127)
-            code.version = 1
+            code.version = self.versions.get(builtin, 1)
             self.opcodes[builtin] = len(self.codes)
             self.codes.append(code)
         op = s.OperatorT()
@@ -130,8 +154,9 @@ class _Graph:
 
         s = self.schema
         self.tensors[output].name = OUTPUT_NAME.encode()
-        order = ([i for i, k in enumerate(self.kinds) if k == "input"] + [i for i, k in enumerate(self.kinds) if k == "const"]
-                 + [i for i, k in enumerate(self.kinds) if k == "act"])
+        # The converter's file order: the input, constants, activations, then (int8 with float I/O) the float
+        # input and output its QUANTIZE / DEQUANTIZE ops were given.
+        order = [i for kind in ("input", "const", "act", "late") for i, k in enumerate(self.kinds) if k == kind]
         new = {old: pos for pos, old in enumerate(order)}
         model = s.ModelT()
         model.version = 3
@@ -149,7 +174,7 @@ class _Graph:
             op.outputs = [new[i] for i in op.outputs]
         graph = s.SubGraphT()
         graph.tensors = tensors
-        graph.inputs = [new[i] for i, k in enumerate(self.kinds) if k == "input"]
+        graph.inputs = [new[self.graph_input]]
         graph.outputs = [new[output]]
         graph.operators = self.ops
         graph.name = b"main"
@@ -201,6 +226,59 @@ class _AlignedBuffer:
         return s.BufferEnd(builder)
 
 
+@dataclass
+class ConvParams:
+    """A convolution with its BatchNorm folded in: float64 weight (O, I, kh, kw) and bias, geometry."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    kernel: int
+    stride: int
+    pad: int
+    depthwise: bool
+    out_channels: int
+
+
+def conv_params(in_shape: list[int], conv: nn.Conv2d, bn: nn.BatchNorm2d | None, name: str) -> ConvParams:
+    """The folded convolution, or `Unsupported` for one the direct writers do not write."""
+    if type(conv) is not nn.Conv2d:
+        raise Unsupported(f"{name}: {type(conv).__name__} is not an nn.Conv2d")
+    k = conv.kernel_size
+    if (k[0] != k[1] or conv.stride[0] != conv.stride[1] or tuple(conv.dilation) != (1, 1)
+            or conv.padding_mode != "zeros" or not isinstance(conv.padding, tuple)
+            or tuple(conv.padding) != (k[0] // 2, k[0] // 2) or k[0] % 2 == 0):
+        raise Unsupported(f"{name}: only odd square kernels with 'same' symmetric padding are written directly")
+    c = in_shape[3]
+    if c != conv.in_channels:
+        raise Unsupported(f"{name}: {c} channels in, the convolution takes {conv.in_channels}")
+    depthwise = conv.groups > 1
+    if depthwise and not (conv.groups == conv.in_channels == conv.out_channels):
+        raise Unsupported(f"{name}: grouped convolution that is not depthwise")
+    weight = _array(conv.weight)
+    bias = _array(conv.bias) if conv.bias is not None else np.zeros(conv.out_channels)
+    if bn is not None:
+        if type(bn) is not nn.BatchNorm2d or not bn.track_running_stats or bn.running_mean is None:
+            raise Unsupported(f"{name}: BatchNorm without running statistics")
+        scale = _array(bn.weight) / np.sqrt(_array(bn.running_var) + bn.eps) if bn.affine else \
+            1.0 / np.sqrt(_array(bn.running_var) + bn.eps)
+        shift = _array(bn.bias) if bn.affine else 0.0
+        weight = weight * scale[:, None, None, None]
+        bias = (bias - _array(bn.running_mean)) * scale + shift
+    return ConvParams(weight, bias, k[0], conv.stride[0], k[0] // 2, depthwise, conv.out_channels)
+
+
+def conv_value(x: torch.Tensor, p: ConvParams, bias_offset: float, fused: int, acts: Any) -> torch.Tensor:
+    """The folded convolution with its fused activation on float NCHW values (the int8 writer's calibration)."""
+    w = torch.from_numpy(p.weight.astype(np.float32))
+    b = torch.from_numpy((p.bias + bias_offset).astype(np.float32))
+    y = F.conv2d(x, w, b, stride=p.stride, padding=p.pad, groups=p.out_channels if p.depthwise else 1)
+    if fused == acts.RELU:
+        return F.relu(y)
+    if fused == acts.RELU6:
+        return F.relu6(y)
+    return y
+
+
 class _Writer:
     """Lowers edgenas's static layers onto a `_Graph`, one NHWC tensor at a time."""
 
@@ -213,62 +291,70 @@ class _Writer:
     def conv(self, x: int, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, act: nn.Module | None, name: str,
              bias_offset: float = 0.0, relu6: bool = False) -> int:
         s = self.s
-        if type(conv) is not nn.Conv2d:
-            raise Unsupported(f"{name}: {type(conv).__name__} is not an nn.Conv2d")
-        k = conv.kernel_size
-        if (k[0] != k[1] or conv.stride[0] != conv.stride[1] or tuple(conv.dilation) != (1, 1)
-                or conv.padding_mode != "zeros" or not isinstance(conv.padding, tuple)
-                or tuple(conv.padding) != (k[0] // 2, k[0] // 2) or k[0] % 2 == 0):
-            raise Unsupported(f"{name}: only odd square kernels with 'same' symmetric padding are written directly")
-        kernel, stride, pad = k[0], conv.stride[0], k[0] // 2
-        n, h, w, c = self.g.shape(x)
-        if c != conv.in_channels:
-            raise Unsupported(f"{name}: {c} channels in, the convolution takes {conv.in_channels}")
-        depthwise = conv.groups > 1
-        if depthwise and not (conv.groups == conv.in_channels == conv.out_channels):
-            raise Unsupported(f"{name}: grouped convolution that is not depthwise")
-        weight = _array(conv.weight)
-        bias = _array(conv.bias) if conv.bias is not None else np.zeros(conv.out_channels)
-        if bn is not None:
-            if type(bn) is not nn.BatchNorm2d or not bn.track_running_stats or bn.running_mean is None:
-                raise Unsupported(f"{name}: BatchNorm without running statistics")
-            scale = _array(bn.weight) / np.sqrt(_array(bn.running_var) + bn.eps) if bn.affine else \
-                1.0 / np.sqrt(_array(bn.running_var) + bn.eps)
-            shift = _array(bn.bias) if bn.affine else 0.0
-            weight = weight * scale[:, None, None, None]
-            bias = (bias - _array(bn.running_mean)) * scale + shift
-        bias = bias + bias_offset
+        p = conv_params(self.g.shape(x), conv, bn, name)
         fused, hswish = self._activation(act, name)
         if relu6:
             fused = s.ActivationFunctionType.RELU6
+        source = x
+        x, padding, (oh, ow) = self.pad_for(x, p, name)
+        builtin, opts_type, opts, filt = self.conv_options(p, padding, fused)
+        weight, bias = self.conv_constants(x, p, filt, name, bias_offset)
+        n = self.g.shape(x)[0]
+        y = self.emit(builtin, [x, weight, bias], [n, oh, ow, p.out_channels], name, opts_type, opts,
+                      value=lambda: conv_value(self.value(source), p, bias_offset, fused, s.ActivationFunctionType))
+        if hswish:
+            pre = y
+            y = self.emit(s.BuiltinOperator.HARD_SWISH, [pre], self.g.shape(pre), f"{name}/hswish",
+                          value=lambda: F.hardswish(self.value(pre)))
+        return y
+
+    def conv_constants(self, x: int, p: ConvParams, filt: np.ndarray, name: str, bias_offset: float) -> tuple[int, int]:
+        """The weight and bias tensors of a convolution reading `x`."""
+        return self.g.const(f"{name}/weight", filt), self.g.const(f"{name}/bias", p.bias + bias_offset)
+
+    def emit(self, builtin: int, inputs: list[int], shape, name: str, options_type: int = 0, options: Any = None, *,
+             value: Any = None, same_as: int | None = None) -> int:
+        """Add an op; `value` (a thunk: the op's float output on the calibration images, NCHW) and `same_as`
+        (an input whose quantization the output keeps) matter to the int8 writer only."""
+        return self.g.op(builtin, inputs, shape, name, options_type, options)
+
+    def value(self, index: int) -> torch.Tensor:
+        raise NotImplementedError("the fp32 writer does not run the model")
+
+    def pad_for(self, x: int, p: ConvParams, name: str) -> tuple[int, int, tuple[int, int]]:
+        """(the convolution's input, TFLite padding, output size): SAME where PyTorch's padding is TFLite's
+        SAME (1x1: VALID), else an explicit PAD op (keeping its input's quantization) and VALID."""
+        s = self.s
+        n, h, w, c = self.g.shape(x)
+        k, stride, pad = p.kernel, p.stride, p.pad
         if pad == 0:
             padding = s.Padding.VALID
-        elif same_padding(h, kernel, stride) and same_padding(w, kernel, stride):
+        elif same_padding(h, k, stride) and same_padding(w, k, stride):
             padding = s.Padding.SAME
         else:
             paddings = np.array([[0, 0], [pad, pad], [pad, pad], [0, 0]])
-            x = self.g.op(s.BuiltinOperator.PAD, [x, self.g.const("pad", paddings, _INT32)],
-                          [n, h + 2 * pad, w + 2 * pad, c], f"{name}/pad", s.BuiltinOptions.PadOptions, s.PadOptionsT())
+            x = self.emit(s.BuiltinOperator.PAD, [x, self.g.const("pad", paddings, _INT32)],
+                          [n, h + 2 * pad, w + 2 * pad, c], f"{name}/pad", s.BuiltinOptions.PadOptions, s.PadOptionsT(),
+                          same_as=x)
             h, w, padding = h + 2 * pad, w + 2 * pad, s.Padding.VALID
         if padding == s.Padding.SAME:
-            oh, ow = -(-h // stride), -(-w // stride)
-        else:
-            oh, ow = (h - kernel) // stride + 1, (w - kernel) // stride + 1
-        if depthwise:
+            return x, padding, (-(-h // stride), -(-w // stride))
+        return x, padding, ((h - k) // stride + 1, (w - k) // stride + 1)
+
+    def conv_options(self, p: ConvParams, padding: int, fused: int) -> tuple[int, int, Any, np.ndarray]:
+        """(builtin, options type, options, filter in TFLite's layout) of the convolution `p`."""
+        s = self.s
+        if p.depthwise:
             opts = s.DepthwiseConv2DOptionsT()
             opts.depthMultiplier = 1
-            filt = weight.transpose(1, 2, 3, 0)  # (C, 1, kh, kw) -> (1, kh, kw, C)
+            filt = p.weight.transpose(1, 2, 3, 0)  # (C, 1, kh, kw) -> (1, kh, kw, C)
             builtin, opts_type = s.BuiltinOperator.DEPTHWISE_CONV_2D, s.BuiltinOptions.DepthwiseConv2DOptions
         else:
             opts = s.Conv2DOptionsT()
-            filt = weight.transpose(0, 2, 3, 1)  # (O, I, kh, kw) -> (O, kh, kw, I)
+            filt = p.weight.transpose(0, 2, 3, 1)  # (O, I, kh, kw) -> (O, kh, kw, I)
             builtin, opts_type = s.BuiltinOperator.CONV_2D, s.BuiltinOptions.Conv2DOptions
-        opts.padding, opts.strideW, opts.strideH, opts.fusedActivationFunction = padding, stride, stride, fused
-        inputs = [x, self.g.const(f"{name}/weight", filt), self.g.const(f"{name}/bias", bias)]
-        y = self.g.op(builtin, inputs, [n, oh, ow, conv.out_channels], name, opts_type, opts)
-        if hswish:
-            y = self.g.op(s.BuiltinOperator.HARD_SWISH, [y], self.g.shape(y), f"{name}/hswish")
-        return y
+        opts.padding, opts.strideW, opts.strideH, opts.fusedActivationFunction = padding, p.stride, p.stride, fused
+        return builtin, opts_type, opts, filt
 
     def _activation(self, act: nn.Module | None, name: str) -> tuple[int, bool]:
         A = self.s.ActivationFunctionType
@@ -288,16 +374,18 @@ class _Writer:
         opts = s.ReducerOptionsT()
         opts.keepDims = True
         axes = self.g.const("mean_axes", np.array([1, 2]), _INT32)
-        return self.g.op(s.BuiltinOperator.MEAN, [x, axes], [n, 1, 1, c], name, s.BuiltinOptions.ReducerOptions, opts)
+        return self.emit(s.BuiltinOperator.MEAN, [x, axes], [n, 1, 1, c], name, s.BuiltinOptions.ReducerOptions, opts,
+                         value=lambda: self.value(x).mean((2, 3), keepdim=True))
 
     def mul(self, a: int, b: int, shape, name: str) -> int:
         s = self.s
-        return self.g.op(s.BuiltinOperator.MUL, [a, b], shape, name, s.BuiltinOptions.MulOptions, s.MulOptionsT())
+        return self.emit(s.BuiltinOperator.MUL, [a, b], shape, name, s.BuiltinOptions.MulOptions, s.MulOptionsT(),
+                         value=lambda: self.value(a) * self.value(b))
 
     def add(self, a: int, b: int, name: str) -> int:
         s = self.s
-        return self.g.op(s.BuiltinOperator.ADD, [a, b], self.g.shape(a), name, s.BuiltinOptions.AddOptions,
-                         s.AddOptionsT())
+        return self.emit(s.BuiltinOperator.ADD, [a, b], self.g.shape(a), name, s.BuiltinOptions.AddOptions,
+                         s.AddOptionsT(), value=lambda: self.value(a) + self.value(b))
 
     def linear(self, x: int, linear: nn.Linear, name: str) -> int:
         s = self.s
@@ -306,12 +394,23 @@ class _Writer:
         shape = self.g.shape(x)
         if int(np.prod(shape[1:])) != linear.in_features or shape[1:-1] != [1] * (len(shape) - 2):
             raise Unsupported(f"{name}: a Linear layer on a {shape} map")
-        inputs = [x, self.g.const(f"{name}/weight", _array(linear.weight))]
         bias = _array(linear.bias)
-        inputs.append(self.g.const(f"{name}/bias", bias) if bias is not None and np.any(bias) else -1)
+        if bias is not None and not np.any(bias):
+            bias = None  # an all-zero bias is dropped, as the converter does
+        inputs = [x, *self.linear_constants(x, _array(linear.weight), bias, name)]
         opts = s.FullyConnectedOptionsT()
-        return self.g.op(s.BuiltinOperator.FULLY_CONNECTED, inputs, [shape[0], linear.out_features], name,
-                         s.BuiltinOptions.FullyConnectedOptions, opts)
+
+        def value() -> torch.Tensor:
+            with torch.no_grad():
+                return F.linear(self.value(x).flatten(1), linear.weight.float(),
+                                None if bias is None else linear.bias.float())
+
+        return self.emit(s.BuiltinOperator.FULLY_CONNECTED, inputs, [shape[0], linear.out_features], name,
+                         s.BuiltinOptions.FullyConnectedOptions, opts, value=value)
+
+    def linear_constants(self, x: int, weight: np.ndarray, bias: np.ndarray | None, name: str) -> list[int]:
+        """The weight and bias (-1: none) tensors of a fully-connected layer reading `x`."""
+        return [self.g.const(f"{name}/weight", weight), -1 if bias is None else self.g.const(f"{name}/bias", bias)]
 
     # ---- layers ----------------------------------------------------------------------------
     def squeeze_excite(self, x: int, se: SqueezeExcite, name: str) -> int:
