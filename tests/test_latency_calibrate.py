@@ -58,6 +58,38 @@ def test_calibration_writes_table_and_predictor(calibrated):
     assert all(r.agent_version and r.runtime_version for r in rows)
 
 
+def test_held_out_subnets_ride_in_the_first_window_and_are_never_fitted(tmp_path, models):
+    """The pipeline's held-out subnets are timed with the table's pieces (no window of their own), kept out of the
+    fit, and found in the store afterwards."""
+    from edgenas.latency.calibrate import Calibrator
+    from edgenas.latency.evaluate import holdout_archs
+
+    device = load_device(local_device_file(tmp_path))
+    store = Store(tmp_path / "store.sqlite")
+    held = holdout_archs(MICRO, 5, [], seed=0)
+    calls: list[list[str]] = []
+    with device:
+        real = device.measure
+
+        def spy(paths, **kw):  # the real device, with its calls recorded
+            calls.append(list(paths))
+            return real(paths, **kw)
+
+        device.measure = spy
+        pred = calibrate(device, MICRO, budget=8, store=store, tables_dir=tmp_path / "tables", cache_dir=models,
+                         progress=False, holdout=held)
+        first_window = set(calls[0])
+        windows = len(calls)
+        cal = Calibrator(device, MICRO, runtime="onnxruntime", precision="fp32", store=store, cache_dir=models,
+                         progress=False)
+        archs, ms, _ = cal.measure_archs(held, "held-out")
+    held_files = {str(j.path) for j in cal.export_archs(held)}
+    assert held_files <= first_window and len(first_window) == len(block_index(MICRO)) + len(held)
+    assert len(calls) == windows  # measured already: nothing timed again
+    assert archs == held and (ms > 0).all() and cal.report.measured_now == 0
+    assert not set(held) & set(pred.training_set[0]) and len(pred.training_set[0]) == 8
+
+
 def test_calibrating_again_measures_nothing(calibrated):
     root, device, store, kw, pred = calibrated
     with device:

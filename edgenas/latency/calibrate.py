@@ -98,6 +98,12 @@ class Calibrator:
         self.cache = ModelCache(cache_dir)
         self.progress = progress
         self.report = CalibrationReport()
+        self.riders: list[ModelJob] = []  # measured in the next window, whatever it is for (see `ride_along`)
+
+    def ride_along(self, jobs: Sequence[ModelJob]) -> None:
+        """Time `jobs` in the next timing window this calibrator opens: a window costs the same for 20 more small
+        models, and on a device whose speed changes every window is a chance to wait or retime."""
+        self.riders.extend(jobs)
 
     # -- exporting -------------------------------------------------------------------------------
     def export_pieces(self, pieces: Sequence[Any]) -> list[ModelJob]:
@@ -120,7 +126,8 @@ class Calibrator:
         """Stored measurement per job sha256 (measuring on the device only what the store lacks)."""
         found: dict[str, Any] = {}
         todo: list[ModelJob] = []
-        for job in jobs:
+        riders, self.riders = self.riders, []
+        for job in list(jobs) + riders:
             m = self.store.measurement_for(job.sha256, self.device.name, self.runtime, self.precision)
             if m is not None:
                 found[job.sha256] = m
@@ -129,6 +136,9 @@ class Calibrator:
         self.report.reused += len(found)
         if todo:
             by_sha = {j.sha256: j for j in todo}
+            riding = sum(1 for j in todo if j in riders)
+            if riding:
+                desc = f"{desc} (with {riding} held-out subnets)"
             with Progress(len(todo), desc, enabled=self.progress, unit="model") as bar:
                 for start in range(0, len(todo), MEASURE_CHUNK):
                     chunk = todo[start:start + MEASURE_CHUNK]
@@ -153,7 +163,8 @@ class Calibrator:
                 m = self.store.measurement_for(job.sha256, self.device.name, self.runtime, self.precision)
                 if m is not None:
                     found[job.sha256] = m
-        return found
+        rider_shas = {j.sha256 for j in riders} - {j.sha256 for j in jobs}
+        return {sha: m for sha, m in found.items() if sha not in rider_shas}
 
     def failure_summary(self, jobs: Sequence[ModelJob]) -> str:
         rows = [r for r in self.store.measurements(device=self.device.name, runtime=self.runtime,
@@ -264,11 +275,14 @@ def calibrate(
     statistic: str = "latency",
     save: bool = True,
     progress: bool = True,
+    holdout: Sequence[Arch] = (),
 ) -> BasePredictor:
     """Calibrate `device` for `space`; returns the fitted predictor (with `.report`, a CalibrationReport).
 
     `use_table=False` fits a whole-model-only predictor (no table: fewer models, less accuracy).
     `statistic` is "latency" (the device's interleaved figure), or "median" or "min" of each model's runs.
+    `holdout`: subnets to judge the predictor on afterwards (`Calibrator.measure_archs` finds them in the
+    store): never measured for the fit, timed in the first window the calibration opens.
     The predictor is saved to `latency_tables/<device>/predictor-<runtime>-<precision>.json` when `save`.
     """
     runtime, precision = _resolve_setup(device, runtime, precision)
@@ -282,6 +296,10 @@ def calibrate(
     rng = np.random.default_rng(seed)
     pool = space.sample_many(rng, POOL_SIZE)
     pool = list(dict.fromkeys([space.smallest(), space.largest(), *pool]))
+    if holdout:
+        held = set(holdout)
+        pool = [a for a in pool if a not in held]
+        cal.ride_along(cal.export_archs(list(dict.fromkeys(holdout))))
 
     predictor: BasePredictor
     if use_table:

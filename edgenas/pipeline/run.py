@@ -298,14 +298,15 @@ def _calibrate(device: Any, space: Any, target: DeviceTarget, store_path: Path, 
         if target.calibration == "transfer":
             predictor = calibrate_transfer(device, space, sources=[load_latency_predictor(p, space=space) for p in sources],
                                            samples=target.calibration_budget, **common)
-        else:
+            held = holdout_archs(space, target.holdout, predictor.training_set[0], seed)
+        else:  # the held-out subnets are timed in the calibration's first window (one window fewer)
+            held = holdout_archs(space, target.holdout, [], seed)
             predictor = calibrate(device, space, budget=target.calibration_budget,
-                                  use_table=target.calibration == "table", **common)
+                                  use_table=target.calibration == "table", holdout=held, **common)
         train_archs, _ = predictor.training_set
         cal = Calibrator(device, space, runtime=runtime, precision=target.precision, store=store,
                          cache_dir=tables_dir / ".models", progress=progress)
-        archs, measured, _ = cal.measure_archs(holdout_archs(space, target.holdout, train_archs, seed),
-                                               f"measure held-out subnets on {device.name}")
+        archs, measured, _ = cal.measure_archs(held, f"measure held-out subnets on {device.name}")
     predicted = predictor.predict(archs)
     s = score("calibrated", predicted, measured, measurements=len(train_archs),
               device_seconds=float(predictor.fit_info.get("device_seconds") or 0.0))
