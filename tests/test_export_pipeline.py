@@ -118,6 +118,30 @@ def test_budget_exceeded_fails_but_keeps_files(tmp_path):
     assert any("target-sram-kb" in p for p in card["problems"])  # the predicted arena, without an int8 file
 
 
+@pytest.mark.slow
+def test_a_direct_int8_file_that_fails_its_check_is_converted_by_litert_instead(tmp_path, monkeypatch):
+    """A flaw the writer's own check misses (here: every bias dropped, the check disabled) fails verification;
+    litert-torch's file ships instead, with its check and a manifest of the file that ships."""
+    import edgenas.export.tflite_int8 as int8
+    from edgenas.export.pipeline import ExportOptions, dataset_arrays, export_subnet
+
+    monkeypatch.setattr(int8, "corrected_bias", lambda bias, *a, **k: np.zeros_like(bias))
+    monkeypatch.setattr(int8, "check_int8", lambda *a, **k: "")
+    space, arch, model = trained_subnet()
+    calibration, _ = dataset_arrays(digits(), "train", arch.resolution, limit=64, shuffle=True)
+    val_x, val_y = dataset_arrays(digits(), "val", arch.resolution)
+    lines: list[str] = []
+    result = export_subnet(model, tmp_path, space=space, arch=arch, calibration=calibration, val_images=val_x,
+                           val_labels=val_y, options=ExportOptions(formats=("tflite-int8",), micro=False),
+                           log=lines.append)
+    assert result.ok, result.problems
+    assert any("written directly) failed" in line for line in lines)
+    path = result.files["tflite-int8"]
+    assert read_manifest(path)["sha256"] == sha256_file(path)
+    assert not list(tmp_path.glob(".*litert*"))
+    assert b"ChannelsLastInput" in path.read_bytes()  # litert-torch names tensors after the module path
+
+
 def test_unknown_format_is_a_usage_error():
     from edgenas.errors import UsageError
     from edgenas.export.pipeline import parse_formats

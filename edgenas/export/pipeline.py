@@ -170,17 +170,45 @@ def prepare_subnet(supernet: nn.Module, arch: Arch, dataset: Any, *, bn_batches:
 
 
 def _export_format(fmt: str, model: nn.Module, path: Path, options: ExportOptions,
-                   calibration: np.ndarray) -> float:
+                   calibration: np.ndarray, converter: str = "auto") -> tuple[float, str]:
+    """Write one format: (seconds, the converter that wrote it)."""
     if fmt == "onnx":
         from edgenas.export.onnx import export_onnx
 
-        return export_onnx(model, path, verify=False).seconds
+        result = export_onnx(model, path, verify=False)
+        return result.seconds, result.exporter
     from edgenas.export.tflite import export_tflite
 
     result = export_tflite(model, path, quantization="int8" if fmt == "tflite-int8" else None,
                            calibration=calibration if fmt == "tflite-int8" else None, int8_io=options.int8_io,
-                           channels_last=options.channels_last)
-    return result.seconds
+                           channels_last=options.channels_last, converter=converter)
+    return result.seconds, result.converter
+
+
+def _int8_by_litert(model: nn.Module, path: Path, options: ExportOptions, calibration: np.ndarray,
+                    val_images: np.ndarray, reference: np.ndarray, val_labels: np.ndarray | None, failed: Check,
+                    seconds: dict[str, float], log: Callable[[str], None]) -> Check:
+    """The directly written int8 file failed its check: convert with litert-torch (its own observers round
+    differently) and ship that file if it passes; else keep the direct one and its failed check."""
+    from edgenas.export.tflite import TFLiteConversionError
+
+    log(f"verify: {path.name} (written directly) failed ({failed.message.split(': ', 1)[-1]}); "
+        "converting with litert-torch instead ...")
+    other = path.with_name(f".{path.stem}.litert{path.suffix}")
+    try:
+        extra, _ = _export_format("tflite-int8", model, other, options, calibration, converter="litert-torch")
+    except (TFLiteConversionError, ImportError) as exc:
+        log(f"verify: litert-torch could not convert it either ({exc})")
+        return failed
+    check = compare("tflite-int8", path, file_logits("tflite-int8", other, val_images), reference, val_labels,
+                    quantized=True, atol=options.atol, min_agreement=options.min_agreement,
+                    max_drop_points=options.max_drop_points)
+    if not check.passed:
+        other.unlink(missing_ok=True)
+        return failed
+    os.replace(other, path)
+    seconds["tflite-int8"] += extra
+    return check
 
 
 def export_subnet(
@@ -222,6 +250,13 @@ def export_subnet(
     memory = predict_memory(space, arch)  # the TFLite Micro arena and int8 file size the search constrained
     files: dict[str, Path] = {}
     seconds: dict[str, float] = {}
+    converters: dict[str, str] = {}
+
+    def manifest(fmt: str, path: Path) -> None:
+        write_manifest(path, kind=f"model-{fmt}", inputs={"supernet": lineage.get("supernet")},
+                       config={"arch": arch.to_dict(), "space": space.name, **options.to_dict()}, seed=options.seed,
+                       versions=TFLITE_VERSIONS if fmt.startswith("tflite") else ("torch", "numpy", "onnx", "onnxruntime"))
+
     kept_files = dict(kept.files) if kept is not None else {}
     for fmt in options.formats:
         path = out_dir / FILE_NAMES[fmt]
@@ -230,11 +265,9 @@ def export_subnet(
             seconds[fmt] = kept.conversion_seconds.get(fmt, 0.0)
             continue
         log(f"export: writing {path.name} ...")
-        seconds[fmt] = _export_format(fmt, model, path, options, calibration)
+        seconds[fmt], converters[fmt] = _export_format(fmt, model, path, options, calibration)
         files[fmt] = path
-        write_manifest(path, kind=f"model-{fmt}", inputs={"supernet": lineage.get("supernet")},
-                       config={"arch": arch.to_dict(), "space": space.name, **options.to_dict()}, seed=options.seed,
-                       versions=TFLITE_VERSIONS if fmt.startswith("tflite") else ("torch", "numpy", "onnx", "onnxruntime"))
+        manifest(fmt, path)
 
     problems: list[str] = []
     checks: list[Check] = []
@@ -250,6 +283,11 @@ def export_subnet(
                 check = compare(fmt, path, file_logits(fmt, path, val_images), reference, val_labels,
                                 quantized=fmt.endswith("int8"), atol=options.atol,
                                 min_agreement=options.min_agreement, max_drop_points=options.max_drop_points)
+            if not check.passed and fmt == "tflite-int8" and converters.get(fmt) == "direct":
+                check = _int8_by_litert(model, path, options, calibration, val_images, reference, val_labels, check,
+                                        seconds, log)
+                if check.passed:
+                    manifest(fmt, path)
             checks.append(check)
             if check.accuracy is not None:
                 file_accuracy[path.name] = check.accuracy
