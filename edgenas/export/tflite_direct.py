@@ -279,13 +279,85 @@ def conv_value(x: torch.Tensor, p: ConvParams, bias_offset: float, fused: int, a
     return y
 
 
-class _Writer:
+class LayerWalker:
+    """Walks edgenas's static layers in the order their forward applies them, calling one method per op kind
+    (`conv`, `mean`, `add`, `linear`, `squeeze_excite`, `flatten`); the TFLite and ONNX writers fill them in.
+    Anything else raises `Unsupported`."""
+
+    flat = False
+
+    def shape(self, x: Any) -> list[int]:
+        raise NotImplementedError
+
+    def flatten(self, x: Any, name: str) -> Any:
+        raise NotImplementedError
+
+    def mbconv(self, x: int, block: MBConv, name: str) -> int:
+        h = x
+        if block.expand is not None:
+            h = self.layer(h, block.expand, f"{name}/expand")
+        h = self.layer(h, block.depthwise, f"{name}/depthwise")
+        if block.se is not None:
+            h = self.layer(h, block.se, f"{name}/se")
+        h = self.layer(h, block.project, f"{name}/project")
+        if block.residual:
+            if self.shape(x) != self.shape(h):
+                raise Unsupported(f"{name}: a residual between shapes {self.shape(x)} and {self.shape(h)}")
+            h = self.add(x, h, name)
+        return h
+
+    def layer(self, x: int, m: Any, name: str) -> int:
+        if isinstance(m, str):
+            if m == "mean":
+                return self.mean(x, name)
+            if m == "flatten":
+                self.flat = True
+                return self.flatten(x, name)
+            raise Unsupported(f"{name}: unknown step {m!r}")
+        kind = type(m)
+        if self.flat and kind is not nn.Linear and kind not in (nn.Identity, nn.Dropout):
+            raise Unsupported(f"{name}: {kind.__name__} after flatten")
+        if kind is ConvBNAct:
+            return self.conv(x, m.conv, m.bn, m.act, name)
+        if kind is MBConv:
+            return self.mbconv(x, m, name)
+        if kind is SqueezeExcite:
+            return self.squeeze_excite(x, m, name)
+        if kind is nn.Sequential:
+            for i, child in enumerate(m):
+                x = self.layer(x, child, f"{name}/{i}" if name else str(i))
+            return x
+        if kind in (nn.Identity, nn.Dropout):
+            return x
+        if kind is nn.Linear:
+            return self.linear(x, m, name)
+        if kind is StaticNet:
+            return self.plan(x, static_net_plan(m), name)
+        plan = getattr(m, "tflite_plan", None)
+        if callable(plan):
+            return self.plan(x, plan(), name)
+        raise Unsupported(f"{name or 'model'}: {kind.__module__}.{kind.__name__} is not written directly")
+
+    def plan(self, x: int, steps: list[tuple[str, Any]], name: str) -> int:
+        for step_name, step in steps:
+            x = self.layer(x, step, f"{name}/{step_name}" if name else step_name)
+        return x
+
+
+
+class _Writer(LayerWalker):
     """Lowers edgenas's static layers onto a `_Graph`, one NHWC tensor at a time."""
 
     def __init__(self) -> None:
         self.g = _Graph()
         self.s = self.g.schema
         self.flat = False
+
+    def shape(self, x: int) -> list[int]:
+        return self.g.shape(x)
+
+    def flatten(self, x: int, name: str) -> int:
+        return x  # FULLY_CONNECTED reads the (n, 1, 1, c) map as it is
 
     # ---- ops -------------------------------------------------------------------------------
     def conv(self, x: int, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, act: nn.Module | None, name: str,
@@ -422,58 +494,6 @@ class _Writer:
         e = self.conv(r, se.expand, None, None, f"{name}/gate", bias_offset=3.0, relu6=True)
         g = self.mul(e, self.g.const("one_sixth", np.float32(1.0 / 6.0)), self.g.shape(e), f"{name}/gate/scale")
         return self.mul(x, g, s, f"{name}/mul")
-
-    def mbconv(self, x: int, block: MBConv, name: str) -> int:
-        h = x
-        if block.expand is not None:
-            h = self.layer(h, block.expand, f"{name}/expand")
-        h = self.layer(h, block.depthwise, f"{name}/depthwise")
-        if block.se is not None:
-            h = self.layer(h, block.se, f"{name}/se")
-        h = self.layer(h, block.project, f"{name}/project")
-        if block.residual:
-            if self.g.shape(x) != self.g.shape(h):
-                raise Unsupported(f"{name}: a residual between shapes {self.g.shape(x)} and {self.g.shape(h)}")
-            h = self.add(x, h, name)
-        return h
-
-    def layer(self, x: int, m: Any, name: str) -> int:
-        if isinstance(m, str):
-            if m == "mean":
-                return self.mean(x, name)
-            if m == "flatten":
-                self.flat = True
-                return x  # FULLY_CONNECTED reads the (n, 1, 1, c) map as it is
-            raise Unsupported(f"{name}: unknown step {m!r}")
-        kind = type(m)
-        if self.flat and kind is not nn.Linear and kind not in (nn.Identity, nn.Dropout):
-            raise Unsupported(f"{name}: {kind.__name__} after flatten")
-        if kind is ConvBNAct:
-            return self.conv(x, m.conv, m.bn, m.act, name)
-        if kind is MBConv:
-            return self.mbconv(x, m, name)
-        if kind is SqueezeExcite:
-            return self.squeeze_excite(x, m, name)
-        if kind is nn.Sequential:
-            for i, child in enumerate(m):
-                x = self.layer(x, child, f"{name}/{i}" if name else str(i))
-            return x
-        if kind in (nn.Identity, nn.Dropout):
-            return x
-        if kind is nn.Linear:
-            return self.linear(x, m, name)
-        if kind is StaticNet:
-            return self.plan(x, static_net_plan(m), name)
-        plan = getattr(m, "tflite_plan", None)
-        if callable(plan):
-            return self.plan(x, plan(), name)
-        raise Unsupported(f"{name or 'model'}: {kind.__module__}.{kind.__name__} is not written directly")
-
-    def plan(self, x: int, steps: list[tuple[str, Any]], name: str) -> int:
-        for step_name, step in steps:
-            x = self.layer(x, step, f"{name}/{step_name}" if name else step_name)
-        return x
-
 
 def static_net_plan(net: StaticNet) -> list[tuple[str, Any]]:
     """The layers `StaticNet.forward` applies, in order."""
