@@ -127,6 +127,8 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, force: bool = Fals
     training_summary = {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}
     if (summary.get("alone") or {}).get("top1") is not None:
         training_summary["largest network trained alone (same steps)"] = summary["alone"]["top1"]
+    if (summary.get("lr_backoff") or {}).get("factor") is not None:  # the learning-rate back-off's factor
+        training_summary["learning-rate factor (x the preset's)"] = summary["lr_backoff"]["factor"]
     training_summary["training check"] = verdict.message
     data = ReportData(
         title=f"edgenas run: {config.dataset}, {space.name} space, {len(config.devices)} device(s)",

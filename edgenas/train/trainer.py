@@ -33,6 +33,7 @@ from edgenas.errors import UsageError, signals_held
 from edgenas.progress import Progress
 from edgenas.space import Arch, SearchSpace
 from edgenas.supernet import Supernet
+from edgenas.train import lr_backoff
 from edgenas.train.alone import AloneBeside, can_run_beside, train_alone
 from edgenas.train.checkpoint import check_resume_fields, read_checkpoint, save_checkpoint
 from edgenas.train.config import Phase, TrainConfig, to_toml
@@ -227,15 +228,17 @@ def _check_resumable(state: dict[str, Any], config: TrainConfig, dataset: Datase
 
 def _planned_total(global_step: int, step: int, end: int, index: int, budget: TimeBudget | None,
                    history: list[dict[str, Any]], phase_seconds: float, first: int, phase: Phase, config: TrainConfig,
-                   train_size: int) -> int:
+                   train_size: int, rate_seconds: float | None = None, rate_first: int | None = None) -> int:
     """The supernet's total steps as now planned: those taken, the rest of this phase, and the later phases' (their
     share of the time budget at this phase's rate, or without a budget their nominal lengths)."""
     planned = global_step + max(0, end - step)
     if budget is None:
         return planned + sum(p.num_steps(train_size, config.batch_size) for p in config.phases[index + 1:])
-    if step - first < 2:  # no rate yet: the later phases' nominal lengths, at most
+    if rate_seconds is None or rate_first is None:
+        rate_seconds, rate_first = phase_seconds, first
+    if step - rate_first < 2:  # no rate yet: the later phases' nominal lengths, at most
         return planned + sum(min(budget.nominal[i], budget.longest[i]) for i in range(index + 1, len(config.phases)))
-    seconds_per_step = phase_seconds / (step - first)
+    seconds_per_step = rate_seconds / (step - rate_first)
     used = sum(float(h.get("seconds", 0.0)) for h in history) + phase_seconds + max(0, end - step) * seconds_per_step
     return planned + budget.later_steps(index, budget.total - used, seconds_per_step / step_cost(phase))
 
@@ -283,6 +286,7 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
     torch.manual_seed(config.seed * 1000 + procs.rank)
     # channels-last makes PyTorch's depthwise-convolution backward pass about 2x faster on CPU (measured).
     net = Supernet(space).to(procs.device, memory_format=torch.channels_last)
+    initial = copy.deepcopy(net.state_dict())  # where a learning-rate back-off restarts the first phase
 
     state: dict[str, Any] | None = None
     if last_path.exists() or last_path.is_symlink():  # a folder or /dev/zero named last.pt is refused when read
@@ -301,7 +305,9 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
     teacher: Supernet | None = None
     optimizer_state = scheduler_state = None
     phase_elapsed = 0.0
+    lr_state = lr_backoff.new_state()
     if state is not None:
+        lr_state.update(state.get("lr_backoff") or {})
         net.load_state_dict(state["model"])
         phase_index, start_step, global_step = state["phase_index"], state["step_in_phase"], state["global_step"]
         history = list(state.get("history", []))
@@ -349,7 +355,7 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
             "teacher": teacher.state_dict() if teacher is not None and not complete else None,
             "rng_torch": torch.get_rng_state() if rng is None else rng, "complete": complete, "summary": summary,
             "normalisation": {"mean": dataset.mean.tolist(), "std": dataset.std.tolist()},
-            "phase_state": phase_state if step > 0 else None,
+            "phase_state": phase_state if step > 0 else None, "lr_backoff": lr_state,
         }
 
     steps_per_epoch = train_size / config.batch_size
@@ -359,7 +365,7 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
     if config.compare_alone and procs.main and phase_index < len(config.phases) and can_run_beside(
             procs.device, procs.distributed):
         planned = global_step + sum(p.num_steps(train_size, config.batch_size) for p in config.phases[phase_index:])
-        beside = AloneBeside(config, dataset, space, planned)
+        beside = AloneBeside(lr_backoff.scaled(config, lr_state["factor"]), dataset, space, planned)
         beside.advance(global_step, planned)
         torch.set_num_threads(max(1, torch.get_num_threads() - 1))
     budget = (TimeBudget(config, train_size, replay=False if beside is not None else None)
@@ -390,11 +396,18 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
             opts = choices(space, phase)
             watched = watched_archs(space, opts)
             eval_every = max(10, round(config.plateau_every * steps_per_epoch)) if config.eval_every_phase else 0
-            optimizer = torch.optim.SGD(net.parameters(), lr=phase.lr * lr_scale, momentum=config.momentum,
-                                        nesterov=config.nesterov and config.momentum > 0,
-                                        weight_decay=config.weight_decay)
-            schedule = PhaseSchedule(total, warmup)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+            def new_optimizer(phase=phase, total=total, warmup=warmup) -> tuple[Any, PhaseSchedule, Any]:
+                optimizer = torch.optim.SGD(net.parameters(), lr=phase.lr * lr_scale * lr_state["factor"],
+                                            momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0,
+                                            weight_decay=config.weight_decay)
+                schedule = PhaseSchedule(total, warmup)
+                return optimizer, schedule, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+            optimizer, schedule, scheduler = new_optimizer()
+            held = None  # where the higher rate stood at its check, while a lower one is tried
+            check = (lr_backoff.check_step(train_size, config.batch_size, min_steps)
+                     if pi == 0 and not lr_state["checked"] else None)
             if first > 0 and optimizer_state is not None:
                 optimizer.load_state_dict(optimizer_state)
                 scheduler.load_state_dict(scheduler_state)  # the schedule's own state too: where a cut ends it
@@ -411,6 +424,7 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
             batches = stream(first)
             model.train()
             t0, seen = time.perf_counter(), 0
+            t_rate, rate_first = t0, first  # the step rate is measured since the phase's last (re)start
             loss_avg = acc_avg = None
             done, rng_done = first, torch.get_rng_state()  # steps applied (where a checkpoint now resumes), RNG there
             bar = Progress(schedule.end * config.batch_size, f"phase {pi + 1}/{len(config.phases)} {phase.name}",
@@ -466,7 +480,54 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
                     if beside is not None:  # the comparison may take this step; the supernet's length as now planned
                         beside.advance(global_step, _planned_total(global_step, step, schedule.end, pi, budget, history,
                                                                    phase_elapsed + time.perf_counter() - t0, first,
-                                                                   phase, config, train_size))
+                                                                   phase, config, train_size,
+                                                                   time.perf_counter() - t_rate, rate_first))
+                    if step == check:  # the learning-rate back-off: does the first phase learn at this rate?
+                        action = [lr_backoff.decide(lr_state, loss_avg, step, dataset.num_classes)]
+                        if procs.distributed:  # rank 0's running loss decides for all
+                            shared_state = [lr_state, action[0]]
+                            torch.distributed.broadcast_object_list(shared_state, src=0)
+                            lr_state.clear()
+                            lr_state.update(shared_state[0])
+                            action = [shared_state[1]]
+                        if procs.main:
+                            print(f"edgenas train: {lr_backoff.describe(lr_state, dataset.num_classes)}", file=sys.stderr)
+                            log.write({"event": "lr_backoff", "global_step": global_step, "action": action[0],
+                                       **lr_state})
+                        if action[0] != "keep":
+                            wasted = time.perf_counter() - t_rate
+                            if phase_state.get("budget_s") is not None:  # the lost steps: shared by all the phases
+                                phase_state["budget_s"] += wasted * (1 - budget.weights[0] / sum(budget.weights))
+                            if action[0] == "restart" or held is None:  # from the initial weights, same batches
+                                held = (copy.deepcopy(net.state_dict()), optimizer, schedule, scheduler,
+                                        torch.get_rng_state(), loss_avg, acc_avg, copy.deepcopy(phase_state))
+                                net.load_state_dict(initial)
+                                optimizer, schedule, scheduler = new_optimizer()
+                                global_step -= step
+                                step = done = 0
+                                rng_done = torch.get_rng_state()
+                                loss_avg = acc_avg = None
+                                phase_state.update(curve=[], best=-1.0, stale=0, stopped=None)
+                                if action[0] == "revert":  # resumed after the higher rate's check: its steps again
+                                    check = None
+                            else:  # back to the higher rate where it stood at its check
+                                weights, optimizer, schedule, scheduler, rng_done, loss_avg, acc_avg, kept = held
+                                net.load_state_dict(weights)
+                                torch.set_rng_state(rng_done)
+                                global_step, done = global_step - step + check, check
+                                step = check
+                                phase_state.update({k: v for k, v in kept.items() if k != "budget_s"})
+                                check = None
+                            batches = stream(step)
+                            t_rate, rate_first = time.perf_counter(), step
+                            bar.n, bar.total = step * config.batch_size, schedule.end * config.batch_size
+                            if beside is not None:  # the comparison restarts at the same rates
+                                beside.stop()
+                                beside = AloneBeside(lr_backoff.scaled(config, lr_state["factor"]), dataset, space,
+                                                     schedule.end)
+                                beside.advance(global_step, schedule.end)
+                            continue
+                        check = None
                     # the validation curve, the plateau and the time budget: decided on rank 0, followed by all
                     # (the clock every step; under torchrun every 10th, where the ranks meet to share the decision)
                     if step < schedule.end and (eval_every and step % eval_every == 0 or (
@@ -482,9 +543,10 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
                             log.write({"event": "val", "phase": phase.name, "global_step": global_step, **point})
                             cut = plateau_cut(phase_state, float(np.mean(accs)), step, min_steps, config, phase.adaptive,
                                               schedule.end, learned)
-                        if procs.main and phase_state.get("budget_s") is not None and step - first >= 2:
+                        if procs.main and phase_state.get("budget_s") is not None and step - rate_first >= 2:
                             elapsed = phase_elapsed + time.perf_counter() - t0
-                            cut = time_cut(phase_state, elapsed, (time.perf_counter() - t0) / (step - first), step,
+                            cut = time_cut(phase_state, elapsed, (time.perf_counter() - t_rate) / max(1, step - rate_first),
+                                           step,
                                            cut[0] if cut else schedule.end) or cut
                         if procs.distributed:
                             shared = [cut]
@@ -567,11 +629,13 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
                       f"val top-1 {summary['alone']['top1']:.4f} (waited {summary['alone']['waited_s']:.1f}s for it)",
                       file=sys.stderr)
             else:
-                summary["alone"] = train_alone(config, dataset, space, global_step, procs.device, progress=progress)
+                summary["alone"] = train_alone(lr_backoff.scaled(config, lr_state["factor"]), dataset, space, global_step,
+                                               procs.device, progress=progress)
             log.write({"event": "alone", "global_step": global_step,
                        **{k: v for k, v in summary["alone"].items() if k != "curve"}})
         elif beside is not None:  # no step taken: nothing to compare
             beside.stop()
+        summary["lr_backoff"] = lr_state
         summary["gate"] = training_verdict(summary).to_dict()
         # Store the largest subnet's own BN statistics, so the checkpoint is usable as-is (others: recalibrate).
         recalibrate_for(net, space.largest(), dataset, bn_batches=config.bn_batches, seed=config.seed)

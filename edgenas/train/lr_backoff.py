@@ -1,0 +1,96 @@
+"""The learning-rate back-off: a preset's rates scaled down where the data given cannot learn at them.
+
+A preset's learning rates are tuned on its own dataset; on a user's folder they may be too high to learn at all
+(6 texture classes, the `tiny` preset: lr 0.1 stays at chance, lr 0.02 reaches 56 % in 6 epochs). After
+`check_step` steps of the first phase, the training loss (its running mean) must be below `LEARNED` times the
+chance loss, log(classes); if not, the phase restarts from the initial weights and the same batches at 1/3 the
+rate, at most `MAX_BACKOFFS` times, while each lower rate reaches a lower loss at the check than the rate before it;
+where it does not, training goes back to the higher rate's weights at its check (no step is taken twice).
+The factor found scales every phase's rate and the comparison run's (the largest network alone). Where the preset's
+rate learns, the check costs nothing; a restart's steps are charged to the first phase's time budget. Chosen over a
+probe of several rates at the start: on `digits` a probe's few steps per candidate (about 2 s in all on 2 cores)
+cannot tell the rates apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from edgenas.train.config import TrainConfig
+
+BACKOFF = 3.0  # each restart divides the rate by this
+MAX_BACKOFFS = 2
+LEARNED = 0.9  # the loss must be below this fraction of the chance loss at the check
+
+
+def new_state() -> dict[str, Any]:
+    """What the trainer keeps (in its checkpoints and summary): the factor, whether the check was made, the
+    restarts taken (step, loss and factor each)."""
+    return {"factor": 1.0, "checked": False, "backoffs": []}
+
+
+def check_step(train_size: int, batch_size: int, phase_steps: int) -> int | None:
+    """The first phase's step at which its loss is checked (two epochs, 10 to 100 steps), or None where the phase is
+    not longer than that."""
+    step = min(100, max(10, round(2 * train_size / batch_size)))
+    return step if step < phase_steps else None
+
+
+def chance_loss(num_classes: int) -> float:
+    return math.log(max(2, num_classes))
+
+
+def stalled(loss: float | None, num_classes: int) -> bool:
+    """Whether a running training loss shows no learning (or diverged)."""
+    return loss is None or not math.isfinite(loss) or loss > LEARNED * chance_loss(num_classes)
+
+
+def scaled(config: TrainConfig, factor: float) -> TrainConfig:
+    """`config` with every phase's learning rate multiplied by `factor`."""
+    if factor == 1.0:
+        return config
+    return config.replace(phases=tuple(dataclasses.replace(p, lr=p.lr * factor) for p in config.phases))
+
+
+def decide(state: dict[str, Any], loss: float | None, step: int, num_classes: int) -> str:
+    """Record the check at `step` with running loss `loss`: "keep" (train on at this rate), "restart" (from the
+    initial weights at a third of the rate; the factor is already lowered) or "revert" (the previous, higher rate
+    had the lower loss: go back to where it stood at its check; the factor is already raised back)."""
+    entry = {"step": step, "loss": round(loss, 5) if loss is not None and math.isfinite(loss) else None,
+             "factor": state["factor"]}
+    tried = state["backoffs"]
+    if tried and _worse(entry["loss"], tried[-1]["loss"]):
+        state.update(factor=tried[-1]["factor"], checked=True, last=tried[-1], reverted=entry)
+        return "revert"
+    if stalled(loss, num_classes) and len(tried) < MAX_BACKOFFS:
+        tried.append(entry)
+        state["factor"] = state["factor"] / BACKOFF
+        return "restart"
+    state.update(checked=True, last=entry)
+    return "keep"
+
+
+def _worse(loss: float | None, previous: float | None) -> bool:
+    """Whether a lower rate's loss is no better than the higher rate's before it (a tie keeps the higher rate)."""
+    if loss is None:
+        return True
+    return previous is not None and loss >= previous
+
+
+def describe(state: dict[str, Any], num_classes: int) -> str:
+    """One line for the progress output."""
+    chance = f"{LEARNED:g} x chance {chance_loss(num_classes):.2f}"
+    if not state.get("checked") and state["backoffs"]:
+        b = state["backoffs"][-1]
+        loss = f"{b['loss']:.3f}" if b["loss"] is not None else "not finite"
+        return (f"learning rate: the first phase's loss {loss} after {b['step']} steps is not below {chance}: "
+                f"restarting it at x{state['factor']:.3g} the preset's rates")
+    last = state.get("last") or {}
+    loss = f"{last['loss']:.3f}" if last.get("loss") is not None else "not finite"
+    verdict = "below" if not stalled(last.get("loss"), num_classes) else "not below"
+    tried = ", ".join(f"x{b['factor']:.3g}: {b['loss']}" for b in state["backoffs"] + [state.get("reverted") or {}]
+                      if b)
+    return (f"learning rate: x{state['factor']:.3g} the preset's rates (first phase's loss {loss} after "
+            f"{last.get('step')} steps, {verdict} {chance}" + (f"; losses tried {tried}" if tried else "") + ")")

@@ -1,0 +1,94 @@
+"""Tests of the learning-rate back-off (edgenas.train.lr_backoff): a first phase that does not learn at the preset's
+rate restarts at a third of it; the factor scales every phase and the comparison run, and survives a resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgenas.train import lr_backoff
+from edgenas.train.config import Phase, TrainConfig
+from edgenas.train.schedule import PhaseSchedule
+from edgenas.train.trainer import MetricsLog, train
+
+
+@pytest.fixture(scope="module")
+def stripes(tmp_path_factory):
+    """An easy folder dataset: 3 classes of noisy stripes (horizontal, vertical, diagonal), 16 px, 40 images each."""
+    root = tmp_path_factory.mktemp("stripes")
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:16, 0:16]
+    for name, wave in (("h", y), ("v", x), ("d", x + y)):
+        (root / name).mkdir()
+        for i in range(40):
+            img = 0.5 + 0.4 * np.sin(2 * np.pi * wave / rng.uniform(4, 7) + rng.uniform(0, 6.3))
+            img = np.clip(img + rng.normal(0, 0.1, img.shape), 0, 1)
+            Image.fromarray((np.stack([img] * 3, -1) * 255).astype(np.uint8)).save(root / name / f"{i}.png")
+    return f"folder:{root}"
+
+
+HIGH = 1.5  # too high a rate for the stripes: the loss diverges or stays at chance
+
+
+def config(dataset: str, lr: float, **changes) -> TrainConfig:
+    return TrainConfig(
+        preset="tiny", dataset=dataset, batch_size=16, lr_batch_size=16, bn_batches=2, final_samples=0,
+        checkpoint_every=1000, log_every=1, plateau_every=100.0, eval_every_phase=False, compare_alone=False,
+        phases=(Phase("full", steps=40, lr=lr, distill=False),
+                Phase("kernel", steps=4, lr=lr / 3, kernels="all")), **changes)
+
+
+def events(out, name):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line)["event"] == name]
+
+
+def test_a_rate_that_cannot_learn_is_backed_off_and_the_model_learns(tmp_path, stripes):
+    """A rate too high to learn at: the first phase restarts at lower rates and the supernet learns."""
+    out = tmp_path / "run"
+    s = train(config(stripes, HIGH), out, threads=2, progress=False, tensorboard=False).summary
+    lb = s["lr_backoff"]
+    assert lb["checked"] and 1 <= len(lb["backoffs"]) <= lr_backoff.MAX_BACKOFFS
+    assert lb["factor"] == pytest.approx(lr_backoff.BACKOFF ** -len(lb["backoffs"]))
+    assert s["global_step"] == 44  # the restarts' steps are not counted as the supernet's
+    assert s["val"][0]["top1"] > s["chance"] + 0.3
+    steps = events(out, "step")
+    lrs = {e["phase"]: e["lr"] for e in steps if e["step"] == 1}  # the last (re)start's first step
+    assert lrs["full"] == pytest.approx(HIGH * lb["factor"] * PhaseSchedule(40, 0)(1), rel=1e-4)
+    assert lrs["kernel"] == pytest.approx(HIGH / 3 * lb["factor"] * PhaseSchedule(4, 0)(1), rel=1e-4)
+
+
+def test_a_rate_that_learns_keeps_factor_one_and_costs_nothing(tmp_path, stripes):
+    out = tmp_path / "run"
+    s = train(config(stripes, 0.1), out, threads=2, progress=False, tensorboard=False).summary
+    assert s["lr_backoff"]["factor"] == 1.0 and s["lr_backoff"]["checked"] and not s["lr_backoff"]["backoffs"]
+    assert s["lr_backoff"]["last"]["loss"] < lr_backoff.LEARNED * lr_backoff.chance_loss(3)
+    assert len([e for e in events(out, "step") if e["phase"] == "full"]) == 40  # no step taken twice
+
+
+def test_resume_keeps_the_factor_and_does_not_check_again(tmp_path, stripes, monkeypatch):
+    out = tmp_path / "run"
+    cfg = config(stripes, HIGH)
+    write = MetricsLog.write
+
+    def interrupt(self, record):  # Ctrl-C in the second phase, after the back-off
+        write(self, record)
+        if record.get("event") == "step" and record["phase"] == "kernel" and record["step"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(MetricsLog, "write", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out, threads=2, progress=False, tensorboard=False)
+    monkeypatch.setattr(MetricsLog, "write", write)
+    before = events(out, "lr_backoff")[-1]
+    assert before["factor"] < 1.0 and before["checked"]
+    n = len(events(out, "lr_backoff"))
+    s = train(cfg, out, resume=True, threads=2, progress=False, tensorboard=False).summary
+    assert s["lr_backoff"]["factor"] == before["factor"] and s["lr_backoff"]["backoffs"] == before["backoffs"]
+    assert len(events(out, "lr_backoff")) == n  # no check after the resume
+    kernel = [e for e in events(out, "step") if e["phase"] == "kernel"]
+    assert [e["step"] for e in kernel] == [1, 2, 3, 4]
+    assert kernel[-2]["lr"] == pytest.approx(HIGH / 3 * before["factor"] * PhaseSchedule(4, 0)(3), rel=1e-4)
