@@ -37,7 +37,7 @@ from torch import nn
 from edgenas.errors import require
 from edgenas.export.quiet import captured_output
 from edgenas.export.tflite_direct import ExportFriendlyHardsigmoid, direct_tflite
-from edgenas.export.tflite_int8 import direct_int8
+from edgenas.export.tflite_int8 import direct_int8, quantize_input
 
 QUANTIZATIONS = (None, "int8")
 # "auto": files of the layers edgenas.export.tflite_direct knows are written directly (fp32 in milliseconds, int8
@@ -333,11 +333,6 @@ def to_model_input(images: np.ndarray, shape: list[int] | tuple[int, ...]) -> np
     if tuple(shape[1:]) == nhwc.shape[1:]:
         return np.ascontiguousarray(nhwc)
     raise ValueError(f"images of shape {list(images.shape[1:])} (CHW) do not fit a model input of shape {list(shape)}")
-
-
-def quantize_input(x: np.ndarray, scale: float, zero_point: int, dtype: np.dtype) -> np.ndarray:
-    info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
 
 
 def run_tflite(path: str | os.PathLike, images: np.ndarray, *, interpreter=None) -> np.ndarray:

@@ -216,12 +216,17 @@ def write_int8_tflite(model: torch.nn.Module, calibration: np.ndarray, *, int8_i
     return g.finish(y)
 
 
+def quantize_input(x: np.ndarray, scale: float, zero_point: int, dtype: np.dtype) -> np.ndarray:
+    """Float input values as the integers of a quantized input tensor (round, shift, clip to `dtype`)."""
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
+
+
 def check_int8(data: bytes, model: torch.nn.Module, images: np.ndarray) -> str:
     """Run the int8 file `data` and the float `model` on `images` (NCHW); an empty string when the logits
     agree within `CHECK_RELATIVE_RMS` (relative RMS error), else what differs."""
     from edgenas.errors import require
     from edgenas.export.quiet import captured_output
-    from edgenas.export.tflite import quantize_input
 
     interp_mod = require("ai_edge_litert.interpreter", extra="tflite", purpose="checking TFLite files")
     with captured_output():
