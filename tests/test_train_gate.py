@@ -12,7 +12,7 @@ from PIL import Image
 
 from edgenas.train.config import Phase, TrainConfig, preset_config
 from edgenas.train.gate import SMALLEST_GAP, required_top1, training_verdict
-from edgenas.train.schedule import PhaseSchedule, TimeBudget, lr_factor, plateau_cut, time_cut
+from edgenas.train.schedule import PhaseSchedule, TimeBudget, lr_factor, plateau_cut, step_cost, time_cut
 from edgenas.train.trainer import train
 
 
@@ -130,6 +130,27 @@ def test_the_time_budget_holds_for_the_phases_and_the_comparison_run_together():
     spent = sum(h["seconds"] for h in history) + full_rate * sum(h["steps"] for h in history)
     assert 0.97 * 600 <= spent <= 600
     assert TimeBudget(config.replace(compare_alone=False), 1200).alone_seconds_per_step(1, history) is None
+
+
+def test_the_time_budget_holds_for_the_whole_stage_evaluations_included():
+    """The phases' evaluations and the final one are wall-clock too: each phase's share leaves room for the
+    evaluations still to come (at the rate the phases' own evaluations measured), so steps + evaluations +
+    start-up end within the budget, not 20 % past it."""
+    config = preset_config("tiny").replace(time_budget=80.0, compare_alone=False)
+    budget = TimeBudget(config, train_size=1200)
+    history: list[dict] = []
+    full_rate, per_eval, start_up = 0.1, 1.5, 2.0  # seconds: a full-network step, one subnet's evaluation
+    for i, phase in enumerate(config.phases):
+        share = budget.phase_seconds(i, history)
+        steps = int(share / (full_rate * step_cost(phase)))
+        seconds = steps * full_rate * step_cost(phase)
+        wall = seconds + 2 * per_eval + (start_up if i == 0 else 0.0)
+        history.append({"seconds": seconds, "steps": steps, "eval_s": 2 * per_eval, "wall_s": wall})
+    stage = sum(h["wall_s"] for h in history) + budget.final_evals * per_eval
+    assert 0.9 * 80 <= stage <= 80 + start_up + 2 * per_eval  # the first phase's own overhead is not yet known
+    legacy = TimeBudget(config, train_size=1200)  # charging steps only (the old rule) overran by the evaluations
+    assert legacy.phase_seconds(5, [dict(h, wall_s=h["seconds"], eval_s=None) for h in history[:5]]) > \
+        budget.phase_seconds(5, history[:5]) + budget.final_evals * per_eval
 
 
 def test_time_budget_follows_progressive_shrinkings_proportions():

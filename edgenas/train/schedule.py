@@ -123,6 +123,26 @@ class TimeBudget:
         self.weights = [n * c for n, c in zip(self.nominal, self.costs)]
         # with the comparison run after the supernet, its replay of every step is charged; beside it, not
         self.compare_alone = bool(config.compare_alone) if replay is None else replay
+        # the evaluations outside the phases' steps: 2 subnets after each phase, the final ones at the end
+        self.phase_evals = 2 if config.eval_every_phase else 0
+        self.final_evals = 3 + config.final_samples  # largest, smallest, the random ones and the stored largest
+
+    def spent(self, history: list[dict[str, Any]]) -> float:
+        """Wall-clock seconds the finished phases took: their steps, evaluations, checkpoints and start-up
+        (`wall_s`; a record without it, its steps' `seconds`)."""
+        return sum(float(h.get("wall_s", h.get("seconds", 0.0))) for h in history)
+
+    def eval_seconds(self, history: list[dict[str, Any]]) -> float:
+        """Seconds one subnet's evaluation (BN recalibration and the validation split) takes, as the phases'
+        own evaluations measured it (0 before the first phase's)."""
+        timed = [h for h in history if h.get("eval_s") is not None]
+        return sum(float(h["eval_s"]) for h in timed) / (self.phase_evals * len(timed)) if timed and self.phase_evals else 0.0
+
+    def reserve(self, index: int, history: list[dict[str, Any]]) -> float:
+        """Seconds kept back for the evaluations from the end of phase `index` on (each later phase's and the
+        final ones), so the training stage as a whole, not only its steps, ends within the budget."""
+        evals = self.phase_evals * max(0, len(self.weights) - index) + self.final_evals
+        return evals * self.eval_seconds(history)
 
     def later_steps(self, index: int, seconds_left: float, full_step_seconds: float) -> int:
         """How many steps the phases after `index` will take, as this budget spreads `seconds_left` over them at
@@ -142,7 +162,7 @@ class TimeBudget:
 
     def phase_seconds(self, index: int, history: list[dict[str, Any]]) -> float:
         """The share of phase `index`: its own steps and, with the comparison run, their replay."""
-        used = sum(float(h.get("seconds", 0.0)) for h in history)
+        used = self.spent(history) + self.reserve(index, history)
         if self.compare_alone:
             used += (self.full_step_seconds(history) or 0.0) * sum(int(h.get("steps", 0)) for h in history)
         left = max(1.0, self.total - used)

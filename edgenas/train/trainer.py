@@ -239,7 +239,8 @@ def _planned_total(global_step: int, step: int, end: int, index: int, budget: Ti
     if step - rate_first < 2:  # no rate yet: the later phases' nominal lengths, at most
         return planned + sum(min(budget.nominal[i], budget.longest[i]) for i in range(index + 1, len(config.phases)))
     seconds_per_step = rate_seconds / (step - rate_first)
-    used = sum(float(h.get("seconds", 0.0)) for h in history) + phase_seconds + max(0, end - step) * seconds_per_step
+    used = (budget.spent(history) + phase_seconds + max(0, end - step) * seconds_per_step
+            + budget.reserve(index, history))
     return planned + budget.later_steps(index, budget.total - used, seconds_per_step / step_cost(phase))
 
 
@@ -275,6 +276,7 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, *, resume: boo
 
 def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, device: str, threads: int | None,
            progress: bool, tensorboard: bool, dataset: Dataset | None) -> TrainResult:
+    segment_start = time.perf_counter()  # the wall clock of the phase now running, start-up included (time budget)
     procs = setup_processes(device, threads)
     out = Path(out_dir) if out_dir is not None else default_out_dir(config.dataset, config.preset)
     last_path, final_path = out / "last.pt", out / "supernet.pt"
@@ -424,7 +426,9 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
             batches = stream(first)
             model.train()
             t0, seen = time.perf_counter(), 0
-            t_rate, rate_first = t0, first  # the step rate is measured since the phase's last (re)start
+            # the step rate is measured since the phase's last (re)start, its first step left out (a new phase's
+            # first step is several times slower: buffers of new shapes); a time cut waits for 3 measured steps
+            t_rate, rate_first, rate_warm = t0, first, False
             loss_avg = acc_avg = None
             done, rng_done = first, torch.get_rng_state()  # steps applied (where a checkpoint now resumes), RNG there
             bar = Progress(schedule.end * config.batch_size, f"phase {pi + 1}/{len(config.phases)} {phase.name}",
@@ -477,6 +481,8 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
                             log.write({"event": "step", "phase": phase.name, "step": step, "global_step": global_step,
                                        "loss": round(loss_avg, 5), "acc": round(acc_avg, 5),
                                        "lr": round(scheduler.get_last_lr()[0], 7), "samples_per_s": round(rate, 2)})
+                    if not rate_warm:
+                        t_rate, rate_first, rate_warm = time.perf_counter(), step, True
                     if beside is not None:  # the comparison may take this step; the supernet's length as now planned
                         beside.advance(global_step, _planned_total(global_step, step, schedule.end, pi, budget, history,
                                                                    phase_elapsed + time.perf_counter() - t0, first,
@@ -519,7 +525,7 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
                                 phase_state.update({k: v for k, v in kept.items() if k != "budget_s"})
                                 check = None
                             batches = stream(step)
-                            t_rate, rate_first = time.perf_counter(), step
+                            t_rate, rate_first, rate_warm = time.perf_counter(), step, False
                             bar.n, bar.total = step * config.batch_size, schedule.end * config.batch_size
                             if beside is not None:  # the comparison restarts at the same rates
                                 beside.stop()
@@ -543,7 +549,7 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
                             log.write({"event": "val", "phase": phase.name, "global_step": global_step, **point})
                             cut = plateau_cut(phase_state, float(np.mean(accs)), step, min_steps, config, phase.adaptive,
                                               schedule.end, learned)
-                        if procs.main and phase_state.get("budget_s") is not None and step - rate_first >= 2:
+                        if procs.main and phase_state.get("budget_s") is not None and step - rate_first >= 3:
                             elapsed = phase_elapsed + time.perf_counter() - t0
                             cut = time_cut(phase_state, elapsed, (time.perf_counter() - t_rate) / max(1, step - rate_first),
                                            step,
@@ -566,7 +572,8 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
                             log.write({"event": "checkpoint", "phase": phase.name, "step": step,
                                        "global_step": global_step})
                 bar.close()
-                phase_elapsed += time.perf_counter() - t0
+                steps_end = time.perf_counter()
+                phase_elapsed += steps_end - t0
                 total = schedule.end
                 stopped = phase_state.get("stopped") or ("max_epochs" if phase.adaptive else "length")
                 summary = {"phase": phase.name, "steps": total, "epochs": round(total / steps_per_epoch, 3),
@@ -576,7 +583,11 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
                     summary["budget_s"] = round(phase_state["budget_s"], 2)
                 if procs.main and config.eval_every_phase:
                     accs = _val_top1(net, [space.largest(), space.smallest()], dataset, config, max(per_rank, 64))
-                    summary.update(val_largest=round(accs[0], 5), val_smallest=round(accs[1], 5))
+                    summary.update(val_largest=round(accs[0], 5), val_smallest=round(accs[1], 5),
+                                   eval_s=round(time.perf_counter() - steps_end, 3))
+                # the phase's wall clock: its steps (over every resumed segment) and, of this segment, what was not
+                # a step (start-up, channel sorting, checkpoints, its evaluation); the time budget charges it all
+                summary["wall_s"] = round(phase_elapsed + (time.perf_counter() - segment_start) - (steps_end - t0), 2)
                 summary["curve"] = phase_state.get("curve", [])
                 if procs.main:
                     accuracy = (f", val top-1 largest {summary['val_largest']:.4f} smallest {summary['val_smallest']:.4f}"
@@ -601,6 +612,7 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
                 phase_elapsed = 0.0
                 if procs.main:
                     save_checkpoint(last_path, checkpoint_state(pi + 1, 0, None, None))
+            segment_start = time.perf_counter()
             procs.barrier()
     except BaseException:  # an interrupted or failed training stops the comparison run too
         if beside is not None:
