@@ -399,8 +399,9 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
             watched = watched_archs(space, opts)
             eval_every = max(10, round(config.plateau_every * steps_per_epoch)) if config.eval_every_phase else 0
 
-            def new_optimizer(phase=phase, total=total, warmup=warmup) -> tuple[Any, PhaseSchedule, Any]:
-                optimizer = torch.optim.SGD(net.parameters(), lr=phase.lr * lr_scale * lr_state["factor"],
+            def new_optimizer(pi=pi, total=total, warmup=warmup) -> tuple[Any, PhaseSchedule, Any]:
+                rate = lr_backoff.phase_lr(config, pi, lr_state["factor"]) * lr_scale
+                optimizer = torch.optim.SGD(net.parameters(), lr=rate,
                                             momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0,
                                             weight_decay=config.weight_decay)
                 schedule = PhaseSchedule(total, warmup)
