@@ -198,13 +198,19 @@ def short_config(dataset: str) -> TrainConfig:
                       subnets_per_step=2, smallest_first=True)))
 
 
-@pytest.mark.parametrize("random_labels", [False, True])
-def test_gate_on_a_real_run(tmp_path, random_labels):
+@pytest.mark.parametrize("random_labels,stop_unlearned", [(False, True), (True, True), (True, False)])
+def test_gate_on_a_real_run(tmp_path, random_labels, stop_unlearned):
+    """Random labels fail the gate; training stops after the first phase there (its largest subnet at chance: the
+    later phases cannot make up for it) unless stop_unlearned is off. Labels that follow from the images pass."""
     folder = make_folder(tmp_path / "data", random_labels=random_labels)
-    result = train(short_config(f"folder:{folder}"), tmp_path / "run", threads=1, progress=False, tensorboard=False)
+    config = short_config(f"folder:{folder}").replace(stop_unlearned=stop_unlearned)
+    result = train(config, tmp_path / "run", threads=1, progress=False, tensorboard=False)
     s = result.summary
     gate = s["gate"]
-    assert s["alone"]["steps"] == s["global_step"] == 28 and 0 <= s["alone"]["top1"] <= 1
+    stops_early = random_labels and stop_unlearned
+    assert s["global_step"] == (16 if stops_early else 28) and len(s["phases"]) == (1 if stops_early else 4)
+    assert s["alone"]["steps"] == s["global_step"] and 0 <= s["alone"]["top1"] <= 1
+    assert bool(s.get("stopped_unlearned")) == stops_early
     assert 0.33 <= s["chance"] < 0.6  # the most common class's share of the validation split
     assert all(p["stopped"] == "length" and p["curve"] for p in s["phases"][:1])
     if random_labels:

@@ -129,9 +129,11 @@ class TrainConfig:
     plateau_delta: float = 0.005
     time_budget: float | None = None  # wall-clock seconds for the whole run, spread over the phases
     compare_alone: bool = True  # also train the largest network alone for as many steps (what sharing costs)
+    # stop after the first phase when its largest subnet is not far above chance (the gate would fail anyway)
+    stop_unlearned: bool = True
 
     RUN_SETTINGS = ("checkpoint_every", "log_every", "eval_every_phase", "final_samples", "time_budget",
-                    "compare_alone")
+                    "compare_alone", "stop_unlearned")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "phases", tuple(p if isinstance(p, Phase) else _phase(p) for p in self.phases))
@@ -201,6 +203,7 @@ FIELD_RANGES: dict[str, tuple[type, float | None, float | None, bool]] = {
     "final_samples": (int, 0, 100_000, False), "plateau_every": (float, 0, 100_000, True),
     "plateau_patience": (int, 1, 100_000, False), "plateau_delta": (float, 0, 1, False),
     "time_budget": (float, 0, 10 * 365 * 86400, True), "compare_alone": (bool, None, None, False),
+    "stop_unlearned": (bool, None, None, False),
 }
 PHASE_RANGES: dict[str, tuple[type, float | None, float | None, bool]] = {
     "name": (str, None, None, False), "epochs": (float, 0, 100_000, True), "steps": (int, 1, _BIG, False),

@@ -110,6 +110,10 @@ def _hint(summary: dict[str, Any], largest: float, far_above: bool) -> str:
     if not far_above and train_acc and max(train_acc) - largest >= MEMORISED_GAP:
         return ("The network fitted its training images but not the validation ones: it needs a bigger dataset "
                 "(more images per class), or labels that follow from the images.")
+    if summary.get("stopped_unlearned"):
+        return ("Training stopped after its first phase, where the full network did not learn: check that the labels "
+                "follow from the images, give it a bigger dataset or a larger preset (`small`); stop_unlearned = false "
+                "in a training config trains every phase anyway.")
     if "time" in stopped:
         return "Its time budget cut phases short: give it more time (--time-budget, time_budget) or a smaller dataset."
     if stopped & {"max_epochs", "length"}:

@@ -244,6 +244,19 @@ def _planned_total(global_step: int, step: int, end: int, index: int, budget: Ti
     return planned + budget.later_steps(index, budget.total - used, seconds_per_step / step_cost(phase))
 
 
+def _unlearned(phase_summary: dict[str, Any], config: TrainConfig, learned: float, procs: Processes) -> bool:
+    """Whether training stops after its first phase: the phase ran its course (not cut by the time budget) and its
+    largest subnet is not far above chance (`learned`), so the gate after training would fail whatever the later
+    phases do (they train smaller subnets). Rank 0 decides for all."""
+    stop = bool(config.stop_unlearned and len(config.phases) > 1 and phase_summary.get("stopped") != "time"
+                and phase_summary.get("val_largest") is not None and phase_summary["val_largest"] < learned)
+    if procs.distributed:
+        shared = [stop]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        stop = bool(shared[0])
+    return stop
+
+
 def _param_checksum(net: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for p in net.parameters():
@@ -372,6 +385,7 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
         torch.set_num_threads(max(1, torch.get_num_threads() - 1))
     budget = (TimeBudget(config, train_size, replay=False if beside is not None else None)
               if config.time_budget is not None else None)
+    stopped_unlearned = False
     try:
         for pi in range(phase_index, len(config.phases)):
             phase = config.phases[pi]
@@ -615,6 +629,16 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
                     save_checkpoint(last_path, checkpoint_state(pi + 1, 0, None, None))
             segment_start = time.perf_counter()
             procs.barrier()
+            if pi == 0 and _unlearned(summary, config, learned, procs):
+                stopped_unlearned = True
+                if procs.main:
+                    print(f"edgenas train: the largest subnet is at {100 * summary['val_largest']:.1f} % after the first "
+                          f"phase (needs {100 * learned:.1f} %, chance {100 * chance_top1(dataset):.1f} %): the later "
+                          "phases cannot make up for it, so training stops here and the check below fails "
+                          "(stop_unlearned = false in a training config trains every phase anyway)", file=sys.stderr)
+                    log.write({"event": "unlearned", "global_step": global_step, "val_largest": summary["val_largest"],
+                               "needs": round(learned, 5)})
+                break
     except BaseException:  # an interrupted or failed training stops the comparison run too
         if beside is not None:
             beside.stop()
@@ -623,6 +647,8 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
     # Final: the validation top-1 of the largest, smallest and a few random subnets, each BN-recalibrated; the
     # largest network trained alone for as many steps; the verdict on whether the supernet learned.
     summary: dict[str, Any] = {"phases": history, "global_step": global_step, "world_size": procs.world_size}
+    if stopped_unlearned:
+        summary["stopped_unlearned"] = True
     if procs.distributed:
         sums: list[Any] = [None] * procs.world_size
         torch.distributed.all_gather_object(sums, _param_checksum(net))
