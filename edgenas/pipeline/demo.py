@@ -43,8 +43,8 @@ DEMO = {
     "seed": 0,
     # Phases stop on a plateau of validation accuracy; on digits that took 17 min of this 2-core machine (the
     # largest subnet 98.0 %), so the demo spreads 80 seconds over the phases; the network trained alone for
-    # comparison runs beside them on the second core. The whole demo took 5:00-5:26 on this machine, quiet
-    # (tools/bench/pipeline.py, 2026-11-24).
+    # comparison runs beside them on the second core (the 80 s are wall-clock: evaluations included). The whole
+    # demo took 4:13 on this machine, quiet (tools/bench/pipeline.py, 2026-12-02).
     "train": {"dataset": "digits", "preset": "tiny", "time_budget": 80},
     "predictor": {"samples": 60, "test": 15},
     "search": {"population": 100, "generations": 200, "top_k": 2},
