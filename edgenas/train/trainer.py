@@ -245,10 +245,12 @@ def _planned_total(global_step: int, step: int, end: int, index: int, budget: Ti
 
 
 def _unlearned(phase_summary: dict[str, Any], config: TrainConfig, learned: float, procs: Processes) -> bool:
-    """Whether training stops after its first phase: the phase ran its course (not cut by the time budget) and its
-    largest subnet is not far above chance (`learned`), so the gate after training would fail whatever the later
-    phases do (they train smaller subnets). Rank 0 decides for all."""
-    stop = bool(config.stop_unlearned and len(config.phases) > 1 and phase_summary.get("stopped") != "time"
+    """Whether training stops after its first phase: an adaptive phase (below `learned` a flat curve is no plateau)
+    ran to its longest length, `max_epochs`, and its largest subnet is still not far above chance, so the gate after
+    training would fail whatever the later phases add. A fixed-length or time-cut first phase never stops training
+    (the later phases may go on training the full network: `largest_first`). Rank 0 decides for all."""
+    stop = bool(config.stop_unlearned and len(config.phases) > 1 and config.phases[0].adaptive
+                and phase_summary.get("stopped") == "max_epochs"
                 and phase_summary.get("val_largest") is not None and phase_summary["val_largest"] < learned)
     if procs.distributed:
         shared = [stop]
