@@ -66,6 +66,11 @@ def test_run_stops_at_the_gate_on_random_labels(tmp_path, capsys):
     assert (tmp_path / "out" / "supernet" / "supernet.pt").is_file()  # the state is kept ...
     stages = json.loads((tmp_path / "out" / "stages.json").read_text())
     assert list(stages) == ["train"]  # ... and nothing after training ran
+    # the report holds the training curves of every phase and the verdict, and says nothing shipped
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert str(tmp_path / "out" / "report.html") in err
+    assert "stopped at the training check" in report and "Nothing was searched or shipped" in report
+    assert "training check FAILED" in report and "alt=\"training curves\"" in report
     # a re-run reuses the training and stops at the same gate
     assert main(["run", str(tmp_path / "run.toml")]) == 1
     assert "stage train: reused" in capsys.readouterr().err

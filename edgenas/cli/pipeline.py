@@ -93,9 +93,10 @@ def _gated(run, as_json: bool, out) -> int:
         result = run()
     except TrainingGateFailed as exc:
         if as_json:
-            print(json.dumps({"out": str(out), "checkpoint": str(exc.checkpoint), "gate": exc.verdict.to_dict()},
-                             indent=2))
+            print(json.dumps({"out": str(out), "checkpoint": str(exc.checkpoint), "gate": exc.verdict.to_dict(),
+                              "report": str(exc.report) if exc.report is not None else None}, indent=2))
+        report = f"; the training curves and the verdict: {exc.report}" if exc.report is not None else ""
         print(f"edgenas: error: {exc.verdict.message} Stopped before anything ships; the trained supernet is kept in "
-              f"{exc.checkpoint} (a re-run reuses it; --force goes on with it).", file=sys.stderr)
+              f"{exc.checkpoint} (a re-run reuses it; --force goes on with it){report}.", file=sys.stderr)
         return EXIT_CHECK_FAILED
     return _finish(result, as_json)

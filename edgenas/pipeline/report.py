@@ -59,6 +59,7 @@ class ReportData:
     predictor_summary: dict = field(default_factory=dict)
     devices: list[DeviceReport] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    stopped: str = ""  # why the run stopped before shipping anything (shown first)
 
 
 def _plt():
@@ -179,6 +180,8 @@ def render_report(data: ReportData, out_dir: str | Path) -> Path:
              f"<style>{_CSS}</style></head><body>",
              f"<h1>{html.escape(data.title)}</h1>",
              f"<p>Dataset <code>{html.escape(data.dataset)}</code>, search space <code>{html.escape(data.space)}</code>.</p>"]
+    if data.stopped:
+        parts.append(f"<p class=bad>{html.escape(data.stopped)}</p>")
 
     parts.append("<h2>Chosen models</h2><table><tr><th class=l>device</th><th>budget</th>"
                  "<th>measured latency (interleaved)</th><th>predicted latency</th><th>accuracy (measured)</th>"

@@ -96,8 +96,23 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, force: bool = Fals
     store_path = out / "store.sqlite"
     tables_dir = out / "latency_tables"
 
+    from edgenas.train.checkpoint import load_checkpoint_info
+    from edgenas.train.gate import TrainingGateFailed
+
     checkpoint = _train_stage(config, book, progress)
-    verdict = _training_gate(checkpoint, force)
+    try:
+        verdict = _training_gate(checkpoint, force)
+    except TrainingGateFailed as exc:  # nothing ships; the report still shows the training curves and the verdict
+        trained = load_checkpoint_info(checkpoint)
+        metrics, training_summary = _training_figures(checkpoint, exc.verdict, trained)
+        space_name = str((trained.get("space") or {}).get("name", "?"))
+        exc.report = render_report(ReportData(
+            title=f"edgenas run: {config.dataset}, stopped at the training check", dataset=config.dataset,
+            space=space_name, training_metrics=metrics, training_summary=training_summary,
+            stage_seconds=dict(book.seconds),
+            stopped=f"Stopped after training: {exc.verdict.message} Nothing was searched or shipped; "
+                    "`edgenas run --force` goes on with this supernet."), out)
+        raise
     opened = _Checkpoint(checkpoint)  # read once, for every stage that needs it
     info = opened.get().info
     ckpt_sha = info["sha256"]
@@ -120,6 +135,24 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, force: bool = Fals
         devices.append(device_report)
         budgets.extend(device_budgets)
 
+    metrics, training_summary = _training_figures(checkpoint, verdict, info)
+    data = ReportData(
+        title=f"edgenas run: {config.dataset}, {space.name} space, {len(config.devices)} device(s)",
+        dataset=config.dataset, space=space.name, training_metrics=metrics, training_summary=training_summary,
+        predictor_summary={k: v for k, v in predictor_out.items() if k != "path"}, devices=devices,
+        stage_seconds=dict(book.seconds),
+    )
+    report = render_report(data, out)
+    return RunResult(out, report, checkpoint, book.ran, book.reused, dict(book.seconds), budgets)
+
+
+def _training_figures(checkpoint: Path, verdict: Any, info: dict[str, Any] | None = None) -> tuple[list[dict], dict]:
+    """The report's training part: every metrics.jsonl record (the curves of every phase) and the summary's
+    figures with the comparison run, the learning-rate factor and the verdict."""
+    if info is None:
+        from edgenas.train.checkpoint import load_checkpoint_info
+
+        info = load_checkpoint_info(checkpoint)
     metrics_path = checkpoint.parent / "metrics.jsonl"
     metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] \
         if metrics_path.is_file() else []
@@ -130,14 +163,7 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, force: bool = Fals
     if (summary.get("lr_backoff") or {}).get("factor") is not None:  # the learning-rate back-off's factor
         training_summary["learning-rate factor (x the preset's)"] = summary["lr_backoff"]["factor"]
     training_summary["training check"] = verdict.message
-    data = ReportData(
-        title=f"edgenas run: {config.dataset}, {space.name} space, {len(config.devices)} device(s)",
-        dataset=config.dataset, space=space.name, training_metrics=metrics, training_summary=training_summary,
-        predictor_summary={k: v for k, v in predictor_out.items() if k != "path"}, devices=devices,
-        stage_seconds=dict(book.seconds),
-    )
-    report = render_report(data, out)
-    return RunResult(out, report, checkpoint, book.ran, book.reused, dict(book.seconds), budgets)
+    return metrics, training_summary
 
 
 # ---- stages -------------------------------------------------------------------------------------

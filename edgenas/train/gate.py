@@ -74,6 +74,7 @@ class TrainingGateFailed(Exception):
     def __init__(self, verdict: Verdict, checkpoint: Any = None) -> None:
         super().__init__(verdict.message)
         self.verdict, self.checkpoint = verdict, checkpoint
+        self.report: Any = None  # the report `edgenas run` wrote (training curves and the verdict), if any
 
 
 def training_verdict(summary: dict[str, Any], *, num_classes: int | None = None) -> Verdict:
