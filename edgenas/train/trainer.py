@@ -553,10 +553,15 @@ def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, dev
                         check = None
                     # the validation curve, the plateau and the time budget: decided on rank 0, followed by all
                     # (the clock every step; under torchrun every 10th, where the ranks meet to share the decision)
-                    if step < schedule.end and (eval_every and step % eval_every == 0 or (
+                    # Under a time budget a validation check comes only once the phase has run its minimum (where a
+                    # plateau may end it): before that it could only draw the curve, and the demo's 80 s spent 10 s
+                    # on such checks; the evaluation at each phase's end still draws one point per phase.
+                    val_check = bool(eval_every and step % eval_every == 0
+                                     and (phase_state.get("budget_s") is None or step >= min_steps))
+                    if step < schedule.end and (val_check or (
                             phase_state.get("budget_s") is not None and (not procs.distributed or step % 10 == 0))):
                         cut = None
-                        if procs.main and eval_every and step % eval_every == 0:
+                        if procs.main and val_check:
                             accs = _val_top1(net, watched, dataset, config, max(per_rank, 64))
                             point = {"step": step, "epoch": round(step / steps_per_epoch, 3),
                                      **{name: round(a, 5) for name, a in zip(("largest", "smallest"), accs)},
