@@ -100,10 +100,10 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, force: bool = Fals
     from edgenas.train.gate import TrainingGateFailed
 
     checkpoint = _train_stage(config, book, progress)
+    trained = load_checkpoint_info(checkpoint)
     try:
-        verdict = _training_gate(checkpoint, force)
+        verdict = _training_gate(checkpoint, trained, force)
     except TrainingGateFailed as exc:  # nothing ships; the report still shows the training curves and the verdict
-        trained = load_checkpoint_info(checkpoint)
         metrics, training_summary = _training_figures(checkpoint, exc.verdict, trained)
         space_name = str((trained.get("space") or {}).get("name", "?"))
         exc.report = render_report(ReportData(
@@ -146,13 +146,9 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, force: bool = Fals
     return RunResult(out, report, checkpoint, book.ran, book.reused, dict(book.seconds), budgets)
 
 
-def _training_figures(checkpoint: Path, verdict: Any, info: dict[str, Any] | None = None) -> tuple[list[dict], dict]:
+def _training_figures(checkpoint: Path, verdict: Any, info: dict[str, Any]) -> tuple[list[dict], dict]:
     """The report's training part: every metrics.jsonl record (the curves of every phase) and the summary's
-    figures with the comparison run, the learning-rate factor and the verdict."""
-    if info is None:
-        from edgenas.train.checkpoint import load_checkpoint_info
-
-        info = load_checkpoint_info(checkpoint)
+    figures (`info`: the checkpoint's) with the comparison run, the learning-rate factor and the verdict."""
     metrics_path = checkpoint.parent / "metrics.jsonl"
     metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] \
         if metrics_path.is_file() else []
@@ -167,12 +163,11 @@ def _training_figures(checkpoint: Path, verdict: Any, info: dict[str, Any] | Non
 
 
 # ---- stages -------------------------------------------------------------------------------------
-def _training_gate(checkpoint: Path, force: bool) -> Any:
-    """The verdict on the supernet (edgenas.train.gate); raise TrainingGateFailed when it failed, unless `force`."""
-    from edgenas.train.checkpoint import load_checkpoint_info
+def _training_gate(checkpoint: Path, info: dict[str, Any], force: bool) -> Any:
+    """The verdict on the supernet (edgenas.train.gate; `info`: the checkpoint's); raise TrainingGateFailed when
+    it failed, unless `force`."""
     from edgenas.train.gate import TrainingGateFailed, training_verdict
 
-    info = load_checkpoint_info(checkpoint)
     verdict = training_verdict(info.get("summary") or {}, num_classes=info["space"].get("num_classes"))
     if not verdict.passed:
         if not force:
