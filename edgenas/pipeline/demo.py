@@ -46,7 +46,8 @@ DEMO = {
     # comparison runs beside them on the second core. The budget is wall-clock (evaluations included): at 80 s a
     # slow spell of this machine left 153 steps and a smallest subnet 11 points below the largest (the check
     # failed), where a quicker one had 179 steps and passed; at 90 s, 211 and 212 steps, and the whole demo took
-    # 4:07 and 4:17 on this machine, quiet (tools/bench/pipeline.py, 2026-12-02).
+    # 4:07 and 4:17 on this machine, quiet (tools/bench/pipeline.py, 2026-12-02); in a slow spell of the same
+    # machine 5:52, and once 178 steps and the check failed (smallest 81.6 %, largest 93.6 %): not yet robust.
     "train": {"dataset": "digits", "preset": "tiny", "time_budget": 90},
     "predictor": {"samples": 60, "test": 15},
     "search": {"population": 100, "generations": 200, "top_k": 2},
