@@ -467,16 +467,14 @@ def window_stats(rows, has_cpu_clock, quota=None, threads=1, probe_fast_ms=None)
     A fast-moment run is one whose speed probe, timed just before it, read within 1.2x of the device's fast
     level (`probe_fast_ms`: the window's fastest readings, or the device's reference when lower, see
     `fast_level`); a window waits for enough of them, and their quantile does not depend on how much of the
-    window was slow. With fewer than MIN_FAST_RUNS, the runs of the window's fastest moments stand in.
-    A stall is time the runner thread spent off the CPU within a run (wall time beyond its own CPU time,
-    above the smallest such wait of the model's runs): another process taking the core, or the quota. A CPU quota (the process's cgroup
-    limit, in CPUs) smaller than the runtime's threads makes a device steadily slower, so it stays in the
-    figure: at 50 % of a CPU, twice the cost. (The cgroup's throttled time over a window, reported as
-    `throttled_share`, varied from window to window: 0.49 then 0.44 for the same 100 subnets, so the
-    configured quota is used.) Other processes taking the core do not (they come and go);
-    window_summary flags a window where they did. Without a thread CPU clock (or with more than one
-    thread) no stalls are removed.
-    """
+    window was slow. With fewer than MIN_FAST_RUNS, the runs of the window's fastest moments stand in. A stall
+    is time the runner thread spent off the CPU within a run (wall time beyond its own CPU time, above the
+    smallest such wait of the model's runs): another process taking the core, or the quota. A CPU quota (the
+    process's cgroup limit, in CPUs) smaller than the runtime's threads makes a device steadily slower, so it
+    stays in the figure: at 50 % of a CPU, twice the cost. (The cgroup's throttled time over a window, reported
+    as `throttled_share`, varied from window to window: 0.49 then 0.44 for the same 100 subnets, so the
+    configured quota is used.) Other processes taking the core do not (they come and go); window_summary flags a
+    window where they did. Without a thread CPU clock (or with more than one thread) no stalls are removed. """
     import numpy as np
 
     a = np.asarray(rows, dtype=np.float64)
