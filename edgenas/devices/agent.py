@@ -474,7 +474,8 @@ def window_stats(rows, has_cpu_clock, quota=None, threads=1, probe_fast_ms=None)
     stays in the figure: at 50 % of a CPU, twice the cost. (The cgroup's throttled time over a window, reported
     as `throttled_share`, varied from window to window: 0.49 then 0.44 for the same 100 subnets, so the
     configured quota is used.) Other processes taking the core do not (they come and go); window_summary flags a
-    window where they did. Without a thread CPU clock (or with more than one thread) no stalls are removed. """
+    window where they did. Without a thread CPU clock (or with more than one thread) no stalls are removed.
+    """
     import numpy as np
 
     a = np.asarray(rows, dtype=np.float64)
