@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, help="seed for the data split, order and subnet sampling")
     train.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
     train.add_argument("--steps", type=int, help="run exactly this many steps in every phase (quick trials)")
+    train.add_argument("--total-steps", type=int, metavar="N", help="run exactly N steps in all, spread over the "
+                       "phases in proportion to their epochs (a fixed length, whatever the machine's speed)")
     train.add_argument("--epochs-scale", type=float, help="multiply every phase's epochs (and max_epochs) by this "
                        "factor")
     train.add_argument("--time-budget", type=float, metavar="SECONDS", help="wall-clock seconds for the training, "
@@ -68,6 +70,10 @@ def run_train(args: argparse.Namespace) -> int:
         if args.steps < 1:
             raise UsageError(f"--steps {args.steps} must be at least 1")
         config = config.fixed_steps(args.steps)
+    if args.total_steps is not None:
+        if args.steps is not None:
+            raise UsageError("give --steps (per phase) or --total-steps (in all), not both")
+        config = config.spread_steps(args.total_steps)
     from edgenas.data import check_dataset_spec
     from edgenas.readers import output_dir, output_files
     from edgenas.train.trainer import default_out_dir

@@ -10,6 +10,7 @@ preset = "tiny"                # training preset (tiny | small | ofa)
 # config = "train.toml"        # a training config file (edgenas train --config)
 # checkpoint = "runs/x/supernet.pt"   # use an existing supernet instead of training one
 # time_budget = 600            # seconds of training, spread over the phases (edgenas train --time-budget)
+# total_steps = 220            # or exactly this many steps, spread over the phases (edgenas train --total-steps)
 
 [predictor]
 samples = 150                  # subnets evaluated for the accuracy predictor (test ones included)
@@ -99,9 +100,10 @@ class RunConfig:
         return d
 
 
+_BIG_STEPS = 1_000_000_000
 _TOP = {"out", "seed", "train", "predictor", "search", "export", "devices"}
 _SECTIONS = {
-    "train": {"dataset", "preset", "config", "checkpoint", "steps_scale", "batch_size", "time_budget"},
+    "train": {"dataset", "preset", "config", "checkpoint", "steps_scale", "batch_size", "time_budget", "total_steps"},
     "predictor": {"samples", "test"},
     "search": {"algorithm", "population", "generations", "top_k"},
     "export": {"formats"},
@@ -158,6 +160,10 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
     if "time_budget" in train:
         budget = check_value(source, "train.time_budget", train["time_budget"], float, 0, 10 * 365 * 86400, low_open=True)
         overrides["time_budget"] = float(budget)
+    if "total_steps" in train:
+        overrides["total_steps"] = check_value(source, "train.total_steps", train["total_steps"], int, 1, _BIG_STEPS)
+        if "steps_scale" in train:
+            raise _bad(source, "train.total_steps", "give total_steps or steps_scale, not both")
     checkpoint = path_of(train["checkpoint"], "train.checkpoint") if "checkpoint" in train else None
     if checkpoint is not None and not checkpoint.is_file():
         raise _bad(source, "train.checkpoint", f"{checkpoint} does not exist")
@@ -271,8 +277,13 @@ def check_run_inputs(config: RunConfig) -> None:
     else:
         from edgenas.train.config import load_config
 
-        load_config(config.train_config, preset=config.preset, dataset=config.dataset, seed=config.seed,
-                    batch_size=config.train_overrides.get("batch_size"))
+        tconfig = load_config(config.train_config, preset=config.preset, dataset=config.dataset, seed=config.seed,
+                              batch_size=config.train_overrides.get("batch_size"))
+        if "total_steps" in config.train_overrides:
+            try:
+                tconfig.spread_steps(config.train_overrides["total_steps"])
+            except UsageError as exc:
+                raise _bad(source, "train.total_steps", str(exc)) from None
     for i, target in enumerate(config.devices):
         try:
             device = load_device_config(target.name)

@@ -186,6 +186,8 @@ def _train_stage(config: RunConfig, book: StageBook, progress: bool) -> Path:
                           time_budget=config.train_overrides.get("time_budget"))
     if "steps_scale" in config.train_overrides:
         tconfig = tconfig.scale_epochs(config.train_overrides["steps_scale"])
+    if "total_steps" in config.train_overrides:
+        tconfig = tconfig.spread_steps(config.train_overrides["total_steps"])
     train_dir = config.out / "supernet"
     key = {"train": tconfig.result_dict()}
     if tconfig.time_budget is not None:
