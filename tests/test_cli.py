@@ -38,3 +38,14 @@ def test_bad_arguments_are_one_line_exit_2(args):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("edgenas") and "error:" in lines[0]
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--total-steps", "3"), "total steps 3 must be at least the number of phases (6)"),
+    (("--total-steps", "50", "--steps", "5"), "give --steps (per phase) or --total-steps (in all), not both"),
+])
+def test_train_total_steps_refuses_what_it_cannot_spread(tmp_path, args, message):
+    res = run("train", "--out", str(tmp_path / "t"), "--no-progress", *args)
+    assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "t" / "supernet.pt").exists()
+

@@ -168,6 +168,10 @@ def test_changed_budget_reruns_only_what_depends_on_it(project, interrupted_then
     ("[train]\nepochs = 3\n[[devices]]\nname='x'\nbudgets_ms=[1]", "train.epochs: unknown key"),
     ("[export]\nformats=['tflite-fp16']\n[[devices]]\nname='x'\nbudgets_ms=[1]", "unknown format 'tflite-fp16'"),
     ("[[devices]]\nname='x'\nbudgets_ms=[1]\ncalibration='transfer'", "transfer needs a device calibrated before it"),
+    ("[train]\ntotal_steps = 0\n[[devices]]\nname='x'\nbudgets_ms=[1]", "train.total_steps = 0: expected an integer from 1"),
+    ("[train]\ntotal_steps = 2.5\n[[devices]]\nname='x'\nbudgets_ms=[1]", "train.total_steps = 2.5: expected an integer from 1"),
+    ("[predictor]\nbn_batches = 0\n[[devices]]\nname='x'\nbudgets_ms=[1]", "predictor.bn_batches = 0: expected an integer"),
+    ("[train]\ntotal_steps = 50\nsteps_scale = 0.5\n[[devices]]\nname='x'\nbudgets_ms=[1]", "not both"),
 ])
 def test_bad_config_is_one_clear_line(tmp_path, text, message):
     path = tmp_path / "bad.toml"
@@ -194,4 +198,11 @@ def test_demo_config_is_valid(tmp_path):
     config = demo_config(tmp_path / "demo")
     assert [d.label for d in config.devices] == ["local-fp32", "local-tflite-fp32"]
     assert (tmp_path / "demo" / "devices" / "local-tflite.toml").is_file()
+    # a fixed training length and the cheaper BN recalibration; examples/demo.toml says the same
+    assert config.train_overrides == {"total_steps": 212}
+    assert config.bn_batches == 4
+    example = load_run_config(Path(__file__).resolve().parents[1] / "examples" / "demo.toml", out=tmp_path / "ex")
+    for field in ("train_overrides", "bn_batches", "predictor_samples", "predictor_test", "population", "generations",
+                  "top_k", "formats", "dataset", "preset"):
+        assert getattr(example, field) == getattr(config, field), field
     assert parse_run_config({"devices": [{"name": "a", "budgets_ms": [1.0]}]}).devices[0].budgets_ms == (1.0,)

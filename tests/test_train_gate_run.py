@@ -85,3 +85,30 @@ def test_run_config_takes_a_time_budget():
 
     with pytest.raises(UsageError, match="train.time_budget"):
         parse_run_config({"train": {"time_budget": 0}, "devices": devices})
+
+
+def test_run_config_takes_total_steps_spread_over_the_phases(tmp_path):
+    from edgenas.pipeline.config import check_run_inputs
+    from edgenas.train.config import preset_config
+
+    devices = [{"name": "a", "budgets_ms": [1.0]}]
+    assert parse_run_config({"train": {"total_steps": 212}, "devices": devices}).train_overrides["total_steps"] == 212
+    tiny = preset_config("tiny")
+    spread = tiny.spread_steps(212)
+    steps = [p.steps for p in spread.phases]
+    assert sum(steps) == 212 and all(not p.adaptive for p in spread.phases)
+    # in proportion to the phases' epochs (3, 1, 0.5, 1.5, 0.5, 2 in tiny), within a step
+    epochs = [p.epochs for p in tiny.phases]
+    assert all(abs(n - 212 * e / sum(epochs)) <= 1 for n, e in zip(steps, epochs))
+    assert [p.steps for p in tiny.spread_steps(6).phases] == [1] * 6
+    import pytest
+
+    from edgenas.errors import UsageError
+
+    with pytest.raises(UsageError, match="total steps 5 must be at least the number of phases"):
+        tiny.spread_steps(5)
+    config = parse_run_config({"out": str(tmp_path / "o"), "train": {"total_steps": 5},
+                               "devices": [{"name": "local", "budgets_ms": [1.0]}]})
+    with pytest.raises(UsageError, match="train.total_steps: total steps 5"):
+        check_run_inputs(config)
+

@@ -15,6 +15,7 @@ preset = "tiny"                # training preset (tiny | small | ofa)
 [predictor]
 samples = 150                  # subnets evaluated for the accuracy predictor (test ones included)
 test = 30
+# bn_batches = 8               # training batches of 64 images each subnet's BatchNorm is recalibrated on
 
 [search]
 algorithm = "evolution"        # evolution | nsga2 | random | rl (edgenas search --algorithm)
@@ -84,6 +85,7 @@ class RunConfig:
     seed: int = 0
     predictor_samples: int = 150
     predictor_test: int = 30
+    bn_batches: int = 8  # training batches (of 64) a subnet's BatchNorm is recalibrated on: predictor and exports
     algorithm: str = "evolution"
     population: int = 100
     generations: int = 200
@@ -104,7 +106,7 @@ _BIG_STEPS = 1_000_000_000
 _TOP = {"out", "seed", "train", "predictor", "search", "export", "devices"}
 _SECTIONS = {
     "train": {"dataset", "preset", "config", "checkpoint", "steps_scale", "batch_size", "time_budget", "total_steps"},
-    "predictor": {"samples", "test"},
+    "predictor": {"samples", "test", "bn_batches"},
     "search": {"algorithm", "population", "generations", "top_k"},
     "export": {"formats"},
 }
@@ -174,6 +176,7 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
     pred = sections["predictor"]
     samples = check_value(source, "predictor.samples", pred.get("samples", 150), int, 1, 1_000_000)
     test = check_value(source, "predictor.test", pred.get("test", 30), int, 1, 1_000_000)
+    bn_batches = check_value(source, "predictor.bn_batches", pred.get("bn_batches", 8), int, 1, 100_000)
     if samples < test + 10:
         raise _bad(source, "predictor.samples", f"{samples} leaves fewer than 10 subnets to fit beside {test} test ones")
     search = sections["search"]
@@ -242,7 +245,7 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
     if dup:
         raise _bad(source, "devices", f"device {dup[0]!r} appears twice with the same precision; merge their budgets")
     return RunConfig(out=out, dataset=dataset, preset=preset, train_config=train_config, checkpoint=checkpoint,
-                     train_overrides=overrides, seed=seed, predictor_samples=samples, predictor_test=test,
+                     train_overrides=overrides, seed=seed, predictor_samples=samples, predictor_test=test, bn_batches=bn_batches,
                      algorithm=algorithm, population=population, generations=generations, top_k=top_k, formats=tuple(formats),
                      devices=tuple(devices), source=source)
 

@@ -120,7 +120,8 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, force: bool = Fals
 
     predictor_out = book.run(
         "predictor",
-        {"checkpoint": ckpt_sha, "samples": config.predictor_samples, "test": config.predictor_test, "seed": config.seed},
+        {"checkpoint": ckpt_sha, "samples": config.predictor_samples, "test": config.predictor_test, "seed": config.seed,
+         **_bn_key(config)},
         lambda: _fit_accuracy(config, checkpoint, store_path, out, progress),
         _files_exist("path"),
     )
@@ -220,12 +221,18 @@ def evaluation_workers(samples: int) -> int:
     return max(1, min(cores, samples // ARCHS_PER_WORKER))
 
 
+def _bn_key(config: RunConfig) -> dict[str, int]:
+    """The BatchNorm recalibration in a stage's key, where it is not the default (older stage books stay valid)."""
+    return {"bn_batches": config.bn_batches} if config.bn_batches != 8 else {}
+
+
 def _fit_accuracy(config: RunConfig, checkpoint: Path, store_path: Path, out: Path, progress: bool) -> dict[str, Any]:
     from edgenas.accuracy.fit import fit_predictor
 
     result = fit_predictor(checkpoint, samples=config.predictor_samples, test=config.predictor_test, seed=config.seed,
                            store_path=store_path, out=out / "accuracy_predictor.npz",
-                           workers=evaluation_workers(config.predictor_samples), progress=progress)
+                           workers=evaluation_workers(config.predictor_samples), bn_batches=config.bn_batches,
+                           progress=progress)
     d = result.to_dict()
     # a metric that is undefined (Kendall tau of one test arch) is left out: the stage book holds finite numbers
     return {"path": str(result.path), **{k: v for k, v in d.items() if isinstance(v, (int, float)) and np.isfinite(v)}}
@@ -279,7 +286,8 @@ def _device_stages(config: RunConfig, target: DeviceTarget, book: StageBook, spa
                  "limits": [target.max_sram_kb, target.max_flash_kb, target.max_macs], "seed": config.seed,
                  "algorithm": config.algorithm, "population": config.population, "generations": config.generations,
                  "top_k": config.top_k, "margins": SEARCH_MARGINS, "timing": "interleaved",
-                 "formats": list(config.formats), "device": describe, "precision": target.precision},
+                 "formats": list(config.formats), "device": describe, "precision": target.precision,
+                 **_bn_key(config)},
                 lambda b=budget: _deploy(opened, device, target, label, b, accuracy_path, latency_path, config,
                                          store_path, progress),
                 _files_exist("result", "card"),
@@ -416,7 +424,7 @@ def _deploy(checkpoint: _Checkpoint, device: Any, target: DeviceTarget, label: s
     inputs = {"supernet": str(checkpoint.path), "accuracy_predictor": str(accuracy_path),
               "latency_predictor": str(latency_path)}
     result_path = save_result(result, search_dir / "search-result.json", seed=config.seed, inputs=inputs)
-    options = deploy_options(constraints, formats=tuple(config.formats), seed=config.seed)
+    options = deploy_options(constraints, formats=tuple(config.formats), seed=config.seed, bn_batches=config.bn_batches)
     def search_again(scale: float) -> Any:
         try:
             return search_for_budget(acc.space, acc, lat, constraints, algorithm=config.algorithm,
