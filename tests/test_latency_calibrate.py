@@ -90,6 +90,31 @@ def test_held_out_subnets_ride_in_the_first_window_and_are_never_fitted(tmp_path
     assert not set(held) & set(pred.training_set[0]) and len(pred.training_set[0]) == 8
 
 
+def test_with_no_rounds_everything_is_timed_in_one_window(tmp_path, models):
+    """calibration_rounds = 0: the table's pieces, the held-out subnets and every fitted subnet in one window (each
+    round is another window; on a device in a slow spell a window can wait 6x its length for fast moments)."""
+    from edgenas.latency.evaluate import holdout_archs
+
+    device = load_device(local_device_file(tmp_path))
+    store = Store(tmp_path / "store.sqlite")
+    held = holdout_archs(MICRO, 5, [], seed=0)
+    calls: list[list[str]] = []
+    with device:
+        real = device.measure
+
+        def spy(paths, **kw):
+            calls.append(list(paths))
+            return real(paths, **kw)
+
+        device.measure = spy
+        pred = calibrate(device, MICRO, budget=8, rounds=0, store=store, tables_dir=tmp_path / "tables",
+                         cache_dir=models, progress=False, holdout=held)
+    assert len(calls) == 1 and len(calls[0]) == len(block_index(MICRO)) + len(held) + 8
+    fitted, fitted_ms = pred.training_set
+    assert len(fitted) == 8 and not set(held) & set(fitted) and (np.asarray(fitted_ms) > 0).all()
+    assert pred.kind == "calibrated" and (pred.predict(held) > 0).all()
+
+
 def test_calibrating_again_measures_nothing(calibrated):
     root, device, store, kw, pred = calibrated
     with device:

@@ -205,4 +205,6 @@ def test_demo_config_is_valid(tmp_path):
     for field in ("train_overrides", "bn_batches", "predictor_samples", "predictor_test", "population", "generations",
                   "top_k", "formats", "dataset", "preset"):
         assert getattr(example, field) == getattr(config, field), field
+    assert [(d.budget_quantiles, d.calibration_budget, d.holdout, d.calibration_rounds) for d in example.devices] == [
+        (d.budget_quantiles, d.calibration_budget, d.holdout, d.calibration_rounds) for d in config.devices]
     assert parse_run_config({"devices": [{"name": "a", "budgets_ms": [1.0]}]}).devices[0].budgets_ms == (1.0,)

@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "run", help="the whole pipeline on your data and devices, from one config file",
         description="train → accuracy predictor → calibrate each device → search each budget → deploy: export "
         "the top candidates as they ship, measure them on the device, ship the winner → report.html. A failed "
-        "export check of a shipped model exits 1. Every stage reuses what is on disk when its inputs "
+        "export check of a shipped model, or a latency predictor's held-out check, exits 1. Every stage reuses what is on disk when its inputs "
         "are unchanged; an interrupted run resumes. See examples/*.toml and README.md for the config keys.")
     run.add_argument("config", metavar="CONFIG.toml", help="run config (see examples/)")
     run.add_argument("--out", metavar="DIR", help="output folder (overrides the config's `out`)")
@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.set_defaults(handler="edgenas.cli.pipeline:run_config")
 
 
-EXIT_CHECK_FAILED = 1  # a shipped model failed an export check (as `edgenas export` exits), or training its check
+EXIT_CHECK_FAILED = 1  # a shipped model failed an export check (as `edgenas export` exits), training its check, or a
+# latency predictor its held-out check
 
 
 def _finish(result, as_json: bool) -> int:
@@ -37,7 +38,8 @@ def _finish(result, as_json: bool) -> int:
     import sys
 
     failed = [b for b in result.budgets if b.get("problems")]
-    code = EXIT_CHECK_FAILED if failed else 0
+    latency_failed = [c for c in result.calibrations if not c["passed"]]
+    code = EXIT_CHECK_FAILED if failed or latency_failed else 0
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -53,11 +55,15 @@ def _finish(result, as_json: bool) -> int:
             checks = " EXPORT CHECKS FAILED: " + "; ".join(b["problems"]) if b.get("problems") else ""
             print(f"  {where}, budget {b['budget_ms']:g} ms: {lat} measured ({verdict} it), accuracy {acc}, "
                   f"files in {b['export_dir']}{checks}")
+        for c in result.calibrations:
+            print(f"  {c['message']}")
         print(f"  report: {result.report}")
         print("  time per stage: " + ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items()))
     for b in failed:
         print(f"edgenas: error: the model shipped for {b['device']} at {b['budget_ms']:g} ms failed its export "
               f"checks: {'; '.join(b['problems'])} (files kept in {b['export_dir']})", file=sys.stderr)
+    for c in latency_failed:
+        print(f"edgenas: error: {c['message']}", file=sys.stderr)
     return code
 
 

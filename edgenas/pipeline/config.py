@@ -33,6 +33,7 @@ budgets_ms = [2.0, 4.0]        # latency budgets; or budget_quantiles = [0.3, 0.
 calibration = "table"          # table (latency table + whole-subnet correction) | whole-model | transfer
 calibration_budget = 40        # whole-subnet measurements (on top of the table; for transfer: 10 is typical)
 holdout = 20                   # held-out subnets measured to show calibration quality
+calibration_rounds = 5         # windows of the subnets the fit is least sure of; 0: every subnet in the table's window
 # max_sram_kb = 256            # memory limits (microcontrollers), at the deployed precision
 # max_flash_kb = 1024
 # max_macs = 300               # compute limit in millions of MACs (as edgenas search --max-macs)
@@ -68,6 +69,7 @@ class DeviceTarget:
     calibration: str = "table"  # table | whole-model | transfer (from the devices calibrated before it in the run)
     calibration_budget: int = 40
     holdout: int = 20
+    calibration_rounds: int = 5  # rounds of uncertain subnets after the first window; 0: all in the table's window
 
     @property
     def label(self) -> str:
@@ -237,6 +239,9 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
         for ckey in ("calibration_budget", "holdout"):
             if ckey in d:
                 counts[ckey] = check_value(source, f"{key}.{ckey}", d[ckey], int, 3, 100_000)
+        if "calibration_rounds" in d:
+            counts["calibration_rounds"] = check_value(source, f"{key}.calibration_rounds", d["calibration_rounds"],
+                                                       int, 0, 100)
         devices.append(DeviceTarget(name=name, precision=precision, budgets_ms=tuple(float(b) for b in budgets),
                                     budget_quantiles=tuple(float(q) for q in quantiles), calibration=calibration,
                                     **limits, **counts))

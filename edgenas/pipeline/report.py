@@ -46,6 +46,7 @@ class DeviceReport:
     calibration_predicted: list[float] = field(default_factory=list)
     calibration_measured: list[float] = field(default_factory=list)
     calibration_summary: dict = field(default_factory=dict)
+    calibration_check: dict = field(default_factory=dict)  # edgenas.pipeline.run.calibration_check
     budgets: list[BudgetResult] = field(default_factory=list)
 
 
@@ -210,6 +211,9 @@ def render_report(data: ReportData, out_dir: str | Path) -> Path:
         pareto = plot_pareto(dev, out / f"pareto-{slug}.png")
         calib = plot_calibration(dev, out / f"calibration-{slug}.png")
         parts.append(f"<div class=plots>{_img(pareto, 'Pareto front ' + dev.name)}{_img(calib, 'calibration ' + dev.name)}</div>")
+        if dev.calibration_check:
+            ok = dev.calibration_check.get("passed")
+            parts.append(f"<p class={'ok' if ok else 'bad'}>{html.escape(dev.calibration_check.get('message', ''))}</p>")
         if dev.calibration_summary:
             parts.append("<table><tr>" + "".join(f"<th>{html.escape(str(k))}</th>" for k in dev.calibration_summary)
                          + "</tr><tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in dev.calibration_summary.values())
