@@ -19,8 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "run", help="the whole pipeline on your data and devices, from one config file",
         description="train → accuracy predictor → calibrate each device → search each budget → deploy: export "
         "the top candidates as they ship, measure them on the device, ship the winner → report.html. A failed "
-        "export check of a shipped model, or a latency predictor's held-out check, exits 1. Every stage reuses what is on disk when its inputs "
-        "are unchanged; an interrupted run resumes. See examples/*.toml and README.md for the config keys.")
+        "export check of a shipped model, or a latency predictor's held-out check, exits 1. Every stage reuses what "
+        "is on disk when its inputs are unchanged; an interrupted run resumes. See examples/*.toml and README.md "
+        "for the config keys.")
     run.add_argument("config", metavar="CONFIG.toml", help="run config (see examples/)")
     run.add_argument("--out", metavar="DIR", help="output folder (overrides the config's `out`)")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
