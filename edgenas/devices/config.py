@@ -411,7 +411,7 @@ def read_device_file(path: str | os.PathLike) -> DeviceConfig:
     return parse_device(data, source=source, path=path.resolve(), default_name=stem)
 
 
-LOCAL_MEASURE = MeasureSettings(window_s=4.0, batch_size=250)
+LOCAL_MEASURE = MeasureSettings(window_s=4.0, batch_size=300)
 
 
 def builtin_device(name: str) -> DeviceConfig | None:
@@ -423,7 +423,7 @@ def builtin_device(name: str) -> DeviceConfig | None:
     if name not in runtimes:
         return None
     label = "ONNX Runtime" if runtimes[name] == "onnxruntime" else "TFLite"
-    # the shipped devices/local*.toml's timing: 4 s windows of up to 250 models (see there)
+    # the shipped devices/local*.toml's timing: 4 s windows of up to 300 models (see there)
     return DeviceConfig(name=name, kind="local", runtime=runtimes[name], measure=LOCAL_MEASURE,
                         description=f"this machine, {label}, 1 thread (built in)")
 
