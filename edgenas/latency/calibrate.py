@@ -283,6 +283,8 @@ def calibrate(
     `statistic` is "latency" (the device's interleaved figure), or "median" or "min" of each model's runs.
     `holdout`: subnets to judge the predictor on afterwards (`Calibrator.measure_archs` finds them in the
     store): never measured for the fit, timed in the first window the calibration opens.
+    `rounds`: windows of the subnets the fit is least sure of, after the first; 0 chooses all `budget` subnets
+    (stratified over MACs) before the table and times them in its window: one window in all.
     The predictor is saved to `latency_tables/<device>/predictor-<runtime>-<precision>.json` when `save`.
     """
     runtime, precision = _resolve_setup(device, runtime, precision)
@@ -328,9 +330,9 @@ def calibrate(
     archs, ms, seconds = cal.measure_archs(chosen, f"measure subnets on {device.name}")
     left = budget - len(chosen)
     rounds = max(1, min(rounds, left // MIN_PER_ROUND)) if rounds > 0 else 0
-    per_round = max(1, -(-left // rounds)) if left > 0 else 0
+    per_round = max(1, -(-left // rounds)) if left > 0 and rounds > 0 else 0
     spent = {a for a in chosen}
-    while len(spent) < budget and len(archs) >= 2:
+    while rounds > 0 and len(spent) < budget and len(archs) >= 2:
         predictor.fit(archs, ms, seed=seed)
         rest = [a for a in pool if a not in spent]
         if not rest:
