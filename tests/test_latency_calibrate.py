@@ -189,6 +189,7 @@ def test_killed_calibration_resumes_without_measuring_twice(tmp_path, models):
     (("--budget", "1"), "--budget 1 is too small"),
     (("--runtime", "tflite"), "runs onnxruntime, not tflite"),
     (("--precision", "int8"), "not supported"),
+    (("--rounds", "-1"), "--rounds -1 must be from 0 to 100"),
 ])
 def test_bad_calibration_input_is_one_line(tmp_path, extra, message):
     proc = _cli("calibrate", "--device", str(local_device_file(tmp_path)), "--space", "tiny", "--store",

@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="a model's latency: the device's figure timed interleaved (default), or the median or "
                           "minimum of the same runs, for comparison")
     cal.add_argument("--no-table", action="store_true", help="fit from whole-subnet measurements alone (no table)")
+    cal.add_argument("--rounds", type=int, default=5, metavar="N",
+                     help="timing windows of the subnets the fit is least sure of, after the first (default: "
+                          "%(default)s); 0 times every subnet with the table's pieces in one window")
     cal.set_defaults(handler="edgenas.cli.latency:run_calibrate")
 
     lat = sub.add_parser("latency", help="judge latency predictors on held-out subnets")
@@ -86,8 +89,11 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, list[str]]:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
+    from edgenas.errors import UsageError
     from edgenas.latency.calibrate import calibrate, calibrate_transfer, load_latency_predictor
 
+    if not 0 <= args.rounds <= 100:
+        raise UsageError(f"--rounds {args.rounds} must be from 0 to 100 (0: every subnet in the table's window)")
     device, space, store, sources = _setup(args)
     if not sources and not args.no_table:  # a table already there is read now: a bad one stops before measuring
         from edgenas.latency.table import LatencyTable, table_path
@@ -106,6 +112,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         else:
             predictor = calibrate(device, space, budget=args.budget, runtime=args.runtime, precision=args.precision,
                                   store=store, use_table=not args.no_table, seed=args.seed, tables_dir=args.tables,
+                                  rounds=args.rounds,
                                   cache_dir=args.models, statistic=args.statistic, progress=not args.quiet)
     report = predictor.report.to_dict()  # type: ignore[attr-defined]
     result = {"device": predictor.device, "runtime": predictor.runtime, "precision": predictor.precision,
