@@ -7,6 +7,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgenas.devices import device_from_config
@@ -100,7 +101,13 @@ def test_one_call_times_its_models_together_and_the_figures_keep_their_order(onn
     assert all(m.timing["method"] == "interleaved" and m.timing["models"] == 2 for m in results)
     tiny, medium = results
     assert medium.latency_ms > tiny.latency_ms  # the medium network is slower than the tiny one
-    assert tiny.min_ms <= tiny.latency_ms <= tiny.extra["max_ms"]
+    # the figure is a quantile of runs with their off-CPU stalls taken out: between the fastest such run and the
+    # slowest run (a stall-free run can be shorter than the fastest wall-clock one, so min_ms is no bound)
+    wall, cpu = np.array(tiny.samples_ms), np.array(tiny.extra["sample_cpu_ms"])
+    off = wall - cpu
+    clean = wall - np.maximum(off - np.percentile(off, 5), 0)
+    assert clean.min() * tiny.extra["quota_factor"] <= tiny.latency_ms * (1 + 1e-6)
+    assert tiny.latency_ms <= tiny.extra["max_ms"] * tiny.extra["quota_factor"]
 
 
 def test_a_retimed_window_is_reported_to_the_caller(onnx_models, tmp_path):
