@@ -330,9 +330,9 @@ def calibrate(
     archs, ms, seconds = cal.measure_archs(chosen, f"measure subnets on {device.name}")
     left = budget - len(chosen)
     rounds = max(1, min(rounds, left // MIN_PER_ROUND)) if rounds > 0 else 0
-    per_round = max(1, -(-left // rounds)) if left > 0 and rounds > 0 else 0
+    per_round = max(1, -(-left // rounds)) if left > 0 and rounds > 0 else 0  # 0: no rounds
     spent = {a for a in chosen}
-    while rounds > 0 and len(spent) < budget and len(archs) >= 2:
+    while per_round and len(spent) < budget and len(archs) >= 2:
         predictor.fit(archs, ms, seed=seed)
         rest = [a for a in pool if a not in spent]
         if not rest:
