@@ -312,3 +312,93 @@ def test_a_candidates_accuracy_is_the_accuracy_datasets_figure_for_its_arch(tmp_
         assert shipped == evaluate_correct(supernet, arch, dataset, "holdout", bn_batches=options.bn_batches)
         figures.append(sum(shipped) / len(shipped))
     assert len(set(figures)) > 1 and max(figures) > 0.3  # subnets that differ, far above chance (10 %)
+
+
+def _agreements(opened, archs, tmp_path):
+    """Each arch's int8 file's top-1 agreement with fp32 (val + holdout images), exported as the deploy ships it."""
+    from edgenas.export.pipeline import ExportOptions, export_prepared, prepare_export
+
+    options = ExportOptions(formats=("tflite-int8",), bn_batches=1, micro=False, min_agreement=0.0)
+    out = []
+    for i, arch in enumerate(archs):
+        prep = prepare_export(opened.supernet, arch, opened.dataset(), options=options, info=opened.info,
+                              log=lambda m: None)
+        done = export_prepared(prep, tmp_path / f"probe-{i}", space=opened.supernet.space, options=options,
+                               raise_on_problems=False, log=lambda m: None)
+        out.append(done.checks[0].top1_agreement)
+    return out
+
+
+@pytest.mark.slow
+def test_a_candidate_whose_int8_file_fails_is_passed_over_and_the_next_ships(tmp_path, capsys):
+    """The device runs ONNX, the run ships int8 too: the first pick's int8 file fails its check, so the next pick
+    ships, and the summary, the card and the report's top table say which was passed over and why. With a check
+    no file passes, the first pick ships with every candidate's reason and the run fails."""
+    from edgenas import load_device
+    from edgenas.cli.pipeline import _finish
+    from edgenas.deploy.stage import deploy, pick_order, pick_winner
+    from edgenas.export.pipeline import ExportOptions
+    from edgenas.pipeline.report import BudgetResult, DeviceReport, ReportData, render_report
+    from edgenas.pipeline.run import RunResult
+    from edgenas.search.base import Candidate, SearchResult
+    from edgenas.space import SearchSpace
+    from edgenas.train.checkpoint import OpenedCheckpoint
+
+    make_checkpoint(tmp_path)
+    (tmp_path / "local.toml").write_text(LOCAL)
+    opened = OpenedCheckpoint(tmp_path / "supernet.pt")
+    space = SearchSpace.preset("tiny")
+    archs = space.sample_many(np.random.default_rng(3), 4)
+    agree = _agreements(opened, archs, tmp_path)
+    # two candidates whose int8 files agree with fp32 differently: the first pick the worse one
+    order = sorted(range(len(archs)), key=lambda i: agree[i])
+    first, second = order[0], order[-1]
+    assert agree[first] < agree[second], agree
+    top = [Candidate(archs[i], {"accuracy": 0.9 - 0.1 * k, "latency_ms": 0.1}) for k, i in enumerate((first, second))]
+    result = SearchResult("evolution", "tiny", "deploy-test-local", {"max_latency_ms": 1e3}, {}, top[0], top, [], 2, 2, 0.0)
+    threshold = (agree[first] + agree[second]) / 2
+
+    def run(min_agreement, name):
+        # (litert-torch's second conversion of a failed int8 file is tested in test_export_pipeline; 15-30 s each)
+        options = ExportOptions(formats=("onnx", "tflite-int8"), bn_batches=1, micro=False, min_agreement=min_agreement,
+                                litert_fallback=False)
+        with load_device(str(tmp_path / "local.toml")) as device:
+            return deploy(result, opened, device, out_dir=tmp_path / name / "models", precision="fp32",
+                          options=options, ship_dir=tmp_path / name / "ship", progress=False, log=lambda m: None)
+
+    done = run(threshold, "one-fails")
+    picked_first = pick_winner(pick_order(done.candidates))
+    assert picked_first.arch == archs[first]  # the first pick is the one whose int8 file fails
+    assert done.winner.arch == archs[second] and done.shipped.ok and done.problems == []
+    (over,) = done.passed_over
+    assert over.arch == archs[first] and any("top-1 agrees with fp32" in r for r in over.reasons)
+    assert "shipped the" in done.choice_note and "candidate: tflite-int8" in done.choice_note
+    card = json.loads((tmp_path / "one-fails" / "ship" / "card.json").read_text())
+    assert card["arch"] == archs[second].to_dict() and card["passed_over"][0]["arch"] == archs[first].to_dict()
+    assert "Passed over" in (tmp_path / "one-fails" / "ship" / "card.md").read_text()
+    int8 = [c for c in card["verification"] if c["format"] == "tflite-int8"][0]
+    assert int8["images"] == opened.dataset().size("val") + opened.dataset().size("holdout")  # every image it may use
+    assert int8["drop_interval_points"] is not None
+
+    budget = {"device": "deploy-test-local", "runtime": "onnxruntime", "precision": "fp32", "budget_ms": 1e3,
+              "arch": archs[second].to_dict(), "measured_latency_ms": 0.1, "accuracy": 0.5, "meets_budget": True,
+              "export_dir": str(tmp_path / "one-fails" / "ship"), "note": done.choice_note, "problems": done.problems,
+              "choice": done.choice_note}
+    assert _finish(RunResult(tmp_path, tmp_path / "r.html", tmp_path / "s.pt", [], [], {}, [budget]), False) == 0
+    assert "passed over: " + done.choice_note in capsys.readouterr().out
+    report = ReportData("t", "shapes", "tiny", devices=[DeviceReport("d", "onnxruntime", "fp32", budgets=[
+        BudgetResult(1e3, budget["arch"], card=card, choice=done.choice_note)])])
+    top_table = render_report(report, tmp_path / "report").read_text().split("<h2>Device")[0]
+    assert "passed" in top_table and "candidate: tflite-int8" in top_table
+
+    none = run(1.01, "none-passes")  # no file agrees on more than every image
+    assert none.winner.arch == archs[first] and not none.shipped.ok and len(none.passed_over) == 2
+    assert "no candidate passed every check" in none.choice_note
+    assert any(p.startswith("also failed: ") for p in none.problems)
+    failed = {**budget, "problems": none.problems, "choice": none.choice_note}
+    assert _finish(RunResult(tmp_path, tmp_path / "r.html", tmp_path / "s.pt", [], [], {}, [failed]), False) == 1
+    err = capsys.readouterr().err
+    assert "failed its export checks" in err and "also failed" in err
+    top_table = render_report(ReportData("t", "shapes", "tiny", devices=[DeviceReport("d", "onnxruntime", "fp32", budgets=[
+        BudgetResult(1e3, budget["arch"], card=card, problems=none.problems)])]), tmp_path / "r2").read_text()
+    assert "FAILED" in top_table.split("<h2>Device")[0]

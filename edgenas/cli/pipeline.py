@@ -12,6 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "machine with ONNX Runtime and with TFLite, search each for two latency budgets, export and verify the "
         "winners, measure them, and write report.html. A re-run reuses every finished stage.")
     demo.add_argument("--out", default="edgenas-demo", metavar="DIR", help="output folder (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=0, metavar="N",
+                      help="seed of the whole run: data split, training, sampling, search (default: %(default)s)")
     demo.add_argument("--json", action="store_true", help="print the result as JSON")
     demo.set_defaults(handler="edgenas.cli.pipeline:run_demo")
 
@@ -56,6 +58,8 @@ def _finish(result, as_json: bool) -> int:
             checks = " EXPORT CHECKS FAILED: " + "; ".join(b["problems"]) if b.get("problems") else ""
             print(f"  {where}, budget {b['budget_ms']:g} ms: {lat} measured ({verdict} it), accuracy {acc}, "
                   f"files in {b['export_dir']}{checks}")
+            if b.get("choice") and not b.get("problems"):
+                print(f"    passed over: {b['choice']}")
         for c in result.calibrations:
             print(f"  {c['message']}")
         print(f"  report: {result.report}")
@@ -75,7 +79,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from edgenas.readers import output_dir
 
     output_dir(args.out, "--out")
-    config = demo_config(args.out)
+    config = demo_config(args.out, seed=args.seed)
     check_run_inputs(config)
     return _gated(lambda: run_pipeline(config), args.json, config.out)
 

@@ -10,7 +10,10 @@
 4. The winner is the best-predicted candidate that meets the budget and that no other candidate beats on the
    holdout images by more than noise (`pick_winner`), preferring those whose export checks passed. With
    `ship_dir`, the winner is exported in every requested format there, its measured file copied byte for byte
-   (same sha256), and its card carries that measurement.
+   (same sha256), and its card carries that measurement. Every check its files must pass (int8 verification,
+   TFLite Micro, SRAM and flash) is part of choosing: a winner whose shipped files fail one is passed over with
+   its reason, and the next pick among the candidates that meet the budget ships (`ship_first_passing`). Only
+   when none passes does the first pick ship with its problems, and every candidate's reason with it.
 5. One more round only where the measurements show the latency predictor misled the search
    (`measured_scale`): none met the budget and all measured over their predictions, or the winner uses less
    than 75 % of the budget and all measured under theirs. The search runs again with the measured correction,
@@ -30,6 +33,7 @@ from typing import Any
 
 from edgenas.artifacts import sha256_file
 from edgenas.devices.measurement import Measurement, meets_budget
+from edgenas.export.card import write_card
 from edgenas.export.pipeline import (
     ExportOptions,
     ExportResult,
@@ -80,6 +84,25 @@ class MeasuredCandidate:
 
 
 @dataclass
+class PassedOver:
+    """A candidate that met the budget but whose shipped files failed a check, so the next one was tried."""
+
+    arch: Arch
+    accuracy: float | None
+    latency_ms: float | None
+    reasons: list[str]
+
+    @property
+    def summary(self) -> str:
+        acc = "?" if self.accuracy is None else f"{100 * self.accuracy:.1f} %"
+        return f"{acc} candidate: " + "; ".join(self.reasons)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arch": self.arch.to_dict(), "accuracy": self.accuracy, "latency_ms": self.latency_ms,
+                "reasons": list(self.reasons), "summary": self.summary}
+
+
+@dataclass
 class Deployment:
     """What the deploy stage did for one search result on one device."""
 
@@ -92,20 +115,36 @@ class Deployment:
     winner: MeasuredCandidate | None
     shipped: ExportResult | None = None
     latency_scale: float | None = None  # the correction a second search round used (None: one round)
+    passed_over: list[PassedOver] = field(default_factory=list)  # tried before the winner, their files failed
 
     @property
     def problems(self) -> list[str]:
-        """Failed checks of what ships (the winner's export, every format when shipped)."""
+        """Failed checks of what ships (the winner's export, every format when shipped); when nothing passed,
+        every other candidate's reason too."""
         if self.shipped is not None:
-            return list(self.shipped.problems)
+            if self.shipped.ok:
+                return []
+            others = [p.summary for p in self.passed_over if p.arch != (self.winner.arch if self.winner else None)]
+            return list(self.shipped.problems) + [f"also failed: {o}" for o in others]
         return list(self.winner.problems) if self.winner is not None else []
+
+    @property
+    def choice_note(self) -> str:
+        """What the choice passed over, in one line ("" when the first pick shipped)."""
+        if not self.passed_over or self.winner is None:
+            return ""
+        if self.shipped is not None and not self.shipped.ok:
+            return "no candidate passed every check: " + "; ".join(p.summary for p in self.passed_over)
+        acc = "?" if self.winner.accuracy is None else f"{100 * self.winner.accuracy:.1f} %"
+        return "; ".join(p.summary for p in self.passed_over) + f"; shipped the {acc} one"
 
     def to_dict(self) -> dict[str, Any]:
         return {"device": self.device, "runtime": self.runtime, "precision": self.precision, "format": self.format,
                 "budget_ms": self.budget_ms, "latency_scale": self.latency_scale,
                 "winner": self.winner.to_dict() if self.winner else None,
                 "candidates": [c.to_dict() for c in self.candidates],
-                "shipped": None if self.shipped is None else str(self.shipped.out_dir), "problems": self.problems}
+                "shipped": None if self.shipped is None else str(self.shipped.out_dir), "problems": self.problems,
+                "passed_over": [p.to_dict() for p in self.passed_over], "choice_note": self.choice_note}
 
 
 def pack_correct(correct: list[bool] | None) -> str | None:
@@ -258,13 +297,38 @@ def deploy(
     deployment = Deployment(device.name, device.runtime, precision, fmt, budget, round_.candidates, winner,
                             latency_scale=scale if again is not None else None)
     if winner is not None and ship_dir is not None:
-        prep, kept = round_.exports[id(winner)]
-        entry = measurement_entry(device.name, winner.model, winner.measurement)
         formats = options.formats if fmt in options.formats else (*options.formats, fmt)  # the measured file ships
-        deployment.shipped = export_prepared(prep, ship_dir, space=checkpoint.supernet.space,
-                                             options=replace(options, formats=formats),
-                                             kept=kept, measured=[entry], raise_on_problems=False, log=log)
+        deployment.winner, deployment.shipped, deployment.passed_over = ship_first_passing(
+            round_, pick_order(round_.candidates), Path(ship_dir), replace(options, formats=formats))
     return deployment
+
+
+def ship_first_passing(round_: _Round, ordered: list[MeasuredCandidate], ship_dir: Path,
+                       options: ExportOptions) -> tuple[MeasuredCandidate, ExportResult, list[PassedOver]]:
+    """Ship `pick_winner`'s choice among `ordered` into `ship_dir` in every format of `options`; when its files fail
+    a check, pass it over (its reasons recorded) and ship the next pick among the rest, until one passes. When none
+    passes, the first pick ships with its problems. Returns (winner, its shipped export, the passed-over ones)."""
+    remaining = list(ordered)
+    passed_over: list[PassedOver] = []
+    first = winner = pick_winner(remaining)
+    assert first is not None
+    while winner is not None:
+        shipped = round_.ship(winner, ship_dir, options)
+        if shipped.ok:
+            if passed_over:  # the card says what was passed over, and why
+                shipped.card["passed_over"] = [p.to_dict() for p in passed_over]
+                write_card(ship_dir, shipped.card)
+            return winner, shipped, passed_over
+        passed_over.append(PassedOver(winner.arch, winner.accuracy, winner.latency_ms,
+                                      list(shipped.reasons or shipped.problems)))
+        round_.log(f"deploy: passed over the {passed_over[-1].summary}")
+        remaining.remove(winner)
+        winner = pick_winner(remaining)
+    if len(passed_over) > 1:  # the later tries wrote over the first pick's files: ship it again, as it was
+        shipped = round_.ship(first, ship_dir, options)
+    shipped.card["passed_over"] = [p.to_dict() for p in passed_over]
+    write_card(ship_dir, shipped.card)
+    return first, shipped, passed_over
 
 
 def model_correct(model: Any, dataset: Any, split: str, resolution: int) -> list[bool]:
@@ -292,6 +356,13 @@ class _Round:
             options, split, store, out_dir, progress, log)
         self.candidates: list[MeasuredCandidate] = []
         self.exports: dict[int, tuple[PreparedExport, ExportResult | None]] = {}
+
+    def ship(self, cand: MeasuredCandidate, ship_dir: Path, options: ExportOptions) -> ExportResult:
+        """Export `cand` into `ship_dir` in every format of `options`, its measured file copied byte for byte."""
+        prep, kept = self.exports[id(cand)]
+        entry = measurement_entry(self.device.name, cand.model, cand.measurement)
+        return export_prepared(prep, ship_dir, space=self.checkpoint.supernet.space, options=options, kept=kept,
+                               measured=[entry], raise_on_problems=False, log=self.log)
 
     def add(self, result: SearchResult, chosen: list[Any], search: Mapping[str, Any] | None,
             round_number: int = 1) -> None:

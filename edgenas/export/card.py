@@ -126,6 +126,13 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         lines.append(f"| {f['name']} | {f['format']} | {_kb(f['bytes'])} | {_pct(acc.get('files', {}).get(f['name']))} "
                      f"| {verdict} | `{f['sha256'][:16]}` |")
     lines.append(f"\nPyTorch top-1: {_pct(acc.get('pytorch'))}.")
+    for check in card.get("verification", []):  # the int8 check: on which images, with its interval
+        if check.get("quantized"):
+            lines.append(f"\nint8 check ({'pass' if check['passed'] else 'FAIL'}): {check.get('message', '')}")
+    for other in card.get("passed_over") or []:
+        lines.append(f"\nPassed over: {other.get('summary', other)}")
+    if card.get("problems"):
+        lines.append("\nProblems: " + "; ".join(card["problems"]))
     lineage = card.get("lineage") or {}
     lines += ["", "## Lineage", ""]
     for key in sorted(lineage):

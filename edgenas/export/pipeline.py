@@ -6,7 +6,8 @@ The steps, each writing into one output folder:
 2. optional fine-tuning with distillation from the supernet's largest network (`edgenas.export.finetune`);
 3. each format: `model.onnx`, `model_fp32.tflite`, `model_int8.tflite` (int8 calibrated on training images),
    each with a JSON manifest;
-4. verification of every file against PyTorch on the validation images (`edgenas.export.verify`);
+4. verification of every file against PyTorch on the validation images (`edgenas.export.verify`); an int8
+   file's accuracy drop is judged on the holdout images too (every image the run may use for it, paired);
 5. for int8 files, the TFLite Micro check and the real arena size (`edgenas.export.micro`);
 6. the SRAM and flash budgets, the latency on a device when one is given, and the model card.
 
@@ -98,6 +99,9 @@ class ExportOptions:
     micro: bool = True
     int8_io: bool = False
     channels_last: bool = True
+    # a directly written int8 file that fails its check is converted again with litert-torch (15-30 s), whose
+    # observers round differently, and that file ships if it passes
+    litert_fallback: bool = True
     atol: float = DEFAULT_ATOL
     min_agreement: float = DEFAULT_MIN_AGREEMENT
     max_drop_points: float = DEFAULT_MAX_DROP_POINTS
@@ -131,6 +135,7 @@ class ExportResult:
     conversion_seconds: dict[str, float]
     card: dict[str, Any]
     problems: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)  # the problems in a few words each (no paths), for summaries
 
     @property
     def ok(self) -> bool:
@@ -186,7 +191,7 @@ def _export_format(fmt: str, model: nn.Module, path: Path, options: ExportOption
 
 
 def _int8_by_litert(model: nn.Module, path: Path, options: ExportOptions, calibration: np.ndarray,
-                    val_images: np.ndarray, reference: np.ndarray, val_labels: np.ndarray | None, failed: Check,
+                    images: np.ndarray, reference: np.ndarray, labels: np.ndarray | None, failed: Check,
                     seconds: dict[str, float], log: Callable[[str], None]) -> Check:
     """The directly written int8 file failed its check: convert with litert-torch (its own observers round
     differently) and ship that file if it passes; else keep the direct one and its failed check."""
@@ -200,7 +205,7 @@ def _int8_by_litert(model: nn.Module, path: Path, options: ExportOptions, calibr
     except (TFLiteConversionError, ImportError) as exc:
         log(f"verify: litert-torch could not convert it either ({exc})")
         return failed
-    check = compare("tflite-int8", path, file_logits("tflite-int8", other, val_images), reference, val_labels,
+    check = compare("tflite-int8", path, file_logits("tflite-int8", other, images), reference, labels,
                     quantized=True, atol=options.atol, min_agreement=options.min_agreement,
                     max_drop_points=options.max_drop_points)
     if not check.passed:
@@ -229,12 +234,15 @@ def export_subnet(
     kept: ExportResult | None = None,
     measured: Sequence[Mapping[str, Any]] | None = None,
     raise_on_problems: bool = True,
+    holdout_images: np.ndarray | None = None,
+    holdout_labels: np.ndarray | None = None,
 ) -> ExportResult:
     """Write every requested format of `model` (a static subnet of `arch`) into `out_dir`, check it, and card it.
 
     `calibration` are training images for int8 calibration and `val_images`/`val_labels` the validation
-    images for verification (NCHW float32 at the arch's resolution). `device` (an `edgenas` Device) is
-    used to measure the latency of the files its runtime runs; `measured` are latency entries
+    images for verification (NCHW float32 at the arch's resolution); `holdout_images`/`holdout_labels`, when
+    given, join them for the int8 file's accuracy-drop check (paired, on every image the run may use for it).
+    `device` (an `edgenas` Device) is used to measure the latency of the files its runtime runs; `measured` are latency entries
     (`measurement_entry`) already taken of these files, used instead. `kept` is an earlier export of the
     same prepared `model` with the same options: its files are copied byte for byte (not converted again)
     and its checks kept, so a file measured before shipping is the file shipped. When a check or budget
@@ -270,30 +278,39 @@ def export_subnet(
         manifest(fmt, path)
 
     problems: list[str] = []
+    reasons: list[str] = []
     checks: list[Check] = []
     file_accuracy: dict[str, float] = {}
     reference = torch_logits(model, val_images)
     reference_acc = None if val_labels is None else float((reference.argmax(1) == val_labels).mean())
     kept_checks = {c.format: c for c in kept.checks} if kept is not None else {}
+    int8_images, int8_reference, int8_labels = _int8_check_images(model, val_images, val_labels, reference,
+                                                                  holdout_images, holdout_labels)
     if options.verify:
         for fmt, path in files.items():
+            quantized = fmt.endswith("int8")
+            images, ref, labels = (int8_images, int8_reference, int8_labels) if quantized else (
+                val_images, reference, val_labels)
             if fmt in kept_checks:  # the same bytes checked against the same model: the check stands
                 check = dataclasses.replace(kept_checks[fmt], path=str(path))
+                val_accuracy = kept.card["accuracy"]["files"].get(Path(kept_files[fmt]).name)
             else:
-                check = compare(fmt, path, file_logits(fmt, path, val_images), reference, val_labels,
-                                quantized=fmt.endswith("int8"), atol=options.atol,
+                logits = file_logits(fmt, path, images)
+                check = compare(fmt, path, logits, ref, labels, quantized=quantized, atol=options.atol,
                                 min_agreement=options.min_agreement, max_drop_points=options.max_drop_points)
-            if not check.passed and fmt == "tflite-int8" and converters.get(fmt) == "direct":
-                check = _int8_by_litert(model, path, options, calibration, val_images, reference, val_labels, check,
-                                        seconds, log)
+                val_accuracy = _accuracy(logits[: len(val_images)], val_labels)
+            if not check.passed and fmt == "tflite-int8" and converters.get(fmt) == "direct" and options.litert_fallback:
+                check = _int8_by_litert(model, path, options, calibration, images, ref, labels, check, seconds, log)
                 if check.passed:
                     manifest(fmt, path)
+                    val_accuracy = _accuracy(file_logits(fmt, path, val_images), val_labels)
             checks.append(check)
-            if check.accuracy is not None:
-                file_accuracy[path.name] = check.accuracy
+            if val_accuracy is not None:  # the card's accuracy is on the validation images, for every file alike
+                file_accuracy[path.name] = val_accuracy
             log(f"verify: {check.message}" if check.passed else f"verify: FAILED {check.message}")
             if not check.passed:
                 problems.append(check.message)
+                reasons.append(f"{fmt}: {check.problem}")
 
     micro = None
     if options.micro and "tflite-int8" in kept_files and kept.micro is not None:
@@ -301,23 +318,27 @@ def export_subnet(
         log(f"micro: {micro.summary()}")
         if not micro.ok:
             problems.append(micro.summary())
+            reasons.append(micro.summary())
     elif options.micro and "tflite-int8" in files:
         micro = check_micro(files["tflite-int8"], images=val_images[:1], analytic_peak_bytes=stats.peak_activation_int8,
                             predicted_arena_bytes=memory.arena)
         log(f"micro: {micro.summary()}")
         if not micro.ok:
             problems.append(micro.summary())
+            reasons.append(micro.summary())
     if options.target_sram_kb is not None:
         need = micro.arena_bytes if micro is not None and micro.ok else memory.arena
         source = "TFLite Micro arena" if micro is not None and micro.ok else "predicted TFLite Micro arena"
         if need / 1024 > options.target_sram_kb:
             problems.append(f"SRAM need {need / 1024:.1f} KiB ({source}) exceeds --target-sram-kb {options.target_sram_kb:g}")
+            reasons.append(f"SRAM {need / 1024:.1f} KiB over {options.target_sram_kb:g}")
     if options.target_flash_kb is not None:
         fmt = "tflite-int8" if "tflite-int8" in files else next(iter(files))
         size = files[fmt].stat().st_size
         if size / 1024 > options.target_flash_kb:
             problems.append(f"{files[fmt].name} is {size / 1024:.1f} KiB, more than --target-flash-kb "
                             f"{options.target_flash_kb:g}")
+            reasons.append(f"flash {size / 1024:.1f} KiB over {options.target_flash_kb:g}")
 
     latency: dict[str, Any] = {"predicted_ms": predicted_latency_ms, "measured": []}
     if measured is not None:
@@ -344,10 +365,25 @@ def export_subnet(
     if problems:
         card["problems"] = problems
     write_card(out_dir, card)
-    result = ExportResult(out_dir, files, checks, micro, seconds, card, problems)
+    result = ExportResult(out_dir, files, checks, micro, seconds, card, problems, reasons)
     if problems and raise_on_problems:
         raise ExportCheckError(f"export to {out_dir} failed: " + "; ".join(problems), result)
     return result
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
+    return None if labels is None else float((logits.argmax(1) == labels).mean())
+
+
+def _int8_check_images(model: nn.Module, val_images: np.ndarray, val_labels: np.ndarray | None, reference: np.ndarray,
+                       holdout_images: np.ndarray | None, holdout_labels: np.ndarray | None,
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The images an int8 file is judged on, their PyTorch logits and labels: the validation images, and the
+    holdout images after them when given (with labels on both sides)."""
+    if holdout_images is None or len(holdout_images) == 0 or val_labels is None or holdout_labels is None:
+        return val_images, reference, val_labels
+    return (np.concatenate([val_images, holdout_images]), np.concatenate([reference, torch_logits(model, holdout_images)]),
+            np.concatenate([val_labels, holdout_labels]))
 
 
 def _copy_exported(source: Path, path: Path) -> Path:
@@ -403,6 +439,8 @@ class PreparedExport:
     val_labels: np.ndarray
     lineage: dict[str, Any]
     predicted_latency_ms: float | None = None
+    holdout_images: np.ndarray | None = None  # joined to the validation images for the int8 check
+    holdout_labels: np.ndarray | None = None
 
 
 def prepare_export(supernet: nn.Module, arch: Arch, dataset: Any, *, options: ExportOptions, info: Mapping[str, Any],
@@ -427,6 +465,7 @@ def prepare_export(supernet: nn.Module, arch: Arch, dataset: Any, *, options: Ex
     calibration, _ = dataset_arrays(dataset, "train", arch.resolution, limit=options.calibration_images, shuffle=True,
                                     seed=options.seed)
     val_x, val_y = dataset_arrays(dataset, "val", arch.resolution)
+    hold_x, hold_y = dataset_arrays(dataset, "holdout", arch.resolution) if dataset.size("holdout") else (None, None)
     lineage: dict[str, Any] = {
         "supernet": {"path": str(info["path"]), "sha256": info["sha256"]},
         "dataset": {"spec": dataset_spec or info["dataset"], "fingerprint": dataset.fingerprint,
@@ -439,7 +478,7 @@ def prepare_export(supernet: nn.Module, arch: Arch, dataset: Any, *, options: Ex
             lineage["search"].update(result=search["_file"], inputs=search.get("_inputs"))
     if tuned:
         lineage["finetune"] = tuned
-    return PreparedExport(arch, model, calibration, val_x, val_y, lineage, predicted_latency(search))
+    return PreparedExport(arch, model, calibration, val_x, val_y, lineage, predicted_latency(search), hold_x, hold_y)
 
 
 def export_prepared(prepared: PreparedExport, out_dir: str | os.PathLike, *, space: SearchSpace,
@@ -451,7 +490,8 @@ def export_prepared(prepared: PreparedExport, out_dir: str | os.PathLike, *, spa
                          val_images=prepared.val_images, val_labels=prepared.val_labels, options=options,
                          lineage=prepared.lineage, device=device, predicted_latency_ms=prepared.predicted_latency_ms,
                          name=f"edgenas {prepared.arch}", log=log, kept=kept, measured=measured,
-                         raise_on_problems=raise_on_problems)
+                         raise_on_problems=raise_on_problems, holdout_images=prepared.holdout_images,
+                         holdout_labels=prepared.holdout_labels)
 
 
 def load_search_result(value: str) -> dict[str, Any]:

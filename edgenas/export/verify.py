@@ -2,8 +2,12 @@
 
 fp32 files (ONNX, TFLite) must match PyTorch's logits to `atol` (max absolute difference). An int8
 file must agree with the fp32 model on the top-1 class for at least `min_agreement` of the images,
-and (with labels) lose at most `max_drop_points` accuracy points. A failed check raises
-`VerificationError` naming the file and the failing figure; the files stay on disk for inspection.
+and (with labels) lose at most `max_drop_points` accuracy points, judged paired: the drop is what the
+images fp32 and int8 disagree on say (right in fp32 only minus right in int8 only), with its 95 %
+interval; the check fails when even the interval's low end is above the limit. A drop of 1 point on
+a few hundred images is a handful of images, about the size of its own sampling error: judging the
+point estimate alone fails files by chance. A failed check raises `VerificationError` naming the file
+and the failing figure; the files stay on disk for inspection.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from torch import nn
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_MIN_AGREEMENT = 0.98
-DEFAULT_MAX_DROP_POINTS = 1.0
+DEFAULT_MAX_DROP_POINTS = 1.0  # int8 accuracy drop limit (points), judged on its paired 95 % interval
+INTERVAL_Z = 1.96  # a two-sided 95 % interval
 
 
 class VerificationError(RuntimeError):
@@ -42,6 +47,10 @@ class Check:
     reference_accuracy: float | None = None
     accuracy_drop_points: float | None = None
     message: str = ""
+    problem: str = ""  # what failed, in a few words without the path ("" when it passed)
+    drop_interval_points: tuple[float, float] | None = None  # the drop's 95 % interval (paired)
+    fp32_only_correct: int | None = None  # images right in fp32 and wrong in int8
+    int8_only_correct: int | None = None  # images right in int8 and wrong in fp32
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,27 +88,47 @@ def compare(
                              f"{list(reference.shape)}")
     diff = float(np.abs(logits - reference).max()) if logits.size else 0.0
     agreement = float((logits.argmax(1) == reference.argmax(1)).mean())
-    acc = ref_acc = drop = None
+    acc = ref_acc = drop = interval = None
+    fp32_only = int8_only = None
     if labels is not None:
-        acc = float((logits.argmax(1) == labels).mean())
-        ref_acc = float((reference.argmax(1) == labels).mean())
-        drop = (ref_acc - acc) * 100.0
+        right, ref_right = logits.argmax(1) == labels, reference.argmax(1) == labels
+        acc, ref_acc = float(right.mean()), float(ref_right.mean())
+        fp32_only, int8_only = int((ref_right & ~right).sum()), int((right & ~ref_right).sum())
+        drop, half = paired_drop(fp32_only, int8_only, len(labels))
+        interval = (drop - half, drop + half)
     problems = []
     if not quantized and not diff <= atol:
         problems.append(f"max abs difference {diff:.3g} on logits exceeds {atol:g}")
     if quantized and agreement < min_agreement:
         problems.append(f"top-1 agrees with fp32 on {agreement:.1%} of images, below {min_agreement:.0%}")
-    if quantized and drop is not None and drop > max_drop_points:
-        problems.append(f"accuracy drops {drop:.2f} points ({ref_acc:.2%} -> {acc:.2%}), more than {max_drop_points:g}")
+    if quantized and interval is not None and interval[0] > max_drop_points:
+        problems.append(f"accuracy drops {drop:.2f} points ({ref_acc:.2%} -> {acc:.2%}; 95 % interval "
+                        f"{interval[0]:.2f} to {interval[1]:.2f}), more than {max_drop_points:g}")
     name = Path(path).name
+    paired = "" if interval is None else (f" (95 % interval {interval[0]:.2f} to {interval[1]:.2f}; {fp32_only} images "
+                                          f"right in fp32 only, {int8_only} in int8 only)")
     if problems:
         message = f"{fmt} file {path} failed verification on {len(reference)} images: " + "; ".join(problems) + \
             " (the file is kept for inspection)"
     elif quantized:
-        message = f"{name}: top-1 agreement {agreement:.1%}" + ("" if drop is None else f", accuracy drop {drop:.2f} points")
+        message = (f"{name}: top-1 agreement {agreement:.1%} on {len(reference)} images"
+                   + ("" if drop is None else f", accuracy drop {drop:.2f} points{paired}, limit {max_drop_points:g}"))
     else:
         message = f"{name}: max abs difference {diff:.2g}"
-    return Check(fmt, str(path), not problems, len(reference), quantized, diff, agreement, acc, ref_acc, drop, message)
+    return Check(fmt, str(path), not problems, len(reference), quantized, diff, agreement, acc, ref_acc, drop, message,
+                 "; ".join(problems), interval, fp32_only, int8_only)
+
+
+def paired_drop(fp32_only: int, int8_only: int, images: int) -> tuple[float, float]:
+    """The accuracy drop in points from the images two models disagree on (`fp32_only` right in the reference
+    only, `int8_only` in the other only, of `images`) and the half width of its 95 % interval (the paired
+    standard error of a difference of proportions, as McNemar's test reads it)."""
+    if images <= 0:
+        return 0.0, 0.0
+    d = fp32_only - int8_only
+    drop = 100.0 * d / images
+    variance = max(fp32_only + int8_only - d * d / images, 0.0) / (images * (images - 1) if images > 1 else 1)
+    return drop, 100.0 * INTERVAL_Z * variance ** 0.5
 
 
 def file_logits(fmt: str, path: str | os.PathLike, images: np.ndarray) -> np.ndarray:

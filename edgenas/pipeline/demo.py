@@ -68,10 +68,11 @@ DEMO = {
 }
 
 
-def demo_config(out: str | Path) -> RunConfig:
+def demo_config(out: str | Path, *, seed: int = 0) -> RunConfig:
+    """The demo's run config writing into `out`, with `seed` for the whole run (0: the README's run)."""
     out = Path(out).resolve()
     for name, text in DEMO_DEVICES.items():
         path = out / "devices" / f"{name}.toml"
         if not path.is_file() or path.read_text() != text:
             atomic_write_text(path, text)
-    return parse_run_config({**DEMO, "out": str(out)}, source="edgenas demo", base_dir=out)
+    return parse_run_config({**DEMO, "seed": seed, "out": str(out)}, source="edgenas demo", base_dir=out)

@@ -33,6 +33,8 @@ class BudgetResult:
     export_dir: str | None = None
     card: dict | None = None
     note: str = ""
+    problems: list[str] = field(default_factory=list)  # failed checks of the shipped files
+    choice: str = ""  # candidates passed over because their files failed a check, and what shipped instead
 
 
 @dataclass
@@ -188,7 +190,7 @@ def render_report(data: ReportData, out_dir: str | Path) -> Path:
                  "<th>measured latency (interleaved)</th><th>predicted latency</th><th>accuracy (measured)</th>"
                  "<th>accuracy (predicted)</th><th>meets budget</th>"
                  "<th>TFLite Micro arena (measured / predicted)</th><th>int8 file (measured / predicted)</th>"
-                 "<th class=l>files</th></tr>")
+                 "<th class=l>export checks</th><th class=l>files</th></tr>")
     for dev in data.devices:
         for b in dev.budgets:
             meets = ("<span class=ok>yes</span>" if b.meets_budget else "<span class=bad>no</span>"
@@ -198,7 +200,7 @@ def render_report(data: ReportData, out_dir: str | Path) -> Path:
                 f"<td>{_fmt(b.measured_latency_ms, '.3f', suffix=' ms')}</td>"
                 f"<td>{_fmt(b.predicted_latency_ms, '.3f', suffix=' ms')}</td>"
                 f"<td>{_fmt(b.measured_accuracy, '.1f', 100, ' %')}</td><td>{_fmt(b.predicted_accuracy, '.1f', 100, ' %')}</td>"
-                f"<td>{meets}</td>{_memory_cells(b.card)}"
+                f"<td>{meets}</td>{_memory_cells(b.card)}<td class=l>{_checks_cell(b)}</td>"
                 f"<td class=l><code>{html.escape(b.export_dir or '–')}</code></td></tr>")
     parts.append("</table>")
 
@@ -244,6 +246,15 @@ def render_report(data: ReportData, out_dir: str | Path) -> Path:
     parts.append("<p class=muted>Made by edgenas. Everything on this page was computed or measured in this run.</p>")
     parts.append("</body></html>")
     return atomic_write_text(out / "report.html", "\n".join(parts))
+
+
+def _checks_cell(b: BudgetResult) -> str:
+    """Whether the shipped files passed every check, and which candidates were passed over on the way."""
+    if b.problems:
+        return "<span class=bad>FAILED</span>: " + html.escape("; ".join(b.problems))
+    if b.card is None:
+        return "–"
+    return "<span class=ok>passed</span>" + (f" ({html.escape(b.choice)})" if b.choice else "")
 
 
 def _kib(value: Any) -> str:

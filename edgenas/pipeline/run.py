@@ -317,6 +317,7 @@ def _device_stages(config: RunConfig, target: DeviceTarget, book: StageBook, spa
                  "limits": [target.max_sram_kb, target.max_flash_kb, target.max_macs], "seed": config.seed,
                  "algorithm": config.algorithm, "population": config.population, "generations": config.generations,
                  "top_k": config.top_k, "margins": SEARCH_MARGINS, "timing": "interleaved",
+                 "checks": "every shipped file, paired int8 drop on val+holdout",
                  "formats": list(config.formats), "device": describe, "precision": target.precision,
                  **_bn_key(config)},
                 lambda b=budget: _deploy(opened, device, target, label, b, accuracy_path, latency_path, config,
@@ -336,14 +337,18 @@ def _device_stages(config: RunConfig, target: DeviceTarget, book: StageBook, spa
                 budget_result.measured_latency_ms = found.get("measured_latency_ms")
                 budget_result.meets_budget = meets_budget(budget_result.measured_latency_ms, budget)
             problems = found.get("problems") or []
+            budget_result.problems, budget_result.choice = list(problems), found.get("choice") or ""
             if problems:
                 budget_result.note = "export checks failed: " + "; ".join(problems)
+            elif budget_result.choice:
+                budget_result.note = budget_result.choice
             report.budgets.append(budget_result)
             results.append({"device": device.name, "runtime": runtime, "precision": target.precision,
                             "budget_ms": budget, "arch": budget_result.arch,
                             "measured_latency_ms": budget_result.measured_latency_ms,
                             "accuracy": budget_result.measured_accuracy, "meets_budget": budget_result.meets_budget,
-                            "export_dir": budget_result.export_dir, "note": budget_result.note, "problems": problems})
+                            "export_dir": budget_result.export_dir, "note": budget_result.note, "problems": problems,
+                            "choice": budget_result.choice, "passed_over": found.get("passed_over") or []})
         return report, results
 
 
@@ -492,4 +497,5 @@ def _deploy(checkpoint: _Checkpoint, device: Any, target: DeviceTarget, label: s
             "export_dir": str(shipped.out_dir),
             "card": str(shipped.out_dir / "card.json"), "deployed_file": shipped.files[done.format].name,
             "sha256": winner.sha256, "accuracy": file_accuracy.get(done.format, shipped.card["accuracy"]["pytorch"]),
-            "measured_latency_ms": winner.latency_ms, "problems": done.problems}
+            "measured_latency_ms": winner.latency_ms, "problems": done.problems,
+            "passed_over": [p.to_dict() for p in done.passed_over], "choice": done.choice_note}
