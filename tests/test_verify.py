@@ -41,10 +41,39 @@ def test_int8_judged_on_agreement_and_accuracy_drop_not_on_difference():
     assert not check.passed
     assert check.top1_agreement == pytest.approx(0.97)
     assert check.accuracy_drop_points == pytest.approx(3.0)
-    assert "97.0%" in check.message and "drops 3.00 points" in check.message
+    assert (check.fp32_only_correct, check.int8_only_correct) == (6, 0)
+    assert "97.0%" in check.message
     lenient = compare("tflite-int8", "q.tflite", flipped, ref, labels, quantized=True, min_agreement=0.95,
                       max_drop_points=5)
     assert lenient.passed
+
+
+def test_int8_accuracy_drop_is_judged_paired_with_its_interval():
+    """6 images of 200 lost is a 3-point drop whose 95 % interval (0.6 to 5.4) reaches under a 1-point limit: not
+    shown to exceed it. The same 3 points on 2,000 images (60 lost) is: the check fails, naming the interval.
+    Images int8 gets right that fp32 got wrong count against the loss (paired)."""
+    from edgenas.export.verify import paired_drop
+
+    drop, half = paired_drop(6, 0, 200)
+    assert drop == pytest.approx(3.0) and half == pytest.approx(2.37, abs=0.01)
+    assert paired_drop(6, 6, 200)[0] == 0.0 and paired_drop(0, 0, 200) == (0.0, 0.0)
+    for n, lost, verdict in ((200, 6, True), (2000, 60, False)):
+        ref, labels = _logits(n)
+        flipped = ref.copy()
+        wrong = np.flatnonzero(ref.argmax(1) == labels)[:lost]
+        flipped[wrong, ref.argmax(1)[wrong]] = -10
+        check = compare("tflite-int8", "q.tflite", flipped, ref, labels, quantized=True, min_agreement=0.9)
+        assert check.passed is verdict, check.message
+        low, high = check.drop_interval_points
+        assert low < 3.0 < high and (low <= 1.0) is verdict
+        assert f"{low:.2f} to {high:.2f}" in check.message
+    gained = ref.copy()  # 3 lost and 3 gained: no drop at all
+    right = np.flatnonzero(ref.argmax(1) == labels)[:3]
+    wrong = np.flatnonzero(ref.argmax(1) != labels)[:3]
+    gained[right, ref.argmax(1)[right]] = -10
+    gained[wrong, labels[wrong]] = 10
+    check = compare("tflite-int8", "q.tflite", gained, ref, labels, quantized=True)
+    assert check.accuracy_drop_points == pytest.approx(0.0) and (check.fp32_only_correct, check.int8_only_correct) == (3, 3)
 
 
 def test_shape_mismatch_fails():

@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-flash-kb", type=float, metavar="KB", help="fail when the int8 model file exceeds this")
     p.add_argument("--calibration-images", type=int, default=200, metavar="N",
                    help="training images for int8 calibration (default %(default)s)")
+    p.add_argument("--max-int8-drop", type=float, default=1.0, metavar="POINTS",
+                   help="an int8 file fails when its top-1 drop against fp32 exceeds this many points even at the low "
+                   "end of its 95 %% interval (paired, on the validation and holdout images; default %(default)s)")
     p.add_argument("--int8-io", action="store_true", help="int8 model inputs and outputs (default: float32 I/O)")
     p.add_argument("--nchw", action="store_true", help="keep PyTorch's NCHW input layout in TFLite files (default NHWC)")
     p.add_argument("--no-verify", action="store_true", help="skip the numeric verification (not recommended)")
@@ -85,6 +88,7 @@ def run_export(args: argparse.Namespace) -> int:
     options = ExportOptions(
         formats=formats, finetune_epochs=args.finetune_epochs, calibration_images=args.calibration_images,
         verify=not args.no_verify, micro=not args.no_micro, int8_io=args.int8_io, channels_last=not args.nchw,
+        max_drop_points=args.max_int8_drop,
         target_sram_kb=args.target_sram_kb, target_flash_kb=args.target_flash_kb, seed=args.seed or 0)
     if any(f.startswith("tflite") for f in formats):
         from edgenas.export.tflite import require_converter

@@ -33,14 +33,15 @@ class DeviceSearch:
 
 
 def deploy_options(constraints: Constraints, *, formats: tuple[str, ...] = ("onnx", "tflite", "tflite-int8"),
-                   seed: int = 0, bn_batches: int = 8) -> Any:
+                   seed: int = 0, bn_batches: int = 8, max_drop_points: float | None = None) -> Any:
     """The export options candidates are exported and shipped with, from the search's constraints: the same for
     `edgenas search` and `edgenas run`, so a candidate is measured as it would ship."""
     from edgenas.export.pipeline import ExportOptions
 
     kb = {name: None if value is None else value / 1024 for name, value in
           (("target_sram_kb", constraints.max_sram_bytes), ("target_flash_kb", constraints.max_flash_bytes))}
-    return ExportOptions(formats=formats, bn_batches=bn_batches, seed=seed, **kb)
+    extra = {} if max_drop_points is None else {"max_drop_points": max_drop_points}
+    return ExportOptions(formats=formats, bn_batches=bn_batches, seed=seed, **kb, **extra)
 
 
 def load_predictors(checkpoint: Path, device_name: str, *, accuracy_predictor: str | os.PathLike | None = None,

@@ -115,6 +115,9 @@ class ExportOptions:
             raise UsageError(f"--finetune-epochs {self.finetune_epochs} must be 0 or more")
         if self.calibration_images < 1:
             raise UsageError(f"calibration images {self.calibration_images} must be at least 1 (a few hundred is right)")
+        if not 0 <= self.max_drop_points <= 100:
+            raise UsageError(f"--max-int8-drop {self.max_drop_points:g} must be between 0 and 100 points (default "
+                             f"{DEFAULT_MAX_DROP_POINTS:g})")
         for name in ("target_sram_kb", "target_flash_kb"):
             value = getattr(self, name)
             if value is not None and value <= 0:

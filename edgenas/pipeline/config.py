@@ -25,6 +25,8 @@ top_k = 3                      # candidates exported and measured per budget
 
 [export]
 formats = ["onnx", "tflite", "tflite-int8"]
+# max_int8_drop_points = 1.0   # an int8 file fails when its accuracy drop (paired, on validation + holdout
+                               # images) is above this even at its 95 % interval's low end
 
 [[devices]]
 name = "local"                 # devices/NAME.toml, or a path to a device file
@@ -93,6 +95,7 @@ class RunConfig:
     generations: int = 200
     top_k: int = 3
     formats: tuple[str, ...] = ("onnx", "tflite", "tflite-int8")
+    max_int8_drop_points: float = 1.0  # the int8 check's accuracy-drop limit (edgenas.export.verify)
     devices: tuple[DeviceTarget, ...] = ()
     source: str = "<config>"
 
@@ -110,7 +113,7 @@ _SECTIONS = {
     "train": {"dataset", "preset", "config", "checkpoint", "steps_scale", "batch_size", "time_budget", "total_steps"},
     "predictor": {"samples", "test", "bn_batches"},
     "search": {"algorithm", "population", "generations", "top_k"},
-    "export": {"formats"},
+    "export": {"formats", "max_int8_drop_points"},
 }
 _DEVICE_KEYS = {f.name for f in dataclasses.fields(DeviceTarget)}
 
@@ -199,6 +202,9 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
     if bad:
         raise _bad(source, "export.formats", f"unknown format {bad[0]!r}; choose from {', '.join(FORMATS)}")
 
+    max_drop = check_value(source, "export.max_int8_drop_points", sections["export"].get("max_int8_drop_points", 1.0),
+                           float, 0, 100)
+
     raw_devices = data.get("devices")
     if not isinstance(raw_devices, list) or not raw_devices or len(raw_devices) > 256:
         raise _bad(source, "devices", "expected at least one [[devices]] table with a name and budgets_ms")
@@ -252,7 +258,7 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
     return RunConfig(out=out, dataset=dataset, preset=preset, train_config=train_config, checkpoint=checkpoint,
                      train_overrides=overrides, seed=seed, predictor_samples=samples, predictor_test=test, bn_batches=bn_batches,
                      algorithm=algorithm, population=population, generations=generations, top_k=top_k, formats=tuple(formats),
-                     devices=tuple(devices), source=source)
+                     max_int8_drop_points=max_drop, devices=tuple(devices), source=source)
 
 
 def load_run_config(path: str | Path, *, out: str | Path | None = None) -> RunConfig:

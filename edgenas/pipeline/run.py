@@ -318,7 +318,8 @@ def _device_stages(config: RunConfig, target: DeviceTarget, book: StageBook, spa
                  "algorithm": config.algorithm, "population": config.population, "generations": config.generations,
                  "top_k": config.top_k, "margins": SEARCH_MARGINS, "timing": "interleaved",
                  "checks": "every shipped file, paired int8 drop on val+holdout",
-                 "formats": list(config.formats), "device": describe, "precision": target.precision,
+                 "formats": list(config.formats), "max_int8_drop_points": config.max_int8_drop_points,
+                 "device": describe, "precision": target.precision,
                  **_bn_key(config)},
                 lambda b=budget: _deploy(opened, device, target, label, b, accuracy_path, latency_path, config,
                                          store_path, progress),
@@ -460,7 +461,8 @@ def _deploy(checkpoint: _Checkpoint, device: Any, target: DeviceTarget, label: s
     inputs = {"supernet": str(checkpoint.path), "accuracy_predictor": str(accuracy_path),
               "latency_predictor": str(latency_path)}
     result_path = save_result(result, search_dir / "search-result.json", seed=config.seed, inputs=inputs)
-    options = deploy_options(constraints, formats=tuple(config.formats), seed=config.seed, bn_batches=config.bn_batches)
+    options = deploy_options(constraints, formats=tuple(config.formats), seed=config.seed, bn_batches=config.bn_batches,
+                             max_drop_points=config.max_int8_drop_points)
     def search_again(scale: float) -> Any:
         try:
             return search_for_budget(acc.space, acc, lat, constraints, algorithm=config.algorithm,
