@@ -259,89 +259,22 @@ def export_subnet(
     model = model.eval().cpu()
     stats = arch_stats(space, arch)
     memory = predict_memory(space, arch)  # the TFLite Micro arena and int8 file size the search constrained
-    files: dict[str, Path] = {}
-    seconds: dict[str, float] = {}
-    converters: dict[str, str] = {}
 
     def manifest(fmt: str, path: Path) -> None:
         write_manifest(path, kind=f"model-{fmt}", inputs={"supernet": lineage.get("supernet")},
                        config={"arch": arch.to_dict(), "space": space.name, **options.to_dict()}, seed=options.seed,
                        versions=TFLITE_VERSIONS if fmt.startswith("tflite") else ("torch", "numpy", "onnx", "onnxruntime"))
 
-    kept_files = dict(kept.files) if kept is not None else {}
-    for fmt in options.formats:
-        path = out_dir / FILE_NAMES[fmt]
-        if fmt in kept_files:
-            files[fmt] = _copy_exported(kept_files[fmt], path)
-            seconds[fmt] = kept.conversion_seconds.get(fmt, 0.0)
-            continue
-        log(f"export: writing {path.name} ...")
-        seconds[fmt], converters[fmt] = _export_format(fmt, model, path, options, calibration)
-        files[fmt] = path
-        manifest(fmt, path)
-
-    problems: list[str] = []
-    reasons: list[str] = []
-    checks: list[Check] = []
-    file_accuracy: dict[str, float] = {}
+    files, seconds, converters = _write_files(model, out_dir, options, calibration, kept, manifest, log)
+    found = _Problems()
     reference = torch_logits(model, val_images)
-    reference_acc = None if val_labels is None else float((reference.argmax(1) == val_labels).mean())
-    kept_checks = {c.format: c for c in kept.checks} if kept is not None else {}
-    int8_images, int8_reference, int8_labels = _int8_check_images(model, val_images, val_labels, reference,
-                                                                  holdout_images, holdout_labels)
+    reference_acc = _accuracy(reference, val_labels)
+    checks, file_accuracy = [], {}
     if options.verify:
-        for fmt, path in files.items():
-            quantized = fmt.endswith("int8")
-            images, ref, labels = (int8_images, int8_reference, int8_labels) if quantized else (
-                val_images, reference, val_labels)
-            if fmt in kept_checks:  # the same bytes checked against the same model: the check stands
-                check = dataclasses.replace(kept_checks[fmt], path=str(path))
-                val_accuracy = kept.card["accuracy"]["files"].get(Path(kept_files[fmt]).name)
-            else:
-                logits = file_logits(fmt, path, images)
-                check = compare(fmt, path, logits, ref, labels, quantized=quantized, atol=options.atol,
-                                min_agreement=options.min_agreement, max_drop_points=options.max_drop_points)
-                val_accuracy = _accuracy(logits[: len(val_images)], val_labels)
-            if not check.passed and fmt == "tflite-int8" and converters.get(fmt) == "direct" and options.litert_fallback:
-                check = _int8_by_litert(model, path, options, calibration, images, ref, labels, check, seconds, log)
-                if check.passed:
-                    manifest(fmt, path)
-                    val_accuracy = _accuracy(file_logits(fmt, path, val_images), val_labels)
-            checks.append(check)
-            if val_accuracy is not None:  # the card's accuracy is on the validation images, for every file alike
-                file_accuracy[path.name] = val_accuracy
-            log(f"verify: {check.message}" if check.passed else f"verify: FAILED {check.message}")
-            if not check.passed:
-                problems.append(check.message)
-                reasons.append(f"{fmt}: {check.problem}")
-
-    micro = None
-    if options.micro and "tflite-int8" in kept_files and kept.micro is not None:
-        micro = kept.micro
-        log(f"micro: {micro.summary()}")
-        if not micro.ok:
-            problems.append(micro.summary())
-            reasons.append(micro.summary())
-    elif options.micro and "tflite-int8" in files:
-        micro = check_micro(files["tflite-int8"], images=val_images[:1], analytic_peak_bytes=stats.peak_activation_int8,
-                            predicted_arena_bytes=memory.arena)
-        log(f"micro: {micro.summary()}")
-        if not micro.ok:
-            problems.append(micro.summary())
-            reasons.append(micro.summary())
-    if options.target_sram_kb is not None:
-        need = micro.arena_bytes if micro is not None and micro.ok else memory.arena
-        source = "TFLite Micro arena" if micro is not None and micro.ok else "predicted TFLite Micro arena"
-        if need / 1024 > options.target_sram_kb:
-            problems.append(f"SRAM need {need / 1024:.1f} KiB ({source}) exceeds --target-sram-kb {options.target_sram_kb:g}")
-            reasons.append(f"SRAM {need / 1024:.1f} KiB over {options.target_sram_kb:g}")
-    if options.target_flash_kb is not None:
-        fmt = "tflite-int8" if "tflite-int8" in files else next(iter(files))
-        size = files[fmt].stat().st_size
-        if size / 1024 > options.target_flash_kb:
-            problems.append(f"{files[fmt].name} is {size / 1024:.1f} KiB, more than --target-flash-kb "
-                            f"{options.target_flash_kb:g}")
-            reasons.append(f"flash {size / 1024:.1f} KiB over {options.target_flash_kb:g}")
+        int8_set = _int8_check_images(model, val_images, val_labels, reference, holdout_images, holdout_labels)
+        checks, file_accuracy = _verify_files(model, files, options, calibration, (val_images, reference, val_labels),
+                                              int8_set, kept, converters, seconds, manifest, found, log)
+    micro = _memory_checks(files, options, kept, stats, memory, val_images, found, log)
 
     latency: dict[str, Any] = {"predicted_ms": predicted_latency_ms, "measured": []}
     if measured is not None:
@@ -365,13 +298,114 @@ def export_subnet(
         lineage={**lineage, "finetune_epochs": options.finetune_epochs, "seed": options.seed,
                  "calibration_images": int(len(calibration))},
     )
-    if problems:
-        card["problems"] = problems
+    if found.messages:
+        card["problems"] = found.messages
     write_card(out_dir, card)
-    result = ExportResult(out_dir, files, checks, micro, seconds, card, problems, reasons)
-    if problems and raise_on_problems:
-        raise ExportCheckError(f"export to {out_dir} failed: " + "; ".join(problems), result)
+    result = ExportResult(out_dir, files, checks, micro, seconds, card, found.messages, found.reasons)
+    if found.messages and raise_on_problems:
+        raise ExportCheckError(f"export to {out_dir} failed: " + "; ".join(found.messages), result)
     return result
+
+
+@dataclass
+class _Problems:
+    """What failed in an export: each problem's full message and the same in a few words."""
+
+    messages: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+
+    def add(self, message: str, reason: str | None = None) -> None:
+        self.messages.append(message)
+        self.reasons.append(reason or message)
+
+
+def _write_files(model: nn.Module, out_dir: Path, options: ExportOptions, calibration: np.ndarray,
+                 kept: ExportResult | None, manifest: Callable[[str, Path], None], log: Callable[[str], None],
+                 ) -> tuple[dict[str, Path], dict[str, float], dict[str, str]]:
+    """Each format's file (copied from `kept` where it holds it): the files, conversion seconds and converters."""
+    files: dict[str, Path] = {}
+    seconds: dict[str, float] = {}
+    converters: dict[str, str] = {}
+    kept_files = dict(kept.files) if kept is not None else {}
+    for fmt in options.formats:
+        path = out_dir / FILE_NAMES[fmt]
+        if fmt in kept_files:
+            files[fmt] = _copy_exported(kept_files[fmt], path)
+            seconds[fmt] = kept.conversion_seconds.get(fmt, 0.0)
+            continue
+        log(f"export: writing {path.name} ...")
+        seconds[fmt], converters[fmt] = _export_format(fmt, model, path, options, calibration)
+        files[fmt] = path
+        manifest(fmt, path)
+    return files, seconds, converters
+
+
+_Images = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]  # images, PyTorch's logits, labels
+
+
+def _verify_files(model: nn.Module, files: dict[str, Path], options: ExportOptions, calibration: np.ndarray,
+                  val_set: _Images, int8_set: _Images, kept: ExportResult | None, converters: dict[str, str],
+                  seconds: dict[str, float], manifest: Callable[[str, Path], None], found: _Problems,
+                  log: Callable[[str], None]) -> tuple[list[Check], dict[str, float]]:
+    """Check every file against PyTorch (fp32 files on `val_set`, int8 files on `int8_set`): the checks and each
+    file's accuracy on the validation images. A directly written int8 file that fails is converted again by
+    litert-torch (`options.litert_fallback`)."""
+    val_images, _, val_labels = val_set
+    kept_checks = {c.format: c for c in kept.checks} if kept is not None else {}
+    checks: list[Check] = []
+    file_accuracy: dict[str, float] = {}
+    for fmt, path in files.items():
+        quantized = fmt.endswith("int8")
+        images, ref, labels = int8_set if quantized else val_set
+        if fmt in kept_checks:  # the same bytes checked against the same model: the check stands
+            check = dataclasses.replace(kept_checks[fmt], path=str(path))
+            val_accuracy = kept.card["accuracy"]["files"].get(Path(kept.files[fmt]).name)
+        else:
+            logits = file_logits(fmt, path, images)
+            check = compare(fmt, path, logits, ref, labels, quantized=quantized, atol=options.atol,
+                            min_agreement=options.min_agreement, max_drop_points=options.max_drop_points)
+            val_accuracy = _accuracy(logits[: len(val_images)], val_labels)
+        if not check.passed and fmt == "tflite-int8" and converters.get(fmt) == "direct" and options.litert_fallback:
+            check = _int8_by_litert(model, path, options, calibration, images, ref, labels, check, seconds, log)
+            if check.passed:
+                manifest(fmt, path)
+                val_accuracy = _accuracy(file_logits(fmt, path, val_images), val_labels)
+        checks.append(check)
+        if val_accuracy is not None:  # the card's accuracy is on the validation images, for every file alike
+            file_accuracy[path.name] = val_accuracy
+        log(f"verify: {check.message}" if check.passed else f"verify: FAILED {check.message}")
+        if not check.passed:
+            found.add(check.message, f"{fmt}: {check.problem}")
+    return checks, file_accuracy
+
+
+def _memory_checks(files: dict[str, Path], options: ExportOptions, kept: ExportResult | None, stats: Any,
+                   memory: Any, val_images: np.ndarray, found: _Problems, log: Callable[[str], None]) -> MicroCheck | None:
+    """The TFLite Micro check of the int8 file (kept from `kept` where it holds that file) and the SRAM and flash
+    budgets of `options`; returns the TFLite Micro check (None when not run)."""
+    micro = None
+    if options.micro and kept is not None and "tflite-int8" in kept.files and kept.micro is not None:
+        micro = kept.micro
+    elif options.micro and "tflite-int8" in files:
+        micro = check_micro(files["tflite-int8"], images=val_images[:1], analytic_peak_bytes=stats.peak_activation_int8,
+                            predicted_arena_bytes=memory.arena)
+    if micro is not None:
+        log(f"micro: {micro.summary()}")
+        if not micro.ok:
+            found.add(micro.summary())
+    if options.target_sram_kb is not None:
+        need = micro.arena_bytes if micro is not None and micro.ok else memory.arena
+        source = "TFLite Micro arena" if micro is not None and micro.ok else "predicted TFLite Micro arena"
+        if need / 1024 > options.target_sram_kb:
+            found.add(f"SRAM need {need / 1024:.1f} KiB ({source}) exceeds --target-sram-kb {options.target_sram_kb:g}",
+                      f"SRAM {need / 1024:.1f} KiB over {options.target_sram_kb:g}")
+    if options.target_flash_kb is not None:
+        fmt = "tflite-int8" if "tflite-int8" in files else next(iter(files))
+        size = files[fmt].stat().st_size
+        if size / 1024 > options.target_flash_kb:
+            found.add(f"{files[fmt].name} is {size / 1024:.1f} KiB, more than --target-flash-kb "
+                      f"{options.target_flash_kb:g}", f"flash {size / 1024:.1f} KiB over {options.target_flash_kb:g}")
+    return micro
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray | None) -> float | None:

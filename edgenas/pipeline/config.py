@@ -205,7 +205,19 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
     max_drop = check_value(source, "export.max_int8_drop_points", sections["export"].get("max_int8_drop_points", 1.0),
                            float, 0, 100)
 
-    raw_devices = data.get("devices")
+    devices = _parse_devices(source, data.get("devices"), base_dir)
+    labels = [d.label for d in devices]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise _bad(source, "devices", f"device {dup[0]!r} appears twice with the same precision; merge their budgets")
+    return RunConfig(out=out, dataset=dataset, preset=preset, train_config=train_config, checkpoint=checkpoint,
+                     train_overrides=overrides, seed=seed, predictor_samples=samples, predictor_test=test, bn_batches=bn_batches,
+                     algorithm=algorithm, population=population, generations=generations, top_k=top_k, formats=tuple(formats),
+                     max_int8_drop_points=max_drop, devices=tuple(devices), source=source)
+
+
+def _parse_devices(source: str, raw_devices: Any, base_dir: Path) -> list[DeviceTarget]:
+    """The `[[devices]]` tables of a run config, each checked (one line naming the first bad key)."""
     if not isinstance(raw_devices, list) or not raw_devices or len(raw_devices) > 256:
         raise _bad(source, "devices", "expected at least one [[devices]] table with a name and budgets_ms")
     devices = []
@@ -251,14 +263,7 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
         devices.append(DeviceTarget(name=name, precision=precision, budgets_ms=tuple(float(b) for b in budgets),
                                     budget_quantiles=tuple(float(q) for q in quantiles), calibration=calibration,
                                     **limits, **counts))
-    labels = [d.label for d in devices]
-    dup = sorted({x for x in labels if labels.count(x) > 1})
-    if dup:
-        raise _bad(source, "devices", f"device {dup[0]!r} appears twice with the same precision; merge their budgets")
-    return RunConfig(out=out, dataset=dataset, preset=preset, train_config=train_config, checkpoint=checkpoint,
-                     train_overrides=overrides, seed=seed, predictor_samples=samples, predictor_test=test, bn_batches=bn_batches,
-                     algorithm=algorithm, population=population, generations=generations, top_k=top_k, formats=tuple(formats),
-                     max_int8_drop_points=max_drop, devices=tuple(devices), source=source)
+    return devices
 
 
 def load_run_config(path: str | Path, *, out: str | Path | None = None) -> RunConfig:
