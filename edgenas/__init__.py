@@ -9,7 +9,7 @@ from __future__ import annotations
 import os as _os
 import sys as _sys
 
-from edgenas._lazy import lazy_attributes
+from edgenas._lazy import MovedModules, lazy_attributes
 
 # PyTorch's CPU threads wait for work without spinning: on a machine whose cores other programs also use, two
 # spinning threads made a training step 6x slower than one thread (measured on 2 cores at load 9); waiting
@@ -33,3 +33,10 @@ __all__ = sorted(_LAZY) + ["__version__"]
 
 
 __getattr__, __dir__ = lazy_attributes('edgenas', _LAZY, globals())
+
+# Modules that moved, by their old paths (a user's `from edgenas.search.differentiable import ...` still works).
+MOVED_MODULES = {
+    "edgenas.search.differentiable": "edgenas.train.differentiable",  # it trains weights: beside training
+}
+if not any(isinstance(f, MovedModules) for f in _sys.meta_path):
+    _sys.meta_path.append(MovedModules(MOVED_MODULES))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -73,6 +74,41 @@ def error_of(path: Path) -> str:
 def test_bad_field_is_one_line_naming_file_field_and_expectation(tmp_path, text, field, expected):
     message = error_of(write(tmp_path, "dev.toml", text))
     assert field in message and expected in message
+
+
+# A valid host name followed by anything else must be refused whole: the host reaches ssh's argument list
+# and, through ~/.ssh/config or a ProxyCommand, possibly a shell.
+BAD_HOSTS = ["pi.local;rm -rf /", "pi.local rm", "host name", "host\nx", "pi.local\n", "pi.local$(id)",
+             "pi.local`id`", "pi.local|sh", "pi.local&", "10.0.0.9;id", "10.0.0.9 x", "-oProxyCommand=sh",
+             "pi..local", "pi.-local", "pi.local/x", "pi.local:22", "[::1]x", ""]
+
+
+@pytest.mark.parametrize("host", BAD_HOSTS)
+def test_host_is_checked_whole(tmp_path, host):
+    from edgenas.devices.config import valid_host
+
+    assert not valid_host(host)
+    text = SSH_OK.replace('host = "10.0.0.9"', f"host = {json.dumps(host)}")
+    message = error_of(write(tmp_path, "dev.toml", text))
+    assert "[ssh] host" in message and "a host name" in message
+
+
+@pytest.mark.parametrize("host", ["pi.local", "pi4", "raspberrypi.", "a-b.example.org", "10.0.0.9", "::1",
+                                  "[fe80::1]", "lab_pi"])
+def test_good_hosts_are_accepted(tmp_path, host):
+    from edgenas.devices.config import valid_host
+
+    assert valid_host(host)
+    config = read_device_file(write(tmp_path, "dev.toml", SSH_OK.replace("10.0.0.9", host)))
+    assert config.ssh.host == host
+
+
+@pytest.mark.parametrize("field, value", [("user", "pi;reboot"), ("user", "pi x"), ("user", "pi\nx"),
+                                          ("config_host", "lab;id"), ("config_host", "lab x")])
+def test_user_and_alias_are_checked_whole(tmp_path, field, value):
+    text = SSH_OK.replace('user = "pi"', f"{field} = {json.dumps(value)}" if field == "user"
+                          else f'user = "pi"\n{field} = {json.dumps(value)}')
+    assert f"[ssh] {field}" in error_of(write(tmp_path, "dev.toml", text))
 
 
 def test_missing_file_and_unknown_name(tmp_path, monkeypatch):

@@ -1,7 +1,11 @@
-"""The house as drawn (docs/architecture.md): which parts of edgenas may import which, read from the source.
+"""The house as drawn (docs/architecture.md): which parts of edgenas may import which, read from the map's table and
+the source.
 
+The rules are the table's last column, parsed here, so the page and the test cannot drift apart: a part that
+imports what its row does not name fails, as does a part without a row (a new part adds its row with its code).
 Every import counts, those inside functions included (they run when the function does): a module may
-import lazily to keep `edgenas --help` fast, never to hide a dependency the layering forbids.
+import lazily to keep `edgenas --help` fast, never to hide a dependency the layering forbids. A package's lazy
+names (`_LAZY = {"name": "module"}` in its `__init__`) count as that package's imports, and
 `from edgenas import load_device` counts as importing the module that defines `load_device`.
 """
 
@@ -9,12 +13,15 @@ from __future__ import annotations
 
 import ast
 import re
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "edgenas"
+MAP = ROOT.parent / "docs" / "architecture.md"
+HEAVY = {"torch", "onnx", "onnxruntime", "tensorflow"}
 
 
 def _module_name(path: Path) -> str:
@@ -28,23 +35,37 @@ def _modules() -> dict[str, Path]:
 
 
 @cache
-def _lazy_names(package: str) -> dict[str, str]:
-    """A package `__init__`'s lazy attribute table (`_LAZY = {"name": "module", ...}`)."""
+def _name_table(package: str, table: str) -> dict[str, str]:
+    """A package `__init__`'s name -> module table (`_LAZY`: its lazy names; `_MOVED`: names kept for users after
+    a move), read from the source."""
     path = _modules().get(package)
     if path is None or path.name != "__init__.py":
         return {}
-    return dict(re.findall(r'"(\w+)":\s*"(edgenas[\w.]*)"', path.read_text()))
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == table for t in node.targets):
+            return dict(ast.literal_eval(node.value))
+    return {}
+
+
+def _lazy_names(package: str) -> dict[str, str]:
+    return _name_table(package, "_LAZY")
 
 
 @cache
 def imports(module: str) -> frozenset[str]:
     """Every module and outside package `module` imports (edgenas modules by full name, others by top name)."""
+    return frozenset(m for m, _ in _import_statements(module))
+
+
+@cache
+def _import_statements(module: str) -> tuple[tuple[str, str], ...]:
+    """(what is imported, the name imported from it or "") for every import statement in `module`."""
     path = _modules()[module]
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found: set[str] = set()
+    found: set[tuple[str, str]] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            found.update(a.name if a.name.startswith("edgenas") else a.name.split(".")[0] for a in node.names)
+            found.update((a.name if a.name.startswith("edgenas") else a.name.split(".")[0], "") for a in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]
@@ -52,13 +73,13 @@ def imports(module: str) -> frozenset[str]:
             else:
                 source = node.module or ""
             if not source.startswith("edgenas"):
-                found.add(source.split(".")[0])
+                found.add((source.split(".")[0], ""))
                 continue
             for alias in node.names:
                 full = f"{source}.{alias.name}"
                 lazy = _lazy_names(source).get(alias.name)
-                found.add(full if full in _modules() else lazy or source)
-    return frozenset(m for m in found if m != module)
+                found.add((full, "") if full in _modules() else (lazy or source, alias.name))
+    return tuple(sorted((m, name) for m, name in found if m != module))
 
 
 def _part(module: str) -> str:
@@ -83,30 +104,117 @@ def _in(part: str) -> list[str]:
     return [m for m in _modules() if _part(m) == part]
 
 
+def _parts() -> set[str]:
+    return {_part(m) for m in _modules()} - {"edgenas"}  # the package's own __init__ (version, lazy names): no part
+
+
+# ---- the map's table ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Row:
+    parts: tuple[str, ...]  # the parts the row describes
+    may_import: frozenset[str]  # the parts they may import
+    torch: bool  # whether the row names torch itself
+
+
+def _names(text: str) -> list[str]:
+    """`space.py`, `nn/` -> space, nn."""
+    return [n.removesuffix(".py").rstrip("/") for n in re.findall(r"`([^`]+)`", text)]
+
+
+@cache
+def the_map() -> tuple[frozenset[str], dict[str, Row]]:
+    """The plumbing every part may import, and each part's row, read from docs/architecture.md's table."""
+    lines = [line for line in MAP.read_text().split("## Parts", 1)[1].splitlines() if line.startswith("|")]
+    header = lines[0].split("|")[-2]
+    plumbing = frozenset(_names(header.split("plumbing", 1)[1]))
+    rows: dict[str, Row] = {}
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        assert len(cells) == 3, f"docs/architecture.md: a table row needs 3 cells: {line}"
+        text = cells[2].replace("**", "")
+        while re.search(r"\([^()]*\)", text):
+            text = re.sub(r"\s*\([^()]*\)", "", text)  # notes for the reader
+        text = text.strip()
+        if text == "—":
+            names: set[str] = set()
+        elif text.startswith("everything"):
+            but = text.removeprefix("everything").strip()
+            assert not but or but.startswith("but "), f"docs/architecture.md: {text!r}: expected everything but ..."
+            names = _parts() - set(re.split(r",\s*", but.removeprefix("but ").strip()) if but else ())
+        else:
+            names = set(re.split(r",\s*", text))
+        unknown = sorted(names - _parts() - {"torch"})
+        assert not unknown, f"docs/architecture.md: {unknown} in the row of {cells[0]}: not parts of edgenas/"
+        for part in _names(cells[0]):
+            assert part not in rows, f"docs/architecture.md: two rows for {part}"
+            rows[part] = Row(tuple(_names(cells[0])), frozenset(names - {"torch"}), "torch" in names)
+    return plumbing, rows
+
+
+@cache
+def may_use_torch(part: str) -> bool:
+    """Whether the table lets `part` reach torch: its row names torch, or a part that may use it."""
+    row = the_map()[1][part]
+    return row.torch or any(may_use_torch(p) for p in row.may_import if p != part)
+
+
+def test_the_table_is_read():
+    plumbing, rows = the_map()
+    assert {"errors", "artifacts", "readers", "progress", "_lazy", "edgenas"} <= plumbing
+    assert rows["search"].may_import == {"space", "genome", "stats", "memory"} and not may_use_torch("search")
+    assert rows["space"].may_import == set() and rows["store"].may_import == set()
+    assert "cli" not in rows["pipeline"].may_import and "deploy" in rows["pipeline"].may_import
+    assert rows["cli"].may_import == _parts()
+    assert may_use_torch("nn") and may_use_torch("supernet") and may_use_torch("train")
+    assert not any(may_use_torch(p) for p in ("space", "genome", "stats", "memory", "devices", "search", "store"))
+
+
 def test_the_source_is_read():
     assert "edgenas.search.base" in _modules() and "edgenas.space" in imports("edgenas.search.base")
     assert "edgenas.devices.base" in imports("edgenas.cli.devices") or "edgenas.devices" in imports("edgenas.cli.devices")
+    assert "edgenas.search.rl" in _lazy_names("edgenas.search").values()
 
 
-@pytest.mark.parametrize("module", _in("search"))
-def test_search_imports_nothing_that_builds_or_runs_models(module):
-    forbidden = {"nn", "supernet", "data", "train", "export", "devices", "latency", "store", "pipeline", "deploy",
-                 "cli", "accuracy"}
-    bad = sorted(m for m in reachable(module) if _part(m) in forbidden)
-    assert not bad, f"{module} imports {bad}"
-    outside = {m for m in [module, *reachable(module)] for m in imports(m) if not m.startswith("edgenas")}
-    # differentiable search holds its architecture logits in torch and runs the supernet it is given
-    # (`Supernet.mixed_forward`), importing no part that builds one; every other strategy is numpy only
-    allowed = {"torch"} if module == "edgenas.search.differentiable" else set()
-    assert not outside & ({"torch", "onnx", "onnxruntime", "tensorflow"} - allowed), f"{module} reaches {outside}"
+def test_every_part_has_a_row_and_every_row_a_part():
+    plumbing, rows = the_map()
+    missing = sorted(_parts() - set(rows))
+    assert not missing, f"parts of edgenas/ without a row in docs/architecture.md's table: {missing}"
+    stale = sorted(set(rows) - _parts())
+    assert not stale, f"rows of docs/architecture.md's table naming no part of edgenas/: {stale}"
+    assert plumbing - {"edgenas"} <= set(rows), "the plumbing has its own row"
 
 
-@pytest.mark.parametrize("module", ["edgenas.space", "edgenas.genome", "edgenas.stats", "edgenas.memory",
-                                    *_in("devices")])
-def test_no_torch_below_the_models(module):
-    """The space, genome, statistics and devices (which handle model files) never import torch."""
+@pytest.mark.parametrize("module", sorted(_modules()))
+def test_each_module_imports_only_what_its_part_may(module):
+    if _part(module) == "edgenas":
+        return  # the package's own __init__: its version and lazy top-level names
+    plumbing, rows = the_map()
+    allowed = rows[_part(module)].may_import | plumbing | {_part(module)}
+    lazy = set(_lazy_names(module).values()) if _modules()[module].name == "__init__.py" else set()
+    bad = sorted(m for m in imports(module) | lazy if m in _modules() and _part(m) not in allowed)
+    assert not bad, (f"{module} imports {bad}: docs/architecture.md's row for {_part(module)} allows "
+                     f"{sorted(rows[_part(module)].may_import) or 'no part'} (besides the plumbing)")
+
+
+@pytest.mark.parametrize("module", sorted(m for m in _modules() if _part(m) != "edgenas" and not may_use_torch(_part(m))))
+def test_no_torch_where_the_table_has_none(module):
+    """The space, genome, statistics, search and devices (which handle model files) never reach torch, by any path."""
     outside = {m for m in [module, *reachable(module)] for m in imports(m) if not m.startswith("edgenas")}
     assert "torch" not in outside, f"{module} reaches torch"
+    if _part(module) == "search":  # the search sees archs and predictors, never a model or a runtime
+        assert not outside & HEAVY, f"{module} reaches {sorted(outside & HEAVY)}"
+
+
+def test_every_edgenas_import_names_a_module():
+    """No import of a moved module's old path, or of a name a package lists only to keep users' code working."""
+    bad = []
+    for module in _modules():
+        for target, name in _import_statements(module):
+            moved = _name_table(target, "_MOVED")
+            if target.startswith("edgenas") and (target not in _modules() or name in moved):
+                bad.append(f"{module}: {target}{'.' + name if name else ''}")
+    assert not bad, f"imports of old paths (use the new ones): {bad}"
 
 
 def test_nothing_imports_the_cli():

@@ -213,9 +213,14 @@ class _Table:
             )
 
 
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
 def _toml_repr(value: Any) -> str:
+    """The value as TOML writes it, on one line: a bad value with a line break still gives a one-line error."""
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return '"' + "".join(_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if not c.isprintable() else c)
+                             for c in value) + '"'
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, Mapping):

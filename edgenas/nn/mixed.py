@@ -5,7 +5,7 @@ first channels), so one forward at the largest width computes the exact mixture 
 superkernel): the depthwise filter is Σ_k g_k · pad(filter_k) and hidden channels are scaled by
 Σ_e g_e · [c < width(e)]; depth mixes each stage's outputs after each block, Σ_d g_d · x_d. With one-hot
 gates the pass is the chosen subnet (squeeze-excite aside, which runs at the largest width).
-See `edgenas.search.differentiable` for how the gates are drawn and trained.
+See `edgenas.train.differentiable` for how the gates are drawn and trained.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Search over archs under device constraints: constrained evolution, NSGA-II Pareto search, random search.
 
-Search never touches a `torch.nn.Module`: it sees archs, predictors (anything with
-`.predict(archs)`) and constraints. Public interface:
+Search never touches a `torch.nn.Module` and imports no torch: it sees archs, predictors (anything with
+`.predict(archs)`) and constraints. Differentiable search trains weights, so it lives beside training
+(`edgenas.train.differentiable`); its old names here still resolve there. Public interface:
 
     Problem(space, accuracy, latency, Constraints(...), device=...)   batched, cached evaluation
     Evolution / NSGA2 / RandomSearch(space, rng=..., ...)             ask() / tell(batch, evaluation)
     RLSearch(space, rng=..., config=RLConfig(...))                     REINFORCE controller, MnasNet reward
-    differentiable_search(supernet, dataset, latency, max_latency_ms=)  ProxylessNAS-style (imports torch)
     run_search(search, problem, top_k=5) -> SearchResult              the driving loop
     InfeasibleConstraintError                                         names the smallest achievable values
 """
@@ -33,11 +33,14 @@ _LAZY = {
     "ArchBatch": "edgenas.genome",
     "RLSearch": "edgenas.search.rl",
     "RLConfig": "edgenas.search.rl",
-    "differentiable_search": "edgenas.search.differentiable",
-    "DifferentiableConfig": "edgenas.search.differentiable",
+}
+# Moved out of the search (they train weights), kept for users' code: resolved on first use, never by edgenas.
+_MOVED = {
+    "differentiable_search": "edgenas.train.differentiable",
+    "DifferentiableConfig": "edgenas.train.differentiable",
 }
 
 __all__ = sorted(_LAZY)
 
 
-__getattr__, __dir__ = lazy_attributes('edgenas.search', _LAZY, globals())
+__getattr__, __dir__ = lazy_attributes('edgenas.search', {**_LAZY, **_MOVED}, globals())

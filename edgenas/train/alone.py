@@ -18,8 +18,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -204,3 +206,42 @@ def _beside(config: TrainConfig, dataset: Dataset, space: SearchSpace, pace: Pac
         send.send(("error", traceback.format_exc()))
     finally:
         send.close()
+
+
+class Comparison:
+    """The comparison run as the trainer's hook (rank 0): beside the supernet's training in a forked process where
+    the CPU has a core for it (`start`, then `after_step` and, when the learning-rate back-off restarts the first
+    phase, `restart`), else after it; `finish` gives its result either way, `stop` ends it early."""
+
+    def __init__(self, dataset: Dataset, space: SearchSpace, device: torch.device, *, progress: bool) -> None:
+        self.dataset, self.space, self.device, self.progress = dataset, space, device, progress
+        self.beside: AloneBeside | None = None
+
+    def start(self, config: TrainConfig, done: int, planned: int) -> None:
+        """Start the run beside the supernet, which has taken `done` steps of the `planned`."""
+        self.beside = AloneBeside(config, self.dataset, self.space, planned)
+        self.beside.advance(done, planned)
+
+    def after_step(self, done: int, planned: Callable[[], int]) -> None:
+        """The supernet took a step (`done` in all, `planned()` as now planned): the comparison may take it."""
+        if self.beside is not None:
+            self.beside.advance(done, planned())
+
+    def restart(self, config: TrainConfig, done: int, planned: int) -> None:
+        """Start again at the rates the back-off chose."""
+        if self.beside is not None:
+            self.beside.stop()
+            self.start(config, done, planned)
+
+    def stop(self) -> None:
+        if self.beside is not None:
+            self.beside.stop()
+
+    def finish(self, config: TrainConfig, steps: int) -> dict[str, Any]:
+        """The largest network alone for the supernet's `steps`: the run beside it, or trained now."""
+        if self.beside is None:
+            return train_alone(config, self.dataset, self.space, steps, self.device, progress=self.progress)
+        alone = self.beside.finish(steps)
+        print(f"edgenas train: largest network alone: {alone['steps']} steps beside the supernet, "
+              f"val top-1 {alone['top1']:.4f} (waited {alone['waited_s']:.1f}s for it)", file=sys.stderr)
+        return alone

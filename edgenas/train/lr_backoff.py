@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from edgenas.train.config import TrainConfig
@@ -107,3 +108,54 @@ def describe(state: dict[str, Any], num_classes: int) -> str:
                       if b)
     return (f"learning rate: x{state['factor']:.3g} the preset's rates (first phase's loss {loss} after "
             f"{last.get('step')} steps, {verdict} {chance}" + (f"; losses tried {tried}" if tried else "") + ")")
+
+
+@dataclass
+class Held:
+    """Where the higher rate stood at its check, kept while a lower rate is tried (restored by a "revert")."""
+
+    weights: dict[str, Any]
+    optimizer: Any
+    schedule: Any
+    scheduler: Any
+    rng: Any  # the torch RNG state
+    loss_avg: float | None
+    acc_avg: float | None
+    stats: dict[str, Any]  # the phase's validation curve, plateau count and budget at the check
+
+
+class LRBackoff:
+    """The back-off as a training run holds it: the rule's state (`state`: saved in checkpoints and the summary),
+    the first phase's check and, while a lower rate is tried, where the higher rate stood (`held`)."""
+
+    def __init__(self, saved: dict[str, Any] | None = None) -> None:
+        self.state = new_state()
+        self.state.update(saved or {})
+        self.held: Held | None = None
+
+    @property
+    def factor(self) -> float:
+        return self.state["factor"]
+
+    def check_at(self, index: int, train_size: int, batch_size: int, phase_steps: int) -> int | None:
+        """The step at which phase `index` is checked: only the first phase, once per run."""
+        return check_step(train_size, batch_size, phase_steps) if index == 0 and not self.state["checked"] else None
+
+    def phase_lr(self, config: TrainConfig, index: int) -> float:
+        return phase_lr(config, index, self.factor)
+
+    def scaled(self, config: TrainConfig) -> TrainConfig:
+        return scaled(config, self.factor)
+
+    def decide(self, loss: float | None, step: int, num_classes: int) -> tuple[str, dict[str, Any]]:
+        """The action at the check ("keep", "restart" or "revert", see `decide`) and the state it leaves."""
+        return decide(self.state, loss, step, num_classes), self.state
+
+    def adopt(self, state: dict[str, Any]) -> None:
+        """Take the state another process decided (rank 0's, under torchrun)."""
+        if state is not self.state:
+            self.state.clear()
+            self.state.update(state)
+
+    def describe(self, num_classes: int) -> str:
+        return describe(self.state, num_classes)

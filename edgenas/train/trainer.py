@@ -1,8 +1,11 @@
 """The progressive-shrinking trainer: one loop over phases that trains a once-for-all supernet, resumably, on 1..N processes.
 
-Reading order: set up (processes, data, network, resume state) → for each phase: build the optimizer
-and schedule, then for each step sample a resolution and k subnets, accumulate their gradients
-(label loss + distillation from the full network), step → evaluate at phase end → final checkpoint.
+Reading order: `_train` sets the run up (`Run`: processes, data, network, files; `TrainState`: where the run
+stands, restored from `last.pt` on resume) → `run_phase` for each phase: its optimizer and schedule, then
+for each step a resolution and k subnets, their gradients (`train_step`: label loss + distillation from the
+full network), the update; the learning-rate back-off's check, the validation curve and the time budget,
+decided on rank 0 (`decided_on_rank0`); a checkpoint now and then → `_finish`: the final evaluation, the
+comparison run (`Comparison`, a hook the loop calls), the verdict, the final checkpoint.
 
 Determinism: the data order and augmentation come from (seed, phase, epoch, batch), the sampled
 subnets from (seed, phase, step), so a run resumed from a checkpoint takes exactly the steps an
@@ -18,10 +21,12 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import cached_property, partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -33,12 +38,12 @@ from edgenas.errors import UsageError, signals_held
 from edgenas.progress import Progress
 from edgenas.space import Arch, SearchSpace
 from edgenas.supernet import Supernet
-from edgenas.train import lr_backoff
-from edgenas.train.alone import AloneBeside, can_run_beside, train_alone
+from edgenas.train.alone import Comparison, can_run_beside
 from edgenas.train.checkpoint import check_resume_fields, read_checkpoint, save_checkpoint
 from edgenas.train.config import Phase, TrainConfig, to_toml
 from edgenas.train.evaluate import evaluate_many, recalibrate_for
 from edgenas.train.gate import required_top1, training_verdict
+from edgenas.train.lr_backoff import Held, LRBackoff
 from edgenas.train.schedule import PhaseSchedule, TimeBudget, plateau_cut, step_cost, time_cut
 from edgenas.train.schedule import lr_factor as lr_factor  # where tests and tools have found it
 
@@ -244,19 +249,14 @@ def _planned_total(global_step: int, step: int, end: int, index: int, budget: Ti
     return planned + budget.later_steps(index, budget.total - used, seconds_per_step / step_cost(phase))
 
 
-def _unlearned(phase_summary: dict[str, Any], config: TrainConfig, learned: float, procs: Processes) -> bool:
+def _unlearned(phase_summary: dict[str, Any], config: TrainConfig, learned: float) -> bool:
     """Whether training stops after its first phase: an adaptive phase (below `learned` a flat curve is no plateau)
     ran to its longest length, `max_epochs`, and its largest subnet is still not far above chance, so the gate after
     training would fail whatever the later phases add. A fixed-length or time-cut first phase never stops training
     (the later phases may go on training the full network: `largest_first`). Rank 0 decides for all."""
-    stop = bool(config.stop_unlearned and len(config.phases) > 1 and config.phases[0].adaptive
+    return bool(config.stop_unlearned and len(config.phases) > 1 and config.phases[0].adaptive
                 and phase_summary.get("stopped") == "max_epochs"
                 and phase_summary.get("val_largest") is not None and phase_summary["val_largest"] < learned)
-    if procs.distributed:
-        shared = [stop]
-        torch.distributed.broadcast_object_list(shared, src=0)
-        stop = bool(shared[0])
-    return stop
 
 
 def _param_checksum(net: torch.nn.Module) -> str:
@@ -289,407 +289,579 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, *, resume: boo
         torch.set_num_threads(previous_threads)
 
 
+T = TypeVar("T")
+
+
+def decided_on_rank0(procs: Processes, decide: Callable[[], T]) -> T:
+    """A decision every process follows: made on rank 0 (`decide` runs there only), shared with the others."""
+    value = decide() if procs.main else None
+    if procs.distributed:
+        shared = [value]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        value = shared[0]
+    return value  # type: ignore[return-value]
+
+
+@dataclass
+class Run:
+    """What a training run works with from start to end: its settings, processes, data, network and files."""
+
+    config: TrainConfig
+    procs: Processes
+    out: Path
+    dataset: Dataset
+    space: SearchSpace
+    net: Supernet
+    initial: dict[str, Any]  # the initial weights: where a learning-rate back-off restarts the first phase
+    progress: bool
+    log: MetricsLog = field(init=False)
+    model: torch.nn.Module = field(init=False)  # the network, wrapped for DistributedDataParallel under torchrun
+    comparison: Comparison = field(init=False)
+    budget: TimeBudget | None = None
+
+    @classmethod
+    def start(cls, config: TrainConfig, out_dir: str | Path | None, *, device: str, threads: int | None,
+              progress: bool, dataset: Dataset | None) -> Run:
+        procs = setup_processes(device, threads)
+        out = Path(out_dir) if out_dir is not None else default_out_dir(config.dataset, config.preset)
+        if config.batch_size % procs.world_size:
+            raise UsageError(f"batch size {config.batch_size} does not split over {procs.world_size} processes: "
+                             f"use a multiple of {procs.world_size}")
+        dataset = dataset or load_dataset(config.dataset, seed=config.seed)
+        space = build_space(config, dataset)
+        torch.manual_seed(config.seed * 1000 + procs.rank)
+        # channels-last makes PyTorch's depthwise-convolution backward pass about 2x faster on CPU (measured).
+        net = Supernet(space).to(procs.device, memory_format=torch.channels_last)
+        return cls(config, procs, out, dataset, space, net, copy.deepcopy(net.state_dict()), progress)
+
+    @property
+    def last_path(self) -> Path:
+        return self.out / "last.pt"
+
+    @property
+    def final_path(self) -> Path:
+        return self.out / "supernet.pt"
+
+    @cached_property
+    def train_size(self) -> int:
+        return self.dataset.size("train")
+
+    @property
+    def per_rank(self) -> int:
+        return self.config.batch_size // self.procs.world_size
+
+    @property
+    def steps_per_epoch(self) -> float:
+        return self.train_size / self.config.batch_size
+
+    @cached_property
+    def learned(self) -> float:
+        """The validation top-1 below which a flat curve is no plateau (not yet clearly above chance)."""
+        return required_top1(chance_top1(self.dataset), self.dataset.size("val"))
+
+    def read_last(self, resume: bool) -> dict[str, Any] | None:
+        """The checkpoint to resume from (`last.pt`), checked against this run's settings and data; None if none."""
+        if not (self.last_path.exists() or self.last_path.is_symlink()):  # a folder or /dev/zero is refused when read
+            return None
+        if not resume:
+            raise UsageError(f"{self.out} already holds a training run (last.pt): pass --resume to continue it, "
+                             "or choose another --out")
+        checkpoint = read_checkpoint(self.last_path, map_location=self.procs.device)
+        check_resume_fields(checkpoint, self.last_path)
+        _check_resumable(checkpoint, self.config, self.dataset, self.last_path)
+        return checkpoint
+
+    def open_log(self, tensorboard: bool) -> None:
+        if self.procs.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "config.toml", to_toml(self.config))
+        self.log = MetricsLog(self.out / "metrics.jsonl", self.procs.main, tensorboard)
+
+    def begin(self, state: TrainState) -> None:
+        """Say what runs where; wrap the network for DDP; start the comparison beside the training where the CPU has
+        a core for it (else it runs after); plan the time budget."""
+        procs, config = self.procs, self.config
+        if procs.main:
+            print(f"edgenas train: {self.dataset.describe()}; space {self.space.name} ({self.space.in_channels} "
+                  f"channel(s)); {procs.world_size} process(es) on {procs.device.type} ({torch.get_num_threads()} "
+                  f"thread(s)); out {self.out}", file=sys.stderr)
+        self.model = self.net
+        if procs.distributed:
+            # Different subnets use different parameters, so DDP must look for unused ones each step.
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[procs.device.index] if procs.device.type == "cuda" else None,
+                find_unused_parameters=True)
+            for tensor in self.initial.values():  # a back-off restarts every rank from rank 0's, as DDP began
+                torch.distributed.broadcast(tensor, src=0)
+        self.comparison = Comparison(self.dataset, self.space, procs.device, progress=self.progress)
+        if config.compare_alone and procs.main and state.phase_index < len(config.phases) and can_run_beside(
+                procs.device, procs.distributed):
+            planned = state.global_step + sum(p.num_steps(self.train_size, config.batch_size)
+                                              for p in config.phases[state.phase_index:])
+            self.comparison.start(state.backoff.scaled(config), state.global_step, planned)
+            torch.set_num_threads(max(1, torch.get_num_threads() - 1))
+        if config.time_budget is not None:
+            replay = False if self.comparison.beside is not None else None
+            self.budget = TimeBudget(config, self.train_size, replay=replay)
+
+    def new_optimizer(self, index: int, backoff: LRBackoff) -> tuple[Any, PhaseSchedule, Any]:
+        """Phase `index`'s optimizer, learning-rate schedule and scheduler, at the rate the back-off allows."""
+        config, phase = self.config, self.config.phases[index]
+        rate = backoff.phase_lr(config, index) * (config.batch_size / config.lr_batch_size)
+        optimizer = torch.optim.SGD(self.net.parameters(), lr=rate, momentum=config.momentum,
+                                    nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
+        schedule = PhaseSchedule(phase.max_steps(self.train_size, config.batch_size),
+                                 phase.warmup_steps(self.train_size, config.batch_size))
+        return optimizer, schedule, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+    def evaluate(self, archs: list[Arch]) -> list[float]:
+        return _val_top1(self.net, archs, self.dataset, self.config, max(self.per_rank, 64))
+
+
+@dataclass
+class TrainState:
+    """Where a training run stands, saved as one checkpoint dict (`last.pt`) and restored from it: the phase and
+    step, the steps in all, the finished phases' summaries, the learning-rate back-off, the frozen teacher and,
+    within a phase, its optimizer, schedule and statistics. A resumed run takes exactly the steps an uninterrupted
+    run would have taken."""
+
+    phase_index: int = 0
+    step: int = 0  # steps applied in the phase
+    global_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    elapsed: float = 0.0  # the phase's step time in its earlier segments (before an interruption)
+    backoff: LRBackoff = field(default_factory=LRBackoff)
+    teacher: Supernet | None = None
+    optimizer: Any = None
+    schedule: PhaseSchedule | None = None
+    scheduler: Any = None
+    stats: dict[str, Any] = field(default_factory=dict)  # the phase's curve, plateau count, cut and time budget
+    resumed: dict[str, Any] | None = None  # the checkpoint this run resumed from
+    complete: bool = False
+    summary: dict[str, Any] | None = None
+
+    @classmethod
+    def restore(cls, run: Run, checkpoint: dict[str, Any]) -> TrainState:
+        """The state `checkpoint` saved; the network's weights and (rank 0's) torch RNG as they were."""
+        state = cls(backoff=LRBackoff(checkpoint.get("lr_backoff")), resumed=checkpoint)
+        run.net.load_state_dict(checkpoint["model"])
+        state.phase_index, state.step = checkpoint["phase_index"], checkpoint["step_in_phase"]
+        state.global_step = checkpoint["global_step"]
+        state.history = list(checkpoint.get("history", []))
+        state.elapsed = float(checkpoint.get("phase_elapsed", 0.0))
+        if checkpoint.get("teacher") is not None:
+            state.teacher = Supernet(run.space).to(run.procs.device, memory_format=torch.channels_last)
+            state.teacher.load_state_dict(checkpoint["teacher"])
+        if run.procs.main and checkpoint.get("rng_torch") is not None:
+            torch.set_rng_state(checkpoint["rng_torch"].cpu())
+        elif run.procs.distributed:
+            torch.manual_seed(run.config.seed * 1000 + run.procs.rank + 7919 * state.global_step)
+        return state
+
+    def to_checkpoint(self, run: Run, *, elapsed: float = 0.0, rng: torch.Tensor | None = None) -> dict[str, Any]:
+        """The checkpoint dict (`edgenas.train.checkpoint`'s format): within a phase (step > 0) with its optimizer,
+        scheduler and statistics; `rng` the torch RNG where the last step left it (default: as it is now)."""
+        config, dataset, phases, within = run.config, run.dataset, run.config.phases, self.step > 0
+        return {
+            "space": run.space.to_dict(), "model": run.net.state_dict(), "dataset": config.dataset,
+            "dataset_fingerprint": dataset.fingerprint, "seed": config.seed, "config": config.to_dict(),
+            "config_result": config.result_dict(), "phase_index": self.phase_index,
+            "phase_name": phases[self.phase_index].name if self.phase_index < len(phases) else "done",
+            "step_in_phase": self.step, "global_step": self.global_step, "history": self.history,
+            "phase_elapsed": elapsed,
+            "optimizer": self.optimizer.state_dict() if within else None,
+            "scheduler": self.scheduler.state_dict() if within else None,
+            "teacher": self.teacher.state_dict() if self.teacher is not None and not self.complete else None,
+            "rng_torch": torch.get_rng_state() if rng is None else rng, "complete": self.complete,
+            "summary": self.summary, "normalisation": {"mean": dataset.mean.tolist(), "std": dataset.std.tolist()},
+            "phase_state": self.stats if within else None, "lr_backoff": self.backoff.state,
+        }
+
+    def save(self, run: Run, *, elapsed: float = 0.0, rng: torch.Tensor | None = None) -> None:
+        save_checkpoint(run.last_path, self.to_checkpoint(run, elapsed=elapsed, rng=rng))
+
+
 def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, device: str, threads: int | None,
            progress: bool, tensorboard: bool, dataset: Dataset | None) -> TrainResult:
     segment_start = time.perf_counter()  # the wall clock of the phase now running, start-up included (time budget)
-    procs = setup_processes(device, threads)
-    out = Path(out_dir) if out_dir is not None else default_out_dir(config.dataset, config.preset)
-    last_path, final_path = out / "last.pt", out / "supernet.pt"
-    if config.batch_size % procs.world_size:
-        raise UsageError(f"batch size {config.batch_size} does not split over {procs.world_size} processes: "
-                         f"use a multiple of {procs.world_size}")
-    dataset = dataset or load_dataset(config.dataset, seed=config.seed)
-    space = build_space(config, dataset)
-    torch.manual_seed(config.seed * 1000 + procs.rank)
-    # channels-last makes PyTorch's depthwise-convolution backward pass about 2x faster on CPU (measured).
-    net = Supernet(space).to(procs.device, memory_format=torch.channels_last)
-    initial = copy.deepcopy(net.state_dict())  # where a learning-rate back-off restarts the first phase
-
-    state: dict[str, Any] | None = None
-    if last_path.exists() or last_path.is_symlink():  # a folder or /dev/zero named last.pt is refused when read
-        if not resume:
-            raise UsageError(f"{out} already holds a training run (last.pt): pass --resume to continue it, "
-                             "or choose another --out")
-        state = read_checkpoint(last_path, map_location=procs.device)
-        check_resume_fields(state, last_path)
-        _check_resumable(state, config, dataset, last_path)
-    if procs.main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.toml", to_toml(config))
-    log = MetricsLog(out / "metrics.jsonl", procs.main, tensorboard)
-    phase_index, start_step, global_step = 0, 0, 0
-    history: list[dict[str, Any]] = []
-    teacher: Supernet | None = None
-    optimizer_state = scheduler_state = None
-    phase_elapsed = 0.0
-    lr_state = lr_backoff.new_state()
-    if state is not None:
-        lr_state.update(state.get("lr_backoff") or {})
-        net.load_state_dict(state["model"])
-        phase_index, start_step, global_step = state["phase_index"], state["step_in_phase"], state["global_step"]
-        history = list(state.get("history", []))
-        phase_elapsed = float(state.get("phase_elapsed", 0.0))
-        optimizer_state, scheduler_state = state.get("optimizer"), state.get("scheduler")
-        if state.get("teacher") is not None:
-            teacher = Supernet(space).to(procs.device, memory_format=torch.channels_last)
-            teacher.load_state_dict(state["teacher"])
-        if procs.main and state.get("rng_torch") is not None:
-            torch.set_rng_state(state["rng_torch"].cpu())
-        elif procs.distributed:
-            torch.manual_seed(config.seed * 1000 + procs.rank + 7919 * global_step)
-        if state.get("complete"):
-            if procs.main:
-                print(f"edgenas train: {final_path} is already complete; nothing to do", file=sys.stderr)
-            return TrainResult(out, final_path, state.get("summary") or {}, procs.rank)
-        log.write({"event": "resume", "phase": config.phases[min(phase_index, len(config.phases) - 1)].name,
-                   "phase_index": phase_index, "step_in_phase": start_step, "global_step": global_step})
-    if procs.main:
-        print(f"edgenas train: {dataset.describe()}; space {space.name} ({space.in_channels} channel(s)); "
-              f"{procs.world_size} process(es) on {procs.device.type} ({torch.get_num_threads()} thread(s)); out {out}",
-              file=sys.stderr)
-
-    model: torch.nn.Module = net
-    if procs.distributed:
-        # Different subnets use different parameters, so DDP must look for unused ones each step.
-        model = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[procs.device.index] if procs.device.type == "cuda" else None,
-            find_unused_parameters=True)
-    per_rank = config.batch_size // procs.world_size
-    train_size = dataset.size("train")
-    lr_scale = config.batch_size / config.lr_batch_size
-
-    def checkpoint_state(phase_i: int, step: int, optimizer: Any, scheduler: Any, *, elapsed: float = 0.0,
-                         complete: bool = False, summary: dict | None = None, rng: Any = None,
-                         phase_state: dict | None = None) -> dict[str, Any]:
-        return {
-            "space": space.to_dict(), "model": net.state_dict(), "dataset": config.dataset,
-            "dataset_fingerprint": dataset.fingerprint, "seed": config.seed, "config": config.to_dict(),
-            "config_result": config.result_dict(), "phase_index": phase_i,
-            "phase_name": config.phases[phase_i].name if phase_i < len(config.phases) else "done",
-            "step_in_phase": step, "global_step": global_step, "history": history, "phase_elapsed": elapsed,
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "teacher": teacher.state_dict() if teacher is not None and not complete else None,
-            "rng_torch": torch.get_rng_state() if rng is None else rng, "complete": complete, "summary": summary,
-            "normalisation": {"mean": dataset.mean.tolist(), "std": dataset.std.tolist()},
-            "phase_state": phase_state if step > 0 else None, "lr_backoff": lr_state,
-        }
-
-    steps_per_epoch = train_size / config.batch_size
-    learned = required_top1(chance_top1(dataset), dataset.size("val"))  # below this, a flat curve is no plateau
-    # The comparison run (the largest network alone) beside the supernet where the CPU has a core for it, else after
-    beside = None
-    if config.compare_alone and procs.main and phase_index < len(config.phases) and can_run_beside(
-            procs.device, procs.distributed):
-        planned = global_step + sum(p.num_steps(train_size, config.batch_size) for p in config.phases[phase_index:])
-        beside = AloneBeside(lr_backoff.scaled(config, lr_state["factor"]), dataset, space, planned)
-        beside.advance(global_step, planned)
-        torch.set_num_threads(max(1, torch.get_num_threads() - 1))
-    budget = (TimeBudget(config, train_size, replay=False if beside is not None else None)
-              if config.time_budget is not None else None)
+    run = Run.start(config, out_dir, device=device, threads=threads, progress=progress, dataset=dataset)
+    checkpoint = run.read_last(resume)
+    run.open_log(tensorboard)
+    state = TrainState() if checkpoint is None else TrainState.restore(run, checkpoint)
+    if checkpoint is not None:
+        if checkpoint.get("complete"):
+            if run.procs.main:
+                print(f"edgenas train: {run.final_path} is already complete; nothing to do", file=sys.stderr)
+            return TrainResult(run.out, run.final_path, checkpoint.get("summary") or {}, run.procs.rank)
+        run.log.write({"event": "resume", "phase": config.phases[min(state.phase_index, len(config.phases) - 1)].name,
+                       "phase_index": state.phase_index, "step_in_phase": state.step, "global_step": state.global_step})
+    run.begin(state)
     stopped_unlearned = False
     try:
-        for pi in range(phase_index, len(config.phases)):
-            phase = config.phases[pi]
-            total = phase.max_steps(train_size, config.batch_size)
-            min_steps = phase.num_steps(train_size, config.batch_size)
-            warmup = phase.warmup_steps(train_size, config.batch_size)
-            first = start_step if pi == phase_index else 0
-            if first == 0:
-                phase_elapsed = 0.0
-                phase_state = {"curve": [], "best": -1.0, "stale": 0, "stopped": None,
-                               "budget_s": budget.phase_seconds(pi, history) if budget is not None else None,
-                               "alone_s_per_step": budget.alone_seconds_per_step(pi, history) if budget else None}
-                if phase.sort_channels:
-                    net.sort_channels()  # most important hidden channels first, before narrower expands train
-            else:
-                phase_state = dict(state.get("phase_state") or {}) if state is not None else {}
-                for key, value in (("curve", []), ("best", -1.0), ("stale", 0), ("stopped", None), ("budget_s", None)):
-                    phase_state.setdefault(key, value)  # a last.pt written before these were kept
-            if phase.distill and not phase.largest_first and teacher is None:
-                # The full network as trained so far is the teacher for every later phase (frozen).
-                teacher = copy.deepcopy(net)
-            if teacher is not None:
-                teacher.set_largest().eval().requires_grad_(False)
-            opts = choices(space, phase)
-            watched = watched_archs(space, opts)
-            eval_every = max(10, round(config.plateau_every * steps_per_epoch)) if config.eval_every_phase else 0
-
-            def new_optimizer(pi=pi, total=total, warmup=warmup) -> tuple[Any, PhaseSchedule, Any]:
-                rate = lr_backoff.phase_lr(config, pi, lr_state["factor"]) * lr_scale
-                optimizer = torch.optim.SGD(net.parameters(), lr=rate,
-                                            momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0,
-                                            weight_decay=config.weight_decay)
-                schedule = PhaseSchedule(total, warmup)
-                return optimizer, schedule, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-
-            optimizer, schedule, scheduler = new_optimizer()
-            held = None  # where the higher rate stood at its check, while a lower one is tried
-            check = (lr_backoff.check_step(train_size, config.batch_size, min_steps)
-                     if pi == 0 and not lr_state["checked"] else None)
-            if first > 0 and optimizer_state is not None:
-                optimizer.load_state_dict(optimizer_state)
-                scheduler.load_state_dict(scheduler_state)  # the schedule's own state too: where a cut ends it
-            loader = dataset.loader("train", batch_size=per_rank, shuffle=True, augment=True,
-                                    seed=config.seed * 1000 + pi, rank=procs.rank, world_size=procs.world_size,
-                                    drop_last=True)
-
-            def stream(start: int, loader=loader):  # batches from step `start` on, across epochs
-                epoch, b = divmod(start, len(loader))
-                while True:
-                    yield from loader.iterate(epoch, b)
-                    epoch, b = epoch + 1, 0
-
-            batches = stream(first)
-            model.train()
-            t0, seen = time.perf_counter(), 0
-            # the step rate is measured since the phase's last (re)start, its first step left out (a new phase's
-            # first step is several times slower: buffers of new shapes); a time cut waits for 3 measured steps
-            t_rate, rate_first, rate_warm = t0, first, False
-            loss_avg = acc_avg = None
-            done, rng_done = first, torch.get_rng_state()  # steps applied (where a checkpoint now resumes), RNG there
-            bar = Progress(schedule.end * config.batch_size, f"phase {pi + 1}/{len(config.phases)} {phase.name}",
-                           unit="img", enabled=progress and procs.main, initial=first * config.batch_size, log_every=15.0)
-            try:
-                step = first
-                while step < schedule.end:
-                    x, y = next(batches)
-                    x, y = x.to(procs.device, non_blocking=True), y.to(procs.device, non_blocking=True)
-                    rng = np.random.default_rng([config.seed, pi, step])
-                    resolution = int(rng.choice(space.resolutions))  # elastic resolution: one per step, shared by the k subnets
-                    x = net.resize(x, resolution).contiguous(memory_format=torch.channels_last)
-                    teacher_logits = None
-                    if phase.distill and config.distill_weight > 0 and not phase.largest_first:
-                        with torch.no_grad():
-                            teacher_logits = teacher(x)
-                    optimizer.zero_grad(set_to_none=True)
-                    step_loss = step_correct = 0.0
-                    for j in range(phase.subnets_per_step):
-                        arch = space.sample(rng, resolutions=[resolution], **opts)
-                        if j == 0 and phase.largest_first:
-                            arch = space.largest(resolution)
-                        elif j == int(phase.largest_first) and phase.smallest_first:
-                            arch = smallest_of(opts, resolution)
-                        net.set_active(arch)
-                        sync = not procs.distributed or j == phase.subnets_per_step - 1
-                        with model.no_sync() if not sync else nullcontext():  # type: ignore[operator]
-                            logits = model(x)
-                            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-                            if teacher_logits is not None:
-                                loss = loss + config.distill_weight * soft_cross_entropy(
-                                    logits, teacher_logits, config.distill_temperature)
-                            (loss / phase.subnets_per_step).backward()
-                        if j == 0 and phase.largest_first and phase.distill and config.distill_weight > 0:
-                            teacher_logits = logits.detach()  # the full network teaches the step's other subnets
-                        step_loss += loss.item() / phase.subnets_per_step
-                        step_correct += float((logits.argmax(1) == y).float().mean()) / phase.subnets_per_step
-                    with signals_held():  # the update and its bookkeeping land whole when a signal arrives
-                        optimizer.step()
-                        scheduler.step()
-                        global_step += 1
-                        step += 1
-                        done, rng_done = step, torch.get_rng_state()
-                        seen += config.batch_size
-                        loss_avg = step_loss if loss_avg is None else 0.9 * loss_avg + 0.1 * step_loss
-                        acc_avg = step_correct if acc_avg is None else 0.9 * acc_avg + 0.1 * step_correct
-                        bar.update(config.batch_size, loss=loss_avg, acc=acc_avg)
-                        if step % config.log_every == 0 or step == schedule.end:
-                            rate = seen / max(time.perf_counter() - t0, 1e-9)
-                            log.write({"event": "step", "phase": phase.name, "step": step, "global_step": global_step,
-                                       "loss": round(loss_avg, 5), "acc": round(acc_avg, 5),
-                                       "lr": round(scheduler.get_last_lr()[0], 7), "samples_per_s": round(rate, 2)})
-                    if not rate_warm:
-                        t_rate, rate_first, rate_warm = time.perf_counter(), step, True
-                    if beside is not None:  # the comparison may take this step; the supernet's length as now planned
-                        beside.advance(global_step, _planned_total(global_step, step, schedule.end, pi, budget, history,
-                                                                   phase_elapsed + time.perf_counter() - t0, first,
-                                                                   phase, config, train_size,
-                                                                   time.perf_counter() - t_rate, rate_first))
-                    if step == check:  # the learning-rate back-off: does the first phase learn at this rate?
-                        action = [lr_backoff.decide(lr_state, loss_avg, step, dataset.num_classes)]
-                        if procs.distributed:  # rank 0's running loss decides for all
-                            shared_state = [lr_state, action[0]]
-                            torch.distributed.broadcast_object_list(shared_state, src=0)
-                            lr_state.clear()
-                            lr_state.update(shared_state[0])
-                            action = [shared_state[1]]
-                        if procs.main:
-                            print(f"edgenas train: {lr_backoff.describe(lr_state, dataset.num_classes)}", file=sys.stderr)
-                            log.write({"event": "lr_backoff", "global_step": global_step, "action": action[0],
-                                       **lr_state})
-                        if action[0] != "keep":
-                            wasted = time.perf_counter() - t_rate
-                            if phase_state.get("budget_s") is not None:  # the lost steps: shared by all the phases
-                                phase_state["budget_s"] += wasted * (1 - budget.weights[0] / sum(budget.weights))
-                            if action[0] == "restart" or held is None:  # from the initial weights, same batches
-                                held = (copy.deepcopy(net.state_dict()), optimizer, schedule, scheduler,
-                                        torch.get_rng_state(), loss_avg, acc_avg, copy.deepcopy(phase_state))
-                                net.load_state_dict(initial)
-                                optimizer, schedule, scheduler = new_optimizer()
-                                global_step -= step
-                                step = done = 0
-                                rng_done = torch.get_rng_state()
-                                loss_avg = acc_avg = None
-                                phase_state.update(curve=[], best=-1.0, stale=0, stopped=None)
-                                if action[0] == "revert":  # resumed after the higher rate's check: its steps again
-                                    check = None
-                            else:  # back to the higher rate where it stood at its check
-                                weights, optimizer, schedule, scheduler, rng_done, loss_avg, acc_avg, kept = held
-                                net.load_state_dict(weights)
-                                torch.set_rng_state(rng_done)
-                                global_step, done = global_step - step + check, check
-                                step = check
-                                phase_state.update({k: v for k, v in kept.items() if k != "budget_s"})
-                                check = None
-                            batches = stream(step)
-                            t_rate, rate_first, rate_warm = time.perf_counter(), step, False
-                            bar.n, bar.total = step * config.batch_size, schedule.end * config.batch_size
-                            if beside is not None:  # the comparison restarts at the same rates
-                                beside.stop()
-                                beside = AloneBeside(lr_backoff.scaled(config, lr_state["factor"]), dataset, space,
-                                                     schedule.end)
-                                beside.advance(global_step, schedule.end)
-                            continue
-                        check = None
-                    # the validation curve, the plateau and the time budget: decided on rank 0, followed by all
-                    # (the clock every step; under torchrun every 10th, where the ranks meet to share the decision)
-                    # Under a time budget a validation check comes only once the phase has run its minimum (where a
-                    # plateau may end it): before that it could only draw the curve, and the demo's 80 s spent 10 s
-                    # on such checks; the evaluation at each phase's end still draws one point per phase.
-                    val_check = bool(eval_every and step % eval_every == 0
-                                     and (phase_state.get("budget_s") is None or step >= min_steps))
-                    if step < schedule.end and (val_check or (
-                            phase_state.get("budget_s") is not None and (not procs.distributed or step % 10 == 0))):
-                        cut = None
-                        if procs.main and val_check:
-                            accs = _val_top1(net, watched, dataset, config, max(per_rank, 64))
-                            point = {"step": step, "epoch": round(step / steps_per_epoch, 3),
-                                     **{name: round(a, 5) for name, a in zip(("largest", "smallest"), accs)},
-                                     "train_acc": round(acc_avg, 5), "loss": round(loss_avg, 5),
-                                     "lr": round(scheduler.get_last_lr()[0], 7)}
-                            phase_state["curve"].append(point)
-                            log.write({"event": "val", "phase": phase.name, "global_step": global_step, **point})
-                            cut = plateau_cut(phase_state, float(np.mean(accs)), step, min_steps, config, phase.adaptive,
-                                              schedule.end, learned)
-                        if procs.main and phase_state.get("budget_s") is not None and step - rate_first >= 3:
-                            elapsed = phase_elapsed + time.perf_counter() - t0
-                            cut = time_cut(phase_state, elapsed, (time.perf_counter() - t_rate) / max(1, step - rate_first),
-                                           step,
-                                           cut[0] if cut else schedule.end) or cut
-                        if procs.distributed:
-                            shared = [cut]
-                            torch.distributed.broadcast_object_list(shared, src=0)
-                            cut = shared[0]
-                        if cut is not None:
-                            schedule.cut(step, cut[0] - step)
-                            phase_state["stopped"] = cut[1]
-                            bar.total = schedule.end * config.batch_size
-                            log.write({"event": "cut", "phase": phase.name, "step": step, "end": schedule.end,
-                                       "reason": cut[1], "global_step": global_step})
-                    with signals_held():
-                        if global_step % config.checkpoint_every == 0 and step < schedule.end and procs.main:
-                            save_checkpoint(last_path, checkpoint_state(
-                                pi, step, optimizer, scheduler, elapsed=phase_elapsed + time.perf_counter() - t0,
-                                phase_state=phase_state))
-                            log.write({"event": "checkpoint", "phase": phase.name, "step": step,
-                                       "global_step": global_step})
-                bar.close()
-                steps_end = time.perf_counter()
-                phase_elapsed += steps_end - t0
-                total = schedule.end
-                stopped = phase_state.get("stopped") or ("max_epochs" if phase.adaptive else "length")
-                summary = {"phase": phase.name, "steps": total, "epochs": round(total / steps_per_epoch, 3),
-                           "stopped": stopped, "seconds": round(phase_elapsed, 2),
-                           "samples_per_s": round(seen / max(time.perf_counter() - t0, 1e-9), 2)}
-                if phase_state.get("budget_s") is not None:
-                    summary["budget_s"] = round(phase_state["budget_s"], 2)
-                if procs.main and config.eval_every_phase:
-                    accs = _val_top1(net, [space.largest(), space.smallest()], dataset, config, max(per_rank, 64))
-                    summary.update(val_largest=round(accs[0], 5), val_smallest=round(accs[1], 5),
-                                   eval_s=round(time.perf_counter() - steps_end, 3))
-                # the phase's wall clock: its steps (over every resumed segment) and, of this segment, what was not
-                # a step (start-up, channel sorting, checkpoints, its evaluation); the time budget charges it all
-                summary["wall_s"] = round(phase_elapsed + (time.perf_counter() - segment_start) - (steps_end - t0), 2)
-                summary["curve"] = phase_state.get("curve", [])
-                if procs.main:
-                    accuracy = (f", val top-1 largest {summary['val_largest']:.4f} smallest {summary['val_smallest']:.4f}"
-                                if "val_largest" in summary else "")
-                    print(f"edgenas train: phase {phase.name} done: {total} steps ({summary['epochs']:.1f} epochs, "
-                          f"{stopped}) in {phase_elapsed:.1f}s ({summary['samples_per_s']:.0f} img/s){accuracy}",
-                          file=sys.stderr)
-            except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: keep every finished step, then stop
-                if procs.main:
-                    with signals_held():
-                        elapsed = phase_elapsed + time.perf_counter() - t0
-                        save_checkpoint(last_path, checkpoint_state(pi, done, optimizer if done else None,
-                                                                    scheduler if done else None, elapsed=elapsed,
-                                                                    rng=rng_done, phase_state=phase_state))
-                        log.write({"event": "interrupted", "phase": phase.name, "step": done, "global_step": global_step})
-                    exc.args = (f"saved {last_path} at phase {phase.name}, step {done} of {schedule.end}: {RESUME_HINT}",)
-                raise
+        for index in range(state.phase_index, len(config.phases)):
+            summary = run_phase(run, state, index, segment_start)
             with signals_held():  # the phase's summary and its checkpoint land together
-                history.append(summary)
-                log.write({"event": "phase_end", "global_step": global_step,
-                           **{k: v for k, v in summary.items() if k != "curve"}})
-                phase_elapsed = 0.0
-                if procs.main:
-                    save_checkpoint(last_path, checkpoint_state(pi + 1, 0, None, None))
+                state.history.append(summary)
+                run.log.write({"event": "phase_end", "global_step": state.global_step,
+                               **{k: v for k, v in summary.items() if k != "curve"}})
+                state.phase_index, state.step, state.elapsed = index + 1, 0, 0.0
+                if run.procs.main:
+                    state.save(run)
             segment_start = time.perf_counter()
-            procs.barrier()
-            if pi == 0 and _unlearned(summary, config, learned, procs):
+            run.procs.barrier()
+            if index == 0 and decided_on_rank0(run.procs, partial(_unlearned, summary, config, run.learned)):
                 stopped_unlearned = True
-                if procs.main:
-                    print(f"edgenas train: the largest subnet is at {100 * summary['val_largest']:.1f} % after the first "
-                          f"phase (needs {100 * learned:.1f} %, chance {100 * chance_top1(dataset):.1f} %): the later "
-                          "phases cannot make up for it, so training stops here and the check below fails "
-                          "(stop_unlearned = false in a training config trains every phase anyway)", file=sys.stderr)
-                    log.write({"event": "unlearned", "global_step": global_step, "val_largest": summary["val_largest"],
-                               "needs": round(learned, 5)})
+                _say_unlearned(run, state, summary)
                 break
     except BaseException:  # an interrupted or failed training stops the comparison run too
-        if beside is not None:
-            beside.stop()
+        run.comparison.stop()
         raise
+    return _finish(run, state, stopped_unlearned)
 
-    # Final: the validation top-1 of the largest, smallest and a few random subnets, each BN-recalibrated; the
-    # largest network trained alone for as many steps; the verdict on whether the supernet learned.
-    summary: dict[str, Any] = {"phases": history, "global_step": global_step, "world_size": procs.world_size}
+
+@dataclass
+class PhaseLoop:
+    """One phase as it runs: what it trains, its batches, the learning-rate check, the step rate, the running loss."""
+
+    index: int
+    phase: Phase
+    first: int  # the step this segment of the phase started at (a resumed phase: where the checkpoint was)
+    min_steps: int
+    options: dict[str, Any]  # the kernels, depths and expands the phase samples from
+    watched: list[Arch]  # what its validation checks evaluate
+    eval_every: int
+    check: int | None  # the step of the learning-rate back-off's check
+    loader: Any
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
+    bar: Progress
+    t0: float
+    t_rate: float  # the step rate is measured from `rate_first`, at `t_rate`
+    rate_first: int
+    rng_done: torch.Tensor  # the torch RNG after the last applied step (where a checkpoint resumes)
+    rate_warm: bool = False
+    seen: int = 0
+    loss_avg: float | None = None
+    acc_avg: float | None = None
+
+    @classmethod
+    def begin(cls, run: Run, state: TrainState, index: int) -> PhaseLoop:
+        """Set phase `index` up from `state.step`: statistics, teacher, optimizer (restored in a resumed phase)."""
+        config, phase, space = run.config, run.config.phases[index], run.space
+        min_steps = phase.num_steps(run.train_size, config.batch_size)
+        first = state.step
+        if first == 0:
+            state.elapsed = 0.0
+            budget = run.budget
+            state.stats = {"curve": [], "best": -1.0, "stale": 0, "stopped": None,
+                           "budget_s": budget.phase_seconds(index, state.history) if budget is not None else None,
+                           "alone_s_per_step": budget.alone_seconds_per_step(index, state.history) if budget else None}
+            if phase.sort_channels:
+                run.net.sort_channels()  # most important hidden channels first, before narrower expands train
+        else:
+            state.stats = dict(state.resumed.get("phase_state") or {}) if state.resumed is not None else {}
+            for key, value in (("curve", []), ("best", -1.0), ("stale", 0), ("stopped", None), ("budget_s", None)):
+                state.stats.setdefault(key, value)  # a last.pt written before these were kept
+        if phase.distill and not phase.largest_first and state.teacher is None:
+            # The full network as trained so far is the teacher for every later phase (frozen).
+            state.teacher = copy.deepcopy(run.net)
+        if state.teacher is not None:
+            state.teacher.set_largest().eval().requires_grad_(False)
+        options = choices(space, phase)
+        state.optimizer, state.schedule, state.scheduler = run.new_optimizer(index, state.backoff)
+        state.backoff.held = None
+        if first > 0 and state.resumed is not None and state.resumed.get("optimizer") is not None:
+            state.optimizer.load_state_dict(state.resumed["optimizer"])
+            state.scheduler.load_state_dict(state.resumed["scheduler"])  # the schedule's own state: where a cut ends it
+        loader = run.dataset.loader("train", batch_size=run.per_rank, shuffle=True, augment=True,
+                                    seed=config.seed * 1000 + index, rank=run.procs.rank,
+                                    world_size=run.procs.world_size, drop_last=True)
+        run.model.train()
+        t0 = time.perf_counter()
+        bar = Progress(state.schedule.end * config.batch_size, f"phase {index + 1}/{len(config.phases)} {phase.name}",
+                       unit="img", enabled=run.progress and run.procs.main, initial=first * config.batch_size,
+                       log_every=15.0)
+        return cls(index, phase, first, min_steps, options, watched_archs(space, options),
+                   max(10, round(config.plateau_every * run.steps_per_epoch)) if config.eval_every_phase else 0,
+                   state.backoff.check_at(index, run.train_size, config.batch_size, min_steps), loader,
+                   _batches(loader, first), bar, t0, t_rate=t0, rate_first=first, rng_done=torch.get_rng_state())
+
+    def after_update(self, run: Run, state: TrainState, loss: float, correct: float) -> None:
+        """An update was applied: the running loss and accuracy, the progress bar, the metrics log."""
+        config = run.config
+        self.rng_done = torch.get_rng_state()
+        self.seen += config.batch_size
+        self.loss_avg = loss if self.loss_avg is None else 0.9 * self.loss_avg + 0.1 * loss
+        self.acc_avg = correct if self.acc_avg is None else 0.9 * self.acc_avg + 0.1 * correct
+        self.bar.update(config.batch_size, loss=self.loss_avg, acc=self.acc_avg)
+        if state.step % config.log_every == 0 or state.step == state.schedule.end:
+            rate = self.seen / max(time.perf_counter() - self.t0, 1e-9)
+            run.log.write({"event": "step", "phase": self.phase.name, "step": state.step,
+                           "global_step": state.global_step, "loss": round(self.loss_avg, 5),
+                           "acc": round(self.acc_avg, 5), "lr": round(state.scheduler.get_last_lr()[0], 7),
+                           "samples_per_s": round(rate, 2)})
+
+    def planned_total(self, run: Run, state: TrainState) -> int:
+        """The supernet's total steps as now planned (for the comparison beside it)."""
+        return _planned_total(state.global_step, state.step, state.schedule.end, self.index, run.budget, state.history,
+                              state.elapsed + time.perf_counter() - self.t0, self.first, self.phase, run.config,
+                              run.train_size, time.perf_counter() - self.t_rate, self.rate_first)
+
+    def restart_rate_clock(self, step: int) -> None:
+        self.t_rate, self.rate_first, self.rate_warm = time.perf_counter(), step, False
+
+
+def _batches(loader: Any, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches from step `start` on, across epochs."""
+    epoch, b = divmod(start, len(loader))
+    while True:
+        yield from loader.iterate(epoch, b)
+        epoch, b = epoch + 1, 0
+
+
+def run_phase(run: Run, state: TrainState, index: int, segment_start: float) -> dict[str, Any]:
+    """Train phase `index` from `state.step` to its end; return its summary. Each step: a batch, the gradients of
+    the step's subnets, the update; then the learning-rate check (first phase), the validation curve and the time
+    budget (either may cut the phase short), and now and then a checkpoint. Ctrl-C saves every finished step."""
+    config, procs = run.config, run.procs
+    loop = PhaseLoop.begin(run, state, index)
+    try:
+        while state.step < state.schedule.end:
+            x, y = next(loop.batches)
+            loss, correct = train_step(run, state, loop, x, y)
+            with signals_held():  # the update and its bookkeeping land whole when a signal arrives
+                state.optimizer.step()
+                state.scheduler.step()
+                state.global_step += 1
+                state.step += 1
+                loop.after_update(run, state, loss, correct)
+            if not loop.rate_warm:  # the step rate leaves out a (re)start's first step (buffers of new shapes: several
+                # times slower); a time cut waits for 3 measured steps
+                loop.t_rate, loop.rate_first, loop.rate_warm = time.perf_counter(), state.step, True
+            run.comparison.after_step(state.global_step, partial(loop.planned_total, run, state))
+            if state.step == loop.check:  # the learning-rate back-off: does the first phase learn at this rate?
+                if _check_learning_rate(run, state, loop) != "keep":
+                    continue  # from the initial weights at a lower rate, or back where the higher rate stood
+                loop.check = None
+            # The validation curve, the plateau and the time budget: decided on rank 0, followed by all (the clock
+            # every step; under torchrun every 10th, where the ranks meet to share the decision). Under a time budget
+            # a validation check comes only once the phase has run its minimum (where a plateau may end it): before
+            # that it could only draw the curve, and the demo's 80 s spent 10 s on such checks; the evaluation at
+            # each phase's end still draws one point per phase.
+            step, stats = state.step, state.stats
+            val_check = bool(loop.eval_every and step % loop.eval_every == 0
+                             and (stats.get("budget_s") is None or step >= loop.min_steps))
+            timed = stats.get("budget_s") is not None and (not procs.distributed or step % 10 == 0)
+            if step < state.schedule.end and (val_check or timed):
+                _apply_cut(run, state, loop, decided_on_rank0(procs, partial(_cut, run, state, loop, val_check)))
+            with signals_held():
+                if state.global_step % config.checkpoint_every == 0 and state.step < state.schedule.end and procs.main:
+                    state.save(run, elapsed=state.elapsed + time.perf_counter() - loop.t0)
+                    run.log.write({"event": "checkpoint", "phase": loop.phase.name, "step": state.step,
+                                   "global_step": state.global_step})
+    except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: keep every finished step, then stop
+        if procs.main:
+            with signals_held():
+                state.save(run, elapsed=state.elapsed + time.perf_counter() - loop.t0, rng=loop.rng_done)
+                run.log.write({"event": "interrupted", "phase": loop.phase.name, "step": state.step,
+                               "global_step": state.global_step})
+            exc.args = (f"saved {run.last_path} at phase {loop.phase.name}, step {state.step} of {state.schedule.end}: "
+                        f"{RESUME_HINT}",)
+        raise
+    return _phase_summary(run, state, loop, segment_start)
+
+
+def train_step(run: Run, state: TrainState, loop: PhaseLoop, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """The gradients of one step: a resolution and the phase's k subnets sampled from (seed, phase, step), each on
+    the batch (label loss, plus distillation from the full network); their mean loss and training accuracy."""
+    config, phase, procs, net, space = run.config, loop.phase, run.procs, run.net, run.space
+    x, y = x.to(procs.device, non_blocking=True), y.to(procs.device, non_blocking=True)
+    rng = np.random.default_rng([config.seed, loop.index, state.step])
+    resolution = int(rng.choice(space.resolutions))  # elastic resolution: one per step, shared by the k subnets
+    x = net.resize(x, resolution).contiguous(memory_format=torch.channels_last)
+    distill = phase.distill and config.distill_weight > 0
+    teacher_logits = None
+    if distill and not phase.largest_first:
+        with torch.no_grad():
+            teacher_logits = state.teacher(x)
+    state.optimizer.zero_grad(set_to_none=True)
+    step_loss = step_correct = 0.0
+    k = phase.subnets_per_step
+    for j in range(k):
+        arch = space.sample(rng, resolutions=[resolution], **loop.options)
+        if j == 0 and phase.largest_first:
+            arch = space.largest(resolution)
+        elif j == int(phase.largest_first) and phase.smallest_first:
+            arch = smallest_of(loop.options, resolution)
+        net.set_active(arch)
+        sync = not procs.distributed or j == k - 1
+        with run.model.no_sync() if not sync else nullcontext():  # type: ignore[operator]
+            logits = run.model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            if teacher_logits is not None:
+                loss = loss + config.distill_weight * soft_cross_entropy(logits, teacher_logits,
+                                                                         config.distill_temperature)
+            (loss / k).backward()
+        if j == 0 and phase.largest_first and distill:
+            teacher_logits = logits.detach()  # the full network teaches the step's other subnets
+        step_loss += loss.item() / k
+        step_correct += float((logits.argmax(1) == y).float().mean()) / k
+    return step_loss, step_correct
+
+
+def _check_learning_rate(run: Run, state: TrainState, loop: PhaseLoop) -> str:
+    """The back-off's check (rank 0's running loss decides for all): "keep", or the phase starts again."""
+    backoff, classes = state.backoff, run.dataset.num_classes
+    action, decided = decided_on_rank0(run.procs, partial(backoff.decide, loop.loss_avg, state.step, classes))
+    backoff.adopt(decided)
+    if run.procs.main:
+        print(f"edgenas train: {backoff.describe(classes)}", file=sys.stderr)
+        run.log.write({"event": "lr_backoff", "global_step": state.global_step, "action": action, **backoff.state})
+    if action != "keep":
+        _restart_or_revert(run, state, loop, action)
+    return action
+
+
+def _restart_or_revert(run: Run, state: TrainState, loop: PhaseLoop, action: str) -> None:
+    """Start the first phase again: from the initial weights and the same batches at the lowered rate ("restart"),
+    or back where the higher rate stood at its check ("revert"); the comparison restarts at the same rates."""
+    backoff, stats, batch = state.backoff, state.stats, run.config.batch_size
+    if stats.get("budget_s") is not None:  # the lost steps: shared by all the phases
+        wasted = time.perf_counter() - loop.t_rate
+        stats["budget_s"] += wasted * (1 - run.budget.weights[0] / sum(run.budget.weights))
+    if action == "restart" or backoff.held is None:
+        backoff.held = Held(copy.deepcopy(run.net.state_dict()), state.optimizer, state.schedule, state.scheduler,
+                            torch.get_rng_state(), loop.loss_avg, loop.acc_avg, copy.deepcopy(stats))
+        run.net.load_state_dict(run.initial)
+        state.optimizer, state.schedule, state.scheduler = run.new_optimizer(loop.index, backoff)
+        state.global_step -= state.step
+        state.step = 0
+        loop.rng_done = torch.get_rng_state()
+        loop.loss_avg = loop.acc_avg = None
+        stats.update(curve=[], best=-1.0, stale=0, stopped=None)
+        if action == "revert":  # resumed after the higher rate's check: its steps again
+            loop.check = None
+    else:
+        held = backoff.held
+        run.net.load_state_dict(held.weights)
+        torch.set_rng_state(held.rng)
+        state.optimizer, state.schedule, state.scheduler = held.optimizer, held.schedule, held.scheduler
+        loop.rng_done, loop.loss_avg, loop.acc_avg = held.rng, held.loss_avg, held.acc_avg
+        state.global_step += loop.check - state.step
+        state.step = loop.check
+        stats.update({k: v for k, v in held.stats.items() if k != "budget_s"})
+        loop.check = None
+    loop.batches = _batches(loop.loader, state.step)
+    loop.restart_rate_clock(state.step)
+    loop.bar.n, loop.bar.total = state.step * batch, state.schedule.end * batch
+    run.comparison.restart(backoff.scaled(run.config), state.global_step, state.schedule.end)
+
+
+def _cut(run: Run, state: TrainState, loop: PhaseLoop, val_check: bool) -> tuple[int, str] | None:
+    """Rank 0: a validation check (a point of the curve) where due, then the plateau and time-budget rules: the
+    step at which the phase now ends and why, or None."""
+    step, stats, cut = state.step, state.stats, None
+    if val_check:
+        accs = run.evaluate(loop.watched)
+        point = {"step": step, "epoch": round(step / run.steps_per_epoch, 3),
+                 **{name: round(a, 5) for name, a in zip(("largest", "smallest"), accs)},
+                 "train_acc": round(loop.acc_avg, 5), "loss": round(loop.loss_avg, 5),
+                 "lr": round(state.scheduler.get_last_lr()[0], 7)}
+        stats["curve"].append(point)
+        run.log.write({"event": "val", "phase": loop.phase.name, "global_step": state.global_step, **point})
+        cut = plateau_cut(stats, float(np.mean(accs)), step, loop.min_steps, run.config, loop.phase.adaptive,
+                          state.schedule.end, run.learned)
+    if stats.get("budget_s") is not None and step - loop.rate_first >= 3:
+        elapsed = state.elapsed + time.perf_counter() - loop.t0
+        seconds_per_step = (time.perf_counter() - loop.t_rate) / max(1, step - loop.rate_first)
+        cut = time_cut(stats, elapsed, seconds_per_step, step, cut[0] if cut else state.schedule.end) or cut
+    return cut
+
+
+def _apply_cut(run: Run, state: TrainState, loop: PhaseLoop, cut: tuple[int, str] | None) -> None:
+    if cut is None:
+        return
+    state.schedule.cut(state.step, cut[0] - state.step)
+    state.stats["stopped"] = cut[1]
+    loop.bar.total = state.schedule.end * run.config.batch_size
+    run.log.write({"event": "cut", "phase": loop.phase.name, "step": state.step, "end": state.schedule.end,
+                   "reason": cut[1], "global_step": state.global_step})
+
+
+def _phase_summary(run: Run, state: TrainState, loop: PhaseLoop, segment_start: float) -> dict[str, Any]:
+    """The phase's steps, why it stopped, its time and throughput and (rank 0) its validation top-1."""
+    phase = loop.phase
+    loop.bar.close()
+    steps_end = time.perf_counter()
+    state.elapsed += steps_end - loop.t0
+    total = state.schedule.end
+    stopped = state.stats.get("stopped") or ("max_epochs" if phase.adaptive else "length")
+    summary = {"phase": phase.name, "steps": total, "epochs": round(total / run.steps_per_epoch, 3),
+               "stopped": stopped, "seconds": round(state.elapsed, 2),
+               "samples_per_s": round(loop.seen / max(time.perf_counter() - loop.t0, 1e-9), 2)}
+    if state.stats.get("budget_s") is not None:
+        summary["budget_s"] = round(state.stats["budget_s"], 2)
+    if run.procs.main and run.config.eval_every_phase:
+        accs = run.evaluate([run.space.largest(), run.space.smallest()])
+        summary.update(val_largest=round(accs[0], 5), val_smallest=round(accs[1], 5),
+                       eval_s=round(time.perf_counter() - steps_end, 3))
+    # the phase's wall clock: its steps (over every resumed segment) and, of this segment, what was not
+    # a step (start-up, channel sorting, checkpoints, its evaluation); the time budget charges it all
+    summary["wall_s"] = round(state.elapsed + (time.perf_counter() - segment_start) - (steps_end - loop.t0), 2)
+    summary["curve"] = state.stats.get("curve", [])
+    if run.procs.main:
+        accuracy = (f", val top-1 largest {summary['val_largest']:.4f} smallest {summary['val_smallest']:.4f}"
+                    if "val_largest" in summary else "")
+        print(f"edgenas train: phase {phase.name} done: {total} steps ({summary['epochs']:.1f} epochs, "
+              f"{stopped}) in {state.elapsed:.1f}s ({summary['samples_per_s']:.0f} img/s){accuracy}", file=sys.stderr)
+    return summary
+
+
+def _say_unlearned(run: Run, state: TrainState, summary: dict[str, Any]) -> None:
+    if run.procs.main:
+        print(f"edgenas train: the largest subnet is at {100 * summary['val_largest']:.1f} % after the first "
+              f"phase (needs {100 * run.learned:.1f} %, chance {100 * chance_top1(run.dataset):.1f} %): the later "
+              "phases cannot make up for it, so training stops here and the check below fails "
+              "(stop_unlearned = false in a training config trains every phase anyway)", file=sys.stderr)
+        run.log.write({"event": "unlearned", "global_step": state.global_step, "val_largest": summary["val_largest"],
+                       "needs": round(run.learned, 5)})
+
+
+def _finish(run: Run, state: TrainState, stopped_unlearned: bool) -> TrainResult:
+    """The validation top-1 of the largest, smallest and a few random subnets, each BN-recalibrated; the largest
+    network trained alone for as many steps; the verdict on whether the supernet learned; the final checkpoint."""
+    config, procs, space = run.config, run.procs, run.space
+    summary: dict[str, Any] = {"phases": state.history, "global_step": state.global_step,
+                               "world_size": procs.world_size}
     if stopped_unlearned:
         summary["stopped_unlearned"] = True
     if procs.distributed:
         sums: list[Any] = [None] * procs.world_size
-        torch.distributed.all_gather_object(sums, _param_checksum(net))
+        torch.distributed.all_gather_object(sums, _param_checksum(run.net))
         summary["rank_param_checksums"] = sums
     if procs.main:
         rng = np.random.default_rng([config.seed, 99])
         archs: list[Arch] = [space.largest(), space.smallest()] + space.sample_many(rng, config.final_samples)
-        accs = _val_top1(net, archs, dataset, config, max(per_rank, 64))
+        accs = run.evaluate(archs)
         summary["val"] = [{"arch": a.to_dict(), "name": n, "top1": round(acc, 5)}
                           for a, n, acc in zip(archs, ["largest", "smallest"] + ["random"] * config.final_samples, accs)]
-        summary["chance"] = round(chance_top1(dataset), 5)
-        summary["val_size"] = dataset.size("val")
-        if config.compare_alone and global_step > 0:
-            if beside is not None:
-                summary["alone"] = beside.finish(global_step)
-                print(f"edgenas train: largest network alone: {summary['alone']['steps']} steps beside the supernet, "
-                      f"val top-1 {summary['alone']['top1']:.4f} (waited {summary['alone']['waited_s']:.1f}s for it)",
-                      file=sys.stderr)
-            else:
-                summary["alone"] = train_alone(lr_backoff.scaled(config, lr_state["factor"]), dataset, space, global_step,
-                                               procs.device, progress=progress)
-            log.write({"event": "alone", "global_step": global_step,
-                       **{k: v for k, v in summary["alone"].items() if k != "curve"}})
-        elif beside is not None:  # no step taken: nothing to compare
-            beside.stop()
-        summary["lr_backoff"] = lr_state
+        summary["chance"] = round(chance_top1(run.dataset), 5)
+        summary["val_size"] = run.dataset.size("val")
+        if config.compare_alone and state.global_step > 0:
+            summary["alone"] = run.comparison.finish(state.backoff.scaled(config), state.global_step)
+            run.log.write({"event": "alone", "global_step": state.global_step,
+                           **{k: v for k, v in summary["alone"].items() if k != "curve"}})
+        else:  # no step taken: nothing to compare
+            run.comparison.stop()
+        summary["lr_backoff"] = state.backoff.state
         summary["gate"] = training_verdict(summary).to_dict()
         # Store the largest subnet's own BN statistics, so the checkpoint is usable as-is (others: recalibrate).
-        recalibrate_for(net, space.largest(), dataset, bn_batches=config.bn_batches, seed=config.seed)
-        final = checkpoint_state(len(config.phases), 0, None, None, complete=True, summary=summary)
-        save_checkpoint(final_path, final)
-        save_checkpoint(last_path, final)
-        log.write({"event": "done", "global_step": global_step, "gate": summary["gate"]["passed"],
-                   **{f"val_{r['name']}{i}": r["top1"] for i, r in enumerate(summary["val"])}})
-    log.close()
+        recalibrate_for(run.net, space.largest(), run.dataset, bn_batches=config.bn_batches, seed=config.seed)
+        state.phase_index, state.step, state.complete, state.summary = len(config.phases), 0, True, summary
+        final = state.to_checkpoint(run)
+        save_checkpoint(run.final_path, final)
+        save_checkpoint(run.last_path, final)
+        run.log.write({"event": "done", "global_step": state.global_step, "gate": summary["gate"]["passed"],
+                       **{f"val_{r['name']}{i}": r["top1"] for i, r in enumerate(summary["val"])}})
+    run.log.close()
     procs.barrier()
-    return TrainResult(out, final_path, summary, procs.rank)
+    return TrainResult(run.out, run.final_path, summary, procs.rank)

@@ -90,13 +90,13 @@ def main() -> None:
     from edgenas.accuracy.fit import SupernetEvaluator, fit_predictor, split_archs
     from edgenas.accuracy.predictor import kendall_tau, load_accuracy_predictor
     from edgenas.search.base import run_search
-    from edgenas.search.differentiable import DifferentiableConfig, differentiable_search
     from edgenas.search.evolution import Evolution, EvolutionConfig
     from edgenas.search.nsga import NSGA2, NSGA2Config
     from edgenas.search.problem import Constraints, Problem
     from edgenas.search.random_search import RandomSearch
     from edgenas.search.rl import RLConfig, RLSearch
     from edgenas.store import Store
+    from edgenas.train.differentiable import DifferentiableConfig, differentiable_search
     from edgenas.train.evaluate import evaluate_many
 
     torch.set_num_threads(1)

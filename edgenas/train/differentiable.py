@@ -32,8 +32,9 @@ Resolution: the largest whose smallest arch fits the budget by the table, unless
 Runs on the CPU, or on a GPU with `device="cuda"`. The supernet is copied; the caller's is untouched.
 Seeded runs repeat exactly on the CPU (torch generators for the Gumbel noise and path sampling, seeded
 data order). This module holds the architecture logits and the loop; the mixed forward pass is the
-supernet's own (`Supernet.mixed_forward`, `edgenas.nn.mixed`). It imports torch for the logits, and
-nothing of edgenas that builds models.
+supernet's own (`Supernet.mixed_forward`, `edgenas.nn.mixed`). It trains weights, so it lives beside
+training, not in `edgenas.search` (which imports no torch); `edgenas.search.differentiable_search` and
+`edgenas.search.differentiable` remain as aliases of it.
 """
 
 from __future__ import annotations

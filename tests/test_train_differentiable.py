@@ -1,6 +1,12 @@
-"""Differentiable search: expected latency matches the table, the argmax arch is valid and within budget, seeded runs repeat."""
+"""Differentiable search: expected latency matches the table, the argmax arch is valid and within budget, seeded runs repeat;
+its old import paths (from when it lived in edgenas.search) still work."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,9 +16,9 @@ from edgenas.data import load_dataset
 from edgenas.errors import UsageError
 from edgenas.latency.blocks import block_index
 from edgenas.latency.predictors import TablePredictor
-from edgenas.search.differentiable import DifferentiableConfig, _ArchParams, differentiable_search
 from edgenas.space import SearchSpace
 from edgenas.supernet import Supernet
+from edgenas.train.differentiable import DifferentiableConfig, _ArchParams, differentiable_search
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +75,27 @@ def test_impossible_budget_names_the_smallest_latency(parts) -> None:
     space, lat, supernet, data, _ = parts
     with pytest.raises(UsageError, match="smallest achievable is"):
         differentiable_search(supernet, data, lat, max_latency_ms=1e-6, config=DifferentiableConfig(steps=1))
+
+
+def test_old_import_paths_still_work_and_the_search_imports_no_torch() -> None:
+    """Moved beside training (it trains weights): `edgenas.search` loads no torch, even with every search module
+    imported, and a user's old imports give the same objects."""
+    import edgenas.train.differentiable as moved
+
+    code = ("import sys, pkgutil, importlib, edgenas.search as s\n"
+            "for m in pkgutil.iter_modules(s.__path__): importlib.import_module('edgenas.search.' + m.name)\n"
+            "from edgenas.search import *\n"
+            "assert 'torch' not in sys.modules, 'torch'\n"
+            "assert 'differentiable_search' in dir(s) and 'differentiable_search' not in s.__all__\n"
+            "from edgenas.search.differentiable import differentiable_search, DifferentiableConfig\n"
+            "import edgenas.search.differentiable as old, edgenas.train.differentiable as new\n"
+            "assert old is new and s.differentiable_search is new.differentiable_search\n"
+            "assert s.DifferentiableConfig is DifferentiableConfig is new.DifferentiableConfig\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(moved.__file__).parents[2])})
+    assert done.returncode == 0, done.stderr
+    from edgenas.search.differentiable import differentiable_search as old_search
+
+    from edgenas.search import DifferentiableConfig as old_config
+
+    assert old_search is differentiable_search and old_config is DifferentiableConfig
