@@ -421,12 +421,12 @@ class SearchSpace:
         differ otherwise or share no resolution. Predictors made for the same network at different resolutions
         (an imported phone table has 160-224 px, an imported accuracy predictor 128-224 px in steps of 16) search
         together over the resolutions both know."""
-        mine, theirs = self.to_dict(), other.to_dict()
-        if mine == theirs:
+        if self == other:
             return self
         shared = tuple(r for r in self.resolutions if r in other.resolutions)
-        del mine["resolutions"], theirs["resolutions"]
-        return self.replace(resolutions=shared) if mine == theirs and shared else None
+        if not shared or dataclasses.replace(other, resolutions=self.resolutions) != self:
+            return None
+        return self if shared == self.resolutions else self.replace(resolutions=shared)
 
     def contains(self, arch: Arch) -> bool:
         try:

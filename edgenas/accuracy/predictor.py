@@ -119,8 +119,12 @@ class AccuracyPredictor:
 
     def features(self, archs: Sequence[Arch] | Arch) -> np.ndarray:
         encode = getattr(archs, "encode", None)  # an ArchBatch of the search encodes its genomes directly
-        if callable(encode) and getattr(archs, "codec", None) is not None and archs.codec.space == self.space:
-            return encode()
+        codec = getattr(archs, "codec", None)
+        if callable(encode) and codec is not None:
+            if codec.space == self.space:
+                return encode()
+            if codec.space.common_resolutions(self.space) == codec.space:  # a search over some of its resolutions
+                return self._widen(encode(), codec.space.resolutions)
         archs = [archs] if isinstance(archs, Arch) else list(archs)
         offered = self.space.resolutions
         bad = sorted({a.resolution for a in archs} - set(offered))
@@ -128,6 +132,14 @@ class AccuracyPredictor:
             raise UsageError(f"resolution {bad[0]} has no slot in the accuracy predictor's encoding: choose from "
                              f"{', '.join(map(str, offered))}")
         return self.space.encode(archs)
+
+    def _widen(self, x: np.ndarray, resolutions: tuple[int, ...]) -> np.ndarray:
+        """Features of a space offering only `resolutions` of this one, as this space's encoding."""
+        own = self.space.resolutions
+        out = np.zeros((len(x), self.space.encoding_size), dtype=np.float32)
+        out[:, len(own):] = x[:, len(resolutions):]
+        out[:, [own.index(r) for r in resolutions]] = x[:, :len(resolutions)]
+        return out
 
     def predict_features(self, x: np.ndarray) -> np.ndarray:
         h = np.asarray(x, dtype=np.float32)

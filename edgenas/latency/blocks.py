@@ -141,7 +141,12 @@ class BlockIndex:
 
     def lookup(self, archs: Sequence[Arch]) -> np.ndarray:
         """(n, 2 + max_blocks) piece indices: stem, every block slot (-1 if inactive), head."""
-        ri, ki, ei, active = stats_table(self.space).indices(list(archs))
+        codec = getattr(archs, "codec", None)
+        if codec is not None and codec.space == self.space:  # a search's genomes hold the indices already
+            g = archs.genomes
+            ri, ki, ei, active = g[:, 0], g[:, codec.kernel_cols], g[:, codec.expand_cols], codec.active(g)
+        else:
+            ri, ki, ei, active = stats_table(self.space).indices(list(archs))
         slots = np.arange(self.space.max_blocks)[None, :]
         blocks = np.where(active, self.block_of[ri[:, None], slots, ki, ei], -1)
         return np.concatenate([self.stem_of[ri][:, None], blocks, self.head_of[ri][:, None]], axis=1)

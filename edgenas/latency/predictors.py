@@ -124,6 +124,9 @@ class BasePredictor:
 
     def check_resolutions(self, archs: Sequence[Arch]) -> None:
         """UsageError for an arch at a resolution this predictor has no figures for, naming those it has."""
+        codec = getattr(archs, "codec", None)
+        if codec is not None and codec.space == self.space:  # a search over this very space
+            return
         offered = self.space.resolutions
         bad = sorted({a.resolution for a in archs} - set(offered))
         if bad:
