@@ -22,9 +22,11 @@ def layout(width: str) -> dict[str, list[int]]:
     return json.loads((DATA / f"layout_w{width}.json").read_text())
 
 
-def ofa_weights(width: str, seed: int = SEED) -> dict:
-    """Seeded random values in Once-for-All's layout: BatchNorm statistics, kernel matrices near the identity,
-    convolutions scaled to keep activations (and logits) of order one."""
+def ofa_weights(width: str, seed: int = SEED, *, calibrated: bool = True) -> dict:
+    """Seeded random values in Once-for-All's layout: kernel matrices near the identity, convolutions scaled to
+    keep activations of order one, and (`calibrated`) BatchNorm statistics those weights produce, so that every
+    choice of the subnet moves the logits. The statistics (`bn_stats_w<width>.npz`, float16) were taken once by
+    Once-for-All's code: the largest subnet at 224 px, in training mode, on `images(8, 224)`."""
     import torch
 
     rng = np.random.default_rng(seed)
@@ -38,16 +40,21 @@ def ofa_weights(width: str, seed: int = SEED) -> dict:
         elif key.endswith("running_mean"):
             value = rng.normal(0.0, 0.2, shape)
         elif ".bn." in key and key.endswith("weight"):
-            value = rng.uniform(0.3, 0.8, shape)
+            value = rng.uniform(0.5, 1.5, shape)
         elif key.endswith("_matrix"):
             value = np.eye(shape[0]) + rng.normal(0.0, 0.1, shape)
         elif key.endswith("bias"):
             value = rng.normal(0.0, 0.1, shape)
         else:
             fan_in = int(np.prod(shape[1:]))
-            gain = 10.0 if key.startswith("classifier") else 1.0  # logits of order one
+            gain = 3.0 if key.startswith("classifier") else 1.0  # logits of order one
             value = rng.normal(0.0, gain / np.sqrt(fan_in), shape)
         out[key] = torch.tensor(value, dtype=torch.float32)
+    stats = DATA / f"bn_stats_w{width}.npz"
+    if calibrated and seed == SEED and stats.is_file():
+        with np.load(stats) as data:
+            for key in data.files:
+                out[key] = torch.from_numpy(data[key].astype(np.float32))
     return out
 
 

@@ -45,11 +45,28 @@ def ofa_logits(net, sample: dict, x: np.ndarray) -> np.ndarray:
     return net(torch.from_numpy(x)).numpy()
 
 
+@torch.no_grad()
+def calibrate_bn(net, weights: dict) -> dict[str, np.ndarray]:
+    """BatchNorm statistics of the largest subnet at 224 px on seeded images (training mode, one batch), float16."""
+    net.load_state_dict(weights)
+    net.set_max_net()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 1.0  # the running statistics become this batch's
+    net.train()
+    net(torch.from_numpy(images(8, 224)))
+    net.eval()
+    return {k: v.numpy().astype(np.float16) for k, v in net.state_dict().items() if k.endswith(("running_mean",
+                                                                                               "running_var"))}
+
+
 def supernet_fixtures() -> None:
     for width in ("1.0", "1.2"):
         net = ofa_supernet(width)
         layout = {k: list(v.shape) for k, v in net.state_dict().items()}
         (DATA / f"layout_w{width}.json").write_text(json.dumps(layout, indent=0) + "\n")
+        np.savez_compressed(DATA / f"bn_stats_w{width}.npz", **calibrate_bn(net, ofa_weights(width, calibrated=False)))
+        net = ofa_supernet(width)
         net.load_state_dict(ofa_weights(width))
         net.eval()
         rng = np.random.default_rng([SEED, int(float(width) * 10)])
@@ -102,6 +119,8 @@ def check(n: int, resolutions: list[int]) -> None:
     for width in ("1.0", "1.2"):
         net = ofa_supernet(width)
         weights = ofa_weights(width, seed=SEED + 1)  # weights the fixtures do not use
+        weights.update({k: torch.from_numpy(v.astype(np.float32)) for k, v in calibrate_bn(net, weights).items()})
+        net = ofa_supernet(width)
         net.load_state_dict(weights)
         net.eval()
         with tempfile.TemporaryDirectory() as tmp:
