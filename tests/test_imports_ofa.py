@@ -239,3 +239,19 @@ def test_tables_that_are_not_once_for_alls_are_refused(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text("Conv-input:160x160x3-output:80x80x24: {mean: 0.5}\n")
     assert "lacks 'expanded_conv-input:80x80x24" in _refused(capsys, "import", "ofa-lut", str(tmp_path / "c.yaml"),
                                                             "--device", "x")
+
+
+def test_a_calibration_transferred_from_the_imported_phone_covers_its_resolutions(phone, imported, monkeypatch,
+                                                                                  tmp_path):
+    """`edgenas calibrate --transfer-from phone` narrows the supernet's 25 resolutions to the table's (checked
+    before any device is touched; the measuring itself is the calibration's own tests' business)."""
+    from edgenas.cli import build_parser
+    from edgenas.cli.latency import _setup
+
+    monkeypatch.chdir(phone)
+    args = build_parser().parse_args(["calibrate", "--device", "local", "--supernet", str(imported["1.2"][1]),
+                                      "--transfer-from", "phone", "--budget", "10", "--store",
+                                      str(tmp_path / "store.sqlite")])
+    device, space, store, sources = _setup(args)
+    with device, store:
+        assert space.resolutions == (176, 192) and space.name == "mobilenetv3-w1.2" and sources == ["phone"]
