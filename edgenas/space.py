@@ -274,7 +274,7 @@ class SearchSpace:
 
     @staticmethod
     def preset(name: str, **overrides: Any) -> SearchSpace:
-        """A named search space (`tiny`, `mobilenetv3`); keyword overrides replace fields,
+        """A named search space (`tiny`, `mobilenetv3`, `mobilenetv3-w1.2`); keyword overrides replace fields,
         e.g. `SearchSpace.preset("tiny", num_classes=10)`."""
         try:
             factory = _PRESETS[name]
@@ -415,6 +415,18 @@ class SearchSpace:
             if e not in self.expands:
                 raise ValueError(f"unknown expand ratio {e} in block {i}: choose from {_fmt_choices(self.expands)}")
         return arch
+
+    def common_resolutions(self, other: SearchSpace) -> SearchSpace | None:
+        """This space at the resolutions `other` offers too, when the two differ in nothing else; None when they
+        differ otherwise or share no resolution. Predictors made for the same network at different resolutions
+        (an imported phone table has 160-224 px, an imported accuracy predictor 128-224 px in steps of 16) search
+        together over the resolutions both know."""
+        if self == other:
+            return self
+        shared = tuple(r for r in self.resolutions if r in other.resolutions)
+        if not shared or dataclasses.replace(other, resolutions=self.resolutions) != self:
+            return None
+        return self if shared == self.resolutions else self.replace(resolutions=shared)
 
     def contains(self, arch: Arch) -> bool:
         try:
@@ -621,6 +633,12 @@ def _mobilenetv3() -> SearchSpace:
         num_classes=1000,
         dropout=0.1,
     )
+
+
+@register_preset("mobilenetv3-w1.2")
+def _mobilenetv3_w12() -> SearchSpace:
+    """Once-for-All's ImageNet MobileNetV3 space at width 1.2 (OFA-MBv3 w1.2, the one its tutorial searches)."""
+    return _mobilenetv3().replace(name="mobilenetv3-w1.2", width_mult=1.2)
 
 
 @register_preset("tiny")

@@ -280,3 +280,12 @@ def test_no_two_parts_import_each_other():
 
 def test_cycles_are_found():
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+
+
+@pytest.mark.parametrize("module", _in("imports"))
+def test_imports_depend_on_nothing_above_the_files_they_write(module):
+    """Other tools' files come in as a supernet checkpoint (train), an accuracy predictor (accuracy) and a latency
+    table and predictor (latency): nothing that searches, deploys, exports, measures or chains stages."""
+    forbidden = {"search", "deploy", "export", "devices", "pipeline", "cli", "data", "store"}
+    bad = sorted(m for m in imports(module) if _part(m) in forbidden)
+    assert not bad, f"{module} imports {bad}"

@@ -13,9 +13,28 @@ PRESETS = SearchSpace.presets()
 seeds = st.integers(min_value=0, max_value=2**32 - 1)
 
 
+def test_the_w12_preset_is_once_for_alls_widths():
+    """Once-for-All's w1.2 supernet: every width x1.2, rounded to multiples of 8 (the stem's 16 becomes 24)."""
+    space = SearchSpace.preset("mobilenetv3-w1.2")
+    assert space.stage_widths == (32, 48, 96, 136, 192)
+    assert space.first_block.in_channels == 24 and space.first_block.residual
+    assert (space.scaled(space.final_expand_width), space.scaled(space.feature_width)) == (1152, 1536)
+    assert space.resolutions == SearchSpace.preset("mobilenetv3").resolutions
+
+
+def test_common_resolutions_of_spaces_that_differ_only_there():
+    space = SearchSpace.preset("mobilenetv3-w1.2")
+    a, b = space.replace(resolutions=(128, 160, 192)), space.replace(resolutions=(160, 176, 192))
+    assert a.common_resolutions(b).resolutions == (160, 192)
+    assert a.common_resolutions(a) is a
+    assert a.common_resolutions(space.replace(resolutions=(224,))) is None
+    assert a.common_resolutions(SearchSpace.preset("mobilenetv3").replace(resolutions=(160,))) is None
+
+
 def test_presets_are_registered():
-    assert PRESETS == ["mobilenetv3", "tiny"]
-    with pytest.raises(ValueError, match="unknown search-space preset 'resnet': choose from mobilenetv3, tiny"):
+    assert PRESETS == ["mobilenetv3", "mobilenetv3-w1.2", "tiny"]
+    with pytest.raises(ValueError, match="unknown search-space preset 'resnet': choose from mobilenetv3, "
+                                         "mobilenetv3-w1.2, tiny"):
         SearchSpace.preset("resnet")
 
 

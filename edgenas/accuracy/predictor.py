@@ -28,8 +28,9 @@ FORMAT_VERSION = 1
 # "clip" (fitted on top-1 itself, clipped to [0, 1]; files written before). A clipped MLP extrapolates past 1.0
 # for the larger subnets of a well-trained supernet, and the search then sees a plateau of 1.0 where the front
 # should rise: measured in the demo, every candidate of the TFLite budgets predicted 1.000 and the search took
-# subnets using 37-45 % of their budgets.
-OUTPUTS = ("logit", "clip")
+# subnets using 37-45 % of their budgets. "linear": the MLP's output as it is (an imported predictor trained on
+# top-1 itself, such as Once-for-All's, read exactly as its authors read it).
+OUTPUTS = ("logit", "clip", "linear")
 
 
 @dataclass(frozen=True)
@@ -118,9 +119,27 @@ class AccuracyPredictor:
 
     def features(self, archs: Sequence[Arch] | Arch) -> np.ndarray:
         encode = getattr(archs, "encode", None)  # an ArchBatch of the search encodes its genomes directly
-        if callable(encode) and getattr(archs, "codec", None) is not None and archs.codec.space == self.space:
-            return encode()
-        return self.space.encode(archs if isinstance(archs, Arch) else list(archs))
+        codec = getattr(archs, "codec", None)
+        if callable(encode) and codec is not None:
+            if codec.space == self.space:
+                return encode()
+            if codec.space.common_resolutions(self.space) == codec.space:  # a search over some of its resolutions
+                return self._widen(encode(), codec.space.resolutions)
+        archs = [archs] if isinstance(archs, Arch) else list(archs)
+        offered = self.space.resolutions
+        bad = sorted({a.resolution for a in archs} - set(offered))
+        if bad:  # the encoding has no slot for it: refused, never rounded to a neighbour
+            raise UsageError(f"resolution {bad[0]} has no slot in the accuracy predictor's encoding: choose from "
+                             f"{', '.join(map(str, offered))}")
+        return self.space.encode(archs)
+
+    def _widen(self, x: np.ndarray, resolutions: tuple[int, ...]) -> np.ndarray:
+        """Features of a space offering only `resolutions` of this one, as this space's encoding."""
+        own = self.space.resolutions
+        out = np.zeros((len(x), self.space.encoding_size), dtype=np.float32)
+        out[:, len(own):] = x[:, len(resolutions):]
+        out[:, [own.index(r) for r in resolutions]] = x[:, :len(resolutions)]
+        return out
 
     def predict_features(self, x: np.ndarray) -> np.ndarray:
         h = np.asarray(x, dtype=np.float32)
@@ -129,6 +148,8 @@ class AccuracyPredictor:
         out = (h @ self.weights[-1] + self.biases[-1])[:, 0].astype(np.float64)
         if self.output == "logit":
             return 1.0 / (1.0 + np.exp(-out))
+        if self.output == "linear":
+            return out
         return np.clip(out, 0.0, 1.0)
 
     def predict(self, archs: Sequence[Arch] | Arch) -> np.ndarray:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 COMMAND_MODULES = (
     "edgenas.cli.pipeline",  # demo, run
     "edgenas.cli.train",  # train, eval
+    "edgenas.cli.imports",  # import ofa | ofa-predictor | ofa-lut
     "edgenas.cli.devices",  # devices, measure
     "edgenas.cli.latency",  # calibrate, latency
     "edgenas.cli.accuracy",  # predictor, proxies

@@ -81,8 +81,8 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, list[str]]:
     if sources:  # every source predictor is checked before the device is touched
         from edgenas.latency.calibrate import load_latency_predictor
 
-        for source in sources:
-            load_latency_predictor(source, space=space, tables_dir=args.tables)
+        for source in sources:  # a source known at fewer resolutions (an imported phone table) narrows the space
+            space = space.common_resolutions(load_latency_predictor(source, space=space, tables_dir=args.tables).space)
     device = load_device(args.device, trust_new_host_key=args.trust_new_host_key)
     store = Store(args.store or default_store_path())
     return device, space, store, sources

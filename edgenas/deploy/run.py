@@ -91,7 +91,8 @@ def search_device(
     precision = getattr(lat, "precision", None) or constraints.precision
     if constraints.precision != precision and precision in ("int8", "fp32"):
         constraints = Constraints(**{**constraints.to_dict(), "precision": precision})
-    result = search_for_budget(acc.space, acc, lat, constraints, algorithm=algorithm, population=population,
+    space = acc.space.common_resolutions(lat.space) or acc.space  # the resolutions both predictors know
+    result = search_for_budget(space, acc, lat, constraints, algorithm=algorithm, population=population,
                                generations=generations, seed=seed, top_k=top_k, device=device_name)
 
     out = Path(out_dir) if out_dir else checkpoint.parent / "search" / device_name
@@ -99,7 +100,7 @@ def search_device(
     if deploy_top:
         def search_again(scale: float) -> SearchResult | None:
             try:
-                return search_for_budget(acc.space, acc, lat, constraints, algorithm=algorithm,
+                return search_for_budget(space, acc, lat, constraints, algorithm=algorithm,
                                          population=population, generations=generations, seed=seed, top_k=top_k,
                                          device=device_name, latency_scale=scale)
             except UsageError:  # nothing is predicted to meet the corrected budget: the first round stands

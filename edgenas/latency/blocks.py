@@ -85,13 +85,18 @@ def _costs(g: _GraphBuilder, piece: Piece) -> np.ndarray:
 class BlockIndex:
     """Every distinct piece of `space`, and a vectorised map from archs to the pieces they run.
 
-    Groups: 0 = stem, 1..S = stages, S+1 = head (`group_names`).
+    Groups: 0 = stem, 1..S = stages, S+1 = head (`group_names`). With `per_resolution`, a piece is one entry
+    per input resolution (key `r<res>/<piece key>`): for tables measured one resolution at a time, such as
+    Once-for-All's, where the same module reached at two resolutions has two figures.
     """
 
-    def __init__(self, space: SearchSpace) -> None:
+    def __init__(self, space: SearchSpace, *, per_resolution: bool = False) -> None:
         self.space = space
+        self.per_resolution = per_resolution
         self.pieces: list[Piece] = []
-        self._index: dict[Piece, int] = {}
+        self.scopes: list[int | None] = []  # the resolution a piece's entry is for (per_resolution), else None
+        self._index: dict[tuple[int | None, Piece], int] = {}
+        self._scope: int | None = None
         slots = space.block_slots()  # the wiring of every block, as the space describes it
         nr, nslot, nk, ne = len(space.resolutions), len(slots), len(space.kernels), len(space.expands)
         self.stem_of = np.zeros(nr, dtype=np.int64)
@@ -100,6 +105,7 @@ class BlockIndex:
         first = space.first_block
         last = slots[-1].out_channels
         for ri, res in enumerate(space.resolutions):
+            self._scope = res if per_resolution else None
             self.stem_of[ri] = self._add(Piece("stem", space.in_channels, first.out_channels, res, STEM_KERNEL,
                                                space.stem_stride, mid=first.in_channels, residual=first.residual))
             sizes = space.feature_sizes(res)
@@ -119,21 +125,28 @@ class BlockIndex:
         self._analytic: np.ndarray | None = None
 
     def _add(self, piece: Piece) -> int:
-        if piece not in self._index:
-            self._index[piece] = len(self.pieces)
+        entry = (self._scope, piece)
+        if entry not in self._index:
+            self._index[entry] = len(self.pieces)
             self.pieces.append(piece)
-        return self._index[piece]
+            self.scopes.append(self._scope)
+        return self._index[entry]
 
     @property
     def keys(self) -> list[str]:
-        return [p.key for p in self.pieces]
+        return [p.key if r is None else f"r{r}/{p.key}" for p, r in zip(self.pieces, self.scopes)]
 
     def __len__(self) -> int:
         return len(self.pieces)
 
     def lookup(self, archs: Sequence[Arch]) -> np.ndarray:
         """(n, 2 + max_blocks) piece indices: stem, every block slot (-1 if inactive), head."""
-        ri, ki, ei, active = stats_table(self.space).indices(list(archs))
+        codec = getattr(archs, "codec", None)
+        if codec is not None and codec.space == self.space:  # a search's genomes hold the indices already
+            g = archs.genomes
+            ri, ki, ei, active = g[:, 0], g[:, codec.kernel_cols], g[:, codec.expand_cols], codec.active(g)
+        else:
+            ri, ki, ei, active = stats_table(self.space).indices(list(archs))
         slots = np.arange(self.space.max_blocks)[None, :]
         blocks = np.where(active, self.block_of[ri[:, None], slots, ki, ei], -1)
         return np.concatenate([self.stem_of[ri][:, None], blocks, self.head_of[ri][:, None]], axis=1)
@@ -167,9 +180,10 @@ class BlockIndex:
         return (index[:, 1:-1] >= 0).sum(axis=1)
 
 
-def block_index(space: SearchSpace) -> BlockIndex:
+def block_index(space: SearchSpace, *, per_resolution: bool = False) -> BlockIndex:
     """The (cached) BlockIndex of a space."""
-    idx = space._cache.get("latency_block_index")
+    name = "latency_block_index_per_resolution" if per_resolution else "latency_block_index"
+    idx = space._cache.get(name)
     if idx is None:
-        idx = space._cache["latency_block_index"] = BlockIndex(space)
+        idx = space._cache[name] = BlockIndex(space, per_resolution=per_resolution)
     return idx

@@ -117,9 +117,21 @@ class BasePredictor:
             archs = [archs]
         if len(archs) == 0:
             return np.zeros(0)
+        self.check_resolutions(archs)
         if self.weights is None:
             raise UsageError(f"{type(self).__name__} for {self.device} is not fitted: call fit() or calibrate first")
         return self.features(archs) @ self.weights
+
+    def check_resolutions(self, archs: Sequence[Arch]) -> None:
+        """UsageError for an arch at a resolution this predictor has no figures for, naming those it has."""
+        codec = getattr(archs, "codec", None)
+        if codec is not None and codec.space == self.space:  # a search over this very space
+            return
+        offered = self.space.resolutions
+        bad = sorted({a.resolution for a in archs} - set(offered))
+        if bad:
+            raise UsageError(f"resolution {bad[0]} is not in the latency predictor of {self.device} "
+                             f"({self.runtime}/{self.precision}): it has {', '.join(map(str, offered))}")
 
     def fit(self, archs: Sequence[Arch], measured_ms: Sequence[float], *, seed: int = 0,
             lam: float | None = None) -> BasePredictor:
@@ -188,8 +200,11 @@ class TablePredictor(BasePredictor):
 
     kind = "table"
 
-    def __init__(self, *, table: dict[str, float], **kw: Any) -> None:
+    def __init__(self, *, table: dict[str, float], per_resolution: bool = False, **kw: Any) -> None:
         super().__init__(**kw)
+        self.per_resolution = bool(per_resolution)  # one entry per piece and resolution (imported phone tables)
+        if self.per_resolution:
+            self.index = block_index(self.space, per_resolution=True)
         self.table = dict(table)
         keys = self.index.keys
         missing = [k for k in keys if k not in self.table]
@@ -218,7 +233,8 @@ class TablePredictor(BasePredictor):
         return np.ones(1)
 
     def _params(self) -> dict[str, Any]:
-        return {"table": {k: self.table[k] for k in self.index.keys}}
+        table = {"table": {k: self.table[k] for k in self.index.keys}}
+        return {**table, "per_resolution": True} if self.per_resolution else table
 
 
 class CalibratedPredictor(TablePredictor):
@@ -367,6 +383,7 @@ def predictor_from_dict(d: dict[str, Any], *, source: str = "latency predictor")
                               space=space, weights=d.get("weights"), fit=d.get("fit"))
     if cls in (TablePredictor, CalibratedPredictor):
         kw["table"] = d["table"]
+        kw["per_resolution"] = d.get("per_resolution") is True
     if cls is TransferPredictor:
         kw["sources"] = [predictor_from_dict(s, source=source) for s in d["sources"]]
     return cls(**kw)
@@ -381,7 +398,7 @@ def load_predictor_file(path: str | os.PathLike, *, device: str | None = None, r
     pred.path = path  # type: ignore[attr-defined]  # what a search result records as its input
     check_identity(path, "latency predictor", (("device", device, pred.device), ("runtime", runtime, pred.runtime),
                                                ("precision", precision, pred.precision)))
-    if space is not None and space.to_dict() != pred.space.to_dict():
+    if space is not None and space.common_resolutions(pred.space) is None:
         raise UsageError(f"latency predictor {path} was calibrated for search space '{pred.space.name}' "
                          f"({pred.space.num_classes} classes), not this '{space.name}' space "
                          f"({space.num_classes} classes): calibrate the device with this supernet")

@@ -452,7 +452,8 @@ def _deploy(checkpoint: _Checkpoint, device: Any, target: DeviceTarget, label: s
     lat = load_latency_predictor(latency_path, space=acc.space)
     constraints = _constraints(target, budget)
     try:
-        result = search_for_budget(acc.space, acc, lat, constraints, algorithm=config.algorithm,
+        space = acc.space.common_resolutions(lat.space) or acc.space  # the resolutions both predictors know
+        result = search_for_budget(space, acc, lat, constraints, algorithm=config.algorithm,
                                    population=config.population, generations=config.generations, seed=config.seed,
                                    top_k=config.top_k, device=device.name)
     except UsageError as exc:  # impossible at this budget: reported in the run, the other budgets go on
@@ -465,7 +466,7 @@ def _deploy(checkpoint: _Checkpoint, device: Any, target: DeviceTarget, label: s
                              max_drop_points=config.max_int8_drop_points)
     def search_again(scale: float) -> Any:
         try:
-            return search_for_budget(acc.space, acc, lat, constraints, algorithm=config.algorithm,
+            return search_for_budget(space, acc, lat, constraints, algorithm=config.algorithm,
                                      population=config.population, generations=config.generations, seed=config.seed,
                                      top_k=config.top_k, device=device.name, latency_scale=scale)
         except UsageError:

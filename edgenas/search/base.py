@@ -89,12 +89,14 @@ class Archive:
         self.codec = codec
         self._genomes: list[np.ndarray] = []
         self._evals: list[Evaluation] = []
+        self._unique: tuple[np.ndarray, Evaluation] | None = None  # `unique()` until the next `add`
 
     def add(self, genomes: np.ndarray, ev: Evaluation) -> None:
         mask = ev.feasible
         if mask.any():
             self._genomes.append(genomes[mask])
             self._evals.append(ev.take(mask))
+            self._unique = None
 
     def __len__(self) -> int:
         return sum(len(g) for g in self._genomes)
@@ -103,13 +105,16 @@ class Archive:
         """Distinct feasible archs, best predicted accuracy first (ties in first-seen order)."""
         if not self._genomes:
             raise NoFeasibleArch("no feasible candidate was evaluated")
+        if self._unique is not None:
+            return self._unique
         genomes = np.concatenate(self._genomes)
         ev = Evaluation.concat(self._evals)
         canon = self.codec.canonical(genomes)
         _, first = np.unique(self.codec.keys(canon), return_index=True)
         first.sort()
         order = first[np.argsort(-ev.accuracy[first], kind="stable")]
-        return canon[order], ev.take(order)
+        self._unique = canon[order], ev.take(order)
+        return self._unique
 
     def top(self, k: int) -> tuple[np.ndarray, Evaluation]:
         g, ev = self.unique()
@@ -175,8 +180,10 @@ class SearchAlgorithm:
 
     def result(self, problem: Problem, *, top_k: int = 5, seconds: float = 0.0) -> SearchResult:
         genomes, ev = self.archive.top(max(top_k, 1))
+        ev = problem.with_memory(genomes, ev)
         top = [Candidate(self.codec.to_arch(g), ev.row(i)) for i, g in enumerate(genomes)]
         fg, fev = self.archive.front()
+        fev = problem.with_memory(fg, fev)
         front = [Candidate(self.codec.to_arch(g), fev.row(i)) for i, g in enumerate(fg)]
         return SearchResult(
             algorithm=self.name, space=self.space.name, device=problem.device,

@@ -61,7 +61,8 @@ def search_for_budget(
     results: list[SearchResult] = []
     for margin in margins:
         limit = None if constraints.max_latency_ms is None else constraints.max_latency_ms * margin / latency_scale
-        problem = Problem(space, accuracy, latency, replace(constraints, max_latency_ms=limit), device=device)
+        problem = Problem(space, accuracy, latency, replace(constraints, max_latency_ms=limit), device=device,
+                          score_infeasible=entry.scores_infeasible)
         search = create_algorithm(algorithm, space, rng=np.random.default_rng(seed), population=population,
                                   generations=generations, n_constraints=len(problem.limit_names))
         try:

@@ -10,7 +10,7 @@ for fp32 they are the analytic peak of live activations and the weights (`edgena
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -129,6 +129,10 @@ class Problem:
 
     Predictions are cached per distinct arch (evolution revisits archs often), so `predicted`
     counts the archs actually sent to the predictors and `candidates` every row evaluated.
+    With `score_infeasible` False (for algorithms that never look at an infeasible candidate's accuracy,
+    such as evolution), accuracy is predicted only for candidates within the latency limit (NaN for the
+    others), as Once-for-All's finder does. Memory and MACs figures that no limit needs are left NaN during the
+    search and computed for the results kept (`with_memory`).
     """
 
     space: SearchSpace
@@ -137,6 +141,7 @@ class Problem:
     constraints: Constraints = field(default_factory=Constraints)
     device: str | None = None
     cache: bool = True
+    score_infeasible: bool = True
 
     def __post_init__(self) -> None:
         for role, predictor in (("accuracy", self.accuracy), ("latency", self.latency)):
@@ -154,6 +159,9 @@ class Problem:
         self._limit_names = list(limits)
         self._limit_values = np.array([limits[k] for k in limits], dtype=np.float64)
         self._precision_index = 0 if self.constraints.precision == "int8" else 1
+        self._memory_limited = self.constraints.max_sram_bytes is not None or self.constraints.max_flash_bytes is not None
+        # MACs stand in for latency without a latency predictor (the front's cost)
+        self._stats_needed = self._memory_limited or self.constraints.max_macs is not None or self.latency is None
 
     @property
     def limit_names(self) -> list[str]:
@@ -161,11 +169,19 @@ class Problem:
 
     def _predict(self, genomes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         batch = ArchBatch(self.codec, genomes)
-        acc = np.asarray(self.accuracy.predict(batch), dtype=np.float64).reshape(-1)
         if self.latency is not None:
             lat = np.asarray(self.latency.predict(batch), dtype=np.float64).reshape(-1)
         else:
             lat = np.full(len(genomes), np.nan)
+        limit = self.constraints.max_latency_ms
+        if self.score_infeasible or limit is None or len(lat) != len(genomes):
+            acc = np.asarray(self.accuracy.predict(batch), dtype=np.float64).reshape(-1)
+        else:  # only the candidates the latency limit lets in are worth an accuracy prediction
+            acc = np.full(len(genomes), np.nan)
+            rows = np.flatnonzero(lat <= limit)
+            if len(rows):
+                acc[rows] = np.asarray(self.accuracy.predict(ArchBatch(self.codec, genomes[rows])),
+                                       dtype=np.float64).reshape(-1)
         if len(acc) != len(genomes) or len(lat) != len(genomes):
             raise ValueError(f"a predictor returned {len(acc)}/{len(lat)} values for {len(genomes)} archs")
         self.predicted += len(genomes)
@@ -194,13 +210,14 @@ class Problem:
         self.candidates += len(genomes)
         acc, lat = self.predictions(genomes)
         p = self._precision_index
-        stats = self.codec.stats(genomes, memory=p == 0)
-        values = {
-            "latency": lat,
-            "sram": stats[_STAT_LIMITS["sram"][0][p]],
-            "flash": stats[_STAT_LIMITS["flash"][0][p]],
-            "macs": stats["macs"],
-        }
+        unneeded = np.full(len(genomes), np.nan)  # figures no limit asks for: computed for the results (with_memory)
+        values = {"latency": lat, "sram": unneeded, "flash": unneeded, "macs": unneeded}
+        if self._stats_needed:
+            memory = p == 0 and self._memory_limited
+            stats = self.codec.stats(genomes, memory=memory)
+            values["macs"] = stats["macs"]
+            if p == 1 or memory:
+                values["sram"], values["flash"] = (stats[_STAT_LIMITS[k][0][p]] for k in ("sram", "flash"))
         if p == 0 and self.constraints.max_sram_bytes is not None:
             values["sram"] = self._exact_arena_near_limit(genomes, values["sram"])
         if self._limit_names:
@@ -211,6 +228,15 @@ class Problem:
             violation = np.zeros((len(genomes), 0))
         feasible = np.all(violation <= 0, axis=1)
         return Evaluation(acc, lat, values["sram"], values["flash"], values["macs"], feasible, violation)
+
+    def with_memory(self, genomes: np.ndarray, ev: Evaluation) -> Evaluation:
+        """`ev` with the memory and MACs figures the search left out (`evaluate`: no limit asked for them) filled in."""
+        if not (np.isnan(ev.sram).any() or np.isnan(ev.macs).any()):
+            return ev
+        p = self._precision_index
+        stats = self.codec.stats(np.asarray(genomes, dtype=np.int64).reshape(-1, self.codec.width), memory=p == 0)
+        return replace(ev, sram=stats[_STAT_LIMITS["sram"][0][p]], flash=stats[_STAT_LIMITS["flash"][0][p]],
+                       macs=stats["macs"])
 
     def _exact_arena_near_limit(self, genomes: np.ndarray, arena: np.ndarray) -> np.ndarray:
         """Where the table's check found TFLite Micro's greedy planner packing worse than the live peak in this

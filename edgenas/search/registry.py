@@ -25,6 +25,7 @@ class AlgorithmEntry:
     default_generations: int
     pareto: bool
     help: str
+    scores_infeasible: bool = True  # whether it reads the accuracy of candidates over the latency limit
 
 
 def _evolution(space: SearchSpace, rng: np.random.Generator, population: int, generations: int,
@@ -57,7 +58,8 @@ def _rl(space: SearchSpace, rng: np.random.Generator, population: int, generatio
 
 
 ALGORITHMS: dict[str, AlgorithmEntry] = {
-    "evolution": AlgorithmEntry(_evolution, 500, False, "constrained regularised evolution (the default)"),
+    "evolution": AlgorithmEntry(_evolution, 500, False, "constrained regularised evolution (the default)",
+                                scores_infeasible=False),
     "nsga2": AlgorithmEntry(_nsga2, 100, True, "NSGA-II: the whole accuracy/latency Pareto front"),
     "random": AlgorithmEntry(_random, 100, False, "uniform random sampling, population x generations archs"),
     "rl": AlgorithmEntry(_rl, 100, False, "REINFORCE controller, MnasNet reward (generations = policy steps)"),

@@ -70,7 +70,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, foreign pickle, objects other than tensors ...
-        raise UsageError(f"cannot read checkpoint {path}: {_load_problem(exc, path)}; {REMEDY}") from None
+        raise UsageError(f"cannot read checkpoint {path}: {load_problem(exc, path)}; {REMEDY}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UsageError(f"{path} is not an edgenas supernet checkpoint (no format = {FORMAT!r} in it); {REMEDY}")
     version = state.get("version", 0)
@@ -104,7 +104,7 @@ def check_resume_fields(state: dict[str, Any], path: str | Path) -> None:
     _check_fields(state, RESUME_FIELDS, f"checkpoint {path}")
 
 
-def _load_problem(exc: Exception, path: Path) -> str:
+def load_problem(exc: Exception, path: Path) -> str:
     """What went wrong in torch.load, in a few words; never torch's advice to load unsafely."""
     text = str(exc)
     if "GLOBAL" in text or "unsupported global" in text.lower() or "unsupported class" in text.lower():
