@@ -131,7 +131,7 @@ def test_one_constraint_builder_for_user_units():
 
 
 def test_a_failed_export_check_exits_1_and_shows_in_the_summary(tmp_path, capsys):
-    from edgenas.cli.pipeline import _finish
+    from edgenas.cli.run import _finish
     from edgenas.pipeline.run import RunResult
 
     budget = {"device": "local", "runtime": "tflite", "precision": "int8", "budget_ms": 2.0, "arch": {"resolution": 32},
@@ -289,7 +289,7 @@ def test_a_candidates_accuracy_is_the_accuracy_datasets_figure_for_its_arch(tmp_
     supernet once more: the same per-image results as `evaluate_correct`, the figure the accuracy predictor
     learned from, on a supernet trained enough for subnets to differ."""
     from edgenas.deploy.stage import model_correct
-    from edgenas.export.pipeline import ExportOptions, prepare_export
+    from edgenas.export.subnet import ExportOptions, prepare_export
     from edgenas.train.checkpoint import OpenedCheckpoint
     from edgenas.train.config import Phase, TrainConfig
     from edgenas.train.evaluate import evaluate_correct
@@ -316,7 +316,7 @@ def test_a_candidates_accuracy_is_the_accuracy_datasets_figure_for_its_arch(tmp_
 
 def _agreements(opened, archs, tmp_path):
     """Each arch's int8 file's top-1 agreement with fp32 (val + holdout images), exported as the deploy ships it."""
-    from edgenas.export.pipeline import ExportOptions, export_prepared, prepare_export
+    from edgenas.export.subnet import ExportOptions, export_prepared, prepare_export
 
     options = ExportOptions(formats=("tflite-int8",), bn_batches=1, micro=False, min_agreement=0.0)
     out = []
@@ -335,9 +335,9 @@ def test_a_candidate_whose_int8_file_fails_is_passed_over_and_the_next_ships(tmp
     ships, and the summary, the card and the report's top table say which was passed over and why. With a check
     no file passes, the first pick ships with every candidate's reason and the run fails."""
     from edgenas import load_device
-    from edgenas.cli.pipeline import _finish
+    from edgenas.cli.run import _finish
     from edgenas.deploy.stage import deploy, pick_order, pick_winner
-    from edgenas.export.pipeline import ExportOptions
+    from edgenas.export.subnet import ExportOptions
     from edgenas.pipeline.report import BudgetResult, DeviceReport, ReportData, render_report
     from edgenas.pipeline.run import RunResult
     from edgenas.search.base import Candidate, SearchResult
@@ -359,7 +359,7 @@ def test_a_candidate_whose_int8_file_fails_is_passed_over_and_the_next_ships(tmp
     threshold = (agree[first] + agree[second]) / 2
 
     def run(min_agreement, name):
-        # (litert-torch's second conversion of a failed int8 file is tested in test_export_pipeline; 15-30 s each)
+        # (litert-torch's second conversion of a failed int8 file is tested in test_export_subnet; 15-30 s each)
         options = ExportOptions(formats=("onnx", "tflite-int8"), bn_batches=1, micro=False, min_agreement=min_agreement,
                                 litert_fallback=False)
         with load_device(str(tmp_path / "local.toml")) as device:

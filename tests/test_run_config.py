@@ -14,8 +14,8 @@ import pytest
 from test_accuracy_commands import make_checkpoint
 
 from edgenas.cli import main
+from edgenas.cost import stats_table
 from edgenas.space import Arch, SearchSpace
-from edgenas.stats import stats_table
 from edgenas.store import Store
 
 DEVICE = "runconfig-local"  # this machine, ONNX Runtime; its file is local.toml (a name other than the file's)
@@ -132,7 +132,7 @@ def test_a_changed_memory_limit_reruns_the_searches_and_reuses_the_rest(ran, cap
 
 
 def test_int8_targets_a_tflite_device_and_is_refused_on_onnx_runtime(tmp_path, capsys):
-    from edgenas.export.pipeline import deployed_format
+    from edgenas.export.subnet import deployed_format
     from edgenas.pipeline.config import check_run_inputs, load_run_config
     from edgenas.pipeline.run import _constraints
 

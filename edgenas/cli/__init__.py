@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 # Order here is the order in `edgenas --help`.
 COMMAND_MODULES = (
-    "edgenas.cli.pipeline",  # demo, run
+    "edgenas.cli.run",  # demo, run
     "edgenas.cli.train",  # train, eval
     "edgenas.cli.devices",  # devices, measure
     "edgenas.cli.latency",  # calibrate, latency
@@ -90,7 +90,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     import math
 
     from edgenas.errors import UsageError
-    from edgenas.readers import check_store_path, output_dir
+    from edgenas.inputs import check_store_path, output_dir
 
     for dest, value in sorted(vars(args).items()):
         option = "--" + dest.replace("_", "-")
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE if args.command is None else 0
     debug = args.debug or os.environ.get("EDGENAS_DEBUG") == "1"
     from edgenas.errors import EXIT_SIGINT, EXIT_SIGTERM, Terminated, UsageError, interrupt_handlers
-    from edgenas.readers import one_line
+    from edgenas.inputs import one_line
 
     caught: list[warnings.WarningMessage] = []
     try:

@@ -99,8 +99,8 @@ def _check_inputs(args: argparse.Namespace) -> None:
     from edgenas.accuracy.predictor import load_accuracy_predictor
     from edgenas.devices.config import load_config as load_device_config
     from edgenas.errors import UsageError
+    from edgenas.inputs import output_dir
     from edgenas.latency import load_latency_predictor
-    from edgenas.readers import output_dir
 
     if args.out:
         output_dir(args.out, "--out")

@@ -36,7 +36,7 @@ def deploy_options(constraints: Constraints, *, formats: tuple[str, ...] = ("onn
                    seed: int = 0, bn_batches: int = 8, max_drop_points: float | None = None) -> Any:
     """The export options candidates are exported and shipped with, from the search's constraints: the same for
     `edgenas search` and `edgenas run`, so a candidate is measured as it would ship."""
-    from edgenas.export.pipeline import ExportOptions
+    from edgenas.export.subnet import ExportOptions
 
     kb = {name: None if value is None else value / 1024 for name, value in
           (("target_sram_kb", constraints.max_sram_bytes), ("target_flash_kb", constraints.max_flash_bytes))}

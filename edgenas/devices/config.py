@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgenas.errors import UsageError
-from edgenas.readers import parse_toml, read_text
+from edgenas.inputs import parse_toml, read_text
 
 KINDS = ("local", "ssh", "mcu")
 RUNTIMES = ("onnxruntime", "tflite")

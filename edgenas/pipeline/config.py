@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from edgenas.errors import UsageError
-from edgenas.readers import MIB, check_value, output_dir, read_json, read_toml
+from edgenas.inputs import MIB, check_value, output_dir, read_json, read_toml
 
 PRECISIONS = ("fp32", "int8")
 CALIBRATIONS = ("table", "whole-model", "transfer")
@@ -196,7 +196,7 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
     formats = sections["export"].get("formats", ["onnx", "tflite", "tflite-int8"])
     if not isinstance(formats, list) or not all(isinstance(f, str) for f in formats):
         raise _bad(source, "export.formats", f"expected a list such as [\"onnx\", \"tflite\"], got {formats!r}")
-    from edgenas.export.pipeline import FORMATS
+    from edgenas.export.subnet import FORMATS
 
     bad = [f for f in formats if f not in FORMATS]
     if bad:

@@ -441,7 +441,7 @@ def _deploy(checkpoint: _Checkpoint, device: Any, target: DeviceTarget, label: s
     from edgenas.deploy.report import plot_front, save_result
     from edgenas.deploy.run import deploy_options
     from edgenas.deploy.stage import deploy, pack_correct
-    from edgenas.export.pipeline import load_search_result
+    from edgenas.export.subnet import load_search_result
     from edgenas.latency import load_latency_predictor
     from edgenas.search.budget import search_for_budget
     from edgenas.store import Store

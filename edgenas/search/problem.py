@@ -3,8 +3,8 @@
 Search never sees a `torch.nn.Module`: it sees archs (as genome rows), anything with
 `.predict(archs) -> np.ndarray` for accuracy and latency, and limits on latency, SRAM, flash
 and MACs, computed for whole batches. For an int8 deployment SRAM is the TFLite Micro arena and
-flash the .tflite file size, both predicted from the graph the converter emits (`edgenas.memory`);
-for fp32 they are the analytic peak of live activations and the weights (`edgenas.stats`).
+flash the .tflite file size, both predicted from the graph the converter emits (`edgenas.micro_memory`);
+for fp32 they are the analytic peak of live activations and the weights (`edgenas.cost`).
 """
 
 from __future__ import annotations
@@ -215,7 +215,7 @@ class Problem:
     def _exact_arena_near_limit(self, genomes: np.ndarray, arena: np.ndarray) -> np.ndarray:
         """Where the table's check found TFLite Micro's greedy planner packing worse than the live peak in this
         space, run the planner itself (cached per arch) on the rows within that gap under the SRAM limit."""
-        from edgenas.memory import memory_table, predict_arena
+        from edgenas.micro_memory import memory_table, predict_arena
 
         gap = memory_table(self.space).planner_gap or 0.0
         if gap <= 0.0:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgenas.errors import UsageError
-from edgenas.readers import check_value, is_int, read_toml, require
+from edgenas.inputs import check_value, is_int, read_toml, require
 
 Choices = int | str  # how many of the largest options a phase may sample, or "all"
 
