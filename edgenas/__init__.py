@@ -42,6 +42,7 @@ MOVED_MODULES = {
     "edgenas.readers": "edgenas.inputs",  # input checks (a format's own field checks went to its reader)
     "edgenas.export.pipeline": "edgenas.export.subnet",  # one subnet to verified files
     "edgenas.cli.pipeline": "edgenas.cli.run",  # the `run` and `demo` commands
+    "edgenas.deploy.run": "edgenas.deploy.budget",  # one budget's search and deploy, for both doors
 }
 if not any(isinstance(f, MovedModules) for f in _sys.meta_path):
     _sys.meta_path.append(MovedModules(MOVED_MODULES))

@@ -46,8 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_search_command(args: argparse.Namespace) -> int:
+    from edgenas.deploy.budget import search_device
     from edgenas.deploy.report import format_table, result_dict
-    from edgenas.deploy.run import search_device
     from edgenas.errors import UsageError
     from edgenas.search.problem import Constraints
     from edgenas.search.registry import check_algorithm
@@ -75,7 +75,7 @@ def run_search_command(args: argparse.Namespace) -> int:
         done = search_device(args.supernet, name, constraints, algorithm=algorithm, top_k=args.top_k,
                              seed=args.seed, population=args.population, generations=args.generations,
                              accuracy_predictor=args.predictor, latency_predictor=args.latency_predictor, out_dir=out,
-                             store_path=args.store, deploy_top=not args.no_verify, bn_batches=args.bn_batches,
+                             store=args.store, deploy_top=not args.no_verify, bn_batches=args.bn_batches,
                              progress=not args.json)
         outputs.append(done)
         if not args.json:

@@ -277,7 +277,7 @@ def deploy(
     recorded in each card's lineage. Candidates go to `out_dir/candidate-<i>/`."""
     options = options or ExportOptions()
     fmt = deployed_format(device.runtime, precision)
-    budget = result.constraints.get("max_latency_ms")
+    budget = result.constraints.max_latency_ms
     round_ = _Round(checkpoint, device, precision, fmt, budget, replace(options, formats=(fmt,)), split, store,
                     Path(out_dir), progress, log)
     round_.add(result, result.top[: top_k or len(result.top)], search)
@@ -372,7 +372,7 @@ class _Round:
         from edgenas.progress import Progress
 
         supernet, dataset, info = self.checkpoint.supernet, self.checkpoint.dataset(), self.checkpoint.info
-        lineage = {"algorithm": result.algorithm, "device": result.device, "constraints": result.constraints,
+        lineage = {"algorithm": result.algorithm, "device": result.device, "constraints": result.constraints.to_dict(),
                    "config": result.config, **dict(search or {})}
         added: list[MeasuredCandidate] = []
         with Progress(len(chosen), f"export and evaluate top {len(chosen)}", unit="arch",

@@ -50,8 +50,8 @@ def search_for_budget(
     margin that is infeasible only ends the list early. A Pareto algorithm (NSGA-II) runs once.
 
     `latency_scale` multiplies every predicted latency (what the deploy stage measured against what was
-    predicted, for a second round): the search runs at `limit / latency_scale`; the result keeps the real
-    limit in its constraints and the factor in its config.
+    predicted, for a second round): the search runs at `limit / latency_scale`. The result holds `constraints`,
+    the budget it was searched for; the margins and the factor are in its config.
     """
     if not latency_scale > 0:
         raise ValueError(f"latency_scale {latency_scale} must be positive")
@@ -70,7 +70,7 @@ def search_for_budget(
             if not results:
                 raise
             break
-    result = results[0]
+    result = replace(results[0], constraints=constraints)
     if len(results) > 1:
         picks = list(dict.fromkeys([r.best.arch for r in results] + [c.arch for c in result.top]))
         picks = picks[: max(top_k, len(results))]
@@ -78,6 +78,5 @@ def search_for_budget(
         result.top = [by_arch[a] for a in picks]
         result.config = {**result.config, "margins": list(margins[: len(results)])}
     if latency_scale != 1.0:
-        result.constraints = {**result.constraints, "max_latency_ms": constraints.max_latency_ms}
         result.config = {**result.config, "latency_scale": latency_scale}
     return result

@@ -83,6 +83,11 @@ class Constraints:
         return {"max_latency_ms": self.max_latency_ms, "max_sram_bytes": self.max_sram_bytes,
                 "max_flash_bytes": self.max_flash_bytes, "max_macs": self.max_macs, "precision": self.precision}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Constraints:
+        return cls(**{k: d[k] for k in ("max_latency_ms", "max_sram_bytes", "max_flash_bytes", "max_macs", "precision")
+                      if k in d})
+
     def describe(self) -> str:
         parts = []
         if self.max_latency_ms is not None:
