@@ -16,6 +16,8 @@ import traceback
 import warnings
 from collections.abc import Sequence
 
+from edgenas.search.settings import SEARCH_SETTINGS
+
 # Order here is the order in `edgenas --help`.
 COMMAND_MODULES = (
     "edgenas.cli.run",  # demo, run
@@ -75,10 +77,10 @@ def _run_handler(args: argparse.Namespace) -> int:
 COUNT_RANGES = {
     "threads": (1, 1024), "workers": (1, 256), "batch_size": (1, 1 << 20), "bn_batches": (1, 100_000),
     "samples": (1, 1_000_000), "test": (1, 1_000_000), "sample": (1, 1_000_000), "budget": (1, 100_000),
-    "holdout": (1, 100_000), "transfer_samples": (1, 100_000), "population": (1, 100_000),
-    "generations": (1, 1_000_000), "top_k": (1, 1000), "calibration_images": (1, 1_000_000),
+    "holdout": (1, 100_000), "transfer_samples": (1, 100_000), "calibration_images": (1, 1_000_000),
     "steps": (1, 1_000_000_000), "checkpoint_every": (1, 1_000_000_000), "finetune_epochs": (0, 10_000),
     "seed": (0, 2**31 - 1),
+    **{name: (s.low, s.high) for name, s in SEARCH_SETTINGS.items()},  # population, generations, top_k: as in a run config
 }
 POSITIVE_NUMBERS = ("max_latency_ms", "max_sram_kb", "max_flash_kb", "max_macs", "epochs_scale", "target_sram_kb",
                     "target_flash_kb")

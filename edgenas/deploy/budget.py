@@ -21,6 +21,7 @@ from edgenas.errors import UsageError
 from edgenas.search.base import SearchResult
 from edgenas.search.budget import SEARCH_MARGINS
 from edgenas.search.problem import Constraints
+from edgenas.search.settings import DEFAULT_POPULATION, DEFAULT_TOP_K
 
 DEFAULT_FORMATS = ("onnx", "tflite", "tflite-int8")
 
@@ -51,9 +52,9 @@ class BudgetJob:
     accuracy_predictor: Path | None = _file(default=None)  # default: the one beside the checkpoint
     latency_predictor: Path | None = _file(default=None)  # default: the device's calibrated one
     algorithm: str = "evolution"
-    population: int = 100
+    population: int = DEFAULT_POPULATION  # the defaults: edgenas.search.settings, one per setting for every door
     generations: int | None = None  # None: the algorithm's default
-    top_k: int = 5
+    top_k: int = DEFAULT_TOP_K
     seed: int = 0
     formats: tuple[str, ...] = DEFAULT_FORMATS  # what the winner ships in (candidates: the deployed format only)
     bn_batches: int = 8

@@ -387,11 +387,18 @@ def _pareto(checkpoint: Path, device_name: str, target: DeviceTarget, accuracy_p
     from edgenas.deploy.budget import search_device
 
     found = search_device(checkpoint, device_name, _constraints(target, None), algorithm="nsga2", top_k=config.top_k,
-                          seed=config.seed, population=config.population, generations=max(20, config.generations // 4),
+                          seed=config.seed, population=config.population, generations=max(20, _generations(config) // 4),
                           accuracy_predictor=accuracy_path, latency_predictor=latency_path, out_dir=out_dir,
                           store=store_path, deploy_top=False, progress=progress)
     front = sorted((c.predicted["latency_ms"], c.predicted["accuracy"]) for c in found.result.front)
     return {"front": [list(p) for p in front], "result": str(found.result_path)}
+
+
+def _generations(config: RunConfig) -> int:
+    """The run's generations: its config's, else the algorithm's default."""
+    from edgenas.search.registry import check_algorithm
+
+    return config.generations or check_algorithm(config.algorithm).default_generations
 
 
 class _Checkpoint:

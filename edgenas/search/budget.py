@@ -16,6 +16,7 @@ from edgenas.errors import UsageError
 from edgenas.search.base import SearchResult, run_search
 from edgenas.search.problem import Constraints, Predictor, Problem
 from edgenas.search.registry import check_algorithm, create_algorithm
+from edgenas.search.settings import DEFAULT_POPULATION, DEFAULT_TOP_K
 from edgenas.space import SearchSpace
 
 # The predictor is within a few per cent of the device, so the arch that sits exactly on the budget by
@@ -33,10 +34,10 @@ def search_for_budget(
     constraints: Constraints,
     *,
     algorithm: str = "evolution",
-    population: int = 100,
+    population: int = DEFAULT_POPULATION,
     generations: int | None = None,
     seed: int = 0,
-    top_k: int = 5,
+    top_k: int = DEFAULT_TOP_K,
     device: str | None = None,
     margins: Sequence[float] = SEARCH_MARGINS,
     latency_scale: float = 1.0,
