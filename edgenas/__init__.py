@@ -37,6 +37,12 @@ __getattr__, __dir__ = lazy_attributes('edgenas', _LAZY, globals())
 # Modules that moved, by their old paths (a user's `from edgenas.search.differentiable import ...` still works).
 MOVED_MODULES = {
     "edgenas.search.differentiable": "edgenas.train.differentiable",  # it trains weights: beside training
+    "edgenas.stats": "edgenas.cost",  # analytic cost of archs
+    "edgenas.memory": "edgenas.micro_memory",  # the TFLite Micro arena and int8 file size
+    "edgenas.readers": "edgenas.inputs",  # input checks (a format's own field checks went to its reader)
+    "edgenas.export.pipeline": "edgenas.export.subnet",  # one subnet to verified files
+    "edgenas.cli.pipeline": "edgenas.cli.run",  # the `run` and `demo` commands
+    "edgenas.deploy.run": "edgenas.deploy.budget",  # one budget's search and deploy, for both doors
 }
 if not any(isinstance(f, MovedModules) for f in _sys.meta_path):
     _sys.meta_path.append(MovedModules(MOVED_MODULES))

@@ -128,3 +128,37 @@ def read_manifest(artifact: str | os.PathLike) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     return json.loads(path.read_text())
+
+
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def toml_value(value: Any) -> str:
+    """`value` as TOML writes it, on one line (control characters escaped): a string, bool, number or list."""
+    if isinstance(value, str):
+        return '"' + "".join(_TOML_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if not c.isprintable() else c)
+                             for c in value) + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def toml_text(header: str, data: Mapping[str, Any]) -> str:
+    """A TOML document: `header` as comment lines, `data`'s values, then its tables (a mapping: `[name]`) and arrays
+    of tables (a list of mappings: `[[name]]`). A None value is left out (TOML has no null)."""
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    tables: list[tuple[str, Mapping[str, Any]]] = []
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            tables.append((f"[{key}]", value))
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            tables.extend((f"[[{key}]]", v) for v in value)
+        elif value is not None:
+            lines.append(f"{key} = {toml_value(value)}")
+    for name, table in tables:
+        lines += ["", name] + [f"{k} = {toml_value(v)}" for k, v in table.items() if v is not None]
+    return "\n".join(lines) + "\n"

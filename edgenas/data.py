@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from edgenas.errors import UsageError
-from edgenas.readers import GIB, MAX_DATA_BYTES, input_file, load_data_pickle, one_line, read_bytes
+from edgenas.inputs import GIB, MAX_DATA_BYTES, input_file, load_data_pickle, one_line, read_bytes
 
 SPLITS = ("train", "val", "holdout")
 DATASET_KINDS = ("digits", "shapes", "folder", "cifar10", "idx")

@@ -17,8 +17,8 @@ from typing import overload
 
 import numpy as np
 
+from edgenas.cost import stats_table
 from edgenas.space import Arch, SearchSpace
-from edgenas.stats import stats_table
 
 
 class GenomeCodec:

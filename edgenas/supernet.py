@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgenas.cost import ArchStats, arch_stats
 from edgenas.nn.dynamic import DynamicMBConv
 from edgenas.nn.static import ConvBNAct, MBConv, StaticNet
 from edgenas.space import STEM_KERNEL, Arch, SearchSpace
-from edgenas.stats import ArchStats, arch_stats
 
 
 class Supernet(nn.Module):

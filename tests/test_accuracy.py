@@ -12,10 +12,10 @@ import pytest
 from edgenas.accuracy.dataset import AccuracyDataset, sample_archs, shard
 from edgenas.accuracy.fit import fit_and_test, split_archs
 from edgenas.accuracy.predictor import AccuracyPredictor, FitConfig, kendall_tau, load_accuracy_predictor, rmse
+from edgenas.cost import stats_table
 from edgenas.errors import UsageError
 from edgenas.genome import ArchBatch, GenomeCodec
 from edgenas.space import SearchSpace
-from edgenas.stats import stats_table
 from edgenas.store import Store
 
 SPACE = SearchSpace.preset("tiny")

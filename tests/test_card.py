@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_export_pipeline import exported_bundle, trained_subnet
+from test_export_subnet import exported_bundle, trained_subnet
 
 from edgenas.artifacts import sha256_file
+from edgenas.cost import arch_stats
 from edgenas.export.card import build_card, file_entry, render_markdown, write_card
-from edgenas.stats import arch_stats
 
 
 @pytest.fixture(scope="module")

@@ -131,7 +131,7 @@ def test_one_constraint_builder_for_user_units():
 
 
 def test_a_failed_export_check_exits_1_and_shows_in_the_summary(tmp_path, capsys):
-    from edgenas.cli.pipeline import _finish
+    from edgenas.cli.run import _finish
     from edgenas.pipeline.run import RunResult
 
     budget = {"device": "local", "runtime": "tflite", "precision": "int8", "budget_ms": 2.0, "arch": {"resolution": 32},
@@ -239,7 +239,7 @@ def test_a_misleading_latency_predictor_is_corrected_by_a_second_round(ran, tmp_
     measured ratio, measures the new candidates beside the first ones and ships the winner of both rounds, which
     meets the budget."""
     from edgenas import load_device
-    from edgenas.deploy.run import load_predictors
+    from edgenas.deploy.budget import load_predictors
     from edgenas.deploy.stage import FILL_TARGET, deploy
     from edgenas.search.budget import search_for_budget
     from edgenas.store import Store
@@ -289,7 +289,7 @@ def test_a_candidates_accuracy_is_the_accuracy_datasets_figure_for_its_arch(tmp_
     supernet once more: the same per-image results as `evaluate_correct`, the figure the accuracy predictor
     learned from, on a supernet trained enough for subnets to differ."""
     from edgenas.deploy.stage import model_correct
-    from edgenas.export.pipeline import ExportOptions, prepare_export
+    from edgenas.export.subnet import ExportOptions, prepare_export
     from edgenas.train.checkpoint import OpenedCheckpoint
     from edgenas.train.config import Phase, TrainConfig
     from edgenas.train.evaluate import evaluate_correct
@@ -316,7 +316,7 @@ def test_a_candidates_accuracy_is_the_accuracy_datasets_figure_for_its_arch(tmp_
 
 def _agreements(opened, archs, tmp_path):
     """Each arch's int8 file's top-1 agreement with fp32 (val + holdout images), exported as the deploy ships it."""
-    from edgenas.export.pipeline import ExportOptions, export_prepared, prepare_export
+    from edgenas.export.subnet import ExportOptions, export_prepared, prepare_export
 
     options = ExportOptions(formats=("tflite-int8",), bn_batches=1, micro=False, min_agreement=0.0)
     out = []
@@ -335,9 +335,9 @@ def test_a_candidate_whose_int8_file_fails_is_passed_over_and_the_next_ships(tmp
     ships, and the summary, the card and the report's top table say which was passed over and why. With a check
     no file passes, the first pick ships with every candidate's reason and the run fails."""
     from edgenas import load_device
-    from edgenas.cli.pipeline import _finish
+    from edgenas.cli.run import _finish
     from edgenas.deploy.stage import deploy, pick_order, pick_winner
-    from edgenas.export.pipeline import ExportOptions
+    from edgenas.export.subnet import ExportOptions
     from edgenas.pipeline.report import BudgetResult, DeviceReport, ReportData, render_report
     from edgenas.pipeline.run import RunResult
     from edgenas.search.base import Candidate, SearchResult
@@ -355,11 +355,12 @@ def test_a_candidate_whose_int8_file_fails_is_passed_over_and_the_next_ships(tmp
     first, second = order[0], order[-1]
     assert agree[first] < agree[second], agree
     top = [Candidate(archs[i], {"accuracy": 0.9 - 0.1 * k, "latency_ms": 0.1}) for k, i in enumerate((first, second))]
-    result = SearchResult("evolution", "tiny", "deploy-test-local", {"max_latency_ms": 1e3}, {}, top[0], top, [], 2, 2, 0.0)
+    result = SearchResult("evolution", "tiny", "deploy-test-local", Constraints(max_latency_ms=1e3), {}, top[0], top, [],
+                          2, 2, 0.0)
     threshold = (agree[first] + agree[second]) / 2
 
     def run(min_agreement, name):
-        # (litert-torch's second conversion of a failed int8 file is tested in test_export_pipeline; 15-30 s each)
+        # (litert-torch's second conversion of a failed int8 file is tested in test_export_subnet; 15-30 s each)
         options = ExportOptions(formats=("onnx", "tflite-int8"), bn_batches=1, micro=False, min_agreement=min_agreement,
                                 litert_fallback=False)
         with load_device(str(tmp_path / "local.toml")) as device:
@@ -402,3 +403,32 @@ def test_a_candidate_whose_int8_file_fails_is_passed_over_and_the_next_ships(tmp
     top_table = render_report(ReportData("t", "shapes", "tiny", devices=[DeviceReport("d", "onnxruntime", "fp32", budgets=[
         BudgetResult(1e3, budget["arch"], card=card, problems=none.problems)])]), tmp_path / "r2").read_text()
     assert "FAILED" in top_table.split("<h2>Device")[0]
+
+
+def test_a_budget_job_keys_what_decides_the_outcome(tmp_path):
+    """The stage-book key is derived from the job's fields: input files by their SHA-256, the device by its
+    description, not where the outputs go; the job and the outcome go through the stage book's JSON and back."""
+    from edgenas.deploy.budget import DEPLOY_POLICY, BudgetJob, BudgetOutcome
+
+    for name in ("supernet.pt", "acc.npz", "lat.json"):
+        (tmp_path / name).write_bytes(name.encode())
+    constraints = Constraints.from_user_units(max_latency_ms=2.0, max_macs_m=10, precision="fp32")
+    job = BudgetJob(tmp_path / "supernet.pt", "local", constraints, tmp_path / "search", tmp_path / "acc.npz",
+                    tmp_path / "lat.json", top_k=2, ship_dir=tmp_path / "ship", store=tmp_path / "store.sqlite")
+    assert BudgetJob.from_dict(json.loads(json.dumps(job.to_dict()))) == job
+    key = job.key({"name": "local"})
+    assert key["checkpoint"] == sha256_file(tmp_path / "supernet.pt") and key["device"] == {"name": "local"}
+    assert key["constraints"] == constraints.to_dict() and key["top_k"] == 2
+    assert not {"out_dir", "ship_dir", "store"} & set(key) and DEPLOY_POLICY.items() <= key.items()
+    from dataclasses import replace
+
+    assert job.key({}) == replace(job, out_dir=tmp_path / "elsewhere", store=None).key({})  # where: not keyed
+    assert job.key({}) != replace(job, seed=1).key({})
+    (tmp_path / "acc.npz").write_bytes(b"refitted")
+    assert job.key({}) != key | {"device": {}}  # a refitted predictor runs the stage again
+    outcome = BudgetOutcome(2.0, arch={"resolution": 32}, measured_latency_ms=1.5, meets_budget=True,
+                            candidates=[{"arch": {"resolution": 32}, "round": 1}], problems=["x"])
+    saved = json.loads(json.dumps(outcome.to_dict()))
+    assert "search" not in saved and "deployment" not in saved
+    assert BudgetOutcome.from_dict(saved) == outcome
+    assert BudgetOutcome.from_dict({"arch": None, "note": "impossible"}).note == "impossible"  # an older book's entry

@@ -241,3 +241,38 @@ def test_local_devices_are_built_in_and_match_the_shipped_files(name, tmp_path, 
     (tmp_path / "devices").mkdir()
     write(tmp_path / "devices", f"{name}.toml", f'kind = "local"\nruntime = "{shipped.runtime}"\nthreads = 2')
     assert load_device(name).threads == 2  # a file of that name takes precedence
+
+
+@pytest.mark.parametrize("name", ["local", "local-tflite"])
+def test_the_local_devices_are_defined_once(name, tmp_path):
+    """`LOCAL_DEVICES` is the one definition: the built-in device, the demo's device file and the shipped
+    devices/NAME.toml all hold its settings, and the demo's are the ones it has always timed with."""
+    from dataclasses import replace
+
+    from edgenas.devices.config import LOCAL_DEVICES, builtin_device, device_toml
+    from edgenas.pipeline.demo import DEMO_DEVICES
+
+    config = LOCAL_DEVICES[name]
+    assert replace(read_device_file(ROOT / "devices" / f"{name}.toml"), path=None) == config
+    assert builtin_device(name) == replace(config, description=config.description + " (built in)")
+    (tmp_path / f"{name}.toml").write_text(DEMO_DEVICES[name])
+    demo = read_device_file(tmp_path / f"{name}.toml")
+    assert replace(demo, path=None) == config
+    m = demo.measure  # the demo's timing, pinned: change it only on purpose (the README's figures were made with it)
+    assert (demo.kind, demo.threads, m.warmup, m.runs, m.window_s, m.retime, m.batch_size, m.cpu_affinity) == (
+        "local", 1, 5, 60, 4.0, 1, 300, ())
+    assert demo.runtime == {"local": "onnxruntime", "local-tflite": "tflite"}[name]
+    with pytest.raises(ValueError):
+        device_toml(replace(config, kind="ssh"), "not a local device")
+
+
+def test_one_toml_writer_reads_back():
+    from edgenas.artifacts import toml_text
+    from edgenas.inputs import parse_toml
+
+    data = {"name": 'a "quoted"\tname\x01', "n": 3, "x": 0.5, "on": True, "none": None, "list": [1, 2],
+            "table": {"k": "v", "skip": None}, "rows": [{"a": 1}, {"a": 2}]}
+    text = toml_text("a header\nof two lines", data)
+    assert text.startswith("# a header\n# of two lines\n") and "none" not in text and "skip" not in text
+    back = parse_toml(text, "test")
+    assert back == {k: v for k, v in data.items() if k != "none"} | {"table": {"k": "v"}}

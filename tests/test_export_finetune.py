@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 import torch
-from test_export_pipeline import digits
+from test_export_subnet import digits
 
 from edgenas import SearchSpace, Supernet
 from edgenas.export.finetune import distillation_loss, finetune

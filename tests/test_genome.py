@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from edgenas.cost import stats_table
 from edgenas.genome import ArchBatch, GenomeCodec
 from edgenas.space import SearchSpace
-from edgenas.stats import stats_table
 
 
 @pytest.fixture(params=["tiny", "mobilenetv3"])

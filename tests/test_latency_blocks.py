@@ -7,10 +7,10 @@ import pytest
 import torch
 from latency_helpers import MICRO
 
+from edgenas.cost import stats_table
 from edgenas.latency.blocks import BlockIndex
 from edgenas.latency.models import PieceModel, arch_description, build_model, piece_description
 from edgenas.space import SearchSpace
-from edgenas.stats import stats_table
 
 
 @pytest.mark.parametrize("name", ["tiny", "mobilenetv3"])

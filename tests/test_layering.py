@@ -161,13 +161,13 @@ def may_use_torch(part: str) -> bool:
 
 def test_the_table_is_read():
     plumbing, rows = the_map()
-    assert {"errors", "artifacts", "readers", "progress", "_lazy", "edgenas"} <= plumbing
-    assert rows["search"].may_import == {"space", "genome", "stats", "memory"} and not may_use_torch("search")
+    assert {"errors", "artifacts", "inputs", "progress", "_lazy", "edgenas"} <= plumbing
+    assert rows["search"].may_import == {"space", "genome", "cost", "micro_memory"} and not may_use_torch("search")
     assert rows["space"].may_import == set() and rows["store"].may_import == set()
     assert "cli" not in rows["pipeline"].may_import and "deploy" in rows["pipeline"].may_import
     assert rows["cli"].may_import == _parts()
     assert may_use_torch("nn") and may_use_torch("supernet") and may_use_torch("train")
-    assert not any(may_use_torch(p) for p in ("space", "genome", "stats", "memory", "devices", "search", "store"))
+    assert not any(may_use_torch(p) for p in ("space", "genome", "cost", "micro_memory", "devices", "search", "store"))
 
 
 def test_the_source_is_read():
@@ -289,3 +289,21 @@ def test_imports_depend_on_nothing_above_the_files_they_write(module):
     forbidden = {"search", "deploy", "export", "devices", "pipeline", "cli", "data", "store"}
     bad = sorted(m for m in imports(module) if _part(m) in forbidden)
     assert not bad, f"{module} imports {bad}"
+
+
+def test_renamed_modules_keep_their_old_paths():
+    """Modules renamed to say what they are (`stats` -> `cost`, ...): a user's old import gives the module at its new
+    path (one copy), and no module of edgenas sits at an old path (it would shadow the move)."""
+    import importlib
+    import sys
+
+    from edgenas import MOVED_MODULES
+    from edgenas._lazy import MovedModules
+
+    (finder,) = [f for f in sys.meta_path if isinstance(f, MovedModules)]
+    for old, new in MOVED_MODULES.items():
+        assert old not in _modules() and new in _modules(), (old, new)
+        spec = finder.find_spec(old)
+        assert spec is not None and finder.create_module(spec) is importlib.import_module(new), old
+    assert {"edgenas.stats": "edgenas.cost", "edgenas.memory": "edgenas.micro_memory", "edgenas.readers": "edgenas.inputs",
+            "edgenas.export.pipeline": "edgenas.export.subnet"}.items() <= MOVED_MODULES.items()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_export_pipeline import exported_bundle, trained_subnet
+from test_export_subnet import exported_bundle, trained_subnet
 
+from edgenas.cost import arch_stats
 from edgenas.export.micro import _runtime, _try_run, check_micro
-from edgenas.stats import arch_stats
 
 
 @pytest.fixture(scope="module")

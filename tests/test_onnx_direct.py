@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from test_export_pipeline import trained_subnet
+from test_export_subnet import trained_subnet
 from test_tflite_direct import _Gelu, _LyingPlan, _small
 
 from edgenas.export.onnx import OnnxMismatchError, export_onnx, run_onnx

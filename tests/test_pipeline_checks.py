@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgenas.cli.pipeline import EXIT_CHECK_FAILED, _finish
+from edgenas.cli.run import EXIT_CHECK_FAILED, _finish
 from edgenas.pipeline.report import DeviceReport, ReportData, render_report
 from edgenas.pipeline.run import HOLDOUT_WITHIN_10_NEEDED, RunResult, calibration_check
 

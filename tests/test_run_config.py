@@ -14,8 +14,9 @@ import pytest
 from test_accuracy_commands import make_checkpoint
 
 from edgenas.cli import main
+from edgenas.cost import stats_table
+from edgenas.errors import UsageError
 from edgenas.space import Arch, SearchSpace
-from edgenas.stats import stats_table
 from edgenas.store import Store
 
 DEVICE = "runconfig-local"  # this machine, ONNX Runtime; its file is local.toml (a name other than the file's)
@@ -132,7 +133,7 @@ def test_a_changed_memory_limit_reruns_the_searches_and_reuses_the_rest(ran, cap
 
 
 def test_int8_targets_a_tflite_device_and_is_refused_on_onnx_runtime(tmp_path, capsys):
-    from edgenas.export.pipeline import deployed_format
+    from edgenas.export.subnet import deployed_format
     from edgenas.pipeline.config import check_run_inputs, load_run_config
     from edgenas.pipeline.run import _constraints
 
@@ -152,3 +153,34 @@ def test_int8_targets_a_tflite_device_and_is_refused_on_onnx_runtime(tmp_path, c
     assert main(["run", str(tmp_path / "onnx-int8.toml")]) == 2
     err = capsys.readouterr().err
     assert "devices[0].precision" in err and "fp32" in err and err.count("\n") == 1
+
+
+def test_a_search_setting_has_one_default_and_range_whichever_door(tmp_path, capsys):
+    """`edgenas search`'s flags, a run config's [search] table, `BudgetJob` and `search_for_budget` take their
+    defaults and ranges from edgenas.search.settings: top_k 3, population 100 (4 at least), the algorithm's
+    generations."""
+    import inspect
+
+    from edgenas.cli import build_parser
+    from edgenas.deploy.budget import BudgetJob
+    from edgenas.pipeline.config import parse_run_config
+    from edgenas.search.budget import search_for_budget
+    from edgenas.search.settings import SEARCH_SETTINGS
+
+    flags = build_parser().parse_args(["search", "--supernet", "x.pt", "--device", "local", "--max-latency-ms", "1"])
+    config = parse_run_config({"devices": [{"name": "local", "budgets_ms": [2.0]}]})
+    job = BudgetJob(Path("x.pt"), "local")
+    defaults = inspect.signature(search_for_budget).parameters
+    for name, setting in SEARCH_SETTINGS.items():
+        assert getattr(flags, name) == getattr(config, name) == getattr(job, name) == defaults[name].default == \
+            setting.default, name
+    assert (SEARCH_SETTINGS["top_k"].default, SEARCH_SETTINGS["population"].default) == (3, 100)
+    assert SEARCH_SETTINGS["generations"].default is None  # the algorithm's: 500 for evolution
+    for low in (3, 0):
+        capsys.readouterr()
+        assert main(["search", "--supernet", "x.pt", "--device", "local", "--max-latency-ms", "1",
+                     "--population", str(low)]) == 2
+        err = capsys.readouterr().err
+        assert f"--population {low}: expected an integer from 4 to" in err and len(err.strip().splitlines()) == 1
+        with pytest.raises(UsageError, match="search.population"):
+            parse_run_config({"search": {"population": low}, "devices": [{"name": "local", "budgets_ms": [2.0]}]})

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 
+from edgenas.cost import stats_table
 from edgenas.search import (
     NSGA2,
     Constraints,
@@ -24,7 +25,6 @@ from edgenas.search import (
 )
 from edgenas.search.base import pareto_indices
 from edgenas.space import SearchSpace
-from edgenas.stats import stats_table
 
 SPACE = SearchSpace.preset("tiny")
 

@@ -11,8 +11,8 @@ from test_accuracy_commands import make_checkpoint
 
 from edgenas.accuracy.predictor import AccuracyPredictor, FitConfig
 from edgenas.cli import main
+from edgenas.cost import stats_table
 from edgenas.space import Arch
-from edgenas.stats import stats_table
 from edgenas.store import Store
 
 

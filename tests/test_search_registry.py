@@ -37,7 +37,7 @@ def test_margins_add_candidates_under_the_budget():
     assert len(merged.top) == len(SEARCH_MARGINS) and len(set(c.arch for c in merged.top)) == len(merged.top)
     assert min(c.predicted["latency_ms"] for c in merged.top) <= LIMIT * SEARCH_MARGINS[-1]
     assert merged.config["margins"] == list(SEARCH_MARGINS)
-    assert merged.constraints["max_latency_ms"] == LIMIT  # judged against the real budget
+    assert merged.constraints.max_latency_ms == LIMIT  # judged against the real budget
 
 
 def test_unknown_algorithm_is_one_line():

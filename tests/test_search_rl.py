@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgenas.cost import stats_table
 from edgenas.latency.blocks import block_index
 from edgenas.latency.predictors import TablePredictor
 from edgenas.search.base import run_search
@@ -12,7 +13,6 @@ from edgenas.search.problem import Constraints, Problem
 from edgenas.search.random_search import RandomSearch
 from edgenas.search.rl import RLConfig, RLSearch
 from edgenas.space import SearchSpace
-from edgenas.stats import stats_table
 
 
 class MacsAccuracy:

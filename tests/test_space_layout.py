@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from edgenas import SearchSpace, Supernet
+from edgenas.cost import StatsTable, arch_stats, build_graph
 from edgenas.latency.blocks import BlockIndex
-from edgenas.memory import MemoryTable, micro_graph, predict
+from edgenas.micro_memory import MemoryTable, micro_graph, predict
 from edgenas.nn.static import MBConv
 from edgenas.space import BlockSlot, StageSpec
-from edgenas.stats import StatsTable, arch_stats, build_graph
 
 
 def _odd_space() -> SearchSpace:

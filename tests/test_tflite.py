@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_export_pipeline import digits, exported_bundle, trained_subnet
+from test_export_subnet import digits, exported_bundle, trained_subnet
 
 from edgenas.errors import MissingDependencyError
-from edgenas.export.pipeline import dataset_arrays
+from edgenas.export.subnet import dataset_arrays
 from edgenas.export.tflite import (
     ExportFriendlyHardsigmoid,
     describe_tflite,

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from test_export_pipeline import trained_subnet
+from test_export_subnet import trained_subnet
 from torch import nn
 
 from edgenas.export.tflite import TFLiteConversionError, export_tflite, run_tflite, tflite_interpreter

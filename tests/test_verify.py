@@ -7,10 +7,10 @@ import copy
 import numpy as np
 import pytest
 import torch
-from test_export_pipeline import digits, trained_subnet
+from test_export_subnet import digits, trained_subnet
 
 from edgenas.export.onnx import export_onnx
-from edgenas.export.pipeline import dataset_arrays
+from edgenas.export.subnet import dataset_arrays
 from edgenas.export.verify import VerificationError, compare, raise_for_failures, torch_logits, verify_file
 
 

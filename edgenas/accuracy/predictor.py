@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from edgenas import readers
 from edgenas.errors import UsageError
+from edgenas.inputs import GIB, decode_text, input_file, is_int, one_line, parse_json, size_text, space_from_dict
 from edgenas.space import Arch, SearchSpace
 
 FORMAT_VERSION = 1
@@ -281,31 +281,72 @@ def load_accuracy_predictor(path: str | os.PathLike) -> AccuracyPredictor:
     if not path.is_file():
         raise UsageError(f"accuracy predictor {path} does not exist: fit one with "
                          "'edgenas predictor fit --supernet CKPT'")
-    readers.check_npz(path, "accuracy predictor")
+    check_npz(path, "accuracy predictor")
     source = f"accuracy predictor {path}"
     try:
         with np.load(path, allow_pickle=False) as data:
-            header = readers.parse_json(readers.decode_text(bytes(data["header"]), source), source)
+            header = parse_json(decode_text(bytes(data["header"]), source), source)
             n = header.get("layers") if isinstance(header, dict) else None
-            if not readers.is_int(n) or not 1 <= n <= 64:
-                raise UsageError(f"{source}: layers = {n!r}: expected an integer from 1 to 64; {readers.ACCURACY_REMEDY}")
+            if not is_int(n) or not 1 <= n <= 64:
+                raise UsageError(f"{source}: layers = {n!r}: expected an integer from 1 to 64; {ACCURACY_REMEDY}")
             weights = [data[f"w{i}"] for i in range(n)]
             biases = [data[f"b{i}"] for i in range(n)]
     except (OSError, ValueError, KeyError, EOFError, TypeError) as exc:
         if isinstance(exc, UsageError):
             raise
-        why = readers.one_line(str(exc))[:100]
+        why = one_line(str(exc))[:100]
         if "pickle" in why or "Object arrays" in why:  # numpy's words name an unsafe option: say what is wrong
             why = "it holds Python objects, not plain arrays, and edgenas does not unpickle them"
         raise UsageError(f"{path} is not an edgenas accuracy predictor ({why}); fit a new one") from None
     if header.get("format") != "edgenas-accuracy-predictor" or header.get("version") != FORMAT_VERSION:
         raise UsageError(f"{path} has format {header.get('format')} version {header.get('version')}, "
                          f"this edgenas reads version {FORMAT_VERSION}: fit it again")
-    space = readers.space_from_dict(header.get("space"), source, readers.ACCURACY_REMEDY)
-    readers.check_mlp(weights, biases, space.encoding_size, source)
+    space = space_from_dict(header.get("space"), source, ACCURACY_REMEDY)
+    check_mlp(weights, biases, space.encoding_size, source)
     if not isinstance(header.get("info", {}), dict):
-        raise UsageError(f"{source}: info is not a table; {readers.ACCURACY_REMEDY}")
+        raise UsageError(f"{source}: info is not a table; {ACCURACY_REMEDY}")
     output = header.get("output", "clip")  # files written before the log-odds output read as they were fitted
     if output not in OUTPUTS:
-        raise UsageError(f"{source}: output = {output!r}: expected one of {', '.join(OUTPUTS)}; {readers.ACCURACY_REMEDY}")
+        raise UsageError(f"{source}: output = {output!r}: expected one of {', '.join(OUTPUTS)}; {ACCURACY_REMEDY}")
     return AccuracyPredictor(space, weights, biases, info=header.get("info"), output=output)
+
+
+# ---- the accuracy predictor (.npz) --------------------------------------------------------------------
+
+ACCURACY_REMEDY = "fit a new one with `edgenas predictor fit --supernet CKPT`"
+
+
+def check_npz(path: str | os.PathLike, what: str, *, limit: int = GIB) -> Path:
+    """A .npz must be a regular file whose members unpack to at most `limit` bytes (no zip bomb)."""
+    import zipfile
+
+    p = input_file(path, what, hint=ACCURACY_REMEDY)
+    try:
+        with zipfile.ZipFile(p) as z:
+            members = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise UsageError(f"{p} is not an edgenas {what}: not a .npz file ({one_line(str(exc))[:80]}); {ACCURACY_REMEDY}"
+                         ) from None
+    total = sum(m.file_size for m in members)
+    if len(members) > 1000 or total > limit:
+        raise UsageError(f"{what} {p} unpacks to {size_text(total)} in {len(members)} arrays: too large for an accuracy "
+                         f"predictor; {ACCURACY_REMEDY}")
+    return p
+
+
+def check_mlp(weights: list[Any], biases: list[Any], input_size: int, source: str) -> None:
+    """Weight matrices (in, out) that chain from `input_size` to one output, matching biases, finite floats."""
+    width = input_size
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        for name, a, ndim in ((f"w{i}", w, 2), (f"b{i}", b, 1)):
+            if not isinstance(a, np.ndarray) or a.dtype.kind != "f" or a.ndim != ndim:
+                shown = f"{a.dtype} array of shape {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+                raise UsageError(f"{source}: {name} is a {shown}: expected a {ndim}-D float array; {ACCURACY_REMEDY}")
+            if not np.isfinite(a).all():
+                raise UsageError(f"{source}: {name} holds NaN or infinite values; {ACCURACY_REMEDY}")
+        if w.shape[0] != width or b.shape[0] != w.shape[1]:
+            raise UsageError(f"{source}: layer {i} has weights of shape {list(w.shape)} and {b.shape[0]} biases after "
+                             f"{width} inputs: the layers do not fit together; {ACCURACY_REMEDY}")
+        width = w.shape[1]
+    if width != 1:
+        raise UsageError(f"{source}: the last layer has {width} outputs: expected 1 (the accuracy); {ACCURACY_REMEDY}")

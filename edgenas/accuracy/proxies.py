@@ -14,7 +14,7 @@ batch, so it can be checked by hand on a two-layer net (tests/test_proxies.py do
   score = log |det K|. Higher when the net separates the images of the batch.
 - `jacov` (Mellor et al. 2020, v1): J_i = ∂(Σ_k f(x_i)_k)/∂x_i; C = correlation matrix of the J_i;
   score = -Σ_λ [log(λ + 1e-5) + 1/(λ + 1e-5)] over the eigenvalues of C.
-- `macs`, `params`: the analytic counts of `edgenas.stats` (no torch): the trivial baselines.
+- `macs`, `params`: the analytic counts of `edgenas.cost` (no torch): the trivial baselines.
 
 `ProxyPredictor(name, ...)` scores archs of a supernet (at its trained weights, or at a seeded fresh
 initialisation with `at_init=True`) and has `.predict(archs) -> np.ndarray`, so any proxy can stand in
@@ -247,7 +247,7 @@ class ProxyPredictor:
     def raw(self, archs: Sequence[Arch]) -> np.ndarray:
         archs = list(archs)
         if self.name in STAT_PROXIES:
-            from edgenas.stats import stats_table
+            from edgenas.cost import stats_table
 
             stats = stats_table(self.space).compute(archs)
             return np.asarray(stats[self.name], dtype=np.float64)

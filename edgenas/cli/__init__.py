@@ -16,9 +16,11 @@ import traceback
 import warnings
 from collections.abc import Sequence
 
+from edgenas.search.settings import SEARCH_SETTINGS
+
 # Order here is the order in `edgenas --help`.
 COMMAND_MODULES = (
-    "edgenas.cli.pipeline",  # demo, run
+    "edgenas.cli.run",  # demo, run
     "edgenas.cli.train",  # train, eval
     "edgenas.cli.imports",  # import ofa | ofa-predictor | ofa-lut
     "edgenas.cli.devices",  # devices, measure
@@ -76,10 +78,10 @@ def _run_handler(args: argparse.Namespace) -> int:
 COUNT_RANGES = {
     "threads": (1, 1024), "workers": (1, 256), "batch_size": (1, 1 << 20), "bn_batches": (1, 100_000),
     "samples": (1, 1_000_000), "test": (1, 1_000_000), "sample": (1, 1_000_000), "budget": (1, 100_000),
-    "holdout": (1, 100_000), "transfer_samples": (1, 100_000), "population": (1, 100_000),
-    "generations": (1, 1_000_000), "top_k": (1, 1000), "calibration_images": (1, 1_000_000),
+    "holdout": (1, 100_000), "transfer_samples": (1, 100_000), "calibration_images": (1, 1_000_000),
     "steps": (1, 1_000_000_000), "checkpoint_every": (1, 1_000_000_000), "finetune_epochs": (0, 10_000),
     "seed": (0, 2**31 - 1),
+    **{name: (s.low, s.high) for name, s in SEARCH_SETTINGS.items()},  # population, generations, top_k: as in a run config
 }
 POSITIVE_NUMBERS = ("max_latency_ms", "max_sram_kb", "max_flash_kb", "max_macs", "epochs_scale", "target_sram_kb",
                     "target_flash_kb")
@@ -91,7 +93,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     import math
 
     from edgenas.errors import UsageError
-    from edgenas.readers import check_store_path, output_dir
+    from edgenas.inputs import check_store_path, output_dir
 
     for dest, value in sorted(vars(args).items()):
         option = "--" + dest.replace("_", "-")
@@ -122,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE if args.command is None else 0
     debug = args.debug or os.environ.get("EDGENAS_DEBUG") == "1"
     from edgenas.errors import EXIT_SIGINT, EXIT_SIGTERM, Terminated, UsageError, interrupt_handlers
-    from edgenas.readers import one_line
+    from edgenas.inputs import one_line
 
     caught: list[warnings.WarningMessage] = []
     try:

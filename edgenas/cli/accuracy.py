@@ -33,7 +33,7 @@ def run_fit(args: argparse.Namespace) -> int:
 
     if args.samples < 1 or args.test < 1 or args.workers < 1:
         raise UsageError("--samples, --test and --workers must be positive integers")
-    from edgenas.readers import output_file
+    from edgenas.inputs import output_file
     from edgenas.train.checkpoint import load_checkpoint_info
 
     if args.out is not None:

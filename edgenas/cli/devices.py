@@ -137,8 +137,8 @@ def _window_lines(measurements: list[Any]) -> list[str]:
 def run_measure(args: argparse.Namespace) -> int:
     from edgenas.devices import load_device, measure_fleet
     from edgenas.devices.base import ModelFile
+    from edgenas.inputs import check_model_file
     from edgenas.progress import Progress
-    from edgenas.readers import check_model_file
 
     for path in args.models:  # a missing or foreign file is a usage error before anything connects
         check_model_file(path)

@@ -76,8 +76,8 @@ def _finished(out_dir: Path, arch: Any, supernet_sha: str) -> bool:
 
 def run_export(args: argparse.Namespace) -> int:
     from edgenas.errors import UsageError
-    from edgenas.export.pipeline import ExportOptions, parse_formats
-    from edgenas.readers import output_dir, parse_arch
+    from edgenas.export.subnet import ExportOptions, parse_formats
+    from edgenas.inputs import output_dir, parse_arch
 
     output_dir(args.out, "--out")  # before any work: a file named like the folder is found now, not after export
     if args.dataset is not None:
@@ -125,7 +125,7 @@ def _export_pairs(args: argparse.Namespace, pairs: list[tuple[str | None, str]],
                   options: Any) -> tuple[list[dict[str, Any]], list[str]]:
     from edgenas.data import load_dataset
     from edgenas.errors import UsageError
-    from edgenas.export.pipeline import load_search_result
+    from edgenas.export.subnet import load_search_result
 
     space = supernet.space
     dataset = load_dataset(args.dataset or info["dataset"], seed=info.get("seed", 0))
@@ -160,7 +160,7 @@ def _export_pairs(args: argparse.Namespace, pairs: list[tuple[str | None, str]],
 
 
 def _check_error() -> tuple[type[Exception], ...]:
-    from edgenas.export.pipeline import ExportCheckError
+    from edgenas.export.subnet import ExportCheckError
     from edgenas.export.tflite import TFLiteConversionError
 
     return (ExportCheckError, TFLiteConversionError)
@@ -169,7 +169,7 @@ def _check_error() -> tuple[type[Exception], ...]:
 def export_one(supernet: Any, arch: Any, dataset: Any, out_dir: Path, *, options: Any, info: dict[str, Any],
                search: dict[str, Any], device: Any, dataset_spec: str):
     """Prepare (and fine-tune) one subnet and run the export pipeline into `out_dir`."""
-    from edgenas.export.pipeline import export_prepared, prepare_export
+    from edgenas.export.subnet import export_prepared, prepare_export
 
     _stderr(f"export: {arch} -> {out_dir}")
     prepared = prepare_export(supernet, arch, dataset, options=options, info=info, search=search,

@@ -45,7 +45,7 @@ def _report(result: dict, as_json: bool, lines: list[str]) -> int:
 
 def run_import_ofa(args: argparse.Namespace) -> int:
     from edgenas.imports.ofa import import_ofa_supernet
-    from edgenas.readers import output_file
+    from edgenas.inputs import output_file
 
     output_file(args.out, "--out")
     r = import_ofa_supernet(args.checkpoint, args.out, num_classes=args.num_classes)
@@ -56,7 +56,7 @@ def run_import_ofa(args: argparse.Namespace) -> int:
 
 def run_import_predictor(args: argparse.Namespace) -> int:
     from edgenas.imports.ofa_predictor import import_ofa_predictor
-    from edgenas.readers import output_file
+    from edgenas.inputs import output_file
 
     output_file(args.out, "--out")
     r = import_ofa_predictor(args.file, args.out)

@@ -69,7 +69,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, list[str]]:
 
         space = SearchSpace.from_dict(load_checkpoint_info(args.supernet)["space"])
     elif args.space.endswith(".json"):
-        from edgenas.readers import read_space_file
+        from edgenas.inputs import read_space_file
 
         space = read_space_file(args.space)
     else:

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from edgenas.search.settings import SEARCH_SETTINGS
+
 EXIT_CHECK_FAILED = 1  # the winner's export failed a check (verification, TFLite Micro, memory)
 
 
@@ -26,11 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "random or rl (see edgenas.search.registry)")
     p.add_argument("--pareto", action="store_true", help="NSGA-II: the whole accuracy/latency Pareto front "
                    "(the same as --algorithm nsga2)")
-    p.add_argument("--top-k", type=int, default=5, metavar="K", help="candidates to verify on the device (default: 5)")
+    p.add_argument("--top-k", type=int, default=SEARCH_SETTINGS["top_k"].default, metavar="K",
+                   help=f"{SEARCH_SETTINGS['top_k'].help} (default: {SEARCH_SETTINGS['top_k'].default})")
     p.add_argument("--seed", type=int, default=0, help="search seed (default: 0)")
-    p.add_argument("--population", type=int, default=100, help="population size (default: 100)")
-    p.add_argument("--generations", type=int, default=None,
-                   help="generations (default: 500 for evolution, 100 for nsga2, random and rl)")
+    p.add_argument("--population", type=int, default=SEARCH_SETTINGS["population"].default,
+                   help=f"{SEARCH_SETTINGS['population'].help} (default: {SEARCH_SETTINGS['population'].default})")
+    p.add_argument("--generations", type=int, default=None, help=SEARCH_SETTINGS["generations"].help)
     p.add_argument("--predictor", default=None, help="accuracy predictor file (default: beside CKPT)")
     p.add_argument("--latency-predictor", default=None, help="latency predictor file (default: the device's)")
     p.add_argument("--precision", choices=("int8", "fp32"), default="int8",
@@ -46,14 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_search_command(args: argparse.Namespace) -> int:
+    from edgenas.deploy.budget import search_device
     from edgenas.deploy.report import format_table, result_dict
-    from edgenas.deploy.run import search_device
     from edgenas.errors import UsageError
     from edgenas.search.problem import Constraints
     from edgenas.search.registry import check_algorithm
 
-    if args.top_k < 1 or args.population < 4 or args.bn_batches < 1 or (args.generations is not None and args.generations < 1):
-        raise UsageError("--top-k and --bn-batches must be >= 1, --population >= 4 and --generations >= 1")
     if args.pareto and args.algorithm not in (None, "nsga2"):
         raise UsageError(f"--pareto is NSGA-II, but --algorithm {args.algorithm} was given: give one of them")
     algorithm = "nsga2" if args.pareto else args.algorithm or "evolution"
@@ -75,7 +76,7 @@ def run_search_command(args: argparse.Namespace) -> int:
         done = search_device(args.supernet, name, constraints, algorithm=algorithm, top_k=args.top_k,
                              seed=args.seed, population=args.population, generations=args.generations,
                              accuracy_predictor=args.predictor, latency_predictor=args.latency_predictor, out_dir=out,
-                             store_path=args.store, deploy_top=not args.no_verify, bn_batches=args.bn_batches,
+                             store=args.store, deploy_top=not args.no_verify, bn_batches=args.bn_batches,
                              progress=not args.json)
         outputs.append(done)
         if not args.json:
@@ -99,8 +100,8 @@ def _check_inputs(args: argparse.Namespace) -> None:
     from edgenas.accuracy.predictor import load_accuracy_predictor
     from edgenas.devices.config import load_config as load_device_config
     from edgenas.errors import UsageError
+    from edgenas.inputs import output_dir
     from edgenas.latency import load_latency_predictor
-    from edgenas.readers import output_dir
 
     if args.out:
         output_dir(args.out, "--out")

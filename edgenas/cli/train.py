@@ -75,7 +75,7 @@ def run_train(args: argparse.Namespace) -> int:
             raise UsageError("give --steps (per phase) or --total-steps (in all), not both")
         config = config.spread_steps(args.total_steps)
     from edgenas.data import check_dataset_spec
-    from edgenas.readers import output_dir, output_files
+    from edgenas.inputs import output_dir, output_files
     from edgenas.train.trainer import default_out_dir
 
     check_dataset_spec(config.dataset)
@@ -117,10 +117,10 @@ def run_eval(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from edgenas.cost import arch_stats
     from edgenas.data import check_dataset_spec, load_dataset
     from edgenas.errors import UsageError
-    from edgenas.readers import parse_arch
-    from edgenas.stats import arch_stats
+    from edgenas.inputs import parse_arch
     from edgenas.train.checkpoint import OpenedCheckpoint
     from edgenas.train.evaluate import evaluate_many
     from edgenas.train.trainer import auto_threads

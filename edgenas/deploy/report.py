@@ -33,7 +33,7 @@ def save_result(result: SearchResult, path: str | os.PathLike, *, verification: 
     path = Path(path)
     atomic_write_json(path, result_dict(result, verification))
     write_manifest(path, kind="search_result", inputs=inputs, seed=seed,
-                   config={"algorithm": result.algorithm, **result.config, "constraints": result.constraints},
+                   config={"algorithm": result.algorithm, **result.config, "constraints": result.constraints.to_dict()},
                    extra={"device": result.device})
     return path
 
@@ -63,7 +63,7 @@ def plot_front(result: SearchResult, path: str | os.PathLike, *, verification: D
             ax.annotate("", xy=(c.latency_ms, 100 * c.accuracy),
                         xytext=(c.predicted[key], 100 * c.predicted["accuracy"]),
                         arrowprops={"arrowstyle": "->", "color": "0.6", "lw": 0.8})
-    limit = result.constraints.get("max_latency_ms")
+    limit = result.constraints.max_latency_ms
     if limit and has_latency:
         ax.axvline(limit, color="0.4", ls="--", lw=1, label=f"limit {limit:g} ms")
     ax.set_xlabel(label)
@@ -84,7 +84,7 @@ def format_table(result: SearchResult, verification: Deployment | None = None) -
     """Predicted and measured figures side by side, one row per top candidate."""
     lines = [f"{result.algorithm} on {result.device or '-'} ({result.candidates} candidates, "
              f"{result.predicted} predicted, {result.seconds:.2f} s); constraints: "
-             + ", ".join(f"{k}={v}" for k, v in result.constraints.items() if v is not None and k != "precision")]
+             + ", ".join(f"{k}={v}" for k, v in result.constraints.to_dict().items() if v is not None and k != "precision")]
     rows = verification.candidates if verification else result.top
     lines.append(f"{'#':>2} {'pred top1':>9} {'meas top1':>9} {'pred ms':>8} {'meas ms':>8} {'SRAM KB':>8} "
                  f"{'flash KB':>9} {'MMACs':>7}  arch")

@@ -1,6 +1,6 @@
 """The deploy stage: export the top candidates of a search exactly as they ship, measure, evaluate, pick, ship.
 
-1. Each candidate is prepared and exported by the export code itself (`edgenas.export.pipeline`: the same BN
+1. Each candidate is prepared and exported by the export code itself (`edgenas.export.subnet`: the same BN
    recalibration, calibration images, converter settings and checks as `edgenas export`), in the one format
    the device runs (`DEPLOYED_FORMATS`).
 2. Its real accuracy is the supernet's subnet on the holdout split, BN recalibrated (the split the accuracy
@@ -34,7 +34,7 @@ from typing import Any
 from edgenas.artifacts import sha256_file
 from edgenas.devices.measurement import Measurement, meets_budget
 from edgenas.export.card import write_card
-from edgenas.export.pipeline import (
+from edgenas.export.subnet import (
     ExportOptions,
     ExportResult,
     PreparedExport,
@@ -277,7 +277,7 @@ def deploy(
     recorded in each card's lineage. Candidates go to `out_dir/candidate-<i>/`."""
     options = options or ExportOptions()
     fmt = deployed_format(device.runtime, precision)
-    budget = result.constraints.get("max_latency_ms")
+    budget = result.constraints.max_latency_ms
     round_ = _Round(checkpoint, device, precision, fmt, budget, replace(options, formats=(fmt,)), split, store,
                     Path(out_dir), progress, log)
     round_.add(result, result.top[: top_k or len(result.top)], search)
@@ -337,7 +337,7 @@ def model_correct(model: Any, dataset: Any, split: str, resolution: int) -> list
     model that ships, evaluated once, not the supernet recalibrated a second time."""
     import torch
 
-    from edgenas.export.pipeline import dataset_arrays
+    from edgenas.export.subnet import dataset_arrays
     from edgenas.export.verify import torch_logits
 
     images, labels = dataset_arrays(dataset, split, resolution)
@@ -372,7 +372,7 @@ class _Round:
         from edgenas.progress import Progress
 
         supernet, dataset, info = self.checkpoint.supernet, self.checkpoint.dataset(), self.checkpoint.info
-        lineage = {"algorithm": result.algorithm, "device": result.device, "constraints": result.constraints,
+        lineage = {"algorithm": result.algorithm, "device": result.device, "constraints": result.constraints.to_dict(),
                    "config": result.config, **dict(search or {})}
         added: list[MeasuredCandidate] = []
         with Progress(len(chosen), f"export and evaluate top {len(chosen)}", unit="arch",

@@ -10,12 +10,13 @@ import os
 import re
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from edgenas.artifacts import toml_text, toml_value
 from edgenas.errors import UsageError
-from edgenas.readers import parse_toml, read_text
+from edgenas.inputs import parse_toml, read_text
 
 KINDS = ("local", "ssh", "mcu")
 RUNTIMES = ("onnxruntime", "tflite")
@@ -213,19 +214,14 @@ class _Table:
             )
 
 
-_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-
-
 def _toml_repr(value: Any) -> str:
     """The value as TOML writes it, on one line: a bad value with a line break still gives a one-line error."""
-    if isinstance(value, str):
-        return '"' + "".join(_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if not c.isprintable() else c)
-                             for c in value) + '"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
     if isinstance(value, Mapping):
         return "{...}"
-    return repr(value)
+    try:
+        return toml_value(value)
+    except TypeError:
+        return repr(value)
 
 
 def _read_measure(t: _Table | None) -> MeasureSettings:
@@ -383,8 +379,6 @@ def parse_device(data: Mapping[str, Any], *, source: str, path: Path | None = No
 
 def _with_paths_resolved(config: DeviceConfig) -> DeviceConfig:
     """Relative identity_file / known_hosts / config_file are relative to the TOML file's folder."""
-    from dataclasses import replace
-
     assert config.ssh is not None
     base = config.path.parent if config.path else Path.cwd()
 
@@ -416,7 +410,17 @@ def read_device_file(path: str | os.PathLike) -> DeviceConfig:
     return parse_device(data, source=source, path=path.resolve(), default_name=stem)
 
 
+# The built-in local devices, defined here once: `local` and `local-tflite` resolve to them from any folder,
+# `edgenas demo` writes its device files from them (`device_toml`), and the shipped devices/local*.toml (the files a
+# user copies and edits) are checked against them (tests/test_devices_config.py). The timing: 4 s windows of up to
+# 300 models (devices/local.toml says why).
 LOCAL_MEASURE = MeasureSettings(window_s=4.0, batch_size=300)
+LOCAL_DEVICES = {
+    "local": DeviceConfig(name="local", kind="local", runtime="onnxruntime", threads=1,
+                          description="this machine, ONNX Runtime, 1 thread", measure=LOCAL_MEASURE),
+    "local-tflite": DeviceConfig(name="local-tflite", kind="local", runtime="tflite", threads=1,
+                                 description="this machine, TFLite, 1 thread", measure=LOCAL_MEASURE),
+}
 
 
 def builtin_device(name: str) -> DeviceConfig | None:
@@ -424,13 +428,17 @@ def builtin_device(name: str) -> DeviceConfig | None:
 
     A devices/local.toml in the lookup folders takes precedence.
     """
-    runtimes = {"local": "onnxruntime", "local-tflite": "tflite"}
-    if name not in runtimes:
-        return None
-    label = "ONNX Runtime" if runtimes[name] == "onnxruntime" else "TFLite"
-    # the shipped devices/local*.toml's timing: 4 s windows of up to 300 models (see there)
-    return DeviceConfig(name=name, kind="local", runtime=runtimes[name], measure=LOCAL_MEASURE,
-                        description=f"this machine, {label}, 1 thread (built in)")
+    config = LOCAL_DEVICES.get(name)
+    return None if config is None else replace(config, description=f"{config.description} (built in)")
+
+
+def device_toml(config: DeviceConfig, header: str) -> str:
+    """A local device's file, which `read_device_file` reads back to `config` (its path aside)."""
+    if config.kind != "local" or config.python or config.work_dir != DeviceConfig.work_dir:
+        raise ValueError(f"device_toml writes local devices with the default python and work_dir, not {config}")
+    return toml_text(header, {"name": config.name, "kind": config.kind, "runtime": config.runtime,
+                              "threads": config.threads, "description": config.description or None,
+                              "measure": asdict(config.measure)})
 
 
 def load_config(name_or_path: str | os.PathLike) -> DeviceConfig:

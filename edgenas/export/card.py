@@ -2,7 +2,7 @@
 
 A card says what the model is (arch, MACs, parameters), how good it is (accuracy measured on the
 validation split for every exported file), what it costs on a device (file sizes, SRAM measured in
-TFLite Micro beside the arena and file size predicted before conversion (`edgenas.memory`, what the
+TFLite Micro beside the arena and file size predicted before conversion (`edgenas.micro_memory`, what the
 search constrained), latency predicted and measured), and where it came from (checksums of every
 file; supernet checkpoint hash, dataset fingerprint, predictor and latency-table versions, seed).
 """
@@ -46,7 +46,7 @@ def build_card(
 ) -> dict[str, Any]:
     """Assemble the card's JSON value from figures the export measured (nothing here is computed anew).
 
-    `memory` is `edgenas.memory.MemoryPrediction.to_dict()`: it goes beside the measured arena (`sram`) and
+    `memory` is `edgenas.micro_memory.MemoryPrediction.to_dict()`: it goes beside the measured arena (`sram`) and
     the int8 file's size (`flash`)."""
     from edgenas import __version__
 

@@ -4,8 +4,8 @@ The model is loaded in the TFLite Micro interpreter from the `tflite-micro` pack
 kernels and memory planner a board runs). An op TFLite Micro lacks is reported by name. The
 smallest tensor arena that allocates and runs the model is found by binary search: that is the
 model's real SRAM need for activations and runtime bookkeeping, shown beside the arena predicted
-before conversion (`edgenas.memory`, what the search constrains) and the analytic peak-activation
-estimate (`edgenas.stats`), which counts activations only.
+before conversion (`edgenas.micro_memory`, what the search constrains) and the analytic peak-activation
+estimate (`edgenas.cost`), which counts activations only.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class MicroCheck:
     trials: int = 0
     activation_bytes: int | None = None  # arena head: tensors the memory planner places, plus kernel scratch
     persistent_bytes: int | None = None  # arena tail: interpreter structs, quantization data, per-op state
-    predicted_arena_bytes: int | None = None  # edgenas.memory's prediction for the arch, when known
+    predicted_arena_bytes: int | None = None  # edgenas.micro_memory's prediction for the arch, when known
 
     @property
     def arena_kb(self) -> float | None:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgenas.memory import same_padding  # the rule the int8 memory model uses for the same converter
+from edgenas.micro_memory import same_padding  # the rule the int8 memory model uses for the same converter
 from edgenas.nn.static import ConvBNAct, MBConv, SqueezeExcite, StaticNet
 
 INPUT_NAME = "serving_default_args_0"

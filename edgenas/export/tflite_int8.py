@@ -13,7 +13,7 @@ well under a second, with the same quantization recipe (litert-torch's symmetric
   rounding (`corrected_bias`: on the demo's four shipped subnets it lowered the logits' RMS error in every
   case, and without it three of four failed the 1-point accuracy-drop check on an under-trained supernet);
 - PAD and RESHAPE keep their input's quantization (TFLite requires it);
-- the graph `edgenas.memory` models for TFLite Micro: a QUANTIZE of the float input, HARD_SWISH as an
+- the graph `edgenas.micro_memory` models for TFLite Micro: a QUANTIZE of the float input, HARD_SWISH as an
   op of its own, the squeeze-excite gate as MEAN → CONV_2D (fused RELU) → CONV_2D → RESHAPE →
   ADD(3, fused RELU6) → MUL(1/6) → RESHAPE → MUL (the hard-sigmoid's constants as int8 scalars), the
   head's MEAN, CONV_2D, HARD_SWISH, FULLY_CONNECTED (per-channel weights) and a DEQUANTIZE of the output;

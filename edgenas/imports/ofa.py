@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from edgenas.errors import UsageError
-from edgenas.readers import input_file
+from edgenas.inputs import input_file
 from edgenas.space import SearchSpace
 from edgenas.supernet import Supernet
 

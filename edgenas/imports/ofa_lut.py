@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgenas.errors import UsageError
-from edgenas.readers import input_file
+from edgenas.inputs import input_file
 from edgenas.space import SearchSpace, conv_out
 
 PRESET_BY_STEM = {16: "mobilenetv3", 24: "mobilenetv3-w1.2"}

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from edgenas.cost import _GraphBuilder, stats_table
 from edgenas.space import STEM_KERNEL, Arch, SearchSpace, se_channels
-from edgenas.stats import _GraphBuilder, stats_table
 
 
 @dataclass(frozen=True)

@@ -310,7 +310,7 @@ def calibrate(
         predictor = CalibratedPredictor(table=cal.piece_values(table), **ident)
         guide = TablePredictor(table=predictor.table, **ident).predict(pool)
     else:  # spread over MACs: with rounds=0 the subnets are chosen before the table, to ride in its window
-        from edgenas.stats import stats_table
+        from edgenas.cost import stats_table
 
         guide = stats_table(space).compute(pool)["macs"].astype(np.float64)
         predictor = WholeModelPredictor(**ident)

@@ -20,18 +20,26 @@ towards a prior chosen by cross-validation:
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from edgenas import readers
 from edgenas.artifacts import atomic_write_json, write_manifest
 from edgenas.errors import UsageError
+from edgenas.inputs import field_of, is_number, mapping, require, space_from_dict
 from edgenas.latency.blocks import ANALYTIC_FEATURES, block_index
-from edgenas.latency.table import check_identity, read_json
+from edgenas.latency.table import (
+    LATENCY_REMEDY,
+    MAX_TABLE_ENTRIES,
+    check_identity,
+    check_identity_fields,
+    positive_ms,
+    read_json,
+)
 from edgenas.space import Arch, SearchSpace
 
 PREDICTOR_SCHEMA = "edgenas.latency_predictor/1"
@@ -296,7 +304,7 @@ class MacsPredictor(BasePredictor):
         self.feature_names = ["const", "mmacs"]
 
     def features(self, archs: Sequence[Arch]) -> np.ndarray:
-        from edgenas.stats import stats_table
+        from edgenas.cost import stats_table
 
         macs = stats_table(self.space).compute(list(archs))["macs"].astype(np.float64) / 1e6
         return np.stack([np.ones_like(macs), macs], axis=1)
@@ -378,7 +386,7 @@ def predictor_from_dict(d: dict[str, Any], *, source: str = "latency predictor")
     cls = PREDICTOR_TYPES.get(d.get("type", ""))
     if cls is None:
         raise UsageError(f"{source} has unknown type {d.get('type')!r}: choose from {', '.join(PREDICTOR_TYPES)}")
-    space = readers.check_latency_predictor(d, source, tuple(PREDICTOR_TYPES))
+    space = check_latency_predictor(d, source, tuple(PREDICTOR_TYPES))
     kw: dict[str, Any] = dict(device=d["device"], runtime=d["runtime"], precision=d["precision"],
                               space=space, weights=d.get("weights"), fit=d.get("fit"))
     if cls in (TablePredictor, CalibratedPredictor):
@@ -394,7 +402,7 @@ def load_predictor_file(path: str | os.PathLike, *, device: str | None = None, r
     """Read a predictor file; refuse one made for another device, runtime, precision, space or schema."""
     path = Path(path)
     pred = predictor_from_dict(read_json(path, "latency predictor"), source=f"latency predictor {path}")
-    readers.check_latency_predictions(pred, f"latency predictor {path}")
+    check_latency_predictions(pred, f"latency predictor {path}")
     pred.path = path  # type: ignore[attr-defined]  # what a search result records as its input
     check_identity(path, "latency predictor", (("device", device, pred.device), ("runtime", runtime, pred.runtime),
                                                ("precision", precision, pred.precision)))
@@ -403,3 +411,52 @@ def load_predictor_file(path: str | os.PathLike, *, device: str | None = None, r
                          f"({pred.space.num_classes} classes), not this '{space.name}' space "
                          f"({space.num_classes} classes): calibrate the device with this supernet")
     return pred
+
+
+def check_latency_predictor(d: Mapping[str, Any], source: str, types: Any) -> Any:
+    """Every field of a latency predictor's JSON (`types`: the known type names); returns its SearchSpace."""
+    require(d.get("type") in types, source, "type", d.get("type"), f"one of {', '.join(types)}", LATENCY_REMEDY)
+    check_identity_fields(d, source)
+    space = space_from_dict(field_of(d, "space", source, "the search space", LATENCY_REMEDY), source, LATENCY_REMEDY)
+    weights = d.get("weights")
+    require(weights is None or (isinstance(weights, list) and 0 < len(weights) <= 10_000_000
+                                and all(is_number(w) for w in weights)),
+            source, "weights", weights, "a list of finite numbers", LATENCY_REMEDY)
+    if d["type"] in ("table", "calibrated"):
+        table = field_of(d, "table", source, "the latency of every piece", LATENCY_REMEDY)
+        require(isinstance(table, Mapping) and len(table) <= MAX_TABLE_ENTRIES, source, "table",
+                "..." if isinstance(table, Mapping) else table, "a table of piece latencies", LATENCY_REMEDY)
+        for key, value in table.items():
+            positive_ms(value, source, f"table.{key}")
+    fit = d.get("fit")
+    require(fit is None or isinstance(fit, Mapping), source, "fit", fit, "a table", LATENCY_REMEDY)
+    samples = (fit or {}).get("samples", [])
+    require(isinstance(samples, list), source, "fit.samples", samples, "a list of [arch, ms] pairs", LATENCY_REMEDY)
+    for i, sample in enumerate(samples):
+        ok = isinstance(sample, list) and len(sample) == 2 and isinstance(sample[0], Mapping)
+        require(ok, source, f"fit.samples[{i}]", sample, "an [arch, ms] pair", LATENCY_REMEDY)
+        positive_ms(sample[1], source, f"fit.samples[{i}][1]")
+    if d["type"] == "transfer":
+        sources = field_of(d, "sources", source, "the source predictors", LATENCY_REMEDY)
+        require(isinstance(sources, list) and 0 < len(sources) <= 64, source, "sources", sources,
+                "a list of source predictors", LATENCY_REMEDY)
+        for i, s in enumerate(sources):
+            check_latency_predictor(mapping(s, source, f"sources[{i}]", LATENCY_REMEDY), f"{source} sources[{i}]", types)
+    return space
+
+
+def check_latency_predictions(predictor: Any, source: str) -> None:
+    """A loaded predictor must predict a finite latency > 0 for the smallest and the largest subnet."""
+    space = predictor.space
+    n_weights = len(predictor.weights) if predictor.weights is not None else None
+    n_features = len(getattr(predictor, "feature_names", []) or [])
+    if n_weights is not None and n_features and n_weights != n_features:
+        raise UsageError(f"{source}: weights has {n_weights} values for {n_features} features; {LATENCY_REMEDY}")
+    if predictor.weights is None:
+        return
+    for name, arch in (("smallest", space.smallest()), ("largest", space.largest())):
+        with np.errstate(all="ignore"):
+            ms = float(np.asarray(predictor.predict([arch]))[0])
+        if not (math.isfinite(ms) and ms > 0):
+            raise UsageError(f"{source} predicts {ms:g} ms for the {name} subnet of its space: a latency must be a "
+                             f"finite number > 0; {LATENCY_REMEDY}")

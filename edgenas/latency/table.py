@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgenas import readers
 from edgenas.artifacts import atomic_write_json, write_manifest
 from edgenas.errors import UsageError
+from edgenas.inputs import field_of, is_int, is_number, mapping, require
+from edgenas.inputs import read_json as read_json_file
 
 TABLE_SCHEMA = "edgenas.latency_table/2"  # 2: figures timed interleaved (latency_ms)
 
@@ -42,7 +44,7 @@ def read_json(path: Path, what: str) -> Any:
     """A calibration file's JSON (size, depth and finite numbers checked), or UsageError saying how to (re)make it."""
     if not path.exists() and not path.is_symlink():
         raise UsageError(f"no {what} at {path}: run `edgenas calibrate --device NAME` first")
-    return readers.read_json(path, what, remedy="delete it and re-calibrate")
+    return read_json_file(path, what, remedy="delete it and re-calibrate")
 
 
 def check_identity(path: Path, what: str, pairs: tuple[tuple[str, str | None, str], ...]) -> None:
@@ -102,7 +104,7 @@ class LatencyTable:
         if schema != TABLE_SCHEMA:
             raise UsageError(f"{source} has schema {schema!r}, this edgenas reads {TABLE_SCHEMA!r}: "
                              "re-run `edgenas calibrate` for this device to rebuild it")
-        readers.check_latency_table(d, source)
+        check_latency_table(d, source)
         return cls(device=d["device"], runtime=d["runtime"], precision=d["precision"],
                    runtime_version=d.get("runtime_version"), device_description=d.get("device_description", {}),
                    created=d.get("created", ""), entries=dict(d["entries"]))
@@ -126,3 +128,48 @@ class LatencyTable:
         check_identity(path, "latency table", (("device", device, table.device), ("runtime", runtime, table.runtime),
                                                 ("precision", precision, table.precision)))
         return table
+
+
+# ---- the checks of a latency file's fields ---------------------------------------------------------------
+
+RUNTIMES = ("onnxruntime", "tflite")
+PRECISIONS = ("fp32", "int8")
+LATENCY_REMEDY = "the file is bad (damaged, edited or from a failed calibration): delete it and run `edgenas calibrate`"
+MAX_TABLE_ENTRIES = 1_000_000
+
+
+def check_identity_fields(d: Mapping[str, Any], source: str) -> None:
+    require(isinstance(d.get("device"), str) and d["device"] != "", source, "device", d.get("device"),
+            "the device's name", LATENCY_REMEDY)
+    require(d.get("runtime") in RUNTIMES, source, "runtime", d.get("runtime"), " or ".join(RUNTIMES), LATENCY_REMEDY)
+    require(d.get("precision") in PRECISIONS, source, "precision", d.get("precision"), " or ".join(PRECISIONS),
+            LATENCY_REMEDY)
+
+
+def positive_ms(value: Any, source: str, field: str) -> None:
+    require(is_number(value) and value > 0, source, field, value, "a finite latency in milliseconds > 0",
+            LATENCY_REMEDY)
+
+
+def check_latency_table(d: Mapping[str, Any], source: str) -> None:
+    """Every field of a latency table's JSON: identity, and per piece a finite latency > 0, runs >= 1."""
+    check_identity_fields(d, source)
+    entries = field_of(d, "entries", source, "a table of pieces", LATENCY_REMEDY)
+    require(isinstance(entries, Mapping) and len(entries) <= MAX_TABLE_ENTRIES, source, "entries",
+            "..." if isinstance(entries, Mapping) else entries, "a table of pieces", LATENCY_REMEDY)
+    for key, entry in entries.items():
+        where = f"entries.{key}"
+        mapping(entry, source, where, LATENCY_REMEDY)
+        positive_ms(field_of(entry, "latency_ms", source, f"{where}.latency_ms", LATENCY_REMEDY), source,
+                     f"{where}.latency_ms")
+        std = entry.get("std_ms")
+        require(std is None or (is_number(std) and std >= 0), source, f"{where}.std_ms", std,
+                "a finite number >= 0 (or null)", LATENCY_REMEDY)
+        runs = entry.get("runs", 1)
+        require(is_int(runs) and runs >= 1, source, f"{where}.runs", runs, "an integer >= 1", LATENCY_REMEDY)
+        require(isinstance(entry.get("model_sha256", ""), str), source, f"{where}.model_sha256",
+                entry.get("model_sha256"), "a hex string", LATENCY_REMEDY)
+    for key, kind in (("runtime_version", (str, type(None))), ("device_description", Mapping), ("created", str)):
+        if key in d:
+            require(isinstance(d[key], kind), source, key, d[key], "a string" if key != "device_description"
+                    else "a table", LATENCY_REMEDY)

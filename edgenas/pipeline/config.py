@@ -19,9 +19,9 @@ test = 30
 
 [search]
 algorithm = "evolution"        # evolution | nsga2 | random | rl (edgenas search --algorithm)
-population = 100
-generations = 200
-top_k = 3                      # candidates exported and measured per budget
+population = 100               # archs per generation (4 or more)
+# generations = 500            # default: the algorithm's (500 for evolution, 100 for nsga2, random and rl)
+top_k = 3                      # candidates exported and measured per budget (the defaults: edgenas.search.settings)
 
 [export]
 formats = ["onnx", "tflite", "tflite-int8"]
@@ -51,7 +51,8 @@ from pathlib import Path
 from typing import Any
 
 from edgenas.errors import UsageError
-from edgenas.readers import MIB, check_value, output_dir, read_json, read_toml
+from edgenas.inputs import MIB, check_value, output_dir, read_json, read_toml
+from edgenas.search.settings import SEARCH_SETTINGS
 
 PRECISIONS = ("fp32", "int8")
 CALIBRATIONS = ("table", "whole-model", "transfer")
@@ -91,9 +92,9 @@ class RunConfig:
     predictor_test: int = 30
     bn_batches: int = 8  # training batches (of 64) a subnet's BatchNorm is recalibrated on: predictor and exports
     algorithm: str = "evolution"
-    population: int = 100
-    generations: int = 200
-    top_k: int = 3
+    population: int = SEARCH_SETTINGS["population"].default
+    generations: int | None = None  # the algorithm's default
+    top_k: int = SEARCH_SETTINGS["top_k"].default
     formats: tuple[str, ...] = ("onnx", "tflite", "tflite-int8")
     max_int8_drop_points: float = 1.0  # the int8 check's accuracy-drop limit (edgenas.export.verify)
     devices: tuple[DeviceTarget, ...] = ()
@@ -190,13 +191,11 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
 
     if algorithm not in ALGORITHMS:
         raise _bad(source, "search.algorithm", f"{algorithm!r} is not offered; choose from {', '.join(ALGORITHMS)}")
-    population = check_value(source, "search.population", search.get("population", 100), int, 4, 100_000)
-    generations = check_value(source, "search.generations", search.get("generations", 200), int, 1, 1_000_000)
-    top_k = check_value(source, "search.top_k", search.get("top_k", 3), int, 1, 1000)
+    population, generations, top_k = (_search_setting(source, search, n) for n in ("population", "generations", "top_k"))
     formats = sections["export"].get("formats", ["onnx", "tflite", "tflite-int8"])
     if not isinstance(formats, list) or not all(isinstance(f, str) for f in formats):
         raise _bad(source, "export.formats", f"expected a list such as [\"onnx\", \"tflite\"], got {formats!r}")
-    from edgenas.export.pipeline import FORMATS
+    from edgenas.export.subnet import FORMATS
 
     bad = [f for f in formats if f not in FORMATS]
     if bad:
@@ -214,6 +213,13 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
                      train_overrides=overrides, seed=seed, predictor_samples=samples, predictor_test=test, bn_batches=bn_batches,
                      algorithm=algorithm, population=population, generations=generations, top_k=top_k, formats=tuple(formats),
                      max_int8_drop_points=max_drop, devices=tuple(devices), source=source)
+
+
+def _search_setting(source: str, search: Mapping[str, Any], name: str) -> Any:
+    """A `[search]` count with its one default and range (edgenas.search.settings), as `edgenas search`'s flag."""
+    setting = SEARCH_SETTINGS[name]
+    value = search.get(name, setting.default)
+    return None if value is None else check_value(source, f"search.{name}", value, int, setting.low, setting.high)
 
 
 def _parse_devices(source: str, raw_devices: Any, base_dir: Path) -> list[DeviceTarget]:

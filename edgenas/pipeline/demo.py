@@ -5,39 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgenas.artifacts import atomic_write_text
+from edgenas.devices.config import LOCAL_DEVICES, device_toml
 from edgenas.pipeline.config import RunConfig, parse_run_config
 
-# The demo carries its own device files so it runs from any folder.
-DEMO_DEVICES = {
-    "local": """# This machine, ONNX Runtime, one thread (written by `edgenas demo`).
-name = "local"
-kind = "local"
-runtime = "onnxruntime"
-threads = 1
-description = "this machine, ONNX Runtime, 1 thread"
-
-[measure]
-warmup = 5
-runs = 60
-window_s = 4
-retime = 1
-batch_size = 300
-""",
-    "local-tflite": """# This machine, TFLite interpreter, one thread (written by `edgenas demo`).
-name = "local-tflite"
-kind = "local"
-runtime = "tflite"
-threads = 1
-description = "this machine, TFLite, 1 thread"
-
-[measure]
-warmup = 5
-runs = 60
-window_s = 4
-retime = 1
-batch_size = 300
-""",
-}
+# The demo carries its own device files so it runs from any folder: the built-in local devices, written out.
+DEMO_DEVICES = {name: device_toml(config, f"{config.description} (written by `edgenas demo`).")
+                for name, config in LOCAL_DEVICES.items()}
 
 DEMO = {
     "seed": 0,

@@ -14,9 +14,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgenas.artifacts import atomic_write_text
+
+if TYPE_CHECKING:
+    from edgenas.deploy.budget import BudgetOutcome
 
 
 @dataclass
@@ -35,6 +38,23 @@ class BudgetResult:
     note: str = ""
     problems: list[str] = field(default_factory=list)  # failed checks of the shipped files
     choice: str = ""  # candidates passed over because their files failed a check, and what shipped instead
+
+    @classmethod
+    def from_outcome(cls, outcome: BudgetOutcome, budget_ms: float) -> BudgetResult:
+        """The report's view of one budget's search and deploy; a failed check or a pass-over is its note."""
+        shipped = outcome.card is not None
+        note = outcome.note
+        if outcome.problems:
+            note = "export checks failed: " + "; ".join(outcome.problems)
+        elif outcome.choice:
+            note = outcome.choice
+        return cls(budget_ms=budget_ms, arch=outcome.arch, predicted_accuracy=outcome.predicted_accuracy,
+                   predicted_latency_ms=outcome.predicted_latency_ms, note=note, problems=list(outcome.problems),
+                   choice=outcome.choice, export_dir=outcome.export_dir if shipped else None,
+                   card=json.loads(Path(outcome.card).read_text()) if shipped else None,
+                   measured_accuracy=outcome.accuracy if shipped else None,
+                   measured_latency_ms=outcome.measured_latency_ms if shipped else None,
+                   meets_budget=outcome.meets_budget if shipped else None)
 
 
 @dataclass

@@ -20,11 +20,10 @@ from typing import Any
 import numpy as np
 
 from edgenas.artifacts import atomic_write_json, sha256_file, sha256_json
-from edgenas.devices.measurement import meets_budget
+from edgenas.deploy.budget import BudgetJob, BudgetOutcome
 from edgenas.errors import UsageError
 from edgenas.pipeline.config import DeviceTarget, RunConfig
 from edgenas.pipeline.report import BudgetResult, DeviceReport, ReportData, render_report
-from edgenas.search.budget import SEARCH_MARGINS
 
 STAGES_FILE = "stages.json"
 
@@ -311,45 +310,23 @@ def _device_stages(config: RunConfig, target: DeviceTarget, book: StageBook, spa
         report.pareto_predicted = [tuple(p) for p in front["front"]]
         results = []
         for budget in budgets_ms:
-            found = book.run(
-                f"deploy:{label}:{budget:g}ms",
-                {"accuracy": acc_sha, "latency": lat_sha, "checkpoint": ckpt_sha, "budget": budget,
-                 "limits": [target.max_sram_kb, target.max_flash_kb, target.max_macs], "seed": config.seed,
-                 "algorithm": config.algorithm, "population": config.population, "generations": config.generations,
-                 "top_k": config.top_k, "margins": SEARCH_MARGINS, "timing": "interleaved",
-                 "checks": "every shipped file, paired int8 drop on val+holdout",
-                 "formats": list(config.formats), "max_int8_drop_points": config.max_int8_drop_points,
-                 "device": describe, "precision": target.precision,
-                 **_bn_key(config)},
-                lambda b=budget: _deploy(opened, device, target, label, b, accuracy_path, latency_path, config,
-                                         store_path, progress),
+            job = _budget_job(config, target, checkpoint, label, budget, accuracy_path, latency_path, store_path)
+            found = BudgetOutcome.from_dict(book.run(
+                f"deploy:{label}:{budget:g}ms", job.key(describe),
+                lambda j=job: _deploy(j, opened, device, progress).to_dict(),
                 _files_exist("result", "card"),
-            )
-            for cand in found.get("candidates", []):
-                if cand.get("latency_ms") is not None and cand.get("accuracy") is not None:
-                    report.pareto_measured.append((cand["latency_ms"], cand["accuracy"]))
-            budget_result = BudgetResult(budget_ms=budget, arch=found.get("arch"),
-                                         predicted_accuracy=found.get("predicted_accuracy"),
-                                         predicted_latency_ms=found.get("predicted_latency_ms"), note=found.get("note", ""))
-            if found.get("card"):
-                budget_result.export_dir = found["export_dir"]
-                budget_result.card = json.loads(Path(found["card"]).read_text())
-                budget_result.measured_accuracy = found.get("accuracy")
-                budget_result.measured_latency_ms = found.get("measured_latency_ms")
-                budget_result.meets_budget = meets_budget(budget_result.measured_latency_ms, budget)
-            problems = found.get("problems") or []
-            budget_result.problems, budget_result.choice = list(problems), found.get("choice") or ""
-            if problems:
-                budget_result.note = "export checks failed: " + "; ".join(problems)
-            elif budget_result.choice:
-                budget_result.note = budget_result.choice
+            ))
+            report.pareto_measured.extend((c["latency_ms"], c["accuracy"]) for c in found.candidates
+                                          if c.get("latency_ms") is not None and c.get("accuracy") is not None)
+            budget_result = BudgetResult.from_outcome(found, budget)
             report.budgets.append(budget_result)
             results.append({"device": device.name, "runtime": runtime, "precision": target.precision,
                             "budget_ms": budget, "arch": budget_result.arch,
                             "measured_latency_ms": budget_result.measured_latency_ms,
                             "accuracy": budget_result.measured_accuracy, "meets_budget": budget_result.meets_budget,
-                            "export_dir": budget_result.export_dir, "note": budget_result.note, "problems": problems,
-                            "choice": budget_result.choice, "passed_over": found.get("passed_over") or []})
+                            "export_dir": budget_result.export_dir, "note": budget_result.note,
+                            "problems": budget_result.problems, "choice": budget_result.choice,
+                            "passed_over": found.passed_over})
         return report, results
 
 
@@ -407,14 +384,21 @@ def _constraints(target: DeviceTarget, budget: float | None):
 
 def _pareto(checkpoint: Path, device_name: str, target: DeviceTarget, accuracy_path: Path, latency_path: Path,
             config: RunConfig, store_path: Path, out_dir: Path, progress: bool) -> dict[str, Any]:
-    from edgenas.deploy.run import search_device
+    from edgenas.deploy.budget import search_device
 
     found = search_device(checkpoint, device_name, _constraints(target, None), algorithm="nsga2", top_k=config.top_k,
-                          seed=config.seed, population=config.population, generations=max(20, config.generations // 4),
+                          seed=config.seed, population=config.population, generations=max(20, _generations(config) // 4),
                           accuracy_predictor=accuracy_path, latency_predictor=latency_path, out_dir=out_dir,
-                          store_path=store_path, deploy_top=False, progress=progress)
+                          store=store_path, deploy_top=False, progress=progress)
     front = sorted((c.predicted["latency_ms"], c.predicted["accuracy"]) for c in found.result.front)
     return {"front": [list(p) for p in front], "result": str(found.result_path)}
+
+
+def _generations(config: RunConfig) -> int:
+    """The run's generations: its config's, else the algorithm's default."""
+    from edgenas.search.registry import check_algorithm
+
+    return config.generations or check_algorithm(config.algorithm).default_generations
 
 
 class _Checkpoint:
@@ -432,73 +416,27 @@ class _Checkpoint:
         return self._opened
 
 
-def _deploy(checkpoint: _Checkpoint, device: Any, target: DeviceTarget, label: str, budget: float,
-            accuracy_path: Path, latency_path: Path, config: RunConfig, store_path: Path,
-            progress: bool) -> dict[str, Any]:
-    """One budget: the search `edgenas search` runs (`search_for_budget`), then the deploy stage it runs, which
-    also ships the winner in every configured format into export/<device>-<precision>/budget-<T>ms/."""
-    from edgenas.accuracy.predictor import load_accuracy_predictor
-    from edgenas.deploy.report import plot_front, save_result
-    from edgenas.deploy.run import deploy_options
-    from edgenas.deploy.stage import deploy, pack_correct
-    from edgenas.export.pipeline import load_search_result
-    from edgenas.latency import load_latency_predictor
-    from edgenas.search.budget import search_for_budget
-    from edgenas.store import Store
+def _budget_job(config: RunConfig, target: DeviceTarget, checkpoint: Path, label: str, budget: float,
+                accuracy_path: Path, latency_path: Path, store_path: Path) -> BudgetJob:
+    """One budget of the run's device as a job; the search's records go to search/<device>-<precision>/budget-<T>ms/,
+    the winner ships into export/<device>-<precision>/budget-<T>ms/."""
+    return BudgetJob(checkpoint, target.name, _constraints(target, budget),
+                     out_dir=config.out / "search" / label / f"budget-{budget:g}ms",
+                     accuracy_predictor=accuracy_path, latency_predictor=latency_path, algorithm=config.algorithm,
+                     population=config.population, generations=config.generations, top_k=config.top_k,
+                     seed=config.seed, formats=tuple(config.formats), bn_batches=config.bn_batches,
+                     max_int8_drop_points=config.max_int8_drop_points,
+                     ship_dir=config.out / "export" / label / f"budget-{budget:g}ms", store=store_path)
 
-    search_dir = config.out / "search" / label / f"budget-{budget:g}ms"
-    export_dir = config.out / "export" / label / f"budget-{budget:g}ms"
-    acc = load_accuracy_predictor(accuracy_path)
-    lat = load_latency_predictor(latency_path, space=acc.space)
-    constraints = _constraints(target, budget)
+
+def _deploy(job: BudgetJob, checkpoint: _Checkpoint, device: Any, progress: bool) -> BudgetOutcome:
+    """One budget: `search_and_deploy`, as `edgenas search` runs it; a budget no arch is predicted to meet is
+    reported in the run, and the other budgets go on."""
+    from edgenas.deploy.budget import search_and_deploy
+    from edgenas.search.problem import InfeasibleConstraintError
+
     try:
-        space = acc.space.common_resolutions(lat.space) or acc.space  # the resolutions both predictors know
-        result = search_for_budget(space, acc, lat, constraints, algorithm=config.algorithm,
-                                   population=config.population, generations=config.generations, seed=config.seed,
-                                   top_k=config.top_k, device=device.name)
-    except UsageError as exc:  # impossible at this budget: reported in the run, the other budgets go on
-        log(f"budget {budget:g} ms on {device.name}: {exc}")
-        return {"arch": None, "note": str(exc), "result": None, "candidates": []}
-    inputs = {"supernet": str(checkpoint.path), "accuracy_predictor": str(accuracy_path),
-              "latency_predictor": str(latency_path)}
-    result_path = save_result(result, search_dir / "search-result.json", seed=config.seed, inputs=inputs)
-    options = deploy_options(constraints, formats=tuple(config.formats), seed=config.seed, bn_batches=config.bn_batches,
-                             max_drop_points=config.max_int8_drop_points)
-    def search_again(scale: float) -> Any:
-        try:
-            return search_for_budget(space, acc, lat, constraints, algorithm=config.algorithm,
-                                     population=config.population, generations=config.generations, seed=config.seed,
-                                     top_k=config.top_k, device=device.name, latency_scale=scale)
-        except UsageError:
-            return None
-
-    with Store(store_path) as store:
-        done = deploy(result, checkpoint.get(), device, out_dir=search_dir / "models", precision=target.precision,
-                      options=options, top_k=config.top_k, store=store, search=load_search_result(str(result_path)),
-                      ship_dir=export_dir, search_again=search_again, progress=progress,
-                      log=lambda line: print(line, file=sys.stderr, flush=True))
-    # the search's own record stays as the cards' lineage names it (its sha256); the measured side goes beside it
-    deployed_path = save_result(result, search_dir / "deployed-result.json", verification=done, seed=config.seed,
-                                inputs={**inputs, "search_result": str(result_path)})
-    plot_front(result, search_dir / "pareto.png", verification=done)
-    candidates = [{"arch": c.arch.to_dict(), "latency_ms": c.latency_ms, "accuracy": c.accuracy,
-                   "model": None if c.model is None else str(c.model), "sha256": c.sha256,
-                   "meets_budget": c.meets_budget, "problems": c.problems, "round": c.round,
-                   "predicted_accuracy": c.predicted.get("accuracy"), "holdout_images": len(c.correct or []),
-                   "holdout_correct": pack_correct(c.correct)} for c in done.candidates]
-    winner = done.winner
-    if winner is None:
-        note = (f"none of the {len(candidates)} candidates met {budget:g} ms when measured on {device.name}; "
-                "re-run with a larger budget or more calibration measurements")
-        return {"arch": None, "note": note, "result": str(result_path), "deployed_result": str(deployed_path),
-                "candidates": candidates}
-    shipped = done.shipped
-    file_accuracy = {c.format: c.accuracy for c in shipped.checks}
-    return {"arch": winner.arch.to_dict(), "predicted_accuracy": winner.predicted.get("accuracy"),
-            "predicted_latency_ms": winner.predicted.get("latency_ms"), "result": str(result_path),
-            "deployed_result": str(deployed_path), "candidates": candidates, "note": "",
-            "export_dir": str(shipped.out_dir),
-            "card": str(shipped.out_dir / "card.json"), "deployed_file": shipped.files[done.format].name,
-            "sha256": winner.sha256, "accuracy": file_accuracy.get(done.format, shipped.card["accuracy"]["pytorch"]),
-            "measured_latency_ms": winner.latency_ms, "problems": done.problems,
-            "passed_over": [p.to_dict() for p in done.passed_over], "choice": done.choice_note}
+        return search_and_deploy(job, checkpoint=checkpoint.get(), device=device, progress=progress)
+    except InfeasibleConstraintError as exc:
+        log(f"budget {job.constraints.max_latency_ms:g} ms on {device.name}: {exc}")
+        return BudgetOutcome.infeasible(job.constraints.max_latency_ms, str(exc))

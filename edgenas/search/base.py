@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from edgenas.genome import ArchBatch, GenomeCodec
-from edgenas.search.problem import Evaluation, Problem
+from edgenas.search.problem import Constraints, Evaluation, Problem
 from edgenas.space import Arch, SearchSpace
 
 
@@ -50,7 +50,7 @@ class SearchResult:
     algorithm: str
     space: str
     device: str | None
-    constraints: dict[str, Any]
+    constraints: Constraints  # the budget searched for (a tighter margin's limit is in `config`)
     config: dict[str, Any]
     best: Candidate
     top: list[Candidate]
@@ -70,7 +70,7 @@ class SearchResult:
             "algorithm": self.algorithm,
             "space": self.space,
             "device": self.device,
-            "constraints": self.constraints,
+            "constraints": self.constraints.to_dict(),
             "config": self.config,
             "best": self.best.to_dict(),
             "top": [c.to_dict() for c in self.top],
@@ -187,7 +187,7 @@ class SearchAlgorithm:
         front = [Candidate(self.codec.to_arch(g), fev.row(i)) for i, g in enumerate(fg)]
         return SearchResult(
             algorithm=self.name, space=self.space.name, device=problem.device,
-            constraints=problem.constraints.to_dict(), config=self.config(), best=top[0], top=top,
+            constraints=problem.constraints, config=self.config(), best=top[0], top=top,
             front=front, candidates=problem.candidates, predicted=problem.predicted, seconds=seconds,
             history=list(self.history),
         )

@@ -16,6 +16,7 @@ from edgenas.errors import UsageError
 from edgenas.search.base import SearchResult, run_search
 from edgenas.search.problem import Constraints, Predictor, Problem
 from edgenas.search.registry import check_algorithm, create_algorithm
+from edgenas.search.settings import DEFAULT_POPULATION, DEFAULT_TOP_K
 from edgenas.space import SearchSpace
 
 # The predictor is within a few per cent of the device, so the arch that sits exactly on the budget by
@@ -33,10 +34,10 @@ def search_for_budget(
     constraints: Constraints,
     *,
     algorithm: str = "evolution",
-    population: int = 100,
+    population: int = DEFAULT_POPULATION,
     generations: int | None = None,
     seed: int = 0,
-    top_k: int = 5,
+    top_k: int = DEFAULT_TOP_K,
     device: str | None = None,
     margins: Sequence[float] = SEARCH_MARGINS,
     latency_scale: float = 1.0,
@@ -50,8 +51,8 @@ def search_for_budget(
     margin that is infeasible only ends the list early. A Pareto algorithm (NSGA-II) runs once.
 
     `latency_scale` multiplies every predicted latency (what the deploy stage measured against what was
-    predicted, for a second round): the search runs at `limit / latency_scale`; the result keeps the real
-    limit in its constraints and the factor in its config.
+    predicted, for a second round): the search runs at `limit / latency_scale`. The result holds `constraints`,
+    the budget it was searched for; the margins and the factor are in its config.
     """
     if not latency_scale > 0:
         raise ValueError(f"latency_scale {latency_scale} must be positive")
@@ -71,7 +72,7 @@ def search_for_budget(
             if not results:
                 raise
             break
-    result = results[0]
+    result = replace(results[0], constraints=constraints)
     if len(results) > 1:
         picks = list(dict.fromkeys([r.best.arch for r in results] + [c.arch for c in result.top]))
         picks = picks[: max(top_k, len(results))]
@@ -79,6 +80,5 @@ def search_for_budget(
         result.top = [by_arch[a] for a in picks]
         result.config = {**result.config, "margins": list(margins[: len(results)])}
     if latency_scale != 1.0:
-        result.constraints = {**result.constraints, "max_latency_ms": constraints.max_latency_ms}
         result.config = {**result.config, "latency_scale": latency_scale}
     return result

@@ -3,8 +3,8 @@
 Search never sees a `torch.nn.Module`: it sees archs (as genome rows), anything with
 `.predict(archs) -> np.ndarray` for accuracy and latency, and limits on latency, SRAM, flash
 and MACs, computed for whole batches. For an int8 deployment SRAM is the TFLite Micro arena and
-flash the .tflite file size, both predicted from the graph the converter emits (`edgenas.memory`);
-for fp32 they are the analytic peak of live activations and the weights (`edgenas.stats`).
+flash the .tflite file size, both predicted from the graph the converter emits (`edgenas.micro_memory`);
+for fp32 they are the analytic peak of live activations and the weights (`edgenas.cost`).
 """
 
 from __future__ import annotations
@@ -82,6 +82,11 @@ class Constraints:
     def to_dict(self) -> dict[str, Any]:
         return {"max_latency_ms": self.max_latency_ms, "max_sram_bytes": self.max_sram_bytes,
                 "max_flash_bytes": self.max_flash_bytes, "max_macs": self.max_macs, "precision": self.precision}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Constraints:
+        return cls(**{k: d[k] for k in ("max_latency_ms", "max_sram_bytes", "max_flash_bytes", "max_macs", "precision")
+                      if k in d})
 
     def describe(self) -> str:
         parts = []
@@ -241,7 +246,7 @@ class Problem:
     def _exact_arena_near_limit(self, genomes: np.ndarray, arena: np.ndarray) -> np.ndarray:
         """Where the table's check found TFLite Micro's greedy planner packing worse than the live peak in this
         space, run the planner itself (cached per arch) on the rows within that gap under the SRAM limit."""
-        from edgenas.memory import memory_table, predict_arena
+        from edgenas.micro_memory import memory_table, predict_arena
 
         gap = memory_table(self.space).planner_gap or 0.0
         if gap <= 0.0:

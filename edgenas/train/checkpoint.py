@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 from edgenas.artifacts import atomic_write_bytes, sha256_file, write_manifest
+from edgenas.cost import arch_stats
 from edgenas.errors import UsageError
-from edgenas.readers import MAX_CHECKPOINT_BYTES, check_tree, input_file, one_line, space_from_dict
+from edgenas.inputs import MAX_CHECKPOINT_BYTES, check_tree, input_file, one_line, space_from_dict
 from edgenas.space import SearchSpace
-from edgenas.stats import arch_stats
 from edgenas.supernet import Supernet
 from edgenas.train.config import check_settings
 

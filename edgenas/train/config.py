@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgenas.artifacts import toml_text
 from edgenas.errors import UsageError
-from edgenas.readers import check_value, is_int, read_toml, require
+from edgenas.inputs import check_value, is_int, read_toml, require
 
 Choices = int | str  # how many of the largest options a phase may sample, or "all"
 
@@ -364,25 +365,4 @@ def load_config(path: str | Path | None = None, *, preset: str | None = None, **
 
 def to_toml(config: TrainConfig) -> str:
     """The config as TOML that `load_config` reads back to an equal config."""
-    lines = ["# edgenas training config (written by `edgenas train`; pass it back with --config)"]
-    d = config.to_dict()
-    phases = d.pop("phases")
-    for key, value in d.items():
-        if value is not None:  # an unset optional setting (time_budget) is left out
-            lines.append(f"{key} = {_toml_value(value)}")
-    for p in phases:
-        lines.append("")
-        lines.append("[[phases]]")
-        for key, value in p.items():
-            lines.append(f"{key} = {_toml_value(value)}")
-    return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    raise TypeError(f"cannot write {value!r} as TOML")
+    return toml_text("edgenas training config (written by `edgenas train`; pass it back with --config)", config.to_dict())

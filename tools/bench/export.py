@@ -39,7 +39,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from edgenas.data import load_dataset
-    from edgenas.export.pipeline import ExportCheckError, ExportOptions, dataset_arrays, export_subnet, prepare_subnet
+    from edgenas.export.subnet import ExportCheckError, ExportOptions, dataset_arrays, export_subnet, prepare_subnet
     from edgenas.progress import Progress
     from edgenas.train.checkpoint import load_checkpoint_info, load_supernet
 

@@ -1,4 +1,4 @@
-"""Benchmark: the predicted TFLite Micro arena and .tflite size (edgenas.memory) against the real ones.
+"""Benchmark: the predicted TFLite Micro arena and .tflite size (edgenas.micro_memory) against the real ones.
 
 For N random archs per preset (`tiny` at every resolution, `mobilenetv3` at its three lowest), each subnet
 of a supernet with trained-like parameters (every bias and BatchNorm mean drawn at random, as training
@@ -128,7 +128,7 @@ def measure_all(preset: str, archs: list, out: Path, jobs: int) -> list[dict]:
 def predict_seconds_per_10000(preset: str, seed: int = 1) -> tuple[float, float]:
     """Wall time (best of 3) of the batched arena and flash prediction for 10,000 random archs, the table built
     beforehand: from `Arch` objects, and from the index arrays a search keeps (what its inner loop calls)."""
-    from edgenas.memory import memory_table
+    from edgenas.micro_memory import memory_table
 
     space = bench_space(preset)
     table = memory_table(space)
@@ -146,7 +146,7 @@ def predict_seconds_per_10000(preset: str, seed: int = 1) -> tuple[float, float]
 
 
 def summarize(preset: str, archs: list, records: list[dict]) -> dict:
-    from edgenas.memory import memory_table
+    from edgenas.micro_memory import memory_table
 
     space = bench_space(preset)
     predicted = memory_table(space).compute(archs)

@@ -54,9 +54,9 @@ def latency_predictor(space, supernet, work: Path, table: Path | None = None):
     except UsageError:
         pass
     from edgenas import load_device
+    from edgenas.cost import stats_table
     from edgenas.export.onnx import export_onnx
     from edgenas.latency.predictors import MacsPredictor
-    from edgenas.stats import stats_table
 
     rng = np.random.default_rng(0)
     pool = space.sample_many(rng, 400)

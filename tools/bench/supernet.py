@@ -19,8 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from edgenas import SearchSpace, Supernet  # noqa: E402
+from edgenas.cost import arch_stats  # noqa: E402
 from edgenas.export.onnx import export_onnx  # noqa: E402
-from edgenas.stats import arch_stats  # noqa: E402
 
 
 def train_throughput(net: Supernet, arch, batch: int, iters: int) -> float:

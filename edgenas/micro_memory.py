@@ -1,6 +1,6 @@
 """TFLite Micro's tensor arena and the .tflite file size of an arch's full-int8 export, predicted without torch.
 
-The analytic peak of `edgenas.stats` counts live activations only; the arena TFLite Micro needs for
+The analytic peak of `edgenas.cost` counts live activations only; the arena TFLite Micro needs for
 the exported model is 2-3x larger. This module predicts that arena from what the int8 graph really
 holds, for one arch or (with `MemoryTable`) a whole population at once:
 
@@ -501,7 +501,7 @@ class MemoryTable:
         return self.from_indices(*self.indices(archs))
 
     def from_indices(self, ri: np.ndarray, ki: np.ndarray, ei: np.ndarray, active: np.ndarray) -> dict[str, np.ndarray]:
-        """`compute` on archs given as index arrays (see `edgenas.stats.StatsTable.indices`)."""
+        """`compute` on archs given as index arrays (see `edgenas.cost.StatsTable.indices`)."""
         slots = np.arange(self.block_peak.shape[1])[None, :]
         peak = np.where(active, self.block_peak[ri[:, None], slots, ki, ei], 0)
         head = np.maximum(peak.max(axis=1), self.fixed_peak[ri])

@@ -1,7 +1,7 @@
-"""Tests for edgenas.memory: the predicted TFLite Micro arena and .tflite size against the real interpreter.
+"""Tests for edgenas.micro_memory: the predicted TFLite Micro arena and .tflite size against the real interpreter.
 
 The planner and the batched table are checked without conversions; the prediction is checked against
-real int8 conversions run in the real TFLite Micro interpreter (one shared with test_export_pipeline,
+real int8 conversions run in the real TFLite Micro interpreter (one shared with test_export_subnet,
 one of a space with other shapes), and end to end on a stand-in board: a search at an SRAM limit whose
 winner is exported with that limit as --target-sram-kb passes at five limits across the space's range.
 """
@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from edgenas.memory import MemoryTable, micro_graph, plan_greedy, predict, same_padding
+from edgenas.micro_memory import MemoryTable, micro_graph, plan_greedy, predict, same_padding
 from edgenas.space import SearchSpace
 
 
@@ -49,14 +49,14 @@ def test_table_equals_the_per_arch_planner(preset):
     assert list(got["flash"]) == [p.flash for p in exact]
     assert np.all(got["board_arena"] < got["arena"])
     # the arena far exceeds the live activations the analytic estimate counts
-    from edgenas.stats import stats_table
+    from edgenas.cost import stats_table
 
     assert np.all(got["arena"] > stats_table(space).compute(archs)["peak_activation_int8"])
 
 
 def test_search_limits_the_predicted_arena_not_the_analytic_peak():
+    from edgenas.cost import stats_table
     from edgenas.search import Constraints, Problem
-    from edgenas.stats import stats_table
 
     space = SearchSpace.preset("tiny")
     archs = space.sample_many(np.random.default_rng(4), 200)
@@ -74,7 +74,7 @@ def test_search_limits_the_predicted_arena_not_the_analytic_peak():
 
 
 def test_search_runs_the_planner_near_the_limit_where_it_packs_worse_than_the_live_peak():
-    from edgenas.memory import memory_table
+    from edgenas.micro_memory import memory_table
     from edgenas.search import Constraints, Problem
 
     space = SearchSpace.preset("tiny", width_mult=0.5, num_classes=100)  # a space where greedy can fragment
@@ -100,7 +100,7 @@ def _file_counts(path):
 
 
 def test_prediction_matches_tflite_micro_on_the_exported_digits_model():
-    from test_export_pipeline import exported_bundle, trained_subnet
+    from test_export_subnet import exported_bundle, trained_subnet
 
     result, _, _ = exported_bundle()
     space, arch, _ = trained_subnet()
@@ -142,10 +142,10 @@ def test_search_at_an_sram_limit_exports_a_model_that_fits_it_on_a_standin_board
 
     from edgenas.accuracy.predictor import AccuracyPredictor, FitConfig
     from edgenas.cli import main
+    from edgenas.cost import stats_table
     from edgenas.devices import load_device
     from edgenas.export.tflite import export_tflite
     from edgenas.latency.predictors import MacsPredictor
-    from edgenas.stats import stats_table
     from edgenas.train.checkpoint import load_supernet
 
     board = make_testbed(["kind=mcu,runs=3,warmup=1"], prefix="arena").device_files()[0]

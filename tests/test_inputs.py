@@ -1,4 +1,4 @@
-"""Tests for edgenas.readers: good files of every kind still read; the limits refuse what they should, naming the field.
+"""Tests for edgenas.inputs: good files of every kind still read; the limits refuse what they should, naming the field.
 
 The hostile cases through the CLI are in tests/test_hostile_inputs.py; here, the layer's own rules.
 """
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edgenas.errors import UsageError
-from edgenas.readers import (
+from edgenas.inputs import (
     check_model_file,
     check_store_path,
     check_tree,

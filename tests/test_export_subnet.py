@@ -1,4 +1,4 @@
-"""Tests for edgenas.export.pipeline: one subnet to verified ONNX, TFLite fp32 and int8 files with a card.
+"""Tests for edgenas.export.subnet: one subnet to verified ONNX, TFLite fp32 and int8 files with a card.
 
 The exported bundle is built once per test session (`exported_bundle`) and shared with
 test_tflite.py, test_micro.py and test_card.py: each TFLite conversion takes several seconds.
@@ -63,7 +63,7 @@ def trained_subnet():
 @functools.lru_cache(maxsize=1)
 def exported_bundle():
     """Export the trained subnet to all three formats (float I/O int8) into a temporary folder, once."""
-    from edgenas.export.pipeline import ExportOptions, dataset_arrays, export_subnet
+    from edgenas.export.subnet import ExportOptions, dataset_arrays, export_subnet
 
     space, arch, model = trained_subnet()
     data = digits()
@@ -105,7 +105,7 @@ def test_int8_accuracy_close_to_fp32(bundle):
 
 
 def test_budget_exceeded_fails_but_keeps_files(tmp_path):
-    from edgenas.export.pipeline import ExportCheckError, ExportOptions, dataset_arrays, export_subnet
+    from edgenas.export.subnet import ExportCheckError, ExportOptions, dataset_arrays, export_subnet
 
     space, arch, model = trained_subnet()
     val_x, val_y = dataset_arrays(digits(), "val", arch.resolution, limit=32)
@@ -123,7 +123,7 @@ def test_a_direct_int8_file_that_fails_its_check_is_converted_by_litert_instead(
     """A flaw the writer's own check misses (here: every bias dropped, the check disabled) fails verification;
     litert-torch's file ships instead, with its check and a manifest of the file that ships."""
     import edgenas.export.tflite_int8 as int8
-    from edgenas.export.pipeline import ExportOptions, dataset_arrays, export_subnet
+    from edgenas.export.subnet import ExportOptions, dataset_arrays, export_subnet
 
     monkeypatch.setattr(int8, "corrected_bias", lambda bias, *a, **k: np.zeros_like(bias))
     monkeypatch.setattr(int8, "check_int8", lambda *a, **k: "")
@@ -144,7 +144,7 @@ def test_a_direct_int8_file_that_fails_its_check_is_converted_by_litert_instead(
 
 def test_unknown_format_is_a_usage_error():
     from edgenas.errors import UsageError
-    from edgenas.export.pipeline import parse_formats
+    from edgenas.export.subnet import parse_formats
 
     assert parse_formats("tflite-int8, onnx,onnx") == ("tflite-int8", "onnx")
     with pytest.raises(UsageError, match="tflite16"):
@@ -152,7 +152,7 @@ def test_unknown_format_is_a_usage_error():
 
 
 def test_dataset_arrays_resizes_without_augmentation():
-    from edgenas.export.pipeline import dataset_arrays
+    from edgenas.export.subnet import dataset_arrays
 
     x, y = dataset_arrays(digits(), "val", 28, limit=10)
     assert x.shape == (10, 1, 28, 28) and x.dtype == np.float32 and y.shape == (10,)

@@ -28,6 +28,7 @@ import numpy as np
 from torch import nn
 
 from edgenas.artifacts import write_manifest
+from edgenas.cost import arch_stats
 from edgenas.errors import UsageError
 from edgenas.export.card import build_card, file_entry, write_card
 from edgenas.export.micro import MicroCheck, check_micro
@@ -40,9 +41,8 @@ from edgenas.export.verify import (
     file_logits,
     torch_logits,
 )
-from edgenas.memory import predict as predict_memory
+from edgenas.micro_memory import predict as predict_memory
 from edgenas.space import Arch, SearchSpace
-from edgenas.stats import arch_stats
 
 FORMATS = ("onnx", "tflite", "tflite-int8")
 FILE_NAMES = {"onnx": "model.onnx", "tflite": "model_fp32.tflite", "tflite-int8": "model_int8.tflite"}

@@ -1,11 +1,14 @@
-"""Reading the files a user hands edgenas: size, depth, encoding and range checks, and one-line refusals.
+"""Input checks: the files and options a user hands edgenas, checked for size, depth, encoding and range, with
+one-line refusals.
 
 Every file a command reads from the user (device and run TOML, training config, arch and search-space
 JSON, latency tables and predictors, checkpoints, datasets, the measurement store) goes through this
 module first. A reader checks that the path is a regular file of a sane size (not a folder, not
 /dev/zero, not a pipe), that text is UTF-8 and nests at most `MAX_DEPTH` levels, and that every number
-is finite; the format's own reader then checks its fields. A problem is a UsageError of one line that
-names the file, the field and what is expected; no refusal suggests an unsafe option.
+is finite; the format's own reader then checks its fields (a latency table's and predictor's checks are
+in `edgenas.latency`, the accuracy predictor's in `edgenas.accuracy.predictor`, beside their readers).
+A problem is a UsageError of one line that names the file, the field and what is expected; no refusal
+suggests an unsafe option.
 
 No reader runs code from a file: JSON and TOML are data, the pickled CIFAR-10 batches go through
 `load_data_pickle` (numpy arrays, lists, dicts, bytes and str only), checkpoints through
@@ -37,7 +40,7 @@ MAX_DEPTH = 32  # tables and arrays inside each other: no edgenas file needs mor
 MAX_SEED = 2**31 - 1
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
     for unit, scale in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
@@ -80,7 +83,7 @@ def input_file(path: str | os.PathLike, what: str, *, hint: str = "") -> Path:
 def read_bytes(path: str | os.PathLike, what: str, *, limit: int, hint: str = "") -> bytes:
     """The bytes of a regular file of at most `limit` bytes, or UsageError naming the file."""
     p = input_file(path, what, hint=hint)
-    too_big = f"{what} {p} is larger than the {_size(limit)} a {what} may be: is it the right file?"
+    too_big = f"{what} {p} is larger than the {size_text(limit)} a {what} may be: is it the right file?"
     try:
         if p.stat().st_size > limit:
             raise UsageError(too_big)
@@ -390,7 +393,7 @@ def parse_arch(value: Any, space: Any, option: str = "--arch") -> Any:
         if text.strip().startswith(("{", "[")):
             source = option
             if len(text) > MAX_CONFIG_BYTES:
-                raise UsageError(f"{option} is {_size(len(text))} of inline JSON: give an arch file instead")
+                raise UsageError(f"{option} is {size_text(len(text))} of inline JSON: give an arch file instead")
             data = parse_json(text, f"{option} (inline JSON)")
         else:
             if "\x00" in text or len(text) > 4096 or (not any(c in text for c in "/\\.") and not Path(text).exists()):
@@ -487,141 +490,6 @@ def load_data_pickle(data: bytes, source: str, *, remedy: str = "re-download it"
                 depth_of.setdefault(id(child), depth + 1)
                 stack.append(child)
     return value
-
-
-# ---- latency tables and predictors ------------------------------------------------------------------
-
-RUNTIMES = ("onnxruntime", "tflite")
-PRECISIONS = ("fp32", "int8")
-LATENCY_REMEDY = "the file is bad (damaged, edited or from a failed calibration): delete it and run `edgenas calibrate`"
-MAX_TABLE_ENTRIES = 1_000_000
-
-
-def _check_identity_fields(d: Mapping[str, Any], source: str) -> None:
-    require(isinstance(d.get("device"), str) and d["device"] != "", source, "device", d.get("device"),
-            "the device's name", LATENCY_REMEDY)
-    require(d.get("runtime") in RUNTIMES, source, "runtime", d.get("runtime"), " or ".join(RUNTIMES), LATENCY_REMEDY)
-    require(d.get("precision") in PRECISIONS, source, "precision", d.get("precision"), " or ".join(PRECISIONS),
-            LATENCY_REMEDY)
-
-
-def _positive_ms(value: Any, source: str, field: str) -> None:
-    require(is_number(value) and value > 0, source, field, value, "a finite latency in milliseconds > 0",
-            LATENCY_REMEDY)
-
-
-def check_latency_table(d: Mapping[str, Any], source: str) -> None:
-    """Every field of a latency table's JSON: identity, and per piece a finite latency > 0, runs >= 1."""
-    _check_identity_fields(d, source)
-    entries = field_of(d, "entries", source, "a table of pieces", LATENCY_REMEDY)
-    require(isinstance(entries, Mapping) and len(entries) <= MAX_TABLE_ENTRIES, source, "entries",
-            "..." if isinstance(entries, Mapping) else entries, "a table of pieces", LATENCY_REMEDY)
-    for key, entry in entries.items():
-        where = f"entries.{key}"
-        mapping(entry, source, where, LATENCY_REMEDY)
-        _positive_ms(field_of(entry, "latency_ms", source, f"{where}.latency_ms", LATENCY_REMEDY), source,
-                     f"{where}.latency_ms")
-        std = entry.get("std_ms")
-        require(std is None or (is_number(std) and std >= 0), source, f"{where}.std_ms", std,
-                "a finite number >= 0 (or null)", LATENCY_REMEDY)
-        runs = entry.get("runs", 1)
-        require(is_int(runs) and runs >= 1, source, f"{where}.runs", runs, "an integer >= 1", LATENCY_REMEDY)
-        require(isinstance(entry.get("model_sha256", ""), str), source, f"{where}.model_sha256",
-                entry.get("model_sha256"), "a hex string", LATENCY_REMEDY)
-    for key, kind in (("runtime_version", (str, type(None))), ("device_description", Mapping), ("created", str)):
-        if key in d:
-            require(isinstance(d[key], kind), source, key, d[key], "a string" if key != "device_description"
-                    else "a table", LATENCY_REMEDY)
-
-
-def check_latency_predictor(d: Mapping[str, Any], source: str, types: Any) -> Any:
-    """Every field of a latency predictor's JSON (`types`: the known type names); returns its SearchSpace."""
-    require(d.get("type") in types, source, "type", d.get("type"), f"one of {', '.join(types)}", LATENCY_REMEDY)
-    _check_identity_fields(d, source)
-    space = space_from_dict(field_of(d, "space", source, "the search space", LATENCY_REMEDY), source, LATENCY_REMEDY)
-    weights = d.get("weights")
-    require(weights is None or (isinstance(weights, list) and 0 < len(weights) <= 10_000_000
-                                and all(is_number(w) for w in weights)),
-            source, "weights", weights, "a list of finite numbers", LATENCY_REMEDY)
-    if d["type"] in ("table", "calibrated"):
-        table = field_of(d, "table", source, "the latency of every piece", LATENCY_REMEDY)
-        require(isinstance(table, Mapping) and len(table) <= MAX_TABLE_ENTRIES, source, "table",
-                "..." if isinstance(table, Mapping) else table, "a table of piece latencies", LATENCY_REMEDY)
-        for key, value in table.items():
-            _positive_ms(value, source, f"table.{key}")
-    fit = d.get("fit")
-    require(fit is None or isinstance(fit, Mapping), source, "fit", fit, "a table", LATENCY_REMEDY)
-    samples = (fit or {}).get("samples", [])
-    require(isinstance(samples, list), source, "fit.samples", samples, "a list of [arch, ms] pairs", LATENCY_REMEDY)
-    for i, sample in enumerate(samples):
-        ok = isinstance(sample, list) and len(sample) == 2 and isinstance(sample[0], Mapping)
-        require(ok, source, f"fit.samples[{i}]", sample, "an [arch, ms] pair", LATENCY_REMEDY)
-        _positive_ms(sample[1], source, f"fit.samples[{i}][1]")
-    if d["type"] == "transfer":
-        sources = field_of(d, "sources", source, "the source predictors", LATENCY_REMEDY)
-        require(isinstance(sources, list) and 0 < len(sources) <= 64, source, "sources", sources,
-                "a list of source predictors", LATENCY_REMEDY)
-        for i, s in enumerate(sources):
-            check_latency_predictor(mapping(s, source, f"sources[{i}]", LATENCY_REMEDY), f"{source} sources[{i}]", types)
-    return space
-
-
-def check_latency_predictions(predictor: Any, source: str) -> None:
-    """A loaded predictor must predict a finite latency > 0 for the smallest and the largest subnet."""
-    space = predictor.space
-    n_weights = len(predictor.weights) if predictor.weights is not None else None
-    n_features = len(getattr(predictor, "feature_names", []) or [])
-    if n_weights is not None and n_features and n_weights != n_features:
-        raise UsageError(f"{source}: weights has {n_weights} values for {n_features} features; {LATENCY_REMEDY}")
-    if predictor.weights is None:
-        return
-    for name, arch in (("smallest", space.smallest()), ("largest", space.largest())):
-        with np.errstate(all="ignore"):
-            ms = float(np.asarray(predictor.predict([arch]))[0])
-        if not (math.isfinite(ms) and ms > 0):
-            raise UsageError(f"{source} predicts {ms:g} ms for the {name} subnet of its space: a latency must be a "
-                             f"finite number > 0; {LATENCY_REMEDY}")
-
-
-# ---- the accuracy predictor (.npz) --------------------------------------------------------------------
-
-ACCURACY_REMEDY = "fit a new one with `edgenas predictor fit --supernet CKPT`"
-
-
-def check_npz(path: str | os.PathLike, what: str, *, limit: int = GIB) -> Path:
-    """A .npz must be a regular file whose members unpack to at most `limit` bytes (no zip bomb)."""
-    import zipfile
-
-    p = input_file(path, what, hint=ACCURACY_REMEDY)
-    try:
-        with zipfile.ZipFile(p) as z:
-            members = z.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise UsageError(f"{p} is not an edgenas {what}: not a .npz file ({one_line(str(exc))[:80]}); {ACCURACY_REMEDY}"
-                         ) from None
-    total = sum(m.file_size for m in members)
-    if len(members) > 1000 or total > limit:
-        raise UsageError(f"{what} {p} unpacks to {_size(total)} in {len(members)} arrays: too large for an accuracy "
-                         f"predictor; {ACCURACY_REMEDY}")
-    return p
-
-
-def check_mlp(weights: list[Any], biases: list[Any], input_size: int, source: str) -> None:
-    """Weight matrices (in, out) that chain from `input_size` to one output, matching biases, finite floats."""
-    width = input_size
-    for i, (w, b) in enumerate(zip(weights, biases)):
-        for name, a, ndim in ((f"w{i}", w, 2), (f"b{i}", b, 1)):
-            if not isinstance(a, np.ndarray) or a.dtype.kind != "f" or a.ndim != ndim:
-                shown = f"{a.dtype} array of shape {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
-                raise UsageError(f"{source}: {name} is a {shown}: expected a {ndim}-D float array; {ACCURACY_REMEDY}")
-            if not np.isfinite(a).all():
-                raise UsageError(f"{source}: {name} holds NaN or infinite values; {ACCURACY_REMEDY}")
-        if w.shape[0] != width or b.shape[0] != w.shape[1]:
-            raise UsageError(f"{source}: layer {i} has weights of shape {list(w.shape)} and {b.shape[0]} biases after "
-                             f"{width} inputs: the layers do not fit together; {ACCURACY_REMEDY}")
-        width = w.shape[1]
-    if width != 1:
-        raise UsageError(f"{source}: the last layer has {width} outputs: expected 1 (the accuracy); {ACCURACY_REMEDY}")
 
 
 # ---- model files -------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--seed", type=int, default=0, metavar="N",
                       help="seed of the whole run: data split, training, sampling, search (default: %(default)s)")
     demo.add_argument("--json", action="store_true", help="print the result as JSON")
-    demo.set_defaults(handler="edgenas.cli.pipeline:run_demo")
+    demo.set_defaults(handler="edgenas.cli.run:run_demo")
 
     run = sub.add_parser(
         "run", help="the whole pipeline on your data and devices, from one config file",
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.add_argument("--force", action="store_true", help="go on after training even when the supernet failed its "
                      "check (its largest subnet not far above chance, or its smallest far below the largest)")
-    run.set_defaults(handler="edgenas.cli.pipeline:run_config")
+    run.set_defaults(handler="edgenas.cli.run:run_config")
 
 
 EXIT_CHECK_FAILED = 1  # a shipped model failed an export check (as `edgenas export` exits), training its check, or a
@@ -73,10 +73,10 @@ def _finish(result, as_json: bool) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from edgenas.inputs import output_dir
     from edgenas.pipeline.config import check_run_inputs
     from edgenas.pipeline.demo import demo_config
     from edgenas.pipeline.run import run_pipeline
-    from edgenas.readers import output_dir
 
     output_dir(args.out, "--out")
     config = demo_config(args.out, seed=args.seed)

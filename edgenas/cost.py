@@ -238,7 +238,7 @@ class StatsTable:
 
     def compute(self, archs: list[Arch], *, memory: bool = False) -> dict[str, np.ndarray]:
         """Statistics of every arch: a dict of int64 arrays named as ArchStats' fields; with `memory`, also
-        `arena_int8` and `tflite_int8`, the predicted TFLite Micro arena and int8 file size (`edgenas.memory`)."""
+        `arena_int8` and `tflite_int8`, the predicted TFLite Micro arena and int8 file size (`edgenas.micro_memory`)."""
         return self.from_indices(*self.indices(archs), memory=memory)
 
     def from_indices(self, ri: np.ndarray, ki: np.ndarray, ei: np.ndarray, active: np.ndarray, *,
@@ -255,7 +255,7 @@ class StatsTable:
                 out[name] = vals[f].sum(axis=1) + self.fixed[f, ri]
         out["peak_activation_fp32"] = 4 * out["peak_activation_int8"]
         if memory:
-            from edgenas.memory import memory_table
+            from edgenas.micro_memory import memory_table
 
             predicted = memory_table(self.space).from_indices(ri, ki, ei, active)
             out["arena_int8"], out["tflite_int8"] = predicted["arena"], predicted["flash"]

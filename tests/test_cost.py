@@ -1,4 +1,4 @@
-"""Tests for edgenas.stats: analytic MACs, params, peak activation memory and flash."""
+"""Tests for edgenas.cost: analytic MACs, params, peak activation memory and flash."""
 
 import numpy as np
 import pytest
@@ -6,8 +6,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from edgenas import SearchSpace, Supernet
+from edgenas.cost import arch_stats, stats_table
 from edgenas.space import Arch, StageSpec
-from edgenas.stats import arch_stats, stats_table
 
 
 def _hand_space() -> SearchSpace:
