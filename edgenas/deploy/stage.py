@@ -43,6 +43,7 @@ from edgenas.export.subnet import (
     measurement_entry,
     prepare_export,
 )
+from edgenas.export.verify import paired_difference
 from edgenas.search.base import SearchResult
 from edgenas.space import Arch
 
@@ -182,12 +183,9 @@ def accuracy_advantage(better: MeasuredCandidate, worse: MeasuredCandidate) -> t
     a, b = better.correct, worse.correct
     if a is None or b is None or len(a) != len(b) or not a:
         return None
-    n = len(a)
     only_better = sum(1 for x, y in zip(a, b) if x and not y)
     only_worse = sum(1 for x, y in zip(a, b) if y and not x)
-    diff = (only_better - only_worse) / n
-    variance = max(only_better + only_worse - (only_better - only_worse) ** 2 / n, 0.0) / (n * (n - 1) if n > 1 else 1)
-    return diff, variance ** 0.5
+    return paired_difference(only_better, only_worse, len(a))
 
 
 def significantly_more_accurate(better: MeasuredCandidate, worse: MeasuredCandidate,

@@ -119,16 +119,22 @@ def compare(
                  "; ".join(problems), interval, fp32_only, int8_only)
 
 
-def paired_drop(fp32_only: int, int8_only: int, images: int) -> tuple[float, float]:
-    """The accuracy drop in points from the images two models disagree on (`fp32_only` right in the reference
-    only, `int8_only` in the other only, of `images`) and the half width of its 95 % interval (the paired
-    standard error of a difference of proportions, as McNemar's test reads it)."""
+def paired_difference(only_first: int, only_second: int, images: int) -> tuple[float, float]:
+    """The difference of two models' accuracies on the same `images` (a fraction) and its standard error, from
+    the images they disagree on (`only_first` right for the first model only, `only_second` for the second only):
+    the paired standard error of a difference of proportions, as McNemar's test reads it."""
     if images <= 0:
         return 0.0, 0.0
-    d = fp32_only - int8_only
-    drop = 100.0 * d / images
-    variance = max(fp32_only + int8_only - d * d / images, 0.0) / (images * (images - 1) if images > 1 else 1)
-    return drop, 100.0 * INTERVAL_Z * variance ** 0.5
+    d = only_first - only_second
+    variance = max(only_first + only_second - d * d / images, 0.0) / (images * (images - 1) if images > 1 else 1)
+    return d / images, variance ** 0.5
+
+
+def paired_drop(fp32_only: int, int8_only: int, images: int) -> tuple[float, float]:
+    """The accuracy drop in points (`paired_difference` of the fp32 and int8 files) and the half width of its
+    95 % interval, in points."""
+    diff, se = paired_difference(fp32_only, int8_only, images)
+    return 100.0 * diff, 100.0 * INTERVAL_Z * se
 
 
 def file_logits(fmt: str, path: str | os.PathLike, images: np.ndarray) -> np.ndarray:
