@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from edgenas.errors import UsageError
+from edgenas.settings import Setting, is_int, is_number, require
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 MAX_CONFIG_BYTES = 1 * MIB  # a device file, run config or training config
@@ -252,23 +253,6 @@ def read_toml(path: str | os.PathLike, what: str, *, hint: str = "") -> dict[str
 
 # ---- values ---------------------------------------------------------------------------------
 
-def is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def is_number(value: Any) -> bool:
-    return (is_int(value) or isinstance(value, (float, np.floating))) and math.isfinite(float(value))
-
-
-def require(ok: bool, source: str, field: str, value: Any, expected: str, remedy: str = "") -> None:
-    """Raise `source: field = value: expected ...` unless `ok`."""
-    if not ok:
-        shown = repr(value)
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
-        raise UsageError(f"{source}: {field} = {shown}: expected {expected}" + (f"; {remedy}" if remedy else ""))
-
-
 def mapping(value: Any, source: str, field: str, remedy: str = "") -> Mapping[str, Any]:
     require(isinstance(value, Mapping), source, field, value if not isinstance(value, Mapping) else "{...}",
             "a table of named fields", remedy)
@@ -284,25 +268,10 @@ def field_of(data: Mapping[str, Any], key: str, source: str, expected: str, reme
 
 def check_value(source: str, field: str, value: Any, kind: type, low: float | None = None,
                 high: float | None = None, *, low_open: bool = False, remedy: str = "") -> Any:
-    """Check one field's type (int, float, bool or str) and range; return the value (ints accepted as floats)."""
-    if kind is bool:
-        require(isinstance(value, bool), source, field, value, "true or false", remedy)
-        return value
-    if kind is str:
-        require(isinstance(value, str) and value != "" and "\x00" not in value and len(value) <= 4096, source,
-                field, value, "a non-empty string", remedy)
-        return value
-    ok = is_int(value) if kind is int else is_number(value)
-    what = "an integer" if kind is int else "a number"
-    if low is not None and high is not None:
-        expected = f"{what} {'above' if low_open else 'from'} {low:g} {'and at most' if low_open else 'to'} {high:g}"
-    elif low is not None:
-        expected = f"{what} {'>' if low_open else '>='} {low:g}"
-    else:
-        expected = what
-    if ok:
-        ok = (low is None or (value > low if low_open else value >= low)) and (high is None or value <= high)
-    require(ok, source, field, value, expected, remedy)
+    """Check one field's type (int, float, bool or str) and range; return the value (ints accepted as floats).
+    The rule and its words are `edgenas.settings.Setting`'s, the one reader of every knob."""
+    setting = Setting(kind, None, low, high, low_open)
+    require(value is not None and setting.accepts(value), source, field, value, setting.expected(), remedy)
     return value
 
 

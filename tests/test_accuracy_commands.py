@@ -53,4 +53,4 @@ def test_predictor_fit_rejects_bad_arguments(tmp_path, capsys):
     assert main(["predictor", "fit", "--supernet", str(tmp_path / "none.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["predictor", "fit", "--supernet", str(tmp_path / "none.pt"), "--samples", "0"]) == 2
-    assert "--samples 0: expected an integer from 1" in capsys.readouterr().err
+    assert "--samples = 0: expected an integer from 1" in capsys.readouterr().err

@@ -55,7 +55,7 @@ def error_of(path: Path) -> str:
      "a list of CPU numbers"),
     ('kind = "local"\nruntime = "tflite"\n[timeouts]\nmodel = -1', "[timeouts] model = -1", "a number > 0"),
     ('kind = "ssh"\nruntime = "tflite"\n[ssh]\nhost = "h"\nport = 70000', "[ssh] port = 70000",
-     "an integer from 1 to 65535"),
+     "an integer from 1 to 65 535"),
     ('kind = "ssh"\nruntime = "tflite"\n[ssh]\nuser = "pi"', "missing field [ssh] host", "config_host"),
     ('kind = "ssh"\nruntime = "tflite"', "missing table [ssh]", "host"),
     ('kind = "ssh"\nruntime = "tflite"\n[ssh]\nhost = "h"\npassword = "x"', "unknown field [ssh] password",

@@ -181,6 +181,6 @@ def test_a_search_setting_has_one_default_and_range_whichever_door(tmp_path, cap
         assert main(["search", "--supernet", "x.pt", "--device", "local", "--max-latency-ms", "1",
                      "--population", str(low)]) == 2
         err = capsys.readouterr().err
-        assert f"--population {low}: expected an integer from 4 to" in err and len(err.strip().splitlines()) == 1
+        assert f"--population = {low}: expected an integer from 4 to" in err and len(err.strip().splitlines()) == 1
         with pytest.raises(UsageError, match="search.population"):
             parse_run_config({"search": {"population": low}, "devices": [{"name": "local", "budgets_ms": [2.0]}]})

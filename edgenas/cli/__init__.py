@@ -16,8 +16,6 @@ import traceback
 import warnings
 from collections.abc import Sequence
 
-from edgenas.search.settings import SEARCH_SETTINGS
-
 # Order here is the order in `edgenas --help`.
 COMMAND_MODULES = (
     "edgenas.cli.run",  # demo, run
@@ -73,43 +71,27 @@ def _run_handler(args: argparse.Namespace) -> int:
     return int(result or 0)
 
 
-# Numeric options checked for every command before it runs: (smallest, largest) of each by its argparse dest.
-# Counts are capped where a larger value can only be a slip (it would run for days or exhaust memory).
-COUNT_RANGES = {
-    "threads": (1, 1024), "workers": (1, 256), "batch_size": (1, 1 << 20), "bn_batches": (1, 100_000),
-    "samples": (1, 1_000_000), "test": (1, 1_000_000), "sample": (1, 1_000_000), "budget": (1, 100_000),
-    "holdout": (1, 100_000), "transfer_samples": (1, 100_000), "calibration_images": (1, 1_000_000),
-    "steps": (1, 1_000_000_000), "checkpoint_every": (1, 1_000_000_000), "finetune_epochs": (0, 10_000),
-    "seed": (0, 2**31 - 1),
-    **{name: (s.low, s.high) for name, s in SEARCH_SETTINGS.items()},  # population, generations, top_k: as in a run config
-}
-POSITIVE_NUMBERS = ("max_latency_ms", "max_sram_kb", "max_flash_kb", "max_macs", "epochs_scale", "target_sram_kb",
-                    "target_flash_kb")
-
-
 def check_arguments(args: argparse.Namespace) -> None:
-    """Refuse, before any work, numbers no command can use (NaN, inf, out of range) and unusable store or
-    cache paths; each stage's own checks (files, devices, outputs) follow in its handler."""
+    """Refuse, before any work, numbers no command can use (NaN, inf, out of a knob's range: `edgenas.settings`,
+    the same ranges and the same one-line errors as a config file's keys) and unusable store or cache paths; each
+    stage's own checks (files, devices, outputs) follow in its handler."""
     import math
 
     from edgenas.errors import UsageError
     from edgenas.inputs import check_store_path, output_dir
+    from edgenas.settings import check_flags
 
     for dest, value in sorted(vars(args).items()):
+        if dest.startswith("_"):
+            continue
         option = "--" + dest.replace("_", "-")
         if isinstance(value, bool) or value is None:
             continue
-        if isinstance(value, float):
-            if not math.isfinite(value):
-                raise UsageError(f"{option} {value}: expected a finite number")
-            if dest in POSITIVE_NUMBERS and not value > 0:
-                raise UsageError(f"{option} {value:g}: expected a number greater than 0")
-        if isinstance(value, int) and dest in COUNT_RANGES:
-            low, high = COUNT_RANGES[dest]
-            if not low <= value <= high:
-                raise UsageError(f"{option} {value}: expected an integer from {low} to {high:,}".replace(",", " "))
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"{option} = {value}: expected a finite number")
         if isinstance(value, str) and "\x00" in value:
             raise UsageError(f"{option} holds a NUL byte: give a real value")
+    check_flags(vars(args))  # each knob's range, as a config file's key is checked (edgenas.settings)
     check_store_path(getattr(args, "store", None))
     for dest in ("tables", "models"):  # calibrate's folders (`measure` has a list of model files, checked there)
         if isinstance(getattr(args, dest, None), str):

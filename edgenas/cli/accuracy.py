@@ -5,22 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 
+from edgenas.settings import add_flag
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     predictor = sub.add_parser("predictor", help="accuracy predictor of a supernet (fit)")
     actions = predictor.add_subparsers(dest="predictor_command", metavar="ACTION")
     fit = actions.add_parser("fit", help="evaluate sampled subnets on the holdout split and fit the accuracy predictor")
     fit.add_argument("--supernet", required=True, metavar="CKPT", help="supernet checkpoint (supernet.pt)")
-    fit.add_argument("--samples", type=int, default=1000, help="archs to evaluate (default: %(default)s)")
-    fit.add_argument("--test", type=int, default=200, help="of those, archs kept out of fitting to test it "
-                     "(default: %(default)s)")
-    fit.add_argument("--seed", type=int, default=0, help="sampling and fitting seed (default: %(default)s)")
+    add_flag(fit, "samples")
+    add_flag(fit, "test")
+    add_flag(fit, "seed", help="sampling and fitting seed")
     fit.add_argument("--store", default=None, help="SQLite store of evaluations (default: $EDGENAS_STORE, "
                      "else latency_tables/store.sqlite)")
     fit.add_argument("--out", default=None, help="predictor file (default: accuracy_predictor.npz beside CKPT)")
-    fit.add_argument("--workers", type=int, default=1, help="evaluation processes (default: %(default)s)")
-    fit.add_argument("--bn-batches", type=int, default=8, help="training batches for BN recalibration "
-                     "(default: %(default)s)")
+    add_flag(fit, "workers", help="evaluation processes")
+    add_flag(fit, "bn_batches")
     fit.add_argument("--json", action="store_true", help="print the result as JSON")
     fit.set_defaults(handler="edgenas.cli.accuracy:run_fit")
 

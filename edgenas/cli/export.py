@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edgenas.settings import add_flag
+
 EXIT_CHECK_FAILED = 1
 
 
@@ -27,16 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--dataset", metavar="SPEC", help="dataset for BN recalibration, calibration, fine-tuning and "
                    "verification (default: the checkpoint's)")
-    p.add_argument("--finetune-epochs", type=int, default=0, metavar="N", help="distillation fine-tuning epochs (default 0)")
+    add_flag(p, "finetune_epochs", metavar="N")
     p.add_argument("--device", action="append", metavar="NAME", help="measure the exported files on this device; "
                    "repeat for one folder per device")
     p.add_argument("--target-sram-kb", type=float, metavar="KB", help="fail when the SRAM need (TFLite Micro arena) exceeds this")
     p.add_argument("--target-flash-kb", type=float, metavar="KB", help="fail when the int8 model file exceeds this")
-    p.add_argument("--calibration-images", type=int, default=200, metavar="N",
-                   help="training images for int8 calibration (default %(default)s)")
-    p.add_argument("--max-int8-drop", type=float, default=1.0, metavar="POINTS",
-                   help="an int8 file fails when its top-1 drop against fp32 exceeds this many points even at the low "
-                   "end of its 95 %% interval (paired, on the validation and holdout images; default %(default)s)")
+    add_flag(p, "calibration_images", metavar="N")
+    add_flag(p, "max_int8_drop_points", "--max-int8-drop", metavar="POINTS")
     p.add_argument("--int8-io", action="store_true", help="int8 model inputs and outputs (default: float32 I/O)")
     p.add_argument("--nchw", action="store_true", help="keep PyTorch's NCHW input layout in TFLite files (default NHWC)")
     p.add_argument("--no-verify", action="store_true", help="skip the numeric verification (not recommended)")

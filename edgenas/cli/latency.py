@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from edgenas.settings import add_flag
+
 TRUST_HELP = "record the device's SSH host key in its known_hosts file if it has none yet"
 
 
@@ -22,7 +24,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tables", metavar="DIR", help="tables folder (default: $EDGENAS_LATENCY_TABLES, else latency_tables)")
     p.add_argument("--models", metavar="DIR", help="exported-model cache, shared between devices (default: "
                    "<tables>/.models)")
-    p.add_argument("--seed", type=int, default=0, help="seed of subnet sampling (default: %(default)s)")
+    add_flag(p, "seed", help="seed of subnet sampling")
     p.add_argument("--transfer-from", metavar="NAMES", default="",
                    help="comma-separated calibrated devices to transfer from")
     p.add_argument("--trust-new-host-key", action="store_true", help=TRUST_HELP)
@@ -33,25 +35,20 @@ def _common(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     cal = sub.add_parser("calibrate", help="measure a device's latency table and fit its latency predictor")
     _common(cal)
-    cal.add_argument("--budget", type=int, default=100,
-                     help="whole-subnet measurements on top of the table (default: %(default)s; with "
-                          "--transfer-from, 10 is typical)")
+    add_flag(cal, "calibration_budget", "--budget")
     cal.add_argument("--statistic", choices=("latency", "median", "min"), default="latency",
                      help="a model's latency: the device's figure timed interleaved (default), or the median or "
                           "minimum of the same runs, for comparison")
     cal.add_argument("--no-table", action="store_true", help="fit from whole-subnet measurements alone (no table)")
-    cal.add_argument("--rounds", type=int, default=5, metavar="N",
-                     help="timing windows of the subnets the fit is least sure of, after the first (default: "
-                          "%(default)s); 0 times every subnet with the table's pieces in one window")
+    add_flag(cal, "calibration_rounds", "--rounds", metavar="N")
     cal.set_defaults(handler="edgenas.cli.latency:run_calibrate")
 
     lat = sub.add_parser("latency", help="judge latency predictors on held-out subnets")
     lsub = lat.add_subparsers(dest="latency_command", metavar="SUBCOMMAND", parser_class=type(lat))
     ev = lsub.add_parser("eval", help="measure N unseen subnets and score every predictor")
     _common(ev)
-    ev.add_argument("--holdout", type=int, default=100, help="held-out subnets to measure (default: %(default)s)")
-    ev.add_argument("--transfer-samples", type=int, default=10,
-                    help="measurements the transfer predictor may use (default: %(default)s)")
+    add_flag(ev, "holdout")
+    add_flag(ev, "transfer_samples")
     ev.add_argument("--repeat", action="store_true",
                     help="time the held-out subnets a second time and score that as 'repeat': how well the device "
                          "agrees with itself, the ceiling for any predictor")

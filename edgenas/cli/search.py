@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from edgenas.search.settings import SEARCH_SETTINGS
+from edgenas.settings import add_flag
 
 EXIT_CHECK_FAILED = 1  # the winner's export failed a check (verification, TFLite Micro, memory)
 
@@ -28,18 +28,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "random or rl (see edgenas.search.registry)")
     p.add_argument("--pareto", action="store_true", help="NSGA-II: the whole accuracy/latency Pareto front "
                    "(the same as --algorithm nsga2)")
-    p.add_argument("--top-k", type=int, default=SEARCH_SETTINGS["top_k"].default, metavar="K",
-                   help=f"{SEARCH_SETTINGS['top_k'].help} (default: {SEARCH_SETTINGS['top_k'].default})")
-    p.add_argument("--seed", type=int, default=0, help="search seed (default: 0)")
-    p.add_argument("--population", type=int, default=SEARCH_SETTINGS["population"].default,
-                   help=f"{SEARCH_SETTINGS['population'].help} (default: {SEARCH_SETTINGS['population'].default})")
-    p.add_argument("--generations", type=int, default=None, help=SEARCH_SETTINGS["generations"].help)
+    add_flag(p, "top_k", metavar="K")
+    add_flag(p, "seed", help="search seed")
+    add_flag(p, "population")
+    add_flag(p, "generations")
     p.add_argument("--predictor", default=None, help="accuracy predictor file (default: beside CKPT)")
     p.add_argument("--latency-predictor", default=None, help="latency predictor file (default: the device's)")
     p.add_argument("--precision", choices=("int8", "fp32"), default="int8",
                    help="deployed precision for memory figures when the latency predictor does not say (default: int8)")
-    p.add_argument("--bn-batches", type=int, default=8, help="training batches for each candidate's BN recalibration "
-                   "(default: 8)")
+    add_flag(p, "bn_batches")
     p.add_argument("--no-verify", action="store_true", help="skip the deploy stage (exporting, measuring and "
                    "evaluating the top candidates)")
     p.add_argument("--out", default=None, help="output folder (default: <CKPT folder>/search/<device>)")

@@ -17,6 +17,7 @@ from typing import Any
 from edgenas.artifacts import toml_text, toml_value
 from edgenas.errors import UsageError
 from edgenas.inputs import parse_toml, read_text
+from edgenas.settings import Setting
 
 KINDS = ("local", "ssh", "mcu")
 RUNTIMES = ("onnxruntime", "tflite")
@@ -164,25 +165,17 @@ class _Table:
         return self.get(key, lambda v: isinstance(v, str) and v != "", "a non-empty string", default)
 
     def integer(self, key: str, default: Any = _MISSING, low: int = 0, high: int | None = None) -> Any:
-        expected = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
-        return self.get(
-            key,
-            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high),
-            expected,
-            default,
-        )
+        setting = Setting(int, None, low, high)  # the rule and its words: edgenas.settings, as every knob's
+        return self.get(key, lambda v: v is not None and setting.accepts(v), setting.expected(), default)
 
     def number(self, key: str, default: Any = _MISSING, positive: bool = True) -> Any:
-        expected = "a number > 0 (seconds)" if positive else "a number >= 0"
-
-        def ok(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and (v > 0 if positive else v >= 0)
-
-        value = self.get(key, ok, expected, default)
+        setting = Setting(float, None, 0, None, low_open=positive)
+        value = self.get(key, lambda v: v is not None and setting.accepts(v), setting.expected(), default)
         return float(value) if value is not None else None
 
     def boolean(self, key: str, default: Any = _MISSING) -> Any:
-        return self.get(key, lambda v: isinstance(v, bool), "true or false", default)
+        setting = Setting(bool)
+        return self.get(key, lambda v: v is not None and setting.accepts(v), setting.expected(), default)
 
     def strings(self, key: str, default: Any = _MISSING, allow_str: bool = False) -> Any:
         def ok(v: Any) -> bool:

@@ -1,5 +1,8 @@
 """The `edgenas run` config (TOML): dataset, supernet, devices with budgets, export formats, output folder.
 
+Every key's type, range and default is a setting (`edgenas.settings`): the same as the matching flag of the single
+commands (`edgenas predictor fit --samples`, `edgenas calibrate --budget`, `edgenas search --top-k` ...).
+
 ```toml
 out = "edgenas-out"            # everything goes here (relative paths are relative to the config file)
 seed = 0
@@ -13,8 +16,8 @@ preset = "tiny"                # training preset (tiny | small | ofa)
 # total_steps = 220            # or exactly this many steps, spread over the phases (edgenas train --total-steps)
 
 [predictor]
-samples = 150                  # subnets evaluated for the accuracy predictor (test ones included)
-test = 30
+samples = 1000                 # subnets evaluated for the accuracy predictor (test ones included)
+test = 200
 # bn_batches = 8               # training batches of 64 images each subnet's BatchNorm is recalibrated on
 
 [search]
@@ -33,8 +36,8 @@ name = "local"                 # devices/NAME.toml, or a path to a device file
 precision = "fp32"             # fp32 | int8 (what is deployed and measured)
 budgets_ms = [2.0, 4.0]        # latency budgets; or budget_quantiles = [0.3, 0.7] of the space's latency range
 calibration = "table"          # table (latency table + whole-subnet correction) | whole-model | transfer
-calibration_budget = 40        # whole-subnet measurements (on top of the table; for transfer: 10 is typical)
-holdout = 20                   # held-out subnets measured to show calibration quality
+calibration_budget = 100       # whole-subnet measurements (on top of the table; for transfer: 10 is typical)
+holdout = 50                   # held-out subnets measured to show calibration quality
 calibration_rounds = 5         # windows of the subnets the fit is least sure of; 0: every subnet in the table's window
 # max_sram_kb = 256            # memory limits (microcontrollers), at the deployed precision
 # max_flash_kb = 1024
@@ -52,7 +55,7 @@ from typing import Any
 
 from edgenas.errors import UsageError
 from edgenas.inputs import MIB, check_value, output_dir, read_json, read_toml
-from edgenas.search.settings import SEARCH_SETTINGS
+from edgenas.settings import KNOBS, knob_field, read_table, setting
 
 PRECISIONS = ("fp32", "int8")
 CALIBRATIONS = ("table", "whole-model", "transfer")
@@ -60,23 +63,65 @@ CALIBRATIONS = ("table", "whole-model", "transfer")
 
 @dataclass(frozen=True)
 class DeviceTarget:
-    """One device of a run, with its budgets and limits."""
+    """One device of a run, with its budgets and limits (a `[[devices]]` table; each field's setting is its key's
+    type, range and default)."""
 
     name: str
-    precision: str = "fp32"
+    precision: str = setting("fp32", choices=PRECISIONS, help="what is deployed and measured")
     budgets_ms: tuple[float, ...] = ()
     budget_quantiles: tuple[float, ...] = ()
-    max_sram_kb: float | None = None
-    max_flash_kb: float | None = None
-    max_macs: float | None = None  # millions of MACs, as `edgenas search --max-macs`
-    calibration: str = "table"  # table | whole-model | transfer (from the devices calibrated before it in the run)
-    calibration_budget: int = 40
-    holdout: int = 20
-    calibration_rounds: int = 5  # rounds of uncertain subnets after the first window; 0: all in the table's window
+    max_sram_kb: float | None = knob_field("max_sram_kb")
+    max_flash_kb: float | None = knob_field("max_flash_kb")
+    max_macs: float | None = knob_field("max_macs")  # millions of MACs, as `edgenas search --max-macs`
+    calibration: str = setting("table", choices=CALIBRATIONS, help="table | whole-model | transfer (from the devices "
+                               "calibrated before it in the run)")
+    calibration_budget: int = knob_field("calibration_budget")
+    holdout: int = knob_field("holdout")
+    calibration_rounds: int = knob_field("calibration_rounds")
 
     @property
     def label(self) -> str:
         return f"{Path(self.name).stem}-{self.precision}"
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    """`[train]`: how the supernet is made (or which one is used)."""
+
+    dataset: str = setting("digits", help="a dataset spec: digits | shapes | folder:PATH | cifar10:PATH | idx:PATH")
+    preset: str = setting("tiny", help="a training preset")
+    config: str | None = setting(None, kind=str, optional=True, help="a training config file")
+    checkpoint: str | None = setting(None, kind=str, optional=True, help="an existing supernet")
+    steps_scale: float | None = knob_field("steps_scale")
+    batch_size: int | None = knob_field("batch_size")
+    time_budget: float | None = knob_field("time_budget")
+    total_steps: int | None = knob_field("total_steps")
+
+
+@dataclass(frozen=True)
+class PredictorSection:
+    """`[predictor]`: the accuracy predictor's subnets."""
+
+    samples: int = knob_field("samples")
+    test: int = knob_field("test")
+    bn_batches: int = knob_field("bn_batches")
+
+
+@dataclass(frozen=True)
+class SearchSection:
+    """`[search]`: the algorithm and its counts (one default each, as `edgenas search`'s flags)."""
+
+    algorithm: str = setting("evolution", help="a search algorithm")
+    population: int = knob_field("population")
+    generations: int | None = knob_field("generations")
+    top_k: int = knob_field("top_k")
+
+
+@dataclass(frozen=True)
+class ExportSection:
+    """`[export]`: the formats shipped and the int8 check's limit."""
+
+    max_int8_drop_points: float = knob_field("max_int8_drop_points")
 
 
 @dataclass(frozen=True)
@@ -87,16 +132,16 @@ class RunConfig:
     train_config: Path | None = None
     checkpoint: Path | None = None
     train_overrides: Mapping[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    predictor_samples: int = 150
-    predictor_test: int = 30
-    bn_batches: int = 8  # training batches (of 64) a subnet's BatchNorm is recalibrated on: predictor and exports
+    seed: int = KNOBS["seed"].default
+    predictor_samples: int = KNOBS["samples"].default
+    predictor_test: int = KNOBS["test"].default
+    bn_batches: int = KNOBS["bn_batches"].default  # training batches (of 64) a subnet's BatchNorm is recalibrated on
     algorithm: str = "evolution"
-    population: int = SEARCH_SETTINGS["population"].default
+    population: int = KNOBS["population"].default
     generations: int | None = None  # the algorithm's default
-    top_k: int = SEARCH_SETTINGS["top_k"].default
+    top_k: int = KNOBS["top_k"].default
     formats: tuple[str, ...] = ("onnx", "tflite", "tflite-int8")
-    max_int8_drop_points: float = 1.0  # the int8 check's accuracy-drop limit (edgenas.export.verify)
+    max_int8_drop_points: float = KNOBS["max_int8_drop_points"].default  # the int8 check's limit (export.verify)
     devices: tuple[DeviceTarget, ...] = ()
     source: str = "<config>"
 
@@ -108,42 +153,25 @@ class RunConfig:
         return d
 
 
-_BIG_STEPS = 1_000_000_000
 _TOP = {"out", "seed", "train", "predictor", "search", "export", "devices"}
-_SECTIONS = {
-    "train": {"dataset", "preset", "config", "checkpoint", "steps_scale", "batch_size", "time_budget", "total_steps"},
-    "predictor": {"samples", "test", "bn_batches"},
-    "search": {"algorithm", "population", "generations", "top_k"},
-    "export": {"formats", "max_int8_drop_points"},
-}
-_DEVICE_KEYS = {f.name for f in dataclasses.fields(DeviceTarget)}
+_SECTIONS = {"train": TrainSection, "predictor": PredictorSection, "search": SearchSection, "export": ExportSection}
+_SECTION_EXTRA = {"export": frozenset({"formats"})}  # keys checked by their own reader below
 
 
 def _bad(source: str, key: str, message: str) -> UsageError:
     return UsageError(f"{source}: {key}: {message}")
 
 
-def _typed(source: str, key: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
-    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
-        raise _bad(source, key, f"expected {what}, got {value!r}")
-    return value
-
-
 def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_dir: Path | None = None) -> RunConfig:
-    """Validate a run config; every problem is one line naming the file, the key and what is expected."""
+    """Validate a run config; every problem is one line naming the file, the key and what is expected (each key's
+    type, range and default are its setting's: `edgenas.settings`, the same as the matching flag's)."""
     base_dir = base_dir or Path.cwd()
     unknown = sorted(set(data) - _TOP)
     if unknown:
         raise _bad(source, unknown[0], f"unknown key; expected one of {', '.join(sorted(_TOP))}")
-    sections: dict[str, dict[str, Any]] = {}
-    for name, keys in _SECTIONS.items():
-        section = data.get(name, {})
-        if not isinstance(section, Mapping):
-            raise _bad(source, name, "expected a table ([" + name + "])")
-        bad = sorted(set(section) - keys)
-        if bad:
-            raise _bad(source, f"{name}.{bad[0]}", f"unknown key; expected one of {', '.join(sorted(keys))}")
-        sections[name] = dict(section)
+    sections = {name: read_table(cls, data.get(name, {}), source=source, section=name,
+                                 extra=_SECTION_EXTRA.get(name, frozenset()))
+                for name, cls in _SECTIONS.items()}
 
     def path_of(value: Any, key: str) -> Path:
         check_value(source, key, value, str)
@@ -151,48 +179,49 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
         return p if p.is_absolute() else base_dir / p
 
     out = path_of(data.get("out", "edgenas-out"), "out")
-    seed = check_value(source, "seed", data.get("seed", 0), int, 0, 2**31 - 1)
-    train = sections["train"]
-    dataset = _typed(source, "train.dataset", train.get("dataset", "digits"), str, "a dataset spec such as digits")
-    preset = _typed(source, "train.preset", train.get("preset", "tiny"), str, "a training preset name")
+    seed = KNOBS["seed"].check(f"{source}: seed", data.get("seed", KNOBS["seed"].default))
+    train = TrainSection(**sections["train"])
     from edgenas.train.config import PRESETS
 
-    if preset not in PRESETS:
-        raise _bad(source, "train.preset", f"{preset!r} is not a preset; choose from {', '.join(PRESETS)}")
-    overrides = {}
-    if "batch_size" in train:
-        overrides["batch_size"] = check_value(source, "train.batch_size", train["batch_size"], int, 1, 1 << 20)
-    if "steps_scale" in train:
-        scale = check_value(source, "train.steps_scale", train["steps_scale"], float, 0, 10_000, low_open=True)
-        overrides["steps_scale"] = float(scale)
-    if "time_budget" in train:
-        budget = check_value(source, "train.time_budget", train["time_budget"], float, 0, 10 * 365 * 86400, low_open=True)
-        overrides["time_budget"] = float(budget)
-    if "total_steps" in train:
-        overrides["total_steps"] = check_value(source, "train.total_steps", train["total_steps"], int, 1, _BIG_STEPS)
-        if "steps_scale" in train:
-            raise _bad(source, "train.total_steps", "give total_steps or steps_scale, not both")
-    checkpoint = path_of(train["checkpoint"], "train.checkpoint") if "checkpoint" in train else None
+    if train.preset not in PRESETS:
+        raise _bad(source, "train.preset", f"{train.preset!r} is not a preset; choose from {', '.join(PRESETS)}")
+    if train.total_steps is not None and train.steps_scale is not None:
+        raise _bad(source, "train.total_steps", "give total_steps or steps_scale, not both")
+    overrides = {key: getattr(train, key) for key in ("batch_size", "steps_scale", "time_budget", "total_steps")
+                 if getattr(train, key) is not None}
+    checkpoint = path_of(train.checkpoint, "train.checkpoint") if train.checkpoint is not None else None
     if checkpoint is not None and not checkpoint.is_file():
         raise _bad(source, "train.checkpoint", f"{checkpoint} does not exist")
-    train_config = path_of(train["config"], "train.config") if "config" in train else None
+    train_config = path_of(train.config, "train.config") if train.config is not None else None
     if train_config is not None and not train_config.is_file():
         raise _bad(source, "train.config", f"{train_config} does not exist")
 
-    pred = sections["predictor"]
-    samples = check_value(source, "predictor.samples", pred.get("samples", 150), int, 1, 1_000_000)
-    test = check_value(source, "predictor.test", pred.get("test", 30), int, 1, 1_000_000)
-    bn_batches = check_value(source, "predictor.bn_batches", pred.get("bn_batches", 8), int, 1, 100_000)
-    if samples < test + 10:
-        raise _bad(source, "predictor.samples", f"{samples} leaves fewer than 10 subnets to fit beside {test} test ones")
-    search = sections["search"]
-    algorithm = _typed(source, "search.algorithm", search.get("algorithm", "evolution"), str, "an algorithm name")
+    pred = PredictorSection(**sections["predictor"])
+    if pred.samples < pred.test + 10:
+        raise _bad(source, "predictor.samples", f"{pred.samples} leaves fewer than 10 subnets to fit beside "
+                   f"{pred.test} test ones")
+    search = SearchSection(**sections["search"])
     from edgenas.search.registry import ALGORITHMS
 
-    if algorithm not in ALGORITHMS:
-        raise _bad(source, "search.algorithm", f"{algorithm!r} is not offered; choose from {', '.join(ALGORITHMS)}")
-    population, generations, top_k = (_search_setting(source, search, n) for n in ("population", "generations", "top_k"))
-    formats = sections["export"].get("formats", ["onnx", "tflite", "tflite-int8"])
+    if search.algorithm not in ALGORITHMS:
+        raise _bad(source, "search.algorithm", f"{search.algorithm!r} is not offered; choose from {', '.join(ALGORITHMS)}")
+    formats = _formats(source, sections["export"].get("formats", ["onnx", "tflite", "tflite-int8"]))
+    export = ExportSection(**{k: v for k, v in sections["export"].items() if k != "formats"})
+
+    devices = _parse_devices(source, data.get("devices"), base_dir)
+    labels = [d.label for d in devices]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise _bad(source, "devices", f"device {dup[0]!r} appears twice with the same precision; merge their budgets")
+    return RunConfig(out=out, dataset=train.dataset, preset=train.preset, train_config=train_config,
+                     checkpoint=checkpoint, train_overrides=overrides, seed=seed, predictor_samples=pred.samples,
+                     predictor_test=pred.test, bn_batches=pred.bn_batches, algorithm=search.algorithm,
+                     population=search.population, generations=search.generations, top_k=search.top_k,
+                     formats=formats, max_int8_drop_points=export.max_int8_drop_points, devices=tuple(devices),
+                     source=source)
+
+
+def _formats(source: str, formats: Any) -> tuple[str, ...]:
     if not isinstance(formats, list) or not all(isinstance(f, str) for f in formats):
         raise _bad(source, "export.formats", f"expected a list such as [\"onnx\", \"tflite\"], got {formats!r}")
     from edgenas.export.subnet import FORMATS
@@ -200,26 +229,7 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise _bad(source, "export.formats", f"unknown format {bad[0]!r}; choose from {', '.join(FORMATS)}")
-
-    max_drop = check_value(source, "export.max_int8_drop_points", sections["export"].get("max_int8_drop_points", 1.0),
-                           float, 0, 100)
-
-    devices = _parse_devices(source, data.get("devices"), base_dir)
-    labels = [d.label for d in devices]
-    dup = sorted({x for x in labels if labels.count(x) > 1})
-    if dup:
-        raise _bad(source, "devices", f"device {dup[0]!r} appears twice with the same precision; merge their budgets")
-    return RunConfig(out=out, dataset=dataset, preset=preset, train_config=train_config, checkpoint=checkpoint,
-                     train_overrides=overrides, seed=seed, predictor_samples=samples, predictor_test=test, bn_batches=bn_batches,
-                     algorithm=algorithm, population=population, generations=generations, top_k=top_k, formats=tuple(formats),
-                     max_int8_drop_points=max_drop, devices=tuple(devices), source=source)
-
-
-def _search_setting(source: str, search: Mapping[str, Any], name: str) -> Any:
-    """A `[search]` count with its one default and range (edgenas.search.settings), as `edgenas search`'s flag."""
-    setting = SEARCH_SETTINGS[name]
-    value = search.get(name, setting.default)
-    return None if value is None else check_value(source, f"search.{name}", value, int, setting.low, setting.high)
+    return tuple(formats)
 
 
 def _parse_devices(source: str, raw_devices: Any, base_dir: Path) -> list[DeviceTarget]:
@@ -229,46 +239,25 @@ def _parse_devices(source: str, raw_devices: Any, base_dir: Path) -> list[Device
     devices = []
     for i, d in enumerate(raw_devices):
         key = f"devices[{i}]"
-        if not isinstance(d, Mapping):
-            raise _bad(source, key, "expected a table")
-        bad = sorted(set(d) - _DEVICE_KEYS)
-        if bad:
-            raise _bad(source, f"{key}.{bad[0]}", f"unknown key; expected one of {', '.join(sorted(_DEVICE_KEYS))}")
-        if "name" not in d:
+        values = read_table(DeviceTarget, d, source=source, section=key,
+                            extra=frozenset({"name", "budgets_ms", "budget_quantiles"}))
+        if "name" not in values:
             raise _bad(source, f"{key}.name", "missing: the device's name (devices/NAME.toml) or a path to its file")
-        name = check_value(source, f"{key}.name", d["name"], str)
+        name = check_value(source, f"{key}.name", values["name"], str)
         if name.endswith(".toml") and not Path(name).is_absolute():
-            name = str(base_dir / name)
-        precision = d.get("precision", "fp32")
-        if precision not in PRECISIONS:
-            raise _bad(source, f"{key}.precision", f"{precision!r} is not offered; choose fp32 or int8")
-        budgets = d.get("budgets_ms", [])
-        quantiles = d.get("budget_quantiles", [])
-        for bkey, values, lo, hi in (("budgets_ms", budgets, 0, 1e7), ("budget_quantiles", quantiles, 0, 1)):
-            if not isinstance(values, list) or len(values) > 100 or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) and lo < v <= hi for v in values):
-                raise _bad(source, f"{key}.{bkey}", f"expected a list of numbers in ({lo}, {hi}], got {values!r}")
+            values["name"] = str(base_dir / name)
+        budgets = values.get("budgets_ms", [])
+        quantiles = values.get("budget_quantiles", [])
+        for bkey, numbers, lo, hi in (("budgets_ms", budgets, 0, 1e7), ("budget_quantiles", quantiles, 0, 1)):
+            if not isinstance(numbers, list) or len(numbers) > 100 or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and lo < v <= hi for v in numbers):
+                raise _bad(source, f"{key}.{bkey}", f"expected a list of numbers in ({lo}, {hi}], got {numbers!r}")
+            values[bkey] = tuple(float(v) for v in numbers)
         if not budgets and not quantiles:
             raise _bad(source, f"{key}.budgets_ms", "missing: give latency budgets in ms (or budget_quantiles)")
-        limits = {}
-        for lkey in ("max_sram_kb", "max_flash_kb", "max_macs"):
-            if lkey in d:
-                limits[lkey] = check_value(source, f"{key}.{lkey}", d[lkey], float, 0, 1e15, low_open=True)
-        calibration = d.get("calibration", "table")
-        if calibration not in CALIBRATIONS:
-            raise _bad(source, f"{key}.calibration", f"{calibration!r} is not offered; choose {', '.join(CALIBRATIONS)}")
-        if calibration == "transfer" and not devices:
+        if values.get("calibration") == "transfer" and not devices:
             raise _bad(source, f"{key}.calibration", "transfer needs a device calibrated before it: list that one first")
-        counts = {}
-        for ckey in ("calibration_budget", "holdout"):
-            if ckey in d:
-                counts[ckey] = check_value(source, f"{key}.{ckey}", d[ckey], int, 3, 100_000)
-        if "calibration_rounds" in d:
-            counts["calibration_rounds"] = check_value(source, f"{key}.calibration_rounds", d["calibration_rounds"],
-                                                       int, 0, 100)
-        devices.append(DeviceTarget(name=name, precision=precision, budgets_ms=tuple(float(b) for b in budgets),
-                                    budget_quantiles=tuple(float(q) for q in quantiles), calibration=calibration,
-                                    **limits, **counts))
+        devices.append(DeviceTarget(**values))
     return devices
 
 

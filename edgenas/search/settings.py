@@ -1,4 +1,5 @@
-"""The search's settings, each with one default and one range for every door: `edgenas search`'s flags, a run
+"""The search's settings (declared with every other knob in `edgenas.settings`), each with one default and one
+range for every door: `edgenas search`'s flags, a run
 config's `[search]` table (`edgenas run`, `edgenas demo`) and `search_for_budget` / `BudgetJob` in Python.
 
 - `top_k = 3`: the search at the budget and its two tighter margins (`search.budget.SEARCH_MARGINS`) gives three
@@ -12,24 +13,9 @@ config's `[search]` table (`edgenas run`, `edgenas demo`) and `search_for_budget
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from edgenas.settings import KNOBS, Setting
 
-
-@dataclass(frozen=True)
-class SearchSetting:
-    """One setting: its default (None: decided elsewhere, as said in `help`), its range and a line for `--help`."""
-
-    default: int | None
-    low: int
-    high: int
-    help: str
-
-
-SEARCH_SETTINGS = {
-    "population": SearchSetting(100, 4, 100_000, "archs per generation"),
-    "generations": SearchSetting(None, 1, 1_000_000,
-                                 "generations (default: the algorithm's: 500 for evolution, 100 for nsga2, random and rl)"),
-    "top_k": SearchSetting(3, 1, 1000, "candidates exported and measured on the device per budget"),
-}
+SearchSetting = Setting  # the old name: one setting's default, range and help (edgenas.settings)
+SEARCH_SETTINGS = {name: KNOBS[name] for name in ("population", "generations", "top_k")}
 DEFAULT_POPULATION = SEARCH_SETTINGS["population"].default
 DEFAULT_TOP_K = SEARCH_SETTINGS["top_k"].default

@@ -15,8 +15,10 @@ from typing import Any
 
 from edgenas.artifacts import toml_text
 from edgenas.errors import UsageError
-from edgenas.inputs import check_value, is_int, read_toml, require
+from edgenas.inputs import is_int, read_toml, require
+from edgenas.settings import setting, settings_of
 
+_BIG = 1_000_000_000
 Choices = int | str  # how many of the largest options a phase may sample, or "all"
 
 
@@ -42,19 +44,20 @@ class Phase:
     """
 
     name: str
-    epochs: float = 1.0
-    steps: int | None = None
-    max_epochs: float | None = None  # adaptive length: from `epochs` up to this, stopping on a plateau
-    lr: float = 0.1
-    warmup_epochs: float = 0.0
-    subnets_per_step: int = 1
+    epochs: float = setting(1.0, kind=float, low=0, high=100_000, low_open=True)
+    steps: int | None = setting(None, kind=int, low=1, high=_BIG)
+    max_epochs: float | None = setting(None, kind=float, low=0, high=100_000, low_open=True,
+                                       help="adaptive length: from `epochs` up to this, stopping on a plateau")
+    lr: float = setting(0.1, kind=float, low=0, high=100, low_open=True)
+    warmup_epochs: float = setting(0.0, kind=float, low=0, high=100_000)
+    subnets_per_step: int = setting(1, kind=int, low=1, high=64)
     kernels: Choices = 1
     depths: Choices = 1
     expands: Choices = 1
-    distill: bool = True
-    sort_channels: bool = False
-    smallest_first: bool = False  # one of the k subnets is always the phase's smallest (BigNAS's sandwich rule)
-    largest_first: bool = False  # the first is the full network, the teacher of the others (in-place distillation)
+    distill: bool = setting(True)
+    sort_channels: bool = setting(False)
+    smallest_first: bool = setting(False)  # one of the k subnets is always the phase's smallest (BigNAS's sandwich rule)
+    largest_first: bool = setting(False)  # the first is the full network, the teacher of the others (in-place distillation)
 
     def __post_init__(self) -> None:
         for key in ("kernels", "depths", "expands"):
@@ -104,34 +107,36 @@ class TrainConfig:
     rates are for `lr_batch_size` images and scale linearly with the actual batch.
     """
 
-    preset: str = "tiny"
-    dataset: str = "digits"
-    space: str = "tiny"
-    seed: int = 0
-    batch_size: int = 32
-    lr_batch_size: int = 32
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 3e-5
-    label_smoothing: float = 0.0
-    distill_weight: float = 1.0
-    distill_temperature: float = 1.0
-    bn_batches: int = 8
+    preset: str = setting("tiny")
+    dataset: str = setting("digits")
+    space: str = setting("tiny")
+    seed: int = setting(0, kind=int, low=0, high=2**31 - 1)
+    batch_size: int = setting(32, kind=int, low=1, high=1 << 20)
+    lr_batch_size: int = setting(32, kind=int, low=1, high=1 << 20)
+    momentum: float = setting(0.9, kind=float, low=0, high=1)
+    nesterov: bool = setting(True)
+    weight_decay: float = setting(3e-5, kind=float, low=0, high=1)
+    label_smoothing: float = setting(0.0, kind=float, low=0, high=1)
+    distill_weight: float = setting(1.0, kind=float, low=0, high=1000)
+    distill_temperature: float = setting(1.0, kind=float, low=0, high=1000, low_open=True)
+    bn_batches: int = setting(8, kind=int, low=1, high=100_000)
     phases: tuple[Phase, ...] = field(default_factory=tuple)
     # run settings: do not change the trained weights, not compared on resume
-    checkpoint_every: int = 100
-    log_every: int = 10
-    eval_every_phase: bool = True  # validation top-1 of the largest and smallest subnet after each phase
-    final_samples: int = 5  # random subnets evaluated at the end, besides the largest and smallest
+    checkpoint_every: int = setting(100, kind=int, low=1, high=_BIG)
+    log_every: int = setting(10, kind=int, low=1, high=_BIG)
+    eval_every_phase: bool = setting(True)  # validation top-1 of the largest and smallest subnet after each phase
+    final_samples: int = setting(5, kind=int, low=0, high=100_000,
+                                 help="random subnets evaluated at the end, besides the largest and smallest")
     # adaptive phases (max_epochs): a validation check every `plateau_every` epochs (at least 40 steps apart);
     # a phase stops when its watched top-1 has not risen by `plateau_delta` in `plateau_patience` checks
-    plateau_every: float = 0.5
-    plateau_patience: int = 3
-    plateau_delta: float = 0.005
-    time_budget: float | None = None  # wall-clock seconds for the whole run, spread over the phases
-    compare_alone: bool = True  # also train the largest network alone for as many steps (what sharing costs)
+    plateau_every: float = setting(0.5, kind=float, low=0, high=100_000, low_open=True)
+    plateau_patience: int = setting(3, kind=int, low=1, high=100_000)
+    plateau_delta: float = setting(0.005, kind=float, low=0, high=1)
+    time_budget: float | None = setting(None, kind=float, low=0, high=10 * 365 * 86400, low_open=True,
+                                        help="wall-clock seconds for the whole run, spread over the phases")
+    compare_alone: bool = setting(True)  # also train the largest network alone for as many steps (what sharing costs)
     # stop after the first phase when its largest subnet is not far above chance (the gate would fail anyway)
-    stop_unlearned: bool = True
+    stop_unlearned: bool = setting(True)
 
     RUN_SETTINGS = ("checkpoint_every", "log_every", "eval_every_phase", "final_samples", "time_budget",
                     "compare_alone", "stop_unlearned")
@@ -206,38 +211,17 @@ class TrainConfig:
 
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 _PHASE_FIELDS = {f.name for f in dataclasses.fields(Phase)}
+_PHASE_SETTINGS = settings_of(Phase)
 
 # Each setting's type and range: (type, lowest, highest, lowest excluded). A config file and the flags are
 # checked against these before anything runs, so a typo is one line naming the file and the field.
-_BIG = 1_000_000_000
-FIELD_RANGES: dict[str, tuple[type, float | None, float | None, bool]] = {
-    "preset": (str, None, None, False), "dataset": (str, None, None, False), "space": (str, None, None, False),
-    "seed": (int, 0, 2**31 - 1, False), "batch_size": (int, 1, 1 << 20, False),
-    "lr_batch_size": (int, 1, 1 << 20, False), "momentum": (float, 0, 1, False), "nesterov": (bool, None, None, False),
-    "weight_decay": (float, 0, 1, False), "label_smoothing": (float, 0, 1, False),
-    "distill_weight": (float, 0, 1000, False), "distill_temperature": (float, 0, 1000, True),
-    "bn_batches": (int, 1, 100_000, False), "checkpoint_every": (int, 1, _BIG, False),
-    "log_every": (int, 1, _BIG, False), "eval_every_phase": (bool, None, None, False),
-    "final_samples": (int, 0, 100_000, False), "plateau_every": (float, 0, 100_000, True),
-    "plateau_patience": (int, 1, 100_000, False), "plateau_delta": (float, 0, 1, False),
-    "time_budget": (float, 0, 10 * 365 * 86400, True), "compare_alone": (bool, None, None, False),
-    "stop_unlearned": (bool, None, None, False),
-}
-PHASE_RANGES: dict[str, tuple[type, float | None, float | None, bool]] = {
-    "name": (str, None, None, False), "epochs": (float, 0, 100_000, True), "steps": (int, 1, _BIG, False),
-    "max_epochs": (float, 0, 100_000, True),
-    "lr": (float, 0, 100, True), "warmup_epochs": (float, 0, 100_000, False), "subnets_per_step": (int, 1, 64, False),
-    "distill": (bool, None, None, False), "sort_channels": (bool, None, None, False),
-    "smallest_first": (bool, None, None, False), "largest_first": (bool, None, None, False),
-}
-
-
 def check_settings(data: Mapping[str, Any], source: str, *, remedy: str = "") -> None:
-    """Check the type and range of every known setting in `data` (unknown ones are reported by `replace`)."""
+    """Check the type and range of every known setting in `data` (unknown ones are reported by `replace`): each
+    field's setting (`edgenas.settings`), as a flag of `edgenas train` is checked."""
+    settings = settings_of(TrainConfig)
     for key, value in data.items():
-        if key in FIELD_RANGES and value is not None:
-            kind, low, high, low_open = FIELD_RANGES[key]
-            check_value(source, key, value, kind, low, high, low_open=low_open, remedy=remedy)
+        if key in settings and value is not None:
+            settings[key].check(f"{source}: {key}", value, remedy=remedy)
 
 
 def _phase(d: Mapping[str, Any], source: str = "training config", index: int = 0) -> Phase:
@@ -248,9 +232,8 @@ def _phase(d: Mapping[str, Any], source: str = "training config", index: int = 0
     if unknown:
         raise UsageError(f"{source}: {where}.{unknown[0]}: unknown key; choose from {', '.join(sorted(_PHASE_FIELDS))}")
     for key, value in d.items():
-        if key in PHASE_RANGES:
-            kind, low, high, low_open = PHASE_RANGES[key]
-            check_value(source, f"{where}.{key}", value, kind, low, high, low_open=low_open)
+        if key in _PHASE_SETTINGS:
+            _PHASE_SETTINGS[key].check(f"{source}: {where}.{key}", value)
         elif key in ("kernels", "depths", "expands"):
             require(value == "all" or (is_int(value) and 1 <= value <= 64), source, f"{where}.{key}", value,
                     'a count of the largest choices from 1 to 64, or "all"')
