@@ -1,1 +1,1 @@
-pytest_plugins = ["testbed_fixtures"]
+pytest_plugins = ["testbed_fixtures", "scheduling"]

@@ -243,6 +243,7 @@ def test_cpu_pinning(onnx_models):
     assert results(events)[0]["error"] == "bad_config"
 
 
+@pytest.mark.timing  # asserts a speed: runs alone (tests/scheduling.py)
 def test_agent_exits_when_stdin_closes(onnx_models):
     """The host holds stdin open; a dropped link closes it and the agent must not run on."""
     proc = subprocess.Popen([sys.executable, str(AGENT), "measure", "--runtime", "onnxruntime", "--runs", "100000",

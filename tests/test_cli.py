@@ -11,6 +11,7 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edgenas.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.timing  # asserts a speed: runs alone (tests/scheduling.py)
 def test_help_lists_commands_without_importing_torch():
     code = (
         "import sys, time; t=time.perf_counter(); from edgenas.cli import build_parser; "
@@ -22,6 +23,7 @@ def test_help_lists_commands_without_importing_torch():
     assert float(out[0]) < 2.0
 
 
+@pytest.mark.timing  # asserts a speed: runs alone (tests/scheduling.py)
 def test_help_and_version():
     t0 = time.perf_counter()
     res = run("--help")

@@ -169,6 +169,7 @@ def runs_lasting(model: Path, seconds: float) -> int:
     return int(np.ceil(seconds / per_run))
 
 
+@pytest.mark.timing  # asserts a speed: runs alone (tests/scheduling.py)
 def test_a_model_over_its_time_limit_is_stopped_and_the_batch_goes_on(victim, onnx_models):
     name = victim.devices[0].name
     runs = max(300, runs_lasting(onnx_models["heavy"], 4 * 1.5))  # heavy alone would take 4x the limit or more

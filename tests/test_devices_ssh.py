@@ -46,6 +46,7 @@ def speed_pair(make_testbed):
     return bed
 
 
+@pytest.mark.timing  # asserts a speed: runs alone (tests/scheduling.py)
 def test_slower_device_measures_slower_by_its_quota_ratio_and_a_second_run_uploads_nothing(speed_pair, onnx_models):
     paths = [onnx_models[name] for name in ("tiny", "small", "medium", "heavy")]
     files = speed_pair.device_files()

@@ -1,0 +1,85 @@
+"""How the suite shares this machine's cores: two pytest-xdist workers, a file's tests on one worker (its module
+fixtures, a trained supernet or a whole `edgenas run`, are built once), the longest files first, and the timing
+tests alone.
+
+- `pyproject.toml` runs `-n 2 --dist loadfile`; `-n 0` (or `-p no:xdist`) runs everything in one process as before.
+- Files start longest first, by `tests/durations.json` (seconds per file, written by `tools/test_durations.py` from a
+  full run); a file it does not know goes after the known ones, in collection order.
+- A test marked `timing` (its assertion depends on how fast something runs: a latency ratio, a time limit, a
+  startup time) holds the machine alone: it waits until the other worker's current test ends, and the other worker
+  starts nothing new until it is done (a readers-writer lock on two files: every other test holds the shared side).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+DURATIONS = Path(__file__).with_name("durations.json")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "timing: its assertion depends on speed; runs while no other test runs")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Longest files first (stable within a file), so the last file to finish is a short one."""
+    try:
+        seconds = json.loads(DURATIONS.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(seconds, dict):
+        return
+    first_seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        first_seen.setdefault(item.nodeid.split("::")[0], i)
+
+    def key(pair):
+        i, item = pair
+        path = item.nodeid.split("::")[0]
+        known = seconds.get(path)
+        return (0, -float(known), first_seen[path], i) if isinstance(known, (int, float)) else (1, 0, first_seen[path], i)
+
+    items[:] = [item for _, item in sorted(enumerate(items), key=key)]
+
+
+def _lock_paths() -> tuple[Path, Path] | None:
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run or not os.environ.get("PYTEST_XDIST_WORKER"):
+        return None  # one process: nothing runs beside a test
+    base = Path(os.environ.get("TMPDIR", "/tmp")) / f"edgenas-tests-{run}"
+    return base.with_suffix(".turnstile"), base.with_suffix(".machine")
+
+
+@contextmanager
+def _holding(path: Path, mode: int):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, mode)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    paths = _lock_paths()
+    if paths is None:
+        yield
+        return
+    turnstile, machine = paths
+    if item.get_closest_marker("timing"):
+        # hold the turnstile so no other test starts, then wait for the one running to end
+        with _holding(turnstile, fcntl.LOCK_EX), _holding(machine, fcntl.LOCK_EX):
+            yield
+        return
+    with _holding(turnstile, fcntl.LOCK_EX):
+        pass  # a timing test waiting holds the turnstile: wait behind it, do not overtake it
+    with _holding(machine, fcntl.LOCK_SH):
+        yield
