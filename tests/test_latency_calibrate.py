@@ -186,10 +186,10 @@ def test_killed_calibration_resumes_without_measuring_twice(tmp_path, models):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (("--budget", "1"), "--budget 1 is too small"),
+    (("--budget", "1"), "--budget = 1: expected an integer from 3 to 100 000"),
     (("--runtime", "tflite"), "runs onnxruntime, not tflite"),
     (("--precision", "int8"), "not supported"),
-    (("--rounds", "-1"), "--rounds -1 must be from 0 to 100"),
+    (("--rounds", "-1"), "--rounds = -1: expected an integer from 0 to 100"),
 ])
 def test_bad_calibration_input_is_one_line(tmp_path, extra, message):
     proc = _cli("calibrate", "--device", str(local_device_file(tmp_path)), "--space", "tiny", "--store",

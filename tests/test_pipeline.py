@@ -161,7 +161,7 @@ def test_changed_budget_reruns_only_what_depends_on_it(project, interrupted_then
 
 
 @pytest.mark.parametrize("text, message", [
-    ("[[devices]]\nname='x'\nbudgets_ms=[1]\nprecision='int4'", "devices[0].precision: 'int4' is not offered"),
+    ("[[devices]]\nname='x'\nbudgets_ms=[1]\nprecision='int4'", "devices[0].precision = 'int4': expected \"fp32\" or \"int8\""),
     ("[[devices]]\nname='x'\nbudgets_ms=[-1]", "devices[0].budgets_ms: expected a list of numbers"),
     ("[[devices]]\nname='x'", "devices[0].budgets_ms: missing"),
     ("colour = 1\n[[devices]]\nname='x'\nbudgets_ms=[1]", "colour: unknown key"),

@@ -86,10 +86,11 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def run_config(args: argparse.Namespace) -> int:
     from edgenas.pipeline.config import check_run_inputs, load_run_config
-    from edgenas.pipeline.run import run_pipeline
 
-    config = load_run_config(args.config, out=args.out)
-    check_run_inputs(config)  # every input and output of every stage, before the first one starts
+    config = load_run_config(args.config, out=args.out)  # a bad key is refused before torch is imported
+    check_run_inputs(config)
+    from edgenas.pipeline.run import run_pipeline
+  # every input and output of every stage, before the first one starts
     return _gated(lambda: run_pipeline(config, force=args.force), args.json, config.out)
 
 

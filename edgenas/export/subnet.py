@@ -31,6 +31,7 @@ from edgenas.artifacts import write_manifest
 from edgenas.cost import arch_stats
 from edgenas.errors import UsageError
 from edgenas.export.card import build_card, file_entry, write_card
+from edgenas.export.formats import DEPLOYED_FORMATS, FILE_NAMES, FORMATS, deployed_format  # noqa: F401,E402
 from edgenas.export.micro import MicroCheck, check_micro
 from edgenas.export.verify import (
     DEFAULT_ATOL,
@@ -44,8 +45,6 @@ from edgenas.export.verify import (
 from edgenas.micro_memory import predict as predict_memory
 from edgenas.space import Arch, SearchSpace
 
-FORMATS = ("onnx", "tflite", "tflite-int8")
-FILE_NAMES = {"onnx": "model.onnx", "tflite": "model_fp32.tflite", "tflite-int8": "model_int8.tflite"}
 TFLITE_VERSIONS = ("torch", "numpy", "litert-torch", "ai-edge-litert", "tflite-micro")
 
 
@@ -56,25 +55,6 @@ class ExportCheckError(RuntimeError):
     def __init__(self, message: str, result: ExportResult | None = None) -> None:
         super().__init__(message)
         self.result = result
-
-
-# The file a device runs, by (runtime, deployed precision): the one table the deploy stage, the export's
-# measurement and the pipeline's report read.
-DEPLOYED_FORMATS = {
-    ("onnxruntime", "fp32"): "onnx",
-    ("tflite", "fp32"): "tflite",
-    ("tflite", "int8"): "tflite-int8",
-}
-
-
-def deployed_format(runtime: str, precision: str) -> str:
-    """The export format a device of `runtime` runs at `precision` (one line naming the choices otherwise)."""
-    try:
-        return DEPLOYED_FORMATS[(runtime, precision)]
-    except KeyError:
-        offered = ", ".join(f"{r} {p}" for r, p in DEPLOYED_FORMATS)
-        raise UsageError(f"edgenas does not deploy {precision} models to a {runtime} device: choose one of "
-                         f"{offered}") from None
 
 
 def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:

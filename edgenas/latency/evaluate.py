@@ -156,7 +156,7 @@ def evaluate(
     itself, the ceiling no predictor can beat on that device."""
     runtime, precision = _resolve_setup(device, runtime, precision)
     if holdout < 3:
-        raise UsageError(f"--holdout {holdout} is too small to judge a predictor: give at least 3 (100 is typical)")
+        raise UsageError(f"--holdout {holdout} is too small to judge a predictor: give at least 3 (50 is the default)")
     if predictor is None:
         predictor = load_latency_predictor(device.name, runtime=runtime, precision=precision, space=space,
                                            tables_dir=tables_dir)

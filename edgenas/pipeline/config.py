@@ -224,7 +224,7 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
 def _formats(source: str, formats: Any) -> tuple[str, ...]:
     if not isinstance(formats, list) or not all(isinstance(f, str) for f in formats):
         raise _bad(source, "export.formats", f"expected a list such as [\"onnx\", \"tflite\"], got {formats!r}")
-    from edgenas.export.subnet import FORMATS
+    from edgenas.export.formats import FORMATS
 
     bad = [f for f in formats if f not in FORMATS]
     if bad:
