@@ -201,6 +201,8 @@ def _beside(config: TrainConfig, dataset: AnyDataset, space: SearchSpace, pace: 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
     torch.set_num_threads(1)
+    if dataset.streamed:  # a daemonic process may not start DataLoader workers: it reads its images itself
+        dataset.workers = 0
     try:
         send.send(("result", train_alone(config, dataset, space, None, torch.device("cpu"), pace=pace)))
     except BaseException:
