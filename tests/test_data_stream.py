@@ -198,7 +198,7 @@ def test_a_file_damaged_inside_fails_mid_epoch_in_one_line_not_a_worker_tracebac
     config.write_text('space = "tiny"\nbatch_size = 4\nbn_batches = 1\nfinal_samples = 0\ncompare_alone = false\n'
                       '[[phases]]\nname = "full"\nsteps = 6\ndistill = false\n')
     result = _cli("train", "--dataset", f"folder:{root}", "--config", str(config), "--out", str(tmp_path / "run"),
-                  "--no-progress", "--workers", "1", "--threads", "1")
+                  "--no-progress", "--data-workers", "1", "--threads", "1")
     lines = [line for line in result.stderr.splitlines() if "broken" in line]
     assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
 
@@ -221,7 +221,7 @@ def test_a_streamed_training_run_says_what_it_reads_at_and_records_its_split(tmp
                       '[[phases]]\nname = "full"\nsteps = 3\ndistill = false\n'
                       '[[phases]]\nname = "kernel"\nsteps = 2\nkernels = "all"\n')
     result = _cli("train", "--dataset", f"folder:{folder}", "--config", str(config), "--out", str(tmp_path / "run"),
-                  "--no-progress", "--workers", "1", "--threads", "1", "--json")
+                  "--no-progress", "--data-workers", "1", "--threads", "1", "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     first = result.stderr.splitlines()[0]
     assert "streamed from disk, read at 24-32 px" in first and "72-" in first

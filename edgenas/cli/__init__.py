@@ -76,7 +76,7 @@ def _run_handler(args: argparse.Namespace) -> int:
 # Numeric options checked for every command before it runs: (smallest, largest) of each by its argparse dest.
 # Counts are capped where a larger value can only be a slip (it would run for days or exhaust memory).
 COUNT_RANGES = {
-    "threads": (1, 1024), "workers": (1, 256), "batch_size": (1, 1 << 20), "bn_batches": (1, 100_000),
+    "threads": (1, 1024), "workers": (1, 256), "data_workers": (0, 64), "batch_size": (1, 1 << 20), "bn_batches": (1, 100_000),
     "samples": (1, 1_000_000), "test": (1, 1_000_000), "sample": (1, 1_000_000), "budget": (1, 100_000),
     "holdout": (1, 100_000), "transfer_samples": (1, 100_000), "calibration_images": (1, 1_000_000),
     "steps": (1, 1_000_000_000), "checkpoint_every": (1, 1_000_000_000), "finetune_epochs": (0, 10_000),

@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--checkpoint-every", type=int, help="steps between resumable checkpoints")
     train.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     train.add_argument("--threads", type=int, help="CPU threads per process (default: the idle cores)")
-    train.add_argument("--workers", type=int, help="worker processes decoding a streamed folder's images (default: "
+    train.add_argument("--data-workers", type=int, help="worker processes decoding a streamed folder's images (default: "
                        "half the cores, at most 8; 0 reads in the training process)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--json", action="store_true", help="print the final summary as JSON")
@@ -74,7 +74,7 @@ def run_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, preset=args.preset, dataset=args.dataset, space=space, seed=args.seed,
                          batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
                          time_budget=args.time_budget, compare_alone=False if args.no_compare else None,
-                         init=args.init, workers=args.workers)
+                         init=args.init, data_workers=args.data_workers)
     if args.epochs_scale is not None:
         config = config.scale_epochs(args.epochs_scale)
     if args.steps is not None:

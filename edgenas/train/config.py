@@ -138,10 +138,10 @@ class TrainConfig:
     stop_unlearned: bool = True
     # DataLoader worker processes that decode a streamed folder's images (None: half the cores, at most 8); the
     # images and their order do not depend on it
-    workers: int | None = None
+    data_workers: int | None = None
 
     RUN_SETTINGS = ("checkpoint_every", "log_every", "eval_every_phase", "final_samples", "time_budget",
-                    "compare_alone", "stop_unlearned", "workers")
+                    "compare_alone", "stop_unlearned", "data_workers")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "phases", tuple(p if isinstance(p, Phase) else _phase(p) for p in self.phases))
@@ -232,7 +232,7 @@ FIELD_RANGES: dict[str, tuple[type, float | None, float | None, bool]] = {
     "plateau_patience": (int, 1, 100_000, False), "plateau_delta": (float, 0, 1, False),
     "time_budget": (float, 0, 10 * 365 * 86400, True), "compare_alone": (bool, None, None, False),
     "stop_unlearned": (bool, None, None, False), "init": (str, None, None, False),
-    "head_warmup_steps": (int, 0, _BIG, False), "workers": (int, 0, 64, False),
+    "head_warmup_steps": (int, 0, _BIG, False), "data_workers": (int, 0, 64, False),
 }
 PHASE_RANGES: dict[str, tuple[type, float | None, float | None, bool]] = {
     "name": (str, None, None, False), "epochs": (float, 0, 100_000, True), "steps": (int, 1, _BIG, False),

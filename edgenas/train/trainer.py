@@ -339,7 +339,7 @@ class Run:
                              f"use a multiple of {procs.world_size}")
         dataset = dataset or load_dataset(config.dataset, seed=config.seed)
         if dataset.streamed:  # decoding workers; page-locked batches where they go to a GPU
-            dataset.workers, dataset.pin_memory = config.workers, procs.device.type == "cuda"
+            dataset.workers, dataset.pin_memory = config.data_workers, procs.device.type == "cuda"
         space = build_space(config, dataset)
         torch.manual_seed(config.seed * 1000 + procs.rank)
         # channels-last makes PyTorch's depthwise-convolution backward pass about 2x faster on CPU (measured).
