@@ -58,7 +58,9 @@ def one(folder: Path, resolution: int, workers: int, steps: int, batch: int, thr
     from edgenas.supernet import Supernet
 
     torch.set_num_threads(threads)
+    before = _rss_mib()
     dataset = load_dataset(f"folder:{folder}", seed=0)
+    dataset_mib = _rss_mib() - before  # what the dataset itself holds: the file list, labels and split
     steps_at = StepResolutions(0, 0, (resolution,))
 
     def loader():
@@ -96,9 +98,15 @@ def one(folder: Path, resolution: int, workers: int, steps: int, batch: int, thr
     return {"images": sum(dataset.size(s) for s in ("train", "val", "holdout")), "resolution": resolution,
             "workers": workers, "loader_img_s": round(loader_rate, 1), "step_s": round(stepped / steps, 3),
             "train_img_s": round(steps * batch / stepped, 1), "wait": round(waited / stepped, 4),
-            "peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "dataset_mib": round(dataset_mib, 1), "peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "worker_peak_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
             "loss": round(float(np.asarray(loss.item())), 3)}
+
+
+def _rss_mib() -> float:
+    """This process's resident memory now (Linux), in MiB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def main() -> None:
@@ -134,12 +142,12 @@ def main() -> None:
                 r = rows[-1]
                 print(f"  {size} images {res} px, {workers} workers: {r['step_s']} s/step, wait {r['wait']:.1%}, "
                       f"load {os.getloadavg()[0]:.2f}", file=sys.stderr)
-    print("| images | px | workers | loader img/s | s/step | train img/s | waiting on data | peak RSS MiB (main + "
-          "largest worker) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| images | px | workers | loader img/s | s/step | train img/s | waiting on data | dataset MiB | peak RSS MiB "
+          "(main + largest worker) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['images']} | {r['resolution']} | {r['workers']} | {r['loader_img_s']} | {r['step_s']} | "
-              f"{r['train_img_s']} | {r['wait']:.1%} | {r['peak_mib']} + {r['worker_peak_mib']} |")
+              f"{r['train_img_s']} | {r['wait']:.1%} | {r['dataset_mib']} | {r['peak_mib']} + {r['worker_peak_mib']} |")
     print(f"load average {os.getloadavg()[0]:.2f} at the end", file=sys.stderr)
 
 
