@@ -217,7 +217,7 @@ def test_imagenet_layout_uses_its_val_folder(tmp_path):
 
 def test_a_streamed_training_run_says_what_it_reads_at_and_records_its_split(tmp_path, folder):
     config = tmp_path / "train.toml"
-    config.write_text('space = "tiny"\nbatch_size = 6\nbn_batches = 1\nfinal_samples = 0\ncompare_alone = false\n'
+    config.write_text('space = "tiny"\nbatch_size = 6\nbn_batches = 1\nfinal_samples = 0\n'  # the comparison on
                       '[[phases]]\nname = "full"\nsteps = 3\ndistill = false\n'
                       '[[phases]]\nname = "kernel"\nsteps = 2\nkernels = "all"\n')
     result = _cli("train", "--dataset", f"folder:{folder}", "--config", str(config), "--out", str(tmp_path / "run"),
@@ -227,4 +227,5 @@ def test_a_streamed_training_run_says_what_it_reads_at_and_records_its_split(tmp
     assert "streamed from disk, read at 24-32 px" in first and "72-" in first
     record = json.loads((tmp_path / "run" / "splits.json").read_text())
     assert record["seed"] == 0 and sum(len(v) for v in record["splits"].values()) == 30
-    assert json.loads(result.stdout)["global_step"] == 5
+    summary = json.loads(result.stdout)
+    assert summary["global_step"] == 5 and summary["alone"]["steps"] == 5  # the comparison read the same stream
