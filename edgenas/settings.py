@@ -249,6 +249,8 @@ KNOBS: dict[str, Setting] = {
                            optional=True),
     "threads": Setting(int, None, 1, 1024, help="CPU threads per process (default: the idle cores)", optional=True),
     "workers": Setting(int, 1, 1, 256, help="worker processes"),
+    "data_workers": Setting(int, None, 0, 64, help="DataLoader worker processes that decode a streamed folder's "
+                            "images (default: half the cores, at most 8)", optional=True),
     "steps": Setting(int, None, 1, BIG_COUNT, help="exactly this many steps in every phase", optional=True),
     "checkpoint_every": Setting(int, None, 1, BIG_COUNT, help="steps between resumable checkpoints", optional=True),
     "finetune_epochs": Setting(int, 0, 0, 10_000, help="distillation fine-tuning epochs"),

@@ -188,7 +188,7 @@ def test_idx_errors(tmp_path):
 
 
 @pytest.mark.parametrize("spec, names", [
-    ("mnist", ["'mnist'", "digits, shapes, folder:PATH, cifar10:PATH, idx:PATH"]),
+    ("mnist", ["'mnist'", "digits, shapes, folder:PATH, imagenet:PATH, cifar10:PATH, idx:PATH"]),
     ("folder:", ["'folder:'", "folder:PATH"]),
     ("digits:x", ["'digits:x'", "no argument"]),
     ("shapes:size=3", ["'size=3'", "image_size=N,samples=N"]),

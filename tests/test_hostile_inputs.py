@@ -422,7 +422,7 @@ def _(ctx):
 
 @case("dataset spec of an unknown kind")
 def _(ctx):
-    return train(ctx, "imagenet:/data"), "unknown dataset"
+    return train(ctx, "mnist:/data"), "unknown dataset"
 
 
 @case("dataset shapes of 100 000 pixels a side")

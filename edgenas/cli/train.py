@@ -11,9 +11,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train a supernet: full network, then elastic kernel, depth and expand ratio, distilled from the "
         "full network. Settings: preset < --config FILE < flags. Run under `torchrun --nproc-per-node N` for "
         "data-parallel training.")
-    train.add_argument("--dataset", help="digits, shapes, folder:PATH, cifar10:PATH or idx:PATH (default: the preset's)")
-    train.add_argument("--preset", choices=("tiny", "small", "ofa"), help="schedule preset (default: tiny, or the "
-                       "config file's)")
+    train.add_argument("--dataset", help="digits, shapes, folder:PATH, imagenet:PATH, cifar10:PATH or idx:PATH "
+                       "(default: the preset's)")
+    train.add_argument("--preset", choices=("tiny", "small", "ofa", "finetune"), help="schedule preset (default: "
+                       "tiny, or the config file's; finetune: shorter phases at lower rates for --init)")
+    train.add_argument("--init", metavar="SUPERNET.pt", help="start from this supernet checkpoint (trained here or "
+                       "brought in by `edgenas import ofa`); a new classifier where the class count differs")
     train.add_argument("--config", help="TOML file overriding the preset (see config.toml written by a run)")
     train.add_argument("--out", help="output folder (default: runs/<dataset>-<preset>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -33,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--checkpoint-every", type=int, help="steps between resumable checkpoints")
     train.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     train.add_argument("--threads", type=int, help="CPU threads per process (default: the idle cores)")
+    train.add_argument("--data-workers", type=int, help="worker processes decoding a streamed folder's images (default: "
+                       "half the cores, at most 8; 0 reads in the training process)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--json", action="store_true", help="print the final summary as JSON")
     train.set_defaults(handler="edgenas.cli.train:run_train")
@@ -61,9 +66,15 @@ def run_train(args: argparse.Namespace) -> int:
     from edgenas.train.config import load_config
     from edgenas.train.trainer import train
 
-    config = load_config(args.config, preset=args.preset, dataset=args.dataset, space=args.space, seed=args.seed,
+    space = args.space
+    if args.init is not None and space is None:  # the pretrained supernet's space
+        from edgenas.train.finetune import init_space_name
+
+        space = init_space_name(args.init)
+    config = load_config(args.config, preset=args.preset, dataset=args.dataset, space=space, seed=args.seed,
                          batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
-                         time_budget=args.time_budget, compare_alone=False if args.no_compare else None)
+                         time_budget=args.time_budget, compare_alone=False if args.no_compare else None,
+                         init=args.init, data_workers=args.data_workers)
     if args.epochs_scale is not None:
         config = config.scale_epochs(args.epochs_scale)
     if args.steps is not None:

@@ -8,8 +8,9 @@ out = "edgenas-out"            # everything goes here (relative paths are relati
 seed = 0
 
 [train]
-dataset = "digits"             # digits | shapes | folder:PATH | cifar10:PATH | idx:PATH
-preset = "tiny"                # training preset (tiny | small | ofa)
+dataset = "digits"             # digits | shapes | folder:PATH | imagenet:PATH | cifar10:PATH | idx:PATH
+preset = "tiny"                # training preset (tiny | small | ofa | finetune)
+# init = "ofa-supernet.pt"     # start from this supernet (edgenas train --init; its space; a new classifier)
 # config = "train.toml"        # a training config file (edgenas train --config)
 # checkpoint = "runs/x/supernet.pt"   # use an existing supernet instead of training one
 # time_budget = 600            # seconds of training, spread over the phases (edgenas train --time-budget)
@@ -92,6 +93,7 @@ class TrainSection:
     preset: str = setting("tiny", help="a training preset")
     config: str | None = setting(None, kind=str, optional=True, help="a training config file")
     checkpoint: str | None = setting(None, kind=str, optional=True, help="an existing supernet")
+    init: str | None = setting(None, kind=str, optional=True, help="a supernet to fine-tune from")
     steps_scale: float | None = knob_field("steps_scale")
     batch_size: int | None = knob_field("batch_size")
     time_budget: float | None = knob_field("time_budget")
@@ -131,6 +133,7 @@ class RunConfig:
     preset: str = "tiny"
     train_config: Path | None = None
     checkpoint: Path | None = None
+    init: Path | None = None  # fine-tune from this supernet (edgenas train --init)
     train_overrides: Mapping[str, Any] = field(default_factory=dict)
     seed: int = KNOBS["seed"].default
     predictor_samples: int = KNOBS["samples"].default
@@ -147,10 +150,26 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for key in ("out", "train_config", "checkpoint"):
+        for key in ("out", "train_config", "checkpoint", "init"):
             d[key] = str(d[key]) if d[key] is not None else None
         d["train_overrides"] = dict(self.train_overrides)
         return d
+
+    def train_config_of(self, load_config: Any) -> Any:
+        """The training config this run trains with (`edgenas.train.config.load_config` handed in): the preset, the
+        file, the run's dataset and seed and [train] settings; with `init`, its supernet's space."""
+        space = None
+        if self.init is not None:
+            from edgenas.train.finetune import init_space_name
+
+            space = init_space_name(self.init)
+        tconfig = load_config(self.train_config, preset=self.preset, dataset=self.dataset, seed=self.seed,
+                              batch_size=self.train_overrides.get("batch_size"),
+                              time_budget=self.train_overrides.get("time_budget"), space=space,
+                              init=str(self.init) if self.init is not None else None)
+        if "steps_scale" in self.train_overrides:
+            tconfig = tconfig.scale_epochs(self.train_overrides["steps_scale"])
+        return tconfig
 
 
 _TOP = {"out", "seed", "train", "predictor", "search", "export", "devices"}
@@ -192,6 +211,12 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
     checkpoint = path_of(train.checkpoint, "train.checkpoint") if train.checkpoint is not None else None
     if checkpoint is not None and not checkpoint.is_file():
         raise _bad(source, "train.checkpoint", f"{checkpoint} does not exist")
+    init = path_of(train.init, "train.init") if train.init is not None else None
+    if init is not None and not init.is_file():
+        raise _bad(source, "train.init", f"{init} does not exist: give a supernet checkpoint (edgenas train writes "
+                   "supernet.pt; edgenas import ofa brings in Once-for-All's)")
+    if init is not None and checkpoint is not None:
+        raise _bad(source, "train.init", "give init (fine-tune from it) or checkpoint (use it as trained), not both")
     train_config = path_of(train.config, "train.config") if train.config is not None else None
     if train_config is not None and not train_config.is_file():
         raise _bad(source, "train.config", f"{train_config} does not exist")
@@ -214,7 +239,7 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
     if dup:
         raise _bad(source, "devices", f"device {dup[0]!r} appears twice with the same precision; merge their budgets")
     return RunConfig(out=out, dataset=train.dataset, preset=train.preset, train_config=train_config,
-                     checkpoint=checkpoint, train_overrides=overrides, seed=seed, predictor_samples=pred.samples,
+                     checkpoint=checkpoint, init=init, train_overrides=overrides, seed=seed, predictor_samples=pred.samples,
                      predictor_test=pred.test, bn_batches=pred.bn_batches, algorithm=search.algorithm,
                      population=search.population, generations=search.generations, top_k=search.top_k,
                      formats=formats, max_int8_drop_points=export.max_int8_drop_points, devices=tuple(devices),
@@ -291,8 +316,7 @@ def check_run_inputs(config: RunConfig) -> None:
     else:
         from edgenas.train.config import load_config
 
-        tconfig = load_config(config.train_config, preset=config.preset, dataset=config.dataset, seed=config.seed,
-                              batch_size=config.train_overrides.get("batch_size"))
+        tconfig = config.train_config_of(load_config)
         if "total_steps" in config.train_overrides:
             try:
                 tconfig.spread_steps(config.train_overrides["total_steps"])

@@ -211,11 +211,7 @@ def _train_stage(config: RunConfig, book: StageBook, progress: bool) -> Path:
         return config.checkpoint
     from edgenas.train.config import load_config
 
-    tconfig = load_config(config.train_config, preset=config.preset, dataset=config.dataset, seed=config.seed,
-                          batch_size=config.train_overrides.get("batch_size"),
-                          time_budget=config.train_overrides.get("time_budget"))
-    if "steps_scale" in config.train_overrides:
-        tconfig = tconfig.scale_epochs(config.train_overrides["steps_scale"])
+    tconfig = config.train_config_of(load_config)
     if "total_steps" in config.train_overrides:
         tconfig = tconfig.spread_steps(config.train_overrides["total_steps"])
     train_dir = config.out / "supernet"

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgenas.data import Dataset
+from edgenas.data import AnyDataset, StepResolutions
 from edgenas.progress import Progress
 from edgenas.space import SearchSpace
 from edgenas.supernet import Supernet
@@ -71,7 +71,7 @@ class Pace:
             time.sleep(0.002)
 
 
-def train_alone(config: TrainConfig, dataset: Dataset, space: SearchSpace, steps: int | None, device: torch.device, *,
+def train_alone(config: TrainConfig, dataset: AnyDataset, space: SearchSpace, steps: int | None, device: torch.device, *,
                 progress: bool = False, pace: Pace | None = None) -> dict[str, Any]:
     """Train the largest network alone for `steps` steps (with `pace`: in step with the supernet, for as many steps
     as it takes); return its validation top-1, time and curve."""
@@ -91,7 +91,8 @@ def train_alone(config: TrainConfig, dataset: Dataset, space: SearchSpace, steps
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(min(s, total()), total(), warmup))
     loader = dataset.loader("train", batch_size=config.batch_size, shuffle=True, augment=True,
-                            seed=config.seed * 1000, drop_last=True)
+                            seed=config.seed * 1000, drop_last=True,
+                            step_resolution=StepResolutions(config.seed, 0, tuple(space.resolutions)))
     eval_every = max(10, round(config.plateau_every * train_size / config.batch_size))
     curve: list[dict[str, Any]] = []
     largest = space.largest()
@@ -150,7 +151,7 @@ class AloneBeside:
     `train_alone`); `stop` ends the process early (an interrupted training). A comparison that fails raises
     in `finish` with its traceback."""
 
-    def __init__(self, config: TrainConfig, dataset: Dataset, space: SearchSpace, planned: int) -> None:
+    def __init__(self, config: TrainConfig, dataset: AnyDataset, space: SearchSpace, planned: int) -> None:
         context = multiprocessing.get_context("fork")
         self.pace = Pace(context, planned)
         self._receive, send = context.Pipe(duplex=False)
@@ -194,12 +195,14 @@ def _die_with_parent() -> None:
         pass
 
 
-def _beside(config: TrainConfig, dataset: Dataset, space: SearchSpace, pace: Pace, send: Any) -> None:
+def _beside(config: TrainConfig, dataset: AnyDataset, space: SearchSpace, pace: Pace, send: Any) -> None:
     """The forked comparison process: one thread, Ctrl-C left to the trainer (which stops this process)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
     torch.set_num_threads(1)
+    if dataset.streamed:  # a daemonic process may not start DataLoader workers: it reads its images itself
+        dataset.workers = 0
     try:
         send.send(("result", train_alone(config, dataset, space, None, torch.device("cpu"), pace=pace)))
     except BaseException:
@@ -213,7 +216,7 @@ class Comparison:
     the CPU has a core for it (`start`, then `after_step` and, when the learning-rate back-off restarts the first
     phase, `restart`), else after it; `finish` gives its result either way, `stop` ends it early."""
 
-    def __init__(self, dataset: Dataset, space: SearchSpace, device: torch.device, *, progress: bool) -> None:
+    def __init__(self, dataset: AnyDataset, space: SearchSpace, device: torch.device, *, progress: bool) -> None:
         self.dataset, self.space, self.device, self.progress = dataset, space, device, progress
         self.beside: AloneBeside | None = None
 

@@ -37,7 +37,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     atomic_write_bytes(path, buffer.getvalue())
     write_manifest(
         path, kind="supernet-checkpoint" if state.get("complete") else "training-checkpoint",
-        inputs={"dataset": {"spec": state.get("dataset"), "fingerprint": state.get("dataset_fingerprint")}},
+        inputs={"dataset": {"spec": state.get("dataset"), "fingerprint": state.get("dataset_fingerprint")},
+                **({"init": state["init"]} if state.get("init") else {})},
         config=state.get("config"), seed=state.get("seed"),
         extra={"space": state.get("space"), "phase": state.get("phase_name"), "phase_index": state.get("phase_index"),
                "step_in_phase": state.get("step_in_phase"), "global_step": state.get("global_step"),

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from edgenas.artifacts import atomic_write_text
-from edgenas.data import Dataset, load_dataset
+from edgenas.data import AnyDataset, StepResolutions, load_dataset
 from edgenas.errors import UsageError, signals_held
 from edgenas.progress import Progress
 from edgenas.space import Arch, SearchSpace
@@ -42,6 +42,7 @@ from edgenas.train.alone import Comparison, can_run_beside
 from edgenas.train.checkpoint import check_resume_fields, read_checkpoint, save_checkpoint
 from edgenas.train.config import Phase, TrainConfig, to_toml
 from edgenas.train.evaluate import evaluate_many, recalibrate_for
+from edgenas.train.finetune import InitWeights, freeze_backbone_grads, read_init
 from edgenas.train.gate import required_top1, training_verdict
 from edgenas.train.lr_backoff import Held, LRBackoff
 from edgenas.train.schedule import PhaseSchedule, TimeBudget, plateau_cut, step_cost, time_cut
@@ -160,13 +161,13 @@ def watched_archs(space: SearchSpace, options: dict[str, Any]) -> list[Arch]:
     return [largest] if smallest == space.largest(min(space.resolutions)) else [largest, smallest]
 
 
-def chance_top1(dataset: Dataset) -> float:
+def chance_top1(dataset: AnyDataset) -> float:
     """The validation top-1 of always answering the most common class."""
     labels = dataset.labels["val"]
     return float(np.bincount(labels).max() / max(1, len(labels)))
 
 
-def _val_top1(net: Supernet, archs: list[Arch], dataset: Dataset, config: TrainConfig, batch_size: int) -> list[float]:
+def _val_top1(net: Supernet, archs: list[Arch], dataset: AnyDataset, config: TrainConfig, batch_size: int) -> list[float]:
     """Validation top-1 of `archs` (BN-recalibrated), leaving the training's random state as it was."""
     state = torch.get_rng_state()
     try:
@@ -212,14 +213,14 @@ class MetricsLog:
             self.writer.close()
 
 
-def build_space(config: TrainConfig, dataset: Dataset) -> SearchSpace:
+def build_space(config: TrainConfig, dataset: AnyDataset) -> SearchSpace:
     try:
         return SearchSpace.preset(config.space, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
 
-def _check_resumable(state: dict[str, Any], config: TrainConfig, dataset: Dataset, path: Path) -> None:
+def _check_resumable(state: dict[str, Any], config: TrainConfig, dataset: AnyDataset, path: Path) -> None:
     if state["config_result"] != config.result_dict():
         ours, theirs = config.result_dict(), state["config_result"]
         diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
@@ -268,7 +269,7 @@ def _param_checksum(net: torch.nn.Module) -> str:
 
 def train(config: TrainConfig, out_dir: str | Path | None = None, *, resume: bool = False, device: str = "auto",
           threads: int | None = None, progress: bool = True, tensorboard: bool = True,
-          dataset: Dataset | None = None) -> TrainResult:
+          dataset: AnyDataset | None = None) -> TrainResult:
     """Train a supernet with progressive shrinking; write `supernet.pt`, `last.pt`, `metrics.jsonl`, `config.toml`.
 
     With `resume`, continue from `out_dir/last.pt` (refused if it was made from another config or
@@ -309,7 +310,7 @@ class Run:
     config: TrainConfig
     procs: Processes
     out: Path
-    dataset: Dataset
+    dataset: AnyDataset
     space: SearchSpace
     net: Supernet
     initial: dict[str, Any]  # the initial weights: where a learning-rate back-off restarts the first phase
@@ -318,21 +319,38 @@ class Run:
     model: torch.nn.Module = field(init=False)  # the network, wrapped for DistributedDataParallel under torchrun
     comparison: Comparison = field(init=False)
     budget: TimeBudget | None = None
+    init: InitWeights | None = None  # the pretrained supernet the run started from (`--init`)
+
+    @cached_property
+    def amp(self) -> bool:
+        """bf16 autocast: on a CUDA GPU that supports it; never on the CPU (its numbers stay as they were)."""
+        return self.procs.device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+    def autocast(self) -> Any:
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
 
     @classmethod
     def start(cls, config: TrainConfig, out_dir: str | Path | None, *, device: str, threads: int | None,
-              progress: bool, dataset: Dataset | None) -> Run:
+              progress: bool, dataset: AnyDataset | None) -> Run:
         procs = setup_processes(device, threads)
         out = Path(out_dir) if out_dir is not None else default_out_dir(config.dataset, config.preset)
         if config.batch_size % procs.world_size:
             raise UsageError(f"batch size {config.batch_size} does not split over {procs.world_size} processes: "
                              f"use a multiple of {procs.world_size}")
         dataset = dataset or load_dataset(config.dataset, seed=config.seed)
+        if dataset.streamed:  # decoding workers; page-locked batches where they go to a GPU
+            dataset.workers, dataset.pin_memory = config.data_workers, procs.device.type == "cuda"
         space = build_space(config, dataset)
         torch.manual_seed(config.seed * 1000 + procs.rank)
         # channels-last makes PyTorch's depthwise-convolution backward pass about 2x faster on CPU (measured).
         net = Supernet(space).to(procs.device, memory_format=torch.channels_last)
-        return cls(config, procs, out, dataset, space, net, copy.deepcopy(net.state_dict()), progress)
+        init = None
+        if config.init is not None:  # fine-tuning: the pretrained weights (a new head where the classes differ)
+            init = read_init(config.init, space, net.state_dict())
+            net.load_state_dict(init.weights)
+        run = cls(config, procs, out, dataset, space, net, copy.deepcopy(net.state_dict()), progress)
+        run.init = init
+        return run
 
     @property
     def last_path(self) -> Path:
@@ -375,6 +393,8 @@ class Run:
         if self.procs.main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / "config.toml", to_toml(self.config))
+            if self.dataset.streamed:  # which file went to which split: the run's record of its data
+                atomic_write_text(self.out / "splits.json", json.dumps(self.dataset.split_record()))
         self.log = MetricsLog(self.out / "metrics.jsonl", self.procs.main, tensorboard)
 
     def begin(self, state: TrainState) -> None:
@@ -382,9 +402,14 @@ class Run:
         a core for it (else it runs after); plan the time budget."""
         procs, config = self.procs, self.config
         if procs.main:
-            print(f"edgenas train: {self.dataset.describe()}; space {self.space.name} ({self.space.in_channels} "
+            print(f"edgenas train: {self.dataset.describe(self.space.resolutions)}; space {self.space.name} "
+                  f"({self.space.in_channels} "
                   f"channel(s)); {procs.world_size} process(es) on {procs.device.type} ({torch.get_num_threads()} "
-                  f"thread(s)); out {self.out}", file=sys.stderr)
+                  f"thread(s){'; bf16 autocast' if self.amp else ''}); out {self.out}", file=sys.stderr)
+            if self.init is not None:
+                print(f"edgenas train: {self.init.describe(self.space.num_classes)}"
+                      + (f"; the first {config.head_warmup_steps} steps train only the classifier"
+                         if config.head_warmup_steps and state.global_step == 0 else ""), file=sys.stderr)
         self.model = self.net
         if procs.distributed:
             # Different subnets use different parameters, so DDP must look for unused ones each step.
@@ -475,6 +500,7 @@ class TrainState:
             "rng_torch": torch.get_rng_state() if rng is None else rng, "complete": self.complete,
             "summary": self.summary, "normalisation": {"mean": dataset.mean.tolist(), "std": dataset.std.tolist()},
             "phase_state": self.stats if within else None, "lr_backoff": self.backoff.state,
+            **({"init": run.init.lineage()} if run.init is not None else {}),
         }
 
     def save(self, run: Run, *, elapsed: float = 0.0, rng: torch.Tensor | None = None) -> None:
@@ -482,7 +508,7 @@ class TrainState:
 
 
 def _train(config: TrainConfig, out_dir: str | Path | None, *, resume: bool, device: str, threads: int | None,
-           progress: bool, tensorboard: bool, dataset: Dataset | None) -> TrainResult:
+           progress: bool, tensorboard: bool, dataset: AnyDataset | None) -> TrainResult:
     segment_start = time.perf_counter()  # the wall clock of the phase now running, start-up included (time budget)
     run = Run.start(config, out_dir, device=device, threads=threads, progress=progress, dataset=dataset)
     checkpoint = run.read_last(resume)
@@ -532,6 +558,7 @@ class PhaseLoop:
     eval_every: int
     check: int | None  # the step of the learning-rate back-off's check
     loader: Any
+    resolutions: StepResolutions  # each step's elastic resolution (the loader reads its images at it)
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
     bar: Progress
     t0: float
@@ -572,9 +599,10 @@ class PhaseLoop:
         if first > 0 and state.resumed is not None and state.resumed.get("optimizer") is not None:
             state.optimizer.load_state_dict(state.resumed["optimizer"])
             state.scheduler.load_state_dict(state.resumed["scheduler"])  # the schedule's own state: where a cut ends it
+        resolutions = StepResolutions(config.seed, index, tuple(space.resolutions))
         loader = run.dataset.loader("train", batch_size=run.per_rank, shuffle=True, augment=True,
                                     seed=config.seed * 1000 + index, rank=run.procs.rank,
-                                    world_size=run.procs.world_size, drop_last=True)
+                                    world_size=run.procs.world_size, drop_last=True, step_resolution=resolutions)
         run.model.train()
         t0 = time.perf_counter()
         bar = Progress(state.schedule.end * config.batch_size, f"phase {index + 1}/{len(config.phases)} {phase.name}",
@@ -583,7 +611,7 @@ class PhaseLoop:
         return cls(index, phase, first, min_steps, options, watched_archs(space, options),
                    max(10, round(config.plateau_every * run.steps_per_epoch)) if config.eval_every_phase else 0,
                    state.backoff.check_at(index, run.train_size, config.batch_size, min_steps), loader,
-                   _batches(loader, first), bar, t0, t_rate=t0, rate_first=first, rng_done=torch.get_rng_state())
+                   resolutions, loader.batches_from(first), bar, t0, t_rate=t0, rate_first=first, rng_done=torch.get_rng_state())
 
     def after_update(self, run: Run, state: TrainState, loss: float, correct: float) -> None:
         """An update was applied: the running loss and accuracy, the progress bar, the metrics log."""
@@ -608,14 +636,6 @@ class PhaseLoop:
 
     def restart_rate_clock(self, step: int) -> None:
         self.t_rate, self.rate_first, self.rate_warm = time.perf_counter(), step, False
-
-
-def _batches(loader: Any, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches from step `start` on, across epochs."""
-    epoch, b = divmod(start, len(loader))
-    while True:
-        yield from loader.iterate(epoch, b)
-        epoch, b = epoch + 1, 0
 
 
 def run_phase(run: Run, state: TrainState, index: int, segment_start: float) -> dict[str, Any]:
@@ -675,13 +695,12 @@ def train_step(run: Run, state: TrainState, loop: PhaseLoop, x: torch.Tensor, y:
     the batch (label loss, plus distillation from the full network); their mean loss and training accuracy."""
     config, phase, procs, net, space = run.config, loop.phase, run.procs, run.net, run.space
     x, y = x.to(procs.device, non_blocking=True), y.to(procs.device, non_blocking=True)
-    rng = np.random.default_rng([config.seed, loop.index, state.step])
-    resolution = int(rng.choice(space.resolutions))  # elastic resolution: one per step, shared by the k subnets
+    rng, resolution = loop.resolutions.rng(state.step)  # elastic resolution: one per step, shared by the k subnets
     x = net.resize(x, resolution).contiguous(memory_format=torch.channels_last)
     distill = phase.distill and config.distill_weight > 0
     teacher_logits = None
     if distill and not phase.largest_first:
-        with torch.no_grad():
+        with torch.no_grad(), run.autocast():
             teacher_logits = state.teacher(x)
     state.optimizer.zero_grad(set_to_none=True)
     step_loss = step_correct = 0.0
@@ -695,7 +714,8 @@ def train_step(run: Run, state: TrainState, loop: PhaseLoop, x: torch.Tensor, y:
         net.set_active(arch)
         sync = not procs.distributed or j == k - 1
         with run.model.no_sync() if not sync else nullcontext():  # type: ignore[operator]
-            logits = run.model(x)
+            with run.autocast():  # bf16 on a GPU that has it; a no-op on the CPU
+                logits = run.model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
             if teacher_logits is not None:
                 loss = loss + config.distill_weight * soft_cross_entropy(logits, teacher_logits,
@@ -705,6 +725,8 @@ def train_step(run: Run, state: TrainState, loop: PhaseLoop, x: torch.Tensor, y:
             teacher_logits = logits.detach()  # the full network teaches the step's other subnets
         step_loss += loss.item() / k
         step_correct += float((logits.argmax(1) == y).float().mean()) / k
+    if loop.index == 0 and state.step < config.head_warmup_steps:
+        freeze_backbone_grads(net)  # fine-tuning: the new head warms up while the pretrained backbone waits
     return step_loss, step_correct
 
 
@@ -750,7 +772,7 @@ def _restart_or_revert(run: Run, state: TrainState, loop: PhaseLoop, action: str
         state.step = loop.check
         stats.update({k: v for k, v in held.stats.items() if k != "budget_s"})
         loop.check = None
-    loop.batches = _batches(loop.loader, state.step)
+    loop.batches = loop.loader.batches_from(state.step)
     loop.restart_rate_clock(state.step)
     loop.bar.n, loop.bar.total = state.step * batch, state.schedule.end * batch
     run.comparison.restart(backoff.scaled(run.config), state.global_step, state.schedule.end)
@@ -834,6 +856,8 @@ def _finish(run: Run, state: TrainState, stopped_unlearned: bool) -> TrainResult
                                "world_size": procs.world_size}
     if stopped_unlearned:
         summary["stopped_unlearned"] = True
+    if run.init is not None:
+        summary["init"] = run.init.lineage()
     if procs.distributed:
         sums: list[Any] = [None] * procs.world_size
         torch.distributed.all_gather_object(sums, _param_checksum(run.net))

@@ -1,18 +1,5 @@
-"""Datasets for training and evaluating supernets: loading, train/val/holdout splits, normalisation and batching.
-
-A dataset is chosen by a SPEC string:
-
-- `digits`: scikit-learn's bundled 8×8 handwritten digits (1 797 images, grey; no download).
-- `shapes[:image_size=N,samples=M]`: a seeded synthetic set of coloured geometric shapes (10 classes)
-  with clutter and noise, generated on load at any resolution.
-- `folder:PATH`: one sub-folder per class holding PNG/JPEG images (read with Pillow).
-- `cifar10:PATH`: the CIFAR-10 "python version" batches folder (`data_batch_1..5`, `test_batch`).
-- `idx:PATH`: a folder of MNIST-family IDX files (`train-images-idx3-ubyte[.gz]`, ...), gzipped or not.
-
-Images are held in memory as uint8 NCHW and normalised per channel with the training split's mean
-and standard deviation. `holdout` is carved from the training data (as Once-for-All's validation
-subset) and is what the accuracy predictor is fitted on; `val` is the official test split where a
-format has one, else a stratified part of the data.
+"""In-memory datasets: images held as uint8 NCHW, split, normalised with the training split's statistics and batched
+(`BatchLoader`, augmented on the fly); the readers of the small formats (digits, CIFAR-10, IDX, folders of thumbnails).
 """
 
 from __future__ import annotations
@@ -28,16 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from edgenas.data.images import dataset_folder
+from edgenas.data.splits import SPLITS, split_indices
 from edgenas.errors import UsageError
-from edgenas.inputs import GIB, MAX_DATA_BYTES, input_file, load_data_pickle, one_line, read_bytes
+from edgenas.inputs import GIB, MAX_DATA_BYTES, load_data_pickle, one_line, read_bytes
 
-SPLITS = ("train", "val", "holdout")
-DATASET_KINDS = ("digits", "shapes", "folder", "cifar10", "idx")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-MAX_SHAPES_SIZE = 1024
-MAX_IMAGE_PIXELS = 8192 * 8192  # one image of a folder dataset
 MAX_BATCH_BYTES = GIB  # one CIFAR-10 batch (the real ones are 30 MiB)
-SHAPE_CLASSES = ("circle", "square", "triangle", "hexagon", "ellipse", "ring", "cross", "star", "crescent", "frame")
 
 
 @dataclass
@@ -59,6 +42,7 @@ class Dataset:
     fingerprint: str = ""
     seed: int = 0
     flip: bool = True  # horizontal flips are valid augmentation (not for digits and letters)
+    streamed = False
 
     @property
     def image_size(self) -> int:
@@ -81,13 +65,16 @@ class Dataset:
 
     def loader(self, split: str, *, batch_size: int, resolution: int | None = None, shuffle: bool = False,
                augment: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
-               drop_last: bool = False, epoch: int = 0) -> BatchLoader:
-        """Batches of (x float32 NCHW at `resolution`, y int64) as torch tensors; see `BatchLoader`."""
+               drop_last: bool = False, epoch: int = 0, step_resolution: Any = None, workers: int | None = None
+               ) -> BatchLoader:
+        """Batches of (x float32 NCHW at `resolution`, y int64) as torch tensors; see `BatchLoader`. The images are
+        in memory at one size: `step_resolution` and `workers` (a streamed dataset's) are not needed here, the
+        trainer resizes each batch to its step's resolution."""
         return BatchLoader(self, self._split(split), batch_size=batch_size, resolution=resolution, shuffle=shuffle,
                            augment=augment, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last,
                            epoch=epoch)
 
-    def describe(self) -> str:
+    def describe(self, resolutions: tuple[int, ...] | None = None) -> str:
         sizes = ", ".join(f"{s} {self.size(s)}" for s in SPLITS)
         return (f"dataset {self.spec}: {self.num_classes} classes, {self.in_channels} channel(s), "
                 f"{self.image_size}px; {sizes}")
@@ -134,6 +121,13 @@ class BatchLoader:
             order = order[: self.shard_size * self.world_size][self.rank:: self.world_size]
         return order
 
+    def batches_from(self, step: int) -> Iterator[tuple[Any, Any]]:
+        """Batches from step `step` of a phase on, across epochs."""
+        epoch, b = divmod(step, len(self))
+        while True:
+            yield from self.iterate(epoch, b)
+            epoch, b = epoch + 1, 0
+
     def iterate(self, epoch: int, start: int = 0) -> Iterator[tuple[Any, Any]]:
         """Batches `start`, `start + 1`, ... of epoch `epoch`."""
         import torch
@@ -175,114 +169,18 @@ def augment_batch(x: Any, size: int, gen: Any, *, flip: bool, scale: float = 0.1
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-# ---- loading ---------------------------------------------------------------------------------
-
-def parse_spec(spec: str) -> tuple[str, str]:
-    """Split a SPEC into (kind, argument): `folder:/data/x` -> ("folder", "/data/x")."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise UsageError(f"dataset spec {spec!r} is empty: use one of digits, shapes, folder:PATH, cifar10:PATH, idx:PATH")
-    if "\x00" in spec or len(spec) > 4096:
-        raise UsageError(f"dataset spec {spec[:60]!r} is not a dataset: use one of digits, shapes, folder:PATH, "
-                         "cifar10:PATH, idx:PATH")
-    kind, _, arg = spec.strip().partition(":")
-    if kind not in DATASET_KINDS:
-        raise UsageError(f"unknown dataset {spec!r}: use one of digits, shapes, folder:PATH, cifar10:PATH, idx:PATH")
-    if kind in ("folder", "cifar10", "idx") and not arg:
-        raise UsageError(f"dataset {spec!r} needs a path: {kind}:PATH")
-    if kind == "digits" and arg:
-        raise UsageError(f"dataset {spec!r}: digits takes no argument")
-    return kind, arg
-
-
-def check_dataset_spec(spec: str) -> None:
-    """What can be checked of a SPEC without loading it: the kind, options and that its folder is one.
-
-    Stages that load the data later (a run's training) call this first, so a typo stops the run before work.
-    """
-    kind, arg = parse_spec(spec)
-    if kind == "shapes":
-        _parse_options(spec, arg, {"image_size": int, "samples": int})
-    elif kind != "digits":
-        expected = {"folder": "a folder with one sub-folder per class",
-                    "cifar10": "the folder holding data_batch_1..5 and test_batch",
-                    "idx": "the folder holding train-images-idx3-ubyte[.gz] etc."}[kind]
-        _dataset_folder(Path(arg), f"dataset {spec}: folder", expected)
-
-
-def load_dataset(spec: str, *, seed: int = 0, val_fraction: float = 0.2, holdout_fraction: float = 0.1,
-                 min_holdout: int = 200, image_size: int | None = None, **kw: Any) -> Dataset:
-    """Load the dataset named by `spec` and split it with `seed`.
-
-    `val_fraction` applies where the format has no official test split; the holdout is
-    `holdout_fraction` of the remaining training data, but at least `min_holdout` images (never more
-    than a quarter). `image_size` resizes a folder's images (default: their common size, else 64) or
-    sets the size of `shapes` (default 32); `samples` sets how many shapes are generated (default 12 000).
-    Missing or malformed data raise UsageError naming the file.
-    """
-    kind, arg = parse_spec(spec)
-    official_val: tuple[np.ndarray, np.ndarray] | None = None
-    flip = True
-    if kind == "digits":
-        x, y, names = _load_digits()
-        flip = False
-    elif kind == "shapes":
-        opts = _parse_options(spec, arg, {"image_size": int, "samples": int})
-        size = opts.get("image_size", image_size or 32)
-        samples = opts.get("samples", kw.pop("samples", 12000))
-        if not (8 <= size <= MAX_SHAPES_SIZE and 10 <= samples and samples * 3 * size * size <= MAX_DATA_BYTES):
-            raise UsageError(f"dataset {spec!r}: image_size={size}, samples={samples} is out of range: image_size "
-                             f"from 8 to {MAX_SHAPES_SIZE}, samples at least 10, at most {MAX_DATA_BYTES // GIB} GiB "
-                             "of pixels in all")
-        x, y = make_shapes(samples, size, np.random.default_rng([seed, 7]))
-        names = list(SHAPE_CLASSES)
-    elif kind == "folder":
-        x, y, names = _load_folder(Path(arg), image_size)
-    elif kind == "cifar10":
-        x, y, names, official_val = _load_cifar10(Path(arg))
-    else:
-        x, y, names, official_val = _load_idx(Path(arg))
-        flip = False
-    if kw:
-        raise UsageError(f"unknown dataset option(s) {', '.join(sorted(kw))}: accepted are val_fraction, "
-                         "holdout_fraction, min_holdout, image_size, samples")
-    return _build(spec, x, y, names, official_val, seed=seed, val_fraction=val_fraction,
-                  holdout_fraction=holdout_fraction, min_holdout=min_holdout, flip=flip)
-
-
-def _parse_options(spec: str, arg: str, types: dict[str, type]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in filter(None, arg.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq or key not in types:
-            raise UsageError(f"bad option {item!r} in dataset {spec!r}: use "
-                             + ",".join(f"{k}=N" for k in types))
-        try:
-            out[key] = types[key](value)
-        except ValueError:
-            raise UsageError(f"bad value {value!r} for {key} in dataset {spec!r}: expected an integer") from None
-    return out
-
-
-def _build(spec: str, x: np.ndarray, y: np.ndarray, names: list[str], official_val: tuple[np.ndarray, np.ndarray] | None,
+def build_dataset(spec: str, x: np.ndarray, y: np.ndarray, names: list[str], official_val: tuple[np.ndarray, np.ndarray] | None,
            *, seed: int, val_fraction: float, holdout_fraction: float, min_holdout: int, flip: bool) -> Dataset:
     num_classes = len(names)
     if len(x) == 0:
         raise UsageError(f"dataset {spec} holds no images")
     if y.min() < 0 or y.max() >= num_classes:
         raise UsageError(f"dataset {spec} has label {int(y.max())} outside 0..{num_classes - 1}")
-    rng = np.random.default_rng([seed, 3])
-    if official_val is None:
-        if not 0.0 < val_fraction < 1.0:
-            raise UsageError(f"val_fraction {val_fraction} must be between 0 and 1")
-        train_idx, val_idx = _stratified_split(y, val_fraction, rng)
-        val = (x[val_idx], y[val_idx])
-        x, y = x[train_idx], y[train_idx]
-    else:
-        val = official_val
-    n_hold = max(int(round(holdout_fraction * len(y))), min(min_holdout, len(y) // 4))
-    train_idx, hold_idx = _stratified_split(y, n_hold / len(y), rng)
-    images = {"train": x[train_idx], "val": val[0], "holdout": x[hold_idx]}
-    labels = {"train": y[train_idx], "val": val[1], "holdout": y[hold_idx]}
+    idx = split_indices(y, seed=seed, val_fraction=val_fraction, holdout_fraction=holdout_fraction,
+                        min_holdout=min_holdout, official_val=official_val is not None)
+    val = official_val if official_val is not None else (x[idx["val"]], y[idx["val"]])
+    images = {"train": x[idx["train"]], "val": val[0], "holdout": x[idx["holdout"]]}
+    labels = {"train": y[idx["train"]], "val": val[1], "holdout": y[idx["holdout"]]}
     for split in SPLITS:
         if len(labels[split]) == 0:
             raise UsageError(f"dataset {spec} is too small: its {split} split is empty; add images")
@@ -303,18 +201,7 @@ def _build(spec: str, x: np.ndarray, y: np.ndarray, names: list[str], official_v
                    fingerprint=h.hexdigest()[:32], seed=seed, flip=flip)
 
 
-def _stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (keep, taken): `fraction` of every class taken, in random order."""
-    keep, taken = [], []
-    for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        k = int(round(fraction * len(idx)))
-        taken.append(idx[:k])
-        keep.append(idx[k:])
-    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(taken))
-
-
-def _load_digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
+def load_digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -322,48 +209,21 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
     return x, d.target.astype(np.int64), [str(i) for i in range(10)]
 
 
-def _dataset_folder(root: Path, what: str, expected: str) -> Path:
-    """`root` if it is a folder; one line naming what is there instead otherwise."""
-    if root.is_dir():
-        return root
-    if root.exists():
-        raise UsageError(f"{what} {root} is not a folder: give {expected}")
-    raise UsageError(f"{what} {root} does not exist: give {expected}")
+def load_folder_in_memory(files: list[tuple[Path, int]], classes: list[str], image_size: int | None
+                          ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A folder of small images (checked by `images.check_images`), decoded and held as uint8 at one size: their
+    common size, else `image_size` or 64."""
+    from PIL import Image
 
-
-def _load_folder(root: Path, image_size: int | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from PIL import Image, UnidentifiedImageError
-
-    _dataset_folder(root, "dataset folder", "a folder with one sub-folder per class")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if len(classes) < 2:
-        raise UsageError(f"dataset folder {root} has {len(classes)} class sub-folder(s): it needs one sub-folder "
-                         "per class, at least 2")
-    files: list[tuple[Path, int]] = []
-    for c, name in enumerate(classes):
-        found = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not found:
-            raise UsageError(f"class folder {root / name} has no PNG or JPEG images")
-        files.extend((p, c) for p in found)
     raw = []
     for path, _ in files:
-        input_file(path, "image")  # a folder, a pipe or /dev/zero named like an image is refused unread
         try:
             with Image.open(path) as im:
-                w, h = im.size
-                if w < 1 or h < 1 or w * h > MAX_IMAGE_PIXELS:
-                    raise UsageError(f"image {path} is {w}x{h} pixels: expected at most {MAX_IMAGE_PIXELS} pixels; "
-                                     "resize or remove it")
                 im.load()
                 raw.append(im.copy())
-        except UsageError:
-            raise
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise UsageError(f"cannot read image {path}: {type(exc).__name__}: {one_line(str(exc))[:100]}; "
-                             "remove or replace the file") from None
         except Exception as exc:  # a damaged file makes Pillow's decoders raise many kinds of errors
-            raise UsageError(f"cannot read image {path} ({type(exc).__name__}): it is damaged; remove or replace it"
-                             ) from None
+            raise UsageError(f"cannot read image {path} ({type(exc).__name__}: {one_line(str(exc))[:80]}): it is "
+                             "damaged; remove or replace it") from None
     grey = all(im.mode in ("L", "1", "I;16", "I") for im in raw)
     sizes = {im.size for im in raw}
     if image_size is None:
@@ -410,10 +270,10 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.astype(np.uint8).reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
 
 
-def _load_cifar10(root: Path) -> tuple[np.ndarray, np.ndarray, list[str], tuple[np.ndarray, np.ndarray]]:
+def load_cifar10(root: Path) -> tuple[np.ndarray, np.ndarray, list[str], tuple[np.ndarray, np.ndarray]]:
     if (root / "cifar-10-batches-py").is_dir():
         root = root / "cifar-10-batches-py"
-    _dataset_folder(root, "CIFAR-10 folder", "the folder holding data_batch_1..5 and test_batch")
+    dataset_folder(root, "CIFAR-10 folder", "the folder holding data_batch_1..5 and test_batch")
     train_files = sorted(root.glob("data_batch_*"))
     test_file = root / "test_batch"
     if not train_files or not test_file.exists():
@@ -486,8 +346,8 @@ def _find_idx(root: Path, split_words: tuple[str, ...], what: str) -> Path | Non
     return None
 
 
-def _load_idx(root: Path) -> tuple[np.ndarray, np.ndarray, list[str], tuple[np.ndarray, np.ndarray]]:
-    _dataset_folder(root, "IDX folder", "the folder holding train-images-idx3-ubyte[.gz] etc.")
+def load_idx(root: Path) -> tuple[np.ndarray, np.ndarray, list[str], tuple[np.ndarray, np.ndarray]]:
+    dataset_folder(root, "IDX folder", "the folder holding train-images-idx3-ubyte[.gz] etc.")
     found = {}
     for key, words, what in (("xtr", ("train",), "images"), ("ytr", ("train",), "labels"),
                              ("xte", ("t10k", "test"), "images"), ("yte", ("t10k", "test"), "labels")):
@@ -511,89 +371,3 @@ def _load_idx(root: Path) -> tuple[np.ndarray, np.ndarray, list[str], tuple[np.n
     names = [str(i) for i in range(num_classes)]
     return (arrays["xtr"][:, None].copy(), arrays["ytr"].astype(np.int64), names,
             (arrays["xte"][:, None].copy(), arrays["yte"].astype(np.int64)))
-
-
-# ---- the synthetic shapes dataset ------------------------------------------------------------
-
-def _shape_mask(cls: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Inside-mask of shape class `cls` in local coordinates (the shape spans about [-1, 1])."""
-    r = np.hypot(u, v)
-    theta = np.arctan2(v, u)
-
-    def polygon(sides: int, apothem: float) -> np.ndarray:
-        inside = np.ones_like(u, dtype=bool)
-        for i in range(sides):
-            a = 2 * np.pi * i / sides + np.pi / 2
-            inside &= u * np.cos(a) + v * np.sin(a) <= apothem
-        return inside
-
-    name = SHAPE_CLASSES[cls]
-    if name == "circle":
-        return r <= 0.9
-    if name == "square":
-        return np.maximum(np.abs(u), np.abs(v)) <= 0.75
-    if name == "triangle":
-        return polygon(3, 0.5)
-    if name == "hexagon":
-        return polygon(6, 0.8)
-    if name == "ellipse":
-        return (u / 1.0) ** 2 + (v / 0.5) ** 2 <= 1.0
-    if name == "ring":
-        return (r <= 0.95) & (r >= 0.55)
-    if name == "cross":
-        return ((np.abs(u) <= 0.28) & (np.abs(v) <= 0.95)) | ((np.abs(v) <= 0.28) & (np.abs(u) <= 0.95))
-    if name == "star":
-        return r <= 0.4 + 0.6 * ((np.cos(5 * theta) + 1) / 2) ** 1.5
-    if name == "crescent":
-        return (r <= 0.95) & (np.hypot(u - 0.5, v) > 0.75)
-    return (np.maximum(np.abs(u), np.abs(v)) <= 0.85) & (np.maximum(np.abs(u), np.abs(v)) >= 0.5)  # frame
-
-
-def make_shapes(n: int, size: int, rng: np.random.Generator, batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """`n` RGB images (uint8, (n, 3, size, size)) of one coloured shape each over a gradient, with clutter and noise.
-
-    The class is the shape (10 kinds); colour, position, scale and rotation are random and carry no
-    label information; distractor strokes and blobs can occlude the shape (up to 3, each with chance 1/2).
-    """
-    if n < 10 or size < 8:
-        raise UsageError(f"shapes needs at least 10 samples and 8 pixels, got samples={n}, image_size={size}")
-    labels = rng.permutation(np.arange(n) % 10).astype(np.int64)
-    out = np.empty((n, 3, size, size), dtype=np.uint8)
-    grid = (np.arange(size) + 0.5) / size
-    gy, gx = np.meshgrid(grid, grid, indexing="ij")
-    for start in range(0, n, batch):
-        m = min(batch, n - start)
-        y = labels[start:start + m]
-        bg0 = rng.uniform(0, 1, (m, 3, 1, 1))
-        bg1 = rng.uniform(0, 1, (m, 3, 1, 1))
-        angle = rng.uniform(0, 2 * np.pi, (m, 1, 1))
-        ramp = (gx * np.cos(angle) + gy * np.sin(angle) + 1.5) / 3
-        img = bg0 * (1 - ramp[:, None]) + bg1 * ramp[:, None]
-        # the shape: random centre, scale, rotation, colour contrasting with the background
-        cx, cy = rng.uniform(0.32, 0.68, (2, m, 1, 1))
-        scale = rng.uniform(0.22, 0.36, (m, 1, 1))
-        rot = rng.uniform(0, 2 * np.pi, (m, 1, 1))
-        dx, dy = (gx - cx) / scale, (gy - cy) / scale
-        u = dx * np.cos(rot) + dy * np.sin(rot)
-        v = -dx * np.sin(rot) + dy * np.cos(rot)
-        mask = np.zeros((m, size, size), dtype=bool)
-        for c in range(10):
-            sel = y == c
-            if sel.any():
-                mask[sel] = _shape_mask(c, u[sel], v[sel])
-        fg = np.clip(img.mean(axis=(2, 3), keepdims=True)
-                     + rng.choice([-1, 1], (m, 1, 1, 1)) * rng.uniform(0.35, 0.6, (m, 3, 1, 1)), 0, 1)
-        img = np.where(mask[:, None], fg, img)
-        # clutter: up to 3 random strokes and blobs in random colours, drawn over the shape
-        for _ in range(3):
-            draw = rng.random((m, 1, 1)) < 0.5
-            x0, y0, x1, y1 = rng.uniform(0, 1, (4, m, 1, 1))
-            t = np.clip(((gx - x0) * (x1 - x0) + (gy - y0) * (y1 - y0)) / ((x1 - x0) ** 2 + (y1 - y0) ** 2 + 1e-9), 0, 1)
-            dist = np.hypot(gx - x0 - t * (x1 - x0), gy - y0 - t * (y1 - y0))
-            stroke = dist <= rng.uniform(0.4, 1.0, (m, 1, 1)) / size
-            blob = np.hypot(gx - x0, gy - y0) <= rng.uniform(0.03, 0.08, (m, 1, 1))
-            clutter = draw & np.where(rng.random((m, 1, 1)) < 0.7, stroke, blob)
-            img = np.where(clutter[:, None], rng.uniform(0, 1, (m, 3, 1, 1)), img)
-        img = img + rng.normal(0, 0.05, img.shape)
-        out[start:start + m] = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
-    return out, labels
