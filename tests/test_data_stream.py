@@ -229,3 +229,17 @@ def test_a_streamed_training_run_says_what_it_reads_at_and_records_its_split(tmp
     assert record["seed"] == 0 and sum(len(v) for v in record["splits"].values()) == 30
     summary = json.loads(result.stdout)
     assert summary["global_step"] == 5 and summary["alone"]["steps"] == 5  # the comparison read the same stream
+
+
+def test_thumbnails_are_held_in_memory_only_while_their_decoded_copy_is_small(tmp_path, monkeypatch):
+    """A folder of images of at most 64 px is decoded once and held (faster than decoding every epoch) unless the
+    decoded copy would pass the bound: then it streams, as a folder of photos does, and memory stays flat."""
+    import edgenas.data.folders as folders
+
+    root = photo_folder(tmp_path / "thumbs", classes=2, per_class=12, lo=24, hi=40)
+    held = load_dataset(f"folder:{root}", seed=0)
+    assert not isinstance(held, StreamingDataset)
+    monkeypatch.setattr(folders, "IN_MEMORY_BYTES", 24 * 3 * 24 * 24 - 1)  # short of 24 RGB images of the smallest size
+    streamed = load_dataset(f"folder:{root}", seed=0)
+    assert isinstance(streamed, StreamingDataset)
+    assert sum(streamed.size(s) for s in SPLITS) == sum(held.size(s) for s in SPLITS) == 24

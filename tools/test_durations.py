@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nslowest files:")
     for file, seconds in sorted(per_file.items(), key=lambda kv: -kv[1])[:10]:
         print(f"  {seconds:7.1f}  {file}")
-    if not args.no_write and args.report is None and rc == 0 and not args.pytest_args:
+    if not args.no_write and (args.report is not None or rc == 0) and not args.pytest_args:
         target = ROOT / "tests" / "durations.json"
         target.write_text(json.dumps({f: round(s, 1) for f, s in sorted(per_file.items())}, indent=1) + "\n")
         print(f"\nwrote {target.relative_to(ROOT)}")

@@ -14,7 +14,8 @@ from edgenas.data.splits import SPLITS, split_indices
 from edgenas.data.stream import StreamingDataset, fingerprint, normalisation
 from edgenas.errors import UsageError
 
-IN_MEMORY_SIDE = 64  # a folder whose images are all at most this many pixels a side is held in memory
+IN_MEMORY_SIDE = 64  # a folder whose images are all at most this many pixels a side is held in memory ...
+IN_MEMORY_BYTES = 512 * 1024 * 1024  # ... when its decoded copy fits in this (about 43 000 RGB images of 64 px)
 
 
 def load_image_folder(spec: str, kind: str, root: Path, *, seed: int, val_fraction: float, holdout_fraction: float,
@@ -37,7 +38,8 @@ def load_image_folder(spec: str, kind: str, root: Path, *, seed: int, val_fracti
     infos = check_images((p for p, _ in everything), len(everything), what=f"{len(everything)} images of {spec}")
     grey = all(info.grey for info in infos)
     sides = [s for info in infos for s in (info.width, info.height)]
-    if kind == "folder" and max(sides) <= IN_MEMORY_SIDE:
+    decoded = len(files) * (1 if grey else 3) * max(sides) ** 2
+    if kind == "folder" and max(sides) <= IN_MEMORY_SIDE and decoded <= IN_MEMORY_BYTES:
         x, y, names = load_folder_in_memory(files, classes, image_size)
         return build_dataset(spec, x, y, names, None, seed=seed, val_fraction=val_fraction,
                              holdout_fraction=holdout_fraction, min_holdout=min_holdout, flip=True)
