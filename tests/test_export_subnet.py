@@ -158,3 +158,23 @@ def test_dataset_arrays_resizes_without_augmentation():
     assert x.shape == (10, 1, 28, 28) and x.dtype == np.float32 and y.shape == (10,)
     x2, _ = dataset_arrays(digits(), "val", 28, limit=10)
     np.testing.assert_array_equal(x, x2)
+
+
+def test_the_checks_images_are_bounded_and_drawn_seeded_from_a_large_split(monkeypatch):
+    """The int8 check holds at most `VERIFY_IMAGES` images of a split (a real validation split at 224 px would not fit
+    in memory): all of a small split in order, a seeded draw of a larger one."""
+    import numpy as np
+
+    import edgenas.export.subnet as subnet
+    from edgenas.data import load_dataset
+
+    dataset = load_dataset("shapes:samples=600", seed=0)
+    n = dataset.size("val")
+    all_x, all_y = subnet.verification_images(dataset, "val", 24)
+    assert len(all_y) == n
+    monkeypatch.setattr(subnet, "VERIFY_IMAGES", n // 3)
+    x, y = subnet.verification_images(dataset, "val", 24, seed=1)
+    assert x.shape == (n // 3, *all_x.shape[1:]) and x.dtype == np.float32
+    again, _ = subnet.verification_images(dataset, "val", 24, seed=1)
+    assert np.array_equal(x, again)  # seeded: the same images each time
+    assert not np.array_equal(x, all_x[: n // 3])  # drawn from the whole split, not its first third

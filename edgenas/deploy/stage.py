@@ -31,6 +31,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgenas.artifacts import sha256_file
 from edgenas.devices.measurement import Measurement, meets_budget
 from edgenas.export.card import write_card
@@ -335,12 +337,14 @@ def model_correct(model: Any, dataset: Any, split: str, resolution: int) -> list
     model that ships, evaluated once, not the supernet recalibrated a second time."""
     import torch
 
-    from edgenas.export.subnet import dataset_arrays
     from edgenas.export.verify import torch_logits
 
-    images, labels = dataset_arrays(dataset, split, resolution)
-    with torch.no_grad():
-        return [bool(v) for v in (torch_logits(model, images).argmax(1) == labels)]
+    correct: list[bool] = []
+    with torch.no_grad():  # batch by batch: a large holdout split is never held in memory at once
+        for x, y in dataset.loader(split, batch_size=256, resolution=resolution):
+            images = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+            correct.extend(bool(v) for v in (torch_logits(model, images).argmax(1) == y.numpy()))
+    return correct
 
 
 class _Round:
