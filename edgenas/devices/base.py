@@ -212,6 +212,7 @@ class Device(abc.ABC):
             "cpu_affinity": list(c.measure.cpu_affinity),
             "window_s": c.measure.window_s,
             "retime": c.measure.retime,
+            "scale_runs_ms": c.measure.scale_runs_ms,
             "agent_version": agent_version(),
         }
         if c.description:
