@@ -139,10 +139,13 @@ def convert_state(state: dict[str, torch.Tensor], space: SearchSpace, source: st
     return out
 
 
-def import_ofa_supernet(checkpoint: str | Path, out: str | Path, *, num_classes: int | None = None) -> dict[str, Any]:
+def import_ofa_supernet(checkpoint: str | Path, out: str | Path, *, num_classes: int | None = None,
+                        resolutions: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Write Once-for-All's supernet `checkpoint` as an edgenas supernet checkpoint at `out` (with its manifest).
 
-    `num_classes` puts a new, untrained classifier on it (for fine-tuning on other data). Returns a summary."""
+    `num_classes` puts a new, untrained classifier on it (for fine-tuning on other data). `resolutions` narrows the
+    input sizes its space offers (those of Once-for-All's Note10 tables, 160-224 px: what is calibrated, searched
+    and exported follows the checkpoint's space; the weights do not depend on the size). Returns a summary."""
     from edgenas.artifacts import sha256_file, write_manifest
     from edgenas.train.checkpoint import save_checkpoint
 
@@ -153,6 +156,14 @@ def import_ofa_supernet(checkpoint: str | Path, out: str | Path, *, num_classes:
     new_head = num_classes is not None and num_classes != space.num_classes
     if num_classes is not None and num_classes < 2:
         raise UsageError(f"--num-classes {num_classes}: expected at least 2")
+    if resolutions is not None:
+        allowed = set(space.resolutions)
+        bad = [r for r in resolutions if r not in allowed]
+        if bad or not resolutions:
+            raise UsageError(f"--resolutions {','.join(map(str, resolutions)) or '(none)'}: {bad[0] if bad else 'none'} "
+                             f"is not an input size of Once-for-All's supernet; choose from "
+                             f"{min(allowed)} to {max(allowed)} in steps of 4")
+        space = space.replace(resolutions=tuple(sorted(set(resolutions))))
     if new_head:
         space = space.replace(num_classes=num_classes)
         fresh = Supernet(space).state_dict()  # the initialisation edgenas's training uses
@@ -169,4 +180,5 @@ def import_ofa_supernet(checkpoint: str | Path, out: str | Path, *, num_classes:
                    extra={"space": space.to_dict(), "complete": True, "summary": summary,
                           "imported_from": origin, "trained_here": False})
     return {"out": str(path), "space": space.name, "num_classes": space.num_classes, "new_classifier": new_head,
+            "resolutions": list(space.resolutions),
             "source_sha256": sha, "weights": len(model)}
