@@ -78,6 +78,13 @@ class Progress:
         """What the work itself expects it still needs (seconds): the ETA until the next `expect`."""
         self._expected = (self._clock(), max(float(seconds_left), 0.0))
 
+    def expect_batch(self, units: int, seconds: float) -> None:
+        """The next `units` will take `seconds` (a device's plan for its timing window): the ETA is that, and the
+        units after them at the same seconds per unit."""
+        if units > 0:
+            after = max((self.total or 0) - self.n - units, 0)
+            self.expect(seconds + after * seconds / units)
+
     def eta(self) -> float | None:
         """Seconds left: the work's own expectation if it gave one, else the rate since the first unit was done
         (None until a unit after the first is done: the first one carries the one-time costs)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from edgenas.progress import Progress
 
 
@@ -77,3 +79,14 @@ def test_no_total_means_no_eta():
     clock.now += 1.0
     b.update(1)
     assert b.eta() is None and "ETA" not in b.line()
+
+
+def test_a_batch_plan_covers_the_units_after_it_at_its_rate():
+    """A device plans 300 of 1226 models in 60 s: the ETA is 60 s for those and 926 x 0.2 s for the rest."""
+    clock = FakeClock()
+    b = bar(1226, clock)
+    b.expect_batch(300, 60.0)
+    assert b.eta() == pytest.approx(60.0 + 926 * 0.2)
+    b.update(300)
+    b.expect_batch(300, 30.0)  # the next window, faster
+    assert b.eta() == pytest.approx(30.0 + 626 * 0.1)

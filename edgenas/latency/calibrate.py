@@ -223,9 +223,7 @@ class Calibrator:
 
         def on_event(kind: str, event: dict[str, Any]) -> None:
             if kind == "plan" and event.get("models") and event.get("seconds") is not None:
-                models, seconds = int(event["models"]), float(event["seconds"])
-                after = max((bar.total or 0) - bar.n - models, 0)
-                bar.expect(seconds + after * seconds / models)
+                bar.expect_batch(int(event["models"]), float(event["seconds"]))
             if before is not None:
                 before(kind, event)
 
