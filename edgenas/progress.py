@@ -77,6 +77,14 @@ class Progress:
     def expect(self, seconds_left: float) -> None:
         """What the work itself expects it still needs (seconds): the ETA until the next `expect`."""
         self._expected = (self._clock(), max(float(seconds_left), 0.0))
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Redraw if it is time to (a sign of life while no unit finishes, e.g. during a device's window)."""
+        now = self._clock()
+        if now - self._last_draw >= (0.1 if self._tty else self.log_every):
+            self._last_draw = now
+            self._draw()
 
     def expect_batch(self, units: int, seconds: float) -> None:
         """The next `units` will take `seconds` (a device's plan for its timing window): the ETA is that, and the

@@ -90,3 +90,18 @@ def test_a_batch_plan_covers_the_units_after_it_at_its_rate():
     b.update(300)
     b.expect_batch(300, 30.0)  # the next window, faster
     assert b.eta() == pytest.approx(30.0 + 626 * 0.1)
+
+
+def test_an_expectation_and_a_refresh_draw_the_bar_before_any_unit_is_done():
+    """A log shows the plan's ETA while the device times its window, not only when its results arrive."""
+    clock = FakeClock()
+    stream = io.StringIO()
+    b = Progress(300, "measure", stream=stream, clock=clock, log_every=10.0)
+    b.expect(40.0)
+    assert stream.getvalue().splitlines()[-1].endswith("ETA 00:40")
+    clock.now += 5.0
+    b.refresh()  # within log_every of the last line: nothing new
+    assert len(stream.getvalue().splitlines()) == 1
+    clock.now += 6.0
+    b.refresh()
+    assert stream.getvalue().splitlines()[-1].endswith("ETA 00:29")

@@ -133,7 +133,7 @@ class AgentDevice(Device):
             elif kind == "loaded":
                 loading = None
                 round_s += float(event.get("run_ms") or 0.0) / 1e3
-            elif kind in ("retime", "plan") and self.on_event is not None:
+            elif kind in ("retime", "plan", "tick") and self.on_event is not None:
                 self.on_event(kind, event)
             elif kind == "result" and slot is not None and hello is not None and slot not in finished:
                 loading = None

@@ -218,13 +218,20 @@ class Calibrator:
     @contextlib.contextmanager
     def _plans_to(self, bar: Progress) -> Iterator[None]:
         """While measuring, the device's timing plan for each window (models, expected seconds) sets the bar's ETA:
-        this window's seconds, and the models after it at this window's seconds per model."""
+        this window's seconds, and the models after it at this window's seconds per model; a window timed again
+        (unsteady) starts that count again; the device's ticks redraw the bar."""
         before = getattr(self.device, "on_event", None)
+        plan: list[tuple[int, float]] = []
 
         def on_event(kind: str, event: dict[str, Any]) -> None:
             if kind == "plan" and event.get("models") and event.get("seconds") is not None:
-                bar.expect_batch(int(event["models"]), float(event["seconds"]))
-            if before is not None:
+                plan[:] = [(int(event["models"]), float(event["seconds"]))]
+                bar.expect_batch(*plan[0])
+            elif kind == "retime" and plan:  # the window is timed again: as long again, from now
+                bar.expect_batch(*plan[0])
+            elif kind == "tick":
+                bar.refresh()
+            if before is not None and kind != "tick":
                 before(kind, event)
 
         if hasattr(self.device, "on_event"):
