@@ -122,7 +122,16 @@ def test_resolutions_narrow_the_space_the_checkpoint_offers(imported, tmp_path, 
     assert narrowed.space.resolutions == (160, 176, 192, 208, 224)
     assert narrowed.space.replace(resolutions=full.space.resolutions) == full.space
     assert all(torch.equal(a, b) for a, b in zip(narrowed.state_dict().values(), full.state_dict().values()))
+    # --dataset: the data every later stage reads from the checkpoint, with a classifier for its classes
+    from edgenas.train.checkpoint import OpenedCheckpoint
+
+    shapes = tmp_path / "shapes.pt"
+    assert main(["import", "ofa", str(source), "--out", str(shapes), "--dataset", "shapes:samples=100"]) == 0
+    opened = OpenedCheckpoint(shapes)
+    assert opened.info["dataset"] == "shapes:samples=100" and opened.dataset().num_classes == opened.space.num_classes
     capsys.readouterr()
+    assert "has 10 classes" in _refused(capsys, "import", "ofa", str(source), "--out", str(tmp_path / "x.pt"),
+                                        "--dataset", "shapes:samples=100", "--num-classes", "4")
     assert "150 is not an input size" in _refused(capsys, "import", "ofa", str(source), "--out",
                                                   str(tmp_path / "x.pt"), "--resolutions", "150,224")
     assert "separated by commas" in _refused(capsys, "import", "ofa", str(source), "--out", str(tmp_path / "x.pt"),

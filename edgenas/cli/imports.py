@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="put a new, untrained classifier of N classes on it (to fine-tune on your data)")
     ofa.add_argument("--resolutions", default=None, metavar="R,R,...",
                      help="input sizes the space offers, e.g. 160,176,192,208,224 (default: 128 to 224 in steps of 4)")
+    ofa.add_argument("--dataset", default=None, metavar="SPEC",
+                     help="the data it is used with (digits, shapes, folder:PATH, ...): every later stage reads it "
+                          "from the checkpoint; a new classifier gets its classes")
     ofa.add_argument("--json", action="store_true", help="print the result as JSON")
     ofa.set_defaults(handler="edgenas.cli.imports:run_import_ofa")
 
@@ -58,7 +61,8 @@ def run_import_ofa(args: argparse.Namespace) -> int:
         except ValueError:
             raise UsageError(f"--resolutions {args.resolutions}: expected input sizes in pixels separated by commas, "
                              "like 160,176,192,208,224") from None
-    r = import_ofa_supernet(args.checkpoint, args.out, num_classes=args.num_classes, resolutions=resolutions)
+    r = import_ofa_supernet(args.checkpoint, args.out, num_classes=args.num_classes, resolutions=resolutions,
+                            dataset=args.dataset)
     head = "a new, untrained classifier" if r["new_classifier"] else "Once-for-All's classifier"
     sizes = f"{min(r['resolutions'])}-{max(r['resolutions'])} px"
     return _report(r, args.json, [f"supernet: {r['out']} (space {r['space']} at {sizes}, {r['num_classes']} classes, "

@@ -140,12 +140,15 @@ def convert_state(state: dict[str, torch.Tensor], space: SearchSpace, source: st
 
 
 def import_ofa_supernet(checkpoint: str | Path, out: str | Path, *, num_classes: int | None = None,
-                        resolutions: tuple[int, ...] | None = None) -> dict[str, Any]:
+                        resolutions: tuple[int, ...] | None = None, dataset: str | None = None) -> dict[str, Any]:
     """Write Once-for-All's supernet `checkpoint` as an edgenas supernet checkpoint at `out` (with its manifest).
 
     `num_classes` puts a new, untrained classifier on it (for fine-tuning on other data). `resolutions` narrows the
     input sizes its space offers (those of Once-for-All's Note10 tables, 160-224 px: what is calibrated, searched
-    and exported follows the checkpoint's space; the weights do not depend on the size). Returns a summary."""
+    and exported follows the checkpoint's space; the weights do not depend on the size). `dataset` (a SPEC) is the
+    data the supernet is used with, recorded in the checkpoint as every later stage's data (the accuracy
+    predictor's, the search's, the export's); its classes are the classifier's (a new one unless they are 1000).
+    Returns a summary."""
     from edgenas.artifacts import sha256_file, write_manifest
     from edgenas.train.checkpoint import save_checkpoint
 
@@ -153,6 +156,15 @@ def import_ofa_supernet(checkpoint: str | Path, out: str | Path, *, num_classes:
     state = read_ofa_state(checkpoint)
     space = space_of(state, source)
     model = convert_state(state, space, source)
+    data_spec, fingerprint = "imagenet", ""
+    if dataset is not None:
+        from edgenas.data import load_dataset
+
+        data = load_dataset(dataset, seed=0)
+        if num_classes is not None and num_classes != data.num_classes:
+            raise UsageError(f"--num-classes {num_classes} but dataset {dataset} has {data.num_classes} classes: "
+                             "drop --num-classes (the dataset's count is used)")
+        num_classes, data_spec, fingerprint = data.num_classes, dataset, data.fingerprint
     new_head = num_classes is not None and num_classes != space.num_classes
     if num_classes is not None and num_classes < 2:
         raise UsageError(f"--num-classes {num_classes}: expected at least 2")
@@ -172,13 +184,13 @@ def import_ofa_supernet(checkpoint: str | Path, out: str | Path, *, num_classes:
     origin = {"format": "once-for-all", "file": Path(checkpoint).name, "sha256": sha,
               "width_mult": space.width_mult, "classifier": "new, untrained" if new_head else "Once-for-All's"}
     summary = {"imported_from": origin}
-    path = save_checkpoint(out, {"space": space.to_dict(), "model": model, "dataset": "imagenet",
-                                 "dataset_fingerprint": "", "seed": 0, "config": {}, "complete": True,
+    path = save_checkpoint(out, {"space": space.to_dict(), "model": model, "dataset": data_spec,
+                                 "dataset_fingerprint": fingerprint, "seed": 0, "config": {}, "complete": True,
                                  "summary": summary})
     write_manifest(path, kind="supernet-checkpoint", inputs={"once_for_all_checkpoint": str(checkpoint)},
                    config={"space": space.name, "num_classes": space.num_classes}, seed=0,
                    extra={"space": space.to_dict(), "complete": True, "summary": summary,
                           "imported_from": origin, "trained_here": False})
     return {"out": str(path), "space": space.name, "num_classes": space.num_classes, "new_classifier": new_head,
-            "resolutions": list(space.resolutions),
+            "resolutions": list(space.resolutions), "dataset": data_spec,
             "source_sha256": sha, "weights": len(model)}

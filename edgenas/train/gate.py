@@ -91,8 +91,8 @@ def training_verdict(summary: dict[str, Any], *, num_classes: int | None = None)
         if imported.get("classifier") == "new, untrained":
             verdict.passed = False
             verdict.problems.append(f"the supernet was {where} with a new, untrained classifier")
-            verdict.hint = ("Fine-tune it on your data first (`edgenas train --init SUPERNET.pt --dataset SPEC`), or go "
-                            "on with `edgenas run --force` (its accuracies then mean nothing).")
+            verdict.hint = ("Its accuracies mean nothing until that classifier is trained on your data; `edgenas run "
+                            "--force` runs every other stage with it.")
         else:
             verdict.hint = f"The supernet was {where}: trained elsewhere, not checked here."
         return verdict
