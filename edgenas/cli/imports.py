@@ -61,8 +61,13 @@ def run_import_ofa(args: argparse.Namespace) -> int:
         except ValueError:
             raise UsageError(f"--resolutions {args.resolutions}: expected input sizes in pixels separated by commas, "
                              "like 160,176,192,208,224") from None
+    dataset = None
+    if args.dataset is not None:  # seed 0: the split every later stage makes of it (the checkpoint's seed)
+        from edgenas.data import load_dataset
+
+        dataset = load_dataset(args.dataset, seed=0)
     r = import_ofa_supernet(args.checkpoint, args.out, num_classes=args.num_classes, resolutions=resolutions,
-                            dataset=args.dataset)
+                            dataset=dataset)
     head = "a new, untrained classifier" if r["new_classifier"] else "Once-for-All's classifier"
     sizes = f"{min(r['resolutions'])}-{max(r['resolutions'])} px"
     return _report(r, args.json, [f"supernet: {r['out']} (space {r['space']} at {sizes}, {r['num_classes']} classes, "

@@ -140,14 +140,15 @@ def convert_state(state: dict[str, torch.Tensor], space: SearchSpace, source: st
 
 
 def import_ofa_supernet(checkpoint: str | Path, out: str | Path, *, num_classes: int | None = None,
-                        resolutions: tuple[int, ...] | None = None, dataset: str | None = None) -> dict[str, Any]:
+                        resolutions: tuple[int, ...] | None = None, dataset: Any = None) -> dict[str, Any]:
     """Write Once-for-All's supernet `checkpoint` as an edgenas supernet checkpoint at `out` (with its manifest).
 
     `num_classes` puts a new, untrained classifier on it (for fine-tuning on other data). `resolutions` narrows the
     input sizes its space offers (those of Once-for-All's Note10 tables, 160-224 px: what is calibrated, searched
-    and exported follows the checkpoint's space; the weights do not depend on the size). `dataset` (a SPEC) is the
-    data the supernet is used with, recorded in the checkpoint as every later stage's data (the accuracy
-    predictor's, the search's, the export's); its classes are the classifier's (a new one unless they are 1000).
+    and exported follows the checkpoint's space; the weights do not depend on the size). `dataset` (a loaded
+    `edgenas.data.Dataset`: its spec, fingerprint and class count) is the data the supernet is used with, recorded
+    in the checkpoint as every later stage's data (the accuracy predictor's, the search's, the export's); its
+    classes are the classifier's (a new one unless they are 1000).
     Returns a summary."""
     from edgenas.artifacts import sha256_file, write_manifest
     from edgenas.train.checkpoint import save_checkpoint
@@ -158,13 +159,10 @@ def import_ofa_supernet(checkpoint: str | Path, out: str | Path, *, num_classes:
     model = convert_state(state, space, source)
     data_spec, fingerprint = "imagenet", ""
     if dataset is not None:
-        from edgenas.data import load_dataset
-
-        data = load_dataset(dataset, seed=0)
-        if num_classes is not None and num_classes != data.num_classes:
-            raise UsageError(f"--num-classes {num_classes} but dataset {dataset} has {data.num_classes} classes: "
-                             "drop --num-classes (the dataset's count is used)")
-        num_classes, data_spec, fingerprint = data.num_classes, dataset, data.fingerprint
+        if num_classes is not None and num_classes != dataset.num_classes:
+            raise UsageError(f"--num-classes {num_classes} but dataset {dataset.spec} has {dataset.num_classes} "
+                             "classes: drop --num-classes (the dataset's count is used)")
+        num_classes, data_spec, fingerprint = dataset.num_classes, dataset.spec, dataset.fingerprint
     new_head = num_classes is not None and num_classes != space.num_classes
     if num_classes is not None and num_classes < 2:
         raise UsageError(f"--num-classes {num_classes}: expected at least 2")
