@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,8 @@ class Calibrator:
         self.progress = progress
         self.report = CalibrationReport()
         self.riders: list[ModelJob] = []  # measured in the next window, whatever it is for (see `ride_along`)
+        self.window_ratio: float | None = None  # this device's windows: seconds taken / seconds planned (ETA)
+        self.clock: Callable[[], float] = time.monotonic
 
     def ride_along(self, jobs: Sequence[ModelJob]) -> None:
         """Time `jobs` in the next timing window this calibrator opens: a window costs the same for 20 more small
@@ -186,7 +188,8 @@ class Calibrator:
             riding = sum(1 for j in todo if j in riders)
             if riding:
                 desc = f"{desc} (with {riding} held-out subnets)"
-            with Progress(len(todo), desc, enabled=self.progress, unit="model") as bar, self._plans_to(bar):
+            with Progress(len(todo), desc, enabled=self.progress, unit="model") as bar, \
+                    self.eta_from_plans(bar) as window_done:
                 for start in range(0, len(todo), MEASURE_CHUNK):
                     chunk = todo[start:start + MEASURE_CHUNK]
                     clock = [time.monotonic()]
@@ -204,6 +207,7 @@ class Calibrator:
                             self.report.measured_now += 1
                         else:
                             self.report.failed += 1
+                        window_done()
                         bar.update(1, failed=self.report.failed)
 
                     self.device.measure([str(j.path) for j in chunk], on_result=on_result)
@@ -216,28 +220,36 @@ class Calibrator:
         return {sha: m for sha, m in found.items() if sha not in rider_shas}
 
     @contextlib.contextmanager
-    def _plans_to(self, bar: Progress) -> Iterator[None]:
+    def eta_from_plans(self, bar: Progress) -> Iterator[Callable[[], None]]:
         """While measuring, the device's timing plan for each window (models, expected seconds) sets the bar's ETA:
-        this window's seconds, and the models after it at this window's seconds per model; a window timed again
-        (unsteady) starts that count again; the device's ticks redraw the bar."""
+        this window's seconds, and the models after it at this window's seconds per model, times what this device's
+        windows took against their plans so far (`window_ratio`: a window also waits for fast moments and is timed
+        again when unsteady, which no plan knows beforehand); until one has ended, a window timed again starts the
+        count again. The device's ticks redraw the bar. Yields what to call on each result (a window's end)."""
         before = getattr(self.device, "on_event", None)
-        plan: list[tuple[int, float]] = []
+        plan: dict[str, Any] = {}
 
         def on_event(kind: str, event: dict[str, Any]) -> None:
             if kind == "plan" and event.get("models") and event.get("seconds") is not None:
-                plan[:] = [(int(event["models"]), float(event["seconds"]))]
-                bar.expect_batch(*plan[0])
-            elif kind == "retime" and plan:  # the window is timed again: as long again, from now
-                bar.expect_batch(*plan[0])
+                plan.update(models=int(event["models"]), seconds=float(event["seconds"]), since=self.clock())
+                bar.expect_batch(plan["models"], plan["seconds"] * (self.window_ratio or 1.0))
+            elif kind == "retime" and plan and self.window_ratio is None:  # as long again, from now
+                bar.expect_batch(plan["models"], plan["seconds"])
             elif kind == "tick":
                 bar.refresh()
             if before is not None and kind != "tick":
                 before(kind, event)
 
+        def window_done() -> None:
+            if plan.get("since") is not None and plan["seconds"] > 0:
+                ratio = (self.clock() - plan["since"]) / plan["seconds"]
+                self.window_ratio = ratio if self.window_ratio is None else (self.window_ratio * ratio) ** 0.5
+                plan["since"] = None
+
         if hasattr(self.device, "on_event"):
             self.device.on_event = on_event
         try:
-            yield
+            yield window_done
         finally:
             if hasattr(self.device, "on_event"):
                 self.device.on_event = before
