@@ -102,8 +102,10 @@ def run_stage(name: str, args: list[str], env: dict[str, str], log: Path, cwd: P
             "etas": eta_checks(lines), "result": result, "load": os.getloadavg()}
 
 
-def disk_mb(path: Path) -> float:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6 if path.exists() else 0.0
+def disk_mb(path: Path, pattern: str = "*") -> float:
+    """Megabytes under `path` (or of the files `pattern` names beside it, e.g. a store and its -wal file)."""
+    files = path.rglob("*") if path.is_dir() else path.parent.glob(path.name + pattern)
+    return sum(p.stat().st_size for p in files if p.is_file()) / 1e6
 
 
 def space_file(out: Path, preset: str, resolutions: list[int]) -> Path:
