@@ -412,6 +412,25 @@ def predict(space: SearchSpace, arch: Arch) -> MemoryPrediction:
     return MemoryPrediction(arena, head, tail, file_bytes(counts), counts.tensors, counts.ops)
 
 
+# How far a board's SRAM may fall short of the predicted 32-bit arena before "does not fit" is said without
+# converting and measuring: `board_arena` removes only the pointer bytes that surely go, and other structs shrink
+# a little more on a 32-bit board (the tail is a few KiB of hundreds); the planned tensors (the head) are the
+# same on every board, so a head over the SRAM never fits.
+FIT_MARGIN = 0.10
+
+
+def board_fit(prediction: MemoryPrediction, sram_bytes: float) -> bool | None:
+    """Whether an arch's int8 model fits a board's SRAM, from the predicted arena alone: False when it clearly
+    does not (its planned tensors alone exceed the SRAM, or its 32-bit arena exceeds it by more than FIT_MARGIN),
+    True when the host arena (an upper bound for reference kernels) fits, None in between (convert and check it
+    in TFLite Micro). Optimised kernels (CMSIS-NN) add scratch that no prediction here counts."""
+    if prediction.head > sram_bytes or prediction.board_arena > (1 + FIT_MARGIN) * sram_bytes:
+        return False
+    if prediction.arena <= sram_bytes:
+        return True
+    return None
+
+
 def predict_arena(space: SearchSpace, arch: Arch) -> int:
     """`predict(space, arch).arena`: the TFLite Micro arena of one arch on a 64-bit host, in bytes."""
     return predict(space, arch).arena

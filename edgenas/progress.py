@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TextIO
 
 
@@ -22,6 +22,13 @@ class Progress:
 
     Redraws in place on a terminal (at most 10 times a second); elsewhere (CI logs,
     pipes) prints a line every `log_every` seconds so logs stay short.
+
+    The ETA is never a first-sample extrapolation: the first unit carries one-time costs (imports, building a
+    supernet, starting a device's agent, loading models), and extrapolating it put "ETA 1h22m" on a measurement of
+    minutes. Until a unit after the first is done the bar shows "ETA ?", unless the work itself told how long
+    it should take (`expect(seconds_left)`, e.g. a device's timing plan for its window, which is known before
+    any result arrives); afterwards the rate is counted from the first unit's end. Where units arrive in bursts
+    (a device's window returns all its results at once), the expectation is kept until the next one.
     """
 
     def __init__(
@@ -34,6 +41,7 @@ class Progress:
         enabled: bool = True,
         log_every: float = 10.0,
         initial: int = 0,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.total = total
         self.desc = desc
@@ -44,7 +52,10 @@ class Progress:
         self.n = initial
         self._start_n = initial
         self.fields: dict[str, Any] = {}
-        self._t0 = time.perf_counter()
+        self._clock = clock
+        self._t0 = clock()
+        self._first: tuple[float, int] | None = None  # (time, count) when the first unit was done
+        self._expected: tuple[float, float] | None = None  # (time said, seconds left said) from `expect`
         self._last_draw = 0.0
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
 
@@ -56,17 +67,52 @@ class Progress:
 
     @property
     def elapsed(self) -> float:
-        return time.perf_counter() - self._t0
+        return self._clock() - self._t0
 
     @property
     def rate(self) -> float:
         done = self.n - self._start_n
         return done / self.elapsed if self.elapsed > 0 else 0.0
 
+    def expect(self, seconds_left: float) -> None:
+        """What the work itself expects it still needs (seconds): the ETA until the next `expect`."""
+        self._expected = (self._clock(), max(float(seconds_left), 0.0))
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Redraw if it is time to (a sign of life while no unit finishes, e.g. during a device's window)."""
+        now = self._clock()
+        if now - self._last_draw >= (0.1 if self._tty else self.log_every):
+            self._last_draw = now
+            self._draw()
+
+    def expect_batch(self, units: int, seconds: float) -> None:
+        """The next `units` will take `seconds` (a device's plan for its timing window): the ETA is that, and the
+        units after them at the same seconds per unit."""
+        if units > 0:
+            after = max((self.total or 0) - self.n - units, 0)
+            self.expect(seconds + after * seconds / units)
+
+    def eta(self) -> float | None:
+        """Seconds left: the work's own expectation if it gave one, else the rate since the first unit was done
+        (None until a unit after the first is done: the first one carries the one-time costs)."""
+        now = self._clock()
+        if self.total is None:
+            return None
+        if self._expected is not None:
+            said_at, left = self._expected
+            return max(left - (now - said_at), 0.0)
+        if self._first is None or self.n <= self._first[1] or now <= self._first[0]:
+            return None
+        rate = (self.n - self._first[1]) / (now - self._first[0])
+        return max(self.total - self.n, 0) / rate
+
     def update(self, n: int = 1, **fields: Any) -> None:
         self.n += n
         self.fields.update(fields)
-        now = time.perf_counter()
+        now = self._clock()
+        if self._first is None and n > 0:
+            self._first = (now, self.n)
         interval = 0.1 if self._tty else self.log_every
         if now - self._last_draw >= interval or (self.total is not None and self.n >= self.total):
             self._last_draw = now
@@ -80,8 +126,8 @@ class Progress:
             width = 20
             filled = int(frac * width)
             parts.append(f"[{'#' * filled}{'.' * (width - filled)}] {self.n}/{self.total}")
-            eta = (self.total - self.n) / rate if rate > 0 else float("inf")
-            parts.append(f"{rate:.1f} {self.unit}/s ETA {_fmt_seconds(eta)}")
+            eta = self.eta()
+            parts.append(f"{rate:.1f} {self.unit}/s ETA {'?' if eta is None else _fmt_seconds(eta)}")
         else:
             parts.append(f"{self.n} {self.unit} {rate:.1f} {self.unit}/s")
         for key, value in self.fields.items():

@@ -71,7 +71,7 @@ def test_onnxruntime_with_only_numpy_and_onnxruntime(tmp_path, onnx_models):
     assert done.returncode == 0, done.stderr
     # every model is loaded and warmed up first, then the batch is timed and the results come at the end
     kinds = [e["event"] for e in events if e["event"] not in ("tick", "retime")]  # a busy machine re-times
-    assert kinds == ["hello", "start", "loaded", "start", "loaded", "result", "result", "done"]
+    assert kinds == ["hello", "start", "loaded", "start", "loaded", "plan", "result", "result", "done"]
     hello = events[0]
     assert hello["runtime_version"] == __import__("onnxruntime").__version__ and hello["timing"] == "interleaved"
     assert hello["machine"]["cpu_count"] == os.cpu_count()
@@ -341,3 +341,34 @@ def test_agent_on_python_37_with_an_old_onnxruntime(onnx_models):
     assert events[0]["machine"]["python"].startswith("3.7.")
     (r,) = results(events)
     assert r["error"] is None and r["runs"] == 5 and r["median_ms"] > 0
+
+
+def test_the_timing_plan_gives_slow_models_fewer_rounds_and_fast_ones_all():
+    """A 0.2 ms piece runs in every round after 3 untimed runs (60 timed); a 3 ms subnet in every third round after
+    one (20 timed); a 30 ms one no less than 20 either. The window's expected seconds add up what that costs."""
+    agent = _agent_module()
+    plan, wanted, seconds = agent.timing_plan({0: 0.2, 1: 3.0, 2: 30.0}, runs=60, hot_runs=3, min_fast_runs=30,
+                                              window_s=0.5)
+    assert plan == {0: (1, 3), 1: (3, 1), 2: (3, 1)}
+    assert wanted == {0: 30, 1: 10, 2: 10}
+    assert seconds == pytest.approx((60 * 0.2 * 4 + 20 * 3.0 * 2 + 20 * 30.0 * 2) / 1e3)
+    # a window of small models lasts its seconds; 0 turns scaling off
+    assert agent.timing_plan({0: 0.2}, 60, 3, 30, 4.0)[2] == 4.0
+    assert agent.timing_plan({1: 3.0}, 60, 3, 30, 4.0, scale_ms=0)[0] == {1: (1, 3)}
+
+
+def test_slow_models_are_timed_in_fewer_rounds_still_spread_over_the_window(onnx_models):
+    """With every model counted slow (--scale-runs-ms far below their cost), each runs in every third round: 20 timed
+    runs of 60 rounds, spread over the whole window (interleaved), and the agent says its plan before timing."""
+    models = [onnx_models["small"], onnx_models["tiny"]]
+    done, events = run_agent(["measure", "--runtime", "onnxruntime", "--runs", "60", "--warmup", "1",
+                              "--scale-runs-ms", "0.000001", "--keep-samples", "1000", *models])
+    (plan,) = [e for e in events if e["event"] == "plan"]
+    assert plan["models"] == 2 and plan["seconds"] > 0 and plan["runs"] == {"0": 20, "1": 20}
+    assert events.index(plan) < events.index(results(events)[0])
+    by_index = {r["index"]: r for r in results(events)}
+    assert [by_index[i]["runs"] for i in (0, 1)] == [20, 20]
+    end = max(t for r in by_index.values() for t in r["sample_t_s"])
+    for r in by_index.values():
+        t = np.array(r["sample_t_s"])
+        assert t.min() < 0.15 * end and t.max() > 0.85 * end

@@ -131,3 +131,18 @@ def test_export_flags_reach_the_files_and_a_missed_target_is_exit_status_1(check
     assert not json.loads(capsys.readouterr().out)[0].get("skipped")
     assert int8.stat().st_mtime_ns > again >= first
     assert np.isfinite(json.loads((out / "card.json").read_text())["flash"]["int8_file_bytes"])
+
+
+def test_a_board_far_too_small_is_answered_from_the_predicted_arena_without_converting(checkpoint, tmp_path, capsys):
+    """--formats tflite-int8 --target-sram-kb far under the predicted arena: exit status 1 with one line per arch,
+    and nothing written (no data loaded, nothing converted); a board that fits goes on to the export."""
+    from edgenas.micro_memory import predict
+
+    space = SearchSpace.preset("tiny", in_channels=1)
+    arena_kb = predict(space, space.parse_arch(ARCH)).arena / 1024
+    out = tmp_path / "out"
+    code = main(["export", "--supernet", str(checkpoint), "--arch", ARCH, "--formats", "tflite-int8", "--out", str(out),
+                 "--target-sram-kb", f"{arena_kb / 3:.1f}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "does not fit this board" in err[0] and "nothing was converted" in err[0]
+    assert not out.exists() or not any(out.iterdir())

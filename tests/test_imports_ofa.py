@@ -110,6 +110,34 @@ def test_num_classes_puts_a_new_classifier_on_the_same_features(imported, tmp_pa
         assert torch.equal(ten.set_active(arch).features(x), full.set_active(arch).features(x))
 
 
+def test_resolutions_narrow_the_space_the_checkpoint_offers(imported, tmp_path, capsys):
+    """--resolutions 160,...,224 (Once-for-All's Note10 sizes): the checkpoint's space offers those sizes only, with
+    the same weights; a size the supernet does not offer is refused in one line."""
+    from edgenas import load_supernet
+
+    source, target = imported["1.2"]
+    out = tmp_path / "real.pt"
+    assert main(["import", "ofa", str(source), "--out", str(out), "--resolutions", "224,160,176,192,208"]) == 0
+    narrowed, full = load_supernet(out), load_supernet(target)
+    assert narrowed.space.resolutions == (160, 176, 192, 208, 224)
+    assert narrowed.space.replace(resolutions=full.space.resolutions) == full.space
+    assert all(torch.equal(a, b) for a, b in zip(narrowed.state_dict().values(), full.state_dict().values()))
+    # --dataset: the data every later stage reads from the checkpoint, with a classifier for its classes
+    from edgenas.train.checkpoint import OpenedCheckpoint
+
+    shapes = tmp_path / "shapes.pt"
+    assert main(["import", "ofa", str(source), "--out", str(shapes), "--dataset", "shapes:samples=100"]) == 0
+    opened = OpenedCheckpoint(shapes)
+    assert opened.info["dataset"] == "shapes:samples=100" and opened.dataset().num_classes == opened.space.num_classes
+    capsys.readouterr()
+    assert "has 10 classes" in _refused(capsys, "import", "ofa", str(source), "--out", str(tmp_path / "x.pt"),
+                                        "--dataset", "shapes:samples=100", "--num-classes", "4")
+    assert "150 is not an input size" in _refused(capsys, "import", "ofa", str(source), "--out",
+                                                  str(tmp_path / "x.pt"), "--resolutions", "150,224")
+    assert "separated by commas" in _refused(capsys, "import", "ofa", str(source), "--out", str(tmp_path / "x.pt"),
+                                             "--resolutions", "160-224")
+
+
 def _refused(capsys, *argv: str) -> str:
     assert main(list(argv)) == 2
     err = capsys.readouterr().err.strip()

@@ -218,3 +218,60 @@ def test_held_out_subnets_are_never_ones_the_predictor_was_fitted_on():
     held_out = holdout_archs(MICRO, 6, fitted_on, seed=0)
     assert len(held_out) == len(set(held_out)) == 6 and not set(held_out) & set(fitted_on)
     assert held_out[:3] == plain[3:] and held_out == holdout_archs(MICRO, 6, fitted_on, seed=0)  # seeded
+
+
+def test_the_model_cache_keeps_its_bound_and_a_rerun_needs_none_of_its_files(tmp_path):
+    """With a bound of 0 MB every exported file goes once its figure is stored; the hashes stay, so calibrating
+    again measures and exports nothing, and an evaluation that times files again (--repeat) exports them anew."""
+    from edgenas.latency.models import ModelCache
+
+    device = load_device(local_device_file(tmp_path))
+    store = Store(tmp_path / "store.sqlite")
+    models = tmp_path / "models"
+    kw = dict(store=store, tables_dir=tmp_path / "tables", cache_dir=models, progress=False, cache_mb=0)
+    with device:
+        pred = calibrate(device, MICRO, budget=8, **kw)
+        hashes = sorted(models.rglob("*.sha256"))
+        assert len(hashes) == len(block_index(MICRO)) + 8
+        assert ModelCache(models).size_bytes() == 0 and pred.report.models_mb == 0
+        assert str(models) in pred.report.cache_line() and "0 MB" in pred.report.cache_line()
+        stamps = [p.stat().st_mtime_ns for p in hashes]
+        again = calibrate(device, MICRO, budget=8, **kw)
+        assert again.report.measured_now == 0 and [p.stat().st_mtime_ns for p in hashes] == stamps
+        np.testing.assert_allclose(again.weights, pred.weights)
+        ev = evaluate(device, MICRO, holdout=4, repeat=True, **kw)
+    assert ev.score("repeat").device_seconds > 0 and ModelCache(models).size_bytes() == 0
+
+
+def test_the_eta_learns_how_long_this_devices_windows_take_against_their_plans(tmp_path):
+    """A window's plan knows its runs, not the wait for fast moments or a re-timing (at 224 px here: planned 4 s,
+    took 48 s). Until a window has ended the plan is the ETA; then every plan is scaled by what windows took."""
+    import io
+    import types
+
+    from edgenas.latency.calibrate import Calibrator
+    from edgenas.progress import Progress
+
+    now = [100.0]
+
+    def clock() -> float:
+        return now[0]
+
+    device = types.SimpleNamespace(name="stub", on_event=None)
+    cal = Calibrator(device, MICRO, runtime="onnxruntime", precision="fp32", store=Store(tmp_path / "s.sqlite"),
+                     cache_dir=tmp_path, progress=False)
+    cal.clock = clock
+    bar = Progress(6, "measure", stream=io.StringIO(), clock=clock)
+    with cal.eta_from_plans(bar) as window_done:
+        device.on_event("plan", {"models": 2, "seconds": 4.0})
+        assert bar.eta() == 12.0  # 4 s, and 4 more models at this window's 2 s each
+        now[0] += 5.0
+        device.on_event("retime", {"reason": "unsteady"})
+        assert bar.eta() == 12.0  # timed again: as long again, from now
+        now[0] += 7.0
+        window_done()
+        bar.update(2)
+        assert cal.window_ratio == 3.0  # 12 s for a 4 s plan
+        device.on_event("plan", {"models": 2, "seconds": 4.0})
+        assert bar.eta() == 24.0  # (4 s + 2 models x 2 s) x 3
+    assert device.on_event is None  # the device's own listener is back

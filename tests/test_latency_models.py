@@ -41,3 +41,23 @@ def test_onnx_files_are_exported_in_process_in_order(tmp_path):
     got = ModelCache(tmp_path).get_many(descriptions, "onnx")
     assert [path for path, _ in got] == [ModelCache(tmp_path).path_for(d, "onnx") for d in descriptions]
     assert all(path.suffix == ".onnx" and path.is_file() for path, _ in got)
+
+
+def test_trim_removes_the_least_recently_used_files_first_and_keeps_what_is_asked(tmp_path):
+    import os
+
+    descriptions = [piece_description(p) for p in block_index(MICRO).pieces[:4]]
+    cache = ModelCache(tmp_path)
+    got = cache.get_many(descriptions, "onnx")
+    sizes = [path.stat().st_size for path, _ in got]
+    for k, (path, _) in enumerate(got):  # used in order 0, 1, 2, 3 (access times a second apart)
+        os.utime(path, ns=(10**18 + k * 10**9, path.stat().st_mtime_ns))
+    cache.get(descriptions[0], "onnx")  # used again now: the most recent
+    removed = cache.trim(sizes[0] + sizes[1] + sizes[3], keep={got[1][0]})
+    # 2 goes: the least recently used but 1, which is kept (kept files count towards the bound)
+    left = [path.is_file() for path, _ in got]
+    assert left == [True, True, False, True] and removed == sizes[2]
+    assert cache.known_sha256(descriptions[2], "onnx") == got[2][1]  # its hash stays
+    path, sha = cache.get(descriptions[2], "onnx")  # exported again when wanted: the same file
+    assert path.is_file() and sha == got[2][1]
+    assert cache.size_bytes() == sum(sizes)

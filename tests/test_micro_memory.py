@@ -183,3 +183,35 @@ def test_search_at_an_sram_limit_exports_a_model_that_fits_it_on_a_standin_board
         assert rc == 0 and exported["ok"], exported
         card = json.loads((tmp_path / f"export{i}" / "card.json").read_text())
         assert card["sram"]["tflm_arena_bytes"] <= card["sram"]["predicted_arena_bytes"] <= limit * 1024
+
+
+def test_a_board_too_small_is_answered_from_the_prediction_and_tflite_micro_agrees(tmp_path):
+    """--target-sram-kb well under the predicted arena: `does not fit` without converting to int8 or searching the
+    arena (no int8 file, the SRAM problem named); the real TFLite Micro interpreter, given that many bytes for the
+    int8 file exported before, cannot allocate it either. A board above the host arena is answered `fits`."""
+    from test_export_subnet import digits, exported_bundle, trained_subnet
+
+    from edgenas.export.micro import _runtime, _try_run
+    from edgenas.export.subnet import ExportOptions, dataset_arrays, export_subnet
+    from edgenas.micro_memory import board_fit
+
+    result, val_x, val_y = exported_bundle()
+    space, arch, model = trained_subnet()
+    predicted = predict(space, arch)
+    measured = result.card["sram"]["tflm_arena_bytes"]
+    small_kb = predicted.head / 1024 * 0.8
+    assert board_fit(predicted, small_kb * 1024) is False
+    assert board_fit(predicted, predicted.arena) is True
+    assert board_fit(predicted, (predicted.board_arena + predicted.arena) / 2) is None  # in between: measure it
+    # the real interpreter agrees: that arena does not allocate the model, the measured one does
+    data = result.files["tflite-int8"].read_bytes()
+    assert not _try_run(_runtime(), data, int(small_kb * 1024), None)[0]
+    assert _try_run(_runtime(), data, measured, None)[0]
+    logs: list[str] = []
+    calibration, _ = dataset_arrays(digits(), "train", arch.resolution, limit=16, shuffle=True)
+    quick = export_subnet(model, tmp_path, space=space, arch=arch, calibration=calibration, val_images=val_x[:32],
+                          val_labels=val_y[:32], log=logs.append, raise_on_problems=False,
+                          options=ExportOptions(formats=("onnx", "tflite-int8"), target_sram_kb=small_kb))
+    assert set(quick.files) == {"onnx"} and quick.micro is None
+    assert any("does not fit this board" in m for m in logs)
+    assert any("exceeds --target-sram-kb" in m for m in quick.problems)

@@ -264,3 +264,13 @@ def test_under_a_time_budget_no_validation_check_comes_before_a_phases_minimum(t
     else:
         assert s["phases"][0]["steps"] < minimum and checks == []
         assert s["phases"][0]["val_largest"] is not None  # the phase's end still draws its point
+
+
+def test_an_imported_supernet_passes_unless_its_classifier_is_new():
+    """Once-for-All's published supernet was trained elsewhere: no curves to judge, so it passes, saying so; imported
+    with a new, untrained classifier (--num-classes) it fails, saying to fine-tune it first or go on with --force."""
+    origin = {"format": "once-for-all", "file": "ofa_mbv3_d234_e346_k357_w1.2", "classifier": "Once-for-All's"}
+    v = training_verdict({"imported_from": origin}, num_classes=1000)
+    assert v.passed and "imported from ofa_mbv3_d234_e346_k357_w1.2" in v.message
+    v = training_verdict({"imported_from": {**origin, "classifier": "new, untrained"}}, num_classes=10)
+    assert not v.passed and "new, untrained classifier" in v.message and "--force" in v.message

@@ -152,7 +152,9 @@ def run_measure(args: argparse.Namespace) -> int:
                 if args.json:
                     print(json.dumps(m.to_dict()), flush=True)
 
-            if len(devices) == 1:
+            if len(devices) == 1:  # the device's timing plan for each window gives the ETA before any result
+                devices[0].on_event = lambda kind, event: (bar.expect_batch(int(event.get("models") or 0), float(
+                    event.get("seconds") or 0.0)) if kind == "plan" else bar.refresh())
                 results = {devices[0].name: devices[0].measure(args.models, on_result=on_result)}
             else:
                 results = measure_fleet(devices, args.models, on_result=on_result)

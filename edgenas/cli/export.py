@@ -101,6 +101,13 @@ def run_export(args: argparse.Namespace) -> int:
     info, supernet = opened.info, opened.supernet
     space = supernet.space
     archs = [parse_arch(value, space) for _, value in pairs]
+    too_big = _clearly_too_big(space, archs, options)
+    if too_big:  # answered from the predicted arena in a second: no data loaded, nothing converted
+        for line in too_big:
+            print(f"edgenas: error: {line}", file=sys.stderr)
+        if args.json:
+            print(json.dumps([{"ok": False, "error": line} for line in too_big], indent=2))
+        return EXIT_CHECK_FAILED
     seed = info.get("seed", 0) if args.seed is None else args.seed
     options = ExportOptions(**{**options.to_dict(), "formats": formats, "seed": seed})
 
@@ -117,6 +124,25 @@ def run_export(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     return EXIT_CHECK_FAILED if failures else 0
+
+
+def _clearly_too_big(space: Any, archs: list[Any], options: Any) -> list[str]:
+    """For an export of the board's int8 file alone under --target-sram-kb: one line per arch whose predicted TFLite
+    Micro arena (exact to the byte on the host) clearly exceeds the board's SRAM (`micro_memory.board_fit`), when
+    every arch does; else nothing (the export runs, and each file is checked in TFLite Micro)."""
+    if options.target_sram_kb is None or tuple(options.formats) != ("tflite-int8",):
+        return []
+    from edgenas.micro_memory import board_fit, predict
+
+    lines = []
+    for arch in archs:
+        memory = predict(space, arch)
+        if board_fit(memory, options.target_sram_kb * 1024) is not False:
+            return []
+        lines.append(f"{arch} does not fit this board: predicted TFLite Micro arena {memory.arena / 1024:.1f} KiB "
+                     f"({memory.board_arena / 1024:.1f} KiB on a 32-bit board, {memory.head / 1024:.1f} KiB of it "
+                     f"tensors) against --target-sram-kb {options.target_sram_kb:g}; nothing was converted")
+    return lines
 
 
 def _export_pairs(args: argparse.Namespace, pairs: list[tuple[str | None, str]], archs: list[Any],

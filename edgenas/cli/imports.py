@@ -16,6 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     ofa.add_argument("--out", required=True, metavar="SUPERNET.pt", help="edgenas checkpoint to write")
     ofa.add_argument("--num-classes", type=int, default=None, metavar="N",
                      help="put a new, untrained classifier of N classes on it (to fine-tune on your data)")
+    ofa.add_argument("--resolutions", default=None, metavar="R,R,...",
+                     help="input sizes the space offers, e.g. 160,176,192,208,224 (default: 128 to 224 in steps of 4)")
+    ofa.add_argument("--dataset", default=None, metavar="SPEC",
+                     help="the data it is used with (digits, shapes, folder:PATH, ...): every later stage reads it "
+                          "from the checkpoint; a new classifier gets its classes")
     ofa.add_argument("--json", action="store_true", help="print the result as JSON")
     ofa.set_defaults(handler="edgenas.cli.imports:run_import_ofa")
 
@@ -44,13 +49,29 @@ def _report(result: dict, as_json: bool, lines: list[str]) -> int:
 
 
 def run_import_ofa(args: argparse.Namespace) -> int:
+    from edgenas.errors import UsageError
     from edgenas.imports.ofa import import_ofa_supernet
     from edgenas.inputs import output_file
 
     output_file(args.out, "--out")
-    r = import_ofa_supernet(args.checkpoint, args.out, num_classes=args.num_classes)
+    resolutions = None
+    if args.resolutions is not None:
+        try:
+            resolutions = tuple(int(r) for r in args.resolutions.split(",") if r.strip())
+        except ValueError:
+            raise UsageError(f"--resolutions {args.resolutions}: expected input sizes in pixels separated by commas, "
+                             "like 160,176,192,208,224") from None
+    dataset = None
+    if args.dataset is not None:  # seed 0: the split every later stage makes of it (the checkpoint's seed)
+        from edgenas.data import load_dataset
+
+        dataset = load_dataset(args.dataset, seed=0)
+    r = import_ofa_supernet(args.checkpoint, args.out, num_classes=args.num_classes, resolutions=resolutions,
+                            dataset=dataset)
     head = "a new, untrained classifier" if r["new_classifier"] else "Once-for-All's classifier"
-    return _report(r, args.json, [f"supernet: {r['out']} (space {r['space']}, {r['num_classes']} classes, {head})",
+    sizes = f"{min(r['resolutions'])}-{max(r['resolutions'])} px"
+    return _report(r, args.json, [f"supernet: {r['out']} (space {r['space']} at {sizes}, {r['num_classes']} classes, "
+                                  f"{head})",
                                   f"  from {args.checkpoint} (sha256 {r['source_sha256'][:16]}...)"])
 
 

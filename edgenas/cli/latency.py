@@ -24,6 +24,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tables", metavar="DIR", help="tables folder (default: $EDGENAS_LATENCY_TABLES, else latency_tables)")
     p.add_argument("--models", metavar="DIR", help="exported-model cache, shared between devices (default: "
                    "<tables>/.models)")
+    p.add_argument("--keep-models", action="store_true",
+                   help="keep every exported model file (default: the cache keeps at most 500 MB, least recently "
+                        "used removed first; the store keeps every figure, so a re-run needs none of them)")
     add_flag(p, "seed", help="seed of subnet sampling")
     p.add_argument("--transfer-from", metavar="NAMES", default="",
                    help="comma-separated calibrated devices to transfer from")
@@ -85,6 +88,12 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, list[str]]:
     return device, space, store, sources
 
 
+def _cache_mb(args: argparse.Namespace) -> float | None:
+    from edgenas.latency.calibrate import MODEL_CACHE_MB
+
+    return None if args.keep_models else MODEL_CACHE_MB
+
+
 def run_calibrate(args: argparse.Namespace) -> int:
     from edgenas.latency.calibrate import calibrate, calibrate_transfer, load_latency_predictor
 
@@ -102,12 +111,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
             predictor = calibrate_transfer(device, space, sources=preds, samples=args.budget, runtime=args.runtime,
                                            precision=args.precision, store=store, seed=args.seed,
                                            tables_dir=args.tables, cache_dir=args.models, statistic=args.statistic,
-                                           progress=not args.quiet)
+                                           progress=not args.quiet, cache_mb=_cache_mb(args))
         else:
             predictor = calibrate(device, space, budget=args.budget, runtime=args.runtime, precision=args.precision,
                                   store=store, use_table=not args.no_table, seed=args.seed, tables_dir=args.tables,
                                   rounds=args.rounds,
-                                  cache_dir=args.models, statistic=args.statistic, progress=not args.quiet)
+                                  cache_dir=args.models, statistic=args.statistic, progress=not args.quiet,
+                                  cache_mb=_cache_mb(args))
     report = predictor.report.to_dict()  # type: ignore[attr-defined]
     result = {"device": predictor.device, "runtime": predictor.runtime, "precision": predictor.precision,
               "space": space.name, "type": predictor.kind,
@@ -124,7 +134,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
               f"device time\n  predictor: {report['predictor_path']}"
               + (f"\n  table: {report['table_path']}" if report.get("table_path") else "")
               + (f"\n  transferred from {', '.join(result['sources'])} with {result['target_measurements']} "
-                 f"measurements on {predictor.device}" if sources else ""))
+                 f"measurements on {predictor.device}" if sources else "")
+              + f"\n  {predictor.report.cache_line()}")  # type: ignore[attr-defined]
     return 0
 
 
@@ -136,6 +147,6 @@ def run_eval(args: argparse.Namespace) -> int:
         result = evaluate(device, space, holdout=args.holdout, runtime=args.runtime, precision=args.precision,
                           store=store, transfer_from=sources, transfer_samples=args.transfer_samples,
                           seed=args.seed, tables_dir=args.tables, cache_dir=args.models, progress=not args.quiet,
-                          repeat=args.repeat)
+                          repeat=args.repeat, cache_mb=_cache_mb(args))
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.format())
     return 0

@@ -365,30 +365,59 @@ def fast_level(probe_fast_ms, probe_ref=None):
 
 
 def _enough_fast_runs(samples, wanted, probe_ref=None):
-    """Whether every model has `wanted` runs taken in fast moments (probe within FAST_PROBE of the device's fast
-    level: the fastest readings so far, or the device's reference when lower; see `fast_level`)."""
-    if wanted <= 0:
-        return True
+    """Whether every model has its `wanted` (index -> count) runs taken in fast moments (probe within FAST_PROBE of
+    the device's fast level: the fastest readings so far, or the device's reference when lower; see `fast_level`)."""
+    if not isinstance(wanted, dict):
+        wanted = {i: wanted for i in samples}
     probes = [p for rows in samples.values() for _, p, _, _ in rows]
     if not probes:
         return True
     fast = FAST_PROBE * fast_level(_percentile(probes, 5), probe_ref)
-    return all(sum(1 for _, p, _, _ in rows if p <= fast) >= wanted for rows in samples.values())
+    return all(sum(1 for _, p, _, _ in rows if p <= fast) >= wanted[i] for i, rows in samples.items())
 
 
-def time_window(models, args, out, rng, probe_ref=None):
+# Models slower than this (per run) are timed in fewer rounds of the window, in proportion (a 3 ms model in every
+# third round: 20 runs, not 60), with one untimed run before each timed one, not --hot-runs: a run that long has
+# its own weights in cache after one run, and its figure moves less from run to run than a 0.2 ms piece's. A
+# 224 px MobileNetV3 subnet (3 ms here) then costs 6 runs' time per timed run of 20, not 4 of 60: seconds a
+# window, not minutes, and every model still spans the whole window (interleaved). 0 turns this off.
+SCALE_RUNS_MS = 1.0
+MIN_SCALED_RUNS = 20
+
+
+def timing_plan(run_ms, runs, hot_runs, min_fast_runs, window_s, scale_ms=SCALE_RUNS_MS):
+    """How each model of a window is timed, from its warm-up cost `run_ms` (index -> ms): {index: (every, hot)}
+    (it takes part in every `every`-th round, after `hot` untimed runs), its timed runs and fast runs wanted, and
+    the window's expected seconds (what the host shows as the ETA before any result arrives)."""
+    plan, wanted, cost_ms = {}, {}, 0.0
+    for i, ms in run_ms.items():
+        every, hot = 1, hot_runs
+        if scale_ms and ms > scale_ms:
+            every = max(1, min(int(ms / scale_ms), runs // min(MIN_SCALED_RUNS, runs)))
+            hot = min(hot_runs, 1)
+        n = -(-runs // every)
+        plan[i] = (every, hot)
+        wanted[i] = min(min_fast_runs, max(n // 2, 1)) if every > 1 else min_fast_runs
+        cost_ms += n * ms * (1 + hot)
+    return plan, wanted, max(window_s, cost_ms / 1e3)
+
+
+def time_window(models, args, out, rng, probe_ref=None, plan=None, wanted=None):
     """Time every model of `models` (index -> model) interleaved: rounds of one timed run of each model (after
     `args.hot_runs` untimed ones, so its weights are in cache whatever else the window holds: without them a
     model timed among 40 others measured 30 % slower than among 4, with 1 13 %, with 3 3 %), in a fresh random
     order each round, until the window has lasted `args.window` seconds, every model has `args.runs`
     runs and `args.min_fast_runs` of them in fast moments (checked a few times a second; at most MAX_WINDOW_FACTOR
     windows and `args.max_rounds` rounds; fast as the device's reference `probe_ref` knows it, see `fast_level`).
-    Before each run the speed probe is timed.
+    Before each run the speed probe is timed. `plan` (see `timing_plan`) times a slow model in every few rounds
+    only, with fewer untimed runs, and `wanted` its fast runs.
 
     Returns index -> list of (time since the window began in s, probe ms, run ms), or index -> AgentError for a
     model that failed in the window."""
     clock = time.perf_counter_ns
     cpu_clock = getattr(time, "thread_time_ns", None) or (lambda: 0)  # the runner thread's own CPU time
+    plan = plan or {i: (1, args.hot_runs) for i in models}
+    wanted = wanted or {i: args.min_fast_runs for i in models}
     samples = {i: [] for i in models}
     failed = {}
     order = list(models)
@@ -408,9 +437,12 @@ def time_window(models, args, out, rng, probe_ref=None):
                 break
             rng.shuffle(order)
             for i in list(order):
+                every, hot = plan[i]
+                if (rounds + i) % every:
+                    continue
                 p = probe()
                 try:  # untimed runs first: the timed one finds its weights in cache, however many models share
-                    for _ in range(args.hot_runs):  # the window (else a model's figure depends on its batch's size)
+                    for _ in range(hot):  # the window (else a model's figure depends on its batch's size)
                         _run(models[i])
                     t0 = clock()
                     c0 = cpu_clock()  # inside the wall interval: a quota's stall caught at this system call is seen
@@ -428,7 +460,7 @@ def time_window(models, args, out, rng, probe_ref=None):
                 out.emit("tick", rounds=rounds, elapsed_s=round((now - t_start) / 1e9, 3))
                 last_tick = now
             if not enough_fast and now - last_check > 0.25e9 and now - t_start > 0.5 * args.window * 1e9:
-                enough_fast = _enough_fast_runs(samples, args.min_fast_runs, probe_ref)
+                enough_fast = _enough_fast_runs(samples, wanted, probe_ref)
                 last_check = now
     finally:
         if gc_was_enabled:
@@ -660,18 +692,22 @@ def _load_and_warm(runtime, loaded, paths, group, args, out, rng):
             out.emit("result", index=index, error=exc.code, error_message=str(exc))
             continue
         models[index] = model
-        facts[index] = {"load_ms": load_ms, "first_run_ms": runs_ms[0], "inputs": model.inputs}
+        facts[index] = {"load_ms": load_ms, "first_run_ms": runs_ms[0], "run_ms": min(runs_ms), "inputs": model.inputs}
         out.emit("loaded", index=index, load_ms=load_ms, run_ms=min(runs_ms))
     return models, facts
 
 
-def _time_group(models, args, out, rng, has_cpu_clock):
+def _time_group(models, facts, args, out, rng, has_cpu_clock):
     """Time a group in windows: an unsteady window (see window_summary) is timed again, up to `args.retime` more
     times, and the steadiest is kept. Returns (window, its summary, every window's summary)."""
     summaries, best = [], None
+    plan, wanted, seconds = timing_plan({i: facts[i]["run_ms"] for i in models}, args.runs, args.hot_runs,
+                                        args.min_fast_runs, args.window, args.scale_runs_ms)
+    out.emit("plan", models=len(models), seconds=round(seconds, 3),
+             runs={str(i): -(-args.runs // every) for i, (every, _) in plan.items()})
     for attempt in range(1 + args.retime):
         probe_ref = read_probe_ref(args.probe_file)
-        window = time_window(models, args, out, rng, probe_ref)
+        window = time_window(models, args, out, rng, probe_ref, plan, wanted)
         summary = window_summary(window, has_cpu_clock, probe_ref, _cpu_quota())
         if summary.get("probe_fast_ms") and (probe_ref is None or summary["probe_fast_ms"] < probe_ref):
             write_probe_ref(args.probe_file, summary["probe_fast_ms"])
@@ -717,7 +753,7 @@ def cmd_measure(args, out):
         models, facts = _load_and_warm(args.runtime, loaded, args.models, group, args, out, rng)
         if not models:
             continue
-        window, summary, summaries = _time_group(models, args, out, rng, has_cpu_clock)
+        window, summary, summaries = _time_group(models, facts, args, out, rng, has_cpu_clock)
         for index in group:
             rows = window.get(index)
             if rows is None:
@@ -779,6 +815,9 @@ def build_parser():
                          help="runs of each model in fast moments the window waits for (at most 6x --window)")
     measure.add_argument("--retime", type=int, default=1, help="how many times an unsteady window is timed again")
     measure.add_argument("--hot-runs", type=int, default=3, help="untimed runs of a model before each timed one")
+    measure.add_argument("--scale-runs-ms", type=float, default=SCALE_RUNS_MS,
+                         help="models slower than this per run are timed in fewer rounds, in proportion, at least "
+                              f"{MIN_SCALED_RUNS} (0: every model in every round)")
     measure.add_argument("--model-timeout", type=float, default=0.0,
                          help="seconds one model's timed runs may take at most (0: no limit)")
     measure.add_argument("--probe-file", default=None,
@@ -798,10 +837,10 @@ def main(argv=None):
         build_parser().print_help()
         return 2
     if args.command == "measure" and (args.runs < 1 or args.warmup < 0 or args.threads < 1 or args.window < 0
-                                       or args.hot_runs < 0
+                                       or args.hot_runs < 0 or args.scale_runs_ms < 0
                                        or args.max_rounds < 1 or args.retime < 0 or args.keep_samples < 1):
         sys.stderr.write("agent.py: --runs, --threads, --max-rounds and --keep-samples must be >= 1, "
-                         "--warmup, --window, --hot-runs and --retime >= 0\n")
+                         "--warmup, --window, --hot-runs, --scale-runs-ms and --retime >= 0\n")
         return 2
     out = _Output()
     status = cmd_info(args, out) if args.command == "info" else cmd_measure(args, out)

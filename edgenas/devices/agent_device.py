@@ -47,7 +47,8 @@ class AgentDevice(Device):
         c, m = self.config, self.config.measure
         argv = [*c.python_argv, agent, "measure", "--runtime", c.runtime, "--threads", str(c.threads),
                 "--warmup", str(m.warmup), "--runs", str(m.runs), "--window", repr(m.window_s),
-                "--retime", str(m.retime), "--model-timeout", repr(c.timeouts.model), "--watch-stdin"]
+                "--retime", str(m.retime), "--model-timeout", repr(c.timeouts.model), "--watch-stdin",
+                "--scale-runs-ms", repr(m.scale_runs_ms)]
         probe_file = self.transport.probe_file()
         if probe_file:
             argv += ["--probe-file", probe_file]
@@ -132,8 +133,8 @@ class AgentDevice(Device):
             elif kind == "loaded":
                 loading = None
                 round_s += float(event.get("run_ms") or 0.0) / 1e3
-            elif kind == "retime" and self.on_event is not None:
-                self.on_event("retime", event)
+            elif kind in ("retime", "plan", "tick") and self.on_event is not None:
+                self.on_event(kind, event)
             elif kind == "result" and slot is not None and hello is not None and slot not in finished:
                 loading = None
                 finished.add(slot)

@@ -173,7 +173,9 @@ class Device(abc.ABC):
         self.config = config
         self.transport = transport
         self._sleep = time.sleep
-        # Called with ("retime", event) when the device re-timed an unsteady window (the CLI reports it).
+        # Called with ("plan", event) when the device has loaded a window's models and says how long timing them
+        # will take (models, seconds), ("tick", event) about once a second while timing, and ("retime", event)
+        # when it re-timed an unsteady window (the CLI reports it; progress bars take their ETA from the plan).
         self.on_event: Callable[[str, dict[str, Any]], Any] | None = None
 
     @property
@@ -212,6 +214,7 @@ class Device(abc.ABC):
             "cpu_affinity": list(c.measure.cpu_affinity),
             "window_s": c.measure.window_s,
             "retime": c.measure.retime,
+            "scale_runs_ms": c.measure.scale_runs_ms,
             "agent_version": agent_version(),
         }
         if c.description:

@@ -38,6 +38,9 @@ class MeasureSettings:
     cpu_affinity: tuple[int, ...] = ()
     batch_size: int = 100
     keep_models: bool = True
+    # Models slower than this per run are timed in fewer rounds of the window, in proportion (at least 20 runs),
+    # with one untimed run before each timed one: see agent.timing_plan. 0: every model in every round.
+    scale_runs_ms: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,7 @@ def _read_measure(t: _Table | None) -> MeasureSettings:
         cpu_affinity=tuple(cpus),
         batch_size=t.integer("batch_size", d.batch_size, low=1),
         keep_models=t.boolean("keep_models", d.keep_models),
+        scale_runs_ms=t.number("scale_runs_ms", d.scale_runs_ms, positive=False),
     )
     t.finish()
     return out

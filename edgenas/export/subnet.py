@@ -17,6 +17,7 @@ on disk for inspection.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +43,7 @@ from edgenas.export.verify import (
     file_logits,
     torch_logits,
 )
+from edgenas.micro_memory import board_fit
 from edgenas.micro_memory import predict as predict_memory
 from edgenas.space import Arch, SearchSpace
 
@@ -210,6 +212,22 @@ def _int8_by_litert(model: nn.Module, path: Path, options: ExportOptions, calibr
     return check
 
 
+def _without_int8_that_cannot_fit(options: ExportOptions, memory: Any, log: Callable[[str], None]) -> ExportOptions:
+    """Options without the int8 file and its TFLite Micro check when the predicted arena (exact to the byte on the
+    host) clearly exceeds the board's SRAM (`--target-sram-kb`; see `micro_memory.board_fit`): the answer comes in
+    seconds, not after a conversion and an arena search; the SRAM check then fails on the prediction."""
+    if options.target_sram_kb is None or "tflite-int8" not in options.formats:
+        return options
+    if board_fit(memory, options.target_sram_kb * 1024) is not False:
+        return options
+    log(f"micro: does not fit this board: predicted TFLite Micro arena {memory.arena / 1024:.1f} KiB "
+        f"({memory.board_arena / 1024:.1f} KiB on a 32-bit board, {memory.head / 1024:.1f} KiB of it tensors) "
+        f"against --target-sram-kb {options.target_sram_kb:g}; tflite-int8 not converted")
+    narrowed = copy.copy(options)  # not dataclasses.replace: no format may be left, which the CLI refuses
+    object.__setattr__(narrowed, "formats", tuple(f for f in options.formats if f != "tflite-int8"))
+    return narrowed
+
+
 def export_subnet(
     model: nn.Module,
     out_dir: str | os.PathLike,
@@ -256,6 +274,7 @@ def export_subnet(
                        config={"arch": arch.to_dict(), "space": space.name, **options.to_dict()}, seed=options.seed,
                        versions=TFLITE_VERSIONS if fmt.startswith("tflite") else ("torch", "numpy", "onnx", "onnxruntime"))
 
+    options = _without_int8_that_cannot_fit(options, memory, log)
     files, seconds, converters = _write_files(model, out_dir, options, calibration, kept, manifest, log)
     found = _Problems()
     reference = torch_logits(model, val_images)

@@ -139,10 +139,17 @@ def convert_state(state: dict[str, torch.Tensor], space: SearchSpace, source: st
     return out
 
 
-def import_ofa_supernet(checkpoint: str | Path, out: str | Path, *, num_classes: int | None = None) -> dict[str, Any]:
+def import_ofa_supernet(checkpoint: str | Path, out: str | Path, *, num_classes: int | None = None,
+                        resolutions: tuple[int, ...] | None = None, dataset: Any = None) -> dict[str, Any]:
     """Write Once-for-All's supernet `checkpoint` as an edgenas supernet checkpoint at `out` (with its manifest).
 
-    `num_classes` puts a new, untrained classifier on it (for fine-tuning on other data). Returns a summary."""
+    `num_classes` puts a new, untrained classifier on it (for fine-tuning on other data). `resolutions` narrows the
+    input sizes its space offers (those of Once-for-All's Note10 tables, 160-224 px: what is calibrated, searched
+    and exported follows the checkpoint's space; the weights do not depend on the size). `dataset` (a loaded
+    `edgenas.data.Dataset`: its spec, fingerprint and class count) is the data the supernet is used with, recorded
+    in the checkpoint as every later stage's data (the accuracy predictor's, the search's, the export's); its
+    classes are the classifier's (a new one unless they are 1000).
+    Returns a summary."""
     from edgenas.artifacts import sha256_file, write_manifest
     from edgenas.train.checkpoint import save_checkpoint
 
@@ -150,9 +157,23 @@ def import_ofa_supernet(checkpoint: str | Path, out: str | Path, *, num_classes:
     state = read_ofa_state(checkpoint)
     space = space_of(state, source)
     model = convert_state(state, space, source)
+    data_spec, fingerprint = "imagenet", ""
+    if dataset is not None:
+        if num_classes is not None and num_classes != dataset.num_classes:
+            raise UsageError(f"--num-classes {num_classes} but dataset {dataset.spec} has {dataset.num_classes} "
+                             "classes: drop --num-classes (the dataset's count is used)")
+        num_classes, data_spec, fingerprint = dataset.num_classes, dataset.spec, dataset.fingerprint
     new_head = num_classes is not None and num_classes != space.num_classes
     if num_classes is not None and num_classes < 2:
         raise UsageError(f"--num-classes {num_classes}: expected at least 2")
+    if resolutions is not None:
+        allowed = set(space.resolutions)
+        bad = [r for r in resolutions if r not in allowed]
+        if bad or not resolutions:
+            raise UsageError(f"--resolutions {','.join(map(str, resolutions)) or '(none)'}: {bad[0] if bad else 'none'} "
+                             f"is not an input size of Once-for-All's supernet; choose from "
+                             f"{min(allowed)} to {max(allowed)} in steps of 4")
+        space = space.replace(resolutions=tuple(sorted(set(resolutions))))
     if new_head:
         space = space.replace(num_classes=num_classes)
         fresh = Supernet(space).state_dict()  # the initialisation edgenas's training uses
@@ -161,12 +182,13 @@ def import_ofa_supernet(checkpoint: str | Path, out: str | Path, *, num_classes:
     origin = {"format": "once-for-all", "file": Path(checkpoint).name, "sha256": sha,
               "width_mult": space.width_mult, "classifier": "new, untrained" if new_head else "Once-for-All's"}
     summary = {"imported_from": origin}
-    path = save_checkpoint(out, {"space": space.to_dict(), "model": model, "dataset": "imagenet",
-                                 "dataset_fingerprint": "", "seed": 0, "config": {}, "complete": True,
+    path = save_checkpoint(out, {"space": space.to_dict(), "model": model, "dataset": data_spec,
+                                 "dataset_fingerprint": fingerprint, "seed": 0, "config": {}, "complete": True,
                                  "summary": summary})
     write_manifest(path, kind="supernet-checkpoint", inputs={"once_for_all_checkpoint": str(checkpoint)},
                    config={"space": space.name, "num_classes": space.num_classes}, seed=0,
                    extra={"space": space.to_dict(), "complete": True, "summary": summary,
                           "imported_from": origin, "trained_here": False})
     return {"out": str(path), "space": space.name, "num_classes": space.num_classes, "new_classifier": new_head,
+            "resolutions": list(space.resolutions), "dataset": data_spec,
             "source_sha256": sha, "weights": len(model)}

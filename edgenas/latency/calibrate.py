@@ -16,9 +16,10 @@ had not measured, and makes the same choices.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,10 @@ STATISTICS = ("latency", "median", "min")
 # Models handed to the device at once; the device times them in windows of its [measure] batch_size, and
 # every result is stored as it arrives.
 MEASURE_CHUNK = 400
+# The most megabytes of exported model files a calibration leaves in its model cache (least recently used go
+# first; their hashes stay, and the store keeps every figure, so a re-run needs none of them): the mobilenetv3
+# space at 224 px left 3.1 GB before this bound. --keep-models keeps them all.
+MODEL_CACHE_MB = 500
 # The fewest subnets an active-learning round measures: a round costs one timing window on the device whatever
 # it holds (the window spans the device's speed changes), so a 30-subnet budget takes 2 rounds, not 5 of 2.
 MIN_PER_ROUND = 4
@@ -74,6 +79,14 @@ class CalibrationReport:
     arch_device_seconds: float = 0.0
     table_path: str | None = None
     predictor_path: str | None = None
+    models_dir: str | None = None
+    models_mb: float | None = None  # what the model cache holds after the calibration
+
+    def cache_line(self) -> str:
+        """One line: what the model cache keeps, and how to clear it."""
+        return (f"model cache: {self.models_mb:.0f} MB of exported files kept in {self.models_dir} (bound "
+                f"{MODEL_CACHE_MB} MB unless --keep-models; the store keeps every figure, so deleting the folder "
+                "loses nothing)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -83,7 +96,8 @@ class Calibrator:
     """Exports, measures through the store, and remembers what each figure cost; one per device setup."""
 
     def __init__(self, device: Any, space: SearchSpace, *, runtime: str, precision: str, store: Store,
-                 cache_dir: str | Path, progress: bool = True, statistic: str = "latency") -> None:
+                 cache_dir: str | Path, progress: bool = True, statistic: str = "latency",
+                 cache_mb: float | None = MODEL_CACHE_MB) -> None:
         from edgenas.latency.models import ModelCache, export_format
 
         if statistic not in STATISTICS:
@@ -96,9 +110,13 @@ class Calibrator:
         self.store = store
         self.format = export_format(runtime, precision)
         self.cache = ModelCache(cache_dir)
+        self.cache_mb = cache_mb  # None: keep every exported file
+        self.pending: set[Path] = set()  # files exported for this calibration and not measured yet: never trimmed
         self.progress = progress
         self.report = CalibrationReport()
         self.riders: list[ModelJob] = []  # measured in the next window, whatever it is for (see `ride_along`)
+        self.window_ratio: float | None = None  # this device's windows: seconds taken / seconds planned (ETA)
+        self.clock: Callable[[], float] = time.monotonic
 
     def ride_along(self, jobs: Sequence[ModelJob]) -> None:
         """Time `jobs` in the next timing window this calibrator opens: a window costs the same for 20 more small
@@ -109,17 +127,48 @@ class Calibrator:
     def export_pieces(self, pieces: Sequence[Any]) -> list[ModelJob]:
         from edgenas.latency.models import piece_description
 
-        with Progress(len(pieces), f"export {self.format} pieces", enabled=self.progress, unit="model") as bar:
-            got = self.cache.get_many([piece_description(p) for p in pieces], self.format, on_done=lambda: bar.update(1))
-        return [ModelJob("piece", p.key, path, sha) for p, (path, sha) in zip(pieces, got)]
+        return self._export("piece", [p.key for p in pieces], [piece_description(p) for p in pieces], "pieces")
 
-    def export_archs(self, archs: Sequence[Arch]) -> list[ModelJob]:
+    def export_archs(self, archs: Sequence[Arch], *, files: bool = False) -> list[ModelJob]:
+        """A job per arch; `files`: every file on disk, even of subnets the store has measured already."""
         from edgenas.latency.models import arch_description
 
-        with Progress(len(archs), f"export {self.format} subnets", enabled=self.progress, unit="model") as bar:
-            got = self.cache.get_many([arch_description(self.space, a) for a in archs], self.format,
-                                      on_done=lambda: bar.update(1))
-        return [ModelJob("arch", a.to_json(), path, sha) for a, (path, sha) in zip(archs, got)]
+        return self._export("arch", [a.to_json() for a in archs], [arch_description(self.space, a) for a in archs],
+                            "subnets", files=files)
+
+    def _export(self, kind: str, labels: list[str], descriptions: list[dict], what: str, *,
+                files: bool = False) -> list[ModelJob]:
+        """Jobs for the models `descriptions` name: a model this device has a figure for (found by the hash its
+        export had) needs no file, so a re-run exports only what it has still to measure."""
+        known: dict[int, str] = {}
+        if not files:
+            for i, d in enumerate(descriptions):
+                sha = self.cache.known_sha256(d, self.format)
+                if sha and self.store.measurement_for(sha, self.device.name, self.runtime, self.precision):
+                    known[i] = sha
+        todo = [i for i in range(len(descriptions)) if i not in known]
+        with Progress(len(todo), f"export {self.format} {what}", enabled=self.progress and bool(todo),
+                      unit="model") as bar:
+            got = dict(zip(todo, self.cache.get_many([descriptions[i] for i in todo], self.format,
+                                                     on_done=lambda: bar.update(1))))
+        self.pending.update(path for path, _ in got.values())
+        jobs = []
+        for i, (label, d) in enumerate(zip(labels, descriptions)):
+            path, sha = got[i] if i in got else (self.cache.path_for(d, self.format), known[i])
+            jobs.append(ModelJob(kind, label, path, sha))
+        return jobs
+
+    def trim_cache(self) -> None:
+        """Hold the model cache to its bound (`cache_mb`), keeping files still to be measured."""
+        if self.cache_mb is not None:
+            self.cache.trim(int(self.cache_mb * 1e6), keep=self.pending)
+
+    def finish(self) -> CalibrationReport:
+        """Trim the cache and record in the report what it keeps."""
+        self.trim_cache()
+        self.report.models_dir = str(self.cache.root)
+        self.report.models_mb = self.cache.size_bytes() / 1e6
+        return self.report
 
     # -- measuring -------------------------------------------------------------------------------
     def measure(self, jobs: Sequence[ModelJob], desc: str) -> dict[str, Any]:
@@ -139,7 +188,8 @@ class Calibrator:
             riding = sum(1 for j in todo if j in riders)
             if riding:
                 desc = f"{desc} (with {riding} held-out subnets)"
-            with Progress(len(todo), desc, enabled=self.progress, unit="model") as bar:
+            with Progress(len(todo), desc, enabled=self.progress, unit="model") as bar, \
+                    self.eta_from_plans(bar) as window_done:
                 for start in range(0, len(todo), MEASURE_CHUNK):
                     chunk = todo[start:start + MEASURE_CHUNK]
                     clock = [time.monotonic()]
@@ -152,19 +202,57 @@ class Calibrator:
                         self.store.add_measurement(record, model_kind=job.kind, model_description=job.description,
                                                    device=self.device.name, runtime=self.runtime,
                                                    precision=self.precision)
+                        self.pending.discard(job.path)
                         if m.ok:
                             self.report.measured_now += 1
                         else:
                             self.report.failed += 1
+                        window_done()
                         bar.update(1, failed=self.report.failed)
 
                     self.device.measure([str(j.path) for j in chunk], on_result=on_result)
+                    self.trim_cache()
             for job in todo:
                 m = self.store.measurement_for(job.sha256, self.device.name, self.runtime, self.precision)
                 if m is not None:
                     found[job.sha256] = m
         rider_shas = {j.sha256 for j in riders} - {j.sha256 for j in jobs}
         return {sha: m for sha, m in found.items() if sha not in rider_shas}
+
+    @contextlib.contextmanager
+    def eta_from_plans(self, bar: Progress) -> Iterator[Callable[[], None]]:
+        """While measuring, the device's timing plan for each window (models, expected seconds) sets the bar's ETA:
+        this window's seconds, and the models after it at this window's seconds per model, times what this device's
+        windows took against their plans so far (`window_ratio`: a window also waits for fast moments and is timed
+        again when unsteady, which no plan knows beforehand); until one has ended, a window timed again starts the
+        count again. The device's ticks redraw the bar. Yields what to call on each result (a window's end)."""
+        before = getattr(self.device, "on_event", None)
+        plan: dict[str, Any] = {}
+
+        def on_event(kind: str, event: dict[str, Any]) -> None:
+            if kind == "plan" and event.get("models") and event.get("seconds") is not None:
+                plan.update(models=int(event["models"]), seconds=float(event["seconds"]), since=self.clock())
+                bar.expect_batch(plan["models"], plan["seconds"] * (self.window_ratio or 1.0))
+            elif kind == "retime" and plan and self.window_ratio is None:  # as long again, from now
+                bar.expect_batch(plan["models"], plan["seconds"])
+            elif kind == "tick":
+                bar.refresh()
+            if before is not None and kind != "tick":
+                before(kind, event)
+
+        def window_done() -> None:
+            if plan.get("since") is not None and plan["seconds"] > 0:
+                ratio = (self.clock() - plan["since"]) / plan["seconds"]
+                self.window_ratio = ratio if self.window_ratio is None else (self.window_ratio * ratio) ** 0.5
+                plan["since"] = None
+
+        if hasattr(self.device, "on_event"):
+            self.device.on_event = on_event
+        try:
+            yield window_done
+        finally:
+            if hasattr(self.device, "on_event"):
+                self.device.on_event = before
 
     def failure_summary(self, jobs: Sequence[ModelJob]) -> str:
         rows = [r for r in self.store.measurements(device=self.device.name, runtime=self.runtime,
@@ -276,6 +364,7 @@ def calibrate(
     save: bool = True,
     progress: bool = True,
     holdout: Sequence[Arch] = (),
+    cache_mb: float | None = MODEL_CACHE_MB,
 ) -> BasePredictor:
     """Calibrate `device` for `space`; returns the fitted predictor (with `.report`, a CalibrationReport).
 
@@ -286,6 +375,7 @@ def calibrate(
     `rounds`: windows of the subnets the fit is least sure of, after the first; 0 chooses all `budget` subnets
     (stratified over MACs) before the table and times them in its window: one window in all.
     The predictor is saved to `latency_tables/<device>/predictor-<runtime>-<precision>.json` when `save`.
+    `cache_mb`: the most megabytes of exported model files left in `cache_dir` (None: keep them all).
     """
     runtime, precision = _resolve_setup(device, runtime, precision)
     if budget < 2:
@@ -293,7 +383,8 @@ def calibrate(
     tables_dir = Path(tables_dir) if tables_dir is not None else None
     tpath = table_path(device.name, runtime, precision, tables_dir)
     cal = Calibrator(device, space, runtime=runtime, precision=precision, store=store,
-                     cache_dir=cache_dir or tpath.parent.parent / ".models", progress=progress, statistic=statistic)
+                     cache_dir=cache_dir or tpath.parent.parent / ".models", progress=progress, statistic=statistic,
+                     cache_mb=cache_mb)
     ident = dict(device=device.name, runtime=runtime, precision=precision, space=space)
     rng = np.random.default_rng(seed)
     pool = space.sample_many(rng, POOL_SIZE)
@@ -348,6 +439,7 @@ def calibrate(
         raise UsageError(f"only {len(archs)} subnets measured fine on device {device.name}: check it with "
                          f"`edgenas devices check {device.name}` and run again")
     predictor.fit(archs, ms, seed=seed)
+    cal.finish()
     cal.report.arch_device_seconds = seconds
     cal.report.device_seconds = seconds + cal.report.table_device_seconds
     predictor.fit_info["device_seconds"] = cal.report.device_seconds
@@ -378,6 +470,7 @@ def calibrate_transfer(
     statistic: str = STATISTICS[0],
     save: bool = True,
     progress: bool = True,
+    cache_mb: float | None = MODEL_CACHE_MB,
 ) -> TransferPredictor:
     """A new device from calibrated ones and `samples` whole-model measurements of its own.
 
@@ -394,7 +487,8 @@ def calibrate_transfer(
         raise UsageError("transfer needs at least one calibrated source device: pass --transfer-from NAME")
     tpath = table_path(device.name, runtime, precision, tables_dir)
     cal = Calibrator(device, space, runtime=runtime, precision=precision, store=store,
-                     cache_dir=cache_dir or tpath.parent.parent / ".models", progress=progress, statistic=statistic)
+                     cache_dir=cache_dir or tpath.parent.parent / ".models", progress=progress, statistic=statistic,
+                     cache_mb=cache_mb)
     predictor = TransferPredictor(sources=sources, device=device.name, runtime=runtime, precision=precision,
                                   space=space)
     transfer = space_transfer(space, sources, samples=samples, seed=seed)
@@ -403,6 +497,7 @@ def calibrate_transfer(
     if len(archs) < 2:
         raise UsageError(f"only {len(archs)} subnets measured fine on device {device.name}: check the device")
     predictor.fit(archs, ms, seed=seed, transfer=transfer)
+    cal.finish()
     cal.report.device_seconds = cal.report.arch_device_seconds = seconds
     predictor.fit_info["device_seconds"] = seconds
     predictor.fit_info["statistic"] = statistic

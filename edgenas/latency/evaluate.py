@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgenas.errors import UsageError
-from edgenas.latency.calibrate import Calibrator, _resolve_setup, load_latency_predictor
+from edgenas.latency.calibrate import MODEL_CACHE_MB, Calibrator, _resolve_setup, load_latency_predictor
 from edgenas.latency.predictors import (
     BasePredictor,
     MacsPredictor,
@@ -106,10 +106,12 @@ def score(name: str, predicted: np.ndarray, measured: np.ndarray, *, measurement
 
 def _repeat_score(cal: Calibrator, archs: Sequence[Arch], measured: np.ndarray) -> PredictorScore:
     """The held-out subnets timed again on the device, scored against their stored figures."""
-    jobs = cal.export_archs(archs)
+    jobs = cal.export_archs(archs, files=True)
     t0 = time.monotonic()
     again = cal.device.measure([str(j.path) for j in jobs])
     seconds = time.monotonic() - t0
+    cal.pending.difference_update(j.path for j in jobs)
+    cal.trim_cache()
     figure = {"latency": "latency_ms", "median": "median_ms", "min": "min_ms"}[cal.statistic]
     pairs = [(float(getattr(m, figure)), ms) for m, ms in zip(again, measured) if m.ok and getattr(m, figure)]
     if len(pairs) < 3:
@@ -148,6 +150,7 @@ def evaluate(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     repeat: bool = False,
+    cache_mb: float | None = MODEL_CACHE_MB,
 ) -> LatencyEvaluation:
     """Measure `holdout` unseen subnets on `device` and score every predictor on them.
 
@@ -170,7 +173,8 @@ def evaluate(
     # Judge by the figure the predictor was fitted to (the interleaved figure unless calibrated with another).
     statistic = str(predictor.fit_info.get("statistic", "latency"))
     cal = Calibrator(device, space, runtime=runtime, precision=precision, store=store,
-                     cache_dir=cache_dir or tpath.parent.parent / ".models", progress=progress, statistic=statistic)
+                     cache_dir=cache_dir or tpath.parent.parent / ".models", progress=progress, statistic=statistic,
+                     cache_mb=cache_mb)
     archs, measured, _ = cal.measure_archs(holdout_archs(space, holdout, train_archs, seed),
                                            f"measure held-out subnets on {device.name}")
     if len(archs) < 3:

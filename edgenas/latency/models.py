@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import torch
@@ -181,6 +182,48 @@ class ModelCache:
         path = self.path_for(description, fmt)
         return path.with_name(path.name + ".sha256")
 
+    def known_sha256(self, description: dict, fmt: str) -> str | None:
+        """The sha256 of the file `description` exported to, when it was exported here once (the file itself may
+        have been removed since: its measurement, keyed by this hash, is what a re-run needs)."""
+        sha_path = self._sha_path(description, fmt)
+        return sha_path.read_text().strip() if sha_path.is_file() else None
+
+    def size_bytes(self) -> int:
+        """Bytes of exported model files the cache holds (not counting the small hash and description files)."""
+        return sum(p.stat().st_size for p in self._model_files())
+
+    def _model_files(self) -> list[Path]:
+        suffixes = set(SUFFIX.values())
+        out = []
+        for fmt in SUFFIX:
+            folder = self.root / fmt
+            if folder.is_dir():
+                out += [p for p in folder.iterdir() if p.suffix in suffixes and not p.name.startswith(".")]
+        return out
+
+    def trim(self, max_bytes: int, *, keep: Collection[Path] = ()) -> int:
+        """Remove the least recently used model files (not those in `keep`) until the cache holds at most
+        `max_bytes`; their hashes and descriptions stay, so a re-run finds their measurements in the store, and
+        one that needs a file again exports it again. Returns the bytes removed."""
+        files = []
+        for p in self._model_files():
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            files.append((st.st_atime, p, st.st_size))
+        total = sum(size for _, _, size in files)
+        removed = 0
+        keep = set(keep)
+        for _, path, size in sorted(files, key=lambda f: (f[0], str(f[1]))):
+            if total - removed <= max_bytes:
+                break
+            if path in keep:
+                continue
+            path.unlink(missing_ok=True)
+            removed += size
+        return removed
+
     def is_cached(self, description: dict, fmt: str) -> bool:
         """The file and its .sha256 (written last) are both there: the export finished."""
         return self.path_for(description, fmt).is_file() and self._sha_path(description, fmt).is_file()
@@ -217,6 +260,7 @@ class ModelCache:
         """The exported file for `description` in `fmt` (exported now if missing) and its sha256."""
         path, sha_path = self.path_for(description, fmt), self._sha_path(description, fmt)
         if self.is_cached(description, fmt):
+            os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns))  # used now (access time): trimmed last
             return path, sha_path.read_text().strip()
         exporter: Callable[[nn.Module, Path], None]
         if fmt == "onnx":

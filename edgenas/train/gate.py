@@ -45,7 +45,7 @@ class Verdict:
                  ("largest network trained alone", self.alone))
         figures = [f"{label} {100 * value:.1f} %" for label, value in named if value is not None]
         head = "training check passed" if self.passed else "training check FAILED: " + "; ".join(self.problems)
-        text = f"{head} (val top-1: {', '.join(figures)})"
+        text = f"{head} (val top-1: {', '.join(figures)})" if figures else head
         return f"{text}. {self.hint}" if self.hint else text
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,6 +85,17 @@ def training_verdict(summary: dict[str, Any], *, num_classes: int | None = None)
     chance = summary.get("chance", 1.0 / num_classes if num_classes else None)
     alone = (summary.get("alone") or {}).get("top1")
     verdict = Verdict(True, largest, smallest, chance, alone)
+    imported = summary.get("imported_from")
+    if largest is None and isinstance(imported, dict):  # trained elsewhere (edgenas import ofa): no curves here
+        where = f"imported from {imported.get('file') or imported.get('format') or 'another tool'}"
+        if imported.get("classifier") == "new, untrained":
+            verdict.passed = False
+            verdict.problems.append(f"the supernet was {where} with a new, untrained classifier")
+            verdict.hint = ("Its accuracies mean nothing until that classifier is trained on your data; `edgenas run "
+                            "--force` runs every other stage with it.")
+        else:
+            verdict.hint = f"The supernet was {where}: trained elsewhere, not checked here."
+        return verdict
     if largest is None or chance is None:
         verdict.passed = False
         verdict.problems.append("the summary holds no final validation of the largest subnet")

@@ -1,0 +1,107 @@
+"""The progress bar's ETA, on a fake clock: no first-sample extrapolation, and the work's own expectation first."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from edgenas.progress import Progress
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def bar(total: int, clock: FakeClock) -> Progress:
+    return Progress(total, "work", stream=io.StringIO(), clock=clock, log_every=0.0)
+
+
+def test_the_first_unit_gives_no_eta_its_one_time_costs_would_swamp_it():
+    """The first unit took 30 s (imports, a supernet built, an agent started); the others take 1 s each. The
+    old bar said 99 x 30 s = 49 min after the first; the truth is 99 s."""
+    clock = FakeClock()
+    b = bar(100, clock)
+    clock.now += 30.0
+    b.update(1)
+    assert b.eta() is None and "ETA ?" in b.line()
+    clock.now += 1.0
+    b.update(1)
+    assert b.eta() == 98.0  # the rate since the first unit's end: 1 unit/s, 98 left
+    assert "ETA 01:38" in b.line()
+    for _ in range(48):
+        clock.now += 1.0
+        b.update(1)
+    assert b.eta() == 50.0
+
+
+def test_the_eta_stays_within_2x_of_the_truth_from_its_first_figure():
+    """Units of 2 s after a 60 s first one: every ETA the bar shows is within 2x of the time actually left."""
+    clock = FakeClock()
+    b = bar(50, clock)
+    finish = clock.now + 60.0 + 49 * 2.0
+    clock.now += 60.0
+    b.update(1)
+    shown = []
+    for _ in range(49):
+        clock.now += 2.0
+        b.update(1)
+        if b.eta() is not None and b.n < b.total:
+            shown.append((b.eta(), finish - clock.now))
+    assert shown and all(truth / 2 <= eta <= 2 * truth for eta, truth in shown)
+
+
+def test_an_expectation_from_the_work_gives_the_eta_before_any_unit_is_done():
+    """A device says its window will take 40 s (its timing plan, known once the models are loaded): the ETA counts
+    that down, although the window's results all arrive at its end."""
+    clock = FakeClock()
+    b = bar(300, clock)
+    assert b.eta() is None
+    b.expect(40.0)
+    assert b.eta() == 40.0
+    clock.now += 15.0
+    assert b.eta() == 25.0 and "ETA 00:25" in b.line()
+    clock.now += 30.0
+    assert b.eta() == 0.0  # a window that overran its plan says 0, never a negative time
+    b.update(300)  # the burst: the expectation still rules (a burst's rate says nothing of the next window)
+    assert b.eta() == 0.0
+
+
+def test_no_total_means_no_eta():
+    clock = FakeClock()
+    b = Progress(None, "work", stream=io.StringIO(), clock=clock)
+    clock.now += 1.0
+    b.update(1)
+    clock.now += 1.0
+    b.update(1)
+    assert b.eta() is None and "ETA" not in b.line()
+
+
+def test_a_batch_plan_covers_the_units_after_it_at_its_rate():
+    """A device plans 300 of 1226 models in 60 s: the ETA is 60 s for those and 926 x 0.2 s for the rest."""
+    clock = FakeClock()
+    b = bar(1226, clock)
+    b.expect_batch(300, 60.0)
+    assert b.eta() == pytest.approx(60.0 + 926 * 0.2)
+    b.update(300)
+    b.expect_batch(300, 30.0)  # the next window, faster
+    assert b.eta() == pytest.approx(30.0 + 626 * 0.1)
+
+
+def test_an_expectation_and_a_refresh_draw_the_bar_before_any_unit_is_done():
+    """A log shows the plan's ETA while the device times its window, not only when its results arrive."""
+    clock = FakeClock()
+    stream = io.StringIO()
+    b = Progress(300, "measure", stream=stream, clock=clock, log_every=10.0)
+    b.expect(40.0)
+    assert stream.getvalue().splitlines()[-1].endswith("ETA 00:40")
+    clock.now += 5.0
+    b.refresh()  # within log_every of the last line: nothing new
+    assert len(stream.getvalue().splitlines()) == 1
+    clock.now += 6.0
+    b.refresh()
+    assert stream.getvalue().splitlines()[-1].endswith("ETA 00:29")
