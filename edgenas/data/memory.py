@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgenas.data.images import dataset_folder
-from edgenas.data.splits import SPLITS, split_indices
+from edgenas.data.splits import SPLITS, EpochOrder, split_indices
 from edgenas.errors import UsageError
 from edgenas.inputs import GIB, MAX_DATA_BYTES, load_data_pickle, one_line, read_bytes
 
@@ -80,7 +80,7 @@ class Dataset:
                 f"{self.image_size}px; {sizes}")
 
 
-class BatchLoader:
+class BatchLoader(EpochOrder):
     """Iterates one epoch of a split as torch batches; deterministic in (seed, epoch, batch index).
 
     Shuffling draws a permutation from (seed, epoch); augmentation (random scale, shift and, where
@@ -89,37 +89,6 @@ class BatchLoader:
     exactly the batches an uninterrupted run saw. With `world_size > 1` each rank gets an equal,
     disjoint shard of every epoch.
     """
-
-    def __init__(self, dataset: Dataset, split: str, *, batch_size: int, resolution: int | None, shuffle: bool,
-                 augment: bool, seed: int, rank: int, world_size: int, drop_last: bool, epoch: int) -> None:
-        if batch_size < 1:
-            raise UsageError(f"batch size {batch_size} must be at least 1")
-        if not 0 <= rank < world_size:
-            raise UsageError(f"rank {rank} is outside a world of size {world_size}")
-        self.dataset, self.split = dataset, split
-        self.batch_size, self.resolution = batch_size, resolution
-        self.shuffle, self.augment, self.seed = shuffle, augment, seed
-        self.rank, self.world_size, self.drop_last, self.epoch = rank, world_size, drop_last, epoch
-        n = dataset.size(split)
-        self.shard_size = n // world_size if world_size > 1 else n
-        if self.shard_size < 1 or (drop_last and self.shard_size < batch_size):
-            raise UsageError(f"the {split} split of {dataset.spec} has {n} images: too few for batches of "
-                             f"{batch_size} on {world_size} process(es); lower the batch size")
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self.shard_size // self.batch_size
-        return -(-self.shard_size // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[Any, Any]]:
-        return self.iterate(self.epoch)
-
-    def indices(self, epoch: int) -> np.ndarray:
-        n = self.dataset.size(self.split)
-        order = np.random.default_rng([self.seed, epoch, 1]).permutation(n) if self.shuffle else np.arange(n)
-        if self.world_size > 1:
-            order = order[: self.shard_size * self.world_size][self.rank:: self.world_size]
-        return order
 
     def batches_from(self, step: int) -> Iterator[tuple[Any, Any]]:
         """Batches from step `step` of a phase on, across epochs."""

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from edgenas.data.images import ImageReadError, open_image
-from edgenas.data.splits import SPLITS
+from edgenas.data.splits import SPLITS, EpochOrder
 from edgenas.data.transforms import CROP_FRACTION, eval_transform, train_transform
 from edgenas.errors import UsageError
 
@@ -143,7 +143,7 @@ class StreamingDataset:
                 f"{sum(self.size(s) for s in SPLITS)} images of {lo}-{hi} px streamed from disk, {read}; {sizes}")
 
 
-class StreamLoader:
+class StreamLoader(EpochOrder):
     """One split's batches read by DataLoader workers; deterministic in (seed, epoch, batch index).
 
     The same order as the in-memory `BatchLoader` (a permutation from (seed, epoch), a rank's shard of it), each
@@ -154,35 +154,11 @@ class StreamLoader:
     def __init__(self, dataset: StreamingDataset, split: str, *, batch_size: int, resolution: int | None,
                  shuffle: bool, augment: bool, seed: int, rank: int, world_size: int, drop_last: bool, epoch: int,
                  step_resolution: Callable[[int], int] | None = None, workers: int | None = None) -> None:
-        if batch_size < 1:
-            raise UsageError(f"batch size {batch_size} must be at least 1")
-        if not 0 <= rank < world_size:
-            raise UsageError(f"rank {rank} is outside a world of size {world_size}")
-        self.dataset, self.split = dataset, split
-        self.batch_size, self.resolution, self.step_resolution = batch_size, resolution, step_resolution
-        self.shuffle, self.augment, self.seed = shuffle, augment, seed
-        self.rank, self.world_size, self.drop_last, self.epoch = rank, world_size, drop_last, epoch
+        super().__init__(dataset, split, batch_size=batch_size, resolution=resolution, shuffle=shuffle,
+                         augment=augment, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last,
+                         epoch=epoch)
+        self.step_resolution = step_resolution
         self.workers = auto_workers() if workers is None else workers
-        n = dataset.size(split)
-        self.shard_size = n // world_size if world_size > 1 else n
-        if self.shard_size < 1 or (drop_last and self.shard_size < batch_size):
-            raise UsageError(f"the {split} split of {dataset.spec} has {n} images: too few for batches of "
-                             f"{batch_size} on {world_size} process(es); lower the batch size")
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self.shard_size // self.batch_size
-        return -(-self.shard_size // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[Any, Any]]:
-        return self.iterate(self.epoch)
-
-    def indices(self, epoch: int) -> np.ndarray:
-        n = self.dataset.size(self.split)
-        order = np.random.default_rng([self.seed, epoch, 1]).permutation(n) if self.shuffle else np.arange(n)
-        if self.world_size > 1:
-            order = order[: self.shard_size * self.world_size][self.rank:: self.world_size]
-        return order
 
     def resolution_of(self, epoch: int, batch: int) -> int:
         if self.step_resolution is not None:
