@@ -74,10 +74,12 @@ class Progress:
         done = self.n - self._start_n
         return done / self.elapsed if self.elapsed > 0 else 0.0
 
-    def expect(self, seconds_left: float) -> None:
-        """What the work itself expects it still needs (seconds): the ETA until the next `expect`."""
+    def expect(self, seconds_left: float, *, draw: bool = True) -> None:
+        """What the work itself expects it still needs (seconds): the ETA until the next `expect`. `draw=False`
+        keeps it for the next line without drawing one now (a guess the work will soon replace)."""
         self._expected = (self._clock(), max(float(seconds_left), 0.0))
-        self.refresh()
+        if draw:
+            self.refresh()
 
     def refresh(self) -> None:
         """Redraw if it is time to (a sign of life while no unit finishes, e.g. during a device's window)."""
@@ -85,13 +87,6 @@ class Progress:
         if now - self._last_draw >= (0.1 if self._tty else self.log_every):
             self._last_draw = now
             self._draw()
-
-    def expect_batch(self, units: int, seconds: float) -> None:
-        """The next `units` will take `seconds` (a device's plan for its timing window): the ETA is that, and the
-        units after them at the same seconds per unit."""
-        if units > 0:
-            after = max((self.total or 0) - self.n - units, 0)
-            self.expect(seconds + after * seconds / units)
 
     def eta(self) -> float | None:
         """Seconds left: the work's own expectation if it gave one, else the rate since the first unit was done
@@ -162,3 +157,51 @@ def track(items: Iterable[Any], desc: str = "", total: int | None = None, **kw: 
         for item in items:
             yield item
             bar.update(1)
+
+
+class WindowEta:
+    """The ETA of a bar over models a device times in windows (its agent's events: "plan" when a window's models
+    are loaded, "tick" about once a second while it times them, "retime" when it times an unsteady window again;
+    every result of a window arrives at its end). The ETA is what the device says the window has left, and the
+    models after it at the cost per model so far (exports, loads and windows, this window's end included as
+    projected). What a window has left is its timing plan until its first tick, times what this device's windows
+    took against their plans so far (`ratio`: a plan counts runs, not the wait for fast moments or a re-timing),
+    then each tick's `left_s`, the device's estimate from the runs it has taken. A plan with no earlier window to
+    scale it is not drawn: the first tick, a second later, is.
+
+        eta = WindowEta(bar); device.on_event = eta.on_event   # and eta.window_done() on each result
+    """
+
+    def __init__(self, bar: Progress, *, ratio: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.bar = bar
+        self.ratio = ratio  # seconds this device's windows took / seconds planned (geometric mean)
+        self.clock = clock
+        self.started = clock()
+        self.models = 0  # in the window being timed
+        self.planned = 0.0  # its plan's seconds
+        self.since: float | None = None  # when its plan came, until its first result
+
+    def _expect(self, left_s: float, draw: bool = True) -> None:
+        done = self.bar.n
+        per_model = (self.clock() + left_s - self.started) / max(done + self.models, 1)
+        after = max((self.bar.total or 0) - done - self.models, 0)
+        self.bar.expect(left_s + after * per_model, draw=draw)
+
+    def on_event(self, kind: str, event: dict[str, Any]) -> None:
+        if kind == "plan" and event.get("models") and event.get("seconds") is not None:
+            self.models, self.planned, self.since = int(event["models"]), float(event["seconds"]), self.clock()
+            self._expect(self.planned * (self.ratio or 1.0), draw=self.ratio is not None)
+        elif kind == "retime" and self.models:  # timed again: as long again, from now, until its first tick
+            self._expect(self.planned * (self.ratio or 1.0), draw=False)
+        elif kind == "tick" and self.models and event.get("left_s") is not None:
+            self._expect(float(event["left_s"]))
+        elif kind == "tick":
+            self.bar.refresh()
+
+    def window_done(self) -> None:
+        """A result arrived: the first of a window ends it (its seconds against its plan update `ratio`)."""
+        if self.since is not None and self.planned > 0:
+            ratio = (self.clock() - self.since) / self.planned
+            self.ratio = ratio if self.ratio is None else (self.ratio * ratio) ** 0.5
+            self.since = None

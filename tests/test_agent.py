@@ -372,3 +372,40 @@ def test_slow_models_are_timed_in_fewer_rounds_still_spread_over_the_window(onnx
     for r in by_index.values():
         t = np.array(r["sample_t_s"])
         assert t.min() < 0.15 * end and t.max() > 0.85 * end
+
+
+def _window_args(**kw):
+    import types
+
+    args = dict(window=4.0, runs=60, min_fast_runs=30, max_rounds=100000)
+    args.update(kw)
+    return types.SimpleNamespace(**args)
+
+
+def test_the_time_a_window_has_left_follows_its_fast_moments_and_rounds():
+    """What the agent sends with each tick (the host's ETA): the window's rest while it is young; the rounds still to
+    run at its pace; the fast-moment runs still wanted at the rate they come (a slow spell: to the cap)."""
+    agent = _agent_module()
+    args = _window_args()
+    fast_rows = {0: [(k * 0.05, 0.05, 1.0, 1.0) for k in range(20)]}  # 20 rounds in 1 s, every run fast
+    assert agent.window_left_s(fast_rows, {0: 30}, 20, 1.0, args, 0.05) == pytest.approx(3.0)  # --window: 4 s
+    long = _window_args(window=1.0)  # its cap: 6 s
+    assert agent.window_left_s(fast_rows, {0: 30}, 20, 1.0, long, 0.05) == pytest.approx(2.0)  # 40 rounds at 20/s
+    half = {0: [(k * 0.05, 0.05 if k % 2 else 0.09, 1.0, 1.0) for k in range(60)]}  # 60 rounds in 3 s, half fast
+    assert agent.window_left_s(half, {0: 60}, 60, 3.0, long, 0.05) == pytest.approx(3.0)  # 30 more fast at 10/s
+    slow = {0: [(k * 0.05, 0.09, 1.6, 1.6) for k in range(60)]}  # a slow spell: no fast run against the reference
+    assert agent.window_left_s(slow, {0: 30}, 60, 3.0, args, 0.05) == pytest.approx(6 * 4.0 - 3.0)  # its cap
+    assert agent.window_left_s(slow, {0: 30}, 60, 3.0, _window_args(max_rounds=80), 0.05) == pytest.approx(1.0)
+    assert agent.window_left_s({0: []}, {0: 30}, 0, 0.0, args) == 4.0  # before any round: the window's length
+
+
+def test_each_tick_says_what_the_window_has_left(onnx_models):
+    done, events = run_agent(["measure", "--runtime", "onnxruntime", "--runs", "3", "--window", "2.5",
+                              onnx_models["tiny"]])
+    ticks = [e for e in events if e["event"] == "tick"]
+    assert ticks and all(e["left_s"] >= 0 for e in ticks)
+    (r,) = results(events)
+    window = r["timing"]["window"]["seconds"]
+    first = ticks[0]
+    assert first["elapsed_s"] + first["left_s"] <= window * 2 + 0.5  # the first tick's end is near the window's end
+    assert first["elapsed_s"] + first["left_s"] >= min(window, 2.5) / 2

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,7 +246,8 @@ def test_the_model_cache_keeps_its_bound_and_a_rerun_needs_none_of_its_files(tmp
 
 def test_the_eta_learns_how_long_this_devices_windows_take_against_their_plans(tmp_path):
     """A window's plan knows its runs, not the wait for fast moments or a re-timing (at 224 px here: planned 4 s,
-    took 48 s). Until a window has ended the plan is the ETA; then every plan is scaled by what windows took."""
+    took 48 s): what this device's windows took against their plans carries to the next measuring of the same
+    calibration, and the device's own listener still hears every event but the ticks."""
     import io
     import types
 
@@ -253,25 +255,55 @@ def test_the_eta_learns_how_long_this_devices_windows_take_against_their_plans(t
     from edgenas.progress import Progress
 
     now = [100.0]
-
-    def clock() -> float:
-        return now[0]
-
-    device = types.SimpleNamespace(name="stub", on_event=None)
+    heard = []
+    device = types.SimpleNamespace(name="stub", on_event=lambda kind, event: heard.append(kind))
+    own = device.on_event
     cal = Calibrator(device, MICRO, runtime="onnxruntime", precision="fp32", store=Store(tmp_path / "s.sqlite"),
                      cache_dir=tmp_path, progress=False)
-    cal.clock = clock
-    bar = Progress(6, "measure", stream=io.StringIO(), clock=clock)
-    with cal.eta_from_plans(bar) as window_done:
+    cal.clock = lambda: now[0]
+    bar = Progress(6, "measure", stream=io.StringIO(), clock=cal.clock)
+    with cal.eta_from_windows(bar) as window_done:
         device.on_event("plan", {"models": 2, "seconds": 4.0})
         assert bar.eta() == 12.0  # 4 s, and 4 more models at this window's 2 s each
-        now[0] += 5.0
-        device.on_event("retime", {"reason": "unsteady"})
-        assert bar.eta() == 12.0  # timed again: as long again, from now
-        now[0] += 7.0
+        device.on_event("tick", {"left_s": 10.0})
+        assert bar.eta() == 30.0  # 10 s, and 4 more models at this window's projected 5 s each
+        now[0] += 12.0
         window_done()
-        bar.update(2)
-        assert cal.window_ratio == 3.0  # 12 s for a 4 s plan
+    assert cal.window_ratio == 3.0 and device.on_event is own and heard == ["plan"]
+    bar = Progress(2, "measure again", stream=io.StringIO(), clock=cal.clock)
+    with cal.eta_from_windows(bar):
         device.on_event("plan", {"models": 2, "seconds": 4.0})
-        assert bar.eta() == 24.0  # (4 s + 2 models x 2 s) x 3
-    assert device.on_event is None  # the device's own listener is back
+        assert bar.eta() == 12.0  # scaled by the ratio learnt before
+
+
+def test_files_are_exported_a_chunk_at_a_time_so_the_disk_stays_near_the_bound(tmp_path):
+    """With a cache bound, the models are exported and timed in chunks of about half the bound, the cache trimmed
+    before each: the files on disk while the device times a chunk stay within the bound (plus a file), however many
+    models the calibration times; every piece and subnet is still measured once."""
+    from edgenas.latency.models import ModelCache
+
+    models = tmp_path / "models"
+    sizes = []
+
+    class Watched:
+        def __init__(self, device):
+            self.device = device
+
+        def __getattr__(self, name):
+            return getattr(self.device, name)
+
+        def measure(self, paths, **kw):
+            sizes.append((len(paths), ModelCache(models).size_bytes(), max(Path(p).stat().st_size for p in paths)))
+            return self.device.measure(paths, **kw)
+
+    store = Store(tmp_path / "store.sqlite")
+    bound_mb = 0.06
+    with load_device(local_device_file(tmp_path)) as device:
+        pred = calibrate(Watched(device), MICRO, budget=8, store=store, tables_dir=tmp_path / "tables",
+                         cache_dir=models, progress=False, cache_mb=bound_mb, rounds=0)
+    pieces = len(block_index(MICRO))
+    assert sum(n for n, _, _ in sizes) == pieces + 8 and pred.report.measured_now == pieces + 8
+    assert len(sizes) >= 3  # in chunks
+    largest = max(big for _, _, big in sizes)
+    assert max(size for _, size, _ in sizes) <= bound_mb * 1e6 + largest
+    assert ModelCache(models).size_bytes() <= bound_mb * 1e6

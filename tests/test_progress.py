@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from edgenas.progress import Progress
+from edgenas.progress import Progress, WindowEta
 
 
 class FakeClock:
@@ -81,15 +81,31 @@ def test_no_total_means_no_eta():
     assert b.eta() is None and "ETA" not in b.line()
 
 
-def test_a_batch_plan_covers_the_units_after_it_at_its_rate():
-    """A device plans 300 of 1226 models in 60 s: the ETA is 60 s for those and 926 x 0.2 s for the rest."""
+def test_a_devices_windows_give_the_eta_its_plan_first_then_its_ticks():
+    """6 models timed 2 a window. The first plan (4 s) has no earlier window to scale it, so it is kept but not drawn;
+    the first tick (30 s left: the window waits for fast moments) is drawn, and the 4 models after it cost what
+    this window's 2 did, their export and load included. Once a window has ended, plans are scaled by what it took."""
     clock = FakeClock()
-    b = bar(1226, clock)
-    b.expect_batch(300, 60.0)
-    assert b.eta() == pytest.approx(60.0 + 926 * 0.2)
-    b.update(300)
-    b.expect_batch(300, 30.0)  # the next window, faster
-    assert b.eta() == pytest.approx(30.0 + 626 * 0.1)
+    stream = io.StringIO()
+    b = Progress(6, "measure", stream=stream, clock=clock, log_every=0.0)
+    eta = WindowEta(b, clock=clock)
+    clock.now += 5.0  # exports and loads
+    eta.on_event("plan", {"models": 2, "seconds": 4.0})
+    assert stream.getvalue() == "" and b.eta() == pytest.approx(4.0 + 4 * (9.0 / 2))
+    clock.now += 1.0
+    eta.on_event("tick", {"left_s": 30.0, "elapsed_s": 1.0})
+    assert b.eta() == pytest.approx(30.0 + 4 * (36.0 / 2)) and stream.getvalue().rstrip().endswith("ETA 01:42")
+    clock.now += 24.0
+    eta.window_done()
+    b.update(2)
+    assert eta.ratio == pytest.approx(25.0 / 4.0)
+    clock.now += 1.0
+    eta.on_event("plan", {"models": 2, "seconds": 4.0})  # 25 s, drawn: this device's windows take 6.25x their plan
+    assert b.eta() == pytest.approx(25.0 + 2 * ((31.0 + 25.0) / 4))
+    eta.on_event("retime", {"reason": "unsteady"})
+    assert b.eta() == pytest.approx(25.0 + 2 * ((31.0 + 25.0) / 4))  # as long again, from now
+    eta.on_event("tick", {"rounds": 3})  # a tick without an estimate (an older agent) only redraws
+    assert b.eta() == pytest.approx(25.0 + 2 * ((31.0 + 25.0) / 4))
 
 
 def test_an_expectation_and_a_refresh_draw_the_bar_before_any_unit_is_done():

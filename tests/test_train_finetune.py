@@ -4,6 +4,7 @@ lineage is recorded, an incompatible supernet is one line and exit 2."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -142,3 +143,24 @@ def test_a_run_fine_tunes_from_init_on_a_folder_and_ships(tmp_path, pretrained, 
     state = torch.load(tmp_path / "out" / "supernet" / "supernet.pt", weights_only=True)
     assert state["init"]["sha256"] == sha256_file(pretrained) and state["space"]["num_classes"] == 3
     assert "streamed from disk, read at 24-32 px" in result.stderr
+
+
+def test_init_keeps_the_resolutions_its_supernet_was_given(tmp_path, pretrained):
+    """A supernet imported at some resolutions (`import ofa --resolutions 160,...,224`) fine-tunes at those: the run
+    of its preset takes the stored space whole, instead of refusing it for resolutions the preset lists otherwise.
+    Another width or other stages are still refused (by `read_init`, tested above)."""
+    from edgenas.data import load_dataset
+    from edgenas.space import SearchSpace
+    from edgenas.train.checkpoint import save_checkpoint
+    from edgenas.train.trainer import build_space
+
+    state = torch.load(pretrained, weights_only=True)
+    stored = SearchSpace.from_dict(state["space"])
+    narrowed = stored.replace(resolutions=tuple(stored.resolutions[-1:]))
+    assert narrowed.resolutions != SearchSpace.preset("tiny").resolutions
+    path = save_checkpoint(tmp_path / "narrowed.pt", {**state, "space": narrowed.to_dict()})
+    data = load_dataset("digits", seed=0)
+    config = preset_config("tiny")
+    space = build_space(dataclasses.replace(config, init=str(path)), data)
+    assert space.resolutions == narrowed.resolutions and space.num_classes == data.num_classes
+    assert build_space(config, data).resolutions == SearchSpace.preset("tiny").resolutions

@@ -138,7 +138,7 @@ def run_measure(args: argparse.Namespace) -> int:
     from edgenas.devices import load_device, measure_fleet
     from edgenas.devices.base import ModelFile
     from edgenas.inputs import check_model_file
-    from edgenas.progress import Progress
+    from edgenas.progress import Progress, WindowEta
 
     for path in args.models:  # a missing or foreign file is a usage error before anything connects
         check_model_file(path)
@@ -147,14 +147,16 @@ def run_measure(args: argparse.Namespace) -> int:
     total = len(devices) * len(args.models)
     try:
         with Progress(total, "measure", unit="model", enabled=not args.json or sys.stderr.isatty()) as bar:
+            eta = WindowEta(bar)
+
             def on_result(m: Any) -> None:
+                eta.window_done()
                 bar.update(1, last=f"{m.device}:{_fmt(m.latency_ms, '.3f')}ms" if m.ok else f"{m.device}:{m.error}")
                 if args.json:
                     print(json.dumps(m.to_dict()), flush=True)
 
-            if len(devices) == 1:  # the device's timing plan for each window gives the ETA before any result
-                devices[0].on_event = lambda kind, event: (bar.expect_batch(int(event.get("models") or 0), float(
-                    event.get("seconds") or 0.0)) if kind == "plan" else bar.refresh())
+            if len(devices) == 1:  # the device's plan and ticks for each window give the ETA before any result
+                devices[0].on_event = eta.on_event
                 results = {devices[0].name: devices[0].measure(args.models, on_result=on_result)}
             else:
                 results = measure_fleet(devices, args.models, on_result=on_result)

@@ -13,7 +13,8 @@ Every line on stdout is one JSON object with an "event" key:
     {"event": "hello", ...}                       the environment (machine, CPU, runtime, versions)
     {"event": "start", "index": i}                before loading each model
     {"event": "loaded", "index": i, ...}          the model loaded and warmed up
-    {"event": "tick", ...}                        about once a second while timing
+    {"event": "plan", "models": n, "seconds": s}  a window's models are loaded: what timing them should take
+    {"event": "tick", "left_s": s, ...}           about once a second while timing, with the window's time left
     {"event": "retime", "reason": ...}            the window was unsteady and is timed again
     {"event": "result", "index": i, ...}          figures, or "error" (load failures come at once)
     {"event": "done"}
@@ -402,6 +403,33 @@ def timing_plan(run_ms, runs, hot_runs, min_fast_runs, window_s, scale_ms=SCALE_
     return plan, wanted, max(window_s, cost_ms / 1e3)
 
 
+def window_left_s(samples, wanted, rounds, elapsed, args, probe_ref=None):
+    """Seconds this window still needs, as far as its runs so far tell (sent with each tick: the host's ETA). The
+    window ends once it has lasted --window seconds, run --runs rounds and every model has its fast-moment runs
+    (see `time_window`), so the time left is the longest of: the window's rest, its rounds still to run at this
+    window's pace, and, for the model furthest from its fast-moment runs, those still wanted at the rate it has
+    gathered them (a device in a slow spell gathers none: the window then runs to its cap). Never beyond the cap:
+    MAX_WINDOW_FACTOR windows once the rounds are run, --max-rounds rounds.
+
+    A timing plan counts runs only; on a busy machine a window of 224 px subnets waited for fast moments 3-8x as
+    long as its plan said, which only the runs themselves show."""
+    if rounds <= 0 or elapsed <= 0:
+        return max(float(args.window) - elapsed, 0.0)
+    per_round = elapsed / rounds
+    rounds_left = max(args.runs - rounds, 0) * per_round
+    left = max(args.window - elapsed, rounds_left)
+    probes = [p for rows in samples.values() for _, p, _, _ in rows]
+    if args.min_fast_runs > 0 and probes:
+        fast = FAST_PROBE * fast_level(_percentile(probes, 5), probe_ref)
+        for i, rows in samples.items():
+            have = sum(1 for _, p, _, _ in rows if p <= fast)
+            need = wanted[i] - have
+            if need > 0:
+                left = max(left, need * elapsed / have if have else float("inf"))
+    cap = min(max(args.window * MAX_WINDOW_FACTOR - elapsed, rounds_left), max(args.max_rounds - rounds, 0) * per_round)
+    return max(min(left, cap), 0.0)
+
+
 def time_window(models, args, out, rng, probe_ref=None, plan=None, wanted=None):
     """Time every model of `models` (index -> model) interleaved: rounds of one timed run of each model (after
     `args.hot_runs` untimed ones, so its weights are in cache whatever else the window holds: without them a
@@ -456,8 +484,10 @@ def time_window(models, args, out, rng, probe_ref=None, plan=None, wanted=None):
                 samples[i].append(((t0 - t_start) / 1e9, p, (t1 - t0) / 1e6, (c1 - c0) / 1e6))
             rounds += 1
             now = clock()
-            if now - last_tick > 1e9:  # a sign of life for the host, about once a second
-                out.emit("tick", rounds=rounds, elapsed_s=round((now - t_start) / 1e9, 3))
+            if now - last_tick > 1e9:  # a sign of life for the host, about once a second, with the time left
+                elapsed = (now - t_start) / 1e9
+                left = window_left_s(samples, wanted, rounds, elapsed, args, probe_ref)
+                out.emit("tick", rounds=rounds, elapsed_s=round(elapsed, 3), left_s=round(left, 3))
                 last_tick = now
             if not enough_fast and now - last_check > 0.25e9 and now - t_start > 0.5 * args.window * 1e9:
                 enough_fast = _enough_fast_runs(samples, wanted, probe_ref)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgenas.errors import UsageError
-from edgenas.latency.blocks import block_index
+from edgenas.latency.blocks import ANALYTIC_FEATURES, block_index
 from edgenas.latency.predictors import (
     BasePredictor,
     CalibratedPredictor,
@@ -36,7 +36,7 @@ from edgenas.latency.predictors import (
     load_predictor_file,
 )
 from edgenas.latency.table import LatencyTable, predictor_path, table_path
-from edgenas.progress import Progress
+from edgenas.progress import Progress, WindowEta
 from edgenas.space import Arch, SearchSpace
 from edgenas.store import Store
 
@@ -48,6 +48,8 @@ STATISTICS = ("latency", "median", "min")
 # Models handed to the device at once; the device times them in windows of its [measure] batch_size, and
 # every result is stored as it arrives.
 MEASURE_CHUNK = 400
+# Bytes of an exported file besides its weights (graph, names, quantisation parameters), for chunk sizes.
+FILE_OVERHEAD = 4096
 # The most megabytes of exported model files a calibration leaves in its model cache (least recently used go
 # first; their hashes stay, and the store keeps every figure, so a re-run needs none of them): the mobilenetv3
 # space at 224 px left 3.1 GB before this bound. --keep-models keeps them all.
@@ -64,7 +66,9 @@ class ModelJob:
     kind: str  # "piece" or "arch"
     description: str  # piece key or arch JSON
     path: Path
-    sha256: str
+    sha256: str  # "" until exported
+    model: dict | None = None  # the description its file is exported from, until it is (see Calibrator.measure)
+    bytes_guess: float = 0.0  # what its file will take, from its weights (see Calibrator.chunks)
 
 
 @dataclasses.dataclass
@@ -123,45 +127,78 @@ class Calibrator:
         models, and on a device whose speed changes every window is a chance to wait or retime."""
         self.riders.extend(jobs)
 
-    # -- exporting -------------------------------------------------------------------------------
+    # -- exporting ------------------------------------------------------------------------------
     def export_pieces(self, pieces: Sequence[Any]) -> list[ModelJob]:
         from edgenas.latency.models import piece_description
 
-        return self._export("piece", [p.key for p in pieces], [piece_description(p) for p in pieces], "pieces")
+        weights = [float(p.analytic_costs()[ANALYTIC_FEATURES.index("weights_mvalues")]) * 1e6 for p in pieces]
+        return self._jobs("piece", [p.key for p in pieces], [piece_description(p) for p in pieces], weights)
 
     def export_archs(self, archs: Sequence[Arch], *, files: bool = False) -> list[ModelJob]:
-        """A job per arch; `files`: every file on disk, even of subnets the store has measured already."""
+        """A job per arch; `files`: every file on disk now, even of subnets the store has measured already."""
+        from edgenas.cost import arch_stats
         from edgenas.latency.models import arch_description
 
-        return self._export("arch", [a.to_json() for a in archs], [arch_description(self.space, a) for a in archs],
-                            "subnets", files=files)
-
-    def _export(self, kind: str, labels: list[str], descriptions: list[dict], what: str, *,
-                files: bool = False) -> list[ModelJob]:
-        """Jobs for the models `descriptions` name: a model this device has a figure for (found by the hash its
-        export had) needs no file, so a re-run exports only what it has still to measure."""
-        known: dict[int, str] = {}
-        if not files:
-            for i, d in enumerate(descriptions):
-                sha = self.cache.known_sha256(d, self.format)
-                if sha and self.store.measurement_for(sha, self.device.name, self.runtime, self.precision):
-                    known[i] = sha
-        todo = [i for i in range(len(descriptions)) if i not in known]
-        with Progress(len(todo), f"export {self.format} {what}", enabled=self.progress and bool(todo),
-                      unit="model") as bar:
-            got = dict(zip(todo, self.cache.get_many([descriptions[i] for i in todo], self.format,
-                                                     on_done=lambda: bar.update(1))))
-        self.pending.update(path for path, _ in got.values())
-        jobs = []
-        for i, (label, d) in enumerate(zip(labels, descriptions)):
-            path, sha = got[i] if i in got else (self.cache.path_for(d, self.format), known[i])
-            jobs.append(ModelJob(kind, label, path, sha))
+        jobs = self._jobs("arch", [a.to_json() for a in archs], [arch_description(self.space, a) for a in archs],
+                          [float(arch_stats(self.space, a).params) for a in archs], files=files)
+        if files:
+            self.export_now(jobs)
         return jobs
 
-    def trim_cache(self) -> None:
-        """Hold the model cache to its bound (`cache_mb`), keeping files still to be measured."""
+    def _jobs(self, kind: str, labels: list[str], descriptions: list[dict], weights: list[float], *,
+              files: bool = False) -> list[ModelJob]:
+        """Jobs for the models `descriptions` name (with `weights` values each). A model this device has a figure
+        for (found by the hash its export had) needs no file, so a re-run exports only what it has still to
+        measure; the others are exported when `measure` comes to them, a chunk at a time (see `chunks`)."""
+        jobs = []
+        per_weight = 1 if self.precision == "int8" else 4
+        for label, d, w in zip(labels, descriptions, weights):
+            path = self.cache.path_for(d, self.format)
+            sha = "" if files else self.cache.known_sha256(d, self.format)
+            if sha and self.store.measurement_for(sha, self.device.name, self.runtime, self.precision):
+                jobs.append(ModelJob(kind, label, path, sha))
+            else:
+                jobs.append(ModelJob(kind, label, path, "", model=d, bytes_guess=w * per_weight + FILE_OVERHEAD))
+        return jobs
+
+    def export_now(self, jobs: Sequence[ModelJob]) -> None:
+        """Export the files of `jobs` not exported yet (each job learns its file's hash)."""
+        todo = [j for j in jobs if j.model is not None]
+        if not todo:
+            return
+        what = {"piece": "pieces", "arch": "subnets"}.get(todo[0].kind, "models") \
+            if len({j.kind for j in todo}) == 1 else "models"
+        with Progress(len(todo), f"export {self.format} {what}", enabled=self.progress, unit="model") as bar:
+            got = self.cache.get_many([j.model for j in todo], self.format, on_done=lambda: bar.update(1))
+        for job, (path, sha) in zip(todo, got):
+            job.path, job.sha256, job.model = path, sha, None
+            self.pending.add(path)
+
+    def chunks(self, todo: Sequence[ModelJob]) -> Iterator[list[ModelJob]]:
+        """Consecutive chunks of `todo`, each to be exported and timed before the next is exported: at most
+        MEASURE_CHUNK models and, under a cache bound, about half the bound in files (as their weights tell), the
+        cache first trimmed to the other half. So the files on disk stay near the bound however many models a
+        calibration times: exported all at once, the 150 subnets and 1,226 pieces of a 224 px calibration took
+        2.1-3.3 GB while being timed."""
+        start = 0
+        while start < len(todo):
+            end = start + 1
+            if self.cache_mb is None:
+                end = min(start + MEASURE_CHUNK, len(todo))
+            else:
+                room = self.cache_mb * 1e6 / 2
+                self.trim_cache(room)
+                used = todo[start].bytes_guess
+                while end < len(todo) and end - start < MEASURE_CHUNK and used + todo[end].bytes_guess <= room:
+                    used += todo[end].bytes_guess
+                    end += 1
+            yield list(todo[start:end])
+            start = end
+
+    def trim_cache(self, max_bytes: float | None = None) -> None:
+        """Hold the model cache to its bound (`cache_mb`, or `max_bytes`), keeping files still to be measured."""
         if self.cache_mb is not None:
-            self.cache.trim(int(self.cache_mb * 1e6), keep=self.pending)
+            self.cache.trim(int(self.cache_mb * 1e6 if max_bytes is None else max_bytes), keep=self.pending)
 
     def finish(self) -> CalibrationReport:
         """Trim the cache and record in the report what it keeps."""
@@ -172,85 +209,100 @@ class Calibrator:
 
     # -- measuring -------------------------------------------------------------------------------
     def measure(self, jobs: Sequence[ModelJob], desc: str) -> dict[str, Any]:
-        """Stored measurement per job sha256 (measuring on the device only what the store lacks)."""
+        """Stored measurement per job sha256 (measuring on the device only what the store lacks; files are
+        exported a chunk at a time, see `chunks`). Every job learns its file's hash."""
         found: dict[str, Any] = {}
         todo: list[ModelJob] = []
+        twins: dict[str, list[ModelJob]] = {}  # jobs for the same file: the first is exported and timed
         riders, self.riders = self.riders, []
         for job in list(jobs) + riders:
-            m = self.store.measurement_for(job.sha256, self.device.name, self.runtime, self.precision)
+            m = None if job.model is not None else self.stored(job)
             if m is not None:
                 found[job.sha256] = m
-            elif job.sha256 not in {t.sha256 for t in todo}:
+                continue
+            key = job.sha256 or str(job.path)
+            if key not in twins:
+                twins[key] = []
                 todo.append(job)
+            twins[key].append(job)
         self.report.reused += len(found)
         if todo:
-            by_sha = {j.sha256: j for j in todo}
             riding = sum(1 for j in todo if j in riders)
             if riding:
                 desc = f"{desc} (with {riding} held-out subnets)"
             with Progress(len(todo), desc, enabled=self.progress, unit="model") as bar, \
-                    self.eta_from_plans(bar) as window_done:
-                for start in range(0, len(todo), MEASURE_CHUNK):
-                    chunk = todo[start:start + MEASURE_CHUNK]
-                    clock = [time.monotonic()]
-
-                    def on_result(m: Any, clock: list[float] = clock, bar: Progress = bar) -> None:
-                        now = time.monotonic()
-                        job = by_sha[m.model_sha256]
-                        record = {**m.to_dict(), "device_seconds": now - clock[0]}
-                        clock[0] = now
-                        self.store.add_measurement(record, model_kind=job.kind, model_description=job.description,
-                                                   device=self.device.name, runtime=self.runtime,
-                                                   precision=self.precision)
-                        self.pending.discard(job.path)
-                        if m.ok:
-                            self.report.measured_now += 1
-                        else:
-                            self.report.failed += 1
-                        window_done()
-                        bar.update(1, failed=self.report.failed)
-
-                    self.device.measure([str(j.path) for j in chunk], on_result=on_result)
+                    self.eta_from_windows(bar) as window_done:
+                for chunk in self.chunks(todo):
+                    self.export_now(chunk)
+                    self._time_chunk(chunk, found, bar, window_done)
                     self.trim_cache()
+            for first, *others in twins.values():
+                for twin in others:
+                    twin.path, twin.sha256, twin.model = first.path, first.sha256, None
             for job in todo:
-                m = self.store.measurement_for(job.sha256, self.device.name, self.runtime, self.precision)
+                m = self.stored(job)
                 if m is not None:
                     found[job.sha256] = m
         rider_shas = {j.sha256 for j in riders} - {j.sha256 for j in jobs}
         return {sha: m for sha, m in found.items() if sha not in rider_shas}
 
+    def stored(self, job: ModelJob) -> Any:
+        """The store's measurement of the job's file on this device setup, or None."""
+        return self.store.measurement_for(job.sha256, self.device.name, self.runtime, self.precision)
+
+    def _time_chunk(self, chunk: list[ModelJob], found: dict[str, Any], bar: Progress,
+                    window_done: Callable[[], None]) -> None:
+        """Time the exported files of `chunk` on the device, each result stored as it arrives (a file the store
+        knows already, exported under another description, is not timed again)."""
+        by_sha: dict[str, ModelJob] = {}
+        for job in chunk:
+            m = self.stored(job)
+            if m is not None:
+                found[job.sha256] = m
+                self.pending.discard(job.path)
+                bar.update(1, failed=self.report.failed)
+            else:
+                by_sha.setdefault(job.sha256, job)
+        if not by_sha:
+            return
+        clock = [time.monotonic()]
+
+        def on_result(m: Any) -> None:
+            now = time.monotonic()
+            job = by_sha[m.model_sha256]
+            record = {**m.to_dict(), "device_seconds": now - clock[0]}
+            clock[0] = now
+            self.store.add_measurement(record, model_kind=job.kind, model_description=job.description,
+                                       device=self.device.name, runtime=self.runtime, precision=self.precision)
+            self.pending.discard(job.path)
+            if m.ok:
+                self.report.measured_now += 1
+            else:
+                self.report.failed += 1
+            window_done()
+            bar.update(1, failed=self.report.failed)
+
+        self.device.measure([str(j.path) for j in by_sha.values()], on_result=on_result)
+
     @contextlib.contextmanager
-    def eta_from_plans(self, bar: Progress) -> Iterator[Callable[[], None]]:
-        """While measuring, the device's timing plan for each window (models, expected seconds) sets the bar's ETA:
-        this window's seconds, and the models after it at this window's seconds per model, times what this device's
-        windows took against their plans so far (`window_ratio`: a window also waits for fast moments and is timed
-        again when unsteady, which no plan knows beforehand); until one has ended, a window timed again starts the
-        count again. The device's ticks redraw the bar. Yields what to call on each result (a window's end)."""
+    def eta_from_windows(self, bar: Progress) -> Iterator[Callable[[], None]]:
+        """While measuring, the device's events set the bar's ETA (see `WindowEta`), scaled at first by what this
+        device's windows took against their plans earlier in this calibration (`window_ratio`). Yields what to call
+        on each result."""
         before = getattr(self.device, "on_event", None)
-        plan: dict[str, Any] = {}
+        eta = WindowEta(bar, ratio=self.window_ratio, clock=self.clock)
 
         def on_event(kind: str, event: dict[str, Any]) -> None:
-            if kind == "plan" and event.get("models") and event.get("seconds") is not None:
-                plan.update(models=int(event["models"]), seconds=float(event["seconds"]), since=self.clock())
-                bar.expect_batch(plan["models"], plan["seconds"] * (self.window_ratio or 1.0))
-            elif kind == "retime" and plan and self.window_ratio is None:  # as long again, from now
-                bar.expect_batch(plan["models"], plan["seconds"])
-            elif kind == "tick":
-                bar.refresh()
+            eta.on_event(kind, event)
             if before is not None and kind != "tick":
                 before(kind, event)
-
-        def window_done() -> None:
-            if plan.get("since") is not None and plan["seconds"] > 0:
-                ratio = (self.clock() - plan["since"]) / plan["seconds"]
-                self.window_ratio = ratio if self.window_ratio is None else (self.window_ratio * ratio) ** 0.5
-                plan["since"] = None
 
         if hasattr(self.device, "on_event"):
             self.device.on_event = on_event
         try:
-            yield window_done
+            yield eta.window_done
         finally:
+            self.window_ratio = eta.ratio
             if hasattr(self.device, "on_event"):
                 self.device.on_event = before
 

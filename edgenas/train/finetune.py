@@ -47,7 +47,12 @@ class InitWeights:
 
 def init_space_name(path: str | Path) -> str:
     """The search-space name stored in a supernet checkpoint (a run with `--init` and no `--space` takes it)."""
-    return str(read_checkpoint(path)["space"].get("name", ""))
+    return init_space(path).name
+
+
+def init_space(path: str | Path) -> SearchSpace:
+    """The search space stored in a supernet checkpoint (a run of its preset trains on it, resolutions included)."""
+    return SearchSpace.from_dict(read_checkpoint(path)["space"])
 
 
 def read_init(path: str | Path, space: SearchSpace, fresh: dict[str, torch.Tensor]) -> InitWeights:

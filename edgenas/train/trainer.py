@@ -214,10 +214,20 @@ class MetricsLog:
 
 
 def build_space(config: TrainConfig, dataset: AnyDataset) -> SearchSpace:
+    """The run's space: its preset for the data's classes and channels; with `init`, the pretrained supernet's own
+    space where it is of that preset (its resolutions too: an `import ofa --resolutions 160,...,224` supernet
+    fine-tunes and searches at those), so `read_init` then finds any other difference."""
     try:
-        return SearchSpace.preset(config.space, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+        space = SearchSpace.preset(config.space, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if config.init is not None:
+        from edgenas.train.finetune import init_space
+
+        stored = init_space(config.init)
+        if stored.name == space.name:
+            return stored.replace(num_classes=dataset.num_classes, in_channels=dataset.in_channels)
+    return space
 
 
 def _check_resumable(state: dict[str, Any], config: TrainConfig, dataset: AnyDataset, path: Path) -> None:
