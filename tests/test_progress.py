@@ -106,6 +106,11 @@ def test_a_devices_windows_give_the_eta_its_plan_first_then_its_ticks():
     assert b.eta() == pytest.approx(25.0 + 2 * ((31.0 + 25.0) / 4))  # as long again, from now
     eta.on_event("tick", {"rounds": 3})  # a tick without an estimate (an older agent) only redraws
     assert b.eta() == pytest.approx(25.0 + 2 * ((31.0 + 25.0) / 4))
+    clock.now += 5.0
+    eta.on_event("tick", {"left_s": 2.0})  # the runs so far say 2 s; windows here took 25 s: 20 s left, at least
+    assert b.eta() == pytest.approx(20.0 + 2 * ((36.0 + 20.0) / 4))
+    eta.on_event("tick", {"left_s": 40.0})  # a slow spell: more than the windows before took
+    assert b.eta() == pytest.approx(40.0 + 2 * ((36.0 + 40.0) / 4))
 
 
 def test_an_expectation_and_a_refresh_draw_the_bar_before_any_unit_is_done():

@@ -48,6 +48,9 @@ STATISTICS = ("latency", "median", "min")
 # Models handed to the device at once; the device times them in windows of its [measure] batch_size, and
 # every result is stored as it arrives.
 MEASURE_CHUNK = 400
+# The most megabytes of model files exported and timed at once (a chunk; see Calibrator.chunks): what the agent
+# loads for one window at most (its --max-group-mb), so chunks add no window.
+CHUNK_MB = 1024
 # Bytes of an exported file besides its weights (graph, names, quantisation parameters), for chunk sizes.
 FILE_OVERHEAD = 4096
 # The most megabytes of exported model files a calibration leaves in its model cache (least recently used go
@@ -176,29 +179,25 @@ class Calibrator:
 
     def chunks(self, todo: Sequence[ModelJob]) -> Iterator[list[ModelJob]]:
         """Consecutive chunks of `todo`, each to be exported and timed before the next is exported: at most
-        MEASURE_CHUNK models and, under a cache bound, about half the bound in files (as their weights tell), the
-        cache first trimmed to the other half. So the files on disk stay near the bound however many models a
+        MEASURE_CHUNK models and CHUNK_MB of files (as their weights tell), the cache first trimmed to its bound. So
+        while measuring, the files on disk stay within the bound plus one window's files however many models a
         calibration times: exported all at once, the 150 subnets and 1,226 pieces of a 224 px calibration took
-        2.1-3.3 GB while being timed."""
+        2.1-3.3 GB. (Chunks of half the 500 MB bound cost time instead: 8 windows for 70 subnets, not 3, and on a
+        busy machine each window runs to its cap whatever it holds.)"""
         start = 0
         while start < len(todo):
-            end = start + 1
-            if self.cache_mb is None:
-                end = min(start + MEASURE_CHUNK, len(todo))
-            else:
-                room = self.cache_mb * 1e6 / 2
-                self.trim_cache(room)
-                used = todo[start].bytes_guess
-                while end < len(todo) and end - start < MEASURE_CHUNK and used + todo[end].bytes_guess <= room:
-                    used += todo[end].bytes_guess
-                    end += 1
+            self.trim_cache()
+            end, used = start + 1, todo[start].bytes_guess
+            while end < len(todo) and end - start < MEASURE_CHUNK and used + todo[end].bytes_guess <= CHUNK_MB * 1e6:
+                used += todo[end].bytes_guess
+                end += 1
             yield list(todo[start:end])
             start = end
 
-    def trim_cache(self, max_bytes: float | None = None) -> None:
-        """Hold the model cache to its bound (`cache_mb`, or `max_bytes`), keeping files still to be measured."""
+    def trim_cache(self) -> None:
+        """Hold the model cache to its bound (`cache_mb`), keeping files still to be measured."""
         if self.cache_mb is not None:
-            self.cache.trim(int(self.cache_mb * 1e6 if max_bytes is None else max_bytes), keep=self.pending)
+            self.cache.trim(int(self.cache_mb * 1e6), keep=self.pending)
 
     def finish(self) -> CalibrationReport:
         """Trim the cache and record in the report what it keeps."""
