@@ -164,25 +164,33 @@ class WindowEta:
     are loaded, "tick" about once a second while it times them, "retime" when it times an unsteady window again;
     every result of a window arrives at its end). The ETA is what the device says the window has left, and the
     models after it at the cost per model so far (exports, loads and windows, this window's end included as
-    projected). What a window has left is its timing plan until its first tick, times what this device's windows
-    took against their plans so far (`ratio`: a plan counts runs, not the wait for fast moments or a re-timing),
-    then each tick's `left_s`, the device's estimate from the runs it has taken, but no less than the scaled plan
-    still says (early in a window, the runs so far cannot know it will be timed again: on a busy machine a 6-subnet
-    window said 13 s at its first tick and took 38). A plan with no earlier window to scale it is not drawn: the
-    first tick, a second later, is.
+    projected).
+
+    A window takes its plan's seconds (its runs) at least and its `max_seconds` at most (waiting for fast moments
+    to its cap, then timed again). Where between the two this device's windows ended so far (`share`, 0 at the
+    plan, 1 at the most) gives a window's expected length before its first tick; each tick's `left_s` (the device's
+    estimate from the runs it has taken) then rules, but no less than that expectation still says (early in a
+    window its runs cannot know much: on a busy machine a 6-subnet window said 13 s at its first tick and took
+    48). With no earlier window, the plan is kept but not drawn: the first tick, a second later, is.
 
         eta = WindowEta(bar); device.on_event = eta.on_event   # and eta.window_done() on each result
     """
 
-    def __init__(self, bar: Progress, *, ratio: float | None = None,
+    def __init__(self, bar: Progress, *, share: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.bar = bar
-        self.ratio = ratio  # seconds this device's windows took / seconds planned (geometric mean)
+        self.share = share  # where this device's windows ended between their plan (0) and their most (1)
         self.clock = clock
         self.started = clock()
         self.models = 0  # in the window being timed
         self.planned = 0.0  # its plan's seconds
+        self.most = 0.0  # the most it may take
         self.since: float | None = None  # when its plan came, until its first result
+        self._seen = 0  # windows that gave `share`
+
+    def expected(self) -> float:
+        """Seconds the window being timed should take in all, as this device's windows went."""
+        return self.planned + (self.share or 0.0) * max(self.most - self.planned, 0.0)
 
     def _expect(self, left_s: float, draw: bool = True) -> None:
         done = self.bar.n
@@ -193,20 +201,25 @@ class WindowEta:
     def on_event(self, kind: str, event: dict[str, Any]) -> None:
         if kind == "plan" and event.get("models") and event.get("seconds") is not None:
             self.models, self.planned, self.since = int(event["models"]), float(event["seconds"]), self.clock()
-            self._expect(self.planned * (self.ratio or 1.0), draw=self.ratio is not None)
-        elif kind == "retime" and self.models:  # timed again: as long again, from now, until its first tick
-            self._expect(self.planned * (self.ratio or 1.0), draw=False)
+            self.most = float(event.get("max_seconds") or self.planned)
+            self._expect(self.expected(), draw=self.share is not None)
+        elif kind == "retime" and self.models and self.since is not None:
+            self._expect(max(self.expected() - (self.clock() - self.since), self.planned), draw=False)
         elif kind == "tick" and self.models and event.get("left_s") is not None:
             left = float(event["left_s"])
-            if self.ratio is not None and self.since is not None:  # no less than this device's windows have taken
-                left = max(left, self.planned * self.ratio - (self.clock() - self.since))
+            if self.share is not None and self.since is not None:
+                left = max(left, self.expected() - (self.clock() - self.since))
             self._expect(left)
         elif kind == "tick":
             self.bar.refresh()
 
     def window_done(self) -> None:
-        """A result arrived: the first of a window ends it (its seconds against its plan update `ratio`)."""
+        """A result arrived: the first of a window ends it (where it ended between its plan and its most updates
+        `share`, a running mean over this device's windows)."""
         if self.since is not None and self.planned > 0:
-            ratio = (self.clock() - self.since) / self.planned
-            self.ratio = ratio if self.ratio is None else (self.ratio * ratio) ** 0.5
+            took = self.clock() - self.since
+            span = self.most - self.planned
+            share = min(max((took - self.planned) / span, 0.0), 1.0) if span > 0 else 0.0
+            self._seen += 1
+            self.share = share if self.share is None else self.share + (share - self.share) / min(self._seen, 4)
             self.since = None

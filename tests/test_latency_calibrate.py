@@ -246,8 +246,8 @@ def test_the_model_cache_keeps_its_bound_and_a_rerun_needs_none_of_its_files(tmp
 
 def test_the_eta_learns_how_long_this_devices_windows_take_against_their_plans(tmp_path):
     """A window's plan knows its runs, not the wait for fast moments or a re-timing (at 224 px here: planned 4 s,
-    took 48 s): what this device's windows took against their plans carries to the next measuring of the same
-    calibration, and the device's own listener still hears every event but the ticks."""
+    took 48 s): where this device's windows ended between their plan and their most carries to the next measuring
+    of the same calibration, and the device's own listener still hears every event but the ticks."""
     import io
     import types
 
@@ -263,17 +263,17 @@ def test_the_eta_learns_how_long_this_devices_windows_take_against_their_plans(t
     cal.clock = lambda: now[0]
     bar = Progress(6, "measure", stream=io.StringIO(), clock=cal.clock)
     with cal.eta_from_windows(bar) as window_done:
-        device.on_event("plan", {"models": 2, "seconds": 4.0})
+        device.on_event("plan", {"models": 2, "seconds": 4.0, "max_seconds": 48.0})
         assert bar.eta() == 12.0  # 4 s, and 4 more models at this window's 2 s each
         device.on_event("tick", {"left_s": 10.0})
         assert bar.eta() == 30.0  # 10 s, and 4 more models at this window's projected 5 s each
         now[0] += 12.0
         window_done()
-    assert cal.window_ratio == 3.0 and device.on_event is own and heard == ["plan"]
+    assert cal.window_share == 8.0 / 44.0 and device.on_event is own and heard == ["plan"]  # 12 s of 4-48
     bar = Progress(2, "measure again", stream=io.StringIO(), clock=cal.clock)
     with cal.eta_from_windows(bar):
-        device.on_event("plan", {"models": 2, "seconds": 4.0})
-        assert bar.eta() == 12.0  # scaled by the ratio learnt before
+        device.on_event("plan", {"models": 2, "seconds": 4.0, "max_seconds": 48.0})
+        assert bar.eta() == pytest.approx(12.0)  # where the windows before ended
 
 
 def test_files_are_exported_a_chunk_at_a_time_so_the_disk_stays_near_the_bound(tmp_path, monkeypatch):

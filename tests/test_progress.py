@@ -82,15 +82,16 @@ def test_no_total_means_no_eta():
 
 
 def test_a_devices_windows_give_the_eta_its_plan_first_then_its_ticks():
-    """6 models timed 2 a window. The first plan (4 s) has no earlier window to scale it, so it is kept but not drawn;
-    the first tick (30 s left: the window waits for fast moments) is drawn, and the 4 models after it cost what
-    this window's 2 did, their export and load included. Once a window has ended, plans are scaled by what it took."""
+    """6 models timed 2 a window, each planned at 4 s and 48 s at most. The first plan has no earlier window to say
+    where in between this device's windows end, so it is kept but not drawn; the first tick (30 s left: the window
+    waits for fast moments) is drawn, and the 4 models after it cost what this window's 2 did, their export and load
+    included. Once a window has ended, the next is expected where it ended, and a tick says no less."""
     clock = FakeClock()
     stream = io.StringIO()
     b = Progress(6, "measure", stream=stream, clock=clock, log_every=0.0)
     eta = WindowEta(b, clock=clock)
     clock.now += 5.0  # exports and loads
-    eta.on_event("plan", {"models": 2, "seconds": 4.0})
+    eta.on_event("plan", {"models": 2, "seconds": 4.0, "max_seconds": 48.0})
     assert stream.getvalue() == "" and b.eta() == pytest.approx(4.0 + 4 * (9.0 / 2))
     clock.now += 1.0
     eta.on_event("tick", {"left_s": 30.0, "elapsed_s": 1.0})
@@ -98,9 +99,9 @@ def test_a_devices_windows_give_the_eta_its_plan_first_then_its_ticks():
     clock.now += 24.0
     eta.window_done()
     b.update(2)
-    assert eta.ratio == pytest.approx(25.0 / 4.0)
+    assert eta.share == pytest.approx(21.0 / 44.0)  # 25 s: 21 of the 44 s its plan left open
     clock.now += 1.0
-    eta.on_event("plan", {"models": 2, "seconds": 4.0})  # 25 s, drawn: this device's windows take 6.25x their plan
+    eta.on_event("plan", {"models": 2, "seconds": 4.0, "max_seconds": 48.0})  # 25 s, drawn, as the last one took
     assert b.eta() == pytest.approx(25.0 + 2 * ((31.0 + 25.0) / 4))
     eta.on_event("retime", {"reason": "unsteady"})
     assert b.eta() == pytest.approx(25.0 + 2 * ((31.0 + 25.0) / 4))  # as long again, from now

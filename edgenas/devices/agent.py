@@ -13,7 +13,8 @@ Every line on stdout is one JSON object with an "event" key:
     {"event": "hello", ...}                       the environment (machine, CPU, runtime, versions)
     {"event": "start", "index": i}                before loading each model
     {"event": "loaded", "index": i, ...}          the model loaded and warmed up
-    {"event": "plan", "models": n, "seconds": s}  a window's models are loaded: what timing them should take
+    {"event": "plan", "models": n, "seconds": s, "max_seconds": m}  a window's models are loaded: what timing
+                                                  them should take, and the most it may (to the cap, timed again)
     {"event": "tick", "left_s": s, ...}           about once a second while timing, with the window's time left
     {"event": "retime", "reason": ...}            the window was unsteady and is timed again
     {"event": "result", "index": i, ...}          figures, or "error" (load failures come at once)
@@ -738,7 +739,8 @@ def _time_group(models, facts, args, out, rng, has_cpu_clock):
     summaries, best = [], None
     plan, wanted, seconds = timing_plan({i: facts[i]["run_ms"] for i in models}, args.runs, args.hot_runs,
                                         args.min_fast_runs, args.window, args.scale_runs_ms)
-    out.emit("plan", models=len(models), seconds=round(seconds, 3),
+    most = (1 + args.retime) * max(seconds, args.window * MAX_WINDOW_FACTOR)  # waiting to its cap, timed again
+    out.emit("plan", models=len(models), seconds=round(seconds, 3), max_seconds=round(most, 3),
              runs={str(i): -(-args.runs // every) for i, (every, _) in plan.items()})
     for attempt in range(1 + args.retime):
         probe_ref = read_probe_ref(args.probe_file)

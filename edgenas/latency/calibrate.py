@@ -122,7 +122,7 @@ class Calibrator:
         self.progress = progress
         self.report = CalibrationReport()
         self.riders: list[ModelJob] = []  # measured in the next window, whatever it is for (see `ride_along`)
-        self.window_ratio: float | None = None  # this device's windows: seconds taken / seconds planned (ETA)
+        self.window_share: float | None = None  # where this device's windows ended between plan and most (ETA)
         self.clock: Callable[[], float] = time.monotonic
 
     def ride_along(self, jobs: Sequence[ModelJob]) -> None:
@@ -286,10 +286,10 @@ class Calibrator:
     @contextlib.contextmanager
     def eta_from_windows(self, bar: Progress) -> Iterator[Callable[[], None]]:
         """While measuring, the device's events set the bar's ETA (see `WindowEta`), scaled at first by what this
-        device's windows took against their plans earlier in this calibration (`window_ratio`). Yields what to call
+        device's windows took against their plans earlier in this calibration (`window_share`). Yields what to call
         on each result."""
         before = getattr(self.device, "on_event", None)
-        eta = WindowEta(bar, ratio=self.window_ratio, clock=self.clock)
+        eta = WindowEta(bar, share=self.window_share, clock=self.clock)
 
         def on_event(kind: str, event: dict[str, Any]) -> None:
             eta.on_event(kind, event)
@@ -301,7 +301,7 @@ class Calibrator:
         try:
             yield eta.window_done
         finally:
-            self.window_ratio = eta.ratio
+            self.window_share = eta.share
             if hasattr(self.device, "on_event"):
                 self.device.on_event = before
 
