@@ -1,6 +1,6 @@
 """Expensive test inputs built once per test run, not once per pytest-xdist worker.
 
-`shared_file(name, build)` returns the path of a file `build(path)` writes. Under xdist the first worker to ask
+`shared_file(name, build)` returns the path of a file (or folder) `build(path)` writes. Under xdist the first worker to ask
 builds it in the run's shared temporary folder (pytest's, beside the workers' own, removed with them) while holding
 a lock; a worker asking meanwhile waits for it, and every later one reads the same file. In one process it is built
 once in the session's temporary folder (outside pytest, in a temporary folder of its own).
@@ -35,10 +35,10 @@ def shared_file(name: str, build: Callable[[Path], object]) -> Path:
     fd = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        if not path.is_file():
+        if not path.exists():
             tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
             build(tmp)
-            os.replace(tmp, path)
+            os.replace(tmp, path)  # a file or a folder, whole or not at all
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
