@@ -3,4 +3,4 @@
 # the subprocesses tests start) ran many times slower: one BN recalibration of a tiny subnet took 10 s, not 1 s.
 import edgenas  # noqa: F401
 
-pytest_plugins = ["testbed_fixtures", "scheduling", "shared_work"]
+pytest_plugins = ["shared_work", "testbed_fixtures", "scheduling"]
