@@ -260,8 +260,10 @@ def test_agent_exits_when_stdin_closes(onnx_models):
 
 def test_agent_watching_stdin_exits_cleanly_when_done(onnx_models):
     """A thread blocked reading stdin must not stall or abort the agent's exit (it once died with SIGABRT)."""
+    # a 1 s window (not the default 10 s, timed twice when unsteady): the watching thread, started before the
+    # runtime is even imported, is long blocked on stdin when the agent exits
     proc = subprocess.Popen([sys.executable, str(AGENT), "measure", "--runtime", "onnxruntime", "--runs", "2",
-                             "--watch-stdin", str(onnx_models["tiny"])],
+                             "--window", "1", "--watch-stdin", str(onnx_models["tiny"])],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out = proc.stdout.read()  # to the end of output, with stdin still open (as the host holds it)
     assert proc.wait(timeout=30) == 0, proc.stderr.read()

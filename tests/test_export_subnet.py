@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from shared_work import shared_file
 
 from edgenas import SearchSpace, Supernet
 from edgenas.artifacts import read_manifest, sha256_file
@@ -36,12 +37,19 @@ def trained_subnet():
     """(space, arch, static model) for a small tiny-space subnet trained briefly on digits (about 95 % top-1).
 
     A trained network, not random weights: int8 agreement and accuracy figures only mean something
-    for a model whose logits separate the classes (random features with a fitted head agreed on 92 %)."""
+    for a model whose logits separate the classes (random features with a fitted head agreed on 92 %).
+    Trained once per test run (`shared_work`): eight test files use it, on both workers."""
     space = SearchSpace.preset("tiny", in_channels=1)  # digits are grey
     torch.manual_seed(0)
     supernet = Supernet(space).eval()
     arch = space.arch(24, (1, 1, 1, 1), (3, 5, 3, 3), (3, 4, 6, 3))
     model = supernet.extract(arch)
+    weights = shared_file("trained_subnet.pt", lambda path: torch.save(_train_digits(model, arch).state_dict(), path))
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    return space, arch, model.eval()
+
+
+def _train_digits(model, arch):
     data = digits()
     loader = data.loader("train", batch_size=64, resolution=arch.resolution, shuffle=True, seed=0)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -57,7 +65,7 @@ def trained_subnet():
                 opt.step()
     finally:
         torch.set_num_threads(threads)
-    return space, arch, model.eval()
+    return model
 
 
 @functools.lru_cache(maxsize=1)

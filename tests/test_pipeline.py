@@ -26,6 +26,7 @@ steps_scale = 0.01
 [predictor]
 samples = 16
 test = 5
+bn_batches = 1                 # each subnet's BatchNorm from one batch, not 8: the stage 4 s, not 14 s
 [search]
 population = 20
 generations = 15

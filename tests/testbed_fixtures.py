@@ -14,20 +14,23 @@ Registered from tests/conftest.py with `pytest_plugins = ["testbed_fixtures"]`.
   testbed (DeviceSpec strings or objects); all are torn down at the end of the session. A quota that
   cannot be applied skips the test, naming why (`allow_no_quota=True` starts the devices without).
 - `onnx_models` (session): {"tiny", "small", "medium", "heavy": Path} ONNX convnets built with onnx.helper.
-- `tflite_models` (session): {"small", "heavy": Path} built with litert-torch in a subprocess and
-  cached between sessions in pytest's cache; skips when litert-torch is not installed.
+- `tflite_models` (session): {"small", "heavy": Path} built with litert-torch in a subprocess, once per run for all
+  xdist workers (`shared_work`), and cached between sessions in pytest's cache; skips when litert-torch is not
+  installed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from shared_work import shared_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,10 +162,23 @@ def tflite_models(request, tmp_path_factory):
         pytest.skip("litert-torch is not installed (pip install 'edgenas[tflite]'), so no TFLite test models")
     key = hashlib.sha256((_TFLITE_BUILDER + version).encode()).hexdigest()[:16]
     cache = getattr(request.config, "cache", None)
-    folder = cache.mkdir(f"edgenas-tflite-{key}") if cache is not None else tmp_path_factory.mktemp("tflite")
     names = ("small", "heavy")
-    if not all((folder / f"{n}.tflite").is_file() for n in names):
-        done = subprocess.run([sys.executable, "-c", _TFLITE_BUILDER, str(folder)], capture_output=True, text=True)
+    if cache is not None:
+        folder = cache.mkdir(f"edgenas-tflite-{key}")
+        if all((folder / f"{n}.tflite").is_file() for n in names):
+            return {n: folder / f"{n}.tflite" for n in names}
+
+    def build(out: Path) -> None:
+        out.mkdir()
+        done = subprocess.run([sys.executable, "-c", _TFLITE_BUILDER, str(out)], capture_output=True, text=True)
         if done.returncode != 0:
             pytest.fail(f"building TFLite test models failed: {done.stderr[-2000:]}")
+
+    built = shared_file(f"tflite-models-{key}", build)  # once per run, not once per worker
+    if cache is None:
+        return {n: built / f"{n}.tflite" for n in names}
+    for n in names:  # into pytest's cache for the next runs, each file whole
+        tmp = folder / f".{n}.tflite.{os.getpid()}"
+        shutil.copyfile(built / f"{n}.tflite", tmp)
+        os.replace(tmp, folder / f"{n}.tflite")
     return {n: folder / f"{n}.tflite" for n in names}
