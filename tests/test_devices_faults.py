@@ -126,7 +126,9 @@ def test_agent_crash_while_timing_is_a_runtime_error_for_the_batch_and_the_devic
     """Models are timed together, so an agent that dies while timing leaves every model of its batch without a
     figure: each gets a runtime_error saying so (no figure is made up), and the device measures the next call."""
     name = victim.devices[0].name
-    config = config_of(victim.device_files()[0], measure={"runs": 4000, "warmup": 1})
+    # 4000 runs: still timing when it is killed; a model time limit above what 4000 runs of "heavy" take on a busy
+    # machine (16 ms a run at load 4: 64 s, over the testbed devices' 60 s, was a timeout, not a crash mid-window)
+    config = config_of(victim.device_files()[0], measure={"runs": 4000, "warmup": 1}, timeouts={"model": 1200.0})
     paths = [onnx_models["tiny"], onnx_models["heavy"], onnx_models["small"]]
     killed = []
 
