@@ -359,6 +359,7 @@ def test_the_timing_plan_gives_slow_models_fewer_rounds_and_fast_ones_all():
     assert agent.timing_plan({1: 3.0}, 60, 3, 30, 4.0, scale_ms=0)[0] == {1: (1, 3)}
 
 
+@pytest.mark.timing  # its runs must spread over a window of some 50 ms: a neighbour taking the core skews that
 def test_slow_models_are_timed_in_fewer_rounds_still_spread_over_the_window(onnx_models):
     """With every model counted slow (--scale-runs-ms far below their cost), each runs in every third round: 20 timed
     runs of 60 rounds, spread over the whole window (interleaved), and the agent says its plan before timing."""
