@@ -427,3 +427,19 @@ def test_a_window_unsteady_so_far_counts_its_retiming_in_the_time_left(onnx_mode
     assert first and last
     assert all(e["elapsed_s"] + e["left_s"] >= 2 * 1.5 for e in first)
     assert all(e["elapsed_s"] + e["left_s"] <= 6 * 1.5 + 0.5 for e in last)
+
+
+def test_the_device_remembers_where_its_windows_end_and_the_next_plan_says_so(onnx_models, tmp_path):
+    """The probe file keeps where this device's windows ended between their plan and their most: the next run's plan
+    carries it, so a host's first ETA of a new run has the device's history (the first run has none)."""
+    probe_file = tmp_path / "probe.json"
+    args = ["measure", "--runtime", "onnxruntime", "--runs", "3", "--window", "0.5", "--probe-file", probe_file,
+            onnx_models["tiny"]]
+    _, first = run_agent(args)
+    (plan,) = [e for e in first if e["event"] == "plan"]
+    assert plan["share"] is None and plan["max_seconds"] >= 6 * 0.5 > plan["seconds"]
+    kept = json.loads(probe_file.read_text())
+    assert 0.0 <= kept["window_share"] <= 1.0 and kept["probe_fast_ms"] > 0
+    _, second = run_agent(args)
+    (plan,) = [e for e in second if e["event"] == "plan"]
+    assert plan["share"] == kept["window_share"]

@@ -127,3 +127,15 @@ def test_an_expectation_and_a_refresh_draw_the_bar_before_any_unit_is_done():
     clock.now += 6.0
     b.refresh()
     assert stream.getvalue().splitlines()[-1].endswith("ETA 00:29")
+
+
+def test_a_device_that_remembers_its_windows_gives_the_first_plan_its_eta():
+    """A device whose windows ended half-way between plan and most before (its plan's `share`): the first plan of a
+    new run is drawn at once, 4 + 0.5 x 44 = 26 s for its window."""
+    clock = FakeClock()
+    stream = io.StringIO()
+    b = Progress(2, "measure", stream=stream, clock=clock, log_every=0.0)
+    eta = WindowEta(b, clock=clock)
+    eta.on_event("plan", {"models": 2, "seconds": 4.0, "max_seconds": 48.0, "share": 0.5})
+    assert b.eta() == pytest.approx(26.0) and stream.getvalue().rstrip().endswith("ETA 00:26")
+

@@ -13,8 +13,9 @@ Every line on stdout is one JSON object with an "event" key:
     {"event": "hello", ...}                       the environment (machine, CPU, runtime, versions)
     {"event": "start", "index": i}                before loading each model
     {"event": "loaded", "index": i, ...}          the model loaded and warmed up
-    {"event": "plan", "models": n, "seconds": s, "max_seconds": m}  a window's models are loaded: what timing
-                                                  them should take, and the most it may (to the cap, timed again)
+    {"event": "plan", "models": n, "seconds": s, "max_seconds": m, "share": f}  a window's models are loaded:
+                                                  what timing them should take, the most it may (to the cap, timed
+                                                  again), and where this device's windows ended between the two
     {"event": "tick", "left_s": s, ...}           about once a second while timing, with the window's time left
     {"event": "retime", "reason": ...}            the window was unsteady and is timed again
     {"event": "result", "index": i, ...}          figures, or "error" (load failures come at once)
@@ -623,32 +624,69 @@ def window_summary(window, has_cpu_clock, probe_ref, quota=None):
     return out
 
 
-def read_probe_ref(path):
-    """The fastest probe reading stored in `path` (None when there is none yet)."""
-    if not path:
-        return None
+def _device_file(path):
+    """What the device's probe file holds (a dict; empty when there is none or it cannot be read)."""
     try:
         with open(path) as f:
-            value = float(json.load(f)["probe_fast_ms"])
-        return value if value > 0 else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError, TypeError):
+        return {}
 
 
-def write_probe_ref(path, value):
-    """Keep the fastest probe level seen in `path` (atomically); nothing happens when it cannot be written."""
-    if not path or not value:
+def _update_device_file(path, **fields):
+    """Set `fields` in the device's probe file (atomically); nothing happens when it cannot be written."""
+    if not path:
         return
     try:
+        data = _device_file(path)
+        data.update(fields, probe_loops=PROBE_LOOPS)
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             os.makedirs(folder)
         tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
-            json.dump({"probe_fast_ms": value, "probe_loops": PROBE_LOOPS}, f)
+            json.dump(data, f)
         os.replace(tmp, path)
     except OSError:
         pass
+
+
+def read_probe_ref(path):
+    """The fastest probe reading stored in `path` (None when there is none yet)."""
+    if not path:
+        return None
+    try:
+        value = float(_device_file(path)["probe_fast_ms"])
+        return value if value > 0 else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def write_probe_ref(path, value):
+    """Keep the fastest probe level seen in `path` (atomically); nothing happens when it cannot be written."""
+    if value:
+        _update_device_file(path, probe_fast_ms=value)
+
+
+def read_window_share(path):
+    """Where this device's windows have ended between their plan (0) and their most (1), as `path` remembers
+    (None before any): the host's expectation of a window before its first tick."""
+    try:
+        value = float(_device_file(path)["window_share"]) if path else None
+    except (ValueError, KeyError, TypeError):
+        return None
+    return min(max(value, 0.0), 1.0) if value is not None else None
+
+
+def write_window_share(path, planned, most, took):
+    """Remember where a window that took `took` s ended between `planned` and `most` (a running mean, a quarter
+    for the newest)."""
+    if not path or most <= planned:
+        return
+    share = min(max((took - planned) / (most - planned), 0.0), 1.0)
+    before = read_window_share(path)
+    _update_device_file(path, window_share=round(share if before is None else before + (share - before) / 4, 4))
 
 
 class _Output:
@@ -741,7 +779,9 @@ def _time_group(models, facts, args, out, rng, has_cpu_clock):
                                         args.min_fast_runs, args.window, args.scale_runs_ms)
     most = (1 + args.retime) * max(seconds, args.window * MAX_WINDOW_FACTOR)  # waiting to its cap, timed again
     out.emit("plan", models=len(models), seconds=round(seconds, 3), max_seconds=round(most, 3),
+             share=read_window_share(args.probe_file),
              runs={str(i): -(-args.runs // every) for i, (every, _) in plan.items()})
+    t0 = time.perf_counter()
     for attempt in range(1 + args.retime):
         probe_ref = read_probe_ref(args.probe_file)
         window = time_window(models, args, out, rng, probe_ref, plan, wanted, retimes_left=args.retime - attempt)
@@ -755,6 +795,7 @@ def _time_group(models, facts, args, out, rng, has_cpu_clock):
             break
         if attempt < args.retime:
             out.emit("retime", reason=summary["unsteady"])
+    write_window_share(args.probe_file, seconds, most, time.perf_counter() - t0)
     return best[0], best[1], summaries
 
 
