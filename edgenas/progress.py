@@ -171,8 +171,9 @@ class WindowEta:
     plan, 1 at the most) gives a window's expected length before its first tick; each tick's `left_s` (the device's
     estimate from the runs it has taken) then rules, but no less than that expectation still says (early in a
     window its runs cannot know much: on a busy machine a 6-subnet window said 13 s at its first tick and took
-    48). Before any window of its own, the share the device remembers from earlier runs (its plan's `share`)
-    stands in; with neither, the plan is kept but not drawn: the first tick, a second later, is.
+    48). A device that remembers where its windows ended (its plan's `share`: every window it timed, in this run and
+    earlier ones) says so with each plan, and that rules; with neither, the plan is kept but not drawn: the first
+    tick, a second later, is.
 
         eta = WindowEta(bar); device.on_event = eta.on_event   # and eta.window_done() on each result
     """
@@ -203,7 +204,7 @@ class WindowEta:
         if kind == "plan" and event.get("models") and event.get("seconds") is not None:
             self.models, self.planned, self.since = int(event["models"]), float(event["seconds"]), self.clock()
             self.most = float(event.get("max_seconds") or self.planned)
-            if self.share is None and event.get("share") is not None:  # the device remembers its windows
+            if event.get("share") is not None:  # the device remembers its windows, these included
                 self.share = float(event["share"])
             self._expect(self.expected(), draw=self.share is not None)
         elif kind == "retime" and self.models and self.since is not None:

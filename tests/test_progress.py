@@ -138,4 +138,7 @@ def test_a_device_that_remembers_its_windows_gives_the_first_plan_its_eta():
     eta = WindowEta(b, clock=clock)
     eta.on_event("plan", {"models": 2, "seconds": 4.0, "max_seconds": 48.0, "share": 0.5})
     assert b.eta() == pytest.approx(26.0) and stream.getvalue().rstrip().endswith("ETA 00:26")
+    own = WindowEta(b, share=0.1, clock=clock)  # what this run's host saw gives way to the device's memory
+    own.on_event("plan", {"models": 2, "seconds": 4.0, "max_seconds": 48.0, "share": 0.5})
+    assert own.share == 0.5 and b.eta() == pytest.approx(26.0)
 
