@@ -170,8 +170,8 @@ class WindowEta:
     to its cap, then timed again). Where between the two this device's windows ended so far (`share`, 0 at the
     plan, 1 at the most) gives a window's expected length before its first tick; each tick's `left_s` (the device's
     estimate from the runs it has taken) then rules, but no less than that expectation still says (early in a
-    window its runs cannot know much: on a busy machine a 6-subnet window said 13 s at its first tick and took
-    48). A device that remembers where its windows ended (its plan's `share`: every window it timed, in this run and
+    window its runs cannot know much: on a busy machine a 6-subnet window's first figure said 12 s, and it
+    took 48). A device that remembers where its windows ended (its plan's `share`: every window it timed, in this run and
     earlier ones) says so with each plan, and that rules; with neither, the plan is kept but not drawn: the first
     tick, a second later, is.
 
