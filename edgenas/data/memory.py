@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgenas.data.images import dataset_folder
-from edgenas.data.splits import SPLITS, EpochOrder, split_indices
+from edgenas.data.splits import SPLITS, EpochOrder, SplitSizes, split_indices
 from edgenas.errors import UsageError
 from edgenas.inputs import GIB, MAX_DATA_BYTES, load_data_pickle, one_line, read_bytes
 
@@ -24,7 +24,7 @@ MAX_BATCH_BYTES = GIB  # one CIFAR-10 batch (the real ones are 30 MiB)
 
 
 @dataclass
-class Dataset:
+class Dataset(SplitSizes):
     """An in-memory image classification dataset with `train`, `val` and `holdout` splits.
 
     `fingerprint` hashes the pixels, labels and split assignment: two datasets with equal
@@ -47,14 +47,6 @@ class Dataset:
     @property
     def image_size(self) -> int:
         return int(self.images["train"].shape[-1])
-
-    def size(self, split: str) -> int:
-        return int(len(self.labels[self._split(split)]))
-
-    def _split(self, split: str) -> str:
-        if split not in SPLITS:
-            raise UsageError(f"unknown split {split!r}: choose from {', '.join(SPLITS)}")
-        return split
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(images float32 NCHW normalised, labels int64) of a split at native resolution."""

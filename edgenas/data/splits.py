@@ -46,6 +46,21 @@ def split_indices(y: np.ndarray, *, seed: int, val_fraction: float, holdout_frac
     return out
 
 
+class SplitSizes:
+    """What a dataset holding `labels` per split answers alike, in memory or streamed: a split's size, and the check
+    of a split's name."""
+
+    labels: dict[str, np.ndarray]
+
+    def size(self, split: str) -> int:
+        return int(len(self.labels[self._split(split)]))
+
+    def _split(self, split: str) -> str:
+        if split not in SPLITS:
+            raise UsageError(f"unknown split {split!r}: choose from {', '.join(SPLITS)}")
+        return split
+
+
 class EpochOrder:
     """Which images each batch of an epoch holds: a permutation from (seed, epoch) when shuffling, each rank an
     equal, disjoint shard of it under `world_size > 1`; what the in-memory and the streaming loader share, so both

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from edgenas.data.images import ImageReadError, open_image
-from edgenas.data.splits import SPLITS, EpochOrder
+from edgenas.data.splits import SPLITS, EpochOrder, SplitSizes
 from edgenas.data.transforms import CROP_FRACTION, eval_transform, train_transform
 from edgenas.errors import UsageError
 
@@ -63,7 +63,7 @@ def auto_workers() -> int:
 
 
 @dataclass
-class StreamingDataset:
+class StreamingDataset(SplitSizes):
     """An image classification dataset read from disk as needed; the interface of the in-memory `Dataset`.
 
     `files[split]` holds the paths (as one bytes array: no per-file Python objects for workers to copy),
@@ -91,14 +91,6 @@ class StreamingDataset:
     def image_size(self) -> int:
         """A nominal size (what a loader reads at when given no resolution); images are read at the step's."""
         return DEFAULT_RESOLUTION
-
-    def size(self, split: str) -> int:
-        return int(len(self.labels[self._split(split)]))
-
-    def _split(self, split: str) -> str:
-        if split not in SPLITS:
-            raise UsageError(f"unknown split {split!r}: choose from {', '.join(SPLITS)}")
-        return split
 
     def loader(self, split: str, *, batch_size: int, resolution: int | None = None, shuffle: bool = False,
                augment: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = False,

@@ -432,7 +432,8 @@ def window_left_s(samples, wanted, rounds, elapsed, args, probe_ref=None):
     return max(min(left, cap), 0.0)
 
 
-def time_window(models, args, out, rng, probe_ref=None, plan=None, wanted=None, retimes_left=0):
+def time_window(models, args, out, rng, probe_ref=None, plan=None, wanted=None, retimes_left=0, has_cpu_clock=False,
+                quota=None):
     """Time every model of `models` (index -> model) interleaved: rounds of one timed run of each model (after
     `args.hot_runs` untimed ones, so its weights are in cache whatever else the window holds: without them a
     model timed among 40 others measured 30 % slower than among 4, with 1 13 %, with 3 3 %), in a fresh random
@@ -441,14 +442,13 @@ def time_window(models, args, out, rng, probe_ref=None, plan=None, wanted=None, 
     windows and `args.max_rounds` rounds; fast as the device's reference `probe_ref` knows it, see `fast_level`).
     Before each run the speed probe is timed. `plan` (see `timing_plan`) times a slow model in every few rounds
     only, with fewer untimed runs, and `wanted` its fast runs. Each tick says what the window has left (see
-    `window_left_s`), twice that while the window so far is unsteady and `retimes_left` it may be timed again.
+    `window_left_s`), twice that while the window so far is unsteady (`window_summary`, with `has_cpu_clock` and
+    `quota`) and `retimes_left` it may be timed again.
 
     Returns index -> list of (time since the window began in s, probe ms, run ms), or index -> AgentError for a
     model that failed in the window."""
     clock = time.perf_counter_ns
     cpu_clock = getattr(time, "thread_time_ns", None) or (lambda: 0)  # the runner thread's own CPU time
-    has_cpu_clock = hasattr(time, "thread_time_ns") and args.threads == 1
-    quota = _cpu_quota() if retimes_left else None
     plan = plan or {i: (1, args.hot_runs) for i in models}
     wanted = wanted or {i: args.min_fast_runs for i in models}
     samples = {i: [] for i in models}
@@ -784,8 +784,10 @@ def _time_group(models, facts, args, out, rng, has_cpu_clock):
     t0 = time.perf_counter()
     for attempt in range(1 + args.retime):
         probe_ref = read_probe_ref(args.probe_file)
-        window = time_window(models, args, out, rng, probe_ref, plan, wanted, retimes_left=args.retime - attempt)
-        summary = window_summary(window, has_cpu_clock, probe_ref, _cpu_quota())
+        quota = _cpu_quota()
+        window = time_window(models, args, out, rng, probe_ref, plan, wanted, retimes_left=args.retime - attempt,
+                             has_cpu_clock=has_cpu_clock, quota=quota)
+        summary = window_summary(window, has_cpu_clock, probe_ref, quota)
         if summary.get("probe_fast_ms") and (probe_ref is None or summary["probe_fast_ms"] < probe_ref):
             write_probe_ref(args.probe_file, summary["probe_fast_ms"])
         summaries.append(summary)
