@@ -419,14 +419,14 @@ def test_a_window_unsteady_so_far_counts_its_retiming_in_the_time_left(onnx_mode
     first window say so (their end lies a whole window past this one's), those of the last do not."""
     probe_file = tmp_path / "probe.json"
     probe_file.write_text(json.dumps({"probe_fast_ms": 1e-6}))
-    done, events = run_agent(["measure", "--runtime", "onnxruntime", "--runs", "3", "--window", "1.5", "--retime", "1",
+    done, events = run_agent(["measure", "--runtime", "onnxruntime", "--runs", "3", "--window", "0.75", "--retime", "1",
                               "--probe-file", probe_file, onnx_models["tiny"]])
     retime = next(i for i, e in enumerate(events) if e["event"] == "retime")
     first = [e for e in events[:retime] if e["event"] == "tick"]
     last = [e for e in events[retime:] if e["event"] == "tick"]
     assert first and last
-    assert all(e["elapsed_s"] + e["left_s"] >= 2 * 1.5 for e in first)
-    assert all(e["elapsed_s"] + e["left_s"] <= 6 * 1.5 + 0.5 for e in last)
+    assert all(e["elapsed_s"] + e["left_s"] >= 2 * 0.75 for e in first)
+    assert all(e["elapsed_s"] + e["left_s"] <= 6 * 0.75 + 0.5 for e in last)
 
 
 def test_the_device_remembers_where_its_windows_end_and_the_next_plan_says_so(onnx_models, tmp_path):

@@ -49,7 +49,7 @@ threads = 1
 [measure]
 warmup = 2
 runs = 10
-window_s = 1
+window_s = 0.5
 """
 
 
