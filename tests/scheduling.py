@@ -2,7 +2,9 @@
 fixtures, a trained supernet or a whole `edgenas run`, are built once), the longest files first, and the timing
 tests alone.
 
-- `pyproject.toml` runs `-n 2 --dist loadfile`; `-n 0` (or `-p no:xdist`) runs everything in one process as before.
+- `pyproject.toml` runs `-n 2 --dist loadfile --no-loadscope-reorder`; `-n 0` (or `-p no:xdist`) runs everything in
+  one process as before. Without `--no-loadscope-reorder` xdist hands out the files with the most tests first, not in
+  this order: the README's 80 s fine-tune walkthrough (one test) then started last and ran alone for a minute.
 - Files start longest first, by `tests/durations.json` (seconds per file, written by `tools/test_durations.py` from a
   full run); a file it does not know goes after the known ones, in collection order.
 - A test marked `timing` (its assertion depends on how fast something runs: a latency ratio, a time limit, a
