@@ -25,7 +25,7 @@ threads = 1
 [measure]
 warmup = 2
 runs = 10
-window_s = 1
+window_s = 0.5
 """
 
 RUN = """

@@ -119,7 +119,7 @@ def test_several_devices_in_one_search_each_with_its_own_predictor(setup, tmp_pa
     predictors = {}
     for name, factor in (("fast", 1.0), ("slow", 3.0)):  # the slow device: the measured figures, three times slower
         (tmp_path / "devices" / f"{name}.toml").write_text(
-            f'name = "{name}"\nkind = "local"\nruntime = "onnxruntime"\nthreads = 1\n[measure]\nruns = 10\nwindow_s = 1\n')
+            f'name = "{name}"\nkind = "local"\nruntime = "onnxruntime"\nthreads = 1\n[measure]\nruns = 10\nwindow_s = 0.5\n')
         fitted = MacsPredictor(device=name, runtime="onnxruntime", precision="fp32", space=space).fit(
             probe, factor * local.predict(probe))
         predictors[name] = load_latency_predictor(fitted.save(predictor_path(name, "onnxruntime", "fp32", tables)))
