@@ -381,9 +381,10 @@ class Calibrator:
 
 def mixed(jobs: Sequence[ModelJob]) -> list[ModelJob]:
     """`jobs` in a seeded shuffled order, so that each chunk (each window) holds pieces and subnets, small and large,
-    in the proportions of the whole: the cost per model of the chunks timed so far is then that of the rest, and the
-    bar's ETA holds from the first window. In the order given (the table's pieces, then the held-out subnets riding
-    along), the first window timed only small pieces: at 128-160 px its first ETA said 37 s, for a bar that ran 3:46 in all."""
+    in the proportions of the whole, and the cost per model of the chunks timed so far stands for the rest. In the
+    order given (the table's pieces, then the held-out subnets riding along), the first window timed only small
+    pieces: at 128-160 px its first ETA said 37 s, for a bar that ran 3:46 in all. (Mixed, the first ETA of a
+    224 px calibration's 70-subnet bar came to 0.60 of the time truly left, 0.38 before; its pieces bar's to 0.43.)"""
     order = np.random.default_rng(len(jobs)).permutation(len(jobs))
     return [jobs[i] for i in order]
 
