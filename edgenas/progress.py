@@ -171,9 +171,10 @@ class WindowEta:
     plan, 1 at the most) gives a window's expected length before its first tick; each tick's `left_s` (the device's
     estimate from the runs it has taken) then rules, but no less than that expectation still says (early in a
     window its runs cannot know much: on a busy machine a 6-subnet window's first figure said 12 s, and it
-    took 48). A device that remembers where its windows ended (its plan's `share`: every window it timed, in this run and
-    earlier ones) says so with each plan, and that rules; with neither, the plan is kept but not drawn: the first
-    tick, a second later, is.
+    took 48). A device that remembers where its windows ended (its plan's `share`: every window it timed, in this
+    run and earlier ones) says so with each plan, and that rules. The plan's figure is kept but not drawn: the
+    first tick, a second later, is (at 224 px a plan drawn from the remembered share said 54 s for a bar that took
+    125 s, its first window timed twice; the first tick's figure is no less, but for the second between them).
 
         eta = WindowEta(bar); device.on_event = eta.on_event   # and eta.window_done() on each result
     """
@@ -206,7 +207,7 @@ class WindowEta:
             self.most = float(event.get("max_seconds") or self.planned)
             if event.get("share") is not None:  # the device remembers its windows, these included
                 self.share = float(event["share"])
-            self._expect(self.expected(), draw=self.share is not None)
+            self._expect(self.expected(), draw=False)
         elif kind == "retime" and self.models and self.since is not None:
             self._expect(max(self.expected() - (self.clock() - self.since), self.planned), draw=False)
         elif kind == "tick" and self.models and event.get("left_s") is not None:

@@ -497,11 +497,14 @@ class SearchSpace:
         )
 
     def sample_many(self, rng: np.random.Generator, n: int, *, unique: bool = True) -> list[Arch]:
-        """`n` random archs (distinct when `unique`, as far as the space allows)."""
+        """`n` random archs (distinct when `unique`, as far as the space allows: a space of fewer archs gives each
+        once, in the order first drawn, without drawing on to the attempts' limit)."""
         out: list[Arch] = []
         seen: set[Arch] = set()
-        attempts = 0
-        while len(out) < n and attempts < n * 50:
+        attempts, limit = 0, n * 50
+        if unique:
+            n = min(n, self.size())
+        while len(out) < n and attempts < limit:
             attempts += 1
             a = self.sample(rng)
             if unique and a in seen:

@@ -116,6 +116,21 @@ def test_with_no_rounds_everything_is_timed_in_one_window(tmp_path, models):
     assert pred.kind == "calibrated" and (pred.predict(held) > 0).all()
 
 
+def test_the_rounds_of_uncertain_subnets_show_as_one_bar(tmp_path, models, monkeypatch, capsys):
+    """Two rounds of two subnets each (picked where the fit is least sure) show as one bar of 4, not two of 2: its ETA
+    then counts the rounds still to come."""
+    import edgenas.latency.calibrate as calibration
+
+    monkeypatch.setattr(calibration, "MIN_PER_ROUND", 2)
+    with load_device(local_device_file(tmp_path)) as device:
+        pred = calibrate(device, MICRO, budget=12, store=Store(tmp_path / "store.sqlite"), tables_dir=tmp_path / "t",
+                         cache_dir=models, progress=True)
+    assert pred.report.measured_now == len(block_index(MICRO)) + 12
+    bars = [line for line in capsys.readouterr().err.splitlines()
+            if line.startswith("measure uncertain subnets") and "done in" in line]
+    assert len(bars) == 1 and "] 4/4 " in bars[0], bars
+
+
 def test_calibrating_again_measures_nothing(calibrated):
     root, device, store, kw, pred = calibrated
     with device:

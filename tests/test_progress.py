@@ -101,7 +101,7 @@ def test_a_devices_windows_give_the_eta_its_plan_first_then_its_ticks():
     b.update(2)
     assert eta.share == pytest.approx(21.0 / 44.0)  # 25 s: 21 of the 44 s its plan left open
     clock.now += 1.0
-    eta.on_event("plan", {"models": 2, "seconds": 4.0, "max_seconds": 48.0})  # 25 s, drawn, as the last one took
+    eta.on_event("plan", {"models": 2, "seconds": 4.0, "max_seconds": 48.0})  # 25 s, as the last one took
     assert b.eta() == pytest.approx(25.0 + 2 * ((31.0 + 25.0) / 4))
     eta.on_event("retime", {"reason": "unsteady"})
     assert b.eta() == pytest.approx(25.0 + 2 * ((31.0 + 25.0) / 4))  # as long again, from now
@@ -131,14 +131,17 @@ def test_an_expectation_and_a_refresh_draw_the_bar_before_any_unit_is_done():
 
 def test_a_device_that_remembers_its_windows_gives_the_first_plan_its_eta():
     """A device whose windows ended half-way between plan and most before (its plan's `share`): the first plan of a
-    new run is drawn at once, 4 + 0.5 x 44 = 26 s for its window."""
+    new run expects 4 + 0.5 x 44 = 26 s for its window, kept but not drawn; the first tick, a second later, draws no
+    less than the 25 s that expectation still says, whatever little its runs tell (3 s)."""
     clock = FakeClock()
     stream = io.StringIO()
     b = Progress(2, "measure", stream=stream, clock=clock, log_every=0.0)
     eta = WindowEta(b, clock=clock)
     eta.on_event("plan", {"models": 2, "seconds": 4.0, "max_seconds": 48.0, "share": 0.5})
-    assert b.eta() == pytest.approx(26.0) and stream.getvalue().rstrip().endswith("ETA 00:26")
+    assert b.eta() == pytest.approx(26.0) and stream.getvalue() == ""
+    clock.now += 1.0
+    eta.on_event("tick", {"left_s": 3.0, "elapsed_s": 1.0})
+    assert b.eta() == pytest.approx(25.0) and stream.getvalue().rstrip().endswith("ETA 00:25")
     own = WindowEta(b, share=0.1, clock=clock)  # what this run's host saw gives way to the device's memory
     own.on_event("plan", {"models": 2, "seconds": 4.0, "max_seconds": 48.0, "share": 0.5})
     assert own.share == 0.5 and b.eta() == pytest.approx(26.0)
-

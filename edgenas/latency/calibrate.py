@@ -123,6 +123,7 @@ class Calibrator:
         self.report = CalibrationReport()
         self.riders: list[ModelJob] = []  # measured with the next models timed, whatever for (see `ride_along`)
         self.window_share: float | None = None  # where this device's windows ended between plan and most (ETA)
+        self._one_bar: tuple[Progress, Callable[[], None]] | None = None  # set inside `one_bar`
         self.clock: Callable[[], float] = time.monotonic
 
     def ride_along(self, jobs: Sequence[ModelJob]) -> None:
@@ -226,12 +227,13 @@ class Calibrator:
                 todo.append(job)
             twins[key].append(job)
         self.report.reused += len(found)
+        if self._one_bar is not None:
+            self._one_bar[0].update(len(jobs) - len(todo))
         if todo:
             riding = sum(1 for j in todo if j in riders)
             if riding:
                 desc = f"{desc} (with {riding} held-out subnets)"
-            with Progress(len(todo), desc, enabled=self.progress, unit="model") as bar, \
-                    self.eta_from_windows(bar) as window_done:
+            with self._bar(len(todo), desc) as (bar, window_done):
                 for chunk in self.chunks(mixed(todo)):
                     self.export_now(chunk)
                     self._time_chunk(chunk, found, bar, window_done)
@@ -283,6 +285,30 @@ class Calibrator:
             bar.update(1, failed=self.report.failed)
 
         self.device.measure([str(j.path) for j in by_sha.values()], on_result=on_result)
+
+    @contextlib.contextmanager
+    def one_bar(self, total: int, desc: str) -> Iterator[None]:
+        """Show the `measure` calls made inside as one bar of `total` models, its ETA counting the calls still to
+        come at the cost per model so far (the rounds of uncertain subnets: with a bar per round of 6 subnets, each
+        bar was one window, and its first tick cannot tell a window that finds fast moments, 12 s at 224 px, from
+        one that waits to its cap and is timed again, 47 s)."""
+        with Progress(total, desc, enabled=self.progress, unit="model") as bar, \
+                self.eta_from_windows(bar) as window_done:
+            self._one_bar = (bar, window_done)
+            try:
+                yield
+            finally:
+                self._one_bar = None
+
+    @contextlib.contextmanager
+    def _bar(self, total: int, desc: str) -> Iterator[tuple[Progress, Callable[[], None]]]:
+        """The bar a `measure` call shows, with what to call on each result: `one_bar`'s inside it, else its own."""
+        if self._one_bar is not None:
+            yield self._one_bar
+            return
+        with Progress(total, desc, enabled=self.progress, unit="model") as bar, \
+                self.eta_from_windows(bar) as window_done:
+            yield bar, window_done
 
     @contextlib.contextmanager
     def eta_from_windows(self, bar: Progress) -> Iterator[Callable[[], None]]:
@@ -485,18 +511,21 @@ def calibrate(
     rounds = max(1, min(rounds, left // MIN_PER_ROUND)) if rounds > 0 else 0
     per_round = max(1, -(-left // rounds)) if left > 0 and rounds > 0 else 0  # 0: no rounds
     spent = {a for a in chosen}
-    while per_round and len(spent) < budget and len(archs) >= 2:
-        predictor.fit(archs, ms, seed=seed)
-        rest = [a for a in pool if a not in spent]
-        if not rest:
-            break
-        spread = predictor.uncertainty(rest, archs, ms, rng=np.random.default_rng([seed, len(spent)]))
-        take = [rest[i] for i in np.argsort(-spread, kind="stable")[: min(per_round, budget - len(spent))]]
-        spent.update(take)
-        more, more_ms, more_s = cal.measure_archs(take, f"measure uncertain subnets on {device.name}")
-        archs += more
-        ms = np.concatenate([ms, more_ms])
-        seconds += more_s
+    rounds_bar = cal.one_bar(min(left, len(pool) - len(spent)), f"measure uncertain subnets on {device.name}") \
+        if per_round else contextlib.nullcontext()  # one bar over the rounds (see `one_bar`)
+    with rounds_bar:
+        while per_round and len(spent) < budget and len(archs) >= 2:
+            predictor.fit(archs, ms, seed=seed)
+            rest = [a for a in pool if a not in spent]
+            if not rest:
+                break
+            spread = predictor.uncertainty(rest, archs, ms, rng=np.random.default_rng([seed, len(spent)]))
+            take = [rest[i] for i in np.argsort(-spread, kind="stable")[: min(per_round, budget - len(spent))]]
+            spent.update(take)
+            more, more_ms, more_s = cal.measure_archs(take, f"measure uncertain subnets on {device.name}")
+            archs += more
+            ms = np.concatenate([ms, more_ms])
+            seconds += more_s
     if len(archs) < 2:
         raise UsageError(f"only {len(archs)} subnets measured fine on device {device.name}: check it with "
                          f"`edgenas devices check {device.name}` and run again")
