@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -41,12 +40,6 @@ subnets_per_step = 3
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun_train(config_text: str, tmp_path: Path) -> tuple[dict, Path]:
     """`edgenas train` under torchrun, 2 CPU processes: the JSON summary and the output folder."""
     config = tmp_path / "c.toml"
@@ -54,8 +47,10 @@ def _torchrun_train(config_text: str, tmp_path: Path) -> tuple[dict, Path]:
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), "-m", "edgenas.cli", "train", "--config", str(config), "--out", str(out),
+    # --standalone: the rendezvous binds a port the system picks (a port picked free beforehand was taken by another
+    # test between the pick and torchrun's bind, once in a full run: EADDRINUSE)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "edgenas.cli", "train", "--config", str(config), "--out", str(out),
            "--device", "cpu", "--threads", "1", "--no-progress", "--json"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
