@@ -310,11 +310,12 @@ def test_runtime_prints_do_not_reach_the_json_stream(tmp_path, onnx_models):
     assert r["error"] is None and r["runs"] >= 3
 
 
-DEV_VENVS = Path(__file__).resolve().parents[1] / ".venvs"
+DEV_VENVS = Path(os.environ.get("EDGENAS_VENVS") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                 / "edgenas" / "venvs")
 
 
 def device_python(name: str) -> str:
-    """The python of a device environment that `bash tools/install.sh --dev` builds in .venvs/NAME."""
+    """The python of a device environment that `bash tools/install.sh --dev` builds in DEV_VENVS/NAME."""
     python = DEV_VENVS / name / "bin" / "python"
     if not (DEV_VENVS / name / ".complete").is_file():
         pytest.skip(f"{DEV_VENVS / name} is missing: run `bash tools/install.sh --dev`, which builds it")

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Set up edgenas on a fresh machine: torch (CPU wheel, pinned first so pip never pulls CUDA builds),
 # then the package with its TFLite extra. With --dev also the test tools, the system packages the
-# tests need (OpenSSH server for the SSH testbed, Chromium for the report check), and .venvs/: the
-# Python environments of the devices the agent is tested on (Python 3.7 with an old onnxruntime,
-# tflite-runtime under numpy 1).
+# tests need (OpenSSH server for the SSH testbed, Chromium for the report check), and the Python
+# environments of the devices the agent is tested on (Python 3.7 with an old onnxruntime, tflite-runtime
+# under numpy 1; in ~/.cache/edgenas/venvs, see dev_venv).
 # Usage: bash tools/install.sh [--dev]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,13 +39,18 @@ extras="tflite"
 "$PY" -m pip install -q -e ".[$extras]"
 echo "install.sh: edgenas installed ($("$PY" -c 'import edgenas; print(edgenas.__version__)'))"
 
-# Device environments for the agent's tests: what an old phone or Pi has, not what this machine has.
+# Device environments for the agent's tests: what an old phone or Pi has, not what this machine has. They live in
+# the user's cache (EDGENAS_VENVS, else ~/.cache/edgenas/venvs), not in the clone: every clone on this machine
+# shares them (building both took 19 s of this script's 28), and one is rebuilt when what it was built from changes.
+VENVS=${EDGENAS_VENVS:-${XDG_CACHE_HOME:-$HOME/.cache}/edgenas/venvs}
 dev_venv() {  # NAME PYTHON PACKAGES...
   local name=$1 python=$2; shift 2
-  local dir=".venvs/$name"
-  if [ -f "$dir/.complete" ]; then return 0; fi
+  local dir="$VENVS/$name" spec
+  spec="$("$python" -c 'import sys; print(sys.version.split()[0])') $*"
+  if [ -f "$dir/.complete" ] && [ "$(cat "$dir/.complete")" = "$spec" ]; then return 0; fi
   echo "install.sh: building $dir ($*)"
-  "$python" -m venv --clear "$dir" && "$dir/bin/python" -m pip install -q "$@" && echo ok > "$dir/.complete" \
+  mkdir -p "$VENVS"
+  "$python" -m venv --clear "$dir" && "$dir/bin/python" -m pip install -q "$@" && echo "$spec" > "$dir/.complete" \
     || { echo "install.sh: could not build $dir; the agent test that needs it will fail" >&2; rm -rf "$dir"; }
 }
 if [ "$dev" = 1 ]; then
