@@ -65,8 +65,8 @@ def test_trim_removes_the_least_recently_used_files_first_and_keeps_what_is_aske
 
 def test_an_int8_latency_model_is_written_directly_whatever_its_numbers(tmp_path, monkeypatch):
     """A latency model is timed, never used: its int8 file comes from the direct writer even where the writer's
-    numeric check fails (random weights give near-tied logits: it failed for 5 of 6 w1.2 subnets at 132-220 px), not from a
-    litert-torch conversion of the same graph (15-30 s more a 224 px subnet)."""
+    numeric check fails (random weights give near-tied logits: it failed for 5 of 6 w1.2 subnets at 132-220 px),
+    not from a litert-torch conversion of the same graph (15-30 s more a 224 px subnet)."""
     import sys
 
     import edgenas.export.tflite_int8 as int8

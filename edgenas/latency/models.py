@@ -153,8 +153,8 @@ def _export_tflite(model: nn.Module, path: Path, int8: bool) -> None:
     if int8:
         # Random normal inputs are enough to pick quantisation ranges for a latency model. Its file is timed, never
         # used: the int8 writer's numeric check is skipped. On random weights, whose logits are near-tied, it failed
-        # for 5 of 6 w1.2 subnets at 132-220 px (int8 noise against a small spread), and each went to litert-torch for the same
-        # graph, 15-30 s more a subnet.
+        # for 5 of 6 w1.2 subnets at 132-220 px (int8 noise against a small spread), and each went to litert-torch
+        # for the same graph, 15-30 s more a subnet.
         gen = torch.Generator().manual_seed(1)
         calibration = torch.randn((8,) + tuple(example.shape[1:]), generator=gen).numpy()
         tflite.export_tflite(model, path, quantization="int8", calibration=calibration, example=example, check=False)
