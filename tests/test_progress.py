@@ -85,7 +85,8 @@ def test_a_devices_windows_give_the_eta_its_plan_first_then_its_ticks():
     """6 models timed 2 a window, each planned at 4 s and 48 s at most. The first plan has no earlier window to say
     where in between this device's windows end, so it is kept but not drawn; the first tick (30 s left: the window
     waits for fast moments) is drawn, and the 4 models after it cost what this window's 2 did, their export and load
-    included. Once a window has ended, the next is expected where it ended, and a tick says no less."""
+    included. Once a window has ended, the next is expected where it ended, and a tick says the geometric mean of
+    that expectation and the device's figure."""
     clock = FakeClock()
     stream = io.StringIO()
     b = Progress(6, "measure", stream=stream, clock=clock, log_every=0.0)
@@ -108,10 +109,10 @@ def test_a_devices_windows_give_the_eta_its_plan_first_then_its_ticks():
     eta.on_event("tick", {"rounds": 3})  # a tick without an estimate (an older agent) only redraws
     assert b.eta() == pytest.approx(25.0 + 2 * ((31.0 + 25.0) / 4))
     clock.now += 5.0
-    eta.on_event("tick", {"left_s": 2.0})  # the runs so far say 2 s; windows here took 25 s: 20 s left, at least
-    assert b.eta() == pytest.approx(20.0 + 2 * ((36.0 + 20.0) / 4))
-    eta.on_event("tick", {"left_s": 40.0})  # a slow spell: more than the windows before took
-    assert b.eta() == pytest.approx(40.0 + 2 * ((36.0 + 40.0) / 4))
+    eta.on_event("tick", {"left_s": 2.0})  # the runs so far say 2 s; windows here took 25 s, so 20 s left: 6.3 s
+    assert b.eta() == pytest.approx(40 ** 0.5 + 2 * ((36.0 + 40 ** 0.5) / 4))
+    eta.on_event("tick", {"left_s": 45.0})  # a slow spell: more than the windows before took (30 s between)
+    assert b.eta() == pytest.approx(30.0 + 2 * ((36.0 + 30.0) / 4))
 
 
 def test_an_expectation_and_a_refresh_draw_the_bar_before_any_unit_is_done():
@@ -131,8 +132,8 @@ def test_an_expectation_and_a_refresh_draw_the_bar_before_any_unit_is_done():
 
 def test_a_device_that_remembers_its_windows_gives_the_first_plan_its_eta():
     """A device whose windows ended half-way between plan and most before (its plan's `share`): the first plan of a
-    new run expects 4 + 0.5 x 44 = 26 s for its window, kept but not drawn; the first tick, a second later, draws no
-    less than the 25 s that expectation still says, whatever little its runs tell (3 s)."""
+    new run expects 4 + 0.5 x 44 = 26 s for its window, kept but not drawn; the first tick, a second later, draws
+    the geometric mean of the 25 s that expectation still says and the 12 s its runs tell: 17 s."""
     clock = FakeClock()
     stream = io.StringIO()
     b = Progress(2, "measure", stream=stream, clock=clock, log_every=0.0)
@@ -140,8 +141,8 @@ def test_a_device_that_remembers_its_windows_gives_the_first_plan_its_eta():
     eta.on_event("plan", {"models": 2, "seconds": 4.0, "max_seconds": 48.0, "share": 0.5})
     assert b.eta() == pytest.approx(26.0) and stream.getvalue() == ""
     clock.now += 1.0
-    eta.on_event("tick", {"left_s": 3.0, "elapsed_s": 1.0})
-    assert b.eta() == pytest.approx(25.0) and stream.getvalue().rstrip().endswith("ETA 00:25")
+    eta.on_event("tick", {"left_s": 12.0, "elapsed_s": 1.0})
+    assert b.eta() == pytest.approx(300 ** 0.5) and stream.getvalue().rstrip().endswith("ETA 00:17")
     own = WindowEta(b, share=0.1, clock=clock)  # what this run's host saw gives way to the device's memory
     own.on_event("plan", {"models": 2, "seconds": 4.0, "max_seconds": 48.0, "share": 0.5})
     assert own.share == 0.5 and b.eta() == pytest.approx(26.0)
