@@ -174,15 +174,15 @@ class WindowEta:
     to its cap, then timed again). Where between the two this device's windows ended so far (`share`, 0 at the
     plan, 1 at the most) gives a window's expected length; each tick's `left_s` is the device's estimate from the
     runs it has taken. Early in a window each can be off by 3x or more, in either direction: a 6-subnet window's
-    first figure said 12 s on a busy machine, and it took 48; another's said 47 s (no fast moment seen yet, so its
-    cap, timed again), and it took 12 while the expectation said 40. A tick therefore says the geometric mean of
-    the two (the device's figure alone, where no window has ended yet to give `share`). A device that remembers
-    where its windows ended (its plan's `share`: every window it timed, in this run and earlier ones) says so with
-    each plan, and that rules. The plan's figure is kept but not drawn: the first tick, a second later, is (at
-    224 px a plan drawn from the remembered share said 54 s for a bar that took 125 s, its first window timed
-    twice). Replayed on the events of two logged 224 px calibrations and an evaluation, the first drawn ETA of
-    every bar came within 0.69-1.37x of the truth this way; with the expectation as a floor instead, 0.71-1.56x
-    there, but 3.4x for a bar whose windows all found fast moments at once.
+    first figure said 12 s on a busy machine, and it took 48; at 224 px another's said 9 s against an expectation
+    of 37 s, and it took 20; one int8 bar whose windows all ended early read 3.4x with the expectation as a
+    floor. A tick therefore says the geometric mean of the two (the device's figure alone, where no window has
+    ended yet to give `share`). A device that remembers where its windows ended (its plan's `share`: every window
+    it timed, in this run and earlier ones) says so with each plan, and that rules. The plan's figure is kept but
+    not drawn: the first tick, a second later, is (at 224 px a plan drawn from the remembered share said 54 s for
+    a bar that took 125 s, its first window timed twice). Replayed on the events of two logged 224 px calibrations
+    and an evaluation, the first drawn ETA of every bar came within 0.69-1.37x of the truth this way, and 0.71-1.56x
+    with the expectation as a floor (the rule before, which read 3.4x in the int8 bench above).
 
         eta = WindowEta(bar); device.on_event = eta.on_event   # and eta.window_done() on each result
     """

@@ -290,8 +290,8 @@ class Calibrator:
     def one_bar(self, total: int, desc: str) -> Iterator[None]:
         """Show the `measure` calls made inside as one bar of `total` models, its ETA counting the calls still to
         come at the cost per model so far (the rounds of uncertain subnets: with a bar per round of 6 subnets, each
-        bar was one window, and its first tick cannot tell a window that finds fast moments, 12 s at 224 px, from
-        one that waits to its cap and is timed again, 47 s)."""
+        bar was one window, and its first tick cannot tell a window that finds fast moments, 20 s at 224 px once
+        timed again, from one that waits to its cap twice, 47 s)."""
         with Progress(total, desc, enabled=self.progress, unit="model") as bar, \
                 self.eta_from_windows(bar) as window_done:
             self._one_bar = (bar, window_done)
