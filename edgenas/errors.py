@@ -18,13 +18,20 @@ class MissingDependencyError(UsageError):
     """An optional dependency is not installed; the message says how to install it."""
 
 
-def require(module: str, *, extra: str, purpose: str):
-    """Import an optional dependency, or raise a MissingDependencyError naming the extra."""
+def require(module: str, *, extra: str, purpose: str, load: bool = True):
+    """Import an optional dependency, or raise a MissingDependencyError naming the extra. `load=False` only looks
+    for it (for a check before any work, where its import is slow and may not be needed)."""
     import importlib
+    import importlib.util
+    import sys
 
     try:
-        return importlib.import_module(module)
-    except ImportError as exc:
+        if load:
+            return importlib.import_module(module)
+        if sys.modules.get(module, ...) is None or importlib.util.find_spec(module) is None:
+            raise ImportError("not installed")
+        return None
+    except (ImportError, ValueError) as exc:
         raise MissingDependencyError(
             f"{purpose} needs the Python package '{module.split('.')[0]}' ({exc}); "
             f"install it with: pip install 'edgenas[{extra}]'"

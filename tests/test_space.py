@@ -234,10 +234,8 @@ def test_stage_spec_validation():
 def test_a_space_smaller_than_the_sample_gives_each_arch_once_in_the_order_first_drawn():
     """Asking 2,000 distinct archs of a space of 800 gives all 800, in the order a stream of draws first shows them
     (the same list as drawing on to the attempts' limit, at a fraction of the draws)."""
-    space = SearchSpace(name="micro", stages=(StageSpec(16, 2, "relu", False, (1, 2)),
-                                              StageSpec(24, 2, "hswish", True, (1, 2))),
-                        kernels=(3, 5), expands=(3, 4), resolutions=(16, 20), stem_width=8, stem_stride=2,
-                        first_block_width=8, final_expand_width=48, feature_width=64, num_classes=4)
+    from latency_helpers import MICRO as space
+
     got = space.sample_many(np.random.default_rng(5), 2000)
     rng, first_seen = np.random.default_rng(5), {}
     for _ in range(len(got) * 20):

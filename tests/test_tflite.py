@@ -99,3 +99,14 @@ def test_missing_converter_names_the_extra(monkeypatch, tmp_path):
     _, _, model = trained_subnet()
     with pytest.raises(MissingDependencyError, match=r"pip install 'edgenas\[tflite\]'"):
         export_tflite(model, tmp_path / "m.tflite", converter="litert-torch")  # fp32 by default needs no converter
+
+
+def test_the_converter_check_finds_litert_torch_without_importing_it():
+    """`edgenas export` checks for litert-torch before any work; importing it takes 5-6 s and the direct writers
+    seldom need it."""
+    import subprocess
+
+    code = ("import sys; from edgenas.export.tflite import require_converter; require_converter(); "
+            "print('litert_torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr

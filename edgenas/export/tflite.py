@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgenas.errors import MissingDependencyError, require
+from edgenas.errors import require
 from edgenas.export.quiet import captured_output
 from edgenas.export.tflite_direct import ExportFriendlyHardsigmoid, direct_tflite
 from edgenas.export.tflite_int8 import direct_int8, quantize_input
@@ -106,16 +106,7 @@ def require_converter() -> None:
     """Fail early, with the install command, when the TFLite converter or interpreter is missing. litert-torch is
     looked for, not imported: its import takes 5-6 s here, and the direct writers need it only for what they cannot
     write (it is imported then)."""
-    import importlib.util
-    import sys
-
-    try:
-        missing = sys.modules.get("litert_torch", ...) is None or importlib.util.find_spec("litert_torch") is None
-    except (ImportError, ValueError):
-        missing = True
-    if missing:
-        raise MissingDependencyError("TFLite export needs the Python package 'litert_torch' (not installed); "
-                                     "install it with: pip install 'edgenas[tflite]'")
+    require("litert_torch", extra="tflite", purpose="TFLite export", load=False)
     require("ai_edge_litert.interpreter", extra="tflite", purpose="checking TFLite files")
 
 

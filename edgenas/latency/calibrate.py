@@ -292,9 +292,8 @@ class Calibrator:
         come at the cost per model so far (the rounds of uncertain subnets: with a bar per round of 6 subnets, each
         bar was one window, and its first tick cannot tell a window that finds fast moments, 20 s at 224 px once
         timed again, from one that waits to its cap twice, 47 s)."""
-        with Progress(total, desc, enabled=self.progress, unit="model") as bar, \
-                self.eta_from_windows(bar) as window_done:
-            self._one_bar = (bar, window_done)
+        with self._new_bar(total, desc) as shown:
+            self._one_bar = shown
             try:
                 yield
             finally:
@@ -306,6 +305,11 @@ class Calibrator:
         if self._one_bar is not None:
             yield self._one_bar
             return
+        with self._new_bar(total, desc) as shown:
+            yield shown
+
+    @contextlib.contextmanager
+    def _new_bar(self, total: int, desc: str) -> Iterator[tuple[Progress, Callable[[], None]]]:
         with Progress(total, desc, enabled=self.progress, unit="model") as bar, \
                 self.eta_from_windows(bar) as window_done:
             yield bar, window_done
