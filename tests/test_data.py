@@ -34,9 +34,12 @@ def test_digits_splits_are_disjoint_stratified_and_complete(digits):
     # no image is in two splits (digits has a few exact duplicates, so compare with multiplicity)
     from sklearn.datasets import load_digits
 
-    ours = np.concatenate([digits.images[s].reshape(digits.size(s), -1) for s in SPLITS])
-    original = np.round(load_digits().images * (255 / 16)).astype(np.uint8).reshape(1797, 64)
-    assert sorted(row.tobytes() for row in ours) == sorted(row.tobytes() for row in original)
+    # (digits are read from scikit-learn's file without its loader: the same images with the same labels)
+    ours = [row.tobytes() + bytes([label]) for s in SPLITS
+            for row, label in zip(digits.images[s].reshape(digits.size(s), -1), digits.labels[s])]
+    reference = load_digits()
+    original = np.round(reference.images * (255 / 16)).astype(np.uint8).reshape(1797, 64)
+    assert sorted(ours) == sorted(row.tobytes() + bytes([label]) for row, label in zip(original, reference.target))
 
 
 def test_fingerprint_depends_on_seed_not_on_reload(digits):

@@ -75,7 +75,6 @@ def test_search_verifies_top_candidates_on_the_device(setup, capsys):
         assert len(store.evaluations(manifest["inputs"]["supernet"]["sha256"], "holdout", "top1@bn1")) == 2
 
 
-@pytest.mark.timing  # asserts a speed: runs alone (tests/scheduling.py)
 def test_impossible_latency_exits_2_naming_the_smallest(setup, capsys):
     smallest = float(setup["latency"].predict([setup["space"].smallest()])[0])
     t0 = time.perf_counter()

@@ -37,6 +37,10 @@ fi
 extras="tflite"
 [ "$dev" = 1 ] && extras="tflite,dev"
 "$PY" -m pip install -q -e ".[$extras]"
+# pip byte-compiles what it installs, but not an editable install's sources; where PYTHONDONTWRITEBYTECODE is set (as
+# in many containers) Python never writes that cache itself, and every `edgenas` process compiled the modules it
+# imports again (the test suite starts some 270 Python processes).
+"$PY" -m compileall -q edgenas >/dev/null
 echo "install.sh: edgenas installed ($("$PY" -c 'import edgenas; print(edgenas.__version__)'))"
 
 # Device environments for the agent's tests: what an old phone or Pi has, not what this machine has. They live in
