@@ -12,8 +12,9 @@ import torch.nn.functional as F
 
 from edgenas.artifacts import read_manifest, sha256_file
 from edgenas.cli import main
+from edgenas.data import load_dataset
 from edgenas.errors import UsageError
-from edgenas.space import SearchSpace
+from edgenas.space import Arch, SearchSpace
 from edgenas.train.checkpoint import load_checkpoint_info, load_supernet
 from edgenas.train.config import load_config, preset_config, to_toml
 from edgenas.train.trainer import choices, lr_factor, soft_cross_entropy, train
@@ -239,3 +240,30 @@ def test_largest_first_trains_the_full_network_and_teaches_the_others_with_it(tm
         assert torch.equal(teachers[2 * i], full_logits) and torch.equal(teachers[2 * i + 1], full_logits)
     assert len(teachers) == 6
     assert Supernet not in copied  # no frozen teacher
+
+
+def test_an_arch_is_evaluated_again_only_after_the_weights_changed(tmp_path, monkeypatch):
+    """The final check takes the largest and smallest subnets at the weights the last phase's summary has just
+    evaluated them at: their figures are reused, not measured twice; every phase's steps change the weights, so each
+    phase's summary measures anew."""
+    import edgenas.train.trainer as trainer
+    from edgenas.train.config import Phase, TrainConfig
+
+    config = TrainConfig(
+        preset="tiny", dataset="digits", batch_size=8, bn_batches=1, final_samples=1, compare_alone=False,
+        checkpoint_every=1000,
+        phases=(Phase("full", steps=2, lr=0.1, distill=False), Phase("kernel", steps=2, lr=0.03, kernels="all")))
+    measured = []
+    val_top1 = trainer._val_top1
+    monkeypatch.setattr(trainer, "_val_top1", lambda net, archs, *a: measured.extend(archs) or val_top1(net, archs, *a))
+    summary = train(config, tmp_path / "run", threads=1, progress=False, tensorboard=False).summary
+    space = SearchSpace.preset("tiny", in_channels=1)
+    largest, smallest = space.largest(), space.smallest()
+    random = Arch.from_dict(summary["val"][2]["arch"])
+    assert measured == [largest, smallest, largest, smallest, random]  # two summaries, then only the random subnet
+    final = {r["name"]: r["top1"] for r in summary["val"][:2]}
+    last = summary["phases"][-1]
+    assert final == {"largest": last["val_largest"], "smallest": last["val_smallest"]}
+    # a figure reused is the figure the same evaluation gives
+    net = load_supernet(tmp_path / "run" / "last.pt")
+    assert val_top1(net, [largest], load_dataset("digits", seed=0), config, 64) == [pytest.approx(final["largest"], abs=1e-5)]

@@ -330,6 +330,8 @@ class Run:
     comparison: Comparison = field(init=False)
     budget: TimeBudget | None = None
     init: InitWeights | None = None  # the pretrained supernet the run started from (`--init`)
+    # each arch's last validation top-1 and the weights it was measured at (their version counters)
+    evaluated: dict[Arch, tuple[tuple[int, ...], float]] = field(default_factory=dict, init=False)
 
     @cached_property
     def amp(self) -> bool:
@@ -450,7 +452,18 @@ class Run:
         return optimizer, schedule, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
     def evaluate(self, archs: list[Arch]) -> list[float]:
-        return _val_top1(self.net, archs, self.dataset, self.config, max(self.per_rank, 64))
+        """Validation top-1 of `archs`, each BN-recalibrated. An arch already evaluated at these very weights is not
+        evaluated again (the figure would be the same: BN statistics are re-estimated from seeded batches): the final
+        check takes the largest and smallest subnets the last phase's summary has just evaluated, and a phase that
+        stops on a plateau has just evaluated the ones its summary takes. Any in-place change to a parameter (an
+        optimizer step, a restored checkpoint, sorted channels) moves its version counter, so the figure is measured
+        anew."""
+        weights = tuple(p._version for p in self.net.parameters())
+        todo = [a for a in dict.fromkeys(archs) if self.evaluated.get(a, ((), 0.0))[0] != weights]
+        if todo:
+            accs = _val_top1(self.net, todo, self.dataset, self.config, max(self.per_rank, 64))
+            self.evaluated.update({a: (weights, acc) for a, acc in zip(todo, accs)})
+        return [self.evaluated[a][1] for a in archs]
 
 
 @dataclass
