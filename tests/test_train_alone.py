@@ -30,13 +30,22 @@ def short_config() -> TrainConfig:
 
 
 @needs_two_cores
-def test_the_comparison_beside_the_supernet_is_the_run_after_it(tmp_path):
+def test_the_comparison_beside_the_supernet_is_the_run_after_it(tmp_path, monkeypatch):
     """Fixed-length phases: the supernet's length is known from the start, so the comparison beside it follows the
-    cosine one run after it follows; with one thread each, the same arithmetic to the last bit."""
-    config = short_config()
+    cosine one run after it follows; with one thread each, the same arithmetic to the last bit. It hears that the
+    supernet is done before the supernet's final check, so it evaluates itself meanwhile, not after."""
+    import edgenas.train.trainer as trainer
+
+    config = short_config().replace(final_samples=1)
+    events = []
+    end, val_top1 = Pace.end, trainer._val_top1
+    monkeypatch.setattr(Pace, "end", lambda self, total: events.append(("end", total)) or end(self, total))
+    monkeypatch.setattr(trainer, "_val_top1", lambda net, archs, *a: events.append(("eval", len(archs)))
+                        or val_top1(net, archs, *a))
     result = train(config, tmp_path / "run", threads=2, progress=False, tensorboard=False)
     s = result.summary
     assert s["alone"]["beside"] is True and s["alone"]["steps"] == s["global_step"] == 20
+    assert events.index(("end", 20)) < events.index(("eval", 1))  # the final check's random subnet
     dataset = load_dataset(config.dataset, seed=config.seed)
     previous = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -240,6 +240,12 @@ class Comparison:
         if self.beside is not None:
             self.beside.stop()
 
+    def end(self, steps: int) -> None:
+        """The supernet took its last step (`steps` in all): the run beside it takes the steps it has left and
+        evaluates itself while the supernet's own subnets are evaluated, not after."""
+        if self.beside is not None:
+            self.beside.pace.end(steps)
+
     def finish(self, config: TrainConfig, steps: int) -> dict[str, Any]:
         """The largest network alone for the supernet's `steps`: the run beside it, or trained now."""
         if self.beside is None:

@@ -886,6 +886,8 @@ def _finish(run: Run, state: TrainState, stopped_unlearned: bool) -> TrainResult
         torch.distributed.all_gather_object(sums, _param_checksum(run.net))
         summary["rank_param_checksums"] = sums
     if procs.main:
+        if config.compare_alone and state.global_step > 0:
+            run.comparison.end(state.global_step)
         rng = np.random.default_rng([config.seed, 99])
         archs: list[Arch] = [space.largest(), space.smallest()] + space.sample_many(rng, config.final_samples)
         accs = run.evaluate(archs)
