@@ -93,25 +93,47 @@ def _holding(path: Path, mode: int):
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, mode)
-        yield
+        yield fd
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
 
+_machine_fd: int | None = None  # this worker's shared hold on the machine, while a test runs
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
+    """Every test holds the machine shared, from its fixtures' setup to their teardown."""
+    global _machine_fd
     paths = _lock_paths()
     if paths is None:
         yield
         return
     turnstile, machine = paths
-    if item.get_closest_marker("timing"):
-        # hold the turnstile so no other test starts, then wait for the one running to end
-        with _holding(turnstile, fcntl.LOCK_EX), _holding(machine, fcntl.LOCK_EX):
-            yield
-        return
     with _holding(turnstile, fcntl.LOCK_EX):
         pass  # a timing test waiting holds the turnstile: wait behind it, do not overtake it
-    with _holding(machine, fcntl.LOCK_SH):
+    with _holding(machine, fcntl.LOCK_SH) as fd:
+        _machine_fd = fd
+        try:
+            yield
+        finally:
+            _machine_fd = None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    """A timing test holds the machine alone while it runs; its fixtures (a testbed, models) are built and torn down
+    beside the other worker's tests."""
+    paths = _lock_paths()
+    if paths is None or _machine_fd is None or not item.get_closest_marker("timing"):
         yield
+        return
+    # hold the turnstile so no other test starts, then wait for the one running to end (the shared hold becomes
+    # exclusive once the other worker's test has let go of its own)
+    with _holding(paths[0], fcntl.LOCK_EX):
+        fcntl.flock(_machine_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(_machine_fd, fcntl.LOCK_SH)
