@@ -1,19 +1,23 @@
-"""How the suite shares this machine's cores: two pytest-xdist workers, a file's tests on one worker (its module
+"""How the suite shares this machine's cores: three pytest-xdist workers, a file's tests on one worker (its module
 fixtures, a trained supernet or a whole `edgenas run`, are built once), the longest files first, and the timing
 tests alone.
 
-- `pyproject.toml` runs `-n 2 --dist loadfile --no-loadscope-reorder`; `-n 0` (or `-p no:xdist`) runs everything in
+- `pyproject.toml` runs `-n 3 --dist loadfile --no-loadscope-reorder`; `-n 0` (or `-p no:xdist`) runs everything in
   one process as before. Without `--no-loadscope-reorder` xdist hands out the files with the most tests first, not in
   this order: the README's 80 s fine-tune walkthrough (one test) then started last and ran alone for a minute.
+- Three workers on 2 cores: with two, the cores were busy 1.77 of 2 on average (13:05 of user and 1:14 of system CPU
+  time in a 492 s run of the README's test command): tests wait on sshd, on links cut or slowed on purpose, on
+  subprocesses and measurement windows. With three, the same command took 461 s and 480 s (491-495 s with two).
 - Files start longest first, by `tests/durations.json` (seconds per file, written by `tools/test_durations.py` from a
   full run); a file it does not know goes after the known ones, in collection order.
 - A test marked `timing` (its assertion depends on how fast something runs: a latency ratio, a time limit, a
-  startup time) holds the machine alone: it waits until the other worker's current test ends, and the other worker
-  starts nothing new until it is done (a readers-writer lock on two files: every other test holds the shared side).
+  startup time) holds the machine alone while it runs: it waits until the other workers' current tests end, and they
+  start nothing new until it is done (a readers-writer lock on two files: every other test holds the shared side).
+  Its fixtures (a testbed, models) are built and torn down beside the other workers' tests.
 - The timing tests run last, one after another, on one worker (one xdist work unit, `TimingLastScheduling`). Spread
   through their files, each one waited for the other worker's current test to end, on average 9 s of an idle core
   each (half the length of the test it waited for, weighted by length); together they wait once, at the end, where
-  the other worker is finishing its last short files.
+  the other workers are finishing their last short files.
 """
 
 from __future__ import annotations
@@ -124,13 +128,13 @@ def pytest_runtest_protocol(item, nextitem):
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item):
     """A timing test holds the machine alone while it runs; its fixtures (a testbed, models) are built and torn down
-    beside the other worker's tests."""
+    beside the other workers' tests."""
     paths = _lock_paths()
     if paths is None or _machine_fd is None or not item.get_closest_marker("timing"):
         yield
         return
-    # hold the turnstile so no other test starts, then wait for the one running to end (the shared hold becomes
-    # exclusive once the other worker's test has let go of its own)
+    # hold the turnstile so no other test starts, then wait for those running to end (the shared hold becomes
+    # exclusive once the other workers' tests have let go of theirs)
     with _holding(paths[0], fcntl.LOCK_EX):
         fcntl.flock(_machine_fd, fcntl.LOCK_EX)
         try:
