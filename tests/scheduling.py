@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 
 DURATIONS = Path(__file__).with_name("durations.json")
+TIMING_UNIT = "timing"  # the xdist work unit of the timing tests (see pytest_xdist_make_scheduler)
 
 
 def pytest_configure(config):
@@ -65,9 +66,6 @@ def _longest_files_first(items) -> None:
         return (0, -float(known), first_seen[path], i) if isinstance(known, (int, float)) else (1, 0, first_seen[path], i)
 
     items[:] = [item for _, item in sorted(enumerate(items), key=key)]
-
-
-TIMING_UNIT = "timing"
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -886,7 +886,8 @@ def _finish(run: Run, state: TrainState, stopped_unlearned: bool) -> TrainResult
         torch.distributed.all_gather_object(sums, _param_checksum(run.net))
         summary["rank_param_checksums"] = sums
     if procs.main:
-        if config.compare_alone and state.global_step > 0:
+        compared = config.compare_alone and state.global_step > 0
+        if compared:  # the run beside ends its steps and evaluates itself while the subnets below are evaluated
             run.comparison.end(state.global_step)
         rng = np.random.default_rng([config.seed, 99])
         archs: list[Arch] = [space.largest(), space.smallest()] + space.sample_many(rng, config.final_samples)
@@ -895,7 +896,7 @@ def _finish(run: Run, state: TrainState, stopped_unlearned: bool) -> TrainResult
                           for a, n, acc in zip(archs, ["largest", "smallest"] + ["random"] * config.final_samples, accs)]
         summary["chance"] = round(chance_top1(run.dataset), 5)
         summary["val_size"] = run.dataset.size("val")
-        if config.compare_alone and state.global_step > 0:
+        if compared:
             summary["alone"] = run.comparison.finish(state.backoff.scaled(config), state.global_step)
             run.log.write({"event": "alone", "global_step": state.global_step,
                            **{k: v for k, v in summary["alone"].items() if k != "curve"}})
