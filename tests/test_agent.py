@@ -106,20 +106,25 @@ def test_onnxruntime_with_only_numpy_and_onnxruntime(tmp_path, onnx_models):
 
 def test_a_batch_is_timed_interleaved(onnx_models, tmp_path):
     """Round after round, every model runs once (in a fresh order each round), so the time stamps of the models'
-    runs alternate over the whole window instead of one model's runs filling one stretch of it."""
+    runs alternate over the whole window instead of one model's runs filling one stretch of it.
+
+    Only what the agent guarantees under any load is asserted: the order of the runs. A share of the window's
+    seconds is not, and neither is a model's number of runs unless every model takes part in every round
+    (`--scale-runs-ms 0`: on a busy machine a run of "small" passes 1 ms and it is timed in fewer rounds), nor one
+    window unless none is timed again (`--retime 0`)."""
     models = [onnx_models["small"], onnx_models["tiny"], onnx_models["small"]]
     done, events = run_agent(["measure", "--runtime", "onnxruntime", "--runs", "40", "--warmup", "1", "--window", "0",
-                              "--keep-samples", "1000", *models])
+                              "--retime", "0", "--scale-runs-ms", "0", "--keep-samples", "1000", *models])
     by_index = {r["index"]: r for r in results(events)}
     stamps = sorted((t, i) for i, r in by_index.items() for t in r["sample_t_s"])
-    assert len(stamps) == 120
+    assert len(stamps) == 120 and len(set(stamps)) == 120
     rounds = [stamps[k:k + 3] for k in range(0, 120, 3)]
     assert all(sorted(i for _, i in rnd) == [0, 1, 2] for rnd in rounds)  # each round holds one run of each model
     orders = {tuple(i for _, i in rnd) for rnd in rounds}
     assert len(orders) > 1  # the order changes between rounds
-    for r in by_index.values():  # each model's runs span the window, not a burst at one end
-        t = np.array(r["sample_t_s"])
-        assert t.min() < 0.1 * stamps[-1][0] and t.max() > 0.9 * stamps[-1][0]
+    position = {stamp: n for n, stamp in enumerate(stamps)}
+    for i, r in by_index.items():  # each model's k-th run is in the k-th round: its runs span the whole window
+        assert [position[(t, i)] // 3 for t in r["sample_t_s"]] == list(range(40))
 
 
 def test_the_window_lasts_at_least_its_seconds_and_the_probe_is_recorded(onnx_models, tmp_path):

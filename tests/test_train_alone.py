@@ -110,3 +110,34 @@ def test_later_steps_spread_the_time_left_as_the_budget_does():
     assert budget.later_steps(last, seconds, 0.25) == 0  # no phase after the last
     assert budget.later_steps(0, -5.0, 0.25) == 0  # time's up
     assert budget.later_steps(0, 1e9, 0.25) == sum(budget.longest[1:])  # at most each phase's longest length
+
+
+JAX_THEN_TRAIN = """
+import jax  # what the TFLite converter loads: a process that exported a file and then trains
+import jax.numpy as jnp
+jnp.ones(4).sum().block_until_ready()  # JAX's threads are running
+import json, sys
+sys.path.insert(0, sys.argv[2])
+from test_train_alone import short_config
+from edgenas.train.alone import start_method
+from edgenas.train.trainer import train
+result = train(short_config(), sys.argv[1], threads=2, progress=False, tensorboard=False)
+print(json.dumps({"beside": result.summary["alone"]["beside"], "start": start_method()}))
+"""
+
+
+@needs_two_cores
+def test_a_process_with_jax_loaded_never_forks(tmp_path):
+    """JAX warns that os.fork() after its threads started may deadlock, and it may: where JAX is loaded, the
+    comparison process starts from the fork server, and it still runs beside the supernet."""
+    pytest.importorskip("jax")
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-c", JAX_THEN_TRAIN, str(tmp_path / "run"), str(Path(__file__).parent)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "fork" not in done.stderr.lower().replace("forkserver", ""), done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"beside": True, "start": "forkserver"}

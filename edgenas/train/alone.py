@@ -66,9 +66,24 @@ class Pace:
                 return step < final
             if self._done.value > step:
                 return True
-            if os.getpid() != self.parent and os.getppid() != self.parent:  # in the comparison's process, whose
+            if os.getpid() != self.parent and not _running(self.parent):  # in the comparison's process, whose
                 os._exit(1)  # supernet was killed (SIGKILL): nothing to compare with
             time.sleep(0.002)
+
+
+def _running(pid: int) -> bool:
+    """Whether the supernet's process `pid` still runs: it is this process's parent (forked), or, started from the
+    fork server, it exists and is no zombie."""
+    if os.getppid() == pid:
+        return True
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except ProcessLookupError:
+        return False
+    except OSError:  # no /proc (not Linux), or not ours to signal: it exists
+        return True
 
 
 def train_alone(config: TrainConfig, dataset: AnyDataset, space: SearchSpace, steps: int | None, device: torch.device, *,
@@ -144,6 +159,14 @@ def can_run_beside(device: torch.device, distributed: bool) -> bool:
             and "fork" in multiprocessing.get_all_start_methods())
 
 
+def start_method() -> str:
+    """How the comparison process starts: forked (it shares the dataset's pages, and starts at once), except where
+    JAX is loaded in this process (the TFLite converter imports it; a training after an export in one process, as
+    in `edgenas run` with a fine-tune or a test process): JAX's threads may hold locks that a forked child would
+    wait on forever, so the child comes from multiprocessing's fork server, itself started by fork + exec."""
+    return "forkserver" if "jax" in sys.modules else "fork"
+
+
 class AloneBeside:
     """The comparison run in a forked process (one torch thread) beside the supernet's training.
 
@@ -152,7 +175,7 @@ class AloneBeside:
     in `finish` with its traceback."""
 
     def __init__(self, config: TrainConfig, dataset: AnyDataset, space: SearchSpace, planned: int) -> None:
-        context = multiprocessing.get_context("fork")
+        context = multiprocessing.get_context(start_method())
         self.pace = Pace(context, planned)
         self._receive, send = context.Pipe(duplex=False)
         self._process = context.Process(target=_beside, args=(config, dataset, space, self.pace, send),
