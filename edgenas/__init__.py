@@ -9,7 +9,7 @@ from __future__ import annotations
 import os as _os
 import sys as _sys
 
-from edgenas._lazy import MovedModules, lazy_attributes
+from edgenas._lazy import lazy_attributes
 
 # PyTorch's CPU threads wait for work without spinning: on a machine whose cores other programs also use, two
 # spinning threads made a training step 6x slower than one thread (measured on 2 cores at load 9); waiting
@@ -33,16 +33,3 @@ __all__ = sorted(_LAZY) + ["__version__"]
 
 
 __getattr__, __dir__ = lazy_attributes('edgenas', _LAZY, globals())
-
-# Modules that moved, by their old paths (a user's `from edgenas.search.differentiable import ...` still works).
-MOVED_MODULES = {
-    "edgenas.search.differentiable": "edgenas.train.differentiable",  # it trains weights: beside training
-    "edgenas.stats": "edgenas.cost",  # analytic cost of archs
-    "edgenas.memory": "edgenas.micro_memory",  # the TFLite Micro arena and int8 file size
-    "edgenas.readers": "edgenas.inputs",  # input checks (a format's own field checks went to its reader)
-    "edgenas.export.pipeline": "edgenas.export.subnet",  # one subnet to verified files
-    "edgenas.cli.pipeline": "edgenas.cli.run",  # the `run` and `demo` commands
-    "edgenas.deploy.run": "edgenas.deploy.budget",  # one budget's search and deploy, for both doors
-}
-if not any(isinstance(f, MovedModules) for f in _sys.meta_path):
-    _sys.meta_path.append(MovedModules(MOVED_MODULES))

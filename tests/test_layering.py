@@ -12,7 +12,11 @@ names (`_LAZY = {"name": "module"}` in its `__init__`) count as that package's i
 from __future__ import annotations
 
 import ast
+import os
 import re
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -36,8 +40,7 @@ def _modules() -> dict[str, Path]:
 
 @cache
 def _name_table(package: str, table: str) -> dict[str, str]:
-    """A package `__init__`'s name -> module table (`_LAZY`: its lazy names; `_MOVED`: names kept for users after
-    a move), read from the source."""
+    """A package `__init__`'s name -> module table (`_LAZY`: its lazy names), read from the source."""
     path = _modules().get(package)
     if path is None or path.name != "__init__.py":
         return {}
@@ -207,14 +210,10 @@ def test_no_torch_where_the_table_has_none(module):
 
 
 def test_every_edgenas_import_names_a_module():
-    """No import of a moved module's old path, or of a name a package lists only to keep users' code working."""
-    bad = []
-    for module in _modules():
-        for target, name in _import_statements(module):
-            moved = _name_table(target, "_MOVED")
-            if target.startswith("edgenas") and (target not in _modules() or name in moved):
-                bad.append(f"{module}: {target}{'.' + name if name else ''}")
-    assert not bad, f"imports of old paths (use the new ones): {bad}"
+    """No import of a path that is no module of edgenas (no old paths: nothing keeps them alive)."""
+    bad = [f"{module}: {target}" for module in _modules() for target, _ in _import_statements(module)
+           if target.startswith("edgenas") and target not in _modules()]
+    assert not bad, f"imports of paths that are no module: {bad}"
 
 
 def test_nothing_imports_the_cli():
@@ -291,19 +290,30 @@ def test_imports_depend_on_nothing_above_the_files_they_write(module):
     assert not bad, f"{module} imports {bad}"
 
 
-def test_renamed_modules_keep_their_old_paths():
-    """Modules renamed to say what they are (`stats` -> `cost`, ...): a user's old import gives the module at its new
-    path (one copy), and no module of edgenas sits at an old path (it would shadow the move)."""
-    import importlib
-    import sys
+# ---- the same layering as import-linter contracts (pyproject.toml's [tool.importlinter]) -------------------------
 
-    from edgenas import MOVED_MODULES
-    from edgenas._lazy import MovedModules
+def _lint_imports(root: Path) -> subprocess.CompletedProcess:
+    """`lint-imports` on the package under `root`, with root's pyproject.toml."""
+    return subprocess.run([sys.executable, "-c", "from importlinter.cli import lint_imports_command as c; c()"],
+                          cwd=root, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
 
-    (finder,) = [f for f in sys.meta_path if isinstance(f, MovedModules)]
-    for old, new in MOVED_MODULES.items():
-        assert old not in _modules() and new in _modules(), (old, new)
-        spec = finder.find_spec(old)
-        assert spec is not None and finder.create_module(spec) is importlib.import_module(new), old
-    assert {"edgenas.stats": "edgenas.cost", "edgenas.memory": "edgenas.micro_memory", "edgenas.readers": "edgenas.inputs",
-            "edgenas.export.pipeline": "edgenas.export.subnet"}.items() <= MOVED_MODULES.items()
+
+def test_the_import_contracts_are_kept():
+    pytest.importorskip("importlinter")
+    done = _lint_imports(ROOT.parent)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "broken" in done.stdout and " 0 broken" in done.stdout
+
+
+@pytest.mark.parametrize("module, line", [("space.py", "import torch"), ("search/base.py", "import edgenas.train"),
+                                          ("store.py", "import edgenas.cli"), ("nn/__init__.py", "import edgenas.train")])
+def test_a_broken_layer_breaks_a_contract(tmp_path, module, line):
+    """The contracts catch an import the map forbids, one inside a function included."""
+    pytest.importorskip("importlinter")
+    shutil.copytree(ROOT, tmp_path / "edgenas", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT.parent / "pyproject.toml", tmp_path)
+    target = tmp_path / "edgenas" / module
+    target.write_text(target.read_text() + f"\n\ndef _late():\n    {line}\n")
+    done = _lint_imports(tmp_path)
+    assert done.returncode != 0 and "BROKEN" in done.stdout, done.stdout[-3000:]

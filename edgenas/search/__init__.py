@@ -2,7 +2,7 @@
 
 Search never touches a `torch.nn.Module` and imports no torch: it sees archs, predictors (anything with
 `.predict(archs)`) and constraints. Differentiable search trains weights, so it lives beside training
-(`edgenas.train.differentiable`); its old names here still resolve there. Public interface:
+(`edgenas.train.differentiable`). Public interface:
 
     Problem(space, accuracy, latency, Constraints(...), device=...)   batched, cached evaluation
     Evolution / NSGA2 / RandomSearch(space, rng=..., ...)             ask() / tell(batch, evaluation)
@@ -34,13 +34,8 @@ _LAZY = {
     "RLSearch": "edgenas.search.rl",
     "RLConfig": "edgenas.search.rl",
 }
-# Moved out of the search (they train weights), kept for users' code: resolved on first use, never by edgenas.
-_MOVED = {
-    "differentiable_search": "edgenas.train.differentiable",
-    "DifferentiableConfig": "edgenas.train.differentiable",
-}
 
 __all__ = sorted(_LAZY)
 
 
-__getattr__, __dir__ = lazy_attributes('edgenas.search', {**_LAZY, **_MOVED}, globals())
+__getattr__, __dir__ = lazy_attributes('edgenas.search', _LAZY, globals())

@@ -33,8 +33,7 @@ Runs on the CPU, or on a GPU with `device="cuda"`. The supernet is copied; the c
 Seeded runs repeat exactly on the CPU (torch generators for the Gumbel noise and path sampling, seeded
 data order). This module holds the architecture logits and the loop; the mixed forward pass is the
 supernet's own (`Supernet.mixed_forward`, `edgenas.nn.mixed`). It trains weights, so it lives beside
-training, not in `edgenas.search` (which imports no torch); `edgenas.search.differentiable_search` and
-`edgenas.search.differentiable` remain as aliases of it.
+training, not in `edgenas.search` (which imports no torch).
 """
 
 from __future__ import annotations
