@@ -80,7 +80,7 @@ BOARD_SAVING_PER_OP = 28
 # The .tflite flatbuffer besides buffers, names and quantization vectors: bytes per tensor (its table, shape,
 # empty quantization and buffer entries), per op (its table, input and output lists, options) and the rest
 # (operator codes, signature, metadata). Least squares over 30 files of edgenas's int8 writer
-# (`edgenas.export.tflite_int8`; 24 tiny and 6 mobilenetv3 subnets that tools/bench/memory.py does not bench),
+# (`edgenas.export.tflite_int8`; 24 tiny and 6 mobilenetv3 subnets that tools/bench/micro_memory.py does not bench),
 # residuals under 160 bytes.
 FILE_BYTES_PER_TENSOR = 88
 FILE_BYTES_PER_OP = 48

@@ -1,225 +1,179 @@
-"""Benchmark: the predicted TFLite Micro arena and .tflite size (edgenas.micro_memory) against the real ones.
+"""Benchmark: peak memory of a whole training on a folder of photos, against the folder's size.
 
-For N random archs per preset (`tiny` at every resolution, `mobilenetv3` at its three lowest), each subnet
-of a supernet with trained-like parameters (every bias and BatchNorm mean drawn at random, as training
-leaves them: a zero bias is dropped by the converter, which changes the file) is converted to a full-int8
-TFLite file with float I/O exactly as `edgenas export` does, and TFLite Micro's smallest working arena
-is found by the export's binary search (`edgenas.export.micro.check_micro`, to 16 bytes). Printed per
-preset: the share of archs whose predicted arena is within ±5 % of the measured one (and exactly equal),
-the worst under- and over-prediction, the share of files whose predicted size is within ±2 % (and the
-worst), and the seconds the batched predictor takes per 10,000 archs, from Arch objects and from the
-index arrays the search keeps (its inner loop).
+For each folder size (default 500, 4,000 and 20,000 photos of 6 classes, 256 px JPEG, written once under OUT and
+kept), `edgenas train` runs a 12-step MobileNetV3-space training at batch 16 on it (its phase summaries, the
+largest network alone beside it and the final check of seven subnets included) while this script samples, every
+0.2 s, the resident memory of the training process and of every process under it (data workers, the comparison
+run, the fork server). Printed per size: the peak of the training process (its kernel high-water mark, VmHWM),
+the peak of the whole tree, the peak during the training steps and during the final check (where the bytes are:
+the stage the peak falls in), the validation images, the seconds, and the ratio of each peak to the smallest
+folder's. Memory that grows with the folder shows as a ratio above 1; the goal is at most 1.10 at 4,000 photos.
 
-    python tools/bench/memory.py [--archs N] [--preset P] [--json] [--jobs 2] [--out DIR]
+    python tools/bench/memory.py [--photos 500,4000,20000] [--steps 12] [--batch-size 16] [--json] [--out DIR]
 
-Conversions are slow (seconds each) and are kept in OUT/<preset>/ with their measurements, so a re-run
-only predicts again (and an interrupted run resumes). Run it under `flock -s /tmp/edgenas-cpu.lock`.
+Timing is not the point here: the seconds are shown only to say how long a size takes on this machine. Folders
+above 500 photos reuse the first 500 images' contents (hard links, one file each), so writing 20,000 takes
+seconds; decoding and memory per photo are those of a distinct file.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
 
-DEFAULT_OUT = Path("/tmp/edgenas-bench-memory")
-DEFAULT_ARCHS = {"tiny": 100, "mobilenetv3": 30}
-LOWEST_RESOLUTIONS = 3  # mobilenetv3 at its lowest resolutions (128, 132, 136: even and odd feature maps)
-CALIBRATION_IMAGES = 8
+from make_textures import CLASSES, texture  # noqa: E402
 
-
-def bench_space(preset: str):
-    from edgenas import SearchSpace
-
-    return SearchSpace.preset(preset)
+DEFAULT_OUT = Path("/tmp/edgenas-bench-train-memory")
+DISTINCT = 500  # distinct images written; larger folders link to them
+PHASE_DONE = "done:"  # the trainer's line at each phase's end ("edgenas train: phase NAME done: ..."); after the
+# last one comes the final check (BN recalibration and evaluation of seven subnets, the comparison's result)
 
 
-def bench_archs(preset: str, n: int, seed: int = 0) -> list:
-    """`n` distinct random archs; mobilenetv3's at its lowest resolutions."""
-    space = bench_space(preset)
-    rng = np.random.default_rng(seed)
-    resolutions = space.resolutions if preset == "tiny" else space.resolutions[:LOWEST_RESOLUTIONS]
-    archs, seen = [], set()
-    while len(archs) < n:
-        arch = space.sample(rng, resolutions=resolutions)
-        if arch not in seen:
-            seen.add(arch)
-            archs.append(arch)
-    return archs
+def photo_folder(out: Path, photos: int, size: int = 256) -> Path:
+    """A folder of `photos` JPEG photos in 6 class sub-folders, written once (a `.complete` file marks it done)."""
+    folder = out / f"photos-{photos}"
+    if (folder / ".complete").exists():
+        return folder
+    base = out / f"distinct-{size}"
+    if not (base / ".complete").exists():
+        from PIL import Image
+
+        rng = np.random.default_rng(0)
+        for kind in CLASSES:
+            (base / kind).mkdir(parents=True, exist_ok=True)
+            for i in range(DISTINCT // len(CLASSES) + 1):
+                Image.fromarray(texture(kind, size, rng, 0.15)).save(base / kind / f"{i:05d}.jpg", quality=90)
+        (base / ".complete").write_text("")
+    per_class = photos // len(CLASSES)
+    for kind in CLASSES:
+        (folder / kind).mkdir(parents=True, exist_ok=True)
+        sources = sorted((base / kind).glob("*.jpg"))
+        for i in range(per_class):
+            target = folder / kind / f"{i:06d}.jpg"
+            if not target.exists():
+                os.link(sources[i % len(sources)], target)
+    (folder / ".complete").write_text("")
+    return folder
 
 
-_SUPERNETS: dict = {}
+def _rss_kb(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of `pid` in KiB; (0, 0) once it is gone."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+        return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+    except (OSError, KeyError, ValueError):
+        return 0, 0
 
 
-def trained_like_supernet(preset: str, seed: int = 0):
-    """A supernet whose biases and BatchNorm means are random (trained-like), built once per process."""
-    if preset not in _SUPERNETS:
-        import torch
-
-        from edgenas import Supernet
-
-        torch.manual_seed(seed)
-        supernet = Supernet(bench_space(preset)).eval()
-        with torch.no_grad():
-            for name, value in list(supernet.named_parameters()) + list(supernet.named_buffers()):
-                if name.endswith(("bias", "running_mean")):
-                    value.normal_(0.0, 0.1)
-        _SUPERNETS[preset] = supernet
-    return _SUPERNETS[preset]
-
-
-def measure(job: tuple[str, int, dict, str]) -> dict:
-    """Convert one arch to int8 TFLite (float I/O) and find its smallest TFLite Micro arena; the record is
-    written beside the file, so a re-run skips it."""
-    preset, index, arch_dict, out = job
-    record_path = Path(out) / f"arch-{index:03d}.json"
-    if record_path.is_file():
-        record = json.loads(record_path.read_text())
-        if record.get("arch") == arch_dict:
-            return record
-    from edgenas import Arch
-    from edgenas.export.micro import check_micro
-    from edgenas.export.tflite import export_tflite
-
-    space = bench_space(preset)
-    arch = Arch.from_dict(arch_dict, space)
-    model = trained_like_supernet(preset).extract(arch).eval()
-    images = np.random.default_rng(index).standard_normal(
-        (CALIBRATION_IMAGES, space.in_channels, arch.resolution, arch.resolution)).astype(np.float32)
-    path = Path(out) / f"arch-{index:03d}.tflite"
-    result = export_tflite(model, path, quantization="int8", calibration=images)
-    check = check_micro(path)
-    record = {"arch": arch_dict, "file_bytes": path.stat().st_size, "arena_bytes": check.arena_bytes,
-              "head_bytes": check.activation_bytes, "tail_bytes": check.persistent_bytes, "ok": check.ok,
-              "error": check.error, "convert_seconds": round(result.seconds, 2)}
-    tmp = record_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, record_path)
-    return record
+def _tree(pid: int) -> list[int]:
+    """`pid` and every process under it."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text.rsplit(")", 1)[-1].split()
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
 
 
-def measure_all(preset: str, archs: list, out: Path, jobs: int) -> list[dict]:
-    from edgenas.progress import Progress
+def measure(folder: Path, run_dir: Path, steps: int, batch_size: int) -> dict:
+    """One training on `folder`, sampled; the peaks in MiB."""
+    argv = [sys.executable, "-m", "edgenas.cli", "train", "--dataset", f"folder:{folder}", "--space", "mobilenetv3",
+            "--total-steps", str(steps), "--batch-size", str(batch_size), "--out", str(run_dir), "--no-progress",
+            "--json"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines: list[tuple[float, str]] = []
 
-    out.mkdir(parents=True, exist_ok=True)
-    work = [(preset, i, a.to_dict(), str(out)) for i, a in enumerate(archs)]
-    records: list[dict | None] = [None] * len(work)
-    with Progress(len(work), f"convert + TFLite Micro ({preset})", unit="arch") as bar:
-        if jobs <= 1:
-            for i, job in enumerate(work):
-                records[i] = measure(job)
-                bar.update(1)
-        else:
-            with multiprocessing.get_context("spawn").Pool(jobs) as pool:
-                for i, record in enumerate(pool.imap(measure, work)):
-                    records[i] = record
-                    bar.update(1)
-    return [r for r in records if r is not None]
+    def read_stderr() -> None:
+        for line in proc.stderr:
+            lines.append((time.perf_counter(), line))
 
-
-def predict_seconds_per_10000(preset: str, seed: int = 1) -> tuple[float, float]:
-    """Wall time (best of 3) of the batched arena and flash prediction for 10,000 random archs, the table built
-    beforehand: from `Arch` objects, and from the index arrays a search keeps (what its inner loop calls)."""
-    from edgenas.micro_memory import memory_table
-
-    space = bench_space(preset)
-    table = memory_table(space)
-    archs = space.sample_many(np.random.default_rng(seed), 10_000, unique=False)
-    indices = table.indices(archs)
-    timings = []
-    for call in (lambda: table.compute(archs), lambda: table.from_indices(*indices)):
-        best = float("inf")
-        for _ in range(3):
-            t0 = time.perf_counter()
-            call()
-            best = min(best, time.perf_counter() - t0)
-        timings.append(best)
-    return timings[0], timings[1]
-
-
-def summarize(preset: str, archs: list, records: list[dict]) -> dict:
-    from edgenas.micro_memory import memory_table
-
-    space = bench_space(preset)
-    predicted = memory_table(space).compute(archs)
-    ok = [i for i, r in enumerate(records) if r["ok"]]
-    arena = np.array([records[i]["arena_bytes"] for i in ok], dtype=np.float64)
-    size = np.array([records[i]["file_bytes"] for i in ok], dtype=np.float64)
-    arena_error = predicted["arena"][ok] / arena - 1.0
-    flash_error = predicted["flash"][ok] / size - 1.0
-    return {
-        "preset": preset, "archs": len(ok), "failed": len(records) - len(ok),
-        "arena_within_5": float(np.mean(np.abs(arena_error) <= 0.05)),
-        "worst_under": float(min(0.0, arena_error.min())), "worst_over": float(max(0.0, arena_error.max())),
-        "arena_exact": float(np.mean(arena_error == 0.0)),
-        "flash_within_2": float(np.mean(np.abs(flash_error) <= 0.02)),
-        "flash_worst": float(flash_error[np.argmax(np.abs(flash_error))]),
-        "arena_kib_range": [float(arena.min() / 1024), float(arena.max() / 1024)],
-        **dict(zip(("seconds_per_10000", "seconds_per_10000_indices"), predict_seconds_per_10000(preset))),
-        "rows": [{"arch": str(archs[i]), "measured_arena": int(records[i]["arena_bytes"]),
-                  "predicted_arena": int(predicted["arena"][i]), "file_bytes": int(records[i]["file_bytes"]),
-                  "predicted_flash": int(predicted["flash"][i])} for i in ok],
-    }
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    samples: list[tuple[float, int]] = []
+    tree_peak = hwm = 0
+    while proc.poll() is None:
+        rss, hwm_now = _rss_kb(proc.pid)
+        hwm = max(hwm, hwm_now)
+        samples.append((time.perf_counter(), rss))
+        tree_peak = max(tree_peak, sum(_rss_kb(p)[0] for p in _tree(proc.pid)))
+        time.sleep(0.2)
+    stdout = proc.stdout.read()
+    reader.join(5)
+    seconds = time.perf_counter() - t0
+    phase_ends = [t for t, line in lines if line.startswith("edgenas train: phase ") and PHASE_DONE in line]
+    last_phase_end = phase_ends[-1] if phase_ends else float("inf")
+    peaks = {"training": max([r for t, r in samples if t <= last_phase_end], default=0),
+             "final check": max([r for t, r in samples if t > last_phase_end], default=0)}
+    summary = {}
+    try:
+        summary = json.loads(stdout)
+    except json.JSONDecodeError:
+        pass
+    if proc.returncode not in (0, 1):  # 1: the training check failed, which says nothing of memory
+        tail = "".join(line for _, line in lines[-20:])
+        raise SystemExit(f"memory.py: the training on {folder} failed (exit {proc.returncode}):\n{tail}")
+    return {"photos": sum(1 for _ in folder.glob("*/*.jpg")), "peak_mib": round(hwm / 1024, 1),
+            "tree_peak_mib": round(tree_peak / 1024, 1), "training_mib": round(peaks["training"] / 1024, 1),
+            "final_check_mib": round(peaks["final check"] / 1024, 1),
+            "val_images": summary.get("val_size"),
+            "seconds": round(seconds, 1), "exit": proc.returncode}
 
 
-def print_table(results: list[dict]) -> None:
-    header = (f"{'preset':<12} {'archs':>5} {'arena ±5%':>9} {'exact':>6} {'worst under':>11} {'worst over':>10} "
-              f"{'flash ±2%':>9} {'flash worst':>11} {'measured arena (KiB)':>21} {'s/10k archs':>11} "
-              f"{'s/10k idx':>9}")
-    print(header)
-    print("-" * len(header))
-    for r in results:
-        lo, hi = r["arena_kib_range"]
-        print(f"{r['preset']:<12} {r['archs']:>5} {r['arena_within_5']:>9.1%} {r['arena_exact']:>6.1%} "
-              f"{r['worst_under']:>+11.2%} {r['worst_over']:>+10.2%} {r['flash_within_2']:>9.1%} "
-              f"{r['flash_worst']:>+11.2%} {f'{lo:.1f}-{hi:.1f}':>21} {r['seconds_per_10000']:>11.3f} "
-              f"{r['seconds_per_10000_indices']:>9.3f}")
-        if r["failed"]:
-            print(f"  {r['failed']} arch(s) did not run in TFLite Micro")
-
-
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--archs", type=int, default=None,
-                        help="archs per preset (default: 100 for tiny, 30 for mobilenetv3)")
-    parser.add_argument("--preset", choices=sorted(DEFAULT_ARCHS), action="append",
-                        help="preset to bench (repeatable; default both)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object per preset instead of the table")
-    parser.add_argument("--jobs", type=int, default=2, help="conversion processes (default %(default)s; at most 2 here)")
-    parser.add_argument("--seed", type=int, default=0, help="arch sampling seed (default %(default)s)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where conversions are kept (default %(default)s)")
-    parser.add_argument("--rows", action="store_true", help="also print every arch's figures")
-    args = parser.parse_args()
-    if args.archs is not None and args.archs < 1:
-        print(f"--archs {args.archs} must be at least 1", file=sys.stderr)
+    parser.add_argument("--photos", default="500,4000,20000", help="folder sizes (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        sizes = [int(n) for n in args.photos.split(",")]
+    except ValueError:
+        print(f"memory.py: --photos {args.photos!r}: expected sizes separated by commas, e.g. 500,4000", file=sys.stderr)
         return 2
-    results = []
-    for preset in args.preset or ["tiny", "mobilenetv3"]:
-        archs = bench_archs(preset, args.archs or DEFAULT_ARCHS[preset], args.seed)
-        records = measure_all(preset, archs, args.out / f"{preset}-seed{args.seed}", max(1, args.jobs))
-        results.append(summarize(preset, archs, records))
+    rows = []
+    for n in sizes:
+        folder = photo_folder(args.out, n)
+        row = measure(folder, args.out / f"run-{n}", args.steps, args.batch_size)
+        rows.append(row)
+        print(f"memory.py: {n} photos done: peak {row['peak_mib']} MiB", file=sys.stderr)
+    base = rows[0]["peak_mib"] or 1.0
+    for row in rows:
+        row["ratio"] = round(row["peak_mib"] / base, 3)
     if args.json:
-        for r in results:
-            print(json.dumps({k: v for k, v in r.items() if k != "rows"}))
+        print(json.dumps(rows, indent=1))
         return 0
-    print_table(results)
-    if args.rows:
-        for r in results:
-            print(f"\n{r['preset']}: arch, measured arena, predicted, error; file bytes, predicted, error")
-            for row in r["rows"]:
-                print(f"  {row['arch']:<60} {row['measured_arena']:>9} {row['predicted_arena']:>9} "
-                      f"{row['predicted_arena'] / row['measured_arena'] - 1:>+7.2%} {row['file_bytes']:>9} "
-                      f"{row['predicted_flash']:>9} {row['predicted_flash'] / row['file_bytes'] - 1:>+7.2%}")
+    print(f"{'photos':>7} {'val':>5} {'peak MiB':>9} {'ratio':>6} {'steps MiB':>10} {'final check MiB':>16} "
+          f"{'tree MiB':>9} {'seconds':>8}")
+    for r in rows:
+        print(f"{r['photos']:>7} {str(r['val_images'] or '?'):>5} {r['peak_mib']:>9.1f} {r['ratio']:>6.3f} "
+              f"{r['training_mib']:>10.1f} {r['final_check_mib']:>16.1f} {r['tree_peak_mib']:>9.1f} {r['seconds']:>8.1f}")
+    print("peak: the training process's high-water mark; steps / final check: its largest sampled RSS in each stage; "
+          "tree: the training process and every process under it, summed at the fullest sample")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
