@@ -29,9 +29,12 @@ def file_entry(path: str | os.PathLike, fmt: str) -> dict[str, Any]:
     from edgenas.export.contract import file_io
 
     path = Path(path)
-    io_ = file_io(fmt, path)
+    try:
+        io_: dict[str, Any] | None = file_io(fmt, path)
+    except Exception:  # not a model its runtime reads (the card's schema then refuses the entry)  # noqa: BLE001
+        io_ = None
     return {"name": path.name, "format": fmt, "bytes": path.stat().st_size, "sha256": sha256_file(path),
-            "io": io_, "clients": clients(fmt, io_)}
+            "io": io_, "clients": {} if io_ is None else clients(fmt, io_)}
 
 
 def clients(fmt: str, io_: Mapping[str, Any]) -> dict[str, str]:
@@ -105,14 +108,22 @@ def build_card(
         "flash_estimate_bytes": {"int8": int(stats["flash_int8"]), "fp32": int(stats["flash_fp32"])},
         "files": [dict(f) for f in files],
         "accuracy": dict(accuracy),
-        "verification": [dict(v) for v in verification],
-        "sram": sram,
+        "verification": [_named(v) for v in verification],
+        "sram": {k: (_named(v) if isinstance(v, Mapping) else v) for k, v in sram.items()},
         "flash": flash,
         "latency": {**latency, "files": file_latency(files, latency), "judged_on": judged_on(latency)},
         "contract": None if contract is None else dict(contract),
         "conversion_seconds": {k: round(float(v), 3) for k, v in conversion_seconds.items()},
         "lineage": dict(lineage),
     }
+
+
+def _named(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """An entry whose `path` is a file of the bundle, with the file's name in its place (no machine's paths)."""
+    out = dict(entry)
+    if isinstance(out.get("path"), str):
+        out["path"] = Path(out["path"]).name
+    return out
 
 
 def judged_on(latency: Mapping[str, Any]) -> dict[str, Any] | None:

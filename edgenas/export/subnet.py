@@ -288,7 +288,10 @@ def export_subnet(
     lineage = dict(lineage or {})
     model = model.eval().cpu()
     stats = arch_stats(space, arch)
-    memory = predict_memory(space, arch)  # the TFLite Micro arena and int8 file size the search constrained
+    from edgenas.export.contract import NormalisedInput
+
+    # the TFLite Micro arena and int8 file size the search constrained (with the normalisation the file applies)
+    memory = predict_memory(space, arch, normalised_input=isinstance(model, NormalisedInput))
 
     def manifest(fmt: str, path: Path) -> None:
         write_manifest(path, kind=f"model-{fmt}", inputs={"supernet": lineage.get("supernet")},
@@ -597,6 +600,9 @@ def plain_lineage(value: Any, out_dir: Path) -> Any:
         return [plain_lineage(v, out_dir) for v in value]
     if isinstance(value, Path) or (isinstance(value, str) and os.path.isabs(value)):
         return Path(os.path.relpath(Path(value).resolve(), out_dir.resolve())).as_posix()
+    if isinstance(value, str) and ":" in value and os.path.isabs(value.split(":", 1)[1]):  # a dataset SPEC
+        kind, path = value.split(":", 1)
+        return f"{kind}:{plain_lineage(path, out_dir)}"
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, np.generic):
