@@ -209,8 +209,10 @@ def _ship_lines(card: Mapping[str, Any]) -> list[str]:
     judged = latency.get("judged_on")
     if judged:
         figure = "failed" if judged.get("latency_ms") is None else f"{judged['latency_ms']:.3g} ms"
+        budget = "" if judged.get("budget_ms") is None else (
+            f"; budget {judged['budget_ms']:g} ms, {'met' if judged.get('meets_budget') else 'NOT met'}")
         lines.append(f"- Judged on: {judged['file']}, {figure} measured on {judged.get('device')} "
-                     f"({judged.get('runtime')})")
+                     f"({judged.get('runtime')}){budget}")
     else:
         lines.append("- Judged on: no file (no latency was measured on a device)")
     for name, value in per_file.items():

@@ -268,6 +268,7 @@ def export_subnet(
     holdout_images: np.ndarray | None = None,
     holdout_labels: np.ndarray | None = None,
     contract: Mapping[str, Any] | None = None,
+    write_card_now: bool = True,
 ) -> ExportResult:
     """Write every requested format of `model` (a static subnet of `arch`) into `out_dir`, check it, and card it.
 
@@ -281,6 +282,8 @@ def export_subnet(
     fails, the card is written and `ExportCheckError` (holding the result) raised, or, with
     `raise_on_problems=False`, the result returned with its `problems`. `contract`
     (`edgenas.export.contract.input_contract`) goes into every file's metadata, labels.txt and the card.
+    With `write_card_now=False` the card is only returned (`result.card`), for a caller that writes it once,
+    after its pick (the deploy stage).
     """
     options = options or ExportOptions()
     out_dir = Path(out_dir)
@@ -340,7 +343,8 @@ def export_subnet(
     )
     if found.messages:
         card["problems"] = found.messages
-    write_card(out_dir, card)
+    if write_card_now:
+        write_card(out_dir, card)
     result = ExportResult(out_dir, files, checks, micro, seconds, card, found.messages, found.reasons)
     if found.messages and raise_on_problems:
         raise ExportCheckError(f"export to {out_dir} failed: " + "; ".join(found.messages), result)
@@ -569,7 +573,7 @@ def prepare_export(supernet: nn.Module, arch: Arch, dataset: Any, *, options: Ex
 def export_prepared(prepared: PreparedExport, out_dir: str | os.PathLike, *, space: SearchSpace,
                     options: ExportOptions, device: Any = None, kept: ExportResult | None = None,
                     measured: Sequence[Mapping[str, Any]] | None = None, raise_on_problems: bool = True,
-                    log: Callable[[str], None] = print) -> ExportResult:
+                    log: Callable[[str], None] = print, write_card_now: bool = True) -> ExportResult:
     """`export_subnet` of a prepared subnet (see there for `device`, `kept`, `measured`, `raise_on_problems`).
 
     Its files take the prepared contract's input: where the network normalises per channel, the files hold
@@ -588,7 +592,7 @@ def export_prepared(prepared: PreparedExport, out_dir: str | os.PathLike, *, spa
                          lineage=prepared.lineage, device=device, predicted_latency_ms=prepared.predicted_latency_ms,
                          name=f"edgenas {prepared.arch}", log=log, kept=kept, measured=measured,
                          raise_on_problems=raise_on_problems, holdout_images=feed(prepared.holdout_images),
-                         holdout_labels=prepared.holdout_labels, contract=contract)
+                         holdout_labels=prepared.holdout_labels, contract=contract, write_card_now=write_card_now)
 
 
 def plain_lineage(value: Any, out_dir: Path) -> Any:
