@@ -27,7 +27,7 @@ def prepare(path: str, contract: dict) -> np.ndarray:
     else:
         short = resize["shorter_side"]
         if resize["jpeg_draft"]:
-            im.draft(mode, (im.width * short // min(im.size), im.height * short // min(im.size)))
+            im.draft(im.mode, (im.width * short // min(im.size), im.height * short // min(im.size)))
         im = ImageOps.exif_transpose(im)
         if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
             im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))

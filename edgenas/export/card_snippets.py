@@ -67,7 +67,7 @@ def _prepare(contract: Mapping[str, Any]) -> list[str]:
     else:
         s = resize["shorter_side"]
         lines = ['im = Image.open("photo.jpg")',
-                 f"im.draft(\"{mode}\", (im.width * {s} // min(im.size), im.height * {s} // min(im.size)))",
+                 f"im.draft(im.mode, (im.width * {s} // min(im.size), im.height * {s} // min(im.size)))",
                  f'im = ImageOps.exif_transpose(im).convert("{mode}")',
                  f"k = {s} / min(im.size)",
                  f"im = im.resize((max({w}, round(im.width * k)), max({h}, round(im.height * k))), Image.BILINEAR)",
