@@ -10,6 +10,7 @@ file; supernet checkpoint hash, dataset fingerprint, predictor and latency-table
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -194,8 +195,9 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         lines += ["", *contract_table(contract, card["files"]), "", *snippets_markdown(contract, card["files"])]
     lineage = card.get("lineage") or {}
     lines += ["", "## Lineage", ""]
-    for key in sorted(lineage):
-        lines.append(f"- {key}: {lineage[key]}")
+    for key in sorted(lineage):  # plain values, as JSON (never Python reprs)
+        value = lineage[key]
+        lines.append(f"- {key}: {value if isinstance(value, str) else json.dumps(value, sort_keys=True)}")
     return "\n".join(lines) + "\n"
 
 
