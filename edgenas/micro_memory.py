@@ -180,12 +180,14 @@ class MicroGraph:
         return h, out
 
 
-def _stem(g: MicroGraph, space: SearchSpace, resolution: int) -> tuple[int, int]:
-    """QUANTIZE, stem and the fixed first block: (output tensor, its spatial size)."""
+def _stem(g: MicroGraph, space: SearchSpace, resolution: int, normalised_input: bool = False) -> tuple[int, int]:
+    """QUANTIZE, (the per-channel normalisation,) stem and the fixed first block: (output tensor, its spatial size)."""
     hw = resolution
     float_in = g.tensor(4 * space.in_channels * hw * hw, "input")
     g.graph_input = float_in
     x = g.op("QUANTIZE", [float_in], space.in_channels * hw * hw, "input_int8")
+    if normalised_input:  # edgenas.export.contract.NormalisedInput: a depthwise 1x1 convolution before the stem
+        x, _ = g.conv(x, space.in_channels, space.in_channels, hw, 1, 1, depthwise=True)
     first = space.first_block
     h, hw = g.conv(x, space.in_channels, first.in_channels, hw, STEM_KERNEL, space.stem_stride, act="hswish")
     return g.mbconv(h, first.in_channels, first.out_channels, hw, 3, 1, first.stride, first.act, first.se,
@@ -203,11 +205,12 @@ def _head(g: MicroGraph, space: SearchSpace, h: int, cin: int, hw: int) -> None:
     g.graph_output = g.op("DEQUANTIZE", [h], 4 * space.num_classes, "output")
 
 
-def micro_graph(space: SearchSpace, arch: Arch) -> MicroGraph:
-    """The int8 graph (float I/O) that `edgenas export` writes for `arch`, as TFLite Micro sees it."""
+def micro_graph(space: SearchSpace, arch: Arch, normalised_input: bool = False) -> MicroGraph:
+    """The int8 graph (float I/O) that `edgenas export` writes for `arch`, as TFLite Micro sees it; with
+    `normalised_input`, the per-channel normalisation a shipped RGB model applies inside (`NormalisedInput`)."""
     space.validate(arch)
     g = MicroGraph()
-    h, hw = _stem(g, space, arch.resolution)
+    h, hw = _stem(g, space, arch.resolution, normalised_input)
     cin = space.first_block.out_channels
     slots = {(b.stage, b.index): b for b in space.block_slots()}
     for s in range(space.num_stages):
@@ -399,9 +402,10 @@ def board_arena(host_arena: int | np.ndarray, tensors: int | np.ndarray, ops: in
     return host_arena - BOARD_SAVING_PER_TENSOR * tensors - BOARD_SAVING_PER_OP * ops
 
 
-def predict(space: SearchSpace, arch: Arch) -> MemoryPrediction:
-    """The arena (the greedy planner run on the arch's graph) and the file size of one arch."""
-    g = micro_graph(space, arch)
+def predict(space: SearchSpace, arch: Arch, normalised_input: bool = False) -> MemoryPrediction:
+    """The arena (the greedy planner run on the arch's graph) and the file size of one arch (`normalised_input`:
+    see `micro_graph`)."""
+    g = micro_graph(space, arch, normalised_input)
     buffers = planner_buffers(g)
     head, _ = plan_greedy(buffers)
     counts = count_ops(g, g.ops) + _graph_input_counts()

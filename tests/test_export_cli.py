@@ -86,7 +86,7 @@ def test_one_folder_per_device_with_measured_latency_then_resume(checkpoint, tmp
     assert [Path(r["out"]).name for r in results] == ["local", "local-tflite"] and all(r["ok"] for r in results)
     card = json.loads((tmp_path / "out" / "local" / "card.json").read_text())
     assert card["latency"]["predicted_ms"] == 0.8 and card["lineage"]["search"]["algorithm"] == "evolution"
-    assert card["lineage"]["search"]["result"]["path"] == str(search)
+    assert card["lineage"]["search"]["result"]["path"] == "../../search-local.json"  # relative to the card's folder
     assert card["lineage"]["search"]["inputs"]["latency_predictor"]["sha256"] == sha256_file(predictor)
     (measured,) = card["latency"]["measured"]
     assert measured["ok"] and measured["median_ms"] > 0 and measured["file"] == "model.onnx"

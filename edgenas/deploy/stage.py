@@ -317,7 +317,7 @@ def ship_first_passing(round_: _Round, ordered: list[MeasuredCandidate], ship_di
         if shipped.ok:
             if passed_over:  # the card says what was passed over, and why
                 shipped.card["passed_over"] = [p.to_dict() for p in passed_over]
-                write_card(ship_dir, shipped.card)
+            write_card(ship_dir, shipped.card)  # once, after the pick
             return winner, shipped, passed_over
         passed_over.append(PassedOver(winner.arch, winner.accuracy, winner.latency_ms,
                                       list(shipped.reasons or shipped.problems)))
@@ -363,8 +363,12 @@ class _Round:
         """Export `cand` into `ship_dir` in every format of `options`, its measured file copied byte for byte."""
         prep, kept = self.exports[id(cand)]
         entry = measurement_entry(self.device.name, cand.model, cand.measurement)
-        return export_prepared(prep, ship_dir, space=self.checkpoint.supernet.space, options=options, kept=kept,
-                               measured=[entry], raise_on_problems=False, log=self.log)
+        shipped = export_prepared(prep, ship_dir, space=self.checkpoint.supernet.space, options=options, kept=kept,
+                                  measured=[entry], raise_on_problems=False, log=self.log, write_card_now=False)
+        judged = shipped.card["latency"].get("judged_on")
+        if judged is not None:  # the budget this file was judged against, and the verdict
+            judged.update(budget_ms=self.budget, meets_budget=cand.meets_budget)
+        return shipped
 
     def add(self, result: SearchResult, chosen: list[Any], search: Mapping[str, Any] | None,
             round_number: int = 1) -> None:

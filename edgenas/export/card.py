@@ -10,6 +10,7 @@ file; supernet checkpoint hash, dataset fingerprint, predictor and latency-table
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,15 +18,49 @@ from typing import Any
 
 from edgenas.artifacts import atomic_write_json, atomic_write_text, package_versions, sha256_file
 
-CARD_VERSION = 1
+CARD_VERSION = 2  # 2: the input contract, each file's I/O and clients, per-file latency, plain lineage
 CARD_JSON = "card.json"
 CARD_MD = "card.md"
+CARD_SCHEMA = Path(__file__).with_name("card.schema.json")  # the JSON Schema every card.json validates against
 
 
 def file_entry(path: str | os.PathLike, fmt: str) -> dict[str, Any]:
-    """Name, format, size and SHA-256 of one exported file."""
+    """Name, format, size and SHA-256 of one exported file, what it takes and gives (`io`), and the clients that
+    load it as it is."""
+    from edgenas.export.contract import file_io
+
     path = Path(path)
-    return {"name": path.name, "format": fmt, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    try:
+        io_: dict[str, Any] | None = file_io(fmt, path)
+    except Exception:  # not a model its runtime reads (the card's schema then refuses the entry)  # noqa: BLE001
+        io_ = None
+    return {"name": path.name, "format": fmt, "bytes": path.stat().st_size, "sha256": sha256_file(path),
+            "io": io_, "clients": {} if io_ is None else clients(fmt, io_)}
+
+
+def clients(fmt: str, io_: Mapping[str, Any]) -> dict[str, str]:
+    """Which clients load a file unchanged ("yes") and which do not (the reason)."""
+    if fmt == "onnx":
+        return {"ONNX Runtime": "yes"}
+    out = {"LiteRT (ai_edge_litert)": "yes"}
+    channels = io_["input_shape"][-1] if io_["layout"] == "NHWC" else io_["input_shape"][1]
+    if io_["layout"] != "NHWC" or channels != 3:
+        out["MediaPipe ImageClassifier"] = "no: it takes 1 x height x width x 3 (RGB) input only"
+    elif io_["input_dtype"] not in ("float32", "uint8"):
+        out["MediaPipe ImageClassifier"] = f"no: it takes float32 or uint8 input, this file takes {io_['input_dtype']}"
+    else:
+        out["MediaPipe ImageClassifier"] = "yes"
+    if fmt == "tflite-int8":
+        out["TFLite Micro"] = "yes (see the TFLite Micro check)"
+    return out
+
+
+def file_latency(files: Sequence[Mapping[str, Any]], latency: Mapping[str, Any]) -> dict[str, Any]:
+    """Each file's measured latency (ms, device, runtime) or "not measured": never silently absent."""
+    measured = {m.get("file"): m for m in latency.get("measured", []) if m.get("latency_ms") is not None}
+    return {f["name"]: ({"latency_ms": measured[f["name"]]["latency_ms"], "device": measured[f["name"]].get("device"),
+                         "runtime": measured[f["name"]].get("runtime")} if f["name"] in measured else "not measured")
+            for f in files}
 
 
 def build_card(
@@ -43,11 +78,12 @@ def build_card(
     lineage: Mapping[str, Any],
     name: str = "model",
     memory: Mapping[str, int] | None = None,
+    contract: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble the card's JSON value from figures the export measured (nothing here is computed anew).
 
     `memory` is `edgenas.micro_memory.MemoryPrediction.to_dict()`: it goes beside the measured arena (`sram`) and
-    the int8 file's size (`flash`)."""
+    the int8 file's size (`flash`). `contract` is the input contract the files carry (`edgenas.export.contract`)."""
     from edgenas import __version__
 
     sram = dict(sram)
@@ -73,13 +109,31 @@ def build_card(
         "flash_estimate_bytes": {"int8": int(stats["flash_int8"]), "fp32": int(stats["flash_fp32"])},
         "files": [dict(f) for f in files],
         "accuracy": dict(accuracy),
-        "verification": [dict(v) for v in verification],
-        "sram": sram,
+        "verification": [_named(v) for v in verification],
+        "sram": {k: (_named(v) if isinstance(v, Mapping) else v) for k, v in sram.items()},
         "flash": flash,
-        "latency": dict(latency),
+        "latency": {**latency, "files": file_latency(files, latency), "judged_on": judged_on(latency)},
+        "contract": None if contract is None else dict(contract),
         "conversion_seconds": {k: round(float(v), 3) for k, v in conversion_seconds.items()},
         "lineage": dict(lineage),
     }
+
+
+def _named(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """An entry whose `path` is a file of the bundle, with the file's name in its place (no machine's paths)."""
+    out = dict(entry)
+    if isinstance(out.get("path"), str):
+        out["path"] = Path(out["path"]).name
+    return out
+
+
+def judged_on(latency: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The file a latency budget was judged on: the first file measured on the device (the deploy stage measures
+    only that one), its latency and where; None when nothing was measured."""
+    for m in latency.get("measured", []):
+        return {"file": m.get("file"), "device": m.get("device"), "runtime": m.get("runtime"),
+                "latency_ms": m.get("latency_ms")}
+    return None
 
 
 def _kb(value: Any) -> str:
@@ -133,11 +187,42 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         lines.append(f"\nPassed over: {other.get('summary', other)}")
     if card.get("problems"):
         lines.append("\nProblems: " + "; ".join(card["problems"]))
+    lines += _ship_lines(card)
+    contract = card.get("contract")
+    if contract:
+        from edgenas.export.card_snippets import contract_table, snippets_markdown
+
+        lines += ["", *contract_table(contract, card["files"]), "", *snippets_markdown(contract, card["files"])]
     lineage = card.get("lineage") or {}
     lines += ["", "## Lineage", ""]
-    for key in sorted(lineage):
-        lines.append(f"- {key}: {lineage[key]}")
+    for key in sorted(lineage):  # plain values, as JSON (never Python reprs)
+        value = lineage[key]
+        lines.append(f"- {key}: {value if isinstance(value, str) else json.dumps(value, sort_keys=True)}")
     return "\n".join(lines) + "\n"
+
+
+def _ship_lines(card: Mapping[str, Any]) -> list[str]:
+    """What to ship: the file a latency budget was judged on, and every file's latency, measured or not."""
+    latency = card.get("latency") or {}
+    per_file = latency.get("files")
+    if not per_file:
+        return []
+    lines = ["", "## What to ship", ""]
+    judged = latency.get("judged_on")
+    if judged:
+        figure = "failed" if judged.get("latency_ms") is None else f"{judged['latency_ms']:.3g} ms"
+        budget = "" if judged.get("budget_ms") is None else (
+            f"; budget {judged['budget_ms']:g} ms, {'met' if judged.get('meets_budget') else 'NOT met'}")
+        lines.append(f"- Judged on: {judged['file']}, {figure} measured on {judged.get('device')} "
+                     f"({judged.get('runtime')}){budget}")
+    else:
+        lines.append("- Judged on: no file (no latency was measured on a device)")
+    for name, value in per_file.items():
+        if isinstance(value, Mapping):
+            lines.append(f"- {name}: {value['latency_ms']:.3g} ms on {value.get('device')}")
+        else:
+            lines.append(f"- {name}: {value}")
+    return lines
 
 
 def write_card(out_dir: str | os.PathLike, card: Mapping[str, Any]) -> tuple[Path, Path]:

@@ -171,24 +171,42 @@ def prepare_subnet(supernet: nn.Module, arch: Arch, dataset: Any, *, bn_batches:
 
 
 def _export_format(fmt: str, model: nn.Module, path: Path, options: ExportOptions,
-                   calibration: np.ndarray, converter: str = "auto") -> tuple[float, str]:
-    """Write one format: (seconds, the converter that wrote it)."""
+                   calibration: np.ndarray, converter: str = "auto",
+                   contract: Mapping[str, Any] | None = None) -> tuple[float, str]:
+    """Write one format, with `contract` in its metadata when given: (seconds, the converter that wrote it)."""
     if fmt == "onnx":
         from edgenas.export.onnx import export_onnx
 
         result = export_onnx(model, path, verify=False)
-        return result.seconds, result.exporter
-    from edgenas.export.tflite import export_tflite
+        seconds, by = result.seconds, result.exporter
+    else:
+        from edgenas.export.tflite import export_tflite
 
-    result = export_tflite(model, path, quantization="int8" if fmt == "tflite-int8" else None,
-                           calibration=calibration if fmt == "tflite-int8" else None, int8_io=options.int8_io,
-                           channels_last=options.channels_last, converter=converter)
-    return result.seconds, result.converter
+        result = export_tflite(model, path, quantization="int8" if fmt == "tflite-int8" else None,
+                               calibration=calibration if fmt == "tflite-int8" else None, int8_io=options.int8_io,
+                               channels_last=options.channels_last, converter=converter)
+        seconds, by = result.seconds, result.converter
+    if contract is not None:
+        write_file_metadata(fmt, path, contract)
+    return seconds, by
+
+
+def write_file_metadata(fmt: str, path: Path, contract: Mapping[str, Any]) -> None:
+    """The contract into one file's own metadata: ONNX `metadata_props`, TFLite Support metadata."""
+    from edgenas.export.contract import file_io
+    from edgenas.export.model_metadata import write_onnx_metadata, write_tflite_metadata
+
+    io_ = file_io(fmt, path)
+    if fmt == "onnx":
+        write_onnx_metadata(path, contract, io_)
+    else:
+        write_tflite_metadata(path, contract, io_)
 
 
 def _int8_by_litert(model: nn.Module, path: Path, options: ExportOptions, calibration: np.ndarray,
                     images: np.ndarray, reference: np.ndarray, labels: np.ndarray | None, failed: Check,
-                    seconds: dict[str, float], log: Callable[[str], None]) -> Check:
+                    seconds: dict[str, float], log: Callable[[str], None],
+                    contract: Mapping[str, Any] | None = None) -> Check:
     """The directly written int8 file failed its check: convert with litert-torch (its own observers round
     differently) and ship that file if it passes; else keep the direct one and its failed check."""
     from edgenas.export.tflite import TFLiteConversionError
@@ -197,7 +215,8 @@ def _int8_by_litert(model: nn.Module, path: Path, options: ExportOptions, calibr
         "converting with litert-torch instead ...")
     other = path.with_name(f".{path.stem}.litert{path.suffix}")
     try:
-        extra, _ = _export_format("tflite-int8", model, other, options, calibration, converter="litert-torch")
+        extra, _ = _export_format("tflite-int8", model, other, options, calibration, converter="litert-torch",
+                                  contract=contract)
     except (TFLiteConversionError, ImportError) as exc:
         log(f"verify: litert-torch could not convert it either ({exc})")
         return failed
@@ -248,6 +267,8 @@ def export_subnet(
     raise_on_problems: bool = True,
     holdout_images: np.ndarray | None = None,
     holdout_labels: np.ndarray | None = None,
+    contract: Mapping[str, Any] | None = None,
+    write_card_now: bool = True,
 ) -> ExportResult:
     """Write every requested format of `model` (a static subnet of `arch`) into `out_dir`, check it, and card it.
 
@@ -259,7 +280,10 @@ def export_subnet(
     same prepared `model` with the same options: its files are copied byte for byte (not converted again)
     and its checks kept, so a file measured before shipping is the file shipped. When a check or budget
     fails, the card is written and `ExportCheckError` (holding the result) raised, or, with
-    `raise_on_problems=False`, the result returned with its `problems`.
+    `raise_on_problems=False`, the result returned with its `problems`. `contract`
+    (`edgenas.export.contract.input_contract`) goes into every file's metadata, labels.txt and the card.
+    With `write_card_now=False` the card is only returned (`result.card`), for a caller that writes it once,
+    after its pick (the deploy stage).
     """
     options = options or ExportOptions()
     out_dir = Path(out_dir)
@@ -267,7 +291,10 @@ def export_subnet(
     lineage = dict(lineage or {})
     model = model.eval().cpu()
     stats = arch_stats(space, arch)
-    memory = predict_memory(space, arch)  # the TFLite Micro arena and int8 file size the search constrained
+    from edgenas.export.contract import NormalisedInput
+
+    # the TFLite Micro arena and int8 file size the search constrained (with the normalisation the file applies)
+    memory = predict_memory(space, arch, normalised_input=isinstance(model, NormalisedInput))
 
     def manifest(fmt: str, path: Path) -> None:
         write_manifest(path, kind=f"model-{fmt}", inputs={"supernet": lineage.get("supernet")},
@@ -275,7 +302,7 @@ def export_subnet(
                        versions=TFLITE_VERSIONS if fmt.startswith("tflite") else ("torch", "numpy", "onnx", "onnxruntime"))
 
     options = _without_int8_that_cannot_fit(options, memory, log)
-    files, seconds, converters = _write_files(model, out_dir, options, calibration, kept, manifest, log)
+    files, seconds, converters = _write_files(model, out_dir, options, calibration, kept, manifest, log, contract)
     found = _Problems()
     reference = torch_logits(model, val_images)
     reference_acc = _accuracy(reference, val_labels)
@@ -283,7 +310,7 @@ def export_subnet(
     if options.verify:
         int8_set = _int8_check_images(model, val_images, val_labels, reference, holdout_images, holdout_labels)
         checks, file_accuracy = _verify_files(model, files, options, calibration, (val_images, reference, val_labels),
-                                              int8_set, kept, converters, seconds, manifest, found, log)
+                                              int8_set, kept, converters, seconds, manifest, found, log, contract)
     micro = _memory_checks(files, options, kept, stats, memory, val_images, found, log)
 
     latency: dict[str, Any] = {"predicted_ms": predicted_latency_ms, "measured": []}
@@ -295,9 +322,15 @@ def export_subnet(
         latency["device"] = device.name
         latency["measured"] = measure_on_device(device, files, log=log)
 
+    entries = [file_entry(path, fmt) for fmt, path in files.items()]
+    if contract is not None:
+        from edgenas.artifacts import atomic_write_text
+        from edgenas.export.contract import LABELS_TXT, labels_text
+
+        atomic_write_text(out_dir / LABELS_TXT, labels_text(contract))
     card = build_card(
         name=name, arch=arch.to_dict(), arch_str=str(arch), space=space.name, stats=stats.to_dict(),
-        files=[file_entry(path, fmt) for fmt, path in files.items()],
+        files=entries, contract=contract,
         accuracy={"split": "val", "images": int(len(val_images)), "pytorch": reference_acc, "files": file_accuracy},
         verification=[c.to_dict() for c in checks],
         sram={"analytic_peak_int8_bytes": stats.peak_activation_int8,
@@ -305,12 +338,13 @@ def export_subnet(
               "tflm_arena_bytes": None if micro is None else micro.arena_bytes,
               "tflm": None if micro is None else micro.to_dict()},
         latency=latency, conversion_seconds=seconds, memory=memory.to_dict(),
-        lineage={**lineage, "finetune_epochs": options.finetune_epochs, "seed": options.seed,
-                 "calibration_images": int(len(calibration))},
+        lineage=plain_lineage({**lineage, "finetune_epochs": options.finetune_epochs, "seed": options.seed,
+                               "calibration_images": int(len(calibration))}, out_dir),
     )
     if found.messages:
         card["problems"] = found.messages
-    write_card(out_dir, card)
+    if write_card_now:
+        write_card(out_dir, card)
     result = ExportResult(out_dir, files, checks, micro, seconds, card, found.messages, found.reasons)
     if found.messages and raise_on_problems:
         raise ExportCheckError(f"export to {out_dir} failed: " + "; ".join(found.messages), result)
@@ -331,6 +365,7 @@ class _Problems:
 
 def _write_files(model: nn.Module, out_dir: Path, options: ExportOptions, calibration: np.ndarray,
                  kept: ExportResult | None, manifest: Callable[[str, Path], None], log: Callable[[str], None],
+                 contract: Mapping[str, Any] | None = None,
                  ) -> tuple[dict[str, Path], dict[str, float], dict[str, str]]:
     """Each format's file (copied from `kept` where it holds it): the files, conversion seconds and converters."""
     files: dict[str, Path] = {}
@@ -344,7 +379,7 @@ def _write_files(model: nn.Module, out_dir: Path, options: ExportOptions, calibr
             seconds[fmt] = kept.conversion_seconds.get(fmt, 0.0)
             continue
         log(f"export: writing {path.name} ...")
-        seconds[fmt], converters[fmt] = _export_format(fmt, model, path, options, calibration)
+        seconds[fmt], converters[fmt] = _export_format(fmt, model, path, options, calibration, contract=contract)
         files[fmt] = path
         manifest(fmt, path)
     return files, seconds, converters
@@ -356,7 +391,8 @@ _Images = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]  # images, PyTorch'
 def _verify_files(model: nn.Module, files: dict[str, Path], options: ExportOptions, calibration: np.ndarray,
                   val_set: _Images, int8_set: _Images, kept: ExportResult | None, converters: dict[str, str],
                   seconds: dict[str, float], manifest: Callable[[str, Path], None], found: _Problems,
-                  log: Callable[[str], None]) -> tuple[list[Check], dict[str, float]]:
+                  log: Callable[[str], None], contract: Mapping[str, Any] | None = None,
+                  ) -> tuple[list[Check], dict[str, float]]:
     """Check every file against PyTorch (fp32 files on `val_set`, int8 files on `int8_set`): the checks and each
     file's accuracy on the validation images. A directly written int8 file that fails is converted again by
     litert-torch (`options.litert_fallback`)."""
@@ -376,7 +412,8 @@ def _verify_files(model: nn.Module, files: dict[str, Path], options: ExportOptio
                             min_agreement=options.min_agreement, max_drop_points=options.max_drop_points)
             val_accuracy = _accuracy(logits[: len(val_images)], val_labels)
         if not check.passed and fmt == "tflite-int8" and converters.get(fmt) == "direct" and options.litert_fallback:
-            check = _int8_by_litert(model, path, options, calibration, images, ref, labels, check, seconds, log)
+            check = _int8_by_litert(model, path, options, calibration, images, ref, labels, check, seconds, log,
+                                    contract)
             if check.passed:
                 manifest(fmt, path)
                 val_accuracy = _accuracy(file_logits(fmt, path, val_images), val_labels)
@@ -488,6 +525,7 @@ class PreparedExport:
     predicted_latency_ms: float | None = None
     holdout_images: np.ndarray | None = None  # joined to the validation images for the int8 check
     holdout_labels: np.ndarray | None = None
+    contract: dict[str, Any] | None = None  # the input contract every file carries (`edgenas.export.contract`)
 
 
 def prepare_export(supernet: nn.Module, arch: Arch, dataset: Any, *, options: ExportOptions, info: Mapping[str, Any],
@@ -526,20 +564,54 @@ def prepare_export(supernet: nn.Module, arch: Arch, dataset: Any, *, options: Ex
             lineage["search"].update(result=search["_file"], inputs=search.get("_inputs"))
     if tuned:
         lineage["finetune"] = tuned
-    return PreparedExport(arch, model, calibration, val_x, val_y, lineage, predicted_latency(search), hold_x, hold_y)
+    from edgenas.export.contract import input_contract
+
+    return PreparedExport(arch, model, calibration, val_x, val_y, lineage, predicted_latency(search), hold_x, hold_y,
+                          input_contract(dataset, arch.resolution))
 
 
 def export_prepared(prepared: PreparedExport, out_dir: str | os.PathLike, *, space: SearchSpace,
                     options: ExportOptions, device: Any = None, kept: ExportResult | None = None,
                     measured: Sequence[Mapping[str, Any]] | None = None, raise_on_problems: bool = True,
-                    log: Callable[[str], None] = print) -> ExportResult:
-    """`export_subnet` of a prepared subnet (see there for `device`, `kept`, `measured`, `raise_on_problems`)."""
-    return export_subnet(prepared.model, out_dir, space=space, arch=prepared.arch, calibration=prepared.calibration,
-                         val_images=prepared.val_images, val_labels=prepared.val_labels, options=options,
+                    log: Callable[[str], None] = print, write_card_now: bool = True) -> ExportResult:
+    """`export_subnet` of a prepared subnet (see there for `device`, `kept`, `measured`, `raise_on_problems`).
+
+    Its files take the prepared contract's input: where the network normalises per channel, the files hold
+    `NormalisedInput` around it and are checked on the images as a client feeds them."""
+    from edgenas.export.contract import NormalisedInput, to_file_input
+
+    contract, model = prepared.contract, prepared.model
+    if contract is not None and contract.get("normalised_inside"):
+        model = NormalisedInput(model, contract).eval()
+
+    def feed(images: np.ndarray | None) -> np.ndarray | None:
+        return to_file_input(images, contract) if contract is not None else images
+
+    return export_subnet(model, out_dir, space=space, arch=prepared.arch, calibration=feed(prepared.calibration),
+                         val_images=feed(prepared.val_images), val_labels=prepared.val_labels, options=options,
                          lineage=prepared.lineage, device=device, predicted_latency_ms=prepared.predicted_latency_ms,
                          name=f"edgenas {prepared.arch}", log=log, kept=kept, measured=measured,
-                         raise_on_problems=raise_on_problems, holdout_images=prepared.holdout_images,
-                         holdout_labels=prepared.holdout_labels)
+                         raise_on_problems=raise_on_problems, holdout_images=feed(prepared.holdout_images),
+                         holdout_labels=prepared.holdout_labels, contract=contract, write_card_now=write_card_now)
+
+
+def plain_lineage(value: Any, out_dir: Path) -> Any:
+    """Lineage as plain JSON values: absolute paths made relative to the folder the card is in (`out_dir`), tuples
+    as lists, anything else that is not JSON as its string."""
+    if isinstance(value, Mapping):
+        return {str(k): plain_lineage(v, out_dir) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_lineage(v, out_dir) for v in value]
+    if isinstance(value, Path) or (isinstance(value, str) and os.path.isabs(value)):
+        return Path(os.path.relpath(Path(value).resolve(), out_dir.resolve())).as_posix()
+    if isinstance(value, str) and ":" in value and os.path.isabs(value.split(":", 1)[1]):  # a dataset SPEC
+        kind, path = value.split(":", 1)
+        return f"{kind}:{plain_lineage(path, out_dir)}"
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
 
 
 def load_search_result(value: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -100,6 +101,7 @@ def measure(folder: Path, run_dir: Path, steps: int, batch_size: int) -> dict:
             "--total-steps", str(steps), "--batch-size", str(batch_size), "--out", str(run_dir), "--no-progress",
             "--json"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh training each time (an earlier one may have been cut off)
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     lines: list[tuple[float, str]] = []
