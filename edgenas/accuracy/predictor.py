@@ -286,6 +286,11 @@ def load_accuracy_predictor(path: str | os.PathLike) -> AccuracyPredictor:
     try:
         with np.load(path, allow_pickle=False) as data:
             header = parse_json(decode_text(bytes(data["header"]), source), source)
+            if isinstance(header, dict) and header.get("format") == "edgenas-accuracy-gp":
+                from edgenas.accuracy.gp import GPAccuracyPredictor
+
+                space = space_from_dict(header.get("space"), source, ACCURACY_REMEDY)
+                return GPAccuracyPredictor.from_arrays(space, header, data, source)  # type: ignore[return-value]
             n = header.get("layers") if isinstance(header, dict) else None
             if not is_int(n) or not 1 <= n <= 64:
                 raise UsageError(f"{source}: layers = {n!r}: expected an integer from 1 to 64; {ACCURACY_REMEDY}")
