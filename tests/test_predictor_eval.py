@@ -87,3 +87,28 @@ def _sha(ckpt):
     from edgenas.train.checkpoint import load_checkpoint_info
 
     return load_checkpoint_info(ckpt)["sha256"]
+
+
+def test_gp_predictor_fits_saves_loads_and_gives_an_interval(tmp_path):
+    from edgenas.accuracy.cost_features import cost_columns
+    from edgenas.accuracy.gp import GPAccuracyPredictor
+    from edgenas.accuracy.predictor import load_accuracy_predictor
+    from edgenas.genome import ArchBatch, GenomeCodec
+
+    space = SearchSpace.preset("tiny")
+    rng = np.random.default_rng(0)
+    archs = space.sample_many(rng, 30)
+    macs = cost_columns(space, archs)[:, 0]
+    y = 0.9 + 0.02 * (macs - macs.mean()) / macs.std()  # accuracy rising with MACs
+    gp = GPAccuracyPredictor.fit(space, archs, y)
+    new = space.sample_many(rng, 8)
+    p = gp.predict(new)
+    lo, hi = gp.interval(new)
+    assert np.all((lo < p) & (p < hi)) and np.all((p > 0) & (p < 1))
+    new_macs = cost_columns(space, new)[:, 0]
+    assert rank_figures(p, new_macs, k=2)["kendall_tau"] > 0.6  # it learnt the trend
+    loaded = load_accuracy_predictor(gp.save(tmp_path / "gp.npz"))
+    assert np.allclose(loaded.predict(new), p)
+    codec = GenomeCodec(space)
+    batch = ArchBatch(codec, codec.sample(rng, 5))  # the search's batches: the same figures as the archs
+    assert np.allclose(gp.predict(batch), gp.predict(list(batch)))

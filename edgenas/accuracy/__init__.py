@@ -23,5 +23,10 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
+#: The accuracy predictors `fit_predictor` fits: Once-for-All's MLP on the one-hot encoding, or a Gaussian process on
+#: the encoding and the cost features (`edgenas.accuracy.gp`, with an interval). docs/decisions.md compares them.
+KINDS = ("mlp", "gp")
+DEFAULT_KIND = "mlp"
+
 
 __getattr__, __dir__ = lazy_attributes('edgenas.accuracy', _LAZY, globals())

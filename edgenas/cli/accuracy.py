@@ -21,6 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--out", default=None, help="predictor file (default: accuracy_predictor.npz beside CKPT)")
     add_flag(fit, "workers", help="evaluation processes")
     add_flag(fit, "bn_batches")
+    from edgenas.accuracy import DEFAULT_KIND, KINDS
+
+    fit.add_argument("--kind", choices=KINDS, default=DEFAULT_KIND,
+                     help="mlp (Once-for-All's) or gp (Gaussian process on encoding + cost, with an interval) "
+                     "(default: %(default)s)")
     fit.add_argument("--json", action="store_true", help="print the result as JSON")
     fit.set_defaults(handler="edgenas.cli.accuracy:run_fit")
 
@@ -55,7 +60,8 @@ def run_fit(args: argparse.Namespace) -> int:
         output_file(args.out, "--out")
     load_checkpoint_info(args.supernet)  # a missing or damaged checkpoint is one line before any work
     result = fit_predictor(args.supernet, samples=args.samples, test=args.test, seed=args.seed, store_path=args.store,
-                           out=args.out, workers=args.workers, bn_batches=args.bn_batches)
+                           out=args.out, workers=args.workers, bn_batches=args.bn_batches,
+                           kind=args.kind)
     if result is None:  # a non-zero torchrun rank: rank 0 fits and reports
         return 0
     if args.json:
@@ -67,6 +73,11 @@ def run_fit(args: argparse.Namespace) -> int:
     print(f"  fitted on {fit.train_size} (early stopping on {fit.val_size}), best epoch {fit.best_epoch}/{fit.epochs}")
     print(f"  test on {result.test_size} held-out archs: RMSE {result.test_rmse:.4f}, "
           f"Kendall tau {result.test_kendall_tau:.3f}")
+    if result.paired_images is not None:
+        print(f"  the same archs on {result.paired_images} val + holdout images (paired): Kendall tau "
+              f"{result.paired_kendall_tau:.3f}, Spearman {result.paired_spearman:.3f}, RMSE "
+              f"{result.paired_rmse_points:.2f} points, top-k hit rate {result.paired_top_k_hit_rate:.2f}; "
+              f"noise ceiling {result.noise_ceiling:.3f}")
     return 0
 
 

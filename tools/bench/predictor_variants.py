@@ -159,10 +159,10 @@ def main() -> int:
         pred, _ = AccuracyPredictor.fit(space, archs, y, seed=seed)
         return pred.predict
 
-    def gp_default(seed):
+    def gp_default(seed, archs=fit_archs, y=y_fit):
         from edgenas.accuracy.gp import GPAccuracyPredictor
 
-        return GPAccuracyPredictor.fit(space, fit_archs, y_fit, seed=seed).predict
+        return GPAccuracyPredictor.fit(space, archs, y, seed=seed).predict
 
     rows = []
     variants = [
@@ -177,6 +177,7 @@ def main() -> int:
         ("Gaussian process (cost + proxy)", lambda s: fit_gp(x_fit[:, cost_only], y_fit, seed=s),
          x_judged[:, cost_only]),
         ("GP edgenas.accuracy.gp (encoding + cost)", lambda s: gp_default(s), judged),
+        ("GP edgenas.accuracy.gp, holdout top-1, run's BN", lambda s: gp_default(s, run_archs, run_y), judged),
         ("gradient boosting (encoding + cost + proxy)", lambda s: fit_gbm(x_fit, y_fit, seed=s), x_judged),
     ]
     for name, fit, query in variants:
