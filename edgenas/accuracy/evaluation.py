@@ -137,7 +137,7 @@ def format_eval(result: PredictorEval) -> str:
         ("Spearman rho", f"{f['spearman']:.3f}"),
         ("RMSE", f"{f['rmse_points']:.2f} points"),
         (f"top-{topk[3:-9]} hit rate", f"{f[topk]:.2f}"),
-        ("noise ceiling (tau, two halves of the images)", f"{result.noise_ceiling:.3f}"),
+        ("noise ceiling (tau, two halves of the images, mean of 20 halvings)", f"{result.noise_ceiling:.3f}"),
         ("tau val vs holdout (the splits as they are)", f"{result.split_ceiling:.3f}"),
     ]
     width = max(len(r[0]) for r in rows)
