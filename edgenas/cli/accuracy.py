@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from edgenas.accuracy import DEFAULT_KIND, KINDS
 
     fit.add_argument("--kind", choices=KINDS, default=DEFAULT_KIND,
-                     help="mlp (Once-for-All's) or gp (Gaussian process on encoding + cost, with an interval) "
+                     help="gp (Gaussian process on encoding + cost, with an interval) or mlp (Once-for-All's) "
                      "(default: %(default)s)")
     fit.add_argument("--json", action="store_true", help="print the result as JSON")
     fit.set_defaults(handler="edgenas.cli.accuracy:run_fit")
@@ -65,12 +65,17 @@ def run_fit(args: argparse.Namespace) -> int:
     if result is None:  # a non-zero torchrun rank: rank 0 fits and reports
         return 0
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        from edgenas.accuracy.predictor import _undefined_as_null
+
+        print(json.dumps(_undefined_as_null(result.to_dict()), indent=2))  # a GP has no early-stopping figures
         return 0
     fit = result.fit
     print(f"accuracy predictor: {result.path}")
     print(f"  archs evaluated: {result.samples} ({result.evaluated_now} now, the rest from the store)")
-    print(f"  fitted on {fit.train_size} (early stopping on {fit.val_size}), best epoch {fit.best_epoch}/{fit.epochs}")
+    if fit.val_size:
+        print(f"  fitted on {fit.train_size} (early stopping on {fit.val_size}), best epoch {fit.best_epoch}/{fit.epochs}")
+    else:
+        print(f"  fitted on {fit.train_size} ({args.kind})")
     print(f"  test on {result.test_size} held-out archs: RMSE {result.test_rmse:.4f}, "
           f"Kendall tau {result.test_kendall_tau:.3f}")
     if result.paired_images is not None:
