@@ -13,16 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from edgenas.accuracy.gp import cost_columns
 from edgenas.space import Arch, SearchSpace
-
-
-def cost_columns(space: SearchSpace, archs: Sequence[Arch]) -> np.ndarray:
-    """(n, 3): log MACs, log params, resolution of each arch."""
-    from edgenas.cost import stats_table
-
-    stats = stats_table(space).compute(list(archs))
-    return np.stack([np.log(np.asarray(stats["macs"], float)), np.log(np.asarray(stats["params"], float)),
-                     np.array([a.resolution for a in archs], float)], axis=1)
 
 
 @dataclass

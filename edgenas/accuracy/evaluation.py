@@ -99,14 +99,14 @@ def predictor_eval(checkpoint: str | os.PathLike, *, predictor_path: str | os.Pa
                    holdout: int = 60, seed: int = 0, store_path: str | os.PathLike | None = None,
                    bn_batches: int = 8, k: int = 5, progress: bool = True) -> PredictorEval:
     """Measure `holdout` subnets the store never saw (paired, val + holdout images) and judge the predictor on them."""
-    from edgenas.accuracy.fit import PREDICTOR_FILE, SupernetEvaluator
+    from edgenas.accuracy.measure import SupernetEvaluator
     from edgenas.accuracy.predictor import load_accuracy_predictor
     from edgenas.store import Store, default_store_path
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise UsageError(f"supernet checkpoint {checkpoint} does not exist: train one with 'edgenas train'")
-    path = Path(predictor_path) if predictor_path else checkpoint.parent / PREDICTOR_FILE
+    path = Path(predictor_path) if predictor_path else checkpoint.parent / "accuracy_predictor.npz"
     predictor = load_accuracy_predictor(path)
     evaluator = SupernetEvaluator(str(checkpoint), "holdout", bn_batches)
     space = evaluator.supernet.space

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from edgenas.accuracy import DEFAULT_KIND, KINDS
-from edgenas.accuracy.dataset import AccuracyDataset, dist_rank, sample_archs, top1_metric
+from edgenas.accuracy.dataset import dist_rank, sample_archs
+from edgenas.accuracy.measure import SupernetEvaluator
 from edgenas.accuracy.predictor import AccuracyPredictor, FitConfig, FitReport, free_cores, kendall_tau, rmse
 from edgenas.errors import UsageError
 from edgenas.space import Arch
@@ -111,26 +112,6 @@ def _evaluate_shard(checkpoint: str, archs: list[dict], store_path: str, rank: i
         data = ctx.accuracy_dataset(store)
         return data.build([Arch.from_dict(a) for a in archs], ctx.evaluate, rank=rank, world_size=world_size,
                           progress=progress)
-
-
-class SupernetEvaluator:
-    """A checkpoint's supernet and the dataset it was trained on (fingerprint checked), ready to evaluate archs."""
-
-    def __init__(self, checkpoint: str, split: str, bn_batches: int) -> None:
-        from edgenas.train.checkpoint import OpenedCheckpoint
-
-        opened = OpenedCheckpoint(checkpoint)  # read once: info, supernet and the checked dataset
-        self.info, self.supernet, self.dataset = opened.info, opened.supernet, opened.dataset()
-        self.split, self.bn_batches = split, bn_batches
-
-    def accuracy_dataset(self, store) -> AccuracyDataset:
-        return AccuracyDataset(store, self.info["sha256"], self.dataset.fingerprint, self.split,
-                               metric=top1_metric(self.bn_batches))
-
-    def evaluate(self, arch: Arch) -> float:
-        from edgenas.train.evaluate import evaluate
-
-        return evaluate(self.supernet, arch, self.dataset, self.split, bn_batches=self.bn_batches)
 
 
 def fit_predictor(

@@ -21,6 +21,15 @@ from edgenas.space import Arch, SearchSpace
 FORMAT = "edgenas-accuracy-gp"
 
 
+def cost_columns(space: SearchSpace, archs: Sequence[Arch]) -> np.ndarray:
+    """(n, 3): log MACs, log params, resolution of each arch."""
+    from edgenas.cost import stats_table
+
+    stats = stats_table(space).compute(list(archs))
+    return np.stack([np.log(np.asarray(stats["macs"], float)), np.log(np.asarray(stats["params"], float)),
+                     np.array([a.resolution for a in archs], float)], axis=1)
+
+
 def _cost_of(space: SearchSpace, archs: Any) -> np.ndarray:
     """log MACs, log params, resolution of `archs` (a list, or a search's ArchBatch: from its genomes)."""
     stats_of = getattr(archs, "stats", None)
@@ -29,8 +38,6 @@ def _cost_of(space: SearchSpace, archs: Any) -> np.ndarray:
         res = np.asarray(archs.codec.space.resolutions)[np.asarray(archs.genomes)[:, 0]]
         return np.stack([np.log(np.asarray(stats["macs"], float)), np.log(np.asarray(stats["params"], float)),
                          np.asarray(res, float)], axis=1)
-    from edgenas.accuracy.cost_features import cost_columns
-
     return cost_columns(space, list(archs))
 
 
@@ -121,11 +128,10 @@ class GPAccuracyPredictor:
     def save(self, path: str | os.PathLike, *, inputs: dict[str, Any] | None = None, seed: int | None = None) -> Path:
         import io
 
-        from edgenas.accuracy.predictor import _undefined_as_null
-        from edgenas.artifacts import atomic_write_bytes, write_manifest
+        from edgenas.artifacts import atomic_write_bytes, undefined_as_null, write_manifest
 
         path = Path(path)
-        info = _undefined_as_null(self.info)
+        info = undefined_as_null(self.info)
         header = {"format": FORMAT, "version": 1, "space": self.space.to_dict(), "constant": self.constant,
                   "length_scale": self.length_scale, "noise": self.noise, "y_mean": self.y_mean,
                   "y_scale": self.y_scale, "info": info}

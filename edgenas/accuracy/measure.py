@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from edgenas.accuracy.dataset import AccuracyDataset, top1_metric
 from edgenas.space import Arch
 
 SPLITS = ("val", "holdout")
@@ -115,6 +116,26 @@ class PairedMeasurement:
         rows = list(rows)
         return PairedMeasurement([self.archs[i] for i in rows], self.correct[rows], self.columns, self.labels,
                                  self.bn_batches)
+
+
+class SupernetEvaluator:
+    """A checkpoint's supernet and the dataset it was trained on (fingerprint checked), ready to evaluate archs."""
+
+    def __init__(self, checkpoint: str, split: str, bn_batches: int) -> None:
+        from edgenas.train.checkpoint import OpenedCheckpoint
+
+        opened = OpenedCheckpoint(checkpoint)  # read once: info, supernet and the checked dataset
+        self.info, self.supernet, self.dataset = opened.info, opened.supernet, opened.dataset()
+        self.split, self.bn_batches = split, bn_batches
+
+    def accuracy_dataset(self, store) -> AccuracyDataset:
+        return AccuracyDataset(store, self.info["sha256"], self.dataset.fingerprint, self.split,
+                               metric=top1_metric(self.bn_batches))
+
+    def evaluate(self, arch: Arch) -> float:
+        from edgenas.train.evaluate import evaluate
+
+        return evaluate(self.supernet, arch, self.dataset, self.split, bn_batches=self.bn_batches)
 
 
 def measure_paired(evaluator: Any, archs: Sequence[Arch], store: Any, *, bn_batches: int,

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from edgenas.artifacts import undefined_as_null
 from edgenas.errors import UsageError
 from edgenas.inputs import GIB, decode_text, input_file, is_int, one_line, parse_json, size_text, space_from_dict
 from edgenas.space import Arch, SearchSpace
@@ -261,15 +262,7 @@ class AccuracyPredictor:
         return path
 
 
-def _undefined_as_null(value: Any) -> Any:
-    """`value` with every NaN or infinite float replaced by None, so the file reads back (readers refuse NaN)."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _undefined_as_null(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_undefined_as_null(v) for v in value]
-    return value
+_undefined_as_null = undefined_as_null  # the old name (files and callers use it)
 
 
 def load_accuracy_predictor(path: str | os.PathLike) -> AccuracyPredictor:

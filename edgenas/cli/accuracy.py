@@ -65,9 +65,9 @@ def run_fit(args: argparse.Namespace) -> int:
     if result is None:  # a non-zero torchrun rank: rank 0 fits and reports
         return 0
     if args.json:
-        from edgenas.accuracy.predictor import _undefined_as_null
+        from edgenas.artifacts import undefined_as_null
 
-        print(json.dumps(_undefined_as_null(result.to_dict()), indent=2))  # a GP has no early-stopping figures
+        print(json.dumps(undefined_as_null(result.to_dict()), indent=2))  # a GP has no early-stopping figures
         return 0
     fit = result.fit
     print(f"accuracy predictor: {result.path}")

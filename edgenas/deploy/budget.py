@@ -225,7 +225,7 @@ def _card_prediction(acc: Any, done: Deployment, ship_dir: Path) -> None:
     """The card's `accuracy_prediction` (how sure the choice was): the predictor's top-1 for the winner with its 95 %
     interval where the predictor gives one (a GP's; None for an MLP), the predictor's own figures on subnets it never
     saw, and the regret where the run measured it (None: `tools/bench/regret.py` measures it after a run)."""
-    from edgenas.accuracy.predictor import _undefined_as_null
+    from edgenas.artifacts import undefined_as_null
     from edgenas.export.card import write_card
 
     card, arch = done.shipped.card, done.winner.arch
@@ -233,7 +233,7 @@ def _card_prediction(acc: Any, done: Deployment, ship_dir: Path) -> None:
     if callable(getattr(acc, "interval", None)):
         lo, hi = acc.interval([arch])
         interval = [float(lo[0]), float(hi[0])]
-    card["accuracy_prediction"] = _undefined_as_null({
+    card["accuracy_prediction"] = undefined_as_null({
         "predicted_top1": float(acc.predict([arch])[0]), "interval_95": interval,
         "predictor": acc.info.get("kind", "mlp"), "predictor_test": acc.info.get("test"), "regret_points": None})
     write_card(ship_dir, card)
