@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import platform
 import sys
@@ -162,3 +163,14 @@ def toml_text(header: str, data: Mapping[str, Any]) -> str:
     for name, table in tables:
         lines += ["", name] + [f"{k} = {toml_value(v)}" for k, v in table.items() if v is not None]
     return "\n".join(lines) + "\n"
+
+
+def undefined_as_null(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None, so the file reads back (readers refuse NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: undefined_as_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [undefined_as_null(v) for v in value]
+    return value

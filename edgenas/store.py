@@ -331,6 +331,12 @@ class Store:
             (supernet_sha256, dataset, split, _arch_json(arch), metric)).fetchone()
         return row is not None
 
+    def evaluated(self, supernet_sha256: str) -> list[tuple[Any, str, str]]:
+        """(arch, split, metric) of every evaluation of this supernet, oldest first."""
+        rows = self._conn().execute("SELECT arch, split, metric FROM evaluations WHERE supernet_sha256=? ORDER BY id",
+                                    (supernet_sha256,))
+        return [(json.loads(r[0]), r[1], r[2]) for r in rows]
+
     def evaluations(self, supernet_sha256: str, split: str, metric: str, *,
                     dataset: str | None = None) -> list[StoredEvaluation]:
         """Every evaluation of this supernet, split and metric (optionally one dataset), oldest first."""

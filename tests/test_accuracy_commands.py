@@ -39,6 +39,7 @@ def test_predictor_fit_command_evaluates_stores_and_resumes(tmp_path, capsys):
     first = json.loads(capsys.readouterr().out)
     assert first["samples"] == 14 and first["evaluated_now"] == 14 and first["test_size"] == 4
     assert first["fit"]["train_size"] + first["fit"]["val_size"] == 10
+    assert first["paired_images"] > 100 and "noise_ceiling" in first  # the test archs measured paired too
     predictor = load_accuracy_predictor(tmp_path)  # saved beside the checkpoint
     archs = SearchSpace.preset("tiny").sample_many(np.random.default_rng(0), 5)
     assert np.all((predictor.predict(archs) >= 0) & (predictor.predict(archs) <= 1))

@@ -115,6 +115,8 @@ def test_the_shipped_winner_is_the_measured_file(ran):
     assert {f["name"]: f["sha256"] for f in card["files"]}[shipped.name] == winner["sha256"]
     (measured,) = card["latency"]["measured"]
     assert measured["latency_ms"] == winner["latency_ms"] == deployed["measured_latency_ms"] <= budget
+    # how sure the choice was: the predictor's figure for the winner (the one the search ranked it by)
+    assert card["accuracy_prediction"]["predicted_top1"] == pytest.approx(winner["predicted_accuracy"])
 
 
 def test_one_constraint_builder_for_user_units():

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from edgenas.accuracy.dataset import AccuracyDataset, dist_rank, sample_archs, top1_metric
+from edgenas.accuracy import DEFAULT_KIND, KINDS
+from edgenas.accuracy.dataset import dist_rank, sample_archs
+from edgenas.accuracy.measure import SupernetEvaluator
 from edgenas.accuracy.predictor import AccuracyPredictor, FitConfig, FitReport, free_cores, kendall_tau, rmse
 from edgenas.errors import UsageError
 from edgenas.space import Arch
@@ -32,6 +34,14 @@ class PredictorFitResult:
     test_size: int
     test_rmse: float
     test_kendall_tau: float
+    # the test subnets measured paired on every val + holdout image (`edgenas.accuracy.measure`), the predictor judged
+    # on that measurement as `edgenas predictor eval` judges it; None where not measured (paired=False)
+    paired_images: int | None = None
+    paired_kendall_tau: float | None = None
+    paired_spearman: float | None = None
+    paired_rmse_points: float | None = None
+    paired_top_k_hit_rate: float | None = None
+    noise_ceiling: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -48,16 +58,45 @@ def split_archs(archs: Sequence[Arch], test: int, seed: int) -> tuple[list[Arch]
     return [archs[i] for i in order[test:]], [archs[i] for i in order[:test]]
 
 
+
+
 def fit_and_test(space, archs: Sequence[Arch], accuracy: np.ndarray, *, test: int, seed: int,
-                 config: FitConfig | None = None) -> tuple[AccuracyPredictor, FitReport, dict[str, float]]:
+                 config: FitConfig | None = None, kind: str = DEFAULT_KIND) -> tuple[Any, FitReport, dict[str, float]]:
     """Fit on all but `test` archs, and measure RMSE and Kendall tau on those `test` archs."""
+    import time
+
+    if kind not in KINDS:
+        raise UsageError(f"unknown predictor kind {kind!r}: choose from {', '.join(KINDS)}")
     values = dict(zip(archs, accuracy.tolist()))
     fit_archs, test_archs = split_archs(list(archs), test, seed)
-    predictor, report = AccuracyPredictor.fit(space, fit_archs, [values[a] for a in fit_archs], seed=seed,
-                                              config=config)
+    fit_y = [values[a] for a in fit_archs]
+    if kind == "gp":
+        from edgenas.accuracy.gp import GPAccuracyPredictor
+
+        t0 = time.perf_counter()
+        predictor = GPAccuracyPredictor.fit(space, fit_archs, fit_y, seed=seed)
+        report = FitReport(train_size=len(fit_archs), val_size=0, epochs=0, best_epoch=0, val_rmse=float("nan"),
+                           val_kendall_tau=float("nan"), mean_accuracy=float(np.mean(fit_y)),
+                           seconds=time.perf_counter() - t0)
+    else:
+        predictor, report = AccuracyPredictor.fit(space, fit_archs, fit_y, seed=seed, config=config)
     y = np.array([values[a] for a in test_archs])
     p = predictor.predict(test_archs)
     return predictor, report, {"test_size": len(test_archs), "test_rmse": rmse(p, y), "test_kendall_tau": kendall_tau(p, y)}
+
+
+def paired_figures(ctx: SupernetEvaluator, predictor: Any, test_archs: Sequence[Arch], store: Any, bn_batches: int,
+                   seed: int, progress: bool) -> dict[str, float]:
+    """The test subnets measured paired on val + holdout, and the predictor's figures on that measurement."""
+    from edgenas.accuracy.evaluation import evaluate_predictor
+    from edgenas.accuracy.measure import measure_paired
+
+    m = measure_paired(ctx, list(test_archs), store, bn_batches=bn_batches, progress=progress)
+    k = max(1, min(5, len(test_archs) // 3))
+    e = evaluate_predictor(predictor, m, name="", seed=seed, k=k)
+    return {"paired_images": e.images, "paired_kendall_tau": e.figures["kendall_tau"],
+            "paired_spearman": e.figures["spearman"], "paired_rmse_points": e.figures["rmse_points"],
+            "paired_top_k_hit_rate": e.figures[f"top{k}_hit_rate"], "noise_ceiling": e.noise_ceiling}
 
 
 def _evaluate_shard(checkpoint: str, archs: list[dict], store_path: str, rank: int, world_size: int,
@@ -75,26 +114,6 @@ def _evaluate_shard(checkpoint: str, archs: list[dict], store_path: str, rank: i
                           progress=progress)
 
 
-class SupernetEvaluator:
-    """A checkpoint's supernet and the dataset it was trained on (fingerprint checked), ready to evaluate archs."""
-
-    def __init__(self, checkpoint: str, split: str, bn_batches: int) -> None:
-        from edgenas.train.checkpoint import OpenedCheckpoint
-
-        opened = OpenedCheckpoint(checkpoint)  # read once: info, supernet and the checked dataset
-        self.info, self.supernet, self.dataset = opened.info, opened.supernet, opened.dataset()
-        self.split, self.bn_batches = split, bn_batches
-
-    def accuracy_dataset(self, store) -> AccuracyDataset:
-        return AccuracyDataset(store, self.info["sha256"], self.dataset.fingerprint, self.split,
-                               metric=top1_metric(self.bn_batches))
-
-    def evaluate(self, arch: Arch) -> float:
-        from edgenas.train.evaluate import evaluate
-
-        return evaluate(self.supernet, arch, self.dataset, self.split, bn_batches=self.bn_batches)
-
-
 def fit_predictor(
     checkpoint: str | os.PathLike,
     *,
@@ -109,6 +128,8 @@ def fit_predictor(
     config: FitConfig | None = None,
     latency_cost: Callable[[Sequence[Arch]], np.ndarray] | None = None,
     progress: bool = True,
+    paired: bool = True,
+    kind: str = DEFAULT_KIND,
 ) -> PredictorFitResult | None:
     """Build the accuracy dataset of `samples` archs (`test` of them kept out of fitting), fit and save the
     predictor beside the checkpoint. Under torchrun each rank evaluates its share; rank 0 waits, fits and
@@ -150,7 +171,11 @@ def fit_predictor(
         data.wait_for(archs)
         evaluated_now = before - len(data.missing(archs))
         archs, accuracy = data.load(archs)
-    predictor, report, tested = fit_and_test(space, archs, accuracy, test=test, seed=seed, config=config)
+        predictor, report, tested = fit_and_test(space, archs, accuracy, test=test, seed=seed, config=config,
+                                                  kind=kind)
+        if paired and tested["test_size"] >= 3:
+            tested.update(paired_figures(ctx, predictor, split_archs(list(archs), test, seed)[1], store, bn_batches,
+                                         seed, progress))
     path = Path(out) if out else checkpoint.parent / PREDICTOR_FILE
     predictor.info["test"] = tested
     predictor.save(path, inputs={"supernet": str(checkpoint), "store": str(store_path)}, seed=seed)

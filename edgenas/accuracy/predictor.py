@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from edgenas.artifacts import undefined_as_null
 from edgenas.errors import UsageError
 from edgenas.inputs import GIB, decode_text, input_file, is_int, one_line, parse_json, size_text, space_from_dict
 from edgenas.space import Arch, SearchSpace
@@ -261,15 +262,7 @@ class AccuracyPredictor:
         return path
 
 
-def _undefined_as_null(value: Any) -> Any:
-    """`value` with every NaN or infinite float replaced by None, so the file reads back (readers refuse NaN)."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _undefined_as_null(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_undefined_as_null(v) for v in value]
-    return value
+_undefined_as_null = undefined_as_null  # the old name (files and callers use it)
 
 
 def load_accuracy_predictor(path: str | os.PathLike) -> AccuracyPredictor:
@@ -286,6 +279,11 @@ def load_accuracy_predictor(path: str | os.PathLike) -> AccuracyPredictor:
     try:
         with np.load(path, allow_pickle=False) as data:
             header = parse_json(decode_text(bytes(data["header"]), source), source)
+            if isinstance(header, dict) and header.get("format") == "edgenas-accuracy-gp":
+                from edgenas.accuracy.gp import GPAccuracyPredictor
+
+                space = space_from_dict(header.get("space"), source, ACCURACY_REMEDY)
+                return GPAccuracyPredictor.from_arrays(space, header, data, source)  # type: ignore[return-value]
             n = header.get("layers") if isinstance(header, dict) else None
             if not is_int(n) or not 1 <= n <= 64:
                 raise UsageError(f"{source}: layers = {n!r}: expected an integer from 1 to 64; {ACCURACY_REMEDY}")

@@ -209,6 +209,8 @@ def search_and_deploy(job: BudgetJob, *, checkpoint: Any = None, device: Any = N
     options = deploy_options(constraints, formats=job.formats, seed=job.seed, bn_batches=job.bn_batches,
                              max_drop_points=job.max_int8_drop_points)
     done = _deploy(job, result, checkpoint, device, precision, options, lineage, search_again, progress)
+    if job.ship_dir is not None and done.shipped is not None and done.winner is not None:
+        _card_prediction(acc, done, job.ship_dir)
     if job.ship_dir is not None:  # the search's own record stays as the cards name it; the measured side beside it
         deployed = save_result(result, job.out_dir / "deployed-result.json", verification=done, seed=job.seed,
                                inputs={**inputs, "search_result": str(record)})
@@ -217,6 +219,24 @@ def search_and_deploy(job: BudgetJob, *, checkpoint: Any = None, device: Any = N
         save_result(result, record, verification=done, inputs=inputs, seed=job.seed)
     plot = plot_front(result, job.out_dir / "pareto.png", verification=done)
     return _outcome(result, done, record, deployed, plot)
+
+
+def _card_prediction(acc: Any, done: Deployment, ship_dir: Path) -> None:
+    """The card's `accuracy_prediction` (how sure the choice was): the predictor's top-1 for the winner with its 95 %
+    interval where the predictor gives one (a GP's; None for an MLP), the predictor's own figures on subnets it never
+    saw, and the regret where the run measured it (None: `tools/bench/regret.py` measures it after a run)."""
+    from edgenas.artifacts import undefined_as_null
+    from edgenas.export.card import write_card
+
+    card, arch = done.shipped.card, done.winner.arch
+    interval = None
+    if callable(getattr(acc, "interval", None)):
+        lo, hi = acc.interval([arch])
+        interval = [float(lo[0]), float(hi[0])]
+    card["accuracy_prediction"] = undefined_as_null({
+        "predicted_top1": float(acc.predict([arch])[0]), "interval_95": interval,
+        "predictor": acc.info.get("kind", "mlp"), "predictor_test": acc.info.get("test"), "regret_points": None})
+    write_card(ship_dir, card)
 
 
 def _device_name(name: str) -> str:

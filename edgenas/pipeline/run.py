@@ -121,6 +121,7 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, force: bool = Fals
     store_path = out / "store.sqlite"
     tables_dir = out / "latency_tables"
 
+    from edgenas.accuracy import DEFAULT_KIND
     from edgenas.train.checkpoint import load_checkpoint_info
     from edgenas.train.gate import TrainingGateFailed
 
@@ -146,7 +147,7 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, force: bool = Fals
     predictor_out = book.run(
         "predictor",
         {"checkpoint": ckpt_sha, "samples": config.predictor_samples, "test": config.predictor_test, "seed": config.seed,
-         **_bn_key(config)},
+         **_bn_key(config), "kind": DEFAULT_KIND},
         lambda: _fit_accuracy(config, checkpoint, store_path, out, progress),
         _files_exist("path"),
     )

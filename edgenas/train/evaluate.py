@@ -159,3 +159,35 @@ def recalibrate_for(supernet: Supernet, arch: Arch | Any, dataset: Dataset, *, b
         recalibrate_bn(supernet, batches.calibration(arch.resolution))
     finally:
         supernet.set_active(previous)
+
+
+def evaluate_correct_splits(supernet: Supernet, archs: Sequence[Arch | Any], dataset: Dataset,
+                            splits: Sequence[str] = ("val", "holdout"), *, bn_batches: int = 8, batch_size: int = 64,
+                            seed: int = 0, eval_batch_size: int = 256, progress: bool = False) -> Any:
+    """Paired evaluation: for each arch, one BatchNorm recalibration (on the same `bn_batches` training batches for
+    every arch at a resolution) and then, per split in `splits`, whether each image (in the split's order) is
+    classified right. Yields `(arch, {split: bool array})` as each arch is done, so a caller can store it at once."""
+    archs = [_as_arch(supernet, a) for a in archs]
+    _check_fits(supernet, dataset)
+    device = next(supernet.parameters()).device
+    # evaluation in large batches (eval mode: the same figures, a fraction of the per-batch overhead); BatchNorm
+    # recalibrated on `batch_size` batches, as `evaluate` does
+    first = _Batches(dataset, splits[0], bn_batches, batch_size, seed, device)
+    batches = {split: _Batches(dataset, split, bn_batches, eval_batch_size, seed, device) for split in splits}
+    previous, was_training = supernet.active_arch, supernet.training
+    try:
+        with preserved_bn(supernet), torch.no_grad(), Progress(len(archs), "paired evaluation", unit="arch",
+                                                               enabled=progress) as bar:
+            for arch in archs:
+                supernet.set_active(arch)
+                recalibrate_bn(supernet, first.calibration(arch.resolution))
+                supernet.eval()
+                out = {}
+                for split in splits:
+                    hits = [supernet(x).argmax(1) == y for x, y in batches[split].evaluation(arch.resolution)]
+                    out[split] = (torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)).cpu().numpy()
+                bar.update(1)
+                yield arch, out
+    finally:
+        supernet.set_active(previous)
+        supernet.train(was_training)
