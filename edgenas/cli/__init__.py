@@ -135,10 +135,12 @@ def check_arguments(args: argparse.Namespace) -> None:
     stage's own checks (files, devices, outputs) follow in its handler."""
     import math
 
+    from edgenas.cli.folder import apply_run_folder
     from edgenas.errors import UsageError
     from edgenas.inputs import check_store_path, output_dir
     from edgenas.settings import check_flags
 
+    apply_run_folder(args)  # a run folder's supernet, predictors, devices and store for the options left out
     for dest, value in sorted(vars(args).items()):
         if dest.startswith("_"):
             continue
@@ -169,11 +171,12 @@ def check_names(args: argparse.Namespace) -> None:
     from edgenas.errors import UsageError, did_you_mean
 
     if args.command in DEVICE_FILE_COMMANDS:
-        from edgenas.devices.config import find_device_file
+        from edgenas.devices.config import builtin_device, find_device_file
 
         names = getattr(args, "device", None) or getattr(args, "name", None) or []
         for name in [names] if isinstance(names, str) else names:
-            find_device_file(name)
+            if builtin_device(name) is None:  # `local` and `local-tflite` work from any folder
+                find_device_file(name)
     space = getattr(args, "space", None)
     if isinstance(space, str) and not space.endswith(".json") and not Path(space).is_file():
         from edgenas.space import SearchSpace
