@@ -91,9 +91,12 @@ def find_run_folder(path: str | os.PathLike | None) -> RunFolder | None:
     """The run folder holding `path` (the folder itself, or a file or folder inside it), else None."""
     if path is None or str(path) == "":
         return None
-    here = Path(path).resolve()
-    if not here.is_dir():
-        here = here.parent
+    try:
+        here = Path(path).resolve()
+        if not here.is_dir():
+            here = here.parent
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte: the command's own check names it
+        return None
     for folder in [here, *here.parents][: LEVELS_UP + 1]:
         data = _read(folder / MANIFEST)
         if data is not None:

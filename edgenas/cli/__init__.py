@@ -140,7 +140,6 @@ def check_arguments(args: argparse.Namespace) -> None:
     from edgenas.inputs import check_store_path, output_dir
     from edgenas.settings import check_flags
 
-    apply_run_folder(args)  # a run folder's supernet, predictors, devices and store for the options left out
     for dest, value in sorted(vars(args).items()):
         if dest.startswith("_"):
             continue
@@ -151,6 +150,7 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise UsageError(f"{option} = {value}: expected a finite number")
         if isinstance(value, str) and "\x00" in value:
             raise UsageError(f"{option} holds a NUL byte: give a real value")
+    apply_run_folder(args)  # a run folder's supernet, predictors, devices and store for the options left out
     check_flags(vars(args))  # each knob's range, as a config file's key is checked (edgenas.settings)
     check_names(args)
     check_store_path(getattr(args, "store", None))

@@ -56,9 +56,16 @@ def _file_values(args: argparse.Namespace) -> list[str]:
     for dest in ("arch", "models"):
         value = getattr(args, dest, None)
         for v in [value] if isinstance(value, str) else value or []:
-            if isinstance(v, str) and not v.lstrip().startswith(("{", "[")) and Path(v).exists():
+            if isinstance(v, str) and "\x00" not in v and not v.lstrip().startswith(("{", "[")) and _exists(v):
                 values.append(v)
     return values
+
+
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):
+        return False
 
 
 def _devices(args: argparse.Namespace, folder) -> list[str]:
