@@ -104,3 +104,16 @@ def interrupt_handlers() -> Iterator[None]:
         for s, handler in previous.items():
             signal.signal(s, handler)
         _held.clear()
+
+
+def did_you_mean(value: object, choices: object) -> str:
+    """`" (did you mean 'tiny'?)"` when one of `choices` is near `value` (a typo), else "": the hint every refusal of
+    an unknown name (flag, command, device, space, preset, format) ends with, as git and cargo do."""
+    import difflib
+
+    names = [str(c) for c in choices]  # type: ignore[attr-defined]
+    text = str(value)
+    near = difflib.get_close_matches(text, names, n=1, cutoff=0.6)
+    if not near:  # a prefix or a longer spelling of a name: '--epochs' for '--epochs-scale'
+        near = [n for n in names if n.startswith(text) or text.startswith(n)][:1] if len(text) > 2 else []
+    return f" (did you mean {near[0]!r}?)" if near else ""

@@ -279,7 +279,10 @@ class SearchSpace:
         try:
             factory = _PRESETS[name]
         except KeyError:
-            raise ValueError(f"unknown search-space preset {name!r}: choose from {_fmt_choices(SearchSpace.presets())}") from None
+            from edgenas.errors import did_you_mean
+
+            raise ValueError(f"unknown search-space preset {name!r}{did_you_mean(name, SearchSpace.presets())}: "
+                             f"choose from {_fmt_choices(SearchSpace.presets())}") from None
         space = factory()
         return space.replace(**overrides) if overrides else space
 

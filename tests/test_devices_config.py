@@ -116,7 +116,7 @@ def test_missing_file_and_unknown_name(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     with pytest.raises(UsageError, match="does not exist"):
         load_device(tmp_path / "nope.toml")
-    with pytest.raises(UsageError, match=r"unknown device 'pi5'.*devices/pi5\.toml.*no device files"):
+    with pytest.raises(UsageError, match=r"unknown device 'pi5'.*devices/pi5\.toml.*known devices: local, local-tflite"):
         load_device("pi5")
     with pytest.raises(UsageError, match="bad device name"):
         load_device("$(reboot)")

@@ -62,8 +62,12 @@ def test_missing_converter_is_one_line_and_status_2(checkpoint, tmp_path, capsys
 
 
 def test_mismatched_arch_and_device_counts(checkpoint, tmp_path, capsys):
-    code = main(["export", "--supernet", str(checkpoint), "--arch", ARCH, "--arch", ARCH, "--device", "a", "--device", "b",
-                 "--device", "c", "--formats", "onnx", "--out", str(tmp_path)])
+    names = []
+    for name in "abc":  # devices that exist: an unknown name is refused first, naming the near one
+        (tmp_path / f"{name}.toml").write_text(f'name = "{name}"\nkind = "local"\n')
+        names += ["--device", str(tmp_path / f"{name}.toml")]
+    code = main(["export", "--supernet", str(checkpoint), "--arch", ARCH, "--arch", ARCH, *names,
+                 "--formats", "onnx", "--out", str(tmp_path / "out")])
     assert code == 2 and "one --arch per device" in _one_line_error(capsys)
 
 

@@ -64,8 +64,11 @@ def _stored(store: Path) -> list[tuple]:
     if not store.is_file():
         return []
     with sqlite3.connect(store) as db:
-        return db.execute("SELECT id, model_sha256, device, runtime, precision, created FROM measurements WHERE ok = 1"
-                          ).fetchall()
+        try:
+            return db.execute("SELECT id, model_sha256, device, runtime, precision, created FROM measurements "
+                              "WHERE ok = 1").fetchall()
+        except sqlite3.OperationalError:  # the store is being made: its tables are not there yet
+            return []
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +223,61 @@ def test_demo_config_is_valid(tmp_path):
     assert [(d.budget_quantiles, d.calibration_budget, d.holdout, d.calibration_rounds) for d in example.devices] == [
         (d.budget_quantiles, d.calibration_budget, d.holdout, d.calibration_rounds) for d in config.devices]
     assert parse_run_config({"devices": [{"name": "a", "budgets_ms": [1.0]}]}).devices[0].budgets_ms == (1.0,)
+
+
+def test_the_next_commands_continue_the_folder(project, interrupted_then_resumed):
+    """A finished run prints three next commands; each runs as printed, with no extra flags, on the run's folder,
+    and takes what it needs from the folder's manifest (no `--predictor`, no tables folder, no device file here)."""
+    manifest = json.loads((project / "out" / "manifest.json").read_text())
+    assert manifest["kind"] == "edgenas run folder" and manifest["supernet"] == "supernet/supernet.pt"
+    assert manifest["accuracy_predictor"] == "accuracy_predictor.npz" and manifest["report"] == "report.html"
+    assert set(manifest["devices"]["local"]["latency"]) == {"fp32"} and manifest["exports"]
+    assert "percentile of the predicted latency" in manifest["budgets"][0]["budget_source"]
+    proc = _edgenas("run", "run.toml", "--force", cwd=project)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    _report_agrees_with_the_cards(project / "out", out)
+    lines = out[out.index("next, on this folder:"):].splitlines()[1:]
+    commands = [line.strip() for line in lines if line.strip().startswith("edgenas ")]
+    assert [c.split()[1] for c in commands] == ["search", "measure", "eval"], out
+    assert not (project / "devices").exists()  # the device is found through the folder, not the current one
+    said = []
+    for command in commands:
+        done = subprocess.run([sys.executable, "-m", "edgenas.cli", *command.split()[1:]], cwd=project,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+        reused = [line for line in done.stderr.splitlines() if "reusing from out/" in line]
+        assert len(reused) == 1, done.stderr
+        said.append(reused[0])
+    assert "accuracy predictor out/accuracy_predictor.npz" in said[0] and "latency predictor of local" in said[0]
+    assert "supernet out/supernet/supernet.pt" in said[2]
+
+
+def _report_agrees_with_the_cards(folder: Path, summary: str) -> None:
+    """One accuracy per shipped file: the card's, with its split and image count, the same in the summary and the
+    report; the report fits a 1,400 px window in Chromium and shows no raw JSON."""
+    from test_report import CHROMIUM, assert_no_raw_json, chromium_probe
+
+    from edgenas.pipeline.report import accuracy_text
+
+    report = (folder / "report.html").read_text()
+    stages = json.loads((folder / "stages.json").read_text())
+    shipped = [v["outputs"] for k, v in stages.items() if k.startswith("deploy:") and v["outputs"].get("card")]
+    assert shipped
+    for outcome in shipped:
+        card = json.loads(Path(outcome["card"]).read_text())
+        acc = card["accuracy"]
+        figure = f"{100 * acc['files'][outcome['deployed_file']]:.1f} % ({acc['split']}, {acc['images']} images"
+        assert figure in summary and figure in report, figure
+        (winner,) = [c for c in outcome["candidates"] if c["arch"] == outcome["arch"]]
+        both = accuracy_text(acc["files"][outcome["deployed_file"]], acc["split"], acc["images"], winner["accuracy"],
+                             winner["holdout_images"])
+        assert both in summary and both in report
+    assert "percentile of the predicted latency of 2000 random subnets on local" in report
+    assert report.count("<svg class=front") == 1 and "class=shipped" in report
+    assert_no_raw_json(report)
+    if CHROMIUM is not None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            assert chromium_probe(folder / "report.html", Path(tmp)).endswith("width:1400 overflow:false wide:0")

@@ -1,4 +1,4 @@
-"""README.md's "Start from Once-for-All's published supernets" runs as written, on files of the published layout.
+"""docs/pretrained.md's "Start from Once-for-All's published supernets" runs as written, on files of the published layout.
 
 The published supernet, predictor and Note10 tables are replaced by files with their names and layout and seeded
 values (`tests/ofa_fixtures.py`: two of the five table resolutions); the download step is the only one not run.
@@ -15,12 +15,12 @@ import torch
 from ofa_fixtures import DATA, ofa_weights, predictor_weights
 
 ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text()
+README = (ROOT / "docs" / "pretrained.md").read_text()  # where the walkthrough lives
 
 
 def test_the_once_for_all_walkthrough_runs_as_written(tmp_path):
     block = re.search(r"<!-- ofa-walkthrough -->\s*```\n(.*?)```", README, re.S)
-    assert block, "README.md has no code block after <!-- ofa-walkthrough -->"
+    assert block, "docs/pretrained.md has no code block after <!-- ofa-walkthrough -->"
     torch.save({"state_dict": ofa_weights("1.2")}, tmp_path / "ofa_mbv3_d234_e346_k357_w1.2")
     torch.save(predictor_weights(), tmp_path / "acc_predictor.pth")
     for r in (176, 192):

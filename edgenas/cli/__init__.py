@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 import traceback
 import warnings
@@ -33,10 +34,67 @@ EXIT_INTERRUPTED = 130  # SIGINT; SIGTERM exits with 143 (edgenas.errors)
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad argument is one line (the problem and where to look), exit status 2."""
+    """argparse, but a bad argument is one line (the problem, the near name, where to look), exit status 2, and no
+    prefix matching: `--epochs` is refused with "did you mean '--epochs-scale'?", not read as it."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}{self._hint(message)} (see '{self.prog} --help')\n")
+
+    def _hint(self, message: str) -> str:
+        from edgenas.errors import did_you_mean
+
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if choice:
+            return did_you_mean(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)))
+        unknown = re.match(r"unrecognized arguments: (\S+)", message)
+        if unknown:
+            flag = unknown.group(1).split("=", 1)[0]
+            return did_you_mean(flag, [o for a in self._actions for o in a.option_strings if o.startswith("--")])
+        return ""
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        """A command without subcommands refuses an unknown `--flag` first, before a missing required one hides it."""
+        if args is not None and not any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
+            for token in args:
+                if token == "--":
+                    break
+                if token.startswith("--") and token.split("=", 1)[0] not in self._option_string_actions:
+                    self.error(f"unrecognized arguments: {token}")
+        return super().parse_known_args(args, namespace)
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        """An unknown argument is reported by the (sub)command it was given to, so the near name is one of its own
+        flags."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.chosen(parsed).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def chosen(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        """The deepest subcommand's parser that `parsed` went through."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                sub = action.choices.get(getattr(parsed, action.dest, None) or "")
+                if sub is not None:
+                    return sub.chosen(parsed) if isinstance(sub, OneLineParser) else sub
+        return self
+
+
+def all_parsers(parser: argparse.ArgumentParser | None = None) -> list[argparse.ArgumentParser]:
+    """Every parser of the command, subcommands' included (docs/cli.md and the typo test walk them)."""
+    parser = parser or build_parser()
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                found += all_parsers(sub)
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +135,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     stage's own checks (files, devices, outputs) follow in its handler."""
     import math
 
+    from edgenas.cli.folder import apply_run_folder
     from edgenas.errors import UsageError
     from edgenas.inputs import check_store_path, output_dir
     from edgenas.settings import check_flags
@@ -91,11 +150,48 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise UsageError(f"{option} = {value}: expected a finite number")
         if isinstance(value, str) and "\x00" in value:
             raise UsageError(f"{option} holds a NUL byte: give a real value")
+    apply_run_folder(args)  # a run folder's supernet, predictors, devices and store for the options left out
     check_flags(vars(args))  # each knob's range, as a config file's key is checked (edgenas.settings)
+    check_names(args)
     check_store_path(getattr(args, "store", None))
     for dest in ("tables", "models"):  # calibrate's folders (`measure` has a list of model files, checked there)
         if isinstance(getattr(args, dest, None), str):
             output_dir(getattr(args, dest), f"--{dest}")
+
+
+# Commands whose --device (or NAME) is a device file; `import ofa-lut --device` names a new table, train's is torch's.
+DEVICE_FILE_COMMANDS = frozenset({"measure", "calibrate", "latency", "search", "export", "devices"})
+
+
+def check_names(args: argparse.Namespace) -> None:
+    """Refuse, before anything runs or is written, a device, search space or export format that does not exist,
+    naming the near one ("unknown device 'lcoal' (did you mean 'local'?)")."""
+    from pathlib import Path
+
+    from edgenas.errors import UsageError, did_you_mean
+
+    if args.command in DEVICE_FILE_COMMANDS:
+        from edgenas.devices.config import builtin_device, find_device_file
+
+        names = getattr(args, "device", None) or getattr(args, "name", None) or []
+        for name in [names] if isinstance(names, str) else names:
+            if builtin_device(name) is None:  # `local` and `local-tflite` work from any folder
+                find_device_file(name)
+    space = getattr(args, "space", None)
+    if isinstance(space, str) and not space.endswith(".json") and not Path(space).is_file():
+        from edgenas.space import SearchSpace
+
+        if space not in SearchSpace.presets():
+            raise UsageError(f"--space {space!r}: unknown search space{did_you_mean(space, SearchSpace.presets())}; "
+                             f"choose from {', '.join(SearchSpace.presets())}")
+    formats = getattr(args, "formats", None)
+    if isinstance(formats, str):
+        from edgenas.export.formats import FORMATS
+
+        bad = [f.strip() for f in formats.split(",") if f.strip() and f.strip() not in FORMATS]
+        if bad or not formats.strip(","):
+            raise UsageError(f"--formats {formats!r}: unknown format {bad[0] if bad else repr(formats)}"
+                             f"{did_you_mean(bad[0], FORMATS) if bad else ''}; choose from {', '.join(FORMATS)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "with distillation, write each format, verify every file against PyTorch on validation images, check int8 "
         "files in TFLite Micro, and write card.json / card.md. With several --device values (each paired with its "
         "--arch, in order), one folder per device.")
-    p.add_argument("--supernet", required=True, metavar="CKPT", help="supernet checkpoint (edgenas train)")
+    p.add_argument("--supernet", metavar="CKPT", help="supernet checkpoint (edgenas train) or a run folder "
+                   "(default: the run folder holding the --arch file)")
     p.add_argument("--arch", required=True, action="append", metavar="ARCH",
                    help="arch as inline JSON or a JSON file (a search result works); repeat once per --device")
     p.add_argument("--formats", default="onnx,tflite,tflite-int8",

@@ -40,11 +40,13 @@ def _finish(result, as_json: bool) -> int:
     import json
     import sys
 
+    from edgenas.pipeline.report import accuracy_text
+
     failed = [b for b in result.budgets if b.get("problems")]
     latency_failed = [c for c in result.calibrations if not c["passed"]]
     code = EXIT_CHECK_FAILED if failed or latency_failed else 0
     if as_json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps({**result.to_dict(), "next": [c for _, c in next_commands(result)]}, indent=2))
     else:
         print(f"\nedgenas: results in {result.out}")
         for b in result.budgets:
@@ -53,7 +55,8 @@ def _finish(result, as_json: bool) -> int:
                 print(f"  {where}, budget {b['budget_ms']:g} ms: no model — {b['note']}")
                 continue
             lat = f"{b['measured_latency_ms']:.3f} ms" if b["measured_latency_ms"] is not None else "not measured"
-            acc = f"{100 * b['accuracy']:.1f} %" if b["accuracy"] is not None else "?"
+            acc = accuracy_text(b["accuracy"], b.get("accuracy_split") or "val", b.get("accuracy_images"),
+                                b.get("holdout_accuracy"), b.get("holdout_images"))
             verdict = "meets" if b["meets_budget"] else "MISSES"
             checks = " EXPORT CHECKS FAILED: " + "; ".join(b["problems"]) if b.get("problems") else ""
             print(f"  {where}, budget {b['budget_ms']:g} ms: {lat} measured ({verdict} it), accuracy {acc}, "
@@ -64,12 +67,46 @@ def _finish(result, as_json: bool) -> int:
             print(f"  {c['message']}")
         print(f"  report: {result.report}")
         print("  time per stage: " + ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items()))
+        commands = next_commands(result)
+        if commands:
+            print("\nnext, on this folder:")
+            for comment, command in commands:
+                print(f"  {command}\n      {comment}")
     for b in failed:
         print(f"edgenas: error: the model shipped for {b['device']} at {b['budget_ms']:g} ms failed its export "
               f"checks: {'; '.join(b['problems'])} (files kept in {b['export_dir']})", file=sys.stderr)
     for c in latency_failed:
         print(f"edgenas: error: {c['message']}", file=sys.stderr)
     return code
+
+
+def next_commands(result) -> list[tuple[str, str]]:
+    """Three commands that continue a finished run's folder (each finds what it needs in the folder's manifest):
+    a tighter search, a measurement of a shipped file, its accuracy on the holdout split. (what, command) pairs."""
+    import os
+    import shlex
+    from pathlib import Path
+
+    shipped = [b for b in result.budgets if b.get("export_dir") and b.get("arch") is not None]
+    if not shipped:
+        return []
+    first = min(shipped, key=lambda b: b["budget_ms"])
+    out = Path(os.path.relpath(result.out)) if not str(os.path.relpath(result.out)).startswith("..") else result.out
+    export = Path(first["export_dir"])
+    export = out / export.resolve().relative_to(Path(result.out).resolve()) if export.is_absolute() else export
+    model = next((export / n for n in ("model.onnx", "model_fp32.tflite", "model_int8.tflite")
+                  if (export / n).is_file()), None)
+    tighter = float(f"{first['budget_ms'] * 0.8:.2g}")
+    q = shlex.quote
+    commands = [(f"search {first['device']} again under a tighter budget ({tighter:g} ms), with the folder's "
+                 "supernet, predictors and store", f"edgenas search --supernet {q(str(out))} --device "
+                 f"{q(first['device'])} --max-latency-ms {tighter:g}")]
+    if model is not None:
+        commands.append((f"measure the file shipped for {first['budget_ms']:g} ms on {first['device']} again",
+                         f"edgenas measure --device {q(first['device'])} {q(str(model))}"))
+    commands.append(("its top-1 on the holdout split (images the search never saw)",
+                     f"edgenas eval --arch {q(str(export / 'card.json'))} --split holdout"))
+    return commands
 
 
 def run_demo(args: argparse.Namespace) -> int:

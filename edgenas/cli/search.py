@@ -15,7 +15,8 @@ EXIT_CHECK_FAILED = 1  # the winner's export failed a check (verification, TFLit
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="find the most accurate subnet for a device under latency/SRAM/flash/MACs limits")
     p.add_argument("--supernet", required=True, metavar="CKPT", help="supernet checkpoint (its folder holds "
-                   "accuracy_predictor.npz from 'edgenas predictor fit')")
+                   "accuracy_predictor.npz from 'edgenas predictor fit'), or a run folder (demo, run, train): its "
+                   "predictors, device files and store are used for the options left out")
     p.add_argument("--device", required=True, action="append", metavar="NAME",
                    help="device name or TOML file (repeat for several devices: one result each)")
     p.add_argument("--max-latency-ms", type=float, metavar="T", help="latency limit on the device (ms)")
@@ -66,13 +67,17 @@ def run_search_command(args: argparse.Namespace) -> int:
         raise UsageError(f"--device values {args.device} repeat a device: give each once")
     _check_inputs(args)
     outputs = []
+    tables = getattr(args, "_latency_predictors", {})  # a run folder's calibrations (edgenas.cli.folder)
     for name in args.device:
         out = None
         if args.out:
             out = Path(args.out) / Path(name).stem if len(args.device) > 1 else Path(args.out)
+        elif getattr(args, "_run_folder", None) is not None:
+            out = Path(args._run_folder) / "search" / Path(name).stem
         done = search_device(args.supernet, name, constraints, algorithm=algorithm, top_k=args.top_k,
                              seed=args.seed, population=args.population, generations=args.generations,
-                             accuracy_predictor=args.predictor, latency_predictor=args.latency_predictor, out_dir=out,
+                             accuracy_predictor=args.predictor, latency_predictor=args.latency_predictor or tables.get(name),
+                             out_dir=out,
                              store=args.store, deploy_top=not args.no_verify, bn_batches=args.bn_batches,
                              progress=not args.json)
         outputs.append(done)
@@ -109,7 +114,8 @@ def _check_inputs(args: argparse.Namespace) -> None:
     if args.latency_predictor is not None and len(args.device) > 1:
         raise UsageError(f"--latency-predictor is one device's file, but {len(args.device)} --device values were "
                          "given: search one device at a time with it, or leave it out to use each device's own")
+    tables = getattr(args, "_latency_predictors", {})
     for name in args.device:
         device = load_device_config(name)
-        load_latency_predictor(args.latency_predictor or name, space=accuracy.space,
-                               device=device.name if args.latency_predictor else None)
+        given = args.latency_predictor or tables.get(name)
+        load_latency_predictor(given or name, space=accuracy.space, device=device.name if given else None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval", help="BN-recalibrated top-1 of subnets of a trained supernet",
                         description="Evaluate subnets of a supernet checkpoint on its dataset, each after re-estimating "
                         "BatchNorm statistics on training batches. Default: the largest and smallest subnets.")
-    ev.add_argument("--supernet", required=True, help="checkpoint (supernet.pt)")
+    ev.add_argument("--supernet", help="checkpoint (supernet.pt) or a run folder (default: the run folder "
+                    "holding the --arch file)")
     which = ev.add_mutually_exclusive_group()
     which.add_argument("--arch", help="arch as inline JSON or a JSON file")
     which.add_argument("--sample", type=int, metavar="N", help="N random subnets (seeded by --seed)")
@@ -94,6 +96,10 @@ def run_train(args: argparse.Namespace) -> int:
     output_dir(out, "--out")
     output_files(out, ("config.toml", "metrics.jsonl", "supernet.pt"), "--out")
     result = train(config, args.out, resume=args.resume, device=args.device, threads=args.threads, progress=not args.no_progress)
+    if result.rank == 0 and Path(result.checkpoint).is_file():
+        from edgenas.run_folder import write_manifest
+
+        write_manifest(result.out_dir, made_by="edgenas train", supernet=Path(result.checkpoint))
     if not result.summary or result.rank != 0:
         return 0
     summary = result.summary

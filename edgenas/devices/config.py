@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgenas.artifacts import toml_text, toml_value
-from edgenas.errors import UsageError
+from edgenas.errors import UsageError, did_you_mean
 from edgenas.inputs import parse_toml, read_text
 from edgenas.settings import Setting
 
@@ -467,10 +467,10 @@ def find_device_file(name_or_path: str | os.PathLike) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    known = sorted(p.name[: -len(".toml")] for p in device_files())
+    known = sorted({p.name[: -len(".toml")] for p in device_files()} | set(LOCAL_DEVICES))
     hint = f"known devices: {', '.join(known)}" if known else "no device files found"
     raise UsageError(
-        f"unknown device {text!r}: looked for {' and '.join(str(c) for c in candidates)} ({hint}); "
+        f"unknown device {text!r}{did_you_mean(text, known)}: looked for {' and '.join(str(c) for c in candidates)} ({hint}); "
         "see devices/*.example.toml"
     )
 

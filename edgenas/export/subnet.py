@@ -30,7 +30,7 @@ from torch import nn
 
 from edgenas.artifacts import write_manifest
 from edgenas.cost import arch_stats
-from edgenas.errors import UsageError
+from edgenas.errors import UsageError, did_you_mean
 from edgenas.export.card import build_card, file_entry, write_card
 from edgenas.export.formats import DEPLOYED_FORMATS, FILE_NAMES, FORMATS, deployed_format  # noqa: F401,E402
 from edgenas.export.micro import MicroCheck, check_micro
@@ -64,7 +64,8 @@ def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:
     items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
     bad = [t for t in items if t not in FORMATS]
     if bad or not items:
-        raise UsageError(f"unknown export format(s) {', '.join(bad) or repr(text)}: choose from {', '.join(FORMATS)}")
+        hint = did_you_mean(bad[0], FORMATS) if bad else ""
+        raise UsageError(f"unknown export format(s) {', '.join(bad) or repr(text)}{hint}: choose from {', '.join(FORMATS)}")
     return tuple(dict.fromkeys(items))
 
 

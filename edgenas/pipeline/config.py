@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgenas.errors import UsageError
+from edgenas.errors import UsageError, did_you_mean
 from edgenas.inputs import MIB, check_value, output_dir, read_json, read_toml
 from edgenas.settings import KNOBS, knob_field, read_table, setting
 
@@ -187,7 +187,7 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
     base_dir = base_dir or Path.cwd()
     unknown = sorted(set(data) - _TOP)
     if unknown:
-        raise _bad(source, unknown[0], f"unknown key; expected one of {', '.join(sorted(_TOP))}")
+        raise _bad(source, unknown[0], f"unknown key{did_you_mean(unknown[0], _TOP)}; expected one of {', '.join(sorted(_TOP))}")
     sections = {name: read_table(cls, data.get(name, {}), source=source, section=name,
                                  extra=_SECTION_EXTRA.get(name, frozenset()))
                 for name, cls in _SECTIONS.items()}
@@ -253,7 +253,8 @@ def _formats(source: str, formats: Any) -> tuple[str, ...]:
 
     bad = [f for f in formats if f not in FORMATS]
     if bad:
-        raise _bad(source, "export.formats", f"unknown format {bad[0]!r}; choose from {', '.join(FORMATS)}")
+        raise _bad(source, "export.formats",
+                   f"unknown format {bad[0]!r}{did_you_mean(bad[0], FORMATS)}; choose from {', '.join(FORMATS)}")
     return tuple(formats)
 
 

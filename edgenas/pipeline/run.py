@@ -24,6 +24,7 @@ from edgenas.deploy.budget import BudgetJob, BudgetOutcome
 from edgenas.errors import UsageError
 from edgenas.pipeline.config import DeviceTarget, RunConfig
 from edgenas.pipeline.report import BudgetResult, DeviceReport, ReportData, render_report
+from edgenas.run_folder import write_manifest
 
 STAGES_FILE = "stages.json"
 
@@ -126,6 +127,8 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, force: bool = Fals
     from edgenas.train.gate import TrainingGateFailed
 
     checkpoint = _train_stage(config, book, progress)
+    manifest: dict[str, Any] = {"supernet": checkpoint, "store": store_path, "run_config": out / "run-config.json"}
+    write_manifest(out, made_by="edgenas run", **manifest)
     trained = load_checkpoint_info(checkpoint)
     try:
         verdict = _training_gate(checkpoint, trained, force)
@@ -152,6 +155,9 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, force: bool = Fals
         _files_exist("path"),
     )
     accuracy_path = Path(predictor_out["path"])
+    manifest["accuracy_predictor"] = accuracy_path
+    manifest["devices"], manifest["budgets"] = {}, []
+    write_manifest(out, made_by="edgenas run", **manifest)
 
     devices: list[DeviceReport] = []
     budgets: list[dict[str, Any]] = []
@@ -162,6 +168,12 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, force: bool = Fals
                                                        accuracy_path, store_path, tables_dir, calibrated, progress)
         devices.append(device_report)
         budgets.extend(device_budgets)
+        entry = manifest["devices"].setdefault(device_report.name, {"device_file": _device_file(target.name),
+                                                                    "runtime": device_report.runtime, "latency": {}})
+        entry["latency"][target.precision] = calibrated[-1]
+        manifest["budgets"] += [{k: b[k] for k in ("device", "runtime", "precision", "budget_ms", "budget_source",
+                                                   "export_dir", "meets_budget")} for b in device_budgets]
+        write_manifest(out, made_by="edgenas run", **manifest)
         if device_report.calibration_summary:
             checks.append(calibration_check(target.label, device_report.calibration_summary))
             device_report.calibration_check = checks[-1]
@@ -174,6 +186,8 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, force: bool = Fals
         stage_seconds=dict(book.seconds),
     )
     report = render_report(data, out)
+    manifest["exports"] = sorted({b["export_dir"] for b in budgets if b.get("export_dir")})
+    write_manifest(out, made_by="edgenas run", **manifest, report=report)
     return RunResult(out, report, checkpoint, book.ran, book.reused, dict(book.seconds), budgets, checks)
 
 
@@ -293,6 +307,7 @@ def _device_stages(config: RunConfig, target: DeviceTarget, book: StageBook, spa
         acc_sha = sha256_file(accuracy_path)
         budgets_ms = list(target.budgets_ms) or _quantile_budgets(latency_path, space, target.budget_quantiles,
                                                                   config.seed)
+        sources = budget_sources(target, device.name, runtime, calib["summary"])
         report = DeviceReport(device.name, runtime, target.precision, describe,
                               calibration_predicted=calib["holdout_predicted"],
                               calibration_measured=calib["holdout_measured"],
@@ -317,10 +332,14 @@ def _device_stages(config: RunConfig, target: DeviceTarget, book: StageBook, spa
                                           if c.get("latency_ms") is not None and c.get("accuracy") is not None)
             budget_result = BudgetResult.from_outcome(found, budget)
             report.budgets.append(budget_result)
+            budget_result.source = sources[len(results)]
             results.append({"device": device.name, "runtime": runtime, "precision": target.precision,
-                            "budget_ms": budget, "arch": budget_result.arch,
+                            "budget_ms": budget, "budget_source": budget_result.source, "arch": budget_result.arch,
                             "measured_latency_ms": budget_result.measured_latency_ms,
-                            "accuracy": budget_result.measured_accuracy, "meets_budget": budget_result.meets_budget,
+                            "accuracy": budget_result.measured_accuracy, "accuracy_split": budget_result.accuracy_split,
+                            "accuracy_images": budget_result.accuracy_images, "deployed_file": budget_result.deployed_file,
+                            "holdout_accuracy": budget_result.holdout_accuracy,
+                            "holdout_images": budget_result.holdout_images, "meets_budget": budget_result.meets_budget,
                             "export_dir": budget_result.export_dir, "note": budget_result.note,
                             "problems": budget_result.problems, "choice": budget_result.choice,
                             "passed_over": found.passed_over})
@@ -362,12 +381,36 @@ def _calibrate(device: Any, space: Any, target: DeviceTarget, store_path: Path, 
             "holdout_measured": measured.tolist()}
 
 
+QUANTILE_SAMPLES = 2000  # random subnets whose predicted latency the quantile budgets are taken over
+
+
+def budget_sources(target: DeviceTarget, device: str, runtime: str, calibration: dict[str, Any]) -> list[str]:
+    """Where each budget of `target` came from, in words ("30th percentile of ...")."""
+    if target.budgets_ms:
+        return [f"given in the run config (budgets_ms) for {device}, {target.precision}"] * len(target.budgets_ms)
+    measured = calibration.get("calibration measurements")
+    fitted = f", predictor fitted on {measured} measured subnets" if measured else ""
+    return [f"{_ordinal(round(100 * q))} percentile of the predicted latency of {QUANTILE_SAMPLES} random subnets "
+            f"on {device} ({runtime}, {target.precision}{fitted})" for q in target.budget_quantiles]
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _device_file(name: str) -> Path:
+    from edgenas.devices.config import find_device_file
+
+    return find_device_file(name).resolve()
+
+
 def _quantile_budgets(latency_path: Path, space: Any, quantiles: tuple[float, ...], seed: int) -> list[float]:
     """Budgets at quantiles of the predicted latency of random subnets, rounded to 2 significant digits."""
     from edgenas.latency import load_latency_predictor
 
     lat = load_latency_predictor(latency_path, space=space)
-    ms = lat.predict(space.sample_many(np.random.default_rng([seed, 7]), 2000))
+    ms = lat.predict(space.sample_many(np.random.default_rng([seed, 7]), QUANTILE_SAMPLES))
     return [float(f"{np.quantile(ms, q):.2g}") for q in quantiles]
 
 

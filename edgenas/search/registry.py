@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgenas.errors import UsageError
+from edgenas.errors import UsageError, did_you_mean
 from edgenas.search.base import SearchAlgorithm
 from edgenas.space import SearchSpace
 
@@ -73,7 +73,8 @@ def algorithm_names() -> tuple[str, ...]:
 def check_algorithm(name: str) -> AlgorithmEntry:
     """The registry entry of `name`, or one line naming the choices."""
     if name not in ALGORITHMS:
-        raise UsageError(f"unknown search algorithm {name!r}: choose from {', '.join(ALGORITHMS)}")
+        raise UsageError(f"unknown search algorithm {name!r}{did_you_mean(name, ALGORITHMS)}: "
+                         f"choose from {', '.join(ALGORITHMS)}")
     return ALGORITHMS[name]
 
 
