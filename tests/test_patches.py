@@ -128,3 +128,52 @@ def test_predicted_patch_arena_within_10_percent_for_20_subnets(mcunet):
         measured = head + tail
         errors.append(abs(choice.prediction.arena / measured - 1))
     assert max(errors) < 0.10, errors
+
+
+def test_board_files_compile_with_gpp(mcunet, tmp_path):
+    import shutil
+    import subprocess
+
+    from edgenas.board import load_board
+    from edgenas.export.board_files import card_section, write_board_files
+    from edgenas.export.patches import patch_tflite
+
+    gpp = shutil.which("g++")
+    if gpp is None:
+        pytest.skip("no g++ on this machine")
+    small = mcunet.replace(resolutions=(48,))
+    arch = small.smallest(48)
+    choice = predict_patched(small, arch, 2)
+    path = tmp_path / "model_int8_patches2.tflite"
+    path.write_bytes(patch_tflite(_int8_file(small, arch), choice.ops, 2))
+    files = write_board_files(path, tmp_path / "board", choice.prediction.arena + 5)
+    assert files.arena_bytes % 16 == 0 and files.arena_bytes >= choice.prediction.arena
+    assert {"CONV_2D", "STRIDED_SLICE", "CONCATENATION"} <= set(files.operators)
+    assert f"MicroMutableOpResolver<{len(files.operators)}>" in files.ops_h.read_text()
+    main = tmp_path / "board" / "main.cc"
+    main.write_text('#include "model_data.h"\nint main() { return g_model_data_len > 0 && '
+                    '(reinterpret_cast<unsigned long>(g_model_data) % 16) == 0 && kTensorArenaSize > 0 ? 0 : 1; }\n')
+    exe = tmp_path / "board" / "check"
+    subprocess.run([gpp, "-std=c++17", "-Wall", "-Werror", "-o", str(exe), str(files.model_cc), str(main)],
+                   check=True, capture_output=True, text=True)
+    assert subprocess.run([str(exe)]).returncode == 0
+    text = card_section(files, load_board("stm32f746").to_dict(), choice.to_dict())
+    code = text.split("```c++\n")[1].split("```")[0].strip().splitlines()
+    assert len(code) == 10 and "kTensorArenaSize" in text
+
+
+def test_board_presets_and_a_users_board(tmp_path):
+    from edgenas.board import board_presets, load_board
+
+    assert {"stm32f746", "stm32h743", "nrf52840", "esp32s3", "rp2040"} <= set(board_presets())
+    for name in board_presets():
+        board = load_board(name)
+        assert 0 < board.arena_limit_kb < board.sram_kb and board.datasheet.startswith("https://")
+    mine = tmp_path / "myboard.toml"
+    mine.write_text('name = "myboard"\nsram_kb = 128\nflash_kb = 512\nreserved_sram_kb = 8\n')
+    assert load_board(str(mine)).arena_limit_kb == 120
+    mine.write_text('sram_kb = "lots"\nflash_kb = 512\n')
+    with pytest.raises(ValueError, match="sram_kb"):
+        load_board(str(mine))
+    with pytest.raises(ValueError, match="unknown board"):
+        load_board("nosuchboard")
