@@ -8,9 +8,10 @@ the presets shipped in edgenas/boards (STM32F746, STM32H743, nRF52840, ESP32-S3,
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomllib
 
 PRESET_DIR = Path(__file__).with_name("boards")
 SEARCH_DIRS = (Path("boards"), Path("~/.config/edgenas/boards").expanduser())

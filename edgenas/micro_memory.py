@@ -65,9 +65,11 @@ SCRATCH_HANDLE_BYTES = 8          # sizeof(ScratchBufferHandle)
 TAIL_FIXED_BYTES = 508            # SingleArenaBufferAllocator, MicroAllocator, GreedyMemoryPlanner, ...
 # Kernel OpData (allocated in Init, 16-byte aligned) and parsed builtin options (allocated before them,
 # 4-byte aligned) per op type.
-OP_DATA_BYTES = {"STRIDED_SLICE": 96, "CONCATENATION": 48, "CONV_2D": 80, "DEPTHWISE_CONV_2D": 80, "FULLY_CONNECTED": 72, "ADD": 60, "MUL": 36,
+OP_DATA_BYTES = {"STRIDED_SLICE": 96, "CONCATENATION": 48,
+                 "CONV_2D": 80, "DEPTHWISE_CONV_2D": 80, "FULLY_CONNECTED": 72, "ADD": 60, "MUL": 36,
                  "MEAN": 44, "PAD": 56, "HARD_SWISH": 20, "QUANTIZE": 32, "DEQUANTIZE": 32, "RESHAPE": 0}
-BUILTIN_DATA_BYTES = {"STRIDED_SLICE": 24, "CONCATENATION": 8, "CONV_2D": 28, "DEPTHWISE_CONV_2D": 28, "FULLY_CONNECTED": 16, "ADD": 8, "MUL": 4,
+BUILTIN_DATA_BYTES = {"STRIDED_SLICE": 24, "CONCATENATION": 8,
+                      "CONV_2D": 28, "DEPTHWISE_CONV_2D": 28, "FULLY_CONNECTED": 16, "ADD": 8, "MUL": 4,
                       "MEAN": 4, "RESHAPE": 36}
 # Planning-time scratch: per tensor an AllocationInfo, per planned buffer the greedy planner's records.
 ALLOCATION_INFO_BYTES = 32
@@ -92,7 +94,8 @@ QUANT_BYTES_PER_CHANNEL = 12  # float32 scale + int64 zero point
 NAME_BYTES = {"input": 22, "input_int8": 27, "output": 31, "const": 5, "conv.w": 23, "conv.b": 21,
               "conv.out": 16, "dw.w": 25, "dw.b": 23, "dw.out": 18, "hswish.out": 22, "pad.out": 21,
               "add.out": 8, "se.mean.out": 16, "se.add.out": 20, "se.mul.out": 22, "se.scale.out": 15,
-              "reshape.out": 21, "slice.out": 40, "concat.out": 34, "patch.out": 38, "se.scalar": 7, "mean.out": 4, "fc.w": 17, "fc.b": 15, "fc.out": 36}
+              "reshape.out": 21, "se.scalar": 7, "mean.out": 4, "fc.w": 17, "fc.b": 15, "fc.out": 36,
+              "slice.out": 40, "concat.out": 34, "patch.out": 38}  # the last three: patch-based files' tensors
 
 
 def align(n, to: int = ALIGNMENT):

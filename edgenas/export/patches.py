@@ -164,7 +164,7 @@ def patch_tflite(data: bytes, count: int, n: int) -> bytes:
         if pt.original:
             index[pi] = pt.source
     operators = []
-    for k, step in enumerate(plan.steps):
+    for step in plan.steps:
         pt = plan.tensors[step.output]
         if pt.original:
             out = pt.source
