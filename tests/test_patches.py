@@ -13,28 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-
 from edgenas.micro_memory import graph_prediction, micro_graph, predict_patched
 from edgenas.patching import LocalOp, NotPatchable, consumers_of, plan_patches
 from edgenas.space import SearchSpace
+from mcu_helpers import int8_file
 
 pytest.importorskip("tflite_micro")
 pytest.importorskip("ai_edge_litert")
-
-
-def _int8_file(space: SearchSpace, arch, seed: int = 0) -> bytes:
-    from edgenas.export.tflite_int8 import write_int8_tflite
-    from edgenas.supernet import Supernet
-    from edgenas.train.bn import recalibrate_bn
-
-    torch.manual_seed(seed)
-    net = Supernet(space, space.num_classes).extract(arch)
-    images = torch.from_numpy(np.random.default_rng(seed).normal(size=(4, 3, arch.resolution, arch.resolution))
-                              .astype(np.float32))
-    recalibrate_bn(net, [images])
-    net.eval()
-    return write_int8_tflite(net, images[:2].numpy(), int8_io=True)
 
 
 def _run_micro(data: bytes, inputs: list[np.ndarray], arena: int) -> list[np.ndarray]:
@@ -88,7 +73,7 @@ def test_patches_cut_the_arena_3x_with_bit_identical_outputs(mcunet, tmp_path):
     from edgenas.export.patches import patch_tflite
 
     arch = mcunet.arch(160, (1, 1, 1, 1, 1), (3, 3, 3, 3, 3), (6, 3, 3, 3, 3))
-    whole = _int8_file(mcunet, arch)
+    whole = int8_file(mcunet, arch)
     choice = predict_patched(mcunet, arch, 4)
     patched = patch_tflite(whole, choice.ops, 4)
     paths = {}
@@ -123,7 +108,7 @@ def test_predicted_patch_arena_within_10_percent_for_20_subnets(mcunet):
     for i, arch in enumerate(small.sample_many(rng, 20)):
         n = int(rng.integers(2, 5))
         choice = predict_patched(small, arch, n)
-        data = patch_tflite(_int8_file(small, arch, seed=i), choice.ops, n)
+        data = patch_tflite(int8_file(small, arch, seed=i), choice.ops, n)
         head, tail = arena_split(runtime, data, 4 << 20, None)
         measured = head + tail
         errors.append(abs(choice.prediction.arena / measured - 1))
@@ -145,7 +130,7 @@ def test_board_files_compile_with_gpp(mcunet, tmp_path):
     arch = small.smallest(48)
     choice = predict_patched(small, arch, 2)
     path = tmp_path / "model_int8_patches2.tflite"
-    path.write_bytes(patch_tflite(_int8_file(small, arch), choice.ops, 2))
+    path.write_bytes(patch_tflite(int8_file(small, arch), choice.ops, 2))
     files = write_board_files(path, tmp_path / "board", choice.prediction.arena + 5)
     assert files.arena_bytes % 16 == 0 and files.arena_bytes >= choice.prediction.arena
     assert {"CONV_2D", "STRIDED_SLICE", "CONCATENATION"} <= set(files.operators)
