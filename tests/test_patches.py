@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from mcu_helpers import int8_file
+
 from edgenas.micro_memory import graph_prediction, micro_graph, predict_patched
 from edgenas.patching import LocalOp, NotPatchable, consumers_of, plan_patches
 from edgenas.space import SearchSpace
-from mcu_helpers import int8_file
 
 pytest.importorskip("tflite_micro")
 pytest.importorskip("ai_edge_litert")

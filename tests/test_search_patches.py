@@ -41,9 +41,10 @@ def _search(space, patches):
 
 def test_patches_let_the_search_pick_twice_the_pixels_and_the_file_fits(tmp_path):
     pytest.importorskip("tflite_micro")
+    from mcu_helpers import int8_file
+
     from edgenas.export.micro import check_micro
     from edgenas.export.patches import patch_tflite
-    from mcu_helpers import int8_file
 
     space = SearchSpace.preset("mcunet", num_classes=10)
     _, whole = _search(space, None)

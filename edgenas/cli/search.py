@@ -37,6 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=("int8", "fp32"), default="int8",
                    help="deployed precision for memory figures when the latency predictor does not say (default: int8)")
     add_flag(p, "bn_batches")
+    p.add_argument("--patches", metavar="N|auto", help="microcontrollers: judge archs that miss --max-sram-kb on "
+                   "their patch-based schedule (int8 I/O; needs --no-verify; ship with edgenas export --patches)")
+    p.add_argument("--board", metavar="NAME", help="microcontroller board preset or TOML: its SRAM and flash (less "
+                   "the firmware's) as --max-sram-kb / --max-flash-kb")
     p.add_argument("--no-verify", action="store_true", help="skip the deploy stage (exporting, measuring and "
                    "evaluating the top candidates)")
     p.add_argument("--out", default=None, help="output folder (default: <CKPT folder>/search/<device>)")
@@ -56,6 +60,22 @@ def run_search_command(args: argparse.Namespace) -> int:
         raise UsageError(f"--pareto is NSGA-II, but --algorithm {args.algorithm} was given: give one of them")
     algorithm = "nsga2" if args.pareto else args.algorithm or "evolution"
     pareto = check_algorithm(algorithm).pareto
+    from edgenas.board import load_board
+    from edgenas.export.mcu import parse_patches
+
+    try:
+        patches = parse_patches(args.patches)
+        board = load_board(args.board) if args.board else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if board is not None:
+        args.max_sram_kb = args.max_sram_kb or board.arena_limit_kb
+        args.max_flash_kb = args.max_flash_kb or board.model_limit_kb
+    if patches is not None and not args.no_verify:
+        raise UsageError("--patches searches only: add --no-verify, then ship the winner with "
+                         "'edgenas export --patches auto' (the deploy stage exports whole-map files)")
+    if patches is not None and args.max_sram_kb is None:
+        raise UsageError("--patches needs an SRAM limit: give --max-sram-kb or --board")
     if not (args.max_latency_ms or args.max_sram_kb or args.max_flash_kb or args.max_macs or pareto):
         raise UsageError("give at least one limit (--max-latency-ms, --max-sram-kb, --max-flash-kb, --max-macs) "
                          "or --pareto")
@@ -74,7 +94,7 @@ def run_search_command(args: argparse.Namespace) -> int:
                              seed=args.seed, population=args.population, generations=args.generations,
                              accuracy_predictor=args.predictor, latency_predictor=args.latency_predictor, out_dir=out,
                              store=args.store, deploy_top=not args.no_verify, bn_batches=args.bn_batches,
-                             progress=not args.json)
+                             progress=not args.json, patches=patches)
         outputs.append(done)
         if not args.json:
             print(format_table(done.result, done.verification))

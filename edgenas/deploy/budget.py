@@ -62,6 +62,8 @@ class BudgetJob:
     deploy_top: bool = True  # False: search only (`edgenas search --no-verify`, a Pareto front)
     ship_dir: Path | None = _place(default=None)  # where the winner ships in every format; None: not shipped
     store: Path | None = _place(default=None)  # the measurement store; None: the default one
+    # "auto" or N: archs missing the SRAM limit are judged patch-based (issue 44); keyed only when set
+    patches: str | int | None = field(default=None, metadata={"key": "if_set"})
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -88,7 +90,7 @@ class BudgetJob:
                 key[f.name] = None if d[f.name] is None else sha256_file(d[f.name])
             elif how == "device":
                 key[f.name] = device_description
-            elif how == "value":
+            elif how == "value" or (how == "if_set" and d[f.name] is not None):
                 key[f.name] = d[f.name]
         return {**key, **DEPLOY_POLICY}
 
@@ -182,7 +184,8 @@ def search_and_deploy(job: BudgetJob, *, checkpoint: Any = None, device: Any = N
     if constraints.precision != precision and precision in ("int8", "fp32"):
         constraints = Constraints(**{**constraints.to_dict(), "precision": precision})
     settings = dict(algorithm=job.algorithm, population=job.population, generations=job.generations, seed=job.seed,
-                    top_k=job.top_k, device=device.name if device is not None else _device_name(job.device))
+                    top_k=job.top_k, device=device.name if device is not None else _device_name(job.device),
+                    patches=job.patches)
     space = acc.space.common_resolutions(lat.space) or acc.space  # the resolutions both predictors know
     result = search_for_budget(space, acc, lat, constraints, **settings)
     inputs: dict[str, Any] = {"supernet": str(job.checkpoint), "accuracy_predictor": acc.info.get("path") or str(
