@@ -181,6 +181,8 @@ def search_and_deploy(job: BudgetJob, *, checkpoint: Any = None, device: Any = N
                                latency_predictor=job.latency_predictor)
     constraints = job.constraints
     precision = getattr(lat, "precision", None) or constraints.precision
+    if job.patches is not None:  # patch-based files are int8 TFLite Micro files, whatever the latency was timed on
+        precision = "int8"
     if constraints.precision != precision and precision in ("int8", "fp32"):
         constraints = Constraints(**{**constraints.to_dict(), "precision": precision})
     settings = dict(algorithm=job.algorithm, population=job.population, generations=job.generations, seed=job.seed,
