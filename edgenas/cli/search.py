@@ -94,7 +94,7 @@ def run_search_command(args: argparse.Namespace) -> int:
                              seed=args.seed, population=args.population, generations=args.generations,
                              accuracy_predictor=args.predictor, latency_predictor=args.latency_predictor, out_dir=out,
                              store=args.store, deploy_top=not args.no_verify, bn_batches=args.bn_batches,
-                             progress=not args.json, patches=patches)
+                             progress=not args.json, patches=patches, int8_io=board is not None or patches is not None)
         outputs.append(done)
         if not args.json:
             print(format_table(done.result, done.verification))

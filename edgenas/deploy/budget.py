@@ -64,6 +64,7 @@ class BudgetJob:
     store: Path | None = _place(default=None)  # the measurement store; None: the default one
     # "auto" or N: archs missing the SRAM limit are judged patch-based (issue 44); keyed only when set
     patches: str | int | None = field(default=None, metadata={"key": "if_set"})
+    int8_io: bool = field(default=False, metadata={"key": "if_set"})  # memory of the int8-I/O file (a board's)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -90,7 +91,7 @@ class BudgetJob:
                 key[f.name] = None if d[f.name] is None else sha256_file(d[f.name])
             elif how == "device":
                 key[f.name] = device_description
-            elif how == "value" or (how == "if_set" and d[f.name] is not None):
+            elif how == "value" or (how == "if_set" and d[f.name] not in (None, False)):
                 key[f.name] = d[f.name]
         return {**key, **DEPLOY_POLICY}
 
@@ -181,13 +182,13 @@ def search_and_deploy(job: BudgetJob, *, checkpoint: Any = None, device: Any = N
                                latency_predictor=job.latency_predictor)
     constraints = job.constraints
     precision = getattr(lat, "precision", None) or constraints.precision
-    if job.patches is not None:  # patch-based files are int8 TFLite Micro files, whatever the latency was timed on
+    if job.patches is not None or job.int8_io:  # a board runs int8 TFLite Micro files
         precision = "int8"
     if constraints.precision != precision and precision in ("int8", "fp32"):
         constraints = Constraints(**{**constraints.to_dict(), "precision": precision})
     settings = dict(algorithm=job.algorithm, population=job.population, generations=job.generations, seed=job.seed,
                     top_k=job.top_k, device=device.name if device is not None else _device_name(job.device),
-                    patches=job.patches)
+                    patches=job.patches, int8_io=job.int8_io)
     space = acc.space.common_resolutions(lat.space) or acc.space  # the resolutions both predictors know
     result = search_for_budget(space, acc, lat, constraints, **settings)
     inputs: dict[str, Any] = {"supernet": str(job.checkpoint), "accuracy_predictor": acc.info.get("path") or str(

@@ -42,6 +42,7 @@ def search_for_budget(
     margins: Sequence[float] = SEARCH_MARGINS,
     latency_scale: float = 1.0,
     patches: str | int | None = None,
+    int8_io: bool = False,
 ) -> SearchResult:
     """Search `space` under `constraints` and return the result whose `top` holds the candidates to deploy.
 
@@ -64,7 +65,8 @@ def search_for_budget(
     for margin in margins:
         limit = None if constraints.max_latency_ms is None else constraints.max_latency_ms * margin / latency_scale
         problem = Problem(space, accuracy, latency, replace(constraints, max_latency_ms=limit), device=device,
-                          score_infeasible=entry.scores_infeasible, int8_io=patches is not None, patches=patches)
+                          score_infeasible=entry.scores_infeasible, int8_io=int8_io or patches is not None,
+                          patches=patches)
         search = create_algorithm(algorithm, space, rng=np.random.default_rng(seed), population=population,
                                   generations=generations, n_constraints=len(problem.limit_names))
         try:
