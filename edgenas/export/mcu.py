@@ -55,9 +55,12 @@ def finish_mcu(out_dir: Path, int8_path: Path, space: Any, arch: Any, *, patches
     int8_io = info["input_dtype"] == "int8"
     shipped, arena = int8_path, whole_arena
     if patches is not None:
-        choice = predict_patched(space, arch, None if patches == "auto" else patches, int8_io=int8_io)
         whole = int8_path.read_bytes()
-        data = patch_tflite(whole, choice.ops, choice.n)
+        try:
+            choice = predict_patched(space, arch, None if patches == "auto" else patches, int8_io=int8_io)
+            data = patch_tflite(whole, choice.ops, choice.n)
+        except ValueError as exc:  # no block end to cut at, or N larger than the map
+            return summary, [f"--patches {patches}: {exc}"]
         path = int8_path.with_name(f"{int8_path.stem}_patches{choice.n}.tflite")
         path.write_bytes(data)
         check = check_micro(path)
