@@ -712,7 +712,7 @@ def predict_patched(space: SearchSpace, arch: Arch, n: int | None = None, ops: i
             if best is None or pred.arena < best.prediction.arena:
                 best = PatchChoice(k, c, pred)
     if best is None:
-        raise ValueError(f"arch {arch} has no patch-based schedule with {n} x {n} patches")
+        raise ValueError(f"arch {arch} has no patch-based schedule" + (f" with {n} x {n} patches" if n else ""))
     return best
 
 
