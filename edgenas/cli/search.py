@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="deployed precision for memory figures when the latency predictor does not say (default: int8)")
     add_flag(p, "bn_batches")
     p.add_argument("--patches", metavar="N|auto", help="microcontrollers: judge archs that miss --max-sram-kb on "
-                   "their patch-based schedule (int8 I/O; needs --no-verify; ship with edgenas export --patches)")
+                   "their patch-based schedule (int8 I/O); the deploy stage checks and ships each candidate with that schedule, "
+                   "its TFLite Micro arena measured, into <out>/shipped")
     p.add_argument("--board", metavar="NAME", help="microcontroller board preset or TOML: its SRAM and flash (less "
                    "the firmware's) as --max-sram-kb / --max-flash-kb")
     p.add_argument("--no-verify", action="store_true", help="skip the deploy stage (exporting, measuring and "
@@ -71,9 +72,6 @@ def run_search_command(args: argparse.Namespace) -> int:
     if board is not None:
         args.max_sram_kb = args.max_sram_kb or board.arena_limit_kb
         args.max_flash_kb = args.max_flash_kb or board.model_limit_kb
-    if patches is not None and not args.no_verify:
-        raise UsageError("--patches searches only: add --no-verify, then ship the winner with "
-                         "'edgenas export --patches auto' (the deploy stage exports whole-map files)")
     if patches is not None and args.max_sram_kb is None:
         raise UsageError("--patches needs an SRAM limit: give --max-sram-kb or --board")
     if not (args.max_latency_ms or args.max_sram_kb or args.max_flash_kb or args.max_macs or pareto):
@@ -94,7 +92,8 @@ def run_search_command(args: argparse.Namespace) -> int:
                              seed=args.seed, population=args.population, generations=args.generations,
                              accuracy_predictor=args.predictor, latency_predictor=args.latency_predictor, out_dir=out,
                              store=args.store, deploy_top=not args.no_verify, bn_batches=args.bn_batches,
-                             progress=not args.json, patches=patches, int8_io=board is not None or patches is not None)
+                             progress=not args.json, patches=patches, int8_io=board is not None or patches is not None,
+                             **_mcu_shipping(args, board, patches, out, name))
         outputs.append(done)
         if not args.json:
             print(format_table(done.result, done.verification))
@@ -108,6 +107,14 @@ def run_search_command(args: argparse.Namespace) -> int:
                     "plot_path": str(d.plot_path)} for d in outputs]
         print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
     return EXIT_CHECK_FAILED if failed else 0
+
+
+def _mcu_shipping(args: argparse.Namespace, board: object, patches: object, out: Path | None, name: str) -> dict:
+    """For a board or --patches: the winner ships (its board files with it) into <out>/shipped."""
+    if (board is None and patches is None) or args.no_verify:
+        return {}
+    folder = out or Path(args.supernet).parent / "search" / name  # search_device's default folder
+    return {"board": args.board, "ship_dir": folder / "shipped"}
 
 
 def _check_inputs(args: argparse.Namespace) -> None:

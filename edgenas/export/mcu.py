@@ -41,9 +41,11 @@ def _bit_identical(whole: bytes, patched: bytes, shape: list[int], arena: tuple[
 
 
 def finish_mcu(out_dir: Path, int8_path: Path, space: Any, arch: Any, *, patches: int | str | None,
-               board: Any | None, whole_arena: int | None) -> tuple[dict[str, Any], list[str]]:
-    """Write the patch-based file and the board's files beside the int8 file; (summary, problems)."""
-    from edgenas.export.board_files import BEGIN_MARK, card_section, write_board_files
+               board: Any | None, whole_arena: int | None,
+               schedule: tuple[int, int] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Write the patch-based file and the board's files beside the int8 file; (summary, problems). `schedule`
+    ((ops, n), as the search judged the arch on) fixes the patch schedule instead of choosing it by `patches`."""
+    from edgenas.export.board_files import write_board_files
     from edgenas.export.micro import check_micro
     from edgenas.export.patches import patch_tflite
     from edgenas.export.tflite import describe_tflite
@@ -57,7 +59,8 @@ def finish_mcu(out_dir: Path, int8_path: Path, space: Any, arch: Any, *, patches
     if patches is not None:
         whole = int8_path.read_bytes()
         try:
-            choice = predict_patched(space, arch, None if patches == "auto" else patches, int8_io=int8_io)
+            choice = (predict_patched(space, arch, schedule[1], schedule[0], int8_io=int8_io) if schedule is not None
+                      else predict_patched(space, arch, None if patches == "auto" else patches, int8_io=int8_io))
             data = patch_tflite(whole, choice.ops, choice.n)
         except ValueError as exc:  # no block end to cut at, or N larger than the map
             return summary, [f"--patches {patches}: {exc}"]
@@ -85,11 +88,22 @@ def finish_mcu(out_dir: Path, int8_path: Path, space: Any, arch: Any, *, patches
                             f"{board.model_limit_kb:g} KB of flash")
         files = write_board_files(shipped, out_dir / "board", arena or 0)
         summary["board_files"] = files.to_dict()
-        card = out_dir / "card.md"
-        section = card_section(files, limits, summary.get("patches"))
-        text = card.read_text() if card.is_file() else ""
-        if BEGIN_MARK in text:
-            text = text[:text.index(BEGIN_MARK)]
-        card.write_text(text.rstrip("\n") + "\n\n" + section)
+        write_card_section(out_dir, summary)
     summary["shipped"] = str(shipped)
     return summary, problems
+
+
+def write_card_section(out_dir: Path, summary: dict[str, Any]) -> None:
+    """(Re)write card.md's MCU section from `finish_mcu`'s summary (after the card was rendered again)."""
+    from edgenas.export.board_files import BEGIN_MARK, BoardFiles, card_section
+
+    if "board_files" not in summary:
+        return
+    f = summary["board_files"]
+    files = BoardFiles(Path(f["model_data_cc"]), Path(f["model_data_h"]), Path(f["model_ops_h"]), f["arena_bytes"],
+                       tuple(f["operators"]))
+    card = Path(out_dir) / "card.md"
+    text = card.read_text() if card.is_file() else ""
+    if BEGIN_MARK in text:
+        text = text[:text.index(BEGIN_MARK)]
+    card.write_text(text.rstrip("\n") + "\n\n" + card_section(files, summary.get("board"), summary.get("patches")))
