@@ -240,7 +240,12 @@ def _mcu_target(job: BudgetJob, constraints: Constraints) -> Any:
         return None
     from edgenas.board import load_board
     from edgenas.deploy.mcu import McuTarget
+    from edgenas.devices.config import load_config as load_device_config
 
+    runtime = load_device_config(job.device).runtime
+    if runtime != "tflite":
+        raise UsageError(f"--patches / --board deploy int8 TFLite files, but device {job.device} runs {runtime}: "
+                         "give a tflite device (a board, or local-tflite), or add --no-verify")
     try:
         board = load_board(job.board) if job.board else None
     except ValueError as exc:
