@@ -671,6 +671,40 @@ def _tiny() -> SearchSpace:
     )
 
 
+@register_preset("mcunet")
+def _mcunet() -> SearchSpace:
+    """A microcontroller space after MCUNet's TinyNAS (Lin et al. 2020): MobileNetV2-style inverted residual
+    blocks (ReLU, no squeeze-excite, so every block is spatially local and can run patch by patch), kernel
+    3/5/7, expand 3/4/6, 1-3 blocks per stage, inputs of 48-224 px; the width multiplier is the space's
+    (`SearchSpace.preset("mcunet", width_mult=0.5)`, or the `mcunet-w0.5` preset). See docs/decisions.md."""
+    return SearchSpace(
+        name="mcunet",
+        stages=(
+            StageSpec(24, 2, "relu", False, (1, 2, 3)),
+            StageSpec(40, 2, "relu", False, (1, 2, 3)),
+            StageSpec(80, 2, "relu", False, (1, 2, 3)),
+            StageSpec(96, 1, "relu", False, (1, 2, 3)),
+            StageSpec(192, 2, "relu", False, (1, 2, 3)),
+        ),
+        kernels=(3, 5, 7),
+        expands=(3, 4, 6),
+        resolutions=tuple(range(48, 225, 16)),
+        stem_width=16,
+        stem_stride=2,
+        first_block_width=16,
+        final_expand_width=480,
+        feature_width=640,
+        num_classes=1000,
+        dropout=0.1,
+    )
+
+
+@register_preset("mcunet-w0.5")
+def _mcunet_w05() -> SearchSpace:
+    """The `mcunet` space at width 0.5 (the smaller boards: nRF52840, RP2040)."""
+    return _mcunet().replace(name="mcunet-w0.5", width_mult=0.5)
+
+
 def conv_out(size: int, kernel: int, stride: int) -> int:
     """Spatial output size of a 'same'-padded convolution (padding kernel // 2)."""
     pad = kernel // 2

@@ -32,9 +32,9 @@ def test_common_resolutions_of_spaces_that_differ_only_there():
 
 
 def test_presets_are_registered():
-    assert PRESETS == ["mobilenetv3", "mobilenetv3-w1.2", "tiny"]
-    with pytest.raises(ValueError, match="unknown search-space preset 'resnet': choose from mobilenetv3, "
-                                         "mobilenetv3-w1.2, tiny"):
+    assert PRESETS == ["mcunet", "mcunet-w0.5", "mobilenetv3", "mobilenetv3-w1.2", "tiny"]
+    with pytest.raises(ValueError, match="unknown search-space preset 'resnet': choose from mcunet, mcunet-w0.5, "
+                                         "mobilenetv3, mobilenetv3-w1.2, tiny"):
         SearchSpace.preset("resnet")
 
 

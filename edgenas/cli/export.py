@@ -38,6 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_flag(p, "calibration_images", metavar="N")
     add_flag(p, "max_int8_drop_points", "--max-int8-drop", metavar="POINTS")
     p.add_argument("--int8-io", action="store_true", help="int8 model inputs and outputs (default: float32 I/O)")
+    p.add_argument("--patches", metavar="N|auto", help="also write the int8 file with its first stages run on N x N "
+                   "patches (auto: the schedule with the smallest predicted TFLite Micro arena), bit-identical outputs")
+    p.add_argument("--board", metavar="NAME", help="a microcontroller board (stm32f746, stm32h743, nrf52840, esp32s3, "
+                   "rp2040, or a board TOML): int8 I/O, its SRAM/flash as limits, model_data.cc/.h, model_ops.h")
     p.add_argument("--nchw", action="store_true", help="keep PyTorch's NCHW input layout in TFLite files (default NHWC)")
     p.add_argument("--no-verify", action="store_true", help="skip the numeric verification (not recommended)")
     p.add_argument("--no-micro", action="store_true", help="skip the TFLite Micro check of int8 files")
@@ -85,6 +89,18 @@ def run_export(args: argparse.Namespace) -> int:
 
         check_dataset_spec(args.dataset)
     formats = parse_formats(args.formats)
+    from edgenas.board import load_board
+    from edgenas.export.mcu import parse_patches
+
+    try:
+        args.patches = parse_patches(args.patches)
+        args.board = load_board(args.board) if args.board else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.board is not None or args.patches is not None:
+        args.int8_io = args.int8_io or args.board is not None
+        if "tflite-int8" not in formats:
+            raise UsageError("--patches and --board work on the int8 file: include tflite-int8 in --formats")
     options = ExportOptions(
         formats=formats, finetune_epochs=args.finetune_epochs, calibration_images=args.calibration_images,
         verify=not args.no_verify, micro=not args.no_micro, int8_io=args.int8_io, channels_last=not args.nchw,
@@ -170,9 +186,19 @@ def _export_pairs(args: argparse.Namespace, pairs: list[tuple[str | None, str]],
         try:
             result = export_one(supernet, arch, dataset, out_dir, options=options, info=info,
                                 search=load_search_result(value), device=device, dataset_spec=args.dataset or info["dataset"])
-            results.append({"out": str(out_dir), "ok": True, "files": {k: str(v) for k, v in result.files.items()},
-                            "arena_bytes": result.card["sram"]["tflm_arena_bytes"],
-                            "accuracy": result.card["accuracy"]})
+            entry = {"out": str(out_dir), "ok": True, "files": {k: str(v) for k, v in result.files.items()},
+                     "arena_bytes": result.card["sram"]["tflm_arena_bytes"], "accuracy": result.card["accuracy"]}
+            if args.patches is not None or args.board is not None:
+                from edgenas.export.mcu import finish_mcu
+
+                entry["mcu"], problems = finish_mcu(out_dir, Path(result.files["tflite-int8"]), space, arch,
+                                                    patches=args.patches, board=args.board,
+                                                    whole_arena=result.card["sram"]["tflm_arena_bytes"])
+                for line in problems:
+                    failures.append(line)
+                    print(f"edgenas: error: {line}", file=sys.stderr)
+                entry["ok"] = not problems
+            results.append(entry)
         except _check_error() as exc:
             failures.append(str(exc))
             print(f"edgenas: error: {exc}", file=sys.stderr)

@@ -38,6 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=("int8", "fp32"), default="int8",
                    help="deployed precision for memory figures when the latency predictor does not say (default: int8)")
     add_flag(p, "bn_batches")
+    p.add_argument("--patches", metavar="N|auto", help="microcontrollers: judge archs that miss --max-sram-kb on "
+                   "their patch-based schedule (int8 I/O); the deploy stage checks and ships each candidate with that schedule, "
+                   "its TFLite Micro arena measured, into <out>/shipped")
+    p.add_argument("--board", metavar="NAME", help="microcontroller board preset or TOML: its SRAM and flash (less "
+                   "the firmware's) as --max-sram-kb / --max-flash-kb")
     p.add_argument("--no-verify", action="store_true", help="skip the deploy stage (exporting, measuring and "
                    "evaluating the top candidates)")
     p.add_argument("--out", default=None, help="output folder (default: <CKPT folder>/search/<device>)")
@@ -57,6 +62,19 @@ def run_search_command(args: argparse.Namespace) -> int:
         raise UsageError(f"--pareto is NSGA-II, but --algorithm {args.algorithm} was given: give one of them")
     algorithm = "nsga2" if args.pareto else args.algorithm or "evolution"
     pareto = check_algorithm(algorithm).pareto
+    from edgenas.board import load_board
+    from edgenas.export.mcu import parse_patches
+
+    try:
+        patches = parse_patches(args.patches)
+        board = load_board(args.board) if args.board else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if board is not None:
+        args.max_sram_kb = args.max_sram_kb or board.arena_limit_kb
+        args.max_flash_kb = args.max_flash_kb or board.model_limit_kb
+    if patches is not None and args.max_sram_kb is None:
+        raise UsageError("--patches needs an SRAM limit: give --max-sram-kb or --board")
     if not (args.max_latency_ms or args.max_sram_kb or args.max_flash_kb or args.max_macs or pareto):
         raise UsageError("give at least one limit (--max-latency-ms, --max-sram-kb, --max-flash-kb, --max-macs) "
                          "or --pareto")
@@ -79,7 +97,8 @@ def run_search_command(args: argparse.Namespace) -> int:
                              accuracy_predictor=args.predictor, latency_predictor=args.latency_predictor or tables.get(name),
                              out_dir=out,
                              store=args.store, deploy_top=not args.no_verify, bn_batches=args.bn_batches,
-                             progress=not args.json)
+                             progress=not args.json, patches=patches, int8_io=board is not None or patches is not None,
+                             **_mcu_shipping(args, board, patches, out, name))
         outputs.append(done)
         if not args.json:
             print(format_table(done.result, done.verification))
@@ -93,6 +112,14 @@ def run_search_command(args: argparse.Namespace) -> int:
                     "plot_path": str(d.plot_path)} for d in outputs]
         print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
     return EXIT_CHECK_FAILED if failed else 0
+
+
+def _mcu_shipping(args: argparse.Namespace, board: object, patches: object, out: Path | None, name: str) -> dict:
+    """For a board or --patches: the winner ships (its board files with it) into <out>/shipped."""
+    if (board is None and patches is None) or args.no_verify:
+        return {}
+    folder = out or Path(args.supernet).parent / "search" / name  # search_device's default folder
+    return {"board": args.board, "ship_dir": folder / "shipped"}
 
 
 def _check_inputs(args: argparse.Namespace) -> None:

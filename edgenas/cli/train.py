@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--config", help="TOML file overriding the preset (see config.toml written by a run)")
     train.add_argument("--out", help="output folder (default: runs/<dataset>-<preset>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    train.add_argument("--space", help="search-space preset (tiny, mobilenetv3)")
+    train.add_argument("--space", help="search-space preset (tiny, mobilenetv3; mcunet for microcontrollers)")
     train.add_argument("--seed", type=int, help="seed for the data split, order and subnet sampling")
     train.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
     train.add_argument("--steps", type=int, help="run exactly this many steps in every phase (quick trials)")

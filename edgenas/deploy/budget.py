@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from edgenas.deploy.stage import Deployment, pack_correct
+from edgenas.deploy.stage import Deployment, pack_correct, write_shipped_card
 from edgenas.errors import UsageError
 from edgenas.search.base import SearchResult
 from edgenas.search.budget import SEARCH_MARGINS
@@ -62,6 +62,10 @@ class BudgetJob:
     deploy_top: bool = True  # False: search only (`edgenas search --no-verify`, a Pareto front)
     ship_dir: Path | None = _place(default=None)  # where the winner ships in every format; None: not shipped
     store: Path | None = _place(default=None)  # the measurement store; None: the default one
+    # "auto" or N: archs missing the SRAM limit are judged patch-based (issue 44); keyed only when set
+    patches: str | int | None = field(default=None, metadata={"key": "if_set"})
+    int8_io: bool = field(default=False, metadata={"key": "if_set"})  # memory of the int8-I/O file (a board's)
+    board: str | None = field(default=None, metadata={"key": "if_set"})  # a board preset or TOML: its C files ship
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -88,7 +92,7 @@ class BudgetJob:
                 key[f.name] = None if d[f.name] is None else sha256_file(d[f.name])
             elif how == "device":
                 key[f.name] = device_description
-            elif how == "value":
+            elif how == "value" or (how == "if_set" and d[f.name] not in (None, False)):
                 key[f.name] = d[f.name]
         return {**key, **DEPLOY_POLICY}
 
@@ -134,14 +138,20 @@ class BudgetOutcome:
 
 
 def deploy_options(constraints: Constraints, *, formats: tuple[str, ...] = DEFAULT_FORMATS,
-                   seed: int = 0, bn_batches: int = 8, max_drop_points: float | None = None) -> Any:
+                   seed: int = 0, bn_batches: int = 8, max_drop_points: float | None = None,
+                   patches: int | str | None = None, int8_io: bool = False) -> Any:
     """The export options candidates are exported and shipped with, from the search's constraints: the same for
-    `edgenas search` and `edgenas run`, so a candidate is measured as it would ship."""
+    `edgenas search` and `edgenas run`, so a candidate is measured as it would ship. With `patches`, the whole-map
+    int8 file is not held to the SRAM limit (its patch-based file is, `deploy.mcu.finish_candidate`)."""
     from edgenas.export.subnet import ExportOptions
 
     kb = {name: None if value is None else value / 1024 for name, value in
           (("target_sram_kb", constraints.max_sram_bytes), ("target_flash_kb", constraints.max_flash_bytes))}
-    extra = {} if max_drop_points is None else {"max_drop_points": max_drop_points}
+    extra: dict[str, Any] = {} if max_drop_points is None else {"max_drop_points": max_drop_points}
+    if patches is not None:
+        kb["target_sram_kb"] = None
+    if int8_io or patches is not None:
+        extra["int8_io"] = True
     return ExportOptions(formats=formats, bn_batches=bn_batches, seed=seed, **kb, **extra)
 
 
@@ -179,10 +189,13 @@ def search_and_deploy(job: BudgetJob, *, checkpoint: Any = None, device: Any = N
                                latency_predictor=job.latency_predictor)
     constraints = job.constraints
     precision = getattr(lat, "precision", None) or constraints.precision
+    if job.patches is not None or job.int8_io:  # a board runs int8 TFLite Micro files
+        precision = "int8"
     if constraints.precision != precision and precision in ("int8", "fp32"):
         constraints = Constraints(**{**constraints.to_dict(), "precision": precision})
     settings = dict(algorithm=job.algorithm, population=job.population, generations=job.generations, seed=job.seed,
-                    top_k=job.top_k, device=device.name if device is not None else _device_name(job.device))
+                    top_k=job.top_k, device=device.name if device is not None else _device_name(job.device),
+                    patches=job.patches, int8_io=job.int8_io)
     space = acc.space.common_resolutions(lat.space) or acc.space  # the resolutions both predictors know
     result = search_for_budget(space, acc, lat, constraints, **settings)
     inputs: dict[str, Any] = {"supernet": str(job.checkpoint), "accuracy_predictor": acc.info.get("path") or str(
@@ -206,9 +219,11 @@ def search_and_deploy(job: BudgetJob, *, checkpoint: Any = None, device: Any = N
         from edgenas.export.subnet import load_search_result
 
         lineage = load_search_result(str(save_result(result, record, seed=job.seed, inputs=inputs)))
-    options = deploy_options(constraints, formats=job.formats, seed=job.seed, bn_batches=job.bn_batches,
-                             max_drop_points=job.max_int8_drop_points)
-    done = _deploy(job, result, checkpoint, device, precision, options, lineage, search_again, progress)
+    mcu = _mcu_target(job, constraints)
+    formats = job.formats if mcu is None or "tflite-int8" in job.formats else (*job.formats, "tflite-int8")
+    options = deploy_options(constraints, formats=formats, seed=job.seed, bn_batches=job.bn_batches,
+                             max_drop_points=job.max_int8_drop_points, patches=job.patches, int8_io=job.int8_io)
+    done = _deploy(job, result, checkpoint, device, precision, options, lineage, search_again, progress, mcu)
     if job.ship_dir is not None and done.shipped is not None and done.winner is not None:
         _card_prediction(acc, done, job.ship_dir)
     if job.ship_dir is not None:  # the search's own record stays as the cards name it; the measured side beside it
@@ -226,7 +241,6 @@ def _card_prediction(acc: Any, done: Deployment, ship_dir: Path) -> None:
     interval where the predictor gives one (a GP's; None for an MLP), the predictor's own figures on subnets it never
     saw, and the regret where the run measured it (None: `tools/bench/regret.py` measures it after a run)."""
     from edgenas.artifacts import undefined_as_null
-    from edgenas.export.card import write_card
 
     card, arch = done.shipped.card, done.winner.arch
     interval = None
@@ -236,7 +250,26 @@ def _card_prediction(acc: Any, done: Deployment, ship_dir: Path) -> None:
     card["accuracy_prediction"] = undefined_as_null({
         "predicted_top1": float(acc.predict([arch])[0]), "interval_95": interval,
         "predictor": acc.info.get("kind", "mlp"), "predictor_test": acc.info.get("test"), "regret_points": None})
-    write_card(ship_dir, card)
+    write_shipped_card(ship_dir, card)
+
+
+def _mcu_target(job: BudgetJob, constraints: Constraints) -> Any:
+    """The microcontroller side of the deploy stage (None: not a board's search)."""
+    if job.patches is None and not job.int8_io and job.board is None:
+        return None
+    from edgenas.board import load_board
+    from edgenas.deploy.mcu import McuTarget
+    from edgenas.devices.config import load_config as load_device_config
+
+    runtime = load_device_config(job.device).runtime
+    if runtime != "tflite":
+        raise UsageError(f"--patches / --board deploy int8 TFLite files, but device {job.device} runs {runtime}: "
+                         "give a tflite device (a board, or local-tflite), or add --no-verify")
+    try:
+        board = load_board(job.board) if job.board else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return McuTarget(job.patches, board, constraints.max_sram_bytes, constraints.max_flash_bytes)
 
 
 def _device_name(name: str) -> str:
@@ -247,7 +280,7 @@ def _device_name(name: str) -> str:
 
 
 def _deploy(job: BudgetJob, result: SearchResult, checkpoint: Any, device: Any, precision: str, options: Any,
-            lineage: dict[str, Any] | None, search_again: Any, progress: bool) -> Deployment:
+            lineage: dict[str, Any] | None, search_again: Any, progress: bool, mcu: Any = None) -> Deployment:
     """The deploy stage on `job`'s device, opening the checkpoint, the device and the store where not given."""
     from edgenas import load_device
     from edgenas.accuracy.fit import default_store_path
@@ -262,7 +295,7 @@ def _deploy(job: BudgetJob, result: SearchResult, checkpoint: Any, device: Any, 
         return deploy(result, checkpoint or OpenedCheckpoint(job.checkpoint), device, out_dir=job.out_dir / "models",
                       precision=precision, options=options, top_k=job.top_k, store=store, search=lineage,
                       ship_dir=job.ship_dir, search_again=search_again, progress=progress,
-                      log=lambda line: print(line, file=sys.stderr, flush=True))
+                      log=lambda line: print(line, file=sys.stderr, flush=True), mcu=mcu)
 
 
 def _outcome(result: SearchResult, done: Deployment, record: Path, deployed: Path | None,
@@ -291,6 +324,8 @@ def _outcome(result: SearchResult, done: Deployment, record: Path, deployed: Pat
         file_accuracy = {c.format: c.accuracy for c in shipped.checks}
         outcome.export_dir, outcome.card = str(shipped.out_dir), str(shipped.out_dir / "card.json")
         outcome.deployed_file = shipped.files[done.format].name
+        if "mcu" in shipped.card:  # a board's file: patch-based where the search judged it so
+            outcome.deployed_file = Path(shipped.card["mcu"]["file"]).name
         outcome.accuracy = file_accuracy.get(done.format, shipped.card["accuracy"]["pytorch"])
     return outcome
 

@@ -262,6 +262,7 @@ def deploy(
     search_again: Callable[[float], SearchResult | None] | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    mcu: Any = None,
 ) -> Deployment:
     """Export, evaluate and measure the top `top_k` candidates of `result` (all of `result.top` by default) on
     `device` at `precision`, pick the winner (`pick_winner`) against `result`'s latency limit, and, with
@@ -274,12 +275,15 @@ def deploy(
 
     `checkpoint` is an `OpenedCheckpoint` (info, supernet, dataset()); `store` (an open `Store`) receives
     the measurements and accuracies; `search` is the saved search result's JSON (`load_search_result`),
-    recorded in each card's lineage. Candidates go to `out_dir/candidate-<i>/`."""
+    recorded in each card's lineage. Candidates go to `out_dir/candidate-<i>/`. `mcu` (a `deploy.mcu.McuTarget`):
+    each candidate's measured and shipped file is its int8 file with the patch schedule the search judged it on,
+    held to the SRAM limit by its TFLite Micro arena; the winner ships with the board's files."""
     options = options or ExportOptions()
     fmt = deployed_format(device.runtime, precision)
     budget = result.constraints.max_latency_ms
     round_ = _Round(checkpoint, device, precision, fmt, budget, replace(options, formats=(fmt,)), split, store,
                     Path(out_dir), progress, log)
+    round_.mcu = mcu
     round_.add(result, result.top[: top_k or len(result.top)], search)
     winner = pick_winner(pick_order(round_.candidates))
     scale = measured_scale(round_.candidates, winner, budget) if search_again is not None else None
@@ -317,7 +321,7 @@ def ship_first_passing(round_: _Round, ordered: list[MeasuredCandidate], ship_di
         if shipped.ok:
             if passed_over:  # the card says what was passed over, and why
                 shipped.card["passed_over"] = [p.to_dict() for p in passed_over]
-            write_card(ship_dir, shipped.card)  # once, after the pick
+            write_shipped_card(ship_dir, shipped.card)  # once, after the pick
             return winner, shipped, passed_over
         passed_over.append(PassedOver(winner.arch, winner.accuracy, winner.latency_ms,
                                       list(shipped.reasons or shipped.problems)))
@@ -327,8 +331,17 @@ def ship_first_passing(round_: _Round, ordered: list[MeasuredCandidate], ship_di
     if len(passed_over) > 1:  # the later tries wrote over the first pick's files: ship it again, as it was
         shipped = round_.ship(first, ship_dir, options)
     shipped.card["passed_over"] = [p.to_dict() for p in passed_over]
-    write_card(ship_dir, shipped.card)
+    write_shipped_card(ship_dir, shipped.card)
     return first, shipped, passed_over
+
+
+def write_shipped_card(out_dir: Path, card: dict[str, Any]) -> None:
+    """write_card, keeping a microcontroller card's MCU section (card.md is rendered again)."""
+    write_card(out_dir, card)
+    if "mcu" in card:
+        from edgenas.export.mcu import write_card_section
+
+        write_card_section(out_dir, card["mcu"])
 
 
 def model_correct(model: Any, dataset: Any, split: str, resolution: int) -> list[bool]:
@@ -358,6 +371,8 @@ class _Round:
             options, split, store, out_dir, progress, log)
         self.candidates: list[MeasuredCandidate] = []
         self.exports: dict[int, tuple[PreparedExport, ExportResult | None]] = {}
+        self.mcu: Any = None  # a deploy.mcu.McuTarget: candidates are the files judged on the board
+        self.schedules: dict[int, tuple[int, int] | None] = {}
 
     def ship(self, cand: MeasuredCandidate, ship_dir: Path, options: ExportOptions) -> ExportResult:
         """Export `cand` into `ship_dir` in every format of `options`, its measured file copied byte for byte."""
@@ -368,7 +383,40 @@ class _Round:
         judged = shipped.card["latency"].get("judged_on")
         if judged is not None:  # the budget this file was judged against, and the verdict
             judged.update(budget_ms=self.budget, meets_budget=cand.meets_budget)
+        if self.mcu is not None and "tflite-int8" in shipped.files:
+            self._ship_mcu(cand, ship_dir, shipped)
         return shipped
+
+    def _ship_mcu(self, cand: MeasuredCandidate, ship_dir: Path, shipped: ExportResult) -> None:
+        """The board's file beside the shipped int8 file: the same schedule, so the measured bytes (checked by
+        SHA-256), with the board's C files and the card's MCU section."""
+        from edgenas.deploy.mcu import finish_candidate
+
+        path, summary, problems = finish_candidate(self.mcu, ship_dir, shipped, self.checkpoint.supernet.space,
+                                                   cand.arch, self.schedules.get(id(cand)), board=True)
+        summary["sha256"] = sha256_file(path) if path.is_file() else None
+        if summary["sha256"] != cand.sha256:
+            problems.append(f"{path.name} is not the measured file {cand.model} (SHA-256 differs)")
+        for line in problems:
+            self.log(f"deploy: {line}")
+        shipped.problems.extend(problems)
+        shipped.reasons.extend(problems)
+        shipped.card["mcu"] = summary
+        if problems:
+            shipped.card["problems"] = list(shipped.problems)
+
+    def _candidate_mcu(self, cand: MeasuredCandidate, export: ExportResult, result: SearchResult, i: int) -> None:
+        from edgenas.deploy.mcu import finish_candidate
+
+        schedule = self.mcu.schedule(cand.arch, result.config)
+        self.schedules[id(cand)] = schedule
+        cand.model, summary, problems = finish_candidate(self.mcu, self.out_dir / f"candidate-{i}", export,
+                                                         self.checkpoint.supernet.space, cand.arch, schedule)
+        arena = summary.get("measured_arena_bytes")
+        self.log(f"deploy: candidate {i} {cand.model.name}: TFLite Micro arena "
+                 + ("?" if arena is None else f"{arena / 1024:.1f} KiB")
+                 + ("" if schedule is None else f" ({schedule[1]}x{schedule[1]} patches over {schedule[0]} ops)"))
+        cand.problems.extend(problems)
 
     def add(self, result: SearchResult, chosen: list[Any], search: Mapping[str, Any] | None,
             round_number: int = 1) -> None:
@@ -392,6 +440,8 @@ class _Round:
                     export = export_prepared(prep, self.out_dir / f"candidate-{i}", space=supernet.space,
                                              options=self.options, raise_on_problems=False, log=self.log)
                     cand.model, cand.problems = export.files[self.fmt], list(export.problems)
+                    if self.mcu is not None:  # the file the search judged: patch-based where that is what fits
+                        self._candidate_mcu(cand, export, result, i)
                     cand.sha256 = sha256_file(cand.model)
                 except TFLiteConversionError as exc:  # this arch does not convert: the others still compete
                     export = None

@@ -41,6 +41,8 @@ def search_for_budget(
     device: str | None = None,
     margins: Sequence[float] = SEARCH_MARGINS,
     latency_scale: float = 1.0,
+    patches: str | int | None = None,
+    int8_io: bool = False,
 ) -> SearchResult:
     """Search `space` under `constraints` and return the result whose `top` holds the candidates to deploy.
 
@@ -63,7 +65,8 @@ def search_for_budget(
     for margin in margins:
         limit = None if constraints.max_latency_ms is None else constraints.max_latency_ms * margin / latency_scale
         problem = Problem(space, accuracy, latency, replace(constraints, max_latency_ms=limit), device=device,
-                          score_infeasible=entry.scores_infeasible)
+                          score_infeasible=entry.scores_infeasible, int8_io=int8_io or patches is not None,
+                          patches=patches)
         search = create_algorithm(algorithm, space, rng=np.random.default_rng(seed), population=population,
                                   generations=generations, n_constraints=len(problem.limit_names))
         try:
@@ -81,4 +84,7 @@ def search_for_budget(
         result.config = {**result.config, "margins": list(margins[: len(results)])}
     if latency_scale != 1.0:
         result.config = {**result.config, "latency_scale": latency_scale}
+    if patches is not None:  # the schedule each kept arch was judged on: (ops, n), or None for the whole map
+        schedules = {str(c.arch): problem.patch_schedule(c.arch) for c in [result.best, *result.top]}
+        result.config = {**result.config, "patches": patches, "patch_schedules": schedules}
     return result

@@ -147,6 +147,10 @@ class Problem:
     device: str | None = None
     cache: bool = True
     score_infeasible: bool = True
+    # Microcontrollers (issue 44): int8 memory of the file with int8 I/O, and with `patches` ("auto" or N) an arch
+    # whose whole-map arena misses the SRAM limit is judged on its patch-based schedule (`micro_memory`).
+    int8_io: bool = False
+    patches: int | str | None = None
 
     def __post_init__(self) -> None:
         for role, predictor in (("accuracy", self.accuracy), ("latency", self.latency)):
@@ -160,6 +164,7 @@ class Problem:
         self.predicted = 0
         self._cache: dict[bytes, tuple[float, float]] = {}
         self._arena_cache: dict[bytes, int] = {}
+        self._mcu_cache: dict[bytes, tuple[int, int, tuple[int, int] | None]] = {}
         limits = self.constraints.limits()
         self._limit_names = list(limits)
         self._limit_values = np.array([limits[k] for k in limits], dtype=np.float64)
@@ -223,7 +228,9 @@ class Problem:
             values["macs"] = stats["macs"]
             if p == 1 or memory:
                 values["sram"], values["flash"] = (stats[_STAT_LIMITS[k][0][p]] for k in ("sram", "flash"))
-        if p == 0 and self.constraints.max_sram_bytes is not None:
+        if p == 0 and self._memory_limited and (self.int8_io or self.patches is not None):
+            values["sram"], values["flash"] = self._mcu_memory(genomes)
+        elif p == 0 and self.constraints.max_sram_bytes is not None:
             values["sram"] = self._exact_arena_near_limit(genomes, values["sram"])
         if self._limit_names:
             measured = np.stack([values[k].astype(np.float64) for k in self._limit_names], axis=1)
@@ -263,6 +270,45 @@ class Problem:
                 self._arena_cache[key] = predict_arena(self.space, arch)
             arena[row] = self._arena_cache[key]
         return arena
+
+    def _mcu_memory(self, genomes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Arena and file size of every row's int8 file with int8 I/O, patch-based where that is what fits."""
+        keys = self.codec.keys(genomes).tolist()
+        archs = self.codec.to_archs(genomes)
+        sram, flash = np.empty(len(keys)), np.empty(len(keys))
+        for row, (key, arch) in enumerate(zip(keys, archs)):
+            if key not in self._mcu_cache:
+                self._mcu_cache[key] = self._mcu_one(arch)
+            sram[row], flash[row], _ = self._mcu_cache[key]
+        return sram, flash
+
+    def _mcu_one(self, arch: Arch) -> tuple[int, int, tuple[int, int] | None]:
+        from edgenas.micro_memory import graph_prediction, micro_graph, patched_graph, quick_patch_choice
+
+        g = micro_graph(self.space, arch, int8_io=True)
+        whole = graph_prediction(g)
+        limit = self.constraints.max_sram_bytes
+        if self.patches is None or limit is None or whole.arena <= limit:
+            return whole.arena, whole.flash, None
+        try:
+            estimate, ops, n = quick_patch_choice(self.space, arch, None if self.patches == "auto" else int(self.patches))
+        except ValueError:
+            return whole.arena, whole.flash, None
+        if estimate > limit:  # the estimate runs under the exact figure: this schedule does not fit either
+            return min(estimate, whole.arena), whole.flash, None
+        exact = graph_prediction(patched_graph(g, ops, n))
+        if exact.arena >= whole.arena:
+            return whole.arena, whole.flash, None
+        return exact.arena, exact.flash, (ops, n)
+
+    def patch_schedule(self, arch: Arch) -> tuple[int, int] | None:
+        """(ops, n) of the patch-based schedule the search judged `arch` on, or None (the whole-map file)."""
+        if self.patches is None:
+            return None
+        key = self.codec.keys(self.codec.from_archs([arch])).tolist()[0]
+        if key not in self._mcu_cache:
+            self._mcu_cache[key] = self._mcu_one(arch)
+        return self._mcu_cache[key][2]
 
     def evaluate_archs(self, archs: Sequence[Arch]) -> Evaluation:
         return self.evaluate(self.codec.from_archs(list(archs)))
