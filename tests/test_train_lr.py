@@ -4,6 +4,7 @@ rate restarts at a third of it; the factor scales the first phase and caps the l
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -93,3 +94,27 @@ def test_resume_keeps_the_factor_and_does_not_check_again(tmp_path, stripes, mon
     kernel = [e for e in events(out, "step") if e["phase"] == "kernel"]
     assert [e["step"] for e in kernel] == [1, 2, 3, 4]
     assert kernel[-2]["lr"] == pytest.approx(min(HIGH / 3, HIGH * before["factor"]) * PhaseSchedule(4, 0)(3), rel=1e-4)
+
+
+def test_a_loss_near_the_threshold_is_undecided_and_checked_again_later():
+    """Issue 46: a loss of 1.618 against a threshold of 1.613 (6 classes) decided the rate by the thread count's
+    rounding. Within the undecided band the check waits as many steps again (at most twice, within the phase); a
+    loss clearly on one side decides at once."""
+    limit = lr_backoff.LEARNED * lr_backoff.chance_loss(6)
+    state = lr_backoff.new_state()
+    assert lr_backoff.decide(state, 1.618, 48, 6, phase_steps=300) == "wait"
+    assert state["check_step"] == 96 and not state["checked"] and state["factor"] == 1.0
+    assert "undecided" in lr_backoff.describe(state, 6)
+    assert lr_backoff.decide(state, 1.60, 96, 6, phase_steps=300) == "wait"
+    assert state["check_step"] == 144
+    assert lr_backoff.decide(state, 1.60, 144, 6, phase_steps=300) == "keep"  # waited twice: the threshold decides
+    assert state["checked"] and state["factor"] == 1.0
+    clear = lr_backoff.new_state()
+    assert lr_backoff.decide(clear, limit - 0.2, 48, 6, phase_steps=300) == "keep"
+    stuck = lr_backoff.new_state()
+    assert lr_backoff.decide(stuck, math.log(6), 48, 6, phase_steps=300) == "restart"
+    # no room left in the phase: the threshold decides now
+    short = lr_backoff.new_state()
+    assert lr_backoff.decide(short, limit + 0.01, 48, 6, phase_steps=90) == "restart"
+    # a later check of a lower rate is not put off again: it is at the step the first rate was decided at
+    assert lr_backoff.decide(short, limit + 0.01, 48, 6, phase_steps=300) in ("restart", "revert", "keep")

@@ -115,10 +115,19 @@ def run_train(args: argparse.Namespace) -> int:
                   f"{summary['alone']['top1']:.4f}")
         if "chance" in summary:
             print(f"  chance (always the most common class): {summary['chance']:.4f}")
+        if (summary.get("gate") or {}).get("gap") is not None:
+            print(f"  the smallest subnet trails the largest by {100 * summary['gate']['gap']:.1f} points (the check "
+                  f"allows {100 * summary['gate']['allowed_gap']:.1f})")
     if "gate" in summary:
         import sys
 
         print(f"edgenas train: {summary['gate']['message']}", file=sys.stderr)
+        if not summary["gate"]["passed"]:  # one verdict, one exit status: as `edgenas run` stops at this check
+            from edgenas.cli.run import EXIT_CHECK_FAILED
+
+            print(f"edgenas: error: the training check failed; the trained supernet is kept in {result.checkpoint} "
+                  "(`edgenas run --force` with train.checkpoint set to it goes on with it)", file=sys.stderr)
+            return EXIT_CHECK_FAILED
     return 0
 
 

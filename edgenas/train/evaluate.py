@@ -39,8 +39,8 @@ class _Batches:
     """Calibration and evaluation batches per resolution, loaded once."""
 
     def __init__(self, dataset: Dataset, split: str, bn_batches: int, batch_size: int, seed: int,
-                 device: torch.device) -> None:
-        self.dataset, self.split, self.bn_batches = dataset, split, bn_batches
+                 device: torch.device, limit: int | None = None) -> None:
+        self.dataset, self.split, self.bn_batches, self.limit = dataset, split, bn_batches, limit
         self.batch_size, self.seed, self.device = batch_size, seed, device
         self._cache: dict[tuple[str, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
@@ -60,8 +60,20 @@ class _Batches:
     def evaluation(self, resolution: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         key = (self.split, resolution)
         if key not in self._cache:
-            loader = self.dataset.loader(self.split, batch_size=self.batch_size, resolution=resolution)
-            self._cache[key] = [(_channels_last(x.to(self.device)), y.to(self.device)) for x, y in loader]
+            if self.limit is None:
+                loader = self.dataset.loader(self.split, batch_size=self.batch_size, resolution=resolution)
+                self._cache[key] = [(_channels_last(x.to(self.device)), y.to(self.device)) for x, y in loader]
+            else:  # a seeded sample of the split (not its first images: a folder's are in class order)
+                loader = self.dataset.loader(self.split, batch_size=self.batch_size, resolution=resolution,
+                                             shuffle=True, seed=self.seed + 1)
+                batches, seen = [], 0
+                for x, y in loader:
+                    if seen >= self.limit:
+                        break
+                    x, y = x[: self.limit - seen], y[: self.limit - seen]
+                    batches.append((_channels_last(x.to(self.device)), y.to(self.device)))
+                    seen += len(y)
+                self._cache[key] = batches
         return self._cache[key]
 
 
@@ -81,12 +93,14 @@ def _top1(supernet: Supernet, arch: Arch, batches: _Batches) -> float:
 
 
 def evaluate_many(supernet: Supernet, archs: Sequence[Arch | Any], dataset: Dataset, split: str = "val", *,
-                  bn_batches: int = 8, batch_size: int = 64, seed: int = 0, progress: bool = False) -> list[float]:
-    """Top-1 in [0, 1] of each arch on `split`, each after BN recalibration on `bn_batches` training batches."""
+                  bn_batches: int = 8, batch_size: int = 64, seed: int = 0, progress: bool = False,
+                  limit: int | None = None) -> list[float]:
+    """Top-1 in [0, 1] of each arch on `split`, each after BN recalibration on `bn_batches` training batches; with
+    `limit`, on that many of the split's images (a seeded sample, without augmentation)."""
     archs = [_as_arch(supernet, a) for a in archs]
     _check_fits(supernet, dataset)
     device = next(supernet.parameters()).device
-    batches = _Batches(dataset, split, bn_batches, batch_size, seed, device)
+    batches = _Batches(dataset, split, bn_batches, batch_size, seed, device, limit)
     previous, was_training = supernet.active_arch, supernet.training
     out = []
     try:
