@@ -13,8 +13,7 @@ from PIL import Image
 
 from edgenas.train.config import Phase, TrainConfig, preset_config
 from edgenas.train.gate import GAP_FLOOR, GAP_PER_ERROR, Z, allowed_gap, required_top1, standard_error, training_verdict
-from edgenas.train.schedule import (PhaseSchedule, TimeBudget, lr_factor, plateau_cut, plateau_words, step_cost,
-                                    time_cut)
+from edgenas.train.schedule import PhaseSchedule, TimeBudget, lr_factor, plateau_cut, plateau_words, step_cost, time_cut
 from edgenas.train.trainer import train
 
 
