@@ -275,6 +275,10 @@ def test_same_seed_on_one_and_two_threads_gives_the_same_verdict(tmp_path):
         assert s["gate"]["passed"], s["gate"]["message"]
         assert s["gate"]["gap"] is not None and "trails the largest by" in s["gate"]["message"]
         assert all(0 <= row["train_top1"] <= 1 for row in s["val"][:2])  # what each reaches on training images
+        # each phase's summary: the smallest subnet of the dimensions trained so far, the space's only in the last
+        assert [p["smallest_is_space"] for p in s["phases"]] == [False, False, False, True]
+        assert s["phases"][0]["smallest_arch"]["kernels"] == s["val"][0]["arch"]["kernels"]  # full: only resolution
+        assert s["phases"][-1]["smallest_arch"] == s["val"][1]["arch"]
     assert runs[1]["gate"]["passed"] == runs[2]["gate"]["passed"]
 
 
