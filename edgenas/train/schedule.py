@@ -59,7 +59,7 @@ def plateau_cut(state: dict[str, Any], value: float | Mapping[str, float], step:
     figure); return (new end, "plateau") when the phase should stop: it ran its minimum and every watched subnet
     has gone `plateau_patience` checks without rising by `plateau_delta` over its best (the largest alone flat is
     no plateau while the smallest the phase trains still rises: a textures run ended its last phase on the
-    largest's plateau with the smallest still going from 68.8 to 78.3 %). A value below `floor` (not yet clearly
+    largest's plateau with the smallest still going from 68.8 to 78.3 %). The largest below `floor` (not yet clearly
     above chance) is no plateau: the phase goes on learning, up to its maximum. Fixed-length phases only record.
     `state["plateaued"]` then names the subnets and the best figure each reached."""
     values = dict(value) if isinstance(value, Mapping) else {"watched": float(value)}
@@ -76,7 +76,8 @@ def plateau_cut(state: dict[str, Any], value: float | Mapping[str, float], step:
     # the phase's own counters: the best of the last-rising subnet, the checks since any watched subnet rose
     state["stale"] = min(watch[name]["stale"] for name in values)
     state["best"] = max(watch[name]["best"] for name in values)
-    if (not adaptive or state.get("stopped") == "plateau" or step < min_steps or min(values.values()) < floor
+    learned = values.get("largest", min(values.values()))  # the floor judges the network, not its smallest part
+    if (not adaptive or state.get("stopped") == "plateau" or step < min_steps or learned < floor
             or state["stale"] < config.plateau_patience):
         return None
     new_end = step + max(5, round(TAIL_FRACTION * step))
