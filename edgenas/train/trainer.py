@@ -167,14 +167,25 @@ def chance_top1(dataset: AnyDataset) -> float:
     return float(np.bincount(labels).max() / max(1, len(labels)))
 
 
-def _val_top1(net: Supernet, archs: list[Arch], dataset: AnyDataset, config: TrainConfig, batch_size: int, *,
-              split: str = "val", limit: int | None = None) -> list[float]:
-    """Validation top-1 of `archs` (BN-recalibrated; `split`, `limit`: as `evaluate_many`'s), leaving the training's
-    random state as it was."""
+def _val_top1(net: Supernet, archs: list[Arch], dataset: AnyDataset, config: TrainConfig, batch_size: int) -> list[float]:
+    """Validation top-1 of `archs` (BN-recalibrated), leaving the training's random state as it was."""
     state = torch.get_rng_state()
     try:
-        return evaluate_many(net, archs, dataset, split, bn_batches=config.bn_batches, batch_size=batch_size,
-                             seed=config.seed, limit=limit)
+        return evaluate_many(net, archs, dataset, "val", bn_batches=config.bn_batches, batch_size=batch_size,
+                             seed=config.seed)
+    finally:
+        torch.set_rng_state(state)
+
+
+def _train_top1(net: Supernet, archs: list[Arch], dataset: AnyDataset, config: TrainConfig, batch_size: int,
+                images: int) -> list[float]:
+    """Top-1 of `archs` on `images` training images (a seeded sample, without augmentation; BN-recalibrated): what
+    each reaches on what it was trained on, which tells memorising from learning. The training's random state is
+    left as it was."""
+    state = torch.get_rng_state()
+    try:
+        return evaluate_many(net, archs, dataset, "train", bn_batches=config.bn_batches, batch_size=batch_size,
+                             seed=config.seed, limit=images)
     finally:
         torch.set_rng_state(state)
 
@@ -917,8 +928,7 @@ def _finish(run: Run, state: TrainState, stopped_unlearned: bool) -> TrainResult
         summary["val_size"] = run.dataset.size("val")
         # what the largest and smallest reach on training images (as many as the validation split holds): the gate
         # tells memorising from learning with it
-        trained = _val_top1(run.net, archs[:2], run.dataset, config, max(run.per_rank, 64), split="train",
-                            limit=summary["val_size"])
+        trained = _train_top1(run.net, archs[:2], run.dataset, config, max(run.per_rank, 64), summary["val_size"])
         for row, top1 in zip(summary["val"], trained):
             row["train_top1"] = round(top1, 5)
         if compared:
