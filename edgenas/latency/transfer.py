@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-from edgenas import readers
+from edgenas import inputs
 from edgenas.errors import UsageError
 
 # The prior scale of each block of β relative to the intercept's (normalised units: the target's mean is 1).
@@ -520,7 +520,7 @@ def read_latency_csv(path: str | os.PathLike, *, devices: Sequence[str] = ()) ->
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         raise UsageError(f"no latency CSV at {path}: give a file with columns idx, arch_str, <device>_ms, ...")
-    text = readers.read_text(path, "latency CSV", limit=readers.MAX_JSON_BYTES)  # a regular UTF-8 file, size-capped
+    text = inputs.read_text(path, "latency CSV", limit=inputs.MAX_JSON_BYTES)  # a regular UTF-8 file, size-capped
     try:
         rows = list(csv.reader(io.StringIO(text, newline="")))
     except csv.Error as exc:
