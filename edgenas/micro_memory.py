@@ -438,15 +438,7 @@ def board_arena(host_arena: int | np.ndarray, tensors: int | np.ndarray, ops: in
 def predict(space: SearchSpace, arch: Arch, normalised_input: bool = False) -> MemoryPrediction:
     """The arena (the greedy planner run on the arch's graph) and the file size of one arch (`normalised_input`:
     see `micro_graph`)."""
-    g = micro_graph(space, arch, normalised_input=normalised_input)
-    buffers = planner_buffers(g)
-    head, _ = plan_greedy(buffers)
-    counts = count_ops(g, g.ops) + _graph_input_counts()
-    for key in shared_constants(g):
-        counts = counts + _shared_constant(key)
-    tail = tail_bytes(counts)
-    arena = max(head, planning_bytes(counts, len(buffers))) + tail
-    return MemoryPrediction(arena, head, tail, file_bytes(counts), counts.tensors, counts.ops)
+    return graph_prediction(micro_graph(space, arch, normalised_input=normalised_input))
 
 
 # How far a board's SRAM may fall short of the predicted 32-bit arena before "does not fit" is said without
