@@ -19,6 +19,7 @@ maximum over them, because between blocks only one tensor is alive.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -119,12 +120,12 @@ def build_graph(space: SearchSpace, arch: Arch) -> tuple[list[Op], dict[str, int
     g = _GraphBuilder()
     hw = arch.resolution
     x = g.tensor(space.in_channels * hw * hw)
-    first = space.first_block
+    first = space.first_block_at(arch.width)
     h, hw = g.conv("stem", x, space.in_channels, first.in_channels, hw, STEM_KERNEL, space.stem_stride, act="hswish")
     h, hw = g.mbconv("first", h, first.in_channels, first.out_channels, hw, 3, 1, first.stride, first.act, first.se,
                      first.residual, has_expand=False)
     cin = first.out_channels
-    slots = {(b.stage, b.index): b for b in space.block_slots()}
+    slots = {(b.stage, b.index): b for b in space.block_slots(arch.width)}
     for s in range(space.num_stages):
         for j, (k, e) in enumerate(arch.stage_blocks(s)):
             b = slots[(s, j)]
@@ -189,7 +190,7 @@ def _in_block(op: Op) -> bool:
 class StatsTable:
     """Vectorised statistics for many archs of one space (search evaluates whole populations).
 
-    Per resolution, the fixed parts (stem, first block, head) and, per block slot, kernel and
+    Per variant (resolution and width: `SearchSpace.variants`), the fixed parts (stem, first block, head) and, per block slot, kernel and
     expand ratio, each block's MACs, params, flash and peak are tabulated once. `compute(archs)`
     then gathers and sums (or maxes) them. Agrees exactly with `arch_stats`.
     """
@@ -198,15 +199,15 @@ class StatsTable:
 
     def __init__(self, space: SearchSpace) -> None:
         self.space = space
-        slots = space.block_slots()  # the wiring of every block, as the space describes it
-        nr, nslot, nk, ne = len(space.resolutions), len(slots), len(space.kernels), len(space.expands)
+        nr, nslot, nk, ne = len(space.variants), space.max_blocks, len(space.kernels), len(space.expands)
         self.fixed = np.zeros((len(self.FIELDS), nr), dtype=np.int64)
         self.fixed_peak = np.zeros(nr, dtype=np.int64)
         self.block = np.zeros((len(self.FIELDS), nr, nslot, nk, ne), dtype=np.int64)
         self.slot_offsets = np.cumsum([0] + [s.max_depth for s in space.stages])[:-1]
         # The fixed part: the smallest arch with every block's contribution removed.
-        for ri, res in enumerate(space.resolutions):
-            base = space.smallest(res)
+        for ri, (width, res) in enumerate(space.variants):
+            slots = space.block_slots(width)  # the wiring of every block, as the space describes it
+            base = dataclasses.replace(space.smallest(res), width=width)
             ops, sizes = build_graph(space, base)
             fixed_ops = [op for op in ops if not _in_block(op)]
             self.fixed[:, ri] = self._totals(fixed_ops)
@@ -232,7 +233,7 @@ class StatsTable:
                         dtype=np.int64)
 
     def indices(self, archs: list[Arch]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Resolution index (n,) and per-slot kernel and expand indices (n, slots), plus an active mask
+        """Variant (width and resolution) index (n,) and per-slot kernel and expand indices (n, slots), plus an active mask
         (`SearchSpace.choice_indices`)."""
         return self.space.choice_indices(archs)
 

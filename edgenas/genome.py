@@ -4,7 +4,9 @@ Search evaluates tens of thousands of candidates; building them one `Arch` at a 
 `SearchSpace.sample/mutate/crossover` costs 35-75 µs each (measured, the `mobilenetv3` space), which
 alone would eat the 5 s budget of a 100 × 500 evolution. A genome row holds choice *indices*:
 
-    [resolution, depth of each stage, kernel of each block slot, expand ratio of each block slot]
+    [resolution, depth of each stage, kernel of each block slot, expand ratio of each block slot(, width)]
+
+(the width gene only where the space offers several widths, so a one-width space's rows are as they were).
 
 Slots beyond a stage's depth are inactive but keep their genes (as Once-for-All's evolution), so a
 stage that grows again re-activates them. `canonical` zeroes inactive genes, giving one row per arch.
@@ -28,7 +30,9 @@ class GenomeCodec:
         self.space = space
         self.num_stages = space.num_stages
         self.num_slots = space.max_blocks
-        self.width = 1 + self.num_stages + 2 * self.num_slots
+        self.elastic_width = space.elastic_width
+        self.width = 1 + self.num_stages + 2 * self.num_slots + int(self.elastic_width)  # genes per row
+        self.widths = np.asarray(space.widths, dtype=np.float64)
         self.resolutions = np.asarray(space.resolutions, dtype=np.int64)
         self.kernels = np.asarray(space.kernels, dtype=np.int64)
         self.expands = np.asarray(space.expands, dtype=np.int64)
@@ -36,6 +40,7 @@ class GenomeCodec:
         # How many choices each gene has (for sampling and mutation).
         cardinality = [len(space.resolutions)] + [len(s.depths) for s in space.stages]
         cardinality += [len(space.kernels)] * self.num_slots + [len(space.expands)] * self.num_slots
+        cardinality += [len(space.widths)] * int(self.elastic_width)
         self.cardinality = np.asarray(cardinality, dtype=np.int64)
         self.slot_stage = np.repeat(np.arange(self.num_stages), [s.max_depth for s in space.stages])
         self.slot_index = np.concatenate([np.arange(s.max_depth) for s in space.stages])
@@ -47,6 +52,7 @@ class GenomeCodec:
         self._r = {int(r): i for i, r in enumerate(space.resolutions)}
         self._k = {int(k): i for i, k in enumerate(space.kernels)}
         self._e = {int(e): i for i, e in enumerate(space.expands)}
+        self._w = {float(w): i for i, w in enumerate(space.widths)}
         self._d = [{int(d): i for i, d in enumerate(s.depths)} for s in space.stages]
         self._table = stats_table(space)
 
@@ -61,7 +67,24 @@ class GenomeCodec:
 
     @property
     def expand_cols(self) -> slice:
-        return slice(1 + self.num_stages + self.num_slots, self.width)
+        return slice(1 + self.num_stages + self.num_slots, 1 + self.num_stages + 2 * self.num_slots)
+
+    @property
+    def width_col(self) -> int | None:
+        """The width gene's column (the last), or None where the space has one width."""
+        return self.width - 1 if self.elastic_width else None
+
+    def variant_indices(self, genomes: np.ndarray) -> np.ndarray:
+        """Each row's index into `space.variants` (width-major (width, resolution) pairs)."""
+        if not self.elastic_width:
+            return genomes[:, 0]
+        return genomes[:, self.width - 1] * len(self.resolutions) + genomes[:, 0]
+
+    def arch_widths(self, genomes: np.ndarray) -> list[float]:
+        """Each row's width multiplier."""
+        if not self.elastic_width:
+            return [float(self.widths[0])] * len(genomes)
+        return self.widths[genomes[:, self.width - 1]].tolist()
 
     def depths(self, genomes: np.ndarray) -> np.ndarray:
         """Depth of every stage, (n, stages)."""
@@ -80,6 +103,8 @@ class GenomeCodec:
         for row, arch in enumerate(archs):
             self.space.validate(arch)
             out[row, 0] = self._r[arch.resolution]
+            if self.elastic_width:
+                out[row, self.width - 1] = self._w[arch.width]
             i = 0
             for s, depth in enumerate(arch.depths):
                 out[row, 1 + s] = self._d[s][depth]
@@ -101,10 +126,11 @@ class GenomeCodec:
         kernels = self.kernels[genomes[:, self.kernel_cols]][active].tolist()
         expands = self.expands[genomes[:, self.expand_cols]][active].tolist()
         ends = np.cumsum(active.sum(axis=1)).tolist()
+        widths = self.arch_widths(genomes)
         out = []
         start = 0
         for i, end in enumerate(ends):
-            out.append(_valid_arch(res[i], depths[i], tuple(kernels[start:end]), tuple(expands[start:end])))
+            out.append(_valid_arch(res[i], depths[i], tuple(kernels[start:end]), tuple(expands[start:end]), widths[i]))
             start = end
         return out
 
@@ -161,15 +187,17 @@ class GenomeCodec:
         r_idx, s_idx = np.nonzero(active)
         out[r_idx, (base + genomes[:, self.kernel_cols])[r_idx, s_idx]] = 1.0
         out[r_idx, (base + nk + genomes[:, self.expand_cols])[r_idx, s_idx]] = 1.0
+        if self.elastic_width:
+            out[rows, nres + self.num_slots * slot_w + genomes[:, self.width - 1]] = 1.0
         return out
 
     def stats(self, genomes: np.ndarray, *, memory: bool = False) -> dict[str, np.ndarray]:
         """`stats_table(space).compute(archs, memory=memory)` for genomes, without building archs."""
-        return self._table.from_indices(genomes[:, 0], genomes[:, self.kernel_cols], genomes[:, self.expand_cols],
+        return self._table.from_indices(self.variant_indices(genomes), genomes[:, self.kernel_cols], genomes[:, self.expand_cols],
                                         self.active(genomes), memory=memory)
 
 
-def _valid_arch(resolution: int, depths: tuple, kernels: tuple, expands: tuple) -> Arch:
+def _valid_arch(resolution: int, depths: tuple, kernels: tuple, expands: tuple, width: float = 1.0) -> Arch:
     """An Arch from values a genome guarantees valid (Python ints, matching lengths), skipping
     `Arch.__post_init__`'s per-item checks, which cost 47 µs an arch (measured) — most of a search's time."""
     arch = object.__new__(Arch)
@@ -177,6 +205,7 @@ def _valid_arch(resolution: int, depths: tuple, kernels: tuple, expands: tuple) 
     object.__setattr__(arch, "depths", depths)
     object.__setattr__(arch, "kernels", kernels)
     object.__setattr__(arch, "expands", expands)
+    object.__setattr__(arch, "width", width)
     return arch
 
 

@@ -294,7 +294,7 @@ def space_from_dict(d: Any, source: str, remedy: str = "") -> Any:
     from edgenas.space import ACTIVATIONS, SearchSpace
 
     d = mapping(d, source, "space", remedy)
-    known = {"name", "stages", "kernels", "expands", "resolutions", "width_mult", "dropout", *_SPACE_INTS}
+    known = {"name", "stages", "kernels", "expands", "resolutions", "width_mult", "widths", "dropout", *_SPACE_INTS}
     unknown = sorted(set(d) - known)
     if unknown:
         raise UsageError(f"{source}: space.{unknown[0]}: unknown field; expected {', '.join(sorted(known))}"
@@ -313,6 +313,11 @@ def space_from_dict(d: Any, source: str, remedy: str = "") -> Any:
         values = d.get(key, [1 + (lo % 2 == 0)])
         require(isinstance(values, list) and 0 < len(values) <= 256 and all(is_int(v) and lo <= v <= hi for v in values),
                 source, f"space.{key}", values, f"a list of integers from {lo} to {hi}", remedy)
+    if "widths" in d:
+        widths = d["widths"]
+        require(isinstance(widths, list) and 0 < len(widths) <= 16
+                and all(is_number(w) and 0 < w <= 1 for w in widths) and 1 in widths, source, "space.widths", widths,
+                "a list of width multipliers in (0, 1] that includes 1", remedy)
     stages = field_of(d, "stages", source, "a list of stages", remedy)
     require(isinstance(stages, list) and 0 < len(stages) <= 32, source, "space.stages", stages,
             "a list of 1 to 32 stages", remedy)

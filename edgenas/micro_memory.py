@@ -202,9 +202,9 @@ class MicroGraph:
 
 
 def _stem(g: MicroGraph, space: SearchSpace, resolution: int, int8_io: bool = False,
-          normalised_input: bool = False) -> tuple[int, int]:
-    """QUANTIZE (unless `int8_io`), (the per-channel normalisation,) stem and the fixed first block: (output tensor,
-    its spatial size)."""
+          normalised_input: bool = False, width: float = 1.0) -> tuple[int, int]:
+    """QUANTIZE (unless `int8_io`), (the per-channel normalisation,) stem and the fixed first block at an arch's
+    `width`: (output tensor, its spatial size)."""
     hw = resolution
     if int8_io:
         x = g.graph_input = g.tensor(space.in_channels * hw * hw, "input_int8", (hw, hw))
@@ -215,7 +215,7 @@ def _stem(g: MicroGraph, space: SearchSpace, resolution: int, int8_io: bool = Fa
                  local=("pointwise", 1, 1, 0))
     if normalised_input:  # edgenas.export.contract.NormalisedInput: a depthwise 1x1 convolution before the stem
         x, _ = g.conv(x, space.in_channels, space.in_channels, hw, 1, 1, depthwise=True)
-    first = space.first_block
+    first = space.first_block_at(width)
     h, hw = g.conv(x, space.in_channels, first.in_channels, hw, STEM_KERNEL, space.stem_stride, act="hswish")
     return g.mbconv(h, first.in_channels, first.out_channels, hw, 3, 1, first.stride, first.act, first.se,
                     first.residual, has_expand=False)
@@ -238,9 +238,9 @@ def micro_graph(space: SearchSpace, arch: Arch, int8_io: bool = False, normalise
     (`NormalisedInput`)."""
     space.validate(arch)
     g = MicroGraph()
-    h, hw = _stem(g, space, arch.resolution, int8_io, normalised_input)
-    cin = space.first_block.out_channels
-    slots = {(b.stage, b.index): b for b in space.block_slots()}
+    h, hw = _stem(g, space, arch.resolution, int8_io, normalised_input, arch.width)
+    cin = space.first_block_at(arch.width).out_channels
+    slots = {(b.stage, b.index): b for b in space.block_slots(arch.width)}
     for s in range(space.num_stages):
         for j, (k, e) in enumerate(arch.stage_blocks(s)):
             b = slots[(s, j)]
@@ -480,8 +480,7 @@ class MemoryTable:
 
     def __init__(self, space: SearchSpace, *, check_archs: int = 48, seed: int = 0) -> None:
         self.space = space
-        slots = space.block_slots()  # the wiring of every block, as the space describes it
-        nr, nslot, nk, ne = len(space.resolutions), len(slots), len(space.kernels), len(space.expands)
+        nr, nslot, nk, ne = len(space.variants), space.max_blocks, len(space.kernels), len(space.expands)
         self.block_peak = np.zeros((nr, nslot, nk, ne), dtype=np.int64)
         self.block_buffers = np.zeros((nr, nslot, nk, ne), dtype=np.int64)
         self.block_counts = np.zeros((self.COUNT_FIELDS, nr, nslot, nk, ne), dtype=np.int64)
@@ -491,9 +490,10 @@ class MemoryTable:
         keys: dict[str, int] = {}
         block_keys: dict[tuple[int, int, int, int], list[str]] = {}
         fixed_keys: dict[int, list[str]] = {}
-        for ri, res in enumerate(space.resolutions):
+        for ri, (width, res) in enumerate(space.variants):
+            slots = space.block_slots(width)  # the wiring of every block, as the space describes it
             stem = MicroGraph()
-            first_out, _ = _stem(stem, space, res)
+            first_out, _ = _stem(stem, space, res, width=width)
             stem.graph_output = first_out  # alive until the first elastic block reads it
             sizes = space.feature_sizes(res)
             last = slots[-1].out_channels

@@ -1,9 +1,10 @@
 """The search space: a MobileNetV3-style network family, its archs, and how to sample and vary them (no torch).
 
 A `SearchSpace` is a value: a stem, a fixed first block, N elastic stages, a head, and the
-choices for kernel size, expand ratio, depth and input resolution. An `Arch` is one subnet of
-it, stored as JSON-ready tuples: one depth per stage, and one kernel and one expand ratio per
-*active* block, stage by stage (so `len(kernels) == sum(depths)`).
+choices for kernel size, expand ratio, depth, input resolution and (where the space offers more
+than one) width. An `Arch` is one subnet of it, stored as JSON-ready tuples: one depth per stage,
+and one kernel and one expand ratio per *active* block, stage by stage (so `len(kernels) == sum(depths)`),
+and its width multiplier (1.0, the supernet's full width, unless the space offers narrower ones).
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     if new < 0.9 * value:
         new += divisor
     return new
+
+
+def normal_width(width: float) -> float:
+    """A width multiplier as archs and spaces hold it (rounded to 4 decimals, so 0.35 from JSON equals 0.35)."""
+    return round(float(width), 4)
 
 
 def mid_channels(in_channels: int, expand: int) -> int:
@@ -117,7 +123,9 @@ def _fmt_choices(choices: Iterable[Any]) -> str:
 
 @dataclass(frozen=True)
 class Arch:
-    """One subnet: `resolution`, a depth per stage, and a kernel and expand ratio per active block.
+    """One subnet: `resolution`, a depth per stage, a kernel and expand ratio per active block, and `width`, the
+    multiplier of the stem's, first block's and every stage's channels (1.0: the supernet's full width; the
+    `mcunet` space offers narrower ones, run as the first channels of the supernet's weights).
 
     Frozen and hashable, so archs can be deduplicated and used as dict keys. Construct through
     `SearchSpace` methods or `Arch.from_dict`, and check against a space with `space.validate(arch)`.
@@ -127,6 +135,7 @@ class Arch:
     depths: tuple[int, ...]
     kernels: tuple[int, ...]
     expands: tuple[int, ...]
+    width: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("depths", "kernels", "expands"):
@@ -141,6 +150,10 @@ class Arch:
         if isinstance(self.resolution, bool) or not isinstance(self.resolution, (int, np.integer)):
             raise ValueError(f"arch field 'resolution' must be an integer, got {self.resolution!r}")
         object.__setattr__(self, "resolution", int(self.resolution))
+        if isinstance(self.width, bool) or not isinstance(self.width, (int, float, np.integer, np.floating)) \
+                or not 0.0 < float(self.width) <= 16.0:
+            raise ValueError(f"arch field 'width' must be a positive number (a width multiplier), got {self.width!r}")
+        object.__setattr__(self, "width", normal_width(self.width))
         n_blocks = sum(self.depths)
         if len(self.kernels) != n_blocks or len(self.expands) != n_blocks:
             raise ValueError(
@@ -149,12 +162,17 @@ class Arch:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """The JSON form; `width` only where it is not the full width (1.0), so a one-width space's archs read as
+        they always did."""
+        d: dict[str, Any] = {
             "resolution": self.resolution,
             "depths": list(self.depths),
             "kernels": list(self.kernels),
             "expands": list(self.expands),
         }
+        if self.width != 1.0:
+            d["width"] = self.width
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))
@@ -168,14 +186,15 @@ class Arch:
         missing = [k for k in ("resolution", "depths", "kernels", "expands") if k not in d]
         if missing:
             raise ValueError(f"arch is missing {', '.join(missing)}: expected keys resolution, depths, kernels, expands")
-        unknown = sorted(set(d) - {"resolution", "depths", "kernels", "expands"})
+        unknown = sorted(set(d) - {"resolution", "depths", "kernels", "expands", "width"})
         if unknown:
-            raise ValueError(f"arch has unknown keys {', '.join(unknown)}: expected resolution, depths, kernels, expands")
+            raise ValueError(f"arch has unknown keys {', '.join(unknown)}: expected resolution, depths, kernels, expands"
+                             f" (and width)")
         kernels, expands = d["kernels"], d["expands"]
         if space is not None:
             kernels = space._active_slots(d["depths"], kernels, "kernels")
             expands = space._active_slots(d["depths"], expands, "expands")
-        arch = cls(d["resolution"], d["depths"], kernels, expands)
+        arch = cls(d["resolution"], d["depths"], kernels, expands, d.get("width", 1.0))
         if space is not None:
             space.validate(arch)
         return arch
@@ -204,7 +223,8 @@ class Arch:
         parts = []
         for s in range(len(self.depths)):
             parts.append("-".join(f"k{k}e{e}" for k, e in self.stage_blocks(s)))
-        return f"r{self.resolution}|" + "|".join(parts)
+        width = "" if self.width == 1.0 else f"w{self.width:g}"
+        return f"r{self.resolution}{width}|" + "|".join(parts)
 
 
 _PRESETS: dict[str, Callable[[], SearchSpace]] = {}
@@ -227,6 +247,11 @@ class SearchSpace:
     Network: stem conv (3×3, `stem_stride`) → fixed first block (depthwise 3×3, expand 1) →
     elastic stages of MBConv blocks → 1×1 final expand → global pool → 1×1 feature mix →
     classifier. `width_mult` scales every width (rounded to multiples of 8).
+
+    `widths` are the width multipliers an arch may choose (elastic width; default only 1.0): an arch at width w runs
+    the stem, the first block and every stage at `scaled(width, w)` channels, the first channels of the supernet's
+    weights (as Once-for-All's and slimmable networks' elastic width); the head (final expand, feature mix) keeps
+    its width, as MobileNetV2 keeps its last layer's for multipliers below 1.
     """
 
     name: str
@@ -240,6 +265,7 @@ class SearchSpace:
     final_expand_width: int = 960
     feature_width: int = 1280
     width_mult: float = 1.0
+    widths: tuple[float, ...] = (1.0,)
     num_classes: int = 1000
     in_channels: int = 3
     dropout: float = 0.1
@@ -250,6 +276,10 @@ class SearchSpace:
             s if isinstance(s, StageSpec) else StageSpec(**s) for s in self.stages))
         for name in ("kernels", "expands", "resolutions"):
             object.__setattr__(self, name, tuple(sorted(int(v) for v in getattr(self, name))))
+        object.__setattr__(self, "widths", tuple(sorted({normal_width(w) for w in self.widths})))
+        if not self.widths or self.widths[-1] != 1.0 or self.widths[0] <= 0:
+            raise ValueError(f"widths {list(self.widths)} must be multipliers in (0, 1] that include 1.0 (the "
+                             f"supernet's full width)")
         if not self.stages:
             raise ValueError("a search space needs at least one stage")
         bad = [k for k in self.kernels if k < 1 or k % 2 == 0]
@@ -297,6 +327,10 @@ class SearchSpace:
         d["stages"] = [dataclasses.asdict(s) for s in self.stages]
         for key in ("kernels", "expands", "resolutions"):
             d[key] = list(d[key])
+        if self.widths == (1.0,):  # a one-width space's JSON reads as it always did
+            del d["widths"]
+        else:
+            d["widths"] = list(self.widths)
         for s in d["stages"]:
             s["depths"] = list(s["depths"])
         return d
@@ -305,15 +339,33 @@ class SearchSpace:
     def from_dict(cls, d: Mapping[str, Any]) -> SearchSpace:
         d = dict(d)
         d["stages"] = tuple(StageSpec(**{**s, "depths": tuple(s["depths"])}) for s in d["stages"])
+        if "widths" in d:
+            d["widths"] = tuple(d["widths"])
         return cls(**d)
 
     # ---- derived widths --------------------------------------------------------------------
-    def scaled(self, width: int) -> int:
-        return make_divisible(width * self.width_mult, 8)
+    def scaled(self, width: int, multiplier: float = 1.0) -> int:
+        """Channels of a layer of nominal `width` at the space's `width_mult` times an arch's `multiplier`."""
+        return make_divisible(width * self.width_mult * multiplier, 8)
 
     @property
     def stage_widths(self) -> tuple[int, ...]:
-        return tuple(self.scaled(s.width) for s in self.stages)
+        return self.stage_widths_at(1.0)
+
+    def stage_widths_at(self, multiplier: float) -> tuple[int, ...]:
+        """Every stage's channels at an arch's width `multiplier`."""
+        return tuple(self.scaled(s.width, multiplier) for s in self.stages)
+
+    @property
+    def elastic_width(self) -> bool:
+        """Whether archs choose a width (the space offers more than one)."""
+        return len(self.widths) > 1
+
+    @property
+    def variants(self) -> tuple[tuple[float, int], ...]:
+        """Every (width, resolution) pair, width-major: the first index of the per-variant tables (statistics,
+        memory, latency pieces); `choice_indices` gives an arch's. With one width it is the resolution index."""
+        return tuple((w, r) for w in self.widths for r in self.resolutions)
 
     @property
     def num_stages(self) -> int:
@@ -325,9 +377,10 @@ class SearchSpace:
         return sum(s.max_depth for s in self.stages)
 
     def choice_indices(self, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Each arch's resolution index (n,), per-slot kernel and expand indices (n, slots) and active-slot mask:
-        the form the batched statistics and memory tables read."""
-        r_index = {r: i for i, r in enumerate(self.resolutions)}
+        """Each arch's variant index (n,) (`variants`: width and resolution; the resolution index when the space has
+        one width), per-slot kernel and expand indices (n, slots) and active-slot mask: the form the batched
+        statistics and memory tables read."""
+        r_index = {(w, r): i for i, (w, r) in enumerate(self.variants)}
         k_index = {k: i for i, k in enumerate(self.kernels)}
         e_index = {e: i for i, e in enumerate(self.expands)}
         offsets = np.concatenate([[0], np.cumsum([spec.max_depth for spec in self.stages])])
@@ -337,7 +390,7 @@ class SearchSpace:
         ei = np.zeros((n, nslot), dtype=np.int64)
         active = np.zeros((n, nslot), dtype=bool)
         for row, arch in enumerate(archs):
-            ri[row] = r_index[arch.resolution]
+            ri[row] = r_index[(arch.width, arch.resolution)]
             i = 0
             for s, depth in enumerate(arch.depths):
                 base = int(offsets[s])
@@ -354,19 +407,29 @@ class SearchSpace:
         it adds its input when the stem and it have the same width."""
         return BlockSlot(-1, 0, self.scaled(self.stem_width), self.scaled(self.first_block_width), 1, "relu", False)
 
+    def first_block_at(self, multiplier: float) -> BlockSlot:
+        """`first_block` at an arch's width `multiplier` (its residual is the full width's: the supernet's wiring)."""
+        if multiplier == 1.0:
+            return self.first_block
+        return BlockSlot(-1, 0, self.scaled(self.stem_width, multiplier), self.scaled(self.first_block_width,
+                         multiplier), 1, "relu", False, residual=self.first_block.residual)
+
     @property
     def first_block_residual(self) -> bool:
         """Whether the fixed first block adds its input (`first_block.residual`)."""
         return self.first_block.residual
 
-    def block_slots(self) -> tuple[BlockSlot, ...]:
-        """Every elastic block slot of the supernet in order (stage by stage, each at its largest depth).
-        Only a stage's first slot strides, and it is always active."""
+    def block_slots(self, multiplier: float = 1.0) -> tuple[BlockSlot, ...]:
+        """Every elastic block slot of the supernet in order (stage by stage, each at its largest depth), at an
+        arch's width `multiplier` (default the full width). Only a stage's first slot strides, and it is always
+        active. A slot adds its input at every width where it does at the full width (the supernet's wiring)."""
+        full = None if multiplier == 1.0 else self.block_slots()
         slots = []
-        cin = self.first_block.out_channels
-        for s, (spec, width) in enumerate(zip(self.stages, self.stage_widths)):
+        cin = self.first_block_at(multiplier).out_channels
+        for s, (spec, width) in enumerate(zip(self.stages, self.stage_widths_at(multiplier))):
             for j in range(spec.max_depth):
-                slots.append(BlockSlot(s, j, cin, width, spec.stride if j == 0 else 1, spec.act, spec.se))
+                residual = None if full is None else full[len(slots)].residual
+                slots.append(BlockSlot(s, j, cin, width, spec.stride if j == 0 else 1, spec.act, spec.se, residual))
                 cin = width
         return tuple(slots)
 
@@ -402,6 +465,9 @@ class SearchSpace:
 
     def validate(self, arch: Arch) -> Arch:
         """Return `arch` if it belongs to this space, else raise ValueError naming the bad value."""
+        if arch.width not in self.widths:
+            raise ValueError(f"width {arch.width:g} is not offered by the '{self.name}' space: choose from "
+                             f"{_fmt_choices(f'{w:g}' for w in self.widths)}")
         if arch.resolution not in self.resolutions:
             raise ValueError(
                 f"resolution {arch.resolution} is not offered by the '{self.name}' space: choose from "
@@ -438,9 +504,10 @@ class SearchSpace:
             return False
         return True
 
-    def arch(self, resolution: int, depths: Sequence[int], kernels: Sequence[int], expands: Sequence[int]) -> Arch:
+    def arch(self, resolution: int, depths: Sequence[int], kernels: Sequence[int], expands: Sequence[int],
+             width: float = 1.0) -> Arch:
         """A validated arch of this space."""
-        return self.validate(Arch(resolution, tuple(depths), tuple(kernels), tuple(expands)))
+        return self.validate(Arch(resolution, tuple(depths), tuple(kernels), tuple(expands), width))
 
     def parse_arch(self, value: str | Mapping[str, Any] | Arch) -> Arch:
         """An arch from inline JSON, a JSON file path, a dict or an Arch; validated against this space."""
@@ -468,12 +535,14 @@ class SearchSpace:
     def largest(self, resolution: int | None = None) -> Arch:
         depths = tuple(s.max_depth for s in self.stages)
         n = sum(depths)
-        return Arch(resolution or self.resolutions[-1], depths, (self.kernels[-1],) * n, (self.expands[-1],) * n)
+        return Arch(resolution or self.resolutions[-1], depths, (self.kernels[-1],) * n, (self.expands[-1],) * n,
+                    self.widths[-1])
 
     def smallest(self, resolution: int | None = None) -> Arch:
         depths = tuple(s.depths[0] for s in self.stages)
         n = sum(depths)
-        return Arch(resolution or self.resolutions[0], depths, (self.kernels[0],) * n, (self.expands[0],) * n)
+        return Arch(resolution or self.resolutions[0], depths, (self.kernels[0],) * n, (self.expands[0],) * n,
+                    self.widths[0])
 
     # ---- sampling and variation ------------------------------------------------------------
     def sample(
@@ -484,20 +553,22 @@ class SearchSpace:
         expands: Sequence[int] | None = None,
         depths: Sequence[Sequence[int]] | None = None,
         resolutions: Sequence[int] | None = None,
+        widths: Sequence[float] | None = None,
     ) -> Arch:
-        """A uniformly random arch; the keyword choices restrict it (progressive shrinking uses them)."""
+        """A uniformly random arch; the keyword choices restrict it (progressive shrinking uses them). The width is
+        drawn last, and only where there is a choice, so a one-width space draws what it always drew."""
         ks = tuple(kernels or self.kernels)
         es = tuple(expands or self.expands)
         rs = tuple(resolutions or self.resolutions)
         ds = [tuple(depths[i]) if depths else spec.depths for i, spec in enumerate(self.stages)]
         depth = tuple(int(rng.choice(d)) for d in ds)
         n = sum(depth)
-        return Arch(
-            int(rng.choice(rs)),
-            depth,
-            tuple(int(k) for k in rng.choice(ks, size=n)),
-            tuple(int(e) for e in rng.choice(es, size=n)),
-        )
+        resolution = int(rng.choice(rs))
+        kernel_choice = tuple(int(k) for k in rng.choice(ks, size=n))
+        expand_choice = tuple(int(e) for e in rng.choice(es, size=n))
+        ws = tuple(widths or self.widths)
+        width = float(rng.choice(ws)) if len(ws) > 1 else ws[0]
+        return Arch(resolution, depth, kernel_choice, expand_choice, width)
 
     def sample_many(self, rng: np.random.Generator, n: int, *, unique: bool = True) -> list[Arch]:
         """`n` random archs (distinct when `unique`, as far as the space allows: a space of fewer archs gives each
@@ -545,7 +616,10 @@ class SearchSpace:
                 new_kernels.append(k)
                 new_expands.append(e)
             new_depths.append(depth)
-        return Arch(resolution, tuple(new_depths), tuple(new_kernels), tuple(new_expands))
+        width = arch.width
+        if self.elastic_width and rng.random() < prob:
+            width = float(rng.choice(self.widths))
+        return Arch(resolution, tuple(new_depths), tuple(new_kernels), tuple(new_expands), width)
 
     def crossover(self, a: Arch, b: Arch, rng: np.random.Generator) -> Arch:
         """Uniform crossover: every gene comes from either parent with equal chance.
@@ -566,16 +640,21 @@ class SearchSpace:
                 kernels.append(k)
                 expands.append(e)
             depths.append(depth)
-        return Arch(resolution, tuple(depths), tuple(kernels), tuple(expands))
+        width = a.width
+        if self.elastic_width and rng.random() >= 0.5:
+            width = b.width
+        return Arch(resolution, tuple(depths), tuple(kernels), tuple(expands), width)
 
     # ---- encoding and size -----------------------------------------------------------------
     @property
     def encoding_size(self) -> int:
-        return len(self.resolutions) + self.max_blocks * (len(self.kernels) + len(self.expands))
+        width = len(self.widths) if self.elastic_width else 0
+        return len(self.resolutions) + self.max_blocks * (len(self.kernels) + len(self.expands)) + width
 
     def encode(self, archs: Arch | Sequence[Arch]) -> np.ndarray:
         """One-hot features, shape (n, encoding_size), float32: resolution, then per block slot its kernel
-        and expand ratio (all zeros for a slot the arch leaves inactive), as Once-for-All's predictor."""
+        and expand ratio (all zeros for a slot the arch leaves inactive), as Once-for-All's predictor; then, where
+        the space offers several widths, the width."""
         if isinstance(archs, Arch):
             archs = [archs]
         nk, ne = len(self.kernels), len(self.expands)
@@ -586,8 +665,12 @@ class SearchSpace:
         k_index = {k: i for i, k in enumerate(self.kernels)}
         e_index = {e: i for i, e in enumerate(self.expands)}
         offsets = np.cumsum([0] + [s.max_depth for s in self.stages])
+        w_base = nres + self.max_blocks * slot
+        w_index = {w: i for i, w in enumerate(self.widths)}
         for row, arch in enumerate(archs):
             out[row, r_index[arch.resolution]] = 1.0
+            if self.elastic_width:
+                out[row, w_base + w_index[arch.width]] = 1.0
             i = 0
             for s, depth in enumerate(arch.depths):
                 for j in range(depth):
@@ -598,18 +681,21 @@ class SearchSpace:
         return out
 
     def size(self, per_resolution: bool = False) -> int:
-        """Number of distinct subnets (per resolution when `per_resolution`)."""
+        """Number of distinct subnets (per resolution when `per_resolution`), every width counted."""
         per_block = len(self.kernels) * len(self.expands)
         total = 1
         for spec in self.stages:
             total *= sum(per_block ** d for d in spec.depths)
+        total *= len(self.widths)
         return total if per_resolution else total * len(self.resolutions)
 
     def describe(self) -> str:
         lines = [f"search space '{self.name}': {self.num_stages} stages, {self.size():.3g} subnets "
                  f"({self.size(per_resolution=True):.3g} per resolution)",
                  f"  kernels {list(self.kernels)}, expand ratios {list(self.expands)}, "
-                 f"resolutions {list(self.resolutions)}, width x{self.width_mult}, {self.num_classes} classes"]
+                 f"resolutions {list(self.resolutions)}, width x{self.width_mult}"
+                 + (f" (elastic: x{', x'.join(f'{w:g}' for w in self.widths)})" if self.elastic_width else "")
+                 + f", {self.num_classes} classes"]
         for i, (spec, w) in enumerate(zip(self.stages, self.stage_widths)):
             lines.append(f"  stage {i}: width {w}, stride {spec.stride}, {spec.act}, "
                          f"SE {'on' if spec.se else 'off'}, depths {list(spec.depths)}")
@@ -675,8 +761,9 @@ def _tiny() -> SearchSpace:
 def _mcunet() -> SearchSpace:
     """A microcontroller space after MCUNet's TinyNAS (Lin et al. 2020): MobileNetV2-style inverted residual
     blocks (ReLU, no squeeze-excite, so every block is spatially local and can run patch by patch), kernel
-    3/5/7, expand 3/4/6, 1-3 blocks per stage, inputs of 48-224 px; the width multiplier is the space's
-    (`SearchSpace.preset("mcunet", width_mult=0.5)`, or the `mcunet-w0.5` preset). See docs/decisions.md."""
+    3/5/7, expand 3/4/6, 1-3 blocks per stage, inputs of 48-224 px, and the width multiplier a
+    searchable gene: 0.35, 0.5, 0.75 or 1.0, each the first channels of the supernet's weights. The `mcunet-w0.5`
+    preset is the older fixed-width space (width 0.5 only). See docs/decisions.md."""
     return SearchSpace(
         name="mcunet",
         stages=(
@@ -689,6 +776,7 @@ def _mcunet() -> SearchSpace:
         kernels=(3, 5, 7),
         expands=(3, 4, 6),
         resolutions=tuple(range(48, 225, 16)),
+        widths=(0.35, 0.5, 0.75, 1.0),
         stem_width=16,
         stem_stride=2,
         first_block_width=16,
@@ -702,7 +790,7 @@ def _mcunet() -> SearchSpace:
 @register_preset("mcunet-w0.5")
 def _mcunet_w05() -> SearchSpace:
     """The `mcunet` space at width 0.5 (the smaller boards: nRF52840, RP2040)."""
-    return _mcunet().replace(name="mcunet-w0.5", width_mult=0.5)
+    return _mcunet().replace(name="mcunet-w0.5", width_mult=0.5, widths=(1.0,))
 
 
 def conv_out(size: int, kernel: int, stride: int) -> int:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgenas.cost import ArchStats, arch_stats
-from edgenas.nn.dynamic import DynamicMBConv
+from edgenas.nn.dynamic import DynamicMBConv, elastic_bn, plain_bn, run_sliced, sliced_static
 from edgenas.nn.static import ConvBNAct, MBConv, StaticNet
 from edgenas.space import STEM_KERNEL, Arch, SearchSpace
 
@@ -24,8 +24,10 @@ class Supernet(nn.Module):
     """Once-for-All MobileNetV3-style supernet over `space`.
 
     Elastic: kernel size and expand ratio of every block, depth of every stage (the first d
-    blocks run), and input resolution (the forward takes any input size; `resize` scales a
-    batch to an arch's resolution).
+    blocks run), input resolution (the forward takes any input size; `resize` scales a
+    batch to an arch's resolution), and, where the space offers several widths, the width: the stem, the
+    first block and every block run on their first channels (`SearchSpace.block_slots(width)`), the head reads
+    the last block's.
     """
 
     def __init__(self, space: SearchSpace, num_classes: int | None = None) -> None:
@@ -50,8 +52,12 @@ class Supernet(nn.Module):
         self.dropout = nn.Dropout(space.dropout)
         self.classifier = nn.Linear(feature, space.num_classes)
         self._init_weights()
+        if space.elastic_width:  # the fixed layers run on their first channels too (same parameters and keys)
+            for layer in (self.stem, self.first.depthwise, self.first.project):
+                elastic_bn(layer)
         self.active_depths = [spec.max_depth for spec in space.stages]
         self.active_resolution = space.resolutions[-1]
+        self.active_width = space.widths[-1]
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -76,7 +82,11 @@ class Supernet(nn.Module):
         self.space.validate(arch)
         self.active_depths = list(arch.depths)
         self.active_resolution = arch.resolution
+        self.active_width = arch.width
+        slots = iter(self.space.block_slots(arch.width))
         for s, stage in enumerate(self.stages):
+            for block in stage:
+                block.set_width(next(slots))
             for block, (k, e) in zip(stage, arch.stage_blocks(s)):
                 block.active_kernel = k
                 block.active_expand = e
@@ -92,7 +102,8 @@ class Supernet(nn.Module):
             for block in list(stage)[: self.active_depths[s]]:
                 kernels.append(block.active_kernel)
                 expands.append(block.active_expand)
-        return Arch(self.active_resolution, tuple(self.active_depths), tuple(kernels), tuple(expands))
+        return Arch(self.active_resolution, tuple(self.active_depths), tuple(kernels), tuple(expands),
+                    self.active_width)
 
     # ---- running ---------------------------------------------------------------------------
     def resize(self, x: torch.Tensor, resolution: int | None = None) -> torch.Tensor:
@@ -102,12 +113,21 @@ class Supernet(nn.Module):
             return x
         return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
+    def _narrow_first(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem and the fixed first block at the active (narrower than full) width."""
+        first = self.space.first_block_at(self.active_width)
+        x = run_sliced(self.stem, x, first.in_channels)
+        h = run_sliced(self.first.depthwise, x, first.in_channels, depthwise=True)
+        h = run_sliced(self.first.project, h, first.out_channels)
+        return x + h if self.first.residual else h
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.first(self.stem(x))
+        narrow = self.active_width != 1.0
+        x = self._narrow_first(x) if narrow else self.first(self.stem(x))
         for stage, depth in zip(self.stages, self.active_depths):
             for block in list(stage)[:depth]:
                 x = block(x)
-        x = self.final_expand(x)
+        x = run_sliced(self.final_expand, x, self.final_expand.conv.out_channels) if narrow else self.final_expand(x)
         x = x.mean((2, 3), keepdim=True)
         return torch.flatten(self.feature_mix(x), 1)
 
@@ -134,8 +154,9 @@ class Supernet(nn.Module):
         try:
             blocks = [block.to_static() for s, stage in enumerate(self.stages)
                       for block in list(stage)[: self.active_depths[s]]]
+            stem, first, final_expand = self._static_fixed_layers(arch.width, blocks[-1].project.conv.out_channels)
             net = StaticNet(
-                copy.deepcopy(self.stem), copy.deepcopy(self.first), blocks, copy.deepcopy(self.final_expand),
+                stem, first, blocks, final_expand,
                 copy.deepcopy(self.feature_mix), copy.deepcopy(self.classifier),
                 dropout=self.space.dropout, resolution=arch.resolution, in_channels=self.space.in_channels,
                 arch=arch.to_dict(),
@@ -144,6 +165,24 @@ class Supernet(nn.Module):
             self.set_active(previous)
         net.to(next(self.parameters()).device)
         return net.train(self.training)
+
+    def _static_fixed_layers(self, width: float, last_channels: int) -> tuple[nn.Module, nn.Module, nn.Module]:
+        """Plain copies of the stem, the first block and the final expand at arch width `width` (the first channels
+        of each where it is narrower than the full width)."""
+        if width == 1.0:
+            stem, first, final = (copy.deepcopy(m) for m in (self.stem, self.first, self.final_expand))
+            for layer in (stem, first.depthwise, first.project):  # plain BatchNorm in the static twin
+                if layer.bn is not None and type(layer.bn) is not nn.BatchNorm2d:
+                    layer.bn = plain_bn(layer.bn)
+            return stem, first, final
+        slot = self.space.first_block_at(width)
+        stem = sliced_static(self.stem, self.space.in_channels, slot.in_channels)
+        first = MBConv(slot.in_channels, slot.out_channels, 3, slot.stride, mid=None, act=slot.act, se_mid=None,
+                       residual=self.first.residual)
+        first.depthwise = sliced_static(self.first.depthwise, slot.in_channels, slot.in_channels, depthwise=True)
+        first.project = sliced_static(self.first.project, slot.in_channels, slot.out_channels)
+        final = sliced_static(self.final_expand, last_channels, self.final_expand.conv.out_channels)
+        return stem, first, final
 
     @torch.no_grad()
     def sort_channels(self) -> None:

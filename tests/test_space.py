@@ -104,8 +104,11 @@ def test_arch_structure_errors():
         Arch(32, (1,), ("3",), (3,))
     with pytest.raises(ValueError, match="missing depths"):
         Arch.from_dict({"resolution": 32, "kernels": [], "expands": []})
-    with pytest.raises(ValueError, match="unknown keys width"):
-        Arch.from_dict({"resolution": 32, "depths": [], "kernels": [], "expands": [], "width": 1})
+    with pytest.raises(ValueError, match="unknown keys width_mult"):
+        Arch.from_dict({"resolution": 32, "depths": [], "kernels": [], "expands": [], "width_mult": 1})
+    with pytest.raises(ValueError, match="width 0.5 is not offered by the 'tiny' space"):
+        Arch.from_dict({"resolution": 32, "depths": [1] * 4, "kernels": [3] * 4, "expands": [3] * 4, "width": 0.5},
+                       SearchSpace.preset("tiny"))
     space = SearchSpace.preset("tiny")
     with pytest.raises(ValueError, match="has 2 depths but the 'tiny' space has 4 stages"):
         space.validate(Arch(32, (1, 1), (3, 3), (3, 3)))

@@ -30,8 +30,8 @@ class _NoSkipSpace(SearchSpace):
     def first_block(self) -> BlockSlot:
         return dataclasses.replace(super().first_block, residual=False)
 
-    def block_slots(self) -> tuple[BlockSlot, ...]:
-        return tuple(dataclasses.replace(slot, residual=False) for slot in super().block_slots())
+    def block_slots(self, multiplier: float = 1.0) -> tuple[BlockSlot, ...]:
+        return tuple(dataclasses.replace(slot, residual=False) for slot in super().block_slots(multiplier))
 
 
 def _spatial_sizes(net: torch.nn.Module, blocks: list[torch.nn.Module], resolution: int) -> tuple[list, list, int]:

@@ -98,13 +98,14 @@ class BlockIndex:
         self._index: dict[tuple[int | None, Piece], int] = {}
         self._scope: int | None = None
         slots = space.block_slots()  # the wiring of every block, as the space describes it
-        nr, nslot, nk, ne = len(space.resolutions), len(slots), len(space.kernels), len(space.expands)
+        nr, nslot, nk, ne = len(space.variants), len(slots), len(space.kernels), len(space.expands)
         self.stem_of = np.zeros(nr, dtype=np.int64)
         self.head_of = np.zeros(nr, dtype=np.int64)
         self.block_of = np.zeros((nr, nslot, nk, ne), dtype=np.int64)
-        first = space.first_block
-        last = slots[-1].out_channels
-        for ri, res in enumerate(space.resolutions):
+        for ri, (width, res) in enumerate(space.variants):  # (width, resolution) pairs: `SearchSpace.variants`
+            slots = space.block_slots(width)  # the wiring of every block at this width
+            first = space.first_block_at(width)
+            last = slots[-1].out_channels
             self._scope = res if per_resolution else None
             self.stem_of[ri] = self._add(Piece("stem", space.in_channels, first.out_channels, res, STEM_KERNEL,
                                                space.stem_stride, mid=first.in_channels, residual=first.residual))
@@ -144,7 +145,8 @@ class BlockIndex:
         codec = getattr(archs, "codec", None)
         if codec is not None and codec.space == self.space:  # a search's genomes hold the indices already
             g = archs.genomes
-            ri, ki, ei, active = g[:, 0], g[:, codec.kernel_cols], g[:, codec.expand_cols], codec.active(g)
+            ri, ki, ei, active = (codec.variant_indices(g), g[:, codec.kernel_cols], g[:, codec.expand_cols],
+                                  codec.active(g))
         else:
             ri, ki, ei, active = stats_table(self.space).indices(list(archs))
         slots = np.arange(self.space.max_blocks)[None, :]

@@ -133,11 +133,12 @@ class DynamicSE(nn.Module):
 
 
 class DynamicMBConv(nn.Module):
-    """Inverted residual block with elastic kernel size and expand ratio.
+    """Inverted residual block with elastic kernel size, expand ratio and (elastic width) channels in and out.
 
-    The hidden width is `mid_channels(cin, expand)`; narrower configurations use the first
+    The hidden width is `mid_channels(active_in, expand)`; narrower configurations use the first
     channels, so `sort_channels()` moves the most important ones to the front before the
-    elastic-expand phase of progressive shrinking.
+    elastic-expand phase of progressive shrinking. At a narrower arch width the block reads the first
+    `active_in` channels and writes the first `active_out` (the slot at that width: `SearchSpace.block_slots(w)`).
     """
 
     @classmethod
@@ -159,10 +160,11 @@ class DynamicMBConv(nn.Module):
         self.depthwise_bn = DynamicBatchNorm2d(self.max_mid)
         self.se = DynamicSE(self.max_mid) if se else None
         self.project_conv = DynamicPointConv(self.max_mid, cout)
-        self.project_bn = nn.BatchNorm2d(cout)
+        self.project_bn = DynamicBatchNorm2d(cout)
         self.act = make_activation(act)
         self.residual = skip_fits(cin, cout, stride) if residual is None else residual
         self.active_expand = self.expands[-1]
+        self.active_in, self.active_out = cin, cout
 
     @property
     def active_kernel(self) -> int:
@@ -174,7 +176,14 @@ class DynamicMBConv(nn.Module):
 
     @property
     def active_mid(self) -> int:
-        return mid_channels(self.cin, self.active_expand)
+        return mid_channels(self.active_in, self.active_expand)
+
+    def set_width(self, slot: BlockSlot) -> None:
+        """Run as the slot at an arch's width (`SearchSpace.block_slots(width)`): its channels in and out."""
+        if slot.in_channels > self.cin or slot.out_channels > self.cout:
+            raise ValueError(f"block of {self.cin}->{self.cout} channels cannot run {slot.in_channels}->"
+                             f"{slot.out_channels}: wider than the supernet")
+        self.active_in, self.active_out = slot.in_channels, slot.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mid = self.active_mid
@@ -182,24 +191,24 @@ class DynamicMBConv(nn.Module):
         h = self.act(self.depthwise_bn(self.depthwise(h)))
         if self.se is not None:
             h = self.se(h)
-        h = self.project_bn(self.project_conv(h, self.cout))
+        h = self.project_bn(self.project_conv(h, self.active_out))
         return x + h if self.residual else h
 
     def to_static(self) -> MBConv:
         mid = self.active_mid
         k = self.active_kernel
+        cin, cout = self.active_in, self.active_out
         se_mid = se_channels(mid) if self.se is not None else None
-        block = MBConv(self.cin, self.cout, k, self.stride, mid=mid, act=self.act_name, se_mid=se_mid,
-                       residual=self.residual)
-        block.expand = ConvBNAct(self.cin, mid, 1, act=self.act_name)
-        block.expand.conv = self.expand_conv.to_static(self.cin, mid)
+        block = MBConv(cin, cout, k, self.stride, mid=mid, act=self.act_name, se_mid=se_mid, residual=self.residual)
+        block.expand = ConvBNAct(cin, mid, 1, act=self.act_name)
+        block.expand.conv = self.expand_conv.to_static(cin, mid)
         block.expand.bn = self.expand_bn.to_static(mid)
         block.depthwise.conv = self.depthwise.to_static(mid)
         block.depthwise.bn = self.depthwise_bn.to_static(mid)
         if self.se is not None:
             block.se = self.se.to_static(mid)
-        block.project.conv = self.project_conv.to_static(mid, self.cout)
-        block.project.bn.load_state_dict(self.project_bn.state_dict())
+        block.project.conv = self.project_conv.to_static(mid, cout)
+        block.project.bn = self.project_bn.to_static(cout)
         return block
 
     @torch.no_grad()
@@ -226,6 +235,60 @@ class DynamicMBConv(nn.Module):
             se.expand.weight.copy_(se.expand.weight[:, se_order])
             se.reduce.weight.copy_(se.reduce.weight[se_order])
             se.reduce.bias.copy_(se.reduce.bias[se_order])
+
+
+def run_sliced(layer: ConvBNAct, x: torch.Tensor, out_channels: int, *, depthwise: bool = False) -> torch.Tensor:
+    """A fixed conv-BN-activation layer run on the first channels (elastic width): it reads `x`'s channels (the
+    first of its input) and writes its first `out_channels` (a depthwise layer: as many as it reads). The layer's
+    BatchNorm must be a `DynamicBatchNorm2d` where it runs narrower than built (see `elastic_bn`)."""
+    conv = layer.conv
+    cin = x.shape[1]
+    if depthwise:
+        weight, groups = conv.weight[:cin], cin
+    else:
+        weight, groups = conv.weight[:out_channels, :cin], 1
+    bias = None if conv.bias is None else conv.bias[:weight.shape[0]]
+    y = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, groups)
+    if layer.bn is not None:
+        y = layer.bn(y)
+    return layer.act(y)
+
+
+def sliced_static(layer: ConvBNAct, in_channels: int, out_channels: int, *, depthwise: bool = False) -> ConvBNAct:
+    """The plain `ConvBNAct` of `run_sliced` at `in_channels` -> `out_channels`, weights and BN statistics copied."""
+    conv = layer.conv
+    k = conv.kernel_size[0]
+    groups = in_channels if depthwise else 1
+    act = {nn.ReLU: "relu", nn.Hardswish: "hswish"}.get(type(layer.act))
+    out = ConvBNAct(in_channels, out_channels, k, conv.stride[0], groups=groups, act=act, bn=layer.bn is not None,
+                    bias=conv.bias is not None)
+    weight = conv.weight[:in_channels] if depthwise else conv.weight[:out_channels, :in_channels]
+    out.conv.weight.data.copy_(weight.detach())
+    if conv.bias is not None:
+        out.conv.bias.data.copy_(conv.bias[:out_channels].detach())
+    if layer.bn is not None:
+        bn = layer.bn
+        out.bn = DynamicBatchNorm2d.to_static(bn, out_channels) if isinstance(bn, DynamicBatchNorm2d) else \
+            plain_bn(bn)
+    return out
+
+
+def elastic_bn(layer: ConvBNAct) -> None:
+    """Swap a fixed layer's BatchNorm for a `DynamicBatchNorm2d` with the same parameters and state-dict keys, so it
+    can run on its first channels (`run_sliced`)."""
+    bn = layer.bn
+    if bn is None or isinstance(bn, DynamicBatchNorm2d):
+        return
+    dyn = DynamicBatchNorm2d(bn.num_features, eps=bn.eps, momentum=bn.momentum)
+    dyn.load_state_dict(bn.state_dict())
+    layer.bn = dyn
+
+
+def plain_bn(bn: nn.BatchNorm2d) -> nn.BatchNorm2d:
+    """A plain `nn.BatchNorm2d` copy of `bn` (a static twin holds no dynamic layer)."""
+    out = nn.BatchNorm2d(bn.num_features, eps=bn.eps, momentum=bn.momentum)
+    out.load_state_dict(bn.state_dict())
+    return out
 
 
 def _permute_bn(bn: nn.BatchNorm2d, order: torch.Tensor) -> None:

@@ -26,9 +26,9 @@ Choices = int | str  # how many of the largest options a phase may sample, or "a
 class Phase:
     """One phase of progressive shrinking.
 
-    `kernels`, `depths` and `expands` say how many of the largest choices of each dimension the
-    phase samples from (1 = the largest only, "all" = every choice); resolution is elastic in every
-    phase. Length is `epochs` of the training split, or exactly `steps` when set; with `max_epochs` the
+    `kernels`, `depths`, `expands` and `widths` say how many of the largest choices of each dimension the
+    phase samples from (1 = the largest only, "all" = every choice; `widths` matters only in a space with
+    elastic width, such as `mcunet`); resolution is elastic in every phase. Length is `epochs` of the training split, or exactly `steps` when set; with `max_epochs` the
     phase runs at least `epochs` and at most `max_epochs`, and stops (after a short learning-rate
     annealing tail) once the validation top-1 it watches stops improving (`TrainConfig.plateau_*`), or
     when its share of a time budget is spent. Every step samples
@@ -54,13 +54,14 @@ class Phase:
     kernels: Choices = 1
     depths: Choices = 1
     expands: Choices = 1
+    widths: Choices = 1
     distill: bool = setting(True)
     sort_channels: bool = setting(False)
     smallest_first: bool = setting(False)  # one of the k subnets is always the phase's smallest (BigNAS's sandwich rule)
     largest_first: bool = setting(False)  # the first is the full network, the teacher of the others (in-place distillation)
 
     def __post_init__(self) -> None:
-        for key in ("kernels", "depths", "expands"):
+        for key in ("kernels", "depths", "expands", "widths"):
             value = getattr(self, key)
             if not (value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)):
                 raise UsageError(f"phase {self.name!r}: {key} = {value!r} must be a positive count of the largest "
@@ -242,7 +243,7 @@ def _phase(d: Mapping[str, Any], source: str = "training config", index: int = 0
     for key, value in d.items():
         if key in _PHASE_SETTINGS:
             _PHASE_SETTINGS[key].check(f"{source}: {where}.{key}", value)
-        elif key in ("kernels", "depths", "expands"):
+        elif key in ("kernels", "depths", "expands", "widths"):
             require(value == "all" or (is_int(value) and 1 <= value <= 64), source, f"{where}.{key}", value,
                     'a count of the largest choices from 1 to 64, or "all"')
     try:
@@ -256,7 +257,8 @@ def progressive_shrinking(*, full: float, kernel: float, depth: tuple[float, flo
                           depths: int = 3, expands: int = 3, smallest_first: bool = False, largest_first: bool = False,
                           bound: float | None = None) -> tuple[Phase, ...]:
     """Once-for-All's schedule: full network → elastic kernel → depth (deepest two, then all) → expand
-    (largest two, then all, channels re-sorted first). `lr` = (full, kernel, first partial, later stages),
+    (largest two, then all, channels re-sorted first; the width multiplier, where the space has several, shrinks
+    with the expand ratio: both are channel counts, as Once-for-All shrinks its ResNets' widths in that phase). `lr` = (full, kernel, first partial, later stages),
     `k` = subnets per step for (kernel, depth, expand); `smallest_first` for the depth and expand phases,
     `largest_first` for every phase after the first. With `bound`, every phase is adaptive: at least its
     epochs, at most `bound` times as many."""
@@ -270,9 +272,9 @@ def progressive_shrinking(*, full: float, kernel: float, depth: tuple[float, flo
         Phase("depth-2", epochs=depth[1], lr=lr[3], warmup_epochs=warmup, subnets_per_step=k[1], kernels="all",
               depths="all", smallest_first=sf, largest_first=lf),
         Phase("expand-1", epochs=expand[0], lr=lr[2], subnets_per_step=k[2], kernels="all", depths="all",
-              expands=min(2, expands), sort_channels=True, smallest_first=sf, largest_first=lf),
+              expands=min(2, expands), widths=2, sort_channels=True, smallest_first=sf, largest_first=lf),
         Phase("expand-2", epochs=expand[1], lr=lr[3], warmup_epochs=warmup, subnets_per_step=k[2], kernels="all",
-              depths="all", expands="all", smallest_first=sf, largest_first=lf),
+              depths="all", expands="all", widths="all", smallest_first=sf, largest_first=lf),
     )
     if bound is None:
         return phases

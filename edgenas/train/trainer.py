@@ -144,14 +144,16 @@ def choices(space: SearchSpace, phase: Phase) -> dict[str, Any]:
         "kernels": top(space.kernels, phase.kernels),
         "expands": top(space.expands, phase.expands),
         "depths": [top(s.depths, phase.depths) for s in space.stages],
+        "widths": top(space.widths, phase.widths),
     }
 
 
 def smallest_of(options: dict[str, Any], resolution: int) -> Arch:
-    """The smallest arch among a phase's options (shallowest stages, smallest kernel and expand)."""
+    """The smallest arch among a phase's options (shallowest stages, smallest kernel, expand and width)."""
     depths = tuple(min(d) for d in options["depths"])
     n = sum(depths)
-    return Arch(resolution, depths, (min(options["kernels"]),) * n, (min(options["expands"]),) * n)
+    return Arch(resolution, depths, (min(options["kernels"]),) * n, (min(options["expands"]),) * n,
+                min(options.get("widths", (1.0,))))
 
 
 def watched_archs(space: SearchSpace, options: dict[str, Any]) -> list[Arch]:
