@@ -190,9 +190,9 @@ def _in_block(op: Op) -> bool:
 class StatsTable:
     """Vectorised statistics for many archs of one space (search evaluates whole populations).
 
-    Per variant (resolution and width: `SearchSpace.variants`), the fixed parts (stem, first block, head) and, per block slot, kernel and
-    expand ratio, each block's MACs, params, flash and peak are tabulated once. `compute(archs)`
-    then gathers and sums (or maxes) them. Agrees exactly with `arch_stats`.
+    Per variant (resolution and width: `SearchSpace.variants`), the fixed parts (stem, first block, head) and, per
+    block slot, kernel and expand ratio, each block's MACs, params, flash and peak are tabulated once.
+    `compute(archs)` then gathers and sums (or maxes) them. Agrees exactly with `arch_stats`.
     """
 
     FIELDS = ("params", "macs", "peak_activation_int8", "flash_int8", "flash_fp32")

@@ -28,7 +28,8 @@ class Phase:
 
     `kernels`, `depths`, `expands` and `widths` say how many of the largest choices of each dimension the
     phase samples from (1 = the largest only, "all" = every choice; `widths` matters only in a space with
-    elastic width, such as `mcunet`); resolution is elastic in every phase. Length is `epochs` of the training split, or exactly `steps` when set; with `max_epochs` the
+    elastic width, such as `mcunet`); resolution is elastic in every phase. Length is `epochs` of the
+    training split, or exactly `steps` when set; with `max_epochs` the
     phase runs at least `epochs` and at most `max_epochs`, and stops (after a short learning-rate
     annealing tail) once the validation top-1 it watches stops improving (`TrainConfig.plateau_*`), or
     when its share of a time budget is spent. Every step samples
@@ -258,7 +259,8 @@ def progressive_shrinking(*, full: float, kernel: float, depth: tuple[float, flo
                           bound: float | None = None) -> tuple[Phase, ...]:
     """Once-for-All's schedule: full network → elastic kernel → depth (deepest two, then all) → expand
     (largest two, then all, channels re-sorted first; the width multiplier, where the space has several, shrinks
-    with the expand ratio: both are channel counts, as Once-for-All shrinks its ResNets' widths in that phase). `lr` = (full, kernel, first partial, later stages),
+    with the expand ratio: both are channel counts, as Once-for-All shrinks its ResNets' widths in that phase).
+    `lr` = (full, kernel, first partial, later stages),
     `k` = subnets per step for (kernel, depth, expand); `smallest_first` for the depth and expand phases,
     `largest_first` for every phase after the first. With `bound`, every phase is adaptive: at least its
     epochs, at most `bound` times as many."""
