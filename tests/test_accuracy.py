@@ -174,7 +174,7 @@ def test_a_saturating_accuracy_is_predicted_below_one_and_in_order(tmp_path):
     top = np.argsort(-p)[:40]  # the search's corner: the most accurate subnets by prediction
     assert len(np.unique(p[top])) == len(top)  # no ties for the search to break by size
     assert kendall_tau(p[top], stats_table(SPACE).compute([big[i] for i in top])["macs"]) > 0.3
-    clipped = AccuracyPredictor(SPACE, predictor.weights, predictor.biases, output="clip")
+    clipped = AccuracyPredictor(SPACE, predictor.weights, predictor.biases, output="clip", scalars=predictor.scalars)
     clipped.save(tmp_path / "accuracy_predictor.npz")
     assert load_accuracy_predictor(tmp_path).output == "clip"
     assert np.all(load_accuracy_predictor(tmp_path).predict(big) <= 1.0)
@@ -191,3 +191,25 @@ def test_the_run_evaluates_the_accuracy_dataset_on_every_core_it_may_use():
     assert evaluation_workers(16) == 1
     assert evaluation_workers(150) == min(cores, 150 // ARCHS_PER_WORKER)
     assert evaluation_workers(10_000) == cores
+
+
+def test_the_fitted_mlp_reads_resolution_and_width_as_ordinal_features(tmp_path):
+    """Beside the one-hot encoding, a fitted MLP reads log pixels and the width multiplier (SCALARS): with the
+    resolution one-hot only, tens of archs over a dozen resolutions leave its resolution preference to noise. The
+    features round-trip through the file, and a file fitted before them reads as it was."""
+    from edgenas.accuracy.predictor import SCALARS
+
+    space = SearchSpace.preset("mcunet", num_classes=10)
+    rng = np.random.default_rng(0)
+    archs = space.sample_many(rng, 40)
+    y = 0.3 + 0.3 * np.log([a.resolution / 48 for a in archs]) / np.log(224 / 48) + 0.05 * np.array([a.width
+                                                                                                      for a in archs])
+    fitted, _ = AccuracyPredictor.fit(space, archs, y, seed=0, config=FitConfig(hidden=(32, 32), max_epochs=200))
+    assert fitted.scalars == SCALARS and fitted.weights[0].shape[0] == space.encoding_size + 2
+    again = load_accuracy_predictor(fitted.save(tmp_path / "with.npz"))
+    assert again.scalars == SCALARS and np.allclose(again.predict(archs), fitted.predict(archs))
+    codec = GenomeCodec(space)
+    batch = ArchBatch(codec, codec.from_archs(archs))  # the search's genomes give the same features
+    assert np.array_equal(fitted.features(batch), fitted.features(archs))
+    old, _ = AccuracyPredictor.fit(space, archs, y, seed=0, config=FitConfig(hidden=(8,), max_epochs=5, scalars=()))
+    assert load_accuracy_predictor(old.save(tmp_path / "old.npz")).scalars == ()

@@ -32,6 +32,27 @@ FORMAT_VERSION = 1
 # subnets using 37-45 % of their budgets. "linear": the MLP's output as it is (an imported predictor trained on
 # top-1 itself, such as Once-for-All's, read exactly as its authors read it).
 OUTPUTS = ("logit", "clip", "linear")
+# Ordinal features a fitted MLP reads beside the one-hot encoding: the resolution as log pixels scaled to [0, 1] over
+# the space's range, and the width multiplier. With the resolution one-hot only, an MLP fitted to tens of archs spread
+# over 8-25 resolutions learns each resolution's column from the few archs at it, and cannot tell that more pixels
+# rank higher (one-hot columns are unordered): its resolution preference is noise. Files fitted before read none.
+SCALARS = ("log_resolution", "width")
+
+
+def scalar_features(space: SearchSpace, resolutions: Sequence[int], widths: Sequence[float],
+                    names: Sequence[str]) -> np.ndarray:
+    """(n, len(names)) float32 columns of `SCALARS` for archs at `resolutions` and `widths`, scaled by `space`."""
+    res = np.asarray(resolutions, dtype=np.float64)
+    cols = []
+    for name in names:
+        if name == "log_resolution":
+            lo, hi = np.log(min(space.resolutions)), np.log(max(space.resolutions))
+            cols.append((np.log(res) - lo) / (hi - lo) if hi > lo else np.zeros_like(res))
+        elif name == "width":
+            cols.append(np.asarray(widths, dtype=np.float64))
+        else:
+            raise ValueError(f"unknown predictor feature {name!r}: choose from {', '.join(SCALARS)}")
+    return np.stack(cols, axis=1).astype(np.float32) if cols else np.zeros((len(res), 0), dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -45,6 +66,7 @@ class FitConfig:
     batch_size: int = 256
     max_epochs: int = 1000
     patience: int = 60  # epochs without a better validation RMSE before stopping
+    scalars: tuple[str, ...] = SCALARS  # ordinal features beside the one-hot encoding (see SCALARS)
 
     def __post_init__(self) -> None:
         if not 0 < self.val_fraction < 1:
@@ -104,14 +126,16 @@ class AccuracyPredictor:
     """Predicts top-1 accuracy (in [0, 1]) of archs of one space; any search takes it via `.predict(archs)`."""
 
     def __init__(self, space: SearchSpace, weights: Sequence[np.ndarray], biases: Sequence[np.ndarray], *,
-                 info: dict[str, Any] | None = None, output: str = "logit") -> None:
+                 info: dict[str, Any] | None = None, output: str = "logit", scalars: Sequence[str] = ()) -> None:
         if output not in OUTPUTS:
             raise ValueError(f"unknown predictor output {output!r}: choose from {', '.join(OUTPUTS)}")
         if len(weights) != len(biases) or not weights:
             raise ValueError("an accuracy predictor needs one bias per weight matrix")
-        if weights[0].shape[0] != space.encoding_size:
+        self.scalars = tuple(scalars)
+        if weights[0].shape[0] != space.encoding_size + len(self.scalars):
             raise ValueError(f"the predictor's input size {weights[0].shape[0]} does not match the "
-                             f"'{space.name}' space's encoding size {space.encoding_size}")
+                             f"'{space.name}' space's encoding size {space.encoding_size}"
+                             + (f" and {len(self.scalars)} ordinal features" if self.scalars else ""))
         self.space = space
         self.weights = [np.ascontiguousarray(w, dtype=np.float32) for w in weights]
         self.biases = [np.ascontiguousarray(b, dtype=np.float32) for b in biases]
@@ -122,17 +146,29 @@ class AccuracyPredictor:
         encode = getattr(archs, "encode", None)  # an ArchBatch of the search encodes its genomes directly
         codec = getattr(archs, "codec", None)
         if callable(encode) and codec is not None:
+            x = None
             if codec.space == self.space:
-                return encode()
-            if codec.space.common_resolutions(self.space) == codec.space:  # a search over some of its resolutions
-                return self._widen(encode(), codec.space.resolutions)
+                x = encode()
+            elif codec.space.common_resolutions(self.space) == codec.space:  # a search over some of its resolutions
+                x = self._widen(encode(), codec.space.resolutions)
+            if x is not None:
+                if not self.scalars:
+                    return x
+                genomes = archs.genomes
+                return self._with_scalars(x, codec.resolutions[genomes[:, 0]], codec.arch_widths(genomes))
         archs = [archs] if isinstance(archs, Arch) else list(archs)
         offered = self.space.resolutions
         bad = sorted({a.resolution for a in archs} - set(offered))
         if bad:  # the encoding has no slot for it: refused, never rounded to a neighbour
             raise UsageError(f"resolution {bad[0]} has no slot in the accuracy predictor's encoding: choose from "
                              f"{', '.join(map(str, offered))}")
-        return self.space.encode(archs)
+        x = self.space.encode(archs)
+        if not self.scalars:
+            return x
+        return self._with_scalars(x, [a.resolution for a in archs], [a.width for a in archs])
+
+    def _with_scalars(self, x: np.ndarray, resolutions: Sequence[int], widths: Sequence[float]) -> np.ndarray:
+        return np.concatenate([x, scalar_features(self.space, resolutions, widths, self.scalars)], axis=1)
 
     def _widen(self, x: np.ndarray, resolutions: tuple[int, ...]) -> np.ndarray:
         """Features of a space offering only `resolutions` of this one, as this space's encoding."""
@@ -187,7 +223,9 @@ class AccuracyPredictor:
                              "evaluate more (--samples)")
         if not np.all((y >= 0) & (y <= 1)):
             raise UsageError("accuracies must be fractions in [0, 1] (top-1 of 0.93 is 0.93, not 93)")
-        x = space.encode(list(archs))
+        archs = list(archs)
+        x = np.concatenate([space.encode(archs), scalar_features(space, [a.resolution for a in archs],
+                                                                 [a.width for a in archs], cfg.scalars)], axis=1)
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(y))
         n_val = max(1, int(round(len(y) * cfg.val_fraction)))
@@ -232,12 +270,13 @@ class AccuracyPredictor:
         params = [p.numpy() for p in best[2]]
         weights = [params[i].T for i in range(0, len(params), 2)]
         biases = [params[i] for i in range(1, len(params), 2)]
-        predictor = cls(space, weights, biases)
+        predictor = cls(space, weights, biases, scalars=cfg.scalars)
         pv = predictor.predict_features(x[val])
         report = FitReport(train_size=len(train), val_size=len(val), epochs=epoch, best_epoch=best[1],
                            val_rmse=rmse(pv, yv), val_kendall_tau=kendall_tau(pv, yv), mean_accuracy=mean,
                            seconds=time.perf_counter() - t0)
-        predictor.info = {"fit": report.to_dict(), "config": {**asdict(cfg), "hidden": list(cfg.hidden)}, "seed": seed}
+        predictor.info = {"fit": report.to_dict(), "config": {**asdict(cfg), "hidden": list(cfg.hidden),
+                                                              "scalars": list(cfg.scalars)}, "seed": seed}
         return predictor, report
 
     # ---- files ------------------------------------------------------------------------------------
@@ -250,6 +289,8 @@ class AccuracyPredictor:
         info = _undefined_as_null(self.info)  # a rank correlation of one test arch (or of ties) is NaN: written as null
         header = {"format": "edgenas-accuracy-predictor", "version": FORMAT_VERSION, "space": self.space.to_dict(),
                   "layers": len(self.weights), "output": self.output, "info": info}
+        if self.scalars:
+            header["scalars"] = list(self.scalars)
         arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
         import io
 
@@ -300,13 +341,18 @@ def load_accuracy_predictor(path: str | os.PathLike) -> AccuracyPredictor:
         raise UsageError(f"{path} has format {header.get('format')} version {header.get('version')}, "
                          f"this edgenas reads version {FORMAT_VERSION}: fit it again")
     space = space_from_dict(header.get("space"), source, ACCURACY_REMEDY)
-    check_mlp(weights, biases, space.encoding_size, source)
+    scalars = header.get("scalars", [])  # files fitted before read the one-hot encoding only
+    if not isinstance(scalars, list) or not all(isinstance(s, str) and s in SCALARS for s in scalars) \
+            or len(set(scalars)) != len(scalars):
+        raise UsageError(f"{source}: scalars = {scalars!r}: expected a list of distinct names from "
+                         f"{', '.join(SCALARS)}; {ACCURACY_REMEDY}")
+    check_mlp(weights, biases, space.encoding_size + len(scalars), source)
     if not isinstance(header.get("info", {}), dict):
         raise UsageError(f"{source}: info is not a table; {ACCURACY_REMEDY}")
     output = header.get("output", "clip")  # files written before the log-odds output read as they were fitted
     if output not in OUTPUTS:
         raise UsageError(f"{source}: output = {output!r}: expected one of {', '.join(OUTPUTS)}; {ACCURACY_REMEDY}")
-    return AccuracyPredictor(space, weights, biases, info=header.get("info"), output=output)
+    return AccuracyPredictor(space, weights, biases, info=header.get("info"), output=output, scalars=scalars)
 
 
 # ---- the accuracy predictor (.npz) --------------------------------------------------------------------
