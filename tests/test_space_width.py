@@ -106,3 +106,25 @@ def test_a_narrow_subnet_int8_file_runs_in_tflite_micro_as_predicted_whole_and_i
     patched = patch_tflite(whole, choice.ops, 2)
     head, tail = arena_split(runtime, patched, 4 << 20, None)
     assert abs(choice.prediction.arena / (head + tail) - 1) < 0.10
+
+
+def test_export_for_a_board_ships_a_narrow_subnet_patch_by_patch(tmp_path, capsys):
+    pytest.importorskip("tflite_micro")
+    import json
+
+    from mcu_helpers import mcunet_checkpoint
+
+    from edgenas.cli import main
+
+    space = SearchSpace.preset("mcunet", num_classes=10).replace(resolutions=(64,))
+    ckpt = mcunet_checkpoint(tmp_path, space, dataset="shapes:samples=200")
+    arch = space.arch(64, (1, 1, 1, 1, 1), (3, 5, 3, 3, 3), (6, 3, 3, 4, 3), width=0.5)
+    out = tmp_path / "ship"
+    code = main(["export", "--supernet", str(ckpt), "--arch", arch.to_json(), "--formats", "tflite-int8", "--out",
+                 str(out), "--board", "stm32f746", "--patches", "2", "--no-verify", "--calibration-images", "8",
+                 "--json"])
+    (result,) = json.loads(capsys.readouterr().out)
+    assert code == 0 and result["ok"], result
+    patches = result["mcu"]["patches"]
+    assert patches["bit_identical"] is True and abs(patches["arena_bytes"] / patches["measured_arena_bytes"] - 1) < 0.10
+    assert f"`{arch}`" in (out / "card.md").read_text() and "w0.5|" in str(arch)
