@@ -104,6 +104,11 @@ def test_phase_choices_take_the_largest_options():
     assert choices(space, phases["depth-1"])["depths"] == [(2, 3)] * 4
     assert choices(space, phases["expand-1"])["expands"] == (4, 6)
     assert choices(space, phases["expand-2"])["expands"] == (3, 4, 6)
+    assert all(choices(space, p)["widths"] == (1.0,) for p in phases.values())  # a one-width space: as before
+    mcunet = SearchSpace.preset("mcunet")  # elastic width shrinks with the expand ratio
+    assert choices(mcunet, phases["depth-2"])["widths"] == (1.0,)
+    assert choices(mcunet, phases["expand-1"])["widths"] == (0.75, 1.0)
+    assert choices(mcunet, phases["expand-2"])["widths"] == (0.35, 0.5, 0.75, 1.0)
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():
