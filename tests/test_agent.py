@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import sysconfig
-import time
 from pathlib import Path
 
 import numpy as np
@@ -248,19 +247,24 @@ def test_cpu_pinning(onnx_models):
     assert results(events)[0]["error"] == "bad_config"
 
 
-@pytest.mark.timing  # asserts a speed: runs alone (tests/scheduling.py)
 def test_agent_exits_when_stdin_closes(onnx_models):
-    """The host holds stdin open; a dropped link closes it and the agent must not run on."""
+    """The host holds stdin open; a dropped link closes it and the agent must not run on.
+
+    What it guarantees under any load: it stops with exit status 75 (EX_TEMPFAIL), mid-window, without a result.
+    100,000 runs of "small" would last minutes; a run to the end would exit 0 after a result."""
     proc = subprocess.Popen([sys.executable, str(AGENT), "measure", "--runtime", "onnxruntime", "--runs", "100000",
                              "--watch-stdin", str(onnx_models["small"])],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert json.loads(proc.stdout.readline())["event"] == "hello"
     assert json.loads(proc.stdout.readline())["event"] == "start"
     assert json.loads(proc.stdout.readline())["event"] == "loaded"
-    started = time.monotonic()
     proc.stdin.close()
-    assert proc.wait(timeout=10) == 75
-    assert time.monotonic() - started < 5
+    try:
+        assert proc.wait(timeout=60) == 75
+    finally:
+        proc.kill()
+    rest = [json.loads(line)["event"] for line in proc.stdout.read().splitlines() if line.strip()]
+    assert "result" not in rest and "done" not in rest  # stopped mid-window, not at its end
 
 
 def test_agent_watching_stdin_exits_cleanly_when_done(onnx_models):
@@ -365,10 +369,12 @@ def test_the_timing_plan_gives_slow_models_fewer_rounds_and_fast_ones_all():
     assert agent.timing_plan({1: 3.0}, 60, 3, 30, 4.0, scale_ms=0)[0] == {1: (1, 3)}
 
 
-@pytest.mark.timing  # its runs must spread over a window of some 50 ms: a neighbour taking the core skews that
 def test_slow_models_are_timed_in_fewer_rounds_still_spread_over_the_window(onnx_models):
     """With every model counted slow (--scale-runs-ms far below their cost), each runs in every third round: 20 timed
-    runs of 60 rounds, spread over the whole window (interleaved), and the agent says its plan before timing."""
+    runs of 60 rounds, spread over the whole window (interleaved), and the agent says its plan before timing.
+
+    Asserted by the order of the runs, which holds under any load (model 0 runs in rounds 0, 3, 6, ..., model 1 in
+    rounds 2, 5, 8, ...: their runs alternate from the window's start to its end), not by shares of its seconds."""
     models = [onnx_models["small"], onnx_models["tiny"]]
     done, events = run_agent(["measure", "--runtime", "onnxruntime", "--runs", "60", "--warmup", "1",
                               "--scale-runs-ms", "0.000001", "--keep-samples", "1000", *models])
@@ -377,10 +383,9 @@ def test_slow_models_are_timed_in_fewer_rounds_still_spread_over_the_window(onnx
     assert events.index(plan) < events.index(results(events)[0])
     by_index = {r["index"]: r for r in results(events)}
     assert [by_index[i]["runs"] for i in (0, 1)] == [20, 20]
-    end = max(t for r in by_index.values() for t in r["sample_t_s"])
-    for r in by_index.values():
-        t = np.array(r["sample_t_s"])
-        assert t.min() < 0.15 * end and t.max() > 0.85 * end
+    stamps = sorted((t, i) for i, r in by_index.items() for t in r["sample_t_s"])
+    assert len(set(stamps)) == 40
+    assert [i for _, i in stamps] == [0, 1] * 20  # alternating: neither model's runs fill one stretch of the window
 
 
 def _window_args(**kw):

@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -11,25 +10,24 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edgenas.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.timing  # asserts a speed: runs alone (tests/scheduling.py)
 def test_help_lists_commands_without_importing_torch():
+    """Help is fast because the parser imports none of the heavy packages (torch alone takes seconds to import):
+    asserted by what is imported, which holds under any load, not by a time."""
+    heavy = ("torch", "paramiko", "onnxruntime", "onnx", "tensorflow", "litert_torch", "jax", "scipy", "matplotlib",
+             "mediapipe", "ai_edge_litert", "sklearn")
     code = (
-        "import sys, time; t=time.perf_counter(); from edgenas.cli import build_parser; "
-        "build_parser().format_help(); print(time.perf_counter()-t); "
-        "print(sorted(m for m in ('torch','paramiko','onnxruntime','tensorflow','litert_torch') if m in sys.modules))"
+        "import sys; from edgenas.cli import build_parser; text = build_parser().format_help(); "
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r}))); print('demo' in text)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
-    assert out[1] == "[]", f"heavy modules imported by the CLI parser: {out[1]}"
-    assert float(out[0]) < 2.0
+    assert out[0] == "[]", f"heavy modules imported by the CLI parser: {out[0]}"
+    assert out[1] == "True"
 
 
-@pytest.mark.timing  # asserts a speed: runs alone (tests/scheduling.py)
 def test_help_and_version():
-    t0 = time.perf_counter()
     res = run("--help")
     assert res.returncode == 0
     assert "demo" in res.stdout
-    assert time.perf_counter() - t0 < 30
     assert run("--version").stdout.startswith("edgenas ")
 
 

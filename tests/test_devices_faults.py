@@ -208,6 +208,14 @@ def big_onnx(path: Path) -> Path:
     return path
 
 
+def _upload_under_way(folder: Path) -> bool:
+    """Whether `folder` holds a partial upload with bytes in it (a file may be renamed while we look)."""
+    try:
+        return any(p.name.endswith(".part") and p.stat().st_size > 0 for p in folder.iterdir())
+    except FileNotFoundError:
+        return False
+
+
 def test_link_cut_mid_upload_fails_fast_not_a_hang(cuttable, onnx_models, tmp_path):
     name = cuttable.devices[0].name
     config = config_of(cuttable.device_files()[0], retry=RetrySettings(attempts=2, backoff=0.5),
@@ -216,7 +224,13 @@ def test_link_cut_mid_upload_fails_fast_not_a_hang(cuttable, onnx_models, tmp_pa
     with device_from_config(config) as device:
         assert device.check()["ok"]  # agent uploaded; the model upload is what gets cut
         run = Background(device, [big, onnx_models["tiny"]])
-        time.sleep(1.5)
+        # cut once the upload is under way (its partial file on the device has bytes), however long the batch took
+        # to get there on a busy machine: 8 MB at 8 Mbit/s leaves seconds to see it
+        uploading = Path(config.work_dir) / "models"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and run.finished_at is None and not _upload_under_way(uploading):
+            time.sleep(0.02)
+        assert run.finished_at is None and _upload_under_way(uploading), "no upload was seen under way"
         cut_at = time.monotonic()
         cuttable.cut(name)
         results = run.join(30)

@@ -250,14 +250,18 @@ def test_time_budget_cuts_phases_short(tmp_path):
 @pytest.mark.parametrize("budget", [None, 2.0])
 def test_under_a_time_budget_no_validation_check_comes_before_a_phases_minimum(tmp_path, budget):
     """Before its minimum a phase cannot stop on a plateau, so under a time budget a check there would only draw
-    the curve (and eat the budget); without a budget the curve is drawn every `plateau_every` epochs."""
+    the curve (and eat the budget); without a budget the curve is drawn every `plateau_every` epochs.
+
+    A minimum of 20 epochs under the budget (longer than its 2 s on any machine); 4 without one, where the run goes to
+    its minimum either way (20 epochs drew 40 curve points, each a validation pass: most of this file's time)."""
     folder = make_folder(tmp_path / "data", random_labels=False, per_class=30)
     config = TrainConfig(
         preset="tiny", dataset=f"folder:{folder}", batch_size=8, bn_batches=1, final_samples=0, checkpoint_every=1000,
         compare_alone=False, plateau_every=0.5, time_budget=budget,
-        phases=(Phase("full", epochs=20, lr=0.1, distill=False), Phase("kernel", epochs=1, lr=0.03, kernels="all")))
+        phases=(Phase("full", epochs=4 if budget is None else 20, lr=0.1, distill=False),
+                Phase("kernel", epochs=1, lr=0.03, kernels="all")))
     s = train(config, tmp_path / "run", threads=1, progress=False, tensorboard=False).summary
-    minimum = config.phases[0].num_steps(54, 8)  # 20 epochs of the 54 training images
+    minimum = config.phases[0].num_steps(54, 8)  # its epochs of the 54 training images
     checks = [point["step"] for point in s["phases"][0]["curve"]]
     if budget is None:
         assert s["phases"][0]["steps"] == minimum and checks and min(checks) < minimum

@@ -14,18 +14,14 @@ Registered from tests/conftest.py with `pytest_plugins = ["testbed_fixtures"]`.
   testbed (DeviceSpec strings or objects); all are torn down at the end of the session. A quota that
   cannot be applied skips the test, naming why (`allow_no_quota=True` starts the devices without).
 - `onnx_models` (session): {"tiny", "small", "medium", "heavy": Path} ONNX convnets built with onnx.helper.
-- `tflite_models` (session): {"small", "heavy": Path} built with litert-torch in a subprocess, once per run for all
-  xdist workers (`shared_work`), and cached between sessions in pytest's cache; skips when litert-torch is not
-  installed.
+- `tflite_models` (session): {"small", "heavy": Path} conv nets written by edgenas's direct TFLite writer, once per
+  run for all xdist workers (`shared_work`); skips when ai_edge_litert (the TFLite runtime) is not installed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -132,53 +128,40 @@ def onnx_models(tmp_path_factory):
             for i, (name, (c, s, n)) in enumerate(ONNX_SIZES.items())}
 
 
-_TFLITE_BUILDER = r'''
-import sys, torch, litert_torch
-class Net(torch.nn.Module):
-    def __init__(self, channels, layers):
-        super().__init__()
-        mods, c_in = [], 3
-        for _ in range(layers):
-            mods += [torch.nn.Conv2d(c_in, channels, 3, padding=1), torch.nn.ReLU()]
-            c_in = channels
-        self.body = torch.nn.Sequential(*mods)
-    def forward(self, x):
-        return self.body(x).mean(dim=(2, 3))
-torch.manual_seed(0)
-out = sys.argv[1]
-for name, channels, size, layers in (("small", 8, 32, 2), ("heavy", 64, 64, 4)):
-    model = litert_torch.convert(Net(channels, layers).eval(), (torch.randn(1, 3, size, size),))
-    model.export(f"{out}/{name}.tflite")
-'''
+TFLITE_SIZES = {"small": (8, 32, 2), "heavy": (64, 64, 4)}  # channels, input size, conv layers
+
+
+def _build_tflite_models(out: Path) -> None:
+    """Conv 3x3 + ReLU layers, then the global mean (as the ONNX test models), NCHW input as litert-torch's files of
+    a PyTorch model take: written by edgenas's direct TFLite writer (the graph litert-torch emits for it, op for op),
+    in milliseconds, not by importing and running litert-torch (jax, torchao) in a subprocess."""
+    import torch
+
+    from edgenas.export.tflite_direct import direct_tflite
+    from edgenas.nn.static import ConvBNAct
+
+    class ConvNet(torch.nn.Module):
+        def __init__(self, channels: int, layers: int):
+            super().__init__()
+            self.body = torch.nn.Sequential(*[ConvBNAct(3 if i == 0 else channels, channels, 3, act="relu", bn=False,
+                                                        bias=True) for i in range(layers)])
+
+        def forward(self, x):
+            return self.body(x).mean(dim=(2, 3), keepdim=True)
+
+        def tflite_plan(self):
+            return [("body", self.body), ("mean", "mean")]
+
+    out.mkdir()
+    torch.manual_seed(0)
+    for name, (channels, size, layers) in TFLITE_SIZES.items():
+        data, why = direct_tflite(ConvNet(channels, layers).eval(), torch.randn(1, 3, size, size), channels_last=False)
+        assert data is not None, f"the direct TFLite writer did not write the {name} test model: {why}"
+        (out / f"{name}.tflite").write_bytes(data)
 
 
 @pytest.fixture(scope="session")
-def tflite_models(request, tmp_path_factory):
-    from importlib import metadata
-
-    try:
-        version = metadata.version("litert-torch")
-    except metadata.PackageNotFoundError:
-        pytest.skip("litert-torch is not installed (pip install 'edgenas[tflite]'), so no TFLite test models")
-    key = hashlib.sha256((_TFLITE_BUILDER + version).encode()).hexdigest()[:16]
-    cache = getattr(request.config, "cache", None)
-    names = ("small", "heavy")
-    if cache is not None:
-        folder = cache.mkdir(f"edgenas-tflite-{key}")
-        if all((folder / f"{n}.tflite").is_file() for n in names):
-            return {n: folder / f"{n}.tflite" for n in names}
-
-    def build(out: Path) -> None:
-        out.mkdir()
-        done = subprocess.run([sys.executable, "-c", _TFLITE_BUILDER, str(out)], capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.fail(f"building TFLite test models failed: {done.stderr[-2000:]}")
-
-    built = shared_file(f"tflite-models-{key}", build)  # once per run, not once per worker
-    if cache is None:
-        return {n: built / f"{n}.tflite" for n in names}
-    for n in names:  # into pytest's cache for the next runs, each file whole
-        tmp = folder / f".{n}.tflite.{os.getpid()}"
-        shutil.copyfile(built / f"{n}.tflite", tmp)
-        os.replace(tmp, folder / f"{n}.tflite")
-    return {n: folder / f"{n}.tflite" for n in names}
+def tflite_models():
+    pytest.importorskip("ai_edge_litert", reason="ai_edge_litert is not installed (pip install 'edgenas[tflite]')")
+    built = shared_file("tflite-models", _build_tflite_models)  # once per run, not once per worker
+    return {name: built / f"{name}.tflite" for name in TFLITE_SIZES}
