@@ -12,6 +12,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -450,7 +451,6 @@ class SearchSpace:
             return Arch.from_dict(value, self)
         text = str(value).strip()
         if not text.startswith("{"):
-            from pathlib import Path
 
             path = Path(text)
             if not path.is_file():

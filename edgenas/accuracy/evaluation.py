@@ -17,9 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from edgenas.accuracy.measure import PairedMeasurement, measure_paired
+from edgenas.accuracy.measure import PairedMeasurement, SupernetEvaluator, measure_paired
+from edgenas.accuracy.predictor import kendall_tau, load_accuracy_predictor, rmse
 from edgenas.errors import UsageError
 from edgenas.space import Arch, SearchSpace
+from edgenas.store import Store, default_store_path
 
 
 def fitted_archs(store: Any, supernet_sha256: str) -> set[Arch]:
@@ -45,8 +47,6 @@ def unseen_archs(space: SearchSpace, n: int, seed: int, exclude: set[Arch]) -> l
 def rank_figures(predicted: np.ndarray, measured: np.ndarray, *, k: int) -> dict[str, float]:
     """Kendall tau, Spearman rho, RMSE in points and the top-k hit rate of `predicted` against `measured`."""
     from scipy.stats import spearmanr
-
-    from edgenas.accuracy.predictor import kendall_tau, rmse
 
     predicted, measured = np.asarray(predicted, float), np.asarray(measured, float)
     k = max(1, min(k, len(measured)))
@@ -99,10 +99,6 @@ def predictor_eval(checkpoint: str | os.PathLike, *, predictor_path: str | os.Pa
                    holdout: int = 60, seed: int = 0, store_path: str | os.PathLike | None = None,
                    bn_batches: int = 8, k: int = 5, progress: bool = True) -> PredictorEval:
     """Measure `holdout` subnets the store never saw (paired, val + holdout images) and judge the predictor on them."""
-    from edgenas.accuracy.measure import SupernetEvaluator
-    from edgenas.accuracy.predictor import load_accuracy_predictor
-    from edgenas.store import Store, default_store_path
-
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise UsageError(f"supernet checkpoint {checkpoint} does not exist: train one with 'edgenas train'")

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgenas.accuracy.dataset import AccuracyDataset, top1_metric
+from edgenas.accuracy.predictor import kendall_tau
 from edgenas.space import Arch
 
 SPLITS = ("val", "holdout")
@@ -98,8 +99,6 @@ class PairedMeasurement:
         halvings: how well the measurement itself ranks them (a predictor judged against one image set can hardly
         rank better than a second set does). One halving is a noisy figure (on the demo's 60 eval subnets 0.33 to
         0.62 over 50 halvings, sd 0.06); the mean of 20 is stable to about 0.015."""
-        from edgenas.accuracy.predictor import kendall_tau
-
         taus = []
         for draw in range(draws):
             a, b = self.halves(seed, draw)
@@ -108,8 +107,6 @@ class PairedMeasurement:
 
     def split_ceiling(self) -> float:
         """Kendall tau between the archs' top-1 on val and on holdout (the two splits as they are)."""
-        from edgenas.accuracy.predictor import kendall_tau
-
         return kendall_tau(self.accuracy(SPLITS[0]), self.accuracy(SPLITS[1]))
 
     def subset(self, rows: Sequence[int]) -> PairedMeasurement:

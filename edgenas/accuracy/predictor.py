@@ -9,9 +9,11 @@ weights (no pickle) with the space inside and a manifest beside it.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
+import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from edgenas.artifacts import undefined_as_null
+from edgenas.accuracy.gp import GPAccuracyPredictor
+from edgenas.artifacts import atomic_write_bytes, undefined_as_null, write_manifest
 from edgenas.errors import UsageError
 from edgenas.inputs import GIB, decode_text, input_file, is_int, one_line, parse_json, size_text, space_from_dict
 from edgenas.space import Arch, SearchSpace
@@ -243,15 +246,12 @@ class AccuracyPredictor:
     # ---- files ------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, inputs: dict[str, Any] | None = None, seed: int | None = None) -> Path:
         """Write the predictor (`.npz`, no pickle) and its manifest beside it."""
-        from edgenas.artifacts import atomic_write_bytes, write_manifest
-
         path = Path(path)
         arrays = {f"w{i}": w for i, w in enumerate(self.weights)} | {f"b{i}": b for i, b in enumerate(self.biases)}
         info = _undefined_as_null(self.info)  # a rank correlation of one test arch (or of ties) is NaN: written as null
         header = {"format": "edgenas-accuracy-predictor", "version": FORMAT_VERSION, "space": self.space.to_dict(),
                   "layers": len(self.weights), "output": self.output, "info": info}
         arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-        import io
 
         buf = io.BytesIO()
         np.savez(buf, **arrays)
@@ -280,7 +280,6 @@ def load_accuracy_predictor(path: str | os.PathLike) -> AccuracyPredictor:
         with np.load(path, allow_pickle=False) as data:
             header = parse_json(decode_text(bytes(data["header"]), source), source)
             if isinstance(header, dict) and header.get("format") == "edgenas-accuracy-gp":
-                from edgenas.accuracy.gp import GPAccuracyPredictor
 
                 space = space_from_dict(header.get("space"), source, ACCURACY_REMEDY)
                 return GPAccuracyPredictor.from_arrays(space, header, data, source)  # type: ignore[return-value]
@@ -316,8 +315,6 @@ ACCURACY_REMEDY = "fit a new one with `edgenas predictor fit --supernet CKPT`"
 
 def check_npz(path: str | os.PathLike, what: str, *, limit: int = GIB) -> Path:
     """A .npz must be a regular file whose members unpack to at most `limit` bytes (no zip bomb)."""
-    import zipfile
-
     p = input_file(path, what, hint=ACCURACY_REMEDY)
     try:
         with zipfile.ZipFile(p) as z:

@@ -28,6 +28,7 @@ torch is imported inside functions only: this module is imported when the CLI bu
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -62,8 +63,6 @@ def synflow(model: nn.Module, input_shape: Sequence[int]) -> float:
 
     `input_shape` is one image's (C, H, W) or (features,). The model is left unchanged.
     """
-    import copy
-
     import torch
 
     net = copy.deepcopy(model).double().eval()

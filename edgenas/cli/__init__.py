@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import re
 import sys
 import traceback
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
+
+from edgenas import __version__
+from edgenas.errors import EXIT_SIGINT, EXIT_SIGTERM, Terminated, UsageError, did_you_mean, interrupt_handlers
 
 # Order here is the order in `edgenas --help`.
 COMMAND_MODULES = (
@@ -45,8 +50,6 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}{self._hint(message)} (see '{self.prog} --help')\n")
 
     def _hint(self, message: str) -> str:
-        from edgenas.errors import did_you_mean
-
         choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
         if choice:
             return did_you_mean(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)))
@@ -98,8 +101,6 @@ def all_parsers(parser: argparse.ArgumentParser | None = None) -> list[argparse.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from edgenas import __version__
-
     parser = OneLineParser(
         prog="edgenas",
         description="Hardware-aware neural architecture search for edge devices: train a once-for-all "
@@ -133,10 +134,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     """Refuse, before any work, numbers no command can use (NaN, inf, out of a knob's range: `edgenas.settings`,
     the same ranges and the same one-line errors as a config file's keys) and unusable store or cache paths; each
     stage's own checks (files, devices, outputs) follow in its handler."""
-    import math
-
     from edgenas.cli.folder import apply_run_folder
-    from edgenas.errors import UsageError
     from edgenas.inputs import check_store_path, output_dir
     from edgenas.settings import check_flags
 
@@ -166,10 +164,6 @@ DEVICE_FILE_COMMANDS = frozenset({"measure", "calibrate", "latency", "search", "
 def check_names(args: argparse.Namespace) -> None:
     """Refuse, before anything runs or is written, a device, search space or export format that does not exist,
     naming the near one ("unknown device 'lcoal' (did you mean 'local'?)")."""
-    from pathlib import Path
-
-    from edgenas.errors import UsageError, did_you_mean
-
     if args.command in DEVICE_FILE_COMMANDS:
         from edgenas.devices.config import builtin_device, find_device_file
 
@@ -201,7 +195,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE if args.command is None else 0
     debug = args.debug or os.environ.get("EDGENAS_DEBUG") == "1"
-    from edgenas.errors import EXIT_SIGINT, EXIT_SIGTERM, Terminated, UsageError, interrupt_handlers
     from edgenas.inputs import one_line
 
     caught: list[warnings.WarningMessage] = []

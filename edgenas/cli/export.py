@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edgenas.errors import UsageError
 from edgenas.settings import add_flag
 
 EXIT_CHECK_FAILED = 1
@@ -52,8 +53,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _pair_devices(archs: list[str], devices: list[str] | None) -> list[tuple[str | None, str]]:
-    from edgenas.errors import UsageError
-
     if not devices:
         if len(archs) > 1:
             raise UsageError(f"{len(archs)} --arch values but no --device: give one --arch, or one --device per --arch")
@@ -79,7 +78,6 @@ def _finished(out_dir: Path, arch: Any, supernet_sha: str) -> bool:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from edgenas.errors import UsageError
     from edgenas.export.subnet import ExportOptions, parse_formats
     from edgenas.inputs import output_dir, parse_arch
 
@@ -166,7 +164,6 @@ def _export_pairs(args: argparse.Namespace, pairs: list[tuple[str | None, str]],
                   devices: dict[str, Any], supernet: Any, info: dict[str, Any],
                   options: Any) -> tuple[list[dict[str, Any]], list[str]]:
     from edgenas.data import load_dataset
-    from edgenas.errors import UsageError
     from edgenas.export.subnet import load_search_result
 
     space = supernet.space

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from edgenas.errors import UsageError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import", help="bring in Once-for-All's published supernets, accuracy predictor and phone "
@@ -49,7 +51,6 @@ def _report(result: dict, as_json: bool, lines: list[str]) -> int:
 
 
 def run_import_ofa(args: argparse.Namespace) -> int:
-    from edgenas.errors import UsageError
     from edgenas.imports.ofa import import_ofa_supernet
     from edgenas.inputs import output_file
 

@@ -6,7 +6,9 @@ import argparse
 import json
 from typing import Any
 
+from edgenas.errors import UsageError
 from edgenas.settings import add_flag
+from edgenas.space import SearchSpace
 
 TRUST_HELP = "record the device's SSH host key in its known_hosts file if it has none yet"
 
@@ -60,8 +62,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, list[str]]:
     from edgenas.devices import load_device
-    from edgenas.errors import UsageError
-    from edgenas.space import SearchSpace
     from edgenas.store import Store, default_store_path
 
     if args.supernet:  # latency depends on the architecture only: the checkpoint's space, not its weights

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,9 +42,6 @@ EXIT_CHECK_FAILED = 1  # a shipped model failed an export check (as `edgenas exp
 
 
 def _finish(result, as_json: bool) -> int:
-    import json
-    import sys
-
     from edgenas.pipeline.report import accuracy_text
 
     failed = [b for b in result.budgets if b.get("problems")]
@@ -83,10 +85,6 @@ def _finish(result, as_json: bool) -> int:
 def next_commands(result) -> list[tuple[str, str]]:
     """Three commands that continue a finished run's folder (each finds what it needs in the folder's manifest):
     a tighter search, a measurement of a shipped file, its accuracy on the holdout split. (what, command) pairs."""
-    import os
-    import shlex
-    from pathlib import Path
-
     shipped = [b for b in result.budgets if b.get("export_dir") and b.get("arch") is not None]
     if not shipped:
         return []
@@ -133,9 +131,6 @@ def run_config(args: argparse.Namespace) -> int:
 
 def _gated(run, as_json: bool, out) -> int:
     """Run the pipeline; a supernet that failed the training check stops it: one message, exit 1, state kept."""
-    import json
-    import sys
-
     from edgenas.train.gate import TrainingGateFailed
 
     try:

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from edgenas.errors import UsageError
 from edgenas.settings import add_flag
 
 EXIT_CHECK_FAILED = 1  # the winner's export failed a check (verification, TFLite Micro, memory)
@@ -54,7 +55,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_search_command(args: argparse.Namespace) -> int:
     from edgenas.deploy.budget import search_device
     from edgenas.deploy.report import format_table, result_dict
-    from edgenas.errors import UsageError
     from edgenas.search.problem import Constraints
     from edgenas.search.registry import check_algorithm
 
@@ -128,7 +128,6 @@ def _check_inputs(args: argparse.Namespace) -> None:
     predictor (made for that device and the predictor's space)."""
     from edgenas.accuracy.predictor import load_accuracy_predictor
     from edgenas.devices.config import load_config as load_device_config
-    from edgenas.errors import UsageError
     from edgenas.inputs import output_dir
     from edgenas.latency import load_latency_predictor
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
+
+from edgenas.errors import UsageError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,9 +66,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import json
-
-    from edgenas.errors import UsageError
     from edgenas.train.config import load_config
     from edgenas.train.trainer import train
 
@@ -122,21 +123,17 @@ def run_train(args: argparse.Namespace) -> int:
         if "chance" in summary:
             print(f"  chance (always the most common class): {summary['chance']:.4f}")
     if "gate" in summary:
-        import sys
 
         print(f"edgenas train: {summary['gate']['message']}", file=sys.stderr)
     return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    import json
-
     import numpy as np
     import torch
 
     from edgenas.cost import arch_stats
     from edgenas.data import check_dataset_spec, load_dataset
-    from edgenas.errors import UsageError
     from edgenas.inputs import parse_arch
     from edgenas.train.checkpoint import OpenedCheckpoint
     from edgenas.train.evaluate import evaluate_many

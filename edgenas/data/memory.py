@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
 import struct
 import zlib
@@ -172,8 +173,6 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits (1797 images of 8x8, values 0-16, and their labels), read from the file its
     `load_digits` reads without importing `sklearn.datasets` (0.8 s of imports, scipy's among them, for a 20 ms read:
     every `edgenas train` and `run` on digits paid it); its loader where the file is not where it has always been."""
-    import importlib.util
-
     spec = importlib.util.find_spec("sklearn")
     locations = list(spec.submodule_search_locations or []) if spec else []
     for folder in locations:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import multiprocessing
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -62,8 +63,6 @@ def worker_context() -> Any:
     and 38.3 s (3.5 s system) with workers from the fork server. The server imports torch and this module once, so
     a worker starts in milliseconds.
     """
-    import multiprocessing
-
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["edgenas.data.stream", "torch"])
     return context

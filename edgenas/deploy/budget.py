@@ -16,12 +16,24 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from edgenas.deploy.stage import Deployment, pack_correct, write_shipped_card
+from edgenas import load_device
+from edgenas.accuracy.fit import default_store_path
+from edgenas.accuracy.predictor import load_accuracy_predictor
+from edgenas.artifacts import sha256_file, undefined_as_null
+from edgenas.board import load_board
+from edgenas.deploy.mcu import McuTarget
+from edgenas.deploy.report import plot_front, save_result
+from edgenas.deploy.stage import Deployment, deploy, pack_correct, write_shipped_card
+from edgenas.devices.config import load_config as load_device_config
 from edgenas.errors import UsageError
+from edgenas.export.subnet import ExportOptions, load_search_result
+from edgenas.latency import load_latency_predictor
 from edgenas.search.base import SearchResult
-from edgenas.search.budget import SEARCH_MARGINS
+from edgenas.search.budget import SEARCH_MARGINS, search_for_budget
 from edgenas.search.problem import Constraints
 from edgenas.search.settings import DEFAULT_POPULATION, DEFAULT_TOP_K
+from edgenas.store import Store
+from edgenas.train.checkpoint import OpenedCheckpoint
 
 DEFAULT_FORMATS = ("onnx", "tflite", "tflite-int8")
 
@@ -82,8 +94,6 @@ class BudgetJob:
     def key(self, device_description: dict[str, Any]) -> dict[str, Any]:
         """The stage-book key: every field that decides the outcome (input files by their SHA-256, the device by its
         description), and the deploy policy; not where the outputs go."""
-        from edgenas.artifacts import sha256_file
-
         d = self.to_dict()
         key: dict[str, Any] = {}
         for f in fields(self):
@@ -143,8 +153,6 @@ def deploy_options(constraints: Constraints, *, formats: tuple[str, ...] = DEFAU
     """The export options candidates are exported and shipped with, from the search's constraints: the same for
     `edgenas search` and `edgenas run`, so a candidate is measured as it would ship. With `patches`, the whole-map
     int8 file is not held to the SRAM limit (its patch-based file is, `deploy.mcu.finish_candidate`)."""
-    from edgenas.export.subnet import ExportOptions
-
     kb = {name: None if value is None else value / 1024 for name, value in
           (("target_sram_kb", constraints.max_sram_bytes), ("target_flash_kb", constraints.max_flash_bytes))}
     extra: dict[str, Any] = {} if max_drop_points is None else {"max_drop_points": max_drop_points}
@@ -159,10 +167,6 @@ def load_predictors(checkpoint: Path, device_name: str, *, accuracy_predictor: s
                     latency_predictor: str | os.PathLike | None = None) -> tuple[Any, Any]:
     """The accuracy predictor (default: beside the checkpoint) and the device's latency predictor (default: its
     calibrated one; a file made for another device is refused)."""
-    from edgenas.accuracy.predictor import load_accuracy_predictor
-    from edgenas.devices.config import load_config as load_device_config
-    from edgenas.latency import load_latency_predictor
-
     acc = load_accuracy_predictor(accuracy_predictor or checkpoint.parent)
     device_id = load_device_config(device_name).name
     lat = load_latency_predictor(latency_predictor or device_name, space=acc.space,
@@ -180,9 +184,6 @@ def search_and_deploy(job: BudgetJob, *, checkpoint: Any = None, device: Any = N
     `checkpoint` (an `OpenedCheckpoint`) and `device` (an open Device) are the caller's when it has them open
     already; else they are opened here. When the winner ships, the search's record is written before deploying
     (the cards name it by its SHA-256) and the measured record beside it; else one record holds both."""
-    from edgenas.deploy.report import plot_front, save_result
-    from edgenas.search.budget import search_for_budget
-
     if not job.checkpoint.is_file():
         raise UsageError(f"supernet checkpoint {job.checkpoint} does not exist: train one with 'edgenas train'")
     acc, lat = load_predictors(job.checkpoint, job.device, accuracy_predictor=job.accuracy_predictor,
@@ -216,7 +217,6 @@ def search_and_deploy(job: BudgetJob, *, checkpoint: Any = None, device: Any = N
 
     lineage = None
     if job.ship_dir is not None:
-        from edgenas.export.subnet import load_search_result
 
         lineage = load_search_result(str(save_result(result, record, seed=job.seed, inputs=inputs)))
     mcu = _mcu_target(job, constraints)
@@ -240,8 +240,6 @@ def _card_prediction(acc: Any, done: Deployment, ship_dir: Path) -> None:
     """The card's `accuracy_prediction` (how sure the choice was): the predictor's top-1 for the winner with its 95 %
     interval where the predictor gives one (a GP's; None for an MLP), the predictor's own figures on subnets it never
     saw, and the regret where the run measured it (None: `tools/bench/regret.py` measures it after a run)."""
-    from edgenas.artifacts import undefined_as_null
-
     card, arch = done.shipped.card, done.winner.arch
     interval = None
     if callable(getattr(acc, "interval", None)):
@@ -257,9 +255,6 @@ def _mcu_target(job: BudgetJob, constraints: Constraints) -> Any:
     """The microcontroller side of the deploy stage (None: not a board's search)."""
     if job.patches is None and not job.int8_io and job.board is None:
         return None
-    from edgenas.board import load_board
-    from edgenas.deploy.mcu import McuTarget
-    from edgenas.devices.config import load_config as load_device_config
 
     runtime = load_device_config(job.device).runtime
     if runtime != "tflite":
@@ -274,20 +269,12 @@ def _mcu_target(job: BudgetJob, constraints: Constraints) -> Any:
 
 def _device_name(name: str) -> str:
     """The name the search's record gives the device: its file's `name`, however it was given."""
-    from edgenas.devices.config import load_config as load_device_config
-
     return load_device_config(name).name
 
 
 def _deploy(job: BudgetJob, result: SearchResult, checkpoint: Any, device: Any, precision: str, options: Any,
             lineage: dict[str, Any] | None, search_again: Any, progress: bool, mcu: Any = None) -> Deployment:
     """The deploy stage on `job`'s device, opening the checkpoint, the device and the store where not given."""
-    from edgenas import load_device
-    from edgenas.accuracy.fit import default_store_path
-    from edgenas.deploy.stage import deploy
-    from edgenas.store import Store
-    from edgenas.train.checkpoint import OpenedCheckpoint
-
     with contextlib.ExitStack() as stack:
         if device is None:
             device = stack.enter_context(load_device(job.device))

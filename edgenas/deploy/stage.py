@@ -32,10 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from edgenas.accuracy.dataset import top1_metric
 from edgenas.artifacts import sha256_file
+from edgenas.deploy.mcu import finish_candidate
 from edgenas.devices.measurement import Measurement, meets_budget
 from edgenas.export.card import write_card
+from edgenas.export.mcu import write_card_section
 from edgenas.export.subnet import (
     ExportOptions,
     ExportResult,
@@ -45,7 +49,9 @@ from edgenas.export.subnet import (
     measurement_entry,
     prepare_export,
 )
-from edgenas.export.verify import paired_difference
+from edgenas.export.tflite import TFLiteConversionError
+from edgenas.export.verify import paired_difference, torch_logits
+from edgenas.progress import Progress
 from edgenas.search.base import SearchResult
 from edgenas.space import Arch
 
@@ -339,7 +345,6 @@ def write_shipped_card(out_dir: Path, card: dict[str, Any]) -> None:
     """write_card, keeping a microcontroller card's MCU section (card.md is rendered again)."""
     write_card(out_dir, card)
     if "mcu" in card:
-        from edgenas.export.mcu import write_card_section
 
         write_card_section(out_dir, card["mcu"])
 
@@ -348,10 +353,6 @@ def model_correct(model: Any, dataset: Any, split: str, resolution: int) -> list
     """Per image of `split`, in its order, whether `model` (a prepared export: the subnet with its BatchNorm
     statistics re-estimated, as `evaluate_correct` re-estimates them in the supernet) classifies it right: the
     model that ships, evaluated once, not the supernet recalibrated a second time."""
-    import torch
-
-    from edgenas.export.verify import torch_logits
-
     correct: list[bool] = []
     with torch.no_grad():  # batch by batch: a large holdout split is never held in memory at once
         for x, y in dataset.loader(split, batch_size=256, resolution=resolution):
@@ -390,8 +391,6 @@ class _Round:
     def _ship_mcu(self, cand: MeasuredCandidate, ship_dir: Path, shipped: ExportResult) -> None:
         """The board's file beside the shipped int8 file: the same schedule, so the measured bytes (checked by
         SHA-256), with the board's C files and the card's MCU section."""
-        from edgenas.deploy.mcu import finish_candidate
-
         path, summary, problems = finish_candidate(self.mcu, ship_dir, shipped, self.checkpoint.supernet.space,
                                                    cand.arch, self.schedules.get(id(cand)), board=True)
         summary["sha256"] = sha256_file(path) if path.is_file() else None
@@ -406,8 +405,6 @@ class _Round:
             shipped.card["problems"] = list(shipped.problems)
 
     def _candidate_mcu(self, cand: MeasuredCandidate, export: ExportResult, result: SearchResult, i: int) -> None:
-        from edgenas.deploy.mcu import finish_candidate
-
         schedule = self.mcu.schedule(cand.arch, result.config)
         self.schedules[id(cand)] = schedule
         cand.model, summary, problems = finish_candidate(self.mcu, self.out_dir / f"candidate-{i}", export,
@@ -421,10 +418,6 @@ class _Round:
     def add(self, result: SearchResult, chosen: list[Any], search: Mapping[str, Any] | None,
             round_number: int = 1) -> None:
         """Export and evaluate `chosen` (candidates of `result`), then time them together on the device."""
-        from edgenas.accuracy.dataset import top1_metric
-        from edgenas.export.tflite import TFLiteConversionError
-        from edgenas.progress import Progress
-
         supernet, dataset, info = self.checkpoint.supernet, self.checkpoint.dataset(), self.checkpoint.info
         lineage = {"algorithm": result.algorithm, "device": result.device, "constraints": result.constraints.to_dict(),
                    "config": result.config, **dict(search or {})}

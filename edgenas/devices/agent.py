@@ -43,6 +43,8 @@ import sys
 import threading
 import time
 
+import numpy as np
+
 PROTOCOL = 1
 RUNTIMES = ("onnxruntime", "tflite")
 
@@ -79,8 +81,6 @@ class AgentError(Exception):
 
 def summarize(samples_ms):
     """Median, mean, std (sample), min, max, p90 and CV of a list of times in milliseconds."""
-    import numpy as np
-
     a = np.asarray(samples_ms, dtype=np.float64)
     n = int(a.size)
     mean = float(a.mean())
@@ -235,8 +235,6 @@ def load_runtime(name):
 
 
 def _random_input(rng, shape, dtype):
-    import numpy as np
-
     dtype = np.dtype(dtype)
     if dtype.kind == "f":
         return rng.standard_normal(shape).astype(dtype)
@@ -518,8 +516,6 @@ SLOW_PROBE = 1.25  # a probe reading this much above the window's fastest readin
 
 
 def _percentile(values, q):
-    import numpy as np
-
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
@@ -545,8 +541,6 @@ def window_stats(rows, has_cpu_clock, quota=None, threads=1, probe_fast_ms=None)
     configured quota is used.) Other processes taking the core do not (they come and go); window_summary flags a
     window where they did. Without a thread CPU clock (or with more than one thread) no stalls are removed.
     """
-    import numpy as np
-
     a = np.asarray(rows, dtype=np.float64)
     t, probes, wall, cpu = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
     stats = summarize(wall)
@@ -592,8 +586,6 @@ def window_summary(window, has_cpu_clock, probe_ref, quota=None):
     for part of it), or when more than 10 % of it went to other work although no CPU quota (`quota`)
     throttles this process: a figure taken then includes someone else's work.
     A CPU quota takes a steady share, which stays in the figures."""
-    import numpy as np
-
     rows = [r for r in window.values() if isinstance(r, list) and r]
     if not rows:
         return {"unsteady": None}
@@ -802,8 +794,6 @@ def _time_group(models, facts, args, out, rng, has_cpu_clock):
 
 
 def cmd_measure(args, out):
-    import numpy as np
-
     if args.watch_stdin:
         threading.Thread(target=_exit_when_stdin_closes, daemon=True).start()
     setup_error = None

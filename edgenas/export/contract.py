@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgenas.data.transforms import CROP_FRACTION
 from edgenas.nn.static import ConvBNAct
 
 CONTRACT_VERSION = 1
@@ -34,8 +35,6 @@ def _uniform(values: Sequence[float]) -> bool:
 def input_contract(dataset: Any, resolution: int) -> dict[str, Any]:
     """The contract of a model trained on `dataset`, fed at `resolution` (the arch's): what every file takes
     (colour space, size, resize rule, mean and std on 0-255 values) and gives (logits over the class names)."""
-    from edgenas.data.transforms import CROP_FRACTION
-
     channels = int(dataset.in_channels)
     trained_mean = [float(m) * 255.0 for m in np.asarray(dataset.mean).reshape(-1)]
     trained_std = [float(s) * 255.0 for s in np.asarray(dataset.std).reshape(-1)]

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from edgenas.artifacts import atomic_write_bytes
 from edgenas.export.contract import LABELS_TXT, labels_text
 
 METADATA_NAME = "TFLITE_METADATA"
@@ -47,8 +48,6 @@ def onnx_props(contract: Mapping[str, Any]) -> dict[str, str]:
 def write_onnx_metadata(path: str | os.PathLike, contract: Mapping[str, Any], io_: Mapping[str, Any]) -> None:
     """Set the file's contract as `metadata_props` (replacing earlier entries of the same keys)."""
     import onnx
-
-    from edgenas.artifacts import atomic_write_bytes
 
     model = onnx.load(str(path))
     props = onnx_props(file_contract(contract, io_))
@@ -130,8 +129,6 @@ def write_tflite_metadata(path: str | os.PathLike, contract: Mapping[str, Any], 
     earlier edgenas metadata entry is replaced, the graph and weights are kept as they are."""
     import flatbuffers
     from ai_edge_litert import schema_py_generated as tfl
-
-    from edgenas.artifacts import atomic_write_bytes
 
     path = Path(path)
     data = path.read_bytes()

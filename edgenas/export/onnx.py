@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgenas.export.onnx_direct import direct_onnx
+
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 17
@@ -114,7 +116,6 @@ def export_onnx(
     try:
         data = None
         if exporter in ("auto", "direct") and opset == DEFAULT_OPSET:
-            from edgenas.export.onnx_direct import direct_onnx
 
             data, fallback = direct_onnx(model, example, dynamic_batch=dynamic_batch)
             if data is None and exporter == "direct":

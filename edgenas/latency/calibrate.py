@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from edgenas.cost import arch_stats, stats_table
 from edgenas.errors import UsageError
 from edgenas.latency.blocks import ANALYTIC_FEATURES, block_index
 from edgenas.latency.predictors import (
@@ -141,7 +142,6 @@ class Calibrator:
 
     def export_archs(self, archs: Sequence[Arch], *, files: bool = False) -> list[ModelJob]:
         """A job per arch; `files`: every file on disk now, even of subnets the store has measured already."""
-        from edgenas.cost import arch_stats
         from edgenas.latency.models import arch_description
 
         jobs = self._jobs("arch", [a.to_json() for a in archs], [arch_description(self.space, a) for a in archs],
@@ -493,7 +493,6 @@ def calibrate(
         predictor = CalibratedPredictor(table=cal.piece_values(table), **ident)
         guide = TablePredictor(table=predictor.table, **ident).predict(pool)
     else:  # spread over MACs: with rounds=0 the subnets are chosen before the table, to ride in its window
-        from edgenas.cost import stats_table
 
         guide = stats_table(space).compute(pool)["macs"].astype(np.float64)
         predictor = WholeModelPredictor(**ident)

@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from edgenas.artifacts import atomic_write_json, write_manifest
+from edgenas.cost import stats_table
 from edgenas.errors import UsageError
 from edgenas.inputs import field_of, is_number, mapping, require, space_from_dict
 from edgenas.latency.blocks import ANALYTIC_FEATURES, block_index
@@ -304,8 +305,6 @@ class MacsPredictor(BasePredictor):
         self.feature_names = ["const", "mmacs"]
 
     def features(self, archs: Sequence[Arch]) -> np.ndarray:
-        from edgenas.cost import stats_table
-
         macs = stats_table(self.space).compute(list(archs))["macs"].astype(np.float64) / 1e6
         return np.stack([np.ones_like(macs), macs], axis=1)
 
