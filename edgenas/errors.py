@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import importlib
+import importlib.util
 import signal
 import sys
 import threading
@@ -25,9 +27,6 @@ class MissingDependencyError(UsageError):
 def require(module: str, *, extra: str, purpose: str, load: bool = True):
     """Import an optional dependency, or raise a MissingDependencyError naming the extra. `load=False` only looks
     for it (for a check before any work, where its import is slow and may not be needed)."""
-    import importlib
-    import importlib.util
-
     try:
         if load:
             return importlib.import_module(module)

@@ -34,6 +34,11 @@ from edgenas.errors import UsageError
 from edgenas.settings import Setting, is_int, is_number, require
 from edgenas.space import ACTIVATIONS, Arch, SearchSpace
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: tomli, when installed (toml_module)
+    tomllib = None
+
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 MAX_CONFIG_BYTES = 1 * MIB  # a device file, run config or training config
 MAX_JSON_BYTES = 256 * MIB  # latency tables and predictors, arch files and search results
@@ -222,14 +227,14 @@ def read_json(path: str | os.PathLike, what: str, *, limit: int = MAX_JSON_BYTES
 
 
 def toml_module() -> Any:
+    if tomllib is not None:
+        return tomllib
     try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        try:
-            import tomli as tomllib  # type: ignore[no-redef]
-        except ModuleNotFoundError:
-            raise UsageError("reading TOML files on Python 3.10 needs tomli: pip install tomli") from None
-    return tomllib
+        # deferred: tomli (Python 3.10 only) loads only when a TOML file is read
+        import tomli
+    except ModuleNotFoundError:
+        raise UsageError("reading TOML files on Python 3.10 needs tomli: pip install tomli") from None
+    return tomli
 
 
 def parse_toml(text: str, source: str) -> dict[str, Any]:

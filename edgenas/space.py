@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from edgenas.errors import did_you_mean
+
 ACTIVATIONS = ("relu", "hswish")
 STEM_KERNEL = 3  # the stem convolution's kernel size
 
@@ -280,8 +282,6 @@ class SearchSpace:
         try:
             factory = _PRESETS[name]
         except KeyError:
-            from edgenas.errors import did_you_mean
-
             raise ValueError(f"unknown search-space preset {name!r}{did_you_mean(name, SearchSpace.presets())}: "
                              f"choose from {_fmt_choices(SearchSpace.presets())}") from None
         space = factory()

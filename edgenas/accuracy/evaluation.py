@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgenas.accuracy.measure import PairedMeasurement, SupernetEvaluator, measure_paired
-from edgenas.accuracy.predictor import kendall_tau, load_accuracy_predictor, rmse
+from edgenas.accuracy.predictor import free_cores, kendall_tau, load_accuracy_predictor, rmse
 from edgenas.errors import UsageError
 from edgenas.space import Arch, SearchSpace
 from edgenas.store import Store, default_store_path
@@ -46,6 +46,7 @@ def unseen_archs(space: SearchSpace, n: int, seed: int, exclude: set[Arch]) -> l
 
 def rank_figures(predicted: np.ndarray, measured: np.ndarray, *, k: int) -> dict[str, float]:
     """Kendall tau, Spearman rho, RMSE in points and the top-k hit rate of `predicted` against `measured`."""
+    # deferred: scipy loads only when this runs, not on import
     from scipy.stats import spearmanr
 
     predicted, measured = np.asarray(predicted, float), np.asarray(measured, float)
@@ -109,9 +110,8 @@ def predictor_eval(checkpoint: str | os.PathLike, *, predictor_path: str | os.Pa
     with Store(Path(store_path) if store_path else default_store_path()) as store:
         exclude = fitted_archs(store, evaluator.info["sha256"])
         archs = unseen_archs(space, holdout, seed, exclude)
+        # deferred: torch loads only when this runs, not on import
         import torch
-
-        from edgenas.accuracy.predictor import free_cores
 
         torch.set_num_threads(free_cores())
         measurement = measure_paired(evaluator, archs, store, bn_batches=bn_batches, progress=progress)

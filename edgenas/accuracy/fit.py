@@ -104,6 +104,7 @@ def paired_figures(ctx: SupernetEvaluator, predictor: Any, test_archs: Sequence[
 def _evaluate_shard(checkpoint: str, archs: list[dict], store_path: str, rank: int, world_size: int,
                     split: str, bn_batches: int, threads: int, progress: bool) -> int:
     """One worker's share (a top-level function so a spawned process can run it)."""
+    # deferred: torch loads only when this runs, not on import
     import torch
 
     torch.set_num_threads(threads)  # one per worker: more threads than free cores slow torch down several times
@@ -148,6 +149,7 @@ def fit_predictor(
         data = ctx.accuracy_dataset(store)
         before = len(data.missing(archs))
         if workers <= 1:
+            # deferred: torch loads only when this runs, not on import
             import torch
 
             torch.set_num_threads(free_cores())

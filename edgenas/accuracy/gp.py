@@ -95,6 +95,7 @@ class GPAccuracyPredictor:
     @classmethod
     def fit(cls, space: SearchSpace, archs: Sequence[Arch], accuracies: Sequence[float], *, seed: int = 0,
             restarts: int = 2) -> GPAccuracyPredictor:
+        # deferred: sklearn loads only when this runs, not on import
         from sklearn.gaussian_process import GaussianProcessRegressor
         from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
@@ -111,6 +112,7 @@ class GPAccuracyPredictor:
         kernel = ConstantKernel(1.0, (1e-3, 1e3)) * RBF(3.0, (1e-1, 1e3)) + WhiteKernel(0.3, (1e-4, 10.0))
         gp = GaussianProcessRegressor(kernel, n_restarts_optimizer=restarts, random_state=seed)
 
+        # deferred: sklearn loads only when this runs, not on import
         from sklearn.exceptions import ConvergenceWarning
 
         with warnings.catch_warnings():  # a noise level at its bound is an answer (noise-free targets), not a fault

@@ -119,6 +119,7 @@ class SupernetEvaluator:
     """A checkpoint's supernet and the dataset it was trained on (fingerprint checked), ready to evaluate archs."""
 
     def __init__(self, checkpoint: str, split: str, bn_batches: int) -> None:
+        # deferred: torch loads only when this runs, not on import
         from edgenas.train.checkpoint import OpenedCheckpoint
 
         opened = OpenedCheckpoint(checkpoint)  # read once: info, supernet and the checked dataset
@@ -130,6 +131,7 @@ class SupernetEvaluator:
                                metric=top1_metric(self.bn_batches))
 
     def evaluate(self, arch: Arch) -> float:
+        # deferred: torch loads only when this runs, not on import
         from edgenas.train.evaluate import evaluate
 
         return evaluate(self.supernet, arch, self.dataset, self.split, bn_batches=self.bn_batches)
@@ -140,6 +142,7 @@ def measure_paired(evaluator: Any, archs: Sequence[Arch], store: Any, *, bn_batc
     """Per-image correctness of `archs` on val and holdout, each BN-recalibrated on the same `bn_batches` training
     batches; taken from the store where it is there, else evaluated now and committed arch by arch.
     `evaluator` is a `SupernetEvaluator` (its supernet, dataset and checkpoint hash)."""
+    # deferred: torch loads only when this runs, not on import
     from edgenas.train.evaluate import evaluate_correct_splits
 
     dataset = evaluator.dataset

@@ -98,6 +98,7 @@ def rmse(predicted: np.ndarray, actual: np.ndarray) -> float:
 
 def kendall_tau(predicted: np.ndarray, actual: np.ndarray) -> float:
     """Kendall's tau-b between predicted and actual values (how well the predictor ranks archs)."""
+    # deferred: scipy loads only when this runs, not on import
     from scipy.stats import kendalltau
 
     return float(kendalltau(predicted, actual).statistic)
@@ -166,6 +167,7 @@ class AccuracyPredictor:
             config: FitConfig | None = None) -> tuple[AccuracyPredictor, FitReport]:
         """Train on (arch, accuracy) pairs: a `val_fraction` split (drawn with `seed`) stops training
         when its RMSE stops improving, and the best epoch's weights are kept."""
+        # deferred: torch loads only when this runs, not on import
         import torch
 
         cfg = config or FitConfig()
@@ -179,6 +181,7 @@ class AccuracyPredictor:
     @classmethod
     def _fit(cls, space: SearchSpace, archs: Sequence[Arch], accuracies: Sequence[float], *, seed: int,
              cfg: FitConfig) -> tuple[AccuracyPredictor, FitReport]:
+        # deferred: torch loads only when this runs, not on import
         import torch
         from torch import nn
 

@@ -134,6 +134,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     """Refuse, before any work, numbers no command can use (NaN, inf, out of a knob's range: `edgenas.settings`,
     the same ranges and the same one-line errors as a config file's keys) and unusable store or cache paths; each
     stage's own checks (files, devices, outputs) follow in its handler."""
+    # deferred: numpy, edgenas.cli.folder load when the command runs, not for `edgenas --help`
     from edgenas.cli.folder import apply_run_folder
     from edgenas.inputs import check_store_path, output_dir
     from edgenas.settings import check_flags
@@ -165,6 +166,7 @@ def check_names(args: argparse.Namespace) -> None:
     """Refuse, before anything runs or is written, a device, search space or export format that does not exist,
     naming the near one ("unknown device 'lcoal' (did you mean 'local'?)")."""
     if args.command in DEVICE_FILE_COMMANDS:
+        # deferred: numpy loads when the command runs, not for `edgenas --help`
         from edgenas.devices.config import builtin_device, find_device_file
 
         names = getattr(args, "device", None) or getattr(args, "name", None) or []
@@ -173,6 +175,7 @@ def check_names(args: argparse.Namespace) -> None:
                 find_device_file(name)
     space = getattr(args, "space", None)
     if isinstance(space, str) and not space.endswith(".json") and not Path(space).is_file():
+        # deferred: numpy loads when the command runs, not for `edgenas --help`
         from edgenas.space import SearchSpace
 
         if space not in SearchSpace.presets():
@@ -180,6 +183,7 @@ def check_names(args: argparse.Namespace) -> None:
                              f"choose from {', '.join(SearchSpace.presets())}")
     formats = getattr(args, "formats", None)
     if isinstance(formats, str):
+        # deferred: edgenas.export.formats loads when the command runs, not for `edgenas --help`
         from edgenas.export.formats import FORMATS
 
         bad = [f.strip() for f in formats.split(",") if f.strip() and f.strip() not in FORMATS]
@@ -195,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE if args.command is None else 0
     debug = args.debug or os.environ.get("EDGENAS_DEBUG") == "1"
+    # deferred: numpy loads when the command runs, not for `edgenas --help`
     from edgenas.inputs import one_line
 
     caught: list[warnings.WarningMessage] = []
@@ -244,6 +249,7 @@ def keep_freed_memory() -> None:
     system time in a 48 s training of 90 steps here, 0.2 million and 5 s with these settings (wall 11 % shorter).
     The cost is memory held at the run's peak, which a training run reaches anyway."""
     try:
+        # deferred: ctypes loads only for a training run, not for `edgenas --help`
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")

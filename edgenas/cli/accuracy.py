@@ -50,10 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> int:
+    # deferred: edgenas.accuracy.fit loads when the command runs, not for `edgenas --help`
     from edgenas.accuracy.fit import fit_predictor
 
     if args.samples < 1 or args.test < 1 or args.workers < 1:
         raise UsageError("--samples, --test and --workers must be positive integers")
+    # deferred: torch, edgenas.inputs load when the command runs, not for `edgenas --help`
     from edgenas.inputs import output_file
     from edgenas.train.checkpoint import load_checkpoint_info
 
@@ -66,6 +68,7 @@ def run_fit(args: argparse.Namespace) -> int:
     if result is None:  # a non-zero torchrun rank: rank 0 fits and reports
         return 0
     if args.json:
+        # deferred: edgenas.artifacts loads when the command runs, not for `edgenas --help`
         from edgenas.artifacts import undefined_as_null
 
         print(json.dumps(undefined_as_null(result.to_dict()), indent=2))  # a GP has no early-stopping figures
@@ -88,6 +91,7 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    # deferred: torch, edgenas.accuracy.evaluation load when the command runs, not for `edgenas --help`
     from edgenas.accuracy.evaluation import format_eval, predictor_eval
     from edgenas.train.checkpoint import load_checkpoint_info
 

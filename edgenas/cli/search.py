@@ -53,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_search_command(args: argparse.Namespace) -> int:
+    # deferred: torch, the command's modules load when the command runs, not for `edgenas --help`
     from edgenas.deploy.budget import search_device
     from edgenas.deploy.report import format_table, result_dict
     from edgenas.search.problem import Constraints
@@ -62,6 +63,7 @@ def run_search_command(args: argparse.Namespace) -> int:
         raise UsageError(f"--pareto is NSGA-II, but --algorithm {args.algorithm} was given: give one of them")
     algorithm = "nsga2" if args.pareto else args.algorithm or "evolution"
     pareto = check_algorithm(algorithm).pareto
+    # deferred: the command's modules load when the command runs, not for `edgenas --help`
     from edgenas.board import load_board
     from edgenas.export.mcu import parse_patches
 
@@ -126,6 +128,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
     """Every file the searches read, for every device, before the first search starts: the output folder, the
     supernet, each device file, the accuracy predictor and each latency
     predictor (made for that device and the predictor's space)."""
+    # deferred: the command's modules load when the command runs, not for `edgenas --help`
     from edgenas.accuracy.predictor import load_accuracy_predictor
     from edgenas.devices.config import load_config as load_device_config
     from edgenas.inputs import output_dir
@@ -133,6 +136,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
 
     if args.out:
         output_dir(args.out, "--out")
+    # deferred: torch loads when the command runs, not for `edgenas --help`
     from edgenas.train.checkpoint import read_checkpoint
 
     read_checkpoint(args.supernet)  # recorded in the result even when candidates are not verified

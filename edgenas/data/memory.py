@@ -92,6 +92,7 @@ class BatchLoader(EpochOrder):
 
     def iterate(self, epoch: int, start: int = 0) -> Iterator[tuple[Any, Any]]:
         """Batches `start`, `start + 1`, ... of epoch `epoch`."""
+        # deferred: torch loads only when this runs, not on import
         import torch
 
         order = self.indices(epoch)
@@ -115,6 +116,7 @@ class BatchLoader(EpochOrder):
 
 def augment_batch(x: Any, size: int, gen: Any, *, flip: bool, scale: float = 0.12, shift: float = 0.12) -> Any:
     """Random zoom (±`scale`), shift (±`shift` of the image) and optional horizontal flip, resized to `size`."""
+    # deferred: torch loads only when this runs, not on import
     import torch
     import torch.nn.functional as F
 
@@ -180,6 +182,7 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
         if path.is_file():
             data = np.loadtxt(path, delimiter=",")
             return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+    # deferred: sklearn loads only when this runs, not on import
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -190,6 +193,7 @@ def load_folder_in_memory(files: list[tuple[Path, int]], classes: list[str], ima
                           ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """A folder of small images (checked by `images.check_images`), decoded and held as uint8 at one size: their
     common size, else `image_size` or 64."""
+    # deferred: PIL loads only when this runs, not on import
     from PIL import Image
 
     raw = []

@@ -198,6 +198,7 @@ class StreamLoader(EpochOrder):
         return self._read(_Plans(self, epoch, b, forever=True))
 
     def _read(self, plans: _Plans) -> Iterator[tuple[Any, Any]]:
+        # deferred: torch loads only when this runs, not on import
         from torch.utils.data import DataLoader
 
         ds = self.dataset
@@ -236,6 +237,7 @@ class _Reader:
         return len(self.labels)
 
     def __getitem__(self, item: tuple[int, int, Any]) -> Any:
+        # deferred: torch loads only when this runs, not on import
         import torch
 
         i, res, seed = item
@@ -260,6 +262,7 @@ class _Collate:
         self.std = [float(s) for s in std]
 
     def __call__(self, items: list[Any]) -> Any:
+        # deferred: torch loads only when this runs, not on import
         import torch
 
         for item in items:

@@ -40,9 +40,11 @@ def save_result(result: SearchResult, path: str | os.PathLike, *, verification: 
 
 def plot_front(result: SearchResult, path: str | os.PathLike, *, verification: Deployment | None = None) -> Path:
     """Accuracy against latency: the predicted Pareto front, the top candidates, and measured points marked."""
+    # deferred: matplotlib loads only when this runs, not on import
     import matplotlib
 
     matplotlib.use("Agg")
+    # deferred: matplotlib loads only when this runs, not on import
     import matplotlib.pyplot as plt
 
     has_latency = any(c.predicted.get("latency_ms") == c.predicted.get("latency_ms") for c in result.front)

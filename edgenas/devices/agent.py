@@ -169,6 +169,7 @@ def machine_info():
         "clock": "time.perf_counter_ns",
     }
     try:
+        # deferred: numpy may be missing on a device; the agent reports None instead of failing to start
         import numpy
 
         info["numpy"] = numpy.__version__
@@ -199,6 +200,7 @@ def _load_tflite_interpreter():
     """The first TFLite interpreter class that imports: ai_edge_litert, tflite_runtime, tensorflow.lite."""
     problems = []
     try:
+        # deferred: ai_edge_litert (the [tflite] extra) loads only when this runs, not on import
         import ai_edge_litert
         from ai_edge_litert import interpreter as mod
 
@@ -206,6 +208,7 @@ def _load_tflite_interpreter():
     except Exception as exc:  # noqa: BLE001 - any import failure means "try the next one"
         problems.append(f"ai_edge_litert: {exc}")
     try:
+        # deferred: tflite_runtime (not a dependency) loads only when this runs, not on import
         import tflite_runtime
         from tflite_runtime import interpreter as mod
 
@@ -213,6 +216,7 @@ def _load_tflite_interpreter():
     except Exception as exc:  # noqa: BLE001
         problems.append(f"tflite_runtime: {exc}")
     try:
+        # deferred: tensorflow (not a dependency) loads only when this runs, not on import
         import tensorflow as tf
 
         return tf.lite.Interpreter, "tensorflow", tf.__version__
@@ -225,6 +229,7 @@ def load_runtime(name):
     """Import a runtime: returns (module or Interpreter class, package name, version)."""
     if name == "onnxruntime":
         try:
+            # deferred: onnxruntime loads only when this runs, not on import
             import onnxruntime
         except Exception as exc:  # noqa: BLE001
             raise AgentError(RUNTIME_MISSING, f"onnxruntime is not importable: {exc}") from exc

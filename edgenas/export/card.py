@@ -29,6 +29,7 @@ CARD_SCHEMA = Path(__file__).with_name("card.schema.json")  # the JSON Schema ev
 def file_entry(path: str | os.PathLike, fmt: str) -> dict[str, Any]:
     """Name, format, size and SHA-256 of one exported file, what it takes and gives (`io`), and the clients that
     load it as it is."""
+    # deferred: torch loads only when this runs, not on import
     from edgenas.export.contract import file_io
 
     path = Path(path)

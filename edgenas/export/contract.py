@@ -118,6 +118,7 @@ def file_io(fmt: str, path: Any) -> dict[str, Any]:
     """What one exported file takes and gives, read from the file: layout, shapes, dtypes and, for quantized
     input or output, the scale and zero point (`real = scale * (q - zero_point)`)."""
     if fmt == "onnx":
+        # deferred: onnx loads only when this runs, not on import
         import onnx
 
         model = onnx.load(str(path), load_external_data=False)
@@ -131,6 +132,7 @@ def file_io(fmt: str, path: Any) -> dict[str, Any]:
         in_quant = out_quant = None
         in_name, out_name = model.graph.input[0].name, model.graph.output[0].name
     else:
+        # deferred: ai_edge_litert (the [tflite] extra) loads only when this runs, not on import
         from ai_edge_litert.interpreter import Interpreter
 
         interpreter = Interpreter(model_path=str(path))

@@ -29,6 +29,7 @@ def parse_patches(value: str | None) -> int | str | None:
 
 
 def _bit_identical(whole: bytes, patched: bytes, shape: list[int], arena: tuple[int, int], images: int = 5) -> bool:
+    # deferred: tflite_micro (the [tflite] extra) loads only when this runs, not on import
     from tflite_micro.python.tflite_micro import runtime
 
     rng = np.random.default_rng(0)
@@ -50,6 +51,7 @@ def finish_mcu(out_dir: Path, int8_path: Path, space: Any, arch: Any, *, patches
                schedule: tuple[int, int] | None = None) -> tuple[dict[str, Any], list[str]]:
     """Write the patch-based file and the board's files beside the int8 file; (summary, problems). `schedule`
     ((ops, n), as the search judged the arch on) fixes the patch schedule instead of choosing it by `patches`."""
+    # deferred: torch loads only when this runs, not on import
     from edgenas.export.tflite import describe_tflite
 
     summary: dict[str, Any] = {}

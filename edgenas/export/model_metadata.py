@@ -47,6 +47,7 @@ def onnx_props(contract: Mapping[str, Any]) -> dict[str, str]:
 
 def write_onnx_metadata(path: str | os.PathLike, contract: Mapping[str, Any], io_: Mapping[str, Any]) -> None:
     """Set the file's contract as `metadata_props` (replacing earlier entries of the same keys)."""
+    # deferred: onnx loads only when this runs, not on import
     import onnx
 
     model = onnx.load(str(path))
@@ -61,6 +62,7 @@ def write_onnx_metadata(path: str | os.PathLike, contract: Mapping[str, Any], io
 
 def _metadata_buffer(contract: Mapping[str, Any], io_: Mapping[str, Any], name: str) -> bytes:
     """The ModelMetadata flatbuffer of one .tflite file."""
+    # deferred: flatbuffers (the [tflite] extra) loads only when this runs, not on import
     import flatbuffers
 
     from edgenas.export import tflite_metadata_schema as md
@@ -127,6 +129,7 @@ def write_tflite_metadata(path: str | os.PathLike, contract: Mapping[str, Any], 
                           name: str = "edgenas image classifier") -> None:
     """Write the file's metadata and associated files into the .tflite at `path` (in place, atomically); an
     earlier edgenas metadata entry is replaced, the graph and weights are kept as they are."""
+    # deferred: flatbuffers, ai_edge_litert (the [tflite] extra) load only when this runs, not on import
     import flatbuffers
     from ai_edge_litert import schema_py_generated as tfl
 
@@ -164,6 +167,7 @@ class _AlignedBuffer:
         self.data = None if data is None else np.ascontiguousarray(np.asarray(data, dtype=np.uint8).reshape(-1))
 
     def Pack(self, builder: Any) -> int:  # noqa: N802 (the generated modules' name)
+        # deferred: ai_edge_litert (the [tflite] extra) loads only when this runs, not on import
         from ai_edge_litert import schema_py_generated as tfl
 
         offset = None

@@ -75,6 +75,7 @@ def _export(model: nn.Module, example: torch.Tensor, path: Path, exporter: str, 
 
 
 def _file_opset(path: Path) -> int:
+    # deferred: onnx loads only when this runs, not on import
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
@@ -149,6 +150,7 @@ class OnnxMismatchError(RuntimeError):
 
 
 def onnx_session(path: str | os.PathLike, threads: int = 1):
+    # deferred: onnxruntime loads only when this runs, not on import
     import onnxruntime as ort
 
     opts = ort.SessionOptions()

@@ -118,6 +118,7 @@ def local_prefixes(data: bytes) -> list[int]:
 
 def patch_tflite(data: bytes, count: int, n: int) -> bytes:
     """The file `data` with its first `count` ops run on `n` x `n` patches (see the module's docstring)."""
+    # deferred: flatbuffers (the [tflite] extra), torch load only when this runs, not on import
     import flatbuffers
 
     from edgenas.export.tflite_direct import _AlignedBuffer

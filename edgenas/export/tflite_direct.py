@@ -151,6 +151,7 @@ class _Graph:
         return out
 
     def finish(self, output: int) -> bytes:
+        # deferred: flatbuffers (the [tflite] extra) loads only when this runs, not on import
         import flatbuffers
 
         s = self.schema

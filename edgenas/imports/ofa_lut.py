@@ -54,6 +54,7 @@ def ofa_layer_keys(piece: Any) -> list[str]:
 
 def read_ofa_table(path: str | Path) -> tuple[int, dict[str, float], int, int | None]:
     """One YAML table: its resolution, {key: mean ms}, the stem's width and the class count (from `Logits`)."""
+    # deferred: yaml loads only when this runs, not on import
     import yaml
 
     path = input_file(path, "Once-for-All latency table", hint="it is note10_<res>_lookup_table.yaml")

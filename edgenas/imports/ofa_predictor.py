@@ -46,6 +46,7 @@ def ofa_feature_index(space: SearchSpace) -> np.ndarray:
 
 def read_ofa_predictor(path: str | Path) -> dict[str, np.ndarray]:
     """The MLP's tensors as float32 arrays, checked against the published layout."""
+    # deferred: torch loads only when this runs, not on import
     import torch
 
     from edgenas.imports.ofa import load_torch_file

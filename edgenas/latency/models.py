@@ -145,6 +145,7 @@ def _export_onnx(model: nn.Module, path: Path) -> None:
 
 def _export_tflite(model: nn.Module, path: Path, int8: bool) -> None:
     try:
+        # deferred: the [tflite] extra's converter loads only when a TFLite latency model is written
         from edgenas.export import tflite
     except ImportError as exc:
         raise UsageError(f"TFLite export is not available ({exc}): calibrate an onnxruntime device, or install "

@@ -319,6 +319,7 @@ class TransferPredictor(BasePredictor):
     kind = "transfer"
 
     def __init__(self, *, sources: Sequence[BasePredictor], **kw: Any) -> None:
+        # deferred: scipy loads only when this runs, not on import
         from edgenas.latency.transfer import space_encoding
 
         super().__init__(**kw)
@@ -336,6 +337,7 @@ class TransferPredictor(BasePredictor):
                              "features: the file is damaged or for another space; re-calibrate")
 
     def features(self, archs: Sequence[Arch]) -> np.ndarray:
+        # deferred: scipy loads only when this runs, not on import
         from edgenas.latency.transfer import space_tokens
 
         return np.hstack([np.ones((len(archs), 1)), self.encoding.encode(space_tokens(self.space, archs))])
@@ -346,6 +348,7 @@ class TransferPredictor(BasePredictor):
     def fit(self, archs: Sequence[Arch], measured_ms: Sequence[float], *, seed: int = 0,
             lam: float | None = None, transfer: Any = None) -> TransferPredictor:
         """Fit to the target's measurements; `transfer`: a `space_transfer` model already built from the sources."""
+        # deferred: scipy loads only when this runs, not on import
         from edgenas.latency.transfer import space_transfer, transfer_report
 
         y = np.asarray(measured_ms, dtype=np.float64)

@@ -165,6 +165,7 @@ class RunConfig:
         file, the run's dataset and seed and [train] settings; with `init`, its supernet's space."""
         space = None
         if self.init is not None:
+            # deferred: torch loads only when this runs, not on import
             from edgenas.train.finetune import init_space_name
 
             space = init_space_name(self.init)
@@ -310,6 +311,7 @@ def check_run_inputs(config: RunConfig) -> None:
     except UsageError as exc:
         raise _bad(source, "train.dataset", str(exc)) from None
     if config.checkpoint is not None:
+        # deferred: torch loads only when this runs, not on import
         from edgenas.train.checkpoint import read_checkpoint
 
         read_checkpoint(config.checkpoint)

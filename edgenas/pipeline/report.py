@@ -121,9 +121,11 @@ class ReportData:
 
 
 def _plt():
+    # deferred: matplotlib loads only when this runs, not on import
     import matplotlib
 
     matplotlib.use("Agg")
+    # deferred: matplotlib loads only when this runs, not on import
     import matplotlib.pyplot as plt
 
     return plt

@@ -191,6 +191,7 @@ class MetricsLog:
         self.writer = None
         if enabled and tensorboard:
             try:
+                # deferred: tensorboard (optional) loads only when a run asks for it
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(str(path.parent / "tensorboard"))
