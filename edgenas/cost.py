@@ -256,7 +256,6 @@ class StatsTable:
                 out[name] = vals[f].sum(axis=1) + self.fixed[f, ri]
         out["peak_activation_fp32"] = 4 * out["peak_activation_int8"]
         if memory:
-
             predicted = memory_table(self.space).from_indices(ri, ki, ei, active)
             out["arena_int8"], out["tflite_int8"] = predicted["arena"], predicted["flash"]
         return out

@@ -451,7 +451,6 @@ class SearchSpace:
             return Arch.from_dict(value, self)
         text = str(value).strip()
         if not text.startswith("{"):
-
             path = Path(text)
             if not path.is_file():
                 raise ValueError(f"arch {text!r} is neither inline JSON nor an existing JSON file")

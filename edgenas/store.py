@@ -175,7 +175,6 @@ class Store:
             elif int(row[0]) == 1:
                 _upgrade_from_1(conn)
             elif int(row[0]) != SCHEMA_VERSION:
-
                 raise UsageError(
                     f"store {self.path} has schema version {row[0]}, this edgenas reads version {SCHEMA_VERSION}: "
                     f"use a new store file or the edgenas version that wrote it")

@@ -77,7 +77,6 @@ def fit_and_test(space, archs: Sequence[Arch], accuracy: np.ndarray, *, test: in
     fit_archs, test_archs = split_archs(list(archs), test, seed)
     fit_y = [values[a] for a in fit_archs]
     if kind == "gp":
-
         t0 = time.perf_counter()
         predictor = GPAccuracyPredictor.fit(space, fit_archs, fit_y, seed=seed)
         report = FitReport(train_size=len(fit_archs), val_size=0, epochs=0, best_epoch=0, val_rmse=float("nan"),
@@ -155,7 +154,6 @@ def fit_predictor(
             torch.set_num_threads(free_cores())
             data.build(archs, ctx.evaluate, rank=rank, world_size=world, progress=progress)
         else:
-
             todo = [a.to_dict() for a in data.missing(archs)]
             threads = max(1, free_cores() // workers)
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:

@@ -283,7 +283,6 @@ def load_accuracy_predictor(path: str | os.PathLike) -> AccuracyPredictor:
         with np.load(path, allow_pickle=False) as data:
             header = parse_json(decode_text(bytes(data["header"]), source), source)
             if isinstance(header, dict) and header.get("format") == "edgenas-accuracy-gp":
-
                 space = space_from_dict(header.get("space"), source, ACCURACY_REMEDY)
                 return GPAccuracyPredictor.from_arrays(space, header, data, source)  # type: ignore[return-value]
             n = header.get("layers") if isinstance(header, dict) else None

@@ -127,7 +127,6 @@ def run_train(args: argparse.Namespace) -> int:
         if "chance" in summary:
             print(f"  chance (always the most common class): {summary['chance']:.4f}")
     if "gate" in summary:
-
         print(f"edgenas train: {summary['gate']['message']}", file=sys.stderr)
     return 0
 

@@ -217,7 +217,6 @@ def search_and_deploy(job: BudgetJob, *, checkpoint: Any = None, device: Any = N
 
     lineage = None
     if job.ship_dir is not None:
-
         lineage = load_search_result(str(save_result(result, record, seed=job.seed, inputs=inputs)))
     mcu = _mcu_target(job, constraints)
     formats = job.formats if mcu is None or "tflite-int8" in job.formats else (*job.formats, "tflite-int8")

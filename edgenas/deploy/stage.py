@@ -345,7 +345,6 @@ def write_shipped_card(out_dir: Path, card: dict[str, Any]) -> None:
     """write_card, keeping a microcontroller card's MCU section (card.md is rendered again)."""
     write_card(out_dir, card)
     if "mcu" in card:
-
         write_card_section(out_dir, card["mcu"])
 
 

@@ -191,7 +191,6 @@ def render_markdown(card: Mapping[str, Any]) -> str:
     lines += _ship_lines(card)
     contract = card.get("contract")
     if contract:
-
         lines += ["", *contract_table(contract, card["files"]), "", *snippets_markdown(contract, card["files"])]
     lineage = card.get("lineage") or {}
     lines += ["", "## Lineage", ""]

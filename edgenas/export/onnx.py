@@ -117,7 +117,6 @@ def export_onnx(
     try:
         data = None
         if exporter in ("auto", "direct") and opset == DEFAULT_OPSET:
-
             data, fallback = direct_onnx(model, example, dynamic_batch=dynamic_batch)
             if data is None and exporter == "direct":
                 raise OnnxMismatchError(f"the direct ONNX writer could not write the model: {fallback}")

@@ -182,11 +182,9 @@ def _export_format(fmt: str, model: nn.Module, path: Path, options: ExportOption
                    contract: Mapping[str, Any] | None = None) -> tuple[float, str]:
     """Write one format, with `contract` in its metadata when given: (seconds, the converter that wrote it)."""
     if fmt == "onnx":
-
         result = export_onnx(model, path, verify=False)
         seconds, by = result.seconds, result.exporter
     else:
-
         result = export_tflite(model, path, quantization="int8" if fmt == "tflite-int8" else None,
                                calibration=calibration if fmt == "tflite-int8" else None, int8_io=options.int8_io,
                                channels_last=options.channels_last, converter=converter)
@@ -323,7 +321,6 @@ def export_subnet(
 
     entries = [file_entry(path, fmt) for fmt, path in files.items()]
     if contract is not None:
-
         atomic_write_text(out_dir / LABELS_TXT, labels_text(contract))
     card = build_card(
         name=name, arch=arch.to_dict(), arch_str=str(arch), space=space.name, stats=stats.to_dict(),

@@ -143,7 +143,6 @@ def paired_drop(fp32_only: int, int8_only: int, images: int) -> tuple[float, flo
 def file_logits(fmt: str, path: str | os.PathLike, images: np.ndarray) -> np.ndarray:
     """Run an exported file on NCHW float images in its runtime: ONNX Runtime or the TFLite interpreter."""
     if fmt == "onnx":
-
         return run_onnx(path, images)
 
     return run_tflite(path, images)

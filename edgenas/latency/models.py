@@ -240,7 +240,6 @@ class ModelCache:
         missing = [i for i, d in enumerate(descriptions) if not self.is_cached(d, fmt)]
         workers = min(workers or os.cpu_count() or 1, len(missing))
         if fmt in PARALLEL_FORMATS and len(missing) >= PARALLEL_MIN_MODELS and workers > 1:
-
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 futures = {pool.submit(_get_in_worker, str(self.root), descriptions[i], fmt): i for i in missing}
                 for future in as_completed(futures):

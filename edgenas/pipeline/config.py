@@ -316,7 +316,6 @@ def check_run_inputs(config: RunConfig) -> None:
 
         read_checkpoint(config.checkpoint)
     else:
-
         tconfig = config.train_config_of(load_config)
         if "total_steps" in config.train_overrides:
             try:

@@ -435,7 +435,6 @@ class _Checkpoint:
 
     def get(self) -> Any:
         if self._opened is None:
-
             self._opened = OpenedCheckpoint(self.path)
         return self._opened
 

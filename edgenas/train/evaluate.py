@@ -30,7 +30,6 @@ def _as_arch(supernet: Supernet, arch: Any) -> Arch:
 
 def _check_fits(supernet: Supernet, dataset: Dataset) -> None:
     if dataset.in_channels != supernet.space.in_channels or dataset.num_classes != supernet.num_classes:
-
         raise UsageError(f"dataset {dataset.spec} ({dataset.in_channels} channels, {dataset.num_classes} classes) does "
                          f"not fit this supernet ({supernet.space.in_channels} channels, {supernet.num_classes} classes)")
 

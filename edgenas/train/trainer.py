@@ -223,7 +223,6 @@ def build_space(config: TrainConfig, dataset: AnyDataset) -> SearchSpace:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if config.init is not None:
-
         stored = init_space(config.init)
         if stored.name == space.name:
             return stored.replace(num_classes=dataset.num_classes, in_channels=dataset.in_channels)
