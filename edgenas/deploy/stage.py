@@ -269,6 +269,7 @@ def deploy(
     progress: bool = True,
     log: Callable[[str], None] = print,
     mcu: Any = None,
+    accuracy_prediction: Callable[[Arch], dict[str, Any]] | None = None,
 ) -> Deployment:
     """Export, evaluate and measure the top `top_k` candidates of `result` (all of `result.top` by default) on
     `device` at `precision`, pick the winner (`pick_winner`) against `result`'s latency limit, and, with
@@ -290,6 +291,7 @@ def deploy(
     round_ = _Round(checkpoint, device, precision, fmt, budget, replace(options, formats=(fmt,)), split, store,
                     Path(out_dir), progress, log)
     round_.mcu = mcu
+    round_.accuracy_prediction = accuracy_prediction
     round_.add(result, result.top[: top_k or len(result.top)], search)
     winner = pick_winner(pick_order(round_.candidates))
     scale = measured_scale(round_.candidates, winner, budget) if search_again is not None else None
@@ -327,6 +329,7 @@ def ship_first_passing(round_: _Round, ordered: list[MeasuredCandidate], ship_di
         if shipped.ok:
             if passed_over:  # the card says what was passed over, and why
                 shipped.card["passed_over"] = [p.to_dict() for p in passed_over]
+            _add_accuracy_prediction(round_, shipped.card, winner.arch)
             write_shipped_card(ship_dir, shipped.card)  # once, after the pick
             return winner, shipped, passed_over
         passed_over.append(PassedOver(winner.arch, winner.accuracy, winner.latency_ms,
@@ -337,8 +340,15 @@ def ship_first_passing(round_: _Round, ordered: list[MeasuredCandidate], ship_di
     if len(passed_over) > 1:  # the later tries wrote over the first pick's files: ship it again, as it was
         shipped = round_.ship(first, ship_dir, options)
     shipped.card["passed_over"] = [p.to_dict() for p in passed_over]
+    _add_accuracy_prediction(round_, shipped.card, first.arch)
     write_shipped_card(ship_dir, shipped.card)
     return first, shipped, passed_over
+
+
+def _add_accuracy_prediction(round_: _Round, card: dict[str, Any], arch: Arch) -> None:
+    """The card's `accuracy_prediction` (how sure the choice was), where the caller gave the predictor's view."""
+    if round_.accuracy_prediction is not None:
+        card["accuracy_prediction"] = round_.accuracy_prediction(arch)
 
 
 def write_shipped_card(out_dir: Path, card: dict[str, Any]) -> None:
@@ -372,6 +382,7 @@ class _Round:
         self.candidates: list[MeasuredCandidate] = []
         self.exports: dict[int, tuple[PreparedExport, ExportResult | None]] = {}
         self.mcu: Any = None  # a deploy.mcu.McuTarget: candidates are the files judged on the board
+        self.accuracy_prediction: Callable[[Arch], dict[str, Any]] | None = None  # the card's, for the shipped arch
         self.schedules: dict[int, tuple[int, int] | None] = {}
 
     def ship(self, cand: MeasuredCandidate, ship_dir: Path, options: ExportOptions) -> ExportResult:

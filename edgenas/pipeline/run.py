@@ -331,11 +331,12 @@ def _device_stages(config: RunConfig, target: DeviceTarget, book: StageBook, spa
             ))
             report.pareto_measured.extend((c["latency_ms"], c["accuracy"]) for c in found.candidates
                                           if c.get("latency_ms") is not None and c.get("accuracy") is not None)
-            budget_result = BudgetResult.from_outcome(found, budget)
+            budget_result = BudgetResult.from_outcome(found)
             report.budgets.append(budget_result)
             budget_result.source = sources[len(results)]
             results.append({"device": device.name, "runtime": runtime, "precision": target.precision,
-                            "budget_ms": budget, "budget_source": budget_result.source, "arch": budget_result.arch,
+                            "budget_ms": budget_result.budget_ms,
+                            "budget_source": budget_result.source, "arch": budget_result.arch,
                             "measured_latency_ms": budget_result.measured_latency_ms,
                             "accuracy": budget_result.measured_accuracy, "accuracy_split": budget_result.accuracy_split,
                             "accuracy_images": budget_result.accuracy_images, "deployed_file": budget_result.deployed_file,
