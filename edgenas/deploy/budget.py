@@ -329,14 +329,16 @@ class DeviceSearch:
 
 
 def search_device(checkpoint: str | os.PathLike, device_name: str, constraints: Constraints, *,
-                  out_dir: str | os.PathLike | None = None, progress: bool = True, **settings: Any) -> DeviceSearch:
+                  out_dir: str | os.PathLike | None = None, progress: bool = True, device: Any = None,
+                  **settings: Any) -> DeviceSearch:
     """`edgenas search` for one device: `search_and_deploy` of one job (`settings`: BudgetJob's fields), its
-    records in `out_dir` (default: `<checkpoint folder>/search/<device>`)."""
+    records in `out_dir` (default: `<checkpoint folder>/search/<device>`); `device`: the device, when the caller
+    has it open already."""
     checkpoint = Path(checkpoint)
     out = Path(out_dir) if out_dir else checkpoint.parent / "search" / device_name
     paths = {k: None if settings.get(k) is None else Path(settings[k])
              for k in ("accuracy_predictor", "latency_predictor", "store")}
     job = BudgetJob(checkpoint, device_name, constraints, out, **{**settings, **paths})
-    done = search_and_deploy(job, progress=progress)
+    done = search_and_deploy(job, device=device, progress=progress)
     assert done.search is not None and done.result is not None and done.plot is not None
     return DeviceSearch(done.search, done.deployment, Path(done.result), Path(done.plot))

@@ -317,7 +317,7 @@ def _device_stages(config: RunConfig, target: DeviceTarget, book: StageBook, spa
             f"pareto:{label}",
             {"accuracy": acc_sha, "latency": lat_sha, "seed": config.seed, "population": config.population,
              "limits": [target.max_sram_kb, target.max_flash_kb, target.max_macs]},  # the front is searched under them
-            lambda: _pareto(checkpoint, target.name, target, accuracy_path, latency_path, config, store_path,
+            lambda: _pareto(checkpoint, device, target, accuracy_path, latency_path, config, store_path,
                             config.out / "search" / label / "pareto", progress),
         )
         report.pareto_predicted = [tuple(p) for p in front["front"]]
@@ -412,12 +412,12 @@ def _constraints(target: DeviceTarget, budget: float | None):
                                        precision=target.precision)
 
 
-def _pareto(checkpoint: Path, device_name: str, target: DeviceTarget, accuracy_path: Path, latency_path: Path,
+def _pareto(checkpoint: Path, device: Any, target: DeviceTarget, accuracy_path: Path, latency_path: Path,
             config: RunConfig, store_path: Path, out_dir: Path, progress: bool) -> dict[str, Any]:
-    found = search_device(checkpoint, device_name, _constraints(target, None), algorithm="nsga2", top_k=config.top_k,
+    found = search_device(checkpoint, target.name, _constraints(target, None), algorithm="nsga2", top_k=config.top_k,
                           seed=config.seed, population=config.population, generations=max(20, _generations(config) // 4),
                           accuracy_predictor=accuracy_path, latency_predictor=latency_path, out_dir=out_dir,
-                          store=store_path, deploy_top=False, progress=progress)
+                          store=store_path, deploy_top=False, progress=progress, device=device)
     front = sorted((c.predicted["latency_ms"], c.predicted["accuracy"]) for c in found.result.front)
     return {"front": [list(p) for p in front], "result": str(found.result_path)}
 
