@@ -11,8 +11,11 @@ import platform
 import sys
 import tempfile
 from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from edgenas import __version__
 
 MANIFEST_SUFFIX = ".manifest.json"
 
@@ -68,8 +71,6 @@ def atomic_write_json(path: str | os.PathLike, value: Any) -> Path:
 
 def package_versions(names: tuple[str, ...] = ("torch", "numpy", "onnx", "onnxruntime")) -> dict[str, str]:
     """Installed versions of the named distributions (missing ones are left out)."""
-    from importlib import metadata
-
     out = {"python": platform.python_version()}
     for name in names:
         try:
@@ -93,8 +94,6 @@ def write_manifest(
 
     `inputs` maps a role to a file path (hashed here) or to a precomputed value.
     """
-    from edgenas import __version__
-
     artifact = Path(artifact)
     resolved_inputs: dict[str, Any] = {}
     for role, value in (inputs or {}).items():

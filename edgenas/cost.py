@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from edgenas.micro_memory import memory_table
 from edgenas.space import STEM_KERNEL, Arch, SearchSpace, conv_out, mid_channels, se_channels
 
 
@@ -256,8 +257,6 @@ class StatsTable:
                 out[name] = vals[f].sum(axis=1) + self.fixed[f, ri]
         out["peak_activation_fp32"] = 4 * out["peak_activation_int8"]
         if memory:
-            from edgenas.micro_memory import memory_table
-
             predicted = memory_table(self.space).from_indices(ri, ki, ei, active)
             out["arena_int8"], out["tflite_int8"] = predicted["arena"], predicted["flash"]
         return out

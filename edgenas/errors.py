@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import importlib.util
+import signal
+import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -21,10 +27,6 @@ class MissingDependencyError(UsageError):
 def require(module: str, *, extra: str, purpose: str, load: bool = True):
     """Import an optional dependency, or raise a MissingDependencyError naming the extra. `load=False` only looks
     for it (for a check before any work, where its import is slow and may not be needed)."""
-    import importlib
-    import importlib.util
-    import sys
-
     try:
         if load:
             return importlib.import_module(module)
@@ -56,8 +58,6 @@ _holding = 0
 
 
 def _raise_for(signum: int) -> None:
-    import signal
-
     if signum == signal.SIGTERM:
         raise Terminated  # no message: the CLI says what was saved
     raise KeyboardInterrupt
@@ -91,9 +91,6 @@ def signals_held() -> Iterator[None]:
 @contextmanager
 def interrupt_handlers() -> Iterator[None]:
     """While active: SIGTERM raises Terminated and SIGINT KeyboardInterrupt (both holdable). Main thread only."""
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -109,8 +106,6 @@ def interrupt_handlers() -> Iterator[None]:
 def did_you_mean(value: object, choices: object) -> str:
     """`" (did you mean 'tiny'?)"` when one of `choices` is near `value` (a typo), else "": the hint every refusal of
     an unknown name (flag, command, device, space, preset, format) ends with, as git and cargo do."""
-    import difflib
-
     names = [str(c) for c in choices]  # type: ignore[attr-defined]
     text = str(value)
     near = difflib.get_close_matches(text, names, n=1, cutoff=0.6)

@@ -17,6 +17,7 @@ No reader runs code from a file: JSON and TOML are data, the pickled CIFAR-10 ba
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import math
@@ -31,6 +32,12 @@ import numpy as np
 
 from edgenas.errors import UsageError
 from edgenas.settings import Setting, is_int, is_number, require
+from edgenas.space import ACTIVATIONS, Arch, SearchSpace
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: tomli, when installed (toml_module)
+    tomllib = None
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 MAX_CONFIG_BYTES = 1 * MIB  # a device file, run config or training config
@@ -220,14 +227,14 @@ def read_json(path: str | os.PathLike, what: str, *, limit: int = MAX_JSON_BYTES
 
 
 def toml_module() -> Any:
+    if tomllib is not None:
+        return tomllib
     try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        try:
-            import tomli as tomllib  # type: ignore[no-redef]
-        except ModuleNotFoundError:
-            raise UsageError("reading TOML files on Python 3.10 needs tomli: pip install tomli") from None
-    return tomllib
+        # deferred: tomli (Python 3.10 only) loads only when a TOML file is read
+        import tomli
+    except ModuleNotFoundError:
+        raise UsageError("reading TOML files on Python 3.10 needs tomli: pip install tomli") from None
+    return tomli
 
 
 def parse_toml(text: str, source: str) -> dict[str, Any]:
@@ -291,8 +298,6 @@ _STAGE_KEYS = {"width", "stride", "act", "se", "depths"}
 
 def space_from_dict(d: Any, source: str, remedy: str = "") -> Any:
     """A SearchSpace from its JSON form, with every field's type and range checked first."""
-    from edgenas.space import ACTIVATIONS, SearchSpace
-
     d = mapping(d, source, "space", remedy)
     known = {"name", "stages", "kernels", "expands", "resolutions", "width_mult", "widths", "dropout", *_SPACE_INTS}
     unknown = sorted(set(d) - known)
@@ -352,8 +357,6 @@ def read_space_file(path: str | os.PathLike) -> Any:
 
 def parse_arch(value: Any, space: Any, option: str = "--arch") -> Any:
     """An Arch of `space` from inline JSON, a JSON file (an arch, a search result or a model card) or a dict."""
-    from edgenas.space import Arch
-
     if isinstance(value, Arch):
         source = option
         data: Any = value.to_dict()
@@ -388,8 +391,6 @@ def parse_arch(value: Any, space: Any, option: str = "--arch") -> Any:
 
 def _numpy_attr(module: str, name: str) -> Any:
     """numpy's `_core.<module>.<name>` (numpy 2), or `core.<module>.<name>` (numpy 1)."""
-    import importlib
-
     try:
         return getattr(importlib.import_module(f"numpy._core.{module}"), name)
     except ImportError:  # pragma: no cover - numpy 1.x

@@ -52,7 +52,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgenas.patching import LocalOp, PatchPlan, consumers_of, plan_patches
+from edgenas.patching import (
+    LocalOp,
+    NotPatchable,
+    PatchPlan,
+    PatchTensor,
+    _one_patch,
+    check_prefix,
+    consumers_of,
+    fold_pads,
+    plan_patches,
+    tiles,
+)
 from edgenas.space import STEM_KERNEL, Arch, SearchSpace, conv_out, mid_channels, se_channels
 
 ALIGNMENT = 16  # MicroArenaBufferAlignment(): every planned buffer and persistent allocation
@@ -578,8 +589,6 @@ def memory_table(space: SearchSpace) -> MemoryTable:
 
 def patch_cuts(g: MicroGraph) -> list[int]:
     """Op counts at which `g`'s leading ops can run patch by patch (all spatially local, one tensor handed on)."""
-    from edgenas.patching import NotPatchable, check_prefix
-
     local = [op.geometry for op in g.ops]
     consumers = consumers_of(local, [op.inputs for op in g.ops])
     out = []
@@ -726,8 +735,6 @@ def _patch_part(g: MicroGraph, count: int, n: int) -> tuple[int, int, np.ndarray
     """The part of `quick_patched_arena` that depends on the first `count` ops only: the patch part's live peak
     (graph input, the middle patch's live maps, the outputs made so far), the cut tensor's bytes, one patch's
     Counts and its step count."""
-    from edgenas.patching import PatchPlan, PatchTensor, _one_patch, check_prefix, fold_pads, tiles
-
     local = [op.geometry for op in g.ops]
     consumers = consumers_of(local, [op.inputs for op in g.ops])
     cut = check_prefix(local, count, consumers, [g.graph_output])

@@ -13,9 +13,12 @@ import dataclasses
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edgenas.errors import did_you_mean
 
 ACTIVATIONS = ("relu", "hswish")
 STEM_KERNEL = 3  # the stem convolution's kernel size
@@ -309,8 +312,6 @@ class SearchSpace:
         try:
             factory = _PRESETS[name]
         except KeyError:
-            from edgenas.errors import did_you_mean
-
             raise ValueError(f"unknown search-space preset {name!r}{did_you_mean(name, SearchSpace.presets())}: "
                              f"choose from {_fmt_choices(SearchSpace.presets())}") from None
         space = factory()
@@ -517,8 +518,6 @@ class SearchSpace:
             return Arch.from_dict(value, self)
         text = str(value).strip()
         if not text.startswith("{"):
-            from pathlib import Path
-
             path = Path(text)
             if not path.is_file():
                 raise ValueError(f"arch {text!r} is neither inline JSON nor an existing JSON file")

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgenas.errors import UsageError
+
 SCHEMA_VERSION = 2  # 2: measurements carry latency_ms, the figure timed interleaved
 
 _SCHEMA = """
@@ -173,8 +175,6 @@ class Store:
             elif int(row[0]) == 1:
                 _upgrade_from_1(conn)
             elif int(row[0]) != SCHEMA_VERSION:
-                from edgenas.errors import UsageError
-
                 raise UsageError(
                     f"store {self.path} has schema version {row[0]}, this edgenas reads version {SCHEMA_VERSION}: "
                     f"use a new store file or the edgenas version that wrote it")

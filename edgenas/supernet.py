@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgenas.cost import ArchStats, arch_stats
+from edgenas.nn import mixed
 from edgenas.nn.dynamic import DynamicMBConv, elastic_bn, plain_bn, run_sliced, sliced_static
 from edgenas.nn.static import ConvBNAct, MBConv, StaticNet
 from edgenas.space import STEM_KERNEL, Arch, SearchSpace
@@ -136,9 +137,7 @@ class Supernet(nn.Module):
 
     def mixed_forward(self, x: torch.Tensor, gates: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Every choice weighted by `gates` in one pass (differentiable search; see `edgenas.nn.mixed`)."""
-        from edgenas.nn.mixed import mixed_forward
-
-        return mixed_forward(self, x, gates)
+        return mixed.mixed_forward(self, x, gates)
 
     # ---- extraction ------------------------------------------------------------------------
     @torch.no_grad()

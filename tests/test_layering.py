@@ -317,3 +317,109 @@ def test_a_broken_layer_breaks_a_contract(tmp_path, module, line):
     target.write_text(target.read_text() + f"\n\ndef _late():\n    {line}\n")
     done = _lint_imports(tmp_path)
     assert done.returncode != 0 and "BROKEN" in done.stdout, done.stdout[-3000:]
+
+
+# ---- imports inside functions: only deferrals that say why -------------------------------------------------------
+
+DEFERRED = "# deferred:"
+
+
+def undocumented_imports(source: str) -> list[int]:
+    """The lines of `source`'s function-level imports that give no reason: a `# deferred: <why>` comment on the
+    import's line, or on the lines directly above the run of import statements it belongs to (one reason may cover a
+    run: `import torch`, a blank line, `from edgenas.nn import mixed`). Heavy optional dependencies are deferred at
+    the CLI's dispatch or a converter boundary; a light or intra-package import belongs at the module's top."""
+    lines = source.splitlines()
+    bad: list[int] = []
+
+    def documented(run_head: ast.stmt, node: ast.stmt) -> bool:
+        if DEFERRED in lines[node.lineno - 1]:
+            return True
+        above = run_head.lineno - 2
+        while above >= 0 and lines[above].strip().startswith("#"):
+            if lines[above].strip().startswith(DEFERRED) and lines[above].strip() != DEFERRED:
+                return True
+            above -= 1
+        return False
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        inside = in_function or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        for field in ("body", "orelse", "finalbody", "handlers"):
+            block = getattr(node, field, None)
+            if not isinstance(block, list):
+                continue
+            head = None
+            for stmt in block:
+                if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                    head = head or stmt
+                    if inside and not documented(head, stmt):
+                        bad.append(stmt.lineno)
+                else:
+                    head = None
+        for child in ast.iter_child_nodes(node):
+            visit(child, inside)
+
+    visit(ast.parse(source), False)
+    return sorted(bad)
+
+
+def test_an_import_inside_a_function_without_a_reason_is_found():
+    source = ("import os\n\n\ndef f():\n    # deferred: torch is heavy\n    import torch\n\n    from edgenas import nn\n"
+              "    x = nn\n    import json\n    return json\n\n\ndef g():\n    if True:\n"
+              "        import numpy  # deferred: numpy\n        from edgenas import space\n")
+    assert undocumented_imports(source) == [10, 17]
+
+
+@pytest.mark.parametrize("module", sorted(_modules()))
+def test_every_import_inside_a_function_says_why_it_is_deferred(module):
+    bad = undocumented_imports(_modules()[module].read_text())
+    assert not bad, (f"{_modules()[module]}: lines {bad} import inside a function with no '{DEFERRED} <why>' comment: "
+                     "move the import to the module's top, or say which heavy dependency it defers")
+
+
+# ---- `from edgenas import X`: X is a module of edgenas or a name its __init__ defines ---------------------------
+
+def _init_names() -> set[str]:
+    """The names `edgenas/__init__.py` binds (its lazy names included)."""
+    tree = ast.parse((ROOT / "__init__.py").read_text())
+    names = set(_lazy_names("edgenas"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+            names |= {e.id for t in node.targets if isinstance(t, ast.Tuple) for e in t.elts if isinstance(e, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {a.asname or a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+    return names
+
+
+def stale_edgenas_imports(source: str) -> list[str]:
+    """`from edgenas import X` where X is neither a module of edgenas nor a name its `__init__` defines, and
+    `import edgenas.a.b` / `from edgenas.a.b import ...` where edgenas.a.b is no module."""
+    defined = _init_names()
+    bad = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module == "edgenas":
+            bad += [f"from edgenas import {a.name}" for a in node.names
+                    if f"edgenas.{a.name}" not in _modules() and a.name not in defined]
+        elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("edgenas."):
+            if node.module not in _modules():
+                bad.append(f"from {node.module} import ...")
+        elif isinstance(node, ast.Import):
+            bad += [f"import {a.name}" for a in node.names if a.name.startswith("edgenas.") and a.name not in _modules()]
+    return bad
+
+
+def test_a_stale_name_from_edgenas_is_found():
+    assert stale_edgenas_imports("from edgenas import readers, space, load_device, __version__\n"
+                                 "import edgenas.gone\nfrom edgenas.search.gone import x\n") == [
+        "from edgenas import readers", "import edgenas.gone", "from edgenas.search.gone import ..."]
+
+
+def test_every_import_from_edgenas_names_what_exists():
+    """The package, its tests and tools: a stale `from edgenas import readers` in a test that is skipped here (no
+    device, no extra) would only fail where it runs."""
+    files = [p for folder in ("edgenas", "tests", "tools") for p in sorted((ROOT.parent / folder).rglob("*.py"))]
+    bad = [f"{p.relative_to(ROOT.parent)}: {line}" for p in files for line in stale_edgenas_imports(p.read_text())]
+    assert not bad, f"imports of what edgenas does not have: {bad}"

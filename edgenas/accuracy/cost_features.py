@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgenas.accuracy.gp import cost_columns
+from edgenas.accuracy.proxies import ProxyPredictor, dataset_batches
 from edgenas.space import Arch, SearchSpace
 
 
@@ -30,8 +31,6 @@ class CostFeatures:
     def fit(cls, space: SearchSpace, archs: Sequence[Arch], *, supernet: Any = None, dataset: Any = None) -> CostFeatures:
         proxy = None
         if supernet is not None and dataset is not None:
-            from edgenas.accuracy.proxies import ProxyPredictor, dataset_batches
-
             proxy = ProxyPredictor("synflow", supernet=supernet, batches=dataset_batches(dataset))
         raw = cls._raw(space, archs, proxy)
         return cls(space, raw.mean(axis=0), raw.std(axis=0) + 1e-9, proxy)

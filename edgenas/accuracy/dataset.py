@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from edgenas.genome import GenomeCodec
 from edgenas.progress import Progress
 from edgenas.space import Arch, SearchSpace
 
@@ -36,8 +37,6 @@ def sample_archs(space: SearchSpace, n: int, rng: np.random.Generator, *,
                  uniform_fraction: float = 0.5, pool_factor: int = 20) -> list[Arch]:
     """`n` distinct archs: `uniform_fraction` of them uniform, the rest spread evenly over the range of
     `cost(archs)` (default: MACs) by drawing a large uniform pool and taking one arch per cost bin."""
-    from edgenas.genome import GenomeCodec
-
     if n < 1:
         raise ValueError(f"number of archs {n} must be at least 1")
     codec = GenomeCodec(space)

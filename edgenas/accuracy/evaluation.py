@@ -17,9 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from edgenas.accuracy.measure import PairedMeasurement, measure_paired
+from edgenas.accuracy.measure import PairedMeasurement, SupernetEvaluator, measure_paired
+from edgenas.accuracy.predictor import free_cores, kendall_tau, load_accuracy_predictor, rmse
 from edgenas.errors import UsageError
 from edgenas.space import Arch, SearchSpace
+from edgenas.store import Store, default_store_path
 
 
 def fitted_archs(store: Any, supernet_sha256: str) -> set[Arch]:
@@ -44,9 +46,8 @@ def unseen_archs(space: SearchSpace, n: int, seed: int, exclude: set[Arch]) -> l
 
 def rank_figures(predicted: np.ndarray, measured: np.ndarray, *, k: int) -> dict[str, float]:
     """Kendall tau, Spearman rho, RMSE in points and the top-k hit rate of `predicted` against `measured`."""
+    # deferred: scipy loads only when this runs, not on import
     from scipy.stats import spearmanr
-
-    from edgenas.accuracy.predictor import kendall_tau, rmse
 
     predicted, measured = np.asarray(predicted, float), np.asarray(measured, float)
     k = max(1, min(k, len(measured)))
@@ -99,10 +100,6 @@ def predictor_eval(checkpoint: str | os.PathLike, *, predictor_path: str | os.Pa
                    holdout: int = 60, seed: int = 0, store_path: str | os.PathLike | None = None,
                    bn_batches: int = 8, k: int = 5, progress: bool = True) -> PredictorEval:
     """Measure `holdout` subnets the store never saw (paired, val + holdout images) and judge the predictor on them."""
-    from edgenas.accuracy.measure import SupernetEvaluator
-    from edgenas.accuracy.predictor import load_accuracy_predictor
-    from edgenas.store import Store, default_store_path
-
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise UsageError(f"supernet checkpoint {checkpoint} does not exist: train one with 'edgenas train'")
@@ -113,9 +110,8 @@ def predictor_eval(checkpoint: str | os.PathLike, *, predictor_path: str | os.Pa
     with Store(Path(store_path) if store_path else default_store_path()) as store:
         exclude = fitted_archs(store, evaluator.info["sha256"])
         archs = unseen_archs(space, holdout, seed, exclude)
+        # deferred: torch loads only when this runs, not on import
         import torch
-
-        from edgenas.accuracy.predictor import free_cores
 
         torch.set_num_threads(free_cores())
         measurement = measure_paired(evaluator, archs, store, bn_batches=bn_batches, progress=progress)

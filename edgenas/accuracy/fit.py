@@ -6,8 +6,11 @@ sees (not even for early stopping); RMSE and Kendall tau are reported on the tes
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +19,16 @@ import numpy as np
 
 from edgenas.accuracy import DEFAULT_KIND, KINDS
 from edgenas.accuracy.dataset import dist_rank, sample_archs
-from edgenas.accuracy.measure import SupernetEvaluator
+from edgenas.accuracy.evaluation import evaluate_predictor
+from edgenas.accuracy.gp import GPAccuracyPredictor
+from edgenas.accuracy.measure import SupernetEvaluator, measure_paired
 from edgenas.accuracy.predictor import AccuracyPredictor, FitConfig, FitReport, free_cores, kendall_tau, rmse
 from edgenas.errors import UsageError
 from edgenas.space import Arch
-from edgenas.store import default_store_path  # noqa: F401  (re-exported: one rule for the shared store)
+from edgenas.store import (
+    Store,
+    default_store_path,  # noqa: F401  (re-exported: one rule for the shared store)
+)
 
 PREDICTOR_FILE = "accuracy_predictor.npz"
 
@@ -63,16 +71,12 @@ def split_archs(archs: Sequence[Arch], test: int, seed: int) -> tuple[list[Arch]
 def fit_and_test(space, archs: Sequence[Arch], accuracy: np.ndarray, *, test: int, seed: int,
                  config: FitConfig | None = None, kind: str = DEFAULT_KIND) -> tuple[Any, FitReport, dict[str, float]]:
     """Fit on all but `test` archs, and measure RMSE and Kendall tau on those `test` archs."""
-    import time
-
     if kind not in KINDS:
         raise UsageError(f"unknown predictor kind {kind!r}: choose from {', '.join(KINDS)}")
     values = dict(zip(archs, accuracy.tolist()))
     fit_archs, test_archs = split_archs(list(archs), test, seed)
     fit_y = [values[a] for a in fit_archs]
     if kind == "gp":
-        from edgenas.accuracy.gp import GPAccuracyPredictor
-
         t0 = time.perf_counter()
         predictor = GPAccuracyPredictor.fit(space, fit_archs, fit_y, seed=seed)
         report = FitReport(train_size=len(fit_archs), val_size=0, epochs=0, best_epoch=0, val_rmse=float("nan"),
@@ -88,9 +92,6 @@ def fit_and_test(space, archs: Sequence[Arch], accuracy: np.ndarray, *, test: in
 def paired_figures(ctx: SupernetEvaluator, predictor: Any, test_archs: Sequence[Arch], store: Any, bn_batches: int,
                    seed: int, progress: bool) -> dict[str, float]:
     """The test subnets measured paired on val + holdout, and the predictor's figures on that measurement."""
-    from edgenas.accuracy.evaluation import evaluate_predictor
-    from edgenas.accuracy.measure import measure_paired
-
     m = measure_paired(ctx, list(test_archs), store, bn_batches=bn_batches, progress=progress)
     k = max(1, min(5, len(test_archs) // 3))
     e = evaluate_predictor(predictor, m, name="", seed=seed, k=k)
@@ -102,9 +103,8 @@ def paired_figures(ctx: SupernetEvaluator, predictor: Any, test_archs: Sequence[
 def _evaluate_shard(checkpoint: str, archs: list[dict], store_path: str, rank: int, world_size: int,
                     split: str, bn_batches: int, threads: int, progress: bool) -> int:
     """One worker's share (a top-level function so a spawned process can run it)."""
+    # deferred: torch loads only when this runs, not on import
     import torch
-
-    from edgenas.store import Store
 
     torch.set_num_threads(threads)  # one per worker: more threads than free cores slow torch down several times
     ctx = SupernetEvaluator(checkpoint, split, bn_batches)
@@ -134,8 +134,6 @@ def fit_predictor(
     """Build the accuracy dataset of `samples` archs (`test` of them kept out of fitting), fit and save the
     predictor beside the checkpoint. Under torchrun each rank evaluates its share; rank 0 waits, fits and
     saves (other ranks return None). `workers` > 1 evaluates in that many processes."""
-    from edgenas.store import Store
-
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise UsageError(f"supernet checkpoint {checkpoint} does not exist: train one with 'edgenas train'")
@@ -150,14 +148,12 @@ def fit_predictor(
         data = ctx.accuracy_dataset(store)
         before = len(data.missing(archs))
         if workers <= 1:
+            # deferred: torch loads only when this runs, not on import
             import torch
 
             torch.set_num_threads(free_cores())
             data.build(archs, ctx.evaluate, rank=rank, world_size=world, progress=progress)
         else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
             todo = [a.to_dict() for a in data.missing(archs)]
             threads = max(1, free_cores() // workers)
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:

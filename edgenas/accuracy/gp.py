@@ -8,14 +8,19 @@ search time). Saved as `.npz` arrays with a JSON header (no pickle), read by `lo
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgenas.artifacts import atomic_write_bytes, undefined_as_null, write_manifest
+from edgenas.cost import stats_table
+from edgenas.errors import UsageError
 from edgenas.space import Arch, SearchSpace
 
 FORMAT = "edgenas-accuracy-gp"
@@ -23,8 +28,6 @@ FORMAT = "edgenas-accuracy-gp"
 
 def cost_columns(space: SearchSpace, archs: Sequence[Arch]) -> np.ndarray:
     """(n, 3): log MACs, log params, resolution of each arch."""
-    from edgenas.cost import stats_table
-
     stats = stats_table(space).compute(list(archs))
     return np.stack([np.log(np.asarray(stats["macs"], float)), np.log(np.asarray(stats["params"], float)),
                      np.array([a.resolution for a in archs], float)], axis=1)
@@ -92,6 +95,7 @@ class GPAccuracyPredictor:
     @classmethod
     def fit(cls, space: SearchSpace, archs: Sequence[Arch], accuracies: Sequence[float], *, seed: int = 0,
             restarts: int = 2) -> GPAccuracyPredictor:
+        # deferred: sklearn loads only when this runs, not on import
         from sklearn.gaussian_process import GaussianProcessRegressor
         from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
@@ -107,8 +111,8 @@ class GPAccuracyPredictor:
         y_mean, y_scale = float(z.mean()), float(z.std() + 1e-9)
         kernel = ConstantKernel(1.0, (1e-3, 1e3)) * RBF(3.0, (1e-1, 1e3)) + WhiteKernel(0.3, (1e-4, 10.0))
         gp = GaussianProcessRegressor(kernel, n_restarts_optimizer=restarts, random_state=seed)
-        import warnings
 
+        # deferred: sklearn loads only when this runs, not on import
         from sklearn.exceptions import ConvergenceWarning
 
         with warnings.catch_warnings():  # a noise level at its bound is an answer (noise-free targets), not a fault
@@ -126,10 +130,6 @@ class GPAccuracyPredictor:
 
     # ---- files ---------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, inputs: dict[str, Any] | None = None, seed: int | None = None) -> Path:
-        import io
-
-        from edgenas.artifacts import atomic_write_bytes, undefined_as_null, write_manifest
-
         path = Path(path)
         info = undefined_as_null(self.info)
         header = {"format": FORMAT, "version": 1, "space": self.space.to_dict(), "constant": self.constant,
@@ -146,8 +146,6 @@ class GPAccuracyPredictor:
 
     @classmethod
     def from_arrays(cls, space: SearchSpace, header: dict[str, Any], data: Any, source: str) -> GPAccuracyPredictor:
-        from edgenas.errors import UsageError
-
         arrays = {}
         for name, ndim in (("train_x", 2), ("alpha", 1), ("chol", 2), ("cost_mean", 1), ("cost_scale", 1)):
             a = np.asarray(data[name], dtype=np.float64)

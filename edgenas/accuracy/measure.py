@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgenas.accuracy.dataset import AccuracyDataset, top1_metric
+from edgenas.accuracy.predictor import kendall_tau
 from edgenas.space import Arch
 
 SPLITS = ("val", "holdout")
@@ -98,8 +99,6 @@ class PairedMeasurement:
         halvings: how well the measurement itself ranks them (a predictor judged against one image set can hardly
         rank better than a second set does). One halving is a noisy figure (on the demo's 60 eval subnets 0.33 to
         0.62 over 50 halvings, sd 0.06); the mean of 20 is stable to about 0.015."""
-        from edgenas.accuracy.predictor import kendall_tau
-
         taus = []
         for draw in range(draws):
             a, b = self.halves(seed, draw)
@@ -108,8 +107,6 @@ class PairedMeasurement:
 
     def split_ceiling(self) -> float:
         """Kendall tau between the archs' top-1 on val and on holdout (the two splits as they are)."""
-        from edgenas.accuracy.predictor import kendall_tau
-
         return kendall_tau(self.accuracy(SPLITS[0]), self.accuracy(SPLITS[1]))
 
     def subset(self, rows: Sequence[int]) -> PairedMeasurement:
@@ -122,6 +119,7 @@ class SupernetEvaluator:
     """A checkpoint's supernet and the dataset it was trained on (fingerprint checked), ready to evaluate archs."""
 
     def __init__(self, checkpoint: str, split: str, bn_batches: int) -> None:
+        # deferred: torch loads only when this runs, not on import
         from edgenas.train.checkpoint import OpenedCheckpoint
 
         opened = OpenedCheckpoint(checkpoint)  # read once: info, supernet and the checked dataset
@@ -133,6 +131,7 @@ class SupernetEvaluator:
                                metric=top1_metric(self.bn_batches))
 
     def evaluate(self, arch: Arch) -> float:
+        # deferred: torch loads only when this runs, not on import
         from edgenas.train.evaluate import evaluate
 
         return evaluate(self.supernet, arch, self.dataset, self.split, bn_batches=self.bn_batches)
@@ -143,6 +142,7 @@ def measure_paired(evaluator: Any, archs: Sequence[Arch], store: Any, *, bn_batc
     """Per-image correctness of `archs` on val and holdout, each BN-recalibrated on the same `bn_batches` training
     batches; taken from the store where it is there, else evaluated now and committed arch by arch.
     `evaluator` is a `SupernetEvaluator` (its supernet, dataset and checkpoint hash)."""
+    # deferred: torch loads only when this runs, not on import
     from edgenas.train.evaluate import evaluate_correct_splits
 
     dataset = evaluator.dataset

@@ -9,9 +9,11 @@ weights (no pickle) with the space inside and a manifest beside it.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
+import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from edgenas.artifacts import undefined_as_null
+from edgenas.accuracy.gp import GPAccuracyPredictor
+from edgenas.artifacts import atomic_write_bytes, undefined_as_null, write_manifest
 from edgenas.errors import UsageError
 from edgenas.inputs import GIB, decode_text, input_file, is_int, one_line, parse_json, size_text, space_from_dict
 from edgenas.space import Arch, SearchSpace
@@ -117,6 +120,7 @@ def rmse(predicted: np.ndarray, actual: np.ndarray) -> float:
 
 def kendall_tau(predicted: np.ndarray, actual: np.ndarray) -> float:
     """Kendall's tau-b between predicted and actual values (how well the predictor ranks archs)."""
+    # deferred: scipy loads only when this runs, not on import
     from scipy.stats import kendalltau
 
     return float(kendalltau(predicted, actual).statistic)
@@ -199,6 +203,7 @@ class AccuracyPredictor:
             config: FitConfig | None = None) -> tuple[AccuracyPredictor, FitReport]:
         """Train on (arch, accuracy) pairs: a `val_fraction` split (drawn with `seed`) stops training
         when its RMSE stops improving, and the best epoch's weights are kept."""
+        # deferred: torch loads only when this runs, not on import
         import torch
 
         cfg = config or FitConfig()
@@ -212,6 +217,7 @@ class AccuracyPredictor:
     @classmethod
     def _fit(cls, space: SearchSpace, archs: Sequence[Arch], accuracies: Sequence[float], *, seed: int,
              cfg: FitConfig) -> tuple[AccuracyPredictor, FitReport]:
+        # deferred: torch loads only when this runs, not on import
         import torch
         from torch import nn
 
@@ -282,8 +288,6 @@ class AccuracyPredictor:
     # ---- files ------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, *, inputs: dict[str, Any] | None = None, seed: int | None = None) -> Path:
         """Write the predictor (`.npz`, no pickle) and its manifest beside it."""
-        from edgenas.artifacts import atomic_write_bytes, write_manifest
-
         path = Path(path)
         arrays = {f"w{i}": w for i, w in enumerate(self.weights)} | {f"b{i}": b for i, b in enumerate(self.biases)}
         info = _undefined_as_null(self.info)  # a rank correlation of one test arch (or of ties) is NaN: written as null
@@ -292,7 +296,6 @@ class AccuracyPredictor:
         if self.scalars:
             header["scalars"] = list(self.scalars)
         arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-        import io
 
         buf = io.BytesIO()
         np.savez(buf, **arrays)
@@ -321,8 +324,6 @@ def load_accuracy_predictor(path: str | os.PathLike) -> AccuracyPredictor:
         with np.load(path, allow_pickle=False) as data:
             header = parse_json(decode_text(bytes(data["header"]), source), source)
             if isinstance(header, dict) and header.get("format") == "edgenas-accuracy-gp":
-                from edgenas.accuracy.gp import GPAccuracyPredictor
-
                 space = space_from_dict(header.get("space"), source, ACCURACY_REMEDY)
                 return GPAccuracyPredictor.from_arrays(space, header, data, source)  # type: ignore[return-value]
             n = header.get("layers") if isinstance(header, dict) else None
@@ -362,8 +363,6 @@ ACCURACY_REMEDY = "fit a new one with `edgenas predictor fit --supernet CKPT`"
 
 def check_npz(path: str | os.PathLike, what: str, *, limit: int = GIB) -> Path:
     """A .npz must be a regular file whose members unpack to at most `limit` bytes (no zip bomb)."""
-    import zipfile
-
     p = input_file(path, what, hint=ACCURACY_REMEDY)
     try:
         with zipfile.ZipFile(p) as z:

@@ -28,6 +28,7 @@ torch is imported inside functions only: this module is imported when the CLI bu
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -51,6 +52,7 @@ PROXIES = TORCH_PROXIES + STAT_PROXIES
 
 
 def _weighted_layers(model: nn.Module) -> list[nn.Module]:
+    # deferred: torch loads only when this runs, not on import
     from torch import nn
 
     return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -62,8 +64,7 @@ def synflow(model: nn.Module, input_shape: Sequence[int]) -> float:
 
     `input_shape` is one image's (C, H, W) or (features,). The model is left unchanged.
     """
-    import copy
-
+    # deferred: torch loads only when this runs, not on import
     import torch
 
     net = copy.deepcopy(model).double().eval()
@@ -82,6 +83,7 @@ def synflow(model: nn.Module, input_shape: Sequence[int]) -> float:
 
 def _loss_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(weight, ∂CE/∂weight) of every conv/linear layer; the model's grads and mode are restored."""
+    # deferred: torch loads only when this runs, not on import
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -118,6 +120,7 @@ def snip(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def naswot(model: nn.Module, x: torch.Tensor) -> float:
     """log |det K| with K[i, j] = units (before every ReLU / hard-swish) where images i and j share the sign."""
+    # deferred: torch loads only when this runs, not on import
     import torch
     from torch import nn
 
@@ -145,6 +148,7 @@ def naswot(model: nn.Module, x: torch.Tensor) -> float:
 
 def jacov(model: nn.Module, x: torch.Tensor) -> float:
     """-Σ [log(λ + 1e-5) + 1/(λ + 1e-5)] over eigenvalues λ of the correlation matrix of input Jacobians."""
+    # deferred: torch loads only when this runs, not on import
     import torch
 
     was_training = model.training
@@ -185,6 +189,7 @@ class _frozen_bn_stats:
     """BatchNorm in training mode without updating running statistics (gradient proxies must not change the net)."""
 
     def __init__(self, model: nn.Module) -> None:
+        # deferred: torch loads only when this runs, not on import
         from torch import nn
 
         self.bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -196,6 +201,7 @@ class _frozen_bn_stats:
                       for bn in self.bns]
 
     def __exit__(self, *exc: Any) -> None:
+        # deferred: torch loads only when this runs, not on import
         import torch
 
         with torch.no_grad():
@@ -247,6 +253,7 @@ class ProxyPredictor:
     def raw(self, archs: Sequence[Arch]) -> np.ndarray:
         archs = list(archs)
         if self.name in STAT_PROXIES:
+            # deferred: edgenas.cost loads only when this runs (`edgenas --help` imports this module)
             from edgenas.cost import stats_table
 
             stats = stats_table(self.space).compute(archs)
@@ -277,6 +284,7 @@ class ProxyPredictor:
 
 def fresh_supernet(space: SearchSpace, seed: int) -> Any:
     """A newly initialised supernet of `space`, its weights drawn from a torch generator seeded with `seed`."""
+    # deferred: torch loads only when this runs, not on import
     import torch
 
     from edgenas.supernet import Supernet
@@ -332,6 +340,7 @@ def proxy_report(checkpoint: str | os.PathLike, *, samples: int = 100, names: Se
     split); when the store has fewer, archs sampled with `seed` are evaluated now (BN-recalibrated) and
     stored, so a second run costs nothing.
     """
+    # deferred: the modules it uses loads only when this runs (`edgenas --help` imports this module)
     from edgenas.accuracy.dataset import sample_archs
     from edgenas.accuracy.fit import SupernetEvaluator, default_store_path
     from edgenas.accuracy.predictor import kendall_tau

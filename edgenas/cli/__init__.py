@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import re
 import sys
 import traceback
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
+
+from edgenas import __version__
+from edgenas.errors import EXIT_SIGINT, EXIT_SIGTERM, Terminated, UsageError, did_you_mean, interrupt_handlers
 
 # Order here is the order in `edgenas --help`.
 COMMAND_MODULES = (
@@ -45,8 +50,6 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}{self._hint(message)} (see '{self.prog} --help')\n")
 
     def _hint(self, message: str) -> str:
-        from edgenas.errors import did_you_mean
-
         choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
         if choice:
             return did_you_mean(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)))
@@ -98,8 +101,6 @@ def all_parsers(parser: argparse.ArgumentParser | None = None) -> list[argparse.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from edgenas import __version__
-
     parser = OneLineParser(
         prog="edgenas",
         description="Hardware-aware neural architecture search for edge devices: train a once-for-all "
@@ -133,10 +134,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     """Refuse, before any work, numbers no command can use (NaN, inf, out of a knob's range: `edgenas.settings`,
     the same ranges and the same one-line errors as a config file's keys) and unusable store or cache paths; each
     stage's own checks (files, devices, outputs) follow in its handler."""
-    import math
-
+    # deferred: numpy, edgenas.cli.folder load when the command runs, not for `edgenas --help`
     from edgenas.cli.folder import apply_run_folder
-    from edgenas.errors import UsageError
     from edgenas.inputs import check_store_path, output_dir
     from edgenas.settings import check_flags
 
@@ -166,11 +165,8 @@ DEVICE_FILE_COMMANDS = frozenset({"measure", "calibrate", "latency", "search", "
 def check_names(args: argparse.Namespace) -> None:
     """Refuse, before anything runs or is written, a device, search space or export format that does not exist,
     naming the near one ("unknown device 'lcoal' (did you mean 'local'?)")."""
-    from pathlib import Path
-
-    from edgenas.errors import UsageError, did_you_mean
-
     if args.command in DEVICE_FILE_COMMANDS:
+        # deferred: numpy loads when the command runs, not for `edgenas --help`
         from edgenas.devices.config import builtin_device, find_device_file
 
         names = getattr(args, "device", None) or getattr(args, "name", None) or []
@@ -179,6 +175,7 @@ def check_names(args: argparse.Namespace) -> None:
                 find_device_file(name)
     space = getattr(args, "space", None)
     if isinstance(space, str) and not space.endswith(".json") and not Path(space).is_file():
+        # deferred: numpy loads when the command runs, not for `edgenas --help`
         from edgenas.space import SearchSpace
 
         if space not in SearchSpace.presets():
@@ -186,6 +183,7 @@ def check_names(args: argparse.Namespace) -> None:
                              f"choose from {', '.join(SearchSpace.presets())}")
     formats = getattr(args, "formats", None)
     if isinstance(formats, str):
+        # deferred: edgenas.export.formats loads when the command runs, not for `edgenas --help`
         from edgenas.export.formats import FORMATS
 
         bad = [f.strip() for f in formats.split(",") if f.strip() and f.strip() not in FORMATS]
@@ -201,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE if args.command is None else 0
     debug = args.debug or os.environ.get("EDGENAS_DEBUG") == "1"
-    from edgenas.errors import EXIT_SIGINT, EXIT_SIGTERM, Terminated, UsageError, interrupt_handlers
+    # deferred: numpy loads when the command runs, not for `edgenas --help`
     from edgenas.inputs import one_line
 
     caught: list[warnings.WarningMessage] = []
@@ -251,6 +249,7 @@ def keep_freed_memory() -> None:
     system time in a 48 s training of 90 steps here, 0.2 million and 5 s with these settings (wall 11 % shorter).
     The cost is memory held at the run's peak, which a training run reaches anyway."""
     try:
+        # deferred: ctypes loads only for a training run, not for `edgenas --help`
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")

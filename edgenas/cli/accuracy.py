@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from edgenas.accuracy import DEFAULT_KIND, KINDS
+from edgenas.accuracy.proxies import PROXIES, format_report, proxy_report
+from edgenas.errors import UsageError
 from edgenas.settings import add_flag
 
 
@@ -21,7 +24,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--out", default=None, help="predictor file (default: accuracy_predictor.npz beside CKPT)")
     add_flag(fit, "workers", help="evaluation processes")
     add_flag(fit, "bn_batches")
-    from edgenas.accuracy import DEFAULT_KIND, KINDS
 
     fit.add_argument("--kind", choices=KINDS, default=DEFAULT_KIND,
                      help="gp (Gaussian process on encoding + cost, with an interval) or mlp (Once-for-All's) "
@@ -48,11 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> int:
+    # deferred: edgenas.accuracy.fit loads when the command runs, not for `edgenas --help`
     from edgenas.accuracy.fit import fit_predictor
-    from edgenas.errors import UsageError
 
     if args.samples < 1 or args.test < 1 or args.workers < 1:
         raise UsageError("--samples, --test and --workers must be positive integers")
+    # deferred: torch, edgenas.inputs load when the command runs, not for `edgenas --help`
     from edgenas.inputs import output_file
     from edgenas.train.checkpoint import load_checkpoint_info
 
@@ -65,6 +68,7 @@ def run_fit(args: argparse.Namespace) -> int:
     if result is None:  # a non-zero torchrun rank: rank 0 fits and reports
         return 0
     if args.json:
+        # deferred: edgenas.artifacts loads when the command runs, not for `edgenas --help`
         from edgenas.artifacts import undefined_as_null
 
         print(json.dumps(undefined_as_null(result.to_dict()), indent=2))  # a GP has no early-stopping figures
@@ -87,8 +91,8 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    # deferred: torch, edgenas.accuracy.evaluation load when the command runs, not for `edgenas --help`
     from edgenas.accuracy.evaluation import format_eval, predictor_eval
-    from edgenas.errors import UsageError
     from edgenas.train.checkpoint import load_checkpoint_info
 
     if args.holdout < 3:
@@ -110,7 +114,6 @@ def register_proxies(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--supernet", required=True, metavar="CKPT", help="supernet checkpoint (supernet.pt)")
     p.add_argument("--samples", type=int, default=100, help="archs to rank (stored evaluations first; "
                    "the rest evaluated now) (default: %(default)s)")
-    from edgenas.accuracy.proxies import PROXIES
 
     p.add_argument("--proxies", default=",".join(PROXIES), help="comma-separated (default: all: %(default)s)")
     p.add_argument("--at-init", action="store_true", help="score a freshly initialised supernet, not the trained one")
@@ -125,9 +128,6 @@ def register_proxies(sub: argparse._SubParsersAction) -> None:
 
 
 def run_proxies(args: argparse.Namespace) -> int:
-    from edgenas.accuracy.proxies import format_report, proxy_report
-    from edgenas.errors import UsageError
-
     names = [n.strip() for n in str(args.proxies).split(",") if n.strip()]
     if not names:
         raise UsageError("--proxies is empty: give a comma-separated list, e.g. synflow,naswot")

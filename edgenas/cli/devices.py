@@ -41,6 +41,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    # deferred: numpy loads when the command runs, not for `edgenas --help`
     from edgenas.devices import list_devices
     from edgenas.devices.config import device_dirs
 
@@ -80,6 +81,7 @@ def _print_check(report: dict[str, Any]) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    # deferred: numpy loads when the command runs, not for `edgenas --help`
     from edgenas.devices import load_device
 
     with load_device(args.name, trust_new_host_key=args.trust_new_host_key) as device:
@@ -92,6 +94,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_clean(args: argparse.Namespace) -> int:
+    # deferred: numpy loads when the command runs, not for `edgenas --help`
     from edgenas.devices import load_device
 
     with load_device(args.name) as device:
@@ -135,6 +138,7 @@ def _window_lines(measurements: list[Any]) -> list[str]:
 
 
 def run_measure(args: argparse.Namespace) -> int:
+    # deferred: numpy, edgenas.progress load when the command runs, not for `edgenas --help`
     from edgenas.devices import load_device, measure_fleet
     from edgenas.devices.base import ModelFile
     from edgenas.inputs import check_model_file

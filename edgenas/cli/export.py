@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edgenas.errors import UsageError
 from edgenas.settings import add_flag
 
 EXIT_CHECK_FAILED = 1
@@ -52,8 +53,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _pair_devices(archs: list[str], devices: list[str] | None) -> list[tuple[str | None, str]]:
-    from edgenas.errors import UsageError
-
     if not devices:
         if len(archs) > 1:
             raise UsageError(f"{len(archs)} --arch values but no --device: give one --arch, or one --device per --arch")
@@ -79,16 +78,18 @@ def _finished(out_dir: Path, arch: Any, supernet_sha: str) -> bool:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from edgenas.errors import UsageError
+    # deferred: torch, edgenas.inputs load when the command runs, not for `edgenas --help`
     from edgenas.export.subnet import ExportOptions, parse_formats
     from edgenas.inputs import output_dir, parse_arch
 
     output_dir(args.out, "--out")  # before any work: a file named like the folder is found now, not after export
     if args.dataset is not None:
+        # deferred: edgenas.data loads when the command runs, not for `edgenas --help`
         from edgenas.data import check_dataset_spec
 
         check_dataset_spec(args.dataset)
     formats = parse_formats(args.formats)
+    # deferred: the command's modules load when the command runs, not for `edgenas --help`
     from edgenas.board import load_board
     from edgenas.export.mcu import parse_patches
 
@@ -107,11 +108,13 @@ def run_export(args: argparse.Namespace) -> int:
         max_drop_points=args.max_int8_drop,
         target_sram_kb=args.target_sram_kb, target_flash_kb=args.target_flash_kb, seed=args.seed or 0)
     if any(f.startswith("tflite") for f in formats):
+        # deferred: torch loads when the command runs, not for `edgenas --help`
         from edgenas.export.tflite import require_converter
 
         require_converter()  # a missing converter is one line before any work
     pairs = _pair_devices(args.arch, args.device)
 
+    # deferred: torch loads when the command runs, not for `edgenas --help`
     from edgenas.train.checkpoint import OpenedCheckpoint
 
     opened = OpenedCheckpoint(args.supernet)  # read once; one line naming the checkpoint and what is wrong with it
@@ -132,6 +135,7 @@ def run_export(args: argparse.Namespace) -> int:
         devices: dict[str, Any] = {}
         if args.device:
             try:
+                # deferred: edgenas.devices loads when the command runs, not for `edgenas --help`
                 from edgenas.devices import load_device
             except ImportError as exc:
                 raise UsageError(f"--device needs edgenas.devices, which cannot be imported here ({exc})") from None
@@ -149,6 +153,7 @@ def _clearly_too_big(space: Any, archs: list[Any], options: Any) -> list[str]:
     every arch does; else nothing (the export runs, and each file is checked in TFLite Micro)."""
     if options.target_sram_kb is None or tuple(options.formats) != ("tflite-int8",):
         return []
+    # deferred: edgenas.micro_memory loads when the command runs, not for `edgenas --help`
     from edgenas.micro_memory import board_fit, predict
 
     lines = []
@@ -165,8 +170,8 @@ def _clearly_too_big(space: Any, archs: list[Any], options: Any) -> list[str]:
 def _export_pairs(args: argparse.Namespace, pairs: list[tuple[str | None, str]], archs: list[Any],
                   devices: dict[str, Any], supernet: Any, info: dict[str, Any],
                   options: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    # deferred: torch, edgenas.data load when the command runs, not for `edgenas --help`
     from edgenas.data import load_dataset
-    from edgenas.errors import UsageError
     from edgenas.export.subnet import load_search_result
 
     space = supernet.space
@@ -189,6 +194,7 @@ def _export_pairs(args: argparse.Namespace, pairs: list[tuple[str | None, str]],
             entry = {"out": str(out_dir), "ok": True, "files": {k: str(v) for k, v in result.files.items()},
                      "arena_bytes": result.card["sram"]["tflm_arena_bytes"], "accuracy": result.card["accuracy"]}
             if args.patches is not None or args.board is not None:
+                # deferred: edgenas.export.mcu loads when the command runs, not for `edgenas --help`
                 from edgenas.export.mcu import finish_mcu
 
                 entry["mcu"], problems = finish_mcu(out_dir, Path(result.files["tflite-int8"]), space, arch,
@@ -212,6 +218,7 @@ def _export_pairs(args: argparse.Namespace, pairs: list[tuple[str | None, str]],
 
 
 def _check_error() -> tuple[type[Exception], ...]:
+    # deferred: torch loads when the command runs, not for `edgenas --help`
     from edgenas.export.subnet import ExportCheckError
     from edgenas.export.tflite import TFLiteConversionError
 
@@ -221,6 +228,7 @@ def _check_error() -> tuple[type[Exception], ...]:
 def export_one(supernet: Any, arch: Any, dataset: Any, out_dir: Path, *, options: Any, info: dict[str, Any],
                search: dict[str, Any], device: Any, dataset_spec: str):
     """Prepare (and fine-tune) one subnet and run the export pipeline into `out_dir`."""
+    # deferred: torch loads when the command runs, not for `edgenas --help`
     from edgenas.export.subnet import export_prepared, prepare_export
 
     _stderr(f"export: {arch} -> {out_dir}")

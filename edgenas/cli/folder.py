@@ -7,6 +7,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from edgenas.errors import UsageError
+from edgenas.run_folder import find_run_folder, reused_line
+
 # What a command's options may take from a folder (a value the user gave always wins).
 DEVICE_FROM_FOLDER = frozenset({"search", "measure", "export", "calibrate", "latency"})
 
@@ -14,9 +17,6 @@ DEVICE_FROM_FOLDER = frozenset({"search", "measure", "export", "calibrate", "lat
 def apply_run_folder(args: argparse.Namespace) -> None:
     """Fill `args` from the run folder that its --supernet, --arch or model files point into (before any check or
     work), and print what was reused on one line (stderr)."""
-    from edgenas.errors import UsageError
-    from edgenas.run_folder import find_run_folder, reused_line
-
     folder = None
     supernet = getattr(args, "supernet", None)
     if isinstance(supernet, str) and supernet:

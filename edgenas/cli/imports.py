@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from edgenas.errors import UsageError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import", help="bring in Once-for-All's published supernets, accuracy predictor and phone "
@@ -49,7 +51,7 @@ def _report(result: dict, as_json: bool, lines: list[str]) -> int:
 
 
 def run_import_ofa(args: argparse.Namespace) -> int:
-    from edgenas.errors import UsageError
+    # deferred: torch, numpy load when the command runs, not for `edgenas --help`
     from edgenas.imports.ofa import import_ofa_supernet
     from edgenas.inputs import output_file
 
@@ -63,6 +65,7 @@ def run_import_ofa(args: argparse.Namespace) -> int:
                              "like 160,176,192,208,224") from None
     dataset = None
     if args.dataset is not None:  # seed 0: the split every later stage makes of it (the checkpoint's seed)
+        # deferred: numpy loads when the command runs, not for `edgenas --help`
         from edgenas.data import load_dataset
 
         dataset = load_dataset(args.dataset, seed=0)
@@ -76,6 +79,7 @@ def run_import_ofa(args: argparse.Namespace) -> int:
 
 
 def run_import_predictor(args: argparse.Namespace) -> int:
+    # deferred: numpy loads when the command runs, not for `edgenas --help`
     from edgenas.imports.ofa_predictor import import_ofa_predictor
     from edgenas.inputs import output_file
 
@@ -86,6 +90,7 @@ def run_import_predictor(args: argparse.Namespace) -> int:
 
 
 def run_import_lut(args: argparse.Namespace) -> int:
+    # deferred: numpy loads when the command runs, not for `edgenas --help`
     from edgenas.imports.ofa_lut import import_ofa_tables
 
     r = import_ofa_tables(args.files, args.device, tables_root=args.tables_dir)

@@ -6,7 +6,9 @@ import argparse
 import json
 from typing import Any
 
+from edgenas.errors import UsageError
 from edgenas.settings import add_flag
+from edgenas.space import SearchSpace
 
 TRUST_HELP = "record the device's SSH host key in its known_hosts file if it has none yet"
 
@@ -59,16 +61,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, list[str]]:
+    # deferred: the command's modules load when the command runs, not for `edgenas --help`
     from edgenas.devices import load_device
-    from edgenas.errors import UsageError
-    from edgenas.space import SearchSpace
     from edgenas.store import Store, default_store_path
 
     if args.supernet:  # latency depends on the architecture only: the checkpoint's space, not its weights
+        # deferred: torch loads when the command runs, not for `edgenas --help`
         from edgenas.train.checkpoint import load_checkpoint_info
 
         space = SearchSpace.from_dict(load_checkpoint_info(args.supernet)["space"])
     elif args.space.endswith(".json"):
+        # deferred: edgenas.inputs loads when the command runs, not for `edgenas --help`
         from edgenas.inputs import read_space_file
 
         space = read_space_file(args.space)
@@ -79,6 +82,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, list[str]]:
             raise UsageError(str(exc)) from None
     sources = [s.strip() for s in args.transfer_from.split(",") if s.strip()]
     if sources:  # every source predictor is checked before the device is touched
+        # deferred: edgenas.latency.calibrate loads when the command runs, not for `edgenas --help`
         from edgenas.latency.calibrate import load_latency_predictor
 
         for source in sources:  # a source known at fewer resolutions (an imported phone table) narrows the space
@@ -89,16 +93,19 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, list[str]]:
 
 
 def _cache_mb(args: argparse.Namespace) -> float | None:
+    # deferred: edgenas.latency.calibrate loads when the command runs, not for `edgenas --help`
     from edgenas.latency.calibrate import MODEL_CACHE_MB
 
     return None if args.keep_models else MODEL_CACHE_MB
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
+    # deferred: edgenas.latency.calibrate loads when the command runs, not for `edgenas --help`
     from edgenas.latency.calibrate import calibrate, calibrate_transfer, load_latency_predictor
 
     device, space, store, sources = _setup(args)
     if not sources and not args.no_table:  # a table already there is read now: a bad one stops before measuring
+        # deferred: edgenas.latency.table loads when the command runs, not for `edgenas --help`
         from edgenas.latency.table import LatencyTable, table_path
 
         tpath = table_path(device.name, args.runtime or device.runtime, args.precision, args.tables)
@@ -140,6 +147,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    # deferred: edgenas.latency.evaluate loads when the command runs, not for `edgenas --help`
     from edgenas.latency.evaluate import evaluate
 
     device, space, store, sources = _setup(args)

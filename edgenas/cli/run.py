@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,9 +42,7 @@ EXIT_CHECK_FAILED = 1  # a shipped model failed an export check (as `edgenas exp
 
 
 def _finish(result, as_json: bool) -> int:
-    import json
-    import sys
-
+    # deferred: edgenas.pipeline.report loads when the command runs, not for `edgenas --help`
     from edgenas.pipeline.report import accuracy_text
 
     failed = [b for b in result.budgets if b.get("problems")]
@@ -83,10 +86,6 @@ def _finish(result, as_json: bool) -> int:
 def next_commands(result) -> list[tuple[str, str]]:
     """Three commands that continue a finished run's folder (each finds what it needs in the folder's manifest):
     a tighter search, a measurement of a shipped file, its accuracy on the holdout split. (what, command) pairs."""
-    import os
-    import shlex
-    from pathlib import Path
-
     shipped = [b for b in result.budgets if b.get("export_dir") and b.get("arch") is not None]
     if not shipped:
         return []
@@ -110,6 +109,7 @@ def next_commands(result) -> list[tuple[str, str]]:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    # deferred: numpy, torch load when the command runs, not for `edgenas --help`
     from edgenas.inputs import output_dir
     from edgenas.pipeline.config import check_run_inputs
     from edgenas.pipeline.demo import demo_config
@@ -122,10 +122,12 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_config(args: argparse.Namespace) -> int:
+    # deferred: numpy loads when the command runs, not for `edgenas --help`
     from edgenas.pipeline.config import check_run_inputs, load_run_config
 
     config = load_run_config(args.config, out=args.out)  # a bad key is refused before torch is imported
     check_run_inputs(config)
+    # deferred: torch loads when the command runs, not for `edgenas --help`
     from edgenas.pipeline.run import run_pipeline
   # every input and output of every stage, before the first one starts
     return _gated(lambda: run_pipeline(config, force=args.force), args.json, config.out)
@@ -133,9 +135,7 @@ def run_config(args: argparse.Namespace) -> int:
 
 def _gated(run, as_json: bool, out) -> int:
     """Run the pipeline; a supernet that failed the training check stops it: one message, exit 1, state kept."""
-    import json
-    import sys
-
+    # deferred: edgenas.train.gate loads when the command runs, not for `edgenas --help`
     from edgenas.train.gate import TrainingGateFailed
 
     try:

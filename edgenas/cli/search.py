@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from edgenas.errors import UsageError
 from edgenas.settings import add_flag
 
 EXIT_CHECK_FAILED = 1  # the winner's export failed a check (verification, TFLite Micro, memory)
@@ -52,9 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_search_command(args: argparse.Namespace) -> int:
+    # deferred: torch, the command's modules load when the command runs, not for `edgenas --help`
     from edgenas.deploy.budget import search_device
     from edgenas.deploy.report import format_table, result_dict
-    from edgenas.errors import UsageError
     from edgenas.search.problem import Constraints
     from edgenas.search.registry import check_algorithm
 
@@ -62,6 +63,7 @@ def run_search_command(args: argparse.Namespace) -> int:
         raise UsageError(f"--pareto is NSGA-II, but --algorithm {args.algorithm} was given: give one of them")
     algorithm = "nsga2" if args.pareto else args.algorithm or "evolution"
     pareto = check_algorithm(algorithm).pareto
+    # deferred: the command's modules load when the command runs, not for `edgenas --help`
     from edgenas.board import load_board
     from edgenas.export.mcu import parse_patches
 
@@ -126,14 +128,15 @@ def _check_inputs(args: argparse.Namespace) -> None:
     """Every file the searches read, for every device, before the first search starts: the output folder, the
     supernet, each device file, the accuracy predictor and each latency
     predictor (made for that device and the predictor's space)."""
+    # deferred: the command's modules load when the command runs, not for `edgenas --help`
     from edgenas.accuracy.predictor import load_accuracy_predictor
     from edgenas.devices.config import load_config as load_device_config
-    from edgenas.errors import UsageError
     from edgenas.inputs import output_dir
     from edgenas.latency import load_latency_predictor
 
     if args.out:
         output_dir(args.out, "--out")
+    # deferred: torch loads when the command runs, not for `edgenas --help`
     from edgenas.train.checkpoint import read_checkpoint
 
     read_checkpoint(args.supernet)  # recorded in the result even when candidates are not verified

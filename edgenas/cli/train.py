@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
+
+from edgenas.errors import UsageError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,14 +66,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import json
-
-    from edgenas.errors import UsageError
+    # deferred: numpy, torch load when the command runs, not for `edgenas --help`
     from edgenas.train.config import load_config
     from edgenas.train.trainer import train
 
     space = args.space
     if args.init is not None and space is None:  # the pretrained supernet's space
+        # deferred: torch loads when the command runs, not for `edgenas --help`
         from edgenas.train.finetune import init_space_name
 
         space = init_space_name(args.init)
@@ -87,6 +90,7 @@ def run_train(args: argparse.Namespace) -> int:
         if args.steps is not None:
             raise UsageError("give --steps (per phase) or --total-steps (in all), not both")
         config = config.spread_steps(args.total_steps)
+    # deferred: numpy, torch load when the command runs, not for `edgenas --help`
     from edgenas.data import check_dataset_spec
     from edgenas.inputs import output_dir, output_files
     from edgenas.train.trainer import default_out_dir
@@ -97,6 +101,7 @@ def run_train(args: argparse.Namespace) -> int:
     output_files(out, ("config.toml", "metrics.jsonl", "supernet.pt"), "--out")
     result = train(config, args.out, resume=args.resume, device=args.device, threads=args.threads, progress=not args.no_progress)
     if result.rank == 0 and Path(result.checkpoint).is_file():
+        # deferred: edgenas.run_folder loads when the command runs, not for `edgenas --help`
         from edgenas.run_folder import write_manifest
 
         write_manifest(result.out_dir, made_by="edgenas train", supernet=Path(result.checkpoint))
@@ -122,21 +127,17 @@ def run_train(args: argparse.Namespace) -> int:
         if "chance" in summary:
             print(f"  chance (always the most common class): {summary['chance']:.4f}")
     if "gate" in summary:
-        import sys
-
         print(f"edgenas train: {summary['gate']['message']}", file=sys.stderr)
     return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    import json
-
+    # deferred: numpy, torch load when the command runs, not for `edgenas --help`
     import numpy as np
     import torch
 
     from edgenas.cost import arch_stats
     from edgenas.data import check_dataset_spec, load_dataset
-    from edgenas.errors import UsageError
     from edgenas.inputs import parse_arch
     from edgenas.train.checkpoint import OpenedCheckpoint
     from edgenas.train.evaluate import evaluate_many

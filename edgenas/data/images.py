@@ -86,6 +86,7 @@ def _ends_whole(path: Path, fmt: str | None) -> bool:
 
 def check_image(path: Path) -> ImageInfo:
     """The header of one image file, checked: readable, a sane size, not truncated; UsageError naming it if not."""
+    # deferred: PIL loads only when this runs, not on import
     from PIL import Image, UnidentifiedImageError
 
     input_file(path, "image")  # a folder, a pipe or /dev/zero named like an image is refused unread
@@ -120,6 +121,7 @@ def open_image(path: str | Path, mode: str, draft: int | None = None) -> Any:
 
     `draft` lets the JPEG decoder scale down by a power of two while the shorter side stays at least `draft`
     pixels (decoding a 4000 px photo for a 224 px crop is then 8x to 60x cheaper). Raises ImageReadError."""
+    # deferred: PIL loads only when this runs, not on import
     from PIL import Image, ImageOps
 
     try:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
 import struct
 import zlib
@@ -91,6 +92,7 @@ class BatchLoader(EpochOrder):
 
     def iterate(self, epoch: int, start: int = 0) -> Iterator[tuple[Any, Any]]:
         """Batches `start`, `start + 1`, ... of epoch `epoch`."""
+        # deferred: torch loads only when this runs, not on import
         import torch
 
         order = self.indices(epoch)
@@ -114,6 +116,7 @@ class BatchLoader(EpochOrder):
 
 def augment_batch(x: Any, size: int, gen: Any, *, flip: bool, scale: float = 0.12, shift: float = 0.12) -> Any:
     """Random zoom (±`scale`), shift (±`shift` of the image) and optional horizontal flip, resized to `size`."""
+    # deferred: torch loads only when this runs, not on import
     import torch
     import torch.nn.functional as F
 
@@ -172,8 +175,6 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits (1797 images of 8x8, values 0-16, and their labels), read from the file its
     `load_digits` reads without importing `sklearn.datasets` (0.8 s of imports, scipy's among them, for a 20 ms read:
     every `edgenas train` and `run` on digits paid it); its loader where the file is not where it has always been."""
-    import importlib.util
-
     spec = importlib.util.find_spec("sklearn")
     locations = list(spec.submodule_search_locations or []) if spec else []
     for folder in locations:
@@ -181,6 +182,7 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
         if path.is_file():
             data = np.loadtxt(path, delimiter=",")
             return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+    # deferred: sklearn loads only when this runs, not on import
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -191,6 +193,7 @@ def load_folder_in_memory(files: list[tuple[Path, int]], classes: list[str], ima
                           ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """A folder of small images (checked by `images.check_images`), decoded and held as uint8 at one size: their
     common size, else `image_size` or 64."""
+    # deferred: PIL loads only when this runs, not on import
     from PIL import Image
 
     raw = []

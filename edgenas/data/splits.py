@@ -30,8 +30,6 @@ def split_indices(y: np.ndarray, *, seed: int, val_fraction: float, holdout_frac
 
     Without an official validation set, `val` is `val_fraction` of every class; the holdout is `holdout_fraction`
     of the rest, but at least `min_holdout` images (never more than a quarter). With one, no `val` key."""
-    from edgenas.errors import UsageError
-
     rng = np.random.default_rng([seed, 3])
     base = np.arange(len(y))
     out: dict[str, np.ndarray] = {}

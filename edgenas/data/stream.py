@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import multiprocessing
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -62,8 +63,6 @@ def worker_context() -> Any:
     and 38.3 s (3.5 s system) with workers from the fork server. The server imports torch and this module once, so
     a worker starts in milliseconds.
     """
-    import multiprocessing
-
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["edgenas.data.stream", "torch"])
     return context
@@ -199,6 +198,7 @@ class StreamLoader(EpochOrder):
         return self._read(_Plans(self, epoch, b, forever=True))
 
     def _read(self, plans: _Plans) -> Iterator[tuple[Any, Any]]:
+        # deferred: torch loads only when this runs, not on import
         from torch.utils.data import DataLoader
 
         ds = self.dataset
@@ -237,6 +237,7 @@ class _Reader:
         return len(self.labels)
 
     def __getitem__(self, item: tuple[int, int, Any]) -> Any:
+        # deferred: torch loads only when this runs, not on import
         import torch
 
         i, res, seed = item
@@ -261,6 +262,7 @@ class _Collate:
         self.std = [float(s) for s in std]
 
     def __call__(self, items: list[Any]) -> Any:
+        # deferred: torch loads only when this runs, not on import
         import torch
 
         for item in items:

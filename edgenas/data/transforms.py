@@ -51,6 +51,7 @@ def crop_box(width: int, height: int, rng: np.random.Generator, scale: tuple[flo
 def train_transform(image: Any, resolution: int, rng: np.random.Generator, *, flip: bool = True) -> np.ndarray:
     """A training sample: random-resized crop to `resolution`, horizontal flip (where valid), colour jitter;
     uint8 (C, resolution, resolution)."""
+    # deferred: PIL loads only when this runs, not on import
     from PIL import Image
 
     box = crop_box(image.width, image.height, rng)
@@ -80,6 +81,7 @@ def colour_jitter(x: np.ndarray, rng: np.random.Generator, brightness: float = B
 def eval_transform(image: Any, resolution: int) -> np.ndarray:
     """An evaluation sample: the shorter side resized to ceil(resolution / 0.875), the centre `resolution` square
     cropped; uint8 (C, resolution, resolution)."""
+    # deferred: PIL loads only when this runs, not on import
     from PIL import Image
 
     short = math.ceil(resolution / CROP_FRACTION)

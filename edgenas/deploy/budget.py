@@ -16,12 +16,25 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from edgenas.deploy.stage import Deployment, pack_correct, write_shipped_card
+from edgenas.accuracy.fit import default_store_path
+from edgenas.accuracy.predictor import load_accuracy_predictor
+from edgenas.artifacts import sha256_file, undefined_as_null
+from edgenas.board import load_board
+from edgenas.deploy.mcu import McuTarget
+from edgenas.deploy.report import plot_front, save_result
+from edgenas.deploy.stage import Deployment, deploy, pack_correct
+from edgenas.devices import device_from_config
+from edgenas.devices.config import DeviceConfig
+from edgenas.devices.config import load_config as load_device_config
 from edgenas.errors import UsageError
+from edgenas.export.subnet import ExportOptions, load_search_result
+from edgenas.latency import load_latency_predictor
 from edgenas.search.base import SearchResult
-from edgenas.search.budget import SEARCH_MARGINS
+from edgenas.search.budget import SEARCH_MARGINS, search_for_budget
 from edgenas.search.problem import Constraints
 from edgenas.search.settings import DEFAULT_POPULATION, DEFAULT_TOP_K
+from edgenas.store import Store
+from edgenas.train.checkpoint import OpenedCheckpoint
 
 DEFAULT_FORMATS = ("onnx", "tflite", "tflite-int8")
 
@@ -82,8 +95,6 @@ class BudgetJob:
     def key(self, device_description: dict[str, Any]) -> dict[str, Any]:
         """The stage-book key: every field that decides the outcome (input files by their SHA-256, the device by its
         description), and the deploy policy; not where the outputs go."""
-        from edgenas.artifacts import sha256_file
-
         d = self.to_dict()
         key: dict[str, Any] = {}
         for f in fields(self):
@@ -143,8 +154,6 @@ def deploy_options(constraints: Constraints, *, formats: tuple[str, ...] = DEFAU
     """The export options candidates are exported and shipped with, from the search's constraints: the same for
     `edgenas search` and `edgenas run`, so a candidate is measured as it would ship. With `patches`, the whole-map
     int8 file is not held to the SRAM limit (its patch-based file is, `deploy.mcu.finish_candidate`)."""
-    from edgenas.export.subnet import ExportOptions
-
     kb = {name: None if value is None else value / 1024 for name, value in
           (("target_sram_kb", constraints.max_sram_bytes), ("target_flash_kb", constraints.max_flash_bytes))}
     extra: dict[str, Any] = {} if max_drop_points is None else {"max_drop_points": max_drop_points}
@@ -156,15 +165,13 @@ def deploy_options(constraints: Constraints, *, formats: tuple[str, ...] = DEFAU
 
 
 def load_predictors(checkpoint: Path, device_name: str, *, accuracy_predictor: str | os.PathLike | None = None,
-                    latency_predictor: str | os.PathLike | None = None) -> tuple[Any, Any]:
+                    latency_predictor: str | os.PathLike | None = None,
+                    device_id: str | None = None) -> tuple[Any, Any]:
     """The accuracy predictor (default: beside the checkpoint) and the device's latency predictor (default: its
-    calibrated one; a file made for another device is refused)."""
-    from edgenas.accuracy.predictor import load_accuracy_predictor
-    from edgenas.devices.config import load_config as load_device_config
-    from edgenas.latency import load_latency_predictor
-
+    calibrated one; a file made for another device is refused). `device_id` is the device file's `name` where the
+    caller has read it (else it is read here)."""
     acc = load_accuracy_predictor(accuracy_predictor or checkpoint.parent)
-    device_id = load_device_config(device_name).name
+    device_id = device_id or load_device_config(device_name).name
     lat = load_latency_predictor(latency_predictor or device_name, space=acc.space,
                                  device=device_id if latency_predictor else None)
     return acc, lat
@@ -180,13 +187,11 @@ def search_and_deploy(job: BudgetJob, *, checkpoint: Any = None, device: Any = N
     `checkpoint` (an `OpenedCheckpoint`) and `device` (an open Device) are the caller's when it has them open
     already; else they are opened here. When the winner ships, the search's record is written before deploying
     (the cards name it by its SHA-256) and the measured record beside it; else one record holds both."""
-    from edgenas.deploy.report import plot_front, save_result
-    from edgenas.search.budget import search_for_budget
-
     if not job.checkpoint.is_file():
         raise UsageError(f"supernet checkpoint {job.checkpoint} does not exist: train one with 'edgenas train'")
+    described = device.config if device is not None else load_device_config(job.device)  # the device file, read once
     acc, lat = load_predictors(job.checkpoint, job.device, accuracy_predictor=job.accuracy_predictor,
-                               latency_predictor=job.latency_predictor)
+                               latency_predictor=job.latency_predictor, device_id=described.name)
     constraints = job.constraints
     precision = getattr(lat, "precision", None) or constraints.precision
     if job.patches is not None or job.int8_io:  # a board runs int8 TFLite Micro files
@@ -194,7 +199,7 @@ def search_and_deploy(job: BudgetJob, *, checkpoint: Any = None, device: Any = N
     if constraints.precision != precision and precision in ("int8", "fp32"):
         constraints = Constraints(**{**constraints.to_dict(), "precision": precision})
     settings = dict(algorithm=job.algorithm, population=job.population, generations=job.generations, seed=job.seed,
-                    top_k=job.top_k, device=device.name if device is not None else _device_name(job.device),
+                    top_k=job.top_k, device=described.name,
                     patches=job.patches, int8_io=job.int8_io)
     space = acc.space.common_resolutions(lat.space) or acc.space  # the resolutions both predictors know
     result = search_for_budget(space, acc, lat, constraints, **settings)
@@ -216,16 +221,13 @@ def search_and_deploy(job: BudgetJob, *, checkpoint: Any = None, device: Any = N
 
     lineage = None
     if job.ship_dir is not None:
-        from edgenas.export.subnet import load_search_result
-
         lineage = load_search_result(str(save_result(result, record, seed=job.seed, inputs=inputs)))
-    mcu = _mcu_target(job, constraints)
+    mcu = _mcu_target(job, constraints, described.runtime)
     formats = job.formats if mcu is None or "tflite-int8" in job.formats else (*job.formats, "tflite-int8")
     options = deploy_options(constraints, formats=formats, seed=job.seed, bn_batches=job.bn_batches,
                              max_drop_points=job.max_int8_drop_points, patches=job.patches, int8_io=job.int8_io)
-    done = _deploy(job, result, checkpoint, device, precision, options, lineage, search_again, progress, mcu)
-    if job.ship_dir is not None and done.shipped is not None and done.winner is not None:
-        _card_prediction(acc, done, job.ship_dir)
+    done = _deploy(job, result, checkpoint, device if device is not None else described, precision, options, lineage,
+                   search_again, progress, mcu, lambda arch: _accuracy_prediction(acc, arch))
     if job.ship_dir is not None:  # the search's own record stays as the cards name it; the measured side beside it
         deployed = save_result(result, job.out_dir / "deployed-result.json", verification=done, seed=job.seed,
                                inputs={**inputs, "search_result": str(record)})
@@ -236,32 +238,23 @@ def search_and_deploy(job: BudgetJob, *, checkpoint: Any = None, device: Any = N
     return _outcome(result, done, record, deployed, plot)
 
 
-def _card_prediction(acc: Any, done: Deployment, ship_dir: Path) -> None:
+def _accuracy_prediction(acc: Any, arch: Any) -> dict[str, Any]:
     """The card's `accuracy_prediction` (how sure the choice was): the predictor's top-1 for the winner with its 95 %
     interval where the predictor gives one (a GP's; None for an MLP), the predictor's own figures on subnets it never
     saw, and the regret where the run measured it (None: `tools/bench/regret.py` measures it after a run)."""
-    from edgenas.artifacts import undefined_as_null
-
-    card, arch = done.shipped.card, done.winner.arch
     interval = None
     if callable(getattr(acc, "interval", None)):
         lo, hi = acc.interval([arch])
         interval = [float(lo[0]), float(hi[0])]
-    card["accuracy_prediction"] = undefined_as_null({
+    return undefined_as_null({
         "predicted_top1": float(acc.predict([arch])[0]), "interval_95": interval,
         "predictor": acc.info.get("kind", "mlp"), "predictor_test": acc.info.get("test"), "regret_points": None})
-    write_shipped_card(ship_dir, card)
 
 
-def _mcu_target(job: BudgetJob, constraints: Constraints) -> Any:
+def _mcu_target(job: BudgetJob, constraints: Constraints, runtime: str) -> Any:
     """The microcontroller side of the deploy stage (None: not a board's search)."""
     if job.patches is None and not job.int8_io and job.board is None:
         return None
-    from edgenas.board import load_board
-    from edgenas.deploy.mcu import McuTarget
-    from edgenas.devices.config import load_config as load_device_config
-
-    runtime = load_device_config(job.device).runtime
     if runtime != "tflite":
         raise UsageError(f"--patches / --board deploy int8 TFLite files, but device {job.device} runs {runtime}: "
                          "give a tflite device (a board, or local-tflite), or add --no-verify")
@@ -272,36 +265,27 @@ def _mcu_target(job: BudgetJob, constraints: Constraints) -> Any:
     return McuTarget(job.patches, board, constraints.max_sram_bytes, constraints.max_flash_bytes)
 
 
-def _device_name(name: str) -> str:
-    """The name the search's record gives the device: its file's `name`, however it was given."""
-    from edgenas.devices.config import load_config as load_device_config
-
-    return load_device_config(name).name
-
-
 def _deploy(job: BudgetJob, result: SearchResult, checkpoint: Any, device: Any, precision: str, options: Any,
-            lineage: dict[str, Any] | None, search_again: Any, progress: bool, mcu: Any = None) -> Deployment:
-    """The deploy stage on `job`'s device, opening the checkpoint, the device and the store where not given."""
-    from edgenas import load_device
-    from edgenas.accuracy.fit import default_store_path
-    from edgenas.deploy.stage import deploy
-    from edgenas.store import Store
-    from edgenas.train.checkpoint import OpenedCheckpoint
-
+            lineage: dict[str, Any] | None, search_again: Any, progress: bool, mcu: Any = None,
+            accuracy_prediction: Any = None) -> Deployment:
+    """The deploy stage on the device (an open Device, or its description, opened here), opening the checkpoint and
+    the store where not given."""
     with contextlib.ExitStack() as stack:
-        if device is None:
-            device = stack.enter_context(load_device(job.device))
+        if isinstance(device, DeviceConfig):
+            device = stack.enter_context(device_from_config(device))
         store = stack.enter_context(Store(job.store or default_store_path()))
         return deploy(result, checkpoint or OpenedCheckpoint(job.checkpoint), device, out_dir=job.out_dir / "models",
                       precision=precision, options=options, top_k=job.top_k, store=store, search=lineage,
                       ship_dir=job.ship_dir, search_again=search_again, progress=progress,
-                      log=lambda line: print(line, file=sys.stderr, flush=True), mcu=mcu)
+                      log=lambda line: print(line, file=sys.stderr, flush=True), mcu=mcu,
+                      accuracy_prediction=accuracy_prediction)
 
 
 def _outcome(result: SearchResult, done: Deployment, record: Path, deployed: Path | None,
              plot: Path) -> BudgetOutcome:
-    """The outcome of a deployed budget, built once from the deployment."""
-    budget = result.constraints.max_latency_ms
+    """The outcome of a deployed budget, built once from the deployment (its budget: the one the files were judged
+    against, `done.budget_ms`)."""
+    budget = done.budget_ms
     candidates = [{"arch": c.arch.to_dict(), "latency_ms": c.latency_ms, "accuracy": c.accuracy,
                    "model": None if c.model is None else str(c.model), "sha256": c.sha256,
                    "meets_budget": c.meets_budget, "problems": c.problems, "round": c.round,
@@ -345,14 +329,16 @@ class DeviceSearch:
 
 
 def search_device(checkpoint: str | os.PathLike, device_name: str, constraints: Constraints, *,
-                  out_dir: str | os.PathLike | None = None, progress: bool = True, **settings: Any) -> DeviceSearch:
+                  out_dir: str | os.PathLike | None = None, progress: bool = True, device: Any = None,
+                  **settings: Any) -> DeviceSearch:
     """`edgenas search` for one device: `search_and_deploy` of one job (`settings`: BudgetJob's fields), its
-    records in `out_dir` (default: `<checkpoint folder>/search/<device>`)."""
+    records in `out_dir` (default: `<checkpoint folder>/search/<device>`); `device`: the device, when the caller
+    has it open already."""
     checkpoint = Path(checkpoint)
     out = Path(out_dir) if out_dir else checkpoint.parent / "search" / device_name
     paths = {k: None if settings.get(k) is None else Path(settings[k])
              for k in ("accuracy_predictor", "latency_predictor", "store")}
     job = BudgetJob(checkpoint, device_name, constraints, out, **{**settings, **paths})
-    done = search_and_deploy(job, progress=progress)
+    done = search_and_deploy(job, device=device, progress=progress)
     assert done.search is not None and done.result is not None and done.plot is not None
     return DeviceSearch(done.search, done.deployment, Path(done.result), Path(done.plot))

@@ -34,6 +34,7 @@ def finish_candidate(target: McuTarget, out_dir: Path, export: Any, space: Any, 
     `schedule` (bit-identical to the whole file, checked in TFLite Micro) or the whole file; with `board`, the
     board's C files and the card's MCU section too. Returns (file, summary, problems), the problems including a
     measured arena over the SRAM limit or a file over the flash limit."""
+    # deferred: numpy loads only when this runs, not on import
     from edgenas.export.mcu import finish_mcu
 
     int8 = Path(export.files["tflite-int8"])

@@ -3,10 +3,12 @@ side-by-side table of predicted and measured figures."""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
 
+from edgenas.artifacts import atomic_write_bytes, atomic_write_json, write_manifest
 from edgenas.deploy.stage import Deployment
 from edgenas.search.base import SearchResult
 
@@ -28,8 +30,6 @@ def result_dict(result: SearchResult, verification: Deployment | None = None) ->
 def save_result(result: SearchResult, path: str | os.PathLike, *, verification: Deployment | None = None,
                 inputs: dict[str, Any] | None = None, seed: int | None = None) -> Path:
     """Write the result JSON (atomically) and its manifest beside it."""
-    from edgenas.artifacts import atomic_write_json, write_manifest
-
     path = Path(path)
     atomic_write_json(path, result_dict(result, verification))
     write_manifest(path, kind="search_result", inputs=inputs, seed=seed,
@@ -40,12 +40,12 @@ def save_result(result: SearchResult, path: str | os.PathLike, *, verification: 
 
 def plot_front(result: SearchResult, path: str | os.PathLike, *, verification: Deployment | None = None) -> Path:
     """Accuracy against latency: the predicted Pareto front, the top candidates, and measured points marked."""
+    # deferred: matplotlib loads only when this runs, not on import
     import matplotlib
 
     matplotlib.use("Agg")
+    # deferred: matplotlib loads only when this runs, not on import
     import matplotlib.pyplot as plt
-
-    from edgenas.artifacts import atomic_write_bytes
 
     has_latency = any(c.predicted.get("latency_ms") == c.predicted.get("latency_ms") for c in result.front)
     key, label = ("latency_ms", "latency (ms)") if has_latency else ("macs", "MACs")
@@ -72,7 +72,6 @@ def plot_front(result: SearchResult, path: str | os.PathLike, *, verification: D
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    import io
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

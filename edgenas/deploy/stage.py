@@ -32,10 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from edgenas.accuracy.dataset import top1_metric
 from edgenas.artifacts import sha256_file
+from edgenas.deploy.mcu import finish_candidate
 from edgenas.devices.measurement import Measurement, meets_budget
 from edgenas.export.card import write_card
+from edgenas.export.mcu import write_card_section
 from edgenas.export.subnet import (
     ExportOptions,
     ExportResult,
@@ -45,7 +49,9 @@ from edgenas.export.subnet import (
     measurement_entry,
     prepare_export,
 )
-from edgenas.export.verify import paired_difference
+from edgenas.export.tflite import TFLiteConversionError
+from edgenas.export.verify import paired_difference, torch_logits
+from edgenas.progress import Progress
 from edgenas.search.base import SearchResult
 from edgenas.space import Arch
 
@@ -263,6 +269,7 @@ def deploy(
     progress: bool = True,
     log: Callable[[str], None] = print,
     mcu: Any = None,
+    accuracy_prediction: Callable[[Arch], dict[str, Any]] | None = None,
 ) -> Deployment:
     """Export, evaluate and measure the top `top_k` candidates of `result` (all of `result.top` by default) on
     `device` at `precision`, pick the winner (`pick_winner`) against `result`'s latency limit, and, with
@@ -284,6 +291,7 @@ def deploy(
     round_ = _Round(checkpoint, device, precision, fmt, budget, replace(options, formats=(fmt,)), split, store,
                     Path(out_dir), progress, log)
     round_.mcu = mcu
+    round_.accuracy_prediction = accuracy_prediction
     round_.add(result, result.top[: top_k or len(result.top)], search)
     winner = pick_winner(pick_order(round_.candidates))
     scale = measured_scale(round_.candidates, winner, budget) if search_again is not None else None
@@ -321,6 +329,7 @@ def ship_first_passing(round_: _Round, ordered: list[MeasuredCandidate], ship_di
         if shipped.ok:
             if passed_over:  # the card says what was passed over, and why
                 shipped.card["passed_over"] = [p.to_dict() for p in passed_over]
+            _add_accuracy_prediction(round_, shipped.card, winner.arch)
             write_shipped_card(ship_dir, shipped.card)  # once, after the pick
             return winner, shipped, passed_over
         passed_over.append(PassedOver(winner.arch, winner.accuracy, winner.latency_ms,
@@ -331,16 +340,21 @@ def ship_first_passing(round_: _Round, ordered: list[MeasuredCandidate], ship_di
     if len(passed_over) > 1:  # the later tries wrote over the first pick's files: ship it again, as it was
         shipped = round_.ship(first, ship_dir, options)
     shipped.card["passed_over"] = [p.to_dict() for p in passed_over]
+    _add_accuracy_prediction(round_, shipped.card, first.arch)
     write_shipped_card(ship_dir, shipped.card)
     return first, shipped, passed_over
+
+
+def _add_accuracy_prediction(round_: _Round, card: dict[str, Any], arch: Arch) -> None:
+    """The card's `accuracy_prediction` (how sure the choice was), where the caller gave the predictor's view."""
+    if round_.accuracy_prediction is not None:
+        card["accuracy_prediction"] = round_.accuracy_prediction(arch)
 
 
 def write_shipped_card(out_dir: Path, card: dict[str, Any]) -> None:
     """write_card, keeping a microcontroller card's MCU section (card.md is rendered again)."""
     write_card(out_dir, card)
     if "mcu" in card:
-        from edgenas.export.mcu import write_card_section
-
         write_card_section(out_dir, card["mcu"])
 
 
@@ -348,10 +362,6 @@ def model_correct(model: Any, dataset: Any, split: str, resolution: int) -> list
     """Per image of `split`, in its order, whether `model` (a prepared export: the subnet with its BatchNorm
     statistics re-estimated, as `evaluate_correct` re-estimates them in the supernet) classifies it right: the
     model that ships, evaluated once, not the supernet recalibrated a second time."""
-    import torch
-
-    from edgenas.export.verify import torch_logits
-
     correct: list[bool] = []
     with torch.no_grad():  # batch by batch: a large holdout split is never held in memory at once
         for x, y in dataset.loader(split, batch_size=256, resolution=resolution):
@@ -372,6 +382,7 @@ class _Round:
         self.candidates: list[MeasuredCandidate] = []
         self.exports: dict[int, tuple[PreparedExport, ExportResult | None]] = {}
         self.mcu: Any = None  # a deploy.mcu.McuTarget: candidates are the files judged on the board
+        self.accuracy_prediction: Callable[[Arch], dict[str, Any]] | None = None  # the card's, for the shipped arch
         self.schedules: dict[int, tuple[int, int] | None] = {}
 
     def ship(self, cand: MeasuredCandidate, ship_dir: Path, options: ExportOptions) -> ExportResult:
@@ -390,8 +401,6 @@ class _Round:
     def _ship_mcu(self, cand: MeasuredCandidate, ship_dir: Path, shipped: ExportResult) -> None:
         """The board's file beside the shipped int8 file: the same schedule, so the measured bytes (checked by
         SHA-256), with the board's C files and the card's MCU section."""
-        from edgenas.deploy.mcu import finish_candidate
-
         path, summary, problems = finish_candidate(self.mcu, ship_dir, shipped, self.checkpoint.supernet.space,
                                                    cand.arch, self.schedules.get(id(cand)), board=True)
         summary["sha256"] = sha256_file(path) if path.is_file() else None
@@ -406,8 +415,6 @@ class _Round:
             shipped.card["problems"] = list(shipped.problems)
 
     def _candidate_mcu(self, cand: MeasuredCandidate, export: ExportResult, result: SearchResult, i: int) -> None:
-        from edgenas.deploy.mcu import finish_candidate
-
         schedule = self.mcu.schedule(cand.arch, result.config)
         self.schedules[id(cand)] = schedule
         cand.model, summary, problems = finish_candidate(self.mcu, self.out_dir / f"candidate-{i}", export,
@@ -421,10 +428,6 @@ class _Round:
     def add(self, result: SearchResult, chosen: list[Any], search: Mapping[str, Any] | None,
             round_number: int = 1) -> None:
         """Export and evaluate `chosen` (candidates of `result`), then time them together on the device."""
-        from edgenas.accuracy.dataset import top1_metric
-        from edgenas.export.tflite import TFLiteConversionError
-        from edgenas.progress import Progress
-
         supernet, dataset, info = self.checkpoint.supernet, self.checkpoint.dataset(), self.checkpoint.info
         lineage = {"algorithm": result.algorithm, "device": result.device, "constraints": result.constraints.to_dict(),
                    "config": result.config, **dict(search or {})}

@@ -50,13 +50,12 @@ codes for that device alone. This package never imports torch.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from edgenas.devices.base import AuthError, ConnectionLost, Device, HostKeyError
-from edgenas.devices.config import DeviceConfig, builtin_device, device_files, load_config, read_device_file
-from edgenas.devices.fleet import measure_fleet
+from edgenas.devices.config import DeviceConfig, builtin_device, device_files, read_device_file
+from edgenas.devices.fleet import device_from_config, load_device, measure_fleet
 from edgenas.devices.measurement import ERROR_CODES, Measurement
 from edgenas.errors import UsageError
 
@@ -73,30 +72,6 @@ __all__ = [
     "load_device",
     "measure_fleet",
 ]
-
-
-def device_from_config(config: DeviceConfig, *, trust_new_host_key: bool = False) -> Device:
-    """The Device for a validated description (nothing connects until it is used)."""
-    if config.kind == "local":
-        from edgenas.devices.agent_device import AgentDevice
-        from edgenas.devices.local import LocalTransport
-
-        return AgentDevice(config, LocalTransport(config))
-    from edgenas.devices.ssh import SSHTransport
-
-    transport = SSHTransport(config, trust_new_host_key=trust_new_host_key)
-    if config.kind == "mcu":
-        from edgenas.devices.mcu import MCUDevice
-
-        return MCUDevice(config, transport)
-    from edgenas.devices.agent_device import AgentDevice
-
-    return AgentDevice(config, transport)
-
-
-def load_device(name_or_path: str | os.PathLike, *, trust_new_host_key: bool = False) -> Device:
-    """Load a device by NAME (devices/NAME.toml, then ~/.config/edgenas/devices/) or TOML path."""
-    return device_from_config(load_config(name_or_path), trust_new_host_key=trust_new_host_key)
 
 
 def list_devices() -> list[dict[str, Any]]:

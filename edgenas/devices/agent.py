@@ -43,6 +43,8 @@ import sys
 import threading
 import time
 
+import numpy as np
+
 PROTOCOL = 1
 RUNTIMES = ("onnxruntime", "tflite")
 
@@ -79,8 +81,6 @@ class AgentError(Exception):
 
 def summarize(samples_ms):
     """Median, mean, std (sample), min, max, p90 and CV of a list of times in milliseconds."""
-    import numpy as np
-
     a = np.asarray(samples_ms, dtype=np.float64)
     n = int(a.size)
     mean = float(a.mean())
@@ -169,6 +169,7 @@ def machine_info():
         "clock": "time.perf_counter_ns",
     }
     try:
+        # deferred: numpy may be missing on a device; the agent reports None instead of failing to start
         import numpy
 
         info["numpy"] = numpy.__version__
@@ -199,6 +200,7 @@ def _load_tflite_interpreter():
     """The first TFLite interpreter class that imports: ai_edge_litert, tflite_runtime, tensorflow.lite."""
     problems = []
     try:
+        # deferred: ai_edge_litert (the [tflite] extra) loads only when this runs, not on import
         import ai_edge_litert
         from ai_edge_litert import interpreter as mod
 
@@ -206,6 +208,7 @@ def _load_tflite_interpreter():
     except Exception as exc:  # noqa: BLE001 - any import failure means "try the next one"
         problems.append(f"ai_edge_litert: {exc}")
     try:
+        # deferred: tflite_runtime (not a dependency) loads only when this runs, not on import
         import tflite_runtime
         from tflite_runtime import interpreter as mod
 
@@ -213,6 +216,7 @@ def _load_tflite_interpreter():
     except Exception as exc:  # noqa: BLE001
         problems.append(f"tflite_runtime: {exc}")
     try:
+        # deferred: tensorflow (not a dependency) loads only when this runs, not on import
         import tensorflow as tf
 
         return tf.lite.Interpreter, "tensorflow", tf.__version__
@@ -225,6 +229,7 @@ def load_runtime(name):
     """Import a runtime: returns (module or Interpreter class, package name, version)."""
     if name == "onnxruntime":
         try:
+            # deferred: onnxruntime loads only when this runs, not on import
             import onnxruntime
         except Exception as exc:  # noqa: BLE001
             raise AgentError(RUNTIME_MISSING, f"onnxruntime is not importable: {exc}") from exc
@@ -235,8 +240,6 @@ def load_runtime(name):
 
 
 def _random_input(rng, shape, dtype):
-    import numpy as np
-
     dtype = np.dtype(dtype)
     if dtype.kind == "f":
         return rng.standard_normal(shape).astype(dtype)
@@ -518,8 +521,6 @@ SLOW_PROBE = 1.25  # a probe reading this much above the window's fastest readin
 
 
 def _percentile(values, q):
-    import numpy as np
-
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
@@ -545,8 +546,6 @@ def window_stats(rows, has_cpu_clock, quota=None, threads=1, probe_fast_ms=None)
     configured quota is used.) Other processes taking the core do not (they come and go); window_summary flags a
     window where they did. Without a thread CPU clock (or with more than one thread) no stalls are removed.
     """
-    import numpy as np
-
     a = np.asarray(rows, dtype=np.float64)
     t, probes, wall, cpu = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
     stats = summarize(wall)
@@ -592,8 +591,6 @@ def window_summary(window, has_cpu_clock, probe_ref, quota=None):
     for part of it), or when more than 10 % of it went to other work although no CPU quota (`quota`)
     throttles this process: a figure taken then includes someone else's work.
     A CPU quota takes a steady share, which stays in the figures."""
-    import numpy as np
-
     rows = [r for r in window.values() if isinstance(r, list) and r]
     if not rows:
         return {"unsteady": None}
@@ -802,8 +799,6 @@ def _time_group(models, facts, args, out, rng, has_cpu_clock):
 
 
 def cmd_measure(args, out):
-    import numpy as np
-
     if args.watch_stdin:
         threading.Thread(target=_exit_when_stdin_closes, daemon=True).start()
     setup_error = None

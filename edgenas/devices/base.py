@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from edgenas.artifacts import sha256_file
 from edgenas.devices.config import DeviceConfig
 from edgenas.devices.measurement import AGENT_ERROR, BAD_MODEL, UNREACHABLE, Measurement, utc_now
 from edgenas.errors import UsageError
@@ -61,8 +62,6 @@ class ModelFile:
 
     @classmethod
     def from_path(cls, path: str | os.PathLike) -> ModelFile:
-        from edgenas.artifacts import sha256_file
-
         local = Path(path)
         if not local.is_file():
             raise UsageError(f"model file {os.fspath(path)} does not exist: give paths to .onnx or .tflite files")

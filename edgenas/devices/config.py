@@ -6,6 +6,7 @@ A mistake is reported as one line naming the file, the field and what is expecte
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import sys
@@ -114,8 +115,6 @@ _ALIAS = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,252}")
 
 def valid_host(value: Any) -> bool:
     """A DNS name or an IPv4/IPv6 address: nothing a shell or ssh could read as more than a host."""
-    import ipaddress
-
     if not isinstance(value, str) or not value or len(value) > 253:
         return False
     try:

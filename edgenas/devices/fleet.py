@@ -1,4 +1,5 @@
-"""measure_fleet: measure on several devices at once; one device failing does not stop the others."""
+"""A device from its description (`load_device`), and `measure_fleet`: measure on several devices at once; one device
+failing does not stop the others."""
 
 from __future__ import annotations
 
@@ -9,8 +10,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from edgenas.devices.agent_device import AgentDevice
 from edgenas.devices.base import AuthError, Device, HostKeyError, ModelFile
+from edgenas.devices.config import DeviceConfig, load_config
+from edgenas.devices.local import LocalTransport
+from edgenas.devices.mcu import MCUDevice
 from edgenas.devices.measurement import AUTH, HOST_KEY, INTERNAL_ERROR, Measurement, utc_now
+from edgenas.devices.ssh import SSHTransport
 from edgenas.errors import UsageError
 
 PathList = Sequence[str | os.PathLike]
@@ -23,6 +29,21 @@ def _error_for(exc: BaseException) -> str:
     if isinstance(exc, AuthError):
         return AUTH
     return INTERNAL_ERROR
+
+
+def device_from_config(config: DeviceConfig, *, trust_new_host_key: bool = False) -> Device:
+    """The Device for a validated description (nothing connects until it is used)."""
+    if config.kind == "local":
+        return AgentDevice(config, LocalTransport(config))
+    transport = SSHTransport(config, trust_new_host_key=trust_new_host_key)
+    if config.kind == "mcu":
+        return MCUDevice(config, transport)
+    return AgentDevice(config, transport)
+
+
+def load_device(name_or_path: str | os.PathLike, *, trust_new_host_key: bool = False) -> Device:
+    """Load a device by NAME (devices/NAME.toml, then ~/.config/edgenas/devices/) or TOML path."""
+    return device_from_config(load_config(name_or_path), trust_new_host_key=trust_new_host_key)
 
 
 def measure_fleet(
@@ -41,8 +62,6 @@ def measure_fleet(
     key refused, authentication failed) gets an error code on each of its models; the others go on.
     Returns {device name: [Measurement per path, in order]} in the order of `devices`.
     """
-    from edgenas.devices import load_device
-
     owned = []
     resolved: list[Device] = []
     for d in devices:

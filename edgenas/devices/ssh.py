@@ -45,6 +45,7 @@ _LINK_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError)
 
 
 def _paramiko() -> Any:
+    # deferred: paramiko loads only when this runs, not on import
     import paramiko  # imported on first use: it takes about 0.3 s
 
     return paramiko

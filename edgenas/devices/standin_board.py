@@ -15,6 +15,8 @@ import argparse
 import sys
 import time
 
+import numpy as np
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="standin_board.py", description=__doc__.splitlines()[0])
@@ -25,7 +27,7 @@ def main(argv=None):
     parser.add_argument("--clock-hz", type=float, default=None, help="print cycles at this clock instead of us")
     args = parser.parse_args(argv)
 
-    import numpy as np
+    # deferred: tflite_micro (the [tflite] extra) loads only when this runs, not on import
     from tflite_micro.python.tflite_micro import runtime
 
     with open(args.model, "rb") as f:

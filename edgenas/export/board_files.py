@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgenas.errors import require
+
 # TFLite builtin operator -> the MicroMutableOpResolver method that registers its kernel.
 RESOLVER_METHODS = {
     "ADD": "AddAdd", "AVERAGE_POOL_2D": "AddAveragePool2D", "CONCATENATION": "AddConcatenation",
@@ -40,8 +42,6 @@ class BoardFiles:
 
 def operators(data: bytes) -> tuple[str, ...]:
     """The builtin operators a .tflite file uses, in first-use order."""
-    from edgenas.errors import require
-
     s = require("ai_edge_litert.schema_py_generated", extra="tflite", purpose="reading TFLite files")
     model = s.ModelT.InitFromPackedBuf(bytearray(data), 0)
     names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}

@@ -16,7 +16,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgenas import __version__
 from edgenas.artifacts import atomic_write_json, atomic_write_text, package_versions, sha256_file
+from edgenas.export.card_snippets import contract_table, snippets_markdown
 
 CARD_VERSION = 2  # 2: the input contract, each file's I/O and clients, per-file latency, plain lineage
 CARD_JSON = "card.json"
@@ -27,6 +29,7 @@ CARD_SCHEMA = Path(__file__).with_name("card.schema.json")  # the JSON Schema ev
 def file_entry(path: str | os.PathLike, fmt: str) -> dict[str, Any]:
     """Name, format, size and SHA-256 of one exported file, what it takes and gives (`io`), and the clients that
     load it as it is."""
+    # deferred: torch loads only when this runs, not on import
     from edgenas.export.contract import file_io
 
     path = Path(path)
@@ -84,8 +87,6 @@ def build_card(
 
     `memory` is `edgenas.micro_memory.MemoryPrediction.to_dict()`: it goes beside the measured arena (`sram`) and
     the int8 file's size (`flash`). `contract` is the input contract the files carry (`edgenas.export.contract`)."""
-    from edgenas import __version__
-
     sram = dict(sram)
     flash: dict[str, Any] = {}
     if memory is not None:
@@ -190,8 +191,6 @@ def render_markdown(card: Mapping[str, Any]) -> str:
     lines += _ship_lines(card)
     contract = card.get("contract")
     if contract:
-        from edgenas.export.card_snippets import contract_table, snippets_markdown
-
         lines += ["", *contract_table(contract, card["files"]), "", *snippets_markdown(contract, card["files"])]
     lineage = card.get("lineage") or {}
     lines += ["", "## Lineage", ""]

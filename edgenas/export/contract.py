@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgenas.data.transforms import CROP_FRACTION
 from edgenas.nn.static import ConvBNAct
 
 CONTRACT_VERSION = 1
@@ -34,8 +35,6 @@ def _uniform(values: Sequence[float]) -> bool:
 def input_contract(dataset: Any, resolution: int) -> dict[str, Any]:
     """The contract of a model trained on `dataset`, fed at `resolution` (the arch's): what every file takes
     (colour space, size, resize rule, mean and std on 0-255 values) and gives (logits over the class names)."""
-    from edgenas.data.transforms import CROP_FRACTION
-
     channels = int(dataset.in_channels)
     trained_mean = [float(m) * 255.0 for m in np.asarray(dataset.mean).reshape(-1)]
     trained_std = [float(s) * 255.0 for s in np.asarray(dataset.std).reshape(-1)]
@@ -119,6 +118,7 @@ def file_io(fmt: str, path: Any) -> dict[str, Any]:
     """What one exported file takes and gives, read from the file: layout, shapes, dtypes and, for quantized
     input or output, the scale and zero point (`real = scale * (q - zero_point)`)."""
     if fmt == "onnx":
+        # deferred: onnx loads only when this runs, not on import
         import onnx
 
         model = onnx.load(str(path), load_external_data=False)
@@ -132,6 +132,7 @@ def file_io(fmt: str, path: Any) -> dict[str, Any]:
         in_quant = out_quant = None
         in_name, out_name = model.graph.input[0].name, model.graph.output[0].name
     else:
+        # deferred: ai_edge_litert (the [tflite] extra) loads only when this runs, not on import
         from ai_edge_litert.interpreter import Interpreter
 
         interpreter = Interpreter(model_path=str(path))

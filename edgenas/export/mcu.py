@@ -9,6 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from edgenas.export.board_files import BEGIN_MARK, BoardFiles, card_section, write_board_files
+from edgenas.export.micro import check_micro
+from edgenas.export.patches import patch_tflite
+from edgenas.micro_memory import predict_patched
+
 
 def parse_patches(value: str | None) -> int | str | None:
     """`--patches`: None, "auto" or an integer N >= 2; ValueError (one line) otherwise."""
@@ -24,6 +29,7 @@ def parse_patches(value: str | None) -> int | str | None:
 
 
 def _bit_identical(whole: bytes, patched: bytes, shape: list[int], arena: tuple[int, int], images: int = 5) -> bool:
+    # deferred: tflite_micro (the [tflite] extra) loads only when this runs, not on import
     from tflite_micro.python.tflite_micro import runtime
 
     rng = np.random.default_rng(0)
@@ -45,11 +51,8 @@ def finish_mcu(out_dir: Path, int8_path: Path, space: Any, arch: Any, *, patches
                schedule: tuple[int, int] | None = None) -> tuple[dict[str, Any], list[str]]:
     """Write the patch-based file and the board's files beside the int8 file; (summary, problems). `schedule`
     ((ops, n), as the search judged the arch on) fixes the patch schedule instead of choosing it by `patches`."""
-    from edgenas.export.board_files import write_board_files
-    from edgenas.export.micro import check_micro
-    from edgenas.export.patches import patch_tflite
+    # deferred: torch loads only when this runs, not on import
     from edgenas.export.tflite import describe_tflite
-    from edgenas.micro_memory import predict_patched
 
     summary: dict[str, Any] = {}
     problems: list[str] = []
@@ -95,8 +98,6 @@ def finish_mcu(out_dir: Path, int8_path: Path, space: Any, arch: Any, *, patches
 
 def write_card_section(out_dir: Path, summary: dict[str, Any]) -> None:
     """(Re)write card.md's MCU section from `finish_mcu`'s summary (after the card was rendered again)."""
-    from edgenas.export.board_files import BEGIN_MARK, BoardFiles, card_section
-
     if "board_files" not in summary:
         return
     f = summary["board_files"]

@@ -109,6 +109,7 @@ def check_micro(
     `images` (NCHW float, as for the PyTorch model) gives the input for the runs and, for the first image,
     a comparison with the TFLite interpreter; without it the input is zeros.
     """
+    # deferred: torch loads only when this runs, not on import
     from edgenas.export.tflite import describe_tflite, quantize_input, run_tflite, to_model_input
 
     runtime = _runtime()

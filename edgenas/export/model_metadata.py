@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from edgenas.artifacts import atomic_write_bytes
 from edgenas.export.contract import LABELS_TXT, labels_text
 
 METADATA_NAME = "TFLITE_METADATA"
@@ -46,9 +47,8 @@ def onnx_props(contract: Mapping[str, Any]) -> dict[str, str]:
 
 def write_onnx_metadata(path: str | os.PathLike, contract: Mapping[str, Any], io_: Mapping[str, Any]) -> None:
     """Set the file's contract as `metadata_props` (replacing earlier entries of the same keys)."""
+    # deferred: onnx loads only when this runs, not on import
     import onnx
-
-    from edgenas.artifacts import atomic_write_bytes
 
     model = onnx.load(str(path))
     props = onnx_props(file_contract(contract, io_))
@@ -62,6 +62,7 @@ def write_onnx_metadata(path: str | os.PathLike, contract: Mapping[str, Any], io
 
 def _metadata_buffer(contract: Mapping[str, Any], io_: Mapping[str, Any], name: str) -> bytes:
     """The ModelMetadata flatbuffer of one .tflite file."""
+    # deferred: flatbuffers (the [tflite] extra) loads only when this runs, not on import
     import flatbuffers
 
     from edgenas.export import tflite_metadata_schema as md
@@ -128,10 +129,9 @@ def write_tflite_metadata(path: str | os.PathLike, contract: Mapping[str, Any], 
                           name: str = "edgenas image classifier") -> None:
     """Write the file's metadata and associated files into the .tflite at `path` (in place, atomically); an
     earlier edgenas metadata entry is replaced, the graph and weights are kept as they are."""
+    # deferred: flatbuffers, ai_edge_litert (the [tflite] extra) load only when this runs, not on import
     import flatbuffers
     from ai_edge_litert import schema_py_generated as tfl
-
-    from edgenas.artifacts import atomic_write_bytes
 
     path = Path(path)
     data = path.read_bytes()
@@ -167,6 +167,7 @@ class _AlignedBuffer:
         self.data = None if data is None else np.ascontiguousarray(np.asarray(data, dtype=np.uint8).reshape(-1))
 
     def Pack(self, builder: Any) -> int:  # noqa: N802 (the generated modules' name)
+        # deferred: ai_edge_litert (the [tflite] extra) loads only when this runs, not on import
         from ai_edge_litert import schema_py_generated as tfl
 
         offset = None

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgenas.export.onnx_direct import direct_onnx
+
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 17
@@ -73,6 +75,7 @@ def _export(model: nn.Module, example: torch.Tensor, path: Path, exporter: str, 
 
 
 def _file_opset(path: Path) -> int:
+    # deferred: onnx loads only when this runs, not on import
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
@@ -114,8 +117,6 @@ def export_onnx(
     try:
         data = None
         if exporter in ("auto", "direct") and opset == DEFAULT_OPSET:
-            from edgenas.export.onnx_direct import direct_onnx
-
             data, fallback = direct_onnx(model, example, dynamic_batch=dynamic_batch)
             if data is None and exporter == "direct":
                 raise OnnxMismatchError(f"the direct ONNX writer could not write the model: {fallback}")
@@ -148,6 +149,7 @@ class OnnxMismatchError(RuntimeError):
 
 
 def onnx_session(path: str | os.PathLike, threads: int = 1):
+    # deferred: onnxruntime loads only when this runs, not on import
     import onnxruntime as ort
 
     opts = ort.SessionOptions()

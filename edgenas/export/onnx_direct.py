@@ -50,6 +50,7 @@ class _OnnxWriter(LayerWalker):
         return base if n == 0 else f"{base}_{n}"
 
     def const(self, name: str, value: np.ndarray) -> str:
+        # deferred: onnx loads only when this runs, not on import
         from onnx import numpy_helper
 
         name = self._name(name)
@@ -57,6 +58,7 @@ class _OnnxWriter(LayerWalker):
         return name
 
     def node(self, op: str, inputs: list[str], shape: list[int], name: str, **attrs: Any) -> str:
+        # deferred: onnx loads only when this runs, not on import
         from onnx import helper
 
         node_name = self._name(f"/{name}/{op}" if name else f"/{op}")
@@ -129,6 +131,7 @@ def write_onnx(model: nn.Module, example_shape: tuple[int, ...] | list[int], *, 
     """The ONNX file of `model` (eval semantics) for NCHW inputs of `example_shape`, as bytes.
 
     Raises `Unsupported` for a model holding anything this writer does not write."""
+    # deferred: onnx loads only when this runs, not on import
     from onnx import TensorProto, helper
 
     if len(example_shape) != 4:
@@ -167,6 +170,7 @@ def direct_onnx(model: nn.Module, example: torch.Tensor, *, dynamic_batch: bool 
     except Unsupported as exc:
         return None, str(exc)
     if check:
+        # deferred: onnxruntime loads only when this runs, not on import
         import onnxruntime as ort
 
         opts = ort.SessionOptions()

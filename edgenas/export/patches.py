@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from edgenas.patching import LocalOp, NotPatchable, PatchPlan, consumers_of, plan_patches
+from edgenas.errors import require
+from edgenas.patching import LocalOp, NotPatchable, PatchPlan, check_prefix, consumers_of, plan_patches
 
 _POINTWISE = ("QUANTIZE", "DEQUANTIZE", "HARD_SWISH", "RELU", "RELU6", "RELU_N1_TO_1", "LOGISTIC", "TANH")
 _BINARY = ("ADD", "MUL", "SUB")
@@ -24,8 +25,6 @@ _VERSIONS = {"STRIDED_SLICE": 2, "CONCATENATION": 2, "PAD": 2}
 
 
 def _schema():
-    from edgenas.errors import require
-
     return require("ai_edge_litert.schema_py_generated", extra="tflite", purpose="writing TFLite files")
 
 
@@ -103,8 +102,6 @@ class _File:
 
 def local_prefixes(data: bytes) -> list[int]:
     """The op counts at which the file's leading ops can be cut into patches (one tensor handed on)."""
-    from edgenas.patching import check_prefix
-
     f = _File(data)
     consumers = consumers_of(f.local, f.reads)
     out = []
@@ -121,6 +118,7 @@ def local_prefixes(data: bytes) -> list[int]:
 
 def patch_tflite(data: bytes, count: int, n: int) -> bytes:
     """The file `data` with its first `count` ops run on `n` x `n` patches (see the module's docstring)."""
+    # deferred: flatbuffers (the [tflite] extra), torch load only when this runs, not on import
     import flatbuffers
 
     from edgenas.export.tflite_direct import _AlignedBuffer

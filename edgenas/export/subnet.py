@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +30,17 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from edgenas.artifacts import write_manifest
+from edgenas.artifacts import atomic_write_text, manifest_path, read_manifest, sha256_file, write_manifest
 from edgenas.cost import arch_stats
 from edgenas.errors import UsageError, did_you_mean
 from edgenas.export.card import build_card, file_entry, write_card
+from edgenas.export.contract import LABELS_TXT, NormalisedInput, file_io, input_contract, labels_text, to_file_input
+from edgenas.export.finetune import finetune
 from edgenas.export.formats import DEPLOYED_FORMATS, FILE_NAMES, FORMATS, deployed_format  # noqa: F401,E402
 from edgenas.export.micro import MicroCheck, check_micro
+from edgenas.export.model_metadata import write_onnx_metadata, write_tflite_metadata
+from edgenas.export.onnx import export_onnx
+from edgenas.export.tflite import TFLiteConversionError, export_tflite
 from edgenas.export.verify import (
     DEFAULT_ATOL,
     DEFAULT_MAX_DROP_POINTS,
@@ -46,6 +53,7 @@ from edgenas.export.verify import (
 from edgenas.micro_memory import board_fit
 from edgenas.micro_memory import predict as predict_memory
 from edgenas.space import Arch, SearchSpace
+from edgenas.train.bn import recalibrate_bn
 
 TFLITE_VERSIONS = ("torch", "numpy", "litert-torch", "ai-edge-litert", "tflite-micro")
 
@@ -157,8 +165,6 @@ def verification_images(dataset: Any, split: str, resolution: int, seed: int = 0
 def recalibrate(model: nn.Module, dataset: Any, resolution: int, *, bn_batches: int = 8, batch_size: int = 64,
                 seed: int = 0) -> nn.Module:
     """Re-estimate `model`'s BatchNorm statistics on `bn_batches` training batches at `resolution`; eval mode."""
-    from edgenas.train.bn import recalibrate_bn
-
     loader = dataset.loader("train", batch_size=batch_size, resolution=resolution, shuffle=True, seed=seed)
     recalibrate_bn(model, [batch for _, batch in zip(range(bn_batches), loader)])
     return model.eval()
@@ -176,13 +182,9 @@ def _export_format(fmt: str, model: nn.Module, path: Path, options: ExportOption
                    contract: Mapping[str, Any] | None = None) -> tuple[float, str]:
     """Write one format, with `contract` in its metadata when given: (seconds, the converter that wrote it)."""
     if fmt == "onnx":
-        from edgenas.export.onnx import export_onnx
-
         result = export_onnx(model, path, verify=False)
         seconds, by = result.seconds, result.exporter
     else:
-        from edgenas.export.tflite import export_tflite
-
         result = export_tflite(model, path, quantization="int8" if fmt == "tflite-int8" else None,
                                calibration=calibration if fmt == "tflite-int8" else None, int8_io=options.int8_io,
                                channels_last=options.channels_last, converter=converter)
@@ -194,9 +196,6 @@ def _export_format(fmt: str, model: nn.Module, path: Path, options: ExportOption
 
 def write_file_metadata(fmt: str, path: Path, contract: Mapping[str, Any]) -> None:
     """The contract into one file's own metadata: ONNX `metadata_props`, TFLite Support metadata."""
-    from edgenas.export.contract import file_io
-    from edgenas.export.model_metadata import write_onnx_metadata, write_tflite_metadata
-
     io_ = file_io(fmt, path)
     if fmt == "onnx":
         write_onnx_metadata(path, contract, io_)
@@ -210,8 +209,6 @@ def _int8_by_litert(model: nn.Module, path: Path, options: ExportOptions, calibr
                     contract: Mapping[str, Any] | None = None) -> Check:
     """The directly written int8 file failed its check: convert with litert-torch (its own observers round
     differently) and ship that file if it passes; else keep the direct one and its failed check."""
-    from edgenas.export.tflite import TFLiteConversionError
-
     log(f"verify: {path.name} (written directly) failed ({failed.message.split(': ', 1)[-1]}); "
         "converting with litert-torch instead ...")
     other = path.with_name(f".{path.stem}.litert{path.suffix}")
@@ -292,7 +289,6 @@ def export_subnet(
     lineage = dict(lineage or {})
     model = model.eval().cpu()
     stats = arch_stats(space, arch)
-    from edgenas.export.contract import NormalisedInput
 
     # the TFLite Micro arena and int8 file size the search constrained (with the normalisation the file applies)
     memory = predict_memory(space, arch, normalised_input=isinstance(model, NormalisedInput))
@@ -325,9 +321,6 @@ def export_subnet(
 
     entries = [file_entry(path, fmt) for fmt, path in files.items()]
     if contract is not None:
-        from edgenas.artifacts import atomic_write_text
-        from edgenas.export.contract import LABELS_TXT, labels_text
-
         atomic_write_text(out_dir / LABELS_TXT, labels_text(contract))
     card = build_card(
         name=name, arch=arch.to_dict(), arch_str=str(arch), space=space.name, stats=stats.to_dict(),
@@ -473,10 +466,6 @@ def _int8_check_images(model: nn.Module, val_images: np.ndarray, val_labels: np.
 
 def _copy_exported(source: Path, path: Path) -> Path:
     """Copy an exported file and its manifest to `path` (nothing to do when it is already there)."""
-    import shutil
-
-    from edgenas.artifacts import manifest_path
-
     if Path(source).resolve() != path.resolve():
         shutil.copyfile(source, path)
         if manifest_path(source).is_file():
@@ -535,8 +524,6 @@ def prepare_export(supernet: nn.Module, arch: Arch, dataset: Any, *, options: Ex
     """Extract `arch` from `supernet` with BN statistics re-estimated (and fine-tuned when `options` ask), and
     gather its calibration and validation images. `info` is the checkpoint's (`OpenedCheckpoint.info`),
     `search` a search result's JSON (`load_search_result`) recorded in the lineage."""
-    from edgenas.export.finetune import finetune
-
     search = dict(search or {})
     model = prepare_subnet(supernet, arch, dataset, bn_batches=options.bn_batches, batch_size=options.batch_size,
                            seed=options.seed)
@@ -565,7 +552,6 @@ def prepare_export(supernet: nn.Module, arch: Arch, dataset: Any, *, options: Ex
             lineage["search"].update(result=search["_file"], inputs=search.get("_inputs"))
     if tuned:
         lineage["finetune"] = tuned
-    from edgenas.export.contract import input_contract
 
     return PreparedExport(arch, model, calibration, val_x, val_y, lineage, predicted_latency(search), hold_x, hold_y,
                           input_contract(dataset, arch.resolution))
@@ -579,8 +565,6 @@ def export_prepared(prepared: PreparedExport, out_dir: str | os.PathLike, *, spa
 
     Its files take the prepared contract's input: where the network normalises per channel, the files hold
     `NormalisedInput` around it and are checked on the images as a client feeds them."""
-    from edgenas.export.contract import NormalisedInput, to_file_input
-
     contract, model = prepared.contract, prepared.model
     if contract is not None and contract.get("normalised_inside"):
         model = NormalisedInput(model, contract).eval()
@@ -617,8 +601,6 @@ def plain_lineage(value: Any, out_dir: Path) -> Any:
 
 def load_search_result(value: str) -> dict[str, Any]:
     """The JSON of an arch file when it is a search result (for predicted latency and lineage), else {}."""
-    import json
-
     path = Path(value)
     if value.strip().startswith("{") or not path.is_file():
         return {}
@@ -628,7 +610,6 @@ def load_search_result(value: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict) or "arch" not in data:
         return {}
-    from edgenas.artifacts import read_manifest, sha256_file
 
     manifest = read_manifest(path) or {}
     # the predictors and tables the search used, with their hashes, come from the result's manifest

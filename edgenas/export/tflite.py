@@ -113,6 +113,7 @@ def require_converter() -> None:
 def _full_integer_quantizer():
     """litert-torch's PT2E quantizer (per-channel int8 weights, int8 activations) extended to every op of a
     MobileNetV3 block, so the converted graph has no float islands."""
+    # deferred: litert_torch (the [tflite] extra), torchao (comes with litert-torch) load only when this runs, not on import
     from litert_torch.quantize import pt2e_quantizer
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
 
@@ -228,6 +229,7 @@ def _layout(images: np.ndarray, channels_last: bool) -> torch.Tensor:
 
 @torch.no_grad()
 def _convert_int8(lt: Any, net: nn.Module, example: torch.Tensor, calibration: torch.Tensor) -> bytes:
+    # deferred: litert_torch (the [tflite] extra), torchao (comes with litert-torch) load only when this runs, not on import
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e import move_exported_model_to_eval, quantize_pt2e
 
@@ -249,6 +251,7 @@ def _convert_int8(lt: Any, net: nn.Module, example: torch.Tensor, calibration: t
 def with_float_io(data: bytes) -> bytes:
     """Give an int8 TFLite model float32 inputs and outputs: a QUANTIZE op before each int8 input and a
     DEQUANTIZE op after each int8 output (what TensorFlow's converter does with float I/O)."""
+    # deferred: flatbuffers, ai_edge_litert (the [tflite] extra) load only when this runs, not on import
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 

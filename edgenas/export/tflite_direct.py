@@ -23,6 +23,7 @@ this writer knows or the string "mean" (a global mean keeping dims) or "flatten"
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgenas.errors import require
+from edgenas.export.quiet import captured_output
 from edgenas.micro_memory import same_padding  # the rule the int8 memory model uses for the same converter
 from edgenas.nn.static import ConvBNAct, MBConv, SqueezeExcite, StaticNet
 
@@ -68,8 +71,6 @@ class Unsupported(ValueError):
 
 
 def _schema():
-    from edgenas.errors import require
-
     return require("ai_edge_litert.schema_py_generated", extra="tflite", purpose="writing TFLite files")
 
 
@@ -150,6 +151,7 @@ class _Graph:
         return out
 
     def finish(self, output: int) -> bytes:
+        # deferred: flatbuffers (the [tflite] extra) loads only when this runs, not on import
         import flatbuffers
 
         s = self.schema
@@ -535,9 +537,6 @@ CHECK_RTOL = 1e-3
 def check_against_torch(data: bytes, model: nn.Module, example: torch.Tensor, *, channels_last: bool = True) -> str:
     """Run the file `data` and `model` (eval mode) on `example` (NCHW); an empty string when they agree within
     `CHECK_RTOL` of the output's largest magnitude, else what differs."""
-    from edgenas.errors import require
-    from edgenas.export.quiet import captured_output
-
     interp_mod = require("ai_edge_litert.interpreter", extra="tflite", purpose="checking TFLite files")
     with captured_output():
         interpreter = interp_mod.Interpreter(
@@ -577,8 +576,6 @@ def direct_tflite(model: nn.Module, example: torch.Tensor, *, channels_last: boo
 def op_sequence(source: str | bytes | Any) -> list[tuple[str, dict, list, list]]:
     """The ops of a .tflite file (a path or its bytes) in order: (name, builtin options, input shapes, output
     shapes), an absent optional input as None; what two files must share to run the same kernels."""
-    import os
-
     s = _schema()
     data = source if isinstance(source, (bytes, bytearray)) else open(os.fspath(source), "rb").read()
     model = s.ModelT.InitFromPackedBuf(bytearray(data), 0)

@@ -32,7 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.ao.quantization.observer import HistogramObserver
 
+from edgenas.errors import require
+from edgenas.export.quiet import captured_output
 from edgenas.export.tflite_direct import (
     _INT8,
     _INT32,
@@ -60,8 +63,6 @@ OBSERVE_BATCH = 32  # calibration images per observer update (litert-torch's cal
 
 def observe(values: torch.Tensor) -> Quant:
     """Per-tensor affine int8 quantization of `values` (PyTorch's HistogramObserver, as PT2E uses)."""
-    from torch.ao.quantization.observer import HistogramObserver
-
     observer = HistogramObserver(dtype=torch.qint8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine,
                                  eps=EPS)
     values = values.detach().float()
@@ -225,9 +226,6 @@ def quantize_input(x: np.ndarray, scale: float, zero_point: int, dtype: np.dtype
 def check_int8(data: bytes, model: torch.nn.Module, images: np.ndarray) -> str:
     """Run the int8 file `data` and the float `model` on `images` (NCHW); an empty string when the logits
     agree within `CHECK_RELATIVE_RMS` (relative RMS error), else what differs."""
-    from edgenas.errors import require
-    from edgenas.export.quiet import captured_output
-
     interp_mod = require("ai_edge_litert.interpreter", extra="tflite", purpose="checking TFLite files")
     with captured_output():
         interpreter = interp_mod.Interpreter(

@@ -12,6 +12,7 @@ import flatbuffers
 # namespace: tflite
 
 from flatbuffers.compat import import_numpy
+from flatbuffers.table import Table
 np = import_numpy()
 
 class AssociatedFileType(object):
@@ -50,7 +51,6 @@ class ContentProperties(object):
     AudioProperties = 4
 
 def ContentPropertiesCreator(unionType, table):
-    from flatbuffers.table import Table
     if not isinstance(table, Table):
         return None
     if unionType == ContentProperties.FeatureProperties:
@@ -80,7 +80,6 @@ class ProcessUnitOptions(object):
     RegexTokenizerOptions = 6
 
 def ProcessUnitOptionsCreator(unionType, table):
-    from flatbuffers.table import Table
     if not isinstance(table, Table):
         return None
     if unionType == ProcessUnitOptions.NormalizationOptions:
@@ -883,7 +882,6 @@ class Content(object):
     def ContentProperties(self):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
         if o != 0:
-            from flatbuffers.table import Table
             obj = Table(bytearray(), 0)
             self._tab.Union(obj, o)
             return obj
@@ -1783,7 +1781,6 @@ class ProcessUnit(object):
     def Options(self):
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
         if o != 0:
-            from flatbuffers.table import Table
             obj = Table(bytearray(), 0)
             self._tab.Union(obj, o)
             return obj

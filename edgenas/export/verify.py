@@ -22,6 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgenas.export.onnx import run_onnx
+from edgenas.export.tflite import run_tflite
+
 DEFAULT_ATOL = 1e-4
 DEFAULT_MIN_AGREEMENT = 0.98
 DEFAULT_MAX_DROP_POINTS = 1.0  # int8 accuracy drop limit (points), judged on its paired 95 % interval
@@ -140,10 +143,7 @@ def paired_drop(fp32_only: int, int8_only: int, images: int) -> tuple[float, flo
 def file_logits(fmt: str, path: str | os.PathLike, images: np.ndarray) -> np.ndarray:
     """Run an exported file on NCHW float images in its runtime: ONNX Runtime or the TFLite interpreter."""
     if fmt == "onnx":
-        from edgenas.export.onnx import run_onnx
-
         return run_onnx(path, images)
-    from edgenas.export.tflite import run_tflite
 
     return run_tflite(path, images)
 

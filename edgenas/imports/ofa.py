@@ -15,10 +15,12 @@ from typing import Any
 
 import torch
 
+from edgenas.artifacts import sha256_file, write_manifest
 from edgenas.errors import UsageError
 from edgenas.inputs import input_file
 from edgenas.space import SearchSpace
 from edgenas.supernet import Supernet
+from edgenas.train.checkpoint import load_problem, save_checkpoint
 
 # The stem's width tells the two published supernets apart.
 PRESET_BY_STEM = {16: "mobilenetv3", 24: "mobilenetv3-w1.2"}
@@ -72,8 +74,6 @@ def key_map(space: SearchSpace) -> dict[str, str]:
 
 def load_torch_file(path: str | Path, what: str, hint: str) -> tuple[Path, Any]:
     """A torch file's contents, loaded with `weights_only=True` (nothing in it runs); UsageError saying why not."""
-    from edgenas.train.checkpoint import load_problem
-
     path = input_file(path, what, hint=hint)
     try:
         with warnings.catch_warnings():  # torch warns about a foreign file's pickle protocol before refusing it
@@ -150,9 +150,6 @@ def import_ofa_supernet(checkpoint: str | Path, out: str | Path, *, num_classes:
     in the checkpoint as every later stage's data (the accuracy predictor's, the search's, the export's); its
     classes are the classifier's (a new one unless they are 1000).
     Returns a summary."""
-    from edgenas.artifacts import sha256_file, write_manifest
-    from edgenas.train.checkpoint import save_checkpoint
-
     source = str(checkpoint)
     state = read_ofa_state(checkpoint)
     space = space_of(state, source)

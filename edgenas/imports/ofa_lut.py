@@ -15,8 +15,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+from edgenas.artifacts import atomic_write_text, sha256_file
 from edgenas.errors import UsageError
 from edgenas.inputs import input_file
+from edgenas.latency.blocks import BlockIndex
+from edgenas.latency.predictors import TablePredictor
+from edgenas.latency.table import LatencyTable, predictor_path, table_path
 from edgenas.space import SearchSpace, conv_out
 
 PRESET_BY_STEM = {16: "mobilenetv3", 24: "mobilenetv3-w1.2"}
@@ -50,6 +54,7 @@ def ofa_layer_keys(piece: Any) -> list[str]:
 
 def read_ofa_table(path: str | Path) -> tuple[int, dict[str, float], int, int | None]:
     """One YAML table: its resolution, {key: mean ms}, the stem's width and the class count (from `Logits`)."""
+    # deferred: yaml loads only when this runs, not on import
     import yaml
 
     path = input_file(path, "Once-for-All latency table", hint="it is note10_<res>_lookup_table.yaml")
@@ -93,8 +98,6 @@ def space_of_tables(tables: dict[int, dict[str, float]], stem: int, classes: int
 def piece_table(space: SearchSpace, tables: dict[int, dict[str, float]]) -> dict[str, float]:
     """{edgenas piece key: ms}, one entry per piece and resolution (`BlockIndex(per_resolution=True)`): each the
     sum of Once-for-All's layers for the piece in that resolution's table."""
-    from edgenas.latency.blocks import BlockIndex
-
     index = BlockIndex(space, per_resolution=True)
     out: dict[str, float] = {}
     for key, piece, resolution in zip(index.keys, index.pieces, index.scopes):
@@ -127,10 +130,6 @@ def import_ofa_tables(files: list[str | Path], device: str, *, tables_root: str 
                       devices_dir: str | Path = "devices", description: str | None = None) -> dict[str, Any]:
     """Write Once-for-All's YAML tables as `device`'s latency table and table predictor (manifests beside them),
     and a device file `devices/<device>.toml` when there is none. Returns a summary."""
-    from edgenas.artifacts import atomic_write_text, sha256_file
-    from edgenas.latency.predictors import TablePredictor
-    from edgenas.latency.table import LatencyTable, predictor_path, table_path
-
     if not files:
         raise UsageError("give Once-for-All's latency tables, one YAML file per resolution")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", device):

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from edgenas.accuracy.predictor import AccuracyPredictor
+from edgenas.artifacts import sha256_file
 from edgenas.errors import UsageError
 from edgenas.space import SearchSpace
 
@@ -44,6 +46,7 @@ def ofa_feature_index(space: SearchSpace) -> np.ndarray:
 
 def read_ofa_predictor(path: str | Path) -> dict[str, np.ndarray]:
     """The MLP's tensors as float32 arrays, checked against the published layout."""
+    # deferred: torch loads only when this runs, not on import
     import torch
 
     from edgenas.imports.ofa import load_torch_file
@@ -74,9 +77,6 @@ def read_ofa_predictor(path: str | Path) -> dict[str, np.ndarray]:
 
 def import_ofa_predictor(path: str | Path, out: str | Path) -> dict[str, Any]:
     """Write Once-for-All's predictor `path` as an edgenas accuracy predictor `.npz` at `out` (manifest beside it)."""
-    from edgenas.accuracy.predictor import AccuracyPredictor
-    from edgenas.artifacts import sha256_file
-
     state = read_ofa_predictor(path)
     space = predictor_space()
     weights = [state[f"{name}.weight"].T for name, _, _ in LAYERS]

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from edgenas.cost import arch_stats, stats_table
 from edgenas.errors import UsageError
 from edgenas.latency.blocks import ANALYTIC_FEATURES, block_index
 from edgenas.latency.predictors import (
@@ -105,6 +106,7 @@ class Calibrator:
     def __init__(self, device: Any, space: SearchSpace, *, runtime: str, precision: str, store: Store,
                  cache_dir: str | Path, progress: bool = True, statistic: str = "latency",
                  cache_mb: float | None = MODEL_CACHE_MB) -> None:
+        # deferred: torch loads only when this runs, not on import
         from edgenas.latency.models import ModelCache, export_format
 
         if statistic not in STATISTICS:
@@ -134,6 +136,7 @@ class Calibrator:
 
     # -- exporting ------------------------------------------------------------------------------
     def export_pieces(self, pieces: Sequence[Any]) -> list[ModelJob]:
+        # deferred: torch loads only when this runs, not on import
         from edgenas.latency.models import piece_description
 
         weights = [float(p.analytic_costs()[ANALYTIC_FEATURES.index("weights_mvalues")]) * 1e6 for p in pieces]
@@ -141,7 +144,7 @@ class Calibrator:
 
     def export_archs(self, archs: Sequence[Arch], *, files: bool = False) -> list[ModelJob]:
         """A job per arch; `files`: every file on disk now, even of subnets the store has measured already."""
-        from edgenas.cost import arch_stats
+        # deferred: torch loads only when this runs, not on import
         from edgenas.latency.models import arch_description
 
         jobs = self._jobs("arch", [a.to_json() for a in archs], [arch_description(self.space, a) for a in archs],
@@ -493,7 +496,6 @@ def calibrate(
         predictor = CalibratedPredictor(table=cal.piece_values(table), **ident)
         guide = TablePredictor(table=predictor.table, **ident).predict(pool)
     else:  # spread over MACs: with rounds=0 the subnets are chosen before the table, to ride in its window
-        from edgenas.cost import stats_table
 
         guide = stats_table(space).compute(pool)["macs"].astype(np.float64)
         predictor = WholeModelPredictor(**ident)
@@ -573,6 +575,7 @@ def calibrate_transfer(
     and inside each stretch where the transfer model is least sure): the same seed and sources choose the
     same subnets, so a re-run measures nothing twice. The predictor file records its sources, how many
     target measurements it used and which subnets they were (`fit.samples`)."""
+    # deferred: scipy loads only when this runs, not on import
     from edgenas.latency.transfer import choose_samples, space_transfer
 
     runtime, precision = _resolve_setup(device, runtime, precision)

@@ -89,6 +89,7 @@ _STATISTIC_WORDS = {"latency": "each model's figure timed interleaved", "median"
 def score(name: str, predicted: np.ndarray, measured: np.ndarray, *, measurements: int,
           device_seconds: float) -> PredictorScore:
     """Accuracy figures of `predicted` against `measured` (both ms)."""
+    # deferred: scipy loads only when this runs, not on import
     from scipy.stats import kendalltau, spearmanr
 
     rel = np.abs(predicted - measured) / measured
@@ -203,6 +204,7 @@ def evaluate(
     elif sources:
         # The few measurements a transfer may use: chosen actively (as `calibrate --transfer-from` does)
         # among this device's calibration subnets, which the store already holds.
+        # deferred: scipy loads only when this runs, not on import
         from edgenas.latency.transfer import choose_samples, space_transfer
 
         model = space_transfer(space, sources, samples=min(transfer_samples, n_train), seed=seed)

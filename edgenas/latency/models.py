@@ -10,19 +10,23 @@ reuses the files, and the store recognises their sha256.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Collection
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from edgenas.artifacts import sha256_file, sha256_json
+from edgenas.artifacts import atomic_write_text, sha256_file, sha256_json
 from edgenas.errors import UsageError
+from edgenas.export.onnx import export_onnx
 from edgenas.latency.blocks import Piece
 from edgenas.nn.static import ConvBNAct, MBConv
 from edgenas.space import Arch, SearchSpace
+from edgenas.supernet import Supernet
 
 FORMATS = {  # (runtime, precision) -> export format
     ("onnxruntime", "fp32"): "onnx",
@@ -121,8 +125,6 @@ _SUPERNETS: dict[str, nn.Module] = {}
 
 def _supernet(space: SearchSpace):
     """One randomly initialised supernet per space, kept for the process (extracting is cheap, building is not)."""
-    from edgenas.supernet import Supernet
-
     key = sha256_json(space.to_dict())
     if key not in _SUPERNETS:
         with torch.random.fork_rng():
@@ -138,13 +140,12 @@ def _example(model: nn.Module) -> torch.Tensor:
 
 
 def _export_onnx(model: nn.Module, path: Path) -> None:
-    from edgenas.export.onnx import export_onnx
-
     export_onnx(model, path, example=_example(model), verify=False)
 
 
 def _export_tflite(model: nn.Module, path: Path, int8: bool) -> None:
     try:
+        # deferred: the [tflite] extra's converter loads only when a TFLite latency model is written
         from edgenas.export import tflite
     except ImportError as exc:
         raise UsageError(f"TFLite export is not available ({exc}): calibrate an onnxruntime device, or install "
@@ -239,9 +240,6 @@ class ModelCache:
         missing = [i for i, d in enumerate(descriptions) if not self.is_cached(d, fmt)]
         workers = min(workers or os.cpu_count() or 1, len(missing))
         if fmt in PARALLEL_FORMATS and len(missing) >= PARALLEL_MIN_MODELS and workers > 1:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 futures = {pool.submit(_get_in_worker, str(self.root), descriptions[i], fmt): i for i in missing}
                 for future in as_completed(futures):
@@ -281,7 +279,6 @@ class ModelCache:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-        from edgenas.artifacts import atomic_write_text
 
         atomic_write_text(path.with_name(path.name + ".json"), json.dumps(description, sort_keys=True))
         atomic_write_text(sha_path, sha + "\n")  # written last: its presence means the export is complete

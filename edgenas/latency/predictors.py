@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from edgenas.artifacts import atomic_write_json, write_manifest
+from edgenas.cost import stats_table
 from edgenas.errors import UsageError
 from edgenas.inputs import field_of, is_number, mapping, require, space_from_dict
 from edgenas.latency.blocks import ANALYTIC_FEATURES, block_index
@@ -304,8 +305,6 @@ class MacsPredictor(BasePredictor):
         self.feature_names = ["const", "mmacs"]
 
     def features(self, archs: Sequence[Arch]) -> np.ndarray:
-        from edgenas.cost import stats_table
-
         macs = stats_table(self.space).compute(list(archs))["macs"].astype(np.float64) / 1e6
         return np.stack([np.ones_like(macs), macs], axis=1)
 
@@ -320,6 +319,7 @@ class TransferPredictor(BasePredictor):
     kind = "transfer"
 
     def __init__(self, *, sources: Sequence[BasePredictor], **kw: Any) -> None:
+        # deferred: scipy loads only when this runs, not on import
         from edgenas.latency.transfer import space_encoding
 
         super().__init__(**kw)
@@ -337,6 +337,7 @@ class TransferPredictor(BasePredictor):
                              "features: the file is damaged or for another space; re-calibrate")
 
     def features(self, archs: Sequence[Arch]) -> np.ndarray:
+        # deferred: scipy loads only when this runs, not on import
         from edgenas.latency.transfer import space_tokens
 
         return np.hstack([np.ones((len(archs), 1)), self.encoding.encode(space_tokens(self.space, archs))])
@@ -347,6 +348,7 @@ class TransferPredictor(BasePredictor):
     def fit(self, archs: Sequence[Arch], measured_ms: Sequence[float], *, seed: int = 0,
             lam: float | None = None, transfer: Any = None) -> TransferPredictor:
         """Fit to the target's measurements; `transfer`: a `space_transfer` model already built from the sources."""
+        # deferred: scipy loads only when this runs, not on import
         from edgenas.latency.transfer import space_transfer, transfer_report
 
         y = np.asarray(measured_ms, dtype=np.float64)

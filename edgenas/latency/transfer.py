@@ -54,6 +54,7 @@ from scipy import sparse
 
 from edgenas import inputs
 from edgenas.errors import UsageError
+from edgenas.latency.blocks import ANALYTIC_FEATURES, block_index
 
 # The prior scale of each block of β relative to the intercept's (normalised units: the target's mean is 1).
 DEFAULT_SCALES = {"span": 1.0, "position": 1.0, "token": 0.3, "onehot": 0.1}
@@ -585,8 +586,6 @@ INACTIVE = "none"
 def space_encoding(space: Any) -> OneHotEncoding:
     """Every (position, token) of `space`: positions are the stem, each block slot and the head; a token is
     the piece a position runs at one input resolution (`r<res>:<piece key>`), or `none` for an inactive slot."""
-    from edgenas.latency.blocks import block_index
-
     index = block_index(space)
     keys = index.keys
     columns: set[tuple[int, str]] = set()
@@ -612,8 +611,6 @@ def _optional_slots(space: Any) -> np.ndarray:
 
 def space_tokens(space: Any, archs: Sequence[Any]) -> list[list[str]]:
     """Each arch as one token per position (see `space_encoding`)."""
-    from edgenas.latency.blocks import block_index
-
     index = block_index(space)
     keys = index.keys
     lookup = index.lookup(list(archs))
@@ -716,8 +713,6 @@ def space_transfer(space: Any, sources: Sequence[Any], *, samples: int, seed: in
 
 def space_analytic_costs(space: Any, encoding: OneHotEncoding) -> dict[str, np.ndarray]:
     """Per column of `encoding`, the analytic costs of its piece (dense and depthwise MACs, elementwise values)."""
-    from edgenas.latency.blocks import ANALYTIC_FEATURES, block_index
-
     index = block_index(space)
     piece_of = {key: i for i, key in enumerate(index.keys)}
     costs = index.analytic_costs()

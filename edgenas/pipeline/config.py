@@ -54,9 +54,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgenas.data import check_dataset_spec
+from edgenas.devices.config import load_config as load_device_config
 from edgenas.errors import UsageError, did_you_mean
+from edgenas.export.formats import FORMATS
 from edgenas.inputs import MIB, check_value, output_dir, read_json, read_toml
+from edgenas.search.registry import ALGORITHMS
 from edgenas.settings import KNOBS, knob_field, read_table, setting
+from edgenas.train.config import PRESETS, load_config
 
 PRECISIONS = ("fp32", "int8")
 CALIBRATIONS = ("table", "whole-model", "transfer")
@@ -160,6 +165,7 @@ class RunConfig:
         file, the run's dataset and seed and [train] settings; with `init`, its supernet's space."""
         space = None
         if self.init is not None:
+            # deferred: torch loads only when this runs, not on import
             from edgenas.train.finetune import init_space_name
 
             space = init_space_name(self.init)
@@ -200,7 +206,6 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
     out = path_of(data.get("out", "edgenas-out"), "out")
     seed = KNOBS["seed"].check(f"{source}: seed", data.get("seed", KNOBS["seed"].default))
     train = TrainSection(**sections["train"])
-    from edgenas.train.config import PRESETS
 
     if train.preset not in PRESETS:
         raise _bad(source, "train.preset", f"{train.preset!r} is not a preset; choose from {', '.join(PRESETS)}")
@@ -226,7 +231,6 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
         raise _bad(source, "predictor.samples", f"{pred.samples} leaves fewer than 10 subnets to fit beside "
                    f"{pred.test} test ones")
     search = SearchSection(**sections["search"])
-    from edgenas.search.registry import ALGORITHMS
 
     if search.algorithm not in ALGORITHMS:
         raise _bad(source, "search.algorithm", f"{search.algorithm!r} is not offered; choose from {', '.join(ALGORITHMS)}")
@@ -249,7 +253,6 @@ def parse_run_config(data: Mapping[str, Any], *, source: str = "<config>", base_
 def _formats(source: str, formats: Any) -> tuple[str, ...]:
     if not isinstance(formats, list) or not all(isinstance(f, str) for f in formats):
         raise _bad(source, "export.formats", f"expected a list such as [\"onnx\", \"tflite\"], got {formats!r}")
-    from edgenas.export.formats import FORMATS
 
     bad = [f for f in formats if f not in FORMATS]
     if bad:
@@ -301,9 +304,6 @@ def check_run_inputs(config: RunConfig) -> None:
     training config or checkpoint, every device file (and its runtime with the precision), the stage book.
 
     A mistake in the last device is found before training, not after it."""
-    from edgenas.data import check_dataset_spec
-    from edgenas.devices.config import load_config as load_device_config
-
     source = config.source
     output_dir(config.out, f"{source}: out")
     try:
@@ -311,12 +311,11 @@ def check_run_inputs(config: RunConfig) -> None:
     except UsageError as exc:
         raise _bad(source, "train.dataset", str(exc)) from None
     if config.checkpoint is not None:
+        # deferred: torch loads only when this runs, not on import
         from edgenas.train.checkpoint import read_checkpoint
 
         read_checkpoint(config.checkpoint)
     else:
-        from edgenas.train.config import load_config
-
         tconfig = config.train_config_of(load_config)
         if "total_steps" in config.train_overrides:
             try:

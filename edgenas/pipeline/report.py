@@ -47,8 +47,9 @@ class BudgetResult:
     holdout_images: int | None = None
 
     @classmethod
-    def from_outcome(cls, outcome: BudgetOutcome, budget_ms: float) -> BudgetResult:
-        """The report's view of one budget's search and deploy; a failed check or a pass-over is its note."""
+    def from_outcome(cls, outcome: BudgetOutcome) -> BudgetResult:
+        """The report's view of one budget's search and deploy; a failed check or a pass-over is its note. The budget
+        is the one the deploy stage judged the files against (`outcome.budget_ms`), not a copy kept beside it."""
         shipped = outcome.card is not None
         card = json.loads(Path(outcome.card).read_text()) if shipped else None
         accuracy, split, images = card_accuracy(card, outcome.deployed_file)
@@ -58,7 +59,7 @@ class BudgetResult:
             note = "export checks failed: " + "; ".join(outcome.problems)
         elif outcome.choice:
             note = outcome.choice
-        return cls(budget_ms=budget_ms, arch=outcome.arch, predicted_accuracy=outcome.predicted_accuracy,
+        return cls(budget_ms=outcome.budget_ms, arch=outcome.arch, predicted_accuracy=outcome.predicted_accuracy,
                    predicted_latency_ms=outcome.predicted_latency_ms, note=note, problems=list(outcome.problems),
                    choice=outcome.choice, export_dir=outcome.export_dir if shipped else None,
                    card=card, measured_accuracy=accuracy, accuracy_split=split, accuracy_images=images,
@@ -121,9 +122,11 @@ class ReportData:
 
 
 def _plt():
+    # deferred: matplotlib loads only when this runs, not on import
     import matplotlib
 
     matplotlib.use("Agg")
+    # deferred: matplotlib loads only when this runs, not on import
     import matplotlib.pyplot as plt
 
     return plt

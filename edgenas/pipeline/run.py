@@ -10,6 +10,7 @@ or a crash loses at most the item in progress.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -19,12 +20,27 @@ from typing import Any
 
 import numpy as np
 
+from edgenas.accuracy import DEFAULT_KIND
+from edgenas.accuracy.fit import fit_predictor
 from edgenas.artifacts import atomic_write_json, sha256_file, sha256_json
-from edgenas.deploy.budget import BudgetJob, BudgetOutcome
+from edgenas.deploy.budget import BudgetJob, BudgetOutcome, search_and_deploy, search_device
+from edgenas.devices import load_device
+from edgenas.devices.config import find_device_file
 from edgenas.errors import UsageError
+from edgenas.latency import load_latency_predictor
+from edgenas.latency.calibrate import Calibrator, calibrate, calibrate_transfer
+from edgenas.latency.evaluate import holdout_archs, score
+from edgenas.latency.table import predictor_path
 from edgenas.pipeline.config import DeviceTarget, RunConfig
 from edgenas.pipeline.report import BudgetResult, DeviceReport, ReportData, render_report
 from edgenas.run_folder import write_manifest
+from edgenas.search.problem import Constraints, InfeasibleConstraintError
+from edgenas.search.registry import check_algorithm
+from edgenas.store import Store
+from edgenas.train.checkpoint import OpenedCheckpoint, load_checkpoint_info
+from edgenas.train.config import load_config
+from edgenas.train.gate import TrainingGateFailed, training_verdict
+from edgenas.train.trainer import train
 
 STAGES_FILE = "stages.json"
 
@@ -122,10 +138,6 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, force: bool = Fals
     store_path = out / "store.sqlite"
     tables_dir = out / "latency_tables"
 
-    from edgenas.accuracy import DEFAULT_KIND
-    from edgenas.train.checkpoint import load_checkpoint_info
-    from edgenas.train.gate import TrainingGateFailed
-
     checkpoint = _train_stage(config, book, progress)
     manifest: dict[str, Any] = {"supernet": checkpoint, "store": store_path, "run_config": out / "run-config.json"}
     write_manifest(out, made_by="edgenas run", **manifest)
@@ -211,8 +223,6 @@ def _training_figures(checkpoint: Path, verdict: Any, info: dict[str, Any]) -> t
 def _training_gate(checkpoint: Path, info: dict[str, Any], force: bool) -> Any:
     """The verdict on the supernet (edgenas.train.gate; `info`: the checkpoint's); raise TrainingGateFailed when
     it failed, unless `force`."""
-    from edgenas.train.gate import TrainingGateFailed, training_verdict
-
     verdict = training_verdict(info.get("summary") or {}, num_classes=info["space"].get("num_classes"))
     if not verdict.passed:
         if not force:
@@ -224,7 +234,6 @@ def _training_gate(checkpoint: Path, info: dict[str, Any], force: bool) -> Any:
 def _train_stage(config: RunConfig, book: StageBook, progress: bool) -> Path:
     if config.checkpoint is not None:
         return config.checkpoint
-    from edgenas.train.config import load_config
 
     tconfig = config.train_config_of(load_config)
     if "total_steps" in config.train_overrides:
@@ -235,8 +244,6 @@ def _train_stage(config: RunConfig, book: StageBook, progress: bool) -> Path:
         key["time_budget"] = tconfig.time_budget
 
     def run() -> dict[str, Any]:
-        from edgenas.train.trainer import train
-
         result = train(tconfig, train_dir, resume=True, progress=progress)
         return {"checkpoint": str(result.checkpoint)}
 
@@ -252,8 +259,6 @@ ARCHS_PER_WORKER = 20
 def evaluation_workers(samples: int) -> int:
     """Processes to evaluate the accuracy dataset in: one per core this process may use, one thread each (small
     subnets use a second thread poorly), no more than `samples / ARCHS_PER_WORKER`."""
-    import os
-
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -267,8 +272,6 @@ def _bn_key(config: RunConfig) -> dict[str, int]:
 
 
 def _fit_accuracy(config: RunConfig, checkpoint: Path, store_path: Path, out: Path, progress: bool) -> dict[str, Any]:
-    from edgenas.accuracy.fit import fit_predictor
-
     result = fit_predictor(checkpoint, samples=config.predictor_samples, test=config.predictor_test, seed=config.seed,
                            store_path=store_path, out=out / "accuracy_predictor.npz",
                            workers=evaluation_workers(config.predictor_samples), bn_batches=config.bn_batches,
@@ -282,8 +285,6 @@ def _device_stages(config: RunConfig, target: DeviceTarget, book: StageBook, spa
                    opened: _Checkpoint,
                    ckpt_sha: str, accuracy_path: Path, store_path: Path, tables_dir: Path, calibrated: list[Path],
                    progress: bool) -> tuple[DeviceReport, list[dict[str, Any]]]:
-    from edgenas.devices import load_device
-
     with load_device(target.name) as device:
         runtime = device.runtime
         if runtime == "onnxruntime" and target.precision == "int8":
@@ -316,7 +317,7 @@ def _device_stages(config: RunConfig, target: DeviceTarget, book: StageBook, spa
             f"pareto:{label}",
             {"accuracy": acc_sha, "latency": lat_sha, "seed": config.seed, "population": config.population,
              "limits": [target.max_sram_kb, target.max_flash_kb, target.max_macs]},  # the front is searched under them
-            lambda: _pareto(checkpoint, target.name, target, accuracy_path, latency_path, config, store_path,
+            lambda: _pareto(checkpoint, device, target, accuracy_path, latency_path, config, store_path,
                             config.out / "search" / label / "pareto", progress),
         )
         report.pareto_predicted = [tuple(p) for p in front["front"]]
@@ -330,11 +331,12 @@ def _device_stages(config: RunConfig, target: DeviceTarget, book: StageBook, spa
             ))
             report.pareto_measured.extend((c["latency_ms"], c["accuracy"]) for c in found.candidates
                                           if c.get("latency_ms") is not None and c.get("accuracy") is not None)
-            budget_result = BudgetResult.from_outcome(found, budget)
+            budget_result = BudgetResult.from_outcome(found)
             report.budgets.append(budget_result)
             budget_result.source = sources[len(results)]
             results.append({"device": device.name, "runtime": runtime, "precision": target.precision,
-                            "budget_ms": budget, "budget_source": budget_result.source, "arch": budget_result.arch,
+                            "budget_ms": budget_result.budget_ms,
+                            "budget_source": budget_result.source, "arch": budget_result.arch,
                             "measured_latency_ms": budget_result.measured_latency_ms,
                             "accuracy": budget_result.measured_accuracy, "accuracy_split": budget_result.accuracy_split,
                             "accuracy_images": budget_result.accuracy_images, "deployed_file": budget_result.deployed_file,
@@ -348,12 +350,6 @@ def _device_stages(config: RunConfig, target: DeviceTarget, book: StageBook, spa
 
 def _calibrate(device: Any, space: Any, target: DeviceTarget, store_path: Path, tables_dir: Path, sources: list[Path],
                seed: int, progress: bool) -> dict[str, Any]:
-    from edgenas.latency import load_latency_predictor
-    from edgenas.latency.calibrate import Calibrator, calibrate, calibrate_transfer
-    from edgenas.latency.evaluate import holdout_archs, score
-    from edgenas.latency.table import predictor_path
-    from edgenas.store import Store
-
     runtime = device.runtime
     with Store(store_path) as store:
         common = dict(runtime=runtime, precision=target.precision, store=store, seed=seed, tables_dir=tables_dir,
@@ -400,44 +396,34 @@ def _ordinal(n: int) -> str:
 
 
 def _device_file(name: str) -> Path:
-    from edgenas.devices.config import find_device_file
-
     return find_device_file(name).resolve()
 
 
 def _quantile_budgets(latency_path: Path, space: Any, quantiles: tuple[float, ...], seed: int) -> list[float]:
     """Budgets at quantiles of the predicted latency of random subnets, rounded to 2 significant digits."""
-    from edgenas.latency import load_latency_predictor
-
     lat = load_latency_predictor(latency_path, space=space)
     ms = lat.predict(space.sample_many(np.random.default_rng([seed, 7]), QUANTILE_SAMPLES))
     return [float(f"{np.quantile(ms, q):.2g}") for q in quantiles]
 
 
 def _constraints(target: DeviceTarget, budget: float | None):
-    from edgenas.search.problem import Constraints
-
     return Constraints.from_user_units(max_latency_ms=budget, max_sram_kb=target.max_sram_kb,
                                        max_flash_kb=target.max_flash_kb, max_macs_m=target.max_macs,
                                        precision=target.precision)
 
 
-def _pareto(checkpoint: Path, device_name: str, target: DeviceTarget, accuracy_path: Path, latency_path: Path,
+def _pareto(checkpoint: Path, device: Any, target: DeviceTarget, accuracy_path: Path, latency_path: Path,
             config: RunConfig, store_path: Path, out_dir: Path, progress: bool) -> dict[str, Any]:
-    from edgenas.deploy.budget import search_device
-
-    found = search_device(checkpoint, device_name, _constraints(target, None), algorithm="nsga2", top_k=config.top_k,
+    found = search_device(checkpoint, target.name, _constraints(target, None), algorithm="nsga2", top_k=config.top_k,
                           seed=config.seed, population=config.population, generations=max(20, _generations(config) // 4),
                           accuracy_predictor=accuracy_path, latency_predictor=latency_path, out_dir=out_dir,
-                          store=store_path, deploy_top=False, progress=progress)
+                          store=store_path, deploy_top=False, progress=progress, device=device)
     front = sorted((c.predicted["latency_ms"], c.predicted["accuracy"]) for c in found.result.front)
     return {"front": [list(p) for p in front], "result": str(found.result_path)}
 
 
 def _generations(config: RunConfig) -> int:
     """The run's generations: its config's, else the algorithm's default."""
-    from edgenas.search.registry import check_algorithm
-
     return config.generations or check_algorithm(config.algorithm).default_generations
 
 
@@ -450,8 +436,6 @@ class _Checkpoint:
 
     def get(self) -> Any:
         if self._opened is None:
-            from edgenas.train.checkpoint import OpenedCheckpoint
-
             self._opened = OpenedCheckpoint(self.path)
         return self._opened
 
@@ -472,9 +456,6 @@ def _budget_job(config: RunConfig, target: DeviceTarget, checkpoint: Path, label
 def _deploy(job: BudgetJob, checkpoint: _Checkpoint, device: Any, progress: bool) -> BudgetOutcome:
     """One budget: `search_and_deploy`, as `edgenas search` runs it; a budget no arch is predicted to meet is
     reported in the run, and the other budgets go on."""
-    from edgenas.deploy.budget import search_and_deploy
-    from edgenas.search.problem import InfeasibleConstraintError
-
     try:
         return search_and_deploy(job, checkpoint=checkpoint.get(), device=device, progress=progress)
     except InfeasibleConstraintError as exc:

@@ -216,6 +216,7 @@ def run_search(search: SearchAlgorithm, problem: Problem, *, top_k: int = 5) -> 
 @contextlib.contextmanager
 def _blas_threads(n: int) -> Iterator[None]:
     try:
+        # deferred: threadpoolctl (comes with scikit-learn) loads only when this runs, not on import
         from threadpoolctl import threadpool_limits  # installed with scikit-learn
     except ImportError:
         yield

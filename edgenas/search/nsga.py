@@ -33,6 +33,7 @@ class NSGA2Config:
 
 
 def _operators(codec: GenomeCodec, mutate_prob: float):
+    # deferred: pymoo loads only when this runs, not on import
     from pymoo.core.crossover import Crossover
     from pymoo.core.mutation import Mutation
     from pymoo.core.repair import Repair
@@ -71,6 +72,7 @@ class NSGA2(SearchAlgorithm):
     def __init__(self, space: SearchSpace, *, rng: np.random.Generator, n_constraints: int,
                  config: NSGA2Config | None = None) -> None:
         super().__init__(space, rng)
+        # deferred: pymoo loads only when this runs, not on import
         from pymoo.algorithms.moo.nsga2 import NSGA2 as PymooNSGA2
         from pymoo.core.problem import Problem as PymooProblem
 
@@ -97,6 +99,7 @@ class NSGA2(SearchAlgorithm):
         return ArchBatch(self.codec, np.asarray(self._pending.get("X"), dtype=np.int64))
 
     def tell(self, batch: ArchBatch, evaluation: Evaluation) -> None:
+        # deferred: pymoo loads only when this runs, not on import
         from pymoo.core.evaluator import Evaluator
         from pymoo.problems.static import StaticProblem
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from edgenas.errors import UsageError
 from edgenas.genome import ArchBatch, GenomeCodec
+from edgenas.micro_memory import graph_prediction, memory_table, micro_graph, patched_graph, predict_arena, quick_patch_choice
 from edgenas.space import Arch, SearchSpace
 
 
@@ -253,8 +254,6 @@ class Problem:
     def _exact_arena_near_limit(self, genomes: np.ndarray, arena: np.ndarray) -> np.ndarray:
         """Where the table's check found TFLite Micro's greedy planner packing worse than the live peak in this
         space, run the planner itself (cached per arch) on the rows within that gap under the SRAM limit."""
-        from edgenas.micro_memory import memory_table, predict_arena
-
         gap = memory_table(self.space).planner_gap or 0.0
         if gap <= 0.0:
             return arena
@@ -283,8 +282,6 @@ class Problem:
         return sram, flash
 
     def _mcu_one(self, arch: Arch) -> tuple[int, int, tuple[int, int] | None]:
-        from edgenas.micro_memory import graph_prediction, micro_graph, patched_graph, quick_patch_choice
-
         g = micro_graph(self.space, arch, int8_io=True)
         whole = graph_prediction(g)
         limit = self.constraints.max_sram_bytes

@@ -14,6 +14,10 @@ import numpy as np
 
 from edgenas.errors import UsageError, did_you_mean
 from edgenas.search.base import SearchAlgorithm
+from edgenas.search.evolution import Evolution, EvolutionConfig
+from edgenas.search.nsga import NSGA2, NSGA2Config
+from edgenas.search.random_search import RandomSearch
+from edgenas.search.rl import RLConfig, RLSearch
 from edgenas.space import SearchSpace
 
 
@@ -30,30 +34,22 @@ class AlgorithmEntry:
 
 def _evolution(space: SearchSpace, rng: np.random.Generator, population: int, generations: int,
                n_constraints: int) -> SearchAlgorithm:
-    from edgenas.search.evolution import Evolution, EvolutionConfig
-
     return Evolution(space, rng=rng, config=EvolutionConfig(population=population, generations=generations))
 
 
 def _nsga2(space: SearchSpace, rng: np.random.Generator, population: int, generations: int,
            n_constraints: int) -> SearchAlgorithm:
-    from edgenas.search.nsga import NSGA2, NSGA2Config
-
     return NSGA2(space, rng=rng, n_constraints=n_constraints,
                  config=NSGA2Config(population=population, generations=generations))
 
 
 def _random(space: SearchSpace, rng: np.random.Generator, population: int, generations: int,
             n_constraints: int) -> SearchAlgorithm:
-    from edgenas.search.random_search import RandomSearch
-
     return RandomSearch(space, rng=rng, budget=population * generations, batch_size=population)
 
 
 def _rl(space: SearchSpace, rng: np.random.Generator, population: int, generations: int,
         n_constraints: int) -> SearchAlgorithm:
-    from edgenas.search.rl import RLConfig, RLSearch
-
     return RLSearch(space, rng=rng, config=RLConfig(steps=generations, batch_size=population))
 
 

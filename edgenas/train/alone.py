@@ -15,6 +15,7 @@ end or are cut, exact once the supernet is done), so it ends annealed after as m
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import signal
@@ -211,8 +212,6 @@ def _die_with_parent() -> None:
     """Linux: SIGKILL this process when the process that forked it dies (a killed training leaves no comparison
     running; `Pace.may_take` also checks, where this is not available)."""
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from edgenas.supernet import Supernet
+
 
 def _bn_modules(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -28,8 +30,6 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor | tuple[torc
     an (x, y) pair. The statistics are the exact mean over batches (momentum None). Weights are not
     changed; the model's train/eval mode is restored. Returns the number of images seen.
     """
-    from edgenas.supernet import Supernet
-
     bns = _bn_modules(model)
     saved_momentum = [bn.momentum for bn in bns]
     was_training = model.training

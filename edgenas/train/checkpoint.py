@@ -18,6 +18,7 @@ import torch
 
 from edgenas.artifacts import atomic_write_bytes, sha256_file, write_manifest
 from edgenas.cost import arch_stats
+from edgenas.data import load_dataset
 from edgenas.errors import UsageError
 from edgenas.inputs import MAX_CHECKPOINT_BYTES, check_tree, input_file, one_line, space_from_dict
 from edgenas.space import SearchSpace
@@ -223,8 +224,6 @@ class OpenedCheckpoint:
 
     def dataset(self, spec: str | None = None) -> Any:
         """The dataset it was trained on (cached), or `spec`; the training data's fingerprint must still match."""
-        from edgenas.data import load_dataset
-
         if spec is not None and spec != self.info["dataset"]:
             return load_dataset(spec, seed=self.info.get("seed", 0))
         if self._dataset is None:

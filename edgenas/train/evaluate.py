@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from edgenas.data import Dataset
+from edgenas.errors import UsageError
 from edgenas.progress import Progress
 from edgenas.space import Arch
 from edgenas.supernet import Supernet
@@ -29,8 +30,6 @@ def _as_arch(supernet: Supernet, arch: Any) -> Arch:
 
 def _check_fits(supernet: Supernet, dataset: Dataset) -> None:
     if dataset.in_channels != supernet.space.in_channels or dataset.num_classes != supernet.num_classes:
-        from edgenas.errors import UsageError
-
         raise UsageError(f"dataset {dataset.spec} ({dataset.in_channels} channels, {dataset.num_classes} classes) does "
                          f"not fit this supernet ({supernet.space.in_channels} channels, {supernet.num_classes} classes)")
 

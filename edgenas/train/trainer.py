@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import edgenas
 from edgenas.artifacts import atomic_write_text
 from edgenas.data import AnyDataset, StepResolutions, load_dataset
 from edgenas.errors import UsageError, signals_held
@@ -42,7 +43,7 @@ from edgenas.train.alone import Comparison, can_run_beside
 from edgenas.train.checkpoint import check_resume_fields, read_checkpoint, save_checkpoint
 from edgenas.train.config import Phase, TrainConfig, to_toml
 from edgenas.train.evaluate import evaluate_many, recalibrate_for
-from edgenas.train.finetune import InitWeights, freeze_backbone_grads, read_init
+from edgenas.train.finetune import InitWeights, freeze_backbone_grads, init_space, read_init
 from edgenas.train.gate import required_top1, training_verdict
 from edgenas.train.lr_backoff import Held, LRBackoff
 from edgenas.train.schedule import PhaseSchedule, TimeBudget, plateau_cut, step_cost, time_cut
@@ -83,7 +84,6 @@ def auto_threads(local_world_size: int = 1) -> int:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    import edgenas
 
     if edgenas.OMP_PASSIVE:
         return max(1, cores // max(1, local_world_size))
@@ -193,6 +193,7 @@ class MetricsLog:
         self.writer = None
         if enabled and tensorboard:
             try:
+                # deferred: tensorboard (optional) loads only when a run asks for it
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(str(path.parent / "tensorboard"))
@@ -224,8 +225,6 @@ def build_space(config: TrainConfig, dataset: AnyDataset) -> SearchSpace:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if config.init is not None:
-        from edgenas.train.finetune import init_space
-
         stored = init_space(config.init)
         if stored.name == space.name:
             return stored.replace(num_classes=dataset.num_classes, in_channels=dataset.in_channels)
