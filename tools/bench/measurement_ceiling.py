@@ -119,6 +119,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", default=None, help="folder keeping each measurement's log-probabilities (.npy), so a "
                     "re-run only analyses")
+    ap.add_argument("--first", type=int, default=None,
+                    help="measure only the first N of the subnets (a quicker, noisier figure on the same ones)")
     ap.add_argument("--measurements", default="bn8/s0,bnall/s0,bn8/s1,tta,bnall/s1",
                     help="which measurements to take (comma-separated; bn8/s0 always)")
     args = ap.parse_args()
@@ -134,6 +136,7 @@ def main() -> None:
     ev = SupernetEvaluator(args.supernet, "holdout", 8)
     with Store(args.store) as store:
         archs = unseen_archs(ev.supernet.space, args.holdout, args.seed, fitted_archs(store, ev.info["sha256"]))
+    archs = archs[: args.first]
     ds = ev.dataset
     labels = np.concatenate([ds.labels["val"], ds.labels["holdout"]])
     train_batches = -(-ds.size("train") // 64)
@@ -147,9 +150,12 @@ def main() -> None:
         if name != "bn8/s0" and name not in args.measurements.split(","):
             continue
         t0 = time.perf_counter()
-        file = cache / f"{name.replace('/', '_')}-{args.holdout}-{args.seed}.npy" if cache else None
+        count = args.holdout if args.first is None else f"{args.holdout}first{args.first}"
+        file = cache / f"{name.replace('/', '_')}-{count}-{args.seed}.npy" if cache else None
         if file is not None and file.is_file():
             lp = np.load(file, allow_pickle=False)
+        elif cache is not None and (whole := cache / f"{name.replace('/', '_')}-{args.holdout}-{args.seed}.npy").is_file():
+            lp = np.load(whole, allow_pickle=False)[: len(archs)]  # the first N of all the subnets' measurement
         else:
             lp = log_probs(ev.supernet, ds, archs, bn_batches=bn, seed=seed, shifts=shifts)
             if file is not None:
