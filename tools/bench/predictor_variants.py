@@ -11,7 +11,8 @@ Variants: today's MLP (one-hot encoding, logit output) on the holdout split's to
 (`--run-bn` batches) and on the paired pooled measurement; the MLP with cost features (log MACs, log params,
 resolution) and a zero-cost proxy (synflow of the trained weights); the same with a pairwise ranking loss; an
 ensemble of 5 (bootstrap, its spread an interval); scikit-learn's Gaussian process and gradient boosting on the same
-features; a ridge regression on the cost features alone (the floor a predictor must beat).
+features; a ridge regression on the cost features alone (the floor a predictor must beat); and four of them fitted
+on the fitting subnets' mean true-class log-likelihood (a less noisy figure of the same images) instead of top-1.
 
     python tools/bench/predictor_variants.py --supernet DEMO/supernet/supernet.pt --store DEMO/store.sqlite
 """
