@@ -38,6 +38,27 @@ def test_paired_measurement_halves_ceiling_and_standard_errors():
     assert pair.paired_standard_error(0, 1) < 0.25 * pair.standard_error()[0]
 
 
+def test_loglik_ranks_where_top1_cannot_and_survives_the_store_encoding():
+    from edgenas.accuracy.measure import _pack_floats, _unpack_floats
+
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(4), 50)
+    # four subnets right on the same images (top-1 ties: it cannot rank them) whose true-class log-likelihood
+    # differs by a constant step on every image: a continuous statistic ranks them perfectly on any half
+    correct = np.tile(rng.random(200) < 0.9, (4, 1))
+    base = -rng.random(200).astype(np.float32)
+    loglik = np.stack([base - 0.1 * k for k in range(4)]).astype(np.float32)
+    m = PairedMeasurement([], correct, {"val": slice(0, 100), "holdout": slice(100, 200)}, labels, 1, loglik)
+    assert np.isnan(m.noise_ceiling(seed=2))  # top-1 ties on every half: no ranking at all
+    assert m.noise_ceiling(seed=2, statistic="loglik") == pytest.approx(1.0)
+    assert np.all(np.diff(m.mean_loglik()) < 0)
+    back = _unpack_floats(_pack_floats(loglik[0]), 200)
+    assert back is not None and np.allclose(back, loglik[0], atol=1e-3)
+    assert _unpack_floats(_pack_floats(loglik[0]), 199) is None  # a record of another image count is not reused
+    with pytest.raises(ValueError, match="no log-likelihoods"):
+        _measurement(correct, labels).noise_ceiling(statistic="loglik")
+
+
 def test_rank_figures_and_unseen_archs():
     measured = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
     f = rank_figures(measured + 0.01, measured, k=2)
@@ -73,12 +94,13 @@ def test_predictor_eval_command_measures_paired_and_reuses_the_store(tmp_path, c
     assert {"kendall_tau", "spearman", "rmse_points", "top2_hit_rate"} <= set(first["figures"])
     assert fitted[0].to_dict() not in [a["arch"] for a in first["archs"]]
     with Store(store) as s:
-        assert len(s.evaluations(_sha(ckpt), "val+holdout", "correct@bn1")) == 4
+        assert len(s.evaluations(_sha(ckpt), "val+holdout", "scored@bn1")) == 4
     assert main(argv[:-1]) == 0  # the same subnets again, from the store; as a table
     table = capsys.readouterr().out
     assert "noise ceiling" in table and "Kendall tau" in table
+    assert "noise ceiling of the mean log-likelihood" in table
     with Store(store) as s:
-        assert len(s.evaluations(_sha(ckpt), "val+holdout", "correct@bn1")) == 4
+        assert len(s.evaluations(_sha(ckpt), "val+holdout", "scored@bn1")) == 4
     assert main(["predictor", "eval", "--supernet", str(ckpt), "--holdout", "2"]) == 2
     assert "--holdout = 2" in capsys.readouterr().err
 

@@ -27,8 +27,10 @@ from edgenas.store import Store, default_store_path
 def fitted_archs(store: Any, supernet_sha256: str) -> set[Arch]:
     """Every arch the store holds an evaluation of for this supernet other than a paired measurement's: the
     predictor's fitting and test subnets are among them; the paired ones were measured for judging, never fitting."""
+    from edgenas.accuracy.measure import PAIRED_METRICS
+
     return {Arch.from_dict(a) for a, _split, metric in store.evaluated(supernet_sha256)
-            if not metric.startswith("correct@")}
+            if not metric.startswith(PAIRED_METRICS)}
 
 
 def unseen_archs(space: SearchSpace, n: int, seed: int, exclude: set[Arch]) -> list[Arch]:
@@ -74,6 +76,11 @@ class PredictorEval:
     top1_range_points: tuple[float, float]
     standard_error_points: float
     paired_standard_error_points: float
+    # the mean log-likelihood of the true class on the same images: its own ceiling, how well it ranks top-1 on the
+    # other half, and the predictor's tau against it (None where the measurement kept none)
+    loglik_ceiling: float | None = None
+    loglik_to_top1: float | None = None
+    tau_vs_loglik: float | None = None
     archs: list[dict[str, Any]] = field(repr=False, default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,8 +90,11 @@ class PredictorEval:
 def evaluate_predictor(predictor: Any, measurement: PairedMeasurement, *, name: str, seed: int,
                        k: int = 5) -> PredictorEval:
     """The figures of `predictor` (anything with `.predict(archs)`) against `measurement`."""
+    from edgenas.accuracy.predictor import kendall_tau
+
     measured = measurement.accuracy()
     predicted = np.asarray(predictor.predict(measurement.archs), dtype=float)
+    scored = measurement.loglik is not None and len(measurement.archs) > 1
     return PredictorEval(
         predictor=name, holdout=len(measurement.archs), seed=seed, images=measurement.images(),
         bn_batches=measurement.bn_batches, figures=rank_figures(predicted, measured, k=k),
@@ -92,6 +102,9 @@ def evaluate_predictor(predictor: Any, measurement: PairedMeasurement, *, name: 
         top1_range_points=(100.0 * float(measured.min()), 100.0 * float(measured.max())),
         standard_error_points=100.0 * float(np.median(measurement.standard_error())),
         paired_standard_error_points=100.0 * measurement.median_paired_standard_error(seed=seed),
+        loglik_ceiling=measurement.noise_ceiling(seed, statistic="loglik") if scored else None,
+        loglik_to_top1=measurement.noise_ceiling(seed, statistic="loglik", against="top1") if scored else None,
+        tau_vs_loglik=kendall_tau(predicted, measurement.mean_loglik()) if scored else None,
         archs=[{"arch": a.to_dict(), "predicted": float(p), "measured": float(m)}
                for a, p, m in zip(measurement.archs, predicted, measured)])
 
@@ -136,6 +149,12 @@ def format_eval(result: PredictorEval) -> str:
         ("noise ceiling (tau, two halves of the images, mean of 20 halvings)", f"{result.noise_ceiling:.3f}"),
         ("tau val vs holdout (the splits as they are)", f"{result.split_ceiling:.3f}"),
     ]
+    if result.loglik_ceiling is not None:
+        rows += [
+            ("Kendall tau against the mean log-likelihood of the true class", f"{result.tau_vs_loglik:.3f}"),
+            ("noise ceiling of the mean log-likelihood (two halves)", f"{result.loglik_ceiling:.3f}"),
+            ("tau log-likelihood on one half vs top-1 on the other", f"{result.loglik_to_top1:.3f}"),
+        ]
     width = max(len(r[0]) for r in rows)
     lines = [f"accuracy predictor {result.predictor} (seed {result.seed})"]
     lines += [f"  {name:<{width}}  {value}" for name, value in rows]

@@ -9,8 +9,13 @@ kept, not just its top-1, so that
   smaller set, so halves beat val against holdout's 359/199 images on digits);
 - a subnet's top-1 is taken on all of them (on digits 558 images: 0.18 points each, against 0.5 on holdout alone).
 
-The bits are committed to the SQLite store per subnet (metric `correct@bn<N>`, split `val+holdout`), so a
-re-run, `edgenas predictor eval` and `tools/bench/regret.py` reuse them.
+Beside each image's correctness, the log-likelihood the subnet gives its true class is kept (`loglik`, the same
+forward pass): a continuous figure per image, so the subnets' mean log-likelihood is a far less noisy statistic than
+their top-1 on the same images (on the demo's supernet its noise ceiling is in docs/decisions.md, issue 43,
+"measuring better"), and it ranks their top-1 on unseen images at least as well as top-1 itself does.
+
+Bits and log-likelihoods (float16) are committed to the SQLite store per subnet (metric `scored@bn<N>`, split
+`val+holdout`), so a re-run, `edgenas predictor eval` and `tools/bench/regret.py` reuse them.
 """
 
 from __future__ import annotations
@@ -31,8 +36,12 @@ HALVINGS = 20  # random halvings the noise ceiling is averaged over
 
 
 def correct_metric(bn_batches: int) -> str:
-    """The store's metric for per-image correctness after BN recalibration on `bn_batches` batches."""
-    return f"correct@bn{int(bn_batches)}"
+    """The store's metric for per-image correctness and log-likelihood after BN recalibration on `bn_batches`
+    batches (`correct@bn<N>`, correctness alone, was this metric's name before the log-likelihoods were kept)."""
+    return f"scored@bn{int(bn_batches)}"
+
+
+PAIRED_METRICS = ("correct@", "scored@")  # the paired measurements' metric prefixes: for judging, never for fitting
 
 
 def _pack(bits: np.ndarray) -> str:
@@ -41,6 +50,16 @@ def _pack(bits: np.ndarray) -> str:
 
 def _unpack(text: str, n: int) -> np.ndarray:
     return np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))[:n].astype(bool)
+
+
+def _pack_floats(values: np.ndarray) -> str:
+    return np.asarray(values, dtype="<f2").tobytes().hex()
+
+
+def _unpack_floats(text: Any, n: int) -> np.ndarray | None:
+    if not isinstance(text, str) or len(text) != 4 * n:
+        return None
+    return np.frombuffer(bytes.fromhex(text), dtype="<f2").astype(np.float32)
 
 
 @dataclass
@@ -53,6 +72,7 @@ class PairedMeasurement:
     columns: dict[str, slice]
     labels: np.ndarray
     bn_batches: int
+    loglik: np.ndarray | None = None  # `loglik[i, j]`: log-probability arch i gives image j's true class
 
     def _cols(self, split: str | None) -> Any:
         return slice(None) if split in (None, POOLED) else self.columns[split]
@@ -63,6 +83,22 @@ class PairedMeasurement:
     def accuracy(self, split: str | None = None) -> np.ndarray:
         """Top-1 of each arch on `split` (None: all the measured images)."""
         return self.correct[:, self._cols(split)].mean(axis=1)
+
+    def mean_loglik(self, split: str | None = None) -> np.ndarray:
+        """Each arch's mean log-likelihood of the true class on `split` (None: all the measured images)."""
+        if self.loglik is None:
+            raise ValueError("this measurement kept no log-likelihoods")
+        return self.loglik[:, self._cols(split)].mean(axis=1)
+
+    def statistic(self, name: str) -> np.ndarray:
+        """Per arch, per image: `top1` (0/1 correctness) or `loglik`."""
+        if name == "top1":
+            return self.correct.astype(float)
+        if name == "loglik":
+            if self.loglik is None:
+                raise ValueError("this measurement kept no log-likelihoods")
+            return self.loglik.astype(float)
+        raise ValueError(f"unknown statistic {name!r}: top1 or loglik")
 
     def standard_error(self, split: str | None = None) -> np.ndarray:
         """Each arch's top-1 standard error (binomial) on `split`."""
@@ -94,15 +130,21 @@ class PairedMeasurement:
             b.append(idx[len(idx) // 2:])
         return np.sort(np.concatenate(a)), np.sort(np.concatenate(b))
 
-    def noise_ceiling(self, seed: int = 0, draws: int = HALVINGS) -> float:
+    def noise_ceiling(self, seed: int = 0, draws: int = HALVINGS, *, statistic: str = "top1",
+                      against: str | None = None) -> float:
         """Kendall tau between the archs' top-1 on two disjoint halves of the images, averaged over `draws` random
         halvings: how well the measurement itself ranks them (a predictor judged against one image set can hardly
         rank better than a second set does). One halving is a noisy figure (on the demo's 60 eval subnets 0.33 to
-        0.62 over 50 halvings, sd 0.06); the mean of 20 is stable to about 0.015."""
+        0.62 over 50 halvings, sd 0.06); the mean of 20 is stable to about 0.015.
+
+        `statistic` (`top1` or `loglik`) is what is averaged on the first half, `against` (default: the same) on the
+        second: `statistic="loglik", against="top1"` says how well the mean log-likelihood on some images ranks top-1
+        on others, beside top-1's own ceiling."""
+        first, second = self.statistic(statistic), self.statistic(against or statistic)
         taus = []
         for draw in range(draws):
             a, b = self.halves(seed, draw)
-            taus.append(kendall_tau(self.correct[:, a].mean(axis=1), self.correct[:, b].mean(axis=1)))
+            taus.append(kendall_tau(first[:, a].mean(axis=1), second[:, b].mean(axis=1)))
         return float(np.mean(taus))
 
     def split_ceiling(self) -> float:
@@ -112,7 +154,7 @@ class PairedMeasurement:
     def subset(self, rows: Sequence[int]) -> PairedMeasurement:
         rows = list(rows)
         return PairedMeasurement([self.archs[i] for i in rows], self.correct[rows], self.columns, self.labels,
-                                 self.bn_batches)
+                                 self.bn_batches, None if self.loglik is None else self.loglik[rows])
 
 
 class SupernetEvaluator:
@@ -139,11 +181,11 @@ class SupernetEvaluator:
 
 def measure_paired(evaluator: Any, archs: Sequence[Arch], store: Any, *, bn_batches: int,
                    progress: bool = True) -> PairedMeasurement:
-    """Per-image correctness of `archs` on val and holdout, each BN-recalibrated on the same `bn_batches` training
-    batches; taken from the store where it is there, else evaluated now and committed arch by arch.
-    `evaluator` is a `SupernetEvaluator` (its supernet, dataset and checkpoint hash)."""
+    """Per-image correctness and true-class log-likelihood of `archs` on val and holdout, each BN-recalibrated on the
+    same `bn_batches` training batches; taken from the store where it is there, else evaluated now and committed
+    arch by arch. `evaluator` is a `SupernetEvaluator` (its supernet, dataset and checkpoint hash)."""
     # deferred: torch loads only when this runs, not on import
-    from edgenas.train.evaluate import evaluate_correct_splits
+    from edgenas.train.evaluate import evaluate_scored_splits
 
     dataset = evaluator.dataset
     labels = [np.asarray(dataset.labels[s]) for s in SPLITS]
@@ -151,22 +193,27 @@ def measure_paired(evaluator: Any, archs: Sequence[Arch], store: Any, *, bn_batc
     n = sum(sizes)
     key = {"supernet_sha256": evaluator.info["sha256"], "dataset": dataset.fingerprint, "split": POOLED,
            "metric": correct_metric(bn_batches)}
-    stored = {Arch.from_dict(e.arch): e.extra.get("correct") for e in store.evaluations(
-        key["supernet_sha256"], POOLED, key["metric"], dataset=key["dataset"])}
-    rows: dict[Arch, np.ndarray] = {a: _unpack(stored[a], n) for a in archs
-                                    if isinstance(stored.get(a), str) and len(stored[a]) == 2 * ((n + 7) // 8)}
+    rows: dict[Arch, tuple[np.ndarray, np.ndarray]] = {}
+    for e in store.evaluations(key["supernet_sha256"], POOLED, key["metric"], dataset=key["dataset"]):
+        bits, ll = e.extra.get("correct"), _unpack_floats(e.extra.get("loglik"), n)
+        if isinstance(bits, str) and len(bits) == 2 * ((n + 7) // 8) and ll is not None:
+            rows[Arch.from_dict(e.arch)] = (_unpack(bits, n), ll)
     todo = list(dict.fromkeys(a for a in archs if a not in rows))
     if todo:
-        for arch, out in evaluate_correct_splits(evaluator.supernet, todo, dataset, SPLITS, bn_batches=bn_batches,
-                                                 progress=progress):
-            bits = np.concatenate([out[s] for s in SPLITS])
-            if len(bits) != n:
+        for arch, correct, loglik in evaluate_scored_splits(evaluator.supernet, todo, dataset, SPLITS,
+                                                            bn_batches=bn_batches, progress=progress):
+            bits = np.concatenate([correct[s] for s in SPLITS])
+            ll = np.concatenate([loglik[s] for s in SPLITS]).astype(np.float32)
+            if len(bits) != n or len(ll) != n:
                 raise ValueError(f"evaluated {len(bits)} images of {POOLED}, expected {n}")
-            store.add_evaluation(**key, arch=arch, value=float(bits.mean()), extra={"correct": _pack(bits)})
-            rows[arch] = bits
+            store.add_evaluation(**key, arch=arch, value=float(bits.mean()),
+                                 extra={"correct": _pack(bits), "loglik": _pack_floats(ll)})
+            rows[arch] = (bits, _unpack_floats(_pack_floats(ll), n))  # as stored: a re-run gives the same figures
     columns, start = {}, 0
     for s, size in zip(SPLITS, sizes):
         columns[s] = slice(start, start + size)
         start += size
-    return PairedMeasurement(list(archs), np.stack([rows[a] for a in archs]) if archs else np.zeros((0, n), bool),
-                             columns, np.concatenate(labels), bn_batches)
+    return PairedMeasurement(list(archs),
+                             np.stack([rows[a][0] for a in archs]) if archs else np.zeros((0, n), bool),
+                             columns, np.concatenate(labels), bn_batches,
+                             np.stack([rows[a][1] for a in archs]) if archs else np.zeros((0, n), np.float32))

@@ -166,6 +166,17 @@ def evaluate_correct_splits(supernet: Supernet, archs: Sequence[Arch | Any], dat
     """Paired evaluation: for each arch, one BatchNorm recalibration (on the same `bn_batches` training batches for
     every arch at a resolution) and then, per split in `splits`, whether each image (in the split's order) is
     classified right. Yields `(arch, {split: bool array})` as each arch is done, so a caller can store it at once."""
+    for arch, correct, _loglik in evaluate_scored_splits(supernet, archs, dataset, splits, bn_batches=bn_batches,
+                                                         batch_size=batch_size, seed=seed,
+                                                         eval_batch_size=eval_batch_size, progress=progress):
+        yield arch, correct
+
+
+def evaluate_scored_splits(supernet: Supernet, archs: Sequence[Arch | Any], dataset: Dataset,
+                           splits: Sequence[str] = ("val", "holdout"), *, bn_batches: int = 8, batch_size: int = 64,
+                           seed: int = 0, eval_batch_size: int = 256, progress: bool = False) -> Any:
+    """`evaluate_correct_splits` with each image's log-likelihood of its true class beside its correctness (the same
+    forward pass): yields `(arch, {split: bool array}, {split: float32 array})`."""
     archs = [_as_arch(supernet, a) for a in archs]
     _check_fits(supernet, dataset)
     device = next(supernet.parameters()).device
@@ -181,12 +192,17 @@ def evaluate_correct_splits(supernet: Supernet, archs: Sequence[Arch | Any], dat
                 supernet.set_active(arch)
                 recalibrate_bn(supernet, first.calibration(arch.resolution))
                 supernet.eval()
-                out = {}
+                correct, loglik = {}, {}
                 for split in splits:
-                    hits = [supernet(x).argmax(1) == y for x, y in batches[split].evaluation(arch.resolution)]
-                    out[split] = (torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)).cpu().numpy()
+                    hits, ll = [], []
+                    for x, y in batches[split].evaluation(arch.resolution):
+                        logits = supernet(x)
+                        hits.append(logits.argmax(1) == y)
+                        ll.append(torch.log_softmax(logits.float(), 1).gather(1, y[:, None])[:, 0])
+                    correct[split] = (torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)).cpu().numpy()
+                    loglik[split] = (torch.cat(ll) if ll else torch.zeros(0)).cpu().numpy()
                 bar.update(1)
-                yield arch, out
+                yield arch, correct, loglik
     finally:
         supernet.set_active(previous)
         supernet.train(was_training)

@@ -11,7 +11,8 @@ Variants: today's MLP (one-hot encoding, logit output) on the holdout split's to
 (`--run-bn` batches) and on the paired pooled measurement; the MLP with cost features (log MACs, log params,
 resolution) and a zero-cost proxy (synflow of the trained weights); the same with a pairwise ranking loss; an
 ensemble of 5 (bootstrap, its spread an interval); scikit-learn's Gaussian process and gradient boosting on the same
-features; a ridge regression on the cost features alone (the floor a predictor must beat).
+features; a ridge regression on the cost features alone (the floor a predictor must beat); and four of them fitted
+on the fitting subnets' mean true-class log-likelihood (a less noisy figure of the same images) instead of top-1.
 
     python tools/bench/predictor_variants.py --supernet DEMO/supernet/supernet.pt --store DEMO/store.sqlite
 """
@@ -151,6 +152,9 @@ def main() -> int:
           f"fitting subnets {len(fit_archs)} (run's own holdout figures for {len(run_archs)})")
     measured = m_judged.accuracy()
     y_fit = m_fit.accuracy()
+    # the fitting subnets' mean true-class log-likelihood on the same images, as a geometric-mean probability in
+    # (0, 1] (the predictors' targets must be in [0, 1]; only its order matters for tau against top-1)
+    y_fit_ll = np.exp(m_fit.mean_loglik())
     feats = CostFeatures.fit(space, fit_archs, supernet=ev.supernet, dataset=ev.dataset)
     x_fit, x_judged = feats(fit_archs), feats(judged)
     cost_only = slice(space.encoding_size, None)
@@ -179,6 +183,12 @@ def main() -> int:
         ("GP edgenas.accuracy.gp (encoding + cost)", lambda s: gp_default(s), judged),
         ("GP edgenas.accuracy.gp, holdout top-1, run's BN", lambda s: gp_default(s, run_archs, run_y), judged),
         ("gradient boosting (encoding + cost + proxy)", lambda s: fit_gbm(x_fit, y_fit, seed=s), x_judged),
+        ("MLP today, fitted on mean log-likelihood", lambda s: today(fit_archs, y_fit_ll, s), judged),
+        ("GP edgenas.accuracy.gp, fitted on mean log-likelihood", lambda s: gp_default(s, fit_archs, y_fit_ll),
+         judged),
+        ("ridge, cost features only, fitted on mean log-likelihood",
+         lambda s: fit_ridge(x_fit[:, cost_only], y_fit_ll, seed=s), x_judged[:, cost_only]),
+        ("ensemble of 5, fitted on mean log-likelihood", lambda s: fit_ensemble(x_fit, y_fit_ll, seed=s), x_judged),
     ]
     for name, fit, query in variants:
         figs = []
@@ -188,11 +198,14 @@ def main() -> int:
             figs.append(rank_figures(predict(query), measured, k=5))
         mean = {k: float(np.mean([f[k] for f in figs])) for k in figs[0]}
         rows.append((name, mean, (time.perf_counter() - t0) / args.fit_seeds))
-    print(f"\n{'variant':<46} {'tau':>6} {'rho':>6} {'RMSE pt':>8} {'top-5':>6} {'fit s':>6}")
+    print(f"\n{'variant':<58} {'tau':>6} {'rho':>6} {'RMSE pt':>8} {'top-5':>6} {'fit s':>6}")
     for name, f, sec in rows:
-        print(f"{name:<46} {f['kendall_tau']:6.3f} {f['spearman']:6.3f} {f['rmse_points']:8.2f} "
+        print(f"{name:<58} {f['kendall_tau']:6.3f} {f['spearman']:6.3f} {f['rmse_points']:8.2f} "
               f"{f['top5_hit_rate']:6.2f} {sec:6.1f}")
-    print(f"{'noise ceiling (two halves of the images)':<46} {m_judged.noise_ceiling(args.seed):6.3f}")
+    print(f"{'noise ceiling (two halves of the images)':<58} {m_judged.noise_ceiling(args.seed):6.3f}")
+    print(f"{'mean log-likelihood on one half -> top-1 on the other':<58} "
+          f"{m_judged.noise_ceiling(args.seed, statistic='loglik', against='top1'):6.3f}")
+    print(f"{'ceiling of the mean log-likelihood':<58} {m_judged.noise_ceiling(args.seed, statistic='loglik'):6.3f}")
     return 0
 
 
