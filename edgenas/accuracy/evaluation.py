@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edgenas.accuracy.measure import PairedMeasurement, SupernetEvaluator, measure_paired
+from edgenas.accuracy.measure import PAIRED_METRICS, PairedMeasurement, SupernetEvaluator, measure_paired
 from edgenas.accuracy.predictor import free_cores, kendall_tau, load_accuracy_predictor, rmse
 from edgenas.errors import UsageError
 from edgenas.space import Arch, SearchSpace
@@ -27,8 +27,6 @@ from edgenas.store import Store, default_store_path
 def fitted_archs(store: Any, supernet_sha256: str) -> set[Arch]:
     """Every arch the store holds an evaluation of for this supernet other than a paired measurement's: the
     predictor's fitting and test subnets are among them; the paired ones were measured for judging, never fitting."""
-    from edgenas.accuracy.measure import PAIRED_METRICS
-
     return {Arch.from_dict(a) for a, _split, metric in store.evaluated(supernet_sha256)
             if not metric.startswith(PAIRED_METRICS)}
 
@@ -90,8 +88,6 @@ class PredictorEval:
 def evaluate_predictor(predictor: Any, measurement: PairedMeasurement, *, name: str, seed: int,
                        k: int = 5) -> PredictorEval:
     """The figures of `predictor` (anything with `.predict(archs)`) against `measurement`."""
-    from edgenas.accuracy.predictor import kendall_tau
-
     measured = measurement.accuracy()
     predicted = np.asarray(predictor.predict(measurement.archs), dtype=float)
     scored = measurement.loglik is not None and len(measurement.archs) > 1
