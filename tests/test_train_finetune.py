@@ -53,7 +53,8 @@ def test_init_on_another_class_count_starts_from_the_backbone_with_a_new_head(tm
                       'head_warmup_steps = 2\n[[phases]]\nname = "full"\nsteps = 2\nlr = 0.05\ndistill = false\n')
     result = _cli("train", "--init", str(pretrained), "--dataset", f"folder:{photos}", "--config", str(config),
                   "--out", str(tmp_path / "run"), "--no-progress", "--threads", "1", "--data-workers", "0", "--json")
-    assert result.returncode == 0, result.stderr[-2000:]
+    # two steps of the head alone need not pass the training check: its verdict decides the exit status
+    assert result.returncode == (0 if json.loads(result.stdout)["gate"]["passed"] else 1), result.stderr[-2000:]
     assert "backbone loaded, a new classifier for 3 classes (it had 2)" in result.stderr
     before = torch.load(pretrained, weights_only=True)
     after = torch.load(tmp_path / "run" / "supernet.pt", weights_only=True)
