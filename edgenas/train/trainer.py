@@ -646,7 +646,7 @@ class PhaseLoop:
                        log_every=15.0)
         return cls(index, phase, first, min_steps, options, watched_archs(space, options),
                    max(10, round(config.plateau_every * run.steps_per_epoch)) if config.eval_every_phase else 0,
-                   state.backoff.check_at(index, run.train_size, config.batch_size, min_steps), loader,
+                   state.backoff.check_at(index, run.train_size, config.batch_size, state.schedule.end), loader,
                    resolutions, loader.batches_from(first), bar, t0, t_rate=t0, rate_first=first, rng_done=torch.get_rng_state())
 
     def after_update(self, run: Run, state: TrainState, loss: float, correct: float) -> None:
@@ -772,7 +772,7 @@ def _check_learning_rate(run: Run, state: TrainState, loop: PhaseLoop) -> str:
     phase starts again."""
     backoff, classes = state.backoff, run.dataset.num_classes
     action, decided = decided_on_rank0(run.procs, partial(backoff.decide, loop.loss_avg, state.step, classes,
-                                                          loop.min_steps))
+                                                          state.schedule.end))
     backoff.adopt(decided)
     if run.procs.main:
         print(f"edgenas train: {backoff.describe(classes)}", file=sys.stderr)
@@ -808,8 +808,9 @@ def _restart_or_revert(run: Run, state: TrainState, loop: PhaseLoop, action: str
         torch.set_rng_state(held.rng)
         state.optimizer, state.schedule, state.scheduler = held.optimizer, held.schedule, held.scheduler
         loop.rng_done, loop.loss_avg, loop.acc_avg = held.rng, held.loss_avg, held.acc_avg
-        state.global_step += loop.check - state.step
-        state.step = loop.check
+        held_step = backoff.state["last"]["step"]  # the higher rate's check (a lower rate may have waited past it)
+        state.global_step += held_step - state.step
+        state.step = held_step
         stats.update({k: v for k, v in held.stats.items() if k != "budget_s"})
         loop.check = None
     loop.batches = loop.loader.batches_from(state.step)
