@@ -304,6 +304,12 @@ def test_edgenas_train_exits_1_when_the_check_fails(tmp_path, capsys):
     # run again: the training is complete, the verdict the same, and so is the exit status
     assert main(["train", "--config", str(tmp_path / "short.toml"), "--out", str(out), "--resume", "--threads", "1",
                  "--no-progress"]) == 1
+    capsys.readouterr()
+    # --force (a deliberately short trial): exit 0, the failure still printed, the supernet kept
+    assert main(["train", "--config", str(tmp_path / "short.toml"), "--out", str(out), "--resume", "--threads", "1",
+                 "--no-progress", "--force"]) == 0
+    err = capsys.readouterr().err
+    assert "training check FAILED" in err and "kept anyway (--force)" in err and (out / "supernet.pt").is_file()
 
 
 @pytest.mark.parametrize("stop_unlearned", [True, False])

@@ -4,7 +4,6 @@ rate restarts at a third of it; the factor scales the first phase and caps the l
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
