@@ -116,7 +116,10 @@ formats = ["onnx"]
 [[devices]]
 name = "local.toml"
 precision = "fp32"
-budget_quantiles = [0.9]
+# a budget far above any subnet here, whatever the load: this test is about fine-tuning and shipping; at the 90th
+# percentile (0.55 ms once, from 3 calibration timings on a loaded machine) the one candidate measured 0.85 ms
+# while other work held 88 % of the core, and nothing shipped
+budgets_ms = [50.0]
 calibration_budget = 3
 holdout = 3
 calibration_rounds = 0
