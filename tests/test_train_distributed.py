@@ -85,7 +85,7 @@ def test_torchrun_learning_rate_backoff_restarts_every_rank_alike(tmp_path):
     weights (the ones DDP began with): the ranks end with identical weights."""
     config = CONFIG.replace('preset = "tiny"', 'preset = "tiny"\ndataset = "shapes:samples=120,image_size=16"\n'
                                                'lr_batch_size = 16')
-    config = config.replace("steps = 3\nlr = 0.05", "steps = 12\nlr = 50.0")
+    config = config.replace("steps = 3\nlr = 0.05", "steps = 44\nlr = 50.0")  # checked after 40 steps
     summary, out = _torchrun_train(config, tmp_path)
     assert summary["lr_backoff"]["backoffs"] and summary["lr_backoff"]["checked"]
     checksums = summary["rank_param_checksums"]
