@@ -10,7 +10,8 @@ images is known to about sqrt(p (1 - p) / n): one image of 240 is 0.42 points, t
   recalibrated, without augmentation) less than half holds on the validation images, even 3 standard errors up;
 - the smallest subnet did not learn: not far above chance by the largest's rule;
 - the smallest subnet trails the largest by more than a smaller network is expected to: more than 10 points or
-  twice the largest's validation error, whichever is more, plus 3 standard errors of the gap (`allowed_gap`).
+  twice the largest's validation error, whichever is more, plus 3 standard errors of the gap (`allowed_gap`),
+  unless it holds on validation images what it reached on its training images (`_holds`: then it learned).
 
 A smaller subnet trailing the largest is expected (fewer layers and channels, smaller kernels, a lower resolution):
 within the allowance the gap is reported (the verdict's `gap`, the summary, the model card, the report), and the
@@ -151,6 +152,16 @@ class TrainingGateFailed(Exception):
         self.report: Any = None  # the report `edgenas run` wrote (training curves and the verdict), if any
 
 
+def _holds(verdict: Verdict, chance: float, val_size: int | None) -> bool:
+    """Whether a smallest subnet trailing past the allowance holds on validation images what it reached on its
+    training images (not `memorised`): judged against what it can reach, it learned, and the gap is reported, not
+    failed. The same seed on three threads ended a shapes folder at 96.2 / 77.1 % (its training images 87.5 %), one
+    thread at 95.0 / 95.8 %: a gap of 19.2 points against an allowance of 18.9 would have given the two machines two
+    verdicts. Without its training figure (a summary from before it was measured) the allowance decides."""
+    trained = verdict.train_smallest
+    return trained is not None and not memorised(verdict.smallest, trained, chance, val_size)
+
+
 def training_verdict(summary: dict[str, Any], *, num_classes: int | None = None) -> Verdict:
     """The verdict on a training summary: passed, the figures, what failed and what to try.
 
@@ -191,7 +202,7 @@ def training_verdict(summary: dict[str, Any], *, num_classes: int | None = None)
         if far_above and smallest < need:
             verdict.problems.append(f"the smallest subnet ({100 * smallest:.1f} %) is not far above chance "
                                     f"({100 * chance:.1f} %; needs {100 * need:.1f} %)")
-        elif far_above and verdict.gap > verdict.allowed:
+        elif far_above and verdict.gap > verdict.allowed and not _holds(verdict, chance, val_size):
             verdict.problems.append(f"{verdict.gap_text}: more than a smaller network is expected to")
     verdict.passed = not verdict.problems
     if not verdict.passed:
