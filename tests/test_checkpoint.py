@@ -109,7 +109,8 @@ def test_sigkill_mid_phase_then_resume_matches_an_uninterrupted_run(tmp_path):
     # `edgenas train --resume`, as a user runs it after the kill: it finishes the run from last.pt
     argv = [sys.executable, "-m", "edgenas.cli", "train", "--config", str(config_path), "--out", str(out), "--threads",
             "1", "--no-progress"]
-    done = subprocess.run([*argv, "--resume", "--json"], env=env, capture_output=True, text=True, timeout=600)
+    # 15 steps do not pass the training check (not under test here): --force keeps the exit status 0
+    done = subprocess.run([*argv, "--resume", "--json", "--force"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout[done.stdout.index("{"):])
     assert summary["global_step"] == 15 and [p["steps"] for p in summary["phases"]] == [5, 5, 5]

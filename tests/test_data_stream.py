@@ -221,7 +221,7 @@ def test_a_streamed_training_run_says_what_it_reads_at_and_records_its_split(tmp
                       '[[phases]]\nname = "full"\nsteps = 3\ndistill = false\n'
                       '[[phases]]\nname = "kernel"\nsteps = 2\nkernels = "all"\n')
     result = _cli("train", "--dataset", f"folder:{folder}", "--config", str(config), "--out", str(tmp_path / "run"),
-                  "--no-progress", "--data-workers", "1", "--threads", "1", "--json")
+                  "--no-progress", "--data-workers", "1", "--threads", "1", "--json", "--force")  # 5 steps: no check
     assert result.returncode == 0, result.stderr[-2000:]
     first = result.stderr.splitlines()[0]
     assert "streamed from disk, read at 24-32 px" in first and "72-" in first

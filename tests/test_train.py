@@ -250,14 +250,16 @@ def test_largest_first_trains_the_full_network_and_teaches_the_others_with_it(tm
 def test_an_arch_is_evaluated_again_only_after_the_weights_changed(tmp_path, monkeypatch):
     """The final check takes the largest and smallest subnets at the weights the last phase's summary has just
     evaluated them at: their figures are reused, not measured twice; every phase's steps change the weights, so each
-    phase's summary measures anew."""
+    phase's summary measures anew. A phase's summary takes the smallest subnet of the dimensions trained so far (the
+    first phase: the largest at the lowest resolution), the space's smallest once every dimension is trained."""
     import edgenas.train.trainer as trainer
     from edgenas.train.config import Phase, TrainConfig
 
     config = TrainConfig(
         preset="tiny", dataset="digits", batch_size=8, bn_batches=1, final_samples=1, compare_alone=False,
         checkpoint_every=1000,
-        phases=(Phase("full", steps=2, lr=0.1, distill=False), Phase("kernel", steps=2, lr=0.03, kernels="all")))
+        phases=(Phase("full", steps=2, lr=0.1, distill=False),
+                Phase("all", steps=2, lr=0.03, kernels="all", depths="all", expands="all")))
     measured = []
     val_top1 = trainer._val_top1
     monkeypatch.setattr(trainer, "_val_top1", lambda net, archs, *a: measured.extend(archs) or val_top1(net, archs, *a))
@@ -265,7 +267,8 @@ def test_an_arch_is_evaluated_again_only_after_the_weights_changed(tmp_path, mon
     space = SearchSpace.preset("tiny", in_channels=1)
     largest, smallest = space.largest(), space.smallest()
     random = Arch.from_dict(summary["val"][2]["arch"])
-    assert measured == [largest, smallest, largest, smallest, random]  # two summaries, then only the random subnet
+    first_smallest = space.largest(min(space.resolutions))
+    assert measured == [largest, first_smallest, largest, smallest, random]  # two summaries, then the random subnet
     final = {r["name"]: r["top1"] for r in summary["val"][:2]}
     last = summary["phases"][-1]
     assert final == {"largest": last["val_largest"], "smallest": last["val_smallest"]}

@@ -53,7 +53,8 @@ def test_init_on_another_class_count_starts_from_the_backbone_with_a_new_head(tm
                       'head_warmup_steps = 2\n[[phases]]\nname = "full"\nsteps = 2\nlr = 0.05\ndistill = false\n')
     result = _cli("train", "--init", str(pretrained), "--dataset", f"folder:{photos}", "--config", str(config),
                   "--out", str(tmp_path / "run"), "--no-progress", "--threads", "1", "--data-workers", "0", "--json")
-    assert result.returncode == 0, result.stderr[-2000:]
+    # two steps of the head alone need not pass the training check: its verdict decides the exit status
+    assert result.returncode == (0 if json.loads(result.stdout)["gate"]["passed"] else 1), result.stderr[-2000:]
     assert "backbone loaded, a new classifier for 3 classes (it had 2)" in result.stderr
     before = torch.load(pretrained, weights_only=True)
     after = torch.load(tmp_path / "run" / "supernet.pt", weights_only=True)
@@ -115,7 +116,10 @@ formats = ["onnx"]
 [[devices]]
 name = "local.toml"
 precision = "fp32"
-budget_quantiles = [0.9]
+# a budget far above any subnet here, whatever the load: this test is about fine-tuning and shipping; at the 90th
+# percentile (0.55 ms once, from 3 calibration timings on a loaded machine) the one candidate measured 0.85 ms
+# while other work held 88 % of the core, and nothing shipped
+budgets_ms = [50.0]
 calibration_budget = 3
 holdout = 3
 calibration_rounds = 0

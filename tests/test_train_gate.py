@@ -3,6 +3,7 @@ two small folder datasets made here (colours that decide the class, and the same
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -11,14 +12,16 @@ import pytest
 from PIL import Image
 
 from edgenas.train.config import Phase, TrainConfig, preset_config
-from edgenas.train.gate import SMALLEST_GAP, required_top1, training_verdict
-from edgenas.train.schedule import PhaseSchedule, TimeBudget, lr_factor, plateau_cut, step_cost, time_cut
+from edgenas.train.gate import GAP_FLOOR, GAP_PER_ERROR, Z, allowed_gap, required_top1, standard_error, training_verdict
+from edgenas.train.schedule import PhaseSchedule, TimeBudget, lr_factor, plateau_cut, plateau_words, step_cost, time_cut
 from edgenas.train.trainer import train
 
 
-def summary(largest, smallest, chance=0.1, val_size=1000, stopped="plateau", train_acc=None, alone=None):
+def summary(largest, smallest, chance=0.1, val_size=1000, stopped="plateau", train_acc=None, alone=None,
+            train_top1=None):
     curve = [{"step": 10, "largest": largest, "train_acc": train_acc if train_acc is not None else largest}]
-    s = {"val": [{"name": "largest", "top1": largest}, {"name": "smallest", "top1": smallest}],
+    trained = {} if train_top1 is None else {"train_top1": train_top1}
+    s = {"val": [{"name": "largest", "top1": largest, **trained}, {"name": "smallest", "top1": smallest}],
          "chance": chance, "val_size": val_size,
          "phases": [{"phase": "full", "stopped": stopped, "curve": curve}]}
     if alone is not None:
@@ -42,10 +45,59 @@ def test_verdict_fails_near_chance_and_names_the_threshold():
     assert required_top1(0.5, 20) == pytest.approx(0.5 + 3 * math.sqrt(0.25 / 20))
 
 
-def test_verdict_fails_a_smallest_subnet_far_below_the_largest():
-    v = training_verdict(summary(0.9, 0.9 - SMALLEST_GAP - 0.02))
-    assert not v.passed and "smallest" in v.problems[0] and "larger preset" in v.hint
-    assert training_verdict(summary(0.9, 0.9 - SMALLEST_GAP + 0.02)).passed
+def test_a_smaller_subnet_that_learned_passes_trailing_by_more_than_10_points_and_the_gap_is_reported():
+    """Issue 46's run: 6 classes, 240 validation images, the largest at 88.8 %, the smallest 10.4 points below. The
+    old fixed rule (10 points) failed it inside the measurement's noise; the smallest learned: it ships, the gap
+    said in the verdict."""
+    v = training_verdict(summary(0.888, 0.783, chance=1 / 6, val_size=240))
+    assert v.passed, v.message
+    assert v.gap == pytest.approx(0.105) and v.allowed > 0.2
+    assert "trails the largest by 10.5 points (allowed" in v.message
+    d = v.to_dict()
+    assert d["gap"] == pytest.approx(0.105) and d["allowed_gap"] == pytest.approx(v.allowed, abs=1e-5)
+    # the same seed on two threads ended 86.7 / 83.8 %: the same verdict
+    assert training_verdict(summary(0.867, 0.838, chance=1 / 6, val_size=240)).passed
+
+
+def test_the_allowed_gap_grows_with_the_largest_subnets_error_and_the_validation_splits_noise():
+    se = math.hypot(standard_error(0.98, 300), standard_error(0.95, 300))
+    assert allowed_gap(0.98, 0.95, 300) == pytest.approx(GAP_FLOOR + Z * se)  # near 100 %: the floor
+    assert allowed_gap(0.70, 0.40, 10_000) == pytest.approx(GAP_PER_ERROR * 0.30 + Z * math.hypot(
+        standard_error(0.7, 10_000), standard_error(0.4, 10_000)))
+    assert allowed_gap(0.9, 0.8, 100) > allowed_gap(0.9, 0.8, 1000)  # fewer images, more noise, more allowance
+    assert standard_error(1.0, 100) > 0  # a perfect figure is not exact
+
+
+def test_verdict_fails_a_smallest_subnet_that_did_not_learn_or_trails_past_its_allowance():
+    near_chance = training_verdict(summary(0.9, 0.2, chance=0.1))
+    assert not near_chance.passed and "smallest subnet (20.0 %) is not far above chance" in near_chance.problems[0]
+    assert "larger preset" in near_chance.hint
+    far = 0.97 - allowed_gap(0.97, 0.6, 1000) - 0.02
+    v = training_verdict(summary(0.97, far, chance=0.1))
+    assert not v.passed and "trails the largest by" in v.problems[0] and "more than a smaller network" in v.problems[0]
+    just_in = 0.97 - allowed_gap(0.97, 0.75, 1000) + 0.02
+    assert training_verdict(summary(0.97, just_in, chance=0.1)).passed
+    # judged against what it can reach: holding on validation images what it reached on its training images, it
+    # learned (a shapes folder on three threads: 96.2 / 77.1 %, 87.5 % on its training images): passes, gap reported
+    held = summary(0.962, 0.771, chance=1 / 6, val_size=240)
+    held["val"][1]["train_top1"] = 0.875
+    v = training_verdict(held)
+    assert v.passed and v.gap > v.allowed and "trails the largest by 19.1 points" in v.message
+    fitted = summary(0.962, 0.45, chance=1 / 6, val_size=240)
+    fitted["val"][1]["train_top1"] = 1.0  # fitted its training images, kept little of it: fails
+    v = training_verdict(fitted)
+    assert not v.passed and "more than a smaller network" in v.problems[0]
+
+
+def test_verdict_fails_a_network_that_memorised_its_training_images():
+    """Far above chance on validation images is not enough where it holds under half of what it fitted: 100 % on
+    its training images, 42 % on the validation ones (chance 16.7 %), judged with the split's standard error."""
+    v = training_verdict(summary(0.42, 0.40, chance=1 / 6, val_size=240, train_top1=1.0))
+    assert not v.passed and "memorised its training images" in v.problems[0] and "bigger dataset" in v.hint
+    # a network that learned: 95 % on its training images, 85 % on validation
+    assert training_verdict(summary(0.85, 0.75, chance=1 / 6, val_size=240, train_top1=0.95)).passed
+    # within 3 standard errors of holding half: passes (60 % on 240 images, 100 % on training images)
+    assert training_verdict(summary(0.6, 0.5, chance=1 / 6, val_size=240, train_top1=1.0)).passed
 
 
 @pytest.mark.parametrize("stopped, train_acc, words", [
@@ -88,6 +140,27 @@ def test_plateau_stops_after_patience_checks_and_not_before_the_minimum():
     assert plateau_cut(flat, 0.2, 500, 30, config, True, 1000, floor=0.1) is not None
     # a fixed-length phase only records
     assert plateau_cut({"best": 0.9, "stale": 5}, 0.1, 500, 0, config, False, 1000) is None
+
+
+def test_a_phase_ends_when_every_subnet_it_trains_stops_rising_and_says_which():
+    """The largest flat is no plateau while the smallest the phase trains still rises (issue 46: the last phase ended
+    on the largest's plateau with the smallest going from 68.8 to 78.3 %)."""
+    config = TrainConfig(phases=(Phase("full"),), plateau_patience=2, plateau_delta=0.01)
+    state = {"best": -1.0, "stale": 0}
+    largest = [0.88, 0.88, 0.88, 0.88, 0.88, 0.88, 0.88]
+    smallest = [0.60, 0.66, 0.70, 0.74, 0.75, 0.75, 0.75]
+    cuts = [plateau_cut(state, {"largest": a, "smallest": b}, step, 10, config, True, 1000)
+            for step, (a, b) in zip(range(10, 80, 10), zip(largest, smallest))]
+    assert cuts[:5] == [None] * 5  # the smallest rose until the fourth check
+    assert cuts[5] == (69, "plateau")  # two checks without a rise of either
+    assert state["plateaued"] == {"largest": 0.88, "smallest": 0.74}
+    alone = {"best": -1.0, "stale": 0}  # the largest alone would have ended the phase at its third check
+    assert [plateau_cut(alone, {"largest": a}, step, 10, config, True, 1000)
+            for step, a in zip((10, 20, 30), largest)][2] == (35, "plateau")
+    assert state["plateaued"] == {"largest": 0.88, "smallest": 0.74}
+    assert plateau_words(state["plateaued"]) == "largest at 88.0 % and smallest at 74.0 %"
+    # one figure (a phase_state kept before subnets were watched apart) still works
+    assert plateau_cut({"best": 0.5, "stale": 5}, 0.5, 500, 0, config, True, 1000) is not None
 
 
 def test_time_cut_ends_the_phase_where_its_share_runs_out():
@@ -198,21 +271,55 @@ def short_config(dataset: str) -> TrainConfig:
                       subnets_per_step=2, smallest_first=True)))
 
 
-@pytest.mark.parametrize("random_labels", [False, True])
-def test_gate_on_a_real_run(tmp_path, random_labels):
-    """Random labels fail the gate, labels that follow from the images pass. A fixed-length first phase never
-    stops training early (the later phases go on training the full network)."""
-    folder = make_folder(tmp_path / "data", random_labels=random_labels)
-    result = train(short_config(f"folder:{folder}"), tmp_path / "run", threads=1, progress=False, tensorboard=False)
-    s = result.summary
+def test_same_seed_on_one_and_two_threads_gives_the_same_verdict(tmp_path):
+    """Labels that follow from the images pass, on one thread and on two: floating-point sums in another order
+    change the figures, not the verdict (issue 46: one thread failed and two passed the same seed). A fixed-length
+    first phase never stops training early (the later phases go on training the full network)."""
+    folder = make_folder(tmp_path / "data", random_labels=False)
+    runs = {threads: train(short_config(f"folder:{folder}"), tmp_path / f"run{threads}", threads=threads,
+                           progress=False, tensorboard=False).summary for threads in (1, 2)}
+    for s in runs.values():
+        assert s["alone"]["steps"] == s["global_step"] == 28 and 0 <= s["alone"]["top1"] <= 1
+        assert 0.33 <= s["chance"] < 0.6  # the most common class's share of the validation split
+        assert all(p["stopped"] == "length" and p["curve"] for p in s["phases"][:1]) and "stopped_unlearned" not in s
+        assert s["gate"]["passed"], s["gate"]["message"]
+        assert s["gate"]["gap"] is not None and "trails the largest by" in s["gate"]["message"]
+        assert all(0 <= row["train_top1"] <= 1 for row in s["val"][:2])  # what each reaches on training images
+        # each phase's summary: the smallest subnet of the dimensions trained so far, the space's only in the last
+        assert [p["smallest_is_space"] for p in s["phases"]] == [False, False, False, True]
+        assert s["phases"][0]["smallest_arch"]["kernels"] == s["val"][0]["arch"]["kernels"]  # full: only resolution
+        assert s["phases"][-1]["smallest_arch"] == s["val"][1]["arch"]
+    assert runs[1]["gate"]["passed"] == runs[2]["gate"]["passed"]
+
+
+def test_edgenas_train_exits_1_when_the_check_fails(tmp_path, capsys):
+    """Random labels fail the gate: `edgenas train` says so, names the supernet it kept, and exits 1 (as `edgenas
+    run` does), so a script that chains it into `edgenas search` learns that the check failed."""
+    from edgenas.cli import main
+    from edgenas.train.config import to_toml
+
+    folder = make_folder(tmp_path / "data", random_labels=True)
+    (tmp_path / "short.toml").write_text(to_toml(short_config(f"folder:{folder}")))
+    out = tmp_path / "run"
+    code = main(["train", "--config", str(tmp_path / "short.toml"), "--out", str(out), "--threads", "1",
+                 "--no-progress", "--json"])
+    captured = capsys.readouterr()
+    assert code == 1
+    s = json.loads(captured.out)
     gate = s["gate"]
-    assert s["alone"]["steps"] == s["global_step"] == 28 and 0 <= s["alone"]["top1"] <= 1
-    assert 0.33 <= s["chance"] < 0.6  # the most common class's share of the validation split
-    assert all(p["stopped"] == "length" and p["curve"] for p in s["phases"][:1]) and "stopped_unlearned" not in s
-    if random_labels:
-        assert not gate["passed"] and "not far above chance" in gate["message"] and gate["hint"]
-    else:
-        assert gate["passed"], gate["message"]
+    assert not gate["passed"] and "not far above chance" in gate["message"] and gate["hint"]
+    assert s["global_step"] == 28 and all(p["stopped"] == "length" for p in s["phases"][:1])
+    assert "training check FAILED" in captured.err and f"kept in {out / 'supernet.pt'}" in captured.err
+    assert (out / "supernet.pt").is_file()
+    # run again: the training is complete, the verdict the same, and so is the exit status
+    assert main(["train", "--config", str(tmp_path / "short.toml"), "--out", str(out), "--resume", "--threads", "1",
+                 "--no-progress"]) == 1
+    capsys.readouterr()
+    # --force (a deliberately short trial): exit 0, the failure still printed, the supernet kept
+    assert main(["train", "--config", str(tmp_path / "short.toml"), "--out", str(out), "--resume", "--threads", "1",
+                 "--no-progress", "--force"]) == 0
+    err = capsys.readouterr().err
+    assert "training check FAILED" in err and "kept anyway (--force)" in err and (out / "supernet.pt").is_file()
 
 
 @pytest.mark.parametrize("stop_unlearned", [True, False])

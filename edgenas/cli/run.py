@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--out", metavar="DIR", help="output folder (overrides the config's `out`)")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.add_argument("--force", action="store_true", help="go on after training even when the supernet failed its "
-                     "check (its largest subnet not far above chance, or its smallest far below the largest)")
+                     "check (the network did not learn: its largest near chance or memorising, or its smallest near chance)")
     run.set_defaults(handler="edgenas.cli.run:run_config")
 
 

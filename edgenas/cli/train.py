@@ -45,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "half the cores, at most 8; 0 reads in the training process)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    train.add_argument("--force", action="store_true", help="exit 0 even when the supernet failed its training "
+                       "check (the failure is still printed; for deliberately short trials)")
     train.set_defaults(handler="edgenas.cli.train:run_train")
 
     ev = sub.add_parser("eval", help="BN-recalibrated top-1 of subnets of a trained supernet",
@@ -114,10 +116,15 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"supernet: {result.checkpoint}")
         print(f"{'phase':<10} {'steps':>6} {'epochs':>7} {'stopped':>10} {'seconds':>8} {'img/s':>7} {'largest':>8} "
               f"{'smallest':>8}")
+        so_far = False  # a phase's smallest is that of the dimensions trained so far (marked *) until all are
         for p in summary["phases"]:
+            mark = "*" if p.get("smallest_is_space") is False else ""
+            so_far = so_far or bool(mark)
             print(f"{p['phase']:<10} {p['steps']:>6} {p.get('epochs', float('nan')):>7.2f} {p.get('stopped', ''):>10} "
                   f"{p['seconds']:>8.1f} {p['samples_per_s']:>7.0f} {p.get('val_largest', float('nan')):>8.4f} "
-                  f"{p.get('val_smallest', float('nan')):>8.4f}")
+                  f"{p.get('val_smallest', float('nan')):>8.4f}{mark}")
+        if so_far:
+            print("* the smallest subnet of the dimensions trained so far (the space's smallest once it is trained)")
         print("validation top-1 after BN recalibration:")
         for r in summary["val"]:
             print(f"  {r['name']:<8} {r['top1']:.4f}  {json.dumps(r['arch'], separators=(',', ':'))}")
@@ -126,8 +133,21 @@ def run_train(args: argparse.Namespace) -> int:
                   f"{summary['alone']['top1']:.4f}")
         if "chance" in summary:
             print(f"  chance (always the most common class): {summary['chance']:.4f}")
+        if (summary.get("gate") or {}).get("gap") is not None:
+            print(f"  the smallest subnet trails the largest by {100 * summary['gate']['gap']:.1f} points (the check "
+                  f"allows {100 * summary['gate']['allowed_gap']:.1f})")
     if "gate" in summary:
         print(f"edgenas train: {summary['gate']['message']}", file=sys.stderr)
+        if not summary["gate"]["passed"]:  # one verdict, one exit status: as `edgenas run` stops at this check
+            from edgenas.cli.run import EXIT_CHECK_FAILED
+
+            if args.force:
+                print(f"edgenas train: WARNING: the training check FAILED; kept anyway (--force): {result.checkpoint}",
+                      file=sys.stderr)
+                return 0
+            print(f"edgenas: error: the training check failed; the trained supernet is kept in {result.checkpoint} "
+                  "(`edgenas run --force` with train.checkpoint set to it goes on with it)", file=sys.stderr)
+            return EXIT_CHECK_FAILED
     return 0
 
 

@@ -546,6 +546,10 @@ def prepare_export(supernet: nn.Module, arch: Arch, dataset: Any, *, options: Ex
                     "checkpoint_dataset": info["dataset"]},
         "training_seed": info.get("seed"),
     }
+    gate = (info.get("summary") or {}).get("gate") or {}
+    if gate.get("gap") is not None:  # the training check and how far its smallest subnet trailed the largest
+        lineage["training_check"] = (f"{'passed' if gate.get('passed') else 'FAILED'}; the smallest subnet trails the "
+                                     f"largest by {100 * gate['gap']:.1f} points (allowed {100 * gate['allowed_gap']:.1f})")
     if search:
         lineage["search"] = {k: search.get(k) for k in ("algorithm", "device", "constraints", "config") if k in search}
         if "_file" in search:

@@ -216,6 +216,9 @@ def _training_figures(checkpoint: Path, verdict: Any, info: dict[str, Any]) -> t
     if (summary.get("lr_backoff") or {}).get("factor") is not None:  # the learning-rate back-off's factor
         training_summary["learning-rate factor (x the preset's)"] = summary["lr_backoff"]["factor"]
     training_summary["training check"] = verdict.message
+    if getattr(verdict, "gap", None) is not None:  # how far the smallest subnet trails the largest, and the allowance
+        training_summary["smallest subnet below the largest (points)"] = (
+            f"{100 * verdict.gap:.1f} (the check allows {100 * verdict.allowed:.1f})")
     return metrics, training_summary
 
 

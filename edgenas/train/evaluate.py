@@ -43,8 +43,8 @@ class _Batches:
     split's batches, read anew each time (never held whole)."""
 
     def __init__(self, dataset: Dataset, split: str, bn_batches: int, batch_size: int, seed: int,
-                 device: torch.device) -> None:
-        self.dataset, self.split, self.bn_batches = dataset, split, bn_batches
+                 device: torch.device, limit: int | None = None) -> None:
+        self.dataset, self.split, self.bn_batches, self.limit = dataset, split, bn_batches, limit
         self.batch_size, self.seed, self.device = batch_size, seed, device
         self._calibration: tuple[int, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
 
@@ -62,8 +62,23 @@ class _Batches:
         return self._calibration[1]
 
     def evaluation(self, resolution: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        loader = self.dataset.loader(self.split, batch_size=self.batch_size, resolution=resolution)
-        return ((_channels_last(x.to(self.device)), y.to(self.device)) for x, y in loader)
+        """The split's batches at `resolution`, read as they are used; with `limit`, a seeded sample of that many
+        images (not the split's first: a folder's are in class order)."""
+        if self.limit is None:
+            loader = self.dataset.loader(self.split, batch_size=self.batch_size, resolution=resolution)
+            return ((_channels_last(x.to(self.device)), y.to(self.device)) for x, y in loader)
+        return self._sample(resolution, self.limit)
+
+    def _sample(self, resolution: int, limit: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        loader = self.dataset.loader(self.split, batch_size=self.batch_size, resolution=resolution, shuffle=True,
+                                     seed=self.seed + 1)
+        seen = 0
+        for x, y in loader:
+            if seen >= limit:
+                break
+            x, y = x[: limit - seen], y[: limit - seen]
+            yield _channels_last(x.to(self.device)), y.to(self.device)
+            seen += len(y)
 
 
 @torch.no_grad()
@@ -99,12 +114,14 @@ def _correct_many(supernet: Supernet, archs: Sequence[Arch], batches: _Batches,
 
 
 def evaluate_many(supernet: Supernet, archs: Sequence[Arch | Any], dataset: Dataset, split: str = "val", *,
-                  bn_batches: int = 8, batch_size: int = 64, seed: int = 0, progress: bool = False) -> list[float]:
-    """Top-1 in [0, 1] of each arch on `split`, each after BN recalibration on `bn_batches` training batches."""
+                  bn_batches: int = 8, batch_size: int = 64, seed: int = 0, progress: bool = False,
+                  limit: int | None = None) -> list[float]:
+    """Top-1 in [0, 1] of each arch on `split`, each after BN recalibration on `bn_batches` training batches; with
+    `limit`, on that many of the split's images (a seeded sample, without augmentation)."""
     archs = [_as_arch(supernet, a) for a in archs]
     _check_fits(supernet, dataset)
     device = next(supernet.parameters()).device
-    batches = _Batches(dataset, split, bn_batches, batch_size, seed, device)
+    batches = _Batches(dataset, split, bn_batches, batch_size, seed, device, limit)
     previous, was_training = supernet.active_arch, supernet.training
     try:
         with preserved_bn(supernet), Progress(len(archs), f"evaluate {split}", unit="arch",

@@ -9,6 +9,7 @@ is a callable object, so `LambdaLR.state_dict()` saves where a cut ends it and a
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from edgenas.train.config import TrainConfig
@@ -52,21 +53,43 @@ class PhaseSchedule:
         self.cut_at, self.end = step, end
 
 
-def plateau_cut(state: dict[str, Any], value: float, step: int, min_steps: int, config: TrainConfig,
-                adaptive: bool, end: int, floor: float = 0.0) -> tuple[int, str] | None:
-    """Record a validation check (`value`, the watched top-1) in `state`; return (new end, "plateau") when the
-    phase should stop: it ran its minimum and the value has not risen by `plateau_delta` in `plateau_patience`
-    checks. A value below `floor` (not yet clearly above chance) is no plateau: the phase goes on learning, up to
-    its maximum. Fixed-length phases only record."""
-    if value > state["best"] + config.plateau_delta:
-        state["best"], state["stale"] = value, 0
-    else:
-        state["stale"] += 1
-    if (not adaptive or state.get("stopped") == "plateau" or step < min_steps or value < floor
+def plateau_cut(state: dict[str, Any], value: float | Mapping[str, float], step: int, min_steps: int,
+                config: TrainConfig, adaptive: bool, end: int, floor: float = 0.0) -> tuple[int, str] | None:
+    """Record a validation check in `state` (`value`: the top-1 of each subnet the phase watches, by name, or one
+    figure); return (new end, "plateau") when the phase should stop: it ran its minimum and every watched subnet
+    has gone `plateau_patience` checks without rising by `plateau_delta` over its best (the largest alone flat is
+    no plateau while the smallest the phase trains still rises: a textures run ended its last phase on the
+    largest's plateau with the smallest still going from 68.8 to 78.3 %). The largest below `floor` (not yet clearly
+    above chance) is no plateau: the phase goes on learning, up to its maximum. Fixed-length phases only record.
+    `state["plateaued"]` then names the subnets and the best figure each reached."""
+    values = dict(value) if isinstance(value, Mapping) else {"watched": float(value)}
+    if not state.get("watch"):  # a phase's first check (or a phase_state kept before subnets were watched apart)
+        state["watch"] = {name: {"best": float(state.get("best", -1.0)), "stale": int(state.get("stale", 0))}
+                          for name in values}
+    watch = state["watch"]
+    for name, figure in values.items():
+        seen = watch.setdefault(name, {"best": -1.0, "stale": 0})
+        if figure > seen["best"] + config.plateau_delta:
+            seen["best"], seen["stale"] = round(float(figure), 5), 0
+        else:
+            seen["stale"] += 1
+    # the phase's own counters: the best of the last-rising subnet, the checks since any watched subnet rose
+    state["stale"] = min(watch[name]["stale"] for name in values)
+    state["best"] = max(watch[name]["best"] for name in values)
+    learned = values.get("largest", min(values.values()))  # the floor judges the network, not its smallest part
+    if (not adaptive or state.get("stopped") == "plateau" or step < min_steps or learned < floor
             or state["stale"] < config.plateau_patience):
         return None
     new_end = step + max(5, round(TAIL_FRACTION * step))
-    return (new_end, "plateau") if new_end < end else None
+    if new_end >= end:
+        return None
+    state["plateaued"] = {name: watch[name]["best"] for name in values}
+    return new_end, "plateau"
+
+
+def plateau_words(plateaued: Mapping[str, float] | None) -> str:
+    """Which subnets plateaued, for a progress line: 'largest at 88.8 % and smallest at 78.3 %'."""
+    return " and ".join(f"{name} at {100 * best:.1f} %" for name, best in (plateaued or {}).items())
 
 
 def time_cut(state: dict[str, Any], elapsed: float, seconds_per_step: float, step: int,

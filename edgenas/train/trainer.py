@@ -46,7 +46,7 @@ from edgenas.train.evaluate import evaluate_many, recalibrate_for
 from edgenas.train.finetune import InitWeights, freeze_backbone_grads, init_space, read_init
 from edgenas.train.gate import required_top1, training_verdict
 from edgenas.train.lr_backoff import Held, LRBackoff
-from edgenas.train.schedule import PhaseSchedule, TimeBudget, plateau_cut, step_cost, time_cut
+from edgenas.train.schedule import PhaseSchedule, TimeBudget, plateau_cut, plateau_words, step_cost, time_cut
 from edgenas.train.schedule import lr_factor as lr_factor  # where tests and tools have found it
 
 
@@ -175,6 +175,19 @@ def _val_top1(net: Supernet, archs: list[Arch], dataset: AnyDataset, config: Tra
     try:
         return evaluate_many(net, archs, dataset, "val", bn_batches=config.bn_batches, batch_size=batch_size,
                              seed=config.seed)
+    finally:
+        torch.set_rng_state(state)
+
+
+def _train_top1(net: Supernet, archs: list[Arch], dataset: AnyDataset, config: TrainConfig, batch_size: int,
+                images: int) -> list[float]:
+    """Top-1 of `archs` on `images` training images (a seeded sample, without augmentation; BN-recalibrated): what
+    each reaches on what it was trained on, which tells memorising from learning. The training's random state is
+    left as it was."""
+    state = torch.get_rng_state()
+    try:
+        return evaluate_many(net, archs, dataset, "train", bn_batches=config.bn_batches, batch_size=batch_size,
+                             seed=config.seed, limit=images)
     finally:
         torch.set_rng_state(state)
 
@@ -634,7 +647,7 @@ class PhaseLoop:
                        log_every=15.0)
         return cls(index, phase, first, min_steps, options, watched_archs(space, options),
                    max(10, round(config.plateau_every * run.steps_per_epoch)) if config.eval_every_phase else 0,
-                   state.backoff.check_at(index, run.train_size, config.batch_size, min_steps), loader,
+                   state.backoff.check_at(index, run.train_size, config.batch_size, state.schedule.end), loader,
                    resolutions, loader.batches_from(first), bar, t0, t_rate=t0, rate_first=first, rng_done=torch.get_rng_state())
 
     def after_update(self, run: Run, state: TrainState, loss: float, correct: float) -> None:
@@ -683,9 +696,10 @@ def run_phase(run: Run, state: TrainState, index: int, segment_start: float) -> 
                 loop.t_rate, loop.rate_first, loop.rate_warm = time.perf_counter(), state.step, True
             run.comparison.after_step(state.global_step, partial(loop.planned_total, run, state))
             if state.step == loop.check:  # the learning-rate back-off: does the first phase learn at this rate?
-                if _check_learning_rate(run, state, loop) != "keep":
+                action = _check_learning_rate(run, state, loop)
+                if action in ("restart", "revert"):
                     continue  # from the initial weights at a lower rate, or back where the higher rate stood
-                loop.check = None
+                loop.check = state.backoff.state.get("check_step") if action == "wait" else None
             # The validation curve, the plateau and the time budget: decided on rank 0, followed by all (the clock
             # every step; under torchrun every 10th, where the ranks meet to share the decision). Under a time budget
             # a validation check comes only once the phase has run its minimum (where a plateau may end it): before
@@ -755,14 +769,16 @@ def train_step(run: Run, state: TrainState, loop: PhaseLoop, x: torch.Tensor, y:
 
 
 def _check_learning_rate(run: Run, state: TrainState, loop: PhaseLoop) -> str:
-    """The back-off's check (rank 0's running loss decides for all): "keep", or the phase starts again."""
+    """The back-off's check (rank 0's running loss decides for all): "keep", "wait" (checked again later), or the
+    phase starts again."""
     backoff, classes = state.backoff, run.dataset.num_classes
-    action, decided = decided_on_rank0(run.procs, partial(backoff.decide, loop.loss_avg, state.step, classes))
+    action, decided = decided_on_rank0(run.procs, partial(backoff.decide, loop.loss_avg, state.step, classes,
+                                                          state.schedule.end))
     backoff.adopt(decided)
     if run.procs.main:
         print(f"edgenas train: {backoff.describe(classes)}", file=sys.stderr)
         run.log.write({"event": "lr_backoff", "global_step": state.global_step, "action": action, **backoff.state})
-    if action != "keep":
+    if action in ("restart", "revert"):
         _restart_or_revert(run, state, loop, action)
     return action
 
@@ -783,7 +799,8 @@ def _restart_or_revert(run: Run, state: TrainState, loop: PhaseLoop, action: str
         state.step = 0
         loop.rng_done = torch.get_rng_state()
         loop.loss_avg = loop.acc_avg = None
-        stats.update(curve=[], best=-1.0, stale=0, stopped=None)
+        stats.update(curve=[], best=-1.0, stale=0, stopped=None, watch={})
+        stats.pop("plateaued", None)
         if action == "revert":  # resumed after the higher rate's check: its steps again
             loop.check = None
     else:
@@ -792,8 +809,9 @@ def _restart_or_revert(run: Run, state: TrainState, loop: PhaseLoop, action: str
         torch.set_rng_state(held.rng)
         state.optimizer, state.schedule, state.scheduler = held.optimizer, held.schedule, held.scheduler
         loop.rng_done, loop.loss_avg, loop.acc_avg = held.rng, held.loss_avg, held.acc_avg
-        state.global_step += loop.check - state.step
-        state.step = loop.check
+        held_step = backoff.state["last"]["step"]  # the higher rate's check (a lower rate may have waited past it)
+        state.global_step += held_step - state.step
+        state.step = held_step
         stats.update({k: v for k, v in held.stats.items() if k != "budget_s"})
         loop.check = None
     loop.batches = loop.loader.batches_from(state.step)
@@ -814,8 +832,8 @@ def _cut(run: Run, state: TrainState, loop: PhaseLoop, val_check: bool) -> tuple
                  "lr": round(state.scheduler.get_last_lr()[0], 7)}
         stats["curve"].append(point)
         run.log.write({"event": "val", "phase": loop.phase.name, "global_step": state.global_step, **point})
-        cut = plateau_cut(stats, float(np.mean(accs)), step, loop.min_steps, run.config, loop.phase.adaptive,
-                          state.schedule.end, run.learned)
+        cut = plateau_cut(stats, dict(zip(("largest", "smallest"), accs)), step, loop.min_steps, run.config,
+                          loop.phase.adaptive, state.schedule.end, run.learned)
     if stats.get("budget_s") is not None and step - loop.rate_first >= 3:
         elapsed = state.elapsed + time.perf_counter() - loop.t0
         seconds_per_step = (time.perf_counter() - loop.t_rate) / max(1, step - loop.rate_first)
@@ -829,8 +847,14 @@ def _apply_cut(run: Run, state: TrainState, loop: PhaseLoop, cut: tuple[int, str
     state.schedule.cut(state.step, cut[0] - state.step)
     state.stats["stopped"] = cut[1]
     loop.bar.total = state.schedule.end * run.config.batch_size
+    plateaued = state.stats.get("plateaued") if cut[1] == "plateau" else None
     run.log.write({"event": "cut", "phase": loop.phase.name, "step": state.step, "end": state.schedule.end,
-                   "reason": cut[1], "global_step": state.global_step})
+                   "reason": cut[1], "global_step": state.global_step,
+                   **({"plateaued": plateaued} if plateaued else {})})
+    if plateaued and run.procs.main:
+        print(f"edgenas train: phase {loop.phase.name}: no watched subnet rose in {run.config.plateau_patience} checks "
+              f"(plateau of {plateau_words(plateaued)}): it ends after a tail of {state.schedule.end - state.step} "
+              "steps", file=sys.stderr)
 
 
 def _phase_summary(run: Run, state: TrainState, loop: PhaseLoop, segment_start: float) -> dict[str, Any]:
@@ -846,17 +870,24 @@ def _phase_summary(run: Run, state: TrainState, loop: PhaseLoop, segment_start: 
                "samples_per_s": round(loop.seen / max(time.perf_counter() - loop.t0, 1e-9), 2)}
     if state.stats.get("budget_s") is not None:
         summary["budget_s"] = round(state.stats["budget_s"], 2)
+    if stopped == "plateau" and state.stats.get("plateaued"):
+        summary["plateaued"] = state.stats["plateaued"]  # which watched subnets plateaued, at their best top-1
+    smallest = smallest_of(loop.options, min(run.space.resolutions))  # of the dimensions trained so far
     if run.procs.main and run.config.eval_every_phase:
-        accs = run.evaluate([run.space.largest(), run.space.smallest()])
+        accs = run.evaluate([run.space.largest(), smallest])
         summary.update(val_largest=round(accs[0], 5), val_smallest=round(accs[1], 5),
+                       smallest_arch=smallest.to_dict(), smallest_is_space=smallest == run.space.smallest(),
                        eval_s=round(time.perf_counter() - steps_end, 3))
     # the phase's wall clock: its steps (over every resumed segment) and, of this segment, what was not
     # a step (start-up, channel sorting, checkpoints, its evaluation); the time budget charges it all
     summary["wall_s"] = round(state.elapsed + (time.perf_counter() - segment_start) - (steps_end - loop.t0), 2)
     summary["curve"] = state.stats.get("curve", [])
     if run.procs.main:
-        accuracy = (f", val top-1 largest {summary['val_largest']:.4f} smallest {summary['val_smallest']:.4f}"
+        which = "smallest" if summary.get("smallest_is_space") else "smallest trained so far"
+        accuracy = (f", val top-1 largest {summary['val_largest']:.4f} {which} {summary['val_smallest']:.4f}"
                     if "val_largest" in summary else "")
+        if summary.get("plateaued"):
+            accuracy += f"; plateau of {plateau_words(summary['plateaued'])}"
         print(f"edgenas train: phase {phase.name} done: {total} steps ({summary['epochs']:.1f} epochs, "
               f"{stopped}) in {state.elapsed:.1f}s ({summary['samples_per_s']:.0f} img/s){accuracy}", file=sys.stderr)
     return summary
@@ -897,6 +928,11 @@ def _finish(run: Run, state: TrainState, stopped_unlearned: bool) -> TrainResult
                           for a, n, acc in zip(archs, ["largest", "smallest"] + ["random"] * config.final_samples, accs)]
         summary["chance"] = round(chance_top1(run.dataset), 5)
         summary["val_size"] = run.dataset.size("val")
+        # what the largest and smallest reach on training images (as many as the validation split holds): the gate
+        # tells memorising from learning with it
+        trained = _train_top1(run.net, archs[:2], run.dataset, config, max(run.per_rank, 64), summary["val_size"])
+        for row, top1 in zip(summary["val"], trained):
+            row["train_top1"] = round(top1, 5)
         if compared:
             summary["alone"] = run.comparison.finish(state.backoff.scaled(config), state.global_step)
             run.log.write({"event": "alone", "global_step": state.global_step,
