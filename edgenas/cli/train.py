@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from edgenas.cli.run import EXIT_CHECK_FAILED
 from edgenas.errors import UsageError
 
 
@@ -139,8 +140,6 @@ def run_train(args: argparse.Namespace) -> int:
     if "gate" in summary:
         print(f"edgenas train: {summary['gate']['message']}", file=sys.stderr)
         if not summary["gate"]["passed"]:  # one verdict, one exit status: as `edgenas run` stops at this check
-            from edgenas.cli.run import EXIT_CHECK_FAILED
-
             if args.force:
                 print(f"edgenas train: WARNING: the training check FAILED; kept anyway (--force): {result.checkpoint}",
                       file=sys.stderr)
