@@ -86,7 +86,7 @@ def _import_statements(module: str) -> tuple[tuple[str, str], ...]:
 
 
 def _part(module: str) -> str:
-    """The part of the house a module belongs to: `edgenas.search.base` -> `search`, `edgenas.space` -> `space`."""
+    """The part of the house a module belongs to: `edgenas.search.loop` -> `search`, `edgenas.space` -> `space`."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "edgenas"
 
@@ -174,8 +174,8 @@ def test_the_table_is_read():
 
 
 def test_the_source_is_read():
-    assert "edgenas.search.base" in _modules() and "edgenas.space" in imports("edgenas.search.base")
-    assert "edgenas.devices.base" in imports("edgenas.cli.devices") or "edgenas.devices" in imports("edgenas.cli.devices")
+    assert "edgenas.search.loop" in _modules() and "edgenas.space" in imports("edgenas.search.loop")
+    assert "edgenas.devices.protocol" in imports("edgenas.cli.devices") or "edgenas.devices" in imports("edgenas.cli.devices")
     assert "edgenas.search.rl" in _lazy_names("edgenas.search").values()
 
 
@@ -306,7 +306,7 @@ def test_the_import_contracts_are_kept():
     assert "broken" in done.stdout and " 0 broken" in done.stdout
 
 
-@pytest.mark.parametrize("module, line", [("space.py", "import torch"), ("search/base.py", "import edgenas.train"),
+@pytest.mark.parametrize("module, line", [("space.py", "import torch"), ("search/loop.py", "import edgenas.train"),
                                           ("store.py", "import edgenas.cli"), ("nn/__init__.py", "import edgenas.train")])
 def test_a_broken_layer_breaks_a_contract(tmp_path, module, line):
     """The contracts catch an import the map forbids, one inside a function included."""

@@ -100,7 +100,7 @@ def _file_counts(path):
 
 
 def test_prediction_matches_tflite_micro_on_the_exported_digits_model():
-    from test_export_subnet import exported_bundle, trained_subnet
+    from tests.export.test_subnet import exported_bundle, trained_subnet
 
     result, _, _ = exported_bundle()
     space, arch, _ = trained_subnet()
@@ -118,10 +118,9 @@ def test_prediction_matches_tflite_micro_on_the_exported_digits_model():
 def test_prediction_matches_tflite_micro_on_other_shapes(tmp_path):
     """A space with a stride-2 stem, a ReLU stage with squeeze-excite, no residual first block and odd feature
     maps (so both SAME and explicit PAD convolutions), converted as `edgenas export` does."""
-    from test_tflite_int8 import odd_shapes
-
     from edgenas.export.micro import check_micro
     from edgenas.export.tflite import export_tflite
+    from tests.export.test_tflite_int8 import odd_shapes
 
     space, arch, model, images = odd_shapes()
     path = tmp_path / "model_int8.tflite"
@@ -138,8 +137,6 @@ def test_prediction_matches_tflite_micro_on_other_shapes(tmp_path):
 @pytest.mark.slow
 @pytest.mark.testbed
 def test_search_at_an_sram_limit_exports_a_model_that_fits_it_on_a_standin_board(make_testbed, tmp_path, capsys):
-    from test_accuracy_commands import DATASET, make_checkpoint
-
     from edgenas.accuracy.predictor import AccuracyPredictor, FitConfig
     from edgenas.cli import main
     from edgenas.cost import stats_table
@@ -149,6 +146,7 @@ def test_search_at_an_sram_limit_exports_a_model_that_fits_it_on_a_standin_board
     from edgenas.export.tflite import export_tflite
     from edgenas.latency.predictors import MacsPredictor
     from edgenas.train.checkpoint import load_supernet
+    from tests.cli.test_accuracy import DATASET, make_checkpoint
 
     board = make_testbed(["kind=mcu,runs=3,warmup=1"], prefix="arena").device_files()[0]
     ckpt = make_checkpoint(tmp_path)
@@ -197,11 +195,10 @@ def test_a_board_too_small_is_answered_from_the_prediction_and_tflite_micro_agre
     """--target-sram-kb well under the predicted arena: `does not fit` without converting to int8 or searching the
     arena (no int8 file, the SRAM problem named); the real TFLite Micro interpreter, given that many bytes for the
     int8 file exported before, cannot allocate it either. A board above the host arena is answered `fits`."""
-    from test_export_subnet import digits, exported_bundle, trained_subnet
-
     from edgenas.export.micro import _runtime, _try_run
     from edgenas.export.subnet import ExportOptions, dataset_arrays, export_subnet
     from edgenas.micro_memory import board_fit
+    from tests.export.test_subnet import digits, exported_bundle, trained_subnet
 
     result, val_x, val_y = exported_bundle()
     space, arch, model = trained_subnet()

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from ofa_fixtures import ofa_weights
-from test_data_stream import photo_folder
+
+from tests.data.test_stream import photo_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

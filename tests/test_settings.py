@@ -8,7 +8,7 @@ import pytest
 
 from edgenas.cli import build_parser, main
 from edgenas.errors import UsageError
-from edgenas.pipeline.config import DeviceTarget, parse_run_config
+from edgenas.pipeline.run_config import DeviceTarget, parse_run_config
 from edgenas.settings import KNOBS, Setting, read_table, setting, settings_of
 from edgenas.train.config import TrainConfig, load_config
 

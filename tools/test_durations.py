@@ -3,7 +3,7 @@ tests/scheduling.py uses to start the longest files first).
 
     python3 tools/test_durations.py                    # run the suite as README says (two workers), write the file
     python3 tools/test_durations.py --from report.xml  # read a JUnit report of a run made before
-    python3 tools/test_durations.py --top 20 --no-write -- -n 0 tests/test_cli.py   # extra pytest arguments after --
+    python3 tools/test_durations.py --top 20 --no-write -- -n 0 tests/cli/test_main.py   # extra pytest arguments after --
 
 State the machine's load with the figures: it prints the load average before and after the run.
 """

@@ -28,7 +28,7 @@ __all__ = sorted(_LAZY)
 #: interval: on the demo's supernet it ranked 60 unseen subnets at tau 0.345 against the MLP's 0.273, and predicts a
 #: search's batch 30x faster). The GP is not the default yet: fitted to the near-equal accuracies of an untrained or
 #: barely trained supernet it predicts one figure for every subnet, and a run's accuracy-latency front collapses to one
-#: point (tests/test_run_config.py). docs/decisions.md ("The accuracy side ... issue 43") compares them.
+#: point (tests/pipeline/test_run_config.py). docs/decisions.md ("The accuracy side ... issue 43") compares them.
 KINDS = ("mlp", "gp")
 DEFAULT_KIND = "mlp"
 

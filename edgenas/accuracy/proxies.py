@@ -2,7 +2,7 @@
 
 A proxy looks at one network once, on one batch, and returns one number that should rank networks
 the way their trained accuracy does. Each torch proxy is a plain function of an `nn.Module` and a
-batch, so it can be checked by hand on a two-layer net (tests/test_proxies.py does):
+batch, so it can be checked by hand on a two-layer net (tests/accuracy/test_proxies.py does):
 
 - `synflow` (Tanaka et al. 2020): every parameter replaced by its absolute value, BatchNorm in eval
   mode, the input all ones, in float64; R = sum of the outputs; score = Σ |θ ⊙ ∂R/∂θ| over the

@@ -167,7 +167,7 @@ def check_names(args: argparse.Namespace) -> None:
     naming the near one ("unknown device 'lcoal' (did you mean 'local'?)")."""
     if args.command in DEVICE_FILE_COMMANDS:
         # deferred: numpy loads when the command runs, not for `edgenas --help`
-        from edgenas.devices.config import builtin_device, find_device_file
+        from edgenas.devices.device_files import builtin_device, find_device_file
 
         names = getattr(args, "device", None) or getattr(args, "name", None) or []
         for name in [names] if isinstance(names, str) else names:

@@ -43,7 +43,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 def run_list(args: argparse.Namespace) -> int:
     # deferred: numpy loads when the command runs, not for `edgenas --help`
     from edgenas.devices import list_devices
-    from edgenas.devices.config import device_dirs
+    from edgenas.devices.device_files import device_dirs
 
     entries = list_devices()
     if args.json:
@@ -140,7 +140,7 @@ def _window_lines(measurements: list[Any]) -> list[str]:
 def run_measure(args: argparse.Namespace) -> int:
     # deferred: numpy, edgenas.progress load when the command runs, not for `edgenas --help`
     from edgenas.devices import load_device, measure_fleet
-    from edgenas.devices.base import ModelFile
+    from edgenas.devices.protocol import ModelFile
     from edgenas.inputs import check_model_file
     from edgenas.progress import Progress, WindowEta
 

@@ -147,8 +147,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    # deferred: edgenas.latency.evaluate loads when the command runs, not for `edgenas --help`
-    from edgenas.latency.evaluate import evaluate
+    # deferred: edgenas.latency.predictor_eval loads when the command runs, not for `edgenas --help`
+    from edgenas.latency.predictor_eval import evaluate
 
     device, space, store, sources = _setup(args)
     with device, store:

@@ -111,9 +111,9 @@ def next_commands(result) -> list[tuple[str, str]]:
 def run_demo(args: argparse.Namespace) -> int:
     # deferred: numpy, torch load when the command runs, not for `edgenas --help`
     from edgenas.inputs import output_dir
-    from edgenas.pipeline.config import check_run_inputs
     from edgenas.pipeline.demo import demo_config
-    from edgenas.pipeline.run import run_pipeline
+    from edgenas.pipeline.run_config import check_run_inputs
+    from edgenas.pipeline.runner import run_pipeline
 
     output_dir(args.out, "--out")
     config = demo_config(args.out, seed=args.seed)
@@ -123,12 +123,12 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def run_config(args: argparse.Namespace) -> int:
     # deferred: numpy loads when the command runs, not for `edgenas --help`
-    from edgenas.pipeline.config import check_run_inputs, load_run_config
+    from edgenas.pipeline.run_config import check_run_inputs, load_run_config
 
     config = load_run_config(args.config, out=args.out)  # a bad key is refused before torch is imported
     check_run_inputs(config)
     # deferred: torch loads when the command runs, not for `edgenas --help`
-    from edgenas.pipeline.run import run_pipeline
+    from edgenas.pipeline.runner import run_pipeline
   # every input and output of every stage, before the first one starts
     return _gated(lambda: run_pipeline(config, force=args.force), args.json, config.out)
 

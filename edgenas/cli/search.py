@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_search_command(args: argparse.Namespace) -> int:
     # deferred: torch, the command's modules load when the command runs, not for `edgenas --help`
     from edgenas.deploy.budget import search_device
-    from edgenas.deploy.report import format_table, result_dict
+    from edgenas.deploy.search_report import format_table, result_dict
     from edgenas.search.problem import Constraints
     from edgenas.search.registry import check_algorithm
 
@@ -130,7 +130,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
     predictor (made for that device and the predictor's space)."""
     # deferred: the command's modules load when the command runs, not for `edgenas --help`
     from edgenas.accuracy.predictor import load_accuracy_predictor
-    from edgenas.devices.config import load_config as load_device_config
+    from edgenas.devices.device_files import load_config as load_device_config
     from edgenas.inputs import output_dir
     from edgenas.latency import load_latency_predictor
 

@@ -20,19 +20,19 @@ from edgenas.accuracy.fit import default_store_path
 from edgenas.accuracy.predictor import load_accuracy_predictor
 from edgenas.artifacts import sha256_file, undefined_as_null
 from edgenas.board import load_board
-from edgenas.deploy.mcu import McuTarget
-from edgenas.deploy.report import plot_front, save_result
+from edgenas.deploy.mcu_deploy import McuTarget
+from edgenas.deploy.search_report import plot_front, save_result
 from edgenas.deploy.stage import Deployment, deploy, pack_correct
 from edgenas.devices import device_from_config
-from edgenas.devices.config import DeviceConfig
-from edgenas.devices.config import load_config as load_device_config
+from edgenas.devices.device_files import DeviceConfig
+from edgenas.devices.device_files import load_config as load_device_config
 from edgenas.errors import UsageError
 from edgenas.export.subnet import ExportOptions, load_search_result
 from edgenas.latency import load_latency_predictor
-from edgenas.search.base import SearchResult
-from edgenas.search.budget import SEARCH_MARGINS, search_for_budget
+from edgenas.search.budget_candidates import SEARCH_MARGINS, search_for_budget
+from edgenas.search.loop import SearchResult
 from edgenas.search.problem import Constraints
-from edgenas.search.settings import DEFAULT_POPULATION, DEFAULT_TOP_K
+from edgenas.search.search_settings import DEFAULT_POPULATION, DEFAULT_TOP_K
 from edgenas.store import Store
 from edgenas.train.checkpoint import OpenedCheckpoint
 
@@ -65,7 +65,7 @@ class BudgetJob:
     accuracy_predictor: Path | None = _file(default=None)  # default: the one beside the checkpoint
     latency_predictor: Path | None = _file(default=None)  # default: the device's calibrated one
     algorithm: str = "evolution"
-    population: int = DEFAULT_POPULATION  # the defaults: edgenas.search.settings, one per setting for every door
+    population: int = DEFAULT_POPULATION  # the defaults: edgenas.search.search_settings, one per setting for every door
     generations: int | None = None  # None: the algorithm's default
     top_k: int = DEFAULT_TOP_K
     seed: int = 0

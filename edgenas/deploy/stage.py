@@ -36,7 +36,7 @@ import torch
 
 from edgenas.accuracy.dataset import top1_metric
 from edgenas.artifacts import sha256_file
-from edgenas.deploy.mcu import finish_candidate
+from edgenas.deploy.mcu_deploy import finish_candidate
 from edgenas.devices.measurement import Measurement, meets_budget
 from edgenas.export.card import write_card
 from edgenas.export.mcu import write_card_section
@@ -52,7 +52,7 @@ from edgenas.export.subnet import (
 from edgenas.export.tflite import TFLiteConversionError
 from edgenas.export.verify import paired_difference, torch_logits
 from edgenas.progress import Progress
-from edgenas.search.base import SearchResult
+from edgenas.search.loop import SearchResult
 from edgenas.space import Arch
 
 

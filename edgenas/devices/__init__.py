@@ -53,10 +53,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgenas.devices.base import AuthError, ConnectionLost, Device, HostKeyError
-from edgenas.devices.config import DeviceConfig, builtin_device, device_files, read_device_file
+from edgenas.devices.device_files import DeviceConfig, builtin_device, device_files, read_device_file
 from edgenas.devices.fleet import device_from_config, load_device, measure_fleet
 from edgenas.devices.measurement import ERROR_CODES, Measurement
+from edgenas.devices.protocol import AuthError, ConnectionLost, Device, HostKeyError
 from edgenas.errors import UsageError
 
 __all__ = [

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-from edgenas.devices.base import ConnectionLost, Device, ModelFile, Process
 from edgenas.devices.measurement import AGENT_ERROR, RUNTIME_ERROR, TIMEOUT, Measurement
+from edgenas.devices.protocol import ConnectionLost, Device, ModelFile, Process
 
 # Result fields the agent reports that map onto Measurement fields one to one.
 _FIGURES = ("latency_ms", "median_ms", "mean_ms", "std_ms", "min_ms", "p90_ms", "runs", "warmup", "cv", "noisy",

@@ -11,11 +11,11 @@ from dataclasses import replace
 from typing import Any
 
 from edgenas.devices.agent_device import AgentDevice
-from edgenas.devices.base import AuthError, Device, HostKeyError, ModelFile
-from edgenas.devices.config import DeviceConfig, load_config
+from edgenas.devices.device_files import DeviceConfig, load_config
 from edgenas.devices.local import LocalTransport
-from edgenas.devices.mcu import MCUDevice
+from edgenas.devices.mcu_board import MCUDevice
 from edgenas.devices.measurement import AUTH, HOST_KEY, INTERNAL_ERROR, Measurement, utc_now
+from edgenas.devices.protocol import AuthError, Device, HostKeyError, ModelFile
 from edgenas.devices.ssh import SSHTransport
 from edgenas.errors import UsageError
 

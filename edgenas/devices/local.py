@@ -10,8 +10,8 @@ import threading
 from collections.abc import Sequence
 from typing import IO, Any
 
-from edgenas.devices.base import AGENT_PATH, ModelFile, Process, Transport
-from edgenas.devices.config import DeviceConfig
+from edgenas.devices.device_files import DeviceConfig
+from edgenas.devices.protocol import AGENT_PATH, ModelFile, Process, Transport
 
 
 class LocalProcess(Process):

@@ -30,9 +30,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgenas.devices.base import AGENT_PATH, AuthError, ConnectionLost, HostKeyError, ModelFile, Process, Transport
-from edgenas.devices.base import agent_version as _agent_version
-from edgenas.devices.config import DeviceConfig
+from edgenas.devices.device_files import DeviceConfig
+from edgenas.devices.protocol import AGENT_PATH, AuthError, ConnectionLost, HostKeyError, ModelFile, Process, Transport
+from edgenas.devices.protocol import agent_version as _agent_version
 from edgenas.errors import UsageError
 
 # paramiko logs failed connections with tracebacks from its transport thread; the failures are

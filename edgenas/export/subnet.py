@@ -3,7 +3,7 @@
 The steps, each writing into one output folder:
 
 1. the static subnet, BatchNorm statistics re-estimated on training images (`prepare_subnet`);
-2. optional fine-tuning with distillation from the supernet's largest network (`edgenas.export.finetune`);
+2. optional fine-tuning with distillation from the supernet's largest network (`edgenas.export.subnet_finetune`);
 3. each format: `model.onnx`, `model_fp32.tflite`, `model_int8.tflite` (int8 calibrated on training images),
    each with a JSON manifest;
 4. verification of every file against PyTorch on the validation images (`edgenas.export.verify`); an int8
@@ -35,11 +35,11 @@ from edgenas.cost import arch_stats
 from edgenas.errors import UsageError, did_you_mean
 from edgenas.export.card import build_card, file_entry, write_card
 from edgenas.export.contract import LABELS_TXT, NormalisedInput, file_io, input_contract, labels_text, to_file_input
-from edgenas.export.finetune import finetune
 from edgenas.export.formats import DEPLOYED_FORMATS, FILE_NAMES, FORMATS, deployed_format  # noqa: F401,E402
 from edgenas.export.micro import MicroCheck, check_micro
 from edgenas.export.model_metadata import write_onnx_metadata, write_tflite_metadata
 from edgenas.export.onnx import export_onnx
+from edgenas.export.subnet_finetune import finetune
 from edgenas.export.tflite import TFLiteConversionError, export_tflite
 from edgenas.export.verify import (
     DEFAULT_ATOL,

@@ -162,7 +162,7 @@ def export_tflite(
     converts with litert-torch (the result's `converter` and `fallback_reason` say which and why);
     "direct" insists on the direct writers; "litert-torch" always converts with litert-torch.
     `check=False` skips the int8 file's numeric check (a model timed, never used: its graph is what counts, and
-    the direct writer's graph is litert-torch's op for op, tests/test_tflite_int8.py).
+    the direct writer's graph is litert-torch's op for op, tests/export/test_tflite_int8.py).
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"unknown TFLite quantization {quantization!r}: choose None (fp32) or 'int8'")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgenas.artifacts import atomic_write_text
-from edgenas.devices.config import LOCAL_DEVICES, device_toml
-from edgenas.pipeline.config import RunConfig, parse_run_config
+from edgenas.devices.device_files import LOCAL_DEVICES, device_toml
+from edgenas.pipeline.run_config import RunConfig, parse_run_config
 
 # The demo carries its own device files so it runs from any folder: the built-in local devices, written out.
 DEMO_DEVICES = {name: device_toml(config, f"{config.description} (written by `edgenas demo`).")

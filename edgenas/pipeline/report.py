@@ -104,7 +104,7 @@ class DeviceReport:
     calibration_predicted: list[float] = field(default_factory=list)
     calibration_measured: list[float] = field(default_factory=list)
     calibration_summary: dict = field(default_factory=dict)
-    calibration_check: dict = field(default_factory=dict)  # edgenas.pipeline.run.calibration_check
+    calibration_check: dict = field(default_factory=dict)  # edgenas.pipeline.runner.calibration_check
     budgets: list[BudgetResult] = field(default_factory=list)
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgenas.errors import UsageError, did_you_mean
-from edgenas.search.base import SearchAlgorithm
 from edgenas.search.evolution import Evolution, EvolutionConfig
+from edgenas.search.loop import SearchAlgorithm
 from edgenas.search.nsga import NSGA2, NSGA2Config
 from edgenas.search.random_search import RandomSearch
 from edgenas.search.rl import RLConfig, RLSearch

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from edgenas.genome import ArchBatch
-from edgenas.search.base import NoFeasibleArch, SearchAlgorithm
+from edgenas.search.loop import NoFeasibleArch, SearchAlgorithm
 from edgenas.search.problem import Evaluation
 from edgenas.space import SearchSpace
 

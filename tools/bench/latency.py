@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from edgenas.devices import load_device  # noqa: E402
 from edgenas.latency.calibrate import calibrate, calibrate_transfer  # noqa: E402
-from edgenas.latency.evaluate import evaluate  # noqa: E402
+from edgenas.latency.predictor_eval import evaluate  # noqa: E402
 from edgenas.space import SearchSpace  # noqa: E402
 from edgenas.store import Store  # noqa: E402
 

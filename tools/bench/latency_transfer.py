@@ -244,7 +244,7 @@ def _run_testbed(args: argparse.Namespace) -> int:
 
     from edgenas.devices import load_device
     from edgenas.latency.calibrate import Calibrator, calibrate, calibrate_transfer
-    from edgenas.latency.evaluate import evaluate, holdout_archs
+    from edgenas.latency.predictor_eval import evaluate, holdout_archs
     from edgenas.latency.predictors import TransferPredictor
     from edgenas.latency.transfer import choose_samples, space_transfer
     from edgenas.space import SearchSpace

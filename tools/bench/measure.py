@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from edgenas.devices import device_from_config, measure_fleet  # noqa: E402
-from edgenas.devices.config import read_device_file  # noqa: E402
+from edgenas.devices.device_files import read_device_file  # noqa: E402
 
 
 def _load_tool(name: str, path: Path):

@@ -70,8 +70,8 @@ def edgenas_side(data: Path, work: Path):
     from edgenas.imports.ofa_lut import import_ofa_tables
     from edgenas.imports.ofa_predictor import import_ofa_predictor
     from edgenas.latency import load_latency_predictor
-    from edgenas.search.base import run_search
     from edgenas.search.evolution import Evolution, EvolutionConfig
+    from edgenas.search.loop import run_search
     from edgenas.search.problem import Constraints, Problem
 
     import_ofa_predictor(data / "acc_predictor.pth", work / "accuracy_predictor.npz")

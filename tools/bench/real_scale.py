@@ -124,8 +124,8 @@ def few_alone(out: Path, space_path: Path, tables: Path, transfer_tables: Path) 
 
     from edgenas.inputs import read_space_file
     from edgenas.latency.calibrate import load_latency_predictor
-    from edgenas.latency.evaluate import holdout_archs, score
     from edgenas.latency.models import ModelCache, arch_description
+    from edgenas.latency.predictor_eval import holdout_archs, score
     from edgenas.latency.predictors import WholeModelPredictor
     from edgenas.store import Store
 

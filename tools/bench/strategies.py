@@ -89,8 +89,8 @@ def main() -> None:
     from edgenas.accuracy.dataset import sample_archs
     from edgenas.accuracy.fit import SupernetEvaluator, fit_predictor, split_archs
     from edgenas.accuracy.predictor import kendall_tau, load_accuracy_predictor
-    from edgenas.search.base import run_search
     from edgenas.search.evolution import Evolution, EvolutionConfig
+    from edgenas.search.loop import run_search
     from edgenas.search.nsga import NSGA2, NSGA2Config
     from edgenas.search.problem import Constraints, Problem
     from edgenas.search.random_search import RandomSearch
