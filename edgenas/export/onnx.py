@@ -82,6 +82,18 @@ def _file_opset(path: Path) -> int:
     return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
+def onnx_weight_bytes(path: str | os.PathLike) -> int:
+    """The bytes of the weights an ONNX file holds (its initializers): what an fp32 flash limit counts
+    (`search.problem.Constraints`: fp32 flash is the weights, `cost.ArchStats.flash_fp32`). The file is larger by its
+    graph's names and structure (18-24 KB on the tiny preset's subnets)."""
+    # deferred: onnx loads only when this runs, not on import
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    return int(sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer))
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,

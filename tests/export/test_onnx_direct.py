@@ -78,3 +78,24 @@ def test_a_file_that_computes_something_else_is_not_used(tmp_path):
     assert data is None and "differs" in why
     result = export_onnx(model, tmp_path / "m.onnx", example=example)
     assert result.exporter == "torchscript" and "differs" in result.fallback_reason
+
+
+def test_an_onnx_files_weights_are_the_fp32_flash_the_search_limits(tmp_path):
+    """The fp32 flash limit counts the weights (`Constraints`, `ArchStats.flash_fp32`); the export's flash check reads
+    them from the file's initializers, not its size (names and graph add 18-24 KB): a subnet the search let through
+    at its limit is not refused for the file's overhead."""
+    import numpy as np
+    import torch
+
+    from edgenas.cost import arch_stats
+    from edgenas.export.onnx import export_onnx, onnx_weight_bytes
+    from edgenas.space import SearchSpace
+    from edgenas.supernet import Supernet
+
+    space = SearchSpace.preset("tiny")
+    net = Supernet(space)
+    for i, arch in enumerate(space.sample_many(np.random.default_rng(3), 2)):
+        path = tmp_path / f"m{i}.onnx"
+        export_onnx(net.extract(arch).eval(), path, example=torch.zeros(1, 3, arch.resolution, arch.resolution))
+        assert onnx_weight_bytes(path) == arch_stats(space, arch).flash_fp32
+        assert path.stat().st_size > onnx_weight_bytes(path)
