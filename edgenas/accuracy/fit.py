@@ -101,8 +101,10 @@ def paired_figures(ctx: SupernetEvaluator, predictor: Any, test_archs: Sequence[
 
 
 def _evaluate_shard(checkpoint: str, archs: list[dict], store_path: str, rank: int, world_size: int,
-                    split: str, bn_batches: int, threads: int, progress: bool) -> int:
-    """One worker's share (a top-level function so a spawned process can run it)."""
+                    split: str, bn_batches: int, threads: int, progress: bool, paired: Sequence[dict] = ()) -> int:
+    """One worker's share (a top-level function so a spawned process can run it): its share of `archs` evaluated
+    on `split`, then its share of `paired` (the test archs) measured paired on val + holdout, committed to the store
+    where `paired_figures` reads them (measured in the workers, side by side, not one by one after them)."""
     # deferred: torch loads only when this runs, not on import
     import torch
 
@@ -110,8 +112,12 @@ def _evaluate_shard(checkpoint: str, archs: list[dict], store_path: str, rank: i
     ctx = SupernetEvaluator(checkpoint, split, bn_batches)
     with Store(store_path) as store:
         data = ctx.accuracy_dataset(store)
-        return data.build([Arch.from_dict(a) for a in archs], ctx.evaluate, rank=rank, world_size=world_size,
+        done = data.build([Arch.from_dict(a) for a in archs], ctx.evaluate, rank=rank, world_size=world_size,
                           progress=progress)
+        share = [Arch.from_dict(a) for a in list(paired)[rank::world_size]]
+        if share:
+            measure_paired(ctx, share, store, bn_batches=bn_batches, progress=False)
+        return done
 
 
 def fit_predictor(
@@ -156,9 +162,11 @@ def fit_predictor(
         else:
             todo = [a.to_dict() for a in data.missing(archs)]
             threads = max(1, free_cores() // workers)
+            # the test archs' paired measurement too (paired_figures finds it in the store; any it lacks, it measures)
+            pairs = [a.to_dict() for a in split_archs(archs, test, seed)[1]] if paired and test >= 3 else []
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
                 futures = [pool.submit(_evaluate_shard, str(checkpoint), todo, str(store_path), rank * workers + i,
-                                       world * workers, split, bn_batches, threads, progress and i == 0)
+                                       world * workers, split, bn_batches, threads, progress and i == 0, pairs)
                            for i in range(workers)]
                 for f in futures:
                     f.result()

@@ -429,12 +429,14 @@ def builtin_device(name: str) -> DeviceConfig | None:
 
 
 def device_toml(config: DeviceConfig, header: str) -> str:
-    """A local device's file, which `read_device_file` reads back to `config` (its path aside)."""
-    if config.kind != "local" or config.python or config.work_dir != DeviceConfig.work_dir:
-        raise ValueError(f"device_toml writes local devices with the default python and work_dir, not {config}")
+    """A local device's file, which `read_device_file` reads back to `config` (its path aside); `work_dir` is
+    written only where it is not the default (the demo keeps its probe reference in its run folder)."""
+    if config.kind != "local" or config.python:
+        raise ValueError(f"device_toml writes local devices with the default python, not {config}")
+    work_dir = config.work_dir if config.work_dir != DeviceConfig.work_dir else None
     return toml_text(header, {"name": config.name, "kind": config.kind, "runtime": config.runtime,
                               "threads": config.threads, "description": config.description or None,
-                              "measure": asdict(config.measure)})
+                              "work_dir": work_dir, "measure": asdict(config.measure)})
 
 
 def load_config(name_or_path: str | os.PathLike) -> DeviceConfig:

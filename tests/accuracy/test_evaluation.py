@@ -134,3 +134,19 @@ def test_gp_predictor_fits_saves_loads_and_gives_an_interval(tmp_path):
     codec = GenomeCodec(space)
     batch = ArchBatch(codec, codec.sample(rng, 5))  # the search's batches: the same figures as the archs
     assert np.allclose(gp.predict(batch), gp.predict(list(batch)))
+
+
+def test_a_shard_measures_its_share_of_the_paired_test_archs(tmp_path):
+    """The workers that evaluate the accuracy dataset also measure the test archs paired (each its share), so that
+    `paired_figures` after them finds them in the store and measures nothing one by one."""
+    from edgenas.accuracy.fit import _evaluate_shard
+    from edgenas.accuracy.measure import POOLED, correct_metric
+    from edgenas.store import Store
+
+    ckpt = make_checkpoint(tmp_path)
+    pairs = [a.to_dict() for a in SearchSpace.preset("tiny").sample_many(np.random.default_rng(2), 2)]
+    store = tmp_path / "store.sqlite"
+    _evaluate_shard(str(ckpt), [], str(store), 1, 2, "holdout", 1, 1, False, pairs)  # the second of two workers
+    with Store(store) as s:
+        rows = s.evaluations(_sha(ckpt), POOLED, correct_metric(1))
+    assert [json.dumps(r.arch, sort_keys=True) for r in rows] == [json.dumps(pairs[1], sort_keys=True)]

@@ -250,14 +250,16 @@ def test_the_local_devices_are_defined_once(name, tmp_path):
     from dataclasses import replace
 
     from edgenas.devices.device_files import LOCAL_DEVICES, builtin_device, device_toml
-    from edgenas.pipeline.demo import DEMO_DEVICES
+    from edgenas.pipeline.demo import demo_devices
 
     config = LOCAL_DEVICES[name]
     assert replace(read_device_file(ROOT / "devices" / f"{name}.toml"), path=None) == config
     assert builtin_device(name) == replace(config, description=config.description + " (built in)")
-    (tmp_path / f"{name}.toml").write_text(DEMO_DEVICES[name])
+    (tmp_path / f"{name}.toml").write_text(demo_devices(tmp_path / "run")[name])
     demo = read_device_file(tmp_path / f"{name}.toml")
-    assert replace(demo, path=None) == config
+    # the demo keeps its speed probe's reference in its run folder (docs/decisions.md, "Demo in five minutes")
+    assert demo.work_dir == str((tmp_path / "run" / "devices").resolve())
+    assert replace(demo, path=None, work_dir=config.work_dir) == config
     m = demo.measure  # the demo's timing, pinned: change it only on purpose (the README's figures were made with it)
     assert (demo.kind, demo.threads, m.warmup, m.runs, m.window_s, m.retime, m.batch_size, m.cpu_affinity) == (
         "local", 1, 5, 60, 4.0, 1, 300, ())
