@@ -21,6 +21,9 @@ class McuTarget:
     max_sram_bytes: int | None = None
     max_flash_bytes: int | None = None
     schedules: Mapping[str, Any] = field(default_factory=dict)  # str(arch) -> (ops, n) or None, from the search
+    # whether the search judged files with the input normalisation in front (`micro_memory.ships_normalised`):
+    # a schedule's op count counts that op
+    normalised_input: bool = False
 
     def schedule(self, arch: Any, config: Mapping[str, Any] | None = None) -> tuple[int, int] | None:
         """(ops, n) the search judged `arch` on (None: the whole-map file), from the search result's config."""
@@ -39,12 +42,22 @@ def finish_candidate(target: McuTarget, out_dir: Path, export: Any, space: Any, 
 
     int8 = Path(export.files["tflite-int8"])
     whole_arena = export.micro.arena_bytes if export.micro is not None and export.micro.ok else None
-    summary, problems = finish_mcu(out_dir, int8, space, arch, patches=None if schedule is None else schedule[1],
-                                   board=target.board if board else None, whole_arena=whole_arena, schedule=schedule)
+    normalised = bool((export.card.get("contract") or {}).get("normalised_inside"))
+    note, patches = None, None if schedule is None else schedule[1]
+    if schedule is not None and normalised != target.normalised_input:
+        # the search counted ops on another graph: choose the cut again on this file's (its arena is measured below)
+        note = (f"the search judged memory on a file {'with' if target.normalised_input else 'without'} the input "
+                f"normalisation, this file is {'with' if normalised else 'without'} it: the cut was chosen again")
+        schedule = None
+    summary, problems = finish_mcu(out_dir, int8, space, arch, patches=patches, board=target.board if board else None,
+                                   whole_arena=whole_arena, schedule=schedule, normalised_input=normalised)
+    if note is not None:
+        summary["note"] = note
     shipped = Path(summary.get("shipped") or (summary.get("patches") or {}).get("file") or int8)
     arena = (summary.get("patches") or {}).get("measured_arena_bytes", whole_arena)
     summary.update(file=str(shipped), measured_arena_bytes=arena, sram_limit_bytes=target.max_sram_bytes,
-                   flash_limit_bytes=target.max_flash_bytes, schedule=None if schedule is None else list(schedule))
+                   flash_limit_bytes=target.max_flash_bytes, schedule=None if "patches" not in summary else
+                   [summary["patches"]["patch_ops"], summary["patches"]["patches"]])
     if target.max_sram_bytes is not None and (arena is None or arena > target.max_sram_bytes):
         problems.append(f"{shipped.name}: TFLite Micro arena " + ("not measured" if arena is None else
                         f"{arena / 1024:.1f} KiB") + f" over the SRAM limit {target.max_sram_bytes / 1024:g} KiB")

@@ -48,9 +48,12 @@ def _bit_identical(whole: bytes, patched: bytes, shape: list[int], arena: tuple[
 
 def finish_mcu(out_dir: Path, int8_path: Path, space: Any, arch: Any, *, patches: int | str | None,
                board: Any | None, whole_arena: int | None,
-               schedule: tuple[int, int] | None = None) -> tuple[dict[str, Any], list[str]]:
+               schedule: tuple[int, int] | None = None,
+               normalised_input: bool = False) -> tuple[dict[str, Any], list[str]]:
     """Write the patch-based file and the board's files beside the int8 file; (summary, problems). `schedule`
-    ((ops, n), as the search judged the arch on) fixes the patch schedule instead of choosing it by `patches`."""
+    ((ops, n), as the search judged the arch on) fixes the patch schedule instead of choosing it by `patches`;
+    `normalised_input`: the file has the input normalisation in front (its contract's `normalised_inside`), the
+    first op the schedule's op count counts."""
     # deferred: torch loads only when this runs, not on import
     from edgenas.export.tflite import describe_tflite
 
@@ -62,8 +65,10 @@ def finish_mcu(out_dir: Path, int8_path: Path, space: Any, arch: Any, *, patches
     if patches is not None:
         whole = int8_path.read_bytes()
         try:
-            choice = (predict_patched(space, arch, schedule[1], schedule[0], int8_io=int8_io) if schedule is not None
-                      else predict_patched(space, arch, None if patches == "auto" else patches, int8_io=int8_io))
+            choice = (predict_patched(space, arch, schedule[1], schedule[0], int8_io=int8_io,
+                                      normalised_input=normalised_input) if schedule is not None
+                      else predict_patched(space, arch, None if patches == "auto" else patches, int8_io=int8_io,
+                                           normalised_input=normalised_input))
             data = patch_tflite(whole, choice.ops, choice.n)
         except ValueError as exc:  # no block end to cut at, or N larger than the map
             return summary, [f"--patches {patches}: {exc}"]
