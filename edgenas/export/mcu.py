@@ -11,8 +11,8 @@ import numpy as np
 
 from edgenas.export.board_files import BEGIN_MARK, BoardFiles, card_section, write_board_files
 from edgenas.export.micro import check_micro
-from edgenas.export.patches import patch_tflite
-from edgenas.micro_memory import predict_patched
+from edgenas.export.patches import op_kinds, patch_tflite
+from edgenas.micro_memory import micro_graph, predict_patched
 
 
 def parse_patches(value: str | None) -> int | str | None:
@@ -64,6 +64,10 @@ def finish_mcu(out_dir: Path, int8_path: Path, space: Any, arch: Any, *, patches
     shipped, arena = int8_path, whole_arena
     if patches is not None:
         whole = int8_path.read_bytes()
+        mismatch = _other_graph(whole, space, arch, int8_io, normalised_input)
+        if mismatch:  # e.g. a converter's file in place of the directly written one: the schedule would cut elsewhere
+            return summary, [f"{int8_path.name} is not the graph its memory was predicted on ({mismatch}): "
+                             "no patch-based file written"]
         try:
             choice = (predict_patched(space, arch, schedule[1], schedule[0], int8_io=int8_io,
                                       normalised_input=normalised_input) if schedule is not None
@@ -99,6 +103,17 @@ def finish_mcu(out_dir: Path, int8_path: Path, space: Any, arch: Any, *, patches
         write_card_section(out_dir, summary)
     summary["shipped"] = str(shipped)
     return summary, problems
+
+
+def _other_graph(data: bytes, space: Any, arch: Any, int8_io: bool, normalised_input: bool) -> str:
+    """Where the file's operators depart from the graph `micro_memory` predicts for it ("" where they do not)."""
+    found = op_kinds(data)
+    predicted = [op.kind for op in micro_graph(space, arch, int8_io, normalised_input).ops]
+    if found == predicted:
+        return ""
+    i = next((i for i, (a, b) in enumerate(zip(found, predicted)) if a != b), min(len(found), len(predicted)))
+    return (f"{len(found)} ops against {len(predicted)} predicted; op {i} is "
+            f"{found[i] if i < len(found) else 'missing'}, predicted {predicted[i] if i < len(predicted) else 'none'}")
 
 
 def write_card_section(out_dir: Path, summary: dict[str, Any]) -> None:
