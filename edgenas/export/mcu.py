@@ -48,12 +48,13 @@ def _bit_identical(whole: bytes, patched: bytes, shape: list[int], arena: tuple[
 
 def finish_mcu(out_dir: Path, int8_path: Path, space: Any, arch: Any, *, patches: int | str | None,
                board: Any | None, whole_arena: int | None,
-               schedule: tuple[int, int] | None = None,
-               normalised_input: bool = False) -> tuple[dict[str, Any], list[str]]:
+               schedule: tuple[int, int] | None = None, normalised_input: bool = False,
+               board_limits: bool = True) -> tuple[dict[str, Any], list[str]]:
     """Write the patch-based file and the board's files beside the int8 file; (summary, problems). `schedule`
     ((ops, n), as the search judged the arch on) fixes the patch schedule instead of choosing it by `patches`;
     `normalised_input`: the file has the input normalisation in front (its contract's `normalised_inside`), the
-    first op the schedule's op count counts."""
+    first op the schedule's op count counts. `board_limits=False`: the caller holds the file to limits of its own
+    (the search's `--max-sram-kb` / `--max-flash-kb`, which a user may set above or below the board's)."""
     # deferred: torch loads only when this runs, not on import
     from edgenas.export.tflite import describe_tflite
 
@@ -92,10 +93,10 @@ def finish_mcu(out_dir: Path, int8_path: Path, space: Any, arch: Any, *, patches
     if board is not None:
         limits = board.to_dict()
         summary["board"] = limits
-        if arena is not None and arena > board.arena_limit_kb * 1024:
+        if board_limits and arena is not None and arena > board.arena_limit_kb * 1024:
             problems.append(f"{shipped.name} needs a {arena / 1024:.1f} KiB arena; board {board.name} leaves "
                             f"{board.arena_limit_kb:g} KB")
-        if shipped.stat().st_size > board.model_limit_kb * 1024:
+        if board_limits and shipped.stat().st_size > board.model_limit_kb * 1024:
             problems.append(f"{shipped.name} is {shipped.stat().st_size / 1024:.1f} KiB; board {board.name} leaves "
                             f"{board.model_limit_kb:g} KB of flash")
         files = write_board_files(shipped, out_dir / "board", arena or 0)
