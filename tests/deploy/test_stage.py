@@ -340,6 +340,7 @@ def test_a_candidate_whose_int8_file_fails_is_passed_over_and_the_next_ships(tmp
     """The device runs ONNX, the run ships int8 too: the first pick's int8 file fails its check, so the next pick
     ships, and the summary, the card and the report's top table say which was passed over and why. With a check
     no file passes, the first pick ships with every candidate's reason and the run fails."""
+    import edgenas.export.verify as verify
     from edgenas import load_device
     from edgenas.cli.run import _finish
     from edgenas.deploy.stage import deploy, pick_order, pick_winner
@@ -349,8 +350,6 @@ def test_a_candidate_whose_int8_file_fails_is_passed_over_and_the_next_ships(tmp
     from edgenas.search.loop import Candidate, SearchResult
     from edgenas.space import SearchSpace
     from edgenas.train.checkpoint import OpenedCheckpoint
-
-    import edgenas.export.verify as verify
 
     # the tiny supernet is near chance, where agreement is not judged (`verify.near_chance`): judged here all the
     # same, as the failure whose passing-over this test follows
