@@ -446,6 +446,15 @@ def board_arena(host_arena: int | np.ndarray, tensors: int | np.ndarray, ops: in
     return host_arena - BOARD_SAVING_PER_TENSOR * tensors - BOARD_SAVING_PER_OP * ops
 
 
+def ships_normalised(space: SearchSpace) -> bool:
+    """Whether the files of `space`'s subnets carry the per-channel normalisation in front
+    (`export.contract.NormalisedInput`), as a search judges them before any dataset is loaded: every colour
+    dataset edgenas trains on has channels whose statistics differ (computed from the images for the sets held in
+    memory, ImageNet's for folders), a grey one has one channel. The deploy stage checks the guess against each
+    file's input contract (`deploy.mcu_deploy.finish_candidate`)."""
+    return space.in_channels > 1
+
+
 def predict(space: SearchSpace, arch: Arch, normalised_input: bool = False) -> MemoryPrediction:
     """The arena (the greedy planner run on the arch's graph) and the file size of one arch (`normalised_input`:
     see `micro_graph`)."""
@@ -684,9 +693,9 @@ class PatchChoice:
 PATCH_COUNTS = (2, 3, 4)
 
 
-def block_cuts(space: SearchSpace, arch: Arch, int8_io: bool = True) -> list[int]:
+def block_cuts(space: SearchSpace, arch: Arch, int8_io: bool = True, normalised_input: bool = False) -> list[int]:
     """The op counts that end a block (the cuts worth trying: a block's output is its narrowest map)."""
-    g = micro_graph(space, arch, int8_io)
+    g = micro_graph(space, arch, int8_io, normalised_input)
     valid = set(patch_cuts(g))
     return sorted(i + 1 for i, op in enumerate(g.ops) if i + 1 in valid and op.kind in ("ADD", "CONV_2D")
                   and _ends_block(g, i))
@@ -704,11 +713,12 @@ def _ends_block(g: MicroGraph, i: int) -> bool:
 
 
 def predict_patched(space: SearchSpace, arch: Arch, n: int | None = None, ops: int | None = None,
-                    int8_io: bool = True) -> PatchChoice:
+                    int8_io: bool = True, normalised_input: bool = False) -> PatchChoice:
     """The patch-based schedule with the smallest predicted arena: `n` x `n` patches (None: 2, 3 or 4) ending after
-    `ops` ops (None: the block end that needs least)."""
-    g = micro_graph(space, arch, int8_io)
-    counts = [ops] if ops is not None else block_cuts(space, arch, int8_io)
+    `ops` ops (None: the block end that needs least). `ops` counts the ops of the file's graph: with
+    `normalised_input`, the per-channel normalisation (`NormalisedInput`) is its first op after the input."""
+    g = micro_graph(space, arch, int8_io, normalised_input)
+    counts = [ops] if ops is not None else block_cuts(space, arch, int8_io, normalised_input)
     best = None
     for c in counts:
         for k in ([n] if n is not None else PATCH_COUNTS):
@@ -797,10 +807,10 @@ def quick_patched_arena(g: MicroGraph, count: int, n: int, *, op_counts: np.ndar
 
 
 def quick_patch_choice(space: SearchSpace, arch: Arch, n: int | None = None, int8_io: bool = True,
-                       max_fraction: float = 0.5) -> tuple[int, int, int]:
+                       max_fraction: float = 0.5, normalised_input: bool = False) -> tuple[int, int, int]:
     """(estimated arena, ops, n) of the best schedule by `quick_patched_arena`, over the block ends in the first
     `max_fraction` of the graph's ops (later cuts have wide halos and hundreds of op copies) and n = 2, 3, 4."""
-    g = micro_graph(space, arch, int8_io)
+    g = micro_graph(space, arch, int8_io, normalised_input)
     limit = max_fraction * len(g.ops)
     cuts = [i + 1 for i, op in enumerate(g.ops) if i + 1 <= limit and op.kind in ("ADD", "CONV_2D") and _ends_block(g, i)]
     op_counts, whole_buffers = _op_counts(g), planner_buffers(g)

@@ -8,9 +8,10 @@ import torch
 from edgenas.space import SearchSpace
 
 
-def int8_file(space: SearchSpace, arch, seed: int = 0) -> bytes:
+def int8_file(space: SearchSpace, arch, seed: int = 0, normalised: bool = False) -> bytes:
     """The int8 .tflite (int8 I/O) of `arch` with the untrained supernet's weights, BatchNorm statistics
-    recalibrated on random images (so the logits spread)."""
+    recalibrated on random images (so the logits spread); with `normalised`, behind the per-channel normalisation
+    a colour dataset's files carry (`NormalisedInput`)."""
     from edgenas.export.tflite_int8 import write_int8_tflite
     from edgenas.supernet import Supernet
     from edgenas.train.bn import recalibrate_bn
@@ -21,6 +22,11 @@ def int8_file(space: SearchSpace, arch, seed: int = 0) -> bytes:
                               .astype(np.float32))
     recalibrate_bn(net, [images])
     net.eval()
+    if normalised:
+        from edgenas.export.contract import NormalisedInput
+
+        net = NormalisedInput(net, {"channels": 3, "mean": [127.5] * 3, "std": [127.5] * 3,
+                                    "normalised_inside": {"mean": [124.0, 116.0, 104.0], "std": [58.0, 57.0, 57.5]}}).eval()
     return write_int8_tflite(net, images[:2].numpy(), int8_io=True)
 
 

@@ -199,7 +199,9 @@ def _export_pairs(args: argparse.Namespace, pairs: list[tuple[str | None, str]],
 
                 entry["mcu"], problems = finish_mcu(out_dir, Path(result.files["tflite-int8"]), space, arch,
                                                     patches=args.patches, board=args.board,
-                                                    whole_arena=result.card["sram"]["tflm_arena_bytes"])
+                                                    whole_arena=result.card["sram"]["tflm_arena_bytes"],
+                                                    normalised_input=bool((result.card.get("contract") or {})
+                                                                          .get("normalised_inside")))
                 for line in problems:
                     failures.append(line)
                     print(f"edgenas: error: {line}", file=sys.stderr)

@@ -29,6 +29,7 @@ from edgenas.devices.device_files import load_config as load_device_config
 from edgenas.errors import UsageError
 from edgenas.export.subnet import ExportOptions, load_search_result
 from edgenas.latency import load_latency_predictor
+from edgenas.micro_memory import ships_normalised
 from edgenas.search.budget_candidates import SEARCH_MARGINS, search_for_budget
 from edgenas.search.loop import SearchResult
 from edgenas.search.problem import Constraints
@@ -199,8 +200,8 @@ def search_and_deploy(job: BudgetJob, *, checkpoint: Any = None, device: Any = N
     if constraints.precision != precision and precision in ("int8", "fp32"):
         constraints = Constraints(**{**constraints.to_dict(), "precision": precision})
     settings = dict(algorithm=job.algorithm, population=job.population, generations=job.generations, seed=job.seed,
-                    top_k=job.top_k, device=described.name,
-                    patches=job.patches, int8_io=job.int8_io)
+                    top_k=job.top_k, device=described.name, patches=job.patches, int8_io=job.int8_io,
+                    normalised_input=ships_normalised(acc.space))  # the deploy stage checks it against the files
     space = acc.space.common_resolutions(lat.space) or acc.space  # the resolutions both predictors know
     result = search_for_budget(space, acc, lat, constraints, **settings)
     inputs: dict[str, Any] = {"supernet": str(job.checkpoint), "accuracy_predictor": acc.info.get("path") or str(
@@ -222,7 +223,7 @@ def search_and_deploy(job: BudgetJob, *, checkpoint: Any = None, device: Any = N
     lineage = None
     if job.ship_dir is not None:
         lineage = load_search_result(str(save_result(result, record, seed=job.seed, inputs=inputs)))
-    mcu = _mcu_target(job, constraints, described.runtime)
+    mcu = _mcu_target(job, constraints, described.runtime, settings["normalised_input"])
     formats = job.formats if mcu is None or "tflite-int8" in job.formats else (*job.formats, "tflite-int8")
     options = deploy_options(constraints, formats=formats, seed=job.seed, bn_batches=job.bn_batches,
                              max_drop_points=job.max_int8_drop_points, patches=job.patches, int8_io=job.int8_io)
@@ -251,7 +252,7 @@ def _accuracy_prediction(acc: Any, arch: Any) -> dict[str, Any]:
         "predictor": acc.info.get("kind", "mlp"), "predictor_test": acc.info.get("test"), "regret_points": None})
 
 
-def _mcu_target(job: BudgetJob, constraints: Constraints, runtime: str) -> Any:
+def _mcu_target(job: BudgetJob, constraints: Constraints, runtime: str, normalised_input: bool = False) -> Any:
     """The microcontroller side of the deploy stage (None: not a board's search)."""
     if job.patches is None and not job.int8_io and job.board is None:
         return None
@@ -262,7 +263,8 @@ def _mcu_target(job: BudgetJob, constraints: Constraints, runtime: str) -> Any:
         board = load_board(job.board) if job.board else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return McuTarget(job.patches, board, constraints.max_sram_bytes, constraints.max_flash_bytes)
+    return McuTarget(job.patches, board, constraints.max_sram_bytes, constraints.max_flash_bytes,
+                     normalised_input=normalised_input)
 
 
 def _deploy(job: BudgetJob, result: SearchResult, checkpoint: Any, device: Any, precision: str, options: Any,

@@ -21,6 +21,9 @@ class McuTarget:
     max_sram_bytes: int | None = None
     max_flash_bytes: int | None = None
     schedules: Mapping[str, Any] = field(default_factory=dict)  # str(arch) -> (ops, n) or None, from the search
+    # whether the search judged files with the input normalisation in front (`micro_memory.ships_normalised`):
+    # a schedule's op count counts that op
+    normalised_input: bool = False
 
     def schedule(self, arch: Any, config: Mapping[str, Any] | None = None) -> tuple[int, int] | None:
         """(ops, n) the search judged `arch` on (None: the whole-map file), from the search result's config."""
@@ -39,17 +42,31 @@ def finish_candidate(target: McuTarget, out_dir: Path, export: Any, space: Any, 
 
     int8 = Path(export.files["tflite-int8"])
     whole_arena = export.micro.arena_bytes if export.micro is not None and export.micro.ok else None
-    summary, problems = finish_mcu(out_dir, int8, space, arch, patches=None if schedule is None else schedule[1],
-                                   board=target.board if board else None, whole_arena=whole_arena, schedule=schedule)
+    normalised = bool((export.card.get("contract") or {}).get("normalised_inside"))
+    note, patches = None, None if schedule is None else schedule[1]
+    if schedule is not None and normalised != target.normalised_input:
+        # the search counted ops on another graph: choose the cut again on this file's (its arena is measured below)
+        note = (f"the search judged memory on a file {'with' if target.normalised_input else 'without'} the input "
+                f"normalisation, this file is {'with' if normalised else 'without'} it: the cut was chosen again")
+        schedule = None
+    sram_limit, flash_limit = target.max_sram_bytes, target.max_flash_bytes
+    if target.board is not None:  # the search's limits where given (they are the board's unless the user set them)
+        sram_limit = target.board.arena_limit_kb * 1024 if sram_limit is None else sram_limit
+        flash_limit = target.board.model_limit_kb * 1024 if flash_limit is None else flash_limit
+    summary, problems = finish_mcu(out_dir, int8, space, arch, patches=patches, board=target.board if board else None,
+                                   whole_arena=whole_arena, schedule=schedule, normalised_input=normalised,
+                                   board_limits=False)
+    if note is not None:
+        summary["note"] = note
     shipped = Path(summary.get("shipped") or (summary.get("patches") or {}).get("file") or int8)
     arena = (summary.get("patches") or {}).get("measured_arena_bytes", whole_arena)
-    summary.update(file=str(shipped), measured_arena_bytes=arena, sram_limit_bytes=target.max_sram_bytes,
-                   flash_limit_bytes=target.max_flash_bytes, schedule=None if schedule is None else list(schedule))
-    if target.max_sram_bytes is not None and (arena is None or arena > target.max_sram_bytes):
+    summary.update(file=str(shipped), measured_arena_bytes=arena, sram_limit_bytes=sram_limit,
+                   flash_limit_bytes=flash_limit, schedule=None if "patches" not in summary else
+                   [summary["patches"]["patch_ops"], summary["patches"]["patches"]])
+    if sram_limit is not None and (arena is None or arena > sram_limit):
         problems.append(f"{shipped.name}: TFLite Micro arena " + ("not measured" if arena is None else
-                        f"{arena / 1024:.1f} KiB") + f" over the SRAM limit {target.max_sram_bytes / 1024:g} KiB")
+                        f"{arena / 1024:.1f} KiB") + f" over the SRAM limit {sram_limit / 1024:g} KiB")
     size = shipped.stat().st_size if shipped.is_file() else 0
-    if target.max_flash_bytes is not None and size > target.max_flash_bytes:
-        problems.append(f"{shipped.name} is {size / 1024:.1f} KiB, over the flash limit "
-                        f"{target.max_flash_bytes / 1024:g} KiB")
+    if flash_limit is not None and size > flash_limit:
+        problems.append(f"{shipped.name} is {size / 1024:.1f} KiB, over the flash limit {flash_limit / 1024:g} KiB")
     return shipped, summary, [p for p in dict.fromkeys(problems)]

@@ -11,8 +11,8 @@ import numpy as np
 
 from edgenas.export.board_files import BEGIN_MARK, BoardFiles, card_section, write_board_files
 from edgenas.export.micro import check_micro
-from edgenas.export.patches import patch_tflite
-from edgenas.micro_memory import predict_patched
+from edgenas.export.patches import op_kinds, patch_tflite
+from edgenas.micro_memory import micro_graph, predict_patched
 
 
 def parse_patches(value: str | None) -> int | str | None:
@@ -48,9 +48,13 @@ def _bit_identical(whole: bytes, patched: bytes, shape: list[int], arena: tuple[
 
 def finish_mcu(out_dir: Path, int8_path: Path, space: Any, arch: Any, *, patches: int | str | None,
                board: Any | None, whole_arena: int | None,
-               schedule: tuple[int, int] | None = None) -> tuple[dict[str, Any], list[str]]:
+               schedule: tuple[int, int] | None = None, normalised_input: bool = False,
+               board_limits: bool = True) -> tuple[dict[str, Any], list[str]]:
     """Write the patch-based file and the board's files beside the int8 file; (summary, problems). `schedule`
-    ((ops, n), as the search judged the arch on) fixes the patch schedule instead of choosing it by `patches`."""
+    ((ops, n), as the search judged the arch on) fixes the patch schedule instead of choosing it by `patches`;
+    `normalised_input`: the file has the input normalisation in front (its contract's `normalised_inside`), the
+    first op the schedule's op count counts. `board_limits=False`: the caller holds the file to limits of its own
+    (the search's `--max-sram-kb` / `--max-flash-kb`, which a user may set above or below the board's)."""
     # deferred: torch loads only when this runs, not on import
     from edgenas.export.tflite import describe_tflite
 
@@ -61,9 +65,15 @@ def finish_mcu(out_dir: Path, int8_path: Path, space: Any, arch: Any, *, patches
     shipped, arena = int8_path, whole_arena
     if patches is not None:
         whole = int8_path.read_bytes()
+        mismatch = _other_graph(whole, space, arch, int8_io, normalised_input)
+        if mismatch:  # e.g. a converter's file in place of the directly written one: the schedule would cut elsewhere
+            return summary, [f"{int8_path.name} is not the graph its memory was predicted on ({mismatch}): "
+                             "no patch-based file written"]
         try:
-            choice = (predict_patched(space, arch, schedule[1], schedule[0], int8_io=int8_io) if schedule is not None
-                      else predict_patched(space, arch, None if patches == "auto" else patches, int8_io=int8_io))
+            choice = (predict_patched(space, arch, schedule[1], schedule[0], int8_io=int8_io,
+                                      normalised_input=normalised_input) if schedule is not None
+                      else predict_patched(space, arch, None if patches == "auto" else patches, int8_io=int8_io,
+                                           normalised_input=normalised_input))
             data = patch_tflite(whole, choice.ops, choice.n)
         except ValueError as exc:  # no block end to cut at, or N larger than the map
             return summary, [f"--patches {patches}: {exc}"]
@@ -83,10 +93,10 @@ def finish_mcu(out_dir: Path, int8_path: Path, space: Any, arch: Any, *, patches
     if board is not None:
         limits = board.to_dict()
         summary["board"] = limits
-        if arena is not None and arena > board.arena_limit_kb * 1024:
+        if board_limits and arena is not None and arena > board.arena_limit_kb * 1024:
             problems.append(f"{shipped.name} needs a {arena / 1024:.1f} KiB arena; board {board.name} leaves "
                             f"{board.arena_limit_kb:g} KB")
-        if shipped.stat().st_size > board.model_limit_kb * 1024:
+        if board_limits and shipped.stat().st_size > board.model_limit_kb * 1024:
             problems.append(f"{shipped.name} is {shipped.stat().st_size / 1024:.1f} KiB; board {board.name} leaves "
                             f"{board.model_limit_kb:g} KB of flash")
         files = write_board_files(shipped, out_dir / "board", arena or 0)
@@ -94,6 +104,17 @@ def finish_mcu(out_dir: Path, int8_path: Path, space: Any, arch: Any, *, patches
         write_card_section(out_dir, summary)
     summary["shipped"] = str(shipped)
     return summary, problems
+
+
+def _other_graph(data: bytes, space: Any, arch: Any, int8_io: bool, normalised_input: bool) -> str:
+    """Where the file's operators depart from the graph `micro_memory` predicts for it ("" where they do not)."""
+    found = op_kinds(data)
+    predicted = [op.kind for op in micro_graph(space, arch, int8_io, normalised_input).ops]
+    if found == predicted:
+        return ""
+    i = next((i for i, (a, b) in enumerate(zip(found, predicted)) if a != b), min(len(found), len(predicted)))
+    return (f"{len(found)} ops against {len(predicted)} predicted; op {i} is "
+            f"{found[i] if i < len(found) else 'missing'}, predicted {predicted[i] if i < len(predicted) else 'none'}")
 
 
 def write_card_section(out_dir: Path, summary: dict[str, Any]) -> None:

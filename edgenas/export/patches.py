@@ -116,6 +116,15 @@ def local_prefixes(data: bytes) -> list[int]:
     return out
 
 
+def op_kinds(data: bytes) -> list[str]:
+    """The builtin operator names of the file's first subgraph, in order (to hold it against the graph its memory
+    was predicted on: a patch schedule counts ops)."""
+    s = _schema()
+    model = s.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    names = {v: k for k, v in vars(s.BuiltinOperator).items() if not k.startswith("_")}
+    return [names.get(_builtin(model, op), "?") for op in model.subgraphs[0].operators]
+
+
 def patch_tflite(data: bytes, count: int, n: int) -> bytes:
     """The file `data` with its first `count` ops run on `n` x `n` patches (see the module's docstring)."""
     # deferred: flatbuffers (the [tflite] extra), torch load only when this runs, not on import

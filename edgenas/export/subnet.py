@@ -221,9 +221,10 @@ def _int8_by_litert(model: nn.Module, path: Path, options: ExportOptions, calibr
     check = compare("tflite-int8", path, file_logits("tflite-int8", other, images), reference, labels,
                     quantized=True, atol=options.atol, min_agreement=options.min_agreement,
                     max_drop_points=options.max_drop_points)
-    if not check.passed:
+    if not check.passed:  # the direct file stays (the graph memory was predicted on); the summary names both
         other.unlink(missing_ok=True)
-        return failed
+        also = f"; litert-torch's file failed too: {check.problem}"
+        return dataclasses.replace(failed, message=failed.message + also, problem=failed.problem + also)
     os.replace(other, path)
     seconds["tflite-int8"] += extra
     return check

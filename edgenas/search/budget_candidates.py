@@ -43,6 +43,7 @@ def search_for_budget(
     latency_scale: float = 1.0,
     patches: str | int | None = None,
     int8_io: bool = False,
+    normalised_input: bool = False,
 ) -> SearchResult:
     """Search `space` under `constraints` and return the result whose `top` holds the candidates to deploy.
 
@@ -66,7 +67,7 @@ def search_for_budget(
         limit = None if constraints.max_latency_ms is None else constraints.max_latency_ms * margin / latency_scale
         problem = Problem(space, accuracy, latency, replace(constraints, max_latency_ms=limit), device=device,
                           score_infeasible=entry.scores_infeasible, int8_io=int8_io or patches is not None,
-                          patches=patches)
+                          patches=patches, normalised_input=normalised_input)
         search = create_algorithm(algorithm, space, rng=np.random.default_rng(seed), population=population,
                                   generations=generations, n_constraints=len(problem.limit_names))
         try:
@@ -86,5 +87,6 @@ def search_for_budget(
         result.config = {**result.config, "latency_scale": latency_scale}
     if patches is not None:  # the schedule each kept arch was judged on: (ops, n), or None for the whole map
         schedules = {str(c.arch): problem.patch_schedule(c.arch) for c in [result.best, *result.top]}
-        result.config = {**result.config, "patches": patches, "patch_schedules": schedules}
+        result.config = {**result.config, "patches": patches, "patch_schedules": schedules,
+                         "normalised_input": normalised_input}
     return result

@@ -152,6 +152,9 @@ class Problem:
     # whose whole-map arena misses the SRAM limit is judged on its patch-based schedule (`micro_memory`).
     int8_io: bool = False
     patches: int | str | None = None
+    # the files carry the per-channel normalisation (`export.contract.NormalisedInput`, a dataset whose channels
+    # differ): one more op at the input's size, in the arena and in the op count a patch schedule cuts at
+    normalised_input: bool = False
 
     def __post_init__(self) -> None:
         for role, predictor in (("accuracy", self.accuracy), ("latency", self.latency)):
@@ -282,13 +285,14 @@ class Problem:
         return sram, flash
 
     def _mcu_one(self, arch: Arch) -> tuple[int, int, tuple[int, int] | None]:
-        g = micro_graph(self.space, arch, int8_io=True)
+        g = micro_graph(self.space, arch, int8_io=True, normalised_input=self.normalised_input)
         whole = graph_prediction(g)
         limit = self.constraints.max_sram_bytes
         if self.patches is None or limit is None or whole.arena <= limit:
             return whole.arena, whole.flash, None
         try:
-            estimate, ops, n = quick_patch_choice(self.space, arch, None if self.patches == "auto" else int(self.patches))
+            estimate, ops, n = quick_patch_choice(self.space, arch, None if self.patches == "auto" else int(self.patches),
+                                                  normalised_input=self.normalised_input)
         except ValueError:
             return whole.arena, whole.flash, None
         if estimate > limit:  # the estimate runs under the exact figure: this schedule does not fit either

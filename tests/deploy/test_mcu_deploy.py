@@ -98,3 +98,36 @@ def test_search_with_patches_ships_the_patch_file_it_judged_within_the_sram_limi
     assert "patches" in (out / "shipped" / "card.md").read_text()
     print(f"\nresolution {arch['resolution']} px, schedule {mcu['schedule']}, measured arena "
           f"{check.arena_bytes} B, limit {SRAM_KB * 1024} B, whole-map arena {mcu['patches']['whole_arena_bytes']} B")
+
+
+def test_the_searchs_own_limits_hold_the_shipped_file_not_the_boards(tmp_path):
+    """`edgenas search --board B --max-flash-kb 1024` judges the files at 1024 KB: the deploy stage holds the shipped
+    file to that, not to the board's own (smaller) figure, which `edgenas export --board` alone applies."""
+    pytest.importorskip("tflite_micro")
+    from types import SimpleNamespace
+
+    from mcu_helpers import int8_file
+
+    from edgenas.board import load_board
+    from edgenas.deploy.mcu_deploy import McuTarget, finish_candidate
+    from edgenas.export.mcu import finish_mcu
+    from edgenas.export.micro import check_micro
+
+    space = SearchSpace.preset("mcunet", num_classes=10)
+    arch = space.smallest(64)
+    path = tmp_path / "model_int8.tflite"
+    path.write_bytes(int8_file(space, arch))
+    assert path.stat().st_size > 300 * 1024
+    (tmp_path / "tiny.toml").write_text('name = "tiny"\nsram_kb = 512\nflash_kb = 356\nreserved_sram_kb = 0\n'
+                                        'reserved_flash_kb = 256\ndatasheet = "https://example.com"\n')
+    board = load_board(str(tmp_path / "tiny.toml"))  # 100 KB of flash for the model
+    arena = check_micro(path).arena_bytes
+    export = SimpleNamespace(files={"tflite-int8": path}, micro=SimpleNamespace(arena_bytes=arena, ok=True), card={})
+    target = McuTarget(None, board, 256 * 1024, 1024 * 1024)
+    _, summary, problems = finish_candidate(target, tmp_path / "ship", export, space, arch, None, board=True)
+    assert problems == [] and summary["flash_limit_bytes"] == 1024 * 1024
+    _, problems = finish_mcu(tmp_path / "alone", path, space, arch, patches=None, board=board, whole_arena=arena)
+    assert any("board tiny leaves 100 KB of flash" in p for p in problems), problems
+    tight = McuTarget(None, board, 256 * 1024, 200 * 1024)
+    _, _, problems = finish_candidate(tight, tmp_path / "ship2", export, space, arch, None, board=True)
+    assert any("over the flash limit 200 KiB" in p for p in problems), problems

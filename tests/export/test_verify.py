@@ -76,6 +76,38 @@ def test_int8_accuracy_drop_is_judged_paired_with_its_interval():
     assert check.accuracy_drop_points == pytest.approx(0.0) and (check.fp32_only_correct, check.int8_only_correct) == (3, 3)
 
 
+def test_int8_agreement_is_not_judged_near_chance_where_the_paired_drop_decides():
+    """A 14 %-top-1 network of 10 classes (near chance: its accuracy's 95 % interval stays under 20 %) whose int8 file
+    flips 5 % of the images among near-tied classes, as many right as wrong: the paired drop passes it and says why
+    agreement was not judged. The same flips with a clear loss fail on the drop; a 60 % network is judged on
+    agreement as before."""
+    from edgenas.export.verify import near_chance
+
+    assert near_chance(0.14, 600, 10) and not near_chance(0.18, 600, 10) and not near_chance(0.6, 600, 10)
+    assert not near_chance(0.14, 600, 1) and not near_chance(0.0, 0, 10)
+    rng = np.random.default_rng(0)
+    n = 600
+    ref = rng.normal(size=(n, 10)).astype(np.float32)
+    top = ref.argmax(1)
+    labels = (top + 1 + rng.integers(0, 9, n)) % 10  # wrong for all ...
+    labels[:84] = top[:84]  # ... but 84 images: 14 %
+    flipped = ref.copy()
+    swaps = np.r_[np.arange(5), np.arange(100, 125)]  # 5 right turn wrong, 25 wrong change class (5 to the label)
+    for i in swaps:
+        other = (top[i] + 1) % 10 if (top[i] + 1) % 10 != labels[i] else (top[i] + 2) % 10
+        second = labels[i] if 100 <= i < 105 else other
+        flipped[i, second] = ref[i, top[i]] + 1
+    check = compare("tflite-int8", "q.tflite", flipped, ref, labels, quantized=True)
+    assert check.top1_agreement == pytest.approx(0.95) and (check.fp32_only_correct, check.int8_only_correct) == (5, 5)
+    assert check.passed and not check.agreement_judged and "near chance" in check.message, check.message
+    lost = flipped.copy()
+    lost[np.arange(5, 45), top[5:45]] = -10  # 40 more right images turn wrong: a 6.7-point drop
+    assert not compare("tflite-int8", "q.tflite", lost, ref, labels, quantized=True).passed
+    labels[:360] = top[:360]  # 60 %: agreement is judged again
+    judged = compare("tflite-int8", "q.tflite", flipped, ref, labels, quantized=True)
+    assert judged.agreement_judged and not judged.passed and "95.0%" in judged.message
+
+
 def test_shape_mismatch_fails():
     ref, _ = _logits()
     assert not compare("onnx", "m.onnx", ref[:, :5], ref).passed

@@ -61,3 +61,29 @@ def test_patches_let_the_search_pick_twice_the_pixels_and_the_file_fits(tmp_path
     assert check.ok and check.arena_bytes <= SRAM_KB * 1024, (check.error, check.arena_bytes)
     assert abs(check.arena_bytes / patched.predicted["sram_bytes"] - 1) < 0.10
     assert len(data) <= FLASH_KB * 1024
+
+
+def test_the_search_judges_the_file_with_the_normalisation_a_colour_dataset_ships(tmp_path):
+    """A colour dataset's files carry the per-channel normalisation as their first op (`NormalisedInput`): the
+    search's memory and its schedule's op count are those of that file, so the cut falls at the block end it judged
+    (counted without that op, the cut lands one op early, inside a block, and the file needs ~20 % more arena)."""
+    pytest.importorskip("tflite_micro")
+    from mcu_helpers import int8_file
+
+    from edgenas.export.micro import check_micro
+    from edgenas.export.patches import patch_tflite
+    from edgenas.micro_memory import ships_normalised
+
+    space = SearchSpace.preset("mcunet", num_classes=10)
+    assert ships_normalised(space) and not ships_normalised(space.replace(in_channels=1))
+    arch = space.smallest(160)  # 330 KB whole: patches needed under 256 KB
+    constraints = Constraints.from_user_units(max_sram_kb=SRAM_KB, max_flash_kb=FLASH_KB)
+    plain, normed = (Problem(space, ResolutionFirst(space), None, constraints, int8_io=True, patches="auto",
+                             normalised_input=flag) for flag in (False, True))
+    (ops, n), (ops_normed, n_normed) = plain.patch_schedule(arch), normed.patch_schedule(arch)
+    assert (ops_normed, n_normed) == (ops + 1, n)  # the same block end, one op later in the file
+    predicted = int(normed.evaluate_archs([arch]).sram[0])
+    path = tmp_path / "normalised.tflite"
+    path.write_bytes(patch_tflite(int8_file(space, arch, normalised=True), ops_normed, n_normed))
+    check = check_micro(path)
+    assert check.ok and abs(check.arena_bytes / predicted - 1) < 0.01, (check.error, check.arena_bytes, predicted)

@@ -91,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--uniform", action="store_true", help="two random subnets a step on the labels, no sandwich")
     args = p.parse_args(argv)
-    space = SearchSpace.preset(args.space, num_classes=10)
+    from edgenas.data import load_dataset
+
+    data = load_dataset(args.dataset, seed=args.seed)  # its channels and classes make the space (digits: grey)
+    space = SearchSpace.preset(args.space, num_classes=data.num_classes, in_channels=data.in_channels)
     if args.resolutions:
         space = space.replace(resolutions=tuple(int(r) for r in args.resolutions.split(",")))
     net, data, steps = train(space, args.dataset, args.seconds, args.batch_size, args.lr, args.seed,
