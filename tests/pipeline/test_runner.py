@@ -214,7 +214,7 @@ def test_demo_config_is_valid(tmp_path):
     assert [d.label for d in config.devices] == ["local-fp32", "local-tflite-fp32"]
     assert (tmp_path / "demo" / "devices" / "local-tflite.toml").is_file()
     # a fixed training length and the cheaper BN recalibration; examples/demo.toml says the same
-    assert config.train_overrides == {"total_steps": 150}
+    assert config.train_overrides == {"total_steps": 212}
     assert config.bn_batches == 4
     example = load_run_config(Path(__file__).resolve().parents[2] / "examples" / "demo.toml", out=tmp_path / "ex")
     for field in ("train_overrides", "bn_batches", "predictor_samples", "predictor_test", "population", "generations",
