@@ -39,7 +39,7 @@ def setup(tmp_path_factory):
     # the built-in `local`, timed in 0.5 s windows, not 4 s, and not again when the other test worker disturbs one
     device_file = root / "local.toml"
     device_file.write_text('name = "local"\nkind = "local"\nruntime = "onnxruntime"\nthreads = 1\n[measure]\n'
-                           'runs = 10\nwindow_s = 0.5\nretime = 0\n')
+                           'runs = 10\nwindow_s = 0.5\nretime = 0\nmin_fast_runs = 0\n')
     with load_device(str(device_file)) as device:
         ms = [m.median_ms for m in device.measure([str(p) for p in paths])]
     lat = MacsPredictor(device="local", runtime="onnxruntime", precision="fp32", space=space).fit(probe, ms)
@@ -123,7 +123,8 @@ def test_several_devices_in_one_search_each_with_its_own_predictor(setup, tmp_pa
     predictors = {}
     for name, factor in (("fast", 1.0), ("slow", 3.0)):  # the slow device: the measured figures, three times slower
         (tmp_path / "devices" / f"{name}.toml").write_text(
-            f'name = "{name}"\nkind = "local"\nruntime = "onnxruntime"\nthreads = 1\n[measure]\nruns = 10\nwindow_s = 0.5\n')
+            f'name = "{name}"\nkind = "local"\nruntime = "onnxruntime"\nthreads = 1\n[measure]\nruns = 10\nwindow_s = 0.5\n'
+            'min_fast_runs = 0\n')
         fitted = MacsPredictor(device=name, runtime="onnxruntime", precision="fp32", space=space).fit(
             probe, factor * local.predict(probe))
         predictors[name] = load_latency_predictor(fitted.save(predictor_path(name, "onnxruntime", "fp32", tables)))
