@@ -41,7 +41,7 @@ def closed_port() -> int:
 
 @pytest.fixture(scope="module")
 def speed_pair(make_testbed):
-    bed = make_testbed(["quota=50,runs=60", "quota=25,runs=60"], prefix="speed")
+    bed = make_testbed(["quota=50,runs=60,fast_runs=30", "quota=25,runs=60,fast_runs=30"], prefix="speed")
     assert all(d.quota_applied for d in bed.devices), "the testbed started without the quotas it was asked for"
     return bed
 
