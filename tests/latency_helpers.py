@@ -26,7 +26,7 @@ def local_device_file(folder: Path, name: str = "testlocal") -> Path:
     """A local ONNX Runtime device that times each model briefly (the real agent, in a subprocess)."""
     path = folder / f"{name}.toml"
     path.write_text(f'name = "{name}"\nkind = "local"\nruntime = "onnxruntime"\nthreads = 1\n\n'
-                    "[measure]\nwarmup = 1\nruns = 5\nwindow_s = 0.2\nretime = 0\n")
+                    "[measure]\nwarmup = 1\nruns = 5\nwindow_s = 0.2\nretime = 0\nmin_fast_runs = 0\n")
     return path
 
 

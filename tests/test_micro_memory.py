@@ -173,7 +173,8 @@ def test_search_at_an_sram_limit_exports_a_model_that_fits_it_on_a_standin_board
         name = device.name
     MacsPredictor(device=name, runtime="tflite", precision="int8", space=space).fit(probe, ms).save(tmp_path / "lat.json")
 
-    limits_kb = np.ceil(np.quantile(stats["arena_int8"], [0.02, 0.25, 0.5, 0.75, 0.98]) / 1024)
+    # three limits across the space's arenas (its low end, middle and high end): each a search and an int8 export
+    limits_kb = np.ceil(np.quantile(stats["arena_int8"], [0.02, 0.5, 0.98]) / 1024)
     for i, limit in enumerate(limits_kb):
         assert main(["search", "--supernet", str(ckpt), "--device", str(board), "--latency-predictor",
                      str(tmp_path / "lat.json"), "--max-sram-kb", f"{limit:g}", "--no-verify", "--population", "16",

@@ -13,6 +13,9 @@ Registered from tests/conftest.py with `pytest_plugins = ["testbed_fixtures"]`.
 - `make_testbed` (session): `make_testbed(["quota=50", "runtime=tflite,netns=1"])` starts another
   testbed (DeviceSpec strings or objects); all are torn down at the end of the session. A quota that
   cannot be applied skips the test, naming why (`allow_no_quota=True` starts the devices without).
+  A spec string that does not name `fast_runs` gets `fast_runs=0`: the device's windows last their length and
+  wait for no fast moments (a loaded machine has few, and a window then ran up to 6x long), since a test's
+  timing quality is not under test unless its spec says `fast_runs=30`, as the device files' default.
 - `onnx_models` (session): {"tiny", "small", "medium", "heavy": Path} ONNX convnets built with onnx.helper.
 - `tflite_models` (session): {"small", "heavy": Path} conv nets written by edgenas's direct TFLite writer, once per
   run for all xdist workers (`shared_work`); skips when ai_edge_litert (the TFLite runtime) is not installed.
@@ -53,7 +56,8 @@ def make_testbed(tmp_path_factory):
     def make(specs, *, prefix="tb", allow_no_quota=False):
         if reason:
             pytest.skip(reason)
-        parsed = [s if isinstance(s, tb.DeviceSpec) else tb.DeviceSpec.parse(s) for s in specs]
+        parsed = [s if isinstance(s, tb.DeviceSpec) else tb.DeviceSpec.parse(s if "fast_runs=" in s else f"fast_runs=0,{s}")
+                  for s in specs]
         if any(s.netns for s in parsed):
             netns_reason = tb.Testbed.netns_missing()
             if netns_reason:

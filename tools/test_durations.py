@@ -1,7 +1,7 @@
 """Time the test suite: the wall time, the slowest tests, and `tests/durations.json` (seconds per test file, which
 tests/scheduling.py uses to start the longest files first).
 
-    python3 tools/test_durations.py                    # run the suite as README says (two workers), write the file
+    python3 tools/test_durations.py                    # run the suite as README says (three workers), write the file
     python3 tools/test_durations.py --from report.xml  # read a JUnit report of a run made before
     python3 tools/test_durations.py --top 20 --no-write -- -n 0 tests/cli/test_main.py   # extra pytest arguments after --
 

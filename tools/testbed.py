@@ -15,7 +15,8 @@ with their host keys.
 The i-th --spec applies to the i-th device; keys: kind (ssh, or mcu for a stand-in board that runs
 models in TFLite Micro on the device's host), runtime (onnxruntime|tflite), threads, quota
 (percent of one CPU), netns (1 to put the device in a network namespace), rate (bandwidth of its
-link, like 20mbit; needs netns), runs, warmup, window (seconds of interleaved timing). Needs root
+link, like 20mbit; needs netns), runs, warmup, window (seconds of interleaved timing), fast_runs (the
+device file's [measure] min_fast_runs: fast-moment runs a window waits for, default 30, 0 none). Needs root
 and /usr/sbin/sshd (openssh-server).
 
 Tests use it through tests/testbed_fixtures.py; the Testbed class can stop and restart a device
@@ -43,7 +44,7 @@ SSHD = "/usr/sbin/sshd"
 CGROUP_PERIOD_US = 10_000  # a 10 ms period: measured slowdowns match the quota within about 10 %
 MOUNTS = Path("/proc/self/mounts")
 STATE_FILE = "testbed.json"
-SPEC_KEYS = ("kind", "runtime", "threads", "quota", "netns", "rate", "runs", "warmup", "window")
+SPEC_KEYS = ("kind", "runtime", "threads", "quota", "netns", "rate", "runs", "warmup", "window", "fast_runs")
 STANDIN_BOARD = Path(__file__).resolve().parents[1] / "edgenas" / "devices" / "standin_board.py"
 
 
@@ -140,6 +141,7 @@ class DeviceSpec:
     runs: int = 10
     warmup: int = 2
     window: float = 1.0  # seconds of interleaved timing: short for tests; 10 where figures are compared
+    fast_runs: int = 30  # fast-moment runs of each model a window waits for (up to 6x its length); 0: none
 
     @classmethod
     def parse(cls, text: str) -> DeviceSpec:
@@ -163,8 +165,10 @@ class DeviceSpec:
                     setattr(spec, key, int(value))
                     if getattr(spec, key) < 1:
                         raise ValueError
-                elif key == "warmup":
-                    spec.warmup = int(value)
+                elif key in ("warmup", "fast_runs"):
+                    setattr(spec, key, int(value))
+                    if getattr(spec, key) < 0:
+                        raise ValueError
                 elif key == "window":
                     spec.window = float(value)
                     if spec.window < 0:
@@ -180,7 +184,8 @@ class DeviceSpec:
             except ValueError:
                 raise ValueError(f"bad --spec value {item!r}: kind is ssh or mcu, runtime onnxruntime or tflite, "
                                  "threads/runs are "
-                                 "integers >= 1, window seconds >= 0, quota a percent of one CPU (1-100 per CPU)") from None
+                                 "integers >= 1, warmup/fast_runs integers >= 0, window seconds >= 0, quota a percent "
+                                 "of one CPU (1-100 per CPU)") from None
         if spec.rate and not spec.netns:
             raise ValueError("--spec rate=... needs netns=1 (the limit is set on the device's veth link)")
         return spec
@@ -524,6 +529,7 @@ class Testbed:
             f"warmup = {spec.warmup}",
             f"runs = {spec.runs}",
             f"window_s = {spec.window}",
+            f"min_fast_runs = {spec.fast_runs}",
             "retime = 1",
             "",
             "[timeouts]",

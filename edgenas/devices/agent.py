@@ -913,9 +913,10 @@ def main(argv=None):
         return 2
     if args.command == "measure" and (args.runs < 1 or args.warmup < 0 or args.threads < 1 or args.window < 0
                                        or args.hot_runs < 0 or args.scale_runs_ms < 0
-                                       or args.max_rounds < 1 or args.retime < 0 or args.keep_samples < 1):
+                                       or args.max_rounds < 1 or args.retime < 0 or args.keep_samples < 1
+                                       or args.min_fast_runs < 0):
         sys.stderr.write("agent.py: --runs, --threads, --max-rounds and --keep-samples must be >= 1, "
-                         "--warmup, --window, --hot-runs, --scale-runs-ms and --retime >= 0\n")
+                         "--warmup, --window, --hot-runs, --scale-runs-ms, --retime and --min-fast-runs >= 0\n")
         return 2
     out = _Output()
     status = cmd_info(args, out) if args.command == "info" else cmd_measure(args, out)

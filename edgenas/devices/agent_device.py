@@ -47,8 +47,8 @@ class AgentDevice(Device):
         c, m = self.config, self.config.measure
         argv = [*c.python_argv, agent, "measure", "--runtime", c.runtime, "--threads", str(c.threads),
                 "--warmup", str(m.warmup), "--runs", str(m.runs), "--window", repr(m.window_s),
-                "--retime", str(m.retime), "--model-timeout", repr(c.timeouts.model), "--watch-stdin",
-                "--scale-runs-ms", repr(m.scale_runs_ms)]
+                "--retime", str(m.retime), "--min-fast-runs", str(m.min_fast_runs),
+                "--model-timeout", repr(c.timeouts.model), "--watch-stdin", "--scale-runs-ms", repr(m.scale_runs_ms)]
         probe_file = self.transport.probe_file()
         if probe_file:
             argv += ["--probe-file", probe_file]

@@ -29,13 +29,15 @@ USER_DEVICE_DIR = Path("~/.config/edgenas/devices")
 @dataclass(frozen=True)
 class MeasureSettings:
     """How the agent times a batch: every model loaded and warmed up (`warmup` runs), then rounds of one run of each
-    model for at least `window_s` seconds and `runs` rounds; an unsteady window is timed again up to `retime` times.
-    `batch_size` models share one window (lower it on a device with little memory)."""
+    model for at least `window_s` seconds and `runs` rounds, and until every model has `min_fast_runs` runs in fast
+    moments (at most 6x `window_s`; 0: the window does not wait for them); an unsteady window is timed again up to
+    `retime` times. `batch_size` models share one window (lower it on a device with little memory)."""
 
     warmup: int = 5
     runs: int = 60  # P5 of 60 runs: a quota device agreed with itself for 100 % of 100 subnets (30: 95 %)
     window_s: float = 10.0
     retime: int = 1
+    min_fast_runs: int = 30
     cpu_affinity: tuple[int, ...] = ()
     batch_size: int = 100
     keep_models: bool = True
@@ -238,6 +240,7 @@ def _read_measure(t: _Table | None) -> MeasureSettings:
         runs=t.integer("runs", d.runs, low=1),
         window_s=t.number("window_s", d.window_s, positive=False),
         retime=t.integer("retime", d.retime, high=10),
+        min_fast_runs=t.integer("min_fast_runs", d.min_fast_runs),
         cpu_affinity=tuple(cpus),
         batch_size=t.integer("batch_size", d.batch_size, low=1),
         keep_models=t.boolean("keep_models", d.keep_models),

@@ -213,6 +213,7 @@ class Device(abc.ABC):
             "cpu_affinity": list(c.measure.cpu_affinity),
             "window_s": c.measure.window_s,
             "retime": c.measure.retime,
+            "min_fast_runs": c.measure.min_fast_runs,
             "scale_runs_ms": c.measure.scale_runs_ms,
             "agent_version": agent_version(),
         }

@@ -34,6 +34,7 @@ warmup = 1
 runs = 3
 window_s = 0.2
 retime = 0
+min_fast_runs = 0
 """
 
 

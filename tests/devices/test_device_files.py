@@ -51,6 +51,10 @@ def error_of(path: Path) -> str:
     ('kind = "local"\nruntime = "tflite"\nthreads = "4"', 'threads = "4"', "an integer >= 1"),
     ('kind = "local"\nruntime = "tflite"\nthread = 2', "unknown field thread", "expected one of"),
     ('kind = "local"\nruntime = "tflite"\n[measure]\nruns = 0', "[measure] runs = 0", "an integer >= 1"),
+    ('kind = "local"\nruntime = "tflite"\n[measure]\nmin_fast_runs = -1', "[measure] min_fast_runs = -1",
+     "an integer >= 0"),
+    ('kind = "local"\nruntime = "tflite"\n[measure]\nmin_fast_runs = 2.5', "[measure] min_fast_runs = 2.5",
+     "an integer >= 0"),
     ('kind = "local"\nruntime = "tflite"\n[measure]\ncpu_affinity = "0-3"', "[measure] cpu_affinity",
      "a list of CPU numbers"),
     ('kind = "local"\nruntime = "tflite"\n[timeouts]\nmodel = -1', "[timeouts] model = -1", "a number > 0"),
@@ -261,8 +265,8 @@ def test_the_local_devices_are_defined_once(name, tmp_path):
     assert demo.work_dir == str((tmp_path / "run" / "devices").resolve())
     assert replace(demo, path=None, work_dir=config.work_dir) == config
     m = demo.measure  # the demo's timing, pinned: change it only on purpose (the README's figures were made with it)
-    assert (demo.kind, demo.threads, m.warmup, m.runs, m.window_s, m.retime, m.batch_size, m.cpu_affinity) == (
-        "local", 1, 5, 60, 4.0, 1, 300, ())
+    assert (demo.kind, demo.threads, m.warmup, m.runs, m.window_s, m.retime, m.min_fast_runs, m.batch_size,
+            m.cpu_affinity) == ("local", 1, 5, 60, 4.0, 1, 30, 300, ())
     assert demo.runtime == {"local": "onnxruntime", "local-tflite": "tflite"}[name]
     with pytest.raises(ValueError):
         device_toml(replace(config, kind="ssh"), "not a local device")

@@ -58,6 +58,22 @@ def test_cpu_pinning_from_the_device_file(onnx_models):
     assert m.ok and m.machine["cpu_affinity"] == [0]
 
 
+def test_min_fast_runs_from_the_device_file_reaches_the_agent(tmp_path):
+    """`[measure] min_fast_runs` is what the agent's window waits for (0: it ends at its length and runs)."""
+    from edgenas.devices import agent
+
+    path = tmp_path / "dev.toml"
+    path.write_text('kind = "local"\nruntime = "onnxruntime"\n[measure]\nmin_fast_runs = 0\nwindow_s = 0.3\n')
+    config = read_device_file(path)
+    assert config.measure.min_fast_runs == 0 and read_device_file(ROOT / "devices" / "local.toml").measure.min_fast_runs == 30
+    with device_from_config(config) as device:
+        argv = device.agent_argv("agent.py", ["m.onnx"])
+        assert device.describe()["min_fast_runs"] == 0
+    args = agent.build_parser().parse_args(argv[argv.index("agent.py") + 1:])
+    assert (args.min_fast_runs, args.window, args.models) == (0, 0.3, ["m.onnx"])
+    assert agent.main(["measure", "--runtime", "onnxruntime", "--min-fast-runs", "-1", "m.onnx"]) == 2
+
+
 def test_tflite_and_onnx_figures_for_the_same_network_are_in_the_same_range(onnx_models, tflite_models):
     with local("onnxruntime", runs=10) as ort, local("tflite", runs=10) as tfl:
         (a,) = ort.measure([onnx_models["heavy"]])

@@ -41,7 +41,7 @@ def closed_port() -> int:
 
 @pytest.fixture(scope="module")
 def speed_pair(make_testbed):
-    bed = make_testbed(["quota=50,runs=60", "quota=25,runs=60"], prefix="speed")
+    bed = make_testbed(["quota=50,runs=60,fast_runs=30", "quota=25,runs=60,fast_runs=30"], prefix="speed")
     assert all(d.quota_applied for d in bed.devices), "the testbed started without the quotas it was asked for"
     return bed
 
@@ -132,7 +132,7 @@ def test_shell_metacharacters_in_paths_never_reach_a_shell(testbed_devices, tmp_
     work = tmp_path / f"work $(touch {marker})" / "it's `here`"
     ssh_device = device_from_config(config_of(testbed_devices[0], work_dir=str(work)))
     local = config_of(ROOT / "devices" / "local.toml")  # timed in a short window: the paths are under test
-    local_device = device_from_config(replace(local, measure=replace(local.measure, window_s=0.3)))
+    local_device = device_from_config(replace(local, measure=replace(local.measure, window_s=0.3, min_fast_runs=0)))
     for device in (ssh_device, local_device):
         with device:
             (m,) = device.measure([model])

@@ -84,3 +84,11 @@ def test_up_again_in_a_folder_an_earlier_down_left(tmp_path):
         assert bed.known_hosts.read_text().split()[-1] == new_key
     finally:
         bed.down()
+
+
+def test_a_spec_sets_the_fast_runs_a_window_waits_for():
+    """`fast_runs` becomes the device file's [measure] min_fast_runs (tests' testbeds: 0 unless they name it)."""
+    assert tb.DeviceSpec().fast_runs == 30 and tb.DeviceSpec.parse("quota=50,fast_runs=0").fast_runs == 0
+    for bad in ("fast_runs=-1", "fast_runs=x"):
+        with pytest.raises(ValueError, match="fast_runs"):
+            tb.DeviceSpec.parse(bad)

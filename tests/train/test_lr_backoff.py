@@ -46,10 +46,33 @@ def events(out, name):
             if json.loads(line)["event"] == name]
 
 
-def test_a_rate_that_cannot_learn_is_backed_off_and_the_model_learns(tmp_path, stripes):
+@pytest.fixture(scope="module")
+def backed_off(tmp_path_factory, stripes):
+    """One training at a rate too high to learn at, interrupted (Ctrl-C) in its second phase after the back-off and
+    resumed: (run folder, the last back-off event before the interruption, how many there were, the resumed summary).
+    The back-off happens in the first phase, before the interruption: both tests below read this one run."""
+    out = tmp_path_factory.mktemp("backoff") / "run"
+    cfg = config(stripes, HIGH)
+    write = MetricsLog.write
+
+    def interrupt(self, record):  # Ctrl-C in the second phase, after the back-off
+        write(self, record)
+        if record.get("event") == "step" and record["phase"] == "kernel" and record["step"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(MetricsLog, "write", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, out, threads=2, progress=False, tensorboard=False)
+    before = events(out, "lr_backoff")[-1]
+    n = len(events(out, "lr_backoff"))
+    s = train(cfg, out, resume=True, threads=2, progress=False, tensorboard=False).summary
+    return out, before, n, s
+
+
+def test_a_rate_that_cannot_learn_is_backed_off_and_the_model_learns(backed_off):
     """A rate too high to learn at: the first phase restarts at lower rates and the supernet learns."""
-    out = tmp_path / "run"
-    s = train(config(stripes, HIGH), out, threads=2, progress=False, tensorboard=False).summary
+    out, _, _, s = backed_off
     lb = s["lr_backoff"]
     assert lb["checked"] and 1 <= len(lb["backoffs"]) <= lr_backoff.MAX_BACKOFFS
     assert lb["factor"] == pytest.approx(lr_backoff.BACKOFF ** -len(lb["backoffs"]))
@@ -70,24 +93,9 @@ def test_a_rate_that_learns_keeps_factor_one_and_costs_nothing(tmp_path, stripes
     assert len([e for e in events(out, "step") if e["phase"] == "full"]) == 60  # no step taken twice
 
 
-def test_resume_keeps_the_factor_and_does_not_check_again(tmp_path, stripes, monkeypatch):
-    out = tmp_path / "run"
-    cfg = config(stripes, HIGH)
-    write = MetricsLog.write
-
-    def interrupt(self, record):  # Ctrl-C in the second phase, after the back-off
-        write(self, record)
-        if record.get("event") == "step" and record["phase"] == "kernel" and record["step"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(MetricsLog, "write", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, out, threads=2, progress=False, tensorboard=False)
-    monkeypatch.setattr(MetricsLog, "write", write)
-    before = events(out, "lr_backoff")[-1]
+def test_resume_keeps_the_factor_and_does_not_check_again(backed_off):
+    out, before, n, s = backed_off
     assert before["factor"] < 1.0 and before["checked"]
-    n = len(events(out, "lr_backoff"))
-    s = train(cfg, out, resume=True, threads=2, progress=False, tensorboard=False).summary
     assert s["lr_backoff"]["factor"] == before["factor"] and s["lr_backoff"]["backoffs"] == before["backoffs"]
     assert len(events(out, "lr_backoff")) == n  # no check after the resume
     kernel = [e for e in events(out, "step") if e["phase"] == "kernel"]
