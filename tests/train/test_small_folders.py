@@ -19,9 +19,9 @@ from make_folders import write_folder  # noqa: E402
 @pytest.mark.parametrize("kind", ["blobs"])
 def test_a_folder_a_person_can_classify_learns_and_ships_on_one_and_two_threads(tmp_path, kind):
     folder = write_folder(tmp_path / kind, kind, per_class=30, size=16, seed=3)
-    # the preset's recipe in 48 steps; run settings only cut the work (no comparison run, no per-phase evaluation)
+    # the preset's recipe in 24 steps; run settings only cut the work (no comparison run, no per-phase evaluation)
     config = preset_config("tiny").replace(dataset=f"folder:{folder}", final_samples=0, compare_alone=False,
-                                           eval_every_phase=False, checkpoint_every=1000).spread_steps(48)
+                                           eval_every_phase=False, checkpoint_every=1000).spread_steps(24)
     runs = {threads: train(config, tmp_path / f"run{threads}", threads=threads, progress=False,
                            tensorboard=False).summary for threads in (1, 2)}
     verdicts = {threads: s["gate"]["passed"] for threads, s in runs.items()}
