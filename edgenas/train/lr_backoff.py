@@ -9,6 +9,11 @@ compared with the chance loss, log(classes):
   same batches at 1/3 the rate, at most `MAX_BACKOFFS` times, unless a lower rate's loss at the check is clearly
   higher than the rate's before it (by more than the `UNDECIDED` band); then training goes back to the higher rate's
   weights at its check (no step is taken twice);
+- a lower rate is checked later than the one before it (`lower_rate_check`: as many updates of the same total
+  size), and it restarts again only where its loss diverged (`diverged`: not finite, or `DIVERGED` x the chance loss
+  or more), not where it is still at chance: when a rate leaves chance depends on the thread count's rounding (a
+  textures folder at a third of the rate: 1.612 after 144 steps on three threads, 1.770 on one), and a second
+  back-off to 1/9 leaves the later phases too slow to learn;
 - in between, the rate learns slowly (a run still early): the check waits as many steps again (at most `MAX_WAITS`
   times, within the phase) and then keeps the rate unless its loss has gone back up to `STALLED`.
 The factor found scales the first phase's rate and the comparison run's (the largest network alone); a later phase
@@ -42,6 +47,10 @@ STALLED = 0.95
 # A lower rate's loss this much (a share of the chance loss: 0.09 at 6 classes) above the higher rate's is clearly
 # worse; within it the two differ by the thread count's rounding, and the lower rate is kept.
 UNDECIDED = 0.05
+# A lower rate restarts again only at or above this fraction of the chance loss (or where its loss is not finite): a
+# rate that diverged, far from the 1.00-1.03 x where a rate that has not left chance yet sits (textures: 1.81-1.85 at
+# 6 classes, chance 1.79); a rate still at chance is kept (see the module's text).
+DIVERGED = 1.1
 MAX_WAITS = 2
 # The check comes after two epochs of the first phase, and after at least this many steps: on a small folder two
 # epochs are few steps (22 at 360 images), too few to tell a slow start from a rate that cannot learn.
@@ -61,6 +70,21 @@ def check_step(train_size: int, batch_size: int, phase_steps: int) -> int | None
     return step if step < phase_steps else None
 
 
+def lower_rate_check(first: int, factor: float, phase_steps: int | None) -> int:
+    """The step at which a lower rate (`factor` of the preset's) is checked: `first` (the preset's rate's check)
+    divided by `factor`, as many updates of the same total size (SGD moves the weights by about rate x steps), at
+    most half the phase's longest length `phase_steps` (so the rate kept has half the phase to learn) and never
+    before `first`. Checked at the same step as the higher rate, a lower rate that learns was judged before it could
+    show it: on a textures folder (6 classes, 762 images, batch 32) the largest network alone was still at chance
+    after 48 steps at every rate the back-off tried (losses 1.81-1.85 at 0.1, 1.80 at 0.03) and left it only at
+    0.03, after about 80 steps (1.69 at 96, 1.61 at 120), while at 0.1 it never did (1.77-1.79 after 200 steps):
+    the back-off walked down to 1/9 of the rates at step 48 each time."""
+    later = round(first / max(factor, 1e-9))
+    if phase_steps is not None:
+        later = min(later, phase_steps // 2)
+    return max(first, later)
+
+
 def chance_loss(num_classes: int) -> float:
     return math.log(max(2, num_classes))
 
@@ -68,6 +92,11 @@ def chance_loss(num_classes: int) -> float:
 def stalled(loss: float | None, num_classes: int) -> bool:
     """Whether a running training loss shows no learning (at or above `STALLED` of the chance loss), or diverged."""
     return loss is None or not math.isfinite(loss) or loss >= STALLED * chance_loss(num_classes)
+
+
+def diverged(loss: float | None, num_classes: int) -> bool:
+    """Whether a running training loss shows the rate diverged: not finite, or at least `DIVERGED` x the chance loss."""
+    return loss is None or not math.isfinite(loss) or loss >= DIVERGED * chance_loss(num_classes)
 
 
 def learned(loss: float | None, num_classes: int) -> bool:
@@ -119,9 +148,10 @@ def decide(state: dict[str, Any], loss: float | None, step: int, num_classes: in
         state.setdefault("waited", []).append(entry)
         state["action"] = "wait"
         return "wait"
-    if stalled(loss, num_classes) and len(tried) < MAX_BACKOFFS:
+    if stalled(loss, num_classes) and len(tried) < MAX_BACKOFFS and (not tried or diverged(loss, num_classes)):
         tried.append(entry)
         state.update(factor=state["factor"] / BACKOFF, waits=0, action="restart")
+        state["check_step"] = lower_rate_check(first, state["factor"], phase_steps)
         return "restart"
     state.update(checked=True, last=entry, action="keep")
     return "keep"
@@ -150,12 +180,15 @@ def describe(state: dict[str, Any], num_classes: int) -> str:
         b = state["backoffs"][-1]
         loss = f"{b['loss']:.3f}" if b["loss"] is not None else "not finite"
         return (f"learning rate: the first phase's loss {loss} after {b['step']} steps is not below {STALLED:g} x "
-                f"{chance}: restarting it at x{state['factor']:.3g} the preset's rates")
+                f"{chance}: restarting it at x{state['factor']:.3g} the preset's rates, checked after "
+                f"{state.get('check_step', b['step'])} steps")
     last = state.get("last") or {}
     loss = f"{last['loss']:.3f}" if last.get("loss") is not None else "not finite"
     now = last.get("loss")
     verdict = (f"below {LEARNED:g} x {chance}" if learned(now, num_classes) else
-               f"not below {STALLED:g} x {chance}" if stalled(now, num_classes) else
+               f"not below {STALLED:g} x {chance}" + (": a lower rate not diverged, kept" if state["backoffs"]
+                                                       and not diverged(now, num_classes) else "")
+               if stalled(now, num_classes) else
                f"below {STALLED:g} x {chance}: learning slowly")
     tried = ", ".join(f"x{b['factor']:.3g}: {b['loss']}" for b in state["backoffs"] + [state.get("reverted") or {}]
                       if b)

@@ -803,6 +803,8 @@ def _restart_or_revert(run: Run, state: TrainState, loop: PhaseLoop, action: str
         stats.pop("plateaued", None)
         if action == "revert":  # resumed after the higher rate's check: its steps again
             loop.check = None
+        else:  # the lower rate is checked later than the higher one: as many updates of the same total size
+            loop.check = backoff.state.get("check_step", loop.check)
     else:
         held = backoff.held
         run.net.load_state_dict(held.weights)

@@ -159,8 +159,28 @@ def test_a_lower_rate_is_reverted_only_where_its_loss_is_clearly_higher():
     for first, second in ((1.837, 1.803), (1.823, 1.812), (1.80, 1.83)):
         state = lr_backoff.new_state()
         assert lr_backoff.decide(state, first, 22, 6, phase_steps=40) == "restart"
-        assert lr_backoff.decide(state, second, 22, 6, phase_steps=40) == "restart"
-        assert state["factor"] == pytest.approx(1 / 9)
+        assert lr_backoff.decide(state, second, 22, 6, phase_steps=40) == "keep"  # at chance, not diverged: kept
+        assert state["factor"] == pytest.approx(1 / 3)
     state = lr_backoff.new_state()
     lr_backoff.decide(state, 1.80, 22, 6, phase_steps=40)
     assert lr_backoff.decide(state, 1.80 + 0.1, 22, 6, phase_steps=40) == "revert" and state["factor"] == 1.0
+
+
+def test_a_lower_rate_is_checked_as_much_later_as_it_is_lower():
+    """Issue 46, third pass: on a textures folder (6 classes, 762 images) every rate was still at chance at step 48,
+    the lower ones because they had not had time to leave it (a third of the rate left chance after about 80 steps),
+    and the back-off walked down to 1/9. A rate a third as high is checked three times as late (as many updates of
+    the same total size), at most half-way through the phase, never before the first check."""
+    state = lr_backoff.new_state()
+    assert lr_backoff.decide(state, 1.823, 48, 6, phase_steps=576) == "restart"
+    assert state["check_step"] == 144 and "checked after 144 steps" in lr_backoff.describe(state, 6)
+    # still at chance at its own check (1.770 on one thread, 1.612 on three): a lower rate that has not diverged is kept
+    assert lr_backoff.decide(state, 1.770, 144, 6, phase_steps=576) == "keep"
+    assert state["factor"] == pytest.approx(1 / 3) and "not diverged, kept" in lr_backoff.describe(state, 6)
+    diverging = lr_backoff.new_state()  # a lower rate that diverged too restarts again, checked at most half-way
+    assert lr_backoff.decide(diverging, float("nan"), 48, 6, phase_steps=576) == "restart"
+    assert lr_backoff.decide(diverging, 2.5, 144, 6, phase_steps=576) == "restart"
+    assert diverging["check_step"] == 288  # 432 would leave the rate kept less than half the phase
+    assert diverging["factor"] == pytest.approx(1 / 9)
+    assert lr_backoff.lower_rate_check(40, 1 / 3, 60) == 40  # a short phase: checked where the first rate was
+    assert lr_backoff.lower_rate_check(48, 1 / 3, None) == 144
