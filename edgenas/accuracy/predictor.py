@@ -119,7 +119,10 @@ def rmse(predicted: np.ndarray, actual: np.ndarray) -> float:
 
 
 def kendall_tau(predicted: np.ndarray, actual: np.ndarray) -> float:
-    """Kendall's tau-b between predicted and actual values (how well the predictor ranks archs)."""
+    """Kendall's tau-b between predicted and actual values (how well the predictor ranks archs); NaN (undefined)
+    for fewer than two archs, as scipy gives it, without its warning."""
+    if len(predicted) < 2:
+        return float("nan")
     # deferred: scipy loads only when this runs, not on import
     from scipy.stats import kendalltau
 

@@ -148,7 +148,8 @@ def plot_pareto(dev: DeviceReport, path: Path) -> Path:
     ax.set_ylabel("top-1 accuracy [%]")
     ax.set_title(f"{dev.name}: accuracy vs latency")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    if ax.get_legend_handles_labels()[0]:  # an empty plot (nothing measured) has no legend
+        ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -171,7 +172,8 @@ def plot_calibration(dev: DeviceReport, path: Path) -> Path:
     ax.set_ylabel("predicted latency [ms]")
     ax.set_title(f"{dev.name}: calibration")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    if ax.get_legend_handles_labels()[0]:  # an empty plot (nothing measured) has no legend
+        ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
