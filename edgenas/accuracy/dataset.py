@@ -85,6 +85,10 @@ class AccuracyDataset:
         return {"supernet_sha256": self.supernet_sha256, "dataset": self.dataset, "split": self.split,
                 "arch": arch, "metric": self.metric}
 
+    def add(self, arch: Arch, value: float, extra: dict[str, Any] | None = None) -> None:
+        """Commit one arch's figure."""
+        self.store.add_evaluation(**self._key(arch), value=value, extra=extra)
+
     def missing(self, archs: Sequence[Arch]) -> list[Arch]:
         done = {Arch.from_dict(e.arch) for e in self.store.evaluations(
             self.supernet_sha256, self.split, self.metric, dataset=self.dataset)}
@@ -94,7 +98,11 @@ class AccuracyDataset:
               progress: bool = True, extra: dict[str, Any] | None = None) -> int:
         """Evaluate this rank's share of `archs` that the store lacks, committing each result at once.
         Returns how many were evaluated now."""
-        todo = shard(self.missing(archs), rank, world_size)
+        # this rank's share of `archs` first, then what the store lacks of it: every rank takes the same share
+        # whenever it starts (sharding what is missing would shift a late rank's share by the archs an early one
+        # already committed, leaving some archs to no rank)
+        missing = set(self.missing(archs))
+        todo = [a for a in shard(list(archs), rank, world_size) if a in missing]
         desc = f"accuracy of subnets ({self.split})" + (f" rank {rank}/{world_size}" if world_size > 1 else "")
         done = 0
         with Progress(len(todo), desc, unit="arch", enabled=progress) as bar:
@@ -103,8 +111,7 @@ class AccuracyDataset:
                 value = float(evaluate(arch))
                 if not 0.0 <= value <= 1.0:
                     raise ValueError(f"the evaluation function returned top-1 {value} for {arch}: expected [0, 1]")
-                self.store.add_evaluation(**self._key(arch), value=value,
-                                          extra={"seconds": round(time.perf_counter() - t0, 4), **(extra or {})})
+                self.add(arch, value, {"seconds": round(time.perf_counter() - t0, 4), **(extra or {})})
                 done += 1
                 bar.update(1, top1=value)
         return done

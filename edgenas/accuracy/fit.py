@@ -21,7 +21,7 @@ from edgenas.accuracy import DEFAULT_KIND, KINDS
 from edgenas.accuracy.dataset import dist_rank, sample_archs
 from edgenas.accuracy.evaluation import evaluate_predictor
 from edgenas.accuracy.gp import GPAccuracyPredictor
-from edgenas.accuracy.measure import SupernetEvaluator, measure_paired
+from edgenas.accuracy.measure import POOLED, SPLITS, PairedMeasurement, SupernetEvaluator, correct_metric, measure_paired
 from edgenas.accuracy.predictor import AccuracyPredictor, FitConfig, FitReport, free_cores, kendall_tau, rmse
 from edgenas.errors import UsageError
 from edgenas.space import Arch
@@ -100,24 +100,63 @@ def paired_figures(ctx: SupernetEvaluator, predictor: Any, test_archs: Sequence[
             "paired_top_k_hit_rate": e.figures[f"top{k}_hit_rate"], "noise_ceiling": e.noise_ceiling}
 
 
+def add_split_top1(ctx: SupernetEvaluator, measured: PairedMeasurement, store: Any) -> int:
+    """Each paired-measured arch's top-1 on the accuracy dataset's split, taken from its per-image results there (the
+    same BN recalibration on the same batches, the same images: the figure `ctx.evaluate` gives, which evaluates them
+    in batches of 64 where the paired measurement takes 256; test_fit checks they agree), committed where the store
+    lacks it. So a test arch is evaluated once, not once for the dataset and again for the paired figures. Returns
+    how many were added."""
+    # deferred: torch loads only when this runs, not on import
+    import torch
+
+    data = ctx.accuracy_dataset(store)
+    if ctx.split not in measured.columns or measured.bn_batches != ctx.bn_batches:
+        return 0
+    missing = set(data.missing(measured.archs))
+    added = 0
+    for i, arch in enumerate(measured.archs):
+        if arch in missing:
+            bits = torch.from_numpy(np.ascontiguousarray(measured.correct[i, measured.columns[ctx.split]]))
+            # as `edgenas.train.evaluate` averages: float32 mean of the per-image results
+            value = float(bits.float().mean()) if bits.numel() else 0.0
+            data.add(arch, value, {"from": f"{POOLED} {correct_metric(ctx.bn_batches)}"})
+            missing.discard(arch)
+            added += 1
+    return added
+
+
+def derives_split_top1(split: str) -> bool:
+    """Whether the paired measurement (val + holdout) holds the accuracy dataset's `split`."""
+    return split in SPLITS
+
+
+def evaluate_share(ctx: SupernetEvaluator, store: Any, archs: Sequence[Arch], rank: int, world_size: int,
+                   progress: bool, paired: Sequence[Arch] = ()) -> int:
+    """One evaluator's share (every `world_size`-th from `rank`): its share of `paired` (the test archs) measured
+    paired on val + holdout first, their top-1 on the dataset's split taken from it (`add_split_top1`), then its share
+    of `archs` evaluated on the split, every figure committed to the store as it is done (where `paired_figures`
+    and `AccuracyDataset.load` read them). Returns how many archs were evaluated on the split now."""
+    share = list(paired)[rank::world_size]
+    done = 0
+    if share:
+        measured = measure_paired(ctx, share, store, bn_batches=ctx.bn_batches, progress=progress)
+        done += add_split_top1(ctx, measured, store)
+    data = ctx.accuracy_dataset(store)
+    return done + data.build(list(archs), ctx.evaluate, rank=rank, world_size=world_size, progress=progress)
+
+
 def _evaluate_shard(checkpoint: str, archs: list[dict], store_path: str, rank: int, world_size: int,
                     split: str, bn_batches: int, threads: int, progress: bool, paired: Sequence[dict] = ()) -> int:
-    """One worker's share (a top-level function so a spawned process can run it): its share of `archs` evaluated
-    on `split`, then its share of `paired` (the test archs) measured paired on val + holdout, committed to the store
-    where `paired_figures` reads them (measured in the workers, side by side, not one by one after them)."""
+    """`evaluate_share` in a spawned worker process (a top-level function so that it can run there): it opens the
+    checkpoint and the store itself."""
     # deferred: torch loads only when this runs, not on import
     import torch
 
     torch.set_num_threads(threads)  # one per worker: more threads than free cores slow torch down several times
     ctx = SupernetEvaluator(checkpoint, split, bn_batches)
     with Store(store_path) as store:
-        data = ctx.accuracy_dataset(store)
-        done = data.build([Arch.from_dict(a) for a in archs], ctx.evaluate, rank=rank, world_size=world_size,
-                          progress=progress)
-        share = [Arch.from_dict(a) for a in list(paired)[rank::world_size]]
-        if share:
-            measure_paired(ctx, share, store, bn_batches=bn_batches, progress=False)
-        return done
+        return evaluate_share(ctx, store, [Arch.from_dict(a) for a in archs], rank, world_size, progress,
+                              [Arch.from_dict(a) for a in paired])
 
 
 def fit_predictor(
@@ -150,24 +189,41 @@ def fit_predictor(
     space = ctx.supernet.space
     archs = sample_archs(space, samples, np.random.default_rng(seed), cost=latency_cost)
     rank, world = dist_rank()
+    # the test archs are measured paired (val + holdout) by the evaluators, each its share; their top-1 on the split
+    # comes from that measurement, so they are not evaluated a second time (paired_figures finds them in the store)
+    pairs = split_archs(archs, test, seed)[1] if paired and test >= 3 else []
+    derived = set(pairs) if derives_split_top1(split) else set()
+    if not derived:
+        pairs = []  # measured after the fit, as before (paired_figures)
     with Store(store_path) as store:
         data = ctx.accuracy_dataset(store)
         before = len(data.missing(archs))
-        if workers <= 1:
-            # deferred: torch loads only when this runs, not on import
-            import torch
+        # the same list for every evaluator (each takes its share of it, then what the store lacks of that share)
+        todo = [a for a in archs if a not in derived]
+        # deferred: torch loads only when this runs, not on import
+        import torch
 
+        main_threads = torch.get_num_threads()
+        if workers <= 1:
             torch.set_num_threads(free_cores())
-            data.build(archs, ctx.evaluate, rank=rank, world_size=world, progress=progress)
+            try:
+                evaluate_share(ctx, store, todo, rank, world, progress, pairs)
+            finally:
+                torch.set_num_threads(main_threads)
         else:
-            todo = [a.to_dict() for a in data.missing(archs)]
+            # this process evaluates the first share itself (its supernet is open already), `workers - 1` spawned
+            # processes the others, one thread each
             threads = max(1, free_cores() // workers)
-            # the test archs' paired measurement too (paired_figures finds it in the store; any it lacks, it measures)
-            pairs = [a.to_dict() for a in split_archs(archs, test, seed)[1]] if paired and test >= 3 else []
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-                futures = [pool.submit(_evaluate_shard, str(checkpoint), todo, str(store_path), rank * workers + i,
-                                       world * workers, split, bn_batches, threads, progress and i == 0, pairs)
-                           for i in range(workers)]
+            with ProcessPoolExecutor(workers - 1, mp_context=mp.get_context("spawn")) as pool:
+                futures = [pool.submit(_evaluate_shard, str(checkpoint), [a.to_dict() for a in todo], str(store_path),
+                                       rank * workers + i, world * workers, split, bn_batches, threads, False,
+                                       [a.to_dict() for a in pairs])
+                           for i in range(1, workers)]
+                torch.set_num_threads(threads)
+                try:
+                    evaluate_share(ctx, store, todo, rank * workers, world * workers, progress, pairs)
+                finally:
+                    torch.set_num_threads(main_threads)
                 for f in futures:
                     f.result()
         if rank != 0:

@@ -150,3 +150,34 @@ def test_a_shard_measures_its_share_of_the_paired_test_archs(tmp_path):
     with Store(store) as s:
         rows = s.evaluations(_sha(ckpt), POOLED, correct_metric(1))
     assert [json.dumps(r.arch, sort_keys=True) for r in rows] == [json.dumps(pairs[1], sort_keys=True)]
+
+
+def test_test_archs_evaluated_once_and_two_evaluators_give_the_serial_figures(tmp_path):
+    """The test archs' top-1 on the dataset's split comes from their paired measurement (not a second evaluation),
+    equal to what `evaluate` gives them; two evaluators (this process and a spawned one) store exactly the figures
+    one evaluator stores, and fit the same predictor."""
+    from edgenas.accuracy.dataset import sample_archs
+    from edgenas.accuracy.fit import fit_predictor, split_archs
+    from edgenas.accuracy.measure import SupernetEvaluator
+    from edgenas.store import Store
+
+    ckpt = make_checkpoint(tmp_path)
+    fits = {}
+    for workers in (1, 2):
+        store = tmp_path / f"store-{workers}.sqlite"
+        fit = fit_predictor(ckpt, samples=13, test=3, seed=0, store_path=store, out=tmp_path / f"p{workers}.npz",
+                            workers=workers, bn_batches=1, progress=False)
+        with Store(store) as s:
+            rows = s.evaluations(_sha(ckpt), "holdout", "top1@bn1")
+            fits[workers] = (fit, {json.dumps(r.arch, sort_keys=True): (r.value, "from" in r.extra) for r in rows})
+    (serial, serial_rows), (parallel, parallel_rows) = fits[1], fits[2]
+    assert {k: v[0] for k, v in serial_rows.items()} == {k: v[0] for k, v in parallel_rows.items()}
+    assert len(serial_rows) == 13 and serial.evaluated_now == parallel.evaluated_now == 13
+    figures = ("test_rmse", "test_kendall_tau", "paired_kendall_tau", "paired_rmse_points", "noise_ceiling")
+    np.testing.assert_equal([getattr(serial, f) for f in figures], [getattr(parallel, f) for f in figures])
+    ctx = SupernetEvaluator(str(ckpt), "holdout", 1)
+    test_archs = split_archs(sample_archs(ctx.supernet.space, 13, np.random.default_rng(0)), 3, 0)[1]
+    for arch in test_archs:  # taken from the paired measurement, and what evaluating them gives
+        value, derived = serial_rows[json.dumps(arch.to_dict(), sort_keys=True)]
+        assert derived and value == ctx.evaluate(arch)
+    assert sum(d for _, d in serial_rows.values()) == 3

@@ -67,9 +67,10 @@ def test_accuracy_dataset_is_stored_and_resumes(tmp_path):
     calls.clear()
     with Store(tmp_path / "store.sqlite") as store:  # a new process: resumes from the file
         data = AccuracyDataset(store, "sha-supernet", "fp-data")
-        # two ranks share the rest
-        assert data.build(archs, lambda a: float(synthetic_top1([a])[0]), rank=0, world_size=2, progress=False) == 10
-        assert data.build(archs, lambda a: float(synthetic_top1([a])[0]), rank=0, world_size=1, progress=False) == 9
+        # two ranks share the archs (every other one), each evaluating what the store lacks of its share: rank 0's
+        # share is archs 0, 2, ..., 28, of which 0-10 were stored before the interruption
+        assert data.build(archs, lambda a: float(synthetic_top1([a])[0]), rank=0, world_size=2, progress=False) == 9
+        assert data.build(archs, lambda a: float(synthetic_top1([a])[0]), rank=0, world_size=1, progress=False) == 10
         got_archs, values = data.load(archs)
         assert got_archs == archs
         assert np.allclose(values, synthetic_top1(archs))
@@ -213,3 +214,14 @@ def test_the_fitted_mlp_reads_resolution_and_width_as_ordinal_features(tmp_path)
     assert np.array_equal(fitted.features(batch), fitted.features(archs))
     old, _ = AccuracyPredictor.fit(space, archs, y, seed=0, config=FitConfig(hidden=(8,), max_epochs=5, scalars=()))
     assert load_accuracy_predictor(old.save(tmp_path / "old.npz")).scalars == ()
+
+
+def test_ranks_cover_every_arch_whenever_each_starts(tmp_path):
+    """Each rank takes its share of the archs, then what the store lacks of it: a rank that starts after another one
+    finished (a spawned worker starting late) still takes its own share, and together they leave no arch out."""
+    archs = sample_archs(SPACE, 21, np.random.default_rng(4))
+    with Store(tmp_path / "store.sqlite") as store:
+        data = AccuracyDataset(store, "sha-supernet", "fp-data")
+        done = [data.build(archs, lambda a: float(synthetic_top1([a])[0]), rank=r, world_size=3, progress=False)
+                for r in (2, 0, 1)]
+        assert done == [7, 7, 7] and data.missing(archs) == []
