@@ -84,14 +84,28 @@ class ChannelsLastInput(nn.Module):
 def export_friendly(model: nn.Module) -> nn.Module:
     """A copy of `model` (eval mode) with every `nn.Hardsigmoid` replaced by `ExportFriendlyHardsigmoid`.
 
-    The model itself is not touched, so training and the supernet keep their numerics.
-    """
-    model = copy.deepcopy(model).eval().cpu()
-    for module in list(model.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, nn.Hardsigmoid):
-                setattr(module, name, ExportFriendlyHardsigmoid())
-    return model
+    The model itself is not touched, so training and the supernet keep their numerics. The copy is of the module
+    tree only (`_module_tree`): it holds the model's own parameter and buffer tensors, which exporting reads and
+    never writes. A deep copy of every module and tensor took 40 % of writing a small model's TFLite file
+    (4 of 10.7 CPU-s for a calibration's 262 latency models)."""
+    if any(t.device.type != "cpu" for t in (*model.parameters(), *model.buffers())):
+        model = copy.deepcopy(model).cpu()  # its tensors moved to the CPU in the copy, not in the model
+    return _module_tree(model).eval()
+
+
+def _module_tree(module: nn.Module) -> nn.Module:
+    """A new module object for `module` and each of its children (Hardsigmoid swapped), with fresh containers
+    (children, parameter and buffer dicts, hooks: what export code may add to or register on its copy) and the
+    same tensors."""
+    tree = copy.copy(module)
+    for name, value in vars(module).items():
+        if isinstance(value, dict):
+            tree.__dict__[name] = value.copy()
+    tree.__dict__["_modules"] = {
+        name: None if child is None else (ExportFriendlyHardsigmoid() if isinstance(child, nn.Hardsigmoid)
+                                          else _module_tree(child))
+        for name, child in module._modules.items()}
+    return tree
 
 
 def litert_torch():
