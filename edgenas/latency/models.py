@@ -13,6 +13,7 @@ import json
 import multiprocessing
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -111,13 +112,37 @@ def arch_description(space: SearchSpace, arch: Arch) -> dict:
 
 
 def build_model(description: dict) -> nn.Module:
-    """The model a description names, with deterministic random weights (eval mode)."""
-    seed = int(sha256_json(description)[:15], 16)
-    if description["kind"] == "piece":
-        return _randomise(PieceModel(Piece(**description["piece"])), seed)
-    space = SearchSpace.from_dict(description["space"])
-    net = _supernet(space).extract(Arch.from_dict(description["arch"], space))
-    return _randomise(net, seed)
+    """The model a description names, with deterministic random weights (eval mode). The models built last are kept
+    for the process (`BUILT_MB`): a run that calibrates two devices of one space exports the same models in two
+    formats (the demo: 262 models, 2.4 CPU-s to build), and exporting reads a model, never changes it."""
+    global _built_bytes
+    key = sha256_json(description)
+    kept = _BUILT.pop(key, None)
+    if kept is not None:
+        _built_bytes -= kept[1]
+    else:
+        seed = int(key[:15], 16)
+        if description["kind"] == "piece":
+            model = _randomise(PieceModel(Piece(**description["piece"])), seed)
+        else:
+            space = SearchSpace.from_dict(description["space"])
+            model = _randomise(_supernet(space).extract(Arch.from_dict(description["arch"], space)), seed)
+        kept = (model, _model_bytes(model))
+    _BUILT[key] = kept  # the most recently used last
+    _built_bytes += kept[1]
+    while len(_BUILT) > 1 and _built_bytes > BUILT_MB * 1e6:
+        _built_bytes -= _BUILT.pop(next(iter(_BUILT)))[1]
+    return kept[0].eval()
+
+
+# The most megabytes of weights the models kept for the process hold (the demo's 262 models: 99 MB).
+BUILT_MB = 256
+_BUILT: OrderedDict[str, tuple[nn.Module, int]] = OrderedDict()  # description hash -> (model, bytes)
+_built_bytes = 0
+
+
+def _model_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
 
 
 _SUPERNETS: dict[str, nn.Module] = {}

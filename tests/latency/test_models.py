@@ -75,3 +75,24 @@ def test_an_int8_latency_model_is_written_directly_whatever_its_numbers(tmp_path
     monkeypatch.setitem(sys.modules, "litert_torch", None)  # and litert-torch cannot convert
     path, sha = ModelCache(tmp_path).get(arch_description(MICRO, MICRO.largest()), "tflite-int8")
     assert path.is_file() and len(sha) == 64
+
+
+def test_a_built_model_is_kept_for_the_next_format_within_its_bound(monkeypatch):
+    """Two devices' calibrations export the same models: each is built once while the kept models' weights stay
+    within `BUILT_MB`, and a model built again after being dropped has the same weights."""
+    import torch
+
+    from edgenas.latency import models
+
+    monkeypatch.setattr(models, "_BUILT", models.OrderedDict())
+    monkeypatch.setattr(models, "_built_bytes", 0)
+    descriptions = [piece_description(p) for p in block_index(MICRO).pieces[:6]]
+    first = [models.build_model(d) for d in descriptions]
+    assert [models.build_model(d) for d in descriptions] == first  # the same objects: built once
+    sizes = [models._model_bytes(m) for m in first]
+    monkeypatch.setattr(models, "BUILT_MB", (sizes[-1] + sizes[-2]) / 1e6)
+    last = models.build_model(descriptions[-1])
+    assert list(models._BUILT) == [models.sha256_json(d) for d in descriptions[-2:]] and last is first[-1]
+    again = models.build_model(descriptions[0])  # dropped: built again, the same weights
+    assert again is not first[0]
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), first[0].state_dict().values()))
