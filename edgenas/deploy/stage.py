@@ -449,7 +449,12 @@ class _Round:
                 except TFLiteConversionError as exc:  # this arch does not convert: the others still compete
                     export = None
                     cand.problems = [str(exc)]
-                cand.correct = model_correct(prep.model, dataset, self.split, found.arch.resolution)
+                # the holdout images the files were checked on are the split's, in its order, where the split fits
+                # the check (`verification_images`): their kept logits give the same answers, computed once
+                whole = self.split == "holdout" and prep.holdout_images is not None \
+                    and len(prep.holdout_images) == dataset.size(self.split)
+                cand.correct = (prep.holdout_correct() if whole else None) or \
+                    model_correct(prep.model, dataset, self.split, found.arch.resolution)
                 cand.accuracy = sum(cand.correct) / len(cand.correct) if cand.correct else 0.0
                 if self.store is not None:
                     self.store.add_evaluation(supernet_sha256=info["sha256"], dataset=dataset.fingerprint,

@@ -268,6 +268,7 @@ def export_subnet(
     holdout_labels: np.ndarray | None = None,
     contract: Mapping[str, Any] | None = None,
     write_card_now: bool = True,
+    reference_logits: dict[str, np.ndarray] | None = None,
 ) -> ExportResult:
     """Write every requested format of `model` (a static subnet of `arch`) into `out_dir`, check it, and card it.
 
@@ -282,7 +283,9 @@ def export_subnet(
     `raise_on_problems=False`, the result returned with its `problems`. `contract`
     (`edgenas.export.contract.input_contract`) goes into every file's metadata, labels.txt and the card.
     With `write_card_now=False` the card is only returned (`result.card`), for a caller that writes it once,
-    after its pick (the deploy stage).
+    after its pick (the deploy stage). `reference_logits` keeps PyTorch's logits of `model` on the validation
+    (`"val"`) and holdout (`"holdout"`) images across exports of the same model and images (`PreparedExport.logits`):
+    each is computed once, where it is missing.
     """
     options = options or ExportOptions()
     out_dir = Path(out_dir)
@@ -302,11 +305,23 @@ def export_subnet(
     options = _without_int8_that_cannot_fit(options, memory, log)
     files, seconds, converters = _write_files(model, out_dir, options, calibration, kept, manifest, log, contract)
     found = _Problems()
-    reference = torch_logits(model, val_images)
+    logits = {} if reference_logits is None else reference_logits
+
+    def reference_of(split: str, images: np.ndarray) -> np.ndarray:
+        if split not in logits:
+            logits[split] = torch_logits(model, images)
+        return logits[split]
+
+    reference = reference_of("val", val_images)
     reference_acc = _accuracy(reference, val_labels)
     checks, file_accuracy = [], {}
     if options.verify:
-        int8_set = _int8_check_images(model, val_images, val_labels, reference, holdout_images, holdout_labels)
+        kept_formats = {c.format for c in kept.checks} if kept is not None else set()
+        checked_now = any(fmt.endswith("int8") and fmt not in kept_formats for fmt in files)
+        # the int8 check's images (val + holdout, and their PyTorch logits): only where an int8 file is checked now
+        int8_set = _int8_check_images(val_images, val_labels, reference, holdout_images, holdout_labels,
+                                      lambda images: reference_of("holdout", images)) \
+            if checked_now else (val_images, reference, val_labels)
         checks, file_accuracy = _verify_files(model, files, options, calibration, (val_images, reference, val_labels),
                                               int8_set, kept, converters, seconds, manifest, found, log, contract)
     micro = _memory_checks(files, options, kept, stats, memory, val_images, found, log)
@@ -459,14 +474,15 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
     return None if labels is None else float((logits.argmax(1) == labels).mean())
 
 
-def _int8_check_images(model: nn.Module, val_images: np.ndarray, val_labels: np.ndarray | None, reference: np.ndarray,
+def _int8_check_images(val_images: np.ndarray, val_labels: np.ndarray | None, reference: np.ndarray,
                        holdout_images: np.ndarray | None, holdout_labels: np.ndarray | None,
+                       holdout_logits: Callable[[np.ndarray], np.ndarray],
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """The images an int8 file is judged on, their PyTorch logits and labels: the validation images, and the
-    holdout images after them when given (with labels on both sides)."""
+    holdout images after them when given (with labels on both sides; `holdout_logits` gives PyTorch's logits)."""
     if holdout_images is None or len(holdout_images) == 0 or val_labels is None or holdout_labels is None:
         return val_images, reference, val_labels
-    return (np.concatenate([val_images, holdout_images]), np.concatenate([reference, torch_logits(model, holdout_images)]),
+    return (np.concatenate([val_images, holdout_images]), np.concatenate([reference, holdout_logits(holdout_images)]),
             np.concatenate([val_labels, holdout_labels]))
 
 
@@ -522,6 +538,21 @@ class PreparedExport:
     holdout_images: np.ndarray | None = None  # joined to the validation images for the int8 check
     holdout_labels: np.ndarray | None = None
     contract: dict[str, Any] | None = None  # the input contract every file carries (`edgenas.export.contract`)
+    # PyTorch's logits of the exported model on the files' validation and holdout images ("val", "holdout"), kept
+    # from the first export that computed them: a candidate's export, its holdout accuracy and its shipping read
+    # the same logits (a deploy computed them up to three times)
+    logits: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    def holdout_correct(self) -> list[bool] | None:
+        """Per holdout image, in the split's order, whether the prepared model classifies it right, from the kept
+        logits (computed here when missing); None where the files take other input than the model (normalised
+        inside) or there are no holdout images."""
+        if self.holdout_images is None or self.holdout_labels is None or \
+                (self.contract is not None and self.contract.get("normalised_inside")):
+            return None
+        if "holdout" not in self.logits:
+            self.logits["holdout"] = torch_logits(self.model, self.holdout_images)
+        return [bool(v) for v in self.logits["holdout"].argmax(1) == self.holdout_labels]
 
 
 def prepare_export(supernet: nn.Module, arch: Arch, dataset: Any, *, options: ExportOptions, info: Mapping[str, Any],
@@ -587,7 +618,8 @@ def export_prepared(prepared: PreparedExport, out_dir: str | os.PathLike, *, spa
                          lineage=prepared.lineage, device=device, predicted_latency_ms=prepared.predicted_latency_ms,
                          name=f"edgenas {prepared.arch}", log=log, kept=kept, measured=measured,
                          raise_on_problems=raise_on_problems, holdout_images=feed(prepared.holdout_images),
-                         holdout_labels=prepared.holdout_labels, contract=contract, write_card_now=write_card_now)
+                         holdout_labels=prepared.holdout_labels, contract=contract, write_card_now=write_card_now,
+                         reference_logits=prepared.logits)
 
 
 def plain_lineage(value: Any, out_dir: Path) -> Any:

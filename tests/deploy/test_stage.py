@@ -294,7 +294,8 @@ def test_a_misleading_latency_predictor_is_corrected_by_a_second_round(ran, tmp_
 def test_a_candidates_accuracy_is_the_accuracy_datasets_figure_for_its_arch(tmp_path):
     """The deploy stage evaluates the prepared (BN re-estimated) subnet that ships instead of recalibrating the
     supernet once more: the same per-image results as `evaluate_correct`, the figure the accuracy predictor
-    learned from, on a supernet trained enough for subnets to differ."""
+    learned from, on a supernet trained enough for subnets to differ; the prepared export's kept holdout logits
+    give the same answers."""
     from edgenas.deploy.stage import model_correct
     from edgenas.export.subnet import ExportOptions, prepare_export
     from edgenas.train.checkpoint import OpenedCheckpoint
@@ -317,6 +318,8 @@ def test_a_candidates_accuracy_is_the_accuracy_datasets_figure_for_its_arch(tmp_
         prepared = prepare_export(supernet, arch, dataset, options=options, info=opened.info, log=lambda m: None)
         shipped = model_correct(prepared.model, dataset, "holdout", arch.resolution)
         assert shipped == evaluate_correct(supernet, arch, dataset, "holdout", bn_batches=options.bn_batches)
+        assert prepared.holdout_correct() == shipped  # from the logits the export keeps: the same answers
+        assert set(prepared.logits) == {"holdout"}
         figures.append(sum(shipped) / len(shipped))
     assert len(set(figures)) > 1 and max(figures) > 0.3  # subnets that differ, far above chance (10 %)
 
