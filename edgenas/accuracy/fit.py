@@ -178,7 +178,8 @@ def fit_predictor(
 ) -> PredictorFitResult | None:
     """Build the accuracy dataset of `samples` archs (`test` of them kept out of fitting), fit and save the
     predictor beside the checkpoint. Under torchrun each rank evaluates its share; rank 0 waits, fits and
-    saves (other ranks return None). `workers` > 1 evaluates in that many processes."""
+    saves (other ranks return None). `workers` > 1 evaluates in that many processes (this one and
+    `workers - 1` spawned ones)."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise UsageError(f"supernet checkpoint {checkpoint} does not exist: train one with 'edgenas train'")
