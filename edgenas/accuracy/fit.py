@@ -102,10 +102,10 @@ def paired_figures(ctx: SupernetEvaluator, predictor: Any, test_archs: Sequence[
 
 def add_split_top1(ctx: SupernetEvaluator, measured: PairedMeasurement, store: Any) -> int:
     """Each paired-measured arch's top-1 on the accuracy dataset's split, taken from its per-image results there (the
-    same BN recalibration on the same batches, the same images: the figure `ctx.evaluate` gives, which evaluates them
-    in batches of 64 where the paired measurement takes 256; test_fit checks they agree), committed where the store
-    lacks it. So a test arch is evaluated once, not once for the dataset and again for the paired figures. Returns
-    how many were added."""
+    same BN recalibration on the same batches, the same images: the figure `ctx.evaluate` gives, which evaluates
+    them in batches of 64 where the paired measurement takes 256; tests/accuracy/test_evaluation.py checks that they
+    agree), committed where the store lacks it. So a test arch is evaluated once, not once for the dataset and
+    again for the paired figures. Returns how many were added."""
     # deferred: torch loads only when this runs, not on import
     import torch
 
