@@ -38,6 +38,7 @@ checkpoint = "supernet.pt"
 [predictor]
 samples = 16
 test = 5
+bn_batches = 1                 # each subnet's BatchNorm from one batch, not 8 (the search below says the same)
 [search]
 population = 16
 generations = 8
@@ -79,6 +80,7 @@ def test_search_and_run_choose_the_same_arch(ran, capsys):
                "--predictor", str(root / "out" / "accuracy_predictor.npz"), "--latency-predictor",
                calibrated["predictor"], "--max-latency-ms", repr(budget), "--max-macs", str(MAX_MACS_M),
                "--precision", "fp32", "--population", "16", "--generations", "8", "--top-k", "2", "--seed", "0",
+               "--bn-batches", "1",
                "--store", str(root / "search-store.sqlite"), "--out", str(root / "search"), "--json"])
     assert rc == 0
     searched = json.loads(capsys.readouterr().out)
@@ -272,7 +274,7 @@ def test_a_misleading_latency_predictor_is_corrected_by_a_second_round(ran, tmp_
         # ONNX only, as this module's run ships: the second round is under test, not the int8 conversions of an
         # untrained supernet (tests/deploy/test_stage.py's passed-over test covers shipping every format)
         done = deploy(search(), OpenedCheckpoint(root / "supernet.pt"), device, out_dir=tmp_path / "models",
-                      precision="fp32", options=ExportOptions(formats=("onnx",)), top_k=2, store=store,
+                      precision="fp32", options=ExportOptions(formats=("onnx",), bn_batches=1), top_k=2, store=store,
                       ship_dir=tmp_path / "ship", search_again=search, progress=False, log=lambda line: None)
     first = [c for c in done.candidates if c.round == 1]
     assert all(c.latency_ms < 0.95 * c.predicted["latency_ms"] for c in first if c.latency_ms is not None)
