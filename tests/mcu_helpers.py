@@ -30,10 +30,11 @@ def int8_file(space: SearchSpace, arch, seed: int = 0, normalised: bool = False)
     return write_int8_tflite(net, images[:2].numpy(), int8_io=True)
 
 
-def mcunet_checkpoint(folder, space: SearchSpace, dataset: str = "shapes:samples=600", steps: int = 0):
+def mcunet_checkpoint(folder, space: SearchSpace, dataset: str = "shapes:samples=600", steps: int = 0,
+                      resolution: int = 96):
     """A supernet checkpoint of `space` (an mcunet space, 10 classes) tied to `dataset`, trained `steps` SGD steps
-    on random subnets at 96 px (enough for int8 files whose top-1 agrees with PyTorch's: an untrained net's
-    logits are near ties)."""
+    on random subnets at `resolution` px (enough for int8 files whose top-1 agrees with PyTorch's: an untrained
+    net's logits are near ties)."""
     from edgenas.data import load_dataset
     from edgenas.supernet import Supernet
     from edgenas.train.checkpoint import save_checkpoint
@@ -47,7 +48,7 @@ def mcunet_checkpoint(folder, space: SearchSpace, dataset: str = "shapes:samples
         net.train()
         done = 0
         while done < steps:
-            for x, y in data.loader("train", batch_size=32, resolution=96, shuffle=True, seed=done):
+            for x, y in data.loader("train", batch_size=32, resolution=resolution, shuffle=True, seed=done):
                 net.set_active(space.sample(rng))
                 opt.zero_grad()
                 torch.nn.functional.cross_entropy(net(x), y).backward()

@@ -14,6 +14,10 @@ tests alone.
   startup time) holds the machine alone while it runs: it waits until the other workers' current tests end, and they
   start nothing new until it is done (a readers-writer lock on two files: every other test holds the shared side).
   Its fixtures (a testbed, models) are built and torn down beside the other workers' tests.
+- Files that build the same expensive input in-process (`SHARED_BUILDS`: the exported digits bundle of
+  tests/export/test_subnet.py, an lru_cache) run on one worker, one xdist work unit, so it is built once per run,
+  not once per worker that gets one of them (three conversions and their checks each time). The unit starts where
+  its longest file would have.
 - The timing tests run last, one after another, on one worker (one xdist work unit, `TimingLastScheduling`). Spread
   through their files, each one waited for the other worker's current test to end, on average 9 s of an idle core
   each (half the length of the test it waited for, weighted by length); together they wait once, at the end, where
@@ -32,6 +36,13 @@ import pytest
 
 DURATIONS = Path(__file__).with_name("durations.json")
 TIMING_UNIT = "timing"  # the xdist work unit of the timing tests (see pytest_xdist_make_scheduler)
+# work unit -> the files run in it, on one worker: they share an in-process build (see the docstring)
+SHARED_BUILDS = {
+    "exported-digits-bundle": ("tests/test_micro_memory.py", "tests/export/test_contract.py",
+                               "tests/export/test_subnet.py", "tests/export/test_tflite.py",
+                               "tests/export/test_micro.py", "tests/export/test_card.py"),
+}
+_UNIT_OF_FILE = {path: unit for unit, paths in SHARED_BUILDS.items() for path in paths}
 
 
 def pytest_configure(config):
@@ -70,14 +81,18 @@ def _longest_files_first(items) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """`--dist loadfile`, with the timing tests one work unit of their own (the last: see the collection order)."""
+    """`--dist loadfile`, with the timing tests one work unit of their own (the last: see the collection order) and
+    the files of each `SHARED_BUILDS` entry one unit."""
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
 
     class TimingLastScheduling(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return TIMING_UNIT if nodeid.endswith(f"@{TIMING_UNIT}") else super()._split_scope(nodeid)
+            if nodeid.endswith(f"@{TIMING_UNIT}"):
+                return TIMING_UNIT
+            path = super()._split_scope(nodeid)
+            return _UNIT_OF_FILE.get(path, path)
 
     return TimingLastScheduling(config, log)
 

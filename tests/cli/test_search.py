@@ -64,10 +64,16 @@ def test_search_verifies_top_candidates_on_the_device(setup, capsys):
     assert manifest["kind"] == "search_result" and manifest["seed"] == 0
     assert (root / "out" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     checked = saved["verification"]["candidates"]
-    assert len(checked) == 2
+    # the top 2 are measured; a second round follows only where their measurements showed the latency predictor
+    # misled the search (fitted to 3 subnets timed earlier, on a machine whose load may have changed since): it
+    # searched at the limit scaled by the measured ratio (tests/deploy/test_stage.py follows that round)
+    scale = saved["verification"]["latency_scale"]
+    assert [c["round"] for c in checked if c["round"] == 1] == [1, 1]
+    assert all(c["round"] == 2 for c in checked[2:]) and (len(checked) == 2 or scale is not None)
     for c in checked:  # predicted and measured side by side
         assert 0 <= c["measured"]["accuracy"] <= 1 and c["measured"]["latency_ms"] > 0
-        assert c["predicted"]["latency_ms"] <= limit and c["predicted"]["sram_bytes"] <= 200 * 1024
+        searched_at = limit if c["round"] == 1 else limit / scale * 1.0001
+        assert c["predicted"]["latency_ms"] <= searched_at and c["predicted"]["sram_bytes"] <= 200 * 1024
         assert (root / "out" / "models").is_dir()
     if saved["verified"]:
         winner = saved["verification"]["winner"]
@@ -76,7 +82,7 @@ def test_search_verifies_top_candidates_on_the_device(setup, capsys):
     with Store(root / "store.sqlite") as store:
         rows = store.measurements(device="local", runtime="onnxruntime", precision="fp32", model_kind="arch")
         assert {r.model_description for r in rows} >= {Arch.from_dict(c["arch"]).to_json() for c in checked}
-        assert len(store.evaluations(manifest["inputs"]["supernet"]["sha256"], "holdout", "top1@bn1")) == 2
+        assert len(store.evaluations(manifest["inputs"]["supernet"]["sha256"], "holdout", "top1@bn1")) == len(checked)
 
 
 def test_impossible_latency_exits_2_naming_the_smallest(setup, capsys, monkeypatch):
