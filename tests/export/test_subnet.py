@@ -8,8 +8,10 @@ accuracy figures mean something.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -78,6 +80,7 @@ def exported_bundle():
     calibration, _ = dataset_arrays(data, "train", arch.resolution, limit=128, shuffle=True)
     val_x, val_y = dataset_arrays(data, "val", arch.resolution)
     out = Path(tempfile.mkdtemp(prefix="edgenas-export-test-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)  # shared by several files' tests: gone when the process is
     result = export_subnet(model, out, space=space, arch=arch, calibration=calibration, val_images=val_x,
                            val_labels=val_y, options=ExportOptions(seed=0), lineage={"test": True}, log=lambda m: None)
     return result, val_x, val_y
